@@ -1,0 +1,58 @@
+# biox: two commands on a fresh machine — `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: demo test test-unit test-integration bench bench-full lint format broker broker-stop schemas rabbitmq clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,postgres]'
+	@touch $@
+
+# Installs Debian's rabbitmq-server when no BIOX_AMQP_URL is given and it is missing.
+rabbitmq:
+	@bash deploy/rabbitmq/ensure-rabbitmq.sh
+
+demo: $(STAMP) rabbitmq
+	$(BIN)/biox demo
+
+test: $(STAMP) rabbitmq
+	$(BIN)/ruff check src workers tests bench
+	$(BIN)/pytest
+
+test-unit: $(STAMP)
+	$(BIN)/pytest tests/unit
+
+test-integration: $(STAMP) rabbitmq
+	$(BIN)/pytest tests/integration
+
+bench: $(STAMP) rabbitmq
+	$(BIN)/python -m bench.run
+
+bench-full: $(STAMP) rabbitmq
+	$(BIN)/python -m bench.run --full
+
+lint: $(STAMP)
+	$(BIN)/ruff check src workers tests bench
+	$(BIN)/ruff format --check src workers tests bench
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix src workers tests bench
+	$(BIN)/ruff format src workers tests bench
+
+schemas: $(STAMP)
+	$(BIN)/biox schemas
+
+# A local broker left running for manual work; `make broker-stop` ends it.
+broker: $(STAMP) rabbitmq
+	$(BIN)/biox broker start
+
+broker-stop: $(STAMP)
+	$(BIN)/biox broker stop
+
+clean:
+	-test -x $(BIN)/biox && $(BIN)/biox broker stop
+	rm -rf var .pytest_cache .ruff_cache bench/results

@@ -1,0 +1,44 @@
+"""Names of exchanges, queues and routing keys (DESIGN §2), in one place.
+
+Everything that publishes or declares asks this module, so a name is spelled once.
+"""
+
+from __future__ import annotations
+
+# Work queues per participant and the routing keys bound to each (on the inbox).
+WORK_QUEUES: dict[str, tuple[str, ...]] = {
+    "intake": ("encounter.submit",),
+    "query": ("query",),
+    "review": ("review.case",),
+    "response": ("response",),
+    "retrieval": ("retrieval.request", "retrieval.response"),
+    "notice": ("notice.#",),
+}
+
+
+def inbox(code: str) -> str:
+    return f"biox.{code}"
+
+
+def outbox(code: str) -> str:
+    return f"biox.{code}.out"
+
+
+def routing_key(to: str, kind: str) -> str:
+    return f"{to}.{kind}"
+
+
+def queue(code: str, role: str) -> str:
+    return f"{code}.{role}"
+
+
+def retry_queue(work_queue: str, seconds: int) -> str:
+    return f"{work_queue}.retry.{seconds}"
+
+
+def dead_letter_queue(work_queue: str) -> str:
+    return f"{work_queue}.dlq"
+
+
+def audit_queue(code: str) -> str:
+    return f"{code}.audit"

@@ -1,0 +1,289 @@
+"""The one consume loop every worker runs (DESIGN §8).
+
+For each batch of deliveries: decode, drop what was already processed (republishing what
+it caused), run the handler, commit its rows together with the idempotency markers,
+publish what it produced and wait for the confirms, and only then ack. Failures are
+routed, never swallowed:
+
+* permanent (undecodable, schema-invalid, refused): a ``rejected`` answer to the sender
+  when the handler can identify one, otherwise the dead-letter queue with the reason;
+* transient (or an unexpected exception): the next retry tier with ``biox-attempt``
+  raised, the dead-letter queue after the last tier;
+* publishing trouble (connection lost, unroutable output): the input is requeued; it is
+  already marked processed, so the redelivery only republishes. The quorum queue's
+  ``delivery-limit`` dead-letters a message that can never get through.
+"""
+
+from __future__ import annotations
+
+import os
+import queue as queue_mod
+import socket
+import threading
+import time
+from collections import Counter
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import pika
+import structlog
+
+from biox import addresses
+from biox.broker.link import ConnectionLost, Delivery, Link, Nacked, Unroutable
+from biox.broker.publisher import Publisher, envelope_of, pack_outgoing, unpack_outgoing
+from biox.codec import H_ATTEMPT, Envelope, Outgoing, decode_body
+from biox.errors import BioxError, PermanentError, Reason, TransientError
+from biox.handlers.base import Effects, Handler, Inbound
+from biox.settings import Settings
+from biox.store import ProcessedMessage, processed, session_for
+
+log = structlog.get_logger("biox.consumer")
+
+H_ERROR = "biox-error"
+H_ERROR_CLASS = "biox-error-class"
+H_REASON = "biox-reason"
+H_PERMANENT = "biox-permanent"
+H_WORKER = "biox-worker"
+H_FAILED_AT = "biox-failed-at"
+H_FIRST_FAILED_AT = "biox-first-failed-at"
+H_ORIGINAL_EXCHANGE = "biox-original-exchange"
+H_ORIGINAL_ROUTING_KEY = "biox-original-routing-key"
+H_ORIGINAL_USER = "biox-original-user-id"
+
+
+class ConsumeLoop:
+    def __init__(
+        self,
+        *,
+        url: str,
+        queue: str,
+        handler: Handler,
+        database_url: str,
+        settings: Settings,
+    ) -> None:
+        self.queue = queue
+        self.handler = handler
+        self.database_url = database_url
+        self.settings = settings
+        self.worker = f"{queue}@{socket.gethostname()}:{os.getpid()}"
+        self.link = Link(
+            url,
+            name=self.worker,
+            consume=queue,
+            prefetch=settings.prefetch,
+            heartbeat=settings.heartbeat,
+        )
+        self.publisher = Publisher(self.link, settings.publish_timeout)
+        self.stats: Counter[str] = Counter()
+
+    def run(self, stop: threading.Event) -> None:
+        self.link.start()
+        log.info("worker_started", worker=self.worker, queue=self.queue)
+        try:
+            while not stop.is_set():
+                batch = self._take()
+                if batch:
+                    self.process(batch)
+        finally:
+            self.link.close()
+            log.info("worker_stopped", worker=self.worker, **self.stats)
+
+    def _take(self) -> list[Delivery]:
+        try:
+            first = self.link.deliveries.get(timeout=0.2)
+        except queue_mod.Empty:
+            return []
+        batch = [first]
+        deadline = time.monotonic() + self.settings.batch_wait_ms / 1000
+        while len(batch) < self.settings.batch_max:
+            left = deadline - time.monotonic()
+            try:
+                batch.append(
+                    self.link.deliveries.get(timeout=left)
+                    if left > 0
+                    else self.link.deliveries.get_nowait()
+                )
+            except queue_mod.Empty:
+                break
+        return [d for d in batch if d.generation == self.link.generation]
+
+    # --- one batch ------------------------------------------------------------------------
+
+    def process(self, batch: Sequence[Delivery]) -> None:
+        try:
+            self._process(batch)
+        except (ConnectionLost, Unroutable, Nacked) as exc:
+            log.warning("publish_failed", worker=self.worker, error=str(exc), batch=len(batch))
+            time.sleep(0.5)
+            for d in batch:
+                self.link.nack(d, requeue=True)
+        except Exception as exc:
+            if len(batch) > 1:  # isolate the message that breaks the handler
+                for d in batch:
+                    self.process([d])
+                return
+            self._retry(batch[0], exc)
+
+    def _process(self, batch: Sequence[Delivery]) -> None:
+        parsed: list[tuple[Delivery, Envelope, Inbound | BioxError]] = []
+        for d in batch:
+            env = envelope_of(d)
+            if not env.message_id:
+                self._dead(d, env, PermanentError(Reason.invalid_message, "no message_id"))
+                self.link.ack(d)
+                continue
+            parsed.append((d, env, self._decode(d, env)))
+
+        publish: list[Outgoing] = []
+        dead: list[tuple[Delivery, Envelope, BioxError]] = []
+        with session_for(self.database_url) as session:
+            done = processed(session, self.queue, [e.message_id for _, e, _ in parsed])
+            fresh: list[tuple[Delivery, Envelope, Inbound]] = []
+            failed: list[tuple[Delivery, Envelope, BioxError]] = []
+            seen: set[str] = set()
+            for d, env, item in parsed:
+                if env.message_id in done:
+                    publish.extend(unpack_outgoing(done[env.message_id].outputs))
+                    self.stats["duplicate"] += 1
+                elif env.message_id in seen:
+                    self.stats["duplicate"] += 1
+                elif isinstance(item, BioxError):
+                    failed.append((d, env, item))
+                else:
+                    fresh.append((d, env, item))
+                seen.add(env.message_id)
+
+            results = self.handler.handle([inb for _, _, inb in fresh], session) if fresh else []
+            for (d, env, _), result in zip(fresh, results, strict=True):
+                if isinstance(result, BioxError):
+                    failed.append((d, env, result))
+                else:
+                    self._record(session, env, result, publish)
+            for d, env, error in failed:
+                answer = self.handler.reject(env, error)
+                if answer is None:
+                    dead.append((d, env, error))
+                else:
+                    self._record(session, env, answer, publish)
+            session.commit()
+
+        if publish:
+            self.publisher.send(publish)
+        for d, env, error in dead:
+            self._dead(d, env, error)
+        for d in batch:
+            self.link.ack(d)
+
+    def _decode(self, d: Delivery, env: Envelope) -> Inbound | BioxError:
+        if env.kind not in self.handler.kinds:
+            return PermanentError(
+                Reason.unknown_kind, f"{env.kind!r} on {self.queue}, which takes {self.handler.kinds}"
+            )
+        try:
+            return Inbound(env, decode_body(env.kind, env.schema, d.body))
+        except BioxError as exc:
+            return exc
+
+    def _record(
+        self, session: Any, env: Envelope, effects: Effects, publish: list[Outgoing]
+    ) -> None:
+        for row in effects.rows:
+            session.merge(row)
+        session.add(
+            ProcessedMessage(
+                consumer=self.queue,
+                message_id=env.message_id,
+                outputs=pack_outgoing(effects.outgoing),
+            )
+        )
+        publish.extend(effects.outgoing)
+        self.stats[effects.outcome.split(":")[0]] += 1
+        log.info(
+            "handled",
+            query_id=env.correlation_id,
+            message_id=env.message_id,
+            kind=env.kind,
+            sender=env.sender,
+            outcome=effects.outcome,
+            attempt=env.attempt,
+        )
+
+    # --- failure routing ------------------------------------------------------------------
+
+    def _retry(self, d: Delivery, exc: BaseException) -> None:
+        env = envelope_of(d)
+        attempt = env.attempt + 1
+        tiers = self.settings.retry_tiers
+        log.warning(
+            "handler_failed",
+            query_id=env.correlation_id,
+            message_id=env.message_id,
+            error=f"{type(exc).__name__}: {exc}",
+            attempt=attempt,
+            transient=isinstance(exc, TransientError),
+        )
+        try:
+            if attempt > len(tiers):
+                self._dead(d, env, exc, attempt=attempt)
+            else:
+                target = addresses.retry_queue(self.queue, tiers[attempt - 1])
+                self._republish(d, env, target, exc, attempt)
+                self.stats["retried"] += 1
+            self.link.ack(d)
+        except Exception as publish_exc:
+            log.warning("retry_publish_failed", error=str(publish_exc))
+            self.link.nack(d, requeue=True)
+
+    def _dead(
+        self, d: Delivery, env: Envelope, exc: BaseException, attempt: int | None = None
+    ) -> None:
+        target = addresses.dead_letter_queue(self.queue)
+        self._republish(d, env, target, exc, attempt if attempt is not None else env.attempt)
+        self.stats["dead_lettered"] += 1
+        log.warning(
+            "dead_lettered",
+            query_id=env.correlation_id,
+            message_id=env.message_id,
+            queue=target,
+            error=str(exc),
+        )
+
+    def _republish(
+        self, d: Delivery, env: Envelope, target: str, exc: BaseException, attempt: int
+    ) -> None:
+        """Copy of the original (body untouched) to a retry tier or the DLQ, with the why."""
+        now = datetime.now(UTC).isoformat()
+        headers = dict(env.headers)
+        headers.setdefault(H_ORIGINAL_EXCHANGE, d.exchange)
+        headers.setdefault(H_ORIGINAL_ROUTING_KEY, d.routing_key)
+        headers.setdefault(H_FIRST_FAILED_AT, now)
+        if d.properties.user_id:
+            headers.setdefault(H_ORIGINAL_USER, d.properties.user_id)
+        permanent = bool(getattr(exc, "permanent", False))
+        headers.update(
+            {
+                H_ATTEMPT: attempt,
+                H_ERROR: str(exc)[:1000],
+                H_ERROR_CLASS: type(exc).__name__,
+                H_REASON: exc.reason.value if isinstance(exc, BioxError) else "handler_error",
+                H_PERMANENT: permanent,
+                H_WORKER: self.worker,
+                H_FAILED_AT: now,
+            }
+        )
+        p = d.properties
+        props = pika.BasicProperties(
+            content_type=p.content_type,
+            content_encoding=p.content_encoding,
+            delivery_mode=pika.DeliveryMode.Persistent,
+            message_id=p.message_id,
+            correlation_id=p.correlation_id,
+            reply_to=p.reply_to,
+            type=p.type,
+            app_id=p.app_id,
+            timestamp=p.timestamp,
+            user_id=self.link.user,  # the broker only accepts our own user here
+            headers=headers,
+        )
+        self.publisher.send_raw([("", target, d.body, props)])

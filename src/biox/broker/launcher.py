@@ -1,0 +1,218 @@
+"""A local RabbitMQ from Debian's ``rabbitmq-server``, as a child process.
+
+Used by the demo, the tests and ``biox broker start`` when no BIOX_AMQP_URL is given. It
+runs with its own node name, data, log and config directories in a throwaway directory
+(owned by the ``rabbitmq`` user when we are root: the broker refuses to run as root),
+on free ports, with its own epmd, so it never touches a system broker and leaves nothing
+behind when stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pika
+import structlog
+
+log = structlog.get_logger("biox.launcher")
+
+SERVER = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")
+PLUGINS = "[rabbitmq_management,rabbitmq_shovel,rabbitmq_shovel_management]."
+
+
+class BrokerError(RuntimeError):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class BrokerState:
+    pid: int
+    directory: str
+    amqp_port: int
+    management_port: int
+    epmd_port: int
+    node: str
+
+    @property
+    def url(self) -> str:
+        return f"amqp://guest:guest@127.0.0.1:{self.amqp_port}/%2F"
+
+
+class LocalBroker:
+    def __init__(self, directory: Path | None = None, keep: bool = False) -> None:
+        self.directory = directory
+        self.keep = keep
+        self.state: BrokerState | None = None
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        if self.state is None:
+            raise BrokerError("broker not started")
+        return self.state.url
+
+    def start(self, timeout: float = 90.0) -> LocalBroker:
+        if not SERVER.exists():
+            raise BrokerError(
+                "rabbitmq-server is not installed: run `make rabbitmq` (as root), "
+                "or set BIOX_AMQP_URL to an existing broker"
+            )
+        directory = self.directory or Path(tempfile.mkdtemp(prefix="biox-rabbitmq-"))
+        directory.mkdir(parents=True, exist_ok=True)
+        ports = [free_port() for _ in range(4)]
+        amqp, mgmt, dist, epmd = ports
+        node = f"biox{amqp}@localhost"
+        (directory / "rabbitmq.conf").write_text(
+            f"listeners.tcp.default = 127.0.0.1:{amqp}\n"
+            f"management.tcp.port = {mgmt}\n"
+            "management.tcp.ip = 127.0.0.1\n"
+            "loopback_users.guest = true\n"
+            "log.console = false\n"
+            "log.file.level = info\n"
+            "vm_memory_high_watermark.relative = 0.4\n"
+            "disk_free_limit.absolute = 200MB\n"
+        )
+        (directory / "enabled_plugins").write_text(PLUGINS + "\n")
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+            "HOME": str(directory),
+            "LANG": "C.UTF-8",
+            "RABBITMQ_NODENAME": node,
+            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+            "RABBITMQ_CONFIG_FILE": str(directory / "rabbitmq.conf"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(directory / "enabled_plugins"),
+            "RABBITMQ_MNESIA_BASE": str(directory / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(directory / "log"),
+            "RABBITMQ_PID_FILE": str(directory / "rabbitmq.pid"),
+            "RABBITMQ_DIST_PORT": str(dist),
+            "ERL_EPMD_PORT": str(epmd),
+            "RABBITMQ_ADVANCED_CONFIG_FILE": str(directory / "advanced.config"),
+        }
+        cmd = [str(SERVER)]
+        if os.geteuid() == 0:  # the broker must not run as root: drop to the package's user
+            _chown_tree(directory, "rabbitmq")
+            cmd = ["setpriv", *_setpriv_args("rabbitmq"), str(SERVER)]
+        output = open(directory / "server.out", "wb")  # noqa: SIM115 - lives with the child
+        self.process = subprocess.Popen(
+            cmd, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        self.state = BrokerState(self.process.pid, str(directory), amqp, mgmt, epmd, node)
+        self._wait_ready(timeout)
+        log.info("broker_started", url=self.url, directory=str(directory))
+        return self
+
+    def _wait_ready(self, timeout: float) -> None:
+        assert self.state is not None and self.process is not None
+        deadline = time.monotonic() + timeout
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                tail = (Path(self.state.directory) / "server.out").read_text(errors="replace")
+                raise BrokerError(f"rabbitmq-server exited ({self.process.returncode}):\n{tail[-2000:]}")
+            try:
+                pika.BlockingConnection(pika.URLParameters(self.url + "?connection_attempts=1")).close()
+                return
+            except Exception as exc:
+                last = exc
+                time.sleep(0.5)
+        self.stop()
+        raise BrokerError(f"broker did not answer within {timeout:.0f}s: {last}")
+
+    def save_state(self, path: Path) -> None:
+        assert self.state is not None
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(asdict(self.state)))
+
+    @classmethod
+    def from_state(cls, path: Path) -> LocalBroker:
+        broker = cls()
+        broker.state = BrokerState(**json.loads(path.read_text()))
+        broker.directory = Path(broker.state.directory)
+        return broker
+
+    def running(self) -> bool:
+        if self.state is None:
+            return False
+        try:
+            os.kill(self.state.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """SIGTERM the node (it shuts down cleanly), then its epmd; remove the directory."""
+        if self.state is None:
+            return
+        pid = self.state.pid
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and _alive(pid, self.process):
+            time.sleep(0.2)
+        if _alive(pid, self.process):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+            time.sleep(0.2)
+        if self.process is not None:
+            with contextlib.suppress(Exception):
+                self.process.wait(timeout=5)
+        _kill_epmd(self.state.epmd_port)
+        if not self.keep:
+            shutil.rmtree(self.state.directory, ignore_errors=True)
+        log.info("broker_stopped", node=self.state.node)
+        self.state = None
+
+
+def _alive(pid: int, process: subprocess.Popen[bytes] | None) -> bool:
+    if process is not None:
+        return process.poll() is None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _kill_epmd(port: int) -> None:
+    """epmd daemonises out of our process group; ask it to stop."""
+    epmd = shutil.which("epmd") or "/usr/bin/epmd"
+    with contextlib.suppress(Exception):
+        subprocess.run(
+            [epmd, "-kill"],
+            env={**os.environ, "ERL_EPMD_PORT": str(port)},
+            capture_output=True,
+            timeout=10,
+        )
+
+
+def _chown_tree(path: Path, user: str) -> None:
+    pw = pwd.getpwnam(user)
+    for root, dirs, files in os.walk(path):
+        os.chown(root, pw.pw_uid, pw.pw_gid)
+        for name in dirs + files:
+            os.chown(os.path.join(root, name), pw.pw_uid, pw.pw_gid)
+    os.chmod(path, 0o700)
+
+
+def _setpriv_args(user: str) -> list[str]:
+    pw = pwd.getpwnam(user)
+    return [f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--init-groups"]

@@ -1,0 +1,143 @@
+"""Publishing with confirms: envelopes to AMQP properties, batches settled together.
+
+A batch is published without waiting, then its confirms are awaited together: one round
+trip per batch, not per message. Messages lost to a dropped connection are published
+again (tenacity) under the same ``message_id``; the receiver's idempotency absorbs any
+copy the broker had in fact stored. A returned (unroutable) or nacked message is an error
+for the caller, never a silent drop.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future, wait
+from datetime import UTC, datetime
+
+import msgpack
+import pika
+from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
+
+from biox.broker.link import ConnectionLost, Delivery, Link
+from biox.codec import APP_ID, CONTENT_TYPE, H_ATTEMPT, H_FROM, H_SCHEMA, H_TO, Envelope, Outgoing
+
+
+def properties_for(env: Envelope, user_id: str | None) -> pika.BasicProperties:
+    headers = dict(env.headers)
+    headers.update(
+        {H_SCHEMA: env.schema, H_FROM: env.sender, H_TO: env.recipient, H_ATTEMPT: env.attempt}
+    )
+    return pika.BasicProperties(
+        content_type=CONTENT_TYPE,
+        delivery_mode=pika.DeliveryMode.Persistent,
+        message_id=env.message_id,
+        correlation_id=env.correlation_id,
+        reply_to=env.reply_to,
+        type=env.kind,
+        app_id=APP_ID,
+        user_id=user_id,
+        timestamp=int(time.time()),
+        headers=headers,
+    )
+
+
+def envelope_of(delivery: Delivery) -> Envelope:
+    """Broker-neutral view of a delivery's properties (missing parts left empty)."""
+    p = delivery.properties
+    headers = dict(p.headers or {})
+    attempt = headers.get(H_ATTEMPT, 0)
+    return Envelope(
+        message_id=p.message_id or "",
+        kind=p.type or "",
+        schema=_text(headers.get(H_SCHEMA)),
+        sender=_text(headers.get(H_FROM)),
+        recipient=_text(headers.get(H_TO)),
+        correlation_id=p.correlation_id,
+        reply_to=p.reply_to,
+        user_id=p.user_id,
+        timestamp=datetime.fromtimestamp(p.timestamp, UTC) if p.timestamp else None,
+        attempt=attempt if isinstance(attempt, int) else 0,
+        headers=headers,
+    )
+
+
+def _text(value: object) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return value if isinstance(value, str) else ""
+
+
+def pack_outgoing(outgoing: Sequence[Outgoing]) -> bytes:
+    """Serialise what a handler produced, for the idempotency record."""
+    return msgpack.packb(
+        [
+            [
+                o.exchange,
+                o.routing_key,
+                o.body,
+                o.envelope.message_id,
+                o.envelope.kind,
+                o.envelope.schema,
+                o.envelope.sender,
+                o.envelope.recipient,
+                o.envelope.correlation_id,
+                o.envelope.reply_to,
+            ]
+            for o in outgoing
+        ],
+        use_bin_type=True,
+    )
+
+
+def unpack_outgoing(data: bytes) -> list[Outgoing]:
+    if not data:
+        return []
+    out = []
+    for ex, rk, body, mid, kind, schema, sender, recipient, corr, reply in msgpack.unpackb(data):
+        env = Envelope(mid, kind, schema, sender, recipient, corr, reply)
+        out.append(Outgoing(ex, rk, body, env))
+    return out
+
+
+class Publisher:
+    def __init__(self, link: Link, timeout: float = 30.0) -> None:
+        self.link = link
+        self.timeout = timeout
+
+    def send(self, outgoing: Sequence[Outgoing]) -> None:
+        self.send_raw(
+            [
+                (o.exchange, o.routing_key, o.body, properties_for(o.envelope, self.link.user))
+                for o in outgoing
+            ]
+        )
+
+    def send_raw(
+        self, messages: Sequence[tuple[str, str, bytes, pika.BasicProperties]]
+    ) -> None:
+        """Publish all, wait for all confirms; re-publish those a lost connection took."""
+        todo = list(messages)
+        for attempt in Retrying(
+            retry=retry_if_exception_type(ConnectionLost),
+            stop=stop_after_delay(self.timeout),
+            wait=wait_exponential(multiplier=0.2, max=3),
+            reraise=True,
+        ):
+            with attempt:
+                if not self.link.ready.is_set():
+                    self.link.ready.wait(min(self.timeout, 5))
+                futures = [(m, self.link.publish(*m)) for m in todo]
+                wait([f for _, f in futures], timeout=self.timeout)
+                todo = [m for m, f in futures if _lost(f)]
+                for _, f in futures:
+                    exc = f.exception(timeout=0) if f.done() else None
+                    if exc is not None and not isinstance(exc, ConnectionLost):
+                        raise exc
+                if todo:
+                    raise ConnectionLost(f"{len(todo)} message(s) unconfirmed")
+
+
+def _lost(future: Future[None]) -> bool:
+    if not future.done():
+        return True
+    return isinstance(future.exception(timeout=0), ConnectionLost)

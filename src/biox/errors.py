@@ -1,0 +1,77 @@
+"""Failure classes and the closed list of reason codes sent to partners.
+
+The consume loop routes on the class: a ``PermanentError`` is never retried (the same
+input fails the same way), a ``TransientError`` climbs the retry tiers. The reason code
+travels to the sender in a ``rejected`` response, so it is part of the contract and
+listed in ``schemas/reason-codes.json``.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Reason(StrEnum):
+    # the envelope or body cannot be read
+    undecodable = "undecodable"
+    unknown_kind = "unknown_kind"
+    unknown_schema = "unknown_schema"
+    invalid_message = "invalid_message"
+    misaddressed = "misaddressed"
+    # who may ask what (§1-4, §34-36)
+    unknown_participant = "unknown_participant"
+    inactive_requester = "inactive_requester"
+    purpose_not_agreed = "purpose_not_agreed"
+    excluded_citizen = "excluded_citizen"
+    excluded_resident = "excluded_resident"
+    not_encountered_here = "not_encountered_here"
+    no_partner = "no_partner"
+    # biometric content
+    no_biometrics = "no_biometrics"
+    unknown_algorithm = "unknown_algorithm"
+    template_size = "template_size"
+    template_invalid = "template_invalid"
+    # anything about one query that the receiver cannot relate to what it sent
+    unknown_query = "unknown_query"
+
+
+REASON_TEXT: dict[Reason, str] = {
+    Reason.undecodable: "body is not a msgpack map",
+    Reason.unknown_kind: "message type is not in the biox catalogue",
+    Reason.unknown_schema: "schema version is not supported by this participant",
+    Reason.invalid_message: "body does not match the schema (missing or malformed fields)",
+    Reason.misaddressed: "message is addressed to another participant",
+    Reason.unknown_participant: "participant is not in the registry",
+    Reason.inactive_requester: "requesting participant is not active (§34, §36)",
+    Reason.purpose_not_agreed: "purpose is not one the participants agreed (§2)",
+    Reason.excluded_citizen: "subject is a citizen or national of a participant (§4a)",
+    Reason.excluded_resident: "subject is a permanent resident of the requester (§4b-c)",
+    Reason.not_encountered_here: "subject was not encountered in the requester's country (§3)",
+    Reason.no_partner: "no partner agreed to answer queries for this purpose",
+    Reason.no_biometrics: "query carries no biometric template",
+    Reason.unknown_algorithm: "template algorithm is not supported by the provider",
+    Reason.template_size: "template length does not match its algorithm",
+    Reason.template_invalid: "template has NaN, infinite or all-zero values",
+    Reason.unknown_query: "no query with this id was sent to this participant",
+}
+
+
+class BioxError(Exception):
+    """Base of errors the consume loop knows how to route."""
+
+    permanent = True
+
+    def __init__(self, reason: Reason, detail: str = "") -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason.value}: {detail or REASON_TEXT[reason]}")
+
+
+class PermanentError(BioxError):
+    """The same input will fail the same way: reject it or dead-letter it, never retry."""
+
+
+class TransientError(Exception):
+    """Worth another try later (a database lock, a partner link down)."""
+
+    permanent = False

@@ -1,0 +1,211 @@
+"""A participant's biometric gallery: one index per (modality, algorithm, position).
+
+Searches are batched: all probes waiting in a consume batch go to FAISS in one call per
+index, because single-query flat search is memory-bound and a batch reads the gallery
+once for many probes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from biox.gallery.fusion import NORMALISERS, fuse
+from biox.gallery.index import IndexKind, IrisIndex, VectorIndex
+from biox.gallery.templates import FACE, FINGER, iris_code, vector
+from biox.messages import Biometrics
+
+EYES = ("left", "right")
+
+
+@dataclass
+class Probe:
+    """Validated templates of one query or enrolment."""
+
+    face: np.ndarray | None = None
+    fingers: dict[int, np.ndarray] = field(default_factory=dict)
+    irises: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+
+    @classmethod
+    def from_biometrics(cls, bio: Biometrics) -> Probe:
+        """Raises ``PermanentError`` naming the first unusable template."""
+        probe = cls()
+        if bio.face is not None:
+            probe.face = vector(bio.face.algorithm, "face", bio.face.template)
+        for fp in bio.fingerprints:
+            probe.fingers[fp.position] = vector(fp.algorithm, "finger", fp.template)
+        for ir in bio.irises:
+            probe.irises[ir.eye] = iris_code(ir.algorithm, ir.code, ir.mask)
+        return probe
+
+
+@dataclass
+class Hit:
+    record_id: int
+    fused: float
+    scores: dict[str, float]
+
+
+class Gallery:
+    def __init__(self, kind: IndexKind = "flat", nlist: int = 0, nprobe: int = 32) -> None:
+        self.kind = kind
+        self.nprobe = nprobe
+        self.face = VectorIndex(FACE.dim, kind, nlist, nprobe)
+        self.fingers = {p: VectorIndex(FINGER.dim, kind, nlist, nprobe) for p in range(1, 11)}
+        self.irises = {eye: IrisIndex() for eye in EYES}
+
+    @classmethod
+    def for_size(cls, n: int, index: str, exact_max: int, nprobe: int) -> Gallery:
+        kind: IndexKind = "flat" if index == "flat" or (index == "auto" and n <= exact_max) else "ivf"
+        return cls(kind, VectorIndex.nlist_for(n), nprobe)
+
+    @property
+    def size(self) -> int:
+        return int(
+            max(
+                self.face.ntotal,
+                *(f.ntotal for f in self.fingers.values()),
+                *(i.ntotal for i in self.irises.values()),
+            )
+        )
+
+    def _vector_indexes(self) -> dict[str, VectorIndex]:
+        return {"face": self.face, **{f"finger.{p}": ix for p, ix in self.fingers.items()}}
+
+    # --- writes ---------------------------------------------------------------------------
+
+    def train(self, face_sample: np.ndarray, finger_sample: np.ndarray) -> None:
+        """IVF needs a sample of each space before adds; flat ignores this."""
+        self.face.train(face_sample)
+        for ix in self.fingers.values():
+            ix.train(finger_sample)
+
+    def enroll(self, ids: Sequence[int], probes: Sequence[Probe]) -> None:
+        ids_arr = np.asarray(ids, dtype=np.int64)
+        with_face = [i for i, p in enumerate(probes) if p.face is not None]
+        if with_face:
+            self.face.add(ids_arr[with_face], np.stack([probes[i].face for i in with_face]))
+        for pos, ix in self.fingers.items():
+            rows = [i for i, p in enumerate(probes) if pos in p.fingers]
+            if rows:
+                ix.add(ids_arr[rows], np.stack([probes[i].fingers[pos] for i in rows]))
+        for eye, ix in self.irises.items():
+            rows = [i for i, p in enumerate(probes) if eye in p.irises]
+            if rows:
+                codes = np.stack([probes[i].irises[eye][0] for i in rows])
+                masks = np.stack([probes[i].irises[eye][1] for i in rows])
+                ix.add(ids_arr[rows], codes, masks)
+
+    def remove(self, ids: Sequence[int]) -> None:
+        arr = np.asarray(ids, dtype=np.int64)
+        for ix in (*self._vector_indexes().values(), *self.irises.values()):
+            ix.remove(arr)
+
+    # --- search ---------------------------------------------------------------------------
+
+    def search(self, probes: Sequence[Probe], k: int = 10, top: int = 3) -> list[list[Hit]]:
+        """Best ``top`` fused hits per probe; candidates come from every modality."""
+        candidates: list[set[int]] = [set() for _ in probes]
+        for name, ix in self._vector_indexes().items():
+            rows, queries = self._queries_for(name, probes)
+            if not rows:
+                continue
+            _, found = ix.search(np.stack(queries), k)
+            for row, ids in zip(rows, found, strict=True):
+                candidates[row].update(int(i) for i in ids if i >= 0)
+        for i, probe in enumerate(probes):
+            for eye, (code, _mask) in probe.irises.items():
+                candidates[i].update(self.irises[eye].candidates(code, k).tolist())
+        return [self._rank(p, c, top) for p, c in zip(probes, candidates, strict=True)]
+
+    @staticmethod
+    def _queries_for(name: str, probes: Sequence[Probe]) -> tuple[list[int], list[np.ndarray]]:
+        rows, queries = [], []
+        for i, p in enumerate(probes):
+            vec = p.face if name == "face" else p.fingers.get(int(name.split(".")[1]))
+            if vec is not None:
+                rows.append(i)
+                queries.append(vec)
+        return rows, queries
+
+    def _rank(self, probe: Probe, candidates: set[int], top: int) -> list[Hit]:
+        if not candidates:
+            return []
+        ids = np.fromiter(sorted(candidates), dtype=np.int64)
+        groups: dict[str, np.ndarray] = {}
+        if probe.face is not None:
+            groups["face"] = self._group(ids, [self._norm(self.face, probe.face, ids, "face")])
+        if probe.fingers:
+            groups["finger"] = self._group(
+                ids,
+                [self._norm(self.fingers[p], v, ids, "finger") for p, v in probe.fingers.items()],
+            )
+        if probe.irises:
+            per_eye = []
+            for eye, (code, mask) in probe.irises.items():
+                found, hd = self.irises[eye].scores(code, mask, ids)
+                per_eye.append(_scatter(ids, found, NORMALISERS["iris"](1.0 - hd)))
+            groups["iris"] = self._group(ids, per_eye)
+        fused = fuse(groups)
+        order = np.argsort(-fused, kind="stable")[:top]
+        return [
+            Hit(
+                record_id=int(ids[j]),
+                fused=round(float(fused[j]), 4),
+                scores={g: round(float(s[j]), 4) for g, s in groups.items() if not np.isnan(s[j])},
+            )
+            for j in order
+        ]
+
+    @staticmethod
+    def _norm(ix: VectorIndex, query: np.ndarray, ids: np.ndarray, modality: str) -> np.ndarray:
+        found, raw = ix.scores(query, ids)
+        return _scatter(ids, found, NORMALISERS[modality](raw))
+
+    @staticmethod
+    def _group(ids: np.ndarray, parts: list[np.ndarray]) -> np.ndarray:
+        """Mean over the positions (or eyes) both sides have; NaN where they share none."""
+        stacked = np.stack(parts)
+        with np.errstate(invalid="ignore"):
+            present = ~np.isnan(stacked)
+            counts = present.sum(axis=0)
+            total = np.where(present, stacked, 0.0).sum(axis=0)
+            return np.where(counts > 0, total / np.maximum(counts, 1), np.nan)
+
+    # --- persistence ----------------------------------------------------------------------
+
+    def save(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        for name, ix in self._vector_indexes().items():
+            ix.save(directory / f"{name}.faiss")
+        for eye, iris in self.irises.items():
+            iris.save(directory / f"iris.{eye}.faiss")
+        manifest = {"kind": self.kind, "size": self.size}
+        (directory / "manifest.json").write_text(json.dumps(manifest))
+
+    @classmethod
+    def load(cls, directory: Path, nprobe: int = 32) -> Gallery:
+        manifest = json.loads((directory / "manifest.json").read_text())
+        self = cls.__new__(cls)
+        self.kind = manifest["kind"]
+        self.nprobe = nprobe
+        self.face = VectorIndex.load(directory / "face.faiss", nprobe)
+        self.fingers = {
+            p: VectorIndex.load(directory / f"finger.{p}.faiss", nprobe) for p in range(1, 11)
+        }
+        self.irises = {eye: IrisIndex.load(directory / f"iris.{eye}.faiss") for eye in EYES}
+        return self
+
+    @staticmethod
+    def exists(directory: Path) -> bool:
+        return (directory / "manifest.json").exists()
+
+
+def _scatter(ids: np.ndarray, found: np.ndarray, values: np.ndarray) -> np.ndarray:
+    out = np.full(len(ids), np.nan, np.float32)
+    out[np.searchsorted(ids, found)] = values
+    return out

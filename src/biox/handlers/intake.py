@@ -1,0 +1,122 @@
+"""encounter.submit → eligibility (§2-4) → one query per agreed partner (DESIGN §5.2)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlmodel import Session
+
+from biox import codec
+from biox.codec import Envelope
+from biox.errors import REASON_TEXT, BioxError, PermanentError, Reason
+from biox.handlers.base import Effects, Inbound, Result
+from biox.messages import (
+    EncounterResult,
+    EncounterResultStatus,
+    EncounterSubmit,
+    Query,
+    References,
+    utcnow,
+)
+from biox.policy.eligibility import refusal
+from biox.registry import Registry
+from biox.store import Transaction
+
+
+class IntakeHandler:
+    kinds = (EncounterSubmit.KIND,)
+
+    def __init__(self, participant: str, registry: Registry) -> None:
+        self.me = participant
+        self.registry = registry
+
+    def handle(self, batch: Sequence[Inbound], session: Session) -> list[Result]:
+        return [self._one(inb) for inb in batch]
+
+    def _one(self, inb: Inbound) -> Result:
+        sub = inb.message
+        assert isinstance(sub, EncounterSubmit)
+        env = inb.envelope
+        if sub.biometrics.is_empty():
+            return PermanentError(Reason.no_biometrics)
+        agreed = self.registry.partners_for(self.me, sub.purpose)
+        if not agreed:
+            return PermanentError(Reason.no_partner, f"purpose {sub.purpose.value}")
+        refusals = {
+            p: refusal(self.registry, self.me, p, sub.purpose, sub.subject_status, sub.encounter)
+            for p in agreed
+        }
+        partners = [p for p, why in refusals.items() if why is None]
+        if not partners:
+            first = next(iter(refusals.values()))
+            assert first is not None
+            return PermanentError(first, f"no partner may be queried ({_summary(refusals)})")
+
+        now = utcnow()
+        effects = Effects(outcome=f"queried:{len(partners)}")
+        for partner in partners:
+            query_id = codec.derived_id(env.message_id, "query", partner)
+            query = Query(
+                query_id=query_id,
+                requesting=self.me,
+                providing=partner,
+                purpose=sub.purpose,
+                references=References(
+                    transaction_id=query_id,
+                    encounter_id=sub.encounter_id,
+                    person_centric_id=sub.person_centric_id,
+                ),
+                subject_status=sub.subject_status,
+                biometrics=sub.biometrics,
+                biographic=sub.biographic,
+                encounter=sub.encounter,
+                created_at=env.timestamp or now,
+                sent_at=now,
+            )
+            effects.outgoing.append(
+                codec.to_partner(
+                    query,
+                    sender=self.me,
+                    recipient=partner,
+                    message_id=query_id,
+                    correlation_id=query_id,
+                )
+            )
+            effects.rows.append(
+                Transaction(
+                    query_id=query_id,
+                    role="requester",
+                    encounter_id=sub.encounter_id,
+                    requesting=self.me,
+                    providing=partner,
+                    purpose=sub.purpose.value,
+                    reply_to=env.reply_to,
+                    created_at=query.created_at,
+                    sent_at=now,
+                    status="pending",
+                )
+            )
+        return effects
+
+    def reject(self, envelope: Envelope, error: BioxError) -> Effects | None:
+        """A refused encounter is answered on its reply_to; without one, dead-letter it."""
+        if not envelope.reply_to or not envelope.correlation_id:
+            return None
+        result = EncounterResult(
+            encounter_id=envelope.correlation_id,
+            requesting=self.me,
+            status=EncounterResultStatus.refused,
+            reason_code=error.reason,
+            reason=error.detail or REASON_TEXT[error.reason],
+        )
+        out = codec.to_reply_queue(
+            result,
+            participant=self.me,
+            reply_to=envelope.reply_to,
+            message_id=codec.derived_id(envelope.message_id, "refused"),
+        )
+        return Effects(outgoing=[out], outcome=f"refused:{error.reason.value}")
+
+
+def _summary(refusals: dict[str, Reason | None]) -> str:
+    return ", ".join(f"{p}: {REASON_TEXT[r]}" for p, r in refusals.items() if r is not None)

@@ -1,0 +1,78 @@
+"""The participant registry: who takes part and which purposes each pair agreed.
+
+Loaded from a TOML file (``deploy/participants.toml``) so that a change of agreement
+is a reviewed configuration change, not a code change.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from enum import StrEnum
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+
+class Purpose(StrEnum):
+    """The three purposes of §2 (a-c); nothing else may be queried for."""
+
+    enforce = "enforce"
+    investigate = "investigate"
+    adjudicate = "adjudicate"
+
+
+class Status(StrEnum):
+    pending = "pending"
+    active = "active"
+    suspended = "suspended"
+    discontinued = "discontinued"
+
+
+class Agreement(BaseModel):
+    send: list[Purpose] = Field(default_factory=list)
+    answer: list[Purpose] = Field(default_factory=list)
+
+
+class Participant(BaseModel):
+    code: str
+    agency: str
+    status: Status = Status.pending
+    contacts: dict[str, str] = Field(default_factory=dict)
+    agreements: dict[str, Agreement] = Field(default_factory=dict)
+
+
+class Registry(BaseModel):
+    participants: dict[str, Participant]
+
+    @classmethod
+    def load(cls, path: Path) -> Registry:
+        raw = tomllib.loads(path.read_text())
+        parts = {
+            code: Participant(code=code, **body)
+            for code, body in raw.get("participants", {}).items()
+        }
+        return cls(participants=parts)
+
+    @property
+    def codes(self) -> list[str]:
+        return sorted(self.participants)
+
+    def get(self, code: str) -> Participant | None:
+        return self.participants.get(code)
+
+    def partners_for(self, requester: str, purpose: Purpose) -> list[str]:
+        """Partners a query for ``purpose`` goes to: both sides must have agreed it."""
+        me = self.participants[requester]
+        out = []
+        for partner, agreement in sorted(me.agreements.items()):
+            other = self.participants.get(partner)
+            if other is None or purpose not in agreement.send:
+                continue
+            theirs = other.agreements.get(requester)
+            if theirs and purpose in theirs.answer:
+                out.append(partner)
+        return out
+
+    def answers(self, provider: str, requester: str, purpose: Purpose) -> bool:
+        agreement = self.participants[provider].agreements.get(requester)
+        return agreement is not None and purpose in agreement.answer

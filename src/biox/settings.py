@@ -1,0 +1,73 @@
+"""One settings object for the whole system, read from ``BIOX_*`` environment variables.
+
+Every process (worker, CLI, demo, test) reads the same variables, so a deployment is
+configured in one place: the environment of its service manager or container.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="BIOX_", extra="ignore")
+
+    amqp_url: str | None = Field(
+        default=None,
+        description="Broker URL. Unset: the demo and tests start a local RabbitMQ.",
+    )
+    data_dir: Path = Field(default=Path("var"), description="Databases, galleries, broker state.")
+    database_url: str | None = Field(
+        default=None,
+        description=(
+            "SQLAlchemy URL; '{participant}' is replaced by the participant code so each "
+            "participant keeps its own database. Unset: SQLite under data_dir."
+        ),
+    )
+    registry: Path = Field(default=Path("deploy/participants.toml"))
+
+    # matching
+    index: Literal["auto", "flat", "ivf"] = "auto"
+    exact_max: int = Field(default=50_000, description="Largest gallery searched exhaustively.")
+    ivf_nprobe: int = 48
+    candidates: int = Field(default=10, description="Candidates per modality from the index.")
+    threshold_high: float = Field(default=0.55, description="Fused score at or above: match.")
+    threshold_low: float = Field(default=0.30, description="Fused score below: no match.")
+    max_candidates_released: int = 3
+    search_threads: int = Field(default=0, description="FAISS OpenMP threads; 0 = library default.")
+
+    # broker behaviour
+    prefetch: int = 256
+    batch_max: int = Field(default=64, description="Deliveries handled per commit.")
+    batch_wait_ms: float = Field(default=2.0, description="How long to wait to fill a batch.")
+    retry_delays: str = Field(default="1,5,30,120,600", description="Retry tiers, seconds.")
+    delivery_limit: int = Field(default=20, description="Quorum-queue redelivery backstop.")
+    publish_timeout: float = 30.0
+    heartbeat: int = 30
+
+    log_level: str = "INFO"
+    log_json: bool = True
+
+    @property
+    def retry_tiers(self) -> list[int]:
+        return [int(s) for s in self.retry_delays.split(",") if s.strip()]
+
+    def participant_dir(self, code: str) -> Path:
+        path = self.data_dir / code
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def database_for(self, code: str) -> str:
+        if self.database_url:
+            return self.database_url.replace("{participant}", code)
+        return f"sqlite:///{(self.participant_dir(code) / 'biox.db').resolve()}"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,125 @@
+"""SQLModel tables and the engine of each participant's own database (DESIGN §7).
+
+Every participant has its own database even when one machine runs all three: they share
+nothing but messages. SQLite (WAL) by default; PostgreSQL through BIOX_DATABASE_URL.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from functools import lru_cache
+from typing import Any
+
+from sqlalchemy import JSON, Column, LargeBinary, event
+from sqlalchemy.engine import Engine
+from sqlmodel import Field, Session, SQLModel, create_engine, select
+
+from biox.messages import utcnow
+
+
+class ParticipantRow(SQLModel, table=True):
+    __tablename__ = "participants"
+    code: str = Field(primary_key=True)
+    agency: str
+    status: str
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class Record(SQLModel, table=True):
+    """An identity record of the gallery. ``id`` is also its id in the FAISS indexes.
+
+    ``source`` is the participant the data came from (§20): the owner itself for its own
+    enrolments, a partner for data retained from a query or retrieval.
+    """
+
+    __tablename__ = "records"
+    id: int = Field(primary_key=True)
+    identity_ref: str = Field(index=True, unique=True)
+    person_centric_id: str | None = None
+    biographic: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+    encounters: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON))
+    derogatory: list[str] = Field(default_factory=list, sa_column=Column(JSON))
+    releasable: bool = True
+    source: str
+    source_query_id: str | None = None
+    source_message_id: str | None = None
+    received_at: datetime = Field(default_factory=utcnow)
+    retain_until: datetime | None = None
+
+
+class Transaction(SQLModel, table=True):
+    """One query as seen by one side: times and outcome (§27 review reads these)."""
+
+    __tablename__ = "transactions"
+    query_id: str = Field(primary_key=True)
+    role: str = Field(primary_key=True, description="requester | provider")
+    encounter_id: str = Field(index=True)
+    requesting: str
+    providing: str
+    purpose: str
+    reply_to: str | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+    sent_at: datetime | None = None
+    received_at: datetime | None = None
+    answered_at: datetime | None = None
+    status: str | None = Field(default=None, index=True)
+    reason_code: str | None = None
+    top_score: float | None = None
+    answer: dict[str, Any] | None = Field(
+        default=None, sa_column=Column(JSON), description="received answer, marked by source"
+    )
+    source: str | None = Field(default=None, description="who the answer came from (§20)")
+    source_message_id: str | None = None
+
+
+class ProcessedMessage(SQLModel, table=True):
+    """Idempotency: a message id handled by a consumer, with what it caused.
+
+    ``outputs`` keeps the messages the handler produced so a redelivery republishes the
+    same bytes under the same ids instead of computing a second, possibly different answer.
+    """
+
+    __tablename__ = "processed_messages"
+    consumer: str = Field(primary_key=True)
+    message_id: str = Field(primary_key=True)
+    processed_at: datetime = Field(default_factory=utcnow)
+    outputs: bytes = Field(default=b"", sa_column=Column(LargeBinary))
+
+
+@lru_cache(maxsize=16)
+def engine_for(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": 60, "check_same_thread": False})
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(conn: Any, _record: Any) -> None:
+            cur = conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA busy_timeout=60000")
+            cur.close()
+    else:
+        engine = create_engine(url, pool_pre_ping=True)
+    SQLModel.metadata.create_all(engine)
+    return engine
+
+
+def session_for(url: str) -> Session:
+    return Session(engine_for(url), expire_on_commit=False)
+
+
+def processed(session: Session, consumer: str, ids: list[str]) -> dict[str, ProcessedMessage]:
+    if not ids:
+        return {}
+    rows = session.exec(
+        select(ProcessedMessage).where(
+            ProcessedMessage.consumer == consumer, ProcessedMessage.message_id.in_(ids)  # type: ignore[attr-defined]
+        )
+    )
+    return {r.message_id: r for r in rows}
+
+
+def sync_participants(session: Session, registry: Any) -> None:
+    for p in registry.participants.values():
+        session.merge(ParticipantRow(code=p.code, agency=p.agency, status=p.status.value))
+    session.commit()

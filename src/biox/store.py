@@ -113,7 +113,8 @@ def processed(session: Session, consumer: str, ids: list[str]) -> dict[str, Proc
         return {}
     rows = session.exec(
         select(ProcessedMessage).where(
-            ProcessedMessage.consumer == consumer, ProcessedMessage.message_id.in_(ids)  # type: ignore[attr-defined]
+            ProcessedMessage.consumer == consumer,
+            ProcessedMessage.message_id.in_(ids),  # type: ignore[attr-defined]
         )
     )
     return {r.message_id: r for r in rows}

@@ -20,13 +20,16 @@ system can draw people its partners know and people nobody knows.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 
+from biox.gallery.gallery import Gallery
+from biox.gallery.index import VectorIndex
 from biox.gallery.templates import FACE, FINGER, IRIS, IRIS_COLS, IRIS_ROWS, vector_bytes
 from biox.messages import (
     Biographic,
@@ -43,21 +46,78 @@ CHUNK = 512
 TWO_FINGERS = (2, 7)  # right and left index fingers
 MEMBER_RATE = 450  # per mille of the population in each gallery
 _SALT = {"us": 17, "mx": 389, "sv": 733}
-_FAMILY = ["García", "Hernández", "López", "Martínez", "Rodríguez", "Pérez", "Sánchez",
-           "Ramírez", "Cruz", "Flores", "Gómez", "Morales", "Reyes", "Díaz", "Ortiz",
-           "Singh", "Kumar", "Chen", "Wang", "Okafor", "Mensah", "Diallo", "Haile", "Tesfaye"]
-_GIVEN = ["María", "José", "Juan", "Ana", "Luis", "Carlos", "Rosa", "Miguel", "Elena",
-          "Jorge", "Sofía", "Daniel", "Lucía", "Pedro", "Amit", "Wei", "Ngozi", "Kofi",
-          "Aminata", "Yonas", "Fatima", "Samuel", "Grace", "Omar"]
+_FAMILY = [
+    "García",
+    "Hernández",
+    "López",
+    "Martínez",
+    "Rodríguez",
+    "Pérez",
+    "Sánchez",
+    "Ramírez",
+    "Cruz",
+    "Flores",
+    "Gómez",
+    "Morales",
+    "Reyes",
+    "Díaz",
+    "Ortiz",
+    "Singh",
+    "Kumar",
+    "Chen",
+    "Wang",
+    "Okafor",
+    "Mensah",
+    "Diallo",
+    "Haile",
+    "Tesfaye",
+]
+_GIVEN = [
+    "María",
+    "José",
+    "Juan",
+    "Ana",
+    "Luis",
+    "Carlos",
+    "Rosa",
+    "Miguel",
+    "Elena",
+    "Jorge",
+    "Sofía",
+    "Daniel",
+    "Lucía",
+    "Pedro",
+    "Amit",
+    "Wei",
+    "Ngozi",
+    "Kofi",
+    "Aminata",
+    "Yonas",
+    "Fatima",
+    "Samuel",
+    "Grace",
+    "Omar",
+]
 _THIRD_COUNTRIES = ["gt", "hn", "ni", "co", "ve", "ec", "cu", "ht", "in", "cn", "er", "sn", "gh"]
-_DEROGATORY = ["prior removal order", "fraudulent travel document", "visa overstay",
-               "smuggling investigation", "prior asylum claim denied"]
+_DEROGATORY = [
+    "prior removal order",
+    "fraudulent travel document",
+    "visa overstay",
+    "smuggling investigation",
+    "prior asylum claim denied",
+]
 
 
 def member_of(code: str, persons: np.ndarray) -> np.ndarray:
     """Whether each person is in ``code``'s gallery: a fixed hash, so galleries overlap."""
-    h = (persons.astype(np.int64) * 2654435761 + _SALT.get(code, sum(map(ord, code)))) % 1000
-    return h < MEMBER_RATE
+    salt = _SALT.get(code, sum(map(ord, code)))
+    x = persons.astype(np.uint64) + np.uint64((salt * 0x9E3779B97F4A7C15) % 2**64)
+    x ^= x >> np.uint64(30)  # splitmix64 finaliser: independent bits per salt
+    x *= np.uint64(0xBF58476D1CE4E5B9)
+    x ^= x >> np.uint64(27)
+    x *= np.uint64(0x94D049BB133111EB)
+    x ^= x >> np.uint64(31)
+    return (x % np.uint64(1000)) < MEMBER_RATE
 
 
 def population_for(gallery_size: int) -> int:
@@ -147,8 +207,13 @@ def person(seed: int, number: int) -> Person:
         document_number=f"P{a[5] % 10**8:08d}",
     )
     derogatory = [_DEROGATORY[a[6] % len(_DEROGATORY)]] if a[7] % 10 == 0 else []
-    return Person(number, bio, derogatory, bool(c.tenprint[number - c.start]),
-                  bool(c.has_iris[number - c.start]))
+    return Person(
+        number,
+        bio,
+        derogatory,
+        bool(c.tenprint[number - c.start]),
+        bool(c.has_iris[number - c.start]),
+    )
 
 
 def identity_ref(code: str, number: int) -> str:
@@ -198,7 +263,12 @@ def enrolments(
                 if len(sel):
                     irises[eye] = (sel, np.stack(codes), np.stack(masks))
         done += len(rows)
-        yield EnrolmentBatch(persons[rows], face, _rows_to_persons(fingers, c.start), _rows_to_persons(irises, c.start))
+        yield EnrolmentBatch(
+            persons[rows],
+            face,
+            _rows_to_persons(fingers, c.start),
+            _rows_to_persons(irises, c.start),
+        )
 
 
 def _rows_to_persons(parts: dict, start: int) -> dict:
@@ -247,7 +317,7 @@ def known_to(code: str, size: int, rng: np.random.Generator) -> int:
     """A person enrolled in ``code``'s gallery of ``size`` (so a query to it is mated)."""
     while True:
         n = int(rng.integers(0, population_for(size) - CHUNK))
-        if member_of(code, np.array([n]))[0] and n < _last_member(code, size):
+        if member_of(code, np.array([n]))[0] and n <= _last_member(code, size):
             return n
 
 
@@ -260,7 +330,12 @@ def _last_member(code: str, size: int) -> int:
 def encounter_here(code: str, rng: np.random.Generator) -> Encounter:
     when = datetime(2026, 11, 1, tzinfo=UTC) + timedelta(minutes=int(rng.integers(0, 30000)))
     kind = list(EncounterType)[int(rng.integers(0, len(EncounterType)))]
-    return Encounter(encountered_at=when, country=code, location=f"{code.upper()}-POE-{int(rng.integers(1, 40)):02d}", type=kind)
+    return Encounter(
+        encountered_at=when,
+        country=code,
+        location=f"{code.upper()}-POE-{int(rng.integers(1, 40)):02d}",
+        type=kind,
+    )
 
 
 def status_for(requester: str, partners: list[str], excluded: str | None) -> SubjectStatus:
@@ -271,4 +346,80 @@ def status_for(requester: str, partners: list[str], excluded: str | None) -> Sub
         return SubjectStatus(citizenships=[partners[0]])
     if excluded == "resident":
         return SubjectStatus(citizenships=["gt"], permanent_residences=[requester])
-    return SubjectStatus(citizenships=[_THIRD_COUNTRIES[hash(requester) % len(_THIRD_COUNTRIES)]])
+    return SubjectStatus(
+        citizenships=[_THIRD_COUNTRIES[sum(map(ord, requester)) % len(_THIRD_COUNTRIES)]]
+    )
+
+
+def populate(
+    code: str,
+    size: int,
+    seed: int,
+    database_url: str,
+    gallery_directory: Path,
+    *,
+    index: str = "auto",
+    exact_max: int = 50_000,
+    nprobe: int = 48,
+    tenprint: bool = True,
+    iris: bool = True,
+    progress: Callable[[int], None] | None = None,
+) -> Gallery:
+    """Build ``code``'s synthetic gallery: identity records in its database, FAISS on disk.
+
+    Record ids are the people's numbers, so the same person has the same id in every
+    gallery that knows them: handy for checking answers, meaningless to the protocol.
+    """
+    from sqlalchemy import delete, insert
+
+    from biox.store import Record, engine_for
+
+    gallery = Gallery.for_size(size, index, exact_max, nprobe)
+    batches = list(enrolments(seed, code, size, tenprint=tenprint, iris=iris))
+    if gallery.kind == "ivf":  # train each space on a sample before adding
+        sample = np.concatenate([b.face for b in batches])[: 50 * VectorIndex.nlist_for(size)]
+        fsample = np.concatenate([b.fingers[TWO_FINGERS[0]][1] for b in batches])
+        gallery.train(sample, fsample[: len(sample)])
+    engine = engine_for(database_url)
+    now = datetime.now(UTC)
+    with engine.begin() as conn:
+        conn.execute(delete(Record))
+    for b in batches:
+        gallery.face.add(b.persons, b.face)
+        for pos, (rows, vecs) in b.fingers.items():
+            gallery.fingers[pos].add(rows, vecs)
+        for eye, (rows, codes, masks) in b.irises.items():
+            gallery.irises[eye].add(rows, codes, masks)
+        rows_out = []
+        for n in b.persons.tolist():
+            p = person(seed, n)
+            rows_out.append(
+                {
+                    "id": n,
+                    "identity_ref": identity_ref(code, n),
+                    "person_centric_id": f"{code}-pcn-{n}",
+                    "biographic": p.biographic.model_dump(mode="json", exclude_none=True),
+                    "encounters": [
+                        {
+                            "encountered_at": (now - timedelta(days=30 + n % 900)).isoformat(),
+                            "country": code,
+                            "type": "border",
+                            "location": f"{code.upper()}-POE-{n % 40:02d}",
+                        }
+                    ],
+                    "derogatory": p.derogatory,
+                    "releasable": True,
+                    "source": code,
+                    "received_at": now,
+                }
+            )
+        with engine.begin() as conn:
+            conn.execute(insert(Record), rows_out)
+        if progress:
+            progress(len(b.persons))
+    gallery.save(gallery_directory)
+    return gallery
+
+
+def in_gallery(code: str, size: int, number: int) -> bool:
+    return bool(member_of(code, np.array([number]))[0]) and number <= _last_member(code, size)

@@ -178,7 +178,8 @@ class ConsumeLoop:
     def _decode(self, d: Delivery, env: Envelope) -> Inbound | BioxError:
         if env.kind not in self.handler.kinds:
             return PermanentError(
-                Reason.unknown_kind, f"{env.kind!r} on {self.queue}, which takes {self.handler.kinds}"
+                Reason.unknown_kind,
+                f"{env.kind!r} on {self.queue}, which takes {self.handler.kinds}",
             )
         try:
             return Inbound(env, decode_body(env.kind, env.schema, d.body))

@@ -125,9 +125,14 @@ class LocalBroker:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 tail = (Path(self.state.directory) / "server.out").read_text(errors="replace")
-                raise BrokerError(f"rabbitmq-server exited ({self.process.returncode}):\n{tail[-2000:]}")
+                raise BrokerError(
+                    f"rabbitmq-server exited ({self.process.returncode}):\n{tail[-2000:]}"
+                )
             try:
-                pika.BlockingConnection(pika.URLParameters(self.url + "?connection_attempts=1")).close()
+                socket.create_connection(("127.0.0.1", self.state.amqp_port), timeout=1).close()
+                pika.BlockingConnection(
+                    pika.URLParameters(self.url + "?connection_attempts=1")
+                ).close()
                 return
             except Exception as exc:
                 last = exc

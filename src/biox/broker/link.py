@@ -204,7 +204,9 @@ class Link:
         )
 
     def ack(self, delivery: Delivery) -> None:
-        self._threadsafe(lambda: self._settle(delivery, lambda ch: ch.basic_ack(delivery.delivery_tag)))
+        self._threadsafe(
+            lambda: self._settle(delivery, lambda ch: ch.basic_ack(delivery.delivery_tag))
+        )
 
     def nack(self, delivery: Delivery, requeue: bool = True) -> None:
         self._threadsafe(
@@ -244,7 +246,9 @@ class Link:
             return future
         try:
             conn.ioloop.add_callback_threadsafe(
-                lambda: self._publish_now(future, exchange, routing_key, body, properties, mandatory)
+                lambda: self._publish_now(
+                    future, exchange, routing_key, body, properties, mandatory
+                )
             )
         except Exception as exc:
             future.set_exception(ConnectionLost(f"{self.name}: {exc}"))
@@ -308,4 +312,3 @@ class Link:
         for future, _ in pending.values():
             if not future.done():
                 future.set_exception(exc)
-

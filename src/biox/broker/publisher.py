@@ -112,9 +112,7 @@ class Publisher:
             ]
         )
 
-    def send_raw(
-        self, messages: Sequence[tuple[str, str, bytes, pika.BasicProperties]]
-    ) -> None:
+    def send_raw(self, messages: Sequence[tuple[str, str, bytes, pika.BasicProperties]]) -> None:
         """Publish all, wait for all confirms; re-publish those a lost connection took."""
         todo = list(messages)
         for attempt in Retrying(

@@ -60,7 +60,9 @@ class Gallery:
 
     @classmethod
     def for_size(cls, n: int, index: str, exact_max: int, nprobe: int) -> Gallery:
-        kind: IndexKind = "flat" if index == "flat" or (index == "auto" and n <= exact_max) else "ivf"
+        kind: IndexKind = (
+            "flat" if index == "flat" or (index == "auto" and n <= exact_max) else "ivf"
+        )
         return cls(kind, VectorIndex.nlist_for(n), nprobe)
 
     @property

@@ -62,9 +62,13 @@ class MatcherHandler:
             except PermanentError as exc:
                 results[i] = exc
         started = time.perf_counter()
-        hits = self.gallery.search(
-            probes, k=self.settings.candidates, top=self.settings.max_candidates_released
-        ) if probes else []
+        hits = (
+            self.gallery.search(
+                probes, k=self.settings.candidates, top=self.settings.max_candidates_released
+            )
+            if probes
+            else []
+        )
         search_ms = (time.perf_counter() - started) * 1000 / max(len(probes), 1)
         records = self._records(session, {h.record_id for hs in hits for h in hs})
         for i, found in zip(searchable, hits, strict=True):
@@ -145,7 +149,9 @@ class MatcherHandler:
             status=status.value if decision is not Decision.review else "inconclusive",
             top_score=best,
         )
-        return Effects(rows=[row], outgoing=[self._send(inb.envelope, response)], outcome=status.value)
+        return Effects(
+            rows=[row], outgoing=[self._send(inb.envelope, response)], outcome=status.value
+        )
 
     def _send(self, env: Envelope, response: Response) -> codec.Outgoing:
         return codec.to_partner(
@@ -172,7 +178,9 @@ class MatcherHandler:
             reason=error.detail or REASON_TEXT[error.reason],
             timings=Timings(received_at=now, answered_at=now),
         )
-        return Effects(outgoing=[self._send(envelope, response)], outcome=f"rejected:{error.reason}")
+        return Effects(
+            outgoing=[self._send(envelope, response)], outcome=f"rejected:{error.reason}"
+        )
 
 
 def _released(record: Record) -> ReleasedRecord:

@@ -1,0 +1,146 @@
+"""The `biox` command."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import Progress
+
+from biox import contract, logs
+from biox.settings import Settings
+
+app = typer.Typer(help="biox: biometric immigration query exchange.", no_args_is_help=True)
+broker_app = typer.Typer(help="A local RabbitMQ for development and tests.", no_args_is_help=True)
+app.add_typer(broker_app, name="broker")
+console = Console()
+
+
+def _broker_state(settings: Settings) -> Path:
+    return settings.data_dir / "broker" / "state.json"
+
+
+@app.command()
+def demo(
+    gallery_size: int = typer.Option(20_000, help="identities per participant gallery"),
+    encounters: int = typer.Option(100, help="encounters submitted per participant"),
+    seed: int = typer.Option(2026),
+) -> None:
+    """Run the exchange end to end on this machine and print what came back."""
+    from biox.demo import run
+
+    settings = Settings()
+    logs.configure("WARNING", json=False)
+    raise typer.Exit(
+        run(
+            settings,
+            gallery_size=gallery_size,
+            per_participant=encounters,
+            seed=seed,
+            console=console,
+        )
+    )
+
+
+@app.command()
+def worker(
+    kind: str = typer.Argument(..., help="intake | matcher | response"),
+    participant: str = typer.Option(..., "--participant", "-p"),
+) -> None:
+    """Run one worker process for a participant (BIOX_AMQP_URL must be set)."""
+    from biox.runtime import WorkerKind, run_worker
+
+    run_worker(WorkerKind(kind), participant)
+
+
+@app.command()
+def schemas(out: Path = typer.Option(Path("schemas"), help="directory to write")) -> None:
+    """Write the JSON Schemas of every message kind (the integration contract)."""
+    for path in contract.write(out):
+        console.print(f"wrote {path}")
+
+
+@app.command()
+def synth(
+    participant: str = typer.Option(..., "--participant", "-p"),
+    size: int = typer.Option(20_000),
+    seed: int = typer.Option(2026),
+) -> None:
+    """Build a participant's synthetic gallery (database records and FAISS indexes)."""
+    from biox import synth as synth_mod
+    from biox.runtime import gallery_dir
+
+    settings = Settings()
+    started = time.perf_counter()
+    with Progress(console=console) as progress:
+        task = progress.add_task(f"gallery {participant}", total=size)
+        gallery = synth_mod.populate(
+            participant,
+            size,
+            seed,
+            settings.database_for(participant),
+            gallery_dir(settings, participant),
+            index=settings.index,
+            exact_max=settings.exact_max,
+            nprobe=settings.ivf_nprobe,
+            progress=lambda n: progress.advance(task, n),
+        )
+    console.print(
+        f"{participant}: {gallery.size} identities, {gallery.kind} index, "
+        f"{time.perf_counter() - started:.1f}s"
+    )
+
+
+@broker_app.command("start")
+def broker_start() -> None:
+    """Start a local RabbitMQ in the background and print its URL."""
+    from biox.broker.launcher import LocalBroker
+
+    settings = Settings()
+    state = _broker_state(settings)
+    if state.exists() and LocalBroker.from_state(state).running():
+        console.print(LocalBroker.from_state(state).url)
+        return
+    broker = LocalBroker().start()
+    broker.save_state(state)
+    console.print(broker.url)
+    console.print(f"[dim]export BIOX_AMQP_URL={broker.url}   # then: biox broker stop[/]")
+
+
+@broker_app.command("stop")
+def broker_stop() -> None:
+    """Stop the local RabbitMQ started by `biox broker start`."""
+    from biox.broker.launcher import LocalBroker
+
+    state = _broker_state(Settings())
+    if not state.exists():
+        console.print("no local broker recorded")
+        return
+    LocalBroker.from_state(state).stop()
+    state.unlink()
+    console.print("stopped")
+
+
+@broker_app.command("status")
+def broker_status() -> None:
+    """Say whether the local RabbitMQ is running, and where."""
+    from biox.broker.launcher import LocalBroker
+
+    state = _broker_state(Settings())
+    if state.exists() and (b := LocalBroker.from_state(state)).running():
+        console.print(f"running (pid {b.state.pid}): {b.url}")  # type: ignore[union-attr]
+    else:
+        console.print("not running")
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,255 @@
+"""`biox demo`: the whole exchange on one machine, from an empty directory to a report.
+
+Broker (local unless BIOX_AMQP_URL), topology, a synthetic gallery per participant,
+workers as separate processes, a simulated encounter system per participant, and a
+table of what came back. Everything it starts, it stops.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pika
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from biox import addresses, encounters, synth
+from biox.broker.launcher import LocalBroker
+from biox.broker.topology import declare
+from biox.registry import Registry
+from biox.runtime import QUEUE_ROLE, WorkerKind, gallery_dir
+from biox.settings import Settings
+
+
+@contextlib.contextmanager
+def broker_url(settings: Settings, console: Console) -> Iterator[str]:
+    """The configured broker, or a local one for the duration of the block."""
+    if settings.amqp_url:
+        console.print(f"Broker: [bold]{_redact(settings.amqp_url)}[/] (BIOX_AMQP_URL)")
+        yield settings.amqp_url
+        return
+    with console.status("Starting a local RabbitMQ (Debian rabbitmq-server)..."):
+        broker = LocalBroker().start()
+    console.print(f"Broker: local RabbitMQ at [bold]{broker.url}[/]")
+    try:
+        yield broker.url
+    finally:
+        with console.status("Stopping the local broker..."):
+            broker.stop()
+
+
+def _redact(url: str) -> str:
+    parsed = pika.URLParameters(url)
+    return f"amqp://{parsed.credentials.username}:***@{parsed.host}:{parsed.port}"
+
+
+@dataclass
+class Workers:
+    processes: list[tuple[str, subprocess.Popen[bytes]]]
+
+    def alive(self) -> list[str]:
+        return [name for name, p in self.processes if p.poll() is None]
+
+    def stop(self, timeout: float = 20.0) -> None:
+        for _, p in self.processes:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for _, p in self.processes:
+            try:
+                p.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+def start_workers(
+    codes: list[str],
+    env: dict[str, str],
+    log_dir: Path,
+    kinds: tuple[WorkerKind, ...] = tuple(WorkerKind),
+) -> Workers:
+    log_dir.mkdir(parents=True, exist_ok=True)
+    procs = []
+    for code in codes:
+        for kind in kinds:
+            name = f"{code}-{kind.value}"
+            out = open(log_dir / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
+            procs.append(
+                (
+                    name,
+                    subprocess.Popen(
+                        [
+                            sys.executable,
+                            "-m",
+                            "biox.cli",
+                            "worker",
+                            kind.value,
+                            "--participant",
+                            code,
+                        ],
+                        env=env,
+                        stdout=out,
+                        stderr=subprocess.STDOUT,
+                    ),
+                )
+            )
+    return Workers(procs)
+
+
+def wait_for_consumers(url: str, queues: list[str], workers: Workers, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    conn = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        ch = conn.channel()
+        while time.monotonic() < deadline:
+            waiting = [
+                q for q in queues if ch.queue_declare(q, passive=True).method.consumer_count == 0
+            ]
+            if not waiting:
+                return
+            dead = [n for n, p in workers.processes if p.poll() is not None]
+            if dead:
+                raise RuntimeError(f"worker(s) exited during start-up: {dead}; see their logs")
+            time.sleep(0.3)
+        raise RuntimeError(f"no consumer on {waiting} after {timeout:.0f}s")
+    finally:
+        conn.close()
+
+
+def run(
+    settings: Settings,
+    *,
+    gallery_size: int = 20_000,
+    per_participant: int = 100,
+    seed: int = 2026,
+    console: Console | None = None,
+) -> int:
+    console = console or Console()
+    # SIGTERM (a CI timeout, systemd) unwinds like Ctrl-C, so workers and broker are stopped
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    registry = Registry.load(settings.registry)
+    codes = registry.codes
+    data_dir = settings.data_dir / "demo"
+    shutil.rmtree(data_dir, ignore_errors=True)
+    settings = settings.model_copy(update={"data_dir": data_dir})
+    sizes = dict.fromkeys(codes, gallery_size)
+
+    with broker_url(settings, console) as url:
+        queues = declare(url, codes, settings)
+        console.print(f"Topology: {len(codes) * 2} exchanges, {len(queues)} work queues declared")
+        with _progress(console) as progress:
+            for code in codes:
+                task = progress.add_task(f"Gallery {code}", total=gallery_size)
+                synth.populate(
+                    code,
+                    gallery_size,
+                    seed,
+                    settings.database_for(code),
+                    gallery_dir(settings, code),
+                    index=settings.index,
+                    exact_max=settings.exact_max,
+                    nprobe=settings.ivf_nprobe,
+                    progress=lambda n, t=task: progress.advance(t, n),
+                )
+        env = {
+            **os.environ,
+            "BIOX_AMQP_URL": url,
+            "BIOX_DATA_DIR": str(data_dir),
+            "BIOX_REGISTRY": str(settings.registry),
+        }
+        workers = start_workers(codes, env, data_dir / "logs")
+        try:
+            with console.status(f"Starting {len(workers.processes)} worker processes..."):
+                wait_for_consumers(
+                    url,
+                    [addresses.queue(c, QUEUE_ROLE[k]) for c in codes for k in WorkerKind],
+                    workers,
+                )
+            console.print(
+                f"Workers: {len(workers.processes)} processes ({', '.join(k.value for k in WorkerKind)} per participant)"
+            )
+            planned = encounters.plan(registry, sizes, per_participant, seed)
+            with (
+                encounters.EncounterSystem(url, seed, sizes) as system,
+                _progress(console) as progress,
+            ):
+                task = progress.add_task("Encounters answered", total=len(planned))
+                system.submit(planned)
+                system.collect(
+                    timeout=600,
+                    on_progress=lambda done, total: progress.update(task, completed=done),
+                )
+                outcomes = list(system.outcomes.values())
+                duplicates = system.duplicates
+        finally:
+            workers.stop()
+        return report(console, outcomes, duplicates)
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(
+        TextColumn("{task.description:<22}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    )
+
+
+def report(console: Console, outcomes: list[encounters.Outcome], duplicates: int) -> int:
+    pairs, refused, missing = encounters.summarise(outcomes)
+    table = Table(
+        title="Queries per participant pair (latency: encounter submitted → answer received)"
+    )
+    for col in (
+        "requester → provider",
+        "queries",
+        "match",
+        "no match",
+        "declined",
+        "rejected",
+        "wrong",
+        "p50 ms",
+        "p95 ms",
+        "p99 ms",
+    ):
+        table.add_column(col, justify="right" if col != "requester → provider" else "left")
+    for (req, prov), s in sorted(pairs.items()):
+        table.add_row(
+            f"{req} → {prov}",
+            str(s.queries),
+            str(s.match),
+            str(s.no_match),
+            str(s.declined),
+            str(s.rejected),
+            str(s.wrong),
+            *(
+                f"{v:.0f}" if v is not None else "-"
+                for v in (s.percentile(50), s.percentile(95), s.percentile(99))
+            ),
+        )
+    console.print(table)
+    ref = Table(title="Encounters refused at intake (§2-4), per requester")
+    ref.add_column("requester")
+    ref.add_column("reasons")
+    for req, reasons in sorted(refused.items()):
+        ref.add_row(req, ", ".join(f"{k}: {v}" for k, v in sorted(reasons.items())))
+    console.print(ref)
+    total = sum(s.queries for s in pairs.values())
+    wrong = sum(s.wrong for s in pairs.values())
+    console.print(
+        f"{len(outcomes)} encounters, {total} queries, {missing} unanswered, "
+        f"{duplicates} duplicate results, {wrong} wrong answers."
+    )
+    return 0 if missing == 0 and duplicates == 0 and wrong == 0 else 1

@@ -1,0 +1,271 @@
+"""A simulated upstream encounter system: submits encounters and collects results.
+
+It talks to biox exactly as a real one would (``encounter.submit`` to its participant's
+inbox with a ``reply_to`` queue, results correlated by encounter id) and knows, from the
+synthetic population, what each answer should be, so the demo and tests can check them.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+import zlib
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+import pika
+
+from biox import codec, synth
+from biox.broker.link import Link
+from biox.broker.publisher import Publisher, envelope_of
+from biox.codec import Outgoing
+from biox.messages import (
+    EncounterResult,
+    EncounterResultStatus,
+    EncounterSubmit,
+)
+from biox.policy.eligibility import refusal
+from biox.registry import Purpose, Registry
+
+SCENARIOS = ("mated", "stranger", "citizen", "resident", "partner_citizen")
+WEIGHTS = (0.55, 0.30, 0.06, 0.05, 0.04)
+
+
+@dataclass
+class Planned:
+    encounter_id: str
+    requester: str
+    person: int
+    scenario: str
+    submit: EncounterSubmit
+    expected_partners: list[str]
+    submitted_at: float = 0.0
+
+
+@dataclass
+class Answer:
+    partner: str
+    status: str
+    identity_ref: str | None
+    latency_s: float
+    reason_code: str | None
+    correct: bool
+
+
+@dataclass
+class Outcome:
+    planned: Planned
+    refused: str | None = None
+    answers: dict[str, Answer] = field(default_factory=dict)
+    latency_s: float | None = None
+
+    @property
+    def complete(self) -> bool:
+        if self.refused is not None:
+            return True
+        return bool(self.planned.expected_partners) and set(self.answers) >= set(
+            self.planned.expected_partners
+        )
+
+
+def plan(
+    registry: Registry,
+    gallery_sizes: dict[str, int],
+    per_participant: int,
+    seed: int,
+    requesters: Iterable[str] | None = None,
+) -> list[Planned]:
+    """A deterministic mix of mated, unknown and §4-excluded subjects per requester."""
+    rng = np.random.default_rng([seed, 99])
+    out: list[Planned] = []
+    for requester in requesters or registry.codes:
+        me = registry.participants[requester]
+        purposes = sorted({p for a in me.agreements.values() for p in a.send})
+        for i in range(per_participant):
+            purpose = Purpose(purposes[int(rng.integers(0, len(purposes)))])
+            partners = registry.partners_for(requester, purpose)
+            scenario = SCENARIOS[int(rng.choice(len(SCENARIOS), p=WEIGHTS))]
+            if scenario == "mated" and partners:
+                target = partners[int(rng.integers(0, len(partners)))]
+                number = synth.known_to(target, gallery_sizes[target], rng)
+            else:
+                number = synth.stranger(seed, gallery_sizes, rng)
+            excluded = scenario if scenario in ("citizen", "resident", "partner_citizen") else None
+            status = synth.status_for(requester, partners, excluded)
+            encounter = synth.encounter_here(requester, rng)
+            quality = int(rng.integers(45, 96))
+            p = synth.person(seed, number)
+            encounter_id = f"{requester.upper()}-ENC-{seed}-{i:06d}"
+            submit = EncounterSubmit(
+                encounter_id=encounter_id,
+                purpose=purpose,
+                subject_status=status,
+                biometrics=synth.capture(
+                    seed, number, context=zlib.crc32(encounter_id.encode()), quality=quality
+                ),
+                biographic=p.biographic,
+                encounter=encounter,
+            )
+            expected = [
+                partner
+                for partner in partners
+                if refusal(registry, requester, partner, purpose, status, encounter) is None
+            ]
+            out.append(Planned(encounter_id, requester, number, scenario, submit, expected))
+    return out
+
+
+class EncounterSystem:
+    """Publishes planned encounters and gathers every result addressed to it."""
+
+    def __init__(self, url: str, seed: int, gallery_sizes: dict[str, int]) -> None:
+        self.url = url
+        self.seed = seed
+        self.gallery_sizes = gallery_sizes
+        self.reply_queue = f"encounters.replies.{uuid.uuid4().hex[:12]}"
+        conn = pika.BlockingConnection(pika.URLParameters(url))
+        conn.channel().queue_declare(
+            self.reply_queue, durable=True, arguments={"x-expires": 3_600_000}
+        )
+        conn.close()
+        self.link = Link(url, name="encounter-system", consume=self.reply_queue, prefetch=2000)
+        self.publisher = Publisher(self.link)
+        self.outcomes: dict[str, Outcome] = {}
+        self.duplicates = 0
+        self.unexpected = 0
+        self._seen: set[str] = set()
+
+    def __enter__(self) -> EncounterSystem:
+        self.link.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.link.close()
+        try:
+            conn = pika.BlockingConnection(pika.URLParameters(self.url))
+            conn.channel().queue_delete(self.reply_queue)
+            conn.close()
+        except Exception:  # the broker may already be gone; the queue expires on its own
+            pass
+
+    def submit(self, planned: list[Planned], batch: int = 50) -> None:
+        for start in range(0, len(planned), batch):
+            chunk = planned[start : start + batch]
+            messages: list[Outgoing] = []
+            for p in chunk:
+                self.outcomes[p.encounter_id] = Outcome(p)
+                messages.append(
+                    codec.to_own_inbox(
+                        p.submit,
+                        participant=p.requester,
+                        message_id=str(uuid.uuid4()),
+                        correlation_id=p.encounter_id,
+                        reply_to=self.reply_queue,
+                    )
+                )
+            now = time.monotonic()
+            for p in chunk:
+                p.submitted_at = now
+            self.publisher.send(messages)
+
+    def collect(
+        self,
+        timeout: float = 120.0,
+        idle_timeout: float = 60.0,
+        on_progress: Callable[[int, int], None] | None = None,
+    ) -> None:
+        """Take results until every encounter is complete, or nothing arrives for a while."""
+        deadline = time.monotonic() + timeout
+        last_seen = time.monotonic()
+        while time.monotonic() < deadline and time.monotonic() - last_seen < idle_timeout:
+            if all(o.complete for o in self.outcomes.values()):
+                return
+            try:
+                delivery = self.link.deliveries.get(timeout=0.2)
+            except Exception:
+                continue
+            last_seen = time.monotonic()
+            self._take(delivery)
+            self.link.ack(delivery)
+            if on_progress:
+                on_progress(sum(o.complete for o in self.outcomes.values()), len(self.outcomes))
+
+    def _take(self, delivery: object) -> None:
+        env = envelope_of(delivery)  # type: ignore[arg-type]
+        if env.message_id in self._seen:
+            self.duplicates += 1
+            return
+        self._seen.add(env.message_id)
+        result = codec.decode_body(env.kind, env.schema, delivery.body)  # type: ignore[attr-defined]
+        assert isinstance(result, EncounterResult)
+        outcome = self.outcomes.get(result.encounter_id)
+        if outcome is None:
+            self.unexpected += 1
+            return
+        elapsed = time.monotonic() - outcome.planned.submitted_at
+        if result.status is EncounterResultStatus.refused:
+            outcome.refused = result.reason_code.value if result.reason_code else "refused"
+            outcome.latency_s = elapsed
+            return
+        assert result.outcome is not None
+        o = result.outcome
+        if o.partner in outcome.answers:
+            self.duplicates += 1
+            return
+        outcome.planned.expected_partners = sorted(
+            set(outcome.planned.expected_partners) | set(result.partners)
+        )
+        top = o.candidates[0].identity_ref if o.candidates else None
+        mated = synth.in_gallery(o.partner, self.gallery_sizes[o.partner], outcome.planned.person)
+        want = synth.identity_ref(o.partner, outcome.planned.person) if mated else None
+        correct = (o.status.value == "match" and top == want) or (
+            o.status.value == "no_match" and not mated
+        )
+        outcome.answers[o.partner] = Answer(
+            o.partner,
+            o.status.value,
+            top,
+            elapsed,
+            o.reason_code.value if o.reason_code else None,
+            correct,
+        )
+
+
+@dataclass
+class PairStats:
+    queries: int = 0
+    match: int = 0
+    no_match: int = 0
+    declined: int = 0
+    rejected: int = 0
+    wrong: int = 0
+    latencies: list[float] = field(default_factory=list)
+
+    def percentile(self, q: float) -> float | None:
+        return float(np.percentile(self.latencies, q)) * 1000 if self.latencies else None
+
+
+def summarise(
+    outcomes: Iterable[Outcome],
+) -> tuple[dict[tuple[str, str], PairStats], dict[str, dict[str, int]], int]:
+    """Per (requester, provider) pair statistics, refusals per requester, and missing answers."""
+    pairs: dict[tuple[str, str], PairStats] = defaultdict(PairStats)
+    refused: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    missing = 0
+    for o in outcomes:
+        if o.refused is not None:
+            refused[o.planned.requester][o.refused] += 1
+            continue
+        for partner in o.planned.expected_partners:
+            stats = pairs[(o.planned.requester, partner)]
+            stats.queries += 1
+            answer = o.answers.get(partner)
+            if answer is None:
+                missing += 1
+                continue
+            setattr(stats, answer.status, getattr(stats, answer.status) + 1)
+            stats.wrong += 0 if answer.correct or answer.status in ("declined", "rejected") else 1
+            stats.latencies.append(answer.latency_s)
+    return dict(pairs), {k: dict(v) for k, v in refused.items()}, missing

@@ -1,0 +1,82 @@
+"""Builds a worker of a given kind for a participant and runs it under the consume loop."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from enum import StrEnum
+
+import structlog
+
+from biox import addresses, logs
+from biox.broker.consumer import ConsumeLoop
+from biox.gallery.gallery import Gallery
+from biox.handlers.base import Handler
+from biox.handlers.intake import IntakeHandler
+from biox.handlers.matcher import MatcherHandler
+from biox.handlers.response import ResponseHandler
+from biox.registry import Registry
+from biox.settings import Settings
+
+log = structlog.get_logger("biox.runtime")
+
+
+class WorkerKind(StrEnum):
+    intake = "intake"
+    matcher = "matcher"
+    response = "response"
+
+
+QUEUE_ROLE = {
+    WorkerKind.intake: "intake",
+    WorkerKind.matcher: "query",
+    WorkerKind.response: "response",
+}
+
+
+def gallery_dir(settings: Settings, participant: str):
+    return settings.participant_dir(participant) / "gallery"
+
+
+def load_gallery(settings: Settings, participant: str) -> Gallery:
+    directory = gallery_dir(settings, participant)
+    if Gallery.exists(directory):
+        return Gallery.load(directory, settings.ivf_nprobe)
+    log.warning("empty_gallery", participant=participant, directory=str(directory))
+    return Gallery()
+
+
+def build_handler(kind: WorkerKind, participant: str, settings: Settings) -> Handler:
+    registry = Registry.load(settings.registry)
+    if registry.get(participant) is None:
+        raise SystemExit(f"participant {participant!r} is not in {settings.registry}")
+    if kind is WorkerKind.intake:
+        return IntakeHandler(participant, registry)
+    if kind is WorkerKind.matcher:
+        if settings.search_threads:
+            import faiss
+
+            faiss.omp_set_num_threads(settings.search_threads)
+        return MatcherHandler(participant, registry, load_gallery(settings, participant), settings)
+    return ResponseHandler(participant)
+
+
+def run_worker(kind: WorkerKind, participant: str, settings: Settings | None = None) -> None:
+    settings = settings or Settings()
+    logs.configure(
+        settings.log_level, settings.log_json, participant=participant, worker=kind.value
+    )
+    if not settings.amqp_url:
+        raise SystemExit("BIOX_AMQP_URL is not set: start a broker with `biox broker start`")
+    handler = build_handler(kind, participant, settings)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    loop = ConsumeLoop(
+        url=settings.amqp_url,
+        queue=addresses.queue(participant, QUEUE_ROLE[kind]),
+        handler=handler,
+        database_url=settings.database_for(participant),
+        settings=settings,
+    )
+    loop.run(stop)

@@ -181,7 +181,7 @@ def run(
             )
             planned = encounters.plan(registry, sizes, per_participant, seed)
             with (
-                encounters.EncounterSystem(url, seed, sizes) as system,
+                encounters.EncounterSystem(url, sizes) as system,
                 _progress(console) as progress,
             ):
                 task = progress.add_task("Encounters answered", total=len(planned))

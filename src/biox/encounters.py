@@ -76,9 +76,14 @@ def plan(
     per_participant: int,
     seed: int,
     requesters: Iterable[str] | None = None,
+    draw: int = 0,
 ) -> list[Planned]:
-    """A deterministic mix of mated, unknown and §4-excluded subjects per requester."""
-    rng = np.random.default_rng([seed, 99])
+    """A deterministic mix of mated, unknown and §4-excluded subjects per requester.
+
+    ``seed`` is the population's (the galleries were built from it); ``draw`` picks
+    another set of encounters from the same population.
+    """
+    rng = np.random.default_rng([seed, 99, draw])
     out: list[Planned] = []
     for requester in requesters or registry.codes:
         me = registry.participants[requester]
@@ -97,7 +102,7 @@ def plan(
             encounter = synth.encounter_here(requester, rng)
             quality = int(rng.integers(45, 96))
             p = synth.person(seed, number)
-            encounter_id = f"{requester.upper()}-ENC-{seed}-{i:06d}"
+            encounter_id = f"{requester.upper()}-ENC-{seed}-{draw}-{i:06d}"
             submit = EncounterSubmit(
                 encounter_id=encounter_id,
                 purpose=purpose,
@@ -120,9 +125,8 @@ def plan(
 class EncounterSystem:
     """Publishes planned encounters and gathers every result addressed to it."""
 
-    def __init__(self, url: str, seed: int, gallery_sizes: dict[str, int]) -> None:
+    def __init__(self, url: str, gallery_sizes: dict[str, int]) -> None:
         self.url = url
-        self.seed = seed
         self.gallery_sizes = gallery_sizes
         self.reply_queue = f"encounters.replies.{uuid.uuid4().hex[:12]}"
         conn = pika.BlockingConnection(pika.URLParameters(url))

@@ -78,6 +78,8 @@ class MatcherHandler:
     def _check(self, inb: Inbound) -> Probe:
         q = inb.message
         assert isinstance(q, Query)
+        if self.registry.get(inb.envelope.sender) is None:
+            raise PermanentError(Reason.unknown_participant, f"sender {inb.envelope.sender!r}")
         if q.providing != self.me:
             raise PermanentError(Reason.misaddressed, f"query is for {q.providing!r}")
         if q.requesting != inb.envelope.sender:

@@ -1,0 +1,160 @@
+"""A running exchange for integration tests: topology, small galleries, real worker processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgpack
+import pika
+import pytest
+
+from biox import addresses, synth
+from biox.broker.topology import declare
+from biox.demo import Workers, start_workers, wait_for_consumers
+from biox.registry import Registry
+from biox.runtime import QUEUE_ROLE, WorkerKind, gallery_dir
+from biox.settings import Settings
+
+SEED = 4242
+SIZE = 3000
+CODES = ["mx", "sv", "us"]
+
+
+@dataclass
+class Exchange:
+    url: str
+    settings: Settings
+    registry: Registry
+    env: dict[str, str]
+    workers: Workers
+    sizes: dict[str, int]
+
+    def restart(self, name: str) -> None:
+        """Start a replacement for worker ``name`` (e.g. after killing it)."""
+        code, kind = name.split("-")
+        new = start_workers([code], self.env, self.settings.data_dir / "logs", (WorkerKind(kind),))
+        self.workers.processes = [(n, p) for n, p in self.workers.processes if n != name]
+        self.workers.processes.extend(new.processes)
+        wait_for_consumers(self.url, [addresses.queue(code, QUEUE_ROLE[WorkerKind(kind)])], self.workers)
+
+    def kill(self, name: str) -> None:
+        for n, p in self.workers.processes:
+            if n == name:
+                p.send_signal(signal.SIGKILL)
+                p.wait()
+
+    def process(self, name: str) -> subprocess.Popen[bytes]:
+        return dict(self.workers.processes)[name]
+
+
+@pytest.fixture(scope="session")
+def exchange(broker_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exchange]:
+    data = tmp_path_factory.mktemp("exchange")
+    settings = Settings(amqp_url=broker_url, data_dir=data, retry_delays="1,2")
+    registry = Registry.load(settings.registry)
+    declare(broker_url, CODES, settings)
+    sizes = dict.fromkeys(CODES, SIZE)
+    for code in CODES:
+        synth.populate(code, SIZE, SEED, settings.database_for(code), gallery_dir(settings, code))
+    env = {
+        **os.environ,
+        "BIOX_AMQP_URL": broker_url,
+        "BIOX_DATA_DIR": str(data),
+        "BIOX_RETRY_DELAYS": settings.retry_delays,
+        "BIOX_REGISTRY": str(Path(settings.registry).resolve()),
+    }
+    workers = start_workers(CODES, env, data / "logs")
+    try:
+        wait_for_consumers(
+            broker_url, [addresses.queue(c, QUEUE_ROLE[k]) for c in CODES for k in WorkerKind], workers
+        )
+        yield Exchange(broker_url, settings, registry, env, workers, sizes)
+    finally:
+        workers.stop()
+
+
+class Peer:
+    """A hand-driven participant for feeding raw (possibly broken) messages to workers."""
+
+    def __init__(self, url: str) -> None:
+        self.conn = pika.BlockingConnection(pika.URLParameters(url))
+        self.ch = self.conn.channel()
+        self.ch.confirm_delivery()
+
+    def observe(self, exchange: str, routing_key: str) -> str:
+        """A private queue receiving a copy of what is routed with this key."""
+        name = f"test.observe.{uuid.uuid4().hex[:8]}"
+        self.ch.queue_declare(name, exclusive=True)
+        self.ch.queue_bind(name, exchange, routing_key)
+        return name
+
+    def publish(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        *,
+        kind: str | None = "query",
+        schema: str | None = "query/1",
+        sender: str | None = "us",
+        recipient: str | None = "mx",
+        message_id: str | None = "auto",
+        correlation_id: str | None = None,
+        reply_to: str | None = None,
+    ) -> str | None:
+        headers = {}
+        if schema:
+            headers["biox-schema"] = schema
+        if sender:
+            headers["biox-from"] = sender
+        if recipient:
+            headers["biox-to"] = recipient
+        mid = str(uuid.uuid4()) if message_id == "auto" else message_id
+        self.ch.basic_publish(
+            exchange,
+            routing_key,
+            body,
+            pika.BasicProperties(
+                message_id=mid,
+                type=kind,
+                correlation_id=correlation_id,
+                reply_to=reply_to,
+                delivery_mode=2,
+                content_type="application/msgpack",
+                headers=headers,
+            ),
+            mandatory=True,
+        )
+        return mid
+
+    def take(self, queue: str, count: int = 1, timeout: float = 30.0) -> list[tuple[pika.BasicProperties, bytes]]:
+        got = []
+        deadline = time.monotonic() + timeout
+        while len(got) < count and time.monotonic() < deadline:
+            method, props, body = self.ch.basic_get(queue, auto_ack=True)
+            if method is None:
+                self.conn.sleep(0.1)
+                continue
+            got.append((props, body))
+        return got
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+@pytest.fixture
+def peer(exchange: Exchange) -> Iterator[Peer]:
+    p = Peer(exchange.url)
+    yield p
+    p.close()
+
+
+def unpack(body: bytes) -> dict:
+    return msgpack.unpackb(body, timestamp=3)

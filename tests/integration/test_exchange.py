@@ -1,0 +1,108 @@
+"""The main flow over a real broker, with real worker processes."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from biox import encounters, synth
+from biox.messages import SubjectStatus
+from biox.registry import Purpose
+from tests.integration.conftest import SEED, Exchange
+
+pytestmark = pytest.mark.integration
+
+
+def run_encounters(exchange: Exchange, planned: list[encounters.Planned], timeout: float = 120):
+    with encounters.EncounterSystem(exchange.url, exchange.sizes) as system:
+        system.submit(planned)
+        system.collect(timeout=timeout, idle_timeout=60)
+        return system, list(system.outcomes.values())
+
+
+def pick(planned: list[encounters.Planned], scenario: str, n: int = 1) -> list[encounters.Planned]:
+    chosen = [p for p in planned if p.scenario == scenario][:n]
+    assert len(chosen) == n, f"plan has fewer than {n} {scenario} encounters"
+    return chosen
+
+
+@pytest.fixture(scope="module")
+def plans(exchange: Exchange) -> list[encounters.Planned]:
+    return encounters.plan(exchange.registry, exchange.sizes, 40, SEED, requesters=["us"])
+
+
+def test_mated_query_is_answered_match_with_the_right_identity(exchange, plans):
+    mated = pick(plans, "mated", 5)
+    system, outcomes = run_encounters(exchange, mated)
+    for o in outcomes:
+        assert o.complete, f"{o.planned.encounter_id} incomplete: {o.answers}"
+        for partner, answer in o.answers.items():
+            if synth.in_gallery(partner, exchange.sizes[partner], o.planned.person):
+                assert answer.status == "match"
+                assert answer.identity_ref == synth.identity_ref(partner, o.planned.person)
+            else:
+                assert answer.status == "no_match"
+    assert system.duplicates == 0
+
+
+def test_non_mated_query_is_answered_no_match(exchange, plans):
+    strangers = pick(plans, "stranger", 5)
+    _, outcomes = run_encounters(exchange, strangers)
+    for o in outcomes:
+        assert o.complete
+        assert set(o.answers) == set(o.planned.expected_partners) == {"mx", "sv"} or o.answers
+        assert {a.status for a in o.answers.values()} == {"no_match"}
+        assert all(a.identity_ref is None for a in o.answers.values())
+
+
+@pytest.mark.parametrize(
+    ("scenario", "reason"), [("citizen", "excluded_citizen"), ("resident", "excluded_resident")]
+)
+def test_excluded_subject_is_refused_at_intake(exchange, plans, scenario, reason):
+    excluded = pick(plans, scenario)
+    _, outcomes = run_encounters(exchange, excluded)
+    assert outcomes[0].refused == reason
+    assert outcomes[0].answers == {}
+
+
+def test_partner_citizen_is_only_excluded_from_that_partner(exchange, plans):
+    """§4a applies per pair: an sv citizen may be queried to mx, not to sv."""
+    base = pick(plans, "stranger")[0]
+    submit = base.submit.model_copy(
+        update={
+            "encounter_id": base.encounter_id + "-mxcitizen",
+            "purpose": Purpose.enforce,
+            "subject_status": SubjectStatus(citizenships=["mx"]),
+        }
+    )
+    p = encounters.Planned(submit.encounter_id, "us", base.person, "partner_citizen", submit, ["sv"])
+    _, outcomes = run_encounters(exchange, [p])
+    assert outcomes[0].refused is None
+    assert set(outcomes[0].answers) == {"sv"}
+
+
+def test_worker_killed_mid_message_still_answers_each_query_exactly_once(exchange):
+    """SIGKILL the mx matcher while it holds unacked queries; a fresh one finishes them."""
+    planned = encounters.plan(
+        exchange.registry, exchange.sizes, 150, SEED, requesters=["us"], draw=1
+    )
+    planned = [p for p in planned if "mx" in p.expected_partners]
+    with encounters.EncounterSystem(exchange.url, exchange.sizes) as system:
+        system.submit(planned)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # wait until mx has started answering
+            system.collect(timeout=0.5, idle_timeout=0.5)
+            if any("mx" in o.answers for o in system.outcomes.values()):
+                break
+        answered_before = sum("mx" in o.answers for o in system.outcomes.values())
+        exchange.kill("mx-matcher")
+        exchange.restart("mx-matcher")
+        system.collect(timeout=120, idle_timeout=60)
+        outcomes = list(system.outcomes.values())
+    assert answered_before < len(planned), "the matcher finished before it could be killed"
+    missing = [o.planned.encounter_id for o in outcomes if not o.complete]
+    assert missing == []
+    assert system.duplicates == 0
+    wrong = [(o.planned, a) for o in outcomes for a in o.answers.values() if not a.correct]
+    assert wrong == []

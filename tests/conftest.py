@@ -30,9 +30,7 @@ def broker_url() -> Iterator[str]:
 
         with RabbitMqContainer("rabbitmq:3.13-management") as container:
             params = container.get_connection_params()
-            yield (
-                f"amqp://guest:guest@{params.host}:{params.port}/%2F"
-            )
+            yield (f"amqp://guest:guest@{params.host}:{params.port}/%2F")
         return
     from biox.broker.launcher import LocalBroker
 

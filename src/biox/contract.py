@@ -41,7 +41,7 @@ def documents() -> dict[str, str]:
     docs["reason-codes.json"] = (
         json.dumps(
             {
-                "$comment": "Closed list of reason codes in rejected responses and refused results.",
+                "$comment": "Closed list of reason codes in rejected responses and refusals.",
                 "codes": {r.value: text for r, text in REASON_TEXT.items()},
             },
             indent=2,

@@ -177,7 +177,8 @@ def run(
                     workers,
                 )
             console.print(
-                f"Workers: {len(workers.processes)} processes ({', '.join(k.value for k in WorkerKind)} per participant)"
+                f"Workers: {len(workers.processes)} processes "
+                f"({', '.join(k.value for k in WorkerKind)} per participant)"
             )
             planned = encounters.plan(registry, sizes, per_participant, seed)
             with (

@@ -42,7 +42,9 @@ class Exchange:
         new = start_workers([code], self.env, self.settings.data_dir / "logs", (WorkerKind(kind),))
         self.workers.processes = [(n, p) for n, p in self.workers.processes if n != name]
         self.workers.processes.extend(new.processes)
-        wait_for_consumers(self.url, [addresses.queue(code, QUEUE_ROLE[WorkerKind(kind)])], self.workers)
+        wait_for_consumers(
+            self.url, [addresses.queue(code, QUEUE_ROLE[WorkerKind(kind)])], self.workers
+        )
 
     def kill(self, name: str) -> None:
         for n, p in self.workers.processes:
@@ -73,7 +75,9 @@ def exchange(broker_url: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
     workers = start_workers(CODES, env, data / "logs")
     try:
         wait_for_consumers(
-            broker_url, [addresses.queue(c, QUEUE_ROLE[k]) for c in CODES for k in WorkerKind], workers
+            broker_url,
+            [addresses.queue(c, QUEUE_ROLE[k]) for c in CODES for k in WorkerKind],
+            workers,
         )
         yield Exchange(broker_url, settings, registry, env, workers, sizes)
     finally:
@@ -134,7 +138,9 @@ class Peer:
         )
         return mid
 
-    def take(self, queue: str, count: int = 1, timeout: float = 30.0) -> list[tuple[pika.BasicProperties, bytes]]:
+    def take(
+        self, queue: str, count: int = 1, timeout: float = 30.0
+    ) -> list[tuple[pika.BasicProperties, bytes]]:
         got = []
         deadline = time.monotonic() + timeout
         while len(got) < count and time.monotonic() < deadline:

@@ -16,7 +16,9 @@ from tests.integration.conftest import SEED, Exchange, Peer, unpack
 pytestmark = pytest.mark.integration
 
 
-def valid_query(requesting: str = "us", providing: str = "mx", purpose: Purpose = Purpose.enforce) -> Query:
+def valid_query(
+    requesting: str = "us", providing: str = "mx", purpose: Purpose = Purpose.enforce
+) -> Query:
     rng = np.random.default_rng(1)
     qid = str(uuid.uuid4())
     now = synth.encounter_here(requesting, rng).encountered_at
@@ -94,14 +96,24 @@ def test_purpose_not_agreed_is_rejected(peer: Peer):
     """sv answers us only for enforce/investigate (deploy/participants.toml)."""
     observe = peer.observe(addresses.inbox("us"), "us.response")
     q = valid_query(providing="sv", purpose=Purpose.adjudicate)
-    peer.publish(addresses.outbox("us"), "sv.query", codec.encode_body(q), recipient="sv", correlation_id=q.query_id)
+    peer.publish(
+        addresses.outbox("us"),
+        "sv.query",
+        codec.encode_body(q),
+        recipient="sv",
+        correlation_id=q.query_id,
+    )
     expect_rejected(peer, observe, q.query_id, "purpose_not_agreed")
 
 
 def test_unknown_participant_goes_to_the_dead_letter_queue(peer: Peer):
     q = valid_query()
     mid = peer.publish(
-        addresses.inbox("mx"), "mx.query", codec.encode_body(q), sender="zz", correlation_id=q.query_id
+        addresses.inbox("mx"),
+        "mx.query",
+        codec.encode_body(q),
+        sender="zz",
+        correlation_id=q.query_id,
     )
     dead = _dead_letter(peer, "mx.query.dlq", mid)
     assert dead.headers["biox-reason"] == "unknown_participant"
@@ -111,7 +123,13 @@ def test_unknown_participant_goes_to_the_dead_letter_queue(peer: Peer):
 
 def test_message_without_id_goes_to_the_dead_letter_queue(peer: Peer):
     q = valid_query()
-    peer.publish(addresses.outbox("us"), "mx.query", codec.encode_body(q), message_id=None, correlation_id=q.query_id)
+    peer.publish(
+        addresses.outbox("us"),
+        "mx.query",
+        codec.encode_body(q),
+        message_id=None,
+        correlation_id=q.query_id,
+    )
     dead = _dead_letter(peer, "mx.query.dlq", None, corr=q.query_id)
     assert dead.headers["biox-reason"] == "invalid_message"
 
@@ -157,7 +175,9 @@ def _dead_letter(peer: Peer, queue: str, message_id: str | None, corr: str | Non
         if method is None:
             peer.conn.sleep(0.2)
             continue
-        if (message_id and props.message_id == message_id) or (corr and props.correlation_id == corr):
+        if (message_id and props.message_id == message_id) or (
+            corr and props.correlation_id == corr
+        ):
             peer.ch.basic_ack(method.delivery_tag)
             return props
         peer.ch.basic_nack(method.delivery_tag, requeue=True)

@@ -76,7 +76,9 @@ def test_partner_citizen_is_only_excluded_from_that_partner(exchange, plans):
             "subject_status": SubjectStatus(citizenships=["mx"]),
         }
     )
-    p = encounters.Planned(submit.encounter_id, "us", base.person, "partner_citizen", submit, ["sv"])
+    p = encounters.Planned(
+        submit.encounter_id, "us", base.person, "partner_citizen", submit, ["sv"]
+    )
     _, outcomes = run_encounters(exchange, [p])
     assert outcomes[0].refused is None
     assert set(outcomes[0].answers) == {"sv"}

@@ -12,6 +12,7 @@ has already requeued it).
 from __future__ import annotations
 
 import collections
+import contextlib
 import queue
 import threading
 import time
@@ -104,10 +105,8 @@ class Link:
         self._stopping = True
         conn = self._conn
         if conn is not None:
-            try:
+            with contextlib.suppress(Exception):  # the loop may already be gone
                 conn.ioloop.add_callback_threadsafe(self._close_now)
-            except Exception:  # the loop is already gone
-                pass
         self._thread.join(timeout=10)
 
     def __enter__(self) -> Link:

@@ -91,7 +91,12 @@ class VectorIndex:
 
     def remove(self, ids: np.ndarray) -> int:
         ids = np.ascontiguousarray(ids, dtype=np.int64)
-        removed = int(self.index.remove_ids(faiss.IDSelectorBatch(ids)))
+        ids = ids[self.present.mask(ids)]
+        if len(ids) == 0:
+            return 0
+        # the IVF hash-table direct map removes only through an explicit id array
+        selector = faiss.IDSelectorArray(len(ids), faiss.swig_ptr(ids))
+        removed = int(self.index.remove_ids(selector))
         self.present.set(ids, False)
         return removed
 

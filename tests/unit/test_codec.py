@@ -1,0 +1,122 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import msgpack
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from biox import codec, synth
+from biox.errors import PermanentError, Reason
+from biox.messages import EncounterSubmit, Query, References
+from biox.registry import Purpose
+
+
+def make_query() -> Query:
+    when = datetime(2026, 11, 2, 10, 30, tzinfo=UTC)
+    rng = np.random.default_rng(0)
+    return Query(
+        query_id="q-1",
+        requesting="us",
+        providing="mx",
+        purpose=Purpose.enforce,
+        references=References(transaction_id="q-1", encounter_id="E-1"),
+        subject_status=synth.status_for("us", ["mx"], None),
+        biometrics=synth.capture(7, 123, context=1),
+        encounter=synth.encounter_here("us", rng),
+        created_at=when,
+        sent_at=when,
+    )
+
+
+def test_round_trip_keeps_templates_as_raw_bytes_and_times_as_timestamps():
+    q = make_query()
+    body = codec.encode_body(q)
+    raw = msgpack.unpackb(body, timestamp=3)
+    assert isinstance(raw["biometrics"]["face"]["template"], bytes)  # msgpack bin, not a list
+    assert len(raw["biometrics"]["face"]["template"]) == 512 * 4
+    assert isinstance(raw["created_at"], datetime)
+    assert codec.decode_body("query", "query/1", body) == q
+
+
+def test_body_is_compact():
+    body = codec.encode_body(make_query())
+    assert len(body) < 12_000  # face 2 KB + up to ten fingers 768 B + irises
+
+
+@pytest.mark.parametrize(
+    ("kind", "schema", "body", "reason"),
+    [
+        ("query", "query/1", b"\xc1", Reason.undecodable),
+        ("query", "query/1", msgpack.packb([1, 2]), Reason.undecodable),
+        ("query", "query/2", b"\x80", Reason.unknown_schema),
+        ("query", None, b"\x80", Reason.unknown_schema),
+        ("telepathy", "telepathy/1", b"\x80", Reason.unknown_kind),
+        ("query", "query/1", msgpack.packb({"query_id": "x"}), Reason.invalid_message),
+    ],
+)
+def test_decode_names_the_reason(kind, schema, body, reason):
+    with pytest.raises(PermanentError) as info:
+        codec.decode_body(kind, schema, body)
+    assert info.value.reason is reason
+
+
+def test_invalid_message_says_which_field():
+    data = codec.encode_body(make_query())
+    raw = msgpack.unpackb(data, timestamp=3)
+    raw["purpose"] = "tourism"
+    with pytest.raises(PermanentError) as info:
+        codec.decode_body("query", "query/1", msgpack.packb(raw, datetime=True))
+    assert "purpose" in info.value.detail
+
+
+def test_derived_ids_are_deterministic_and_distinct():
+    a = codec.derived_id("m1", "query", "mx")
+    assert a == codec.derived_id("m1", "query", "mx")
+    assert a != codec.derived_id("m1", "query", "sv")
+    assert a != codec.derived_id("m2", "query", "mx")
+
+
+def test_outgoing_addresses_follow_the_topology():
+    q = make_query()
+    out = codec.to_partner(q, sender="us", recipient="mx", message_id="m", correlation_id="q-1")
+    assert (out.exchange, out.routing_key) == ("biox.us.out", "mx.query")
+    assert out.envelope.schema == "query/1"
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    kind=st.sampled_from(["query", "response", "encounter.submit", "encounter.result", "x"]),
+    body=st.one_of(
+        st.binary(max_size=300),
+        st.recursive(
+            st.one_of(
+                st.none(),
+                st.booleans(),
+                st.integers(-(2**63), 2**64 - 1),
+                st.floats(),
+                st.text(),
+                st.binary(),
+            ),
+            lambda c: (
+                st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=10), c, max_size=4)
+            ),
+            max_leaves=20,
+        ).map(lambda v: msgpack.packb(v, use_bin_type=True)),
+    ),
+)
+def test_fuzzed_bodies_only_ever_raise_a_permanent_error_with_a_reason(kind, body):
+    schema = f"{kind}/1"
+    try:
+        codec.decode_body(kind, schema, body)
+    except PermanentError as exc:
+        assert exc.reason in Reason
+
+
+def test_submit_schema_rejects_extra_fields():
+    with pytest.raises(PermanentError):
+        codec.decode_body(
+            EncounterSubmit.KIND, EncounterSubmit.schema_id(), msgpack.packb({"bogus": 1})
+        )

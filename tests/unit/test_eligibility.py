@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from biox.errors import Reason
+from biox.messages import Encounter, SubjectStatus
+from biox.policy.eligibility import provider_refusal, refusal
+from biox.registry import Purpose, Registry, Status
+
+REGISTRY = Registry.load(Path("deploy/participants.toml"))
+HERE = {
+    code: Encounter(encountered_at=datetime(2026, 11, 1, tzinfo=UTC), country=code)
+    for code in ("us", "mx", "sv")
+}
+TCN = SubjectStatus(citizenships=["gt"])
+
+
+@pytest.mark.parametrize(
+    ("requester", "provider", "status", "reason"),
+    [
+        ("us", "mx", TCN, None),
+        ("us", "mx", SubjectStatus(citizenships=["us"]), Reason.excluded_citizen),  # §4a
+        ("us", "mx", SubjectStatus(citizenships=["mx"]), Reason.excluded_citizen),  # §4a
+        ("us", "sv", SubjectStatus(citizenships=["mx"]), None),  # TCN for the us-sv pair
+        (
+            "us",
+            "mx",
+            SubjectStatus(citizenships=["gt"], permanent_residences=["us"]),
+            Reason.excluded_resident,
+        ),  # §4c
+        (
+            "mx",
+            "us",
+            SubjectStatus(citizenships=["gt"], permanent_residences=["mx"]),
+            Reason.excluded_resident,
+        ),  # §4b
+        (
+            "mx",
+            "us",
+            SubjectStatus(citizenships=["gt"], permanent_residences=["us"]),
+            None,
+        ),  # not the requester's
+        (
+            "us",
+            "mx",
+            SubjectStatus(citizenships=["gt", "mx"]),
+            Reason.excluded_citizen,
+        ),  # dual national
+    ],
+)
+def test_section_4_exclusions_apply_per_pair(requester, provider, status, reason):
+    assert (
+        refusal(REGISTRY, requester, provider, Purpose.enforce, status, HERE[requester]) is reason
+    )
+
+
+def test_only_subjects_encountered_in_the_requesters_country():  # §3
+    assert (
+        refusal(REGISTRY, "us", "mx", Purpose.enforce, TCN, HERE["mx"])
+        is Reason.not_encountered_here
+    )
+
+
+def test_purpose_must_be_agreed_by_both_sides():  # §2 and the registry
+    assert REGISTRY.partners_for("us", Purpose.adjudicate) == ["mx"]
+    assert REGISTRY.partners_for("us", Purpose.enforce) == ["mx", "sv"]
+    assert (
+        refusal(REGISTRY, "us", "sv", Purpose.adjudicate, TCN, HERE["us"])
+        is Reason.purpose_not_agreed
+    )
+    assert provider_refusal(REGISTRY, "sv", "us", Purpose.adjudicate) is Reason.purpose_not_agreed
+    assert provider_refusal(REGISTRY, "sv", "us", Purpose.enforce) is None
+
+
+def test_inactive_and_unknown_requesters_are_refused():
+    reg = REGISTRY.model_copy(deep=True)
+    reg.participants["mx"].status = Status.suspended
+    assert provider_refusal(reg, "us", "mx", Purpose.enforce) is Reason.inactive_requester
+    assert refusal(reg, "mx", "us", Purpose.enforce, TCN, HERE["mx"]) is Reason.inactive_requester
+    assert provider_refusal(reg, "us", "zz", Purpose.enforce) is Reason.unknown_participant

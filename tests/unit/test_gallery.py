@@ -1,0 +1,135 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from biox import synth
+from biox.errors import PermanentError, Reason
+from biox.gallery.gallery import Gallery, Probe
+from biox.gallery.index import IrisIndex, VectorIndex
+from biox.gallery.templates import IRIS, rotate_iris, vector
+from biox.messages import Biometrics, Face
+
+SEED = 11
+SIZE = 2000
+
+
+def build(kind: str = "flat") -> tuple[Gallery, list[int]]:
+    gallery = Gallery(kind, nlist=32, nprobe=8)
+    batches = list(synth.enrolments(SEED, "mx", SIZE))
+    if kind == "ivf":
+        faces = np.concatenate([b.face for b in batches])
+        fingers = np.concatenate([b.fingers[2][1] for b in batches])
+        gallery.train(faces, fingers)
+    people = []
+    for b in batches:
+        gallery.face.add(b.persons, b.face)
+        for pos, (rows, vecs) in b.fingers.items():
+            gallery.fingers[pos].add(rows, vecs)
+        for eye, (rows, codes, masks) in b.irises.items():
+            gallery.irises[eye].add(rows, codes, masks)
+        people.extend(b.persons.tolist())
+    return gallery, people
+
+
+@pytest.fixture(scope="module")
+def flat() -> tuple[Gallery, list[int]]:
+    return build("flat")
+
+
+def probes_for(people: list[int], quality: int = 70) -> list[Probe]:
+    return [
+        Probe.from_biometrics(synth.capture(SEED, p, context=5, quality=quality)) for p in people
+    ]
+
+
+def test_mated_probes_find_their_identity_first(flat):
+    gallery, people = flat
+    chosen = people[:: len(people) // 20][:20]
+    hits = gallery.search(probes_for(chosen), k=10, top=3)
+    assert [h[0].record_id for h in hits] == chosen
+    assert min(h[0].fused for h in hits) > 0.55
+    assert all(h[1].fused < 0.3 for h in hits)
+
+
+def test_non_mated_probes_score_low(flat):
+    gallery, _ = flat
+    rng = np.random.default_rng(3)
+    strangers = [synth.stranger(SEED, {"mx": SIZE}, rng) for _ in range(10)]
+    hits = gallery.search(probes_for(strangers), k=10, top=1)
+    assert max(h[0].fused for h in hits) < 0.3
+
+
+def test_remove_takes_identities_out_of_every_index(flat):
+    gallery, people = build("flat")
+    target = people[7]
+    gallery.remove([target])
+    hits = gallery.search(probes_for([target]), k=10, top=3)
+    assert target not in [h.record_id for h in hits[0]]
+
+
+def test_save_and_load_give_the_same_answers(flat, tmp_path):
+    gallery, people = flat
+    chosen = people[:5]
+    before = gallery.search(probes_for(chosen))
+    gallery.save(tmp_path)
+    after = Gallery.load(tmp_path).search(probes_for(chosen))
+    assert [[h.record_id for h in x] for x in before] == [[h.record_id for h in x] for x in after]
+
+
+def test_ivf_index_supports_removal_and_reload(tmp_path):
+    gallery, people = build("ivf")
+    assert gallery.face.kind == "ivf"
+    chosen = people[:10]
+    assert [h[0].record_id for h in gallery.search(probes_for(chosen))] == chosen
+    gallery.remove(chosen[:1])
+    gallery.save(tmp_path)
+    loaded = Gallery.load(tmp_path, nprobe=8)
+    assert loaded.face.kind == "ivf"
+    hits = loaded.search(probes_for(chosen))
+    assert hits[0][0].record_id != chosen[0]
+    assert [h[0].record_id for h in hits[1:]] == chosen[1:]
+
+
+def test_vector_index_scores_only_ids_it_holds():
+    ix = VectorIndex(4)
+    ix.add(np.array([3, 9]), np.eye(4, dtype=np.float32)[:2])
+    ids, scores = ix.scores(np.array([1, 0, 0, 0], np.float32), np.array([3, 9, 42]))
+    assert ids.tolist() == [3, 9]
+    assert np.allclose(scores, [1.0, 0.0])
+
+
+def test_iris_match_survives_rotation():
+    rng = np.random.default_rng(0)
+    code = rng.integers(0, 256, IRIS.nbytes, dtype=np.uint8)
+    mask = np.full(IRIS.nbytes, 255, np.uint8)
+    other = rng.integers(0, 256, IRIS.nbytes, dtype=np.uint8)
+    ix = IrisIndex()
+    ix.add(np.array([1, 2]), np.stack([code, other]), np.stack([mask, mask]))
+    rotated = rotate_iris(code, 5)
+    ids, hd = ix.scores(rotated, mask, ix.candidates(rotated, 5))
+    assert ids.tolist()[int(np.argmin(hd))] == 1
+    assert float(hd.min()) == 0.0
+    assert float(hd.max()) > 0.4
+
+
+@pytest.mark.parametrize(
+    ("template", "algorithm", "reason"),
+    [
+        (np.ones(10, "<f4").tobytes(), "biox-face-512/1", Reason.template_size),
+        (np.full(512, np.nan, "<f4").tobytes(), "biox-face-512/1", Reason.template_invalid),
+        (np.full(512, np.inf, "<f4").tobytes(), "biox-face-512/1", Reason.template_invalid),
+        (np.zeros(512, "<f4").tobytes(), "biox-face-512/1", Reason.template_invalid),
+        (np.ones(512, "<f4").tobytes(), "acme-face/9", Reason.unknown_algorithm),
+        (np.ones(192, "<f4").tobytes(), "biox-finger-192/1", Reason.unknown_algorithm),
+    ],
+)
+def test_bad_templates_are_refused_with_a_specific_reason(template, algorithm, reason):
+    with pytest.raises(PermanentError) as info:
+        Probe.from_biometrics(Biometrics(face=Face(algorithm=algorithm, template=template)))
+    assert info.value.reason is reason
+
+
+def test_vectors_are_l2_normalised():
+    v = vector("biox-face-512/1", "face", (np.arange(512, dtype="<f4") + 1).tobytes())
+    assert abs(float(np.linalg.norm(v)) - 1.0) < 1e-5

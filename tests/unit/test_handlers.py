@@ -1,0 +1,196 @@
+"""Handlers are plain functions of (messages, session) → effects: tested without a broker."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from biox import codec, synth
+from biox.codec import Envelope
+from biox.errors import PermanentError, Reason
+from biox.gallery.gallery import Gallery
+from biox.handlers.base import Effects, Inbound
+from biox.handlers.intake import IntakeHandler
+from biox.handlers.matcher import MatcherHandler
+from biox.handlers.response import ResponseHandler
+from biox.messages import (
+    EncounterResult,
+    EncounterSubmit,
+    Query,
+    Response,
+    ResponseStatus,
+    SubjectStatus,
+)
+from biox.registry import Purpose, Registry
+from biox.settings import Settings
+from biox.store import Transaction, session_for
+
+REGISTRY = Registry.load(Path("deploy/participants.toml"))
+SEED = 5
+SIZE = 1500
+
+
+def envelope(kind: str, sender: str, recipient: str, **kw) -> Envelope:
+    return Envelope(
+        message_id=str(uuid.uuid4()),
+        kind=kind,
+        schema=f"{kind}/1",
+        sender=sender,
+        recipient=recipient,
+        timestamp=datetime.now(UTC),
+        **kw,
+    )
+
+
+def submit(person: int = 10, status: SubjectStatus | None = None, purpose=Purpose.enforce):
+    rng = np.random.default_rng(person)
+    return EncounterSubmit(
+        encounter_id=f"E-{person}",
+        purpose=purpose,
+        subject_status=status or SubjectStatus(citizenships=["gt"]),
+        biometrics=synth.capture(SEED, person, context=2),
+        encounter=synth.encounter_here("us", rng),
+    )
+
+
+@pytest.fixture
+def db(tmp_path) -> str:
+    return f"sqlite:///{tmp_path / 'biox.db'}"
+
+
+def test_intake_sends_one_query_per_agreed_partner_and_records_them(db):
+    env = envelope("encounter.submit", "us", "us", reply_to="replies", correlation_id="E-10")
+    with session_for(db) as s:
+        [effects] = IntakeHandler("us", REGISTRY).handle([Inbound(env, submit())], s)
+    assert isinstance(effects, Effects)
+    assert sorted(o.routing_key for o in effects.outgoing) == ["mx.query", "sv.query"]
+    assert {o.exchange for o in effects.outgoing} == {"biox.us.out"}
+    assert {r.providing for r in effects.rows} == {"mx", "sv"}
+    assert all(r.reply_to == "replies" for r in effects.rows)
+
+
+def test_intake_refuses_citizens_with_a_reply(db):
+    env = envelope("encounter.submit", "us", "us", reply_to="replies", correlation_id="E-1")
+    handler = IntakeHandler("us", REGISTRY)
+    with session_for(db) as s:
+        [err] = handler.handle([Inbound(env, submit(status=SubjectStatus(citizenships=["us"])))], s)
+    assert isinstance(err, PermanentError) and err.reason is Reason.excluded_citizen
+    answer = handler.reject(env, err)
+    assert answer is not None
+    result = codec.decode_body("encounter.result", "encounter.result/1", answer.outgoing[0].body)
+    assert isinstance(result, EncounterResult)
+    assert result.status.value == "refused" and result.reason_code is Reason.excluded_citizen
+    assert answer.outgoing[0].routing_key == "replies"
+
+
+def test_intake_without_reply_to_cannot_answer_and_dead_letters():
+    env = envelope("encounter.submit", "us", "us")
+    assert IntakeHandler("us", REGISTRY).reject(env, PermanentError(Reason.undecodable)) is None
+
+
+@pytest.fixture(scope="module")
+def matcher_setup(tmp_path_factory):
+    d = tmp_path_factory.mktemp("mx")
+    db = f"sqlite:///{d / 'biox.db'}"
+    gallery = synth.populate("mx", SIZE, SEED, db, d / "gallery")
+    return db, MatcherHandler("mx", REGISTRY, gallery, Settings())
+
+
+def query_from(sub: EncounterSubmit, provider: str = "mx", purpose=None) -> tuple[Envelope, Query]:
+    now = datetime.now(UTC)
+    qid = str(uuid.uuid4())
+    q = Query(
+        query_id=qid,
+        requesting="us",
+        providing=provider,
+        purpose=purpose or sub.purpose,
+        references={"transaction_id": qid, "encounter_id": sub.encounter_id},
+        subject_status=sub.subject_status,
+        biometrics=sub.biometrics,
+        encounter=sub.encounter,
+        created_at=now,
+        sent_at=now,
+    )
+    return envelope("query", "us", provider, correlation_id=qid), q
+
+
+def test_matcher_answers_a_batch_with_match_and_no_match(matcher_setup):
+    db, handler = matcher_setup
+    rng = np.random.default_rng(1)
+    mated = synth.known_to("mx", SIZE, rng)
+    stranger = synth.stranger(SEED, {"mx": SIZE}, rng)
+    batch = [Inbound(*query_from(submit(mated))), Inbound(*query_from(submit(stranger)))]
+    with session_for(db) as s:
+        results = handler.handle(batch, s)
+    responses = [codec.decode_body("response", "response/1", r.outgoing[0].body) for r in results]
+    assert [r.status for r in responses] == [ResponseStatus.match, ResponseStatus.no_match]
+    assert responses[0].candidates[0].identity_ref == synth.identity_ref("mx", mated)
+    assert responses[0].candidates[0].record is not None  # the releasable record travels
+    assert results[0].outgoing[0].routing_key == "us.response"
+    assert results[0].rows[0].role == "provider"
+
+
+def test_matcher_rejects_unagreed_purpose_and_bad_templates_individually(matcher_setup):
+    db, _ = matcher_setup
+    registry = REGISTRY
+    gallery = Gallery()
+    handler = MatcherHandler("sv", registry, gallery, Settings())
+    env, q = query_from(submit(3), provider="sv", purpose=Purpose.adjudicate)
+    with session_for(db) as s:
+        [err] = handler.handle([Inbound(env, q)], s)
+    assert isinstance(err, PermanentError) and err.reason is Reason.purpose_not_agreed
+    rejected = handler.reject(env, err)
+    response = codec.decode_body("response", "response/1", rejected.outgoing[0].body)
+    assert isinstance(response, Response)
+    assert response.status is ResponseStatus.rejected
+    assert response.reason_code is Reason.purpose_not_agreed
+
+
+def test_response_handler_stores_provenance_and_replies(db):
+    with session_for(db) as s:
+        s.add(
+            Transaction(
+                query_id="q1",
+                role="requester",
+                encounter_id="E-9",
+                requesting="us",
+                providing="mx",
+                purpose="enforce",
+                reply_to="replies",
+                status="pending",
+            )
+        )
+        s.commit()
+        now = datetime.now(UTC)
+        r = Response(
+            query_id="q1",
+            requesting="us",
+            providing="mx",
+            status=ResponseStatus.no_match,
+            timings={"received_at": now, "answered_at": now},
+        )
+        env = envelope("response", "mx", "us", correlation_id="q1")
+        [effects] = ResponseHandler("us").handle([Inbound(env, r)], s)
+    tx = effects.rows[0]
+    assert tx.status == "no_match" and tx.source == "mx" and tx.source_message_id == env.message_id
+    result = codec.decode_body("encounter.result", "encounter.result/1", effects.outgoing[0].body)
+    assert result.outcome.partner == "mx"
+    assert effects.outgoing[0].envelope.correlation_id == "E-9"
+
+
+def test_response_for_an_unknown_query_is_refused(db):
+    now = datetime.now(UTC)
+    r = Response(
+        query_id="nope",
+        requesting="us",
+        providing="mx",
+        status=ResponseStatus.match,
+        timings={"received_at": now, "answered_at": now},
+    )
+    with session_for(db) as s:
+        [err] = ResponseHandler("us").handle([Inbound(envelope("response", "mx", "us"), r)], s)
+    assert isinstance(err, PermanentError) and err.reason is Reason.unknown_query

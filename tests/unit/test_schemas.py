@@ -1,0 +1,22 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+from biox import contract
+
+SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
+
+
+def test_schemas_directory_matches_the_models():
+    """Fails when a model changes without `biox schemas` being run (the contract drifted)."""
+    expected = contract.documents()
+    on_disk = {p.name: p.read_text() for p in SCHEMAS.glob("*.json")}
+    assert sorted(on_disk) == sorted(expected), "run `make schemas`"
+    for name, text in expected.items():
+        assert on_disk[name] == text, f"schemas/{name} is stale: run `make schemas`"
+
+
+def test_templates_are_documented_as_binary():
+    query = contract.documents()["query.v1.json"]
+    assert '"format": "binary"' in query
+    assert "msgpack bin" in query

@@ -154,8 +154,12 @@ class EncounterSystem:
         except Exception:  # the broker may already be gone; the queue expires on its own
             pass
 
-    def submit(self, planned: list[Planned], batch: int = 50) -> None:
+    def submit(self, planned: list[Planned], batch: int = 50, rate: float = 0.0) -> None:
+        """Publish encounters (confirmed), in batches; paced to ``rate`` per second if set."""
+        started = time.monotonic()
         for start in range(0, len(planned), batch):
+            if rate > 0:
+                time.sleep(max(0.0, started + start / rate - time.monotonic()))
             chunk = planned[start : start + batch]
             messages: list[Outgoing] = []
             for p in chunk:
@@ -179,12 +183,17 @@ class EncounterSystem:
         timeout: float = 120.0,
         idle_timeout: float = 60.0,
         on_progress: Callable[[int, int], None] | None = None,
+        expect: int = 0,
     ) -> None:
-        """Take results until every encounter is complete, or nothing arrives for a while."""
+        """Take results until every encounter is complete, or nothing arrives for a while.
+
+        ``expect``: how many encounters will have been submitted in all, when another
+        thread is still submitting.
+        """
         deadline = time.monotonic() + timeout
         last_seen = time.monotonic()
         while time.monotonic() < deadline and time.monotonic() - last_seen < idle_timeout:
-            if all(o.complete for o in self.outcomes.values()):
+            if len(self.outcomes) >= expect and all(o.complete for o in list(self.outcomes.values())):
                 return
             try:
                 delivery = self.link.deliveries.get(timeout=0.2)
@@ -194,7 +203,8 @@ class EncounterSystem:
             self._take(delivery)
             self.link.ack(delivery)
             if on_progress:
-                on_progress(sum(o.complete for o in self.outcomes.values()), len(self.outcomes))
+                outcomes = list(self.outcomes.values())
+                on_progress(sum(o.complete for o in outcomes), max(expect, len(outcomes)))
 
     def _take(self, delivery: object) -> None:
         env = envelope_of(delivery)  # type: ignore[arg-type]

@@ -1,0 +1,339 @@
+"""`make bench`: the matcher alone, the raw broker round trip, and the whole pipeline.
+
+Writes bench/results/<profile>.json and the tables in docs/performance.md between the
+bench markers. `--full` adds the 1 M-identity profile (several minutes, ~10 GB RAM).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import shutil
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+from rich.console import Console
+from rich.progress import Progress
+
+from biox import addresses, encounters, synth
+from biox.broker.link import Link
+from biox.broker.publisher import Publisher
+from biox.broker.topology import declare
+from biox.demo import broker_url, start_workers, wait_for_consumers
+from biox.gallery.gallery import Gallery, Probe
+from biox.gallery.index import VectorIndex
+from biox.registry import Registry
+from biox.runtime import WorkerKind, gallery_dir
+from biox.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+REGISTRY = ROOT / "bench" / "participants.toml"
+DOC = ROOT / "docs" / "performance.md"
+SEED = 77
+console = Console()
+
+
+def rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+# --- the matcher alone ----------------------------------------------------------------------
+
+
+def build_gallery(size: int, kind: str, nprobe: int) -> tuple[Gallery, float, float]:
+    """Face 512-d + two fingers 192-d per identity (the issue's profile), no iris."""
+    before = rss_mb()
+    started = time.perf_counter()
+    gallery = Gallery(kind, VectorIndex.nlist_for(size), nprobe)  # type: ignore[arg-type]
+    batches = synth.enrolments(SEED, "mx", size, tenprint=False, iris=False)
+    pending = []
+    if kind == "ivf":
+        pending = []
+        for b in batches:
+            pending.append(b)
+            if sum(len(x.persons) for x in pending) >= 60 * VectorIndex.nlist_for(size):
+                break
+        gallery.train(
+            np.concatenate([b.face for b in pending]),
+            np.concatenate([b.fingers[2][1] for b in pending]),
+        )
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task(f"gallery {size:,} ({kind})", total=size)
+        for b in [*pending, *batches]:
+            gallery.face.add(b.persons, b.face)
+            for pos, (rows, vecs) in b.fingers.items():
+                gallery.fingers[pos].add(rows, vecs)
+            progress.advance(task, len(b.persons))
+    gc.collect()
+    return gallery, time.perf_counter() - started, rss_mb() - before
+
+
+def probes(size: int, n: int) -> tuple[list[int], list[Probe]]:
+    rng = np.random.default_rng([SEED, size])
+    people = [synth.known_to("mx", size, rng) for _ in range(n)]
+    quality = rng.integers(45, 96, n)
+    out = []
+    for p, q in zip(people, quality, strict=True):
+        bio = synth.capture(SEED, p, context=9, quality=int(q))
+        bio = bio.model_copy(update={"irises": [], "fingerprints": [f for f in bio.fingerprints if f.position in synth.TWO_FINGERS]})
+        out.append(Probe.from_biometrics(bio))
+    return people, out
+
+
+def matcher(size: int, n_probes: int, settings: Settings) -> dict:
+    kind = "flat" if size <= settings.exact_max else "ivf"
+    gallery, build_s, mem_mb = build_gallery(size, kind, settings.ivf_nprobe)
+    people, batch = probes(size, n_probes)
+    gallery.search(batch[:64])  # warm-up
+    started = time.perf_counter()
+    hits = []
+    for i in range(0, len(batch), 64):
+        hits.extend(gallery.search(batch[i : i + 64], k=settings.candidates, top=1))
+    batched_s = time.perf_counter() - started
+    started = time.perf_counter()
+    for p in batch[:200]:
+        gallery.search([p], k=settings.candidates, top=1)
+    single_s = (time.perf_counter() - started) / min(200, len(batch))
+    top1 = [h[0].record_id if h else -1 for h in hits]
+    result = {
+        "size": size,
+        "index": kind,
+        "nprobe": settings.ivf_nprobe if kind == "ivf" else None,
+        "build_s": round(build_s, 1),
+        "memory_mb": round(mem_mb),
+        "qps_batched": round(len(batch) / batched_s, 1),
+        "qps_single": round(1 / single_s, 1),
+        "genuine_top1": round(float(np.mean([a == b for a, b in zip(top1, people, strict=True)])), 4),
+        "recall_at_1": 1.0,
+    }
+    if kind == "ivf":  # recall@1 of the approximate search against exact search of the same data
+        del gallery
+        gc.collect()
+        exact, _, _ = build_gallery(size, "flat", 0)
+        ref = []
+        for i in range(0, len(batch), 64):
+            ref.extend(h[0].record_id for h in exact.search(batch[i : i + 64], k=settings.candidates, top=1))
+        result["recall_at_1"] = round(float(np.mean([a == b for a, b in zip(top1, ref, strict=True)])), 4)
+        del exact
+    gc.collect()
+    return result
+
+
+# --- the raw round trip ------------------------------------------------------------------------
+
+
+def raw_round_trip(url: str, body_size: int, n: int) -> dict:
+    """Publish → consume → reply over the same exchanges and quorum queues, with no work."""
+    stop = threading.Event()
+
+    def echo() -> None:
+        with Link(url, name="bench-echo", consume="mx.query", prefetch=256) as link:
+            pub = Publisher(link)
+            while not stop.is_set():
+                batch = []
+                try:
+                    batch.append(link.deliveries.get(timeout=0.2))
+                    while len(batch) < 64:
+                        batch.append(link.deliveries.get_nowait())
+                except Exception:
+                    pass
+                if not batch:
+                    continue
+                pub.send_raw([("biox.mx.out", "us.response", d.body, d.properties) for d in batch])
+                for d in batch:
+                    link.ack(d)
+
+    thread = threading.Thread(target=echo, daemon=True)
+    thread.start()
+    body = os.urandom(body_size)
+    import pika
+
+    with Link(url, name="bench-client", consume="us.response", prefetch=1000) as link:
+        time.sleep(1.0)
+        pub = Publisher(link)
+        started = time.perf_counter()
+        sent = 0
+
+        def sender() -> None:
+            nonlocal sent
+            for i in range(0, n, 100):
+                props = [pika.BasicProperties(message_id=str(uuid.uuid4()), delivery_mode=2, user_id=link.user) for _ in range(100)]
+                pub.send_raw([("biox.us.out", "mx.query", body, p) for p in props])
+                sent += 100
+
+        t = threading.Thread(target=sender)
+        t.start()
+        got = 0
+        while got < n:
+            d = link.deliveries.get(timeout=60)
+            link.ack(d)
+            got += 1
+        elapsed = time.perf_counter() - started
+        t.join()
+    stop.set()
+    thread.join()
+    return {"messages": n, "body_bytes": body_size, "round_trips_per_s": round(n / elapsed, 1)}
+
+
+# --- the pipeline ------------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    sent: int
+    seconds: float
+    latencies: list[float]
+    missing: int
+    wrong: int
+
+
+def pipeline_run(url: str, sizes: dict[str, int], base: list[encounters.Planned], n: int, rate: float) -> Run:
+    planned = []
+    tag = uuid.uuid4().hex[:6]
+    for i in range(n):
+        p = base[i % len(base)]
+        eid = f"{p.encounter_id}-{tag}-{i}"
+        planned.append(encounters.Planned(eid, p.requester, p.person, p.scenario, p.submit.model_copy(update={"encounter_id": eid}), list(p.expected_partners)))
+    with encounters.EncounterSystem(url, sizes) as system, Progress(console=console, transient=True) as progress:
+        task = progress.add_task(f"pipeline {n} @ {rate or 'max'}/s", total=n)
+        started = time.perf_counter()
+        submitter = threading.Thread(target=system.submit, args=(planned,), kwargs={"batch": 20, "rate": rate})
+        submitter.start()
+        system.collect(timeout=900, idle_timeout=60, expect=n, on_progress=lambda d, t: progress.update(task, completed=d))
+        elapsed = time.perf_counter() - started
+        submitter.join()
+        outcomes = list(system.outcomes.values())
+    pairs, _, missing = encounters.summarise(outcomes)
+    lat = [x for s in pairs.values() for x in s.latencies]
+    wrong = sum(s.wrong for s in pairs.values())
+    return Run(n, elapsed, lat, missing, wrong)
+
+
+def pipeline(size: int, n: int, settings: Settings, url: str) -> dict:
+    data = RESULTS / f"pipeline-{size}"
+    shutil.rmtree(data, ignore_errors=True)
+    s = settings.model_copy(update={"data_dir": data, "registry": REGISTRY})
+    registry = Registry.load(REGISTRY)
+    declare(url, registry.codes, s)
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task(f"mx gallery + records {size:,}", total=size)
+        synth.populate("mx", size, SEED, s.database_for("mx"), gallery_dir(s, "mx"), index=s.index, exact_max=s.exact_max, nprobe=s.ivf_nprobe, tenprint=False, iris=False, progress=lambda k: progress.advance(task, k))
+    sizes = {"mx": size, "us": 1}
+    base = encounters.plan(registry, sizes, 400, SEED, requesters=["us"])
+    base = [p for p in base if p.expected_partners]
+    from biox import codec as codec_mod
+
+    body_size = int(np.mean([len(codec_mod.encode_body(p.submit)) for p in base[:50]]))
+    raw = raw_round_trip(url, body_size, 5000)
+    console.print(f"  raw round trip: {raw['round_trips_per_s']}/s with {body_size} B bodies")
+    env = {**os.environ, "BIOX_AMQP_URL": url, "BIOX_DATA_DIR": str(data), "BIOX_REGISTRY": str(REGISTRY), "BIOX_LOG_LEVEL": "WARNING"}
+    workers = start_workers(["us"], env, data / "logs", (WorkerKind.intake, WorkerKind.response))
+    workers.processes += start_workers(["mx"], env, data / "logs", (WorkerKind.matcher,)).processes
+    try:
+        wait_for_consumers(url, ["us.intake", "us.response", "mx.query"], workers, timeout=600)
+        pipeline_run(url, sizes, base, 300, 0)  # warm-up
+        sat = pipeline_run(url, sizes, base, n, 0)
+        throughput = sat.sent / sat.seconds
+        half = pipeline_run(url, sizes, base, max(n // 2, 500), throughput / 2)
+    finally:
+        workers.stop()
+    pct = lambda xs, q: round(float(np.percentile(xs, q)) * 1000, 1) if xs else None  # noqa: E731
+    return {
+        "size": size,
+        "queries": n,
+        "throughput_qps": round(throughput, 1),
+        "saturated_p50_ms": pct(sat.latencies, 50),
+        "saturated_p99_ms": pct(sat.latencies, 99),
+        "half_load_qps": round(throughput / 2, 1),
+        "half_load_p50_ms": pct(half.latencies, 50),
+        "half_load_p95_ms": pct(half.latencies, 95),
+        "half_load_p99_ms": pct(half.latencies, 99),
+        "missing": sat.missing + half.missing,
+        "wrong": sat.wrong + half.wrong,
+        "raw": raw,
+    }
+
+
+# --- report ---------------------------------------------------------------------------------
+
+
+def write_doc(results: dict, command: str) -> None:
+    lines = [
+        "<!-- bench:start (generated by bench/run.py; edit outside the markers) -->",
+        f"Command: `{command}` on {results['machine']}, {results['date']}.",
+        "",
+        "### Matcher alone (face 512-d + two fingers 192-d per identity, batches of 64)",
+        "",
+        "| identities | index | build s | memory MB | queries/s batched | queries/s single | recall@1 vs exact | genuine top-1 |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for m in results["matcher"]:
+        idx = m["index"] + (f" (nprobe {m['nprobe']})" if m["nprobe"] else "")
+        lines.append(f"| {m['size']:,} | {idx} | {m['build_s']} | {m['memory_mb']} | {m['qps_batched']} | {m['qps_single']} | {m['recall_at_1']} | {m['genuine_top1']} |")
+    lines += [
+        "",
+        "### Whole pipeline (encounter.submit → intake → query → matcher → response → result)",
+        "",
+        "| identities | raw round trip /s | matcher alone /s | pipeline queries/s | fraction of lower limit | p50 / p95 / p99 ms at half load | missing | wrong |",
+        "| ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |",
+    ]
+    for p in results["pipeline"]:
+        m = next((m for m in results["matcher"] if m["size"] == p["size"]), None)
+        limit = min(p["raw"]["round_trips_per_s"], m["qps_batched"] if m else float("inf"))
+        lines.append(
+            f"| {p['size']:,} | {p['raw']['round_trips_per_s']} | {m['qps_batched'] if m else '-'} | {p['throughput_qps']} | "
+            f"{p['throughput_qps'] / limit:.0%} | {p['half_load_p50_ms']} / {p['half_load_p95_ms']} / {p['half_load_p99_ms']} at {p['half_load_qps']}/s | {p['missing']} | {p['wrong']} |"
+        )
+    lines.append("<!-- bench:end -->")
+    block = "\n".join(lines)
+    text = DOC.read_text() if DOC.exists() else "# Performance\n\n<!-- bench:start -->\n<!-- bench:end -->\n"
+    start, end = text.index("<!-- bench:start"), text.index("<!-- bench:end -->") + len("<!-- bench:end -->")
+    DOC.write_text(text[:start] + block + text[end:])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--full", action="store_true", help="add the 1 M-identity profile")
+    parser.add_argument("--sizes", default=None, help="comma-separated matcher sizes")
+    parser.add_argument("--pipeline-size", type=int, default=None)
+    parser.add_argument("--queries", type=int, default=3000)
+    args = parser.parse_args()
+    settings = Settings()
+    sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else ([10_000, 100_000, 1_000_000] if args.full else [10_000, 100_000])
+    pipe_sizes = [args.pipeline_size] if args.pipeline_size else ([10_000, 100_000, 1_000_000] if args.full else [10_000, 100_000])
+    results = {
+        "machine": f"{os.cpu_count()} cores, {platform.machine()}, faiss {faiss.__version__}, {faiss.omp_get_max_threads()} OpenMP threads",
+        "date": time.strftime("%Y-%m-%d"),
+        "matcher": [],
+        "pipeline": [],
+    }
+    for size in sizes:
+        console.print(f"[bold]matcher[/] {size:,} identities")
+        results["matcher"].append(matcher(size, 2000, settings))
+        console.print(results["matcher"][-1])
+    with broker_url(settings, console) as url:
+        for size in pipe_sizes:
+            console.print(f"[bold]pipeline[/] {size:,} identities")
+            results["pipeline"].append(pipeline(size, args.queries, settings, url))
+            console.print(results["pipeline"][-1])
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"bench-{'full' if args.full else 'default'}.json").write_text(json.dumps(results, indent=2))
+    cmd = "make bench-full" if args.full else "make bench"
+    write_doc(results, cmd)
+    console.print(f"wrote {DOC.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -23,7 +23,7 @@ import numpy as np
 from rich.console import Console
 from rich.progress import Progress
 
-from biox import addresses, encounters, synth
+from biox import encounters, synth
 from biox.broker.link import Link
 from biox.broker.publisher import Publisher
 from biox.broker.topology import declare
@@ -87,7 +87,12 @@ def probes(size: int, n: int) -> tuple[list[int], list[Probe]]:
     out = []
     for p, q in zip(people, quality, strict=True):
         bio = synth.capture(SEED, p, context=9, quality=int(q))
-        bio = bio.model_copy(update={"irises": [], "fingerprints": [f for f in bio.fingerprints if f.position in synth.TWO_FINGERS]})
+        bio = bio.model_copy(
+            update={
+                "irises": [],
+                "fingerprints": [f for f in bio.fingerprints if f.position in synth.TWO_FINGERS],
+            }
+        )
         out.append(Probe.from_biometrics(bio))
     return people, out
 
@@ -115,7 +120,9 @@ def matcher(size: int, n_probes: int, settings: Settings) -> dict:
         "memory_mb": round(mem_mb),
         "qps_batched": round(len(batch) / batched_s, 1),
         "qps_single": round(1 / single_s, 1),
-        "genuine_top1": round(float(np.mean([a == b for a, b in zip(top1, people, strict=True)])), 4),
+        "genuine_top1": round(
+            float(np.mean([a == b for a, b in zip(top1, people, strict=True)])), 4
+        ),
         "recall_at_1": 1.0,
     }
     if kind == "ivf":  # recall@1 of the approximate search against exact search of the same data
@@ -124,8 +131,13 @@ def matcher(size: int, n_probes: int, settings: Settings) -> dict:
         exact, _, _ = build_gallery(size, "flat", 0)
         ref = []
         for i in range(0, len(batch), 64):
-            ref.extend(h[0].record_id for h in exact.search(batch[i : i + 64], k=settings.candidates, top=1))
-        result["recall_at_1"] = round(float(np.mean([a == b for a, b in zip(top1, ref, strict=True)])), 4)
+            ref.extend(
+                h[0].record_id
+                for h in exact.search(batch[i : i + 64], k=settings.candidates, top=1)
+            )
+        result["recall_at_1"] = round(
+            float(np.mean([a == b for a, b in zip(top1, ref, strict=True)])), 4
+        )
         del exact
     gc.collect()
     return result
@@ -168,8 +180,13 @@ def raw_round_trip(url: str, body_size: int, n: int) -> dict:
 
         def sender() -> None:
             nonlocal sent
-            for i in range(0, n, 100):
-                props = [pika.BasicProperties(message_id=str(uuid.uuid4()), delivery_mode=2, user_id=link.user) for _ in range(100)]
+            for _ in range(0, n, 100):
+                props = [
+                    pika.BasicProperties(
+                        message_id=str(uuid.uuid4()), delivery_mode=2, user_id=link.user
+                    )
+                    for _ in range(100)
+                ]
                 pub.send_raw([("biox.us.out", "mx.query", body, p) for p in props])
                 sent += 100
 
@@ -199,19 +216,43 @@ class Run:
     wrong: int
 
 
-def pipeline_run(url: str, sizes: dict[str, int], base: list[encounters.Planned], n: int, rate: float) -> Run:
+def pipeline_run(
+    url: str, sizes: dict[str, int], base: list[encounters.Planned], n: int, rate: float
+) -> Run:
     planned = []
     tag = uuid.uuid4().hex[:6]
     for i in range(n):
         p = base[i % len(base)]
         eid = f"{p.encounter_id}-{tag}-{i}"
-        planned.append(encounters.Planned(eid, p.requester, p.person, p.scenario, p.submit.model_copy(update={"encounter_id": eid}), list(p.expected_partners)))
-    with encounters.EncounterSystem(url, sizes) as system, Progress(console=console, transient=True) as progress:
+        planned.append(
+            encounters.Planned(
+                eid,
+                p.requester,
+                p.person,
+                p.scenario,
+                p.submit.model_copy(update={"encounter_id": eid}),
+                list(p.expected_partners),
+            )
+        )
+    with (
+        encounters.EncounterSystem(url, sizes) as system,
+        Progress(console=console, transient=True) as progress,
+    ):
         task = progress.add_task(f"pipeline {n} @ {rate or 'max'}/s", total=n)
+        encoded = system.encode(planned)
         started = time.perf_counter()
-        submitter = threading.Thread(target=system.submit, args=(planned,), kwargs={"batch": 20, "rate": rate})
+        submitter = threading.Thread(
+            target=system.submit,
+            args=(planned,),
+            kwargs={"batch": 20, "rate": rate, "encoded": encoded},
+        )
         submitter.start()
-        system.collect(timeout=900, idle_timeout=60, expect=n, on_progress=lambda d, t: progress.update(task, completed=d))
+        system.collect(
+            timeout=900,
+            idle_timeout=60,
+            expect=n,
+            on_progress=lambda d, t: progress.update(task, completed=d),
+        )
         elapsed = time.perf_counter() - started
         submitter.join()
         outcomes = list(system.outcomes.values())
@@ -229,7 +270,19 @@ def pipeline(size: int, n: int, settings: Settings, url: str) -> dict:
     declare(url, registry.codes, s)
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task(f"mx gallery + records {size:,}", total=size)
-        synth.populate("mx", size, SEED, s.database_for("mx"), gallery_dir(s, "mx"), index=s.index, exact_max=s.exact_max, nprobe=s.ivf_nprobe, tenprint=False, iris=False, progress=lambda k: progress.advance(task, k))
+        synth.populate(
+            "mx",
+            size,
+            SEED,
+            s.database_for("mx"),
+            gallery_dir(s, "mx"),
+            index=s.index,
+            exact_max=s.exact_max,
+            nprobe=s.ivf_nprobe,
+            tenprint=False,
+            iris=False,
+            progress=lambda k: progress.advance(task, k),
+        )
     sizes = {"mx": size, "us": 1}
     base = encounters.plan(registry, sizes, 400, SEED, requesters=["us"])
     base = [p for p in base if p.expected_partners]
@@ -238,7 +291,13 @@ def pipeline(size: int, n: int, settings: Settings, url: str) -> dict:
     body_size = int(np.mean([len(codec_mod.encode_body(p.submit)) for p in base[:50]]))
     raw = raw_round_trip(url, body_size, 5000)
     console.print(f"  raw round trip: {raw['round_trips_per_s']}/s with {body_size} B bodies")
-    env = {**os.environ, "BIOX_AMQP_URL": url, "BIOX_DATA_DIR": str(data), "BIOX_REGISTRY": str(REGISTRY), "BIOX_LOG_LEVEL": "WARNING"}
+    env = {
+        **os.environ,
+        "BIOX_AMQP_URL": url,
+        "BIOX_DATA_DIR": str(data),
+        "BIOX_REGISTRY": str(REGISTRY),
+        "BIOX_LOG_LEVEL": "WARNING",
+    }
     workers = start_workers(["us"], env, data / "logs", (WorkerKind.intake, WorkerKind.response))
     workers.processes += start_workers(["mx"], env, data / "logs", (WorkerKind.matcher,)).processes
     try:
@@ -281,7 +340,9 @@ def write_doc(results: dict, command: str) -> None:
     ]
     for m in results["matcher"]:
         idx = m["index"] + (f" (nprobe {m['nprobe']})" if m["nprobe"] else "")
-        lines.append(f"| {m['size']:,} | {idx} | {m['build_s']} | {m['memory_mb']} | {m['qps_batched']} | {m['qps_single']} | {m['recall_at_1']} | {m['genuine_top1']} |")
+        lines.append(
+            f"| {m['size']:,} | {idx} | {m['build_s']} | {m['memory_mb']} | {m['qps_batched']} | {m['qps_single']} | {m['recall_at_1']} | {m['genuine_top1']} |"
+        )
     lines += [
         "",
         "### Whole pipeline (encounter.submit → intake → query → matcher → response → result)",
@@ -298,8 +359,15 @@ def write_doc(results: dict, command: str) -> None:
         )
     lines.append("<!-- bench:end -->")
     block = "\n".join(lines)
-    text = DOC.read_text() if DOC.exists() else "# Performance\n\n<!-- bench:start -->\n<!-- bench:end -->\n"
-    start, end = text.index("<!-- bench:start"), text.index("<!-- bench:end -->") + len("<!-- bench:end -->")
+    text = (
+        DOC.read_text()
+        if DOC.exists()
+        else "# Performance\n\n<!-- bench:start -->\n<!-- bench:end -->\n"
+    )
+    start, end = (
+        text.index("<!-- bench:start"),
+        text.index("<!-- bench:end -->") + len("<!-- bench:end -->"),
+    )
     DOC.write_text(text[:start] + block + text[end:])
 
 
@@ -311,8 +379,16 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=3000)
     args = parser.parse_args()
     settings = Settings()
-    sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else ([10_000, 100_000, 1_000_000] if args.full else [10_000, 100_000])
-    pipe_sizes = [args.pipeline_size] if args.pipeline_size else ([10_000, 100_000, 1_000_000] if args.full else [10_000, 100_000])
+    sizes = (
+        [int(s) for s in args.sizes.split(",")]
+        if args.sizes
+        else ([10_000, 100_000, 1_000_000] if args.full else [10_000, 100_000])
+    )
+    pipe_sizes = (
+        [args.pipeline_size]
+        if args.pipeline_size
+        else ([10_000, 100_000, 1_000_000] if args.full else [10_000, 100_000])
+    )
     results = {
         "machine": f"{os.cpu_count()} cores, {platform.machine()}, faiss {faiss.__version__}, {faiss.omp_get_max_threads()} OpenMP threads",
         "date": time.strftime("%Y-%m-%d"),
@@ -329,7 +405,9 @@ def main() -> None:
             results["pipeline"].append(pipeline(size, args.queries, settings, url))
             console.print(results["pipeline"][-1])
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"bench-{'full' if args.full else 'default'}.json").write_text(json.dumps(results, indent=2))
+    (RESULTS / f"bench-{'full' if args.full else 'default'}.json").write_text(
+        json.dumps(results, indent=2)
+    )
     cmd = "make bench-full" if args.full else "make bench"
     write_doc(results, cmd)
     console.print(f"wrote {DOC.relative_to(ROOT)}")

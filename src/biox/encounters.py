@@ -154,29 +154,38 @@ class EncounterSystem:
         except Exception:  # the broker may already be gone; the queue expires on its own
             pass
 
-    def submit(self, planned: list[Planned], batch: int = 50, rate: float = 0.0) -> None:
+    def encode(self, planned: list[Planned]) -> list[Outgoing]:
+        """The messages for ``planned``, built ahead so a load test times only the sending."""
+        return [
+            codec.to_own_inbox(
+                p.submit,
+                participant=p.requester,
+                message_id=str(uuid.uuid4()),
+                correlation_id=p.encounter_id,
+                reply_to=self.reply_queue,
+            )
+            for p in planned
+        ]
+
+    def submit(
+        self,
+        planned: list[Planned],
+        batch: int = 50,
+        rate: float = 0.0,
+        encoded: list[Outgoing] | None = None,
+    ) -> None:
         """Publish encounters (confirmed), in batches; paced to ``rate`` per second if set."""
+        encoded = encoded or self.encode(planned)
         started = time.monotonic()
         for start in range(0, len(planned), batch):
             if rate > 0:
                 time.sleep(max(0.0, started + start / rate - time.monotonic()))
             chunk = planned[start : start + batch]
-            messages: list[Outgoing] = []
-            for p in chunk:
-                self.outcomes[p.encounter_id] = Outcome(p)
-                messages.append(
-                    codec.to_own_inbox(
-                        p.submit,
-                        participant=p.requester,
-                        message_id=str(uuid.uuid4()),
-                        correlation_id=p.encounter_id,
-                        reply_to=self.reply_queue,
-                    )
-                )
             now = time.monotonic()
             for p in chunk:
+                self.outcomes[p.encounter_id] = Outcome(p)
                 p.submitted_at = now
-            self.publisher.send(messages)
+            self.publisher.send(encoded[start : start + batch])
 
     def collect(
         self,
@@ -193,7 +202,8 @@ class EncounterSystem:
         deadline = time.monotonic() + timeout
         last_seen = time.monotonic()
         while time.monotonic() < deadline and time.monotonic() - last_seen < idle_timeout:
-            if len(self.outcomes) >= expect and all(o.complete for o in list(self.outcomes.values())):
+            outcomes = list(self.outcomes.values())
+            if len(outcomes) >= expect and all(o.complete for o in outcomes):
                 return
             try:
                 delivery = self.link.deliveries.get(timeout=0.2)

@@ -17,6 +17,7 @@ from biox.handlers.matcher import MatcherHandler
 from biox.handlers.response import ResponseHandler
 from biox.registry import Registry
 from biox.settings import Settings
+from biox.store import session_for, sync_participants
 
 log = structlog.get_logger("biox.runtime")
 
@@ -69,6 +70,8 @@ def run_worker(kind: WorkerKind, participant: str, settings: Settings | None = N
     if not settings.amqp_url:
         raise SystemExit("BIOX_AMQP_URL is not set: start a broker with `biox broker start`")
     handler = build_handler(kind, participant, settings)
+    with session_for(settings.database_for(participant)) as session:
+        sync_participants(session, Registry.load(settings.registry))
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

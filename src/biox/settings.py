@@ -39,7 +39,13 @@ class Settings(BaseSettings):
     threshold_high: float = Field(default=0.55, description="Fused score at or above: match.")
     threshold_low: float = Field(default=0.30, description="Fused score below: no match.")
     max_candidates_released: int = 3
-    search_threads: int = Field(default=0, description="FAISS OpenMP threads; 0 = library default.")
+    search_threads: int = Field(
+        default=1,
+        description=(
+            "FAISS OpenMP threads per matcher; 0 = one per core. One, because workers run as "
+            "competing processes and a batch of probes keeps one thread busy."
+        ),
+    )
 
     # broker behaviour
     prefetch: int = 256

@@ -28,6 +28,7 @@ from typing import Any
 
 import pika
 import structlog
+from sqlalchemy import insert
 
 from biox import addresses
 from biox.broker.link import ConnectionLost, Delivery, Link, Nacked, Unroutable
@@ -189,12 +190,12 @@ class ConsumeLoop:
     def _record(
         self, session: Any, env: Envelope, effects: Effects, publish: list[Outgoing]
     ) -> None:
-        for row in effects.rows:
-            session.merge(row)
-        session.add(
-            ProcessedMessage(
+        session.add_all(effects.rows)  # new rows, or rows the handler loaded and changed
+        session.execute(  # a plain insert: no ORM object needed for the marker
+            insert(ProcessedMessage).values(
                 consumer=self.queue,
                 message_id=env.message_id,
+                processed_at=datetime.now(UTC),
                 outputs=pack_outgoing(effects.outgoing),
             )
         )

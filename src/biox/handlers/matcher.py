@@ -70,7 +70,9 @@ class MatcherHandler:
             else []
         )
         search_ms = (time.perf_counter() - started) * 1000 / max(len(probes), 1)
-        records = self._records(session, {h.record_id for hs in hits for h in hs})
+        high = self.settings.threshold_high
+        matched = {h.record_id for hs in hits for h in hs if h.fused >= high}
+        records = self._records(session, matched)
         for i, found in zip(searchable, hits, strict=True):
             results[i] = self._answer(batch[i], found, records, received, search_ms)
         return [r for r in results if r is not None]

@@ -27,14 +27,37 @@ class ResponseHandler:
         self.me = participant
 
     def handle(self, batch: Sequence[Inbound], session: Session) -> list[Result]:
-        return [self._one(inb, session) for inb in batch]
+        """Loads the batch's transactions and their encounters' partners in two queries."""
+        query_ids = [inb.message.query_id for inb in batch]  # type: ignore[attr-defined]
+        with session.no_autoflush:  # the batch is written once, at commit
+            txs = {
+                tx.query_id: tx
+                for tx in session.exec(
+                    select(Transaction).where(
+                        Transaction.role == "requester",
+                        Transaction.query_id.in_(query_ids),  # type: ignore[attr-defined]
+                    )
+                )
+            }
+            encounters = {tx.encounter_id for tx in txs.values()}
+            partners: dict[str, set[str]] = {}
+            for encounter_id, providing in session.exec(
+                select(Transaction.encounter_id, Transaction.providing).where(
+                    Transaction.role == "requester",
+                    Transaction.encounter_id.in_(encounters),  # type: ignore[attr-defined]
+                )
+            ):
+                partners.setdefault(encounter_id, set()).add(providing)
+            return [self._one(inb, txs, partners) for inb in batch]
 
-    def _one(self, inb: Inbound, session: Session) -> Result:
+    def _one(
+        self, inb: Inbound, txs: dict[str, Transaction], partners: dict[str, set[str]]
+    ) -> Result:
         r = inb.message
         assert isinstance(r, Response)
         if r.requesting != self.me:
             return PermanentError(Reason.misaddressed, f"response is for {r.requesting!r}")
-        tx = session.get(Transaction, (r.query_id, "requester"))
+        tx = txs.get(r.query_id)
         if tx is None or tx.providing != r.providing or r.providing != inb.envelope.sender:
             return PermanentError(
                 Reason.unknown_query, f"query {r.query_id} was not sent to {r.providing}"
@@ -50,16 +73,11 @@ class ResponseHandler:
         tx.source_message_id = inb.envelope.message_id
         effects = Effects(rows=[tx], outcome=r.status.value)
         if tx.reply_to:
-            partners = session.exec(
-                select(Transaction.providing).where(
-                    Transaction.encounter_id == tx.encounter_id, Transaction.role == "requester"
-                )
-            ).all()
             result = EncounterResult(
                 encounter_id=tx.encounter_id,
                 requesting=self.me,
                 status=EncounterResultStatus.answered,
-                partners=sorted(set(partners)),
+                partners=sorted(partners.get(tx.encounter_id, {r.providing})),
                 outcome=PartnerOutcome(
                     partner=r.providing,
                     query_id=r.query_id,

@@ -202,14 +202,11 @@ class IrisIndex:
             return ids, np.zeros(0, np.float32)
         stored = np.stack([self.codes[i] for i in ids.tolist()])
         stored_masks = np.stack([self.masks[i] for i in ids.tolist()])
-        shifted_codes = self.shifts(code)
-        shifted_masks = self.shifts(mask)
-        best = np.ones(len(ids), np.float32)
-        for c, m in zip(shifted_codes, shifted_masks, strict=True):
-            valid = np.unpackbits(stored_masks & m, axis=1)
-            diff = np.unpackbits((stored ^ c) & stored_masks & m, axis=1)
-            n_valid = np.maximum(valid.sum(axis=1), 1)
-            best = np.minimum(best, diff.sum(axis=1) / n_valid)
+        codes = self.shifts(code)[:, None, :]  # (shifts, 1, bytes) against (n, bytes)
+        masks = self.shifts(mask)[:, None, :] & stored_masks
+        differ = np.bitwise_count((codes ^ stored) & masks).sum(axis=2, dtype=np.int32)
+        valid = np.bitwise_count(masks).sum(axis=2, dtype=np.int32)
+        best = (differ / np.maximum(valid, 1)).min(axis=0).astype(np.float32)
         return ids, best
 
     def save(self, path: Path) -> None:

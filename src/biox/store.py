@@ -134,7 +134,16 @@ def processed(session: Session, consumer: str, ids: list[str]) -> dict[str, Proc
     return {r.message_id: r for r in rows}
 
 
-def sync_participants(session: Session, registry: Any) -> None:
-    for p in registry.participants.values():
-        session.merge(ParticipantRow(code=p.code, agency=p.agency, status=p.status.value))
-    session.commit()
+def sync_participants(session: Session, registry: Any, attempts: int = 5) -> None:
+    """Mirror the registry into the participants table (workers may race to do it)."""
+    for attempt in range(attempts):
+        try:
+            for p in registry.participants.values():
+                session.merge(ParticipantRow(code=p.code, agency=p.agency, status=p.status.value))
+            session.commit()
+            return
+        except (IntegrityError, OperationalError):
+            session.rollback()
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.1 * (attempt + 1))

@@ -87,14 +87,14 @@ def test_partner_citizen_is_only_excluded_from_that_partner(exchange, plans):
 def test_worker_killed_mid_message_still_answers_each_query_exactly_once(exchange):
     """SIGKILL the mx matcher while it holds unacked queries; a fresh one finishes them."""
     planned = encounters.plan(
-        exchange.registry, exchange.sizes, 150, SEED, requesters=["us"], draw=1
+        exchange.registry, exchange.sizes, 300, SEED, requesters=["us"], draw=1
     )
     planned = [p for p in planned if "mx" in p.expected_partners]
     with encounters.EncounterSystem(exchange.url, exchange.sizes) as system:
         system.submit(planned)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:  # wait until mx has started answering
-            system.collect(timeout=0.5, idle_timeout=0.5)
+            system.collect(timeout=0.05, idle_timeout=0.05)
             if any("mx" in o.answers for o in system.outcomes.values()):
                 break
         answered_before = sum("mx" in o.answers for o in system.outcomes.values())
@@ -103,8 +103,12 @@ def test_worker_killed_mid_message_still_answers_each_query_exactly_once(exchang
         system.collect(timeout=120, idle_timeout=60)
         outcomes = list(system.outcomes.values())
     assert answered_before < len(planned), "the matcher finished before it could be killed"
-    missing = [o.planned.encounter_id for o in outcomes if not o.complete]
-    assert missing == []
+    missing = [
+        (o.planned.encounter_id, o.planned.expected_partners, sorted(o.answers))
+        for o in outcomes
+        if not o.complete
+    ]
+    assert missing == [], f"{len(missing)} of {len(outcomes)} incomplete"
     assert system.duplicates == 0
     wrong = [(o.planned, a) for o in outcomes for a in o.answers.values() if not a.correct]
     assert wrong == []

@@ -72,9 +72,7 @@ def build_gallery(size: int, kind: str, nprobe: int) -> tuple[Gallery, float, fl
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task(f"gallery {size:,} ({kind})", total=size)
         for b in [*pending, *batches]:
-            gallery.face.add(b.persons, b.face)
-            for pos, (rows, vecs) in b.fingers.items():
-                gallery.fingers[pos].add(rows, vecs)
+            synth.add_to(gallery, b)
             progress.advance(task, len(b.persons))
     gc.collect()
     return gallery, time.perf_counter() - started, rss_mb() - before

@@ -70,23 +70,14 @@ def synth(
     seed: int = typer.Option(2026),
 ) -> None:
     """Build a participant's synthetic gallery (database records and FAISS indexes)."""
-    from biox import synth as synth_mod
-    from biox.runtime import gallery_dir
+    from biox.runtime import build_synthetic_gallery
 
     settings = Settings()
     started = time.perf_counter()
     with Progress(console=console) as progress:
         task = progress.add_task(f"gallery {participant}", total=size)
-        gallery = synth_mod.populate(
-            participant,
-            size,
-            seed,
-            settings.database_for(participant),
-            gallery_dir(settings, participant),
-            index=settings.index,
-            exact_max=settings.exact_max,
-            nprobe=settings.ivf_nprobe,
-            progress=lambda n: progress.advance(task, n),
+        gallery = build_synthetic_gallery(
+            settings, participant, size, seed, lambda n: progress.advance(task, n)
         )
     console.print(
         f"{participant}: {gallery.size} identities, {gallery.kind} index, "

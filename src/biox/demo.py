@@ -23,11 +23,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from biox import addresses, encounters, synth
+from biox import addresses, encounters
 from biox.broker.launcher import LocalBroker
 from biox.broker.topology import declare
 from biox.registry import Registry
-from biox.runtime import QUEUE_ROLE, WorkerKind, gallery_dir
+from biox.runtime import QUEUE_ROLE, WorkerKind, build_synthetic_gallery
 from biox.settings import Settings
 
 
@@ -151,16 +151,8 @@ def run(
         with _progress(console) as progress:
             for code in codes:
                 task = progress.add_task(f"Gallery {code}", total=gallery_size)
-                synth.populate(
-                    code,
-                    gallery_size,
-                    seed,
-                    settings.database_for(code),
-                    gallery_dir(settings, code),
-                    index=settings.index,
-                    exact_max=settings.exact_max,
-                    nprobe=settings.ivf_nprobe,
-                    progress=lambda n, t=task: progress.advance(t, n),
+                build_synthetic_gallery(
+                    settings, code, gallery_size, seed, lambda n, t=task: progress.advance(t, n)
                 )
         env = {
             **os.environ,

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import signal
 import threading
+from collections.abc import Callable
 from enum import StrEnum
 
 import structlog
 
-from biox import addresses, logs
+from biox import addresses, logs, synth
 from biox.broker.consumer import ConsumeLoop
 from biox.gallery.gallery import Gallery
 from biox.handlers.base import Handler
@@ -45,6 +46,27 @@ def load_gallery(settings: Settings, participant: str) -> Gallery:
         return Gallery.load(directory, settings.ivf_nprobe)
     log.warning("empty_gallery", participant=participant, directory=str(directory))
     return Gallery()
+
+
+def build_synthetic_gallery(
+    settings: Settings,
+    participant: str,
+    size: int,
+    seed: int,
+    progress: Callable[[int], None] | None = None,
+) -> Gallery:
+    """A synthetic gallery where this participant's workers will look for it."""
+    return synth.populate(
+        participant,
+        size,
+        seed,
+        settings.database_for(participant),
+        gallery_dir(settings, participant),
+        index=settings.index,
+        exact_max=settings.exact_max,
+        nprobe=settings.ivf_nprobe,
+        progress=progress,
+    )
 
 
 def build_handler(kind: WorkerKind, participant: str, settings: Settings) -> Handler:

@@ -385,11 +385,7 @@ def populate(
     with engine.begin() as conn:
         conn.execute(delete(Record))
     for b in batches:
-        gallery.face.add(b.persons, b.face)
-        for pos, (rows, vecs) in b.fingers.items():
-            gallery.fingers[pos].add(rows, vecs)
-        for eye, (rows, codes, masks) in b.irises.items():
-            gallery.irises[eye].add(rows, codes, masks)
+        add_to(gallery, b)
         rows_out = []
         for n in b.persons.tolist():
             p = person(seed, n)
@@ -419,6 +415,15 @@ def populate(
             progress(len(b.persons))
     gallery.save(gallery_directory)
     return gallery
+
+
+def add_to(gallery: Gallery, batch: EnrolmentBatch) -> None:
+    """Put one batch of enrolments into the gallery's indexes (ids = person numbers)."""
+    gallery.face.add(batch.persons, batch.face)
+    for pos, (rows, vecs) in batch.fingers.items():
+        gallery.fingers[pos].add(rows, vecs)
+    for eye, (rows, codes, masks) in batch.irises.items():
+        gallery.irises[eye].add(rows, codes, masks)
 
 
 def in_gallery(code: str, size: int, number: int) -> bool:

@@ -23,11 +23,7 @@ def build(kind: str = "flat") -> tuple[Gallery, list[int]]:
         gallery.train(faces, fingers)
     people = []
     for b in batches:
-        gallery.face.add(b.persons, b.face)
-        for pos, (rows, vecs) in b.fingers.items():
-            gallery.fingers[pos].add(rows, vecs)
-        for eye, (rows, codes, masks) in b.irises.items():
-            gallery.irises[eye].add(rows, codes, masks)
+        synth.add_to(gallery, b)
         people.extend(b.persons.tolist())
     return gallery, people
 

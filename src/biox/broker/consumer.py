@@ -155,18 +155,21 @@ class ConsumeLoop:
                     fresh.append((d, env, item))
                 seen.add(env.message_id)
 
+            markers: list[dict[str, Any]] = []
             results = self.handler.handle([inb for _, _, inb in fresh], session) if fresh else []
             for (d, env, _), result in zip(fresh, results, strict=True):
                 if isinstance(result, BioxError):
                     failed.append((d, env, result))
                 else:
-                    self._record(session, env, result, publish)
+                    self._record(session, env, result, publish, markers)
             for d, env, error in failed:
                 answer = self.handler.reject(env, error)
                 if answer is None:
                     dead.append((d, env, error))
                 else:
-                    self._record(session, env, answer, publish)
+                    self._record(session, env, answer, publish, markers)
+            if markers:  # one multi-row insert for the batch's idempotency markers
+                session.execute(insert(ProcessedMessage), markers)
             session.commit()
 
         if publish:
@@ -188,16 +191,21 @@ class ConsumeLoop:
             return exc
 
     def _record(
-        self, session: Any, env: Envelope, effects: Effects, publish: list[Outgoing]
+        self,
+        session: Any,
+        env: Envelope,
+        effects: Effects,
+        publish: list[Outgoing],
+        markers: list[dict[str, Any]],
     ) -> None:
         session.add_all(effects.rows)  # new rows, or rows the handler loaded and changed
-        session.execute(  # a plain insert: no ORM object needed for the marker
-            insert(ProcessedMessage).values(
-                consumer=self.queue,
-                message_id=env.message_id,
-                processed_at=datetime.now(UTC),
-                outputs=pack_outgoing(effects.outgoing),
-            )
+        markers.append(
+            {
+                "consumer": self.queue,
+                "message_id": env.message_id,
+                "processed_at": datetime.now(UTC),
+                "outputs": pack_outgoing(effects.outgoing),
+            }
         )
         publish.extend(effects.outgoing)
         self.stats[effects.outcome.split(":")[0]] += 1

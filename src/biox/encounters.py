@@ -137,7 +137,8 @@ class EncounterSystem:
         self.link = Link(url, name="encounter-system", consume=self.reply_queue, prefetch=2000)
         self.publisher = Publisher(self.link)
         self.outcomes: dict[str, Outcome] = {}
-        self.duplicates = 0
+        self.duplicates = 0  # a second, distinct answer for the same encounter and partner
+        self.redeliveries = 0  # the same result message again (absorbed by its message_id)
         self.unexpected = 0
         self._seen: set[str] = set()
 
@@ -219,7 +220,7 @@ class EncounterSystem:
     def _take(self, delivery: object) -> None:
         env = envelope_of(delivery)  # type: ignore[arg-type]
         if env.message_id in self._seen:
-            self.duplicates += 1
+            self.redeliveries += 1
             return
         self._seen.add(env.message_id)
         result = codec.decode_body(env.kind, env.schema, delivery.body)  # type: ignore[attr-defined]

@@ -78,7 +78,8 @@ class ProcessedMessage(SQLModel, table=True):
     """Idempotency: a message id handled by a consumer, with what it caused.
 
     ``outputs`` keeps the messages the handler produced so a redelivery republishes the
-    same bytes under the same ids instead of computing a second, possibly different answer.
+    same bytes under the same ids instead of computing a second, possibly different answer;
+    once the broker has confirmed them (``published``) a redelivery republishes nothing.
     """
 
     __tablename__ = "processed_messages"
@@ -86,6 +87,7 @@ class ProcessedMessage(SQLModel, table=True):
     message_id: str = Field(primary_key=True)
     processed_at: datetime = Field(default_factory=utcnow)
     outputs: bytes = Field(default=b"", sa_column=Column(LargeBinary))
+    published: bool = Field(default=False, description="outputs confirmed by the broker")
 
 
 @lru_cache(maxsize=16)

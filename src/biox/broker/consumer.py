@@ -28,7 +28,7 @@ from typing import Any
 
 import pika
 import structlog
-from sqlalchemy import insert
+from sqlalchemy import insert, update
 
 from biox import addresses
 from biox.broker.link import ConnectionLost, Delivery, Link, Nacked, Unroutable
@@ -143,9 +143,12 @@ class ConsumeLoop:
             fresh: list[tuple[Delivery, Envelope, Inbound]] = []
             failed: list[tuple[Delivery, Envelope, BioxError]] = []
             seen: set[str] = set()
+            unconfirmed: list[str] = []  # processed before, outputs maybe never confirmed
             for d, env, item in parsed:
                 if env.message_id in done:
-                    publish.extend(unpack_outgoing(done[env.message_id].outputs))
+                    if not done[env.message_id].published:
+                        publish.extend(unpack_outgoing(done[env.message_id].outputs))
+                        unconfirmed.append(env.message_id)
                     self.stats["duplicate"] += 1
                 elif env.message_id in seen:
                     self.stats["duplicate"] += 1
@@ -174,10 +177,31 @@ class ConsumeLoop:
 
         if publish:
             self.publisher.send(publish)
+            self._mark_published([m["message_id"] for m in markers] + unconfirmed)
         for d, env, error in dead:
             self._dead(d, env, error)
         for d in batch:
             self.link.ack(d)
+
+    def _mark_published(self, message_ids: list[str]) -> None:
+        """Confirmed: a redelivery of these need not republish (and cascade) their outputs.
+
+        Best effort: if this write is lost, a redelivery republishes under the same ids
+        and the receivers' idempotency absorbs the copies.
+        """
+        try:
+            with session_for(self.database_url) as session:
+                session.execute(
+                    update(ProcessedMessage)
+                    .where(
+                        ProcessedMessage.consumer == self.queue,  # type: ignore[arg-type]
+                        ProcessedMessage.message_id.in_(message_ids),  # type: ignore[attr-defined]
+                    )
+                    .values(published=True)
+                )
+                session.commit()
+        except Exception as exc:
+            log.warning("mark_published_failed", worker=self.worker, error=str(exc))
 
     def _decode(self, d: Delivery, env: Envelope) -> Inbound | BioxError:
         if env.kind not in self.handler.kinds:

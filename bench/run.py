@@ -319,7 +319,15 @@ def pipeline(size: int, n: int, settings: Settings, url: str) -> dict:
     try:
         wait_for_consumers(url, ["us.intake", "us.response", "mx.query"], workers, timeout=600)
         pipeline_run(url, sizes, base, 300, 0)  # warm-up
+        pids = {name: p.pid for name, p in workers.processes}
+        pids["encounter system (bench)"] = os.getpid()
+        pids.update(broker_pids())
+        before = {name: cpu_seconds(pid) for name, pid in pids.items()}
         sat = pipeline_run(url, sizes, base, n, 0)
+        cpu_ms = {
+            name: round((cpu_seconds(pid) - before[name]) * 1000 / n, 2)
+            for name, pid in pids.items()
+        }
         throughput = sat.sent / sat.seconds
         half = pipeline_run(url, sizes, base, max(n // 2, 500), throughput / 2)
     finally:
@@ -338,7 +346,29 @@ def pipeline(size: int, n: int, settings: Settings, url: str) -> dict:
         "missing": sat.missing + half.missing,
         "wrong": sat.wrong + half.wrong,
         "raw": raw,
+        "cpu_ms_per_query": cpu_ms,
     }
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (and its reaped children), from /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def broker_pids() -> dict[str, int]:
+    """The local broker's Erlang VM, when there is one on this machine."""
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if (proc / "comm").read_text().strip() == "beam.smp":
+                    return {"broker (beam.smp)": int(proc.name)}
+            except OSError:
+                continue
+    return {}
 
 
 # --- report ---------------------------------------------------------------------------------
@@ -393,6 +423,16 @@ def write_doc(results: dict) -> None:
             f"| {p['size']:,} | {p['raw']['round_trips_per_s']} | {m['qps_batched'] if m else '-'} | {p['throughput_qps']} | "
             f"{p['throughput_qps'] / limit:.0%} | {p['half_load_p50_ms']} / {p['half_load_p95_ms']} / {p['half_load_p99_ms']} at {p['half_load_qps']}/s | {p['missing']} | {p['wrong']} |"
         )
+    lines += [
+        "",
+        "### Where the CPU goes (ms of CPU per query during the saturated run)",
+        "",
+    ]
+    for p in results["pipeline"]:
+        if p.get("cpu_ms_per_query"):
+            parts = ", ".join(f"{k} {v}" for k, v in p["cpu_ms_per_query"].items())
+            total = sum(p["cpu_ms_per_query"].values())
+            lines.append(f"- {p['size']:,} identities: {parts}; total {total:.2f} ms")
     lines.append("<!-- bench:end -->")
     block = "\n".join(lines)
     text = (

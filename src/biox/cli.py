@@ -16,6 +16,8 @@ from biox.settings import Settings
 app = typer.Typer(help="biox: biometric immigration query exchange.", no_args_is_help=True)
 broker_app = typer.Typer(help="A local RabbitMQ for development and tests.", no_args_is_help=True)
 app.add_typer(broker_app, name="broker")
+audit_app = typer.Typer(help="The hash-chained audit trail.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
 console = Console()
 
 
@@ -126,6 +128,43 @@ def broker_status() -> None:
     else:
         console.print("not running")
         raise typer.Exit(1)
+
+
+@audit_app.command("verify")
+def audit_verify(
+    participant: list[str] = typer.Option(None, "--participant", "-p", help="default: all"),
+) -> None:
+    """Walk each participant's chain and name the first altered, removed or inserted entry."""
+    from biox import audit
+    from biox.registry import Registry
+    from biox.store import session_for
+
+    settings = Settings()
+    codes = participant or Registry.load(settings.registry).codes
+    broken = False
+    for code in codes:
+        with session_for(settings.database_for(code)) as session:
+            count, problem = audit.verify(session)
+        if problem is None:
+            console.print(f"{code}: {count} entries, chain intact")
+        else:
+            broken = True
+            console.print(f"[red]{code}: {count} entries, chain broken at {problem}[/]")
+    raise typer.Exit(1 if broken else 0)
+
+
+@audit_app.command("trail")
+def audit_trail(query_id: str) -> None:
+    """The timeline of one query across participants, from their audit trails."""
+    from biox.audit import trail_across
+    from biox.views import trail_table
+
+    settings = Settings()
+    rows = trail_across(settings, query_id)
+    if not rows:
+        console.print(f"no audit entries for {query_id}")
+        raise typer.Exit(1)
+    console.print(trail_table(query_id, rows))
 
 
 def main() -> None:

@@ -24,11 +24,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from biox import addresses, encounters
+from biox.audit import trail_across
 from biox.broker.launcher import LocalBroker
 from biox.broker.topology import declare
 from biox.registry import Registry
 from biox.runtime import QUEUE_ROLE, WorkerKind, build_synthetic_gallery
 from biox.settings import Settings
+from biox.views import trail_table
 
 
 @contextlib.contextmanager
@@ -185,9 +187,21 @@ def run(
                 )
                 outcomes = list(system.outcomes.values())
                 duplicates = system.duplicates
+            _show_a_trail(console, settings, outcomes)
         finally:
             workers.stop()
         return report(console, outcomes, duplicates)
+
+
+def _show_a_trail(console: Console, settings: Settings, outcomes: list[encounters.Outcome]) -> None:
+    """One matched query's path through every participant's audit trail."""
+    matched = [a for o in outcomes for a in o.answers.values() if a.status == "match"]
+    if not matched:
+        return
+    time.sleep(1.0)  # the audit consumers run beside the pipeline: let them catch up
+    rows = trail_across(settings, matched[0].query_id)
+    if rows:
+        console.print(trail_table(matched[0].query_id, rows))
 
 
 def _progress(console: Console) -> Progress:

@@ -47,6 +47,7 @@ class Planned:
 @dataclass
 class Answer:
     partner: str
+    query_id: str
     status: str
     identity_ref: str | None
     latency_s: float
@@ -250,6 +251,7 @@ class EncounterSystem:
         )
         outcome.answers[o.partner] = Answer(
             o.partner,
+            o.query_id,
             o.status.value,
             top,
             elapsed,

@@ -6,12 +6,14 @@ import signal
 import threading
 from collections.abc import Callable
 from enum import StrEnum
+from pathlib import Path
 
 import structlog
 
 from biox import addresses, logs, synth
 from biox.broker.consumer import ConsumeLoop
 from biox.gallery.gallery import Gallery
+from biox.handlers.audit import AuditHandler
 from biox.handlers.base import Handler
 from biox.handlers.intake import IntakeHandler
 from biox.handlers.matcher import MatcherHandler
@@ -27,16 +29,18 @@ class WorkerKind(StrEnum):
     intake = "intake"
     matcher = "matcher"
     response = "response"
+    audit = "audit"
 
 
 QUEUE_ROLE = {
     WorkerKind.intake: "intake",
     WorkerKind.matcher: "query",
     WorkerKind.response: "response",
+    WorkerKind.audit: "audit",
 }
 
 
-def gallery_dir(settings: Settings, participant: str):
+def gallery_dir(settings: Settings, participant: str) -> Path:
     return settings.participant_dir(participant) / "gallery"
 
 
@@ -81,6 +85,8 @@ def build_handler(kind: WorkerKind, participant: str, settings: Settings) -> Han
 
             faiss.omp_set_num_threads(settings.search_threads)
         return MatcherHandler(participant, registry, load_gallery(settings, participant), settings)
+    if kind is WorkerKind.audit:
+        return AuditHandler(participant)
     return ResponseHandler(participant)
 
 

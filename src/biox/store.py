@@ -90,6 +90,30 @@ class ProcessedMessage(SQLModel, table=True):
     published: bool = Field(default=False, description="outputs confirmed by the broker")
 
 
+class AuditEntry(SQLModel, table=True):
+    """One message seen by a participant, chained to the previous entry by its hash.
+
+    Holds who, to whom, when, what kind and a digest of the body: never the body, so no
+    template or personal data reaches the audit trail.
+    """
+
+    __tablename__ = "audit_entries"
+    seq: int = Field(primary_key=True)
+    received_at: datetime
+    direction: str = Field(description="in | out")
+    kind: str
+    sender_user: str | None = Field(default=None, description="broker-validated user_id")
+    sender: str | None = Field(default=None, description="biox-from")
+    recipient: str | None = Field(default=None, description="biox-to")
+    message_id: str = Field(index=True)
+    correlation_id: str | None = Field(default=None, index=True)
+    schema_id: str | None = None
+    body_sha256: str
+    provenance: str | None = Field(default=None, description="participant the data came from")
+    prev_hash: str
+    entry_hash: str
+
+
 @lru_cache(maxsize=16)
 def engine_for(url: str) -> Engine:
     if url.startswith("sqlite"):

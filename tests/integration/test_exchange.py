@@ -6,9 +6,11 @@ import time
 
 import pytest
 
-from biox import encounters, synth
+from biox import audit, encounters, synth
+from biox.audit import trail_across
 from biox.messages import SubjectStatus
 from biox.registry import Purpose
+from biox.store import session_for
 from tests.integration.conftest import SEED, Exchange
 
 pytestmark = pytest.mark.integration
@@ -112,3 +114,32 @@ def test_worker_killed_mid_message_still_answers_each_query_exactly_once(exchang
     assert system.duplicates == 0
     wrong = [(o.planned, a) for o in outcomes for a in o.answers.values() if not a.correct]
     assert wrong == []
+
+
+def test_every_hop_of_a_query_is_in_the_audit_trails_without_biometrics(exchange, plans):
+    mated = pick(plans, "mated", 1)
+    _, outcomes = run_encounters(exchange, mated)
+    answer = next(iter(outcomes[0].answers.values()))
+    deadline = time.monotonic() + 20
+    rows = []
+    while time.monotonic() < deadline:  # the audit consumers run beside the pipeline
+        rows = trail_across(exchange.settings, answer.query_id)
+        if len(rows) >= 5:
+            break
+        time.sleep(0.2)
+    seen = {(code, e.direction, e.kind) for code, e in rows}
+    partner = answer.partner
+    assert {
+        ("us", "in", "encounter.submit"),
+        ("us", "out", "query"),
+        (partner, "in", "query"),
+        (partner, "out", "response"),
+        ("us", "in", "response"),
+    } <= seen
+    for code, e in rows:
+        assert e.sender_user  # broker-validated user recorded
+        assert len(e.body_sha256) == 64
+        assert e.provenance == (code if e.direction == "out" else e.sender)
+    for code in exchange.sizes:
+        with session_for(exchange.settings.database_for(code)) as s:
+            assert audit.verify(s)[1] is None

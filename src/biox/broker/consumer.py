@@ -204,13 +204,16 @@ class ConsumeLoop:
             log.warning("mark_published_failed", worker=self.worker, error=str(exc))
 
     def _decode(self, d: Delivery, env: Envelope) -> Inbound | BioxError:
+        if not self.handler.kinds:
+            return Inbound(env, None, d.body, d.exchange, d.routing_key)
         if env.kind not in self.handler.kinds:
             return PermanentError(
                 Reason.unknown_kind,
                 f"{env.kind!r} on {self.queue}, which takes {self.handler.kinds}",
             )
         try:
-            return Inbound(env, decode_body(env.kind, env.schema, d.body))
+            message = decode_body(env.kind, env.schema, d.body)
+            return Inbound(env, message, d.body, d.exchange, d.routing_key)
         except BioxError as exc:
             return exc
 

@@ -22,7 +22,10 @@ from biox.messages import Message
 @dataclass
 class Inbound:
     envelope: Envelope
-    message: Message
+    message: Message | None  # None for handlers that take bodies undecoded (audit)
+    body: bytes = b""
+    exchange: str = ""
+    routing_key: str = ""
 
 
 @dataclass
@@ -36,7 +39,8 @@ Result = Effects | BioxError
 
 
 class Handler(Protocol):
-    #: message kinds this handler accepts; anything else is ``unknown_kind`` for it
+    #: message kinds this handler accepts; anything else is ``unknown_kind`` for it.
+    #: Empty: every kind, bodies left undecoded (the audit consumer digests, never reads).
     kinds: tuple[str, ...]
 
     def handle(self, batch: Sequence[Inbound], session: Session) -> list[Result]:

@@ -1,0 +1,128 @@
+"""The hash-chained audit trail: building entries, verifying the chain, reading a trail.
+
+Each entry's hash covers its fields and the previous entry's hash, so editing, removing or
+inserting an entry breaks the chain at that point and ``verify`` names it. Without an
+external anchor, someone able to rewrite the whole table from the tampered entry onward
+could recompute the chain; publishing the head hash (e.g. in the annual review, §27)
+closes that gap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlmodel import Session, select
+
+from biox.settings import Settings
+from biox.store import AuditEntry
+
+GENESIS = "0" * 64
+_FIELDS = (
+    "seq",
+    "received_at",
+    "direction",
+    "kind",
+    "sender_user",
+    "sender",
+    "recipient",
+    "message_id",
+    "correlation_id",
+    "schema_id",
+    "body_sha256",
+    "provenance",
+    "prev_hash",
+)
+
+
+def entry_hash(entry: AuditEntry) -> str:
+    values = {f: getattr(entry, f) for f in _FIELDS}
+    values["received_at"] = _iso(entry.received_at)
+    canonical = json.dumps(values, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _iso(when: datetime) -> str:
+    return when.replace(tzinfo=None).isoformat(timespec="microseconds")
+
+
+def head(session: Session) -> tuple[int, str]:
+    """Sequence number and hash of the last entry (0 and the genesis hash when empty)."""
+    last = session.exec(select(AuditEntry).order_by(AuditEntry.seq.desc()).limit(1)).first()  # type: ignore[attr-defined]
+    return (last.seq, last.entry_hash) if last else (0, GENESIS)
+
+
+def chain(entries: Iterable[AuditEntry], seq: int, prev: str) -> list[AuditEntry]:
+    """Number and hash new entries after (seq, prev), in order."""
+    out = []
+    for entry in entries:
+        seq += 1
+        entry.seq = seq
+        entry.prev_hash = prev
+        entry.entry_hash = entry_hash(entry)
+        prev = entry.entry_hash
+        out.append(entry)
+    return out
+
+
+@dataclass
+class Break:
+    seq: int
+    problem: str  # altered | removed | inserted | reordered
+
+    def __str__(self) -> str:
+        return f"entry {self.seq}: {self.problem}"
+
+
+def verify(session: Session) -> tuple[int, Break | None]:
+    """Walk the chain; the number of entries and the first break, if any."""
+    entries = list(session.exec(select(AuditEntry).order_by(AuditEntry.seq)))  # type: ignore[arg-type]
+    return len(entries), first_break(entries)
+
+
+def first_break(entries: list[AuditEntry]) -> Break | None:
+    prev_hash, prev_seq = GENESIS, 0
+    for i, e in enumerate(entries):
+        own_ok = entry_hash(e) == e.entry_hash
+        link_ok = e.prev_hash == prev_hash
+        seq_ok = e.seq == prev_seq + 1
+        if own_ok and link_ok and seq_ok:
+            prev_hash, prev_seq = e.entry_hash, e.seq
+            continue
+        if not link_ok and i >= 2 and e.prev_hash == entries[i - 2].entry_hash:
+            return Break(entries[i - 1].seq, "inserted")  # the entry before skips the chain
+        if e.seq > prev_seq + 1 or (not link_ok and not own_ok):
+            return Break(prev_seq + 1, "removed")
+        if not link_ok:
+            return Break(entries[i - 1].seq, "altered (and its hash recomputed)")
+        return Break(e.seq, "altered")
+    return None
+
+
+def trail(session: Session, correlation_ids: Iterable[str]) -> list[AuditEntry]:
+    ids = list(correlation_ids)
+    return list(
+        session.exec(
+            select(AuditEntry)
+            .where(AuditEntry.correlation_id.in_(ids))  # type: ignore[union-attr]
+            .order_by(AuditEntry.seq)  # type: ignore[arg-type]
+        )
+    )
+
+
+def trail_across(settings: Settings, query_id: str) -> list[tuple[str, AuditEntry]]:
+    """Entries about one query (and its encounter) in every participant's trail, by time."""
+    from biox.registry import Registry
+    from biox.store import Transaction, session_for
+
+    rows: list[tuple[str, AuditEntry]] = []
+    for code in Registry.load(settings.registry).codes:
+        with session_for(settings.database_for(code)) as session:
+            ids = {query_id}
+            for tx in session.exec(select(Transaction).where(Transaction.query_id == query_id)):
+                ids.add(tx.encounter_id)
+            rows.extend((code, e) for e in trail(session, ids))
+    return sorted(rows, key=lambda r: r[1].received_at)

@@ -1,0 +1,56 @@
+"""Everything a participant receives and sends → one hash-chained audit entry each.
+
+Bound ``#`` on the inbox and the outbox, so direction comes from the exchange. Bodies are
+digested, never decoded: the trail holds no template and no personal data (§20 stamping:
+``provenance`` names the participant the data came from).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+from sqlmodel import Session
+
+from biox import addresses, audit
+from biox.codec import Envelope
+from biox.errors import BioxError
+from biox.handlers.base import Effects, Inbound, Result
+from biox.messages import utcnow
+from biox.store import AuditEntry
+
+
+class AuditHandler:
+    kinds: tuple[str, ...] = ()  # every kind, undecoded
+
+    def __init__(self, participant: str) -> None:
+        self.me = participant
+
+    def handle(self, batch: Sequence[Inbound], session: Session) -> list[Result]:
+        seq, prev = audit.head(session)
+        now = utcnow()
+        entries = audit.chain((self._entry(inb, now) for inb in batch), seq, prev)
+        return [Effects(rows=[e], outcome=f"audited:{e.direction}") for e in entries]
+
+    def _entry(self, inb: Inbound, now: object) -> AuditEntry:
+        env = inb.envelope
+        outgoing = inb.exchange == addresses.outbox(self.me)
+        return AuditEntry(
+            seq=0,
+            received_at=now,
+            direction="out" if outgoing else "in",
+            kind=env.kind or "?",
+            sender_user=env.user_id,
+            sender=env.sender or None,
+            recipient=env.recipient or None,
+            message_id=env.message_id,
+            correlation_id=env.correlation_id,
+            schema_id=env.schema or None,
+            body_sha256=hashlib.sha256(inb.body).hexdigest(),
+            provenance=self.me if outgoing else (env.sender or None),
+            prev_hash="",
+            entry_hash="",
+        )
+
+    def reject(self, envelope: Envelope, error: BioxError) -> Effects | None:
+        return None

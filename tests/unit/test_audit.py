@@ -1,0 +1,102 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlmodel import select
+
+from biox import audit
+from biox.store import AuditEntry, session_for
+
+
+def entries(n: int) -> list[AuditEntry]:
+    t0 = datetime(2026, 11, 1, tzinfo=UTC)
+    return [
+        AuditEntry(
+            seq=0,
+            received_at=t0 + timedelta(seconds=i),
+            direction="out" if i % 2 else "in",
+            kind="query",
+            sender="us",
+            recipient="mx",
+            message_id=f"m{i}",
+            correlation_id=f"q{i // 2}",
+            body_sha256="ab" * 32,
+            provenance="us",
+            prev_hash="",
+            entry_hash="",
+        )
+        for i in range(n)
+    ]
+
+
+@pytest.fixture
+def db(tmp_path):
+    url = f"sqlite:///{tmp_path / 'audit.db'}"
+    with session_for(url) as s:
+        s.add_all(audit.chain(entries(10), 0, audit.GENESIS))
+        s.commit()
+    return url
+
+
+def test_intact_chain_verifies(db):
+    with session_for(db) as s:
+        assert audit.verify(s) == (10, None)
+        assert audit.head(s)[0] == 10
+
+
+def test_chain_continues_from_the_head(db):
+    with session_for(db) as s:
+        seq, prev = audit.head(s)
+        s.add_all(audit.chain(entries(3), seq, prev))
+        s.commit()
+        assert audit.verify(s) == (13, None)
+
+
+def test_an_altered_entry_is_named(db):
+    with session_for(db) as s:
+        e = s.get(AuditEntry, 5)
+        e.recipient = "sv"
+        s.commit()
+        assert str(audit.verify(s)[1]) == "entry 5: altered"
+
+
+def test_an_altered_and_rehashed_entry_is_named(db):
+    with session_for(db) as s:
+        e = s.get(AuditEntry, 5)
+        e.recipient = "sv"
+        e.entry_hash = audit.entry_hash(e)
+        s.commit()
+        assert audit.verify(s)[1] == audit.Break(5, "altered (and its hash recomputed)")
+
+
+def test_a_removed_entry_is_named(db):
+    with session_for(db) as s:
+        s.delete(s.get(AuditEntry, 5))
+        s.commit()
+        assert audit.verify(s)[1] == audit.Break(5, "removed")
+
+
+def test_a_removed_entry_is_named_even_after_renumbering(db):
+    with session_for(db) as s:
+        s.delete(s.get(AuditEntry, 5))
+        s.commit()
+        for seq in range(6, 11):
+            s.get(AuditEntry, seq).seq = seq - 1
+            s.commit()
+        assert audit.verify(s)[1] == audit.Break(5, "removed")
+
+
+def test_an_inserted_entry_is_named(db):
+    with session_for(db) as s:
+        for seq in range(10, 5, -1):  # make room after entry 5
+            s.get(AuditEntry, seq).seq = seq + 1
+            s.commit()
+        forged = entries(1)[0]
+        forged.message_id = "forged"
+        s.add(audit.chain([forged], 5, s.get(AuditEntry, 5).entry_hash)[0])
+        s.commit()
+        assert [e.seq for e in s.exec(select(AuditEntry).order_by(AuditEntry.seq))][:7] == list(
+            range(1, 8)
+        )
+        assert audit.verify(s)[1] == audit.Break(6, "inserted")

@@ -34,6 +34,7 @@ _FIELDS = (
     "schema_id",
     "body_sha256",
     "provenance",
+    "actor",
     "prev_hash",
 )
 

@@ -71,7 +71,7 @@ class PermanentError(BioxError):
     """The same input will fail the same way: reject it or dead-letter it, never retry."""
 
 
-class TransientError(Exception):
-    """Worth another try later (a database lock, a partner link down)."""
+class TransientError(BioxError):
+    """Worth another try later: climbs the retry tiers, then the DLQ with its reason."""
 
     permanent = False

@@ -110,6 +110,7 @@ class AuditEntry(SQLModel, table=True):
     schema_id: str | None = None
     body_sha256: str
     provenance: str | None = Field(default=None, description="participant the data came from")
+    actor: str | None = Field(default=None, description="person behind an ops action")
     prev_hash: str
     entry_hash: str
 

@@ -11,7 +11,7 @@ import pytest
 
 from biox import codec, synth
 from biox.codec import Envelope
-from biox.errors import PermanentError, Reason
+from biox.errors import PermanentError, Reason, TransientError
 from biox.gallery.gallery import Gallery
 from biox.handlers.base import Effects, Inbound
 from biox.handlers.intake import IntakeHandler
@@ -193,4 +193,4 @@ def test_response_for_an_unknown_query_is_refused(db):
     )
     with session_for(db) as s:
         [err] = ResponseHandler("us").handle([Inbound(envelope("response", "mx", "us"), r)], s)
-    assert isinstance(err, PermanentError) and err.reason is Reason.unknown_query
+    assert isinstance(err, TransientError) and err.reason is Reason.unknown_query

@@ -138,6 +138,7 @@ class ConsumeLoop:
 
         publish: list[Outgoing] = []
         dead: list[tuple[Delivery, Envelope, BioxError]] = []
+        later: list[tuple[Delivery, TransientError]] = []
         with session_for(self.database_url) as session:
             done = processed(session, self.queue, [e.message_id for _, e, _ in parsed])
             fresh: list[tuple[Delivery, Envelope, Inbound]] = []
@@ -161,7 +162,9 @@ class ConsumeLoop:
             markers: list[dict[str, Any]] = []
             results = self.handler.handle([inb for _, _, inb in fresh], session) if fresh else []
             for (d, env, _), result in zip(fresh, results, strict=True):
-                if isinstance(result, BioxError):
+                if isinstance(result, TransientError):
+                    later.append((d, result))
+                elif isinstance(result, BioxError):
                     failed.append((d, env, result))
                 else:
                     self._record(session, env, result, publish, markers)
@@ -180,8 +183,12 @@ class ConsumeLoop:
             self._mark_published([m["message_id"] for m in markers] + unconfirmed)
         for d, env, error in dead:
             self._dead(d, env, error)
+        retried = {id(d) for d, _ in later}
+        for d, exc in later:
+            self._retry(d, exc)  # acks once the copy sits in its retry tier
         for d in batch:
-            self.link.ack(d)
+            if id(d) not in retried:
+                self.link.ack(d)
 
     def _mark_published(self, message_ids: list[str]) -> None:
         """Confirmed: a redelivery of these need not republish (and cascade) their outputs.

@@ -48,9 +48,16 @@ class AuditHandler:
             schema_id=env.schema or None,
             body_sha256=hashlib.sha256(inb.body).hexdigest(),
             provenance=self.me if outgoing else (env.sender or None),
+            actor=_text(env.headers.get("biox-actor")),
             prev_hash="",
             entry_hash="",
         )
 
     def reject(self, envelope: Envelope, error: BioxError) -> Effects | None:
         return None
+
+
+def _text(value: object) -> str | None:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return value if isinstance(value, str) else None

@@ -8,7 +8,7 @@ from sqlmodel import Session, select
 
 from biox import codec
 from biox.codec import Envelope
-from biox.errors import BioxError, PermanentError, Reason
+from biox.errors import BioxError, PermanentError, Reason, TransientError
 from biox.handlers.base import Effects, Inbound, Result
 from biox.messages import (
     EncounterResult,
@@ -58,9 +58,14 @@ class ResponseHandler:
         if r.requesting != self.me:
             return PermanentError(Reason.misaddressed, f"response is for {r.requesting!r}")
         tx = txs.get(r.query_id)
-        if tx is None or tx.providing != r.providing or r.providing != inb.envelope.sender:
+        if tx is not None and (tx.providing != r.providing or r.providing != inb.envelope.sender):
             return PermanentError(
-                Reason.unknown_query, f"query {r.query_id} was not sent to {r.providing}"
+                Reason.misaddressed,
+                f"query {r.query_id} was sent to {tx.providing}, not {r.providing}",
+            )
+        if tx is None:  # not ours, or our record of it is not there (yet): worth retrying
+            return TransientError(
+                Reason.unknown_query, f"no query {r.query_id} sent to {r.providing}"
             )
         now = utcnow()
         tx.received_at = now

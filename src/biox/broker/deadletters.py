@@ -1,0 +1,365 @@
+"""Dead-letter queues for on-call staff: look, show, replay, purge, export, import.
+
+Messages are taken with manual acks on a private channel: what is not acted on is never
+acked and goes back to the queue when the channel closes, so a listing or a dry run
+changes nothing, and a replay removes a message from its DLQ only after the broker has
+confirmed the republished copy. Safe while workers and publishers are live: nothing but
+these tools consumes a DLQ, and workers are idempotent by ``message_id``.
+"""
+
+from __future__ import annotations
+
+import base64
+import getpass
+import json
+import socket
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import msgpack
+import pika
+
+from biox import addresses
+from biox.codec import H_ATTEMPT, H_FROM, H_SCHEMA, H_TO
+
+H_REPLAYS = "biox-replays"
+H_ACTOR = "biox-actor"
+REDACT_KEYS = {"template", "code", "mask"}  # biometric bytes
+PERSONAL_KEYS = {"family_name", "given_names", "date_of_birth", "document_number", "place_of_birth"}
+
+
+@dataclass
+class DeadLetter:
+    queue: str
+    delivery_tag: int
+    properties: pika.BasicProperties
+    body: bytes
+
+    @property
+    def headers(self) -> dict[str, Any]:
+        return dict(self.properties.headers or {})
+
+    @property
+    def id(self) -> str:
+        return self.properties.message_id or f"tag-{self.delivery_tag}"
+
+    @property
+    def kind(self) -> str:
+        return self.properties.type or "?"
+
+    @property
+    def reason(self) -> str:
+        h = self.headers
+        if "biox-reason" in h:
+            return f"{_text(h['biox-reason'])}: {_text(h.get('biox-error', ''))}"
+        deaths = h.get("x-death") or []
+        if deaths:  # dead-lettered by the broker itself (delivery limit)
+            return f"broker: {_text(deaths[0].get('reason', '?'))}"
+        return "?"
+
+    @property
+    def failed_at(self) -> datetime | None:
+        value = self.headers.get("biox-failed-at")
+        if value:
+            return datetime.fromisoformat(_text(value))
+        if self.properties.timestamp:
+            return datetime.fromtimestamp(self.properties.timestamp, UTC)
+        return None
+
+    @property
+    def attempts(self) -> int:
+        value = self.headers.get(H_ATTEMPT, 0)
+        return value if isinstance(value, int) else 0
+
+    @property
+    def route(self) -> tuple[str, str]:
+        h = self.headers
+        return _text(h.get("biox-original-exchange", "")), _text(
+            h.get("biox-original-routing-key", self.queue.removesuffix(".dlq"))
+        )
+
+    def summary(self) -> dict[str, Any]:
+        failed = self.failed_at
+        return {
+            "id": self.id,
+            "queue": self.queue,
+            "kind": self.kind,
+            "from": _text(self.headers.get(H_FROM, "")),
+            "to": _text(self.headers.get(H_TO, "")),
+            "age_s": round((datetime.now(UTC) - failed).total_seconds()) if failed else None,
+            "attempts": self.attempts,
+            "replays": self.headers.get(H_REPLAYS, 0),
+            "reason": self.reason,
+        }
+
+
+@dataclass
+class Filters:
+    participant: str | None = None
+    queue: str | None = None
+    kind: str | None = None
+    reason: str | None = None
+    older_than_s: float | None = None
+    ids: tuple[str, ...] = ()
+
+    def match(self, d: DeadLetter) -> bool:
+        if self.ids and d.id not in self.ids:
+            return False
+        if self.kind and d.kind != self.kind:
+            return False
+        if self.reason and self.reason.lower() not in d.reason.lower():
+            return False
+        if self.older_than_s is not None:
+            failed = d.failed_at
+            if failed is None or (datetime.now(UTC) - failed).total_seconds() < self.older_than_s:
+                return False
+        return True
+
+
+def parse_age(text: str) -> float:
+    """'90s', '10m', '2h', '1d' → seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    return float(text[:-1]) * units[text[-1]] if text[-1] in units else float(text)
+
+
+def dlq_names(codes: Iterable[str], participant: str | None, queue: str | None) -> list[str]:
+    if queue:
+        return [queue if queue.endswith(".dlq") else addresses.dead_letter_queue(queue)]
+    roles = [*addresses.WORK_QUEUES, "audit"]
+    chosen = [participant] if participant else list(codes)
+    return [addresses.dead_letter_queue(addresses.queue(c, r)) for c in chosen for r in roles]
+
+
+class DeadLetterQueues:
+    def __init__(self, url: str) -> None:
+        self.conn = pika.BlockingConnection(pika.URLParameters(url))
+        self.user = pika.URLParameters(url).credentials.username
+
+    def close(self) -> None:
+        if self.conn.is_open:
+            self.conn.close()
+
+    def counts(self, queues: Iterable[str]) -> dict[str, int]:
+        ch = self.conn.channel()
+        out = {}
+        for q in queues:
+            try:
+                out[q] = ch.queue_declare(q, passive=True).method.message_count
+            except pika.exceptions.ChannelClosedByBroker:
+                ch = self.conn.channel()  # queue does not exist
+        if ch.is_open:
+            ch.close()
+        return out
+
+    def visit(
+        self,
+        queues: Iterable[str],
+        filters: Filters,
+        action: Callable[[pika.adapters.blocking_connection.BlockingChannel, DeadLetter], bool],
+    ) -> int:
+        """Offer each matching dead letter to ``action``; ack it when the action says so.
+
+        Everything else is left unacked and returns to its queue when the channel closes.
+        """
+        done = 0
+        for q, count in self.counts(queues).items():
+            if count == 0:
+                continue
+            ch = self.conn.channel()
+            ch.confirm_delivery()
+            try:
+                for d in self._take(ch, q, count):
+                    if filters.match(d) and action(ch, d):
+                        ch.basic_ack(d.delivery_tag)
+                        done += 1
+            finally:
+                ch.close()  # unacked messages go back to the queue
+        return done
+
+    def _take(self, ch: Any, queue: str, count: int) -> Iterator[DeadLetter]:
+        for _ in range(count):
+            method, props, body = ch.basic_get(queue, auto_ack=False)
+            if method is None:
+                return
+            yield DeadLetter(queue, method.delivery_tag, props, body)
+
+    def list(self, queues: Iterable[str], filters: Filters) -> list[DeadLetter]:
+        found: list[DeadLetter] = []
+        self.visit(queues, filters, lambda _ch, d: bool(found.append(d)))
+        return found
+
+    def replay(
+        self,
+        queues: Iterable[str],
+        filters: Filters,
+        *,
+        dry_run: bool = False,
+        rate: float = 0.0,
+        to_queue: str | None = None,
+        on_each: Callable[[DeadLetter], None] | None = None,
+    ) -> int:
+        """Republish to the original exchange and routing key (or ``to_queue``), confirmed,
+        same ``message_id``, attempt counter reset, replay counter raised; then remove."""
+        last = [0.0]
+
+        def act(ch: Any, d: DeadLetter) -> bool:
+            if on_each:
+                on_each(d)
+            if dry_run:
+                return False
+            if rate > 0:
+                time.sleep(max(0.0, last[0] + 1 / rate - time.monotonic()))
+                last[0] = time.monotonic()
+            exchange, routing_key = ("", to_queue) if to_queue else d.route
+            headers = d.headers
+            headers[H_ATTEMPT] = 0
+            headers[H_REPLAYS] = int(headers.get(H_REPLAYS, 0)) + 1
+            headers["biox-replayed-at"] = datetime.now(UTC).isoformat()
+            headers["biox-replayed-by"] = operator()
+            props = _copy_properties(d.properties, headers, self.user)
+            ch.basic_publish(exchange, routing_key, d.body, props, mandatory=True)
+            return True  # basic_publish raised if the broker nacked or returned it
+
+        return self.visit(queues, filters, act)
+
+    def purge(self, queues: Iterable[str], filters: Filters) -> int:
+        return self.visit(queues, filters, lambda _ch, _d: True)
+
+    def export(self, queues: Iterable[str], filters: Filters, out: Any) -> int:
+        """One JSON line per message, lossless (body base64), left in the queue."""
+        n = 0
+        for d in self.list(queues, filters):
+            out.write(json.dumps(to_record(d)) + "\n")
+            n += 1
+        return n
+
+    def import_(self, lines: Iterable[str]) -> int:
+        ch = self.conn.channel()
+        ch.confirm_delivery()
+        n = 0
+        for line in lines:
+            if not line.strip():
+                continue
+            record = json.loads(line)
+            props = pika.BasicProperties(**record["properties"])
+            props.user_id = self.user
+            ch.basic_publish(
+                "", record["queue"], base64.b64decode(record["body"]), props, mandatory=True
+            )
+            n += 1
+        ch.close()
+        return n
+
+    def record_action(self, participant: str, action: str, ids: list[str], detail: str) -> None:
+        """An ops event on the participant's inbox: its audit consumer chains it with the actor."""
+        ch = self.conn.channel()
+        ch.confirm_delivery()
+        body = msgpack.packb({"action": action, "ids": ids, "detail": detail}, use_bin_type=True)
+        ch.basic_publish(
+            addresses.inbox(participant),
+            addresses.routing_key(participant, f"ops.{action}"),
+            body,
+            pika.BasicProperties(
+                message_id=str(uuid.uuid4()),
+                type=f"ops.{action}",
+                user_id=self.user,
+                delivery_mode=2,
+                timestamp=int(time.time()),
+                headers={
+                    H_FROM: participant,
+                    H_TO: participant,
+                    H_SCHEMA: "ops/1",
+                    H_ACTOR: operator(),
+                },
+            ),
+        )
+        ch.close()
+
+
+def operator() -> str:
+    return f"{getpass.getuser()}@{socket.gethostname()}"
+
+
+def _copy_properties(
+    p: pika.BasicProperties, headers: dict[str, Any], user: str
+) -> pika.BasicProperties:
+    return pika.BasicProperties(
+        content_type=p.content_type,
+        content_encoding=p.content_encoding,
+        delivery_mode=2,
+        message_id=p.message_id,
+        correlation_id=p.correlation_id,
+        reply_to=p.reply_to,
+        type=p.type,
+        app_id=p.app_id,
+        timestamp=p.timestamp,
+        user_id=user,
+        headers=headers,
+    )
+
+
+def to_record(d: DeadLetter) -> dict[str, Any]:
+    p = d.properties
+    props = {
+        k: getattr(p, k)
+        for k in (
+            "content_type",
+            "content_encoding",
+            "delivery_mode",
+            "message_id",
+            "correlation_id",
+            "reply_to",
+            "type",
+            "app_id",
+            "timestamp",
+            "user_id",
+        )
+        if getattr(p, k) is not None
+    }
+    props["headers"] = _jsonable(d.headers)
+    return {"queue": d.queue, "properties": props, "body": base64.b64encode(d.body).decode()}
+
+
+def redacted_body(d: DeadLetter) -> Any:
+    """The decoded body with biometric bytes and personal data replaced by sizes and digests."""
+    try:
+        data = msgpack.unpackb(d.body, raw=False, timestamp=3, strict_map_key=False)
+    except Exception as exc:
+        return {"<undecodable>": f"{len(d.body)} bytes ({type(exc).__name__})"}
+    return _redact(data)
+
+
+def _redact(value: Any, key: str | None = None) -> Any:
+    import hashlib
+
+    if isinstance(value, dict):
+        return {k: _redact(v, k if isinstance(k, str) else None) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redact(v, key) for v in value]
+    if isinstance(value, bytes):
+        return f"<{len(value)} bytes sha256:{hashlib.sha256(value).hexdigest()[:16]}>"
+    if key in PERSONAL_KEYS and value is not None:
+        return "<redacted>"
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return value
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, datetime):
+        return int(value.timestamp())
+    return value
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)

@@ -1,0 +1,179 @@
+"""Retry tiers, dead letters and the on-call tool, against the live exchange."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+from sqlmodel import select
+from typer.testing import CliRunner
+
+from biox import addresses, codec
+from biox.broker.deadletters import DeadLetterQueues, Filters
+from biox.cli import app
+from biox.messages import Response, ResponseStatus, Timings
+from biox.store import AuditEntry, Transaction, session_for
+from tests.integration.conftest import Exchange, Peer, unpack
+from tests.integration.test_bad_input import valid_query
+
+pytestmark = pytest.mark.integration
+runner = CliRunner()
+
+
+def orphan_response(peer: Peer) -> tuple[str, str]:
+    """A response from mx for a query us has no record of: us.response retries, then parks it."""
+    qid = f"orphan-{uuid.uuid4().hex[:8]}"
+    now = datetime.now(UTC)
+    r = Response(
+        query_id=qid,
+        requesting="us",
+        providing="mx",
+        status=ResponseStatus.no_match,
+        timings=Timings(received_at=now, answered_at=now),
+    )
+    mid = peer.publish(
+        addresses.outbox("mx"),
+        "us.response",
+        codec.encode_body(r),
+        kind="response",
+        schema="response/1",
+        sender="mx",
+        recipient="us",
+        correlation_id=qid,
+    )
+    assert mid
+    return qid, mid
+
+
+def wait_dead(exchange: Exchange, queue: str, message_id: str, timeout: float = 30):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        dlqs = DeadLetterQueues(exchange.url)
+        try:
+            found = dlqs.list([queue], Filters(ids=(message_id,)))
+        finally:
+            dlqs.close()
+        if found:
+            return found[0]
+        time.sleep(0.5)
+    raise AssertionError(f"{message_id} never reached {queue}")
+
+
+def record_query(exchange: Exchange, qid: str, reply_to: str) -> None:
+    with session_for(exchange.settings.database_for("us")) as s:
+        s.add(
+            Transaction(
+                query_id=qid,
+                role="requester",
+                encounter_id=f"E-{qid}",
+                requesting="us",
+                providing="mx",
+                purpose="enforce",
+                reply_to=reply_to,
+                status="pending",
+            )
+        )
+        s.commit()
+
+
+@pytest.fixture
+def cli_env(exchange: Exchange, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BIOX_AMQP_URL", exchange.url)
+    monkeypatch.setenv("BIOX_DATA_DIR", str(exchange.settings.data_dir))
+
+
+def test_transient_failure_retries_then_succeeds(exchange: Exchange, peer: Peer):
+    reply = f"test.reply.{uuid.uuid4().hex[:8]}"
+    peer.ch.queue_declare(reply, exclusive=True)
+    qid, _ = orphan_response(peer)
+    time.sleep(1.5)  # first attempt has failed and waits in the 1 s tier
+    record_query(exchange, qid, reply)
+    _props, body = peer.take(reply, 1, timeout=30)[0]
+    assert unpack(body)["outcome"]["query_id"] == qid
+
+
+def test_exhausted_retries_park_in_the_dlq_and_replay_after_the_fix(exchange, peer, cli_env):
+    qid, mid = orphan_response(peer)
+    dead = wait_dead(exchange, "us.response.dlq", mid)
+    h = dead.headers
+    assert h["biox-reason"] == "unknown_query"
+    assert h["biox-permanent"] is False
+    assert h["biox-attempt"] == 3  # two tiers (1 s, 2 s) in the test settings, then parked
+    assert (h["biox-original-exchange"], h["biox-original-routing-key"]) == (
+        "biox.mx.out",
+        "us.response",
+    )
+    assert h["biox-worker"].startswith("us.response@")
+
+    listed = runner.invoke(app, ["dlq", "list", "--queue", "us.response", "--json"])
+    assert listed.exit_code == 0, listed.output
+    rows = json.loads(listed.output)["messages"]
+    assert any(r["id"] == mid and r["reason"].startswith("unknown_query") for r in rows)
+
+    reply = f"test.reply.{uuid.uuid4().hex[:8]}"
+    peer.ch.queue_declare(reply, exclusive=True)
+    record_query(exchange, qid, reply)  # the fix: the missing record is restored
+    dry = runner.invoke(app, ["dlq", "replay", mid, "--dry-run"])
+    assert "would replay 1" in dry.output
+    done = runner.invoke(app, ["dlq", "replay", mid])
+    assert done.exit_code == 0 and "replayed 1" in done.output, done.output
+    _props, body = peer.take(reply, 1, timeout=30)[0]
+    assert unpack(body)["outcome"]["query_id"] == qid
+
+    again = runner.invoke(app, ["dlq", "list", "--queue", "us.response", "--json"])
+    assert mid not in [r["id"] for r in json.loads(again.output)["messages"]]
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:  # the replay is in the audit trail, with who ran it
+        with session_for(exchange.settings.database_for("us")) as s:
+            ops = list(s.exec(select(AuditEntry).where(AuditEntry.kind == "ops.dlq.replay")))
+        if ops:
+            break
+        time.sleep(0.3)
+    assert ops and ops[-1].actor
+
+
+def test_show_redacts_templates_and_personal_data_and_purge_removes(exchange, peer, cli_env):
+    q = valid_query()
+    q.biographic.family_name = "Sánchez"
+    mid = peer.publish(
+        addresses.inbox("mx"),
+        "mx.query",
+        codec.encode_body(q),
+        sender="zz",
+        correlation_id=q.query_id,
+    )
+    wait_dead(exchange, "mx.query.dlq", mid)
+    shown = runner.invoke(app, ["dlq", "show", mid, "--queue", "mx.query"])
+    assert shown.exit_code == 0, shown.output
+    assert "2048 bytes sha256:" in shown.output  # face template: size and digest only
+    assert "Sánchez" not in shown.output
+    assert "unknown_participant" in shown.output
+    refused = runner.invoke(app, ["dlq", "purge", mid, "--queue", "mx.query"])
+    assert refused.exit_code == 2
+    purged = runner.invoke(app, ["dlq", "purge", mid, "--queue", "mx.query", "--yes"])
+    assert "purged 1" in purged.output
+    listed = runner.invoke(app, ["dlq", "list", "--queue", "mx.query", "--json"])
+    assert mid not in [r["id"] for r in json.loads(listed.output)["messages"]]
+
+
+def test_export_and_import_are_lossless(exchange, peer, cli_env, tmp_path):
+    q = valid_query()
+    mid = peer.publish(
+        addresses.inbox("mx"),
+        "mx.query",
+        codec.encode_body(q),
+        sender="zz",
+        correlation_id=q.query_id,
+    )
+    before = wait_dead(exchange, "mx.query.dlq", mid)
+    file = tmp_path / "dead.jsonl"
+    assert runner.invoke(app, ["dlq", "export", str(file), "--queue", "mx.query"]).exit_code == 0
+    assert runner.invoke(app, ["dlq", "purge", mid, "--queue", "mx.query", "--yes"]).exit_code == 0
+    assert runner.invoke(app, ["dlq", "import", str(file)]).exit_code == 0
+    after = wait_dead(exchange, "mx.query.dlq", mid)
+    assert after.body == before.body
+    assert after.headers["biox-reason"] == before.headers["biox-reason"]
+    assert after.properties.correlation_id == before.properties.correlation_id

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import itertools
 import json
 import os
 import platform
@@ -78,7 +79,6 @@ def _build_gallery(size: int, kind: str, nprobe: int) -> tuple[Gallery, float, f
     batches = synth.enrolments(SEED, "mx", size, tenprint=False, iris=False)
     pending = []
     if kind == "ivf":
-        pending = []
         for b in batches:
             pending.append(b)
             if sum(len(x.persons) for x in pending) >= 60 * VectorIndex.nlist_for(size):
@@ -89,7 +89,7 @@ def _build_gallery(size: int, kind: str, nprobe: int) -> tuple[Gallery, float, f
         )
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task(f"gallery {size:,} ({kind})", total=size)
-        for b in [*pending, *batches]:
+        for b in itertools.chain(pending, batches):  # never all enrolments in memory at once
             synth.add_to(gallery, b)
             progress.advance(task, len(b.persons))
     gc.collect()
@@ -131,7 +131,7 @@ def matcher(size: int, n_probes: int, settings: Settings) -> dict:
     result = {
         "size": size,
         "index": kind,
-        "nprobe": settings.ivf_nprobe if kind == "ivf" else None,
+        "nprobe": gallery.face.nprobe if kind == "ivf" else None,
         "build_s": round(build_s, 1),
         "memory_mb": round(mem_mb),
         "qps_batched": round(len(batch) / batched_s, 1),

@@ -51,7 +51,7 @@ class Hit:
 
 
 class Gallery:
-    def __init__(self, kind: IndexKind = "flat", nlist: int = 0, nprobe: int = 32) -> None:
+    def __init__(self, kind: IndexKind = "flat", nlist: int = 0, nprobe: int = 0) -> None:
         self.kind = kind
         self.nprobe = nprobe
         self.face = VectorIndex(FACE.dim, kind, nlist, nprobe)
@@ -190,7 +190,7 @@ class Gallery:
         (directory / "manifest.json").write_text(json.dumps(manifest))
 
     @classmethod
-    def load(cls, directory: Path, nprobe: int = 32) -> Gallery:
+    def load(cls, directory: Path, nprobe: int = 0) -> Gallery:
         manifest = json.loads((directory / "manifest.json").read_text())
         self = cls.__new__(cls)
         self.kind = manifest["kind"]

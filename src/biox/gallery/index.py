@@ -50,7 +50,7 @@ class _Presence:
 class VectorIndex:
     """L2-normalised float32 templates compared by cosine (inner product)."""
 
-    def __init__(self, dim: int, kind: IndexKind = "flat", nlist: int = 0, nprobe: int = 32):
+    def __init__(self, dim: int, kind: IndexKind = "flat", nlist: int = 0, nprobe: int = 0):
         self.dim = dim
         self.kind = kind
         self.nprobe = nprobe
@@ -61,7 +61,7 @@ class VectorIndex:
             quantizer = faiss.IndexFlatIP(dim)
             ivf = faiss.IndexIVFFlat(quantizer, dim, max(nlist, 1), faiss.METRIC_INNER_PRODUCT)
             ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
-            ivf.nprobe = nprobe
+            self.nprobe = ivf.nprobe = nprobe_for(ivf.nlist, nprobe)
             self.index = ivf
             self._quantizer = quantizer  # keep the Python object alive with the index
 
@@ -120,7 +120,7 @@ class VectorIndex:
         faiss.write_index(self.index, str(path))
 
     @classmethod
-    def load(cls, path: Path, nprobe: int = 32) -> VectorIndex:
+    def load(cls, path: Path, nprobe: int = 0) -> VectorIndex:
         index = faiss.read_index(str(path))
         self = cls.__new__(cls)
         self.dim = index.d
@@ -128,7 +128,7 @@ class VectorIndex:
         self.present = _Presence()
         if isinstance(index, faiss.IndexIVF):
             self.kind = "ivf"
-            index.nprobe = nprobe
+            self.nprobe = index.nprobe = nprobe_for(index.nlist, nprobe)
             ids = _ivf_ids(index)
         else:
             self.kind = "flat"
@@ -136,6 +136,16 @@ class VectorIndex:
         self.index = index
         self.present.set(ids, True)
         return self
+
+
+def nprobe_for(nlist: int, configured: int) -> int:
+    """Lists searched per query: as configured, or (0) about 4 % of them.
+
+    Recall depends on the fraction of the gallery scanned, not on the number of lists:
+    measured on the synthetic population, 1.2 % scanned gave recall@1 0.988 at 1 M
+    identities and 3.8 % gave 0.9995 at 100 k (docs/performance.md).
+    """
+    return configured if configured > 0 else max(16, min(nlist, round(nlist * 0.04)))
 
 
 def _ivf_ids(index: faiss.IndexIVF) -> np.ndarray:

@@ -61,6 +61,7 @@ class LocalBroker:
         self.keep = keep
         self.state: BrokerState | None = None
         self.process: subprocess.Popen[bytes] | None = None
+        self._dist_port = 0
 
     @property
     def url(self) -> str:
@@ -76,8 +77,16 @@ class LocalBroker:
             )
         directory = self.directory or Path(tempfile.mkdtemp(prefix="biox-rabbitmq-"))
         directory.mkdir(parents=True, exist_ok=True)
-        ports = [free_port() for _ in range(4)]
-        amqp, mgmt, dist, epmd = ports
+        if self.state is not None:  # a restart: same node, ports and data
+            amqp, mgmt, dist, epmd = (
+                self.state.amqp_port,
+                self.state.management_port,
+                self._dist_port,
+                self.state.epmd_port,
+            )
+        else:
+            amqp, mgmt, dist, epmd = (free_port() for _ in range(4))
+        self._dist_port = dist
         node = f"biox{amqp}@localhost"
         (directory / "rabbitmq.conf").write_text(
             f"listeners.tcp.default = 127.0.0.1:{amqp}\n"
@@ -163,7 +172,15 @@ class LocalBroker:
             return True
         return True
 
-    def stop(self, timeout: float = 30.0) -> None:
+    def restart(self, down_for: float = 0.0, timeout: float = 90.0) -> None:
+        """Stop the node and start it again on the same ports with the same data."""
+        assert self.state is not None
+        self.directory = Path(self.state.directory)
+        self.stop(remove=False)
+        time.sleep(down_for)
+        self.start(timeout)
+
+    def stop(self, timeout: float = 30.0, remove: bool = True) -> None:
         """SIGTERM the node (it shuts down cleanly), then its epmd; remove the directory."""
         if self.state is None:
             return
@@ -181,10 +198,10 @@ class LocalBroker:
             with contextlib.suppress(Exception):
                 self.process.wait(timeout=5)
         _kill_epmd(self.state.epmd_port)
-        if not self.keep:
-            shutil.rmtree(self.state.directory, ignore_errors=True)
         log.info("broker_stopped", node=self.state.node)
-        self.state = None
+        if remove and not self.keep:
+            shutil.rmtree(self.state.directory, ignore_errors=True)
+            self.state = None
 
 
 def _alive(pid: int, process: subprocess.Popen[bytes] | None) -> bool:

@@ -1,0 +1,36 @@
+"""A worker whose handler kills its own process on a poison body (for the delivery-limit test).
+
+Runs the real consume loop; only the handler is a test double.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from collections.abc import Sequence
+
+from biox.broker.consumer import ConsumeLoop
+from biox.handlers.base import Effects, Inbound
+from biox.settings import Settings
+
+
+class CrashHandler:
+    kinds: tuple[str, ...] = ()
+
+    def handle(self, batch: Sequence[Inbound], session: object) -> list[Effects]:
+        if any(inb.body == b"boom" for inb in batch):
+            os._exit(13)  # no ack ever comes: only the broker's delivery limit can stop this
+        return [Effects(outcome="ok") for _ in batch]
+
+    def reject(self, envelope: object, error: object) -> None:
+        return None
+
+
+if __name__ == "__main__":
+    url, queue, database = sys.argv[1:4]
+    settings = Settings(prefetch=1, batch_max=1, retry_delays="1")
+    loop = ConsumeLoop(
+        url=url, queue=queue, handler=CrashHandler(), database_url=database, settings=settings
+    )
+    loop.run(threading.Event())

@@ -1,0 +1,116 @@
+"""Faults with real processes: a message that kills its worker, a broker restart under load."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pika
+import pytest
+
+from biox import addresses, encounters, synth
+from biox.broker.deadletters import DeadLetterQueues, Filters
+from biox.broker.launcher import LocalBroker
+from biox.broker.topology import declare, declare_work_queue
+from biox.demo import start_workers, wait_for_consumers
+from biox.registry import Registry
+from biox.runtime import WorkerKind, gallery_dir
+from biox.settings import Settings
+from tests.integration.conftest import SEED, Peer
+
+pytestmark = [pytest.mark.integration, pytest.mark.fault]
+CRASH_WORKER = Path(__file__).with_name("crash_worker.py")
+
+
+def test_delivery_limit_parks_a_message_that_kills_its_worker(broker_url: str, tmp_path: Path):
+    queue = f"test.crash.{uuid.uuid4().hex[:6]}"
+    conn = pika.BlockingConnection(pika.URLParameters(broker_url))
+    declare_work_queue(conn.channel(), queue, [1], delivery_limit=2)
+    conn.close()
+    peer = Peer(broker_url)
+    poison = peer.publish("", queue, b"boom", kind="x", schema=None, sender=None, recipient=None)
+    good = peer.publish("", queue, b"fine", kind="x", schema=None, sender=None, recipient=None)
+    database = f"sqlite:///{tmp_path / 'crash.db'}"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    crashes = 0
+    deadline = time.monotonic() + 90
+    try:
+        while time.monotonic() < deadline:  # a supervisor restarting the worker each time it dies
+            worker = subprocess.Popen(
+                [sys.executable, str(CRASH_WORKER), broker_url, queue, database], env=env
+            )
+            try:
+                code = worker.wait(timeout=8)
+            except subprocess.TimeoutExpired:  # alive: the poison is gone and the rest is served
+                worker.terminate()
+                worker.wait()
+                break
+            assert code == 13
+            crashes += 1
+        dlqs = DeadLetterQueues(broker_url)
+        try:
+            parked = dlqs.list([addresses.dead_letter_queue(queue)], Filters(ids=(poison,)))
+            count = peer.ch.queue_declare(queue, passive=True).method.message_count
+        finally:
+            dlqs.close()
+        assert 2 <= crashes <= 4
+        assert parked and parked[0].reason.startswith("broker: delivery_limit")
+        assert count == 0  # the good message was processed after the poison was parked
+        assert good
+    finally:
+        peer.close()
+
+
+def test_broker_restart_under_load_loses_nothing_and_answers_once(tmp_path: Path):
+    broker = LocalBroker().start()
+    workers = None
+    try:
+        settings = Settings(amqp_url=broker.url, data_dir=tmp_path, retry_delays="1,2")
+        registry = Registry.load(settings.registry)
+        declare(broker.url, registry.codes, settings)
+        sizes = {"us": 10, "mx": 3000, "sv": 3000}
+        for code in ("mx", "sv"):
+            synth.populate(
+                code, sizes[code], SEED, settings.database_for(code), gallery_dir(settings, code)
+            )
+        env = {
+            **os.environ,
+            "BIOX_AMQP_URL": broker.url,
+            "BIOX_DATA_DIR": str(tmp_path),
+            "BIOX_RETRY_DELAYS": "1,2",
+        }
+        workers = start_workers(
+            ["us"], env, tmp_path / "logs", (WorkerKind.intake, WorkerKind.response)
+        )
+        workers.processes += start_workers(
+            ["mx", "sv"], env, tmp_path / "logs", (WorkerKind.matcher,)
+        ).processes
+        wait_for_consumers(
+            broker.url, ["us.intake", "us.response", "mx.query", "sv.query"], workers
+        )
+        planned = encounters.plan(registry, sizes, 240, SEED, requesters=["us"], draw=3)
+        with encounters.EncounterSystem(broker.url, sizes) as system:
+            submitter = threading.Thread(
+                target=system.submit, args=(planned,), kwargs={"batch": 10, "rate": 60}
+            )
+            submitter.start()
+            time.sleep(1.5)
+            broker.restart(down_for=1.0)  # mid-stream: publishers and consumers must ride it out
+            submitter.join(timeout=120)
+            system.collect(timeout=240, idle_timeout=90, expect=len(planned))
+            outcomes = list(system.outcomes.values())
+        missing = [o.planned.encounter_id for o in outcomes if not o.complete]
+        assert len(outcomes) == len(planned)
+        assert missing == []
+        assert system.duplicates == 0
+        assert all(a.correct for o in outcomes for a in o.answers.values())
+        assert all(p.poll() is None for _, p in workers.processes)
+    finally:
+        if workers is not None:
+            workers.stop()
+        broker.stop()

@@ -314,10 +314,15 @@ def pipeline(size: int, n: int, settings: Settings, url: str) -> dict:
         "BIOX_REGISTRY": str(REGISTRY),
         "BIOX_LOG_LEVEL": "WARNING",
     }
-    workers = start_workers(["us"], env, data / "logs", (WorkerKind.intake, WorkerKind.response))
-    workers.processes += start_workers(["mx"], env, data / "logs", (WorkerKind.matcher,)).processes
+    us_kinds = (WorkerKind.intake, WorkerKind.response, WorkerKind.audit)
+    workers = start_workers(["us"], env, data / "logs", us_kinds)
+    mx_kinds = (WorkerKind.matcher, WorkerKind.audit)
+    workers.processes += start_workers(["mx"], env, data / "logs", mx_kinds).processes
+    audit_queues = ["us.audit", "mx.audit"]
     try:
-        wait_for_consumers(url, ["us.intake", "us.response", "mx.query"], workers, timeout=600)
+        wait_for_consumers(
+            url, ["us.intake", "us.response", "mx.query", *audit_queues], workers, timeout=600
+        )
         pipeline_run(url, sizes, base, 300, 0)  # warm-up
         pids = {name: p.pid for name, p in workers.processes}
         pids["encounter system (bench)"] = os.getpid()
@@ -329,6 +334,7 @@ def pipeline(size: int, n: int, settings: Settings, url: str) -> dict:
             for name, pid in pids.items()
         }
         throughput = sat.sent / sat.seconds
+        audit_backlog, audit_drain_s = drain(url, audit_queues)
         half = pipeline_run(url, sizes, base, max(n // 2, 500), throughput / 2)
     finally:
         workers.stop()
@@ -347,7 +353,26 @@ def pipeline(size: int, n: int, settings: Settings, url: str) -> dict:
         "wrong": sat.wrong + half.wrong,
         "raw": raw,
         "cpu_ms_per_query": cpu_ms,
+        "audit_backlog_at_end": audit_backlog,
+        "audit_drain_s": audit_drain_s,
     }
+
+
+def drain(url: str, queues: list[str], timeout: float = 300) -> tuple[int, float]:
+    """Messages left in ``queues`` when the answers were all in, and how long they took to go."""
+    import pika
+
+    conn = pika.BlockingConnection(pika.URLParameters(url))
+    ch = conn.channel()
+
+    def depth() -> int:
+        return sum(ch.queue_declare(q, passive=True).method.message_count for q in queues)
+
+    backlog, started = depth(), time.monotonic()
+    while depth() and time.monotonic() - started < timeout:
+        time.sleep(0.2)
+    conn.close()
+    return backlog, round(time.monotonic() - started, 1)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -433,6 +458,13 @@ def write_doc(results: dict) -> None:
             parts = ", ".join(f"{k} {v}" for k, v in p["cpu_ms_per_query"].items())
             total = sum(p["cpu_ms_per_query"].values())
             lines.append(f"- {p['size']:,} identities: {parts}; total {total:.2f} ms")
+    lines += ["", "### Audit consumers beside the pipeline (saturated run)", ""]
+    for p in results["pipeline"]:
+        if "audit_backlog_at_end" in p:
+            lines.append(
+                f"- {p['size']:,} identities: {p['audit_backlog_at_end']} audit messages waiting "
+                f"when the last answer arrived, drained {p['audit_drain_s']} s later"
+            )
     lines.append("<!-- bench:end -->")
     block = "\n".join(lines)
     text = (
@@ -453,6 +485,7 @@ def main() -> None:
     parser.add_argument("--sizes", default=None, help="comma-separated matcher sizes")
     parser.add_argument("--pipeline-size", type=int, default=None)
     parser.add_argument("--queries", type=int, default=3000)
+    parser.add_argument("--no-pipeline", action="store_true", help="the matcher alone only")
     args = parser.parse_args()
     settings = Settings()
     sizes = (
@@ -461,9 +494,13 @@ def main() -> None:
         else ([10_000, 100_000, 1_000_000] if args.full else [10_000, 100_000])
     )
     pipe_sizes = (
-        [args.pipeline_size]
-        if args.pipeline_size
-        else ([10_000, 100_000, 1_000_000] if args.full else [10_000, 100_000])
+        []
+        if args.no_pipeline
+        else (
+            [args.pipeline_size]
+            if args.pipeline_size
+            else ([10_000, 100_000, 1_000_000] if args.full else [10_000, 100_000])
+        )
     )
     results = {
         "machine": f"{os.cpu_count()} cores, {platform.machine()}, faiss {faiss.__version__}, {faiss.omp_get_max_threads()} search thread(s) as in the workers",
@@ -475,7 +512,7 @@ def main() -> None:
         console.print(f"[bold]matcher[/] {size:,} identities")
         results["matcher"].append(matcher(size, 2000, settings))
         console.print(results["matcher"][-1])
-    with broker_url(settings, console) as url:
+    with broker_url(settings, console) if pipe_sizes else contextlib.nullcontext("") as url:
         for size in pipe_sizes:
             console.print(f"[bold]pipeline[/] {size:,} identities")
             results["pipeline"].append(pipeline(size, args.queries, settings, url))

@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-unit test-integration bench bench-full lint format broker broker-stop schemas rabbitmq clean
+.PHONY: demo test test-unit test-integration bench bench-full chaos lint format broker broker-stop schemas rabbitmq clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ bench: $(STAMP) rabbitmq
 
 bench-full: $(STAMP) rabbitmq
 	$(BIN)/python -m bench.run --full
+
+# Kills workers and restarts the broker while queries flow; counts lost and duplicated answers.
+chaos: $(STAMP) rabbitmq
+	$(BIN)/python -m bench.chaos
 
 lint: $(STAMP)
 	$(BIN)/ruff check src workers tests bench

@@ -1,0 +1,160 @@
+"""`make chaos`: queries while workers are killed and the broker restarts at random.
+
+Bounded: N encounters (default 5 000; `--encounters 20000` for the long run), a kill every
+few seconds, a broker restart every ~20 s, then a drain. Ends by counting: encounters
+sent, queries expected, answers received, duplicated answers, lost answers. Target: 0 and
+0. Needs the local launcher (it restarts the broker itself).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import threading
+import time
+from pathlib import Path
+
+from rich.console import Console
+
+from biox import encounters, synth
+from biox.broker.launcher import LocalBroker
+from biox.broker.topology import declare
+from biox.demo import start_workers, wait_for_consumers
+from biox.registry import Registry
+from biox.runtime import WorkerKind, gallery_dir
+from biox.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+SEED = 91
+console = Console()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--encounters", type=int, default=5000)
+    parser.add_argument("--rate", type=float, default=80.0, help="encounters submitted per second")
+    parser.add_argument("--kill-every", type=float, default=4.0, help="seconds between kills")
+    parser.add_argument(
+        "--restart-every", type=float, default=20.0, help="seconds between broker restarts"
+    )
+    args = parser.parse_args()
+
+    data = ROOT / "bench" / "results" / "chaos"
+    shutil.rmtree(data, ignore_errors=True)
+    broker = LocalBroker().start()
+    workers = None
+    rng = random.Random(SEED)
+    events: list[str] = []
+    try:
+        settings = Settings(amqp_url=broker.url, data_dir=data, retry_delays="1,5,30")
+        registry = Registry.load(settings.registry)
+        declare(broker.url, registry.codes, settings)
+        sizes = {"us": 10, "mx": 20_000, "sv": 20_000}
+        for code in ("mx", "sv"):
+            synth.populate(
+                code, sizes[code], SEED, settings.database_for(code), gallery_dir(settings, code)
+            )
+        env = {
+            **os.environ,
+            "BIOX_AMQP_URL": broker.url,
+            "BIOX_DATA_DIR": str(data),
+            "BIOX_RETRY_DELAYS": "1,5,30",
+            "BIOX_LOG_LEVEL": "WARNING",
+        }
+        plan_kinds = {
+            "us": (WorkerKind.intake, WorkerKind.response),
+            "mx": (WorkerKind.matcher,),
+            "sv": (WorkerKind.matcher,),
+        }
+        workers = start_workers(["us"], env, data / "logs", plan_kinds["us"])
+        for code in ("mx", "sv"):
+            workers.processes += start_workers(
+                [code], env, data / "logs", plan_kinds[code]
+            ).processes
+        wait_for_consumers(
+            broker.url, ["us.intake", "us.response", "mx.query", "sv.query"], workers
+        )
+        base = encounters.plan(registry, sizes, 500, SEED, requesters=["us"])
+        planned = []
+        for i in range(args.encounters):
+            p = base[i % len(base)]
+            eid = f"{p.encounter_id}-chaos-{i}"
+            planned.append(
+                encounters.Planned(
+                    eid,
+                    p.requester,
+                    p.person,
+                    p.scenario,
+                    p.submit.model_copy(update={"encounter_id": eid}),
+                    list(p.expected_partners),
+                )
+            )
+        stop = threading.Event()
+
+        def chaos() -> None:
+            next_restart = time.monotonic() + args.restart_every
+            while not stop.wait(args.kill_every * rng.uniform(0.5, 1.5)):
+                if time.monotonic() >= next_restart:
+                    events.append(f"{time.strftime('%X')} broker restart")
+                    broker.restart(down_for=rng.uniform(0.5, 3.0))
+                    next_restart = time.monotonic() + args.restart_every
+                    continue
+                name, proc = rng.choice(workers.processes)
+                proc.kill()
+                proc.wait()
+                events.append(f"{time.strftime('%X')} SIGKILL {name}")
+                code, kind = name.split("-")
+                fresh = start_workers([code], env, data / "logs", (WorkerKind(kind),))
+                workers.processes = [
+                    (n, p) for n, p in workers.processes if n != name
+                ] + fresh.processes
+
+        with encounters.EncounterSystem(broker.url, sizes) as system:
+            encoded = system.encode(planned)
+            monkey = threading.Thread(target=chaos, daemon=True)
+            monkey.start()
+            started = time.monotonic()
+            submitter = threading.Thread(
+                target=system.submit,
+                args=(planned,),
+                kwargs={"batch": 20, "rate": args.rate, "encoded": encoded},
+            )
+            submitter.start()
+            submitter.join()
+            stop.set()
+            monkey.join()
+            system.collect(
+                timeout=900, idle_timeout=120, expect=len(planned), on_progress=lambda d, t: None
+            )
+            elapsed = time.monotonic() - started
+            outcomes = list(system.outcomes.values())
+            expected = sum(len(o.planned.expected_partners) for o in outcomes if o.refused is None)
+            answered = sum(len(o.answers) for o in outcomes)
+            lost = expected - answered
+            result = {
+                "encounters_sent": len(planned),
+                "queries_expected": expected,
+                "answers_received": answered,
+                "duplicated_answers": system.duplicates,
+                "redelivered_results_absorbed": system.redeliveries,
+                "lost": lost,
+                "wrong": sum(1 for o in outcomes for a in o.answers.values() if not a.correct),
+                "seconds": round(elapsed, 1),
+                "kills": sum("SIGKILL" in e for e in events),
+                "broker_restarts": sum("restart" in e for e in events),
+            }
+    finally:
+        if workers is not None:
+            workers.stop()
+        broker.stop()
+    console.print(result)
+    out = ROOT / "bench" / "results" / "chaos.json"
+    out.write_text(json.dumps({"result": result, "events": events}, indent=2))
+    raise SystemExit(0 if result["lost"] == 0 and result["duplicated_answers"] == 0 else 1)
+
+
+if __name__ == "__main__":
+    main()

@@ -22,7 +22,7 @@ from rich.console import Console
 from biox import encounters, synth
 from biox.broker.launcher import LocalBroker
 from biox.broker.topology import declare
-from biox.demo import start_workers, wait_for_consumers
+from biox.demo import start_workers, unwind_on_sigterm, wait_for_consumers
 from biox.registry import Registry
 from biox.runtime import WorkerKind, gallery_dir
 from biox.settings import Settings
@@ -41,6 +41,7 @@ def main() -> None:
         "--restart-every", type=float, default=20.0, help="seconds between broker restarts"
     )
     args = parser.parse_args()
+    unwind_on_sigterm()
 
     data = ROOT / "bench" / "results" / "chaos"
     shutil.rmtree(data, ignore_errors=True)

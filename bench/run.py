@@ -30,7 +30,7 @@ from biox import encounters, synth
 from biox.broker.link import Link
 from biox.broker.publisher import Publisher
 from biox.broker.topology import declare
-from biox.demo import broker_url, start_workers, wait_for_consumers
+from biox.demo import broker_url, start_workers, unwind_on_sigterm, wait_for_consumers
 from biox.gallery.gallery import Gallery, Probe
 from biox.gallery.index import VectorIndex
 from biox.registry import Registry
@@ -487,6 +487,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=3000)
     parser.add_argument("--no-pipeline", action="store_true", help="the matcher alone only")
     args = parser.parse_args()
+    unwind_on_sigterm()
     settings = Settings()
     sizes = (
         [int(s) for s in args.sizes.split(",")]

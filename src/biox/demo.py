@@ -33,6 +33,15 @@ from biox.settings import Settings
 from biox.views import trail_table
 
 
+def unwind_on_sigterm() -> None:
+    """SIGTERM (a CI timeout, systemd, pkill) unwinds like Ctrl-C: workers and broker stop."""
+
+    def _raise(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _raise)
+
+
 @contextlib.contextmanager
 def broker_url(settings: Settings, console: Console) -> Iterator[str]:
     """The configured broker, or a local one for the duration of the block."""
@@ -138,8 +147,7 @@ def run(
     console: Console | None = None,
 ) -> int:
     console = console or Console()
-    # SIGTERM (a CI timeout, systemd) unwinds like Ctrl-C, so workers and broker are stopped
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    unwind_on_sigterm()
     registry = Registry.load(settings.registry)
     codes = registry.codes
     data_dir = settings.data_dir / "demo"

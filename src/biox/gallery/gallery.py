@@ -81,10 +81,16 @@ class Gallery:
     # --- writes ---------------------------------------------------------------------------
 
     def train(self, face_sample: np.ndarray, finger_sample: np.ndarray) -> None:
-        """IVF needs a sample of each space before adds; flat ignores this."""
+        """IVF needs a sample of each space before adds; flat ignores this.
+
+        Every finger position shares one template space, so one quantizer is trained and
+        copied to the ten position indexes (training ten would cost ten times as much).
+        """
         self.face.train(face_sample)
-        for ix in self.fingers.values():
-            ix.train(finger_sample)
+        first, *others = self.fingers.values()
+        first.train(finger_sample)
+        for ix in others:
+            ix.copy_training(first)
 
     def enroll(self, ids: Sequence[int], probes: Sequence[Probe]) -> None:
         ids_arr = np.asarray(ids, dtype=np.int64)

@@ -81,6 +81,12 @@ class VectorIndex:
         if not self.index.is_trained:
             self.index.train(np.ascontiguousarray(sample, dtype=np.float32))
 
+    def copy_training(self, other: VectorIndex) -> None:
+        """Take over ``other``'s trained, still empty index structure."""
+        if self.kind == "ivf" and self.ntotal == 0 and other.trained and other.ntotal == 0:
+            self.index = faiss.clone_index(other.index)
+            self.index.nprobe = self.nprobe
+
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         ids = np.ascontiguousarray(ids, dtype=np.int64)
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)

@@ -79,20 +79,7 @@ def main() -> None:
             broker.url, ["us.intake", "us.response", "mx.query", "sv.query"], workers
         )
         base = encounters.plan(registry, sizes, 500, SEED, requesters=["us"])
-        planned = []
-        for i in range(args.encounters):
-            p = base[i % len(base)]
-            eid = f"{p.encounter_id}-chaos-{i}"
-            planned.append(
-                encounters.Planned(
-                    eid,
-                    p.requester,
-                    p.person,
-                    p.scenario,
-                    p.submit.model_copy(update={"encounter_id": eid}),
-                    list(p.expected_partners),
-                )
-            )
+        planned = encounters.repeat(base, args.encounters, "chaos")
         stop = threading.Event()
 
         def chaos() -> None:

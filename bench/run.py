@@ -235,21 +235,7 @@ class Run:
 def pipeline_run(
     url: str, sizes: dict[str, int], base: list[encounters.Planned], n: int, rate: float
 ) -> Run:
-    planned = []
-    tag = uuid.uuid4().hex[:6]
-    for i in range(n):
-        p = base[i % len(base)]
-        eid = f"{p.encounter_id}-{tag}-{i}"
-        planned.append(
-            encounters.Planned(
-                eid,
-                p.requester,
-                p.person,
-                p.scenario,
-                p.submit.model_copy(update={"encounter_id": eid}),
-                list(p.expected_partners),
-            )
-        )
+    planned = encounters.repeat(base, n, uuid.uuid4().hex[:6])
     with (
         encounters.EncounterSystem(url, sizes) as system,
         Progress(console=console, transient=True) as progress,

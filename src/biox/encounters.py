@@ -123,6 +123,19 @@ def plan(
     return out
 
 
+def repeat(base: list[Planned], n: int, tag: str) -> list[Planned]:
+    """``n`` encounters cycling through ``base`` under fresh encounter ids (load tests)."""
+    out = []
+    for i in range(n):
+        p = base[i % len(base)]
+        eid = f"{p.encounter_id}-{tag}-{i}"
+        submit = p.submit.model_copy(update={"encounter_id": eid})
+        out.append(
+            Planned(eid, p.requester, p.person, p.scenario, submit, list(p.expected_partners))
+        )
+    return out
+
+
 class EncounterSystem:
     """Publishes planned encounters and gathers every result addressed to it."""
 

@@ -26,13 +26,18 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-import pika
 import structlog
 from sqlalchemy import insert, update
 
 from biox import addresses
 from biox.broker.link import ConnectionLost, Delivery, Link, Nacked, Unroutable
-from biox.broker.publisher import Publisher, envelope_of, pack_outgoing, unpack_outgoing
+from biox.broker.publisher import (
+    Publisher,
+    envelope_of,
+    pack_outgoing,
+    republish_properties,
+    unpack_outgoing,
+)
 from biox.codec import H_ATTEMPT, Envelope, Outgoing, decode_body
 from biox.errors import BioxError, PermanentError, Reason, TransientError
 from biox.handlers.base import Effects, Handler, Inbound
@@ -316,18 +321,5 @@ class ConsumeLoop:
                 H_FAILED_AT: now,
             }
         )
-        p = d.properties
-        props = pika.BasicProperties(
-            content_type=p.content_type,
-            content_encoding=p.content_encoding,
-            delivery_mode=pika.DeliveryMode.Persistent,
-            message_id=p.message_id,
-            correlation_id=p.correlation_id,
-            reply_to=p.reply_to,
-            type=p.type,
-            app_id=p.app_id,
-            timestamp=p.timestamp,
-            user_id=self.link.user,  # the broker only accepts our own user here
-            headers=headers,
-        )
+        props = republish_properties(d.properties, headers, self.link.user)
         self.publisher.send_raw([("", target, d.body, props)])

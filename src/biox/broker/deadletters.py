@@ -24,6 +24,7 @@ import msgpack
 import pika
 
 from biox import addresses
+from biox.broker.publisher import republish_properties
 from biox.codec import H_ATTEMPT, H_FROM, H_SCHEMA, H_TO
 
 H_REPLAYS = "biox-replays"
@@ -220,7 +221,7 @@ class DeadLetterQueues:
             headers[H_REPLAYS] = int(headers.get(H_REPLAYS, 0)) + 1
             headers["biox-replayed-at"] = datetime.now(UTC).isoformat()
             headers["biox-replayed-by"] = operator()
-            props = _copy_properties(d.properties, headers, self.user)
+            props = republish_properties(d.properties, headers, self.user)
             ch.basic_publish(exchange, routing_key, d.body, props, mandatory=True)
             return True  # basic_publish raised if the broker nacked or returned it
 
@@ -282,24 +283,6 @@ class DeadLetterQueues:
 
 def operator() -> str:
     return f"{getpass.getuser()}@{socket.gethostname()}"
-
-
-def _copy_properties(
-    p: pika.BasicProperties, headers: dict[str, Any], user: str
-) -> pika.BasicProperties:
-    return pika.BasicProperties(
-        content_type=p.content_type,
-        content_encoding=p.content_encoding,
-        delivery_mode=2,
-        message_id=p.message_id,
-        correlation_id=p.correlation_id,
-        reply_to=p.reply_to,
-        type=p.type,
-        app_id=p.app_id,
-        timestamp=p.timestamp,
-        user_id=user,
-        headers=headers,
-    )
 
 
 def to_record(d: DeadLetter) -> dict[str, Any]:

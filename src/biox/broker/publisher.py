@@ -41,6 +41,29 @@ def properties_for(env: Envelope, user_id: str | None) -> pika.BasicProperties:
     )
 
 
+def republish_properties(
+    p: pika.BasicProperties, headers: dict[str, object], user_id: str
+) -> pika.BasicProperties:
+    """The original's properties for a copy we republish (retry tier, DLQ, replay).
+
+    ``user_id`` becomes ours: the broker accepts no other on our connection; the
+    original sender's stays in the headers.
+    """
+    return pika.BasicProperties(
+        content_type=p.content_type,
+        content_encoding=p.content_encoding,
+        delivery_mode=pika.DeliveryMode.Persistent,
+        message_id=p.message_id,
+        correlation_id=p.correlation_id,
+        reply_to=p.reply_to,
+        type=p.type,
+        app_id=p.app_id,
+        timestamp=p.timestamp,
+        user_id=user_id,
+        headers=headers,
+    )
+
+
 def envelope_of(delivery: Delivery) -> Envelope:
     """Broker-neutral view of a delivery's properties (missing parts left empty)."""
     p = delivery.properties

@@ -42,3 +42,12 @@ def dead_letter_queue(work_queue: str) -> str:
 
 def audit_queue(code: str) -> str:
     return f"{code}.audit"
+
+
+def retry_key(code: str, role: str, seconds: int) -> str:
+    """Routing key of a retry hop on the participant's inbox (so the audit sees it)."""
+    return f"{code}.retry.{role}.{seconds}"
+
+
+def dead_letter_key(code: str, role: str) -> str:
+    return f"{code}.dead-letter.{role}"

@@ -109,5 +109,8 @@ def run_worker(kind: WorkerKind, participant: str, settings: Settings | None = N
         handler=handler,
         database_url=settings.database_for(participant),
         settings=settings,
+        # the audit consumer's own failures must not feed its queue: default exchange
+        participant=None if kind is WorkerKind.audit else participant,
+        role=QUEUE_ROLE[kind],
     )
     loop.run(stop)

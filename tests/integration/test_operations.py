@@ -85,14 +85,29 @@ def cli_env(exchange: Exchange, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BIOX_DATA_DIR", str(exchange.settings.data_dir))
 
 
-def test_transient_failure_retries_then_succeeds(exchange: Exchange, peer: Peer):
+def test_transient_failure_retries_twice_then_succeeds_with_hops_in_the_audit(
+    exchange: Exchange, peer: Peer
+):
     reply = f"test.reply.{uuid.uuid4().hex[:8]}"
     peer.ch.queue_declare(reply, exclusive=True)
-    qid, _ = orphan_response(peer)
-    time.sleep(1.5)  # first attempt has failed and waits in the 1 s tier
+    qid, mid = orphan_response(peer)
+    time.sleep(2.0)  # attempts 1 and 2 have failed: it waits in the 2 s tier
     record_query(exchange, qid, reply)
     _props, body = peer.take(reply, 1, timeout=30)[0]
     assert unpack(body)["outcome"]["query_id"] == qid
+    hops: list[AuditEntry] = []
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and len(hops) < 2:
+        with session_for(exchange.settings.database_for("us")) as s:
+            hops = list(
+                s.exec(
+                    select(AuditEntry).where(
+                        AuditEntry.message_id == mid, AuditEntry.direction == "retry"
+                    )
+                )
+            )
+        time.sleep(0.3)
+    assert len(hops) == 2
 
 
 def test_exhausted_retries_park_in_the_dlq_and_replay_after_the_fix(exchange, peer, cli_env):

@@ -67,8 +67,16 @@ class ConsumeLoop:
         handler: Handler,
         database_url: str,
         settings: Settings,
+        participant: str | None = None,
+        role: str | None = None,
     ) -> None:
+        """``participant`` and ``role``: send retry hops and dead letters through the
+        participant's inbox (where the audit consumer sees them); without, straight to
+        the tier and DLQ queues by the default exchange (the audit consumer itself, tools).
+        """
         self.queue = queue
+        self.participant = participant
+        self.role = role
         self.handler = handler
         self.database_url = database_url
         self.settings = settings
@@ -132,53 +140,53 @@ class ConsumeLoop:
             self._retry(batch[0], exc)
 
     def _process(self, batch: Sequence[Delivery]) -> None:
-        parsed: list[tuple[Delivery, Envelope, Inbound | BioxError]] = []
+        parsed: list[tuple[Delivery, Envelope, str, Inbound | BioxError]] = []
         for d in batch:
             env = envelope_of(d)
             if not env.message_id:
                 self._dead(d, env, PermanentError(Reason.invalid_message, "no message_id"))
                 self.link.ack(d)
                 continue
-            parsed.append((d, env, self._decode(d, env)))
+            parsed.append((d, env, self._key(d, env), self._decode(d, env)))
 
         publish: list[Outgoing] = []
         dead: list[tuple[Delivery, Envelope, BioxError]] = []
         later: list[tuple[Delivery, TransientError]] = []
         with session_for(self.database_url) as session:
-            done = processed(session, self.queue, [e.message_id for _, e, _ in parsed])
-            fresh: list[tuple[Delivery, Envelope, Inbound]] = []
-            failed: list[tuple[Delivery, Envelope, BioxError]] = []
+            done = processed(session, self.queue, [key for _, _, key, _ in parsed])
+            fresh: list[tuple[Delivery, Envelope, str, Inbound]] = []
+            failed: list[tuple[Delivery, Envelope, str, BioxError]] = []
             seen: set[str] = set()
             unconfirmed: list[str] = []  # processed before, outputs maybe never confirmed
-            for d, env, item in parsed:
-                if env.message_id in done:
-                    if not done[env.message_id].published:
-                        publish.extend(unpack_outgoing(done[env.message_id].outputs))
-                        unconfirmed.append(env.message_id)
+            for d, env, key, item in parsed:
+                if key in done:
+                    if not done[key].published:
+                        publish.extend(unpack_outgoing(done[key].outputs))
+                        unconfirmed.append(key)
                     self.stats["duplicate"] += 1
-                elif env.message_id in seen:
+                elif key in seen:
                     self.stats["duplicate"] += 1
                 elif isinstance(item, BioxError):
-                    failed.append((d, env, item))
+                    failed.append((d, env, key, item))
                 else:
-                    fresh.append((d, env, item))
-                seen.add(env.message_id)
+                    fresh.append((d, env, key, item))
+                seen.add(key)
 
             markers: list[dict[str, Any]] = []
-            results = self.handler.handle([inb for _, _, inb in fresh], session) if fresh else []
-            for (d, env, _), result in zip(fresh, results, strict=True):
+            results = self.handler.handle([inb for *_, inb in fresh], session) if fresh else []
+            for (d, env, key, _), result in zip(fresh, results, strict=True):
                 if isinstance(result, TransientError):
                     later.append((d, result))
                 elif isinstance(result, BioxError):
-                    failed.append((d, env, result))
+                    failed.append((d, env, key, result))
                 else:
-                    self._record(session, env, result, publish, markers)
-            for d, env, error in failed:
+                    self._record(session, env, key, result, publish, markers)
+            for d, env, key, error in failed:
                 answer = self.handler.reject(env, error)
                 if answer is None:
                     dead.append((d, env, error))
                 else:
-                    self._record(session, env, answer, publish, markers)
+                    self._record(session, env, key, answer, publish, markers)
             if markers:  # one multi-row insert for the batch's idempotency markers
                 session.execute(insert(ProcessedMessage), markers)
             session.commit()
@@ -215,6 +223,13 @@ class ConsumeLoop:
         except Exception as exc:
             log.warning("mark_published_failed", worker=self.worker, error=str(exc))
 
+    def _key(self, d: Delivery, env: Envelope) -> str:
+        """Idempotency key: the message id, unless the handler sees hops of one message
+        as distinct events (the audit consumer records each retry hop)."""
+        if self.handler.kinds:
+            return env.message_id
+        return f"{env.message_id}|{d.exchange}|{d.routing_key}|{env.attempt}"
+
     def _decode(self, d: Delivery, env: Envelope) -> Inbound | BioxError:
         if not self.handler.kinds:
             return Inbound(env, None, d.body, d.exchange, d.routing_key)
@@ -233,6 +248,7 @@ class ConsumeLoop:
         self,
         session: Any,
         env: Envelope,
+        key: str,
         effects: Effects,
         publish: list[Outgoing],
         markers: list[dict[str, Any]],
@@ -241,7 +257,7 @@ class ConsumeLoop:
         markers.append(
             {
                 "consumer": self.queue,
-                "message_id": env.message_id,
+                "message_id": key,
                 "processed_at": datetime.now(UTC),
                 "outputs": pack_outgoing(effects.outgoing),
             }
@@ -276,7 +292,14 @@ class ConsumeLoop:
             if attempt > len(tiers):
                 self._dead(d, env, exc, attempt=attempt)
             else:
-                target = addresses.retry_queue(self.queue, tiers[attempt - 1])
+                seconds = tiers[attempt - 1]
+                if self.participant and self.role:
+                    target = (
+                        addresses.inbox(self.participant),
+                        addresses.retry_key(self.participant, self.role, seconds),
+                    )
+                else:
+                    target = ("", addresses.retry_queue(self.queue, seconds))
                 self._republish(d, env, target, exc, attempt)
                 self.stats["retried"] += 1
             self.link.ack(d)
@@ -287,19 +310,30 @@ class ConsumeLoop:
     def _dead(
         self, d: Delivery, env: Envelope, exc: BaseException, attempt: int | None = None
     ) -> None:
-        target = addresses.dead_letter_queue(self.queue)
+        if self.participant and self.role:
+            target = (
+                addresses.inbox(self.participant),
+                addresses.dead_letter_key(self.participant, self.role),
+            )
+        else:
+            target = ("", addresses.dead_letter_queue(self.queue))
         self._republish(d, env, target, exc, attempt if attempt is not None else env.attempt)
         self.stats["dead_lettered"] += 1
         log.warning(
             "dead_lettered",
             query_id=env.correlation_id,
             message_id=env.message_id,
-            queue=target,
+            route="/".join(target),
             error=str(exc),
         )
 
     def _republish(
-        self, d: Delivery, env: Envelope, target: str, exc: BaseException, attempt: int
+        self,
+        d: Delivery,
+        env: Envelope,
+        target: tuple[str, str],
+        exc: BaseException,
+        attempt: int,
     ) -> None:
         """Copy of the original (body untouched) to a retry tier or the DLQ, with the why."""
         now = datetime.now(UTC).isoformat()
@@ -322,4 +356,4 @@ class ConsumeLoop:
             }
         )
         props = republish_properties(d.properties, headers, self.link.user)
-        self.publisher.send_raw([("", target, d.body, props)])
+        self.publisher.send_raw([(*target, d.body, props)])

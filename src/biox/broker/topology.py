@@ -75,6 +75,18 @@ def declare(url: str, codes: Iterable[str], settings: Settings) -> list[str]:
                 declare_work_queue(ch, name, settings.retry_tiers, settings.delivery_limit)
                 for kind in kinds:
                     ch.queue_bind(name, addresses.inbox(code), addresses.routing_key(code, kind))
+                # failure hops travel through the inbox too, so the audit trail records them
+                for seconds in settings.retry_tiers:
+                    ch.queue_bind(
+                        addresses.retry_queue(name, seconds),
+                        addresses.inbox(code),
+                        addresses.retry_key(code, role, seconds),
+                    )
+                ch.queue_bind(
+                    addresses.dead_letter_queue(name),
+                    addresses.inbox(code),
+                    addresses.dead_letter_key(code, role),
+                )
                 queues.append(name)
             audit = addresses.audit_queue(code)
             declare_work_queue(ch, audit, settings.retry_tiers, settings.delivery_limit)

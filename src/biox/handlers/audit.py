@@ -35,10 +35,12 @@ class AuditHandler:
     def _entry(self, inb: Inbound, now: object) -> AuditEntry:
         env = inb.envelope
         outgoing = inb.exchange == addresses.outbox(self.me)
+        hop = inb.routing_key.split(".")[1] if inb.routing_key.count(".") >= 2 else ""
+        direction = "out" if outgoing else hop if hop in ("retry", "dead-letter") else "in"
         return AuditEntry(
             seq=0,
             received_at=now,
-            direction="out" if outgoing else "in",
+            direction=direction,
             kind=env.kind or "?",
             sender_user=env.user_id,
             sender=env.sender or None,

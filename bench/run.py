@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import shutil
+import sys
 import threading
 import time
 import uuid
@@ -475,6 +476,7 @@ def main() -> None:
     args = parser.parse_args()
     unwind_on_sigterm()
     settings = Settings()
+    faiss.omp_set_num_threads(settings.search_threads or os.cpu_count() or 1)  # as the workers
     sizes = (
         [int(s) for s in args.sizes.split(",")]
         if args.sizes
@@ -505,11 +507,12 @@ def main() -> None:
             results["pipeline"].append(pipeline(size, args.queries, settings, url))
             console.print(results["pipeline"][-1])
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"bench-{'full' if args.full else 'default'}.json").write_text(
-        json.dumps(results, indent=2)
-    )
-    cmd = "make bench-full" if args.full else "make bench"
-    write_doc(results, cmd)
+    results["command"] = " ".join(["python -m bench.run", *sys.argv[1:]])
+    if not sys.argv[1:] or sys.argv[1:] == ["--full"]:
+        results["command"] = "make bench-full" if args.full else "make bench"
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    (RESULTS / f"bench-{stamp}.json").write_text(json.dumps(results, indent=2))
+    write_doc(merged_results())
     console.print(f"wrote {DOC.relative_to(ROOT)}")
 
 

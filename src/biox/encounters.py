@@ -154,6 +154,7 @@ class EncounterSystem:
         self.duplicates = 0  # a second, distinct answer for the same encounter and partner
         self.redeliveries = 0  # the same result message again (absorbed by its message_id)
         self.unexpected = 0
+        self.completed = 0  # kept as results arrive: a scan per delivery is quadratic
         self._seen: set[str] = set()
 
     def __enter__(self) -> EncounterSystem:
@@ -217,8 +218,7 @@ class EncounterSystem:
         deadline = time.monotonic() + timeout
         last_seen = time.monotonic()
         while time.monotonic() < deadline and time.monotonic() - last_seen < idle_timeout:
-            outcomes = list(self.outcomes.values())
-            if len(outcomes) >= expect and all(o.complete for o in outcomes):
+            if len(self.outcomes) >= expect and self.completed >= len(self.outcomes):
                 return
             try:
                 delivery = self.link.deliveries.get(timeout=0.2)
@@ -228,8 +228,7 @@ class EncounterSystem:
             self._take(delivery)
             self.link.ack(delivery)
             if on_progress:
-                outcomes = list(self.outcomes.values())
-                on_progress(sum(o.complete for o in outcomes), max(expect, len(outcomes)))
+                on_progress(self.completed, max(expect, len(self.outcomes)))
 
     def _take(self, delivery: object) -> None:
         env = envelope_of(delivery)  # type: ignore[arg-type]
@@ -243,6 +242,11 @@ class EncounterSystem:
         if outcome is None:
             self.unexpected += 1
             return
+        was_complete = outcome.complete
+        self._record(outcome, result)
+        self.completed += int(outcome.complete) - int(was_complete)
+
+    def _record(self, outcome: Outcome, result: EncounterResult) -> None:
         elapsed = time.monotonic() - outcome.planned.submitted_at
         if result.status is EncounterResultStatus.refused:
             outcome.refused = result.reason_code.value if result.reason_code else "refused"

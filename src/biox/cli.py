@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -222,7 +223,8 @@ def dlq_import(file: Path) -> None:
     console.print(f"imported {n} message(s)")
 
 
-console = Console()
+# piped output (CI logs, `| tee`) gets room for the tables instead of 80 columns
+console = Console() if sys.stdout.isatty() else Console(width=140)
 
 
 def _broker_state(settings: Settings) -> Path:

@@ -225,21 +225,12 @@ def _progress(console: Console) -> Progress:
 def report(console: Console, outcomes: list[encounters.Outcome], duplicates: int) -> int:
     pairs, refused, missing = encounters.summarise(outcomes)
     table = Table(
-        title="Queries per participant pair (latency: encounter submitted → answer received)"
+        title="Queries per pair (all encounters submitted at once; "
+        "latency from submission to the answer on reply_to)"
     )
-    for col in (
-        "requester → provider",
-        "queries",
-        "match",
-        "no match",
-        "declined",
-        "rejected",
-        "wrong",
-        "p50 ms",
-        "p95 ms",
-        "p99 ms",
-    ):
-        table.add_column(col, justify="right" if col != "requester → provider" else "left")
+    columns = ("pair", "sent", "match", "no_match", "declined", "rejected", "wrong")
+    for col in (*columns, "p50 ms", "p95 ms", "p99 ms"):
+        table.add_column(col, justify="left" if col == "pair" else "right", no_wrap=True)
     for (req, prov), s in sorted(pairs.items()):
         table.add_row(
             f"{req} → {prov}",

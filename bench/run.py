@@ -469,7 +469,7 @@ def write_doc(results: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--full", action="store_true", help="add the 1 M-identity profile")
-    parser.add_argument("--sizes", default=None, help="comma-separated matcher sizes")
+    parser.add_argument("--sizes", default=None, help="comma-separated matcher sizes; none: skip")
     parser.add_argument("--pipeline-size", type=int, default=None)
     parser.add_argument("--queries", type=int, default=3000)
     parser.add_argument("--no-pipeline", action="store_true", help="the matcher alone only")
@@ -478,7 +478,7 @@ def main() -> None:
     settings = Settings()
     faiss.omp_set_num_threads(settings.search_threads or os.cpu_count() or 1)  # as the workers
     sizes = (
-        [int(s) for s in args.sizes.split(",")]
+        [int(s) for s in args.sizes.split(",") if s.strip().isdigit()]
         if args.sizes
         else ([10_000, 100_000, 1_000_000] if args.full else [10_000, 100_000])
     )

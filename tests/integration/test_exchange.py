@@ -53,7 +53,7 @@ def test_non_mated_query_is_answered_no_match(exchange, plans):
     _, outcomes = run_encounters(exchange, strangers)
     for o in outcomes:
         assert o.complete
-        assert set(o.answers) == set(o.planned.expected_partners) == {"mx", "sv"} or o.answers
+        assert o.answers and set(o.answers) == set(o.planned.expected_partners)
         assert {a.status for a in o.answers.values()} == {"no_match"}
         assert all(a.identity_ref is None for a in o.answers.values())
 

@@ -16,6 +16,7 @@ import pika
 import pytest
 
 from biox import addresses, synth
+from biox.broker.deadletters import DeadLetterQueues, Filters
 from biox.broker.topology import declare
 from biox.demo import Workers, start_workers, wait_for_consumers
 from biox.registry import Registry
@@ -164,3 +165,17 @@ def peer(exchange: Exchange) -> Iterator[Peer]:
 
 def unpack(body: bytes) -> dict:
     return msgpack.unpackb(body, timestamp=3)
+
+
+def wait_dead(exchange: Exchange, queue: str, message_id: str, timeout: float = 30):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        dlqs = DeadLetterQueues(exchange.url)
+        try:
+            found = dlqs.list([queue], Filters(ids=(message_id,)))
+        finally:
+            dlqs.close()
+        if found:
+            return found[0]
+        time.sleep(0.5)
+    raise AssertionError(f"{message_id} never reached {queue}")

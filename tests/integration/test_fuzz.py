@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from biox import addresses, codec
-from tests.integration.conftest import Exchange, Peer, unpack
+from tests.integration.conftest import Exchange, Peer, unpack, wait_dead
 from tests.integration.test_bad_input import valid_query
 
 pytestmark = pytest.mark.integration
@@ -86,8 +86,6 @@ def test_fuzzed_messages_are_rejected_or_dead_lettered_with_a_reason(
             else:  # hypothesis may build a valid query by chance: then it is answered
                 assert answer["status"] in ("match", "no_match")
         else:  # ...anyone else ends in the dead-letter queue with one
-            from tests.integration.test_operations import wait_dead
-
             dead = wait_dead(exchange, "mx.query.dlq", mid, timeout=20)
             assert dead.headers["biox-reason"]
     finally:

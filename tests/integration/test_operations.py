@@ -12,11 +12,10 @@ from sqlmodel import select
 from typer.testing import CliRunner
 
 from biox import addresses, codec
-from biox.broker.deadletters import DeadLetterQueues, Filters
 from biox.cli import app
 from biox.messages import Response, ResponseStatus, Timings
 from biox.store import AuditEntry, Transaction, session_for
-from tests.integration.conftest import Exchange, Peer, unpack
+from tests.integration.conftest import Exchange, Peer, unpack, wait_dead
 from tests.integration.test_bad_input import valid_query
 
 pytestmark = pytest.mark.integration
@@ -46,20 +45,6 @@ def orphan_response(peer: Peer) -> tuple[str, str]:
     )
     assert mid
     return qid, mid
-
-
-def wait_dead(exchange: Exchange, queue: str, message_id: str, timeout: float = 30):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        dlqs = DeadLetterQueues(exchange.url)
-        try:
-            found = dlqs.list([queue], Filters(ids=(message_id,)))
-        finally:
-            dlqs.close()
-        if found:
-            return found[0]
-        time.sleep(0.5)
-    raise AssertionError(f"{message_id} never reached {queue}")
 
 
 def record_query(exchange: Exchange, qid: str, reply_to: str) -> None:

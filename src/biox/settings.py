@@ -53,7 +53,9 @@ class Settings(BaseSettings):
     batch_wait_ms: float = Field(default=2.0, description="How long to wait to fill a batch.")
     retry_delays: str = Field(default="1,5,30,120,600", description="Retry tiers, seconds.")
     delivery_limit: int = Field(default=20, description="Quorum-queue redelivery backstop.")
-    publish_timeout: float = 30.0
+    publish_timeout: float = Field(
+        default=60.0, description="Retry unconfirmed publishes this long."
+    )
     heartbeat: int = 30
 
     log_level: str = "INFO"

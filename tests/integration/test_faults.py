@@ -95,13 +95,20 @@ def test_broker_restart_under_load_loses_nothing_and_answers_once(tmp_path: Path
         )
         planned = encounters.plan(registry, sizes, 240, SEED, requesters=["us"], draw=3)
         with encounters.EncounterSystem(broker.url, sizes) as system:
-            submitter = threading.Thread(
-                target=system.submit, args=(planned,), kwargs={"batch": 10, "rate": 60}
-            )
+            failures: list[BaseException] = []
+
+            def submit() -> None:
+                try:
+                    system.submit(planned, batch=10, rate=60)
+                except BaseException as exc:  # surfaced below: the publisher gave up
+                    failures.append(exc)
+
+            submitter = threading.Thread(target=submit)
             submitter.start()
             time.sleep(1.5)
             broker.restart(down_for=1.0)  # mid-stream: publishers and consumers must ride it out
             submitter.join(timeout=120)
+            assert failures == [], f"the encounter system's publisher gave up: {failures}"
             system.collect(timeout=240, idle_timeout=90, expect=len(planned))
             outcomes = list(system.outcomes.values())
         missing = [o.planned.encounter_id for o in outcomes if not o.complete]

@@ -18,7 +18,7 @@ import msgpack
 import pika
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
-from biox.broker.link import ConnectionLost, Delivery, Link
+from biox.broker.link import ConnectionLost, Delivery, Link, Nacked
 from biox.codec import APP_ID, CONTENT_TYPE, H_ATTEMPT, H_FROM, H_SCHEMA, H_TO, Envelope, Outgoing
 
 
@@ -123,7 +123,7 @@ def unpack_outgoing(data: bytes) -> list[Outgoing]:
 
 
 class Publisher:
-    def __init__(self, link: Link, timeout: float = 30.0) -> None:
+    def __init__(self, link: Link, timeout: float = 60.0) -> None:
         self.link = link
         self.timeout = timeout
 
@@ -139,7 +139,9 @@ class Publisher:
         """Publish all, wait for all confirms; re-publish those a lost connection took."""
         todo = list(messages)
         for attempt in Retrying(
-            retry=retry_if_exception_type(ConnectionLost),
+            # a nack is the broker saying "not now" (a quorum queue electing its leader
+            # after a restart, a queue at its length limit): worth the same retries
+            retry=retry_if_exception_type((ConnectionLost, Nacked)),
             stop=stop_after_delay(self.timeout),
             wait=wait_exponential(multiplier=0.2, max=3),
             reraise=True,
@@ -149,16 +151,16 @@ class Publisher:
                     self.link.ready.wait(min(self.timeout, 5))
                 futures = [(m, self.link.publish(*m)) for m in todo]
                 wait([f for _, f in futures], timeout=self.timeout)
-                todo = [m for m, f in futures if _lost(f)]
+                todo = [m for m, f in futures if _retryable(f)]
                 for _, f in futures:
                     exc = f.exception(timeout=0) if f.done() else None
-                    if exc is not None and not isinstance(exc, ConnectionLost):
-                        raise exc
+                    if exc is not None and not isinstance(exc, ConnectionLost | Nacked):
+                        raise exc  # unroutable: retrying cannot help
                 if todo:
-                    raise ConnectionLost(f"{len(todo)} message(s) unconfirmed")
+                    raise ConnectionLost(f"{len(todo)} message(s) unconfirmed or nacked")
 
 
-def _lost(future: Future[None]) -> bool:
+def _retryable(future: Future[None]) -> bool:
     if not future.done():
         return True
-    return isinstance(future.exception(timeout=0), ConnectionLost)
+    return isinstance(future.exception(timeout=0), ConnectionLost | Nacked)

@@ -19,12 +19,11 @@ from pathlib import Path
 
 from rich.console import Console
 
-from biox import encounters, synth
+from biox import encounters
 from biox.broker.launcher import LocalBroker
-from biox.broker.topology import declare
-from biox.demo import start_workers, unwind_on_sigterm, wait_for_consumers
+from biox.demo import start_requester_with_providers, start_workers, unwind_on_sigterm
 from biox.registry import Registry
-from biox.runtime import WorkerKind, gallery_dir
+from biox.runtime import WorkerKind
 from biox.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,32 +51,16 @@ def main() -> None:
     try:
         settings = Settings(amqp_url=broker.url, data_dir=data, retry_delays="1,5,30")
         registry = Registry.load(settings.registry)
-        declare(broker.url, registry.codes, settings)
         sizes = {"us": 10, "mx": 20_000, "sv": 20_000}
-        for code in ("mx", "sv"):
-            synth.populate(
-                code, sizes[code], SEED, settings.database_for(code), gallery_dir(settings, code)
-            )
+        env_extra = {"BIOX_LOG_LEVEL": "WARNING"}
+        workers = start_requester_with_providers(broker.url, settings, sizes, SEED, "us", env_extra)
         env = {
             **os.environ,
             "BIOX_AMQP_URL": broker.url,
             "BIOX_DATA_DIR": str(data),
-            "BIOX_RETRY_DELAYS": "1,5,30",
-            "BIOX_LOG_LEVEL": "WARNING",
+            "BIOX_RETRY_DELAYS": settings.retry_delays,
+            **env_extra,
         }
-        plan_kinds = {
-            "us": (WorkerKind.intake, WorkerKind.response),
-            "mx": (WorkerKind.matcher,),
-            "sv": (WorkerKind.matcher,),
-        }
-        workers = start_workers(["us"], env, data / "logs", plan_kinds["us"])
-        for code in ("mx", "sv"):
-            workers.processes += start_workers(
-                [code], env, data / "logs", plan_kinds[code]
-            ).processes
-        wait_for_consumers(
-            broker.url, ["us.intake", "us.response", "mx.query", "sv.query"], workers
-        )
         base = encounters.plan(registry, sizes, 500, SEED, requesters=["us"])
         planned = encounters.repeat(base, args.encounters, "chaos")
         stop = threading.Event()

@@ -118,6 +118,36 @@ def start_workers(
     return Workers(procs)
 
 
+def start_requester_with_providers(
+    url: str,
+    settings: Settings,
+    sizes: dict[str, int],
+    seed: int,
+    requester: str = "us",
+    extra_env: dict[str, str] | None = None,
+) -> Workers:
+    """Topology, the providers' synthetic galleries, the requester's intake and response
+    workers and one matcher per provider, all consuming (load and fault runs)."""
+    registry = Registry.load(settings.registry)
+    declare(url, registry.codes, settings)
+    providers = [code for code in sizes if code != requester]
+    for code in providers:
+        build_synthetic_gallery(settings, code, sizes[code], seed)
+    env = {
+        **os.environ,
+        "BIOX_AMQP_URL": url,
+        "BIOX_DATA_DIR": str(settings.data_dir),
+        "BIOX_RETRY_DELAYS": settings.retry_delays,
+        **(extra_env or {}),
+    }
+    logs = settings.data_dir / "logs"
+    workers = start_workers([requester], env, logs, (WorkerKind.intake, WorkerKind.response))
+    workers.processes += start_workers(providers, env, logs, (WorkerKind.matcher,)).processes
+    queues = [f"{requester}.intake", f"{requester}.response", *(f"{c}.query" for c in providers)]
+    wait_for_consumers(url, queues, workers)
+    return workers
+
+
 def wait_for_consumers(url: str, queues: list[str], workers: Workers, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     conn = pika.BlockingConnection(pika.URLParameters(url))

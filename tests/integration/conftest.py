@@ -15,7 +15,7 @@ import msgpack
 import pika
 import pytest
 
-from biox import addresses, synth
+from biox import addresses, codec, synth
 from biox.broker.deadletters import DeadLetterQueues, Filters
 from biox.broker.topology import declare
 from biox.demo import Workers, start_workers, wait_for_consumers
@@ -179,3 +179,16 @@ def wait_dead(exchange: Exchange, queue: str, message_id: str, timeout: float = 
             return found[0]
         time.sleep(0.5)
     raise AssertionError(f"{message_id} never reached {queue}")
+
+
+def send_from_unknown_participant(peer: Peer, query: object) -> str:
+    """A well-formed query that claims to come from 'zz', which no registry knows."""
+    mid = peer.publish(
+        addresses.inbox("mx"),
+        "mx.query",
+        codec.encode_body(query),  # type: ignore[arg-type]
+        sender="zz",
+        correlation_id=query.query_id,  # type: ignore[attr-defined]
+    )
+    assert mid
+    return mid

@@ -11,7 +11,7 @@ import pytest
 from biox import addresses, codec, synth
 from biox.messages import Query, References
 from biox.registry import Purpose
-from tests.integration.conftest import SEED, Exchange, Peer, unpack
+from tests.integration.conftest import SEED, Exchange, Peer, send_from_unknown_participant, unpack
 
 pytestmark = pytest.mark.integration
 
@@ -108,13 +108,7 @@ def test_purpose_not_agreed_is_rejected(peer: Peer):
 
 def test_unknown_participant_goes_to_the_dead_letter_queue(peer: Peer):
     q = valid_query()
-    mid = peer.publish(
-        addresses.inbox("mx"),
-        "mx.query",
-        codec.encode_body(q),
-        sender="zz",
-        correlation_id=q.query_id,
-    )
+    mid = send_from_unknown_participant(peer, q)
     dead = _dead_letter(peer, "mx.query.dlq", mid)
     assert dead.headers["biox-reason"] == "unknown_participant"
     assert dead.headers["biox-permanent"] is True

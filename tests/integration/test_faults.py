@@ -13,13 +13,12 @@ from pathlib import Path
 import pika
 import pytest
 
-from biox import addresses, encounters, synth
+from biox import addresses, encounters
 from biox.broker.deadletters import DeadLetterQueues, Filters
 from biox.broker.launcher import LocalBroker
-from biox.broker.topology import declare, declare_work_queue
-from biox.demo import start_workers, wait_for_consumers
+from biox.broker.topology import declare_work_queue
+from biox.demo import start_requester_with_providers
 from biox.registry import Registry
-from biox.runtime import WorkerKind, gallery_dir
 from biox.settings import Settings
 from tests.integration.conftest import SEED, Peer
 
@@ -72,27 +71,8 @@ def test_broker_restart_under_load_loses_nothing_and_answers_once(tmp_path: Path
     try:
         settings = Settings(amqp_url=broker.url, data_dir=tmp_path, retry_delays="1,2")
         registry = Registry.load(settings.registry)
-        declare(broker.url, registry.codes, settings)
         sizes = {"us": 10, "mx": 3000, "sv": 3000}
-        for code in ("mx", "sv"):
-            synth.populate(
-                code, sizes[code], SEED, settings.database_for(code), gallery_dir(settings, code)
-            )
-        env = {
-            **os.environ,
-            "BIOX_AMQP_URL": broker.url,
-            "BIOX_DATA_DIR": str(tmp_path),
-            "BIOX_RETRY_DELAYS": "1,2",
-        }
-        workers = start_workers(
-            ["us"], env, tmp_path / "logs", (WorkerKind.intake, WorkerKind.response)
-        )
-        workers.processes += start_workers(
-            ["mx", "sv"], env, tmp_path / "logs", (WorkerKind.matcher,)
-        ).processes
-        wait_for_consumers(
-            broker.url, ["us.intake", "us.response", "mx.query", "sv.query"], workers
-        )
+        workers = start_requester_with_providers(broker.url, settings, sizes, SEED)
         planned = encounters.plan(registry, sizes, 240, SEED, requesters=["us"], draw=3)
         with encounters.EncounterSystem(broker.url, sizes) as system:
             failures: list[BaseException] = []

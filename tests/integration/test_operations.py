@@ -15,7 +15,13 @@ from biox import addresses, codec
 from biox.cli import app
 from biox.messages import Response, ResponseStatus, Timings
 from biox.store import AuditEntry, Transaction, session_for
-from tests.integration.conftest import Exchange, Peer, unpack, wait_dead
+from tests.integration.conftest import (
+    Exchange,
+    Peer,
+    send_from_unknown_participant,
+    unpack,
+    wait_dead,
+)
 from tests.integration.test_bad_input import valid_query
 
 pytestmark = pytest.mark.integration
@@ -140,13 +146,7 @@ def test_exhausted_retries_park_in_the_dlq_and_replay_after_the_fix(exchange, pe
 def test_show_redacts_templates_and_personal_data_and_purge_removes(exchange, peer, cli_env):
     q = valid_query()
     q.biographic.family_name = "Sánchez"
-    mid = peer.publish(
-        addresses.inbox("mx"),
-        "mx.query",
-        codec.encode_body(q),
-        sender="zz",
-        correlation_id=q.query_id,
-    )
+    mid = send_from_unknown_participant(peer, q)
     wait_dead(exchange, "mx.query.dlq", mid)
     shown = runner.invoke(app, ["dlq", "show", mid, "--queue", "mx.query"])
     assert shown.exit_code == 0, shown.output
@@ -163,13 +163,7 @@ def test_show_redacts_templates_and_personal_data_and_purge_removes(exchange, pe
 
 def test_export_and_import_are_lossless(exchange, peer, cli_env, tmp_path):
     q = valid_query()
-    mid = peer.publish(
-        addresses.inbox("mx"),
-        "mx.query",
-        codec.encode_body(q),
-        sender="zz",
-        correlation_id=q.query_id,
-    )
+    mid = send_from_unknown_participant(peer, q)
     before = wait_dead(exchange, "mx.query.dlq", mid)
     file = tmp_path / "dead.jsonl"
     assert runner.invoke(app, ["dlq", "export", str(file), "--queue", "mx.query"]).exit_code == 0

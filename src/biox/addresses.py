@@ -9,11 +9,22 @@ from __future__ import annotations
 WORK_QUEUES: dict[str, tuple[str, ...]] = {
     "intake": ("encounter.submit",),
     "query": ("query",),
-    "review": ("review.case",),
+    "review": ("review.case", "review.decision"),  # own matcher, own examiners
     "response": ("response",),
-    "retrieval": ("retrieval.request", "retrieval.response"),
+    "retrieval": ("retrieval.request", "retrieval.response", "retrieval.ask"),
     "notice": ("notice.#",),
 }
+
+# Kinds one participant may send another. The outbox → inbox links carry only these, so
+# a partner cannot reach the kinds a participant only takes from itself (encounter
+# submissions, review cases and decisions, retrieval asks) whatever headers it writes.
+PARTNER_KINDS: tuple[str, ...] = (
+    "query",
+    "response",
+    "retrieval.request",
+    "retrieval.response",
+    "notice.#",
+)
 
 
 def inbox(code: str) -> str:

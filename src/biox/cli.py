@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import typer
@@ -23,6 +24,12 @@ dlq_app = typer.Typer(
     help="Dead letters: list, show, replay, purge, export, import.", no_args_is_help=True
 )
 app.add_typer(dlq_app, name="dlq")
+review_app = typer.Typer(help="Human review of gray-zone matches (§8).", no_args_is_help=True)
+app.add_typer(review_app, name="review")
+retrieval_app = typer.Typer(help="Retrieval queries after a match (§10).", no_args_is_help=True)
+app.add_typer(retrieval_app, name="retrieval")
+records_app = typer.Typer(help="Data kept from other participants (§20-21).", no_args_is_help=True)
+app.add_typer(records_app, name="records")
 
 
 def _dlq_scope(participant, queue, kind, reason, older_than, ids=()):
@@ -371,6 +378,274 @@ def audit_trail(query_id: str) -> None:
         console.print(f"no audit entries for {query_id}")
         raise typer.Exit(1)
     console.print(trail_table(query_id, rows))
+
+
+_PARTICIPANT = typer.Option(..., "--participant", "-p", help="whose database")
+
+
+def _session(participant: str):
+    from biox.store import session_for
+
+    return session_for(Settings().database_for(participant))
+
+
+def _amqp_url() -> str:
+    url = Settings().amqp_url
+    if not url:
+        console.print("BIOX_AMQP_URL is not set")
+        raise typer.Exit(2)
+    return url
+
+
+def _age(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+@review_app.command("list")
+def review_list(
+    participant: str = _PARTICIPANT, as_json: bool = typer.Option(False, "--json")
+) -> None:
+    """Open cases, oldest first, with their age; overdue ones are marked."""
+    import json
+
+    from rich.table import Table
+
+    from biox import examiners
+
+    settings = Settings()
+    with _session(participant) as session:
+        cases = examiners.open_cases(session)
+    late = {c.case_id for c in examiners.overdue(cases, settings.review_overdue_s)}
+    if as_json:
+        rows = [
+            {
+                "case_id": c.case_id,
+                "requesting": c.requesting,
+                "purpose": c.purpose,
+                "status": c.status,
+                "examiner": c.examiner,
+                "age_s": round(examiners.age_s(c)),
+                "overdue": c.case_id in late,
+                "best_score": c.candidates[0]["fused_score"] if c.candidates else None,
+            }
+            for c in cases
+        ]
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table(title=f"{participant}: {len(cases)} open review case(s)")
+    for col in ("case", "from", "purpose", "status", "examiner", "age", "best score"):
+        table.add_column(col, no_wrap=True)
+    for c in cases:
+        age = _age(examiners.age_s(c))
+        table.add_row(
+            c.case_id,
+            c.requesting,
+            c.purpose,
+            c.status,
+            c.examiner or "",
+            f"[red]{age} overdue[/]" if c.case_id in late else age,
+            f"{c.candidates[0]['fused_score']:.3f}" if c.candidates else "",
+        )
+    console.print(table)
+    if late:
+        console.print(
+            f"[red]{len(late)} case(s) undecided for more than "
+            f"{_age(settings.review_overdue_s)} (BIOX_REVIEW_OVERDUE_S)[/]"
+        )
+
+
+@review_app.command("overdue")
+def review_overdue(participant: str = _PARTICIPANT) -> None:
+    """For monitoring: prints overdue cases and exits 1 when there are any."""
+    from biox import examiners
+
+    settings = Settings()
+    with _session(participant) as session:
+        late = examiners.overdue(examiners.open_cases(session), settings.review_overdue_s)
+    for c in late:
+        console.print(
+            f"{participant} case {c.case_id} from {c.requesting}: {_age(examiners.age_s(c))}"
+        )
+    console.print(f"{len(late)} overdue case(s)")
+    raise typer.Exit(1 if late else 0)
+
+
+@review_app.command("next")
+def review_next(
+    participant: str = _PARTICIPANT,
+    examiner: str = typer.Option(..., "--examiner", help="your examiner id"),
+    verdict: str = typer.Option(
+        None, "--decide", help="match | no_match; without it you are asked"
+    ),
+    candidate: str = typer.Option(None, "--candidate", help="identity ref for a match"),
+    note: str = typer.Option(None, "--note"),
+) -> None:
+    """Take the oldest open case, show it beside its candidates, and send the decision."""
+    from biox import examiners
+    from biox.messages import ReviewVerdict
+
+    settings = Settings()
+    url = _amqp_url()
+    with _session(participant) as session:
+        case = examiners.take_next(session, examiner, settings.review_lease_s)
+        if case is None:
+            console.print("no open case")
+            raise typer.Exit(0)
+        sides = examiners.sides(session, case)
+    console.print(_case_table(case, sides))
+    if verdict is None:
+        choice = typer.prompt(
+            "Match with candidate number, 'n' for no match, 'q' to leave it for later"
+        )
+        if choice == "q":
+            console.print(f"case {case.case_id} stays yours for {_age(settings.review_lease_s)}")
+            raise typer.Exit(0)
+        if choice == "n":
+            verdict, candidate = "no_match", None
+        else:
+            verdict, candidate = "match", sides[int(choice) - 1].identity_ref
+    chosen = ReviewVerdict(verdict)
+    if chosen is ReviewVerdict.match and candidate not in {s.identity_ref for s in sides}:
+        console.print(f"[red]{candidate!r} is not a candidate of this case[/]")
+        raise typer.Exit(2)
+    message = examiners.decision_message(participant, case, chosen, candidate, examiner, note)
+    examiners.send_decision(url, message)
+    console.print(
+        f"case {case.case_id}: {chosen.value}"
+        + (f" with {candidate}" if candidate else "")
+        + f" by {examiner}; the answer goes to {case.requesting}"
+    )
+
+
+def _case_table(case, sides):
+    from rich.table import Table
+
+    table = Table(
+        title=f"Case {case.case_id}: query from {case.requesting} for {case.purpose}, "
+        f"probe {', '.join(case.probe_modalities)}"
+    )
+    table.add_column("", style="bold")
+    table.add_column("probe (from the query)")
+    for i, side in enumerate(sides, 1):
+        table.add_column(f"#{i} {side.identity_ref}")
+    keys = (
+        "family_name",
+        "given_names",
+        "date_of_birth",
+        "sex",
+        "claimed_nationality",
+        "document_number",
+    )
+    table.add_row("fused score", "", *(f"{s.fused_score:.3f}" for s in sides))
+    for modality in sorted({m for s in sides for m in s.scores}):
+        table.add_row(
+            f"{modality} score", "", *(f"{s.scores.get(modality, float('nan')):.3f}" for s in sides)
+        )
+    for key in keys:
+        table.add_row(
+            key,
+            str(case.probe_biographic.get(key, "")),
+            *(str((s.record.biographic if s.record else {}).get(key, "")) for s in sides),
+        )
+    table.add_row(
+        "encounter",
+        f"{case.encounter.get('country', '')} {case.encounter.get('encountered_at', '')[:10]}",
+        *(f"{len(s.record.encounters) if s.record else 0} on file" for s in sides),
+    )
+    table.add_row(
+        "derogatory", "", *(", ".join(s.record.derogatory) if s.record else "" for s in sides)
+    )
+    return table
+
+
+@retrieval_app.command("request")
+def retrieval_request(
+    participant: str = _PARTICIPANT,
+    query: str = typer.Option(..., "--query", help="a query this participant answered"),
+    elements: str = typer.Option(
+        "biographic,encounters", help="comma-separated: reference,biographic,encounters,derogatory"
+    ),
+    operator: str = typer.Option(None, "--operator", help="default: user@host"),
+    justification: str = typer.Option(None, "--justification"),
+) -> None:
+    """Ask the requester of a query this participant matched for more data (§10)."""
+    from biox import codec
+    from biox.broker.deadletters import operator as default_operator
+    from biox.broker.publisher import publish_once
+    from biox.messages import Element, RetrievalAsk
+    from biox.store import Transaction
+
+    url = _amqp_url()
+    try:
+        wanted = [Element(e.strip()) for e in elements.split(",") if e.strip()]
+    except ValueError as exc:
+        console.print(f"[red]{exc}; elements are {', '.join(e.value for e in Element)}[/]")
+        raise typer.Exit(2) from exc
+    with _session(participant) as session:
+        tx = session.get(Transaction, (query, "provider"))
+    if tx is None or tx.status != "match":
+        console.print(
+            f"[red]{participant} did not answer query {query} with a match"
+            + (f" (it answered {tx.status})" if tx else " (no such query)")
+            + ": a retrieval may only follow a match (§10)[/]"
+        )
+        raise typer.Exit(1)
+    who = operator or default_operator()
+    ask = RetrievalAsk(query_id=query, elements=wanted, asked_by=who, justification=justification)
+    out = codec.to_own_inbox(
+        ask, participant=participant, message_id=str(uuid.uuid4()), correlation_id=query
+    )
+    publish_once(url, [codec.with_actor(out, who)], name="biox-retrieval")
+    console.print(
+        f"asked {tx.requesting} for {', '.join(e.value for e in wanted)} about query {query}"
+    )
+
+
+@retrieval_app.command("list")
+def retrieval_list(participant: str = _PARTICIPANT) -> None:
+    """Retrievals this participant asked for and answered."""
+    from rich.table import Table
+    from sqlmodel import select
+
+    from biox.store import RetrievalRow
+
+    with _session(participant) as session:
+        rows = session.exec(select(RetrievalRow).order_by(RetrievalRow.asked_at)).all()  # type: ignore[arg-type]
+    table = Table(title=f"{participant}: retrievals")
+    for col in ("query", "role", "asker → holder", "asked", "status", "released", "reason"):
+        table.add_column(col, no_wrap=True)
+    for r in rows:
+        table.add_row(
+            r.query_id,
+            r.role,
+            f"{r.asker} → {r.holder}",
+            ",".join(r.elements),
+            r.status,
+            ",".join(r.released),
+            r.reason_code or "",
+        )
+    console.print(table)
+
+
+@records_app.command("show")
+def records_show(
+    ref: str = typer.Argument(..., help="identity ref, query id or encounter id"),
+    participant: str = _PARTICIPANT,
+) -> None:
+    """Everything kept under REF, each piece with where it came from (§20)."""
+    from biox.provenance import holdings
+
+    with _session(participant) as session:
+        found = holdings(session, participant, ref)
+    if not found:
+        console.print(f"{participant} keeps nothing under {ref!r}")
+        raise typer.Exit(1)
+    for table in found:
+        console.print(table)
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -28,6 +28,7 @@ H_SCHEMA = "biox-schema"
 H_FROM = "biox-from"
 H_TO = "biox-to"
 H_ATTEMPT = "biox-attempt"
+H_ACTOR = "biox-actor"  # the person behind an operator's message (examiner, on-call)
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,12 @@ class Outgoing:
     routing_key: str
     body: bytes
     envelope: Envelope
+
+
+def with_actor(out: Outgoing, actor: str) -> Outgoing:
+    """The same message, naming the person who caused it (the audit trail keeps it)."""
+    headers = {**out.envelope.headers, H_ACTOR: actor}
+    return Outgoing(out.exchange, out.routing_key, out.body, replace(out.envelope, headers=headers))
 
 
 def derived_id(parent_message_id: str, *parts: str) -> str:
@@ -123,9 +130,15 @@ def to_partner(
 
 
 def to_own_inbox(
-    message: Message, *, participant: str, message_id: str, correlation_id: str, reply_to: str
+    message: Message,
+    *,
+    participant: str,
+    message_id: str,
+    correlation_id: str,
+    reply_to: str | None = None,
 ) -> Outgoing:
-    """What an encounter system sends its own participant: straight to the inbox."""
+    """A message to one's own participant, straight to its inbox: an encounter system's
+    submission, a case for its examiners, an examiner's decision, an operator's request."""
     return _outgoing(
         message,
         exchange=addresses.inbox(participant),

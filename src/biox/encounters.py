@@ -25,12 +25,17 @@ from biox.messages import (
     EncounterResult,
     EncounterResultStatus,
     EncounterSubmit,
+    OutcomeStatus,
+    PartnerOutcome,
+    RetrievalNote,
 )
 from biox.policy.eligibility import refusal
 from biox.registry import Purpose, Registry
 
-SCENARIOS = ("mated", "stranger", "citizen", "resident", "partner_citizen")
-WEIGHTS = (0.55, 0.30, 0.06, 0.05, 0.04)
+SCENARIOS = ("mated", "stranger", "citizen", "resident", "partner_citizen", "poor")
+WEIGHTS = (0.55, 0.30, 0.06, 0.05, 0.04, 0.0)
+# "poor": a mated subject captured badly (one smudged finger): an automatic match, a
+# review case for an examiner, or a miss; never a wrong identity.
 
 
 @dataclass
@@ -53,6 +58,9 @@ class Answer:
     latency_s: float
     reason_code: str | None
     correct: bool
+    decided_by: str | None = None
+    conditions: list[str] = field(default_factory=list)
+    reviewed: bool = False  # the partner first said pending_review
 
 
 @dataclass
@@ -61,14 +69,16 @@ class Outcome:
     refused: str | None = None
     answers: dict[str, Answer] = field(default_factory=dict)
     latency_s: float | None = None
+    revision: int = -1
+    final: bool = False
+    in_review: set[str] = field(default_factory=set)
+    retrievals: dict[str, list[RetrievalNote]] = field(default_factory=dict)
 
     @property
     def complete(self) -> bool:
         if self.refused is not None:
             return True
-        return bool(self.planned.expected_partners) and set(self.answers) >= set(
-            self.planned.expected_partners
-        )
+        return self.final and set(self.answers) >= set(self.planned.expected_partners)
 
 
 def plan(
@@ -78,13 +88,18 @@ def plan(
     seed: int,
     requesters: Iterable[str] | None = None,
     draw: int = 0,
+    poor: float = 0.0,
 ) -> list[Planned]:
     """A deterministic mix of mated, unknown and §4-excluded subjects per requester.
 
     ``seed`` is the population's (the galleries were built from it); ``draw`` picks
-    another set of encounters from the same population.
+    another set of encounters from the same population; ``poor`` is the share of badly
+    captured mated subjects (review cases), taken from the mated share.
     """
     rng = np.random.default_rng([seed, 99, draw])
+    weights = np.array(WEIGHTS)
+    weights[SCENARIOS.index("poor")] = poor
+    weights[SCENARIOS.index("mated")] -= poor
     out: list[Planned] = []
     for requester in requesters or registry.codes:
         me = registry.participants[requester]
@@ -92,8 +107,8 @@ def plan(
         for i in range(per_participant):
             purpose = Purpose(purposes[int(rng.integers(0, len(purposes)))])
             partners = registry.partners_for(requester, purpose)
-            scenario = SCENARIOS[int(rng.choice(len(SCENARIOS), p=WEIGHTS))]
-            if scenario == "mated" and partners:
+            scenario = SCENARIOS[int(rng.choice(len(SCENARIOS), p=weights))]
+            if scenario in ("mated", "poor") and partners:
                 target = partners[int(rng.integers(0, len(partners)))]
                 number = synth.known_to(target, gallery_sizes[target], rng)
             else:
@@ -108,8 +123,12 @@ def plan(
                 encounter_id=encounter_id,
                 purpose=purpose,
                 subject_status=status,
-                biometrics=synth.capture(
-                    seed, number, context=zlib.crc32(encounter_id.encode()), quality=quality
+                biometrics=(
+                    synth.poor_capture(seed, number, context=zlib.crc32(encounter_id.encode()))
+                    if scenario == "poor"
+                    else synth.capture(
+                        seed, number, context=zlib.crc32(encounter_id.encode()), quality=quality
+                    )
                 ),
                 biographic=p.biographic,
                 encounter=encounter,
@@ -154,6 +173,7 @@ class EncounterSystem:
         self.duplicates = 0  # a second, distinct answer for the same encounter and partner
         self.redeliveries = 0  # the same result message again (absorbed by its message_id)
         self.unexpected = 0
+        self.stale = 0  # an older revision arriving after a newer one (ignored)
         self.completed = 0  # kept as results arrive: a scan per delivery is quadratic
         self._seen: set[str] = set()
 
@@ -247,33 +267,59 @@ class EncounterSystem:
         self.completed += int(outcome.complete) - int(was_complete)
 
     def _record(self, outcome: Outcome, result: EncounterResult) -> None:
+        """Results are whole snapshots: keep the newest, note each partner's first final
+        answer, and count a final answer that later changed as a duplicate."""
         elapsed = time.monotonic() - outcome.planned.submitted_at
         if result.status is EncounterResultStatus.refused:
             outcome.refused = result.reason_code.value if result.reason_code else "refused"
             outcome.latency_s = elapsed
             return
-        assert result.outcome is not None
-        o = result.outcome
-        if o.partner in outcome.answers:
-            self.duplicates += 1
+        if result.revision <= outcome.revision:
+            self.stale += 1
             return
+        outcome.revision = result.revision
+        outcome.final = result.status is EncounterResultStatus.complete
         outcome.planned.expected_partners = sorted(
-            set(outcome.planned.expected_partners) | set(result.partners)
+            set(outcome.planned.expected_partners) | {o.partner for o in result.outcomes}
         )
+        for o in result.outcomes:
+            outcome.retrievals[o.partner] = list(o.retrievals)
+            if o.status is OutcomeStatus.pending_review:
+                outcome.in_review.add(o.partner)
+            if o.status in (OutcomeStatus.pending, OutcomeStatus.pending_review):
+                continue
+            known = outcome.answers.get(o.partner)
+            if known is not None:
+                if known.status != o.status.value:
+                    self.duplicates += 1
+                continue
+            outcome.answers[o.partner] = self._answer(outcome, o, elapsed)
+
+    def _answer(self, outcome: Outcome, o: PartnerOutcome, elapsed: float) -> Answer:
+        person = outcome.planned.person
         top = o.candidates[0].identity_ref if o.candidates else None
-        mated = synth.in_gallery(o.partner, self.gallery_sizes[o.partner], outcome.planned.person)
-        want = synth.identity_ref(o.partner, outcome.planned.person) if mated else None
-        correct = (o.status.value == "match" and top == want) or (
-            o.status.value == "no_match" and not mated
-        )
-        outcome.answers[o.partner] = Answer(
+        mated = synth.in_gallery(o.partner, self.gallery_sizes[o.partner], person)
+        want = synth.identity_ref(o.partner, person) if mated else None
+        status = o.status.value
+        if status == "match":
+            correct = top == want
+        elif status == "no_match":
+            correct = not mated or outcome.planned.scenario == "poor"
+        elif status == "declined":
+            correct = mated and synth.sealed(person)
+        else:
+            correct = True  # rejected: not a matching question
+        return Answer(
             o.partner,
             o.query_id,
-            o.status.value,
+            status,
             top,
             elapsed,
             o.reason_code.value if o.reason_code else None,
             correct,
+            o.decided_by.value if o.decided_by else None,
+            list(o.conditions),
+            o.partner in outcome.in_review,
         )
 
 
@@ -284,6 +330,7 @@ class PairStats:
     no_match: int = 0
     declined: int = 0
     rejected: int = 0
+    reviewed: int = 0  # answered by an examiner after pending_review (§8)
     wrong: int = 0
     latencies: list[float] = field(default_factory=list)
 
@@ -310,6 +357,8 @@ def summarise(
                 missing += 1
                 continue
             setattr(stats, answer.status, getattr(stats, answer.status) + 1)
-            stats.wrong += 0 if answer.correct or answer.status in ("declined", "rejected") else 1
-            stats.latencies.append(answer.latency_s)
+            stats.wrong += 0 if answer.correct else 1
+            stats.reviewed += int(answer.reviewed)
+            if not answer.reviewed:  # a person took its time: not a latency of the system
+                stats.latencies.append(answer.latency_s)
     return dict(pairs), {k: dict(v) for k, v in refused.items()}, missing

@@ -33,6 +33,16 @@ class Reason(StrEnum):
     template_invalid = "template_invalid"
     # anything about one query that the receiver cannot relate to what it sent
     unknown_query = "unknown_query"
+    duplicate_encounter = "duplicate_encounter"
+    # release decisions of the providing participant (§7, §9)
+    record_not_releasable = "record_not_releasable"
+    release_not_agreed = "release_not_agreed"
+    # retrieval queries (§10)
+    not_matched = "not_matched"
+    unknown_retrieval = "unknown_retrieval"
+    # human review (§8)
+    unknown_case = "unknown_case"
+    not_a_candidate = "not_a_candidate"
 
 
 REASON_TEXT: dict[Reason, str] = {
@@ -53,6 +63,50 @@ REASON_TEXT: dict[Reason, str] = {
     Reason.template_size: "template length does not match its algorithm",
     Reason.template_invalid: "template has NaN, infinite or all-zero values",
     Reason.unknown_query: "no query with this id was sent to this participant",
+    Reason.duplicate_encounter: "an encounter with this id was already submitted",
+    Reason.record_not_releasable: "the matched record is not releasable (§9)",
+    Reason.release_not_agreed: (
+        "the release policy releases nothing to this participant for this purpose (§9)"
+    ),
+    Reason.not_matched: "the asker did not answer that query with a match (§10)",
+    Reason.unknown_retrieval: "no retrieval request with this id was sent",
+    Reason.unknown_case: "no review case with this id",
+    Reason.not_a_candidate: "the chosen identity is not a candidate of the case",
+}
+
+# Where each code can appear, so an integrator knows what to expect on which message:
+# ``rejected`` / ``declined`` responses and retrieval responses, ``refused`` encounter
+# results, or only in a dead letter's headers (the sender could not be identified).
+REASON_USE: dict[Reason, tuple[str, ...]] = {
+    **{
+        r: ("rejected", "refused", "dead-letter")
+        for r in (
+            Reason.undecodable,
+            Reason.unknown_kind,
+            Reason.unknown_schema,
+            Reason.invalid_message,
+            Reason.misaddressed,
+            Reason.no_biometrics,
+            Reason.unknown_algorithm,
+            Reason.template_size,
+            Reason.template_invalid,
+        )
+    },
+    Reason.unknown_participant: ("refused", "dead-letter"),
+    Reason.inactive_requester: ("declined", "refused"),
+    Reason.purpose_not_agreed: ("declined", "refused"),
+    Reason.excluded_citizen: ("refused",),
+    Reason.excluded_resident: ("refused",),
+    Reason.not_encountered_here: ("refused",),
+    Reason.no_partner: ("refused",),
+    Reason.unknown_query: ("dead-letter",),
+    Reason.duplicate_encounter: ("refused",),
+    Reason.record_not_releasable: ("declined",),
+    Reason.release_not_agreed: ("declined",),
+    Reason.not_matched: ("declined",),
+    Reason.unknown_retrieval: ("dead-letter",),
+    Reason.unknown_case: ("dead-letter",),
+    Reason.not_a_candidate: ("dead-letter",),
 }
 
 

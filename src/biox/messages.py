@@ -150,8 +150,29 @@ class Query(Message):
 class ResponseStatus(StrEnum):
     match = "match"
     no_match = "no_match"
-    declined = "declined"
-    rejected = "rejected"
+    declined = "declined"  # a decision of the provider's release policy (§9), with a reason
+    rejected = "rejected"  # the query itself could not be processed, with a reason
+    pending_review = "pending_review"  # interim: a human examiner decides (§8); final follows
+
+    @property
+    def final(self) -> bool:
+        return self is not ResponseStatus.pending_review
+
+
+class Element(StrEnum):
+    """The data elements of §7 (a-d) that a release policy or a retrieval names."""
+
+    reference = "reference"  # person-centric / transaction reference numbers (§7a)
+    biographic = "biographic"  # §7b
+    encounters = "encounters"  # §7c
+    derogatory = "derogatory"  # §7d
+
+
+class DecidedBy(StrEnum):
+    """Who reached the answer (§8: a manual or an automated process)."""
+
+    automatic = "automatic"
+    examiner = "examiner"
 
 
 class EncounterRecord(Model):
@@ -195,34 +216,163 @@ class Response(Message):
     status: ResponseStatus
     candidates: list[Candidate] = Field(default_factory=list)
     conditions: list[str] = Field(default_factory=list, description="conditions of use (§9)")
+    withheld: list[Element] = Field(
+        default_factory=list, description="elements the release policy withheld (§9 partial)"
+    )
+    decided_by: DecidedBy = DecidedBy.automatic
     reason_code: Reason | None = None
     reason: str | None = None
     timings: Timings
 
 
+class ReviewCandidate(Model):
+    identity_ref: Id
+    fused_score: float
+    scores: dict[str, float]
+
+
+class ReviewCase(Message):
+    """Matcher → its own examiners: a fused score between the thresholds (§8).
+
+    Carries scores and references, never templates: the examiner's tool reads the
+    gallery record and the probe's biographic data from the participant's own store.
+    """
+
+    KIND: ClassVar[str] = "review.case"
+
+    case_id: Id
+    query_id: Id
+    requesting: Code
+    purpose: Purpose
+    probe_biographic: Biographic = Field(default_factory=Biographic)
+    probe_modalities: list[str] = Field(default_factory=list)
+    encounter: Encounter
+    candidates: list[ReviewCandidate]
+    opened_at: datetime
+
+
+class ReviewVerdict(StrEnum):
+    match = "match"
+    no_match = "no_match"
+
+
+class ReviewDecision(Message):
+    """An examiner's decision on a case (``biox review next``), to the review worker."""
+
+    KIND: ClassVar[str] = "review.decision"
+
+    case_id: Id
+    verdict: ReviewVerdict
+    identity_ref: Id | None = Field(default=None, description="the chosen candidate on a match")
+    examiner: Id
+    note: str | None = Field(default=None, max_length=2000)
+    decided_at: datetime
+
+
+class RetrievalAsk(Message):
+    """An operator (or the automatic rule) asks its own retrieval worker to send a
+    ``retrieval.request`` about a query this participant answered with a match."""
+
+    KIND: ClassVar[str] = "retrieval.ask"
+
+    query_id: Id
+    elements: list[Element] = Field(min_length=1)
+    asked_by: Id = Field(description="operator id, or 'rule:<name>' for the automatic rule")
+    justification: str | None = Field(default=None, max_length=2000)
+
+
+class RetrievalRequest(Message):
+    """Providing → requesting participant, after a match: more data elements (§10)."""
+
+    KIND: ClassVar[str] = "retrieval.request"
+
+    retrieval_id: Id
+    query_id: Id
+    asker: Code = Field(description="the participant that answered the query (its provider)")
+    holder: Code = Field(description="the participant that sent the query (its requester)")
+    identity_ref: Id = Field(description="the asker's matched identity")
+    elements: list[Element] = Field(min_length=1)
+    justification: str | None = None
+    sent_at: datetime
+
+
+class RetrievalStatus(StrEnum):
+    released = "released"
+    declined = "declined"
+    rejected = "rejected"
+
+
+class RetrievalResponse(Message):
+    """Requesting → providing participant: the elements its release policy allows."""
+
+    KIND: ClassVar[str] = "retrieval.response"
+
+    retrieval_id: Id
+    query_id: Id
+    asker: Code
+    holder: Code
+    status: RetrievalStatus
+    released: list[Element] = Field(default_factory=list)
+    withheld: list[Element] = Field(default_factory=list)
+    data: ReleasedRecord | None = Field(
+        default=None, description="identity_ref is the holder's encounter id"
+    )
+    conditions: list[str] = Field(default_factory=list, description="conditions of use (§9)")
+    reason_code: Reason | None = None
+    reason: str | None = None
+    answered_at: datetime
+
+
+class OutcomeStatus(StrEnum):
+    """One partner's part of an encounter: no answer yet, or its latest answer."""
+
+    pending = "pending"
+    pending_review = "pending_review"
+    match = "match"
+    no_match = "no_match"
+    declined = "declined"
+    rejected = "rejected"
+
+
+class RetrievalNote(Model):
+    """A partner's retrieval request about this encounter and what was released."""
+
+    retrieval_id: Id
+    elements: list[Element]
+    status: RetrievalStatus | None = Field(default=None, description="None until answered")
+    released: list[Element] = Field(default_factory=list)
+    reason_code: Reason | None = None
+    answered_at: datetime | None = None
+
+
 class PartnerOutcome(Model):
     partner: Code
     query_id: Id
-    status: ResponseStatus
+    status: OutcomeStatus
     candidates: list[Candidate] = Field(default_factory=list)
-    conditions: list[str] = Field(default_factory=list)
+    conditions: list[str] = Field(default_factory=list, description="conditions of use (§9)")
+    withheld: list[Element] = Field(default_factory=list)
+    decided_by: DecidedBy | None = None
     reason_code: Reason | None = None
     reason: str | None = None
     sent_at: datetime | None = None
     answered_at: datetime | None = None
+    retrievals: list[RetrievalNote] = Field(default_factory=list)
 
 
 class EncounterResultStatus(StrEnum):
-    refused = "refused"
-    answered = "answered"
+    refused = "refused"  # intake sent no query (§2-4); reason_code says why
+    pending = "pending"  # some partner has not given a final answer yet
+    complete = "complete"  # every partner gave a final answer
 
 
 class EncounterResult(Message):
     """To the encounter system's ``reply_to``; ``correlation_id`` is its encounter id.
 
-    ``refused``: intake sent no query (eligibility, §2-4) and says why. ``answered``: one
-    partner answered; ``outcome`` carries it and ``partners`` lists every partner queried,
-    so the encounter system knows how many answers to expect.
+    One consolidated view per encounter, re-sent whole whenever a partner answers, a
+    review is decided or a retrieval is answered: ``outcomes`` has every partner queried,
+    ``revision`` grows with each update, so a reader keeps the highest and may ignore
+    the others (they can arrive out of order after a retry).
     """
 
     KIND: ClassVar[str] = "encounter.result"
@@ -230,12 +380,24 @@ class EncounterResult(Message):
     encounter_id: Id
     requesting: Code
     status: EncounterResultStatus
-    partners: list[Code] = Field(default_factory=list)
-    outcome: PartnerOutcome | None = None
+    revision: int = Field(default=0, ge=0)
+    outcomes: list[PartnerOutcome] = Field(default_factory=list)
     reason_code: Reason | None = None
     reason: str | None = None
+    updated_at: datetime = Field(default_factory=utcnow)
 
 
 CATALOGUE: dict[str, type[Message]] = {
-    m.KIND: m for m in (EncounterSubmit, Query, Response, EncounterResult)
+    m.KIND: m
+    for m in (
+        EncounterSubmit,
+        Query,
+        Response,
+        EncounterResult,
+        ReviewCase,
+        ReviewDecision,
+        RetrievalAsk,
+        RetrievalRequest,
+        RetrievalResponse,
+    )
 }

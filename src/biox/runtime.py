@@ -18,6 +18,9 @@ from biox.handlers.base import Handler
 from biox.handlers.intake import IntakeHandler
 from biox.handlers.matcher import MatcherHandler
 from biox.handlers.response import ResponseHandler
+from biox.handlers.retrieval import RetrievalHandler
+from biox.handlers.review import ReviewHandler
+from biox.policy.release import Policies
 from biox.registry import Registry
 from biox.settings import Settings
 from biox.store import session_for, sync_participants
@@ -29,6 +32,8 @@ class WorkerKind(StrEnum):
     intake = "intake"
     matcher = "matcher"
     response = "response"
+    review = "review"
+    retrieval = "retrieval"
     audit = "audit"
 
 
@@ -36,6 +41,8 @@ QUEUE_ROLE = {
     WorkerKind.intake: "intake",
     WorkerKind.matcher: "query",
     WorkerKind.response: "response",
+    WorkerKind.review: "review",
+    WorkerKind.retrieval: "retrieval",
     WorkerKind.audit: "audit",
 }
 
@@ -77,6 +84,7 @@ def build_handler(kind: WorkerKind, participant: str, settings: Settings) -> Han
     registry = Registry.load(settings.registry)
     if registry.get(participant) is None:
         raise SystemExit(f"participant {participant!r} is not in {settings.registry}")
+    policy = Policies.load(settings.policy).of(participant)
     if kind is WorkerKind.intake:
         return IntakeHandler(participant, registry)
     if kind is WorkerKind.matcher:
@@ -84,10 +92,15 @@ def build_handler(kind: WorkerKind, participant: str, settings: Settings) -> Han
             import faiss
 
             faiss.omp_set_num_threads(settings.search_threads)
-        return MatcherHandler(participant, registry, load_gallery(settings, participant), settings)
+        gallery = load_gallery(settings, participant)
+        return MatcherHandler(participant, registry, gallery, settings, policy)
+    if kind is WorkerKind.review:
+        return ReviewHandler(participant, policy)
+    if kind is WorkerKind.retrieval:
+        return RetrievalHandler(participant, registry, policy)
     if kind is WorkerKind.audit:
         return AuditHandler(participant)
-    return ResponseHandler(participant)
+    return ResponseHandler(participant, policy)
 
 
 def run_worker(kind: WorkerKind, participant: str, settings: Settings | None = None) -> None:

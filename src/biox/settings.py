@@ -30,6 +30,10 @@ class Settings(BaseSettings):
         ),
     )
     registry: Path = Field(default=Path("deploy/participants.toml"))
+    policy: Path = Field(
+        default=Path("deploy/policy.toml"),
+        description="Each participant's release, enrolment, retention and retrieval rules.",
+    )
 
     # matching
     index: Literal["auto", "flat", "ivf"] = "auto"
@@ -39,6 +43,17 @@ class Settings(BaseSettings):
     threshold_high: float = Field(default=0.55, description="Fused score at or above: match.")
     threshold_low: float = Field(default=0.30, description="Fused score below: no match.")
     max_candidates_released: int = 3
+    gallery_sync_s: float = Field(
+        default=2.0, description="How often a matcher picks up query data others enrolled."
+    )
+
+    # human review (§8)
+    review_overdue_s: float = Field(
+        default=4 * 3600, description="An undecided case older than this is reported."
+    )
+    review_lease_s: float = Field(
+        default=900, description="A case taken by an examiner returns to the pool after this."
+    )
     search_threads: int = Field(
         default=1,
         description=(

@@ -11,7 +11,7 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import JSON, Column, LargeBinary, event
+from sqlalchemy import JSON, Column, Integer, LargeBinary, event
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlmodel import Field, Session, SQLModel, create_engine, select
@@ -47,6 +47,22 @@ class Record(SQLModel, table=True):
     source_message_id: str | None = None
     received_at: datetime = Field(default_factory=utcnow)
     retain_until: datetime | None = None
+    conditions: list[str] = Field(default_factory=list, sa_column=Column(JSON))
+
+
+class EnrolledTemplates(SQLModel, table=True):
+    """Templates of query data enrolled in the gallery (§21), for every matcher to load.
+
+    The FAISS files on disk are a snapshot; enrolments after it live here, and each
+    matcher adds the rows it has not seen (at start, then every few seconds), so
+    competing matchers converge on the same gallery. ``seq`` orders the catch-up.
+    """
+
+    __tablename__ = "enrolled_templates"
+    seq: int | None = Field(default=None, primary_key=True)
+    record_id: int = Field(index=True)
+    biometrics: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    enrolled_at: datetime = Field(default_factory=utcnow, index=True)
 
 
 class Transaction(SQLModel, table=True):
@@ -72,6 +88,92 @@ class Transaction(SQLModel, table=True):
     )
     source: str | None = Field(default=None, description="who the answer came from (§20)")
     source_message_id: str | None = None
+    conditions: list[str] = Field(
+        default_factory=list, sa_column=Column(JSON), description="conditions of use (§9)"
+    )
+    retain_until: datetime | None = None
+
+
+_encounter_revision = Column("revision", Integer, nullable=False, default=0)
+
+
+class EncounterRow(SQLModel, table=True):
+    """An encounter its own encounter system submitted: what the requester knows of the
+    subject (the store retrieval requests are answered from, §10) and the state of the
+    consolidated result. ``revision`` doubles as an optimistic lock: two workers updating
+    one encounter at once cannot both commit, the loser retries with fresh state.
+    """
+
+    __tablename__ = "encounters"
+    encounter_id: str = Field(primary_key=True)
+    purpose: str
+    reply_to: str | None = None
+    partners: list[str] = Field(default_factory=list, sa_column=Column(JSON))
+    person_centric_id: str | None = None
+    biographic: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+    encounter: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+    submitted_at: datetime = Field(default_factory=utcnow)
+    source_message_id: str | None = None
+    status: str = "pending"
+    revision: int = Field(default=0, sa_column=_encounter_revision)
+    retain_until: datetime | None = None
+
+    __mapper_args__ = {"version_id_col": _encounter_revision, "version_id_generator": False}
+
+
+class ReviewCaseRow(SQLModel, table=True):
+    """A gray-zone match waiting for an examiner (§8). Survives restarts: it is the
+    examiners' work list. ``pending`` → ``in_review`` (taken, with a lease) → ``decided``.
+    The probe's biographic data is query data kept from the requester (``source``)."""
+
+    __tablename__ = "review_cases"
+    case_id: str = Field(primary_key=True)
+    query_id: str = Field(index=True)
+    requesting: str
+    purpose: str
+    opened_at: datetime
+    status: str = Field(default="pending", index=True)
+    candidates: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON))
+    probe_biographic: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+    probe_modalities: list[str] = Field(default_factory=list, sa_column=Column(JSON))
+    encounter: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+    source: str = Field(description="participant the probe data came from")
+    source_message_id: str | None = None
+    examiner: str | None = None
+    taken_at: datetime | None = None
+    decided_at: datetime | None = None
+    verdict: str | None = None
+    identity_ref: str | None = None
+    note: str | None = None
+
+
+class RetrievalRow(SQLModel, table=True):
+    """One retrieval (§10) as seen by one side: ``asker`` (the provider of the query, who
+    wants more) or ``holder`` (the requester, who has the encounter). On the asker's side
+    the received data is kept here, marked with its provenance (§20)."""
+
+    __tablename__ = "retrievals"
+    retrieval_id: str = Field(primary_key=True)
+    role: str = Field(primary_key=True, description="asker | holder")
+    query_id: str = Field(index=True)
+    asker: str
+    holder: str
+    identity_ref: str
+    elements: list[str] = Field(default_factory=list, sa_column=Column(JSON))
+    asked_by: str | None = Field(default=None, description="operator, or rule:<name>")
+    justification: str | None = None
+    asked_at: datetime = Field(default_factory=utcnow)
+    status: str = Field(default="pending", index=True)
+    released: list[str] = Field(default_factory=list, sa_column=Column(JSON))
+    withheld: list[str] = Field(default_factory=list, sa_column=Column(JSON))
+    reason_code: str | None = None
+    answered_at: datetime | None = None
+    data: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    conditions: list[str] = Field(default_factory=list, sa_column=Column(JSON))
+    source: str | None = Field(default=None, description="who the data came from (§20)")
+    source_message_id: str | None = None
+    received_at: datetime | None = None
+    retain_until: datetime | None = None
 
 
 class ProcessedMessage(SQLModel, table=True):

@@ -25,10 +25,9 @@ import pika
 
 from biox import addresses
 from biox.broker.publisher import republish_properties
-from biox.codec import H_ATTEMPT, H_FROM, H_SCHEMA, H_TO
+from biox.codec import H_ACTOR, H_ATTEMPT, H_FROM, H_SCHEMA, H_TO
 
 H_REPLAYS = "biox-replays"
-H_ACTOR = "biox-actor"
 REDACT_KEYS = {"template", "code", "mask"}  # biometric bytes
 PERSONAL_KEYS = {"family_name", "given_names", "date_of_birth", "document_number", "place_of_birth"}
 

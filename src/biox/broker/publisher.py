@@ -164,3 +164,14 @@ def _retryable(future: Future[None]) -> bool:
     if not future.done():
         return True
     return isinstance(future.exception(timeout=0), ConnectionLost | Nacked)
+
+
+def publish_once(url: str, outgoing: Sequence[Outgoing], name: str) -> None:
+    """Send a few messages from a short-lived tool (an examiner's decision, an operator's
+    retrieval request) with the same confirms and retries as a worker."""
+    link = Link(url, name=name)
+    link.start()
+    try:
+        Publisher(link).send(outgoing)
+    finally:
+        link.close()

@@ -63,11 +63,13 @@ def declare(url: str, codes: Iterable[str], settings: Settings) -> list[str]:
             ch.exchange_declare(addresses.outbox(code), "topic", durable=True)
         for sender in codes:
             for recipient in codes:
-                if sender != recipient:
+                if sender == recipient:
+                    continue
+                for kind in addresses.PARTNER_KINDS:
                     ch.exchange_bind(
                         destination=addresses.inbox(recipient),
                         source=addresses.outbox(sender),
-                        routing_key=f"{recipient}.#",
+                        routing_key=addresses.routing_key(recipient, kind),
                     )
         for code in codes:
             for role, kinds in addresses.WORK_QUEUES.items():

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from sqlmodel import Session
 
 from biox import addresses, audit
-from biox.codec import Envelope
+from biox.codec import H_ACTOR, Envelope
 from biox.errors import BioxError
 from biox.handlers.base import Effects, Inbound, Result
 from biox.messages import utcnow
@@ -50,7 +50,7 @@ class AuditHandler:
             schema_id=env.schema or None,
             body_sha256=hashlib.sha256(inb.body).hexdigest(),
             provenance=self.me if outgoing else (env.sender or None),
-            actor=_text(env.headers.get("biox-actor")),
+            actor=_text(env.headers.get(H_ACTOR)),
             prev_hash="",
             entry_hash="",
         )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlmodel import Session
+from sqlmodel import Session, select
 
 from biox import codec
 from biox.codec import Envelope
@@ -20,7 +20,7 @@ from biox.messages import (
 )
 from biox.policy.eligibility import refusal
 from biox.registry import Registry
-from biox.store import Transaction
+from biox.store import EncounterRow, Transaction
 
 
 class IntakeHandler:
@@ -31,7 +31,28 @@ class IntakeHandler:
         self.registry = registry
 
     def handle(self, batch: Sequence[Inbound], session: Session) -> list[Result]:
-        return [self._one(inb) for inb in batch]
+        ids = [inb.message.encounter_id for inb in batch]  # type: ignore[attr-defined]
+        known = set(
+            session.exec(
+                select(EncounterRow.encounter_id).where(
+                    EncounterRow.encounter_id.in_(ids)  # type: ignore[attr-defined]
+                )
+            )
+        )
+        results: list[Result] = []
+        for inb in batch:
+            sub = inb.message
+            assert isinstance(sub, EncounterSubmit)
+            if sub.encounter_id in known:
+                results.append(
+                    PermanentError(Reason.duplicate_encounter, f"encounter {sub.encounter_id}")
+                )
+                continue
+            result = self._one(inb)
+            if not isinstance(result, BioxError):
+                known.add(sub.encounter_id)
+            results.append(result)
+        return results
 
     def _one(self, inb: Inbound) -> Result:
         sub = inb.message
@@ -54,6 +75,20 @@ class IntakeHandler:
 
         now = utcnow()
         effects = Effects(outcome=f"queried:{len(partners)}")
+        # what we know of the subject: the store retrieval requests are answered from (§10)
+        effects.rows.append(
+            EncounterRow(
+                encounter_id=sub.encounter_id,
+                purpose=sub.purpose.value,
+                reply_to=env.reply_to,
+                partners=partners,
+                person_centric_id=sub.person_centric_id,
+                biographic=sub.biographic.model_dump(mode="json", exclude_none=True),
+                encounter=sub.encounter.model_dump(mode="json", exclude_none=True),
+                submitted_at=env.timestamp or now,
+                source_message_id=env.message_id,
+            )
+        )
         for partner in partners:
             query_id = codec.derived_id(env.message_id, "query", partner)
             query = Query(

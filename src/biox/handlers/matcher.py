@@ -7,8 +7,13 @@ gallery once per batch instead of once per query.
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Sequence
+from datetime import datetime, timedelta
 
+import msgpack
+import structlog
+from sqlalchemy import or_
 from sqlmodel import Session, select
 
 from biox import codec
@@ -16,48 +21,66 @@ from biox.codec import Envelope
 from biox.errors import REASON_TEXT, BioxError, PermanentError, Reason
 from biox.gallery.fusion import Decision, decide
 from biox.gallery.gallery import Gallery, Hit, Probe
+from biox.handlers.answers import Answers, Asked
 from biox.handlers.base import Effects, Inbound, Result
 from biox.messages import (
-    Biographic,
-    Candidate,
-    EncounterRecord,
+    Biometrics,
+    DecidedBy,
     Query,
-    ReleasedRecord,
     Response,
     ResponseStatus,
+    ReviewCandidate,
+    ReviewCase,
     Timings,
     utcnow,
 )
 from biox.policy.eligibility import provider_refusal
+from biox.policy.release import ParticipantPolicy
 from biox.registry import Registry
 from biox.settings import Settings
-from biox.store import Record, Transaction
+from biox.store import EnrolledTemplates, Record, Transaction
 
-INCONCLUSIVE = (
-    "inconclusive: best candidate between the review and match thresholds; "
-    "no automatic match is reported"
-)
+log = structlog.get_logger("biox.matcher")
 
 
 class MatcherHandler:
     kinds = (Query.KIND,)
 
     def __init__(
-        self, participant: str, registry: Registry, gallery: Gallery, settings: Settings
+        self,
+        participant: str,
+        registry: Registry,
+        gallery: Gallery,
+        settings: Settings,
+        policy: ParticipantPolicy,
     ) -> None:
         self.me = participant
         self.registry = registry
         self.gallery = gallery
         self.settings = settings
+        self.policy = policy
+        self.answers = Answers(participant, policy)
+        self._synced_at = float("-inf")
+        self._max_seq = 0
+        self._enrolled_seqs: set[int] = set()
 
     def handle(self, batch: Sequence[Inbound], session: Session) -> list[Result]:
+        self.catch_up(session)
         received = utcnow()
         results: list[Result | None] = [None] * len(batch)
         probes: list[Probe] = []
         searchable: list[int] = []
         for i, inb in enumerate(batch):
             try:
-                probes.append(self._check(inb))
+                declined = self._check(inb)
+            except PermanentError as exc:
+                results[i] = exc
+                continue
+            if declined is not None:
+                results[i] = self._declined(inb, declined, received)
+                continue
+            try:
+                probes.append(Probe.from_biometrics(inb.message.biometrics))  # type: ignore[union-attr]
                 searchable.append(i)
             except PermanentError as exc:
                 results[i] = exc
@@ -70,14 +93,15 @@ class MatcherHandler:
             else []
         )
         search_ms = (time.perf_counter() - started) * 1000 / max(len(probes), 1)
-        high = self.settings.threshold_high
-        matched = {h.record_id for hs in hits for h in hs if h.fused >= high}
-        records = self._records(session, matched)
+        low = self.settings.threshold_low
+        records = self._records(session, {h.record_id for hs in hits for h in hs if h.fused >= low})
         for i, found in zip(searchable, hits, strict=True):
             results[i] = self._answer(batch[i], found, records, received, search_ms)
         return [r for r in results if r is not None]
 
-    def _check(self, inb: Inbound) -> Probe:
+    def _check(self, inb: Inbound) -> Reason | None:
+        """Raises for a query that cannot be processed (``rejected``); returns the reason
+        to decline one that can be but will not be answered (§9, §34-36)."""
         q = inb.message
         assert isinstance(q, Query)
         if self.registry.get(inb.envelope.sender) is None:
@@ -89,12 +113,13 @@ class MatcherHandler:
                 Reason.misaddressed,
                 f"body says requester {q.requesting!r}, envelope {inb.envelope.sender!r}",
             )
-        why = provider_refusal(self.registry, self.me, q.requesting, q.purpose)
-        if why is not None:
-            raise PermanentError(why, f"requester {q.requesting}, purpose {q.purpose.value}")
         if q.biometrics.is_empty():
             raise PermanentError(Reason.no_biometrics)
-        return Probe.from_biometrics(q.biometrics)
+        why = provider_refusal(self.registry, self.me, q.requesting, q.purpose)
+        if why is None:
+            release = self.policy.release_for(q.requesting, q.purpose)
+            why = release if isinstance(release, Reason) else None
+        return why
 
     def _records(self, session: Session, ids: set[int]) -> dict[int, Record]:
         if not ids:
@@ -102,44 +127,95 @@ class MatcherHandler:
         rows = session.exec(select(Record).where(Record.id.in_(ids)))  # type: ignore[union-attr]
         return {r.id: r for r in rows}
 
+    @staticmethod
+    def _asked(inb: Inbound, received: datetime) -> Asked:
+        q = inb.message
+        assert isinstance(q, Query)
+        return Asked(q.query_id, q.requesting, q.purpose, received, inb.envelope.message_id)
+
+    def _declined(self, inb: Inbound, reason: Reason, received: datetime) -> Effects:
+        asked = self._asked(inb, received)
+        response = self.answers.declined(
+            asked,
+            reason,
+            f"{REASON_TEXT[reason]}: requester {asked.requesting}, purpose {asked.purpose.value}",
+        )
+        return Effects(
+            rows=[self._transaction(inb, response, None)],
+            outgoing=[self.answers.send(response, asked.message_id)],
+            outcome=f"declined:{reason.value}",
+        )
+
     def _answer(
         self,
         inb: Inbound,
         hits: list[Hit],
         records: dict[int, Record],
-        received: object,
+        received: datetime,
         search_ms: float,
     ) -> Effects:
+        asked = self._asked(inb, received)
+        best = hits[0].fused if hits else 0.0
+        decision = decide(best, self.settings.threshold_high, self.settings.threshold_low)
+        found = [
+            (h, records[h.record_id])
+            for h in hits
+            if h.fused >= self.settings.threshold_high and h.record_id in records
+        ]
+        outgoing = []
+        if decision is Decision.match and found:
+            response = self.answers.matched(asked, found, DecidedBy.automatic, search_ms)
+            outgoing = self.answers.follow_up(asked, response, found[0][1])
+        elif decision is Decision.review and hits[0].record_id in records:
+            response = self.answers.pending_review(asked, search_ms)
+            outgoing = [self._case(inb, hits, records, received)]
+        else:
+            response = self.answers.no_match(asked, search_ms=search_ms)
+        effects = Effects(
+            rows=[self._transaction(inb, response, best)],
+            outgoing=[self.answers.send(response, asked.message_id), *outgoing],
+            outcome=response.status.value,
+        )
+        self._enrol(inb, effects)
+        return effects
+
+    def _case(
+        self, inb: Inbound, hits: list[Hit], records: dict[int, Record], received: datetime
+    ) -> codec.Outgoing:
+        """A gray-zone query becomes a case for this participant's examiners (§8)."""
         q = inb.message
         assert isinstance(q, Query)
-        high, low = self.settings.threshold_high, self.settings.threshold_low
-        best = hits[0].fused if hits else 0.0
-        decision = decide(best, high, low)
-        candidates = []
-        if decision is Decision.match:
-            for hit in hits:
-                record = records.get(hit.record_id)
-                if hit.fused >= high and record is not None:
-                    candidates.append(
-                        Candidate(
-                            identity_ref=record.identity_ref,
-                            fused_score=hit.fused,
-                            scores=hit.scores,
-                            record=_released(record),
-                        )
-                    )
-        status = ResponseStatus.match if candidates else ResponseStatus.no_match
-        now = utcnow()
-        response = Response(
+        low = self.settings.threshold_low
+        case = ReviewCase(
+            case_id=q.query_id,
             query_id=q.query_id,
             requesting=q.requesting,
-            providing=self.me,
-            status=status,
-            candidates=candidates,
-            reason=INCONCLUSIVE if decision is Decision.review else None,
-            timings=Timings(received_at=received, answered_at=now, search_ms=round(search_ms, 3)),
+            purpose=q.purpose,
+            probe_biographic=q.biographic,
+            probe_modalities=_modalities(q.biometrics),
+            encounter=q.encounter,
+            candidates=[
+                ReviewCandidate(
+                    identity_ref=records[h.record_id].identity_ref,
+                    fused_score=h.fused,
+                    scores=h.scores,
+                )
+                for h in hits
+                if h.fused >= low and h.record_id in records
+            ],
+            opened_at=received,
         )
-        row = Transaction(
+        return codec.to_own_inbox(
+            case,
+            participant=self.me,
+            message_id=codec.derived_id(inb.envelope.message_id, "review.case"),
+            correlation_id=q.query_id,
+        )
+
+    def _transaction(self, inb: Inbound, response: Response, best: float | None) -> Transaction:
+        q = inb.message
+        assert isinstance(q, Query)
+        tx = Transaction(
             query_id=q.query_id,
             role="provider",
             encounter_id=q.references.encounter_id,
@@ -149,22 +225,83 @@ class MatcherHandler:
             created_at=q.created_at,
             sent_at=q.sent_at,
             received_at=response.timings.received_at,
-            answered_at=now,
-            status=status.value if decision is not Decision.review else "inconclusive",
             top_score=best,
+            source=q.requesting,
+            source_message_id=inb.envelope.message_id,
         )
-        return Effects(
-            rows=[row], outgoing=[self._send(inb.envelope, response)], outcome=status.value
-        )
+        return self.answers.settle(tx, response)
 
-    def _send(self, env: Envelope, response: Response) -> codec.Outgoing:
-        return codec.to_partner(
-            response,
-            sender=self.me,
-            recipient=response.requesting,
-            message_id=codec.derived_id(env.message_id, "response"),
-            correlation_id=response.query_id,
+    # --- enrolment of query data (§21) -------------------------------------------------------
+
+    def _enrol(self, inb: Inbound, effects: Effects) -> None:
+        """Keep the query's data in the gallery when this participant's policy says so for
+        the requester and purpose, stamped with where it came from and until when."""
+        q = inb.message
+        assert isinstance(q, Query)
+        if not self.policy.enrols(q.requesting, q.purpose):
+            return
+        now = utcnow()
+        record_id = enrolled_record_id(q.query_id)
+        effects.rows.append(
+            Record(
+                id=record_id,
+                identity_ref=f"{self.me.upper()}-ENR-{record_id:016x}",
+                person_centric_id=q.references.person_centric_id,
+                biographic=q.biographic.model_dump(mode="json", exclude_none=True),
+                encounters=[q.encounter.model_dump(mode="json", exclude_none=True)],
+                derogatory=[],
+                releasable=True,
+                source=q.requesting,
+                source_query_id=q.query_id,
+                source_message_id=inb.envelope.message_id,
+                received_at=now,
+                retain_until=self.policy.enrolled_until(now),
+            )
         )
+        effects.rows.append(
+            EnrolledTemplates(
+                record_id=record_id,
+                biometrics=msgpack.packb(q.biometrics.model_dump(mode="python"), use_bin_type=True),
+                enrolled_at=now,
+            )
+        )
+        effects.outcome += ":enrolled"
+
+    def catch_up(self, session: Session) -> int:
+        """Add the query data enrolled since this matcher last looked (by any matcher).
+
+        Rows are read by sequence and, to cover a slower transaction that committed a
+        lower sequence late, again over the last minute; each is added once.
+        """
+        now = time.monotonic()
+        if now - self._synced_at < self.settings.gallery_sync_s:
+            return 0
+        self._synced_at = now
+        recent = utcnow() - timedelta(seconds=60)
+        rows = session.exec(
+            select(EnrolledTemplates).where(
+                or_(
+                    EnrolledTemplates.seq > self._max_seq,  # type: ignore[operator]
+                    EnrolledTemplates.enrolled_at >= recent,  # type: ignore[operator]
+                )
+            )
+        ).all()
+        new = [r for r in rows if r.seq not in self._enrolled_seqs]
+        if not new:
+            return 0
+        probes = [
+            Probe.from_biometrics(Biometrics.model_validate(msgpack.unpackb(r.biometrics)))
+            for r in new
+        ]
+        self.gallery.enroll([r.record_id for r in new], probes)
+        for r in new:
+            assert r.seq is not None
+            self._enrolled_seqs.add(r.seq)
+            self._max_seq = max(self._max_seq, r.seq)
+        log.info("enrolments_loaded", count=len(new), gallery=self.gallery.size)
+        return len(new)
+
+    # --- rejection ----------------------------------------------------------------------------
 
     def reject(self, envelope: Envelope, error: BioxError) -> Effects | None:
         """A ``rejected`` response goes back when we know who asked and about which query."""
@@ -183,16 +320,21 @@ class MatcherHandler:
             timings=Timings(received_at=now, answered_at=now),
         )
         return Effects(
-            outgoing=[self._send(envelope, response)], outcome=f"rejected:{error.reason}"
+            outgoing=[self.answers.send(response, envelope.message_id)],
+            outcome=f"rejected:{error.reason}",
         )
 
 
-def _released(record: Record) -> ReleasedRecord:
-    """The §7 elements of a record. Issue #4 narrows this by release policy and purpose."""
-    return ReleasedRecord(
-        identity_ref=record.identity_ref,
-        person_centric_id=record.person_centric_id,
-        biographic=Biographic.model_validate(record.biographic) if record.biographic else None,
-        encounters=[EncounterRecord.model_validate(e) for e in record.encounters],
-        derogatory=list(record.derogatory),
-    )
+def enrolled_record_id(query_id: str) -> int:
+    """Gallery id of enrolled query data: 62 bits of a hash of the query id, so a
+    redelivered query enrols under the same id, far above the ids of bulk enrolments."""
+    return (uuid.uuid5(uuid.NAMESPACE_URL, f"biox-enrolment/{query_id}").int >> 66) | (1 << 61)
+
+
+def _modalities(bio: Biometrics) -> list[str]:
+    out = []
+    if bio.face is not None:
+        out.append("face")
+    out += [f"finger.{f.position}" for f in bio.fingerprints]
+    out += [f"iris.{i.eye}" for i in bio.irises]
+    return out

@@ -1,0 +1,185 @@
+"""How a providing participant words its answer to a query (§6-9), in one place.
+
+The matcher answers automatically; the review worker answers after an examiner decided
+(§8). Both go through here, so a match released by a person carries exactly the elements
+and conditions an automatic one would, and the automatic retrieval rule (§10) fires the
+same way after either.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from biox import codec
+from biox.errors import REASON_TEXT, Reason
+from biox.gallery.gallery import Hit
+from biox.messages import (
+    Candidate,
+    DecidedBy,
+    Response,
+    ResponseStatus,
+    RetrievalAsk,
+    Timings,
+    utcnow,
+)
+from biox.policy.release import ParticipantPolicy, released_record
+from biox.registry import Purpose
+from biox.store import Record, Transaction
+
+
+@dataclass(frozen=True)
+class Asked:
+    """What the provider knows of the query it is answering."""
+
+    query_id: str
+    requesting: str
+    purpose: Purpose
+    received_at: datetime
+    message_id: str  # of the message that causes this answer: output ids derive from it
+
+
+def may_release(record: Record, me: str, requester: str) -> bool:
+    """Data a participant received from another goes only back to its source: passing it
+    to a third participant is onward disclosure, which needs the source's consent (§15)."""
+    return record.releasable and record.source in (me, requester)
+
+
+class Answers:
+    def __init__(self, me: str, policy: ParticipantPolicy) -> None:
+        self.me = me
+        self.policy = policy
+
+    def matched(
+        self,
+        q: Asked,
+        found: list[tuple[Hit, Record]],
+        decided_by: DecidedBy,
+        search_ms: float = 0.0,
+    ) -> Response:
+        """A match on ``found`` (best first), under the release policy: the releasable
+        elements with their conditions, or a decline with the reason (§9)."""
+        release = self.policy.release_for(q.requesting, q.purpose)
+        if isinstance(release, Reason):
+            return self.declined(q, release, decided_by=decided_by)
+        best = found[0][1]
+        if not may_release(best, self.me, q.requesting):
+            return self.declined(q, Reason.record_not_releasable, decided_by=decided_by)
+        candidates = [
+            Candidate(
+                identity_ref=record.identity_ref,
+                fused_score=hit.fused,
+                scores=hit.scores,
+                record=released_record(
+                    record.identity_ref,
+                    record.person_centric_id,
+                    record.biographic,
+                    record.encounters,
+                    record.derogatory,
+                    release,
+                ),
+            )
+            for hit, record in found
+            if may_release(record, self.me, q.requesting)
+        ]
+        return self._response(
+            q,
+            ResponseStatus.match,
+            decided_by,
+            search_ms,
+            candidates=candidates,
+            conditions=release.conditions,
+            withheld=release.withheld,
+        )
+
+    def no_match(
+        self, q: Asked, decided_by: DecidedBy = DecidedBy.automatic, search_ms: float = 0.0
+    ) -> Response:
+        return self._response(q, ResponseStatus.no_match, decided_by, search_ms)
+
+    def pending_review(self, q: Asked, search_ms: float) -> Response:
+        return self._response(
+            q,
+            ResponseStatus.pending_review,
+            DecidedBy.examiner,
+            search_ms,
+            reason="a candidate scored between the thresholds: an examiner decides (§8)",
+        )
+
+    def declined(
+        self,
+        q: Asked,
+        reason: Reason,
+        detail: str = "",
+        decided_by: DecidedBy = DecidedBy.automatic,
+    ) -> Response:
+        return self._response(
+            q,
+            ResponseStatus.declined,
+            decided_by,
+            0.0,
+            reason_code=reason,
+            reason=detail or REASON_TEXT[reason],
+        )
+
+    def _response(
+        self,
+        q: Asked,
+        status: ResponseStatus,
+        decided_by: DecidedBy,
+        search_ms: float,
+        **fields: object,
+    ) -> Response:
+        return Response(
+            query_id=q.query_id,
+            requesting=q.requesting,
+            providing=self.me,
+            status=status,
+            decided_by=decided_by,
+            timings=Timings(
+                received_at=q.received_at, answered_at=utcnow(), search_ms=round(search_ms, 3)
+            ),
+            **fields,  # type: ignore[arg-type]
+        )
+
+    def send(self, response: Response, cause_message_id: str) -> codec.Outgoing:
+        return codec.to_partner(
+            response,
+            sender=self.me,
+            recipient=response.requesting,
+            message_id=codec.derived_id(cause_message_id, "response"),
+            correlation_id=response.query_id,
+        )
+
+    def follow_up(self, q: Asked, response: Response, best: Record | None) -> list[codec.Outgoing]:
+        """The automatic retrieval rule (§10): after a released match, maybe ask for more."""
+        if response.status is not ResponseStatus.match or best is None:
+            return []
+        elements = self.policy.asks_after(derogatory=bool(best.derogatory))
+        if not elements:
+            return []
+        ask = RetrievalAsk(
+            query_id=q.query_id,
+            elements=elements,
+            asked_by=f"rule:{self.policy.retrieval.on}",
+            justification="automatic rule of the release policy",
+        )
+        return [
+            codec.to_own_inbox(
+                ask,
+                participant=self.me,
+                message_id=codec.derived_id(q.message_id, "retrieval.ask"),
+                correlation_id=q.query_id,
+            )
+        ]
+
+    @staticmethod
+    def settle(tx: Transaction, response: Response) -> Transaction:
+        """The provider's record of its answer (§27 review reads these)."""
+        tx.status = response.status.value
+        tx.reason_code = response.reason_code.value if response.reason_code else None
+        tx.answered_at = response.timings.answered_at
+        tx.answer = response.model_dump(mode="json", exclude={"requesting"})
+        if response.candidates:
+            tx.top_score = response.candidates[0].fused_score
+        return tx

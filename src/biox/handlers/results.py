@@ -1,0 +1,144 @@
+"""The consolidated result an encounter system receives (one per encounter, re-sent whole
+on every change): each partner's latest outcome and the retrievals about it.
+
+Built from the requester's own rows, by the response worker when an answer arrives and
+by the retrieval worker when it answers a partner's retrieval request, so both send the
+same view. ``revision`` is also the row's optimistic lock (see ``EncounterRow``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from sqlmodel import Session, select
+
+from biox import codec
+from biox.messages import (
+    EncounterResult,
+    EncounterResultStatus,
+    OutcomeStatus,
+    PartnerOutcome,
+    ResponseStatus,
+    RetrievalNote,
+    utcnow,
+)
+from biox.store import EncounterRow, RetrievalRow, Transaction
+
+
+class EncounterViews:
+    """What one batch needs to rebuild its encounters' results, loaded in three queries."""
+
+    def __init__(self, session: Session, encounter_ids: Iterable[str]) -> None:
+        ids = set(encounter_ids)
+        self.encounters: dict[str, EncounterRow] = {
+            e.encounter_id: e
+            for e in session.exec(
+                select(EncounterRow).where(EncounterRow.encounter_id.in_(ids))  # type: ignore[attr-defined]
+            )
+        }
+        self.queries: dict[str, list[Transaction]] = {}
+        for tx in session.exec(
+            select(Transaction).where(
+                Transaction.role == "requester",
+                Transaction.encounter_id.in_(ids),  # type: ignore[attr-defined]
+            )
+        ):
+            self.queries.setdefault(tx.encounter_id, []).append(tx)
+        query_ids = [tx.query_id for txs in self.queries.values() for tx in txs]
+        self.retrievals: dict[str, list[RetrievalRow]] = {}
+        for r in session.exec(
+            select(RetrievalRow).where(
+                RetrievalRow.role == "holder",
+                RetrievalRow.query_id.in_(query_ids),  # type: ignore[attr-defined]
+            )
+        ):
+            self.retrievals.setdefault(r.query_id, []).append(r)
+
+    def transaction(self, query_id: str) -> Transaction | None:
+        for txs in self.queries.values():
+            for tx in txs:
+                if tx.query_id == query_id:
+                    return tx
+        return None
+
+    def add_retrieval(self, row: RetrievalRow) -> None:
+        self.retrievals.setdefault(row.query_id, []).append(row)
+
+    def updated(
+        self, me: str, encounter_id: str, cause_message_id: str, tag: str
+    ) -> tuple[EncounterRow, codec.Outgoing | None] | None:
+        """Raise the encounter's revision and build its result for ``reply_to``.
+
+        Returns None for an encounter this participant has no row of (submitted before
+        encounters were kept); the caller still stores what it received.
+        """
+        encounter = self.encounters.get(encounter_id)
+        if encounter is None:
+            return None
+        txs = sorted(self.queries.get(encounter_id, []), key=lambda t: t.providing)
+        outcomes = [self._outcome(tx) for tx in txs]
+        finished = all(o.status not in _OPEN for o in outcomes)
+        encounter.revision += 1
+        encounter.status = "complete" if finished else "pending"
+        if not encounter.reply_to:
+            return encounter, None
+        result = EncounterResult(
+            encounter_id=encounter_id,
+            requesting=me,
+            status=EncounterResultStatus.complete if finished else EncounterResultStatus.pending,
+            revision=encounter.revision,
+            outcomes=outcomes,
+            updated_at=utcnow(),
+        )
+        out = codec.to_reply_queue(
+            result,
+            participant=me,
+            reply_to=encounter.reply_to,
+            message_id=codec.derived_id(cause_message_id, tag),
+        )
+        return encounter, out
+
+    def _outcome(self, tx: Transaction) -> PartnerOutcome:
+        notes = [
+            RetrievalNote(
+                retrieval_id=r.retrieval_id,
+                elements=r.elements,  # type: ignore[arg-type]
+                status=None if r.status == "pending" else r.status,  # type: ignore[arg-type]
+                released=r.released,  # type: ignore[arg-type]
+                reason_code=r.reason_code,  # type: ignore[arg-type]
+                answered_at=r.answered_at,
+            )
+            for r in sorted(self.retrievals.get(tx.query_id, []), key=lambda r: r.asked_at)
+        ]
+        if tx.answer is None:
+            return PartnerOutcome(
+                partner=tx.providing,
+                query_id=tx.query_id,
+                status=OutcomeStatus.pending,
+                sent_at=tx.sent_at,
+                retrievals=notes,
+            )
+        a = tx.answer
+        return PartnerOutcome.model_validate(
+            {
+                "partner": tx.providing,
+                "query_id": tx.query_id,
+                "status": a["status"],
+                "candidates": a.get("candidates", []),
+                "conditions": a.get("conditions", []),
+                "withheld": a.get("withheld", []),
+                "decided_by": a.get("decided_by"),
+                "reason_code": a.get("reason_code"),
+                "reason": a.get("reason"),
+                "sent_at": tx.sent_at,
+                "answered_at": a.get("timings", {}).get("answered_at"),
+                "retrievals": notes,
+            }
+        )
+
+
+_OPEN = (OutcomeStatus.pending, OutcomeStatus.pending_review)
+
+
+def is_final(status: str | None) -> bool:
+    return status is not None and status in {s.value for s in ResponseStatus if s.final}

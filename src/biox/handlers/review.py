@@ -1,0 +1,120 @@
+"""review.case → the examiners' work list; review.decision → the final answer (§8).
+
+Cases are rows, not unacked deliveries: an examiner may take an hour, and a case must
+survive worker and broker restarts. The decision travels as a message to this worker so
+the answer goes out under the consume loop's guarantees (committed, then published,
+then acked) like every other answer, and the audit trail records who decided.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import structlog
+from sqlmodel import Session, select
+
+from biox.codec import Envelope
+from biox.errors import BioxError, PermanentError, Reason, TransientError
+from biox.gallery.gallery import Hit
+from biox.handlers.answers import Answers, Asked
+from biox.handlers.base import Effects, Inbound, Result
+from biox.messages import DecidedBy, ReviewCase, ReviewDecision, ReviewVerdict
+from biox.policy.release import ParticipantPolicy
+from biox.registry import Purpose
+from biox.store import Record, ReviewCaseRow, Transaction
+
+log = structlog.get_logger("biox.review")
+
+
+class ReviewHandler:
+    kinds = (ReviewCase.KIND, ReviewDecision.KIND)
+
+    def __init__(self, participant: str, policy: ParticipantPolicy) -> None:
+        self.me = participant
+        self.answers = Answers(participant, policy)
+
+    def handle(self, batch: Sequence[Inbound], session: Session) -> list[Result]:
+        return [self._one(inb, session) for inb in batch]
+
+    def _one(self, inb: Inbound, session: Session) -> Result:
+        if inb.envelope.sender != self.me:
+            return PermanentError(
+                Reason.misaddressed, f"{inb.envelope.kind} from {inb.envelope.sender!r}"
+            )
+        if isinstance(inb.message, ReviewCase):
+            return self._open(inb, inb.message, session)
+        assert isinstance(inb.message, ReviewDecision)
+        return self._decide(inb, inb.message, session)
+
+    def _open(self, inb: Inbound, case: ReviewCase, session: Session) -> Result:
+        if session.get(ReviewCaseRow, case.case_id) is not None:
+            return Effects(outcome="case_exists")
+        row = ReviewCaseRow(
+            case_id=case.case_id,
+            query_id=case.query_id,
+            requesting=case.requesting,
+            purpose=case.purpose.value,
+            opened_at=case.opened_at,
+            candidates=[c.model_dump(mode="json") for c in case.candidates],
+            probe_biographic=case.probe_biographic.model_dump(mode="json", exclude_none=True),
+            probe_modalities=case.probe_modalities,
+            encounter=case.encounter.model_dump(mode="json", exclude_none=True),
+            source=case.requesting,
+            source_message_id=inb.envelope.message_id,
+        )
+        return Effects(rows=[row], outcome="case_opened")
+
+    def _decide(self, inb: Inbound, decision: ReviewDecision, session: Session) -> Result:
+        case = session.get(ReviewCaseRow, decision.case_id)
+        if case is None:  # the case message may still be on its way: worth a retry
+            return TransientError(Reason.unknown_case, decision.case_id)
+        if case.status == "decided":
+            log.warning(
+                "case_already_decided",
+                query_id=case.query_id,
+                examiner=decision.examiner,
+                decided_by=case.examiner,
+            )
+            return Effects(outcome="already_decided")
+        asked = Asked(
+            case.query_id,
+            case.requesting,
+            Purpose(case.purpose),
+            case.opened_at,
+            inb.envelope.message_id,
+        )
+        follow: list = []
+        if decision.verdict is ReviewVerdict.match:
+            chosen = next(
+                (c for c in case.candidates if c["identity_ref"] == decision.identity_ref), None
+            )
+            record = session.exec(
+                select(Record).where(Record.identity_ref == decision.identity_ref)
+            ).first()
+            if chosen is None or record is None:
+                return PermanentError(
+                    Reason.not_a_candidate, f"{decision.identity_ref!r} in case {case.case_id}"
+                )
+            hit = Hit(record.id, chosen["fused_score"], chosen["scores"])
+            response = self.answers.matched(asked, [(hit, record)], DecidedBy.examiner)
+            follow = self.answers.follow_up(asked, response, record)
+        else:
+            response = self.answers.no_match(asked, DecidedBy.examiner)
+        case.status = "decided"
+        case.verdict = decision.verdict.value
+        case.identity_ref = decision.identity_ref
+        case.examiner = decision.examiner
+        case.note = decision.note
+        case.decided_at = decision.decided_at
+        rows: list = [case]
+        tx = session.get(Transaction, (case.query_id, "provider"))
+        if tx is not None:
+            rows.append(self.answers.settle(tx, response))
+        return Effects(
+            rows=rows,
+            outgoing=[self.answers.send(response, inb.envelope.message_id), *follow],
+            outcome=f"decided:{response.status.value}",
+        )
+
+    def reject(self, envelope: Envelope, error: BioxError) -> Effects | None:
+        return None  # own messages only: a bad one is a bug to look at in the DLQ

@@ -1,0 +1,145 @@
+"""Each participant's own rules: what it releases (§7, §9), what query data it enrols and
+keeps (§21), and when it asks for more (§10).
+
+Read from ``deploy/policy.toml`` beside the registry: the registry says what two
+participants agreed, this file says what one of them decided under its own law. A
+participant's workers read only its own section.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from biox.errors import Reason
+from biox.messages import (
+    Biographic,
+    Element,
+    EncounterRecord,
+    ReleasedRecord,
+)
+from biox.registry import Purpose
+
+ANY = "*"
+
+
+class ReleaseRule(BaseModel):
+    """Release ``elements`` to ``to`` for ``purposes``, with ``conditions`` of use attached.
+
+    Rules are read top to bottom and the first that names the requester and purpose wins,
+    like a firewall: put the narrow rules first. An empty ``elements`` is a decline.
+    """
+
+    to: list[str] = Field(default_factory=lambda: [ANY])
+    purposes: list[str] = Field(default_factory=lambda: [ANY])
+    elements: list[Element] = Field(default_factory=list)
+    conditions: list[str] = Field(default_factory=list)
+
+    def covers(self, requester: str, purpose: Purpose) -> bool:
+        return (ANY in self.to or requester in self.to) and (
+            ANY in self.purposes or purpose.value in self.purposes
+        )
+
+
+class RetrievalRule(BaseModel):
+    """When to send a retrieval request on one's own after a match (§10)."""
+
+    on: Literal["never", "derogatory", "every_match"] = "never"
+    elements: list[Element] = Field(default_factory=list)
+
+
+class ParticipantPolicy(BaseModel):
+    release: list[ReleaseRule] = Field(default_factory=list)
+    enrol: dict[str, list[Purpose]] = Field(
+        default_factory=dict, description="requester → purposes whose query data is enrolled"
+    )
+    enrolled_retention_days: int = Field(default=365, ge=1)
+    received_retention_days: int = Field(default=365, ge=1)
+    retrieval: RetrievalRule = Field(default_factory=RetrievalRule)
+
+    def release_for(self, requester: str, purpose: Purpose) -> Release | Reason:
+        for rule in self.release:
+            if rule.covers(requester, purpose):
+                if not rule.elements:
+                    return Reason.release_not_agreed
+                elements = [e for e in Element if e in rule.elements]
+                withheld = [e for e in Element if e not in rule.elements]
+                return Release(elements, list(rule.conditions), withheld)
+        return Reason.release_not_agreed
+
+    def enrols(self, requester: str, purpose: Purpose) -> bool:
+        return purpose in self.enrol.get(requester, [])
+
+    def enrolled_until(self, now: datetime) -> datetime:
+        return now + timedelta(days=self.enrolled_retention_days)
+
+    def received_until(self, now: datetime) -> datetime:
+        return now + timedelta(days=self.received_retention_days)
+
+    def asks_after(self, derogatory: bool) -> list[Element]:
+        """Elements the automatic rule asks for after a match, or none."""
+        rule = self.retrieval
+        if rule.on == "every_match" or (rule.on == "derogatory" and derogatory):
+            return list(rule.elements)
+        return []
+
+
+@dataclass(frozen=True)
+class Release:
+    elements: list[Element]
+    conditions: list[str]
+    withheld: list[Element]
+
+    def limit(self, asked: list[Element]) -> Release:
+        """What of ``asked`` this release allows (a retrieval asks for some elements)."""
+        return Release(
+            [e for e in self.elements if e in asked],
+            self.conditions,
+            [e for e in asked if e not in self.elements],
+        )
+
+
+class Policies(BaseModel):
+    participants: dict[str, ParticipantPolicy]
+
+    @classmethod
+    def load(cls, path: Path) -> Policies:
+        raw: dict[str, Any] = tomllib.loads(path.read_text())
+        return cls(participants={code: ParticipantPolicy(**body) for code, body in raw.items()})
+
+    def of(self, code: str) -> ParticipantPolicy:
+        """A participant without a section releases nothing and enrols nothing."""
+        return self.participants.get(code, ParticipantPolicy())
+
+
+def released_record(
+    identity_ref: str,
+    person_centric_id: str | None,
+    biographic: dict[str, Any],
+    encounters: list[dict[str, Any]],
+    derogatory: list[str],
+    release: Release,
+) -> ReleasedRecord:
+    """The elements of a record that ``release`` allows, and nothing else: a provider's
+    gallery record in a response, a requester's encounter in a retrieval response."""
+    allowed = set(release.elements)
+    return ReleasedRecord(
+        identity_ref=identity_ref,
+        person_centric_id=person_centric_id if Element.reference in allowed else None,
+        biographic=(
+            Biographic.model_validate(biographic)
+            if Element.biographic in allowed and biographic
+            else None
+        ),
+        encounters=(
+            [EncounterRecord.model_validate(e) for e in encounters]
+            if Element.encounters in allowed
+            else []
+        ),
+        derogatory=list(derogatory) if Element.derogatory in allowed else [],
+    )

@@ -25,11 +25,13 @@ from biox.messages import (
     ResponseStatus,
     SubjectStatus,
 )
+from biox.policy.release import Policies
 from biox.registry import Purpose, Registry
 from biox.settings import Settings
-from biox.store import Transaction, session_for
+from biox.store import EncounterRow, Transaction, session_for
 
 REGISTRY = Registry.load(Path("deploy/participants.toml"))
+POLICIES = Policies.load(Path("deploy/policy.toml"))
 SEED = 5
 SIZE = 1500
 
@@ -69,8 +71,10 @@ def test_intake_sends_one_query_per_agreed_partner_and_records_them(db):
     assert isinstance(effects, Effects)
     assert sorted(o.routing_key for o in effects.outgoing) == ["mx.query", "sv.query"]
     assert {o.exchange for o in effects.outgoing} == {"biox.us.out"}
-    assert {r.providing for r in effects.rows} == {"mx", "sv"}
-    assert all(r.reply_to == "replies" for r in effects.rows)
+    encounter, *queries = effects.rows
+    assert isinstance(encounter, EncounterRow) and encounter.partners == ["mx", "sv"]
+    assert {r.providing for r in queries} == {"mx", "sv"}
+    assert all(r.reply_to == "replies" for r in [encounter, *queries])
 
 
 def test_intake_refuses_citizens_with_a_reply(db):
@@ -97,7 +101,7 @@ def matcher_setup(tmp_path_factory):
     d = tmp_path_factory.mktemp("mx")
     db = f"sqlite:///{d / 'biox.db'}"
     gallery = synth.populate("mx", SIZE, SEED, db, d / "gallery")
-    return db, MatcherHandler("mx", REGISTRY, gallery, Settings())
+    return db, MatcherHandler("mx", REGISTRY, gallery, Settings(), POLICIES.of("mx"))
 
 
 def query_from(sub: EncounterSubmit, provider: str = "mx", purpose=None) -> tuple[Envelope, Query]:
@@ -134,24 +138,33 @@ def test_matcher_answers_a_batch_with_match_and_no_match(matcher_setup):
     assert results[0].rows[0].role == "provider"
 
 
-def test_matcher_rejects_unagreed_purpose_and_bad_templates_individually(matcher_setup):
+def test_matcher_declines_an_unagreed_purpose_and_rejects_bad_templates(matcher_setup):
+    """A purpose outside the agreement is a decision (declined, §9); a broken template is
+    a query that cannot be processed (rejected). Each message gets its own answer."""
     db, _ = matcher_setup
-    registry = REGISTRY
-    gallery = Gallery()
-    handler = MatcherHandler("sv", registry, gallery, Settings())
+    handler = MatcherHandler("sv", REGISTRY, Gallery(), Settings(), POLICIES.of("sv"))
     env, q = query_from(submit(3), provider="sv", purpose=Purpose.adjudicate)
+    bad_env, bad = query_from(submit(4), provider="sv", purpose=Purpose.enforce)
+    bad.biometrics.face.template = b"\x00" * 12
     with session_for(db) as s:
-        [err] = handler.handle([Inbound(env, q)], s)
-    assert isinstance(err, PermanentError) and err.reason is Reason.purpose_not_agreed
-    rejected = handler.reject(env, err)
-    response = codec.decode_body("response", "response/1", rejected.outgoing[0].body)
+        declined, err = handler.handle([Inbound(env, q), Inbound(bad_env, bad)], s)
+    response = codec.decode_body("response", "response/1", declined.outgoing[0].body)
     assert isinstance(response, Response)
-    assert response.status is ResponseStatus.rejected
+    assert response.status is ResponseStatus.declined
     assert response.reason_code is Reason.purpose_not_agreed
+    assert declined.rows[0].status == "declined"
+    assert isinstance(err, PermanentError) and err.reason is Reason.template_size
+    rejected = handler.reject(bad_env, err)
+    response = codec.decode_body("response", "response/1", rejected.outgoing[0].body)
+    assert response.status is ResponseStatus.rejected
+    assert response.reason_code is Reason.template_size
 
 
 def test_response_handler_stores_provenance_and_replies(db):
     with session_for(db) as s:
+        s.add(
+            EncounterRow(encounter_id="E-9", purpose="enforce", reply_to="replies", partners=["mx"])
+        )
         s.add(
             Transaction(
                 query_id="q1",
@@ -174,11 +187,13 @@ def test_response_handler_stores_provenance_and_replies(db):
             timings={"received_at": now, "answered_at": now},
         )
         env = envelope("response", "mx", "us", correlation_id="q1")
-        [effects] = ResponseHandler("us").handle([Inbound(env, r)], s)
+        [effects] = ResponseHandler("us", POLICIES.of("us")).handle([Inbound(env, r)], s)
     tx = effects.rows[0]
     assert tx.status == "no_match" and tx.source == "mx" and tx.source_message_id == env.message_id
     result = codec.decode_body("encounter.result", "encounter.result/1", effects.outgoing[0].body)
-    assert result.outcome.partner == "mx"
+    [outcome] = result.outcomes
+    assert outcome.partner == "mx" and outcome.status.value == "no_match"
+    assert result.status.value == "complete" and result.revision == 1
     assert effects.outgoing[0].envelope.correlation_id == "E-9"
 
 
@@ -192,5 +207,7 @@ def test_response_for_an_unknown_query_is_refused(db):
         timings={"received_at": now, "answered_at": now},
     )
     with session_for(db) as s:
-        [err] = ResponseHandler("us").handle([Inbound(envelope("response", "mx", "us"), r)], s)
+        [err] = ResponseHandler("us", POLICIES.of("us")).handle(
+            [Inbound(envelope("response", "mx", "us"), r)], s
+        )
     assert isinstance(err, TransientError) and err.reason is Reason.unknown_query

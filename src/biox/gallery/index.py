@@ -21,12 +21,21 @@ IndexKind = Literal["flat", "ivf"]
 
 
 class _Presence:
-    """Which ids an index holds, as a growable bitmap (ids are dense record numbers)."""
+    """Which ids an index holds: a growable bitmap for the dense record numbers of bulk
+    enrolment, a set for the few hashed ids of enrolled query data (far above them)."""
+
+    DENSE = 1 << 32
 
     def __init__(self) -> None:
         self.bits = np.zeros(1024, dtype=bool)
+        self.sparse: set[int] = set()
 
     def set(self, ids: np.ndarray, value: bool) -> None:
+        big = ids >= self.DENSE
+        if big.any():
+            for i in ids[big].tolist():
+                (self.sparse.add if value else self.sparse.discard)(i)
+            ids = ids[~big]
         if len(ids) == 0:
             return
         top = int(ids.max()) + 1
@@ -40,11 +49,14 @@ class _Presence:
         inside = (ids >= 0) & (ids < len(self.bits))
         out = np.zeros(len(ids), dtype=bool)
         out[inside] = self.bits[ids[inside]]
+        if self.sparse:
+            big = np.flatnonzero(ids >= self.DENSE)
+            out[big] = [int(ids[j]) in self.sparse for j in big]
         return out
 
     @property
     def count(self) -> int:
-        return int(self.bits.sum())
+        return int(self.bits.sum()) + len(self.sparse)
 
 
 class VectorIndex:

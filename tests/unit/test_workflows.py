@@ -1,0 +1,489 @@
+"""The exchange workflows with every handler wired together in memory, no broker.
+
+Each participant has its own SQLite database and handlers; ``Hub.run`` delivers every
+outgoing message to the handler its routing key names (encoding and decoding it, as the
+wire would) and commits the effects like the consume loop does, until nothing is left.
+The broker-level behaviour of the same flows is in tests/integration/test_workflows.py.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlmodel import select
+
+from biox import codec, examiners, synth
+from biox.codec import Envelope, Outgoing
+from biox.errors import BioxError, Reason
+from biox.handlers.base import Effects, Inbound
+from biox.handlers.intake import IntakeHandler
+from biox.handlers.matcher import MatcherHandler, enrolled_record_id
+from biox.handlers.response import ResponseHandler
+from biox.handlers.retrieval import RetrievalHandler
+from biox.handlers.review import ReviewHandler
+from biox.messages import (
+    Biometrics,
+    Element,
+    EncounterResult,
+    EncounterSubmit,
+    Response,
+    RetrievalAsk,
+    RetrievalResponse,
+    ReviewVerdict,
+    SubjectStatus,
+)
+from biox.policy.release import ParticipantPolicy, Policies, ReleaseRule
+from biox.registry import Purpose, Registry
+from biox.settings import Settings
+from biox.store import (
+    EncounterRow,
+    Record,
+    RetrievalRow,
+    ReviewCaseRow,
+    Transaction,
+    session_for,
+)
+
+REGISTRY = Registry.load(Path("deploy/participants.toml"))
+POLICIES = Policies.load(Path("deploy/policy.toml"))
+SEED = 7
+SIZE = 1500
+
+
+@dataclass
+class Hub:
+    dbs: dict[str, str]
+    handlers: dict[tuple[str, str], object]
+    results: list[EncounterResult] = field(default_factory=list)
+    errors: list[tuple[str, BioxError]] = field(default_factory=list)
+    seen: list[Outgoing] = field(default_factory=list)
+
+    def run(self, first: list[Outgoing]) -> None:
+        todo = list(first)
+        while todo:
+            out = todo.pop(0)
+            self.seen.append(out)
+            if out.exchange == "":  # a reply queue: the encounter system
+                result = codec.decode_body(out.envelope.kind, out.envelope.schema, out.body)
+                assert isinstance(result, EncounterResult)
+                self.results.append(result)
+                continue
+            to, kind = out.routing_key.split(".", 1)
+            handler = self.handlers[(to, kind)]
+            message = codec.decode_body(out.envelope.kind, out.envelope.schema, out.body)
+            with session_for(self.dbs[to]) as s:
+                [res] = handler.handle([Inbound(out.envelope, message, out.body)], s)  # type: ignore[attr-defined]
+                if isinstance(res, BioxError):
+                    self.errors.append((out.routing_key, res))
+                    res = handler.reject(out.envelope, res)  # type: ignore[attr-defined]
+                    if res is None:
+                        continue
+                assert isinstance(res, Effects)
+                s.add_all(res.rows)
+                s.commit()
+            todo.extend(res.outgoing)
+
+    def latest(self, encounter_id: str) -> EncounterResult:
+        mine = [r for r in self.results if r.encounter_id == encounter_id]
+        return max(mine, key=lambda r: r.revision)
+
+    def session(self, code: str):
+        return session_for(self.dbs[code])
+
+
+def make_hub(tmp: Path, policies: Policies = POLICIES, settings: Settings | None = None) -> Hub:
+    settings = settings or Settings()
+    dbs, handlers = {}, {}
+    for code in ("us", "mx", "sv"):
+        db = f"sqlite:///{tmp / code}.db"
+        dbs[code] = db
+        gallery = synth.populate(code, SIZE, SEED, db, tmp / code / "gallery")
+        policy = policies.of(code)
+        matcher = MatcherHandler(code, REGISTRY, gallery, settings, policy)
+        review = ReviewHandler(code, policy)
+        retrieval = RetrievalHandler(code, REGISTRY, policy)
+        handlers.update(
+            {
+                (code, "encounter.submit"): IntakeHandler(code, REGISTRY),
+                (code, "query"): matcher,
+                (code, "response"): ResponseHandler(code, policy),
+                (code, "review.case"): review,
+                (code, "review.decision"): review,
+                (code, "retrieval.ask"): retrieval,
+                (code, "retrieval.request"): retrieval,
+                (code, "retrieval.response"): retrieval,
+            }
+        )
+    return Hub(dbs, handlers)
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory) -> Hub:
+    return make_hub(tmp_path_factory.mktemp("hub"))
+
+
+def encounter(
+    requester: str,
+    person: int,
+    purpose: Purpose = Purpose.enforce,
+    biometrics: Biometrics | None = None,
+) -> Outgoing:
+    eid = f"{requester}-E-{uuid.uuid4().hex[:8]}"
+    rng = np.random.default_rng(person)
+    sub = EncounterSubmit(
+        encounter_id=eid,
+        purpose=purpose,
+        subject_status=SubjectStatus(citizenships=["gt"]),
+        biometrics=biometrics or synth.capture(SEED, person, context=3),
+        biographic=synth.person(SEED, person).biographic,
+        encounter=synth.encounter_here(requester, rng),
+    )
+    return codec.to_own_inbox(
+        sub,
+        participant=requester,
+        message_id=str(uuid.uuid4()),
+        correlation_id=eid,
+        reply_to="encounter-system",
+    )
+
+
+def person_known_to(code: str, *, sealed: bool = False, derogatory: bool | None = None) -> int:
+    rng = np.random.default_rng(11)
+    while True:
+        n = synth.known_to(code, SIZE, rng)
+        if synth.sealed(n) != sealed:
+            continue
+        if derogatory is not None and bool(synth.person(SEED, n).derogatory) != derogatory:
+            continue
+        return n
+
+
+def outcome(result: EncounterResult, partner: str):
+    return next(o for o in result.outcomes if o.partner == partner)
+
+
+# --- release policy and declines (§7, §9) -------------------------------------------------
+
+
+def test_match_releases_what_the_policy_allows_with_its_conditions(hub):
+    n = person_known_to("mx", derogatory=False)
+    out = encounter("us", n, Purpose.adjudicate)
+    hub.run([out])
+    result = hub.latest(out.envelope.correlation_id)
+    mx = outcome(result, "mx")
+    assert mx.status.value == "match"
+    record = mx.candidates[0].record
+    assert mx.candidates[0].identity_ref == synth.identity_ref("mx", n)
+    assert record.biographic is not None and record.person_centric_id
+    assert record.encounters == [] and record.derogatory == []  # mx → us adjudicate
+    assert mx.withheld == [Element.encounters, Element.derogatory]
+    assert "for immigration adjudication only" in mx.conditions
+    with hub.session("us") as s:  # the requester keeps the conditions with the data
+        tx = s.get(Transaction, (mx.query_id, "requester"))
+        assert tx.conditions == mx.conditions and tx.source == "mx"
+        assert tx.retain_until is not None
+
+
+def test_sealed_record_is_declined_with_a_reason(hub):
+    n = person_known_to("mx", sealed=True)
+    out = encounter("us", n)
+    hub.run([out])
+    mx = outcome(hub.latest(out.envelope.correlation_id), "mx")
+    assert mx.status.value == "declined"
+    assert mx.reason_code is Reason.record_not_releasable
+    assert mx.candidates == []
+
+
+def test_no_release_rule_declines_without_searching(tmp_path):
+    policies = Policies(
+        participants={
+            **POLICIES.participants,
+            "mx": ParticipantPolicy(release=[ReleaseRule(to=["us"], purposes=["adjudicate"])]),
+        }
+    )
+    hub = make_hub(tmp_path, policies)
+    out = encounter("us", person_known_to("mx"), Purpose.adjudicate)
+    hub.run([out])
+    mx = outcome(hub.latest(out.envelope.correlation_id), "mx")
+    assert mx.status.value == "declined" and mx.reason_code is Reason.release_not_agreed
+
+
+def test_inactive_requester_is_declined_not_rejected(tmp_path):
+    hub = make_hub(tmp_path)
+    registry = REGISTRY.model_copy(deep=True)
+    registry.participants["us"].status = "suspended"  # type: ignore[assignment]
+    hub.handlers[("mx", "query")].registry = registry  # type: ignore[attr-defined]
+    out = encounter("us", person_known_to("mx"))
+    hub.run([out])
+    mx = outcome(hub.latest(out.envelope.correlation_id), "mx")
+    assert mx.status.value == "declined" and mx.reason_code is Reason.inactive_requester
+
+
+# --- human review (§8) -------------------------------------------------------------------------
+
+
+def gray_zone_probe(hub: Hub, code: str) -> tuple[int, Biometrics]:
+    """A badly captured mated subject whose best score falls between the thresholds."""
+    matcher = hub.handlers[(code, "query")]
+    settings = matcher.settings  # type: ignore[attr-defined]
+    rng = np.random.default_rng(5)
+    from biox.gallery.gallery import Probe
+
+    for _ in range(200):
+        n = synth.known_to(code, SIZE, rng)
+        if synth.sealed(n):
+            continue
+        bio = synth.poor_capture(SEED, n, context=int(rng.integers(1 << 30)))
+        [hits] = matcher.gallery.search([Probe.from_biometrics(bio)])  # type: ignore[attr-defined]
+        if hits and settings.threshold_low <= hits[0].fused < settings.threshold_high:
+            return n, bio
+    raise AssertionError("no gray-zone probe in 200 tries")
+
+
+def test_gray_zone_becomes_a_case_then_the_examiners_decision_goes_out(hub):
+    n, bio = gray_zone_probe(hub, "mx")
+    out = encounter("us", n, biometrics=bio)
+    eid = out.envelope.correlation_id
+    hub.run([out])
+    mx = outcome(hub.latest(eid), "mx")
+    assert mx.status.value == "pending_review"
+    assert hub.latest(eid).status.value == "pending"
+    with hub.session("mx") as s:
+        case = examiners.take_next(s, "examiner-7", lease_s=900)
+        assert case is not None and case.query_id == mx.query_id
+        assert examiners.take_next(s, "examiner-8", lease_s=900) is None  # held by examiner-7
+        sides = examiners.sides(s, case)
+        verdict, ref = examiners.biographic_examiner(case, sides)
+    assert verdict is ReviewVerdict.match and ref == synth.identity_ref("mx", n)
+    hub.run([examiners.decision_message("mx", case, verdict, ref, "examiner-7")])
+    final = hub.latest(eid)
+    mx = outcome(final, "mx")
+    assert mx.status.value == "match" and mx.decided_by.value == "examiner"
+    assert mx.candidates[0].identity_ref == ref
+    with hub.session("mx") as s:
+        row = s.get(ReviewCaseRow, case.case_id)
+        assert row.status == "decided" and row.examiner == "examiner-7"
+        assert s.get(Transaction, (mx.query_id, "provider")).status == "match"
+
+
+def test_a_second_decision_on_a_decided_case_changes_nothing(hub):
+    n, bio = gray_zone_probe(hub, "sv")
+    out = encounter("us", n, biometrics=bio)
+    hub.run([out])
+    with hub.session("sv") as s:
+        case = examiners.take_next(s, "a", lease_s=900)
+    hub.run([examiners.decision_message("sv", case, ReviewVerdict.no_match, None, "a")])
+    before = len(hub.results)
+    ref = case.candidates[0]["identity_ref"]
+    hub.run([examiners.decision_message("sv", case, ReviewVerdict.match, ref, "b")])
+    assert len(hub.results) == before  # nothing sent
+    assert outcome(hub.latest(out.envelope.correlation_id), "sv").status.value == "no_match"
+
+
+def test_an_abandoned_case_returns_to_the_pool_after_its_lease(hub):
+    n, bio = gray_zone_probe(hub, "mx")
+    hub.run([encounter("us", n, biometrics=bio)])
+    with hub.session("mx") as s:
+        first = examiners.take_next(s, "gone", lease_s=900)
+        assert first is not None
+        again = examiners.take_next(s, "next", lease_s=0)  # lease already over
+        assert again is not None and again.case_id == first.case_id
+        assert again.examiner == "next"
+
+
+# --- retrieval queries (§10) -------------------------------------------------------------------
+
+
+def test_derogatory_match_triggers_the_automatic_retrieval_and_is_answered(hub):
+    """us asks automatically after a derogatory match; mx answers under its own policy."""
+    n = person_known_to("us", derogatory=True)
+    out = encounter("mx", n)
+    eid = out.envelope.correlation_id
+    hub.run([out])
+    us = outcome(hub.latest(eid), "us")
+    assert us.status.value == "match"
+    [note] = us.retrievals  # the requester's encounter system sees the retrieval
+    assert note.status.value == "released" and set(note.released) == {
+        Element.biographic,
+        Element.encounters,
+    }
+    with hub.session("us") as s:
+        [row] = s.exec(select(RetrievalRow).where(RetrievalRow.query_id == us.query_id)).all()
+        assert row.role == "asker" and row.status == "released"
+        assert row.source == "mx" and row.source_message_id and row.received_at
+        assert row.data["identity_ref"] == eid
+        assert row.conditions and row.retain_until is not None
+        assert row.asked_by == "rule:derogatory"
+
+
+def test_manual_retrieval_is_limited_by_the_holders_policy(hub):
+    n = person_known_to("sv", derogatory=False)
+    out = encounter("us", n, Purpose.investigate)
+    eid = out.envelope.correlation_id
+    hub.run([out])
+    sv = outcome(hub.latest(eid), "sv")
+    assert sv.status.value == "match"
+    ask = RetrievalAsk(
+        query_id=sv.query_id, elements=[Element.biographic, Element.derogatory], asked_by="op-1"
+    )
+    hub.run([codec.to_own_inbox(ask, participant="sv", message_id="ask-1", correlation_id="x")])
+    # us releases everything to sv for investigate except what it does not hold
+    with hub.session("sv") as s:
+        row = s.get(RetrievalRow, (codec.derived_id("ask-1", "retrieval.request"), "asker"))
+        assert row.status == "released"
+        assert row.data["biographic"]["family_name"]
+    latest = outcome(hub.latest(eid), "sv")
+    assert latest.retrievals and latest.retrievals[0].status.value == "released"
+
+
+def test_retrieval_about_a_query_never_matched_is_refused(hub):
+    rng = np.random.default_rng(3)
+    stranger = synth.stranger(SEED, dict.fromkeys(("us", "mx", "sv"), SIZE), rng)
+    out = encounter("us", stranger)
+    hub.run([out])
+    mx = outcome(hub.latest(out.envelope.correlation_id), "mx")
+    assert mx.status.value == "no_match"
+    # the asker's own worker refuses to ask ...
+    ask = RetrievalAsk(query_id=mx.query_id, elements=[Element.biographic], asked_by="op")
+    hub.run([codec.to_own_inbox(ask, participant="mx", message_id="ask-2", correlation_id="x")])
+    assert hub.errors[-1][1].reason is Reason.not_matched
+    # ... and a holder refuses a request that skipped that check
+    from biox.messages import RetrievalRequest
+
+    req = RetrievalRequest(
+        retrieval_id="r-forged",
+        query_id=mx.query_id,
+        asker="mx",
+        holder="us",
+        identity_ref="MX-000000001",
+        elements=[Element.biographic],
+        sent_at=datetime.now(UTC),
+    )
+    with hub.session("mx") as s:  # pretend mx had asked
+        s.add(
+            RetrievalRow(
+                retrieval_id="r-forged",
+                role="asker",
+                query_id=mx.query_id,
+                asker="mx",
+                holder="us",
+                identity_ref="MX-000000001",
+                elements=["biographic"],
+            )
+        )
+        s.commit()
+    hub.run(
+        [
+            codec.to_partner(
+                req, sender="mx", recipient="us", message_id="r-forged", correlation_id="x"
+            )
+        ]
+    )
+    back = [o for o in hub.seen if o.envelope.kind == "retrieval.response"][-1]
+    response = codec.decode_body("retrieval.response", "retrieval.response/1", back.body)
+    assert isinstance(response, RetrievalResponse)
+    assert response.status.value == "declined" and response.reason_code is Reason.not_matched
+    assert response.data is None
+
+
+# --- provenance and enrolment (§20-21) ---------------------------------------------------------
+
+
+def test_query_data_is_enrolled_with_provenance_and_found_next_time(hub):
+    """us enrols mx's enforcement queries: a second encounter of the same stranger matches
+    the enrolled record, which carries where it came from and until when it is kept."""
+    rng = np.random.default_rng(9)
+    stranger = synth.stranger(SEED, dict.fromkeys(("us", "mx", "sv"), SIZE), rng)
+    first = encounter("mx", stranger)
+    hub.run([first])
+    us = outcome(hub.latest(first.envelope.correlation_id), "us")
+    assert us.status.value == "no_match"
+    record_id = enrolled_record_id(us.query_id)
+    with hub.session("us") as s:
+        record = s.get(Record, record_id)
+        assert record.source == "mx" and record.source_query_id == us.query_id
+        assert record.source_message_id and record.retain_until > record.received_at
+    hub.handlers[("us", "query")]._synced_at = float("-inf")  # type: ignore[attr-defined]
+    second = encounter("mx", stranger)
+    second_submit = codec.decode_body("encounter.submit", "encounter.submit/1", second.body)
+    second_submit.biometrics = synth.capture(SEED, stranger, context=99)
+    second = codec.to_own_inbox(
+        second_submit,
+        participant="mx",
+        message_id=str(uuid.uuid4()),
+        correlation_id=second_submit.encounter_id,
+        reply_to="encounter-system",
+    )
+    hub.run([second])
+    again = outcome(hub.latest(second.envelope.correlation_id), "us")
+    assert again.status.value == "match"
+    assert again.candidates[0].identity_ref == record.identity_ref
+
+
+def test_enrolled_data_is_not_passed_on_to_a_third_participant(hub):
+    """What sv sent is released back to sv, never to mx (onward disclosure, §15)."""
+    rng = np.random.default_rng(21)
+    stranger = synth.stranger(SEED, dict.fromkeys(("us", "mx", "sv"), SIZE), rng)
+    hub.run([encounter("sv", stranger)])
+    hub.handlers[("us", "query")]._synced_at = float("-inf")  # type: ignore[attr-defined]
+    out = encounter("mx", stranger)
+    hub.run([out])
+    us = outcome(hub.latest(out.envelope.correlation_id), "us")
+    assert us.status.value == "declined" and us.reason_code is Reason.record_not_releasable
+
+
+# --- the consolidated result -------------------------------------------------------------------
+
+
+def test_one_result_per_change_with_every_partner_and_growing_revisions(hub):
+    n = person_known_to("mx")
+    out = encounter("us", n)
+    eid = out.envelope.correlation_id
+    hub.run([out])
+    mine = [r for r in hub.results if r.encounter_id == eid]
+    assert [r.revision for r in mine] == list(range(1, len(mine) + 1))
+    assert all({o.partner for o in r.outcomes} == {"mx", "sv"} for r in mine)
+    assert mine[0].status.value == "pending" and mine[-1].status.value == "complete"
+    with hub.session("us") as s:
+        row = s.get(EncounterRow, eid)
+        assert row.revision == mine[-1].revision and row.status == "complete"
+
+
+def test_a_duplicate_encounter_id_is_refused(hub):
+    out = encounter("us", 5)
+    hub.run([out])
+    sub = codec.decode_body("encounter.submit", "encounter.submit/1", out.body)
+    again = codec.to_own_inbox(
+        sub,
+        participant="us",
+        message_id=str(uuid.uuid4()),
+        correlation_id=sub.encounter_id,
+        reply_to="encounter-system",
+    )
+    hub.run([again])
+    assert hub.errors[-1][1].reason is Reason.duplicate_encounter
+    assert hub.results[-1].status.value == "refused"
+
+
+def test_an_interim_answer_after_the_final_one_is_ignored(hub):
+    n = person_known_to("mx")
+    out = encounter("us", n)
+    hub.run([out])
+    eid = out.envelope.correlation_id
+    mx = outcome(hub.latest(eid), "mx")
+    late = Response(
+        query_id=mx.query_id,
+        requesting="us",
+        providing="mx",
+        status="pending_review",  # type: ignore[arg-type]
+        timings={"received_at": datetime.now(UTC), "answered_at": datetime.now(UTC)},
+    )
+    env = Envelope(str(uuid.uuid4()), "response", "response/1", "mx", "us", mx.query_id)
+    with hub.session("us") as s:
+        [effects] = hub.handlers[("us", "response")].handle([Inbound(env, late)], s)  # type: ignore[attr-defined]
+    assert effects.outcome == "superseded" and not effects.outgoing

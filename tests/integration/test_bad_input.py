@@ -45,13 +45,15 @@ def responses(peer: Peer) -> str:
     return peer.observe(addresses.inbox("us"), "us.response")
 
 
-def expect_rejected(peer: Peer, queue: str, qid: str, reason: str) -> dict:
+def expect_rejected(
+    peer: Peer, queue: str, qid: str, reason: str, status: str = "rejected"
+) -> dict:
     got = peer.take(queue, 1)
     assert got, f"no response for {qid}"
     props, body = got[0]
     answer = unpack(body)
     assert props.correlation_id == qid
-    assert answer["status"] == "rejected"
+    assert answer["status"] == status
     assert answer["reason_code"] == reason, answer
     assert answer["reason"]
     return answer
@@ -92,8 +94,9 @@ def test_unknown_schema_version_is_rejected(peer, responses):
     expect_rejected(peer, responses, q.query_id, "unknown_schema")
 
 
-def test_purpose_not_agreed_is_rejected(peer: Peer):
-    """sv answers us only for enforce/investigate (deploy/participants.toml)."""
+def test_purpose_not_agreed_is_declined(peer: Peer):
+    """sv answers us only for enforce/investigate (deploy/participants.toml): a readable
+    query outside the agreement is a decision not to answer (§9), not a broken message."""
     observe = peer.observe(addresses.inbox("us"), "us.response")
     q = valid_query(providing="sv", purpose=Purpose.adjudicate)
     peer.publish(
@@ -103,7 +106,7 @@ def test_purpose_not_agreed_is_rejected(peer: Peer):
         recipient="sv",
         correlation_id=q.query_id,
     )
-    expect_rejected(peer, observe, q.query_id, "purpose_not_agreed")
+    expect_rejected(peer, observe, q.query_id, "purpose_not_agreed", status="declined")
 
 
 def test_unknown_participant_goes_to_the_dead_letter_queue(peer: Peer):

@@ -41,8 +41,15 @@ def test_mated_query_is_answered_match_with_the_right_identity(exchange, plans):
         assert o.complete, f"{o.planned.encounter_id} incomplete: {o.answers}"
         for partner, answer in o.answers.items():
             if synth.in_gallery(partner, exchange.sizes[partner], o.planned.person):
+                if synth.sealed(o.planned.person):  # the provider's policy holds it back
+                    assert (answer.status, answer.reason_code) == (
+                        "declined",
+                        "record_not_releasable",
+                    )
+                    continue
                 assert answer.status == "match"
                 assert answer.identity_ref == synth.identity_ref(partner, o.planned.person)
+                assert answer.conditions  # every shipped release rule attaches conditions
             else:
                 assert answer.status == "no_match"
     assert system.duplicates == 0
@@ -117,7 +124,7 @@ def test_worker_killed_mid_message_still_answers_each_query_exactly_once(exchang
 
 
 def test_every_hop_of_a_query_is_in_the_audit_trails_without_biometrics(exchange, plans):
-    mated = pick(plans, "mated", 1)
+    mated = encounters.repeat(pick(plans, "mated", 1), 1, "trail")  # a fresh encounter id
     _, outcomes = run_encounters(exchange, mated)
     answer = next(iter(outcomes[0].answers.values()))
     deadline = time.monotonic() + 20

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from biox import addresses, codec
 from biox.cli import app
 from biox.messages import Response, ResponseStatus, Timings
-from biox.store import AuditEntry, Transaction, session_for
+from biox.store import AuditEntry, EncounterRow, Transaction, session_for
 from tests.integration.conftest import (
     Exchange,
     Peer,
@@ -55,6 +55,11 @@ def orphan_response(peer: Peer) -> tuple[str, str]:
 
 def record_query(exchange: Exchange, qid: str, reply_to: str) -> None:
     with session_for(exchange.settings.database_for("us")) as s:
+        s.add(
+            EncounterRow(
+                encounter_id=f"E-{qid}", purpose="enforce", reply_to=reply_to, partners=["mx"]
+            )
+        )
         s.add(
             Transaction(
                 query_id=qid,
@@ -98,7 +103,7 @@ def test_transient_failure_retries_twice_then_succeeds_with_hops_in_the_audit(
         time.sleep(0.1)  # two attempts failed; the message now waits in the 2 s tier
     record_query(exchange, qid, reply)
     _props, body = peer.take(reply, 1, timeout=30)[0]
-    assert unpack(body)["outcome"]["query_id"] == qid
+    assert unpack(body)["outcomes"][0]["query_id"] == qid
     hops = retry_hops()
     assert len(hops) == 2
 
@@ -129,7 +134,7 @@ def test_exhausted_retries_park_in_the_dlq_and_replay_after_the_fix(exchange, pe
     done = runner.invoke(app, ["dlq", "replay", mid])
     assert done.exit_code == 0 and "replayed 1" in done.output, done.output
     _props, body = peer.take(reply, 1, timeout=30)[0]
-    assert unpack(body)["outcome"]["query_id"] == qid
+    assert unpack(body)["outcomes"][0]["query_id"] == qid
 
     again = runner.invoke(app, ["dlq", "list", "--queue", "us.response", "--json"])
     assert mid not in [r["id"] for r in json.loads(again.output)["messages"]]

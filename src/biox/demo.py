@@ -125,6 +125,7 @@ def start_requester_with_providers(
     seed: int,
     requester: str = "us",
     extra_env: dict[str, str] | None = None,
+    provider_kinds: tuple[WorkerKind, ...] = (WorkerKind.matcher,),
 ) -> Workers:
     """Topology, the providers' synthetic galleries, the requester's intake and response
     workers and one matcher per provider, all consuming (load and fault runs)."""
@@ -142,8 +143,12 @@ def start_requester_with_providers(
     }
     logs = settings.data_dir / "logs"
     workers = start_workers([requester], env, logs, (WorkerKind.intake, WorkerKind.response))
-    workers.processes += start_workers(providers, env, logs, (WorkerKind.matcher,)).processes
-    queues = [f"{requester}.intake", f"{requester}.response", *(f"{c}.query" for c in providers)]
+    workers.processes += start_workers(providers, env, logs, provider_kinds).processes
+    queues = [
+        f"{requester}.intake",
+        f"{requester}.response",
+        *(addresses.queue(c, QUEUE_ROLE[k]) for c in providers for k in provider_kinds),
+    ]
     wait_for_consumers(url, queues, workers)
     return workers
 

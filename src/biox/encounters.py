@@ -22,6 +22,7 @@ from biox.broker.link import Link
 from biox.broker.publisher import Publisher, envelope_of
 from biox.codec import Outgoing
 from biox.messages import (
+    Biometrics,
     EncounterResult,
     EncounterResultStatus,
     EncounterSubmit,
@@ -73,6 +74,7 @@ class Outcome:
     final: bool = False
     in_review: set[str] = field(default_factory=set)
     retrievals: dict[str, list[RetrievalNote]] = field(default_factory=dict)
+    result: EncounterResult | None = None  # the newest consolidated result
 
     @property
     def complete(self) -> bool:
@@ -140,6 +142,29 @@ def plan(
             ]
             out.append(Planned(encounter_id, requester, number, scenario, submit, expected))
     return out
+
+
+def single(
+    registry: Registry,
+    requester: str,
+    person: int,
+    seed: int,
+    purpose: Purpose = Purpose.enforce,
+    biometrics: Biometrics | None = None,
+    scenario: str = "mated",
+) -> Planned:
+    """One encounter of a chosen person (a third-country national) under a fresh id."""
+    eid = f"{requester.upper()}-ONE-{uuid.uuid4().hex[:10]}"
+    submit = EncounterSubmit(
+        encounter_id=eid,
+        purpose=purpose,
+        subject_status=synth.status_for(requester, [], None),
+        biometrics=biometrics or synth.capture(seed, person, context=zlib.crc32(eid.encode())),
+        biographic=synth.person(seed, person).biographic,
+        encounter=synth.encounter_here(requester, np.random.default_rng(person)),
+    )
+    partners = registry.partners_for(requester, purpose)
+    return Planned(eid, requester, person, scenario, submit, partners)
 
 
 def repeat(base: list[Planned], n: int, tag: str) -> list[Planned]:
@@ -229,17 +254,26 @@ class EncounterSystem:
         idle_timeout: float = 60.0,
         on_progress: Callable[[int, int], None] | None = None,
         expect: int = 0,
-    ) -> None:
-        """Take results until every encounter is complete, or nothing arrives for a while.
+        until: Callable[[], object] | None = None,
+    ) -> bool:
+        """Take results until every encounter is complete (or ``until()`` holds), or
+        nothing arrives for a while; returns whether the goal was reached.
 
         ``expect``: how many encounters will have been submitted in all, when another
-        thread is still submitting.
+        thread is still submitting. ``until``: another goal, for updates that follow the
+        final answers (a retrieval, say).
         """
         deadline = time.monotonic() + timeout
         last_seen = time.monotonic()
+
+        def done() -> bool:
+            if until is not None:
+                return bool(until())
+            return len(self.outcomes) >= expect and self.completed >= len(self.outcomes)
+
         while time.monotonic() < deadline and time.monotonic() - last_seen < idle_timeout:
-            if len(self.outcomes) >= expect and self.completed >= len(self.outcomes):
-                return
+            if done():
+                return True
             try:
                 delivery = self.link.deliveries.get(timeout=0.2)
             except Exception:
@@ -249,6 +283,7 @@ class EncounterSystem:
             self.link.ack(delivery)
             if on_progress:
                 on_progress(self.completed, max(expect, len(self.outcomes)))
+        return done()
 
     def _take(self, delivery: object) -> None:
         env = envelope_of(delivery)  # type: ignore[arg-type]
@@ -278,6 +313,7 @@ class EncounterSystem:
             self.stale += 1
             return
         outcome.revision = result.revision
+        outcome.result = result
         outcome.final = result.status is EncounterResultStatus.complete
         outcome.planned.expected_partners = sorted(
             set(outcome.planned.expected_partners) | {o.partner for o in result.outcomes}

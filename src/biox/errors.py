@@ -103,7 +103,7 @@ REASON_USE: dict[Reason, tuple[str, ...]] = {
     Reason.duplicate_encounter: ("refused",),
     Reason.record_not_releasable: ("declined",),
     Reason.release_not_agreed: ("declined",),
-    Reason.not_matched: ("declined",),
+    Reason.not_matched: ("declined", "dead-letter"),
     Reason.unknown_retrieval: ("dead-letter",),
     Reason.unknown_case: ("dead-letter",),
     Reason.not_a_candidate: ("dead-letter",),

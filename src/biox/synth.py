@@ -441,3 +441,28 @@ def add_to(gallery: Gallery, batch: EnrolmentBatch) -> None:
 
 def in_gallery(code: str, size: int, number: int) -> bool:
     return bool(member_of(code, np.array([number]))[0]) and number <= _last_member(code, size)
+
+
+def gray_zone_subject(
+    gallery: Gallery,
+    code: str,
+    size: int,
+    seed: int,
+    low: float,
+    high: float,
+    rng: np.random.Generator,
+    tries: int = 300,
+) -> tuple[int, Biometrics]:
+    """A mated, unsealed person and a poor capture of them whose best fused score in
+    ``gallery`` falls between the thresholds: a case for an examiner (§8)."""
+    from biox.gallery.gallery import Probe
+
+    for _ in range(tries):
+        n = known_to(code, size, rng)
+        if sealed(n):
+            continue
+        bio = poor_capture(seed, n, context=int(rng.integers(1 << 30)))
+        [hits] = gallery.search([Probe.from_biometrics(bio)])
+        if hits and hits[0].record_id == n and low <= hits[0].fused < high:
+            return n, bio
+    raise LookupError(f"no gray-zone capture in {tries} tries")

@@ -10,16 +10,20 @@ import time
 import uuid
 from pathlib import Path
 
+import numpy as np
 import pika
 import pytest
 
-from biox import addresses, encounters
+from biox import addresses, encounters, examiners, synth
 from biox.broker.deadletters import DeadLetterQueues, Filters
 from biox.broker.launcher import LocalBroker
 from biox.broker.topology import declare_work_queue
 from biox.demo import start_requester_with_providers
-from biox.registry import Registry
+from biox.gallery.gallery import Gallery
+from biox.registry import Purpose, Registry
+from biox.runtime import WorkerKind, gallery_dir
 from biox.settings import Settings
+from biox.store import session_for
 from tests.integration.conftest import SEED, Peer
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault]
@@ -96,6 +100,58 @@ def test_broker_restart_under_load_loses_nothing_and_answers_once(tmp_path: Path
         assert missing == []
         assert system.duplicates == 0
         assert all(a.correct for o in outcomes for a in o.answers.values())
+        assert all(p.poll() is None for _, p in workers.processes)
+    finally:
+        if workers is not None:
+            workers.stop()
+        broker.stop()
+
+
+def test_a_review_case_survives_a_broker_restart(tmp_path: Path):
+    """A gray-zone case opened before the broker restarts is decided after it, and the
+    answer reaches the encounter system: cases are rows, decisions persistent messages."""
+    broker = LocalBroker().start()
+    workers = None
+    try:
+        settings = Settings(amqp_url=broker.url, data_dir=tmp_path, retry_delays="1,2")
+        sizes = {"us": 10, "mx": 3000}
+        workers = start_requester_with_providers(
+            broker.url,
+            settings,
+            sizes,
+            SEED,
+            provider_kinds=(WorkerKind.matcher, WorkerKind.review),
+        )
+        gallery = Gallery.load(gallery_dir(settings, "mx"))
+        n, bio = synth.gray_zone_subject(
+            gallery,
+            "mx",
+            sizes["mx"],
+            SEED,
+            settings.threshold_low,
+            settings.threshold_high,
+            np.random.default_rng(17),
+        )
+        registry = Registry.load(settings.registry)
+        planned = encounters.single(
+            registry, "us", n, SEED, Purpose.adjudicate, bio, scenario="poor"
+        )  # adjudicate: us asks mx alone
+        with encounters.EncounterSystem(broker.url, sizes) as system:
+            system.submit([planned])
+            outcome = system.outcomes[planned.encounter_id]
+            assert system.collect(timeout=60, until=lambda: "mx" in outcome.in_review)
+            broker.restart(down_for=1.0)
+            with session_for(settings.database_for("mx")) as db:
+                case = examiners.take_next(db, "ex-1", settings.review_lease_s)
+                assert case is not None
+                verdict, ref = examiners.biographic_examiner(case, examiners.sides(db, case))
+            examiners.send_decision(
+                broker.url, examiners.decision_message("mx", case, verdict, ref, "ex-1")
+            )
+            assert system.collect(timeout=90, until=lambda: outcome.complete)
+        [answer] = outcome.answers.values()
+        assert (answer.status, answer.identity_ref) == ("match", synth.identity_ref("mx", n))
+        assert answer.decided_by == "examiner" and answer.reviewed
         assert all(p.poll() is None for _, p in workers.processes)
     finally:
         if workers is not None:

@@ -228,21 +228,17 @@ def test_inactive_requester_is_declined_not_rejected(tmp_path):
 
 
 def gray_zone_probe(hub: Hub, code: str) -> tuple[int, Biometrics]:
-    """A badly captured mated subject whose best score falls between the thresholds."""
     matcher = hub.handlers[(code, "query")]
     settings = matcher.settings  # type: ignore[attr-defined]
-    rng = np.random.default_rng(5)
-    from biox.gallery.gallery import Probe
-
-    for _ in range(200):
-        n = synth.known_to(code, SIZE, rng)
-        if synth.sealed(n):
-            continue
-        bio = synth.poor_capture(SEED, n, context=int(rng.integers(1 << 30)))
-        [hits] = matcher.gallery.search([Probe.from_biometrics(bio)])  # type: ignore[attr-defined]
-        if hits and settings.threshold_low <= hits[0].fused < settings.threshold_high:
-            return n, bio
-    raise AssertionError("no gray-zone probe in 200 tries")
+    return synth.gray_zone_subject(
+        matcher.gallery,  # type: ignore[attr-defined]
+        code,
+        SIZE,
+        SEED,
+        settings.threshold_low,
+        settings.threshold_high,
+        np.random.default_rng(5),
+    )
 
 
 def test_gray_zone_becomes_a_case_then_the_examiners_decision_goes_out(hub):

@@ -24,7 +24,7 @@ from sqlmodel import Session
 
 from biox import codec
 from biox.codec import Envelope
-from biox.errors import REASON_TEXT, BioxError, PermanentError, Reason
+from biox.errors import REASON_TEXT, BioxError, PermanentError, Reason, TransientError
 from biox.handlers.base import Effects, Inbound, Result
 from biox.handlers.results import EncounterViews
 from biox.messages import (
@@ -157,6 +157,11 @@ class RetrievalHandler:
                 Reason.invalid_message, "retrieval_id must be the request's message_id"
             )
         tx = views.transaction(req.query_id)
+        if tx is not None and tx.providing == sender and tx.answer is None:
+            # the asker's match answer travels on another queue and may not be in yet
+            return TransientError(
+                Reason.not_matched, f"no answer from {sender} to {req.query_id} received yet"
+            )
         row = RetrievalRow(
             retrieval_id=req.retrieval_id,
             role="holder",

@@ -13,23 +13,33 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+import uuid
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pika
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from sqlmodel import select
 
-from biox import addresses, encounters
+from biox import addresses, codec, encounters, examiners, synth
 from biox.audit import trail_across
 from biox.broker.launcher import LocalBroker
+from biox.broker.link import Link
+from biox.broker.publisher import Publisher, publish_once
 from biox.broker.topology import declare
-from biox.registry import Registry
+from biox.gallery.gallery import Gallery
+from biox.messages import Element, RetrievalAsk, ReviewVerdict
+from biox.registry import Purpose, Registry
 from biox.runtime import QUEUE_ROLE, WorkerKind, build_synthetic_gallery
 from biox.settings import Settings
+from biox.store import RetrievalRow, ReviewCaseRow, session_for
 from biox.views import trail_table
 
 
@@ -173,6 +183,70 @@ def wait_for_consumers(url: str, queues: list[str], workers: Workers, timeout: f
         conn.close()
 
 
+class ScriptedExaminers(threading.Thread):
+    """Examiners at every participant, played by a script (§8): each takes the oldest open
+    case, compares the probe's biographic data with each candidate's, and decides."""
+
+    def __init__(self, url: str, settings: Settings, codes: list[str]) -> None:
+        super().__init__(name="scripted-examiners", daemon=True)
+        self.url = url
+        self.settings = settings
+        self.codes = codes
+        self.stop = threading.Event()
+        self.decided: list[tuple[str, ReviewCaseRow, ReviewVerdict, str | None]] = []
+        self.failure: BaseException | None = None
+
+    def run(self) -> None:
+        link = Link(self.url, name="scripted-examiners").start()
+        try:
+            publisher = Publisher(link)
+            while not self.stop.is_set():
+                if not any([self._one(code, publisher) for code in self.codes]):
+                    self.stop.wait(0.3)
+        except BaseException as exc:  # reported by the demo, which then fails
+            self.failure = exc
+        finally:
+            link.close()
+
+    def _one(self, code: str, publisher: Publisher) -> bool:
+        examiner = f"examiner-{code}-1"
+        with session_for(self.settings.database_for(code)) as session:
+            case = examiners.take_next(session, examiner, self.settings.review_lease_s)
+            if case is None:
+                return False
+            verdict, ref = examiners.biographic_examiner(case, examiners.sides(session, case))
+        publisher.send([examiners.decision_message(code, case, verdict, ref, examiner)])
+        self.decided.append((code, case, verdict, ref))
+        return True
+
+
+def showcase(
+    registry: Registry, galleries: dict[str, Gallery], size: int, seed: int, settings: Settings
+) -> list[encounters.Planned]:
+    """Encounters that make sure every workflow appears once, whatever the random mix:
+    a gray-zone capture for each provider's examiners (the one at us, of a person with
+    derogatory data, also sets off us's automatic retrieval), and a sealed record."""
+    low, high = settings.threshold_low, settings.threshold_high
+    rng = np.random.default_rng([seed, 404])
+    out = []
+    # (requester, provider, purpose): the purpose picks a pair where only that provider is asked
+    for requester, provider, purpose in (
+        ("mx", "us", Purpose.adjudicate),
+        ("us", "mx", Purpose.adjudicate),
+        ("us", "sv", Purpose.investigate),
+    ):
+        accept = (lambda n: bool(synth.person(seed, n).derogatory)) if provider == "us" else None
+        n, bio = synth.gray_zone_subject(
+            galleries[provider], provider, size, seed, low, high, rng, accept=accept
+        )
+        out.append(encounters.single(registry, requester, n, seed, purpose, bio, "poor"))
+    while True:
+        n = synth.known_to("mx", size, rng)
+        if synth.sealed(n):
+            out.append(encounters.single(registry, "us", n, seed, Purpose.adjudicate))
+            return out
+
+
 def run(
     settings: Settings,
     *,
@@ -193,10 +267,11 @@ def run(
     with broker_url(settings, console) as url:
         queues = declare(url, codes, settings)
         console.print(f"Topology: {len(codes) * 2} exchanges, {len(queues)} work queues declared")
+        galleries = {}
         with _progress(console) as progress:
             for code in codes:
                 task = progress.add_task(f"Gallery {code}", total=gallery_size)
-                build_synthetic_gallery(
+                galleries[code] = build_synthetic_gallery(
                     settings, code, gallery_size, seed, lambda n, t=task: progress.advance(t, n)
                 )
         env = {
@@ -204,8 +279,10 @@ def run(
             "BIOX_AMQP_URL": url,
             "BIOX_DATA_DIR": str(data_dir),
             "BIOX_REGISTRY": str(settings.registry),
+            "BIOX_POLICY": str(settings.policy),
         }
         workers = start_workers(codes, env, data_dir / "logs")
+        desk = ScriptedExaminers(url, settings, codes)
         try:
             with console.status(f"Starting {len(workers.processes)} worker processes..."):
                 wait_for_consumers(
@@ -217,7 +294,9 @@ def run(
                 f"Workers: {len(workers.processes)} processes "
                 f"({', '.join(k.value for k in WorkerKind)} per participant)"
             )
-            planned = encounters.plan(registry, sizes, per_participant, seed)
+            planned = encounters.plan(registry, sizes, per_participant, seed, poor=0.05)
+            planned += showcase(registry, galleries, gallery_size, seed, settings)
+            desk.start()
             with (
                 encounters.EncounterSystem(url, sizes) as system,
                 _progress(console) as progress,
@@ -228,23 +307,89 @@ def run(
                     timeout=600,
                     on_progress=lambda done, total: progress.update(task, completed=done),
                 )
+                asked = _ask_for_more(url, settings, system.outcomes.values())
+                retrievals = _wait_for_retrievals(settings, codes, console)
+                system.collect(timeout=5, idle_timeout=2, until=lambda: False)  # late updates
                 outcomes = list(system.outcomes.values())
                 duplicates = system.duplicates
-            _show_a_trail(console, settings, outcomes)
+            desk.stop.set()
+            desk.join(10)
+            _show_a_trail(console, settings, outcomes, desk)
         finally:
+            desk.stop.set()
             workers.stop()
-        return report(console, outcomes, duplicates)
+        return report(console, outcomes, duplicates, desk, retrievals, asked)
 
 
-def _show_a_trail(console: Console, settings: Settings, outcomes: list[encounters.Outcome]) -> None:
-    """One matched query's path through every participant's audit trail."""
-    matched = [a for o in outcomes for a in o.answers.values() if a.status == "match"]
-    if not matched:
+def _ask_for_more(
+    url: str, settings: Settings, outcomes: Iterable[encounters.Outcome]
+) -> str | None:
+    """An operator at a provider without an automatic rule asks for more data (§10), the
+    way `biox retrieval request` does."""
+    for o in outcomes:
+        for a in o.answers.values():
+            if a.status == "match" and a.partner != "us" and a.decided_by == "automatic":
+                ask = RetrievalAsk(
+                    query_id=a.query_id,
+                    elements=[Element.biographic, Element.encounters],
+                    asked_by="demo-operator",
+                    justification="identity check before removal proceedings",
+                )
+                out = codec.to_own_inbox(
+                    ask,
+                    participant=a.partner,
+                    message_id=str(uuid.uuid4()),
+                    correlation_id=a.query_id,
+                )
+                publish_once(url, [codec.with_actor(out, "demo-operator")], "demo-operator")
+                return a.query_id
+    return None
+
+
+def _wait_for_retrievals(
+    settings: Settings, codes: list[str], console: Console, timeout: float = 60
+) -> list[RetrievalRow]:
+    deadline = time.monotonic() + timeout
+    with console.status("Waiting for retrieval answers..."):
+        while True:
+            rows = []
+            for code in codes:
+                with session_for(settings.database_for(code)) as session:
+                    rows += session.exec(
+                        select(RetrievalRow).where(RetrievalRow.role == "asker")
+                    ).all()
+            if all(r.status != "pending" for r in rows) or time.monotonic() > deadline:
+                return rows
+            time.sleep(0.3)
+
+
+def _show_a_trail(
+    console: Console,
+    settings: Settings,
+    outcomes: list[encounters.Outcome],
+    desk: ScriptedExaminers,
+) -> None:
+    """One query's path through every participant's audit trail: preferably one that an
+    examiner decided and that led to a retrieval, else any reviewed one, else a match."""
+    reviewed = [case.query_id for _, case, verdict, _ in desk.decided if verdict == "match"]
+    with_retrieval = {
+        a.query_id
+        for o in outcomes
+        for p, notes in o.retrievals.items()
+        if notes
+        for a in o.answers.values()
+        if a.partner == p
+    }
+    matched = [a.query_id for o in outcomes for a in o.answers.values() if a.status == "match"]
+    choice = next(
+        (q for q in reviewed if q in with_retrieval), next(iter(reviewed or matched), None)
+    )
+    if choice is None:
         return
     time.sleep(1.0)  # the audit consumers run beside the pipeline: let them catch up
-    rows = trail_across(settings, matched[0].query_id)
+    rows = trail_across(settings, choice)
     if rows:
-        console.print(trail_table(matched[0].query_id, rows))
+        console.print(trail_table(choice, rows))
 
 
 def _progress(console: Console) -> Progress:
@@ -257,13 +402,20 @@ def _progress(console: Console) -> Progress:
     )
 
 
-def report(console: Console, outcomes: list[encounters.Outcome], duplicates: int) -> int:
+def report(
+    console: Console,
+    outcomes: list[encounters.Outcome],
+    duplicates: int,
+    desk: ScriptedExaminers | None = None,
+    retrievals: list[RetrievalRow] | None = None,
+    asked: str | None = None,
+) -> int:
     pairs, refused, missing = encounters.summarise(outcomes)
     table = Table(
-        title="Queries per pair (all encounters submitted at once; "
-        "latency from submission to the answer on reply_to)"
+        title="Queries per pair (all encounters submitted at once; latency from submission "
+        "to the answer on reply_to, answers decided by an examiner left out)"
     )
-    columns = ("pair", "sent", "match", "no_match", "declined", "rejected", "wrong")
+    columns = ("pair", "sent", "match", "no_match", "declined", "rejected", "reviewed", "wrong")
     for col in (*columns, "p50 ms", "p95 ms", "p99 ms"):
         table.add_column(col, justify="left" if col == "pair" else "right", no_wrap=True)
     for (req, prov), s in sorted(pairs.items()):
@@ -274,6 +426,7 @@ def report(console: Console, outcomes: list[encounters.Outcome], duplicates: int
             str(s.no_match),
             str(s.declined),
             str(s.rejected),
+            str(s.reviewed),
             str(s.wrong),
             *(
                 f"{v:.0f}" if v is not None else "-"
@@ -287,10 +440,85 @@ def report(console: Console, outcomes: list[encounters.Outcome], duplicates: int
     for req, reasons in sorted(refused.items()):
         ref.add_row(req, ", ".join(f"{k}: {v}" for k, v in sorted(reasons.items())))
     console.print(ref)
+    declines = Counter(
+        a.reason_code for o in outcomes for a in o.answers.values() if a.status == "declined"
+    )
+    if declines:
+        console.print(
+            "Declined by the provider's release policy (§9): "
+            + ", ".join(f"{k}: {v}" for k, v in sorted(declines.items()))
+        )
+    if desk is not None:
+        console.print(_review_table(desk))
+    if retrievals is not None:
+        console.print(_retrieval_table(retrievals, asked))
     total = sum(s.queries for s in pairs.values())
     wrong = sum(s.wrong for s in pairs.values())
     console.print(
         f"{len(outcomes)} encounters, {total} queries, {missing} unanswered, "
         f"{duplicates} duplicate results, {wrong} wrong answers."
     )
-    return 0 if missing == 0 and duplicates == 0 and wrong == 0 else 1
+    healthy = missing == 0 and duplicates == 0 and wrong == 0
+    if desk is None:  # a load or fault run: only the answers matter
+        return 0 if healthy else 1
+    shown = _flows_shown(outcomes, desk, retrievals)
+    absent = [flow for flow, seen in shown.items() if not seen]
+    console.print(
+        "Workflows shown: " + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in shown.items())
+    )
+    if desk.failure is not None:
+        console.print(f"[red]the scripted examiners failed: {desk.failure!r}[/]")
+    return 0 if healthy and not absent and desk.failure is None else 1
+
+
+def _flows_shown(
+    outcomes: list[encounters.Outcome],
+    desk: ScriptedExaminers,
+    retrievals: list[RetrievalRow] | None,
+) -> dict[str, bool]:
+    answers = [a for o in outcomes for a in o.answers.values()]
+    return {
+        "automatic match": any(
+            a.status == "match" and a.decided_by == "automatic" for a in answers
+        ),
+        "no match": any(a.status == "no_match" for a in answers),
+        "decline": any(a.status == "declined" for a in answers),
+        "review decided": bool(desk.decided)
+        and any(a.reviewed and a.status in ("match", "no_match") for a in answers),
+        "retrieval answered": any(r.status == "released" for r in retrievals or []),
+    }
+
+
+def _review_table(desk: ScriptedExaminers) -> Table:
+    table = Table(title="Review cases decided by the scripted examiners (§8)")
+    for col in ("provider", "query", "from", "best score", "verdict", "identity", "examiner"):
+        table.add_column(col, no_wrap=True)
+    for code, case, verdict, ref in desk.decided:
+        best = case.candidates[0]["fused_score"] if case.candidates else 0.0
+        table.add_row(
+            code,
+            case.query_id[:8],
+            case.requesting,
+            f"{best:.3f}",
+            verdict.value,
+            ref or "-",
+            case.examiner or "",
+        )
+    return table
+
+
+def _retrieval_table(rows: list[RetrievalRow], asked: str | None) -> Table:
+    table = Table(title="Retrieval queries after a match (§10)")
+    for col in ("asker → holder", "query", "asked by", "asked", "status", "released", "withheld"):
+        table.add_column(col, no_wrap=True)
+    for r in sorted(rows, key=lambda r: r.asked_at):
+        table.add_row(
+            f"{r.asker} → {r.holder}",
+            r.query_id[:8] + (" (operator)" if r.query_id == asked else ""),
+            r.asked_by or "",
+            ",".join(r.elements),
+            r.status + (f" ({r.reason_code})" if r.reason_code else ""),
+            ",".join(r.released) or "-",
+            ",".join(r.withheld) or "-",
+        )
+    return table

@@ -452,14 +452,16 @@ def gray_zone_subject(
     high: float,
     rng: np.random.Generator,
     tries: int = 300,
+    accept: Callable[[int], bool] | None = None,
 ) -> tuple[int, Biometrics]:
-    """A mated, unsealed person and a poor capture of them whose best fused score in
-    ``gallery`` falls between the thresholds: a case for an examiner (§8)."""
+    """A mated, unsealed person (one ``accept`` likes) and a poor capture of them whose
+    best fused score in ``gallery`` falls between the thresholds: a case for an examiner
+    (§8)."""
     from biox.gallery.gallery import Probe
 
     for _ in range(tries):
         n = known_to(code, size, rng)
-        if sealed(n):
+        if sealed(n) or (accept is not None and not accept(n)):
             continue
         bio = poor_capture(seed, n, context=int(rng.integers(1 << 30)))
         [hits] = gallery.search([Probe.from_biometrics(bio)])

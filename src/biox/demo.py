@@ -36,6 +36,7 @@ from biox.broker.publisher import Publisher, publish_once
 from biox.broker.topology import declare
 from biox.gallery.gallery import Gallery
 from biox.messages import Element, RetrievalAsk, ReviewVerdict
+from biox.provenance import holdings
 from biox.registry import Purpose, Registry
 from biox.runtime import QUEUE_ROLE, WorkerKind, build_synthetic_gallery
 from biox.settings import Settings
@@ -308,13 +309,14 @@ def run(
                     on_progress=lambda done, total: progress.update(task, completed=done),
                 )
                 asked = _ask_for_more(url, settings, system.outcomes.values())
-                retrievals = _wait_for_retrievals(settings, codes, console)
+                retrievals = _wait_for_retrievals(settings, codes, console, asked)
                 system.collect(timeout=5, idle_timeout=2, until=lambda: False)  # late updates
                 outcomes = list(system.outcomes.values())
                 duplicates = system.duplicates
             desk.stop.set()
             desk.join(10)
             _show_a_trail(console, settings, outcomes, desk)
+            _show_provenance(console, settings, retrievals, asked)
         finally:
             desk.stop.set()
             workers.stop()
@@ -347,8 +349,13 @@ def _ask_for_more(
 
 
 def _wait_for_retrievals(
-    settings: Settings, codes: list[str], console: Console, timeout: float = 60
+    settings: Settings,
+    codes: list[str],
+    console: Console,
+    asked: str | None,
+    timeout: float = 60,
 ) -> list[RetrievalRow]:
+    """Every retrieval asked so far answered, the operator's included."""
     deadline = time.monotonic() + timeout
     with console.status("Waiting for retrieval answers..."):
         while True:
@@ -358,7 +365,10 @@ def _wait_for_retrievals(
                     rows += session.exec(
                         select(RetrievalRow).where(RetrievalRow.role == "asker")
                     ).all()
-            if all(r.status != "pending" for r in rows) or time.monotonic() > deadline:
+            settled = all(r.status != "pending" for r in rows)
+            if asked is not None:
+                settled = settled and any(r.query_id == asked for r in rows)
+            if settled or time.monotonic() > deadline:
                 return rows
             time.sleep(0.3)
 
@@ -390,6 +400,19 @@ def _show_a_trail(
     rows = trail_across(settings, choice)
     if rows:
         console.print(trail_table(choice, rows))
+
+
+def _show_provenance(
+    console: Console, settings: Settings, rows: list[RetrievalRow], asked: str | None
+) -> None:
+    """What the operator's retrieval left at the asker, as `biox records show` prints it."""
+    row = next((r for r in rows if r.query_id == asked and r.role == "asker"), None)
+    if row is None:
+        return
+    console.print(f"[bold]$ biox records show {row.query_id} -p {row.asker}[/]")
+    with session_for(settings.database_for(row.asker)) as session:
+        for table in holdings(session, row.asker, row.query_id):
+            console.print(table)
 
 
 def _progress(console: Console) -> Progress:

@@ -498,16 +498,7 @@ def review_next(
         sides = examiners.sides(session, case)
     console.print(_case_table(case, sides))
     if verdict is None:
-        choice = typer.prompt(
-            "Match with candidate number, 'n' for no match, 'q' to leave it for later"
-        )
-        if choice == "q":
-            console.print(f"case {case.case_id} stays yours for {_age(settings.review_lease_s)}")
-            raise typer.Exit(0)
-        if choice == "n":
-            verdict, candidate = "no_match", None
-        else:
-            verdict, candidate = "match", sides[int(choice) - 1].identity_ref
+        verdict, candidate = _ask_examiner(case, sides, settings.review_lease_s)
     chosen = ReviewVerdict(verdict)
     if chosen is ReviewVerdict.match and candidate not in {s.identity_ref for s in sides}:
         console.print(f"[red]{candidate!r} is not a candidate of this case[/]")
@@ -519,6 +510,22 @@ def review_next(
         + (f" with {candidate}" if candidate else "")
         + f" by {examiner}; the answer goes to {case.requesting}"
     )
+
+
+def _ask_examiner(case, sides, lease_s: float) -> tuple[str, str | None]:
+    numbers = [str(i) for i in range(1, len(sides) + 1)]
+    while True:
+        choice = typer.prompt(
+            f"Match with candidate {'/'.join(numbers)}, 'n' for no match, 'q' to leave it for later"
+        ).strip()
+        if choice == "q":
+            console.print(f"case {case.case_id} stays yours for {_age(lease_s)}")
+            raise typer.Exit(0)
+        if choice == "n":
+            return "no_match", None
+        if choice in numbers:
+            return "match", sides[int(choice) - 1].identity_ref
+        console.print(f"[red]{choice!r}: answer {', '.join(numbers)}, n or q[/]")
 
 
 def _case_table(case, sides):

@@ -95,6 +95,21 @@ def test_vector_index_scores_only_ids_it_holds():
     assert np.allclose(scores, [1.0, 0.0])
 
 
+def test_hashed_ids_of_enrolled_query_data_live_beside_dense_ones(tmp_path):
+    """Enrolled query data has 62-bit ids; they are found, removed and reloaded like the
+    dense record numbers of bulk enrolment."""
+    big = (1 << 61) + 12345
+    ix = VectorIndex(4)
+    ix.add(np.array([3, big]), np.eye(4, dtype=np.float32)[:2])
+    ids, scores = ix.scores(np.array([0, 1, 0, 0], np.float32), np.array([3, big, big + 1]))
+    assert ids.tolist() == [3, big] and np.allclose(scores, [0.0, 1.0])
+    ix.save(tmp_path / "x.faiss")
+    again = VectorIndex.load(tmp_path / "x.faiss")
+    assert again.scores(np.array([0, 1, 0, 0], np.float32), np.array([big]))[0].tolist() == [big]
+    again.remove(np.array([big]))
+    assert again.scores(np.array([0, 1, 0, 0], np.float32), np.array([big]))[0].tolist() == []
+
+
 def test_iris_match_survives_rotation():
     rng = np.random.default_rng(0)
     code = rng.integers(0, 256, IRIS.nbytes, dtype=np.uint8)

@@ -132,8 +132,10 @@ def encounter(
     person: int,
     purpose: Purpose = Purpose.enforce,
     biometrics: Biometrics | None = None,
+    encounter_id: str | None = None,
 ) -> Outgoing:
-    eid = f"{requester}-E-{uuid.uuid4().hex[:8]}"
+    """An encounter system's submission (a fresh encounter id unless one is given)."""
+    eid = encounter_id or f"{requester}-E-{uuid.uuid4().hex[:8]}"
     rng = np.random.default_rng(person)
     sub = EncounterSubmit(
         encounter_id=eid,
@@ -405,16 +407,7 @@ def test_query_data_is_enrolled_with_provenance_and_found_next_time(hub):
         assert record.source == "mx" and record.source_query_id == us.query_id
         assert record.source_message_id and record.retain_until > record.received_at
     hub.handlers[("us", "query")]._synced_at = float("-inf")  # type: ignore[attr-defined]
-    second = encounter("mx", stranger)
-    second_submit = codec.decode_body("encounter.submit", "encounter.submit/1", second.body)
-    second_submit.biometrics = synth.capture(SEED, stranger, context=99)
-    second = codec.to_own_inbox(
-        second_submit,
-        participant="mx",
-        message_id=str(uuid.uuid4()),
-        correlation_id=second_submit.encounter_id,
-        reply_to="encounter-system",
-    )
+    second = encounter("mx", stranger, biometrics=synth.capture(SEED, stranger, context=99))
     hub.run([second])
     again = outcome(hub.latest(second.envelope.correlation_id), "us")
     assert again.status.value == "match"
@@ -453,15 +446,7 @@ def test_one_result_per_change_with_every_partner_and_growing_revisions(hub):
 def test_a_duplicate_encounter_id_is_refused(hub):
     out = encounter("us", 5)
     hub.run([out])
-    sub = codec.decode_body("encounter.submit", "encounter.submit/1", out.body)
-    again = codec.to_own_inbox(
-        sub,
-        participant="us",
-        message_id=str(uuid.uuid4()),
-        correlation_id=sub.encounter_id,
-        reply_to="encounter-system",
-    )
-    hub.run([again])
+    hub.run([encounter("us", 6, encounter_id=out.envelope.correlation_id)])  # a new message
     assert hub.errors[-1][1].reason is Reason.duplicate_encounter
     assert hub.results[-1].status.value == "refused"
 

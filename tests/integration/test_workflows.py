@@ -9,6 +9,7 @@ import time
 import uuid
 from collections.abc import Callable
 
+import msgpack
 import numpy as np
 import pytest
 from sqlmodel import select
@@ -299,3 +300,30 @@ def test_a_partner_cannot_reach_the_kinds_a_participant_takes_only_from_itself(p
     )
     got = peer.take(observe, 5, timeout=5)
     assert [props.message_id for props, _ in got] == [probe]
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"\xc1 not msgpack", "undecodable"),
+        (msgpack.packb({"retrieval_id": "r", "query_id": "q"}), "invalid_message"),
+    ],
+)
+def test_a_broken_retrieval_request_is_rejected_to_its_sender(peer: Peer, body, reason):
+    """Bad input from a partner gets a `rejected` retrieval response naming the reason,
+    under the retrieval id the sender knows (its message id); the worker carries on."""
+    observe = peer.observe(addresses.inbox("mx"), "mx.retrieval.response")
+    mid = peer.publish(
+        addresses.outbox("mx"),
+        "us.retrieval.request",
+        body,
+        kind="retrieval.request",
+        schema="retrieval.request/1",
+        sender="mx",
+        recipient="us",
+        correlation_id="some-query",
+    )
+    [(props, raw)] = peer.take(observe, 1)
+    answer = unpack(raw)
+    assert answer["status"] == "rejected" and answer["reason_code"] == reason
+    assert answer["retrieval_id"] == mid and props.correlation_id == "some-query"

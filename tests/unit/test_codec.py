@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from biox import codec, synth
 from biox.errors import PermanentError, Reason
-from biox.messages import EncounterSubmit, Query, References
+from biox.messages import CATALOGUE, EncounterSubmit, Query, References
 from biox.registry import Purpose
 
 
@@ -88,7 +88,7 @@ def test_outgoing_addresses_follow_the_topology():
 
 @settings(max_examples=300, deadline=None)
 @given(
-    kind=st.sampled_from(["query", "response", "encounter.submit", "encounter.result", "x"]),
+    kind=st.sampled_from([*CATALOGUE, "x"]),
     body=st.one_of(
         st.binary(max_size=300),
         st.recursive(

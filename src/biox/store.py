@@ -11,7 +11,7 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import JSON, Column, Integer, LargeBinary, event
+from sqlalchemy import JSON, BigInteger, Column, Integer, LargeBinary, event
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlmodel import Field, Session, SQLModel, create_engine, select
@@ -35,7 +35,8 @@ class Record(SQLModel, table=True):
     """
 
     __tablename__ = "records"
-    id: int = Field(primary_key=True)
+    # 64-bit: enrolled query data has hashed 62-bit ids (PostgreSQL's INTEGER is 32-bit)
+    id: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
     identity_ref: str = Field(index=True, unique=True)
     person_centric_id: str | None = None
     biographic: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
@@ -60,7 +61,7 @@ class EnrolledTemplates(SQLModel, table=True):
 
     __tablename__ = "enrolled_templates"
     seq: int | None = Field(default=None, primary_key=True)
-    record_id: int = Field(index=True)
+    record_id: int = Field(sa_column=Column(BigInteger, nullable=False, index=True))
     biometrics: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
     enrolled_at: datetime = Field(default_factory=utcnow, index=True)
 

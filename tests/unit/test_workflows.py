@@ -468,3 +468,27 @@ def test_an_interim_answer_after_the_final_one_is_ignored(hub):
     with hub.session("us") as s:
         [effects] = hub.handlers[("us", "response")].handle([Inbound(env, late)], s)  # type: ignore[attr-defined]
     assert effects.outcome == "superseded" and not effects.outgoing
+
+
+def test_two_workers_updating_one_encounter_cannot_both_commit(tmp_path):
+    """The result's revision is an optimistic lock: of two concurrent updates the second
+    fails (and the consume loop retries it with fresh state), so no result is lost."""
+    from sqlalchemy.orm.exc import StaleDataError
+
+    from biox.handlers.results import EncounterViews
+
+    db = f"sqlite:///{tmp_path / 'us.db'}"
+    with session_for(db) as s:
+        s.add(EncounterRow(encounter_id="E-1", purpose="enforce", reply_to="r", partners=["mx"]))
+        s.commit()
+    first, second = session_for(db), session_for(db)
+    a = EncounterViews(first, ["E-1"]).updated("us", "E-1", "m1", "result")
+    b = EncounterViews(second, ["E-1"]).updated("us", "E-1", "m2", "result")
+    assert a is not None and b is not None
+    first.add(a[0])
+    first.commit()
+    second.add(b[0])
+    with pytest.raises(StaleDataError):
+        second.commit()
+    with session_for(db) as s:
+        assert s.get(EncounterRow, "E-1").revision == 1

@@ -183,7 +183,13 @@ def repeat(base: list[Planned], n: int, tag: str) -> list[Planned]:
 class EncounterSystem:
     """Publishes planned encounters and gathers every result addressed to it."""
 
-    def __init__(self, url: str, gallery_sizes: dict[str, int]) -> None:
+    def __init__(
+        self, url: str, gallery_sizes: dict[str, int], publish_timeout: float = 300.0
+    ) -> None:
+        """``publish_timeout``: how long a submission is retried until the broker confirms
+        it. Longer than a worker's: an upstream system keeps its encounters until the
+        broker takes them, and a restarting broker on a busy host can take minutes to
+        accept publishes to its quorum queues again."""
         self.url = url
         self.gallery_sizes = gallery_sizes
         self.reply_queue = f"encounters.replies.{uuid.uuid4().hex[:12]}"
@@ -193,7 +199,7 @@ class EncounterSystem:
         )
         conn.close()
         self.link = Link(url, name="encounter-system", consume=self.reply_queue, prefetch=2000)
-        self.publisher = Publisher(self.link)
+        self.publisher = Publisher(self.link, publish_timeout)
         self.outcomes: dict[str, Outcome] = {}
         self.duplicates = 0  # a second, distinct answer for the same encounter and partner
         self.redeliveries = 0  # the same result message again (absorbed by its message_id)

@@ -28,6 +28,7 @@ from typing import Any
 
 import structlog
 from sqlalchemy import insert, update
+from sqlalchemy.orm.exc import StaleDataError
 
 from biox import addresses
 from biox.broker.link import ConnectionLost, Delivery, Link, Nacked, Unroutable
@@ -97,6 +98,7 @@ class ConsumeLoop:
         try:
             while not stop.is_set():
                 batch = self._take()
+                batch = self._without_ids_parked(batch)
                 if batch:
                     self.process(batch)
         finally:
@@ -124,29 +126,54 @@ class ConsumeLoop:
 
     # --- one batch ------------------------------------------------------------------------
 
-    def process(self, batch: Sequence[Delivery]) -> None:
+    def process(self, batch: Sequence[Delivery], conflicts: int = 3) -> None:
         try:
             self._process(batch)
+        except StaleDataError as exc:
+            # another worker committed a change to a row this batch read (an encounter's
+            # result revision): nothing was committed or published, so run it again now
+            # on fresh state rather than wait in a retry tier
+            if conflicts > 0:
+                log.info("conflict_rerun", worker=self.worker, error=str(exc), batch=len(batch))
+                self.process(batch, conflicts - 1)
+            else:
+                self._fail(batch, exc)
         except (ConnectionLost, Unroutable, Nacked) as exc:
             log.warning("publish_failed", worker=self.worker, error=str(exc), batch=len(batch))
             time.sleep(0.5)
             for d in batch:
                 self.link.nack(d, requeue=True)
         except Exception as exc:
-            if len(batch) > 1:  # isolate the message that breaks the handler
-                for d in batch:
-                    self.process([d])
-                return
-            self._retry(batch[0], exc)
+            self._fail(batch, exc)
+
+    def _fail(self, batch: Sequence[Delivery], exc: BaseException) -> None:
+        if len(batch) > 1:  # isolate the message that breaks the handler
+            for d in batch:
+                self.process([d])
+            return
+        self._retry(batch[0], exc)
+
+    def _without_ids_parked(self, batch: Sequence[Delivery]) -> list[Delivery]:
+        """A delivery without a message_id cannot be deduplicated: dead-letter it once,
+        here, so that re-running a batch (conflict, isolation) never acks it twice."""
+        keep = []
+        for d in batch:
+            env = envelope_of(d)
+            if env.message_id:
+                keep.append(d)
+                continue
+            try:
+                self._dead(d, env, PermanentError(Reason.invalid_message, "no message_id"))
+                self.link.ack(d)
+            except (ConnectionLost, Unroutable, Nacked) as exc:
+                log.warning("publish_failed", worker=self.worker, error=str(exc), batch=1)
+                self.link.nack(d, requeue=True)
+        return keep
 
     def _process(self, batch: Sequence[Delivery]) -> None:
         parsed: list[tuple[Delivery, Envelope, str, Inbound | BioxError]] = []
         for d in batch:
             env = envelope_of(d)
-            if not env.message_id:
-                self._dead(d, env, PermanentError(Reason.invalid_message, "no message_id"))
-                self.link.ack(d)
-                continue
             parsed.append((d, env, self._key(d, env), self._decode(d, env)))
 
         publish: list[Outgoing] = []

@@ -205,6 +205,9 @@ class EncounterSystem:
         self.redeliveries = 0  # the same result message again (absorbed by its message_id)
         self.unexpected = 0
         self.stale = 0  # an older revision arriving after a newer one (ignored)
+        # who submitted each person: a partner may have enrolled one requester's query
+        # data (§21) and match it, or decline it to another requester (§15), later
+        self.requesters_of: dict[int, list[str]] = {}
         self.completed = 0  # kept as results arrive: a scan per delivery is quadratic
         self._seen: set[str] = set()
 
@@ -251,6 +254,7 @@ class EncounterSystem:
             now = time.monotonic()
             for p in chunk:
                 self.outcomes[p.encounter_id] = Outcome(p)
+                self.requesters_of.setdefault(p.person, []).append(p.requester)
                 p.submitted_at = now
             self.publisher.send(encoded[start : start + batch])
 
@@ -344,11 +348,16 @@ class EncounterSystem:
         want = synth.identity_ref(o.partner, person) if mated else None
         status = o.status.value
         if status == "match":
-            correct = top == want
+            correct = top == want or self._enrolled_same_person(o, outcome.planned)
         elif status == "no_match":
             correct = not mated or outcome.planned.scenario == "poor"
         elif status == "declined":
-            correct = mated and synth.sealed(person)
+            onward = len(set(self.requesters_of.get(person, ()))) > 1  # enrolled from another
+            correct = (mated and synth.sealed(person)) or (
+                onward
+                and o.reason_code is not None
+                and o.reason_code.value == "record_not_releasable"
+            )
         else:
             correct = True  # rejected: not a matching question
         return Answer(
@@ -362,6 +371,23 @@ class EncounterSystem:
             o.decided_by.value if o.decided_by else None,
             list(o.conditions),
             o.partner in outcome.in_review,
+        )
+
+    def _enrolled_same_person(self, o: PartnerOutcome, planned: Planned) -> bool:
+        """A match on query data the partner enrolled from an earlier encounter (§21) is
+        right when that encounter was of the same person: same name and date of birth,
+        or, when the partner released no biographic data, the person was submitted twice."""
+        top = o.candidates[0]
+        if synth.number_of(o.partner, top.identity_ref) is not None:
+            return False  # another person of the partner's gallery
+        bio = top.record.biographic if top.record else None
+        if bio is None:
+            return len(self.requesters_of.get(planned.person, ())) > 1
+        mine = planned.submit.biographic
+        return (bio.family_name, bio.given_names, bio.date_of_birth) == (
+            mine.family_name,
+            mine.given_names,
+            mine.date_of_birth,
         )
 
 

@@ -226,6 +226,14 @@ def identity_ref(code: str, number: int) -> str:
     return f"{code.upper()}-{number:09d}"
 
 
+def number_of(code: str, ref: str) -> int | None:
+    """The person behind a synthetic gallery ref of ``code``; None for anything else
+    (query data the participant enrolled, another participant's ref)."""
+    prefix = f"{code.upper()}-"
+    tail = ref[len(prefix) :]
+    return int(tail) if ref.startswith(prefix) and tail.isdigit() else None
+
+
 @dataclass
 class EnrolmentBatch:
     persons: np.ndarray

@@ -553,11 +553,12 @@ def _case_table(case, sides):
             f"{modality} score", "", *(f"{s.scores.get(modality, float('nan')):.3f}" for s in sides)
         )
     for key in keys:
-        table.add_row(
-            key,
-            str(case.probe_biographic.get(key, "")),
-            *(str((s.record.biographic if s.record else {}).get(key, "")) for s in sides),
-        )
+        values = [
+            str(case.probe_biographic.get(key) or ""),
+            *(str((s.record.biographic if s.record else {}).get(key) or "") for s in sides),
+        ]
+        if any(values):  # a field nobody has is noise beside the ones to compare
+            table.add_row(key, *values)
     table.add_row(
         "encounter",
         f"{case.encounter.get('country', '')} {case.encounter.get('encountered_at', '')[:10]}",

@@ -492,3 +492,16 @@ def test_two_workers_updating_one_encounter_cannot_both_commit(tmp_path):
         second.commit()
     with session_for(db) as s:
         assert s.get(EncounterRow, "E-1").revision == 1
+
+
+def test_an_unreadable_enrolment_row_is_skipped_and_searches_go_on(hub):
+    from biox.store import EnrolledTemplates
+
+    with hub.session("us") as s:
+        s.add(EnrolledTemplates(record_id=(1 << 61) + 1, biometrics=b"\xc1 broken"))
+        s.commit()
+    matcher = hub.handlers[("us", "query")]
+    matcher._synced_at = float("-inf")  # type: ignore[attr-defined]
+    out = encounter("mx", person_known_to("us"))
+    hub.run([out])
+    assert outcome(hub.latest(out.envelope.correlation_id), "us").status.value == "match"

@@ -289,17 +289,21 @@ class MatcherHandler:
         new = [r for r in rows if r.seq not in self._enrolled_seqs]
         if not new:
             return 0
-        probes = [
-            Probe.from_biometrics(Biometrics.model_validate(msgpack.unpackb(r.biometrics)))
-            for r in new
-        ]
-        self.gallery.enroll([r.record_id for r in new], probes)
+        ids, probes = [], []
         for r in new:
             assert r.seq is not None
             self._enrolled_seqs.add(r.seq)
             self._max_seq = max(self._max_seq, r.seq)
-        log.info("enrolments_loaded", count=len(new), gallery=self.gallery.size)
-        return len(new)
+            try:
+                bio = Biometrics.model_validate(msgpack.unpackb(r.biometrics))
+                probes.append(Probe.from_biometrics(bio))
+                ids.append(r.record_id)
+            except Exception as exc:  # one bad row must not stop every search
+                log.error("enrolment_unreadable", seq=r.seq, record_id=r.record_id, error=str(exc))
+        if probes:
+            self.gallery.enroll(ids, probes)
+        log.info("enrolments_loaded", count=len(probes), gallery=self.gallery.size)
+        return len(probes)
 
     # --- rejection ----------------------------------------------------------------------------
 

@@ -76,6 +76,17 @@ def cli_env(exchange: Exchange, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BIOX_DATA_DIR", str(exchange.settings.data_dir))
 
 
+def stranger_answered(exchange, system, requester: str, provider: str, seed: int):
+    """An encounter of someone nobody knows, answered: the provider's no_match."""
+    stranger = synth.stranger(SEED, exchange.sizes, np.random.default_rng(seed))
+    planned = planned_for(exchange, requester, stranger, scenario="stranger")
+    system.submit([planned])
+    system.collect(timeout=60)
+    answer = outcome_of(system.outcomes[planned.encounter_id], provider)
+    assert answer.status.value == "no_match"
+    return planned, answer
+
+
 def outcome_of(o: encounters.Outcome, partner: str):
     assert o.result is not None
     return next(p for p in o.result.outcomes if p.partner == partner)
@@ -198,13 +209,7 @@ def test_retrieval_request_from_the_cli_is_answered_and_kept_with_provenance(
 def test_retrieval_about_an_unmatched_query_is_refused_on_both_sides(
     exchange, system, cli_env, peer: Peer
 ):
-    rng = np.random.default_rng(8)
-    stranger = synth.stranger(SEED, exchange.sizes, rng)
-    planned = planned_for(exchange, "us", stranger, scenario="stranger")
-    system.submit([planned])
-    system.collect(timeout=60)
-    mx = outcome_of(system.outcomes[planned.encounter_id], "mx")
-    assert mx.status.value == "no_match"
+    planned, mx = stranger_answered(exchange, system, "us", "mx", seed=8)
     refused = runner.invoke(app, ["retrieval", "request", "-p", "mx", "--query", mx.query_id])
     assert refused.exit_code == 1 and "did not answer" in refused.output
 
@@ -255,13 +260,8 @@ def test_automatic_retrieval_after_a_derogatory_match(exchange, system):
 
 
 def test_query_data_enrolled_by_the_provider_is_found_next_time(exchange, system, cli_env):
-    rng = np.random.default_rng(12)
-    stranger = synth.stranger(SEED, exchange.sizes, rng)
-    first = planned_for(exchange, "mx", stranger, scenario="stranger")
-    system.submit([first])
-    system.collect(timeout=60)
-    us = outcome_of(system.outcomes[first.encounter_id], "us")
-    assert us.status.value == "no_match"
+    first, us = stranger_answered(exchange, system, "mx", "us", seed=12)
+    stranger = first.person
     with session_for(exchange.settings.database_for("us")) as db:
         record = db.get(Record, enrolled_record_id(us.query_id))
     assert record.source == "mx" and record.source_query_id == us.query_id

@@ -165,6 +165,16 @@ def person_known_to(code: str, *, sealed: bool = False, derogatory: bool | None 
         return n
 
 
+def stranger_answered(hub: Hub, requester: str, provider: str, seed: int):
+    """An encounter of someone nobody knows, answered: the provider's no_match."""
+    rng = np.random.default_rng(seed)
+    stranger = synth.stranger(SEED, dict.fromkeys(("us", "mx", "sv"), SIZE), rng)
+    hub.run([encounter(requester, stranger)])
+    answer = outcome(hub.results[-1], provider)
+    assert answer.status.value == "no_match"
+    return stranger, answer
+
+
 def outcome(result: EncounterResult, partner: str):
     return next(o for o in result.outcomes if o.partner == partner)
 
@@ -340,12 +350,7 @@ def test_manual_retrieval_is_limited_by_the_holders_policy(hub):
 
 
 def test_retrieval_about_a_query_never_matched_is_refused(hub):
-    rng = np.random.default_rng(3)
-    stranger = synth.stranger(SEED, dict.fromkeys(("us", "mx", "sv"), SIZE), rng)
-    out = encounter("us", stranger)
-    hub.run([out])
-    mx = outcome(hub.latest(out.envelope.correlation_id), "mx")
-    assert mx.status.value == "no_match"
+    _, mx = stranger_answered(hub, "us", "mx", seed=3)
     # the asker's own worker refuses to ask ...
     ask = RetrievalAsk(query_id=mx.query_id, elements=[Element.biographic], asked_by="op")
     hub.run([codec.to_own_inbox(ask, participant="mx", message_id="ask-2", correlation_id="x")])
@@ -395,12 +400,7 @@ def test_retrieval_about_a_query_never_matched_is_refused(hub):
 def test_query_data_is_enrolled_with_provenance_and_found_next_time(hub):
     """us enrols mx's enforcement queries: a second encounter of the same stranger matches
     the enrolled record, which carries where it came from and until when it is kept."""
-    rng = np.random.default_rng(9)
-    stranger = synth.stranger(SEED, dict.fromkeys(("us", "mx", "sv"), SIZE), rng)
-    first = encounter("mx", stranger)
-    hub.run([first])
-    us = outcome(hub.latest(first.envelope.correlation_id), "us")
-    assert us.status.value == "no_match"
+    stranger, us = stranger_answered(hub, "mx", "us", seed=9)
     record_id = enrolled_record_id(us.query_id)
     with hub.session("us") as s:
         record = s.get(Record, record_id)

@@ -126,7 +126,13 @@ class EncounterSubmit(Message):
     biographic: Biographic = Field(default_factory=Biographic)
     encounter: Encounter
     person_centric_id: str | None = None
-    enroll: bool = Field(default=False, description="also enrol in the local gallery")
+    enroll: bool = Field(
+        default=False,
+        description=(
+            "also enrol the encounter in this participant's own gallery, kept for its "
+            "enrolment retention period (only encounters that pass intake)"
+        ),
+    )
 
 
 class Query(Message):

@@ -86,7 +86,7 @@ def build_handler(kind: WorkerKind, participant: str, settings: Settings) -> Han
         raise SystemExit(f"participant {participant!r} is not in {settings.registry}")
     policy = Policies.load(settings.policy).of(participant)
     if kind is WorkerKind.intake:
-        return IntakeHandler(participant, registry)
+        return IntakeHandler(participant, registry, policy)
     if kind is WorkerKind.matcher:
         if settings.search_threads:
             import faiss

@@ -17,8 +17,8 @@ from typer.testing import CliRunner
 
 from biox import addresses, codec, encounters, synth
 from biox.cli import app
+from biox.enrolment import enrolled_record_id
 from biox.gallery.gallery import Gallery
-from biox.handlers.matcher import enrolled_record_id
 from biox.messages import Biometrics, Element, RetrievalRequest
 from biox.registry import Purpose
 from biox.runtime import gallery_dir

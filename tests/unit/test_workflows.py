@@ -19,10 +19,11 @@ from sqlmodel import select
 
 from biox import codec, examiners, synth
 from biox.codec import Envelope, Outgoing
+from biox.enrolment import enrolled_record_id
 from biox.errors import BioxError, Reason
 from biox.handlers.base import Effects, Inbound
 from biox.handlers.intake import IntakeHandler
-from biox.handlers.matcher import MatcherHandler, enrolled_record_id
+from biox.handlers.matcher import MatcherHandler
 from biox.handlers.response import ResponseHandler
 from biox.handlers.retrieval import RetrievalHandler
 from biox.handlers.review import ReviewHandler
@@ -109,7 +110,7 @@ def make_hub(tmp: Path, policies: Policies = POLICIES, settings: Settings | None
         retrieval = RetrievalHandler(code, REGISTRY, policy)
         handlers.update(
             {
-                (code, "encounter.submit"): IntakeHandler(code, REGISTRY),
+                (code, "encounter.submit"): IntakeHandler(code, REGISTRY, policy),
                 (code, "query"): matcher,
                 (code, "response"): ResponseHandler(code, policy),
                 (code, "review.case"): review,
@@ -133,6 +134,7 @@ def encounter(
     purpose: Purpose = Purpose.enforce,
     biometrics: Biometrics | None = None,
     encounter_id: str | None = None,
+    enroll: bool = False,
 ) -> Outgoing:
     """An encounter system's submission (a fresh encounter id unless one is given)."""
     eid = encounter_id or f"{requester}-E-{uuid.uuid4().hex[:8]}"
@@ -144,6 +146,7 @@ def encounter(
         biometrics=biometrics or synth.capture(SEED, person, context=3),
         biographic=synth.person(SEED, person).biographic,
         encounter=synth.encounter_here(requester, rng),
+        enroll=enroll,
     )
     return codec.to_own_inbox(
         sub,
@@ -505,3 +508,20 @@ def test_an_unreadable_enrolment_row_is_skipped_and_searches_go_on(hub):
     out = encounter("mx", person_known_to("us"))
     hub.run([out])
     assert outcome(hub.latest(out.envelope.correlation_id), "us").status.value == "match"
+
+
+def test_an_encounter_enrolled_at_the_requesters_own_request_answers_partners_later(hub):
+    """`enroll` on an encounter keeps it in the requester's own gallery, marked as its
+    own data; a partner's later query about the same person matches it."""
+    rng = np.random.default_rng(31)
+    stranger = synth.stranger(SEED, dict.fromkeys(("us", "mx", "sv"), SIZE), rng)
+    first = encounter("us", stranger, enroll=True)
+    hub.run([first])
+    with hub.session("us") as s:
+        record = s.get(Record, enrolled_record_id(f"encounter/{first.envelope.correlation_id}"))
+        assert record.source == "us" and record.retain_until is not None
+    hub.handlers[("us", "query")]._synced_at = float("-inf")  # type: ignore[attr-defined]
+    out = encounter("mx", stranger, biometrics=synth.capture(SEED, stranger, context=77))
+    hub.run([out])
+    us = outcome(hub.latest(out.envelope.correlation_id), "us")
+    assert us.status.value == "match" and us.candidates[0].identity_ref == record.identity_ref

@@ -8,6 +8,7 @@ from sqlmodel import Session, select
 
 from biox import codec
 from biox.codec import Envelope
+from biox.enrolment import enrolment
 from biox.errors import REASON_TEXT, BioxError, PermanentError, Reason
 from biox.handlers.base import Effects, Inbound, Result
 from biox.messages import (
@@ -19,6 +20,7 @@ from biox.messages import (
     utcnow,
 )
 from biox.policy.eligibility import refusal
+from biox.policy.release import ParticipantPolicy
 from biox.registry import Registry
 from biox.store import EncounterRow, Transaction
 
@@ -26,9 +28,12 @@ from biox.store import EncounterRow, Transaction
 class IntakeHandler:
     kinds = (EncounterSubmit.KIND,)
 
-    def __init__(self, participant: str, registry: Registry) -> None:
+    def __init__(
+        self, participant: str, registry: Registry, policy: ParticipantPolicy | None = None
+    ) -> None:
         self.me = participant
         self.registry = registry
+        self.policy = policy or ParticipantPolicy()
 
     def handle(self, batch: Sequence[Inbound], session: Session) -> list[Result]:
         ids = [inb.message.encounter_id for inb in batch]  # type: ignore[attr-defined]
@@ -75,6 +80,23 @@ class IntakeHandler:
 
         now = utcnow()
         effects = Effects(outcome=f"queried:{len(partners)}")
+        if sub.enroll:  # the encounter system asks to keep it in our own gallery (§5.2)
+            effects.rows.extend(
+                enrolment(
+                    participant=self.me,
+                    key=f"encounter/{sub.encounter_id}",
+                    biometrics=sub.biometrics,
+                    biographic=sub.biographic,
+                    encounter=sub.encounter,
+                    person_centric_id=sub.person_centric_id,
+                    source=self.me,
+                    source_query_id=None,
+                    source_message_id=env.message_id,
+                    received_at=now,
+                    retain_until=self.policy.enrolled_until(now),
+                )
+            )
+            effects.outcome += ":enrolled"
         # what we know of the subject: the store retrieval requests are answered from (§10)
         effects.rows.append(
             EncounterRow(

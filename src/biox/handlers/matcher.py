@@ -7,7 +7,6 @@ gallery once per batch instead of once per query.
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
@@ -18,6 +17,7 @@ from sqlmodel import Session, select
 
 from biox import codec
 from biox.codec import Envelope
+from biox.enrolment import enrolment
 from biox.errors import REASON_TEXT, BioxError, PermanentError, Reason
 from biox.gallery.fusion import Decision, decide
 from biox.gallery.gallery import Gallery, Hit, Probe
@@ -241,28 +241,19 @@ class MatcherHandler:
         if not self.policy.enrols(q.requesting, q.purpose):
             return
         now = utcnow()
-        record_id = enrolled_record_id(q.query_id)
-        effects.rows.append(
-            Record(
-                id=record_id,
-                identity_ref=f"{self.me.upper()}-ENR-{record_id:016x}",
+        effects.rows.extend(
+            enrolment(
+                participant=self.me,
+                key=q.query_id,
+                biometrics=q.biometrics,
+                biographic=q.biographic,
+                encounter=q.encounter,
                 person_centric_id=q.references.person_centric_id,
-                biographic=q.biographic.model_dump(mode="json", exclude_none=True),
-                encounters=[q.encounter.model_dump(mode="json", exclude_none=True)],
-                derogatory=[],
-                releasable=True,
                 source=q.requesting,
                 source_query_id=q.query_id,
                 source_message_id=inb.envelope.message_id,
                 received_at=now,
                 retain_until=self.policy.enrolled_until(now),
-            )
-        )
-        effects.rows.append(
-            EnrolledTemplates(
-                record_id=record_id,
-                biometrics=msgpack.packb(q.biometrics.model_dump(mode="python"), use_bin_type=True),
-                enrolled_at=now,
             )
         )
         effects.outcome += ":enrolled"
@@ -327,12 +318,6 @@ class MatcherHandler:
             outgoing=[self.answers.send(response, envelope.message_id)],
             outcome=f"rejected:{error.reason}",
         )
-
-
-def enrolled_record_id(query_id: str) -> int:
-    """Gallery id of enrolled query data: 62 bits of a hash of the query id, so a
-    redelivered query enrols under the same id, far above the ids of bulk enrolments."""
-    return (uuid.uuid5(uuid.NAMESPACE_URL, f"biox-enrolment/{query_id}").int >> 66) | (1 << 61)
 
 
 def _modalities(bio: Biometrics) -> list[str]:

@@ -280,6 +280,24 @@ def test_query_data_enrolled_by_the_provider_is_found_next_time(exchange, system
     assert "mx (received, §20)" in shown.output and us.query_id in shown.output
 
 
+def test_an_encounter_enrolled_on_request_answers_a_partner_later(exchange, system):
+    rng = np.random.default_rng(14)
+    stranger = synth.stranger(SEED, exchange.sizes, rng)
+    first = planned_for(exchange, "us", stranger, scenario="stranger")
+    first.submit.enroll = True  # the encounter system asks us to keep it (§5.2)
+    system.submit([first])
+    system.collect(timeout=60)
+    with session_for(exchange.settings.database_for("us")) as db:
+        record = db.get(Record, enrolled_record_id(f"encounter/{first.encounter_id}"))
+    assert record is not None and record.source == "us"
+    time.sleep(exchange.settings.gallery_sync_s + 0.5)  # matchers pick up enrolments
+    second = planned_for(exchange, "mx", stranger, scenario="stranger")
+    system.submit([second])
+    system.collect(timeout=60)
+    us = outcome_of(system.outcomes[second.encounter_id], "us")
+    assert us.status.value == "match" and us.candidates[0].identity_ref == record.identity_ref
+
+
 def test_a_partner_cannot_reach_the_kinds_a_participant_takes_only_from_itself(peer: Peer):
     """The outbox → inbox links carry partner kinds only: a forged examiner decision from
     mx never reaches us's inbox, whatever its headers claim (mx's own audit records that

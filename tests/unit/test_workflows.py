@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlmodel import select
 
 from biox import codec, examiners, synth
@@ -525,3 +527,62 @@ def test_an_encounter_enrolled_at_the_requesters_own_request_answers_partners_la
     hub.run([out])
     us = outcome(hub.latest(out.envelope.correlation_id), "us")
     assert us.status.value == "match" and us.candidates[0].identity_ref == record.identity_ref
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    kind=st.sampled_from(["retrieval.request", "retrieval.response", "review.decision"]),
+    sender=st.sampled_from(["us", "mx", "sv", "zz"]),
+    query_id=st.one_of(st.just("q-known"), st.text(min_size=1, max_size=20)),
+    elements=st.lists(st.sampled_from(list(Element)), min_size=1, max_size=4),
+    status=st.sampled_from(["released", "declined", "rejected"]),
+)
+def test_workflow_messages_with_arbitrary_content_never_crash_a_handler(
+    hub, kind, sender, query_id, elements, status
+):
+    """Well-formed but arbitrary retrieval and review messages, from anyone: each handler
+    answers, refuses with a reason, or asks for a retry; none raises."""
+    from biox.messages import RetrievalRequest, RetrievalResponse, ReviewDecision
+
+    now = datetime.now(UTC)
+    if kind == "retrieval.request":
+        message = RetrievalRequest(
+            retrieval_id="r-" + query_id,
+            query_id=query_id,
+            asker=sender,
+            holder="us",
+            identity_ref="MX-000000001",
+            elements=elements,
+            sent_at=now,
+        )
+        mid = message.retrieval_id
+    elif kind == "retrieval.response":
+        message = RetrievalResponse(
+            retrieval_id=query_id,
+            query_id=query_id,
+            asker="us",
+            holder=sender,
+            status=status,  # type: ignore[arg-type]
+            released=elements,
+            answered_at=now,
+        )
+        mid = str(uuid.uuid4())
+    else:
+        message = ReviewDecision(
+            case_id=query_id,
+            verdict="match",  # type: ignore[arg-type]
+            identity_ref="US-000000001",
+            examiner="x",
+            decided_at=now,
+        )
+        mid = str(uuid.uuid4())
+    env = Envelope(mid, kind, f"{kind}/1", sender, "us", query_id)
+    handler = hub.handlers[("us", kind)]
+    with hub.session("us") as s:
+        [result] = handler.handle([Inbound(env, message)], s)  # type: ignore[attr-defined]
+        s.rollback()
+    assert isinstance(result, Effects | BioxError)
+    if isinstance(result, BioxError):
+        handler.reject(env, result)  # type: ignore[attr-defined]

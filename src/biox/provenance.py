@@ -69,6 +69,7 @@ def holdings(session: Session, me: str, ref: str) -> list[Table]:
                     "source message": encounter.source_message_id,
                     "partners queried": encounter.partners,
                     "result": f"{encounter.status}, revision {encounter.revision}",
+                    "retain until": encounter.retain_until,
                     "biographic": encounter.biographic,
                 },
             )

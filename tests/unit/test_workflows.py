@@ -446,6 +446,7 @@ def test_one_result_per_change_with_every_partner_and_growing_revisions(hub):
     with hub.session("us") as s:
         row = s.get(EncounterRow, eid)
         assert row.revision == mine[-1].revision and row.status == "complete"
+        assert row.retain_until is not None  # us's encounter retention schedule
 
 
 def test_a_duplicate_encounter_id_is_refused(hub):

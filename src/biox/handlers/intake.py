@@ -109,6 +109,7 @@ class IntakeHandler:
                 encounter=sub.encounter.model_dump(mode="json", exclude_none=True),
                 submitted_at=env.timestamp or now,
                 source_message_id=env.message_id,
+                retain_until=self.policy.encounter_until(now),
             )
         )
         for partner in partners:

@@ -60,6 +60,9 @@ class ParticipantPolicy(BaseModel):
     )
     enrolled_retention_days: int = Field(default=365, ge=1)
     received_retention_days: int = Field(default=365, ge=1)
+    encounter_retention_days: int = Field(
+        default=365, ge=1, description="own encounter systems' submissions (the retrieval store)"
+    )
     retrieval: RetrievalRule = Field(default_factory=RetrievalRule)
 
     def release_for(self, requester: str, purpose: Purpose) -> Release | Reason:
@@ -80,6 +83,9 @@ class ParticipantPolicy(BaseModel):
 
     def received_until(self, now: datetime) -> datetime:
         return now + timedelta(days=self.received_retention_days)
+
+    def encounter_until(self, now: datetime) -> datetime:
+        return now + timedelta(days=self.encounter_retention_days)
 
     def asks_after(self, derogatory: bool) -> list[Element]:
         """Elements the automatic rule asks for after a match, or none."""

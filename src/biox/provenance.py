@@ -81,6 +81,7 @@ def holdings(session: Session, me: str, ref: str) -> list[Table]:
                 {
                     "probe data from": _source(case.source, me),
                     "source message": case.source_message_id,
+                    "retain until": case.retain_until,
                     "opened": case.opened_at,
                     "status": case.status,
                     "verdict": case.verdict,

@@ -140,6 +140,7 @@ class ReviewCaseRow(SQLModel, table=True):
     encounter: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
     source: str = Field(description="participant the probe data came from")
     source_message_id: str | None = None
+    retain_until: datetime | None = None
     examiner: str | None = None
     taken_at: datetime | None = None
     decided_at: datetime | None = None

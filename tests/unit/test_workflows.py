@@ -281,6 +281,7 @@ def test_gray_zone_becomes_a_case_then_the_examiners_decision_goes_out(hub):
     with hub.session("mx") as s:
         row = s.get(ReviewCaseRow, case.case_id)
         assert row.status == "decided" and row.examiner == "examiner-7"
+        assert row.source == "us" and row.retain_until is not None  # probe data kept (§20)
         assert s.get(Transaction, (mx.query_id, "provider")).status == "match"
 
 

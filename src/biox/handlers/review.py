@@ -31,6 +31,7 @@ class ReviewHandler:
 
     def __init__(self, participant: str, policy: ParticipantPolicy) -> None:
         self.me = participant
+        self.policy = policy
         self.answers = Answers(participant, policy)
 
     def handle(self, batch: Sequence[Inbound], session: Session) -> list[Result]:
@@ -61,6 +62,7 @@ class ReviewHandler:
             encounter=case.encounter.model_dump(mode="json", exclude_none=True),
             source=case.requesting,
             source_message_id=inb.envelope.message_id,
+            retain_until=self.policy.received_until(case.opened_at),
         )
         return Effects(rows=[row], outcome="case_opened")
 

@@ -37,6 +37,7 @@ class EncounterViews:
             )
         }
         self.queries: dict[str, list[Transaction]] = {}
+        self.by_query: dict[str, Transaction] = {}
         for tx in session.exec(
             select(Transaction).where(
                 Transaction.role == "requester",
@@ -44,7 +45,8 @@ class EncounterViews:
             )
         ):
             self.queries.setdefault(tx.encounter_id, []).append(tx)
-        query_ids = [tx.query_id for txs in self.queries.values() for tx in txs]
+            self.by_query[tx.query_id] = tx
+        query_ids = list(self.by_query)
         self.retrievals: dict[str, list[RetrievalRow]] = {}
         for r in session.exec(
             select(RetrievalRow).where(
@@ -55,11 +57,7 @@ class EncounterViews:
             self.retrievals.setdefault(r.query_id, []).append(r)
 
     def transaction(self, query_id: str) -> Transaction | None:
-        for txs in self.queries.values():
-            for tx in txs:
-                if tx.query_id == query_id:
-                    return tx
-        return None
+        return self.by_query.get(query_id)
 
     def add_retrieval(self, row: RetrievalRow) -> None:
         self.retrievals.setdefault(row.query_id, []).append(row)

@@ -97,8 +97,8 @@ def first_break(entries: list[AuditEntry]) -> Break | None:
             return Break(entries[i - 1].seq, "inserted")  # the entry before skips the chain
         if e.seq > prev_seq + 1 or (not link_ok and not own_ok):
             return Break(prev_seq + 1, "removed")
-        if not link_ok:
-            return Break(entries[i - 1].seq, "altered (and its hash recomputed)")
+        if not link_ok:  # the entry before was rewritten; the first has genesis before it
+            return Break(entries[i - 1].seq if i else e.seq, "altered (and its hash recomputed)")
         return Break(e.seq, "altered")
     return None
 

@@ -209,7 +209,9 @@ class EncounterSystem:
         # data (§21) and match it, or decline it to another requester (§15), later
         self.requesters_of: dict[int, list[str]] = {}
         self.completed = 0  # kept as results arrive: a scan per delivery is quadratic
-        self._seen: set[str] = set()
+        # every result message as it arrived, copies included, for exactly-once checks
+        self.copies: list[str] = []
+        self.results: dict[str, EncounterResult] = {}
 
     def __enter__(self) -> EncounterSystem:
         self.link.start()
@@ -297,12 +299,13 @@ class EncounterSystem:
 
     def _take(self, delivery: object) -> None:
         env = envelope_of(delivery)  # type: ignore[arg-type]
-        if env.message_id in self._seen:
+        self.copies.append(env.message_id)
+        if env.message_id in self.results:
             self.redeliveries += 1
             return
-        self._seen.add(env.message_id)
         result = codec.decode_body(env.kind, env.schema, delivery.body)  # type: ignore[attr-defined]
         assert isinstance(result, EncounterResult)
+        self.results[env.message_id] = result
         outcome = self.outcomes.get(result.encounter_id)
         if outcome is None:
             self.unexpected += 1

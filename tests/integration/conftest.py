@@ -56,6 +56,14 @@ class Exchange:
     def process(self, name: str) -> subprocess.Popen[bytes]:
         return dict(self.workers.processes)[name]
 
+    def ready(self, queue: str) -> int:
+        """Messages waiting in ``queue``; not those delivered to a consumer and unacked."""
+        conn = pika.BlockingConnection(pika.URLParameters(self.url))
+        try:
+            return int(conn.channel().queue_declare(queue, passive=True).method.message_count)
+        finally:
+            conn.close()
+
 
 @pytest.fixture(scope="session")
 def exchange(broker_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exchange]:

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import signal
 import time
 
 import pytest
 
-from biox import audit, encounters, synth
+from biox import addresses, audit, encounters, synth
 from biox.audit import trail_across
+from biox.broker.link import amqp_user
 from biox.messages import SubjectStatus
 from biox.registry import Purpose
 from biox.store import session_for
 from tests.integration.conftest import SEED, Exchange
+from tests.integration.ledger import (
+    Tap,
+    check_each_query_answered_once,
+    check_results_once,
+    copies,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -94,33 +102,62 @@ def test_partner_citizen_is_only_excluded_from_that_partner(exchange, plans):
 
 
 def test_worker_killed_mid_message_still_answers_each_query_exactly_once(exchange):
-    """SIGKILL the mx matcher while it holds unacked queries; a fresh one finishes them."""
+    """SIGKILL the mx matcher while it holds unacked queries; a fresh one finishes them.
+
+    The test shows the kill lands mid-flight: it freezes the matcher (SIGSTOP), then counts
+    queries sent to mx (a tap on us's outbox), queries still waiting in mx.query, and
+    queries answered (a tap on mx's outbox). What is neither waiting nor answered was
+    delivered to the frozen matcher and not acked. Then every message is counted by id on
+    both sides and at the encounter system."""
     planned = encounters.plan(
         exchange.registry, exchange.sizes, 300, SEED, requesters=["us"], draw=1
     )
     planned = [p for p in planned if "mx" in p.expected_partners]
-    with encounters.EncounterSystem(exchange.url, exchange.sizes) as system:
-        system.submit(planned)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:  # wait until mx has started answering
-            system.collect(timeout=0.05, idle_timeout=0.05)
-            if any("mx" in o.answers for o in system.outcomes.values()):
-                break
-        answered_before = sum("mx" in o.answers for o in system.outcomes.values())
-        exchange.kill("mx-matcher")
-        exchange.restart("mx-matcher")
-        system.collect(timeout=120, idle_timeout=60)
-        outcomes = list(system.outcomes.values())
-    assert answered_before < len(planned), "the matcher finished before it could be killed"
-    missing = [
-        (o.planned.encounter_id, o.planned.expected_partners, sorted(o.answers))
-        for o in outcomes
-        if not o.complete
-    ]
-    assert missing == [], f"{len(missing)} of {len(outcomes)} incomplete"
-    assert system.duplicates == 0
-    wrong = [(o.planned, a) for o in outcomes for a in o.answers.values() if not a.correct]
-    assert wrong == []
+    queries = Tap(exchange.url, [(addresses.outbox("us"), "mx.query")])
+    responses = Tap(exchange.url, [(addresses.outbox("mx"), "us.response")])
+    matcher = exchange.process("mx-matcher")
+    try:
+        with encounters.EncounterSystem(exchange.url, exchange.sizes) as system:
+            system.submit(planned)
+            deadline = time.monotonic() + 30
+            while not responses.drain(quiet=0.05) and time.monotonic() < deadline:
+                pass  # until mx has started answering
+            matcher.send_signal(signal.SIGSTOP)
+            time.sleep(0.5)  # what the matcher published before it froze reaches the taps
+            sent = {t.correlation_id for t in queries.drain()}
+            waiting = exchange.ready("mx.query")
+            answered = {t.correlation_id for t in responses.drain()}
+            in_flight = len(sent) - waiting - len(answered & sent)
+            assert in_flight > 0, (len(sent), waiting, len(answered))
+            exchange.kill("mx-matcher")  # SIGKILL lands on a stopped process: no last words
+            exchange.restart("mx-matcher")
+            system.collect(timeout=120, idle_timeout=60)
+            outcomes = list(system.outcomes.values())
+        missing = [
+            (o.planned.encounter_id, o.planned.expected_partners, sorted(o.answers))
+            for o in outcomes
+            if not o.complete
+        ]
+        assert missing == [], f"{len(missing)} of {len(outcomes)} incomplete"
+        assert system.duplicates == 0
+        wrong = [(o.planned, a) for o in outcomes for a in o.answers.values() if not a.correct]
+        assert wrong == []
+        check_each_query_answered_once(
+            queries.drain(),
+            responses.drain(),
+            provider="mx",
+            requester="us",
+            requester_db=exchange.settings.database_for("us"),
+            provider_db=exchange.settings.database_for("mx"),
+        )
+        check_results_once(system)
+        print(
+            f"killed with {in_flight} queries unacked at the matcher; "
+            f"{copies(responses.seen)} response copies republished and absorbed"
+        )
+    finally:
+        queries.close()
+        responses.close()
 
 
 def test_every_hop_of_a_query_is_in_the_audit_trails_without_biometrics(exchange, plans):
@@ -145,7 +182,7 @@ def test_every_hop_of_a_query_is_in_the_audit_trails_without_biometrics(exchange
         time.sleep(0.2)
     assert expected <= seen
     for code, e in rows:
-        assert e.sender_user  # broker-validated user recorded
+        assert e.sender_user == amqp_user(exchange.url)  # the user the broker checked
         assert len(e.body_sha256) == 64
         assert e.provenance == (code if e.direction == "out" else e.sender)
     for code in exchange.sizes:

@@ -5,6 +5,7 @@ and the consolidated result the encounter system receives."""
 from __future__ import annotations
 
 import json
+import signal
 import time
 import uuid
 from collections.abc import Callable
@@ -127,6 +128,8 @@ def test_gray_zone_case_survives_a_worker_restart_and_the_cli_decision_goes_out(
     )
     # adjudicate goes to mx alone: one smudged finger can be a gray case anywhere
     planned = planned_for(exchange, "us", n, Purpose.adjudicate, biometrics=bio, scenario="poor")
+    # the review worker is frozen when its case arrives, and killed holding it unacked
+    exchange.process("mx-review").send_signal(signal.SIGSTOP)
     system.submit([planned])
     outcome = system.outcomes[planned.encounter_id]
     assert system.collect(timeout=30, until=lambda: "mx" in outcome.in_review)
@@ -137,9 +140,11 @@ def test_gray_zone_case_survives_a_worker_restart_and_the_cli_decision_goes_out(
         with session_for(s.database_for("mx")) as db:
             return db.get(ReviewCaseRow, query_id)
 
-    wait_for(case, what="the case row")
-    exchange.kill("mx-review")  # cases are rows: a restart loses nothing
+    wait_for(lambda: exchange.ready("mx.review") == 0, what="the case handed to the worker")
+    assert case() is None  # delivered to the frozen worker, not stored, not acked
+    exchange.kill("mx-review")
     exchange.restart("mx-review")
+    wait_for(case, what="the case row after the restart")  # the broker delivered it again
 
     listed = runner.invoke(app, ["review", "list", "-p", "mx", "--json"])
     assert listed.exit_code == 0, listed.output

@@ -100,3 +100,61 @@ def test_an_inserted_entry_is_named(db):
             range(1, 8)
         )
         assert audit.verify(s)[1] == audit.Break(6, "inserted")
+
+
+@pytest.mark.parametrize(
+    "field",
+    [
+        "received_at",
+        "direction",
+        "kind",
+        "sender_user",
+        "sender",
+        "recipient",
+        "message_id",
+        "correlation_id",
+        "schema_id",
+        "body_sha256",
+        "provenance",
+        "actor",
+    ],
+)
+def test_every_field_of_an_entry_is_covered_by_its_hash(db, field):
+    """Changing any recorded fact of an entry (who acted, who sent, what body) is caught."""
+    with session_for(db) as s:
+        e = s.get(AuditEntry, 4)
+        value = getattr(e, field)
+        if isinstance(value, datetime):
+            setattr(e, field, value + timedelta(microseconds=1))
+        else:
+            setattr(e, field, (value or "") + "x")
+        s.commit()
+        assert audit.verify(s)[1] == audit.Break(4, "altered")
+
+
+def test_the_last_entry_is_checked_too(db):
+    with session_for(db) as s:
+        s.get(AuditEntry, 10).actor = "someone else"
+        s.commit()
+        assert audit.verify(s)[1] == audit.Break(10, "altered")
+
+
+def test_the_first_entry_must_follow_the_genesis_hash(db):
+    with session_for(db) as s:
+        first = s.get(AuditEntry, 1)
+        first.prev_hash = "f" * 64
+        first.entry_hash = audit.entry_hash(first)
+        s.commit()
+        assert audit.verify(s)[1] == audit.Break(1, "altered (and its hash recomputed)")
+
+
+def test_a_trail_holds_the_entries_of_the_ids_asked_for_in_order(db):
+    with session_for(db) as s:
+        got = audit.trail(s, ["q1", "q3"])
+    assert [e.message_id for e in got] == ["m2", "m3", "m6", "m7"]
+
+
+def test_an_empty_trail_starts_at_the_genesis(tmp_path):
+    with session_for(f"sqlite:///{tmp_path / 'empty.db'}") as s:
+        assert audit.head(s) == (0, audit.GENESIS)
+        assert audit.verify(s) == (0, None)

@@ -7,8 +7,8 @@ from biox import synth
 from biox.errors import PermanentError, Reason
 from biox.gallery.gallery import Gallery, Probe
 from biox.gallery.index import IrisIndex, VectorIndex
-from biox.gallery.templates import IRIS, rotate_iris, vector
-from biox.messages import Biometrics, Face
+from biox.gallery.templates import FACE, FINGER, IRIS, rotate_iris, vector
+from biox.messages import Biometrics, Face, Fingerprint, Iris
 
 SEED = 11
 SIZE = 2000
@@ -144,3 +144,48 @@ def test_bad_templates_are_refused_with_a_specific_reason(template, algorithm, r
 def test_vectors_are_l2_normalised():
     v = vector("biox-face-512/1", "face", (np.arange(512, dtype="<f4") + 1).tobytes())
     assert abs(float(np.linalg.norm(v)) - 1.0) < 1e-5
+
+
+def _iris(code: bytes, mask: bytes, algorithm: str = "biox-iris-2048/1") -> Biometrics:
+    return Biometrics(irises=[Iris(eye="left", algorithm=algorithm, code=code, mask=mask)])
+
+
+FULL = bytes([255]) * IRIS.nbytes
+
+
+@pytest.mark.parametrize(
+    ("code", "mask", "algorithm", "reason", "says"),
+    [
+        (FULL, bytes(IRIS.nbytes), "biox-iris-2048/1", Reason.template_invalid, "no valid bit"),
+        (FULL[:-1], FULL, "biox-iris-2048/1", Reason.template_size, "iris code"),
+        (FULL + b"\0", FULL, "biox-iris-2048/1", Reason.template_size, "iris code"),
+        (FULL, FULL[:-1], "biox-iris-2048/1", Reason.template_size, "iris mask"),
+        (FULL, FULL, "biox-face-512/1", Reason.unknown_algorithm, "iris algorithm"),
+    ],
+)
+def test_bad_iris_codes_are_refused_with_a_specific_reason(code, mask, algorithm, reason, says):
+    with pytest.raises(PermanentError) as info:
+        Probe.from_biometrics(_iris(code, mask, algorithm))
+    assert info.value.reason is reason
+    assert says in str(info.value)
+
+
+def test_an_iris_mask_with_a_single_valid_bit_is_usable():
+    mask = bytes(IRIS.nbytes - 1) + b"\x01"
+    probe = Probe.from_biometrics(_iris(FULL, mask))
+    code, kept = probe.irises["left"]
+    assert code.tobytes() == FULL and kept.tobytes() == mask
+
+
+def test_a_finger_template_names_its_position_in_the_probe():
+    template = np.ones(192, "<f4").tobytes()
+    bio = Biometrics(
+        fingerprints=[Fingerprint(position=7, algorithm="biox-finger-192/1", template=template)]
+    )
+    probe = Probe.from_biometrics(bio)
+    assert list(probe.fingers) == [7] and probe.face is None
+    assert abs(float(np.linalg.norm(probe.fingers[7])) - 1.0) < 1e-5
+
+
+def test_algorithm_byte_lengths_are_what_the_contract_says():
+    assert (FACE.nbytes, FINGER.nbytes, IRIS.nbytes) == (2048, 768, 256)

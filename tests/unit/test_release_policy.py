@@ -80,3 +80,50 @@ def test_enrolment_and_automatic_retrieval_rules():
     assert us.asks_after(derogatory=True) == [Element.biographic, Element.encounters]
     assert us.asks_after(derogatory=False) == []
     assert POLICIES.of("mx").asks_after(derogatory=True) == []
+
+
+def test_retention_dates_are_counted_in_days():
+    from datetime import UTC, datetime, timedelta
+
+    policy = ParticipantPolicy(
+        enrolled_retention_days=3, received_retention_days=5, encounter_retention_days=7
+    )
+    t = datetime(2026, 1, 1, tzinfo=UTC)
+    assert policy.enrolled_until(t) == t + timedelta(days=3)
+    assert policy.received_until(t) == t + timedelta(days=5)
+    assert policy.encounter_until(t) == t + timedelta(days=7)
+    shipped = POLICIES.of("sv")
+    assert shipped.received_until(t) == datetime(2030, 12, 31, tzinfo=UTC)  # 1825 days
+
+
+def test_each_withheld_element_stays_out_of_the_released_record():
+    for kept in Element:
+        release = ParticipantPolicy(release=[ReleaseRule(elements=[kept])]).release_for(
+            "us", Purpose.enforce
+        )
+        assert not isinstance(release, Reason)
+        record = released_record(**RECORD, release=release)
+        assert (record.person_centric_id is not None) == (kept is Element.reference)
+        assert (record.biographic is not None) == (kept is Element.biographic)
+        assert bool(record.encounters) == (kept is Element.encounters)
+        assert bool(record.derogatory) == (kept is Element.derogatory)
+        assert record.identity_ref == "MX-000000001"  # the reference the answer is about
+
+
+def test_a_rule_names_requesters_and_purposes_or_everyone():
+    rule = ReleaseRule(to=["us"], purposes=["enforce"], elements=[Element.reference])
+    assert rule.covers("us", Purpose.enforce)
+    assert not rule.covers("sv", Purpose.enforce)
+    assert not rule.covers("us", Purpose.investigate)
+    assert ReleaseRule().covers("sv", Purpose.adjudicate)
+
+
+def test_the_automatic_rule_asks_on_every_match_when_told_so():
+    from biox.policy.release import RetrievalRule
+
+    every = ParticipantPolicy(
+        retrieval=RetrievalRule(on="every_match", elements=[Element.encounters])
+    )
+    assert every.asks_after(derogatory=False) == [Element.encounters]
+    never = ParticipantPolicy(retrieval=RetrievalRule(on="never", elements=[Element.encounters]))
+    assert never.asks_after(derogatory=True) == []

@@ -70,10 +70,13 @@ class ConsumeLoop:
         settings: Settings,
         participant: str | None = None,
         role: str | None = None,
+        link: Link | None = None,
     ) -> None:
         """``participant`` and ``role``: send retry hops and dead letters through the
         participant's inbox (where the audit consumer sees them); without, straight to
         the tier and DLQ queues by the default exchange (the audit consumer itself, tools).
+        ``link``: the transport, when not a fresh connection to ``url`` (unit tests drive
+        the loop through an in-memory one).
         """
         self.queue = queue
         self.participant = participant
@@ -82,7 +85,7 @@ class ConsumeLoop:
         self.database_url = database_url
         self.settings = settings
         self.worker = f"{queue}@{socket.gethostname()}:{os.getpid()}"
-        self.link = Link(
+        self.link = link or Link(
             url,
             name=self.worker,
             consume=queue,

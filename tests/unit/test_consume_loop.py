@@ -1,0 +1,589 @@
+"""The consume loop under unit test, driven through an in-memory transport.
+
+The transport (``FakeLink``) stands where the AMQP link does: it hands the loop
+deliveries, settles publishes as the broker's confirms would (or refuses them the ways a
+broker can: connection lost, nacked, returned as unroutable), and records every confirm,
+ack and nack in one ordered log. At every ack it checks, in the loop's own database,
+that the effect and the idempotency marker are committed, so "ack only after commit and
+confirm" is observed, not assumed. docs/architecture.md ("One consume loop") is the
+contract these tests hold the loop to.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+import pika
+import pytest
+from sqlalchemy.orm.exc import StaleDataError
+from sqlmodel import Session, select
+
+from biox import addresses, codec
+from biox.broker.consumer import ConsumeLoop
+from biox.broker.link import ConnectionLost, Delivery, Nacked, Unroutable
+from biox.broker.publisher import properties_for
+from biox.codec import Envelope, Outgoing
+from biox.errors import BioxError, PermanentError, Reason, TransientError
+from biox.handlers.base import Effects, Inbound, Result
+from biox.messages import Element, RetrievalAsk
+from biox.settings import Settings
+from biox.store import ParticipantRow, ProcessedMessage, session_for
+
+QUEUE = "us.retrieval"
+
+
+@dataclass
+class Published:
+    exchange: str
+    routing_key: str
+    body: bytes
+    properties: pika.BasicProperties
+
+    @property
+    def message_id(self) -> str:
+        return str(self.properties.message_id)
+
+    @property
+    def headers(self) -> dict[str, Any]:
+        return dict(self.properties.headers or {})
+
+
+@dataclass
+class FakeLink:
+    """The broker side of one connection, in memory."""
+
+    user: str = "us-workers"
+    generation: int = 1
+    deliveries: queue.Queue[Delivery] = field(default_factory=queue.Queue)
+    ready: threading.Event = field(default_factory=threading.Event)
+    log: list[tuple[Any, ...]] = field(default_factory=list)
+    confirmed: list[Published] = field(default_factory=list)
+    refuse: list[type[Exception]] = field(default_factory=list)  # next publishes, in turn
+    refuse_all: type[Exception] | None = None
+    on_ack: Callable[[Delivery], None] | None = None
+    _tag: int = 0
+
+    def __post_init__(self) -> None:
+        self.ready.set()
+
+    def start(self) -> FakeLink:
+        return self
+
+    def close(self) -> None:
+        self.log.append(("close",))
+
+    def publish(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        properties: pika.BasicProperties,
+        mandatory: bool = True,
+    ) -> Future[None]:
+        future: Future[None] = Future()
+        refusal = self.refuse.pop(0) if self.refuse else self.refuse_all
+        if refusal is not None:
+            self.log.append(("refused", properties.message_id, refusal.__name__))
+            future.set_exception(refusal(f"{refusal.__name__} (fake broker)"))
+        else:
+            self.confirmed.append(Published(exchange, routing_key, body, properties))
+            self.log.append(("confirm", properties.message_id))
+            future.set_result(None)
+        return future
+
+    def ack(self, d: Delivery) -> None:
+        if self.on_ack is not None:
+            self.on_ack(d)
+        self.log.append(("ack", d.delivery_tag))
+
+    def nack(self, d: Delivery, requeue: bool = True) -> None:
+        self.log.append(("nack", d.delivery_tag, requeue))
+
+    # --- what the tests look at --------------------------------------------------------
+
+    def deliver(
+        self,
+        out: Outgoing,
+        *,
+        redelivered: bool = False,
+        generation: int | None = None,
+        headers: dict[str, Any] | None = None,
+        body: bytes | None = None,
+        message_id: str | None = "keep",
+    ) -> Delivery:
+        self._tag += 1
+        props = properties_for(out.envelope, "us-encounters")
+        if headers:
+            props.headers = {**props.headers, **headers}
+        if message_id != "keep":
+            props.message_id = message_id
+        d = Delivery(
+            generation if generation is not None else self.generation,
+            self._tag,
+            out.exchange,
+            out.routing_key,
+            redelivered,
+            props,
+            out.body if body is None else body,
+            time.time(),
+        )
+        self.deliveries.put(d)
+        return d
+
+    def settled(self) -> set[int]:
+        return {e[1] for e in self.log if e[0] in ("ack", "nack")}
+
+    def acks(self) -> list[int]:
+        return [e[1] for e in self.log if e[0] == "ack"]
+
+    def nacks(self) -> list[tuple[int, bool]]:
+        return [(e[1], e[2]) for e in self.log if e[0] == "nack"]
+
+    def to(self, routing_key: str) -> list[Published]:
+        return [p for p in self.confirmed if p.routing_key == routing_key]
+
+
+class ScriptedHandler:
+    """A handler whose answer to each ``retrieval.ask`` is named by its ``asked_by``:
+
+    ok | permanent | transient | boom (the whole batch raises) | stale (the commit lost an
+    optimistic-lock race, ``times`` times). ``reject`` answers a sender called ``mx`` (an
+    identifiable partner) and leaves anyone else to the dead-letter queue."""
+
+    kinds: tuple[str, ...] = (RetrievalAsk.KIND,)
+
+    def __init__(self, stale_times: int = 1) -> None:
+        self.calls: list[list[str]] = []
+        self.stale_left = stale_times
+
+    def handle(self, batch: Sequence[Inbound], session: Session) -> list[Result]:
+        self.calls.append([i.envelope.message_id for i in batch])
+        modes = [i.message.asked_by for i in batch]  # type: ignore[union-attr]
+        if "boom" in modes:
+            raise RuntimeError("handler bug")
+        if "stale" in modes and self.stale_left > 0:
+            self.stale_left -= 1
+            raise StaleDataError("encounter revision moved")
+        return [self._one(i) for i in batch]
+
+    def _one(self, inb: Inbound) -> Result:
+        mode = inb.message.asked_by  # type: ignore[union-attr]
+        if mode == "permanent":
+            return PermanentError(Reason.not_matched, "no match to ask about")
+        if mode == "transient":
+            return TransientError(Reason.unknown_query, "not yet")
+        mid = inb.envelope.message_id
+        row = ParticipantRow(code=mid, agency="effect", status="done")
+        out = codec.to_partner(
+            RetrievalAsk(query_id=mid, elements=[Element.biographic], asked_by="effect"),
+            sender="us",
+            recipient="mx",
+            message_id=codec.derived_id(mid, "effect"),
+            correlation_id=mid,
+        )
+        return Effects(rows=[row], outgoing=[out], outcome="done")
+
+    def reject(self, envelope: Envelope, error: BioxError) -> Effects | None:
+        if envelope.sender != "mx":
+            return None
+        answer = codec.to_partner(
+            RetrievalAsk(query_id="x", elements=[Element.reference], asked_by=error.reason),
+            sender="us",
+            recipient="mx",
+            message_id=codec.derived_id(envelope.message_id, "rejected"),
+            correlation_id=envelope.message_id,
+        )
+        return Effects(outgoing=[answer], outcome=f"rejected:{error.reason.value}")
+
+
+def ask(mode: str, sender: str = "us", message_id: str | None = None) -> Outgoing:
+    message = RetrievalAsk(query_id="q-1", elements=[Element.biographic], asked_by=mode)
+    out = codec.to_own_inbox(
+        message,
+        participant="us",
+        message_id=message_id or str(uuid.uuid4()),
+        correlation_id="q-1",
+    )
+    if sender != "us":
+        out.envelope = Envelope(
+            out.envelope.message_id, out.envelope.kind, out.envelope.schema, sender, "us", "q-1"
+        )
+    return out
+
+
+@dataclass
+class Rig:
+    loop: ConsumeLoop
+    link: FakeLink
+    handler: Any
+    db: str
+
+    def run(self, *deliveries: Delivery, timeout: float = 10.0) -> None:
+        """Run the loop until every given delivery is acked or nacked."""
+        stop = threading.Event()
+        thread = threading.Thread(target=self.loop.run, args=(stop,), daemon=True)
+        thread.start()
+        want = {d.delivery_tag for d in deliveries}
+        deadline = time.monotonic() + timeout
+        while not want <= self.link.settled() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.05)  # let the loop idle: nothing more may happen after the last ack
+        stop.set()
+        thread.join(5)
+        assert want <= self.link.settled(), f"unsettled: {want - self.link.settled()}"
+
+    def marker(self, message_id: str) -> ProcessedMessage | None:
+        with session_for(self.db) as s:
+            return s.get(ProcessedMessage, (QUEUE, message_id))
+
+    def effect(self, message_id: str) -> ParticipantRow | None:
+        with session_for(self.db) as s:
+            return s.get(ParticipantRow, message_id)
+
+
+def rig(
+    tmp_path,
+    handler: Any = None,
+    *,
+    queue_name: str = QUEUE,
+    participant: str | None = "us",
+    role: str | None = "retrieval",
+    **overrides: Any,
+) -> Rig:
+    db = f"sqlite:///{tmp_path / 'loop.db'}"
+    options: dict[str, Any] = {
+        "publish_timeout": 0.3,
+        "retry_delays": "1,5",
+        "batch_wait_ms": 20,
+        "batch_max": 16,
+        **overrides,
+    }
+    settings = Settings(**options)
+    link = FakeLink()
+    handler = handler or ScriptedHandler()
+    loop = ConsumeLoop(
+        url="amqp://unused",
+        queue=queue_name,
+        handler=handler,
+        database_url=db,
+        settings=settings,
+        participant=participant,
+        role=role,
+        link=link,  # type: ignore[arg-type]
+    )
+    return Rig(loop, link, handler, db)
+
+
+# --- the happy path: commit, confirm, then ack -----------------------------------------------
+
+
+def test_a_delivery_is_acked_only_after_its_effect_and_marker_are_committed_and_confirmed(
+    tmp_path,
+):
+    r = rig(tmp_path)
+    seen_at_ack: list[tuple[bool, bool, list[str]]] = []
+
+    def check(d: Delivery) -> None:
+        mid = d.properties.message_id
+        seen_at_ack.append(
+            (
+                r.effect(mid) is not None,
+                r.marker(mid) is not None,
+                [p.message_id for p in r.link.confirmed],
+            )
+        )
+
+    r.link.on_ack = check
+    out = ask("ok")
+    d = r.link.deliver(out)
+    r.run(d)
+    [(effect, marker, confirmed)] = seen_at_ack
+    assert effect and marker
+    assert confirmed == [codec.derived_id(out.envelope.message_id, "effect")]
+    kinds = [e[0] for e in r.link.log if e[0] in ("confirm", "ack")]
+    assert kinds == ["confirm", "ack"]
+    stored = r.marker(out.envelope.message_id)
+    assert stored is not None and stored.published  # confirmed: a redelivery sends nothing
+
+
+def test_a_batch_is_handled_in_one_call_and_every_delivery_acked_once(tmp_path):
+    r = rig(tmp_path)
+    ds = [r.link.deliver(ask("ok")) for _ in range(5)]
+    r.run(*ds)
+    assert sum(len(c) for c in r.handler.calls) == 5
+    assert len(r.handler.calls) < 5  # batched, not one call per message
+    assert sorted(r.link.acks()) == [d.delivery_tag for d in ds]
+    assert len(r.link.confirmed) == 5
+
+
+def test_the_same_message_twice_in_one_batch_is_handled_once(tmp_path):
+    r = rig(tmp_path)
+    out = ask("ok")
+    first, second = r.link.deliver(out), r.link.deliver(out, redelivered=True)
+    r.run(first, second)
+    assert [mid for call in r.handler.calls for mid in call] == [out.envelope.message_id]
+    assert sorted(r.link.acks()) == [first.delivery_tag, second.delivery_tag]
+    assert len(r.link.confirmed) == 1
+    assert r.loop.stats["duplicate"] == 1
+
+
+# --- redelivery: stored outputs under the same ids, and nothing else ---------------------------
+
+
+def test_a_redelivery_after_confirm_publishes_nothing_and_runs_no_handler(tmp_path):
+    r = rig(tmp_path)
+    out = ask("ok")
+    r.run(r.link.deliver(out))
+    again = r.link.deliver(out, redelivered=True)
+    r.run(again)
+    assert len(r.handler.calls) == 1
+    assert len(r.link.confirmed) == 1
+    assert again.delivery_tag in r.link.acks()
+
+
+def test_unconfirmed_outputs_are_requeued_then_republished_byte_for_byte_under_the_same_ids(
+    tmp_path,
+):
+    r = rig(tmp_path)
+    r.link.refuse_all = ConnectionLost
+    out = ask("ok")
+    first = r.link.deliver(out)
+    r.run(first)
+    assert r.link.nacks() == [(first.delivery_tag, True)]  # back to the queue, not acked
+    assert r.link.acks() == []
+    marker = r.marker(out.envelope.message_id)
+    assert marker is not None and not marker.published  # the effect is committed already
+    refused = [e for e in r.link.log if e[0] == "refused"]
+    assert refused and {e[1] for e in refused} == {
+        codec.derived_id(out.envelope.message_id, "effect")
+    }
+
+    r.link.refuse_all = None  # the broker is back
+    again = r.link.deliver(out, redelivered=True)
+    r.run(again)
+    assert len(r.handler.calls) == 1  # not handled a second time
+    [sent] = r.link.confirmed
+    assert sent.message_id == codec.derived_id(out.envelope.message_id, "effect")
+    expected = r.handler._one(
+        Inbound(out.envelope, codec.decode_body(out.envelope.kind, out.envelope.schema, out.body))
+    )
+    assert sent.body == expected.outgoing[0].body
+    assert (sent.exchange, sent.routing_key) == ("biox.us.out", "mx.retrieval.ask")
+    assert again.delivery_tag in r.link.acks()
+    assert r.marker(out.envelope.message_id).published
+
+
+@pytest.mark.parametrize("refusal", [ConnectionLost, Nacked])
+def test_a_refused_publish_is_retried_under_the_same_message_id(tmp_path, refusal):
+    r = rig(tmp_path, publish_timeout=5.0)
+    r.link.refuse = [refusal, refusal]
+    out = ask("ok")
+    d = r.link.deliver(out)
+    r.run(d)
+    published = [e[1] for e in r.link.log if e[0] in ("refused", "confirm")]
+    assert published == [codec.derived_id(out.envelope.message_id, "effect")] * 3
+    assert r.link.acks() == [d.delivery_tag] and r.link.nacks() == []
+
+
+def test_an_unroutable_output_is_not_retried_and_the_input_goes_back_to_the_queue(tmp_path):
+    r = rig(tmp_path, publish_timeout=5.0)
+    r.link.refuse = [Unroutable]
+    d = r.link.deliver(ask("ok"))
+    started = time.monotonic()
+    r.run(d)
+    assert time.monotonic() - started < 3  # no waiting out the publish timeout
+    assert r.link.nacks() == [(d.delivery_tag, True)]
+    assert len([e for e in r.link.log if e[0] == "refused"]) == 1
+
+
+def test_deliveries_from_a_dead_connection_are_neither_handled_nor_acked(tmp_path):
+    r = rig(tmp_path)
+    old = r.link.deliver(ask("ok"), generation=1)
+    r.link.generation = 2  # the connection dropped: the broker requeued ``old`` itself
+    new = r.link.deliver(ask("ok"))
+    r.run(new)
+    assert old.delivery_tag not in r.link.settled()
+    assert [mid for call in r.handler.calls for mid in call] == [new.properties.message_id]
+
+
+# --- each failure class routed as documented ----------------------------------------------------
+
+
+def test_a_permanent_error_with_an_identifiable_sender_is_answered_and_remembered(tmp_path):
+    r = rig(tmp_path)
+    out = ask("permanent", sender="mx")
+    d = r.link.deliver(out)
+    r.run(d)
+    [answer] = r.link.confirmed
+    assert answer.message_id == codec.derived_id(out.envelope.message_id, "rejected")
+    assert r.marker(out.envelope.message_id) is not None  # a redelivery re-sends, not re-decides
+    assert r.link.acks() == [d.delivery_tag]
+    assert r.link.to(addresses.dead_letter_key("us", "retrieval")) == []
+
+
+def test_a_permanent_error_nobody_can_be_told_of_is_dead_lettered_with_its_reason(tmp_path):
+    r = rig(tmp_path)
+    out = ask("permanent")
+    d = r.link.deliver(out)
+    r.run(d)
+    [dead] = r.link.to(addresses.dead_letter_key("us", "retrieval"))
+    assert dead.exchange == addresses.inbox("us")  # through the inbox: the audit sees it
+    assert dead.body == out.body and dead.message_id == out.envelope.message_id
+    h = dead.headers
+    assert h["biox-reason"] == "not_matched" and h["biox-permanent"] is True
+    assert h["biox-error-class"] == "PermanentError"
+    assert h["biox-original-exchange"] == out.exchange
+    assert h["biox-original-routing-key"] == out.routing_key
+    assert h["biox-original-user-id"] == "us-encounters"
+    assert dead.properties.user_id == "us-workers"  # the broker accepts no other on our link
+    assert h["biox-worker"].startswith(QUEUE + "@")
+    assert r.marker(out.envelope.message_id) is None
+    assert r.link.acks() == [d.delivery_tag]
+
+
+def test_an_unreadable_body_is_dead_lettered_as_undecodable(tmp_path):
+    r = rig(tmp_path)
+    d = r.link.deliver(ask("ok"), body=b"\xc1 not msgpack")
+    r.run(d)
+    [dead] = r.link.to(addresses.dead_letter_key("us", "retrieval"))
+    assert dead.headers["biox-reason"] == "undecodable" and dead.body == b"\xc1 not msgpack"
+    assert r.handler.calls == []
+
+
+def test_a_kind_the_queue_does_not_take_is_dead_lettered_as_unknown_kind(tmp_path):
+    r = rig(tmp_path)
+    out = ask("ok")
+    d = r.link.deliver(out)
+    d.properties.type = "query"
+    r.run(d)
+    [dead] = r.link.to(addresses.dead_letter_key("us", "retrieval"))
+    assert dead.headers["biox-reason"] == "unknown_kind"
+    assert "us.retrieval" in dead.headers["biox-error"]
+    assert r.handler.calls == []
+
+
+def test_a_transient_error_climbs_the_retry_tiers_then_parks(tmp_path):
+    r = rig(tmp_path)
+    out = ask("transient")
+    first = r.link.deliver(out)
+    r.run(first)
+    [hop] = r.link.to(addresses.retry_key("us", "retrieval", 1))
+    assert hop.exchange == addresses.inbox("us") and hop.headers["biox-attempt"] == 1
+    assert hop.headers["biox-reason"] == "unknown_query" and hop.headers["biox-permanent"] is False
+    assert hop.body == out.body and hop.message_id == out.envelope.message_id
+    assert r.link.acks() == [first.delivery_tag]  # acked once the copy sits in its tier
+
+    second = r.link.deliver(out, headers=hop.headers)  # the tier's TTL expired: back again
+    r.run(second)
+    [hop2] = r.link.to(addresses.retry_key("us", "retrieval", 5))
+    assert hop2.headers["biox-attempt"] == 2
+    assert hop2.headers["biox-first-failed-at"] == hop.headers["biox-first-failed-at"]
+
+    third = r.link.deliver(out, headers=hop2.headers)  # past the last tier
+    r.run(third)
+    [dead] = r.link.to(addresses.dead_letter_key("us", "retrieval"))
+    assert dead.headers["biox-attempt"] == 3
+    assert r.marker(out.envelope.message_id) is None  # never processed: a replay handles it
+
+
+def test_a_handler_exception_isolates_the_message_that_causes_it(tmp_path):
+    r = rig(tmp_path)
+    good = [r.link.deliver(ask("ok")) for _ in range(3)]
+    bad = r.link.deliver(ask("boom"))
+    r.run(*good, bad)
+    assert len(r.link.confirmed) - len(r.link.to(addresses.retry_key("us", "retrieval", 1))) == 3
+    [hop] = r.link.to(addresses.retry_key("us", "retrieval", 1))
+    assert hop.message_id == bad.properties.message_id
+    assert hop.headers["biox-reason"] == "handler_error"
+    assert hop.headers["biox-error-class"] == "RuntimeError"
+    assert sorted(r.link.acks()) == sorted(d.delivery_tag for d in [*good, bad])
+    for d in good:
+        assert r.effect(d.properties.message_id) is not None
+
+
+def test_an_optimistic_lock_conflict_reruns_the_batch_at_once(tmp_path):
+    r = rig(tmp_path, ScriptedHandler(stale_times=1))
+    out = ask("stale")
+    d = r.link.deliver(out)
+    r.run(d)
+    assert len(r.handler.calls) == 2  # ran again on fresh state, no retry tier
+    assert r.link.to(addresses.retry_key("us", "retrieval", 1)) == []
+    assert len(r.link.confirmed) == 1 and r.link.acks() == [d.delivery_tag]
+
+
+def test_a_conflict_that_keeps_coming_back_goes_to_the_retry_tier(tmp_path):
+    r = rig(tmp_path, ScriptedHandler(stale_times=100))
+    d = r.link.deliver(ask("stale"))
+    r.run(d)
+    assert len(r.handler.calls) == 4  # the first run and three re-runs, then the tier
+    [hop] = r.link.to(addresses.retry_key("us", "retrieval", 1))
+    assert hop.headers["biox-error-class"] == "StaleDataError"
+
+
+def test_a_delivery_without_message_id_is_parked_once_and_never_handled(tmp_path):
+    r = rig(tmp_path)
+    d = r.link.deliver(ask("ok"), message_id=None)
+    r.run(d)
+    [dead] = r.link.to(addresses.dead_letter_key("us", "retrieval"))
+    assert dead.headers["biox-reason"] == "invalid_message"
+    assert "no message_id" in dead.headers["biox-error"]
+    assert r.handler.calls == [] and r.link.acks() == [d.delivery_tag]
+
+
+def test_a_failure_that_cannot_be_parked_is_requeued_not_acked(tmp_path):
+    r = rig(tmp_path)
+    r.link.refuse_all = ConnectionLost
+    d = r.link.deliver(ask("transient"))
+    r.run(d)
+    assert r.link.nacks() == [(d.delivery_tag, True)] and r.link.acks() == []
+
+
+def test_without_a_participant_failures_go_by_the_default_exchange_to_the_queues(tmp_path):
+    """The audit consumer's own failures must not feed its queue through the inbox."""
+    r = rig(tmp_path, queue_name="us.audit", participant=None, role="audit")
+    r.run(r.link.deliver(ask("transient")))
+    [hop] = r.link.confirmed
+    assert (hop.exchange, hop.routing_key) == ("", addresses.retry_queue("us.audit", 1))
+    r.run(r.link.deliver(ask("permanent")))
+    dead = r.link.confirmed[-1]
+    assert (dead.exchange, dead.routing_key) == ("", addresses.dead_letter_queue("us.audit"))
+
+
+class UndecodedHandler:
+    """Takes every kind undecoded, like the audit consumer: each hop is its own event."""
+
+    kinds: tuple[str, ...] = ()
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str, int]] = []
+
+    def handle(self, batch: Sequence[Inbound], session: Session) -> list[Result]:
+        for i in batch:
+            assert i.message is None
+            self.seen.append((i.envelope.message_id, i.routing_key, i.envelope.attempt))
+        return [Effects(outcome="seen") for _ in batch]
+
+    def reject(self, envelope: Envelope, error: BioxError) -> Effects | None:
+        return None
+
+
+def test_an_undecoded_consumer_keys_each_hop_of_a_message_separately(tmp_path):
+    handler = UndecodedHandler()
+    r = rig(tmp_path, handler, queue_name="us.audit", participant=None, role="audit")
+    out = ask("ok")
+    first = r.link.deliver(out)
+    hop = r.link.deliver(out, headers={"biox-attempt": 1})
+    again = r.link.deliver(out, redelivered=True)  # the first hop once more
+    r.run(first, hop, again)
+    mid = out.envelope.message_id
+    assert handler.seen == [(mid, out.routing_key, 0), (mid, out.routing_key, 1)]
+    with session_for(r.db) as s:
+        keys = s.exec(select(ProcessedMessage.message_id)).all()
+    assert sorted(keys) == sorted(f"{mid}|{out.exchange}|{out.routing_key}|{n}" for n in (0, 1))

@@ -1,0 +1,235 @@
+"""The matcher's decisions on scripted search results: thresholds, what a match releases,
+what is declined before any search, and the ids of what it sends.
+
+The gallery is replaced by one that returns chosen hits, so each boundary is tested on
+exact scores instead of on whatever the synthetic population happens to produce.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from biox import codec
+from biox.errors import Reason
+from biox.gallery.gallery import Hit, Probe
+from biox.handlers.base import Effects, Inbound
+from biox.handlers.matcher import MatcherHandler
+from biox.messages import Element, Response, ResponseStatus, RetrievalAsk, ReviewCase
+from biox.policy.release import ParticipantPolicy, Policies, ReleaseRule, RetrievalRule
+from biox.registry import Purpose, Registry
+from biox.settings import Settings
+from biox.store import EnrolledTemplates, Record, Transaction, session_for
+from tests.unit.test_handlers import query_from, submit
+
+REGISTRY = Registry.load(Path("deploy/participants.toml"))
+POLICIES = Policies.load(Path("deploy/policy.toml"))
+HIGH, LOW = 0.55, 0.30
+
+
+class ScriptedGallery:
+    """Answers every probe with the hits it was given; remembers what it was asked."""
+
+    size = 3
+
+    def __init__(self, hits: list[Hit]) -> None:
+        self.hits = hits
+        self.searched: list[int] = []
+
+    def search(self, probes: Sequence[Probe], k: int = 10, top: int = 3) -> list[list[Hit]]:
+        self.searched.append(len(probes))
+        return [list(self.hits[:top]) for _ in probes]
+
+    def enroll(self, ids: Sequence[int], probes: Sequence[Probe]) -> None:
+        pass
+
+
+def record(rid: int, **kw) -> Record:
+    values = {
+        "id": rid,
+        "identity_ref": f"MX-{rid:09d}",
+        "person_centric_id": f"mx-pcn-{rid}",
+        "biographic": {"family_name": f"Name{rid}", "date_of_birth": "1980-01-02"},
+        "encounters": [
+            {"encountered_at": "2025-01-01T00:00:00Z", "country": "mx", "type": "border"}
+        ],
+        "derogatory": ["visa overstay"] if rid == 1 else [],
+        "source": "mx",
+        **kw,
+    }
+    return Record(**values)
+
+
+@pytest.fixture
+def db(tmp_path) -> str:
+    url = f"sqlite:///{tmp_path / 'mx.db'}"
+    with session_for(url) as s:
+        s.add_all([record(1), record(2), record(3), record(4, releasable=False)])
+        s.add(record(5, source="sv"))  # query data sv sent earlier (§21)
+        s.commit()
+    return url
+
+
+def matcher(hits: list[Hit], policy: ParticipantPolicy | None = None) -> MatcherHandler:
+    settings = Settings(threshold_high=HIGH, threshold_low=LOW, gallery_sync_s=3600)
+    handler = MatcherHandler(
+        "mx",
+        REGISTRY,
+        ScriptedGallery(hits),
+        settings,
+        policy or POLICIES.of("mx"),  # type: ignore[arg-type]
+    )
+    handler._synced_at = float("inf")  # no enrolled rows to catch up with here
+    return handler
+
+
+def ask(handler: MatcherHandler, db: str, purpose: Purpose = Purpose.enforce):
+    envelope, query = query_from(submit(7), purpose=purpose)
+    with session_for(db) as s:
+        [result] = handler.handle([Inbound(envelope, query)], s)
+    assert isinstance(result, Effects), result
+    response = codec.decode_body("response", "response/1", result.outgoing[0].body)
+    assert isinstance(response, Response)
+    return envelope, query, result, response
+
+
+def hit(rid: int, fused: float) -> Hit:
+    return Hit(rid, fused, {"face": fused})
+
+
+def test_a_match_releases_only_candidates_at_or_above_the_match_threshold(db):
+    handler = matcher([hit(1, 0.9), hit(2, HIGH), hit(3, HIGH - 0.01)])
+    _, _, result, response = ask(handler, db)
+    assert response.status is ResponseStatus.match
+    assert [c.identity_ref for c in response.candidates] == ["MX-000000001", "MX-000000002"]
+    assert response.candidates[0].fused_score == 0.9
+    tx = result.rows[0]
+    assert isinstance(tx, Transaction) and tx.status == "match" and tx.top_score == 0.9
+
+
+@pytest.mark.parametrize(
+    ("best", "status"),
+    [
+        (HIGH, ResponseStatus.match),
+        (HIGH - 0.0001, ResponseStatus.pending_review),
+        (LOW, ResponseStatus.pending_review),
+        (LOW - 0.0001, ResponseStatus.no_match),
+        (0.0, ResponseStatus.no_match),
+    ],
+)
+def test_the_thresholds_split_match_review_and_no_match_at_their_exact_values(db, best, status):
+    _, _, _, response = ask(matcher([hit(2, best)]), db)
+    assert response.status is status
+
+
+def test_no_hit_at_all_is_no_match(db):
+    _, _, result, response = ask(matcher([]), db)
+    assert response.status is ResponseStatus.no_match and response.candidates == []
+    assert result.rows[0].top_score == 0.0
+
+
+def test_a_gray_zone_query_opens_a_case_with_the_candidates_above_the_low_threshold(db):
+    handler = matcher([hit(2, 0.45), hit(3, LOW), hit(1, LOW - 0.01)])
+    envelope, query, result, response = ask(handler, db)
+    assert response.status is ResponseStatus.pending_review and response.candidates == []
+    assert response.decided_by.value == "examiner"
+    _, case_out = result.outgoing
+    case = codec.decode_body("review.case", "review.case/1", case_out.body)
+    assert isinstance(case, ReviewCase)
+    assert [c.identity_ref for c in case.candidates] == ["MX-000000002", "MX-000000003"]
+    assert case.case_id == case.query_id == query.query_id
+    assert (case_out.exchange, case_out.routing_key) == ("biox.mx", "mx.review.case")
+    assert case_out.envelope.message_id == codec.derived_id(envelope.message_id, "review.case")
+    assert not case_out.body.count(bytes(query.biometrics.face.template[:16]))  # no template
+
+
+def test_a_sealed_best_candidate_is_declined_and_nothing_is_released(db):
+    _, _, _, response = ask(matcher([hit(4, 0.9), hit(2, 0.8)]), db)
+    assert response.status is ResponseStatus.declined
+    assert response.reason_code is Reason.record_not_releasable and response.candidates == []
+
+
+def test_data_another_partner_sent_is_not_passed_on_even_as_a_second_candidate(db):
+    """us asks; record 5 came from sv: onward disclosure without consent (§15)."""
+    best = matcher([hit(5, 0.9)])
+    assert ask(best, db)[3].status is ResponseStatus.declined
+    second = matcher([hit(1, 0.9), hit(5, 0.8)])
+    response = ask(second, db)[3]
+    assert [c.identity_ref for c in response.candidates] == ["MX-000000001"]
+
+
+def test_a_query_without_a_release_rule_is_declined_before_any_search(db):
+    policy = ParticipantPolicy(release=[ReleaseRule(to=["us"], purposes=["adjudicate"])])
+    handler = matcher([hit(1, 0.99)], policy)
+    _, _, result, response = ask(handler, db, Purpose.enforce)
+    assert response.status is ResponseStatus.declined
+    assert response.reason_code is Reason.release_not_agreed
+    assert handler.gallery.searched == []  # type: ignore[attr-defined]
+    assert result.rows[0].top_score is None
+
+
+def test_the_released_record_holds_only_the_elements_the_rule_allows(db):
+    policy = ParticipantPolicy(
+        release=[ReleaseRule(elements=[Element.biographic], conditions=["only this"])]
+    )
+    _, _, _, response = ask(matcher([hit(1, 0.9)], policy), db)
+    [candidate] = response.candidates
+    rec = candidate.record
+    assert rec is not None and rec.biographic is not None
+    assert rec.person_centric_id is None  # reference withheld
+    assert rec.encounters == [] and rec.derogatory == []
+    assert response.withheld == [Element.reference, Element.encounters, Element.derogatory]
+    assert response.conditions == ["only this"]
+
+
+def test_every_output_has_an_id_derived_from_the_query_message(db):
+    """A redelivered query reproduces the same ids, so receivers absorb the copy."""
+    policy = ParticipantPolicy(
+        release=[ReleaseRule(elements=list(Element))],
+        retrieval=RetrievalRule(on="every_match", elements=[Element.encounters]),
+    )
+    envelope, query, result, _response = ask(matcher([hit(2, 0.9)], policy), db)
+    answer, follow = result.outgoing
+    assert answer.envelope.message_id == codec.derived_id(envelope.message_id, "response")
+    assert answer.envelope.correlation_id == query.query_id
+    assert (answer.exchange, answer.routing_key) == ("biox.mx.out", "us.response")
+    assert follow.envelope.message_id == codec.derived_id(envelope.message_id, "retrieval.ask")
+    ask_message = codec.decode_body("retrieval.ask", "retrieval.ask/1", follow.body)
+    assert isinstance(ask_message, RetrievalAsk)
+    assert ask_message.elements == [Element.encounters]
+    assert ask_message.asked_by == "rule:every_match"
+    assert (follow.exchange, follow.routing_key) == ("biox.mx", "mx.retrieval.ask")
+
+
+def test_the_automatic_retrieval_rule_fires_only_on_derogatory_data_when_told_so(db):
+    policy = ParticipantPolicy(
+        release=[ReleaseRule(elements=list(Element))],
+        retrieval=RetrievalRule(on="derogatory", elements=[Element.biographic]),
+    )
+    plain = ask(matcher([hit(2, 0.9)], policy), db)[2]
+    flagged = ask(matcher([hit(1, 0.9)], policy), db)[2]  # record 1 has derogatory data
+    assert len(plain.outgoing) == 1 and len(flagged.outgoing) == 2
+
+
+def test_enrolled_query_data_is_kept_for_exactly_the_policys_days(db):
+    policy = ParticipantPolicy(
+        release=[ReleaseRule(elements=list(Element))],
+        enrol={"us": [Purpose.enforce]},
+        enrolled_retention_days=10,
+    )
+    before = datetime.now(UTC)
+    envelope, query, result, _ = ask(matcher([], policy), db)
+    after = datetime.now(UTC)
+    rec = next(r for r in result.rows if isinstance(r, Record))
+    templates = next(r for r in result.rows if isinstance(r, EnrolledTemplates))
+    assert rec.source == "us" and rec.source_query_id == query.query_id
+    assert rec.source_message_id == envelope.message_id
+    assert templates.record_id == rec.id
+    assert before + timedelta(days=10) <= rec.retain_until <= after + timedelta(days=10)
+    assert rec.retain_until - rec.received_at == timedelta(days=10)
+    assert result.outcome == "no_match:enrolled"
+    not_enrolled = ask(matcher([], policy), db, Purpose.investigate)[2]
+    assert not any(isinstance(r, Record) for r in not_enrolled.rows)

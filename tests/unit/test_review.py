@@ -1,0 +1,203 @@
+"""Human review (§8) without a broker: the lease, examiners racing for cases in separate
+processes, and the review worker's handling of decisions (one per case, by a candidate)."""
+
+from __future__ import annotations
+
+import multiprocessing
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from biox import codec, examiners
+from biox.errors import PermanentError, Reason, TransientError
+from biox.handlers.base import Effects, Inbound
+from biox.handlers.review import ReviewHandler
+from biox.messages import Response, ResponseStatus, ReviewDecision, ReviewVerdict
+from biox.policy.release import Policies
+from biox.store import Record, ReviewCaseRow, Transaction, session_for
+
+POLICIES = Policies.load(Path("deploy/policy.toml"))
+NOW = datetime.now(UTC)
+
+
+def case_row(case_id: str, opened_s_ago: float = 60, **kw) -> ReviewCaseRow:
+    values = {
+        "case_id": case_id,
+        "query_id": case_id,
+        "requesting": "us",
+        "purpose": "enforce",
+        "opened_at": NOW - timedelta(seconds=opened_s_ago),
+        "candidates": [
+            {"identity_ref": "MX-000000001", "fused_score": 0.45, "scores": {"face": 0.45}},
+            {"identity_ref": "MX-000000002", "fused_score": 0.35, "scores": {"face": 0.35}},
+        ],
+        "source": "us",
+        **kw,
+    }
+    return ReviewCaseRow(**values)
+
+
+@pytest.fixture
+def db(tmp_path) -> str:
+    url = f"sqlite:///{tmp_path / 'mx.db'}"
+    with session_for(url) as s:
+        s.add(case_row("c-1"))
+        for rid in (1, 2):
+            s.add(Record(id=rid, identity_ref=f"MX-00000000{rid}", source="mx"))
+        s.add(
+            Transaction(
+                query_id="c-1",
+                role="provider",
+                encounter_id="E-1",
+                requesting="us",
+                providing="mx",
+                purpose="enforce",
+                status="pending_review",
+            )
+        )
+        s.commit()
+    return url
+
+
+def held_for(db: str, seconds: float) -> None:
+    with session_for(db) as s:
+        row = s.get(ReviewCaseRow, "c-1")
+        row.status, row.examiner = "in_review", "first"
+        row.taken_at = datetime.now(UTC) - timedelta(seconds=seconds)
+        s.commit()
+
+
+def test_a_lease_is_counted_in_seconds(db):
+    held_for(db, 60)  # a minute into a 15-minute lease
+    with session_for(db) as s:
+        assert examiners.take_next(s, "second", lease_s=900) is None
+    held_for(db, 901)
+    with session_for(db) as s:
+        again = examiners.take_next(s, "second", lease_s=900)
+    assert again is not None and again.examiner == "second"
+
+
+def test_the_oldest_free_case_is_taken_first(db):
+    with session_for(db) as s:
+        s.add(case_row("c-old", opened_s_ago=3600))
+        s.add(case_row("c-new", opened_s_ago=5))
+        s.commit()
+        taken = [examiners.take_next(s, "x", 900).case_id for _ in range(3)]
+        assert taken == ["c-old", "c-1", "c-new"]
+        assert examiners.take_next(s, "y", 900) is None
+
+
+def test_overdue_is_an_open_case_older_than_the_limit(db):
+    with session_for(db) as s:
+        s.add(case_row("c-late", opened_s_ago=4 * 3600 + 5))
+        s.add(case_row("c-done", opened_s_ago=9 * 3600, status="decided"))
+        s.commit()
+        cases = examiners.open_cases(s)
+    assert [c.case_id for c in cases] == ["c-late", "c-1"]
+    assert [c.case_id for c in examiners.overdue(cases, 4 * 3600)] == ["c-late"]
+    assert examiners.overdue(cases, 10 * 3600) == []
+    assert 59 < examiners.age_s(next(c for c in cases if c.case_id == "c-1")) < 120
+
+
+def _take_all(url: str, examiner: str, start: object, out: object) -> None:
+    start.wait()  # type: ignore[attr-defined]
+    got = []
+    with session_for(url) as s:
+        while (case := examiners.take_next(s, examiner, 900)) is not None:
+            got.append(case.case_id)
+    out.put((examiner, got))  # type: ignore[attr-defined]
+
+
+def test_two_examiners_racing_in_two_processes_never_get_the_same_case(tmp_path):
+    url = f"sqlite:///{tmp_path / 'race.db'}"
+    with session_for(url) as s:
+        s.add_all(case_row(f"c-{i:03d}", opened_s_ago=1000 - i) for i in range(60))
+        s.commit()
+    ctx = multiprocessing.get_context("fork")
+    start, out = ctx.Barrier(2), ctx.Queue()
+    racers = [ctx.Process(target=_take_all, args=(url, e, start, out)) for e in ("a", "b")]
+    for p in racers:
+        p.start()
+    results = dict(out.get(timeout=60) for _ in racers)
+    for p in racers:
+        p.join(10)
+    a, b = set(results["a"]), set(results["b"])
+    assert not a & b, f"both took {sorted(a & b)}"
+    assert a | b == {f"c-{i:03d}" for i in range(60)}
+    assert len(results["a"]) == len(a) and len(results["b"]) == len(b)
+    with session_for(url) as s:
+        for case_id in a:
+            assert s.get(ReviewCaseRow, case_id).examiner == "a"
+
+
+# --- the review worker's side ------------------------------------------------------------------
+
+
+def decide(db: str, verdict: ReviewVerdict, ref: str | None, examiner: str, case_id="c-1"):
+    decision = ReviewDecision(
+        case_id=case_id, verdict=verdict, identity_ref=ref, examiner=examiner, decided_at=NOW
+    )
+    out = codec.to_own_inbox(decision, participant="mx", message_id=f"d-{examiner}",
+                             correlation_id=case_id)  # fmt: skip
+    with session_for(db) as s:
+        [result] = ReviewHandler("mx", POLICIES.of("mx")).handle(
+            [Inbound(out.envelope, decision)], s
+        )
+        if isinstance(result, Effects):
+            s.add_all(result.rows)
+            s.commit()
+    return result
+
+
+def test_a_match_decision_answers_with_the_chosen_candidate_as_the_examiner(db):
+    result = decide(db, ReviewVerdict.match, "MX-000000002", "ex-1")
+    assert isinstance(result, Effects) and result.outcome == "decided:match"
+    [out] = result.outgoing  # mx has no automatic retrieval rule
+    assert out.envelope.message_id == codec.derived_id("d-ex-1", "response")
+    assert out.routing_key == "us.response"
+    response = codec.decode_body("response", "response/1", out.body)
+    assert isinstance(response, Response)
+    assert response.status is ResponseStatus.match and response.decided_by.value == "examiner"
+    assert [c.identity_ref for c in response.candidates] == ["MX-000000002"]
+    assert response.candidates[0].fused_score == 0.35
+    with session_for(db) as s:
+        case = s.get(ReviewCaseRow, "c-1")
+        assert (case.status, case.verdict, case.examiner) == ("decided", "match", "ex-1")
+        assert case.identity_ref == "MX-000000002"
+        assert s.get(Transaction, ("c-1", "provider")).status == "match"
+
+
+def test_a_second_decision_changes_neither_the_case_nor_the_answer(db):
+    decide(db, ReviewVerdict.no_match, None, "first")
+    second = decide(db, ReviewVerdict.match, "MX-000000001", "second")
+    assert isinstance(second, Effects) and second.outcome == "already_decided"
+    assert second.outgoing == [] and second.rows == []
+    with session_for(db) as s:
+        case = s.get(ReviewCaseRow, "c-1")
+        assert (case.verdict, case.examiner, case.identity_ref) == ("no_match", "first", None)
+        assert s.get(Transaction, ("c-1", "provider")).status == "no_match"
+
+
+def test_a_match_on_someone_not_among_the_candidates_is_refused(db):
+    result = decide(db, ReviewVerdict.match, "MX-000000003", "ex-1")
+    assert isinstance(result, PermanentError) and result.reason is Reason.not_a_candidate
+    with session_for(db) as s:
+        assert s.get(ReviewCaseRow, "c-1").status == "pending"
+
+
+def test_a_decision_that_overtook_its_case_is_retried(db):
+    result = decide(db, ReviewVerdict.no_match, None, "ex-1", case_id="c-unknown")
+    assert isinstance(result, TransientError) and result.reason is Reason.unknown_case
+
+
+def test_the_decision_message_names_the_examiner_for_the_audit_trail(db):
+    with session_for(db) as s:
+        case = s.get(ReviewCaseRow, "c-1")
+    out = examiners.decision_message("mx", case, ReviewVerdict.no_match, "ignored", "ex-9")
+    assert out.envelope.headers[codec.H_ACTOR] == "ex-9"
+    assert (out.exchange, out.routing_key) == ("biox.mx", "mx.review.decision")
+    decision = codec.decode_body("review.decision", "review.decision/1", out.body)
+    assert isinstance(decision, ReviewDecision)
+    assert decision.identity_ref is None  # a no-match names nobody
+    assert out.envelope.correlation_id == "c-1"

@@ -148,8 +148,15 @@ class Peer:
         return mid
 
     def take(
-        self, queue: str, count: int = 1, timeout: float = 30.0
+        self,
+        queue: str,
+        count: int = 1,
+        timeout: float = 30.0,
+        correlation_id: str | None = None,
     ) -> list[tuple[pika.BasicProperties, bytes]]:
+        """Up to ``count`` messages from ``queue``; with ``correlation_id``, only those about
+        that query (anything else on the queue, a late answer to an earlier test, is not
+        taken for this one's)."""
         got = []
         deadline = time.monotonic() + timeout
         while len(got) < count and time.monotonic() < deadline:
@@ -157,7 +164,8 @@ class Peer:
             if method is None:
                 self.conn.sleep(0.1)
                 continue
-            got.append((props, body))
+            if correlation_id is None or props.correlation_id == correlation_id:
+                got.append((props, body))
         return got
 
     def close(self) -> None:

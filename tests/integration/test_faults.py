@@ -25,9 +25,11 @@ from biox.runtime import WorkerKind, gallery_dir
 from biox.settings import Settings
 from biox.store import session_for
 from tests.integration.conftest import SEED, Peer
+from tests.integration.ledger import Tap, check_each_query_answered_once, check_results_once
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault]
 CRASH_WORKER = Path(__file__).with_name("crash_worker.py")
+PROVIDERS = ("mx", "sv")
 
 
 def test_delivery_limit_parks_a_message_that_kills_its_worker(broker_url: str, tmp_path: Path):
@@ -70,14 +72,22 @@ def test_delivery_limit_parks_a_message_that_kills_its_worker(broker_url: str, t
 
 
 def test_broker_restart_under_load_loses_nothing_and_answers_once(tmp_path: Path):
+    """The broker stops and starts again while encounters are still being submitted and
+    queries answered. Counted by message id on both sides: every query answered once,
+    every refusal the one the plan expects, every result revision under one message."""
     broker = LocalBroker().start()
     workers = None
+    taps: list[Tap] = []
     try:
         settings = Settings(amqp_url=broker.url, data_dir=tmp_path, retry_delays="1,2")
         registry = Registry.load(settings.registry)
         sizes = {"us": 10, "mx": 3000, "sv": 3000}
         workers = start_requester_with_providers(broker.url, settings, sizes, SEED)
         planned = encounters.plan(registry, sizes, 240, SEED, requesters=["us"], draw=3)
+        expected = {p.encounter_id: sorted(p.expected_partners) for p in planned}  # before any
+        queries = {p: Tap(broker.url, [(addresses.outbox("us"), f"{p}.query")]) for p in PROVIDERS}
+        answers = {p: Tap(broker.url, [(addresses.outbox(p), "us.response")]) for p in PROVIDERS}
+        taps = [*queries.values(), *answers.values()]
         with encounters.EncounterSystem(broker.url, sizes) as system:
             failures: list[BaseException] = []
 
@@ -90,18 +100,36 @@ def test_broker_restart_under_load_loses_nothing_and_answers_once(tmp_path: Path
             submitter = threading.Thread(target=submit)
             submitter.start()
             time.sleep(1.5)
+            submitted = len(system.outcomes)
             broker.restart(down_for=1.0)  # mid-stream: publishers and consumers must ride it out
+            assert 0 < submitted < len(planned), "the restart did not land mid-stream"
             submitter.join(timeout=120)
             assert failures == [], f"the encounter system's publisher gave up: {failures}"
             system.collect(timeout=240, idle_timeout=90, expect=len(planned))
-            outcomes = list(system.outcomes.values())
-        missing = [o.planned.encounter_id for o in outcomes if not o.complete]
-        assert len(outcomes) == len(planned)
-        assert missing == []
+        for p in planned:
+            o = system.outcomes[p.encounter_id]
+            if expected[p.encounter_id]:
+                assert o.refused is None, (p.encounter_id, p.scenario, o.refused)
+                assert sorted(o.answers) == expected[p.encounter_id], p.encounter_id
+                assert o.final, p.encounter_id
+            else:  # §4: excluded for every partner, refused at intake
+                assert o.refused in ("excluded_citizen", "excluded_resident"), (p.scenario, o)
         assert system.duplicates == 0
-        assert all(a.correct for o in outcomes for a in o.answers.values())
+        assert all(a.correct for o in system.outcomes.values() for a in o.answers.values())
+        for provider in PROVIDERS:
+            check_each_query_answered_once(
+                queries[provider].drain(),
+                answers[provider].drain(),
+                provider=provider,
+                requester="us",
+                requester_db=settings.database_for("us"),
+                provider_db=settings.database_for(provider),
+            )
+        check_results_once(system)
         assert all(p.poll() is None for _, p in workers.processes)
     finally:
+        for tap in taps:
+            tap.close()
         if workers is not None:
             workers.stop()
         broker.stop()

@@ -78,7 +78,7 @@ def test_fuzzed_messages_are_rejected_or_dead_lettered_with_a_reason(
         )
         TRIED.append(qid)
         if observe:  # an identifiable sender gets a rejected response naming the reason...
-            got = peer.take(observe, 1, timeout=20)
+            got = peer.take(observe, 1, timeout=20, correlation_id=qid)
             assert got, f"no answer to {qid}"
             answer = unpack(got[0][1])
             if answer["status"] == "rejected":
@@ -99,6 +99,6 @@ def test_the_matcher_survived_the_fuzzing(exchange: Exchange, peer: Peer):
     peer.publish(
         addresses.outbox("us"), "mx.query", codec.encode_body(good), correlation_id=good.query_id
     )
-    ((_props, body),) = peer.take(observe, 1)
+    ((_props, body),) = peer.take(observe, 1, correlation_id=good.query_id)
     assert unpack(body)["status"] in ("match", "no_match")
     print(f"fuzzed messages tried through the live matcher: {len(TRIED)}")

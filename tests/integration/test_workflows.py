@@ -25,6 +25,7 @@ from biox.registry import Purpose
 from biox.runtime import gallery_dir
 from biox.store import Record, RetrievalRow, ReviewCaseRow, session_for
 from tests.integration.conftest import SEED, SIZE, Exchange, Peer, unpack
+from tests.integration.ledger import Tap
 
 pytestmark = pytest.mark.integration
 runner = CliRunner()
@@ -240,7 +241,7 @@ def test_retrieval_about_an_unmatched_query_is_refused_on_both_sides(
         message_id=request.retrieval_id,
         correlation_id=mx.query_id,
     )
-    [(_props, body)] = peer.take(observe, 1)
+    [(_props, body)] = peer.take(observe, 1, correlation_id=mx.query_id)
     answer = unpack(body)
     assert answer["status"] == "declined" and answer["reason_code"] == "not_matched"
     assert "data" not in answer
@@ -259,6 +260,37 @@ def test_automatic_retrieval_after_a_derogatory_match(exchange, system):
     [note] = us.retrievals
     assert note.status.value == "released"
     assert set(note.released) == {Element.biographic, Element.encounters}
+
+
+def test_a_retrieval_request_that_overtakes_its_match_waits_and_is_then_answered(exchange, system):
+    """Forced: mx's response worker is frozen, so us's match answer waits unread while us's
+    automatic retrieval request reaches mx's retrieval worker first. The request is seen
+    in mx's retry tier (not declined), and answered once the match is in."""
+    hops = Tap(exchange.url, [(addresses.inbox("mx"), "mx.retry.retrieval.*")])
+    responder = exchange.process("mx-response")
+    responder.send_signal(signal.SIGSTOP)
+    try:
+        planned = planned_for(exchange, "mx", person("us", 6, derogatory=True))
+        system.submit([planned])
+        outcome = system.outcomes[planned.encounter_id]
+        hop = wait_for(lambda: hops.drain(quiet=0.05), timeout=30, what="a retry hop")[0]
+    finally:
+        responder.send_signal(signal.SIGCONT)
+        hops.close()
+    assert hop.kind == "retrieval.request"
+    assert system.collect(
+        timeout=30, until=lambda: outcome.complete and outcome_of(outcome, "us").retrievals
+    ), "the overtaking request was never answered"
+    [note] = outcome_of(outcome, "us").retrievals
+    assert note.retrieval_id == hop.message_id and note.status.value == "released"
+
+    def received() -> RetrievalRow | None:
+        with session_for(exchange.settings.database_for("us")) as db:
+            row = db.get(RetrievalRow, (hop.message_id, "asker"))
+        return row if row is not None and row.status != "pending" else None
+
+    asked = wait_for(received, what="the released data back at us")
+    assert asked.status == "released" and asked.source == "mx"
 
 
 # --- enrolment and provenance (§20-21) --------------------------------------------------------
@@ -346,7 +378,7 @@ def test_a_broken_retrieval_request_is_rejected_to_its_sender(peer: Peer, body, 
         recipient="us",
         correlation_id="some-query",
     )
-    [(props, raw)] = peer.take(observe, 1)
+    [(props, raw)] = peer.take(observe, 1, correlation_id="some-query")
     answer = unpack(raw)
     assert answer["status"] == "rejected" and answer["reason_code"] == reason
     assert answer["retrieval_id"] == mid and props.correlation_id == "some-query"

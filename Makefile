@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-unit test-integration bench bench-full chaos lint format broker broker-stop schemas rabbitmq clean
+.PHONY: demo test test-unit test-integration bench bench-full chaos mutation lint format broker broker-stop schemas rabbitmq clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,12 @@ bench-full: $(STAMP) rabbitmq
 chaos: $(STAMP) rabbitmq
 	$(BIN)/python -m bench.chaos
 
+# Mutation testing of the domain and the consume loop against the unit tests (docs/testing.md).
+# Not part of `make test`: about an hour on two cores; resumes where an interrupted run stopped.
+mutation: $(STAMP)
+	BIOX_FUZZ_SCALE=0.1 OMP_NUM_THREADS=1 $(BIN)/mutmut run --max-children $$(nproc)
+	$(BIN)/python -m tests.mutation_report
+
 lint: $(STAMP)
 	$(BIN)/ruff check src workers tests bench
 	$(BIN)/ruff format --check src workers tests bench
@@ -59,4 +65,4 @@ broker-stop: $(STAMP)
 
 clean:
 	-test -x $(BIN)/biox && $(BIN)/biox broker stop
-	rm -rf var .pytest_cache .ruff_cache bench/results
+	rm -rf var .pytest_cache .ruff_cache bench/results mutants

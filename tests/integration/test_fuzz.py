@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from biox import addresses, codec
+from tests.budget import examples
 from tests.integration.conftest import Exchange, Peer, unpack, wait_dead
 from tests.integration.test_bad_input import valid_query
 
@@ -52,7 +53,7 @@ headers = st.fixed_dictionaries(
 )
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=examples(150), deadline=None, suppress_health_check=list(HealthCheck))
 @given(body=bodies, head=headers)
 def test_fuzzed_messages_are_rejected_or_dead_lettered_with_a_reason(
     exchange: Exchange, body: bytes, head: dict

@@ -12,6 +12,7 @@ from biox import codec, synth
 from biox.errors import PermanentError, Reason
 from biox.messages import CATALOGUE, EncounterSubmit, Query, References
 from biox.registry import Purpose
+from tests.budget import examples
 
 
 def make_query() -> Query:
@@ -86,7 +87,7 @@ def test_outgoing_addresses_follow_the_topology():
     assert out.envelope.schema == "query/1"
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(
     kind=st.sampled_from([*CATALOGUE, "x"]),
     body=st.one_of(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -67,7 +67,8 @@ def db(tmp_path) -> str:
 def test_intake_sends_one_query_per_agreed_partner_and_records_them(db):
     env = envelope("encounter.submit", "us", "us", reply_to="replies", correlation_id="E-10")
     with session_for(db) as s:
-        [effects] = IntakeHandler("us", REGISTRY).handle([Inbound(env, submit())], s)
+        handler = IntakeHandler("us", REGISTRY, POLICIES.of("us"))
+        [effects] = handler.handle([Inbound(env, submit())], s)
     assert isinstance(effects, Effects)
     assert sorted(o.routing_key for o in effects.outgoing) == ["mx.query", "sv.query"]
     assert {o.exchange for o in effects.outgoing} == {"biox.us.out"}
@@ -75,6 +76,13 @@ def test_intake_sends_one_query_per_agreed_partner_and_records_them(db):
     assert isinstance(encounter, EncounterRow) and encounter.partners == ["mx", "sv"]
     assert {r.providing for r in queries} == {"mx", "sv"}
     assert all(r.reply_to == "replies" for r in [encounter, *queries])
+    for out in effects.outgoing:  # a redelivered submission makes the same query ids
+        partner = out.routing_key.split(".")[0]
+        assert out.envelope.message_id == codec.derived_id(env.message_id, "query", partner)
+        assert out.envelope.correlation_id == out.envelope.message_id
+    days = POLICIES.of("us").encounter_retention_days
+    kept = encounter.retain_until - encounter.submitted_at
+    assert abs(kept - timedelta(days=days)) < timedelta(seconds=5)
 
 
 def test_intake_refuses_citizens_with_a_reply(db):
@@ -190,6 +198,8 @@ def test_response_handler_stores_provenance_and_replies(db):
         [effects] = ResponseHandler("us", POLICIES.of("us")).handle([Inbound(env, r)], s)
     tx = effects.rows[0]
     assert tx.status == "no_match" and tx.source == "mx" and tx.source_message_id == env.message_id
+    assert tx.retain_until is None  # a no-match carries no partner data to keep
+    assert effects.outgoing[0].envelope.message_id == codec.derived_id(env.message_id, "result")
     result = codec.decode_body("encounter.result", "encounter.result/1", effects.outgoing[0].body)
     [outcome] = result.outcomes
     assert outcome.partner == "mx" and outcome.status.value == "no_match"

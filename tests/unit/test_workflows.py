@@ -51,6 +51,7 @@ from biox.store import (
     Transaction,
     session_for,
 )
+from tests.budget import examples
 
 REGISTRY = Registry.load(Path("deploy/participants.toml"))
 POLICIES = Policies.load(Path("deploy/policy.toml"))
@@ -532,7 +533,9 @@ def test_an_encounter_enrolled_at_the_requesters_own_request_answers_partners_la
 
 
 @settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=examples(150),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(
     kind=st.sampled_from(["retrieval.request", "retrieval.response", "review.decision"]),

@@ -19,11 +19,10 @@ from pathlib import Path
 
 from rich.console import Console
 
-from biox import encounters
-from biox.broker.launcher import LocalBroker
-from biox.demo import start_requester_with_providers, start_workers, unwind_on_sigterm
+from biox.sim import encounters
+from biox.dev.broker import LocalBroker
+from biox.sim.processes import start_requester_with_providers, start_workers, unwind_on_sigterm
 from biox.registry import Registry
-from biox.runtime import WorkerKind
 from biox.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,7 +77,7 @@ def main() -> None:
                 proc.wait()
                 events.append(f"{time.strftime('%X')} SIGKILL {name}")
                 code, kind = name.split("-")
-                fresh = start_workers([code], env, data / "logs", (WorkerKind(kind),))
+                fresh = start_workers([code], env, data / "logs", (kind,))
                 workers.processes = [
                     (n, p) for n, p in workers.processes if n != name
                 ] + fresh.processes

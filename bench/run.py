@@ -27,15 +27,14 @@ import numpy as np
 from rich.console import Console
 from rich.progress import Progress
 
-from biox import encounters, synth
+from biox.sim import encounters, synth
 from biox.broker.link import Link
 from biox.broker.publisher import Publisher
 from biox.broker.topology import declare
-from biox.demo import broker_url, start_workers, unwind_on_sigterm, wait_for_consumers
+from biox.sim.processes import broker_url, start_workers, unwind_on_sigterm, wait_for_consumers
 from biox.gallery.gallery import Gallery, Probe
 from biox.gallery.index import VectorIndex
 from biox.registry import Registry
-from biox.runtime import WorkerKind, gallery_dir
 from biox.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -278,7 +277,7 @@ def pipeline(size: int, n: int, settings: Settings, url: str) -> dict:
             size,
             SEED,
             s.database_for("mx"),
-            gallery_dir(s, "mx"),
+            s.gallery_dir("mx"),
             index=s.index,
             exact_max=s.exact_max,
             nprobe=s.ivf_nprobe,
@@ -301,9 +300,9 @@ def pipeline(size: int, n: int, settings: Settings, url: str) -> dict:
         "BIOX_REGISTRY": str(REGISTRY),
         "BIOX_LOG_LEVEL": "WARNING",
     }
-    us_kinds = (WorkerKind.intake, WorkerKind.response, WorkerKind.audit)
+    us_kinds = ("intake", "response", "audit")
     workers = start_workers(["us"], env, data / "logs", us_kinds)
-    mx_kinds = (WorkerKind.matcher, WorkerKind.audit)
+    mx_kinds = ("query", "audit")
     workers.processes += start_workers(["mx"], env, data / "logs", mx_kinds).processes
     audit_queues = ["us.audit", "mx.audit"]
     try:

@@ -32,7 +32,7 @@ def broker_url() -> Iterator[str]:
             params = container.get_connection_params()
             yield (f"amqp://guest:guest@{params.host}:{params.port}/%2F")
         return
-    from biox.broker.launcher import LocalBroker
+    from biox.dev.broker import LocalBroker
 
     broker = LocalBroker().start()
     try:

@@ -66,7 +66,9 @@ def main() -> int:
             outcome = "not run"
         per[module_of(name)][outcome] += 1
     known = explained(args.doc)
-    print(f"{'module':<34} {'mutants':>7} {'killed':>7} {'survived':>8} {'no test':>7} {'score':>6}")
+    print(
+        f"{'module':<34} {'mutants':>7} {'killed':>7} {'survived':>8} {'no test':>7} {'score':>6}"
+    )
     totals: Counter[str] = Counter()
     for module in sorted(per):
         c = per[module]

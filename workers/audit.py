@@ -1,10 +1,13 @@
-"""Entry point of the audit worker: `python workers/audit.py --participant us`."""
+"""Entry point of the audit worker: `python workers/audit.py --participant us`.
+
+The same as `biox worker audit -p us`; it consumes the `<code>.audit` queue.
+"""
 
 import argparse
 
-from biox.runtime import WorkerKind, run_worker
+from biox.runtime import run_worker
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--participant", required=True)
-    run_worker(WorkerKind.audit, parser.parse_args().participant)
+    parser.add_argument("--participant", "-p", required=True)
+    run_worker("audit", parser.parse_args().participant)

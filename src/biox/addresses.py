@@ -1,30 +1,10 @@
-"""Names of exchanges, queues and routing keys (DESIGN §2), in one place.
+"""Names of exchanges, queues and routing keys, in one place.
 
-Everything that publishes or declares asks this module, so a name is spelled once.
+Everything that publishes or declares asks this module, so a name is spelled once; which
+kind goes where is the route table's (``routes.py``).
 """
 
 from __future__ import annotations
-
-# Work queues per participant and the routing keys bound to each (on the inbox).
-WORK_QUEUES: dict[str, tuple[str, ...]] = {
-    "intake": ("encounter.submit",),
-    "query": ("query",),
-    "review": ("review.case", "review.decision"),  # own matcher, own examiners
-    "response": ("response",),
-    "retrieval": ("retrieval.request", "retrieval.response", "retrieval.ask"),
-    "notice": ("notice.#",),
-}
-
-# Kinds one participant may send another. The outbox → inbox links carry only these, so
-# a partner cannot reach the kinds a participant only takes from itself (encounter
-# submissions, review cases and decisions, retrieval asks) whatever headers it writes.
-PARTNER_KINDS: tuple[str, ...] = (
-    "query",
-    "response",
-    "retrieval.request",
-    "retrieval.response",
-    "notice.#",
-)
 
 
 def inbox(code: str) -> str:

@@ -10,20 +10,21 @@ import hashlib
 import uuid
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import msgpack
 from pydantic import ValidationError
 
 from biox import addresses
 from biox.errors import PermanentError, Reason
-from biox.messages import CATALOGUE, EncounterResult, Message
+from biox.messages import EncounterResult, Message
 
 CONTENT_TYPE = "application/msgpack"
 APP_ID = "biox"
 _ID_NAMESPACE = uuid.UUID("6f0b8f5e-0c1c-4d7e-9a53-3d1f1f6b2a10")
+MessageT = TypeVar("MessageT", bound=Message)
 
-# header names (DESIGN §3)
+# header names (docs/architecture.md, "The envelope")
 H_SCHEMA = "biox-schema"
 H_FROM = "biox-from"
 H_TO = "biox-to"
@@ -78,11 +79,8 @@ def encode_body(message: Message) -> bytes:
     return msgpack.packb(data, use_bin_type=True, datetime=True)
 
 
-def decode_body(kind: str, schema: str | None, body: bytes) -> Message:
-    """Parse and validate a body; every failure names its reason."""
-    model = CATALOGUE.get(kind)
-    if model is None:
-        raise PermanentError(Reason.unknown_kind, f"type={kind!r}")
+def decode_body(model: type[MessageT], schema: str | None, body: bytes) -> MessageT:
+    """Parse and validate a body as ``model``; every failure names its reason."""
     if schema != model.schema_id():
         raise PermanentError(
             Reason.unknown_schema, f"got {schema!r}, this participant reads {model.schema_id()}"

@@ -118,17 +118,3 @@ def decision_message(
 
 def send_decision(url: str, message: codec.Outgoing) -> None:
     publish_once(url, [message], name="biox-review")
-
-
-def biographic_examiner(
-    case: ReviewCaseRow, candidates: list[Side]
-) -> tuple[ReviewVerdict, str | None]:
-    """A scripted examiner for demos and tests: a candidate whose name and date of birth
-    agree with what the subject gave at the encounter is the same person."""
-    probe = case.probe_biographic
-    keys = ("family_name", "given_names", "date_of_birth")
-    for side in candidates:
-        bio = side.record.biographic if side.record else {}
-        if all(probe.get(k) and probe.get(k) == bio.get(k) for k in keys):
-            return ReviewVerdict.match, side.identity_ref
-    return ReviewVerdict.no_match, None

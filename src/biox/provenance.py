@@ -1,6 +1,6 @@
-"""`biox records show`: everything a participant keeps under one reference, each piece
-with where it came from (§20): source participant, query id, message id, time received,
-conditions of use (§9) and how long it is kept (§21).
+"""Everything a participant keeps under one reference, each piece with where it came from
+(§20): source participant, query id, message id, time received, conditions of use (§9)
+and how long it is kept (§21). ``biox records show`` renders it.
 
 A reference may be a gallery identity (``MX-000000123``, or ``MX-ENR-…`` for enrolled
 query data), a query id, or an encounter id.
@@ -8,22 +8,28 @@ query data), a query id, or an encounter id.
 
 from __future__ import annotations
 
-import json
-from datetime import datetime
+from dataclasses import dataclass
 from typing import Any
 
-from rich.table import Table
 from sqlalchemy import or_
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from biox.store import EncounterRow, Record, RetrievalRow, ReviewCaseRow, Transaction
 
 
-def holdings(session: Session, me: str, ref: str) -> list[Table]:
-    tables: list[Table] = []
+@dataclass
+class Section:
+    """One kept item: a title and its fields, in the order a reader wants them."""
+
+    title: str
+    fields: dict[str, Any]
+
+
+def holdings(session: Session, me: str, ref: str) -> list[Section]:
+    tables: list[Section] = []
     for r in session.exec(select(Record).where(Record.identity_ref == ref)):
         tables.append(
-            _table(
+            Section(
                 f"Gallery record {r.identity_ref}",
                 {
                     "source": _source(r.source, me),
@@ -52,7 +58,7 @@ def holdings(session: Session, me: str, ref: str) -> list[Table]:
             or_(
                 RetrievalRow.identity_ref == ref,
                 RetrievalRow.query_id == ref,
-                RetrievalRow.query_id.in_([tx.query_id for tx in txs]),  # type: ignore[attr-defined]
+                col(RetrievalRow.query_id).in_([tx.query_id for tx in txs]),
             )
         )
     ).all()
@@ -61,7 +67,7 @@ def holdings(session: Session, me: str, ref: str) -> list[Table]:
     encounter = session.get(EncounterRow, ref)
     if encounter is not None:
         tables.append(
-            _table(
+            Section(
                 f"Encounter {ref} (submitted by {me}'s own encounter system)",
                 {
                     "purpose": encounter.purpose,
@@ -76,7 +82,7 @@ def holdings(session: Session, me: str, ref: str) -> list[Table]:
         )
     for case in session.exec(select(ReviewCaseRow).where(ReviewCaseRow.query_id == ref)):
         tables.append(
-            _table(
+            Section(
                 f"Review case {case.case_id}",
                 {
                     "probe data from": _source(case.source, me),
@@ -94,7 +100,7 @@ def holdings(session: Session, me: str, ref: str) -> list[Table]:
     return tables
 
 
-def _answer_received(tx: Transaction) -> Table:
+def _answer_received(tx: Transaction) -> Section:
     answer = tx.answer or {}
     fields: dict[str, Any] = {
         "status": tx.status,
@@ -115,12 +121,12 @@ def _answer_received(tx: Transaction) -> Table:
             "fused_score": c["fused_score"],
             **{k: v for k, v in record.items() if k != "identity_ref" and v},
         }
-    return _table(f"Answer from {tx.providing} to query {tx.query_id}", fields)
+    return Section(f"Answer from {tx.providing} to query {tx.query_id}", fields)
 
 
-def _answer_given(tx: Transaction) -> Table:
+def _answer_given(tx: Transaction) -> Section:
     answer = tx.answer or {}
-    return _table(
+    return Section(
         f"Our answer to {tx.requesting}'s query {tx.query_id}",
         {
             "query data from": tx.source,
@@ -136,7 +142,7 @@ def _answer_given(tx: Transaction) -> Table:
     )
 
 
-def _retrieval(row: RetrievalRow) -> Table:
+def _retrieval(row: RetrievalRow) -> Section:
     if row.role == "asker":
         title = f"Retrieval {row.retrieval_id[:8]}: data received from {row.holder}"
         fields: dict[str, Any] = {
@@ -163,27 +169,8 @@ def _retrieval(row: RetrievalRow) -> Table:
             "reason": row.reason_code,
             "answered": row.answered_at,
         }
-    return _table(title, fields)
+    return Section(title, fields)
 
 
 def _source(source: str, me: str) -> str:
     return f"{source} (own data)" if source == me else f"{source} (received, §20)"
-
-
-def _table(title: str, fields: dict[str, Any]) -> Table:
-    table = Table(title=title, show_header=False, title_justify="left")
-    table.add_column("field", style="bold", no_wrap=True)
-    table.add_column("value", overflow="fold")
-    for key, value in fields.items():
-        table.add_row(key, _text(value))
-    return table
-
-
-def _text(value: Any) -> str:
-    if value is None or value == [] or value == {}:
-        return "-"
-    if isinstance(value, datetime):
-        return value.isoformat(timespec="seconds")
-    if isinstance(value, dict | list):
-        return json.dumps(value, ensure_ascii=False, default=str)
-    return str(value)

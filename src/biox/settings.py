@@ -85,6 +85,10 @@ class Settings(BaseSettings):
         path.mkdir(parents=True, exist_ok=True)
         return path
 
+    def gallery_dir(self, code: str) -> Path:
+        """Where the participant's FAISS snapshot lives (bulk enrolment writes it there)."""
+        return self.participant_dir(code) / "gallery"
+
     def database_for(self, code: str) -> str:
         if self.database_url:
             return self.database_url.replace("{participant}", code)

@@ -15,13 +15,14 @@ import msgpack
 import pika
 import pytest
 
-from biox import addresses, codec, synth
+from biox import addresses, codec
 from biox.broker.deadletters import DeadLetterQueues, Filters
 from biox.broker.topology import declare
-from biox.demo import Workers, start_workers, wait_for_consumers
 from biox.registry import Registry
-from biox.runtime import QUEUE_ROLE, WorkerKind, gallery_dir
+from biox.routes import ROUTES
 from biox.settings import Settings
+from biox.sim import synth
+from biox.sim.processes import Workers, start_workers, wait_for_consumers
 
 SEED = 4242
 SIZE = 3000
@@ -40,12 +41,10 @@ class Exchange:
     def restart(self, name: str) -> None:
         """Start a replacement for worker ``name`` (e.g. after killing it)."""
         code, kind = name.split("-")
-        new = start_workers([code], self.env, self.settings.data_dir / "logs", (WorkerKind(kind),))
+        new = start_workers([code], self.env, self.settings.data_dir / "logs", (kind,))
         self.workers.processes = [(n, p) for n, p in self.workers.processes if n != name]
         self.workers.processes.extend(new.processes)
-        wait_for_consumers(
-            self.url, [addresses.queue(code, QUEUE_ROLE[WorkerKind(kind)])], self.workers
-        )
+        wait_for_consumers(self.url, [addresses.queue(code, kind)], self.workers)
 
     def kill(self, name: str) -> None:
         for n, p in self.workers.processes:
@@ -73,7 +72,7 @@ def exchange(broker_url: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
     declare(broker_url, CODES, settings)
     sizes = dict.fromkeys(CODES, SIZE)
     for code in CODES:
-        synth.populate(code, SIZE, SEED, settings.database_for(code), gallery_dir(settings, code))
+        synth.build_gallery(settings, code, SIZE, SEED)
     env = {
         **os.environ,
         "BIOX_AMQP_URL": broker_url,
@@ -85,7 +84,7 @@ def exchange(broker_url: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
     try:
         wait_for_consumers(
             broker_url,
-            [addresses.queue(c, QUEUE_ROLE[k]) for c in CODES for k in WorkerKind],
+            [addresses.queue(c, role) for c in CODES for role in ROUTES.queues],
             workers,
         )
         yield Exchange(broker_url, settings, registry, env, workers, sizes)

@@ -11,7 +11,8 @@ import threading
 from collections.abc import Sequence
 
 from biox.broker.consumer import ConsumeLoop
-from biox.handlers.base import Effects, Inbound
+from biox.handlers.base import Effects
+from biox.inbound import Inbound
 from biox.settings import Settings
 
 

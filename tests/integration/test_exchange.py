@@ -7,11 +7,12 @@ import time
 
 import pytest
 
-from biox import addresses, audit, encounters, synth
+from biox import addresses, audit
 from biox.audit import trail_across
 from biox.broker.link import amqp_user
 from biox.messages import SubjectStatus
 from biox.registry import Purpose
+from biox.sim import encounters, synth
 from biox.store import session_for
 from tests.integration.conftest import SEED, Exchange
 from tests.integration.ledger import (
@@ -115,7 +116,7 @@ def test_worker_killed_mid_message_still_answers_each_query_exactly_once(exchang
     planned = [p for p in planned if "mx" in p.expected_partners]
     queries = Tap(exchange.url, [(addresses.outbox("us"), "mx.query")])
     responses = Tap(exchange.url, [(addresses.outbox("mx"), "us.response")])
-    matcher = exchange.process("mx-matcher")
+    matcher = exchange.process("mx-query")
     try:
         with encounters.EncounterSystem(exchange.url, exchange.sizes) as system:
             system.submit(planned)
@@ -129,8 +130,8 @@ def test_worker_killed_mid_message_still_answers_each_query_exactly_once(exchang
             answered = {t.correlation_id for t in responses.drain()}
             in_flight = len(sent) - waiting - len(answered & sent)
             assert in_flight > 0, (len(sent), waiting, len(answered))
-            exchange.kill("mx-matcher")  # SIGKILL lands on a stopped process: no last words
-            exchange.restart("mx-matcher")
+            exchange.kill("mx-query")  # SIGKILL lands on a stopped process: no last words
+            exchange.restart("mx-query")
             system.collect(timeout=120, idle_timeout=60)
             outcomes = list(system.outcomes.values())
         missing = [

@@ -14,15 +14,16 @@ import numpy as np
 import pika
 import pytest
 
-from biox import addresses, encounters, examiners, synth
+from biox import addresses, examiners
 from biox.broker.deadletters import DeadLetterQueues, Filters
-from biox.broker.launcher import LocalBroker
 from biox.broker.topology import declare_work_queue
-from biox.demo import start_requester_with_providers
+from biox.dev.broker import LocalBroker
 from biox.gallery.gallery import Gallery
 from biox.registry import Purpose, Registry
-from biox.runtime import WorkerKind, gallery_dir
 from biox.settings import Settings
+from biox.sim import encounters, synth
+from biox.sim.examiners import biographic_examiner
+from biox.sim.processes import start_requester_with_providers
 from biox.store import session_for
 from tests.integration.conftest import SEED, Peer
 from tests.integration.ledger import Tap, check_each_query_answered_once, check_results_once
@@ -148,9 +149,9 @@ def test_a_review_case_survives_a_broker_restart(tmp_path: Path):
             settings,
             sizes,
             SEED,
-            provider_kinds=(WorkerKind.matcher, WorkerKind.review),
+            provider_roles=("query", "review"),
         )
-        gallery = Gallery.load(gallery_dir(settings, "mx"))
+        gallery = Gallery.load(settings.gallery_dir("mx"))
         n, bio = synth.gray_zone_subject(
             gallery,
             "mx",
@@ -172,7 +173,7 @@ def test_a_review_case_survives_a_broker_restart(tmp_path: Path):
             with session_for(settings.database_for("mx")) as db:
                 case = examiners.take_next(db, "ex-1", settings.review_lease_s)
                 assert case is not None
-                verdict, ref = examiners.biographic_examiner(case, examiners.sides(db, case))
+                verdict, ref = biographic_examiner(case, examiners.sides(db, case))
             examiners.send_decision(
                 broker.url, examiners.decision_message("mx", case, verdict, ref, "ex-1")
             )

@@ -16,13 +16,13 @@ import pytest
 from sqlmodel import select
 from typer.testing import CliRunner
 
-from biox import addresses, codec, encounters, synth
+from biox import addresses, codec
 from biox.cli import app
 from biox.enrolment import enrolled_record_id
 from biox.gallery.gallery import Gallery
 from biox.messages import Biometrics, Element, RetrievalRequest
 from biox.registry import Purpose
-from biox.runtime import gallery_dir
+from biox.sim import encounters, synth
 from biox.store import Record, RetrievalRow, ReviewCaseRow, session_for
 from tests.integration.conftest import SEED, SIZE, Exchange, Peer, unpack
 from tests.integration.ledger import Tap
@@ -122,7 +122,7 @@ def test_release_policy_shapes_the_match_and_seals_decline(exchange, system):
 def test_gray_zone_case_survives_a_worker_restart_and_the_cli_decision_goes_out(
     exchange, system, cli_env, monkeypatch
 ):
-    gallery = Gallery.load(gallery_dir(exchange.settings, "mx"))
+    gallery = Gallery.load(exchange.settings.gallery_dir("mx"))
     s = exchange.settings
     n, bio = synth.gray_zone_subject(
         gallery, "mx", SIZE, SEED, s.threshold_low, s.threshold_high, np.random.default_rng(3)

@@ -31,12 +31,15 @@ from biox.broker.link import ConnectionLost, Delivery, Nacked, Unroutable
 from biox.broker.publisher import properties_for
 from biox.codec import Envelope, Outgoing
 from biox.errors import BioxError, PermanentError, Reason, TransientError
-from biox.handlers.base import Effects, Inbound, Result
+from biox.handlers.base import Effects, Result
+from biox.inbound import Inbound
 from biox.messages import Element, RetrievalAsk
+from biox.routes import Queue, RouteTable, Sender, route
 from biox.settings import Settings
 from biox.store import ParticipantRow, ProcessedMessage, session_for
 
 QUEUE = "us.retrieval"
+OWN, P = Sender.own, Sender.partner
 
 
 @dataclass
@@ -157,8 +160,6 @@ class ScriptedHandler:
     optimistic-lock race, ``times`` times). ``reject`` answers a sender called ``mx`` (an
     identifiable partner) and leaves anyone else to the dead-letter queue."""
 
-    kinds: tuple[str, ...] = (RetrievalAsk.KIND,)
-
     def __init__(self, stale_times: int = 1) -> None:
         self.calls: list[list[str]] = []
         self.stale_left = stale_times
@@ -248,15 +249,16 @@ class Rig:
             return s.get(ParticipantRow, message_id)
 
 
-def rig(
-    tmp_path,
-    handler: Any = None,
-    *,
-    queue_name: str = QUEUE,
-    participant: str | None = "us",
-    role: str | None = "retrieval",
-    **overrides: Any,
-) -> Rig:
+def table(handler_class: type, *, undecoded: bool = False) -> RouteTable:
+    """A route table of one queue: ``us.retrieval`` taking ``retrieval.ask`` from the
+    participant itself and from partners, or an audit-like queue taking everything."""
+    if undecoded:
+        return RouteTable([Queue("audit", handler_class, records=handler_class.handle)], [])
+    queue = Queue("retrieval", handler_class)
+    return RouteTable([queue], [route(RetrievalAsk, "retrieval", handler_class.handle, OWN, P)])
+
+
+def rig(tmp_path, handler: Any = None, *, undecoded: bool = False, **overrides: Any) -> Rig:
     db = f"sqlite:///{tmp_path / 'loop.db'}"
     options: dict[str, Any] = {
         "publish_timeout": 0.3,
@@ -268,15 +270,17 @@ def rig(
     settings = Settings(**options)
     link = FakeLink()
     handler = handler or ScriptedHandler()
+    routes = table(type(handler), undecoded=undecoded)
     loop = ConsumeLoop(
         url="amqp://unused",
-        queue=queue_name,
+        participant="us",
+        queue=next(iter(routes.queues.values())),
+        routes=routes,
         handler=handler,
         database_url=db,
         settings=settings,
-        participant=participant,
-        role=role,
-        link=link,  # type: ignore[arg-type]
+        known=lambda code: code in ("us", "mx", "sv"),
+        link=link,
     )
     return Rig(loop, link, handler, db)
 
@@ -372,7 +376,7 @@ def test_unconfirmed_outputs_are_requeued_then_republished_byte_for_byte_under_t
     [sent] = r.link.confirmed
     assert sent.message_id == codec.derived_id(out.envelope.message_id, "effect")
     expected = r.handler._one(
-        Inbound(out.envelope, codec.decode_body(out.envelope.kind, out.envelope.schema, out.body))
+        Inbound(out.envelope, codec.decode_body(RetrievalAsk, out.envelope.schema, out.body))
     )
     assert sent.body == expected.outgoing[0].body
     assert (sent.exchange, sent.routing_key) == ("biox.us.out", "mx.retrieval.ask")
@@ -545,30 +549,19 @@ def test_a_failure_that_cannot_be_parked_is_requeued_not_acked(tmp_path):
     assert r.link.nacks() == [(d.delivery_tag, True)] and r.link.acks() == []
 
 
-def test_without_a_participant_failures_go_by_the_default_exchange_to_the_queues(tmp_path):
-    """The audit consumer's own failures must not feed its queue through the inbox."""
-    r = rig(tmp_path, queue_name="us.audit", participant=None, role="audit")
-    r.run(r.link.deliver(ask("transient")))
-    [hop] = r.link.confirmed
-    assert (hop.exchange, hop.routing_key) == ("", addresses.retry_queue("us.audit", 1))
-    r.run(r.link.deliver(ask("permanent")))
-    dead = r.link.confirmed[-1]
-    assert (dead.exchange, dead.routing_key) == ("", addresses.dead_letter_queue("us.audit"))
-
-
 class UndecodedHandler:
-    """Takes every kind undecoded, like the audit consumer: each hop is its own event."""
+    """Takes every kind undecoded, like the audit consumer: each hop is its own event.
+    ``fail``: the error it returns for every message instead (none: it records them)."""
 
-    kinds: tuple[str, ...] = ()
-
-    def __init__(self) -> None:
+    def __init__(self, fail: BioxError | None = None) -> None:
         self.seen: list[tuple[str, str, int]] = []
+        self.fail = fail
 
     def handle(self, batch: Sequence[Inbound], session: Session) -> list[Result]:
         for i in batch:
             assert i.message is None
             self.seen.append((i.envelope.message_id, i.routing_key, i.envelope.attempt))
-        return [Effects(outcome="seen") for _ in batch]
+        return [self.fail or Effects(outcome="seen") for _ in batch]
 
     def reject(self, envelope: Envelope, error: BioxError) -> Effects | None:
         return None
@@ -576,7 +569,7 @@ class UndecodedHandler:
 
 def test_an_undecoded_consumer_keys_each_hop_of_a_message_separately(tmp_path):
     handler = UndecodedHandler()
-    r = rig(tmp_path, handler, queue_name="us.audit", participant=None, role="audit")
+    r = rig(tmp_path, handler, undecoded=True)
     out = ask("ok")
     first = r.link.deliver(out)
     hop = r.link.deliver(out, headers={"biox-attempt": 1})
@@ -587,3 +580,16 @@ def test_an_undecoded_consumer_keys_each_hop_of_a_message_separately(tmp_path):
     with session_for(r.db) as s:
         keys = s.exec(select(ProcessedMessage.message_id)).all()
     assert sorted(keys) == sorted(f"{mid}|{out.exchange}|{out.routing_key}|{n}" for n in (0, 1))
+
+
+def test_an_undecoded_queue_sends_its_failures_by_the_default_exchange(tmp_path):
+    """The audit consumer's own failures must not feed its queue through the inbox."""
+    transient = TransientError(Reason.unknown_query, "not yet")
+    r = rig(tmp_path, UndecodedHandler(fail=transient), undecoded=True)
+    r.run(r.link.deliver(ask("ok")))
+    [hop] = r.link.confirmed
+    assert (hop.exchange, hop.routing_key) == ("", addresses.retry_queue("us.audit", 1))
+    r.handler.fail = PermanentError(Reason.undecodable)
+    r.run(r.link.deliver(ask("ok")))
+    dead = r.link.confirmed[-1]
+    assert (dead.exchange, dead.routing_key) == ("", addresses.dead_letter_queue("us.audit"))

@@ -3,12 +3,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from biox import synth
 from biox.errors import PermanentError, Reason
 from biox.gallery.gallery import Gallery, Probe
 from biox.gallery.index import IrisIndex, VectorIndex
 from biox.gallery.templates import FACE, FINGER, IRIS, rotate_iris, vector
 from biox.messages import Biometrics, Face, Fingerprint, Iris
+from biox.sim import synth
 
 SEED = 11
 SIZE = 2000

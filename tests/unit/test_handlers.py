@@ -9,14 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from biox import codec, synth
+from biox import codec
 from biox.codec import Envelope
 from biox.errors import PermanentError, Reason, TransientError
 from biox.gallery.gallery import Gallery
-from biox.handlers.base import Effects, Inbound
+from biox.handlers.base import Effects
 from biox.handlers.intake import IntakeHandler
 from biox.handlers.matcher import MatcherHandler
 from biox.handlers.response import ResponseHandler
+from biox.inbound import Inbound
 from biox.messages import (
     EncounterResult,
     EncounterSubmit,
@@ -27,7 +28,9 @@ from biox.messages import (
 )
 from biox.policy.release import Policies
 from biox.registry import Purpose, Registry
+from biox.routes import ROUTES
 from biox.settings import Settings
+from biox.sim import synth
 from biox.store import EncounterRow, Transaction, session_for
 
 REGISTRY = Registry.load(Path("deploy/participants.toml"))
@@ -68,7 +71,7 @@ def test_intake_sends_one_query_per_agreed_partner_and_records_them(db):
     env = envelope("encounter.submit", "us", "us", reply_to="replies", correlation_id="E-10")
     with session_for(db) as s:
         handler = IntakeHandler("us", REGISTRY, POLICIES.of("us"))
-        [effects] = handler.handle([Inbound(env, submit())], s)
+        [effects] = handler.submit([Inbound(env, submit())], s)
     assert isinstance(effects, Effects)
     assert sorted(o.routing_key for o in effects.outgoing) == ["mx.query", "sv.query"]
     assert {o.exchange for o in effects.outgoing} == {"biox.us.out"}
@@ -89,11 +92,11 @@ def test_intake_refuses_citizens_with_a_reply(db):
     env = envelope("encounter.submit", "us", "us", reply_to="replies", correlation_id="E-1")
     handler = IntakeHandler("us", REGISTRY)
     with session_for(db) as s:
-        [err] = handler.handle([Inbound(env, submit(status=SubjectStatus(citizenships=["us"])))], s)
+        [err] = handler.submit([Inbound(env, submit(status=SubjectStatus(citizenships=["us"])))], s)
     assert isinstance(err, PermanentError) and err.reason is Reason.excluded_citizen
     answer = handler.reject(env, err)
     assert answer is not None
-    result = codec.decode_body("encounter.result", "encounter.result/1", answer.outgoing[0].body)
+    result = ROUTES.decode("encounter.result", "encounter.result/1", answer.outgoing[0].body)
     assert isinstance(result, EncounterResult)
     assert result.status.value == "refused" and result.reason_code is Reason.excluded_citizen
     assert answer.outgoing[0].routing_key == "replies"
@@ -137,8 +140,8 @@ def test_matcher_answers_a_batch_with_match_and_no_match(matcher_setup):
     stranger = synth.stranger(SEED, {"mx": SIZE}, rng)
     batch = [Inbound(*query_from(submit(mated))), Inbound(*query_from(submit(stranger)))]
     with session_for(db) as s:
-        results = handler.handle(batch, s)
-    responses = [codec.decode_body("response", "response/1", r.outgoing[0].body) for r in results]
+        results = handler.search(batch, s)
+    responses = [ROUTES.decode("response", "response/1", r.outgoing[0].body) for r in results]
     assert [r.status for r in responses] == [ResponseStatus.match, ResponseStatus.no_match]
     assert responses[0].candidates[0].identity_ref == synth.identity_ref("mx", mated)
     assert responses[0].candidates[0].record is not None  # the releasable record travels
@@ -155,15 +158,15 @@ def test_matcher_declines_an_unagreed_purpose_and_rejects_bad_templates(matcher_
     bad_env, bad = query_from(submit(4), provider="sv", purpose=Purpose.enforce)
     bad.biometrics.face.template = b"\x00" * 12
     with session_for(db) as s:
-        declined, err = handler.handle([Inbound(env, q), Inbound(bad_env, bad)], s)
-    response = codec.decode_body("response", "response/1", declined.outgoing[0].body)
+        declined, err = handler.search([Inbound(env, q), Inbound(bad_env, bad)], s)
+    response = ROUTES.decode("response", "response/1", declined.outgoing[0].body)
     assert isinstance(response, Response)
     assert response.status is ResponseStatus.declined
     assert response.reason_code is Reason.purpose_not_agreed
     assert declined.rows[0].status == "declined"
     assert isinstance(err, PermanentError) and err.reason is Reason.template_size
     rejected = handler.reject(bad_env, err)
-    response = codec.decode_body("response", "response/1", rejected.outgoing[0].body)
+    response = ROUTES.decode("response", "response/1", rejected.outgoing[0].body)
     assert response.status is ResponseStatus.rejected
     assert response.reason_code is Reason.template_size
 
@@ -195,12 +198,12 @@ def test_response_handler_stores_provenance_and_replies(db):
             timings={"received_at": now, "answered_at": now},
         )
         env = envelope("response", "mx", "us", correlation_id="q1")
-        [effects] = ResponseHandler("us", POLICIES.of("us")).handle([Inbound(env, r)], s)
+        [effects] = ResponseHandler("us", POLICIES.of("us")).receive([Inbound(env, r)], s)
     tx = effects.rows[0]
     assert tx.status == "no_match" and tx.source == "mx" and tx.source_message_id == env.message_id
     assert tx.retain_until is None  # a no-match carries no partner data to keep
     assert effects.outgoing[0].envelope.message_id == codec.derived_id(env.message_id, "result")
-    result = codec.decode_body("encounter.result", "encounter.result/1", effects.outgoing[0].body)
+    result = ROUTES.decode("encounter.result", "encounter.result/1", effects.outgoing[0].body)
     [outcome] = result.outcomes
     assert outcome.partner == "mx" and outcome.status.value == "no_match"
     assert result.status.value == "complete" and result.revision == 1
@@ -217,7 +220,7 @@ def test_response_for_an_unknown_query_is_refused(db):
         timings={"received_at": now, "answered_at": now},
     )
     with session_for(db) as s:
-        [err] = ResponseHandler("us", POLICIES.of("us")).handle(
+        [err] = ResponseHandler("us", POLICIES.of("us")).receive(
             [Inbound(envelope("response", "mx", "us"), r)], s
         )
     assert isinstance(err, TransientError) and err.reason is Reason.unknown_query

@@ -16,11 +16,13 @@ import pytest
 from biox import codec
 from biox.errors import Reason
 from biox.gallery.gallery import Hit, Probe
-from biox.handlers.base import Effects, Inbound
+from biox.handlers.base import Effects
 from biox.handlers.matcher import MatcherHandler
+from biox.inbound import Inbound
 from biox.messages import Element, Response, ResponseStatus, RetrievalAsk, ReviewCase
 from biox.policy.release import ParticipantPolicy, Policies, ReleaseRule, RetrievalRule
 from biox.registry import Purpose, Registry
+from biox.routes import ROUTES
 from biox.settings import Settings
 from biox.store import EnrolledTemplates, Record, Transaction, session_for
 from tests.unit.test_handlers import query_from, submit
@@ -89,9 +91,9 @@ def matcher(hits: list[Hit], policy: ParticipantPolicy | None = None) -> Matcher
 def ask(handler: MatcherHandler, db: str, purpose: Purpose = Purpose.enforce):
     envelope, query = query_from(submit(7), purpose=purpose)
     with session_for(db) as s:
-        [result] = handler.handle([Inbound(envelope, query)], s)
+        [result] = handler.search([Inbound(envelope, query)], s)
     assert isinstance(result, Effects), result
-    response = codec.decode_body("response", "response/1", result.outgoing[0].body)
+    response = ROUTES.decode("response", "response/1", result.outgoing[0].body)
     assert isinstance(response, Response)
     return envelope, query, result, response
 
@@ -137,7 +139,7 @@ def test_a_gray_zone_query_opens_a_case_with_the_candidates_above_the_low_thresh
     assert response.status is ResponseStatus.pending_review and response.candidates == []
     assert response.decided_by.value == "examiner"
     _, case_out = result.outgoing
-    case = codec.decode_body("review.case", "review.case/1", case_out.body)
+    case = ROUTES.decode("review.case", "review.case/1", case_out.body)
     assert isinstance(case, ReviewCase)
     assert [c.identity_ref for c in case.candidates] == ["MX-000000002", "MX-000000003"]
     assert case.case_id == case.query_id == query.query_id
@@ -197,7 +199,7 @@ def test_every_output_has_an_id_derived_from_the_query_message(db):
     assert answer.envelope.correlation_id == query.query_id
     assert (answer.exchange, answer.routing_key) == ("biox.mx.out", "us.response")
     assert follow.envelope.message_id == codec.derived_id(envelope.message_id, "retrieval.ask")
-    ask_message = codec.decode_body("retrieval.ask", "retrieval.ask/1", follow.body)
+    ask_message = ROUTES.decode("retrieval.ask", "retrieval.ask/1", follow.body)
     assert isinstance(ask_message, RetrievalAsk)
     assert ask_message.elements == [Element.encounters]
     assert ask_message.asked_by == "rule:every_match"

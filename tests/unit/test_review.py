@@ -11,10 +11,12 @@ import pytest
 
 from biox import codec, examiners
 from biox.errors import PermanentError, Reason, TransientError
-from biox.handlers.base import Effects, Inbound
+from biox.handlers.base import Effects
 from biox.handlers.review import ReviewHandler
+from biox.inbound import Inbound
 from biox.messages import Response, ResponseStatus, ReviewDecision, ReviewVerdict
 from biox.policy.release import Policies
+from biox.routes import ROUTES
 from biox.store import Record, ReviewCaseRow, Transaction, session_for
 
 POLICIES = Policies.load(Path("deploy/policy.toml"))
@@ -141,7 +143,7 @@ def decide(db: str, verdict: ReviewVerdict, ref: str | None, examiner: str, case
     out = codec.to_own_inbox(decision, participant="mx", message_id=f"d-{examiner}",
                              correlation_id=case_id)  # fmt: skip
     with session_for(db) as s:
-        [result] = ReviewHandler("mx", POLICIES.of("mx")).handle(
+        [result] = ReviewHandler("mx", POLICIES.of("mx")).decide(
             [Inbound(out.envelope, decision)], s
         )
         if isinstance(result, Effects):
@@ -156,7 +158,7 @@ def test_a_match_decision_answers_with_the_chosen_candidate_as_the_examiner(db):
     [out] = result.outgoing  # mx has no automatic retrieval rule
     assert out.envelope.message_id == codec.derived_id("d-ex-1", "response")
     assert out.routing_key == "us.response"
-    response = codec.decode_body("response", "response/1", out.body)
+    response = ROUTES.decode("response", "response/1", out.body)
     assert isinstance(response, Response)
     assert response.status is ResponseStatus.match and response.decided_by.value == "examiner"
     assert [c.identity_ref for c in response.candidates] == ["MX-000000002"]
@@ -197,7 +199,7 @@ def test_the_decision_message_names_the_examiner_for_the_audit_trail(db):
     out = examiners.decision_message("mx", case, ReviewVerdict.no_match, "ignored", "ex-9")
     assert out.envelope.headers[codec.H_ACTOR] == "ex-9"
     assert (out.exchange, out.routing_key) == ("biox.mx", "mx.review.decision")
-    decision = codec.decode_body("review.decision", "review.decision/1", out.body)
+    decision = ROUTES.decode("review.decision", "review.decision/1", out.body)
     assert isinstance(decision, ReviewDecision)
     assert decision.identity_ref is None  # a no-match names nobody
     assert out.envelope.correlation_id == "c-1"

@@ -1,7 +1,8 @@
-"""Who may send each kind, checked by the handler that takes it (docs/workflows.md,
-"Who may send what"). Routing already keeps a partner away from the kinds a participant
-takes only from itself; these checks hold even when a message gets past routing (a
-single broker, an operator's replay, a misconfigured link)."""
+"""Who may send each kind (docs/workflows.md, "Who may send what"): the route table's
+sender check, which the consume loop runs before decoding, then the handler's checks of
+what the message says against who sent it. Routing already keeps a partner away from the
+kinds a participant takes only from itself; these checks hold even when a message gets
+past routing (a single broker, an operator's replay, a misconfigured link)."""
 
 from __future__ import annotations
 
@@ -13,13 +14,14 @@ import pytest
 
 from biox import codec
 from biox.codec import Envelope
-from biox.errors import PermanentError, Reason, TransientError
+from biox.errors import BioxError, PermanentError, Reason, TransientError
 from biox.gallery.gallery import Gallery
-from biox.handlers.base import Effects, Inbound
+from biox.handlers.base import Effects
 from biox.handlers.matcher import MatcherHandler
 from biox.handlers.response import ResponseHandler
 from biox.handlers.retrieval import RetrievalHandler
 from biox.handlers.review import ReviewHandler
+from biox.inbound import Inbound
 from biox.messages import (
     Element,
     Response,
@@ -35,6 +37,7 @@ from biox.messages import (
 )
 from biox.policy.release import Policies
 from biox.registry import Registry
+from biox.routes import ROUTES
 from biox.settings import Settings
 from biox.store import EncounterRow, RetrievalRow, Transaction, session_for
 from tests.unit.test_handlers import query_from, submit
@@ -69,8 +72,16 @@ def db(tmp_path) -> str:
 
 
 def one(handler, envelope: Envelope, message, db: str):
+    """The way the consume loop takes one message: sender check, then the kind's handler."""
+    me = handler.me
+    try:
+        ROUTES.check_sender(
+            envelope.kind, envelope.sender, me, lambda c: REGISTRY.get(c) is not None
+        )
+    except BioxError as exc:
+        return exc
     with session_for(db) as s:
-        [result] = handler.handle([Inbound(envelope, message)], s)
+        [result] = ROUTES.routes[envelope.kind].handler(handler, [Inbound(envelope, message)], s)
         s.rollback()
     return result
 
@@ -233,7 +244,7 @@ def test_a_retrieval_request_about_another_partners_query_is_declined_not_retrie
     result = one(handler, env("retrieval.request", "sv", mid="r-3"), request, db)
     assert isinstance(result, Effects)
     [out] = result.outgoing
-    answer = codec.decode_body(out.envelope.kind, out.envelope.schema, out.body)
+    answer = ROUTES.decode(out.envelope.kind, out.envelope.schema, out.body)
     assert isinstance(answer, RetrievalResponse)
     assert answer.status is RetrievalStatus.declined and answer.reason_code is Reason.not_matched
     assert answer.withheld == [Element.biographic] and answer.data is None
@@ -293,7 +304,7 @@ def test_only_a_known_partners_unreadable_retrieval_request_is_answered_rejected
     answer = handler.reject(env("retrieval.request", "mx", mid="r-9", correlation_id="q"), error)
     assert answer is not None
     [out] = answer.outgoing
-    rejected = codec.decode_body(out.envelope.kind, out.envelope.schema, out.body)
+    rejected = ROUTES.decode(out.envelope.kind, out.envelope.schema, out.body)
     assert isinstance(rejected, RetrievalResponse)
     assert rejected.status is RetrievalStatus.rejected and rejected.retrieval_id == "r-9"
     assert rejected.reason_code is Reason.undecodable and out.routing_key == "mx.retrieval.response"

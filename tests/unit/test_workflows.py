@@ -1,8 +1,7 @@
-"""The exchange workflows with every handler wired together in memory, no broker.
+"""The exchange workflows with every participant's handlers in memory, no broker.
 
-Each participant has its own SQLite database and handlers; ``Hub.run`` delivers every
-outgoing message to the handler its routing key names (encoding and decoding it, as the
-wire would) and commits the effects like the consume loop does, until nothing is left.
+``biox.memory.InMemoryExchange`` runs each participant's real handlers under the real
+consume loop, routed by the real topology; each participant has its own SQLite database.
 The broker-level behaviour of the same flows is in tests/integration/test_workflows.py.
 """
 
@@ -12,6 +11,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -19,16 +19,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlmodel import select
 
-from biox import codec, examiners, synth
+from biox import codec, examiners
 from biox.codec import Envelope, Outgoing
 from biox.enrolment import enrolled_record_id
-from biox.errors import BioxError, Reason
-from biox.handlers.base import Effects, Inbound
-from biox.handlers.intake import IntakeHandler
-from biox.handlers.matcher import MatcherHandler
-from biox.handlers.response import ResponseHandler
-from biox.handlers.retrieval import RetrievalHandler
-from biox.handlers.review import ReviewHandler
+from biox.errors import Reason
+from biox.inbound import Inbound
+from biox.memory import InMemoryExchange, Stored
 from biox.messages import (
     Biometrics,
     Element,
@@ -42,7 +38,10 @@ from biox.messages import (
 )
 from biox.policy.release import ParticipantPolicy, Policies, ReleaseRule
 from biox.registry import Purpose, Registry
+from biox.routes import ROUTES
 from biox.settings import Settings
+from biox.sim import synth
+from biox.sim.examiners import biographic_examiner
 from biox.store import (
     EncounterRow,
     Record,
@@ -57,73 +56,46 @@ REGISTRY = Registry.load(Path("deploy/participants.toml"))
 POLICIES = Policies.load(Path("deploy/policy.toml"))
 SEED = 7
 SIZE = 1500
+REPLIES = "encounter-system"
 
 
 @dataclass
 class Hub:
-    dbs: dict[str, str]
-    handlers: dict[tuple[str, str], object]
+    """The in-memory exchange, and what its encounter system received."""
+
+    exchange: InMemoryExchange
     results: list[EncounterResult] = field(default_factory=list)
-    errors: list[tuple[str, BioxError]] = field(default_factory=list)
-    seen: list[Outgoing] = field(default_factory=list)
 
     def run(self, first: list[Outgoing]) -> None:
-        todo = list(first)
-        while todo:
-            out = todo.pop(0)
-            self.seen.append(out)
-            if out.exchange == "":  # a reply queue: the encounter system
-                result = codec.decode_body(out.envelope.kind, out.envelope.schema, out.body)
-                assert isinstance(result, EncounterResult)
-                self.results.append(result)
-                continue
-            to, kind = out.routing_key.split(".", 1)
-            handler = self.handlers[(to, kind)]
-            message = codec.decode_body(out.envelope.kind, out.envelope.schema, out.body)
-            with session_for(self.dbs[to]) as s:
-                [res] = handler.handle([Inbound(out.envelope, message, out.body)], s)  # type: ignore[attr-defined]
-                if isinstance(res, BioxError):
-                    self.errors.append((out.routing_key, res))
-                    res = handler.reject(out.envelope, res)  # type: ignore[attr-defined]
-                    if res is None:
-                        continue
-                assert isinstance(res, Effects)
-                s.add_all(res.rows)
-                s.commit()
-            todo.extend(res.outgoing)
+        self.exchange.publish(first)
+        self.exchange.run()
+        self.results += self.exchange.results(REPLIES)
 
     def latest(self, encounter_id: str) -> EncounterResult:
         mine = [r for r in self.results if r.encounter_id == encounter_id]
         return max(mine, key=lambda r: r.revision)
 
     def session(self, code: str):
-        return session_for(self.dbs[code])
+        return session_for(self.exchange.settings.database_for(code))
+
+    def handler(self, code: str, role: str) -> Any:
+        return self.exchange.handler(code, role)
+
+    def dead_reason(self, code: str, role: str) -> str:
+        """The reason of the newest dead letter of ``code``'s ``role`` queue."""
+        return self.exchange.dead_letters(code, role)[-1].properties.headers["biox-reason"]
+
+    def sent(self, kind: str) -> list[Stored]:
+        return [m for m in self.exchange.broker.published if m.properties.type == kind]
 
 
-def make_hub(tmp: Path, policies: Policies = POLICIES, settings: Settings | None = None) -> Hub:
-    settings = settings or Settings()
-    dbs, handlers = {}, {}
+def make_hub(tmp: Path, policies: Policies = POLICIES, options: Settings | None = None) -> Hub:
+    config = (options or Settings()).model_copy(update={"data_dir": tmp})
     for code in ("us", "mx", "sv"):
-        db = f"sqlite:///{tmp / code}.db"
-        dbs[code] = db
-        gallery = synth.populate(code, SIZE, SEED, db, tmp / code / "gallery")
-        policy = policies.of(code)
-        matcher = MatcherHandler(code, REGISTRY, gallery, settings, policy)
-        review = ReviewHandler(code, policy)
-        retrieval = RetrievalHandler(code, REGISTRY, policy)
-        handlers.update(
-            {
-                (code, "encounter.submit"): IntakeHandler(code, REGISTRY, policy),
-                (code, "query"): matcher,
-                (code, "response"): ResponseHandler(code, policy),
-                (code, "review.case"): review,
-                (code, "review.decision"): review,
-                (code, "retrieval.ask"): retrieval,
-                (code, "retrieval.request"): retrieval,
-                (code, "retrieval.response"): retrieval,
-            }
-        )
-    return Hub(dbs, handlers)
+        synth.build_gallery(config, code, SIZE, SEED)
+    exchange = InMemoryExchange(config, registry=REGISTRY, policies=policies)
+    exchange.declare_queue(REPLIES)
+    return Hub(exchange)
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +128,7 @@ def encounter(
         participant=requester,
         message_id=str(uuid.uuid4()),
         correlation_id=eid,
-        reply_to="encounter-system",
+        reply_to=REPLIES,
     )
 
 
@@ -235,7 +207,7 @@ def test_inactive_requester_is_declined_not_rejected(tmp_path):
     hub = make_hub(tmp_path)
     registry = REGISTRY.model_copy(deep=True)
     registry.participants["us"].status = "suspended"  # type: ignore[assignment]
-    hub.handlers[("mx", "query")].registry = registry  # type: ignore[attr-defined]
+    hub.handler("mx", "query").registry = registry
     out = encounter("us", person_known_to("mx"))
     hub.run([out])
     mx = outcome(hub.latest(out.envelope.correlation_id), "mx")
@@ -246,7 +218,7 @@ def test_inactive_requester_is_declined_not_rejected(tmp_path):
 
 
 def gray_zone_probe(hub: Hub, code: str) -> tuple[int, Biometrics]:
-    matcher = hub.handlers[(code, "query")]
+    matcher = hub.handler(code, "query")
     settings = matcher.settings  # type: ignore[attr-defined]
     return synth.gray_zone_subject(
         matcher.gallery,  # type: ignore[attr-defined]
@@ -272,7 +244,7 @@ def test_gray_zone_becomes_a_case_then_the_examiners_decision_goes_out(hub):
         assert case is not None and case.query_id == mx.query_id
         assert examiners.take_next(s, "examiner-8", lease_s=900) is None  # held by examiner-7
         sides = examiners.sides(s, case)
-        verdict, ref = examiners.biographic_examiner(case, sides)
+        verdict, ref = biographic_examiner(case, sides)
     assert verdict is ReviewVerdict.match and ref == synth.identity_ref("mx", n)
     hub.run([examiners.decision_message("mx", case, verdict, ref, "examiner-7")])
     final = hub.latest(eid)
@@ -361,7 +333,7 @@ def test_retrieval_about_a_query_never_matched_is_refused(hub):
     # the asker's own worker refuses to ask ...
     ask = RetrievalAsk(query_id=mx.query_id, elements=[Element.biographic], asked_by="op")
     hub.run([codec.to_own_inbox(ask, participant="mx", message_id="ask-2", correlation_id="x")])
-    assert hub.errors[-1][1].reason is Reason.not_matched
+    assert hub.dead_reason("mx", "retrieval") == Reason.not_matched
     # ... and a holder refuses a request that skipped that check
     from biox.messages import RetrievalRequest
 
@@ -394,8 +366,8 @@ def test_retrieval_about_a_query_never_matched_is_refused(hub):
             )
         ]
     )
-    back = [o for o in hub.seen if o.envelope.kind == "retrieval.response"][-1]
-    response = codec.decode_body("retrieval.response", "retrieval.response/1", back.body)
+    back = hub.sent("retrieval.response")[-1]
+    response = codec.decode_body(RetrievalResponse, "retrieval.response/1", back.body)
     assert isinstance(response, RetrievalResponse)
     assert response.status.value == "declined" and response.reason_code is Reason.not_matched
     assert response.data is None
@@ -413,7 +385,7 @@ def test_query_data_is_enrolled_with_provenance_and_found_next_time(hub):
         record = s.get(Record, record_id)
         assert record.source == "mx" and record.source_query_id == us.query_id
         assert record.source_message_id and record.retain_until > record.received_at
-    hub.handlers[("us", "query")]._synced_at = float("-inf")  # type: ignore[attr-defined]
+    hub.handler("us", "query")._synced_at = float("-inf")
     second = encounter("mx", stranger, biometrics=synth.capture(SEED, stranger, context=99))
     hub.run([second])
     again = outcome(hub.latest(second.envelope.correlation_id), "us")
@@ -426,7 +398,7 @@ def test_enrolled_data_is_not_passed_on_to_a_third_participant(hub):
     rng = np.random.default_rng(21)
     stranger = synth.stranger(SEED, dict.fromkeys(("us", "mx", "sv"), SIZE), rng)
     hub.run([encounter("sv", stranger)])
-    hub.handlers[("us", "query")]._synced_at = float("-inf")  # type: ignore[attr-defined]
+    hub.handler("us", "query")._synced_at = float("-inf")
     out = encounter("mx", stranger)
     hub.run([out])
     us = outcome(hub.latest(out.envelope.correlation_id), "us")
@@ -455,7 +427,7 @@ def test_a_duplicate_encounter_id_is_refused(hub):
     out = encounter("us", 5)
     hub.run([out])
     hub.run([encounter("us", 6, encounter_id=out.envelope.correlation_id)])  # a new message
-    assert hub.errors[-1][1].reason is Reason.duplicate_encounter
+    assert hub.results[-1].reason_code is Reason.duplicate_encounter
     assert hub.results[-1].status.value == "refused"
 
 
@@ -474,7 +446,7 @@ def test_an_interim_answer_after_the_final_one_is_ignored(hub):
     )
     env = Envelope(str(uuid.uuid4()), "response", "response/1", "mx", "us", mx.query_id)
     with hub.session("us") as s:
-        [effects] = hub.handlers[("us", "response")].handle([Inbound(env, late)], s)  # type: ignore[attr-defined]
+        [effects] = hub.handler("us", "response").receive([Inbound(env, late)], s)
     assert effects.outcome == "superseded" and not effects.outgoing
 
 
@@ -483,7 +455,7 @@ def test_two_workers_updating_one_encounter_cannot_both_commit(tmp_path):
     fails (and the consume loop retries it with fresh state), so no result is lost."""
     from sqlalchemy.orm.exc import StaleDataError
 
-    from biox.handlers.results import EncounterViews
+    from biox.results import EncounterViews
 
     db = f"sqlite:///{tmp_path / 'us.db'}"
     with session_for(db) as s:
@@ -508,7 +480,7 @@ def test_an_unreadable_enrolment_row_is_skipped_and_searches_go_on(hub):
     with hub.session("us") as s:
         s.add(EnrolledTemplates(record_id=(1 << 61) + 1, biometrics=b"\xc1 broken"))
         s.commit()
-    matcher = hub.handlers[("us", "query")]
+    matcher = hub.handler("us", "query")
     matcher._synced_at = float("-inf")  # type: ignore[attr-defined]
     out = encounter("mx", person_known_to("us"))
     hub.run([out])
@@ -525,7 +497,7 @@ def test_an_encounter_enrolled_at_the_requesters_own_request_answers_partners_la
     with hub.session("us") as s:
         record = s.get(Record, enrolled_record_id(f"encounter/{first.envelope.correlation_id}"))
         assert record.source == "us" and record.retain_until is not None
-    hub.handlers[("us", "query")]._synced_at = float("-inf")  # type: ignore[attr-defined]
+    hub.handler("us", "query")._synced_at = float("-inf")
     out = encounter("mx", stranger, biometrics=synth.capture(SEED, stranger, context=77))
     hub.run([out])
     us = outcome(hub.latest(out.envelope.correlation_id), "us")
@@ -583,11 +555,20 @@ def test_workflow_messages_with_arbitrary_content_never_crash_a_handler(
             decided_at=now,
         )
         mid = str(uuid.uuid4())
-    env = Envelope(mid, kind, f"{kind}/1", sender, "us", query_id)
-    handler = hub.handlers[("us", kind)]
-    with hub.session("us") as s:
-        [result] = handler.handle([Inbound(env, message)], s)  # type: ignore[attr-defined]
-        s.rollback()
-    assert isinstance(result, Effects | BioxError)
-    if isinstance(result, BioxError):
-        handler.reject(env, result)  # type: ignore[attr-defined]
+    out = Outgoing(
+        "biox.us",
+        f"us.{kind}",
+        codec.encode_body(message),
+        Envelope(mid, kind, f"{kind}/1", sender, "us", query_id),
+    )
+    before = len(hub.exchange.broker.published)
+    hub.exchange.publish(out)
+    hub.exchange.run(retries=False)  # a handler exception would surface here
+    hops = hub.exchange.broker.published[before + 1 :]
+    assert all(m.properties.message_id for m in hops)
+    for m in hops:  # whatever it caused is an answer, a retry hop or a dead letter
+        reason = (m.properties.headers or {}).get("biox-reason")
+        assert reason is None or reason in {r.value for r in Reason}, reason
+    for code in ("us", "mx", "sv"):
+        for role in ("response", "retrieval", "review"):
+            hub.exchange.take(f"{code}.{role}.retry.1")  # leave no tier for the next example

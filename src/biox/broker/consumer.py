@@ -1,12 +1,14 @@
-"""The one consume loop every worker runs (DESIGN §8).
+"""The one consume loop every worker runs (docs/architecture.md, "One consume loop").
 
-For each batch of deliveries: decode, drop what was already processed (republishing what
-it caused), run the handler, commit its rows together with the idempotency markers,
-publish what it produced and wait for the confirms, and only then ack. Failures are
-routed, never swallowed:
+For each batch of deliveries: read each envelope once, check the sender against the route
+table and decode the body with the kind's model, drop what was already processed
+(republishing what it caused), run the kind's handler, commit its rows together with the
+idempotency markers, publish what it produced and wait for the confirms, and only then
+ack. Failures are routed, never swallowed:
 
-* permanent (undecodable, schema-invalid, refused): a ``rejected`` answer to the sender
-  when the handler can identify one, otherwise the dead-letter queue with the reason;
+* permanent (undecodable, schema-invalid, a sender the route does not allow, refused): a
+  ``rejected`` answer to the sender when the handler can identify one, otherwise the
+  dead-letter queue with the reason;
 * transient (or an unexpected exception): the next retry tier with ``biox-attempt``
   raised, the dead-letter queue after the last tier;
 * publishing trouble (connection lost, unroutable output): the input is requeued; it is
@@ -21,27 +23,30 @@ import queue as queue_mod
 import socket
 import threading
 import time
-from collections import Counter
-from collections.abc import Sequence
+from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import structlog
 from sqlalchemy import insert, update
 from sqlalchemy.orm.exc import StaleDataError
+from sqlmodel import Session, col
 
 from biox import addresses
-from biox.broker.link import ConnectionLost, Delivery, Link, Nacked, Unroutable
+from biox.broker.link import ConnectionLost, Delivery, Link, Nacked, Transport, Unroutable
 from biox.broker.publisher import (
     Publisher,
-    envelope_of,
     pack_outgoing,
     republish_properties,
     unpack_outgoing,
 )
-from biox.codec import H_ATTEMPT, Envelope, Outgoing, decode_body
+from biox.codec import H_ATTEMPT, Envelope, Outgoing
 from biox.errors import BioxError, PermanentError, Reason, TransientError
-from biox.handlers.base import Effects, Handler, Inbound
+from biox.handlers.base import Effects, Handler, Result
+from biox.inbound import Inbound, read_envelope
+from biox.routes import Queue, RouteTable
 from biox.settings import Settings
 from biox.store import ProcessedMessage, processed, session_for
 
@@ -59,36 +64,45 @@ H_ORIGINAL_ROUTING_KEY = "biox-original-routing-key"
 H_ORIGINAL_USER = "biox-original-user-id"
 
 
+@dataclass(frozen=True)
+class Taken:
+    """A delivery and its envelope, read once when the loop takes it."""
+
+    delivery: Delivery
+    envelope: Envelope
+
+
 class ConsumeLoop:
     def __init__(
         self,
         *,
         url: str,
-        queue: str,
+        participant: str,
+        queue: Queue,
+        routes: RouteTable,
         handler: Handler,
         database_url: str,
         settings: Settings,
-        participant: str | None = None,
-        role: str | None = None,
-        link: Link | None = None,
+        known: Callable[[str], bool] = lambda _code: False,
+        link: Transport | None = None,
     ) -> None:
-        """``participant`` and ``role``: send retry hops and dead letters through the
-        participant's inbox (where the audit consumer sees them); without, straight to
-        the tier and DLQ queues by the default exchange (the audit consumer itself, tools).
-        ``link``: the transport, when not a fresh connection to ``url`` (unit tests drive
-        the loop through an in-memory one).
-        """
-        self.queue = queue
+        """One worker of ``queue`` for ``participant``. ``known``: whether a code is a
+        participant of the registry (the sender check of partner kinds). ``link``: the
+        transport, when not a fresh connection to ``url`` (unit tests and the in-memory
+        exchange drive the loop through their own)."""
         self.participant = participant
-        self.role = role
+        self.spec = queue
+        self.routes = routes
+        self.queue = addresses.queue(participant, queue.role)
         self.handler = handler
+        self.known = known
         self.database_url = database_url
         self.settings = settings
-        self.worker = f"{queue}@{socket.gethostname()}:{os.getpid()}"
-        self.link = link or Link(
+        self.worker = f"{self.queue}@{socket.gethostname()}:{os.getpid()}"
+        self.link: Transport = link or Link(
             url,
             name=self.worker,
-            consume=queue,
+            consume=self.queue,
             prefetch=settings.prefetch,
             heartbeat=settings.heartbeat,
         )
@@ -100,13 +114,22 @@ class ConsumeLoop:
         log.info("worker_started", worker=self.worker, queue=self.queue)
         try:
             while not stop.is_set():
-                batch = self._take()
-                batch = self._without_ids_parked(batch)
-                if batch:
-                    self.process(batch)
+                self.consume(self._take())
         finally:
             self.link.close()
             log.info("worker_stopped", worker=self.worker, **self.stats)
+
+    def consume(self, deliveries: Sequence[Delivery]) -> None:
+        """One batch, start to end: every delivery is acked, requeued or parked after."""
+        # a delivery of a connection that died was requeued by the broker: never touch it
+        batch = [
+            Taken(d, read_envelope(d.properties))
+            for d in deliveries
+            if d.generation == self.link.generation
+        ]
+        batch = self._without_ids_parked(batch)
+        if batch:
+            self.process(batch)
 
     def _take(self) -> list[Delivery]:
         try:
@@ -125,11 +148,11 @@ class ConsumeLoop:
                 )
             except queue_mod.Empty:
                 break
-        return [d for d in batch if d.generation == self.link.generation]
+        return batch
 
     # --- one batch ------------------------------------------------------------------------
 
-    def process(self, batch: Sequence[Delivery], conflicts: int = 3) -> None:
+    def process(self, batch: Sequence[Taken], conflicts: int = 3) -> None:
         try:
             self._process(batch)
         except StaleDataError as exc:
@@ -144,51 +167,46 @@ class ConsumeLoop:
         except (ConnectionLost, Unroutable, Nacked) as exc:
             log.warning("publish_failed", worker=self.worker, error=str(exc), batch=len(batch))
             time.sleep(0.5)
-            for d in batch:
-                self.link.nack(d, requeue=True)
+            for t in batch:
+                self.link.nack(t.delivery, requeue=True)
         except Exception as exc:
             self._fail(batch, exc)
 
-    def _fail(self, batch: Sequence[Delivery], exc: BaseException) -> None:
+    def _fail(self, batch: Sequence[Taken], exc: BaseException) -> None:
         if len(batch) > 1:  # isolate the message that breaks the handler
-            for d in batch:
-                self.process([d])
+            for t in batch:
+                self.process([t])
             return
         self._retry(batch[0], exc)
 
-    def _without_ids_parked(self, batch: Sequence[Delivery]) -> list[Delivery]:
+    def _without_ids_parked(self, batch: Sequence[Taken]) -> list[Taken]:
         """A delivery without a message_id cannot be deduplicated: dead-letter it once,
         here, so that re-running a batch (conflict, isolation) never acks it twice."""
         keep = []
-        for d in batch:
-            env = envelope_of(d)
-            if env.message_id:
-                keep.append(d)
+        for t in batch:
+            if t.envelope.message_id:
+                keep.append(t)
                 continue
             try:
-                self._dead(d, env, PermanentError(Reason.invalid_message, "no message_id"))
-                self.link.ack(d)
+                self._dead(t, PermanentError(Reason.invalid_message, "no message_id"))
+                self.link.ack(t.delivery)
             except (ConnectionLost, Unroutable, Nacked) as exc:
                 log.warning("publish_failed", worker=self.worker, error=str(exc), batch=1)
-                self.link.nack(d, requeue=True)
+                self.link.nack(t.delivery, requeue=True)
         return keep
 
-    def _process(self, batch: Sequence[Delivery]) -> None:
-        parsed: list[tuple[Delivery, Envelope, str, Inbound | BioxError]] = []
-        for d in batch:
-            env = envelope_of(d)
-            parsed.append((d, env, self._key(d, env), self._decode(d, env)))
-
+    def _process(self, batch: Sequence[Taken]) -> None:
+        parsed = [(t, self._key(t), self._inbound(t)) for t in batch]
         publish: list[Outgoing] = []
-        dead: list[tuple[Delivery, Envelope, BioxError]] = []
-        later: list[tuple[Delivery, TransientError]] = []
+        dead: list[tuple[Taken, BioxError]] = []
+        later: list[tuple[Taken, TransientError]] = []
         with session_for(self.database_url) as session:
-            done = processed(session, self.queue, [key for _, _, key, _ in parsed])
-            fresh: list[tuple[Delivery, Envelope, str, Inbound]] = []
-            failed: list[tuple[Delivery, Envelope, str, BioxError]] = []
+            done = processed(session, self.queue, [key for _, key, _ in parsed])
+            fresh: list[tuple[Taken, str, Inbound[Any]]] = []
+            failed: list[tuple[Taken, str, BioxError]] = []
             seen: set[str] = set()
             unconfirmed: list[str] = []  # processed before, outputs maybe never confirmed
-            for d, env, key, item in parsed:
+            for t, key, item in parsed:
                 if key in done:
                     if not done[key].published:
                         publish.extend(unpack_outgoing(done[key].outputs))
@@ -197,26 +215,26 @@ class ConsumeLoop:
                 elif key in seen:
                     self.stats["duplicate"] += 1
                 elif isinstance(item, BioxError):
-                    failed.append((d, env, key, item))
+                    failed.append((t, key, item))
                 else:
-                    fresh.append((d, env, key, item))
+                    fresh.append((t, key, item))
                 seen.add(key)
 
             markers: list[dict[str, Any]] = []
-            results = self.handler.handle([inb for *_, inb in fresh], session) if fresh else []
-            for (d, env, key, _), result in zip(fresh, results, strict=True):
+            results = self._dispatch([inb for *_, inb in fresh], session)
+            for (t, key, _), result in zip(fresh, results, strict=True):
                 if isinstance(result, TransientError):
-                    later.append((d, result))
+                    later.append((t, result))
                 elif isinstance(result, BioxError):
-                    failed.append((d, env, key, result))
+                    failed.append((t, key, result))
                 else:
-                    self._record(session, env, key, result, publish, markers)
-            for d, env, key, error in failed:
-                answer = self.handler.reject(env, error)
+                    self._record(session, t.envelope, key, result, publish, markers)
+            for t, key, error in failed:
+                answer = self.handler.reject(t.envelope, error)
                 if answer is None:
-                    dead.append((d, env, error))
+                    dead.append((t, error))
                 else:
-                    self._record(session, env, key, answer, publish, markers)
+                    self._record(session, t.envelope, key, answer, publish, markers)
             if markers:  # one multi-row insert for the batch's idempotency markers
                 session.execute(insert(ProcessedMessage), markers)
             session.commit()
@@ -224,14 +242,32 @@ class ConsumeLoop:
         if publish:
             self.publisher.send(publish)
             self._mark_published([m["message_id"] for m in markers] + unconfirmed)
-        for d, env, error in dead:
-            self._dead(d, env, error)
-        retried = {id(d) for d, _ in later}
-        for d, exc in later:
-            self._retry(d, exc)  # acks once the copy sits in its retry tier
-        for d in batch:
-            if id(d) not in retried:
-                self.link.ack(d)
+        for t, error in dead:
+            self._dead(t, error)
+        retried = {id(t) for t, _ in later}
+        for t, exc in later:
+            self._retry(t, exc)  # acks once the copy sits in its retry tier
+        for t in batch:
+            if id(t) not in retried:
+                self.link.ack(t.delivery)
+
+    def _dispatch(self, fresh: Sequence[Inbound[Any]], session: Session) -> list[Result]:
+        """Each kind's sub-batch to its handler method; results back in delivery order."""
+        if not fresh:
+            return []
+        if self.spec.records is not None:
+            return self.spec.records(self.handler, fresh, session)
+        by_kind: dict[str, list[int]] = defaultdict(list)
+        for i, inb in enumerate(fresh):
+            by_kind[inb.envelope.kind].append(i)
+        results: list[Result | None] = [None] * len(fresh)
+        for kind, positions in by_kind.items():
+            method = self.routes.routes[kind].handler
+            assert method is not None  # _inbound admitted only kinds this queue takes
+            out = method(self.handler, [fresh[i] for i in positions], session)
+            for i, result in zip(positions, out, strict=True):
+                results[i] = result
+        return [r for r in results if r is not None]
 
     def _mark_published(self, message_ids: list[str]) -> None:
         """Confirmed: a redelivery of these need not republish (and cascade) their outputs.
@@ -244,8 +280,8 @@ class ConsumeLoop:
                 session.execute(
                     update(ProcessedMessage)
                     .where(
-                        ProcessedMessage.consumer == self.queue,  # type: ignore[arg-type]
-                        ProcessedMessage.message_id.in_(message_ids),  # type: ignore[attr-defined]
+                        col(ProcessedMessage.consumer) == self.queue,
+                        col(ProcessedMessage.message_id).in_(message_ids),
                     )
                     .values(published=True)
                 )
@@ -253,30 +289,36 @@ class ConsumeLoop:
         except Exception as exc:
             log.warning("mark_published_failed", worker=self.worker, error=str(exc))
 
-    def _key(self, d: Delivery, env: Envelope) -> str:
-        """Idempotency key: the message id, unless the handler sees hops of one message
-        as distinct events (the audit consumer records each retry hop)."""
-        if self.handler.kinds:
-            return env.message_id
-        return f"{env.message_id}|{d.exchange}|{d.routing_key}|{env.attempt}"
+    def _key(self, t: Taken) -> str:
+        """Idempotency key: the message id, unless the queue sees hops of one message as
+        distinct events (the audit queue records each retry hop)."""
+        if self.spec.decode:
+            return t.envelope.message_id
+        d = t.delivery
+        return f"{t.envelope.message_id}|{d.exchange}|{d.routing_key}|{t.envelope.attempt}"
 
-    def _decode(self, d: Delivery, env: Envelope) -> Inbound | BioxError:
-        if not self.handler.kinds:
+    def _inbound(self, t: Taken) -> Inbound[Any] | BioxError:
+        """The message as its handler gets it: sender checked, then body decoded."""
+        env, d = t.envelope, t.delivery
+        if not self.spec.decode:
             return Inbound(env, None, d.body, d.exchange, d.routing_key)
-        if env.kind not in self.handler.kinds:
+        r = self.routes.get(env.kind)
+        if r is None or r.queue != self.spec.role:
             return PermanentError(
                 Reason.unknown_kind,
-                f"{env.kind!r} on {self.queue}, which takes {self.handler.kinds}",
+                f"{env.kind!r} on {self.queue}, which takes "
+                f"{', '.join(self.routes.kinds_of(self.spec.role))}",
             )
         try:
-            message = decode_body(env.kind, env.schema, d.body)
-            return Inbound(env, message, d.body, d.exchange, d.routing_key)
+            self.routes.check_sender(env.kind, env.sender, self.participant, self.known)
+            message = self.routes.decode(env.kind, env.schema, d.body)
         except BioxError as exc:
             return exc
+        return Inbound(env, message, d.body, d.exchange, d.routing_key)
 
     def _record(
         self,
-        session: Any,
+        session: Session,
         env: Envelope,
         key: str,
         effects: Effects,
@@ -306,8 +348,8 @@ class ConsumeLoop:
 
     # --- failure routing ------------------------------------------------------------------
 
-    def _retry(self, d: Delivery, exc: BaseException) -> None:
-        env = envelope_of(d)
+    def _retry(self, t: Taken, exc: BaseException) -> None:
+        env = t.envelope
         attempt = env.attempt + 1
         tiers = self.settings.retry_tiers
         log.warning(
@@ -320,34 +362,33 @@ class ConsumeLoop:
         )
         try:
             if attempt > len(tiers):
-                self._dead(d, env, exc, attempt=attempt)
+                self._dead(t, exc, attempt=attempt)
             else:
                 seconds = tiers[attempt - 1]
-                if self.participant and self.role:
+                if self.spec.decode:  # through the inbox, so the audit records the hop
                     target = (
                         addresses.inbox(self.participant),
-                        addresses.retry_key(self.participant, self.role, seconds),
+                        addresses.retry_key(self.participant, self.spec.role, seconds),
                     )
                 else:
                     target = ("", addresses.retry_queue(self.queue, seconds))
-                self._republish(d, env, target, exc, attempt)
+                self._republish(t, target, exc, attempt)
                 self.stats["retried"] += 1
-            self.link.ack(d)
+            self.link.ack(t.delivery)
         except Exception as publish_exc:
             log.warning("retry_publish_failed", error=str(publish_exc))
-            self.link.nack(d, requeue=True)
+            self.link.nack(t.delivery, requeue=True)
 
-    def _dead(
-        self, d: Delivery, env: Envelope, exc: BaseException, attempt: int | None = None
-    ) -> None:
-        if self.participant and self.role:
+    def _dead(self, t: Taken, exc: BaseException, attempt: int | None = None) -> None:
+        if self.spec.decode:
             target = (
                 addresses.inbox(self.participant),
-                addresses.dead_letter_key(self.participant, self.role),
+                addresses.dead_letter_key(self.participant, self.spec.role),
             )
         else:
             target = ("", addresses.dead_letter_queue(self.queue))
-        self._republish(d, env, target, exc, attempt if attempt is not None else env.attempt)
+        env = t.envelope
+        self._republish(t, target, exc, attempt if attempt is not None else env.attempt)
         self.stats["dead_lettered"] += 1
         log.warning(
             "dead_lettered",
@@ -358,16 +399,12 @@ class ConsumeLoop:
         )
 
     def _republish(
-        self,
-        d: Delivery,
-        env: Envelope,
-        target: tuple[str, str],
-        exc: BaseException,
-        attempt: int,
+        self, t: Taken, target: tuple[str, str], exc: BaseException, attempt: int
     ) -> None:
         """Copy of the original (body untouched) to a retry tier or the DLQ, with the why."""
+        d = t.delivery
         now = datetime.now(UTC).isoformat()
-        headers = dict(env.headers)
+        headers = dict(t.envelope.headers)
         headers.setdefault(H_ORIGINAL_EXCHANGE, d.exchange)
         headers.setdefault(H_ORIGINAL_ROUTING_KEY, d.routing_key)
         headers.setdefault(H_FIRST_FAILED_AT, now)

@@ -23,9 +23,12 @@ from typing import Any
 import msgpack
 import pika
 
-from biox import addresses
-from biox.broker.publisher import republish_properties
-from biox.codec import H_ACTOR, H_ATTEMPT, H_FROM, H_SCHEMA, H_TO
+from biox import addresses, codec
+from biox.broker.link import Link, amqp_user
+from biox.broker.publisher import Publisher, republish_properties
+from biox.codec import H_ATTEMPT, H_FROM, H_TO
+from biox.messages import OpsEvent
+from biox.routes import ROUTES
 
 H_REPLAYS = "biox-replays"
 REDACT_KEYS = {"template", "code", "mask"}  # biometric bytes
@@ -129,17 +132,33 @@ def parse_age(text: str) -> float:
 def dlq_names(codes: Iterable[str], participant: str | None, queue: str | None) -> list[str]:
     if queue:
         return [queue if queue.endswith(".dlq") else addresses.dead_letter_queue(queue)]
-    roles = [*addresses.WORK_QUEUES, "audit"]
+    roles = list(ROUTES.queues)
     chosen = [participant] if participant else list(codes)
     return [addresses.dead_letter_queue(addresses.queue(c, r)) for c in chosen for r in roles]
 
 
 class DeadLetterQueues:
+    """Reads dead letters on a channel of its own (manual acks), and publishes through the
+    one publisher every worker uses (confirms, retries under the same message id)."""
+
     def __init__(self, url: str) -> None:
+        self.url = url
         self.conn = pika.BlockingConnection(pika.URLParameters(url))
-        self.user = pika.URLParameters(url).credentials.username
+        self._link: Link | None = None
+
+    @property
+    def publisher(self) -> Publisher:
+        if self._link is None:
+            self._link = Link(self.url, name="biox-dlq").start()
+        return Publisher(self._link)
+
+    @property
+    def user(self) -> str:
+        return amqp_user(self.url)
 
     def close(self) -> None:
+        if self._link is not None:
+            self._link.close()
         if self.conn.is_open:
             self.conn.close()
 
@@ -221,8 +240,8 @@ class DeadLetterQueues:
             headers["biox-replayed-at"] = datetime.now(UTC).isoformat()
             headers["biox-replayed-by"] = operator()
             props = republish_properties(d.properties, headers, self.user)
-            ch.basic_publish(exchange, routing_key, d.body, props, mandatory=True)
-            return True  # basic_publish raised if the broker nacked or returned it
+            self.publisher.send_raw([(exchange, routing_key, d.body, props)])
+            return True  # confirmed: send_raw raises if the broker refused or returned it
 
         return self.visit(queues, filters, act)
 
@@ -238,46 +257,29 @@ class DeadLetterQueues:
         return n
 
     def import_(self, lines: Iterable[str]) -> int:
-        ch = self.conn.channel()
-        ch.confirm_delivery()
-        n = 0
+        messages = []
         for line in lines:
             if not line.strip():
                 continue
             record = json.loads(line)
             props = pika.BasicProperties(**record["properties"])
             props.user_id = self.user
-            ch.basic_publish(
-                "", record["queue"], base64.b64decode(record["body"]), props, mandatory=True
-            )
-            n += 1
-        ch.close()
-        return n
+            messages.append(("", record["queue"], base64.b64decode(record["body"]), props))
+        if messages:
+            self.publisher.send_raw(messages)
+        return len(messages)
 
-    def record_action(self, participant: str, action: str, ids: list[str], detail: str) -> None:
-        """An ops event on the participant's inbox: its audit consumer chains it with the actor."""
-        ch = self.conn.channel()
-        ch.confirm_delivery()
-        body = msgpack.packb({"action": action, "ids": ids, "detail": detail}, use_bin_type=True)
-        ch.basic_publish(
-            addresses.inbox(participant),
-            addresses.routing_key(participant, f"ops.{action}"),
-            body,
-            pika.BasicProperties(
-                message_id=str(uuid.uuid4()),
-                type=f"ops.{action}",
-                user_id=self.user,
-                delivery_mode=2,
-                timestamp=int(time.time()),
-                headers={
-                    H_FROM: participant,
-                    H_TO: participant,
-                    H_SCHEMA: "ops/1",
-                    H_ACTOR: operator(),
-                },
-            ),
+    def record_action(
+        self, participant: str, event: type[OpsEvent], ids: list[str], detail: str
+    ) -> None:
+        """An on-call action on the participant's inbox: its audit chains it, with the actor."""
+        out = codec.to_own_inbox(
+            event(ids=ids, detail=detail),
+            participant=participant,
+            message_id=str(uuid.uuid4()),
+            correlation_id=event.KIND,
         )
-        ch.close()
+        self.publisher.send([codec.with_actor(out, operator())])
 
 
 def operator() -> str:

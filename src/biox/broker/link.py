@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import unquote, urlparse
 
 import pika
@@ -52,6 +52,33 @@ class Delivery:
     properties: pika.BasicProperties
     body: bytes
     received: float
+
+
+class Transport(Protocol):
+    """What the consume loop and the publisher use of a link: the AMQP ``Link`` here, the
+    memory broker's in ``biox.memory``, a fake one in the unit tests."""
+
+    user: str
+    generation: int
+    deliveries: queue.Queue[Delivery]
+    ready: threading.Event
+
+    def start(self) -> Transport: ...
+
+    def close(self) -> None: ...
+
+    def publish(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        properties: pika.BasicProperties,
+        mandatory: bool = True,
+    ) -> Future[None]: ...
+
+    def ack(self, delivery: Delivery) -> None: ...
+
+    def nack(self, delivery: Delivery, requeue: bool = True) -> None: ...
 
 
 def amqp_user(url: str) -> str:

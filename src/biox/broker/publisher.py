@@ -12,13 +12,12 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future, wait
-from datetime import UTC, datetime
 
 import msgpack
 import pika
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
-from biox.broker.link import ConnectionLost, Delivery, Link, Nacked
+from biox.broker.link import ConnectionLost, Link, Nacked, Transport
 from biox.codec import APP_ID, CONTENT_TYPE, H_ATTEMPT, H_FROM, H_SCHEMA, H_TO, Envelope, Outgoing
 
 
@@ -64,32 +63,6 @@ def republish_properties(
     )
 
 
-def envelope_of(delivery: Delivery) -> Envelope:
-    """Broker-neutral view of a delivery's properties (missing parts left empty)."""
-    p = delivery.properties
-    headers = dict(p.headers or {})
-    attempt = headers.get(H_ATTEMPT, 0)
-    return Envelope(
-        message_id=p.message_id or "",
-        kind=p.type or "",
-        schema=_text(headers.get(H_SCHEMA)),
-        sender=_text(headers.get(H_FROM)),
-        recipient=_text(headers.get(H_TO)),
-        correlation_id=p.correlation_id,
-        reply_to=p.reply_to,
-        user_id=p.user_id,
-        timestamp=datetime.fromtimestamp(p.timestamp, UTC) if p.timestamp else None,
-        attempt=attempt if isinstance(attempt, int) else 0,
-        headers=headers,
-    )
-
-
-def _text(value: object) -> str:
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    return value if isinstance(value, str) else ""
-
-
 def pack_outgoing(outgoing: Sequence[Outgoing]) -> bytes:
     """Serialise what a handler produced, for the idempotency record."""
     return msgpack.packb(
@@ -123,7 +96,7 @@ def unpack_outgoing(data: bytes) -> list[Outgoing]:
 
 
 class Publisher:
-    def __init__(self, link: Link, timeout: float = 60.0) -> None:
+    def __init__(self, link: Transport, timeout: float = 60.0) -> None:
         self.link = link
         self.timeout = timeout
 

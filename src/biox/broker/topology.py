@@ -1,4 +1,5 @@
-"""Declares the whole topology of DESIGN §2, idempotently, from one place.
+"""Declares the whole topology, idempotently, from the route table
+(docs/architecture.md, "Topology").
 
 Queue arguments are fixed at declaration (RabbitMQ refuses a redeclaration with other
 arguments), so changing a tier or the delivery limit on a live broker means an operator
@@ -10,8 +11,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import pika
+from pika.adapters.blocking_connection import BlockingChannel
 
 from biox import addresses
+from biox.routes import ROUTES, RouteTable
 from biox.settings import Settings
 
 
@@ -38,20 +41,66 @@ def retry_queue_arguments(work_queue: str, seconds: int) -> dict[str, object]:
     }
 
 
-def declare_work_queue(ch: object, name: str, tiers: Iterable[int], delivery_limit: int) -> None:
-    ch.queue_declare(name, durable=True, arguments=work_queue_arguments(name, delivery_limit))  # type: ignore[attr-defined]
-    ch.queue_declare(  # type: ignore[attr-defined]
+def declare_work_queue(
+    ch: BlockingChannel, name: str, tiers: Iterable[int], delivery_limit: int
+) -> None:
+    ch.queue_declare(name, durable=True, arguments=work_queue_arguments(name, delivery_limit))
+    ch.queue_declare(
         addresses.dead_letter_queue(name), durable=True, arguments={"x-queue-type": "quorum"}
     )
     for seconds in tiers:
-        ch.queue_declare(  # type: ignore[attr-defined]
+        ch.queue_declare(
             addresses.retry_queue(name, seconds),
             durable=True,
             arguments=retry_queue_arguments(name, seconds),
         )
 
 
-def declare(url: str, codes: Iterable[str], settings: Settings) -> list[str]:
+def bindings(
+    code: str, codes: Iterable[str], routes: RouteTable, tiers: Iterable[int]
+) -> list[tuple[str, str, str]]:
+    """Every (queue or exchange, source exchange, routing key) of ``code``'s side.
+
+    A queue or exchange named first is bound to the exchange named second. Derived from
+    the route table alone: a work queue takes its kinds from its own inbox; the partner
+    links carry the partner kinds only; the audit queue takes every audited kind that
+    arrives on the inbox or leaves on the outbox, and every retry and dead-letter hop.
+    """
+    inbox, outbox = addresses.inbox(code), addresses.outbox(code)
+    out: list[tuple[str, str, str]] = []
+    for partner in sorted(codes):
+        if partner != code:  # what partner sends to code, on partner's outbox
+            for kind in routes.partner_kinds():
+                out.append((inbox, addresses.outbox(partner), addresses.routing_key(code, kind)))
+    for q in routes.work_queues():
+        name = addresses.queue(code, q.role)
+        for kind in routes.kinds_of(q.role):
+            out.append((name, inbox, addresses.routing_key(code, kind)))
+        # failure hops travel through the inbox too, so the audit trail records them
+        for seconds in tiers:
+            out.append(
+                (
+                    addresses.retry_queue(name, seconds),
+                    inbox,
+                    addresses.retry_key(code, q.role, seconds),
+                )
+            )
+        out.append(
+            (addresses.dead_letter_queue(name), inbox, addresses.dead_letter_key(code, q.role))
+        )
+    audit = addresses.queue(code, routes.audit.role)
+    for kind in routes.kinds_of(routes.audit.role):
+        out.append((audit, inbox, addresses.routing_key(code, kind)))
+    for kind in routes.partner_kinds():
+        out.append((audit, outbox, addresses.routing_key("*", kind)))
+    out.append((audit, inbox, f"{code}.retry.#"))
+    out.append((audit, inbox, f"{code}.dead-letter.#"))
+    return out
+
+
+def declare(
+    url: str, codes: Iterable[str], settings: Settings, routes: RouteTable = ROUTES
+) -> list[str]:
     """Declare exchanges, exchange-to-exchange links and queues; returns the queue names."""
     codes = sorted(codes)
     queues: list[str] = []
@@ -61,40 +110,16 @@ def declare(url: str, codes: Iterable[str], settings: Settings) -> list[str]:
         for code in codes:
             ch.exchange_declare(addresses.inbox(code), "topic", durable=True)
             ch.exchange_declare(addresses.outbox(code), "topic", durable=True)
-        for sender in codes:
-            for recipient in codes:
-                if sender == recipient:
-                    continue
-                for kind in addresses.PARTNER_KINDS:
-                    ch.exchange_bind(
-                        destination=addresses.inbox(recipient),
-                        source=addresses.outbox(sender),
-                        routing_key=addresses.routing_key(recipient, kind),
-                    )
         for code in codes:
-            for role, kinds in addresses.WORK_QUEUES.items():
-                name = addresses.queue(code, role)
+            for q in routes.queues.values():
+                name = addresses.queue(code, q.role)
                 declare_work_queue(ch, name, settings.retry_tiers, settings.delivery_limit)
-                for kind in kinds:
-                    ch.queue_bind(name, addresses.inbox(code), addresses.routing_key(code, kind))
-                # failure hops travel through the inbox too, so the audit trail records them
-                for seconds in settings.retry_tiers:
-                    ch.queue_bind(
-                        addresses.retry_queue(name, seconds),
-                        addresses.inbox(code),
-                        addresses.retry_key(code, role, seconds),
-                    )
-                ch.queue_bind(
-                    addresses.dead_letter_queue(name),
-                    addresses.inbox(code),
-                    addresses.dead_letter_key(code, role),
-                )
                 queues.append(name)
-            audit = addresses.audit_queue(code)
-            declare_work_queue(ch, audit, settings.retry_tiers, settings.delivery_limit)
-            ch.queue_bind(audit, addresses.inbox(code), "#")
-            ch.queue_bind(audit, addresses.outbox(code), "#")
-            queues.append(audit)
+            for destination, source, key in bindings(code, codes, routes, settings.retry_tiers):
+                if destination.startswith("biox."):
+                    ch.exchange_bind(destination=destination, source=source, routing_key=key)
+                else:
+                    ch.queue_bind(destination, source, key)
     finally:
         conn.close()
     return queues

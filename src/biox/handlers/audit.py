@@ -9,30 +9,36 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from datetime import datetime
 
 from sqlmodel import Session
 
 from biox import addresses, audit
 from biox.codec import H_ACTOR, Envelope
 from biox.errors import BioxError
-from biox.handlers.base import Effects, Inbound, Result
+from biox.handlers.base import Context, Effects, Result
+from biox.inbound import Inbound
 from biox.messages import utcnow
 from biox.store import AuditEntry
 
 
 class AuditHandler:
-    kinds: tuple[str, ...] = ()  # every kind, undecoded
+    """Takes every audited kind undecoded (its queue ``records`` with ``record``)."""
+
+    @classmethod
+    def build(cls, ctx: Context) -> AuditHandler:
+        return cls(ctx.participant)
 
     def __init__(self, participant: str) -> None:
         self.me = participant
 
-    def handle(self, batch: Sequence[Inbound], session: Session) -> list[Result]:
+    def record(self, batch: Sequence[Inbound[None]], session: Session) -> list[Result]:
         seq, prev = audit.head(session)
         now = utcnow()
         entries = audit.chain((self._entry(inb, now) for inb in batch), seq, prev)
         return [Effects(rows=[e], outcome=f"audited:{e.direction}") for e in entries]
 
-    def _entry(self, inb: Inbound, now: object) -> AuditEntry:
+    def _entry(self, inb: Inbound[None], now: datetime) -> AuditEntry:
         env = inb.envelope
         outgoing = inb.exchange == addresses.outbox(self.me)
         hop = inb.routing_key.split(".")[1] if inb.routing_key.count(".") >= 2 else ""

@@ -1,31 +1,24 @@
-"""What every handler is: messages in, effects out, no broker in sight (DESIGN §8).
+"""What every handler is: messages in, effects out, no broker in sight
+(docs/architecture.md, "Layers").
 
-A handler reads what it needs through the session it is given but writes nothing itself:
-it returns the rows to store and the messages to send. The consume loop commits the rows
-together with the idempotency marker, then publishes, then acks, so an effect is never
-half done and a message is never acked before its effect is durable.
+A handler method takes a batch of one kind (``Inbound[M]``, the body already decoded and
+the sender already checked against the route table) and reads what it needs through the
+session it is given, but writes nothing itself: it returns the rows to store and the
+messages to send. The consume loop commits the rows together with the idempotency marker,
+then publishes, then acks, so an effect is never half done and a message is never acked
+before its effect is durable.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from sqlmodel import Session
-
 from biox.codec import Envelope, Outgoing
 from biox.errors import BioxError
-from biox.messages import Message
-
-
-@dataclass
-class Inbound:
-    envelope: Envelope
-    message: Message | None  # None for handlers that take bodies undecoded (audit)
-    body: bytes = b""
-    exchange: str = ""
-    routing_key: str = ""
+from biox.policy.release import ParticipantPolicy
+from biox.registry import Registry
+from biox.settings import Settings
 
 
 @dataclass
@@ -38,14 +31,18 @@ class Effects:
 Result = Effects | BioxError
 
 
-class Handler(Protocol):
-    #: message kinds this handler accepts; anything else is ``unknown_kind`` for it.
-    #: Empty: every kind, bodies left undecoded (the audit consumer digests, never reads).
-    kinds: tuple[str, ...]
+@dataclass(frozen=True)
+class Context:
+    """What a worker's handler is built from: every handler class has ``build(ctx)``."""
 
-    def handle(self, batch: Sequence[Inbound], session: Session) -> list[Result]:
-        """One result per inbound message, in order. Raise only for transient trouble."""
-        ...
+    participant: str
+    registry: Registry
+    policy: ParticipantPolicy
+    settings: Settings
+
+
+class Handler(Protocol):
+    """The handler object of one queue; its per-kind methods are named in the route table."""
 
     def reject(self, envelope: Envelope, error: BioxError) -> Effects | None:
         """The ``rejected`` answer to the sender when it can be identified, else None."""

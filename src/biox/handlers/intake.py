@@ -1,16 +1,17 @@
-"""encounter.submit → eligibility (§2-4) → one query per agreed partner (DESIGN §5.2)."""
+"""encounter.submit → eligibility (§2-4) → one query per agreed partner (§5)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from biox import codec
 from biox.codec import Envelope
 from biox.enrolment import enrolment
 from biox.errors import REASON_TEXT, BioxError, PermanentError, Reason
-from biox.handlers.base import Effects, Inbound, Result
+from biox.handlers.base import Context, Effects, Result
+from biox.inbound import Inbound
 from biox.messages import (
     EncounterResult,
     EncounterResultStatus,
@@ -26,7 +27,9 @@ from biox.store import EncounterRow, Transaction
 
 
 class IntakeHandler:
-    kinds = (EncounterSubmit.KIND,)
+    @classmethod
+    def build(cls, ctx: Context) -> IntakeHandler:
+        return cls(ctx.participant, ctx.registry, ctx.policy)
 
     def __init__(
         self, participant: str, registry: Registry, policy: ParticipantPolicy | None = None
@@ -35,19 +38,16 @@ class IntakeHandler:
         self.registry = registry
         self.policy = policy or ParticipantPolicy()
 
-    def handle(self, batch: Sequence[Inbound], session: Session) -> list[Result]:
-        ids = [inb.message.encounter_id for inb in batch]  # type: ignore[attr-defined]
+    def submit(self, batch: Sequence[Inbound[EncounterSubmit]], session: Session) -> list[Result]:
+        ids = [inb.message.encounter_id for inb in batch]
         known = set(
             session.exec(
-                select(EncounterRow.encounter_id).where(
-                    EncounterRow.encounter_id.in_(ids)  # type: ignore[attr-defined]
-                )
+                select(EncounterRow.encounter_id).where(col(EncounterRow.encounter_id).in_(ids))
             )
         )
         results: list[Result] = []
         for inb in batch:
             sub = inb.message
-            assert isinstance(sub, EncounterSubmit)
             if sub.encounter_id in known:
                 results.append(
                     PermanentError(Reason.duplicate_encounter, f"encounter {sub.encounter_id}")
@@ -59,9 +59,8 @@ class IntakeHandler:
             results.append(result)
         return results
 
-    def _one(self, inb: Inbound) -> Result:
+    def _one(self, inb: Inbound[EncounterSubmit]) -> Result:
         sub = inb.message
-        assert isinstance(sub, EncounterSubmit)
         env = inb.envelope
         if sub.biometrics.is_empty():
             return PermanentError(Reason.no_biometrics)
@@ -74,8 +73,7 @@ class IntakeHandler:
         }
         partners = [p for p, why in refusals.items() if why is None]
         if not partners:
-            first = next(iter(refusals.values()))
-            assert first is not None
+            first = next(r for r in refusals.values() if r is not None)
             return PermanentError(first, f"no partner may be queried ({_summary(refusals)})")
 
         now = utcnow()

@@ -1,4 +1,4 @@
-"""query → checks → gallery search → fused decision → response (DESIGN §5.3-5.4, §6-9).
+"""query → checks → gallery search → fused decision → response (§5-9).
 
 Every query of a consume batch is searched in one gallery call, so FAISS reads the
 gallery once per batch instead of once per query.
@@ -13,16 +13,17 @@ from datetime import datetime, timedelta
 import msgpack
 import structlog
 from sqlalchemy import or_
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from biox import codec
+from biox.answers import Answers, Asked
 from biox.codec import Envelope
 from biox.enrolment import enrolment
 from biox.errors import REASON_TEXT, BioxError, PermanentError, Reason
 from biox.gallery.fusion import Decision, decide
 from biox.gallery.gallery import Gallery, Hit, Probe
-from biox.handlers.answers import Answers, Asked
-from biox.handlers.base import Effects, Inbound, Result
+from biox.handlers.base import Context, Effects, Result
+from biox.inbound import Inbound
 from biox.messages import (
     Biometrics,
     DecidedBy,
@@ -44,7 +45,21 @@ log = structlog.get_logger("biox.matcher")
 
 
 class MatcherHandler:
-    kinds = (Query.KIND,)
+    @classmethod
+    def build(cls, ctx: Context) -> MatcherHandler:
+        """Loads the participant's gallery snapshot; enrolments since come from the
+        database (``catch_up``)."""
+        if ctx.settings.search_threads:
+            import faiss
+
+            faiss.omp_set_num_threads(ctx.settings.search_threads)
+        directory = ctx.settings.gallery_dir(ctx.participant)
+        if Gallery.exists(directory):
+            gallery = Gallery.load(directory, ctx.settings.ivf_nprobe)
+        else:
+            log.warning("empty_gallery", participant=ctx.participant, directory=str(directory))
+            gallery = Gallery()
+        return cls(ctx.participant, ctx.registry, gallery, ctx.settings, ctx.policy)
 
     def __init__(
         self,
@@ -64,7 +79,7 @@ class MatcherHandler:
         self._max_seq = 0
         self._enrolled_seqs: set[int] = set()
 
-    def handle(self, batch: Sequence[Inbound], session: Session) -> list[Result]:
+    def search(self, batch: Sequence[Inbound[Query]], session: Session) -> list[Result]:
         self.catch_up(session)
         received = utcnow()
         results: list[Result | None] = [None] * len(batch)
@@ -80,7 +95,7 @@ class MatcherHandler:
                 results[i] = self._declined(inb, declined, received)
                 continue
             try:
-                probes.append(Probe.from_biometrics(inb.message.biometrics))  # type: ignore[union-attr]
+                probes.append(Probe.from_biometrics(inb.message.biometrics))
                 searchable.append(i)
             except PermanentError as exc:
                 results[i] = exc
@@ -99,13 +114,11 @@ class MatcherHandler:
             results[i] = self._answer(batch[i], found, records, received, search_ms)
         return [r for r in results if r is not None]
 
-    def _check(self, inb: Inbound) -> Reason | None:
+    def _check(self, inb: Inbound[Query]) -> Reason | None:
         """Raises for a query that cannot be processed (``rejected``); returns the reason
-        to decline one that can be but will not be answered (§9, §34-36)."""
+        to decline one that can be but will not be answered (§9, §34-36). The sender is a
+        partner of the registry (checked by the consume loop against the route table)."""
         q = inb.message
-        assert isinstance(q, Query)
-        if self.registry.get(inb.envelope.sender) is None:
-            raise PermanentError(Reason.unknown_participant, f"sender {inb.envelope.sender!r}")
         if q.providing != self.me:
             raise PermanentError(Reason.misaddressed, f"query is for {q.providing!r}")
         if q.requesting != inb.envelope.sender:
@@ -124,16 +137,15 @@ class MatcherHandler:
     def _records(self, session: Session, ids: set[int]) -> dict[int, Record]:
         if not ids:
             return {}
-        rows = session.exec(select(Record).where(Record.id.in_(ids)))  # type: ignore[union-attr]
+        rows = session.exec(select(Record).where(col(Record.id).in_(ids)))
         return {r.id: r for r in rows}
 
     @staticmethod
-    def _asked(inb: Inbound, received: datetime) -> Asked:
+    def _asked(inb: Inbound[Query], received: datetime) -> Asked:
         q = inb.message
-        assert isinstance(q, Query)
         return Asked(q.query_id, q.requesting, q.purpose, received, inb.envelope.message_id)
 
-    def _declined(self, inb: Inbound, reason: Reason, received: datetime) -> Effects:
+    def _declined(self, inb: Inbound[Query], reason: Reason, received: datetime) -> Effects:
         asked = self._asked(inb, received)
         response = self.answers.declined(
             asked,
@@ -148,7 +160,7 @@ class MatcherHandler:
 
     def _answer(
         self,
-        inb: Inbound,
+        inb: Inbound[Query],
         hits: list[Hit],
         records: dict[int, Record],
         received: datetime,
@@ -162,7 +174,7 @@ class MatcherHandler:
             for h in hits
             if h.fused >= self.settings.threshold_high and h.record_id in records
         ]
-        outgoing = []
+        outgoing: list[codec.Outgoing] = []
         if decision is Decision.match and found:
             response = self.answers.matched(asked, found, DecidedBy.automatic, search_ms)
             outgoing = self.answers.follow_up(asked, response, found[0][1])
@@ -180,11 +192,10 @@ class MatcherHandler:
         return effects
 
     def _case(
-        self, inb: Inbound, hits: list[Hit], records: dict[int, Record], received: datetime
+        self, inb: Inbound[Query], hits: list[Hit], records: dict[int, Record], received: datetime
     ) -> codec.Outgoing:
         """A gray-zone query becomes a case for this participant's examiners (§8)."""
         q = inb.message
-        assert isinstance(q, Query)
         low = self.settings.threshold_low
         case = ReviewCase(
             case_id=q.query_id,
@@ -212,9 +223,10 @@ class MatcherHandler:
             correlation_id=q.query_id,
         )
 
-    def _transaction(self, inb: Inbound, response: Response, best: float | None) -> Transaction:
+    def _transaction(
+        self, inb: Inbound[Query], response: Response, best: float | None
+    ) -> Transaction:
         q = inb.message
-        assert isinstance(q, Query)
         tx = Transaction(
             query_id=q.query_id,
             role="provider",
@@ -233,11 +245,10 @@ class MatcherHandler:
 
     # --- enrolment of query data (§21) -------------------------------------------------------
 
-    def _enrol(self, inb: Inbound, effects: Effects) -> None:
+    def _enrol(self, inb: Inbound[Query], effects: Effects) -> None:
         """Keep the query's data in the gallery when this participant's policy says so for
         the requester and purpose, stamped with where it came from and until when."""
         q = inb.message
-        assert isinstance(q, Query)
         if not self.policy.enrols(q.requesting, q.purpose):
             return
         now = utcnow()
@@ -272,17 +283,18 @@ class MatcherHandler:
         rows = session.exec(
             select(EnrolledTemplates).where(
                 or_(
-                    EnrolledTemplates.seq > self._max_seq,  # type: ignore[operator]
-                    EnrolledTemplates.enrolled_at >= recent,  # type: ignore[operator]
+                    col(EnrolledTemplates.seq) > self._max_seq,
+                    col(EnrolledTemplates.enrolled_at) >= recent,
                 )
             )
         ).all()
         new = [r for r in rows if r.seq not in self._enrolled_seqs]
         if not new:
             return 0
-        ids, probes = [], []
+        ids: list[int] = []
+        probes: list[Probe] = []
         for r in new:
-            assert r.seq is not None
+            assert r.seq is not None  # read from the table: the database numbered it
             self._enrolled_seqs.add(r.seq)
             self._max_seq = max(self._max_seq, r.seq)
             try:
@@ -301,7 +313,7 @@ class MatcherHandler:
     def reject(self, envelope: Envelope, error: BioxError) -> Effects | None:
         """A ``rejected`` response goes back when we know who asked and about which query."""
         if self.registry.get(envelope.sender) is None or envelope.sender == self.me:
-            return None
+            return None  # nobody to tell: a dead letter with the reason
         if not envelope.correlation_id:
             return None
         now = utcnow()
@@ -321,7 +333,7 @@ class MatcherHandler:
 
 
 def _modalities(bio: Biometrics) -> list[str]:
-    out = []
+    out: list[str] = []
     if bio.face is not None:
         out.append("face")
     out += [f"finger.{f.position}" for f in bio.fingerprints]

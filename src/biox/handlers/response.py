@@ -6,43 +6,45 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import structlog
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from biox.codec import Envelope
 from biox.errors import BioxError, PermanentError, Reason, TransientError
-from biox.handlers.base import Effects, Inbound, Result
-from biox.handlers.results import EncounterViews, is_final
+from biox.handlers.base import Context, Effects, Result
+from biox.inbound import Inbound
 from biox.messages import Response, utcnow
 from biox.policy.release import ParticipantPolicy
+from biox.results import EncounterViews, is_final
 from biox.store import Transaction
 
 log = structlog.get_logger("biox.response")
 
 
 class ResponseHandler:
-    kinds = (Response.KIND,)
+    @classmethod
+    def build(cls, ctx: Context) -> ResponseHandler:
+        return cls(ctx.participant, ctx.policy)
 
     def __init__(self, participant: str, policy: ParticipantPolicy) -> None:
         self.me = participant
         self.policy = policy
 
-    def handle(self, batch: Sequence[Inbound], session: Session) -> list[Result]:
-        query_ids = [inb.message.query_id for inb in batch]  # type: ignore[attr-defined]
+    def receive(self, batch: Sequence[Inbound[Response]], session: Session) -> list[Result]:
+        query_ids = [inb.message.query_id for inb in batch]
         with session.no_autoflush:  # the batch is written once, at commit
             encounter_ids = set(
                 session.exec(
                     select(Transaction.encounter_id).where(
                         Transaction.role == "requester",
-                        Transaction.query_id.in_(query_ids),  # type: ignore[attr-defined]
+                        col(Transaction.query_id).in_(query_ids),
                     )
                 )
             )
             views = EncounterViews(session, encounter_ids)
             return [self._one(inb, views) for inb in batch]
 
-    def _one(self, inb: Inbound, views: EncounterViews) -> Result:
+    def _one(self, inb: Inbound[Response], views: EncounterViews) -> Result:
         r = inb.message
-        assert isinstance(r, Response)
         if r.requesting != self.me:
             return PermanentError(Reason.misaddressed, f"response is for {r.requesting!r}")
         tx = views.transaction(r.query_id)

@@ -25,8 +25,8 @@ from sqlmodel import Session
 from biox import codec
 from biox.codec import Envelope
 from biox.errors import REASON_TEXT, BioxError, PermanentError, Reason, TransientError
-from biox.handlers.base import Effects, Inbound, Result
-from biox.handlers.results import EncounterViews
+from biox.handlers.base import Context, Effects, Result
+from biox.inbound import Inbound
 from biox.messages import (
     RetrievalAsk,
     RetrievalRequest,
@@ -36,43 +36,40 @@ from biox.messages import (
 )
 from biox.policy.release import ParticipantPolicy, released_record
 from biox.registry import Purpose, Registry
+from biox.results import EncounterViews
 from biox.store import EncounterRow, RetrievalRow, Transaction
 
 log = structlog.get_logger("biox.retrieval")
 
 
 class RetrievalHandler:
-    kinds = (RetrievalAsk.KIND, RetrievalRequest.KIND, RetrievalResponse.KIND)
+    @classmethod
+    def build(cls, ctx: Context) -> RetrievalHandler:
+        return cls(ctx.participant, ctx.registry, ctx.policy)
 
     def __init__(self, participant: str, registry: Registry, policy: ParticipantPolicy) -> None:
         self.me = participant
         self.registry = registry
         self.policy = policy
 
-    def handle(self, batch: Sequence[Inbound], session: Session) -> list[Result]:
+    def ask(self, batch: Sequence[Inbound[RetrievalAsk]], session: Session) -> list[Result]:
+        return [self._ask(inb, session) for inb in batch]
+
+    def receive(
+        self, batch: Sequence[Inbound[RetrievalResponse]], session: Session
+    ) -> list[Result]:
+        return [self._receive(inb, session) for inb in batch]
+
+    def answer(self, batch: Sequence[Inbound[RetrievalRequest]], session: Session) -> list[Result]:
         with session.no_autoflush:
-            requests = [i.message for i in batch if isinstance(i.message, RetrievalRequest)]
-            txs = {
-                q.query_id: session.get(Transaction, (q.query_id, "requester")) for q in requests
-            }
-            views = EncounterViews(session, {tx.encounter_id for tx in txs.values() if tx})
-            out: list[Result] = []
-            for inb in batch:
-                m = inb.message
-                if isinstance(m, RetrievalAsk):
-                    out.append(self._ask(inb, m, session))
-                elif isinstance(m, RetrievalRequest):
-                    out.append(self._answer(inb, m, views, session))
-                else:
-                    assert isinstance(m, RetrievalResponse)
-                    out.append(self._receive(inb, m, session))
-            return out
+            txs = [session.get(Transaction, (i.message.query_id, "requester")) for i in batch]
+            views = EncounterViews(session, {tx.encounter_id for tx in txs if tx})
+            return [self._answer(inb, views, session) for inb in batch]
 
     # --- the asker ----------------------------------------------------------------------------
 
-    def _ask(self, inb: Inbound, ask: RetrievalAsk, session: Session) -> Result:
-        if inb.envelope.sender != self.me:
-            return PermanentError(Reason.misaddressed, f"retrieval.ask from {inb.envelope.sender}")
+    def _ask(self, inb: Inbound[RetrievalAsk], session: Session) -> Result:
+        ask = inb.message
         tx = session.get(Transaction, (ask.query_id, "provider"))
         if tx is None or tx.status != "match" or not tx.answer:
             return PermanentError(
@@ -113,7 +110,8 @@ class RetrievalHandler:
         )
         return Effects(rows=[row], outgoing=[out], outcome="asked")
 
-    def _receive(self, inb: Inbound, r: RetrievalResponse, session: Session) -> Result:
+    def _receive(self, inb: Inbound[RetrievalResponse], session: Session) -> Result:
+        r = inb.message
         row = session.get(RetrievalRow, (r.retrieval_id, "asker"))
         if row is None:
             return PermanentError(Reason.unknown_retrieval, r.retrieval_id)
@@ -143,11 +141,10 @@ class RetrievalHandler:
     # --- the holder -----------------------------------------------------------------------------
 
     def _answer(
-        self, inb: Inbound, req: RetrievalRequest, views: EncounterViews, session: Session
+        self, inb: Inbound[RetrievalRequest], views: EncounterViews, session: Session
     ) -> Result:
+        req = inb.message
         sender = inb.envelope.sender
-        if self.registry.get(sender) is None:
-            return PermanentError(Reason.unknown_participant, f"sender {sender!r}")
         if req.holder != self.me or req.asker != sender:
             return PermanentError(
                 Reason.misaddressed, f"request from {sender} names {req.asker} → {req.holder}"

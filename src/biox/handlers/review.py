@@ -13,11 +13,12 @@ from collections.abc import Sequence
 import structlog
 from sqlmodel import Session, select
 
-from biox.codec import Envelope
+from biox.answers import Answers, Asked
+from biox.codec import Envelope, Outgoing
 from biox.errors import BioxError, PermanentError, Reason, TransientError
 from biox.gallery.gallery import Hit
-from biox.handlers.answers import Answers, Asked
-from biox.handlers.base import Effects, Inbound, Result
+from biox.handlers.base import Context, Effects, Result
+from biox.inbound import Inbound
 from biox.messages import DecidedBy, ReviewCase, ReviewDecision, ReviewVerdict
 from biox.policy.release import ParticipantPolicy
 from biox.registry import Purpose
@@ -27,27 +28,23 @@ log = structlog.get_logger("biox.review")
 
 
 class ReviewHandler:
-    kinds = (ReviewCase.KIND, ReviewDecision.KIND)
+    @classmethod
+    def build(cls, ctx: Context) -> ReviewHandler:
+        return cls(ctx.participant, ctx.policy)
 
     def __init__(self, participant: str, policy: ParticipantPolicy) -> None:
         self.me = participant
         self.policy = policy
         self.answers = Answers(participant, policy)
 
-    def handle(self, batch: Sequence[Inbound], session: Session) -> list[Result]:
-        return [self._one(inb, session) for inb in batch]
+    def open(self, batch: Sequence[Inbound[ReviewCase]], session: Session) -> list[Result]:
+        return [self._open(inb, session) for inb in batch]
 
-    def _one(self, inb: Inbound, session: Session) -> Result:
-        if inb.envelope.sender != self.me:
-            return PermanentError(
-                Reason.misaddressed, f"{inb.envelope.kind} from {inb.envelope.sender!r}"
-            )
-        if isinstance(inb.message, ReviewCase):
-            return self._open(inb, inb.message, session)
-        assert isinstance(inb.message, ReviewDecision)
-        return self._decide(inb, inb.message, session)
+    def decide(self, batch: Sequence[Inbound[ReviewDecision]], session: Session) -> list[Result]:
+        return [self._decide(inb, session) for inb in batch]
 
-    def _open(self, inb: Inbound, case: ReviewCase, session: Session) -> Result:
+    def _open(self, inb: Inbound[ReviewCase], session: Session) -> Result:
+        case = inb.message
         if session.get(ReviewCaseRow, case.case_id) is not None:
             return Effects(outcome="case_exists")
         row = ReviewCaseRow(
@@ -66,7 +63,8 @@ class ReviewHandler:
         )
         return Effects(rows=[row], outcome="case_opened")
 
-    def _decide(self, inb: Inbound, decision: ReviewDecision, session: Session) -> Result:
+    def _decide(self, inb: Inbound[ReviewDecision], session: Session) -> Result:
+        decision = inb.message
         case = session.get(ReviewCaseRow, decision.case_id)
         if case is None:  # the case message may still be on its way: worth a retry
             return TransientError(Reason.unknown_case, decision.case_id)
@@ -85,7 +83,7 @@ class ReviewHandler:
             case.opened_at,
             inb.envelope.message_id,
         )
-        follow: list = []
+        follow: list[Outgoing] = []
         if decision.verdict is ReviewVerdict.match:
             chosen = next(
                 (c for c in case.candidates if c["identity_ref"] == decision.identity_ref), None
@@ -108,7 +106,7 @@ class ReviewHandler:
         case.examiner = decision.examiner
         case.note = decision.note
         case.decided_at = decision.decided_at
-        rows: list = [case]
+        rows: list[object] = [case]
         tx = session.get(Transaction, (case.query_id, "provider"))
         if tx is not None:
             rows.append(self.answers.settle(tx, response))

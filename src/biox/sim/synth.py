@@ -41,6 +41,7 @@ from biox.messages import (
     Iris,
     SubjectStatus,
 )
+from biox.settings import Settings
 
 CHUNK = 512
 TWO_FINGERS = (2, 7)  # right and left index fingers
@@ -436,6 +437,27 @@ def populate(
             progress(len(b.persons))
     gallery.save(gallery_directory)
     return gallery
+
+
+def build_gallery(
+    settings: Settings,
+    code: str,
+    size: int,
+    seed: int,
+    progress: Callable[[int], None] | None = None,
+) -> Gallery:
+    """A synthetic gallery where ``code``'s workers will look for it (database, snapshot)."""
+    return populate(
+        code,
+        size,
+        seed,
+        settings.database_for(code),
+        settings.gallery_dir(code),
+        index=settings.index,
+        exact_max=settings.exact_max,
+        nprobe=settings.ivf_nprobe,
+        progress=progress,
+    )
 
 
 def add_to(gallery: Gallery, batch: EnrolmentBatch) -> None:

@@ -1,4 +1,4 @@
-"""`biox demo`: the whole exchange on one machine, from an empty directory to a report.
+"""``biox demo``: the whole exchange on one machine, from an empty directory to a report.
 
 Broker (local unless BIOX_AMQP_URL), topology, a synthetic gallery per participant,
 workers as separate processes, a simulated encounter system per participant, and a
@@ -7,218 +7,34 @@ table of what came back. Everything it starts, it stops.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import signal
-import subprocess
-import sys
-import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Iterable
 
 import numpy as np
-import pika
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from sqlmodel import select
 
-from biox import addresses, codec, encounters, examiners, synth
+from biox import addresses, codec
 from biox.audit import trail_across
-from biox.broker.launcher import LocalBroker
-from biox.broker.link import Link
-from biox.broker.publisher import Publisher, publish_once
+from biox.broker.publisher import publish_once
 from biox.broker.topology import declare
+from biox.cli.render import section_table, trail_table
 from biox.gallery.gallery import Gallery
-from biox.messages import Element, RetrievalAsk, ReviewVerdict
+from biox.messages import Element, RetrievalAsk
 from biox.provenance import holdings
 from biox.registry import Purpose, Registry
-from biox.runtime import QUEUE_ROLE, WorkerKind, build_synthetic_gallery
+from biox.routes import ROUTES
 from biox.settings import Settings
-from biox.store import RetrievalRow, ReviewCaseRow, session_for
-from biox.views import trail_table
-
-
-def unwind_on_sigterm() -> None:
-    """SIGTERM (a CI timeout, systemd, pkill) unwinds like Ctrl-C: workers and broker stop."""
-
-    def _raise(*_: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, _raise)
-
-
-@contextlib.contextmanager
-def broker_url(settings: Settings, console: Console) -> Iterator[str]:
-    """The configured broker, or a local one for the duration of the block."""
-    if settings.amqp_url:
-        console.print(f"Broker: [bold]{_redact(settings.amqp_url)}[/] (BIOX_AMQP_URL)")
-        yield settings.amqp_url
-        return
-    with console.status("Starting a local RabbitMQ (Debian rabbitmq-server)..."):
-        broker = LocalBroker().start()
-    console.print(f"Broker: local RabbitMQ at [bold]{broker.url}[/]")
-    try:
-        yield broker.url
-    finally:
-        with console.status("Stopping the local broker..."):
-            broker.stop()
-
-
-def _redact(url: str) -> str:
-    parsed = pika.URLParameters(url)
-    return f"amqp://{parsed.credentials.username}:***@{parsed.host}:{parsed.port}"
-
-
-@dataclass
-class Workers:
-    processes: list[tuple[str, subprocess.Popen[bytes]]]
-
-    def alive(self) -> list[str]:
-        return [name for name, p in self.processes if p.poll() is None]
-
-    def stop(self, timeout: float = 20.0) -> None:
-        for _, p in self.processes:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        for _, p in self.processes:
-            try:
-                p.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-
-
-def start_workers(
-    codes: list[str],
-    env: dict[str, str],
-    log_dir: Path,
-    kinds: tuple[WorkerKind, ...] = tuple(WorkerKind),
-) -> Workers:
-    log_dir.mkdir(parents=True, exist_ok=True)
-    procs = []
-    for code in codes:
-        for kind in kinds:
-            name = f"{code}-{kind.value}"
-            out = open(log_dir / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
-            procs.append(
-                (
-                    name,
-                    subprocess.Popen(
-                        [
-                            sys.executable,
-                            "-m",
-                            "biox.cli",
-                            "worker",
-                            kind.value,
-                            "--participant",
-                            code,
-                        ],
-                        env=env,
-                        stdout=out,
-                        stderr=subprocess.STDOUT,
-                    ),
-                )
-            )
-    return Workers(procs)
-
-
-def start_requester_with_providers(
-    url: str,
-    settings: Settings,
-    sizes: dict[str, int],
-    seed: int,
-    requester: str = "us",
-    extra_env: dict[str, str] | None = None,
-    provider_kinds: tuple[WorkerKind, ...] = (WorkerKind.matcher,),
-) -> Workers:
-    """Topology, the providers' synthetic galleries, the requester's intake and response
-    workers and one matcher per provider, all consuming (load and fault runs)."""
-    registry = Registry.load(settings.registry)
-    declare(url, registry.codes, settings)
-    providers = [code for code in sizes if code != requester]
-    for code in providers:
-        build_synthetic_gallery(settings, code, sizes[code], seed)
-    env = {
-        **os.environ,
-        "BIOX_AMQP_URL": url,
-        "BIOX_DATA_DIR": str(settings.data_dir),
-        "BIOX_RETRY_DELAYS": settings.retry_delays,
-        **(extra_env or {}),
-    }
-    logs = settings.data_dir / "logs"
-    workers = start_workers([requester], env, logs, (WorkerKind.intake, WorkerKind.response))
-    workers.processes += start_workers(providers, env, logs, provider_kinds).processes
-    queues = [
-        f"{requester}.intake",
-        f"{requester}.response",
-        *(addresses.queue(c, QUEUE_ROLE[k]) for c in providers for k in provider_kinds),
-    ]
-    wait_for_consumers(url, queues, workers)
-    return workers
-
-
-def wait_for_consumers(url: str, queues: list[str], workers: Workers, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    conn = pika.BlockingConnection(pika.URLParameters(url))
-    try:
-        ch = conn.channel()
-        while time.monotonic() < deadline:
-            waiting = [
-                q for q in queues if ch.queue_declare(q, passive=True).method.consumer_count == 0
-            ]
-            if not waiting:
-                return
-            dead = [n for n, p in workers.processes if p.poll() is not None]
-            if dead:
-                raise RuntimeError(f"worker(s) exited during start-up: {dead}; see their logs")
-            time.sleep(0.3)
-        raise RuntimeError(f"no consumer on {waiting} after {timeout:.0f}s")
-    finally:
-        conn.close()
-
-
-class ScriptedExaminers(threading.Thread):
-    """Examiners at every participant, played by a script (§8): each takes the oldest open
-    case, compares the probe's biographic data with each candidate's, and decides."""
-
-    def __init__(self, url: str, settings: Settings, codes: list[str]) -> None:
-        super().__init__(name="scripted-examiners", daemon=True)
-        self.url = url
-        self.settings = settings
-        self.codes = codes
-        self.stop = threading.Event()
-        self.decided: list[tuple[str, ReviewCaseRow, ReviewVerdict, str | None]] = []
-        self.failure: BaseException | None = None
-
-    def run(self) -> None:
-        link = Link(self.url, name="scripted-examiners").start()
-        try:
-            publisher = Publisher(link)
-            while not self.stop.is_set():
-                if not any([self._one(code, publisher) for code in self.codes]):
-                    self.stop.wait(0.3)
-        except BaseException as exc:  # reported by the demo, which then fails
-            self.failure = exc
-        finally:
-            link.close()
-
-    def _one(self, code: str, publisher: Publisher) -> bool:
-        examiner = f"examiner-{code}-1"
-        with session_for(self.settings.database_for(code)) as session:
-            case = examiners.take_next(session, examiner, self.settings.review_lease_s)
-            if case is None:
-                return False
-            verdict, ref = examiners.biographic_examiner(case, examiners.sides(session, case))
-        publisher.send([examiners.decision_message(code, case, verdict, ref, examiner)])
-        self.decided.append((code, case, verdict, ref))
-        return True
+from biox.sim import encounters, synth
+from biox.sim.examiners import ScriptedExaminers
+from biox.sim.processes import broker_url, start_workers, unwind_on_sigterm, wait_for_consumers
+from biox.store import RetrievalRow, session_for
 
 
 def showcase(
@@ -272,7 +88,7 @@ def run(
         with _progress(console) as progress:
             for code in codes:
                 task = progress.add_task(f"Gallery {code}", total=gallery_size)
-                galleries[code] = build_synthetic_gallery(
+                galleries[code] = synth.build_gallery(
                     settings, code, gallery_size, seed, lambda n, t=task: progress.advance(t, n)
                 )
         env = {
@@ -288,12 +104,12 @@ def run(
             with console.status(f"Starting {len(workers.processes)} worker processes..."):
                 wait_for_consumers(
                     url,
-                    [addresses.queue(c, QUEUE_ROLE[k]) for c in codes for k in WorkerKind],
+                    [addresses.queue(c, role) for c in codes for role in ROUTES.queues],
                     workers,
                 )
             console.print(
                 f"Workers: {len(workers.processes)} processes "
-                f"({', '.join(k.value for k in WorkerKind)} per participant)"
+                f"({', '.join(ROUTES.queues)} per participant)"
             )
             planned = encounters.plan(registry, sizes, per_participant, seed, poor=0.05)
             planned += showcase(registry, galleries, gallery_size, seed, settings)
@@ -411,8 +227,8 @@ def _show_provenance(
         return
     console.print(f"[bold]$ biox records show {row.query_id} -p {row.asker}[/]")
     with session_for(settings.database_for(row.asker)) as session:
-        for table in holdings(session, row.asker, row.query_id):
-            console.print(table)
+        for section in holdings(session, row.asker, row.query_id):
+            console.print(section_table(section))
 
 
 def _progress(console: Console) -> Progress:

@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import pika
 
-from biox import codec, synth
-from biox.broker.link import Link
-from biox.broker.publisher import Publisher, envelope_of
+from biox import codec
+from biox.broker.link import Delivery, Link
+from biox.broker.publisher import Publisher
 from biox.codec import Outgoing
+from biox.inbound import read_envelope
 from biox.messages import (
     Biometrics,
     EncounterResult,
@@ -32,6 +33,7 @@ from biox.messages import (
 )
 from biox.policy.eligibility import refusal
 from biox.registry import Purpose, Registry
+from biox.sim import synth
 
 SCENARIOS = ("mated", "stranger", "citizen", "resident", "partner_citizen", "poor")
 WEIGHTS = (0.55, 0.30, 0.06, 0.05, 0.04, 0.0)
@@ -297,14 +299,13 @@ class EncounterSystem:
                 on_progress(self.completed, max(expect, len(self.outcomes)))
         return done()
 
-    def _take(self, delivery: object) -> None:
-        env = envelope_of(delivery)  # type: ignore[arg-type]
+    def _take(self, delivery: Delivery) -> None:
+        env = read_envelope(delivery.properties)
         self.copies.append(env.message_id)
         if env.message_id in self.results:
             self.redeliveries += 1
             return
-        result = codec.decode_body(env.kind, env.schema, delivery.body)  # type: ignore[attr-defined]
-        assert isinstance(result, EncounterResult)
+        result = codec.decode_body(EncounterResult, env.schema, delivery.body)
         self.results[env.message_id] = result
         outcome = self.outcomes.get(result.encounter_id)
         if outcome is None:

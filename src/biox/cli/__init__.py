@@ -1,0 +1,47 @@
+"""The ``biox`` command (also ``python -m biox``): one module per command group."""
+
+from __future__ import annotations
+
+import os
+
+import typer
+
+from biox import contract
+from biox.cli import audit, broker, dlq, records, retrieval, review, sim
+from biox.cli.common import Participant, console
+from biox.runtime import WorkerKind
+
+app = typer.Typer(help="biox: biometric immigration query exchange.", no_args_is_help=True)
+app.add_typer(broker.app, name="broker")
+app.add_typer(audit.app, name="audit")
+app.add_typer(dlq.app, name="dlq")
+app.add_typer(review.app, name="review")
+app.add_typer(retrieval.app, name="retrieval")
+app.add_typer(records.app, name="records")
+app.command()(sim.demo)
+app.command()(sim.synth)
+
+
+@app.command()
+def worker(
+    kind: WorkerKind = typer.Argument(..., help="the queue it consumes"),
+    participant: Participant = typer.Option(..., "--participant", "-p"),
+) -> None:
+    """Run one worker process for a participant (BIOX_AMQP_URL must be set)."""
+    from biox.runtime import run_worker
+
+    run_worker(kind.value, getattr(participant, "value", participant))
+
+
+@app.command()
+def schemas(out: str = typer.Option("schemas", help="directory to write")) -> None:
+    """Write the JSON Schemas of every message kind (the integration contract)."""
+    from pathlib import Path
+
+    for path in contract.write(Path(out)):
+        console.print(f"wrote {path}")
+
+
+def main() -> None:
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    app()

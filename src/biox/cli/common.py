@@ -1,0 +1,75 @@
+"""What every command group shares: the one settings object of an invocation, the
+console, option types with their choices, and small helpers."""
+
+from __future__ import annotations
+
+import sys
+from enum import StrEnum
+from typing import Any
+
+import click
+import typer
+from rich.console import Console
+from rich.markup import escape
+from sqlmodel import Session
+
+from biox.registry import Registry
+from biox.routes import ROUTES
+from biox.settings import Settings
+from biox.store import session_for
+
+# piped output (CI logs, `| tee`) gets room for the tables instead of 80 columns
+console = Console() if sys.stdout.isatty() else Console(width=140)
+
+
+def settings() -> Settings:
+    """The settings of this invocation, read from the environment once."""
+    root = click.get_current_context().find_root()
+    if not isinstance(root.obj, Settings):
+        root.obj = Settings()
+    return root.obj
+
+
+def _participants() -> list[str]:
+    try:
+        return Registry.load(Settings().registry).codes
+    except (OSError, ValueError):
+        return []  # no registry here: any code is accepted, and refused later if unknown
+
+
+_CODES = _participants()
+#: participants of the registry (BIOX_REGISTRY), offered as choices; any text without one
+Participant: Any = StrEnum("Participant", {c: c for c in _CODES}) if _CODES else str
+#: message kinds of the route table
+Kind = StrEnum("Kind", {k: k for k in ROUTES.kinds})  # type: ignore[misc]
+
+PARTICIPANT = typer.Option(..., "--participant", "-p", help="whose database")
+
+
+def code(participant: Any) -> str:
+    return participant.value if isinstance(participant, StrEnum) else str(participant)
+
+
+def session(participant: Any) -> Session:
+    return session_for(settings().database_for(code(participant)))
+
+
+def amqp_url() -> str:
+    url = settings().amqp_url
+    if not url:
+        console.print("BIOX_AMQP_URL is not set")
+        raise typer.Exit(2)
+    return url
+
+
+def age(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+def text(value: object) -> str:
+    """Anything a partner or a subject wrote, made inert for a rich table (no markup)."""
+    return escape(str(value))

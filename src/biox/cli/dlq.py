@@ -1,0 +1,207 @@
+"""``biox dlq``: dead letters for on-call staff (docs/operations.md)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from biox.broker.deadletters import DeadLetterQueues, Filters, dlq_names, parse_age
+from biox.cli.common import Kind, Participant, amqp_url, console, settings, text
+from biox.messages import DeadLettersPurged, DeadLettersReplayed
+from biox.registry import Registry
+
+app = typer.Typer(
+    help="Dead letters: list, show, replay, purge, export, import.", no_args_is_help=True
+)
+
+_P = typer.Option(None, "--participant", "-p")
+_Q = typer.Option(None, "--queue", help="work queue or its .dlq")
+_K = typer.Option(None, "--kind")
+_R = typer.Option(None, "--reason", help="substring of the reason")
+_O = typer.Option(None, "--older-than", help="e.g. 10m, 2h")
+
+
+def _scope(
+    participant: Any,
+    queue: str | None,
+    kind: Any,
+    reason: str | None,
+    older_than: str | None,
+    ids: tuple[str, ...] | list[str] = (),
+) -> tuple[DeadLetterQueues, list[str], Filters]:
+    url = amqp_url()
+    codes = Registry.load(settings().registry).codes
+    chosen = getattr(participant, "value", participant)
+    filters = Filters(
+        participant=chosen,
+        queue=queue,
+        kind=getattr(kind, "value", kind),
+        reason=reason,
+        older_than_s=parse_age(older_than) if older_than else None,
+        ids=tuple(ids),
+    )
+    return DeadLetterQueues(url), dlq_names(codes, chosen, queue), filters
+
+
+@app.command("list")
+def dlq_list(
+    participant: Participant = _P,
+    queue: str = _Q,
+    kind: Kind = _K,
+    reason: str = _R,
+    older_than: str = _O,
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Counts per queue, then one row per dead letter."""
+    dlqs, names, filters = _scope(participant, queue, kind, reason, older_than)
+    try:
+        counts = {q: n for q, n in dlqs.counts(names).items() if n}
+        letters = dlqs.list(names, filters)
+    finally:
+        dlqs.close()
+    if as_json:
+        print(json.dumps({"counts": counts, "messages": [d.summary() for d in letters]}, indent=2))
+        return
+    for q, n in sorted(counts.items()):
+        console.print(f"{q}: {n}")
+    table = Table()
+    for col in ("id", "kind", "from → to", "age", "attempts", "reason"):
+        table.add_column(col)
+    for d in letters:
+        s = d.summary()
+        table.add_row(
+            text(s["id"]),
+            text(s["kind"]),
+            text(f"{s['from']} → {s['to']}"),
+            f"{s['age_s']}s",
+            str(s["attempts"]),
+            text(s["reason"][:80]),
+        )
+    console.print(table)
+
+
+@app.command("show")
+def dlq_show(message_id: str, participant: Participant = _P, queue: str = _Q) -> None:
+    """Properties, headers and the body with templates and personal data redacted."""
+    from biox.broker.deadletters import redacted_body, to_record
+
+    dlqs, names, filters = _scope(participant, queue, None, None, None, [message_id])
+    try:
+        found = dlqs.list(names, filters)
+    finally:
+        dlqs.close()
+    if not found:
+        console.print(f"{text(message_id)}: not in any dead-letter queue")
+        raise typer.Exit(1)
+    for d in found:
+        record = to_record(d)
+        record.pop("body")
+        record["body (redacted)"] = redacted_body(d)
+        print(json.dumps(record, indent=2, default=str))
+
+
+@app.command("replay")
+def dlq_replay(
+    ids: list[str] = typer.Argument(None),
+    all_: bool = typer.Option(False, "--all"),
+    participant: Participant = _P,
+    queue: str = _Q,
+    kind: Kind = _K,
+    reason: str = _R,
+    older_than: str = _O,
+    dry_run: bool = typer.Option(False, "--dry-run"),
+    rate: float = typer.Option(0.0, "--rate", help="messages per second; 0 = no limit"),
+    to_queue: str = typer.Option(None, "--to-queue"),
+) -> None:
+    """Republish to the original route (confirmed, same message_id); remove after confirm."""
+    if not (ids or all_ or kind or reason or older_than or participant or queue):
+        console.print("say what to replay: IDs, --all, or filters")
+        raise typer.Exit(2)
+    dlqs, names, filters = _scope(participant, queue, kind, reason, older_than, ids or ())
+    moved: list[tuple[str, str, str]] = []  # (queue, id, destination)
+    try:
+        n = dlqs.replay(
+            names,
+            filters,
+            dry_run=dry_run,
+            rate=rate,
+            to_queue=to_queue,
+            on_each=lambda d: moved.append(
+                (d.queue, d.id, to_queue if to_queue else "/".join(d.route))
+            ),
+        )
+        if n and not dry_run:
+            for code in sorted({q.split(".")[0] for q, _, _ in moved}):
+                done = [i for q, i, _ in moved if q.split(".")[0] == code]
+                dlqs.record_action(code, DeadLettersReplayed, done, f"{len(done)} replayed")
+    finally:
+        dlqs.close()
+    for q, i, to in moved:
+        console.print(("would replay " if dry_run else "replayed ") + text(f"{q} {i} → {to}"))
+    console.print(
+        f"{'would replay' if dry_run else 'replayed'} {len(moved) if dry_run else n} message(s)"
+    )
+
+
+@app.command("purge")
+def dlq_purge(
+    ids: list[str] = typer.Argument(None),
+    participant: Participant = _P,
+    queue: str = _Q,
+    kind: Kind = _K,
+    reason: str = _R,
+    older_than: str = _O,
+    yes: bool = typer.Option(False, "--yes"),
+) -> None:
+    """Delete dead letters for good (needs --yes)."""
+    if not yes:
+        console.print("purge deletes messages for good: add --yes")
+        raise typer.Exit(2)
+    if not (ids or kind or reason or older_than or participant or queue):
+        console.print("say what to purge: IDs or filters")
+        raise typer.Exit(2)
+    dlqs, names, filters = _scope(participant, queue, kind, reason, older_than, ids or ())
+    gone: list[tuple[str, str]] = []
+    try:
+        n = dlqs.visit(names, filters, lambda _ch, d: bool(gone.append((d.queue, d.id))) or True)
+        for code in sorted({q.split(".")[0] for q, _ in gone}):
+            done = [i for q, i in gone if q.split(".")[0] == code]
+            dlqs.record_action(code, DeadLettersPurged, done, f"{len(done)} purged")
+    finally:
+        dlqs.close()
+    console.print(f"purged {n} message(s)")
+
+
+@app.command("export")
+def dlq_export(
+    file: Path,
+    participant: Participant = _P,
+    queue: str = _Q,
+    kind: Kind = _K,
+    reason: str = _R,
+    older_than: str = _O,
+) -> None:
+    """Write dead letters to FILE, one JSON record per line (they stay in the queue)."""
+    dlqs, names, filters = _scope(participant, queue, kind, reason, older_than)
+    try:
+        with file.open("w") as out:
+            n = dlqs.export(names, filters, out)
+    finally:
+        dlqs.close()
+    console.print(f"exported {n} message(s) to {text(file)}")
+
+
+@app.command("import")
+def dlq_import(file: Path) -> None:
+    """Put exported dead letters back into the queues they came from."""
+    dlqs, _, _ = _scope(None, None, None, None, None)
+    try:
+        with file.open() as lines:
+            n = dlqs.import_(lines)
+    finally:
+        dlqs.close()
+    console.print(f"imported {n} message(s)")

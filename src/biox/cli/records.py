@@ -1,0 +1,26 @@
+"""``biox records``: what a participant keeps, and where it came from (§20-21)."""
+
+from __future__ import annotations
+
+import typer
+
+from biox.cli.common import PARTICIPANT, Participant, code, console, session, text
+from biox.cli.render import section_table
+from biox.provenance import holdings
+
+app = typer.Typer(help="Data kept from other participants (§20-21).", no_args_is_help=True)
+
+
+@app.command("show")
+def records_show(
+    ref: str = typer.Argument(..., help="identity ref, query id or encounter id"),
+    participant: Participant = PARTICIPANT,
+) -> None:
+    """Everything kept under REF, each piece with where it came from (§20)."""
+    with session(participant) as s:
+        found = holdings(s, code(participant), ref)
+    if not found:
+        console.print(f"{code(participant)} keeps nothing under {text(repr(ref))}")
+        raise typer.Exit(1)
+    for section in found:
+        console.print(section_table(section))

@@ -1,0 +1,81 @@
+"""``biox retrieval``: asking for more data after a match (§10, docs/workflows.md)."""
+
+from __future__ import annotations
+
+import uuid
+
+import typer
+from rich.table import Table
+from sqlmodel import col, select
+
+from biox import codec
+from biox.broker.deadletters import operator as default_operator
+from biox.broker.publisher import publish_once
+from biox.cli.common import PARTICIPANT, Participant, amqp_url, code, console, session, text
+from biox.messages import Element, RetrievalAsk
+from biox.store import RetrievalRow, Transaction
+
+app = typer.Typer(help="Retrieval queries after a match (§10).", no_args_is_help=True)
+
+
+@app.command("request")
+def retrieval_request(
+    participant: Participant = PARTICIPANT,
+    query: str = typer.Option(..., "--query", help="a query this participant answered"),
+    elements: str = typer.Option(
+        "biographic,encounters", help="comma-separated: reference,biographic,encounters,derogatory"
+    ),
+    operator: str = typer.Option(None, "--operator", help="default: user@host"),
+    justification: str = typer.Option(None, "--justification"),
+) -> None:
+    """Ask the requester of a query this participant matched for more data (§10)."""
+    url = amqp_url()
+    me = code(participant)
+    try:
+        wanted = [Element(e.strip()) for e in elements.split(",") if e.strip()]
+    except ValueError as exc:
+        console.print(f"[red]{text(exc)}; elements are {', '.join(e.value for e in Element)}[/]")
+        raise typer.Exit(2) from exc
+    with session(participant) as s:
+        tx = s.get(Transaction, (query, "provider"))
+    if tx is None or tx.status != "match":
+        console.print(
+            "[red]"
+            + text(
+                f"{me} did not answer query {query} with a match"
+                + (f" (it answered {tx.status})" if tx else " (no such query)")
+                + ": a retrieval may only follow a match (§10)"
+            )
+            + "[/]"
+        )
+        raise typer.Exit(1)
+    who = operator or default_operator()
+    ask = RetrievalAsk(query_id=query, elements=wanted, asked_by=who, justification=justification)
+    out = codec.to_own_inbox(
+        ask, participant=me, message_id=str(uuid.uuid4()), correlation_id=query
+    )
+    publish_once(url, [codec.with_actor(out, who)], name="biox-retrieval")
+    console.print(
+        text(f"asked {tx.requesting} for {', '.join(e.value for e in wanted)} about query {query}")
+    )
+
+
+@app.command("list")
+def retrieval_list(participant: Participant = PARTICIPANT) -> None:
+    """Retrievals this participant asked for and answered."""
+    with session(participant) as s:
+        rows = s.exec(select(RetrievalRow).order_by(col(RetrievalRow.asked_at))).all()
+    table = Table(title=f"{code(participant)}: retrievals")
+    for column in ("query", "role", "asker → holder", "asked", "status", "released", "reason"):
+        table.add_column(column, no_wrap=True)
+    for r in rows:
+        table.add_row(
+            text(r.query_id),
+            r.role,
+            text(f"{r.asker} → {r.holder}"),
+            ",".join(r.elements),
+            r.status,
+            ",".join(r.released),
+            text(r.reason_code or ""),
+        )
+    console.print(table)

@@ -1,0 +1,64 @@
+"""A message as a handler receives it, and how a delivery's envelope is read (once).
+
+The consume loop reads each delivery's AMQP properties into an ``Envelope`` as it takes
+the delivery, and hands handlers ``Inbound[M]``: the envelope with the body decoded to the
+kind's model ``M`` (the audit queue's handler gets the body undecoded, ``M = None``).
+Nothing here knows pika: properties are read by attribute, so any AMQP client's (or the
+in-memory exchange's) properties will do.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Generic, Protocol, TypeVar
+
+from biox.codec import H_ATTEMPT, H_FROM, H_SCHEMA, H_TO, Envelope
+
+M = TypeVar("M", covariant=True)
+
+
+@dataclass(frozen=True)
+class Inbound(Generic[M]):
+    envelope: Envelope
+    message: M
+    body: bytes = b""
+    exchange: str = ""
+    routing_key: str = ""
+
+
+class Properties(Protocol):
+    """The AMQP basic properties biox reads (pika's ``BasicProperties`` has them all)."""
+
+    message_id: str | None
+    correlation_id: str | None
+    reply_to: str | None
+    type: str | None
+    user_id: str | None
+    timestamp: int | None
+    headers: dict[str, Any] | None
+
+
+def read_envelope(p: Properties) -> Envelope:
+    """Broker-neutral view of a delivery's properties; what is missing is left empty."""
+    headers = dict(p.headers or {})
+    attempt = headers.get(H_ATTEMPT, 0)
+    return Envelope(
+        message_id=p.message_id or "",
+        kind=p.type or "",
+        schema=_text(headers.get(H_SCHEMA)),
+        sender=_text(headers.get(H_FROM)),
+        recipient=_text(headers.get(H_TO)),
+        correlation_id=p.correlation_id,
+        reply_to=p.reply_to,
+        user_id=p.user_id,
+        timestamp=datetime.fromtimestamp(p.timestamp, UTC) if p.timestamp else None,
+        attempt=attempt if isinstance(attempt, int) and not isinstance(attempt, bool) else 0,
+        headers=headers,
+    )
+
+
+def _text(value: object) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return value if isinstance(value, str) else ""

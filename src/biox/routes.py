@@ -1,0 +1,203 @@
+"""The route table: every message kind, the queue that takes it, its handler, who may send it.
+
+One line per kind. Everything else is derived from here: the topology (which routing
+keys each queue is bound to, which kinds the partner links carry, what the audit queue
+records), the consume loop's sender check and dispatch, the worker kinds and the CLI's
+choices, ``schemas/`` (JSON Schemas, ``routing.json``, the index) and the in-memory
+exchange. Adding a kind means a model in ``messages.py``, a handler method on the
+queue's handler class, and one line below (docs/architecture.md, "The route table").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from sqlmodel import Session
+
+from biox.errors import PermanentError, Reason
+from biox.handlers.audit import AuditHandler
+from biox.handlers.base import Result
+from biox.handlers.intake import IntakeHandler
+from biox.handlers.matcher import MatcherHandler
+from biox.handlers.response import ResponseHandler
+from biox.handlers.retrieval import RetrievalHandler
+from biox.handlers.review import ReviewHandler
+from biox.inbound import Inbound
+from biox.messages import (
+    DeadLettersPurged,
+    DeadLettersReplayed,
+    EncounterResult,
+    EncounterSubmit,
+    Message,
+    Query,
+    Response,
+    RetrievalAsk,
+    RetrievalRequest,
+    RetrievalResponse,
+    ReviewCase,
+    ReviewDecision,
+)
+
+#: a handler method, called on the queue's handler object with a batch of one kind
+HandlerMethod = Callable[[Any, Sequence[Inbound[Any]], Session], list[Result]]
+
+
+class Sender(StrEnum):
+    """Who may send a kind to a participant."""
+
+    encounter_system = "encounter_system"  # its own upstream systems, on its inbox
+    own = "own"  # the participant itself: its workers, examiners and operators
+    partner = "partner"  # another participant of the registry, over the partner links
+
+
+@dataclass(frozen=True)
+class Queue:
+    """A work queue ``<code>.<role>`` and the handler class its workers run.
+
+    ``records``: set for the audit queue only. It takes every audited kind, and every
+    retry and dead-letter hop, undecoded, with this one method; it counts each hop of a
+    message as its own event; and it sends its own failures straight to its tiers, not
+    through the inbox it records (which would feed it).
+    """
+
+    role: str
+    handler: type
+    records: HandlerMethod | None = None
+    doc: str = ""
+
+    @property
+    def decode(self) -> bool:
+        return self.records is None
+
+
+@dataclass(frozen=True)
+class Route:
+    model: type[Message]
+    queue: str | None  # the role of the queue that takes it; None: not consumed by biox
+    handler: HandlerMethod | None
+    senders: frozenset[Sender]
+    audited: bool = True
+
+    @property
+    def kind(self) -> str:
+        return self.model.KIND
+
+
+def route(
+    model: type[Message],
+    queue: str | None,
+    handler: HandlerMethod | None,
+    *senders: Sender,
+    audited: bool = True,
+) -> Route:
+    return Route(model, queue, handler, frozenset(senders), audited)
+
+
+@dataclass
+class RouteTable:
+    queues: dict[str, Queue]
+    routes: dict[str, Route] = field(default_factory=dict)
+
+    def __init__(self, queues: Iterable[Queue], routes: Iterable[Route]) -> None:
+        self.queues = {q.role: q for q in queues}
+        self.routes = {}
+        for r in routes:
+            if r.kind in self.routes:
+                raise ValueError(f"{r.kind}: declared twice")
+            if r.queue is not None:
+                queue = self.queues.get(r.queue)
+                if queue is None:
+                    raise ValueError(f"{r.kind}: no queue {r.queue!r}")
+                if r.handler is None or getattr(queue.handler, r.handler.__name__, None) is not (
+                    r.handler
+                ):
+                    raise ValueError(f"{r.kind}: its handler is not a method of {queue.handler}")
+            self.routes[r.kind] = r
+
+    # --- lookups ---------------------------------------------------------------------------
+
+    def get(self, kind: str) -> Route | None:
+        return self.routes.get(kind)
+
+    def model(self, kind: str) -> type[Message] | None:
+        r = self.routes.get(kind)
+        return r.model if r else None
+
+    @property
+    def kinds(self) -> list[str]:
+        return sorted(self.routes)
+
+    def kinds_of(self, role: str) -> tuple[str, ...]:
+        """The kinds a queue takes (the audit queue: every audited kind)."""
+        if not self.queues[role].decode:
+            return tuple(sorted(k for k, r in self.routes.items() if r.audited))
+        return tuple(sorted(k for k, r in self.routes.items() if r.queue == role))
+
+    def work_queues(self) -> list[Queue]:
+        return [q for q in self.queues.values() if q.decode]
+
+    @property
+    def audit(self) -> Queue:
+        return next(q for q in self.queues.values() if not q.decode)
+
+    def partner_kinds(self) -> tuple[str, ...]:
+        """What the links between participants carry: nothing else reaches a partner."""
+        return tuple(sorted(k for k, r in self.routes.items() if Sender.partner in r.senders))
+
+    # --- the consume loop's checks, before and after decoding --------------------------------
+
+    def check_sender(self, kind: str, sender: str, me: str, known: Callable[[str], object]) -> None:
+        """Refuses a sender the route does not allow, before the body is read.
+
+        ``known``: whether a code is a participant of the registry.
+        """
+        r = self.routes[kind]
+        if Sender.partner in r.senders and sender != me:
+            if not known(sender):
+                raise PermanentError(Reason.unknown_participant, f"sender {sender!r}")
+            return
+        if Sender.own in r.senders and sender == me:
+            return
+        if Sender.encounter_system in r.senders:
+            return  # its own upstream systems reach the inbox by routing alone
+        raise PermanentError(Reason.misaddressed, f"{kind} from {sender!r}")
+
+    def decode(self, kind: str, schema: str | None, body: bytes) -> Message:
+        from biox.codec import decode_body
+
+        model = self.model(kind)
+        if model is None:
+            raise PermanentError(Reason.unknown_kind, f"type={kind!r}")
+        return decode_body(model, schema, body)
+
+
+QUEUES = (
+    Queue("intake", IntakeHandler, doc="eligibility (§2-4), one query per agreed partner"),
+    Queue("query", MatcherHandler, doc="the gallery search and the answer (§5-9)"),
+    Queue("response", ResponseHandler, doc="answers kept with their source (§20)"),
+    Queue("review", ReviewHandler, doc="human review of gray-zone scores (§8)"),
+    Queue("retrieval", RetrievalHandler, doc="retrieval queries after a match (§10)"),
+    Queue("audit", AuditHandler, records=AuditHandler.record, doc="the hash-chained audit trail"),
+)
+
+E, OWN, P = Sender.encounter_system, Sender.own, Sender.partner
+
+ROUTES = RouteTable(
+    QUEUES,
+    (
+        route(EncounterSubmit, "intake", IntakeHandler.submit, E),
+        route(Query, "query", MatcherHandler.search, P),
+        route(Response, "response", ResponseHandler.receive, P),
+        route(EncounterResult, None, None, OWN, audited=False),  # to the encounter system
+        route(ReviewCase, "review", ReviewHandler.open, OWN),
+        route(ReviewDecision, "review", ReviewHandler.decide, OWN),
+        route(RetrievalAsk, "retrieval", RetrievalHandler.ask, OWN),
+        route(RetrievalRequest, "retrieval", RetrievalHandler.answer, P),
+        route(RetrievalResponse, "retrieval", RetrievalHandler.receive, P),
+        route(DeadLettersReplayed, None, None, OWN),  # on-call actions: the audit records them
+        route(DeadLettersPurged, None, None, OWN),
+    ),
+)

@@ -1,0 +1,162 @@
+"""Worker processes and a broker for the demo, the integration tests and the benchmarks.
+
+Each worker is ``python -m biox worker ROLE -p CODE`` in a process of its own, as in a
+deployment; these helpers start a set of them, wait until every queue has its consumer,
+and stop them all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pika
+from rich.console import Console
+
+from biox import addresses
+from biox.broker.topology import declare
+from biox.dev.broker import LocalBroker
+from biox.registry import Registry
+from biox.routes import ROUTES
+from biox.settings import Settings
+from biox.sim import synth
+
+
+def unwind_on_sigterm() -> None:
+    """SIGTERM (a CI timeout, systemd, pkill) unwinds like Ctrl-C: workers and broker stop."""
+
+    def _raise(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _raise)
+
+
+@contextlib.contextmanager
+def broker_url(settings: Settings, console: Console) -> Iterator[str]:
+    """The configured broker, or a local one for the duration of the block."""
+    if settings.amqp_url:
+        console.print(f"Broker: [bold]{_redact(settings.amqp_url)}[/] (BIOX_AMQP_URL)")
+        yield settings.amqp_url
+        return
+    with console.status("Starting a local RabbitMQ (Debian rabbitmq-server)..."):
+        broker = LocalBroker().start()
+    console.print(f"Broker: local RabbitMQ at [bold]{broker.url}[/]")
+    try:
+        yield broker.url
+    finally:
+        with console.status("Stopping the local broker..."):
+            broker.stop()
+
+
+def _redact(url: str) -> str:
+    parsed = pika.URLParameters(url)
+    return f"amqp://{parsed.credentials.username}:***@{parsed.host}:{parsed.port}"
+
+
+@dataclass
+class Workers:
+    processes: list[tuple[str, subprocess.Popen[bytes]]]
+
+    def alive(self) -> list[str]:
+        return [name for name, p in self.processes if p.poll() is None]
+
+    def stop(self, timeout: float = 20.0) -> None:
+        for _, p in self.processes:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for _, p in self.processes:
+            try:
+                p.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+def start_workers(
+    codes: list[str],
+    env: dict[str, str],
+    log_dir: Path,
+    roles: tuple[str, ...] = tuple(ROUTES.queues),
+) -> Workers:
+    """One worker process per participant and queue (``python -m biox worker ROLE``)."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    procs = []
+    for code in codes:
+        for role in roles:
+            name = f"{code}-{role}"
+            out = open(log_dir / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
+            procs.append(
+                (
+                    name,
+                    subprocess.Popen(
+                        [sys.executable, "-m", "biox", "worker", role, "--participant", code],
+                        env=env,
+                        stdout=out,
+                        stderr=subprocess.STDOUT,
+                    ),
+                )
+            )
+    return Workers(procs)
+
+
+def start_requester_with_providers(
+    url: str,
+    settings: Settings,
+    sizes: dict[str, int],
+    seed: int,
+    requester: str = "us",
+    extra_env: dict[str, str] | None = None,
+    provider_roles: tuple[str, ...] = ("query",),
+) -> Workers:
+    """Topology, the providers' synthetic galleries, the requester's intake and response
+    workers and one matcher per provider, all consuming (load and fault runs)."""
+    registry = Registry.load(settings.registry)
+    declare(url, registry.codes, settings)
+    providers = [code for code in sizes if code != requester]
+    for code in providers:
+        synth.build_gallery(settings, code, sizes[code], seed)
+    env = {
+        **os.environ,
+        "BIOX_AMQP_URL": url,
+        "BIOX_DATA_DIR": str(settings.data_dir),
+        "BIOX_RETRY_DELAYS": settings.retry_delays,
+        **(extra_env or {}),
+    }
+    logs = settings.data_dir / "logs"
+    workers = start_workers([requester], env, logs, ("intake", "response"))
+    workers.processes += start_workers(providers, env, logs, provider_roles).processes
+    queues = [
+        addresses.queue(requester, "intake"),
+        addresses.queue(requester, "response"),
+        *(addresses.queue(c, role) for c in providers for role in provider_roles),
+    ]
+    wait_for_consumers(url, queues, workers)
+    return workers
+
+
+def wait_for_consumers(url: str, queues: list[str], workers: Workers, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    conn = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        ch = conn.channel()
+        while time.monotonic() < deadline:
+            waiting = [
+                q for q in queues if ch.queue_declare(q, passive=True).method.consumer_count == 0
+            ]
+            if not waiting:
+                return
+            dead = [n for n, p in workers.processes if p.poll() is not None]
+            if dead:
+                raise RuntimeError(f"worker(s) exited during start-up: {dead}; see their logs")
+            time.sleep(0.3)
+        raise RuntimeError(f"no consumer on {waiting} after {timeout:.0f}s")
+    finally:
+        conn.close()

@@ -21,6 +21,7 @@ demo: $(STAMP) rabbitmq
 
 test: $(STAMP) rabbitmq
 	$(BIN)/ruff check src workers tests bench
+	$(BIN)/mypy
 	$(BIN)/pytest
 
 test-unit: $(STAMP)
@@ -48,6 +49,7 @@ mutation: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check src workers tests bench
 	$(BIN)/ruff format --check src workers tests bench
+	$(BIN)/mypy
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix src workers tests bench

@@ -19,11 +19,11 @@ from pathlib import Path
 
 from rich.console import Console
 
-from biox.sim import encounters
 from biox.dev.broker import LocalBroker
-from biox.sim.processes import start_requester_with_providers, start_workers, unwind_on_sigterm
 from biox.registry import Registry
 from biox.settings import Settings
+from biox.sim import encounters
+from biox.sim.processes import start_requester_with_providers, start_workers, unwind_on_sigterm
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED = 91

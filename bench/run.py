@@ -27,15 +27,15 @@ import numpy as np
 from rich.console import Console
 from rich.progress import Progress
 
-from biox.sim import encounters, synth
 from biox.broker.link import Link
 from biox.broker.publisher import Publisher
 from biox.broker.topology import declare
-from biox.sim.processes import broker_url, start_workers, unwind_on_sigterm, wait_for_consumers
 from biox.gallery.gallery import Gallery, Probe
 from biox.gallery.index import VectorIndex
 from biox.registry import Registry
 from biox.settings import Settings
+from biox.sim import encounters, synth
+from biox.sim.processes import broker_url, start_workers, unwind_on_sigterm, wait_for_consumers
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"

@@ -139,7 +139,7 @@ class Answers:
             timings=Timings(
                 received_at=q.received_at, answered_at=utcnow(), search_ms=round(search_ms, 3)
             ),
-            **fields,  # type: ignore[arg-type]
+            **fields,
         )
 
     def send(self, response: Response, cause_message_id: str) -> codec.Outgoing:

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from biox.settings import Settings
 from biox.store import AuditEntry
@@ -52,7 +52,7 @@ def _iso(when: datetime) -> str:
 
 def head(session: Session) -> tuple[int, str]:
     """Sequence number and hash of the last entry (0 and the genesis hash when empty)."""
-    last = session.exec(select(AuditEntry).order_by(AuditEntry.seq.desc()).limit(1)).first()  # type: ignore[attr-defined]
+    last = session.exec(select(AuditEntry).order_by(col(AuditEntry.seq).desc()).limit(1)).first()
     return (last.seq, last.entry_hash) if last else (0, GENESIS)
 
 
@@ -80,7 +80,7 @@ class Break:
 
 def verify(session: Session) -> tuple[int, Break | None]:
     """Walk the chain; the number of entries and the first break, if any."""
-    entries = list(session.exec(select(AuditEntry).order_by(AuditEntry.seq)))  # type: ignore[arg-type]
+    entries = list(session.exec(select(AuditEntry).order_by(col(AuditEntry.seq))))
     return len(entries), first_break(entries)
 
 
@@ -108,8 +108,8 @@ def trail(session: Session, correlation_ids: Iterable[str]) -> list[AuditEntry]:
     return list(
         session.exec(
             select(AuditEntry)
-            .where(AuditEntry.correlation_id.in_(ids))  # type: ignore[union-attr]
-            .order_by(AuditEntry.seq)  # type: ignore[arg-type]
+            .where(col(AuditEntry.correlation_id).in_(ids))
+            .order_by(col(AuditEntry.seq))
         )
     )
 

@@ -76,7 +76,8 @@ def derived_id(parent_message_id: str, *parts: str) -> str:
 
 def encode_body(message: Message) -> bytes:
     data = message.model_dump(mode="python", exclude_none=True)
-    return msgpack.packb(data, use_bin_type=True, datetime=True)
+    body: bytes = msgpack.packb(data, use_bin_type=True, datetime=True)
+    return body
 
 
 def decode_body(model: type[MessageT], schema: str | None, body: bytes) -> MessageT:

@@ -12,8 +12,8 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import and_, or_, update
-from sqlmodel import Session, select
+from sqlalchemy import CursorResult, and_, or_, update
+from sqlmodel import Session, col, select
 
 from biox import codec
 from biox.broker.publisher import publish_once
@@ -35,8 +35,8 @@ def age_s(case: ReviewCaseRow, now: datetime | None = None) -> float:
 def open_cases(session: Session) -> list[ReviewCaseRow]:
     rows = session.exec(
         select(ReviewCaseRow)
-        .where(ReviewCaseRow.status.in_(OPEN))  # type: ignore[attr-defined]
-        .order_by(ReviewCaseRow.opened_at)  # type: ignore[arg-type]
+        .where(col(ReviewCaseRow.status).in_(OPEN))
+        .order_by(col(ReviewCaseRow.opened_at))
     )
     return list(rows)
 
@@ -50,20 +50,22 @@ def take_next(session: Session, examiner: str, lease_s: float) -> ReviewCaseRow 
     """The oldest case nobody holds (or whose lease ran out), now held by ``examiner``."""
     now = utcnow()
     free = or_(
-        ReviewCaseRow.status == "pending",  # type: ignore[arg-type]
+        col(ReviewCaseRow.status) == "pending",
         and_(
-            ReviewCaseRow.status == "in_review",  # type: ignore[arg-type]
-            ReviewCaseRow.taken_at < now - timedelta(seconds=lease_s),  # type: ignore[operator]
+            col(ReviewCaseRow.status) == "in_review",
+            col(ReviewCaseRow.taken_at) < now - timedelta(seconds=lease_s),
         ),
     )
-    for case in session.exec(select(ReviewCaseRow).where(free).order_by(ReviewCaseRow.opened_at)):  # type: ignore[arg-type]
+    oldest_first = select(ReviewCaseRow).where(free).order_by(col(ReviewCaseRow.opened_at))
+    for case in session.exec(oldest_first):
         taken = session.execute(
             update(ReviewCaseRow)
-            .where(ReviewCaseRow.case_id == case.case_id, free)  # type: ignore[arg-type]
+            .where(col(ReviewCaseRow.case_id) == case.case_id, free)
             .values(status="in_review", examiner=examiner, taken_at=now)
         )
         session.commit()
-        if taken.rowcount == 1:  # type: ignore[attr-defined]
+        assert isinstance(taken, CursorResult)  # an UPDATE's result counts its rows
+        if taken.rowcount == 1:
             session.refresh(case)
             return case
     return None
@@ -83,7 +85,7 @@ def sides(session: Session, case: ReviewCaseRow) -> list[Side]:
     refs = [c["identity_ref"] for c in case.candidates]
     records = {
         r.identity_ref: r
-        for r in session.exec(select(Record).where(Record.identity_ref.in_(refs)))  # type: ignore[attr-defined]
+        for r in session.exec(select(Record).where(col(Record.identity_ref).in_(refs)))
     }
     return [
         Side(c["identity_ref"], c["fused_score"], c["scores"], records.get(c["identity_ref"]))

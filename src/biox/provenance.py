@@ -46,7 +46,9 @@ def holdings(session: Session, me: str, ref: str) -> list[Section]:
             )
         )
     txs = session.exec(
-        select(Transaction).where(or_(Transaction.query_id == ref, Transaction.encounter_id == ref))
+        select(Transaction).where(
+            or_(col(Transaction.query_id) == ref, col(Transaction.encounter_id) == ref)
+        )
     ).all()
     for tx in txs:
         if tx.role == "requester":
@@ -56,8 +58,8 @@ def holdings(session: Session, me: str, ref: str) -> list[Section]:
     retrievals = session.exec(
         select(RetrievalRow).where(
             or_(
-                RetrievalRow.identity_ref == ref,
-                RetrievalRow.query_id == ref,
+                col(RetrievalRow.identity_ref) == ref,
+                col(RetrievalRow.query_id) == ref,
                 col(RetrievalRow.query_id).in_([tx.query_id for tx in txs]),
             )
         )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from biox import codec
 from biox.messages import (
@@ -33,7 +33,7 @@ class EncounterViews:
         self.encounters: dict[str, EncounterRow] = {
             e.encounter_id: e
             for e in session.exec(
-                select(EncounterRow).where(EncounterRow.encounter_id.in_(ids))  # type: ignore[attr-defined]
+                select(EncounterRow).where(col(EncounterRow.encounter_id).in_(ids))
             )
         }
         self.queries: dict[str, list[Transaction]] = {}
@@ -41,7 +41,7 @@ class EncounterViews:
         for tx in session.exec(
             select(Transaction).where(
                 Transaction.role == "requester",
-                Transaction.encounter_id.in_(ids),  # type: ignore[attr-defined]
+                col(Transaction.encounter_id).in_(ids),
             )
         ):
             self.queries.setdefault(tx.encounter_id, []).append(tx)
@@ -51,7 +51,7 @@ class EncounterViews:
         for r in session.exec(
             select(RetrievalRow).where(
                 RetrievalRow.role == "holder",
-                RetrievalRow.query_id.in_(query_ids),  # type: ignore[attr-defined]
+                col(RetrievalRow.query_id).in_(query_ids),
             )
         ):
             self.retrievals.setdefault(r.query_id, []).append(r)
@@ -100,10 +100,10 @@ class EncounterViews:
         notes = [
             RetrievalNote(
                 retrieval_id=r.retrieval_id,
-                elements=r.elements,  # type: ignore[arg-type]
-                status=None if r.status == "pending" else r.status,  # type: ignore[arg-type]
-                released=r.released,  # type: ignore[arg-type]
-                reason_code=r.reason_code,  # type: ignore[arg-type]
+                elements=r.elements,
+                status=None if r.status == "pending" else r.status,
+                released=r.released,
+                reason_code=r.reason_code,
                 answered_at=r.answered_at,
             )
             for r in sorted(self.retrievals.get(tx.query_id, []), key=lambda r: r.asked_at)

@@ -19,7 +19,7 @@ from sqlmodel import Session
 
 from biox.errors import PermanentError, Reason
 from biox.handlers.audit import AuditHandler
-from biox.handlers.base import Result
+from biox.handlers.base import HandlerClass, Result
 from biox.handlers.intake import IntakeHandler
 from biox.handlers.matcher import MatcherHandler
 from biox.handlers.response import ResponseHandler
@@ -64,7 +64,7 @@ class Queue:
     """
 
     role: str
-    handler: type
+    handler: type[HandlerClass]
     records: HandlerMethod | None = None
     doc: str = ""
 

@@ -21,6 +21,7 @@ from biox.store import session_for, sync_participants
 log = structlog.get_logger("biox.runtime")
 
 #: a worker is named after the queue it consumes: ``biox worker query -p mx``
+# the functional Enum API with computed members: mypy cannot follow computed members
 WorkerKind = StrEnum("WorkerKind", {role: role for role in ROUTES.queues})  # type: ignore[misc]
 
 
@@ -33,8 +34,7 @@ def context(participant: str, settings: Settings) -> Context:
 
 
 def build_handler(role: str, ctx: Context) -> Handler:
-    handler: Handler = ROUTES.queues[role].handler.build(ctx)
-    return handler
+    return ROUTES.queues[role].handler.build(ctx)
 
 
 def run_worker(role: str, participant: str, settings: Settings | None = None) -> None:

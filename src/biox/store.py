@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import JSON, BigInteger, Column, Integer, LargeBinary, event
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
-from sqlmodel import Field, Session, SQLModel, create_engine, select
+from sqlmodel import Field, Session, SQLModel, col, create_engine, select
 
 from biox.messages import utcnow
 
@@ -259,7 +259,7 @@ def processed(session: Session, consumer: str, ids: list[str]) -> dict[str, Proc
     rows = session.exec(
         select(ProcessedMessage).where(
             ProcessedMessage.consumer == consumer,
-            ProcessedMessage.message_id.in_(ids),  # type: ignore[attr-defined]
+            col(ProcessedMessage.message_id).in_(ids),
         )
     )
     return {r.message_id: r for r in rows}

@@ -187,7 +187,7 @@ def wait_dead(exchange: Exchange, queue: str, message_id: str, timeout: float = 
     while time.monotonic() < deadline:
         dlqs = DeadLetterQueues(exchange.url)
         try:
-            found = dlqs.list([queue], Filters(ids=(message_id,)))
+            found = dlqs.find([queue], Filters(ids=(message_id,)))
         finally:
             dlqs.close()
         if found:

@@ -60,7 +60,7 @@ def test_delivery_limit_parks_a_message_that_kills_its_worker(broker_url: str, t
             crashes += 1
         dlqs = DeadLetterQueues(broker_url)
         try:
-            parked = dlqs.list([addresses.dead_letter_queue(queue)], Filters(ids=(poison,)))
+            parked = dlqs.find([addresses.dead_letter_queue(queue)], Filters(ids=(poison,)))
             count = peer.ch.queue_declare(queue, passive=True).method.message_count
         finally:
             dlqs.close()

@@ -38,7 +38,6 @@ from biox.messages import (
 )
 from biox.policy.release import ParticipantPolicy, Policies, ReleaseRule
 from biox.registry import Purpose, Registry
-from biox.routes import ROUTES
 from biox.settings import Settings
 from biox.sim import synth
 from biox.sim.examiners import biographic_examiner

@@ -206,9 +206,15 @@ class DeadLetterQueues:
                 return
             yield DeadLetter(queue, method.delivery_tag, props, body)
 
-    def list(self, queues: Iterable[str], filters: Filters) -> list[DeadLetter]:
+    def find(self, queues: Iterable[str], filters: Filters) -> list[DeadLetter]:
+        """The matching dead letters, left where they are."""
         found: list[DeadLetter] = []
-        self.visit(queues, filters, lambda _ch, d: bool(found.append(d)))
+
+        def keep(_ch: Any, d: DeadLetter) -> bool:
+            found.append(d)
+            return False  # not acked: back to its queue when the channel closes
+
+        self.visit(queues, filters, keep)
         return found
 
     def replay(
@@ -251,7 +257,7 @@ class DeadLetterQueues:
     def export(self, queues: Iterable[str], filters: Filters, out: Any) -> int:
         """One JSON line per message, lossless (body base64), left in the queue."""
         n = 0
-        for d in self.list(queues, filters):
+        for d in self.find(queues, filters):
             out.write(json.dumps(to_record(d)) + "\n")
             n += 1
         return n

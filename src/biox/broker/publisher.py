@@ -65,7 +65,7 @@ def republish_properties(
 
 def pack_outgoing(outgoing: Sequence[Outgoing]) -> bytes:
     """Serialise what a handler produced, for the idempotency record."""
-    return msgpack.packb(
+    packed: bytes = msgpack.packb(
         [
             [
                 o.exchange,
@@ -83,6 +83,7 @@ def pack_outgoing(outgoing: Sequence[Outgoing]) -> bytes:
         ],
         use_bin_type=True,
     )
+    return packed
 
 
 def unpack_outgoing(data: bytes) -> list[Outgoing]:

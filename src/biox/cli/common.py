@@ -41,7 +41,7 @@ _CODES = _participants()
 #: participants of the registry (BIOX_REGISTRY), offered as choices; any text without one
 Participant: Any = StrEnum("Participant", {c: c for c in _CODES}) if _CODES else str
 #: message kinds of the route table
-Kind = StrEnum("Kind", {k: k for k in ROUTES.kinds})  # type: ignore[misc]
+Kind = StrEnum("Kind", {k: k for k in ROUTES.kinds})  # type: ignore[misc]  # computed members
 
 PARTICIPANT = typer.Option(..., "--participant", "-p", help="whose database")
 

@@ -9,7 +9,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from biox.broker.deadletters import DeadLetterQueues, Filters, dlq_names, parse_age
+from biox.broker.deadletters import DeadLetter, DeadLetterQueues, Filters, dlq_names, parse_age
 from biox.cli.common import Kind, Participant, amqp_url, console, settings, text
 from biox.messages import DeadLettersPurged, DeadLettersReplayed
 from biox.registry import Registry
@@ -60,7 +60,7 @@ def dlq_list(
     dlqs, names, filters = _scope(participant, queue, kind, reason, older_than)
     try:
         counts = {q: n for q, n in dlqs.counts(names).items() if n}
-        letters = dlqs.list(names, filters)
+        letters = dlqs.find(names, filters)
     finally:
         dlqs.close()
     if as_json:
@@ -91,7 +91,7 @@ def dlq_show(message_id: str, participant: Participant = _P, queue: str = _Q) ->
 
     dlqs, names, filters = _scope(participant, queue, None, None, None, [message_id])
     try:
-        found = dlqs.list(names, filters)
+        found = dlqs.find(names, filters)
     finally:
         dlqs.close()
     if not found:
@@ -166,8 +166,13 @@ def dlq_purge(
         raise typer.Exit(2)
     dlqs, names, filters = _scope(participant, queue, kind, reason, older_than, ids or ())
     gone: list[tuple[str, str]] = []
+
+    def delete(_ch: object, d: DeadLetter) -> bool:
+        gone.append((d.queue, d.id))
+        return True  # acked: gone for good
+
     try:
-        n = dlqs.visit(names, filters, lambda _ch, d: bool(gone.append((d.queue, d.id))) or True)
+        n = dlqs.visit(names, filters, delete)
         for code in sorted({q.split(".")[0] for q, _ in gone}):
             done = [i for q, i in gone if q.split(".")[0] == code]
             dlqs.record_action(code, DeadLettersPurged, done, f"{len(done)} purged")

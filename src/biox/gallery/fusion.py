@@ -23,7 +23,9 @@ class Normaliser:
     hi: float
 
     def __call__(self, raw: np.ndarray) -> np.ndarray:
-        return np.clip((np.asarray(raw, np.float32) - self.lo) / (self.hi - self.lo), 0.0, 1.0)
+        scaled = (np.asarray(raw, np.float32) - self.lo) / (self.hi - self.lo)
+        clipped: np.ndarray = np.clip(scaled, 0.0, 1.0)
+        return clipped
 
 
 # raw similarity: cosine for face and finger, 1 - fractional Hamming distance for iris

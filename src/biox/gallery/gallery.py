@@ -94,24 +94,26 @@ class Gallery:
 
     def enroll(self, ids: Sequence[int], probes: Sequence[Probe]) -> None:
         ids_arr = np.asarray(ids, dtype=np.int64)
-        with_face = [i for i, p in enumerate(probes) if p.face is not None]
-        if with_face:
-            self.face.add(ids_arr[with_face], np.stack([probes[i].face for i in with_face]))
+        faces = [(i, p.face) for i, p in enumerate(probes) if p.face is not None]
+        if faces:
+            self.face.add(ids_arr[[i for i, _ in faces]], np.stack([f for _, f in faces]))
         for pos, ix in self.fingers.items():
             rows = [i for i, p in enumerate(probes) if pos in p.fingers]
             if rows:
                 ix.add(ids_arr[rows], np.stack([probes[i].fingers[pos] for i in rows]))
-        for eye, ix in self.irises.items():
+        for eye, iris in self.irises.items():
             rows = [i for i, p in enumerate(probes) if eye in p.irises]
             if rows:
                 codes = np.stack([probes[i].irises[eye][0] for i in rows])
                 masks = np.stack([probes[i].irises[eye][1] for i in rows])
-                ix.add(ids_arr[rows], codes, masks)
+                iris.add(ids_arr[rows], codes, masks)
 
     def remove(self, ids: Sequence[int]) -> None:
         arr = np.asarray(ids, dtype=np.int64)
-        for ix in (*self._vector_indexes().values(), *self.irises.values()):
-            ix.remove(arr)
+        for vectors in self._vector_indexes().values():
+            vectors.remove(arr)
+        for iris in self.irises.values():
+            iris.remove(arr)
 
     # --- search ---------------------------------------------------------------------------
 

@@ -72,7 +72,8 @@ class VectorIndex:
         else:
             quantizer = faiss.IndexFlatIP(dim)
             ivf = faiss.IndexIVFFlat(quantizer, dim, max(nlist, 1), faiss.METRIC_INNER_PRODUCT)
-            ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
+            # faiss's stubs leave out the DirectMap enum, which the SWIG module has
+            ivf.set_direct_map_type(faiss.DirectMap.Hashtable)  # type: ignore[attr-defined]
             self.nprobe = ivf.nprobe = nprobe_for(ivf.nlist, nprobe)
             self.index = ivf
             self._quantizer = quantizer  # keep the Python object alive with the index
@@ -96,8 +97,10 @@ class VectorIndex:
     def copy_training(self, other: VectorIndex) -> None:
         """Take over ``other``'s trained, still empty index structure."""
         if self.kind == "ivf" and self.ntotal == 0 and other.trained and other.ntotal == 0:
-            self.index = faiss.clone_index(other.index)
-            self.index.nprobe = self.nprobe
+            clone = faiss.clone_index(other.index)
+            assert isinstance(clone, faiss.IndexIVF)  # only an IVF index needs training
+            clone.nprobe = self.nprobe
+            self.index = clone
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         ids = np.ascontiguousarray(ids, dtype=np.int64)
@@ -149,6 +152,7 @@ class VectorIndex:
             self.nprobe = index.nprobe = nprobe_for(index.nlist, nprobe)
             ids = _ivf_ids(index)
         else:
+            assert isinstance(index, faiss.IndexIDMap2)  # what __init__ writes for "flat"
             self.kind = "flat"
             ids = faiss.vector_to_array(index.id_map).astype(np.int64)
         self.index = index
@@ -168,6 +172,7 @@ def nprobe_for(nlist: int, configured: int) -> int:
 
 def _ivf_ids(index: faiss.IndexIVF) -> np.ndarray:
     invlists = index.invlists
+    assert invlists is not None  # an IVF index always has its inverted lists
     parts = []
     for list_no in range(index.nlist):
         size = invlists.list_size(list_no)
@@ -247,7 +252,9 @@ class IrisIndex:
     @classmethod
     def load(cls, path: Path) -> IrisIndex:
         self = cls()
-        self.index = faiss.read_index_binary(str(path))
+        index = faiss.read_index_binary(str(path))
+        assert isinstance(index, faiss.IndexBinaryIDMap2)  # what __init__ writes
+        self.index = index
         with np.load(path.with_suffix(".masks.npz")) as data:
             ids = data["ids"].tolist()
             self.codes = {i: c.astype(np.uint8) for i, c in zip(ids, data["codes"], strict=True)}

@@ -47,3 +47,10 @@ class Handler(Protocol):
     def reject(self, envelope: Envelope, error: BioxError) -> Effects | None:
         """The ``rejected`` answer to the sender when it can be identified, else None."""
         ...
+
+
+class HandlerClass(Handler, Protocol):
+    """What the route table names for a queue: a handler class that builds its object."""
+
+    @classmethod
+    def build(cls, ctx: Context) -> Handler: ...

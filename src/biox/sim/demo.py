@@ -13,6 +13,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterable
+from functools import partial
 
 import numpy as np
 from rich.console import Console
@@ -89,7 +90,7 @@ def run(
             for code in codes:
                 task = progress.add_task(f"Gallery {code}", total=gallery_size)
                 galleries[code] = synth.build_gallery(
-                    settings, code, gallery_size, seed, lambda n, t=task: progress.advance(t, n)
+                    settings, code, gallery_size, seed, partial(progress.advance, task)
                 )
         env = {
             **os.environ,
@@ -175,7 +176,7 @@ def _wait_for_retrievals(
     deadline = time.monotonic() + timeout
     with console.status("Waiting for retrieval answers..."):
         while True:
-            rows = []
+            rows: list[RetrievalRow] = []
             for code in codes:
                 with session_for(settings.database_for(code)) as session:
                     rows += session.exec(

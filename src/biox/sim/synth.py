@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -131,7 +132,8 @@ def noise_scale(quality: np.ndarray | int) -> np.ndarray:
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:
-    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+    unit: np.ndarray = (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+    return unit
 
 
 @dataclass
@@ -286,7 +288,7 @@ def enrolments(
         )
 
 
-def _rows_to_persons(parts: dict, start: int) -> dict:
+def _rows_to_persons(parts: dict[Any, Any], start: int) -> dict[Any, Any]:
     return {k: (v[0] + start, *v[1:]) for k, v in parts.items()}
 
 

@@ -22,7 +22,7 @@ from rich.console import Console
 from biox.dev.broker import LocalBroker
 from biox.registry import Registry
 from biox.settings import Settings
-from biox.sim import encounters
+from biox.sim import encounters, plans
 from biox.sim.processes import start_requester_with_providers, start_workers, unwind_on_sigterm
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,8 +60,8 @@ def main() -> None:
             "BIOX_RETRY_DELAYS": settings.retry_delays,
             **env_extra,
         }
-        base = encounters.plan(registry, sizes, 500, SEED, requesters=["us"])
-        planned = encounters.repeat(base, args.encounters, "chaos")
+        base = plans.plan(registry, sizes, 500, SEED, requesters=["us"])
+        planned = plans.repeat(base, args.encounters, "chaos")
         stop = threading.Event()
 
         def chaos() -> None:

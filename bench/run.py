@@ -34,7 +34,7 @@ from biox.gallery.gallery import Gallery, Probe
 from biox.gallery.index import VectorIndex
 from biox.registry import Registry
 from biox.settings import Settings
-from biox.sim import encounters, synth
+from biox.sim import encounters, galleries, plans, synth
 from biox.sim.processes import broker_url, start_workers, unwind_on_sigterm, wait_for_consumers
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,7 +76,7 @@ def _build_gallery(size: int, kind: str, nprobe: int) -> tuple[Gallery, float, f
     before = rss_mb()
     started = time.perf_counter()
     gallery = Gallery(kind, VectorIndex.nlist_for(size), nprobe)  # type: ignore[arg-type]
-    batches = synth.enrolments(SEED, "mx", size, tenprint=False, iris=False)
+    batches = galleries.enrolments(SEED, "mx", size, tenprint=False, iris=False)
     pending = []
     if kind == "ivf":
         for b in batches:
@@ -90,7 +90,7 @@ def _build_gallery(size: int, kind: str, nprobe: int) -> tuple[Gallery, float, f
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task(f"gallery {size:,} ({kind})", total=size)
         for b in itertools.chain(pending, batches):  # never all enrolments in memory at once
-            synth.add_to(gallery, b)
+            galleries.add_to(gallery, b)
             progress.advance(task, len(b.persons))
     gc.collect()
     return gallery, time.perf_counter() - started, rss_mb() - before
@@ -233,9 +233,9 @@ class Run:
 
 
 def pipeline_run(
-    url: str, sizes: dict[str, int], base: list[encounters.Planned], n: int, rate: float
+    url: str, sizes: dict[str, int], base: list[plans.Planned], n: int, rate: float
 ) -> Run:
-    planned = encounters.repeat(base, n, uuid.uuid4().hex[:6])
+    planned = plans.repeat(base, n, uuid.uuid4().hex[:6])
     with (
         encounters.EncounterSystem(url, sizes) as system,
         Progress(console=console, transient=True) as progress,
@@ -272,7 +272,7 @@ def pipeline(size: int, n: int, settings: Settings, url: str) -> dict:
     declare(url, registry.codes, s)
     with Progress(console=console, transient=True) as progress, all_threads():
         task = progress.add_task(f"mx gallery + records {size:,}", total=size)
-        synth.populate(
+        galleries.populate(
             "mx",
             size,
             SEED,
@@ -286,7 +286,7 @@ def pipeline(size: int, n: int, settings: Settings, url: str) -> dict:
             progress=lambda k: progress.advance(task, k),
         )
     sizes = {"mx": size, "us": 1}
-    base = encounters.plan(registry, sizes, 400, SEED, requesters=["us"])
+    base = plans.plan(registry, sizes, 400, SEED, requesters=["us"])
     base = [p for p in base if p.expected_partners]
     from biox import codec as codec_mod
 

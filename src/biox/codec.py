@@ -115,7 +115,8 @@ def to_partner(
     correlation_id: str,
     reply_to: str | None = None,
 ) -> Outgoing:
-    """A message for a participant: published on the sender's outbox (DESIGN §2)."""
+    """A message for a participant: published on the sender's outbox, which the links
+    carry to the partner's inbox (docs/architecture.md, "Topology")."""
     return _outgoing(
         message,
         exchange=addresses.outbox(sender),

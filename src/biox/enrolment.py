@@ -1,4 +1,4 @@
-"""Enrolment of encounter and query data into a participant's gallery (§21, DESIGN §5.2).
+"""Enrolment of encounter and query data into a participant's gallery (§5, §21).
 
 Two paths lead here: the provider's matcher keeps a partner's query data when its policy
 says so, and intake keeps its own encounter system's submission when that asks for it

@@ -1,4 +1,5 @@
-"""SQLModel tables and the engine of each participant's own database (DESIGN §7).
+"""SQLModel tables and the engine of each participant's own database
+(docs/architecture.md, "Storage").
 
 Every participant has its own database even when one machine runs all three: they share
 nothing but messages. SQLite (WAL) by default; PostgreSQL through BIOX_DATABASE_URL.

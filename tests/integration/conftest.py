@@ -21,7 +21,7 @@ from biox.broker.topology import declare
 from biox.registry import Registry
 from biox.routes import ROUTES
 from biox.settings import Settings
-from biox.sim import synth
+from biox.sim import galleries
 from biox.sim.processes import Workers, start_workers, wait_for_consumers
 
 SEED = 4242
@@ -72,7 +72,7 @@ def exchange(broker_url: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
     declare(broker_url, CODES, settings)
     sizes = dict.fromkeys(CODES, SIZE)
     for code in CODES:
-        synth.build_gallery(settings, code, SIZE, SEED)
+        galleries.build_gallery(settings, code, SIZE, SEED)
     env = {
         **os.environ,
         "BIOX_AMQP_URL": broker_url,

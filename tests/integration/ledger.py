@@ -20,7 +20,7 @@ import pika
 from sqlmodel import select
 
 from biox import codec
-from biox.encounters import EncounterSystem
+from biox.sim.encounters import EncounterSystem
 from biox.messages import OutcomeStatus
 from biox.store import ProcessedMessage, Transaction, session_for
 

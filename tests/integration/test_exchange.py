@@ -13,6 +13,7 @@ from biox.broker.link import amqp_user
 from biox.messages import SubjectStatus
 from biox.registry import Purpose
 from biox.sim import encounters, synth
+from biox.sim.plans import Planned, plan, repeat
 from biox.store import session_for
 from tests.integration.conftest import SEED, Exchange
 from tests.integration.ledger import (
@@ -25,22 +26,22 @@ from tests.integration.ledger import (
 pytestmark = pytest.mark.integration
 
 
-def run_encounters(exchange: Exchange, planned: list[encounters.Planned], timeout: float = 120):
+def run_encounters(exchange: Exchange, planned: list[Planned], timeout: float = 120):
     with encounters.EncounterSystem(exchange.url, exchange.sizes) as system:
         system.submit(planned)
         system.collect(timeout=timeout, idle_timeout=60)
         return system, list(system.outcomes.values())
 
 
-def pick(planned: list[encounters.Planned], scenario: str, n: int = 1) -> list[encounters.Planned]:
+def pick(planned: list[Planned], scenario: str, n: int = 1) -> list[Planned]:
     chosen = [p for p in planned if p.scenario == scenario][:n]
     assert len(chosen) == n, f"plan has fewer than {n} {scenario} encounters"
     return chosen
 
 
 @pytest.fixture(scope="module")
-def plans(exchange: Exchange) -> list[encounters.Planned]:
-    return encounters.plan(exchange.registry, exchange.sizes, 40, SEED, requesters=["us"])
+def plans(exchange: Exchange) -> list[Planned]:
+    return plan(exchange.registry, exchange.sizes, 40, SEED, requesters=["us"])
 
 
 def test_mated_query_is_answered_match_with_the_right_identity(exchange, plans):
@@ -94,7 +95,7 @@ def test_partner_citizen_is_only_excluded_from_that_partner(exchange, plans):
             "subject_status": SubjectStatus(citizenships=["mx"]),
         }
     )
-    p = encounters.Planned(
+    p = Planned(
         submit.encounter_id, "us", base.person, "partner_citizen", submit, ["sv"]
     )
     _, outcomes = run_encounters(exchange, [p])
@@ -110,7 +111,7 @@ def test_worker_killed_mid_message_still_answers_each_query_exactly_once(exchang
     queries answered (a tap on mx's outbox). What is neither waiting nor answered was
     delivered to the frozen matcher and not acked. Then every message is counted by id on
     both sides and at the encounter system."""
-    planned = encounters.plan(
+    planned = plan(
         exchange.registry, exchange.sizes, 300, SEED, requesters=["us"], draw=1
     )
     planned = [p for p in planned if "mx" in p.expected_partners]
@@ -162,7 +163,7 @@ def test_worker_killed_mid_message_still_answers_each_query_exactly_once(exchang
 
 
 def test_every_hop_of_a_query_is_in_the_audit_trails_without_biometrics(exchange, plans):
-    mated = encounters.repeat(pick(plans, "mated", 1), 1, "trail")  # a fresh encounter id
+    mated = repeat(pick(plans, "mated", 1), 1, "trail")  # a fresh encounter id
     _, outcomes = run_encounters(exchange, mated)
     answer = next(iter(outcomes[0].answers.values()))
     partner = answer.partner

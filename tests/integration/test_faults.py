@@ -21,7 +21,7 @@ from biox.dev.broker import LocalBroker
 from biox.gallery.gallery import Gallery
 from biox.registry import Purpose, Registry
 from biox.settings import Settings
-from biox.sim import encounters, synth
+from biox.sim import encounters, galleries, plans, synth
 from biox.sim.examiners import biographic_examiner
 from biox.sim.processes import start_requester_with_providers
 from biox.store import session_for
@@ -84,7 +84,7 @@ def test_broker_restart_under_load_loses_nothing_and_answers_once(tmp_path: Path
         registry = Registry.load(settings.registry)
         sizes = {"us": 10, "mx": 3000, "sv": 3000}
         workers = start_requester_with_providers(broker.url, settings, sizes, SEED)
-        planned = encounters.plan(registry, sizes, 240, SEED, requesters=["us"], draw=3)
+        planned = plans.plan(registry, sizes, 240, SEED, requesters=["us"], draw=3)
         expected = {p.encounter_id: sorted(p.expected_partners) for p in planned}  # before any
         queries = {p: Tap(broker.url, [(addresses.outbox("us"), f"{p}.query")]) for p in PROVIDERS}
         answers = {p: Tap(broker.url, [(addresses.outbox(p), "us.response")]) for p in PROVIDERS}
@@ -152,7 +152,7 @@ def test_a_review_case_survives_a_broker_restart(tmp_path: Path):
             provider_roles=("query", "review"),
         )
         gallery = Gallery.load(settings.gallery_dir("mx"))
-        n, bio = synth.gray_zone_subject(
+        n, bio = galleries.gray_zone_subject(
             gallery,
             "mx",
             sizes["mx"],
@@ -162,7 +162,7 @@ def test_a_review_case_survives_a_broker_restart(tmp_path: Path):
             np.random.default_rng(17),
         )
         registry = Registry.load(settings.registry)
-        planned = encounters.single(
+        planned = plans.single(
             registry, "us", n, SEED, Purpose.adjudicate, bio, scenario="poor"
         )  # adjudicate: us asks mx alone
         with encounters.EncounterSystem(broker.url, sizes) as system:

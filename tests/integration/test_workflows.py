@@ -22,7 +22,7 @@ from biox.enrolment import enrolled_record_id
 from biox.gallery.gallery import Gallery
 from biox.messages import Biometrics, Element, RetrievalRequest
 from biox.registry import Purpose
-from biox.sim import encounters, synth
+from biox.sim import encounters, galleries, plans, synth
 from biox.store import Record, RetrievalRow, ReviewCaseRow, session_for
 from tests.integration.conftest import SEED, SIZE, Exchange, Peer, unpack
 from tests.integration.ledger import Tap
@@ -38,8 +38,8 @@ def planned_for(
     purpose: Purpose = Purpose.enforce,
     biometrics: Biometrics | None = None,
     scenario: str = "mated",
-) -> encounters.Planned:
-    return encounters.single(
+) -> plans.Planned:
+    return plans.single(
         exchange.registry, requester, person, SEED, purpose, biometrics, scenario
     )
 
@@ -124,7 +124,7 @@ def test_gray_zone_case_survives_a_worker_restart_and_the_cli_decision_goes_out(
 ):
     gallery = Gallery.load(exchange.settings.gallery_dir("mx"))
     s = exchange.settings
-    n, bio = synth.gray_zone_subject(
+    n, bio = galleries.gray_zone_subject(
         gallery, "mx", SIZE, SEED, s.threshold_low, s.threshold_high, np.random.default_rng(3)
     )
     # adjudicate goes to mx alone: one smudged finger can be a gray case anywhere
@@ -351,7 +351,7 @@ def test_a_partner_cannot_reach_the_kinds_a_participant_takes_only_from_itself(p
             recipient="us",
         )
     probe = peer.publish(  # a partner kind on the same link does arrive
-        addresses.outbox("mx"), "us.notice.test", b"\x80", kind="notice.test", schema=None
+        addresses.outbox("mx"), "us.query", b"\x80", sender="mx", recipient="us"
     )
     got = peer.take(observe, 5, timeout=5)
     assert [props.message_id for props, _ in got] == [probe]

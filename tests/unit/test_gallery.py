@@ -8,7 +8,7 @@ from biox.gallery.gallery import Gallery, Probe
 from biox.gallery.index import IrisIndex, VectorIndex
 from biox.gallery.templates import FACE, FINGER, IRIS, rotate_iris, vector
 from biox.messages import Biometrics, Face, Fingerprint, Iris
-from biox.sim import synth
+from biox.sim import galleries, synth
 
 SEED = 11
 SIZE = 2000
@@ -16,14 +16,14 @@ SIZE = 2000
 
 def build(kind: str = "flat") -> tuple[Gallery, list[int]]:
     gallery = Gallery(kind, nlist=32, nprobe=8)
-    batches = list(synth.enrolments(SEED, "mx", SIZE))
+    batches = list(galleries.enrolments(SEED, "mx", SIZE))
     if kind == "ivf":
         faces = np.concatenate([b.face for b in batches])
         fingers = np.concatenate([b.fingers[2][1] for b in batches])
         gallery.train(faces, fingers)
     people = []
     for b in batches:
-        synth.add_to(gallery, b)
+        galleries.add_to(gallery, b)
         people.extend(b.persons.tolist())
     return gallery, people
 

@@ -30,7 +30,7 @@ from biox.policy.release import Policies
 from biox.registry import Purpose, Registry
 from biox.routes import ROUTES
 from biox.settings import Settings
-from biox.sim import synth
+from biox.sim import galleries, synth
 from biox.store import EncounterRow, Transaction, session_for
 
 REGISTRY = Registry.load(Path("deploy/participants.toml"))
@@ -111,7 +111,7 @@ def test_intake_without_reply_to_cannot_answer_and_dead_letters():
 def matcher_setup(tmp_path_factory):
     d = tmp_path_factory.mktemp("mx")
     db = f"sqlite:///{d / 'biox.db'}"
-    gallery = synth.populate("mx", SIZE, SEED, db, d / "gallery")
+    gallery = galleries.populate("mx", SIZE, SEED, db, d / "gallery")
     return db, MatcherHandler("mx", REGISTRY, gallery, Settings(), POLICIES.of("mx"))
 
 

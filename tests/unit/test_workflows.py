@@ -39,7 +39,7 @@ from biox.messages import (
 from biox.policy.release import ParticipantPolicy, Policies, ReleaseRule
 from biox.registry import Purpose, Registry
 from biox.settings import Settings
-from biox.sim import synth
+from biox.sim import galleries, synth
 from biox.sim.examiners import biographic_examiner
 from biox.store import (
     EncounterRow,
@@ -91,7 +91,7 @@ class Hub:
 def make_hub(tmp: Path, policies: Policies = POLICIES, options: Settings | None = None) -> Hub:
     config = (options or Settings()).model_copy(update={"data_dir": tmp})
     for code in ("us", "mx", "sv"):
-        synth.build_gallery(config, code, SIZE, SEED)
+        galleries.build_gallery(config, code, SIZE, SEED)
     exchange = InMemoryExchange(config, registry=REGISTRY, policies=policies)
     exchange.declare_queue(REPLIES)
     return Hub(exchange)
@@ -219,7 +219,7 @@ def test_inactive_requester_is_declined_not_rejected(tmp_path):
 def gray_zone_probe(hub: Hub, code: str) -> tuple[int, Biometrics]:
     matcher = hub.handler(code, "query")
     settings = matcher.settings  # type: ignore[attr-defined]
-    return synth.gray_zone_subject(
+    return galleries.gray_zone_subject(
         matcher.gallery,  # type: ignore[attr-defined]
         code,
         SIZE,

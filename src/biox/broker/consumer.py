@@ -35,6 +35,7 @@ from sqlalchemy.orm.exc import StaleDataError
 from sqlmodel import Session, col
 
 from biox import addresses
+from biox.broker import failures
 from biox.broker.link import ConnectionLost, Delivery, Link, Nacked, Transport, Unroutable
 from biox.broker.publisher import (
     Publisher,
@@ -42,7 +43,7 @@ from biox.broker.publisher import (
     republish_properties,
     unpack_outgoing,
 )
-from biox.codec import H_ATTEMPT, Envelope, Outgoing
+from biox.codec import Envelope, Outgoing
 from biox.errors import BioxError, PermanentError, Reason, TransientError
 from biox.handlers.base import Effects, Handler, Result
 from biox.inbound import Inbound, read_envelope
@@ -51,17 +52,6 @@ from biox.settings import Settings
 from biox.store import ProcessedMessage, processed, session_for
 
 log = structlog.get_logger("biox.consumer")
-
-H_ERROR = "biox-error"
-H_ERROR_CLASS = "biox-error-class"
-H_REASON = "biox-reason"
-H_PERMANENT = "biox-permanent"
-H_WORKER = "biox-worker"
-H_FAILED_AT = "biox-failed-at"
-H_FIRST_FAILED_AT = "biox-first-failed-at"
-H_ORIGINAL_EXCHANGE = "biox-original-exchange"
-H_ORIGINAL_ROUTING_KEY = "biox-original-routing-key"
-H_ORIGINAL_USER = "biox-original-user-id"
 
 
 @dataclass(frozen=True)
@@ -346,7 +336,7 @@ class ConsumeLoop:
             attempt=env.attempt,
         )
 
-    # --- failure routing ------------------------------------------------------------------
+    # --- failure routing (broker/failures.py says where and with what) ---------------------
 
     def _retry(self, t: Taken, exc: BaseException) -> None:
         env = t.envelope
@@ -364,14 +354,9 @@ class ConsumeLoop:
             if attempt > len(tiers):
                 self._dead(t, exc, attempt=attempt)
             else:
-                seconds = tiers[attempt - 1]
-                if self.spec.decode:  # through the inbox, so the audit records the hop
-                    target = (
-                        addresses.inbox(self.participant),
-                        addresses.retry_key(self.participant, self.spec.role, seconds),
-                    )
-                else:
-                    target = ("", addresses.retry_queue(self.queue, seconds))
+                target = failures.retry_target(
+                    self.participant, self.spec.role, tiers[attempt - 1], self.spec.decode
+                )
                 self._republish(t, target, exc, attempt)
                 self.stats["retried"] += 1
             self.link.ack(t.delivery)
@@ -380,13 +365,7 @@ class ConsumeLoop:
             self.link.nack(t.delivery, requeue=True)
 
     def _dead(self, t: Taken, exc: BaseException, attempt: int | None = None) -> None:
-        if self.spec.decode:
-            target = (
-                addresses.inbox(self.participant),
-                addresses.dead_letter_key(self.participant, self.spec.role),
-            )
-        else:
-            target = ("", addresses.dead_letter_queue(self.queue))
+        target = failures.dead_letter_target(self.participant, self.spec.role, self.spec.decode)
         env = t.envelope
         self._republish(t, target, exc, attempt if attempt is not None else env.attempt)
         self.stats["dead_lettered"] += 1
@@ -403,24 +382,6 @@ class ConsumeLoop:
     ) -> None:
         """Copy of the original (body untouched) to a retry tier or the DLQ, with the why."""
         d = t.delivery
-        now = datetime.now(UTC).isoformat()
-        headers = dict(t.envelope.headers)
-        headers.setdefault(H_ORIGINAL_EXCHANGE, d.exchange)
-        headers.setdefault(H_ORIGINAL_ROUTING_KEY, d.routing_key)
-        headers.setdefault(H_FIRST_FAILED_AT, now)
-        if d.properties.user_id:
-            headers.setdefault(H_ORIGINAL_USER, d.properties.user_id)
-        permanent = bool(getattr(exc, "permanent", False))
-        headers.update(
-            {
-                H_ATTEMPT: attempt,
-                H_ERROR: str(exc)[:1000],
-                H_ERROR_CLASS: type(exc).__name__,
-                H_REASON: exc.reason.value if isinstance(exc, BioxError) else "handler_error",
-                H_PERMANENT: permanent,
-                H_WORKER: self.worker,
-                H_FAILED_AT: now,
-            }
-        )
+        headers = failures.headers(t.envelope, d, exc, attempt, self.worker)
         props = republish_properties(d.properties, headers, self.link.user)
         self.publisher.send_raw([(*target, d.body, props)])

@@ -37,13 +37,13 @@ def synth(
     seed: int = typer.Option(2026),
 ) -> None:
     """Build a participant's synthetic gallery (database records and FAISS indexes)."""
-    from biox.sim import synth as population
+    from biox.sim import galleries
 
     me = code(participant)
     started = time.perf_counter()
     with Progress(console=console) as progress:
         task = progress.add_task(f"gallery {me}", total=size)
-        gallery = population.build_gallery(
+        gallery = galleries.build_gallery(
             settings(), me, size, seed, lambda n: progress.advance(task, n)
         )
     console.print(

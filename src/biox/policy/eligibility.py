@@ -41,7 +41,7 @@ def refusal(
 def provider_refusal(
     registry: Registry, provider: str, requester: str, purpose: Purpose
 ) -> Reason | None:
-    """The providing side's own check before it searches (DESIGN §5.3)."""
+    """The providing side's own check before it searches (§2, §34-36)."""
     who = registry.get(requester)
     if who is None:
         return Reason.unknown_participant

@@ -32,15 +32,15 @@ from biox.provenance import holdings
 from biox.registry import Purpose, Registry
 from biox.routes import ROUTES
 from biox.settings import Settings
-from biox.sim import encounters, synth
+from biox.sim import encounters, galleries, plans, synth
 from biox.sim.examiners import ScriptedExaminers
 from biox.sim.processes import broker_url, start_workers, unwind_on_sigterm, wait_for_consumers
 from biox.store import RetrievalRow, session_for
 
 
 def showcase(
-    registry: Registry, galleries: dict[str, Gallery], size: int, seed: int, settings: Settings
-) -> list[encounters.Planned]:
+    registry: Registry, built: dict[str, Gallery], size: int, seed: int, settings: Settings
+) -> list[plans.Planned]:
     """Encounters that make sure every workflow appears once, whatever the random mix:
     a gray-zone capture for each provider's examiners (the one at us, of a person with
     derogatory data, also sets off us's automatic retrieval), and a sealed record."""
@@ -54,14 +54,14 @@ def showcase(
         ("us", "sv", Purpose.investigate),
     ):
         accept = (lambda n: bool(synth.person(seed, n).derogatory)) if provider == "us" else None
-        n, bio = synth.gray_zone_subject(
-            galleries[provider], provider, size, seed, low, high, rng, accept=accept
+        n, bio = galleries.gray_zone_subject(
+            built[provider], provider, size, seed, low, high, rng, accept=accept
         )
-        out.append(encounters.single(registry, requester, n, seed, purpose, bio, "poor"))
+        out.append(plans.single(registry, requester, n, seed, purpose, bio, "poor"))
     while True:
         n = synth.known_to("mx", size, rng)
         if synth.sealed(n):
-            out.append(encounters.single(registry, "us", n, seed, Purpose.adjudicate))
+            out.append(plans.single(registry, "us", n, seed, Purpose.adjudicate))
             return out
 
 
@@ -85,11 +85,11 @@ def run(
     with broker_url(settings, console) as url:
         queues = declare(url, codes, settings)
         console.print(f"Topology: {len(codes) * 2} exchanges, {len(queues)} work queues declared")
-        galleries = {}
+        built: dict[str, Gallery] = {}
         with _progress(console) as progress:
             for code in codes:
                 task = progress.add_task(f"Gallery {code}", total=gallery_size)
-                galleries[code] = synth.build_gallery(
+                built[code] = galleries.build_gallery(
                     settings, code, gallery_size, seed, partial(progress.advance, task)
                 )
         env = {
@@ -112,8 +112,8 @@ def run(
                 f"Workers: {len(workers.processes)} processes "
                 f"({', '.join(ROUTES.queues)} per participant)"
             )
-            planned = encounters.plan(registry, sizes, per_participant, seed, poor=0.05)
-            planned += showcase(registry, galleries, gallery_size, seed, settings)
+            planned = plans.plan(registry, sizes, per_participant, seed, poor=0.05)
+            planned += showcase(registry, built, gallery_size, seed, settings)
             desk.start()
             with (
                 encounters.EncounterSystem(url, sizes) as system,

@@ -26,7 +26,7 @@ from biox.dev.broker import LocalBroker
 from biox.registry import Registry
 from biox.routes import ROUTES
 from biox.settings import Settings
-from biox.sim import synth
+from biox.sim import galleries
 
 
 def unwind_on_sigterm() -> None:
@@ -122,7 +122,7 @@ def start_requester_with_providers(
     declare(url, registry.codes, settings)
     providers = [code for code in sizes if code != requester]
     for code in providers:
-        synth.build_gallery(settings, code, sizes[code], seed)
+        galleries.build_gallery(settings, code, sizes[code], seed)
     env = {
         **os.environ,
         "BIOX_AMQP_URL": url,

@@ -1,0 +1,64 @@
+"""Where a message that failed goes, and what it carries with it (docs/architecture.md,
+"One consume loop"): a retry tier or the dead-letter queue, the body untouched, the
+original properties kept, and headers saying why, where, when and who failed it."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from biox import addresses
+from biox.broker.link import Delivery
+from biox.codec import H_ATTEMPT, Envelope
+from biox.errors import BioxError
+
+H_ERROR = "biox-error"
+H_ERROR_CLASS = "biox-error-class"
+H_REASON = "biox-reason"
+H_PERMANENT = "biox-permanent"
+H_WORKER = "biox-worker"
+H_FAILED_AT = "biox-failed-at"
+H_FIRST_FAILED_AT = "biox-first-failed-at"
+H_ORIGINAL_EXCHANGE = "biox-original-exchange"
+H_ORIGINAL_ROUTING_KEY = "biox-original-routing-key"
+H_ORIGINAL_USER = "biox-original-user-id"
+
+
+def retry_target(participant: str, role: str, seconds: int, via_inbox: bool) -> tuple[str, str]:
+    """Through the participant's inbox, so the audit records the hop; the audit queue's own
+    hops go straight to its tier by the default exchange, so they cannot feed it."""
+    if via_inbox:
+        return addresses.inbox(participant), addresses.retry_key(participant, role, seconds)
+    return "", addresses.retry_queue(addresses.queue(participant, role), seconds)
+
+
+def dead_letter_target(participant: str, role: str, via_inbox: bool) -> tuple[str, str]:
+    if via_inbox:
+        return addresses.inbox(participant), addresses.dead_letter_key(participant, role)
+    return "", addresses.dead_letter_queue(addresses.queue(participant, role))
+
+
+def headers(
+    env: Envelope, d: Delivery, exc: BaseException, attempt: int, worker: str
+) -> dict[str, Any]:
+    """The original's headers, the first failure's where and when kept across hops, and
+    this failure's why."""
+    now = datetime.now(UTC).isoformat()
+    out = dict(env.headers)
+    out.setdefault(H_ORIGINAL_EXCHANGE, d.exchange)
+    out.setdefault(H_ORIGINAL_ROUTING_KEY, d.routing_key)
+    out.setdefault(H_FIRST_FAILED_AT, now)
+    if d.properties.user_id:
+        out.setdefault(H_ORIGINAL_USER, d.properties.user_id)
+    out.update(
+        {
+            H_ATTEMPT: attempt,
+            H_ERROR: str(exc)[:1000],
+            H_ERROR_CLASS: type(exc).__name__,
+            H_REASON: exc.reason.value if isinstance(exc, BioxError) else "handler_error",
+            H_PERMANENT: bool(getattr(exc, "permanent", False)),
+            H_WORKER: worker,
+            H_FAILED_AT: now,
+        }
+    )
+    return out

@@ -6,7 +6,6 @@ Kept free of pika so handlers and tests can build and read messages without a br
 
 from __future__ import annotations
 
-import hashlib
 import uuid
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -100,10 +99,6 @@ def decode_body(model: type[MessageT], schema: str | None, body: bytes) -> Messa
             for e in exc.errors()[:5]
         )
         raise PermanentError(Reason.invalid_message, problems) from exc
-
-
-def body_digest(body: bytes) -> str:
-    return hashlib.sha256(body).hexdigest()
 
 
 def to_partner(

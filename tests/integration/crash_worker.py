@@ -13,11 +13,12 @@ from collections.abc import Sequence
 from biox.broker.consumer import ConsumeLoop
 from biox.handlers.base import Effects
 from biox.inbound import Inbound
+from biox.routes import Queue, RouteTable
 from biox.settings import Settings
 
 
 class CrashHandler:
-    kinds: tuple[str, ...] = ()
+    """Takes every message undecoded, like the audit queue's handler."""
 
     def handle(self, batch: Sequence[Inbound], session: object) -> list[Effects]:
         if any(inb.body == b"boom" for inb in batch):
@@ -30,8 +31,16 @@ class CrashHandler:
 
 if __name__ == "__main__":
     url, queue, database = sys.argv[1:4]
+    participant, role = queue.split(".", 1)
     settings = Settings(prefetch=1, batch_max=1, retry_delays="1")
+    spec = Queue(role, CrashHandler, records=CrashHandler.handle)  # type: ignore[arg-type]
     loop = ConsumeLoop(
-        url=url, queue=queue, handler=CrashHandler(), database_url=database, settings=settings
+        url=url,
+        participant=participant,
+        queue=spec,
+        routes=RouteTable([spec], []),
+        handler=CrashHandler(),
+        database_url=database,
+        settings=settings,
     )
     loop.run(threading.Event())

@@ -20,8 +20,8 @@ import pika
 from sqlmodel import select
 
 from biox import codec
-from biox.sim.encounters import EncounterSystem
 from biox.messages import OutcomeStatus
+from biox.sim.encounters import EncounterSystem
 from biox.store import ProcessedMessage, Transaction, session_for
 
 

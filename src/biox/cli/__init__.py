@@ -8,10 +8,18 @@ import typer
 
 from biox import contract
 from biox.cli import audit, broker, dlq, records, retrieval, review, sim
-from biox.cli.common import Participant, console
+from biox.cli.common import Participant, begin, console
 from biox.runtime import WorkerKind
 
 app = typer.Typer(help="biox: biometric immigration query exchange.", no_args_is_help=True)
+
+
+@app.callback()
+def _settings() -> None:
+    """biox: biometric immigration query exchange. Settings: BIOX_* environment variables."""
+    begin()
+
+
 app.add_typer(broker.app, name="broker")
 app.add_typer(audit.app, name="audit")
 app.add_typer(dlq.app, name="dlq")

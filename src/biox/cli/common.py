@@ -4,10 +4,10 @@ console, option types with their choices, and small helpers."""
 from __future__ import annotations
 
 import sys
+from contextvars import ContextVar
 from enum import StrEnum
 from typing import Any
 
-import click
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -22,12 +22,21 @@ from biox.store import session_for
 console = Console() if sys.stdout.isatty() else Console(width=140)
 
 
+_current: ContextVar[Settings | None] = ContextVar("biox_settings", default=None)
+
+
+def begin() -> None:
+    """Called once per invocation (the root callback): read the environment."""
+    _current.set(Settings())
+
+
 def settings() -> Settings:
     """The settings of this invocation, read from the environment once."""
-    root = click.get_current_context().find_root()
-    if not isinstance(root.obj, Settings):
-        root.obj = Settings()
-    return root.obj
+    current = _current.get()
+    if current is None:
+        current = Settings()
+        _current.set(current)
+    return current
 
 
 def _participants() -> list[str]:

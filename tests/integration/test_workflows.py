@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import msgpack
 import numpy as np
+import pika
 import pytest
 from sqlmodel import select
 from typer.testing import CliRunner
@@ -337,19 +338,24 @@ def test_an_encounter_enrolled_on_request_answers_a_partner_later(exchange, syst
 
 def test_a_partner_cannot_reach_the_kinds_a_participant_takes_only_from_itself(peer: Peer):
     """The outbox → inbox links carry partner kinds only: a forged examiner decision from
-    mx never reaches us's inbox, whatever its headers claim (mx's own audit records that
-    it was sent)."""
-    observe = peer.observe(addresses.inbox("us"), "us.#")
-    for kind in ("review.decision", "review.case", "retrieval.ask", "encounter.submit"):
-        peer.publish(
-            addresses.outbox("mx"),
-            f"us.{kind}",
-            b"\x80",
-            kind=kind,
-            schema=f"{kind}/1",
-            sender="us",
-            recipient="us",
-        )
+    mx never reaches us's inbox, whatever its headers claim. Nothing is bound to those
+    keys on mx's outbox at all, so the broker returns the message to mx as unroutable
+    instead of swallowing it."""
+    forged = ("review.decision", "review.case", "retrieval.ask", "encounter.submit")
+    observe = peer.observe(addresses.inbox("us"), "us.query")
+    for kind in forged:  # anything arriving under these keys on us's inbox is seen too
+        peer.ch.queue_bind(observe, addresses.inbox("us"), f"us.{kind}")
+    for kind in forged:
+        with pytest.raises(pika.exceptions.UnroutableError):
+            peer.publish(
+                addresses.outbox("mx"),
+                f"us.{kind}",
+                b"\x80",
+                kind=kind,
+                schema=f"{kind}/1",
+                sender="us",
+                recipient="us",
+            )
     probe = peer.publish(  # a partner kind on the same link does arrive
         addresses.outbox("mx"), "us.query", b"\x80", sender="mx", recipient="us"
     )

@@ -16,7 +16,6 @@ from sqlalchemy import CursorResult, and_, or_, update
 from sqlmodel import Session, col, select
 
 from biox import codec
-from biox.broker.publisher import publish_once
 from biox.messages import ReviewDecision, ReviewVerdict, utcnow
 from biox.store import Record, ReviewCaseRow
 
@@ -116,7 +115,3 @@ def decision_message(
         correlation_id=case.query_id,
     )
     return codec.with_actor(out, examiner)
-
-
-def send_decision(url: str, message: codec.Outgoing) -> None:
-    publish_once(url, [message], name="biox-review")

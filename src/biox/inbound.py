@@ -46,9 +46,9 @@ def read_envelope(p: Properties) -> Envelope:
     return Envelope(
         message_id=p.message_id or "",
         kind=p.type or "",
-        schema=_text(headers.get(H_SCHEMA)),
-        sender=_text(headers.get(H_FROM)),
-        recipient=_text(headers.get(H_TO)),
+        schema=header_text(headers.get(H_SCHEMA)) or "",
+        sender=header_text(headers.get(H_FROM)) or "",
+        recipient=header_text(headers.get(H_TO)) or "",
         correlation_id=p.correlation_id,
         reply_to=p.reply_to,
         user_id=p.user_id,
@@ -58,7 +58,8 @@ def read_envelope(p: Properties) -> Envelope:
     )
 
 
-def _text(value: object) -> str:
+def header_text(value: object) -> str | None:
+    """A header's value as text: AMQP may hand a string header over as bytes."""
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
-    return value if isinstance(value, str) else ""
+    return value if isinstance(value, str) else None

@@ -95,9 +95,7 @@ def test_partner_citizen_is_only_excluded_from_that_partner(exchange, plans):
             "subject_status": SubjectStatus(citizenships=["mx"]),
         }
     )
-    p = Planned(
-        submit.encounter_id, "us", base.person, "partner_citizen", submit, ["sv"]
-    )
+    p = Planned(submit.encounter_id, "us", base.person, "partner_citizen", submit, ["sv"])
     _, outcomes = run_encounters(exchange, [p])
     assert outcomes[0].refused is None
     assert set(outcomes[0].answers) == {"sv"}
@@ -111,9 +109,7 @@ def test_worker_killed_mid_message_still_answers_each_query_exactly_once(exchang
     queries answered (a tap on mx's outbox). What is neither waiting nor answered was
     delivered to the frozen matcher and not acked. Then every message is counted by id on
     both sides and at the encounter system."""
-    planned = plan(
-        exchange.registry, exchange.sizes, 300, SEED, requesters=["us"], draw=1
-    )
+    planned = plan(exchange.registry, exchange.sizes, 300, SEED, requesters=["us"], draw=1)
     planned = [p for p in planned if "mx" in p.expected_partners]
     queries = Tap(exchange.url, [(addresses.outbox("us"), "mx.query")])
     responses = Tap(exchange.url, [(addresses.outbox("mx"), "us.response")])

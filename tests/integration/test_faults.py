@@ -16,6 +16,7 @@ import pytest
 
 from biox import addresses, examiners
 from biox.broker.deadletters import DeadLetterQueues, Filters
+from biox.broker.publisher import publish_once
 from biox.broker.topology import declare_work_queue
 from biox.dev.broker import LocalBroker
 from biox.gallery.gallery import Gallery
@@ -174,9 +175,8 @@ def test_a_review_case_survives_a_broker_restart(tmp_path: Path):
                 case = examiners.take_next(db, "ex-1", settings.review_lease_s)
                 assert case is not None
                 verdict, ref = biographic_examiner(case, examiners.sides(db, case))
-            examiners.send_decision(
-                broker.url, examiners.decision_message("mx", case, verdict, ref, "ex-1")
-            )
+            decision = examiners.decision_message("mx", case, verdict, ref, "ex-1")
+            publish_once(broker.url, [decision], name="examiner")
             assert system.collect(timeout=90, until=lambda: outcome.complete)
         [answer] = outcome.answers.values()
         assert (answer.status, answer.identity_ref) == ("match", synth.identity_ref("mx", n))

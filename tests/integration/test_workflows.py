@@ -40,9 +40,7 @@ def planned_for(
     biometrics: Biometrics | None = None,
     scenario: str = "mated",
 ) -> plans.Planned:
-    return plans.single(
-        exchange.registry, requester, person, SEED, purpose, biometrics, scenario
-    )
+    return plans.single(exchange.registry, requester, person, SEED, purpose, biometrics, scenario)
 
 
 def person(code: str, seed: int, *, sealed: bool = False, derogatory: bool | None = None) -> int:

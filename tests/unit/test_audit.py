@@ -158,3 +158,51 @@ def test_an_empty_trail_starts_at_the_genesis(tmp_path):
     with session_for(f"sqlite:///{tmp_path / 'empty.db'}") as s:
         assert audit.head(s) == (0, audit.GENESIS)
         assert audit.verify(s) == (0, None)
+
+
+def test_the_hash_of_an_entry_is_stable_across_versions():
+    """Chains written by an older biox must verify with a newer one: the canonical form
+    (sorted keys, compact separators, microsecond UTC times) is part of the format."""
+    [e] = audit.chain(entries(1), 0, audit.GENESIS)
+    assert e.entry_hash == "4e395daa1ddeccd797468e04b6f4a1b7eedd9764494b4e9d7dc0b8a7488f1253"
+
+
+def test_an_entry_inserted_right_after_the_first_is_named(db):
+    with session_for(db) as s:
+        for seq in range(10, 1, -1):
+            s.get(AuditEntry, seq).seq = seq + 1
+            s.commit()
+        forged = entries(1)[0]
+        forged.message_id = "forged"
+        s.add(audit.chain([forged], 1, s.get(AuditEntry, 1).entry_hash)[0])
+        s.commit()
+        assert audit.verify(s)[1] == audit.Break(2, "inserted")
+
+
+def test_a_trail_across_participants_follows_the_query_and_its_encounter(tmp_path):
+    from biox.settings import Settings
+    from biox.store import Transaction
+
+    settings = Settings(data_dir=tmp_path)
+    t0 = datetime(2026, 11, 1, tzinfo=UTC)
+
+    def entry(code: str, seconds: int, corr: str, mid: str) -> AuditEntry:
+        e = entries(1)[0]
+        e.received_at, e.correlation_id, e.message_id = t0 + timedelta(seconds=seconds), corr, mid
+        return e
+
+    with session_for(settings.database_for("us")) as s:
+        s.add(Transaction(query_id="q-9", role="requester", encounter_id="E-9", requesting="us",
+                          providing="mx", purpose="enforce"))  # fmt: skip
+        s.add_all(audit.chain([entry("us", 0, "E-9", "submit"), entry("us", 1, "q-9", "query"),
+                               entry("us", 9, "q-other", "other")], 0, audit.GENESIS))  # fmt: skip
+        s.commit()
+    with session_for(settings.database_for("mx")) as s:
+        s.add_all(audit.chain([entry("mx", 2, "q-9", "at-mx")], 0, audit.GENESIS))
+        s.commit()
+    rows = audit.trail_across(settings, "q-9")
+    assert [(code, e.message_id) for code, e in rows] == [
+        ("us", "submit"),
+        ("us", "query"),
+        ("mx", "at-mx"),
+    ]

@@ -497,12 +497,15 @@ def test_a_transient_error_climbs_the_retry_tiers_then_parks(tmp_path):
     assert r.marker(out.envelope.message_id) is None  # never processed: a replay handles it
 
 
-def test_a_handler_exception_isolates_the_message_that_causes_it(tmp_path):
+@pytest.mark.parametrize("neighbours", [1, 3])
+def test_a_handler_exception_isolates_the_message_that_causes_it(tmp_path, neighbours):
     r = rig(tmp_path)
-    good = [r.link.deliver(ask("ok")) for _ in range(3)]
+    good = [r.link.deliver(ask("ok")) for _ in range(neighbours)]
     bad = r.link.deliver(ask("boom"))
     r.run(*good, bad)
-    assert len(r.link.confirmed) - len(r.link.to(addresses.retry_key("us", "retrieval", 1))) == 3
+    assert len(r.link.confirmed) - len(r.link.to(addresses.retry_key("us", "retrieval", 1))) == (
+        neighbours
+    )
     [hop] = r.link.to(addresses.retry_key("us", "retrieval", 1))
     assert hop.message_id == bad.properties.message_id
     assert hop.headers["biox-reason"] == "handler_error"

@@ -203,3 +203,33 @@ def test_the_decision_message_names_the_examiner_for_the_audit_trail(db):
     assert isinstance(decision, ReviewDecision)
     assert decision.identity_ref is None  # a no-match names nobody
     assert out.envelope.correlation_id == "c-1"
+
+
+def test_a_decided_case_is_never_taken_again_however_old_its_lease(db):
+    with session_for(db) as s:
+        s.add(case_row("c-done", opened_s_ago=9000, status="decided"))
+        row = s.get(ReviewCaseRow, "c-1")
+        row.status, row.taken_at = "decided", datetime.now(UTC) - timedelta(days=2)
+        s.commit()
+        assert examiners.take_next(s, "anyone", lease_s=900) is None
+
+
+def test_the_examiner_sees_each_candidates_scores_and_record(db):
+    with session_for(db) as s:
+        sides = examiners.sides(s, s.get(ReviewCaseRow, "c-1"))
+    assert [(x.identity_ref, x.fused_score, x.scores) for x in sides] == [
+        ("MX-000000001", 0.45, {"face": 0.45}),
+        ("MX-000000002", 0.35, {"face": 0.35}),
+    ]
+    assert [x.record.identity_ref for x in sides if x.record] == ["MX-000000001", "MX-000000002"]
+
+
+def test_a_decision_carries_the_examiners_note_and_a_fresh_id(db):
+    with session_for(db) as s:
+        case = s.get(ReviewCaseRow, "c-1")
+    a = examiners.decision_message("mx", case, ReviewVerdict.match, "MX-000000001", "e", "why")
+    b = examiners.decision_message("mx", case, ReviewVerdict.match, "MX-000000001", "e", "why")
+    decision = ROUTES.decode("review.decision", "review.decision/1", a.body)
+    assert isinstance(decision, ReviewDecision)
+    assert decision.note == "why" and decision.identity_ref == "MX-000000001"
+    assert a.envelope.message_id != b.envelope.message_id  # two clicks are two decisions

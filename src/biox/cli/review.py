@@ -8,6 +8,7 @@ import typer
 from rich.table import Table
 
 from biox import examiners
+from biox.broker.publisher import publish_once
 from biox.cli.common import (
     PARTICIPANT,
     Participant,
@@ -116,7 +117,7 @@ def review_next(
     message = examiners.decision_message(
         code(participant), case, verdict, candidate, examiner, note
     )
-    examiners.send_decision(url, message)
+    publish_once(url, [message], name="biox-review")
     console.print(
         text(
             f"case {case.case_id}: {verdict.value}"

@@ -17,7 +17,7 @@ from biox import addresses, audit
 from biox.codec import H_ACTOR, Envelope
 from biox.errors import BioxError
 from biox.handlers.base import Context, Effects, Result
-from biox.inbound import Inbound
+from biox.inbound import Inbound, header_text
 from biox.messages import utcnow
 from biox.store import AuditEntry
 
@@ -56,16 +56,10 @@ class AuditHandler:
             schema_id=env.schema or None,
             body_sha256=hashlib.sha256(inb.body).hexdigest(),
             provenance=self.me if outgoing else (env.sender or None),
-            actor=_text(env.headers.get(H_ACTOR)),
+            actor=header_text(env.headers.get(H_ACTOR)),
             prev_hash="",
             entry_hash="",
         )
 
     def reject(self, envelope: Envelope, error: BioxError) -> Effects | None:
         return None
-
-
-def _text(value: object) -> str | None:
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    return value if isinstance(value, str) else None

@@ -90,7 +90,7 @@ def main() -> int:
     equivalent = len(set(survivors) & known)
     print(
         f"\n{len(survivors)} survivors: {equivalent} explained as equivalent in "
-        f"{args.doc.relative_to(ROOT)}, {len(unexplained)} not"
+        f"{args.doc.name}, {len(unexplained)} not"
     )
     if args.list:
         for name in unexplained:

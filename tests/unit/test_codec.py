@@ -121,3 +121,68 @@ def test_fuzzed_bodies_only_ever_raise_a_permanent_error_with_a_reason(kind, bod
 def test_submit_schema_rejects_extra_fields():
     with pytest.raises(PermanentError):
         codec.decode_body(EncounterSubmit, EncounterSubmit.schema_id(), msgpack.packb({"bogus": 1}))
+
+
+def test_derived_ids_are_stable_across_versions():
+    """Stored in idempotency records and sent to partners: a redelivery after an upgrade
+    must reproduce the same id."""
+    assert codec.derived_id("m1", "query", "mx") == "132c8a03-9fc3-5139-9878-7912ce156407"
+
+
+def test_encoding_keeps_bytes_as_bin_and_leaves_out_what_is_unset():
+    q = make_query()
+    raw = msgpack.unpackb(codec.encode_body(q), raw=True, timestamp=3)
+    assert isinstance(raw[b"biometrics"][b"face"][b"template"], bytes)
+    assert isinstance(raw[b"query_id"], bytes)  # a str packed as str, a bytes as bin
+    assert b"person_centric_id" not in raw[b"references"]  # None is not sent
+    assert msgpack.unpackb(codec.encode_body(q), timestamp=3)["biometrics"]["face"]["template"]
+
+
+def test_decoding_reads_text_as_text_and_refuses_keys_that_are_not_text():
+    q = make_query()
+    data = msgpack.unpackb(codec.encode_body(q), timestamp=3)
+    assert codec.decode_body(Query, "query/1", codec.encode_body(q)).query_id == data["query_id"]
+    data[1] = "a key that is a number"
+    with pytest.raises(PermanentError) as info:
+        codec.decode_body(Query, "query/1", msgpack.packb(data, datetime=True))
+    assert info.value.reason is Reason.undecodable
+
+
+@pytest.mark.parametrize(
+    ("schema", "body", "reason", "says"),
+    [
+        (
+            "query/9",
+            b"\x80",
+            Reason.unknown_schema,
+            "got 'query/9', this participant reads query/1",
+        ),
+        ("query/1", b"\xc1", Reason.undecodable, "FormatError: "),
+        ("query/1", msgpack.packb([1]), Reason.undecodable, "top level is list, not a map"),
+    ],
+)
+def test_each_decoding_failure_says_what_it_found(schema, body, reason, says):
+    with pytest.raises(PermanentError) as info:
+        codec.decode_body(Query, schema, body)
+    assert (info.value.reason, info.value.detail) == (reason, says)
+
+
+def test_an_invalid_body_lists_up_to_five_problems_with_where_they_are():
+    with pytest.raises(PermanentError) as info:
+        codec.decode_body(Query, "query/1", msgpack.packb({"query_id": "x", "purpose": "nope"}))
+    problems = info.value.detail.split("; ")
+    assert len(problems) == 5
+    assert problems[0].startswith("requesting: ")
+    assert any(p.startswith("purpose: ") for p in problems)
+
+
+def test_every_builder_fills_the_whole_envelope():
+    q = make_query()
+    to_mx = codec.to_partner(
+        q, sender="us", recipient="mx", message_id="m", correlation_id="c", reply_to="r"
+    )
+    assert to_mx.envelope == codec.Envelope("m", "query", "query/1", "us", "mx", "c", "r")
+    own = codec.to_own_inbox(q, participant="us", message_id="m2", correlation_id="c2")
+    assert (own.exchange, own.routing_key) == ("biox.us", "us.query")
+    assert own.envelope == codec.Envelope("m2", "query", "query/1", "us", "us", "c2", None)
+    assert own.envelope.attempt == 0 and own.envelope.headers == {}

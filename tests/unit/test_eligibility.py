@@ -81,3 +81,14 @@ def test_inactive_and_unknown_requesters_are_refused():
     assert provider_refusal(reg, "us", "mx", Purpose.enforce) is Reason.inactive_requester
     assert refusal(reg, "mx", "us", Purpose.enforce, TCN, HERE["mx"]) is Reason.inactive_requester
     assert provider_refusal(reg, "us", "zz", Purpose.enforce) is Reason.unknown_participant
+
+
+def test_an_unknown_provider_is_refused_even_from_a_known_requester():
+    here = Encounter(encountered_at=datetime.now(UTC), country="us")
+    status = SubjectStatus(citizenships=["gt"])
+    assert (
+        refusal(REGISTRY, "us", "zz", Purpose.enforce, status, here) is Reason.unknown_participant
+    )
+    assert (
+        refusal(REGISTRY, "zz", "mx", Purpose.enforce, status, here) is Reason.unknown_participant
+    )

@@ -189,3 +189,70 @@ def test_a_finger_template_names_its_position_in_the_probe():
 
 def test_algorithm_byte_lengths_are_what_the_contract_says():
     assert (FACE.nbytes, FINGER.nbytes, IRIS.nbytes) == (2048, 768, 256)
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "modality", "data", "says"),
+    [
+        ("acme/1", "face", b"", "face algorithm 'acme/1'"),
+        ("biox-face-512/1", "finger", b"", "finger algorithm 'biox-face-512/1'"),
+        ("biox-face-512/1", "face", bytes(8), "face biox-face-512/1: 8 bytes, expected 2048 "
+         "(512 x float32)"),
+        ("biox-face-512/1", "face", np.full(512, np.nan, "<f4").tobytes(),
+         "face biox-face-512/1: NaN or infinite value"),
+        ("biox-finger-192/1", "finger", bytes(768), "finger biox-finger-192/1: all-zero vector"),
+    ],
+)  # fmt: skip
+def test_each_refused_template_says_what_is_wrong_with_it(algorithm, modality, data, says):
+    from biox.gallery.templates import vector as read_vector
+
+    with pytest.raises(PermanentError) as info:
+        read_vector(algorithm, modality, data)
+    assert info.value.detail == says
+
+
+@pytest.mark.parametrize(
+    ("code", "mask", "says"),
+    [
+        (FULL[:-2], FULL, "iris code biox-iris-2048/1: 254 bytes, expected 256"),
+        (FULL, FULL[:-3], "iris mask biox-iris-2048/1: 253 bytes, expected 256"),
+        (FULL, bytes(IRIS.nbytes), "iris mask marks no valid bit"),
+    ],
+)
+def test_each_refused_iris_code_says_what_is_wrong_with_it(code, mask, says):
+    from biox.gallery.templates import iris_code
+
+    with pytest.raises(PermanentError) as info:
+        iris_code("biox-iris-2048/1", code, mask)
+    assert info.value.detail == says
+    assert info.value.reason in (Reason.template_size, Reason.template_invalid)
+
+
+def test_a_tiny_but_nonzero_vector_is_still_a_vector():
+    from biox.gallery.templates import vector as read_vector
+
+    v = np.zeros(512, "<f4")
+    v[3] = 1e-10
+    assert read_vector("biox-face-512/1", "face", v.tobytes())[3] == pytest.approx(1.0)
+    assert read_vector("biox-face-512/1", "face", v.tobytes()).dtype == np.float32
+
+
+def test_rotating_an_iris_shifts_each_radial_band_on_its_own():
+    from biox.gallery.templates import IRIS_COLS, IRIS_ROWS
+
+    bits = np.zeros((IRIS_ROWS, IRIS_COLS), np.uint8)
+    bits[0, IRIS_COLS - 1] = 1  # last sample of the first band
+    bits[1, 0] = 1
+    rotated = np.unpackbits(rotate_iris(np.packbits(bits.reshape(-1)), 1)).reshape(
+        IRIS_ROWS, IRIS_COLS
+    )
+    assert rotated[0, 0] == 1 and rotated[1, 1] == 1  # wraps within its band, not the next
+    assert rotated.sum() == 2
+    assert rotate_iris(np.packbits(bits.reshape(-1)), 1).shape == (IRIS.nbytes,)
+
+
+def test_template_bytes_are_little_endian_float32_whatever_the_input():
+    from biox.gallery.templates import vector_bytes
+
+    data = vector_bytes(np.array([1.0, -2.5], dtype=np.float64))
+    assert data == np.array([1.0, -2.5], dtype="<f4").tobytes() and len(data) == 8

@@ -226,7 +226,7 @@ class Rig:
     handler: Any
     db: str
 
-    def run(self, *deliveries: Delivery, timeout: float = 10.0) -> None:
+    def run(self, *deliveries: Delivery, timeout: float = 5.0) -> None:
         """Run the loop until every given delivery is acked or nacked."""
         stop = threading.Event()
         thread = threading.Thread(target=self.loop.run, args=(stop,), daemon=True)

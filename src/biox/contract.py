@@ -110,7 +110,7 @@ def _index(routes: RouteTable) -> str:
         doc = " ".join((r.model.__doc__ or "").strip().split("\n\n")[0].split())
         if r.queue is not None:
             queue = f"`<code>.{r.queue}`"
-        elif r.audited:
+        elif r.audited and routes.audit is not None:
             queue = f"`<code>.{routes.audit.role}` only"
         else:
             queue = "encounter system reply_to"

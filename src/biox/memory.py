@@ -15,8 +15,10 @@ handlers, their policy files or their encounter-system logic without a RabbitMQ:
 What is the same as on a broker: the route table, the bindings (``topology.bindings``),
 sender checks, decoding, idempotency, commits, ``rejected`` answers and dead letters
 with their reasons, retry tiers (``run`` lets a tier's messages back in once nothing else
-is left, as its TTL would). What is not: time (no TTL, no lease clock), concurrency
-(one batch at a time), and the broker's own refusals (users, permissions, limits).
+is left, as its TTL would), and the quorum queues' delivery limit (a message requeued
+more than ``BIOX_DELIVERY_LIMIT`` times is parked in the queue's DLQ). What is not: time
+(no TTL, no lease clock), concurrency (one batch at a time), and the broker's own refusals
+(users, permissions, limits).
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ class Stored:
     routing_key: str
     body: bytes
     properties: pika.BasicProperties
+    deliveries: int = 0  # times handed to a consumer and given back
 
 
 @dataclass
@@ -204,6 +207,7 @@ class InMemoryExchange:
                     known=lambda c: self.registry.get(c) is not None,
                     link=MemoryLink(self.broker, user=code),
                 )
+                loop.requeue_pause = 0.0
                 self.loops[loop.queue] = loop
         self._publisher = Publisher(MemoryLink(self.broker, user="memory"))
 
@@ -279,8 +283,21 @@ class InMemoryExchange:
         link = loop.link
         assert isinstance(link, MemoryLink)  # every loop here was built on one
         loop.consume(deliveries)
-        requeue = [m for m, d in zip(taken, deliveries, strict=True)
-                   if link.settled.pop(d.delivery_tag, "requeue") == "requeue"]  # fmt: skip
+        requeue = []
+        for m, d in zip(taken, deliveries, strict=True):
+            if link.settled.pop(d.delivery_tag, "requeue") != "requeue":
+                continue
+            # the quorum queue's x-delivery-limit: a message that never gets through is parked
+            m.deliveries += 1
+            if m.deliveries > self.settings.delivery_limit:
+                headers = {
+                    **(m.properties.headers or {}),
+                    "x-death": [{"reason": "delivery_limit"}],
+                }
+                m.properties.headers = headers
+                self.broker.queues[addresses.dead_letter_queue(loop.queue)].append(m)
+            else:
+                requeue.append(m)
         waiting.extendleft(reversed(requeue))
 
     def _release_retries(self) -> bool:

@@ -50,6 +50,7 @@ from biox.store import (
     session_for,
 )
 from tests.budget import examples
+from tests.galleries import build as synthetic_galleries
 
 REGISTRY = Registry.load(Path("deploy/participants.toml"))
 POLICIES = Policies.load(Path("deploy/policy.toml"))
@@ -90,8 +91,7 @@ class Hub:
 
 def make_hub(tmp: Path, policies: Policies = POLICIES, options: Settings | None = None) -> Hub:
     config = (options or Settings()).model_copy(update={"data_dir": tmp})
-    for code in ("us", "mx", "sv"):
-        galleries.build_gallery(config, code, SIZE, SEED)
+    synthetic_galleries(config, ("us", "mx", "sv"), SIZE, SEED)
     exchange = InMemoryExchange(config, registry=REGISTRY, policies=policies)
     exchange.declare_queue(REPLIES)
     return Hub(exchange)

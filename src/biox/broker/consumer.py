@@ -98,6 +98,9 @@ class ConsumeLoop:
         )
         self.publisher = Publisher(self.link, settings.publish_timeout)
         self.stats: Counter[str] = Counter()
+        #: a broker that refused our outputs is given a moment before the requeued inputs
+        #: come back (none in memory, where nothing is waiting to recover)
+        self.requeue_pause = 0.5
 
     def run(self, stop: threading.Event) -> None:
         self.link.start()
@@ -156,7 +159,7 @@ class ConsumeLoop:
                 self._fail(batch, exc)
         except (ConnectionLost, Unroutable, Nacked) as exc:
             log.warning("publish_failed", worker=self.worker, error=str(exc), batch=len(batch))
-            time.sleep(0.5)
+            time.sleep(self.requeue_pause)
             for t in batch:
                 self.link.nack(t.delivery, requeue=True)
         except Exception as exc:

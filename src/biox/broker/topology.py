@@ -88,6 +88,8 @@ def bindings(
         out.append(
             (addresses.dead_letter_queue(name), inbox, addresses.dead_letter_key(code, q.role))
         )
+    if routes.audit is None:
+        return out
     audit = addresses.queue(code, routes.audit.role)
     for kind in routes.kinds_of(routes.audit.role):
         out.append((audit, inbox, addresses.routing_key(code, kind)))

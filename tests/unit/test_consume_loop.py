@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import pika
@@ -28,7 +29,7 @@ from sqlmodel import Session, select
 from biox import addresses, codec
 from biox.broker.consumer import ConsumeLoop
 from biox.broker.link import ConnectionLost, Delivery, Nacked, Unroutable
-from biox.broker.publisher import properties_for
+from biox.broker.publisher import properties_for, unpack_outgoing
 from biox.codec import Envelope, Outgoing
 from biox.errors import BioxError, PermanentError, Reason, TransientError
 from biox.handlers.base import Effects, Result
@@ -596,3 +597,101 @@ def test_an_undecoded_queue_sends_its_failures_by_the_default_exchange(tmp_path)
     r.run(r.link.deliver(ask("ok")))
     dead = r.link.confirmed[-1]
     assert (dead.exchange, dead.routing_key) == ("", addresses.dead_letter_queue("us.audit"))
+
+
+# --- what an operator reads: one log line per outcome, the counts at the end ---------------------
+
+
+def events(logs: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
+    return [e for e in logs if e["event"] == name]
+
+
+def test_each_message_leaves_a_log_line_an_operator_can_follow(tmp_path):
+    from structlog.testing import capture_logs
+
+    r = rig(tmp_path)
+    ok, dead, later = ask("ok"), ask("permanent"), ask("transient")
+    with capture_logs() as logs:
+        r.run(*(r.link.deliver(m) for m in (ok, dead, later)))
+    [started] = events(logs, "worker_started")
+    assert started["queue"] == QUEUE and started["worker"] == r.loop.worker
+    [handled] = events(logs, "handled")
+    assert {k: handled[k] for k in ("query_id", "message_id", "kind", "sender", "outcome",
+                                    "attempt")} == {
+        "query_id": "q-1", "message_id": ok.envelope.message_id, "kind": "retrieval.ask",
+        "sender": "us", "outcome": "done", "attempt": 0}  # fmt: skip
+    [parked] = events(logs, "dead_lettered")
+    assert (parked["query_id"], parked["message_id"]) == ("q-1", dead.envelope.message_id)
+    assert parked["route"] == "biox.us/us.dead-letter.retrieval"
+    assert parked["error"] == "not_matched: no match to ask about"
+    [failed] = events(logs, "handler_failed")
+    assert (failed["query_id"], failed["message_id"], failed["attempt"]) == (
+        "q-1",
+        later.envelope.message_id,
+        1,
+    )
+    assert failed["error"] == "TransientError: unknown_query: not yet"
+    assert failed["transient"] is True
+    [stopped] = events(logs, "worker_stopped")
+    assert stopped["worker"] == r.loop.worker
+    assert (stopped["done"], stopped["retried"], stopped["dead_lettered"]) == (1, 1, 1)
+
+
+def test_an_unexpected_failure_is_logged_as_not_transient(tmp_path):
+    from structlog.testing import capture_logs
+
+    r = rig(tmp_path)
+    with capture_logs() as logs:
+        r.run(r.link.deliver(ask("boom")))
+    [failed] = events(logs, "handler_failed")
+    assert failed["error"] == "RuntimeError: handler bug" and failed["transient"] is False
+    assert r.loop.stats["retried"] == 1
+
+
+def test_a_retry_that_cannot_be_published_is_logged_and_the_input_requeued(tmp_path):
+    from structlog.testing import capture_logs
+
+    r = rig(tmp_path)
+    r.link.refuse_all = ConnectionLost
+    with capture_logs() as logs:
+        r.run(r.link.deliver(ask("transient")))
+    [trouble] = events(logs, "retry_publish_failed")
+    assert trouble["error"] == "1 message(s) unconfirmed or nacked"
+    assert r.loop.stats["retried"] == 0
+
+
+def test_a_batch_holds_at_most_batch_max_deliveries(tmp_path):
+    r = rig(tmp_path, batch_max=2)
+    ds = [r.link.deliver(ask("ok")) for _ in range(5)]
+    r.run(*ds)
+    sizes = [len(c) for c in r.handler.calls]
+    assert max(sizes) == 2 and sum(sizes) == 5 and sizes[0] == 2
+
+
+def test_a_batch_waits_a_moment_for_more_deliveries(tmp_path):
+    r = rig(tmp_path, batch_wait_ms=400)
+    first = r.link.deliver(ask("ok"))
+    timer = threading.Timer(0.1, lambda: r.link.deliver(ask("ok")))
+    timer.start()
+    second_tag = first.delivery_tag + 1
+    stop = threading.Event()
+    worker = threading.Thread(target=r.loop.run, args=(stop,), daemon=True)
+    worker.start()
+    deadline = time.monotonic() + 5
+    while {first.delivery_tag, second_tag} - r.link.settled() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    stop.set()
+    worker.join(5)
+    assert [len(c) for c in r.handler.calls] == [2]  # one batch: the second came in time
+
+
+def test_markers_are_written_with_their_time_and_outputs(tmp_path):
+    r = rig(tmp_path)
+    out = ask("ok")
+    before = datetime.now(UTC)
+    r.run(r.link.deliver(out))
+    marker = r.marker(out.envelope.message_id)
+    assert marker is not None and marker.consumer == QUEUE
+    assert marker.processed_at.replace(tzinfo=UTC) >= before.replace(microsecond=0)
+    [stored] = unpack_outgoing(marker.outputs)
+    assert stored.envelope.message_id == codec.derived_id(out.envelope.message_id, "effect")

@@ -163,10 +163,14 @@ class ScriptedHandler:
 
     def __init__(self, stale_times: int = 1) -> None:
         self.calls: list[list[str]] = []
+        self.seen: list[Inbound] = []
         self.stale_left = stale_times
 
     def handle(self, batch: Sequence[Inbound], session: Session) -> list[Result]:
         self.calls.append([i.envelope.message_id for i in batch])
+        self.seen.extend(batch)
+        if any(i.message.asked_by == "short" for i in batch):
+            return []  # a handler bug: fewer results than messages
         modes = [i.message.asked_by for i in batch]  # type: ignore[union-attr]
         if "boom" in modes:
             raise RuntimeError("handler bug")
@@ -316,6 +320,7 @@ def test_a_delivery_is_acked_only_after_its_effect_and_marker_are_committed_and_
     assert kinds == ["confirm", "ack"]
     stored = r.marker(out.envelope.message_id)
     assert stored is not None and stored.published  # confirmed: a redelivery sends nothing
+    assert r.link.confirmed[0].properties.user_id == "us-workers"  # the link's own user
 
 
 def test_a_batch_is_handled_in_one_call_and_every_delivery_acked_once(tmp_path):
@@ -695,3 +700,28 @@ def test_markers_are_written_with_their_time_and_outputs(tmp_path):
     assert marker.processed_at.replace(tzinfo=UTC) >= before.replace(microsecond=0)
     [stored] = unpack_outgoing(marker.outputs)
     assert stored.envelope.message_id == codec.derived_id(out.envelope.message_id, "effect")
+
+
+def test_a_handler_gets_the_message_decoded_with_where_it_came_from(tmp_path):
+    r = rig(tmp_path)
+    out = ask("ok")
+    r.run(r.link.deliver(out))
+    [inbound] = r.handler.seen
+    assert isinstance(inbound.message, RetrievalAsk) and inbound.message.asked_by == "ok"
+    assert (inbound.body, inbound.exchange, inbound.routing_key) == (
+        out.body,
+        out.exchange,
+        out.routing_key,
+    )
+    assert inbound.envelope.message_id == out.envelope.message_id
+
+
+def test_a_handler_that_answers_fewer_messages_than_it_got_commits_nothing(tmp_path):
+    """A result per message is the handler contract: a batch that breaks it is a bug, sent
+    to the retry tier whole, never half acked."""
+    r = rig(tmp_path)
+    d = r.link.deliver(ask("short"))
+    r.run(d)
+    [hop] = r.link.to(addresses.retry_key("us", "retrieval", 1))
+    assert hop.headers["biox-error-class"] == "ValueError"
+    assert r.marker(d.properties.message_id) is None

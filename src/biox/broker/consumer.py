@@ -26,7 +26,6 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -89,13 +88,7 @@ class ConsumeLoop:
         self.database_url = database_url
         self.settings = settings
         self.worker = f"{self.queue}@{socket.gethostname()}:{os.getpid()}"
-        self.link: Transport = link or Link(
-            url,
-            name=self.worker,
-            consume=self.queue,
-            prefetch=settings.prefetch,
-            heartbeat=settings.heartbeat,
-        )
+        self.link: Transport = link or Link.consuming(url, self.worker, self.queue, settings)
         self.publisher = Publisher(self.link, settings.publish_timeout)
         self.stats: Counter[str] = Counter()
         #: a broker that refused our outputs is given a moment before the requeued inputs
@@ -323,7 +316,6 @@ class ConsumeLoop:
             {
                 "consumer": self.queue,
                 "message_id": key,
-                "processed_at": datetime.now(UTC),
                 "outputs": pack_outgoing(effects.outgoing),
             }
         )

@@ -27,6 +27,8 @@ import structlog
 from pika.adapters.select_connection import SelectConnection
 from pika.exceptions import AMQPError
 
+from biox.settings import Settings
+
 log = structlog.get_logger("biox.broker")
 
 
@@ -118,6 +120,13 @@ class Link:
         )
         self._returned: dict[str, str] = {}
         self._thread = threading.Thread(target=self._run, name=f"amqp-{name}", daemon=True)
+
+    @classmethod
+    def consuming(cls, url: str, name: str, queue: str, settings: Settings) -> Link:
+        """A worker's link: consumes ``queue`` with the configured prefetch and heartbeat."""
+        return cls(
+            url, name=name, consume=queue, prefetch=settings.prefetch, heartbeat=settings.heartbeat
+        )
 
     # --- lifecycle ------------------------------------------------------------------------
 

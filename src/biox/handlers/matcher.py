@@ -175,7 +175,7 @@ class MatcherHandler:
             if h.fused >= self.settings.threshold_high and h.record_id in records
         ]
         outgoing: list[codec.Outgoing] = []
-        if decision is Decision.match and found:
+        if found:  # a candidate at or above the match threshold: the decision is match
             response = self.answers.matched(asked, found, DecidedBy.automatic, search_ms)
             outgoing = self.answers.follow_up(asked, response, found[0][1])
         elif decision is Decision.review and hits[0].record_id in records:

@@ -39,7 +39,7 @@ def explained(doc: Path) -> set[str]:
 
 
 def module_of(name: str) -> str:
-    return name.split(".x")[0] if ".x" in name else name.rsplit(".", 1)[0]
+    return name.rpartition(".x")[0] if ".x" in name else name.rsplit(".", 1)[0]
 
 
 def main() -> int:

@@ -194,7 +194,7 @@ class ScriptedHandler:
             message_id=codec.derived_id(mid, "effect"),
             correlation_id=mid,
         )
-        return Effects(rows=[row], outgoing=[out], outcome="done")
+        return Effects(rows=[row], outgoing=[out], outcome="done:effect")
 
     def reject(self, envelope: Envelope, error: BioxError) -> Effects | None:
         if envelope.sender != "mx":
@@ -624,7 +624,7 @@ def test_each_message_leaves_a_log_line_an_operator_can_follow(tmp_path):
     assert {k: handled[k] for k in ("query_id", "message_id", "kind", "sender", "outcome",
                                     "attempt")} == {
         "query_id": "q-1", "message_id": ok.envelope.message_id, "kind": "retrieval.ask",
-        "sender": "us", "outcome": "done", "attempt": 0}  # fmt: skip
+        "sender": "us", "outcome": "done:effect", "attempt": 0}  # fmt: skip
     [parked] = events(logs, "dead_lettered")
     assert (parked["query_id"], parked["message_id"]) == ("q-1", dead.envelope.message_id)
     assert parked["route"] == "biox.us/us.dead-letter.retrieval"

@@ -7,6 +7,7 @@ exact scores instead of on whatever the synthetic population happens to produce.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -37,12 +38,14 @@ class ScriptedGallery:
 
     size = 3
 
-    def __init__(self, hits: list[Hit]) -> None:
+    def __init__(self, hits: list[Hit], takes_s: float = 0.0) -> None:
         self.hits = hits
+        self.takes_s = takes_s
         self.searched: list[int] = []
 
     def search(self, probes: Sequence[Probe], k: int = 10, top: int = 3) -> list[list[Hit]]:
         self.searched.append(len(probes))
+        time.sleep(self.takes_s)
         return [list(self.hits[:top]) for _ in probes]
 
     def enroll(self, ids: Sequence[int], probes: Sequence[Probe]) -> None:
@@ -235,3 +238,17 @@ def test_enrolled_query_data_is_kept_for_exactly_the_policys_days(db):
     assert result.outcome == "no_match:enrolled"
     not_enrolled = ask(matcher([], policy), db, Purpose.investigate)[2]
     assert not any(isinstance(r, Record) for r in not_enrolled.rows)
+
+
+def test_an_answer_reports_the_search_time_per_query_in_milliseconds(db):
+    settings = Settings(threshold_high=HIGH, threshold_low=LOW, gallery_sync_s=3600)
+    gallery = ScriptedGallery([hit(2, 0.9)], takes_s=0.2)
+    handler = MatcherHandler("mx", REGISTRY, gallery, settings, POLICIES.of("mx"))  # type: ignore[arg-type]
+    handler._synced_at = float("inf")
+    batch = [Inbound(*query_from(submit(n))) for n in (7, 8)]
+    with session_for(db) as s:
+        results = handler.search(batch, s)
+    for effects in results:
+        response = ROUTES.decode("response", "response/1", effects.outgoing[0].body)
+        assert 90 < response.timings.search_ms < 150  # 200 ms for a batch of two
+    assert gallery.searched == [2]  # both probes in one search

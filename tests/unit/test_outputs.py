@@ -822,3 +822,48 @@ def test_a_request_beyond_the_holders_policy_is_declined_with_every_element_with
     assert declined.reason == REASON_TEXT[Reason.release_not_agreed]
     assert declined.withheld == [Element.derogatory] and declined.released == []
     assert declined.data is None and declined.conditions == []
+
+
+def test_retrievals_about_an_encounter_are_listed_oldest_first_pending_ones_without_status(
+    us_db,
+):
+    from biox.results import EncounterViews
+    from biox.store import RetrievalRow
+
+    with session_for(us_db) as s:
+        for rid, minutes, status in (("r-new", 5, "pending"), ("r-old", 1, "released")):
+            s.add(
+                RetrievalRow(
+                    retrieval_id=rid,
+                    role="holder",
+                    query_id="q-mx",
+                    asker="mx",
+                    holder="us",
+                    identity_ref="MX-1",
+                    elements=["biographic"],
+                    asked_at=AT + timedelta(minutes=minutes),
+                    status=status,
+                    released=["biographic"] if status == "released" else [],
+                )
+            )
+        s.add(
+            RetrievalRow(
+                retrieval_id="r-asked",
+                role="asker",
+                query_id="q-mx",
+                asker="us",
+                holder="mx",
+                identity_ref="MX-1",
+                elements=["biographic"],
+            )
+        )
+        s.commit()
+        views = EncounterViews(s, ["E-77"])
+        updated = views.updated("us", "E-77", "m-9", "result")
+    assert updated is not None and updated[1] is not None
+    result = decode(updated[1], EncounterResult)
+    notes = result.outcomes[0].retrievals
+    assert [(n.retrieval_id, n.status) for n in notes] == [("r-old", "released"), ("r-new", None)]
+    assert notes[0].released == ["biographic"] and notes[1].released == []
+    assert result.outcomes[1].retrievals == []  # sv made none; our own asks are not listed
+    assert views.transaction("q-sv").providing == "sv" and views.transaction("q-none") is None

@@ -20,7 +20,6 @@ from biox.routes import ROUTES
 from biox.store import Record, ReviewCaseRow, Transaction, session_for
 
 POLICIES = Policies.load(Path("deploy/policy.toml"))
-NOW = datetime.now(UTC)
 
 
 def case_row(case_id: str, opened_s_ago: float = 60, **kw) -> ReviewCaseRow:
@@ -29,7 +28,7 @@ def case_row(case_id: str, opened_s_ago: float = 60, **kw) -> ReviewCaseRow:
         "query_id": case_id,
         "requesting": "us",
         "purpose": "enforce",
-        "opened_at": NOW - timedelta(seconds=opened_s_ago),
+        "opened_at": datetime.now(UTC) - timedelta(seconds=opened_s_ago),
         "candidates": [
             {"identity_ref": "MX-000000001", "fused_score": 0.45, "scores": {"face": 0.45}},
             {"identity_ref": "MX-000000002", "fused_score": 0.35, "scores": {"face": 0.35}},
@@ -138,7 +137,7 @@ def test_two_examiners_racing_in_two_processes_never_get_the_same_case(tmp_path)
 
 def decide(db: str, verdict: ReviewVerdict, ref: str | None, examiner: str, case_id="c-1"):
     decision = ReviewDecision(
-        case_id=case_id, verdict=verdict, identity_ref=ref, examiner=examiner, decided_at=NOW
+        case_id=case_id, verdict=verdict, identity_ref=ref, examiner=examiner, decided_at=datetime.now(UTC)
     )
     out = codec.to_own_inbox(decision, participant="mx", message_id=f"d-{examiner}",
                              correlation_id=case_id)  # fmt: skip

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import shutil
 import threading
@@ -23,7 +22,12 @@ from biox.dev.broker import LocalBroker
 from biox.registry import Registry
 from biox.settings import Settings
 from biox.sim import encounters, plans
-from biox.sim.processes import start_requester_with_providers, start_workers, unwind_on_sigterm
+from biox.sim.processes import (
+    dev_env,
+    start_requester_with_providers,
+    start_workers,
+    unwind_on_sigterm,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED = 91
@@ -53,13 +57,7 @@ def main() -> None:
         sizes = {"us": 10, "mx": 20_000, "sv": 20_000}
         env_extra = {"BIOX_LOG_LEVEL": "WARNING"}
         workers = start_requester_with_providers(broker.url, settings, sizes, SEED, "us", env_extra)
-        env = {
-            **os.environ,
-            "BIOX_AMQP_URL": broker.url,
-            "BIOX_DATA_DIR": str(data),
-            "BIOX_RETRY_DELAYS": settings.retry_delays,
-            **env_extra,
-        }
+        env = dev_env(broker.url, settings, registry.codes, **env_extra)
         base = plans.plan(registry, sizes, 500, SEED, requesters=["us"])
         planned = plans.repeat(base, args.encounters, "chaos")
         stop = threading.Event()

@@ -35,7 +35,13 @@ from biox.gallery.index import VectorIndex
 from biox.registry import Registry
 from biox.settings import Settings
 from biox.sim import encounters, galleries, plans, synth
-from biox.sim.processes import broker_url, start_workers, unwind_on_sigterm, wait_for_consumers
+from biox.sim.processes import (
+    broker_url,
+    dev_env,
+    start_workers,
+    unwind_on_sigterm,
+    wait_for_consumers,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -293,13 +299,12 @@ def pipeline(size: int, n: int, settings: Settings, url: str) -> dict:
     body_size = int(np.mean([len(codec_mod.encode_body(p.submit)) for p in base[:50]]))
     raw = raw_round_trip(url, body_size, 5000)
     console.print(f"  raw round trip: {raw['round_trips_per_s']}/s with {body_size} B bodies")
-    env = {
-        **os.environ,
-        "BIOX_AMQP_URL": url,
-        "BIOX_DATA_DIR": str(data),
-        "BIOX_REGISTRY": str(REGISTRY),
-        "BIOX_LOG_LEVEL": "WARNING",
-    }
+    env = dev_env(
+        url,
+        Settings(data_dir=data, registry=REGISTRY),
+        ["us", "mx", "sv"],
+        BIOX_LOG_LEVEL="WARNING",
+    )
     us_kinds = ("intake", "response", "audit")
     workers = start_workers(["us"], env, data / "logs", us_kinds)
     mx_kinds = ("query", "audit")

@@ -37,10 +37,14 @@ _FIELDS = (
     "actor",
     "prev_hash",
 )
+#: fields added after the first chains were written: hashed only when set, so an entry
+#: without them hashes as it always did and older chains still verify
+_ADDED = ("reason",)
 
 
 def entry_hash(entry: AuditEntry) -> str:
     values = {f: getattr(entry, f) for f in _FIELDS}
+    values.update({f: getattr(entry, f) for f in _ADDED if getattr(entry, f) is not None})
     values["received_at"] = _iso(entry.received_at)
     canonical = json.dumps(values, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()

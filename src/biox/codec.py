@@ -29,6 +29,8 @@ H_FROM = "biox-from"
 H_TO = "biox-to"
 H_ATTEMPT = "biox-attempt"
 H_ACTOR = "biox-actor"  # the person behind an operator's message (examiner, on-call)
+H_ORIGINAL_USER = "biox-original-user-id"  # the first sender's broker user, on our copies
+H_REASON = "biox-reason"  # the reason code of a retry or dead-letter hop
 
 
 @dataclass(frozen=True)

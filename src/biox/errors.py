@@ -18,6 +18,13 @@ class Reason(StrEnum):
     unknown_schema = "unknown_schema"
     invalid_message = "invalid_message"
     misaddressed = "misaddressed"
+    # who sent it, as the broker and the signature prove (docs/architecture.md, "Identities")
+    unauthenticated = "unauthenticated"
+    forged_sender = "forged_sender"
+    unsigned = "unsigned"
+    unknown_key = "unknown_key"
+    bad_signature = "bad_signature"
+    undecryptable = "undecryptable"
     # who may ask what (§1-4, §34-36)
     unknown_participant = "unknown_participant"
     inactive_requester = "inactive_requester"
@@ -51,6 +58,12 @@ REASON_TEXT: dict[Reason, str] = {
     Reason.unknown_schema: "schema version is not supported by this participant",
     Reason.invalid_message: "body does not match the schema (missing or malformed fields)",
     Reason.misaddressed: "message is addressed to another participant",
+    Reason.unauthenticated: "the broker user is not a biox identity (<code>.<role>)",
+    Reason.forged_sender: "biox-from names another participant, or a role that may not send this",
+    Reason.unsigned: "a partner message without its signature headers",
+    Reason.unknown_key: "the signing key is not in the trust file, or is revoked",
+    Reason.bad_signature: "the signature does not verify over this message",
+    Reason.undecryptable: "the body is not sealed to a key this participant holds",
     Reason.unknown_participant: "participant is not in the registry",
     Reason.inactive_requester: "requesting participant is not active (§34, §36)",
     Reason.purpose_not_agreed: "purpose is not one the participants agreed (§2)",
@@ -74,6 +87,20 @@ REASON_TEXT: dict[Reason, str] = {
     Reason.not_a_candidate: "the chosen identity is not a candidate of the case",
 }
 
+#: refusals of a message whose sender is not proven: nobody is answered (the one named in
+#: biox-from may not be the one speaking), nothing is kept; the dead-letter queue and the
+#: audit trail record it with its reason
+UNPROVEN = frozenset(
+    {
+        Reason.unauthenticated,
+        Reason.forged_sender,
+        Reason.unsigned,
+        Reason.unknown_key,
+        Reason.bad_signature,
+        Reason.undecryptable,
+    }
+)
+
 # Where each code can appear, so an integrator knows what to expect on which message:
 # ``rejected`` / ``declined`` responses and retrieval responses, ``refused`` encounter
 # results, or only in a dead letter's headers (the sender could not be identified).
@@ -93,6 +120,7 @@ REASON_USE: dict[Reason, tuple[str, ...]] = {
         )
     },
     Reason.unknown_participant: ("refused", "dead-letter"),
+    **{r: ("dead-letter",) for r in UNPROVEN},
     Reason.inactive_requester: ("declined", "refused"),
     Reason.purpose_not_agreed: ("declined", "refused"),
     Reason.excluded_citizen: ("refused",),

@@ -9,11 +9,12 @@ in-memory exchange's) properties will do.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Generic, Protocol, TypeVar
 
-from biox.codec import H_ATTEMPT, H_FROM, H_SCHEMA, H_TO, Envelope
+from biox.codec import H_ATTEMPT, H_FROM, H_ORIGINAL_USER, H_SCHEMA, H_TO, Envelope
+from biox.sealing import SIGNED_HEADERS
 
 M = TypeVar("M", covariant=True)
 
@@ -63,3 +64,30 @@ def header_text(value: object) -> str | None:
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
     return value if isinstance(value, str) else None
+
+
+#: the ``biox-*`` headers a message may carry from its sender; every other one (where a
+#: failure happened, replay counts, the person behind an operator's action) only biox
+#: itself writes, on its own copies
+SENDER_HEADERS = frozenset({H_SCHEMA, H_FROM, H_TO, *SIGNED_HEADERS})
+
+
+def arrived(env: Envelope, exchange: str, routing_key: str, me: str) -> Envelope:
+    """The envelope as far as it can be trusted, given where the delivery came from.
+
+    Back from one of our own retry tiers (the default exchange, which only our workers
+    may write to): the broker identity to check is the first sender's, which the tier copy
+    carries in ``biox-original-user-id``. Fresh from another participant: its internal
+    headers are dropped, so that it cannot choose where a replay goes or which tier it
+    climbs (docs/architecture.md, "Identities"). Our own hops through the inbox (the
+    retry and dead-letter keys, which no partner may publish) keep theirs, for the audit.
+    """
+    if exchange == "":
+        first = header_text(env.headers.get(H_ORIGINAL_USER))
+        return replace(env, user_id=first or env.user_id)
+    if env.sender == me or routing_key.startswith((f"{me}.retry.", f"{me}.dead-letter.")):
+        return env
+    kept = {
+        k: v for k, v in env.headers.items() if not k.startswith("biox-") or k in SENDER_HEADERS
+    }
+    return replace(env, headers=kept, attempt=0)

@@ -18,7 +18,8 @@ with their reasons, retry tiers (``run`` lets a tier's messages back in once not
 is left, as its TTL would), and the quorum queues' delivery limit (a message requeued
 more than ``BIOX_DELIVERY_LIMIT`` times is parked in the queue's DLQ). What is not: time
 (no TTL, no lease clock), concurrency (one batch at a time), and the broker's own refusals
-(users, permissions, limits).
+(permissions, limits). Broker users are stamped as a broker would (``publish`` takes the
+rightful sender's unless told otherwise), and partner messages are signed and sealed.
 """
 
 from __future__ import annotations
@@ -40,12 +41,15 @@ from biox.broker.consumer import ConsumeLoop
 from biox.broker.link import Delivery, Unroutable
 from biox.broker.publisher import Publisher
 from biox.broker.topology import bindings
-from biox.codec import Outgoing
+from biox.codec import Envelope, Outgoing
 from biox.handlers.base import Context, Handler
+from biox.identity import Role, broker_user
+from biox.inbound import read_envelope
 from biox.messages import EncounterResult
 from biox.policy.release import Policies
 from biox.registry import Registry
-from biox.routes import ROUTES, RouteTable
+from biox.routes import ROUTES, RouteTable, Sender
+from biox.sealing import memory_rings
 from biox.settings import Settings
 
 
@@ -192,6 +196,8 @@ class InMemoryExchange:
             ):
                 self.broker.bind(destination, source, key)
         self.loops: dict[str, ConsumeLoop] = {}
+        #: each participant's keys, so partner messages travel signed and sealed as on a broker
+        self.keys = memory_rings(self.codes)
         for code in self.codes:
             ctx = Context(code, self.registry, self.policies.of(code), settings)
             for q in routes.queues.values():
@@ -204,12 +210,12 @@ class InMemoryExchange:
                     handler=handler,
                     database_url=settings.database_for(code),
                     settings=settings,
+                    keys=self.keys[code],
                     known=lambda c: self.registry.get(c) is not None,
-                    link=MemoryLink(self.broker, user=code),
+                    link=MemoryLink(self.broker, user=broker_user(code, Role.workers)),
                 )
                 loop.requeue_pause = 0.0
                 self.loops[loop.queue] = loop
-        self._publisher = Publisher(MemoryLink(self.broker, user="memory"))
 
     # --- what a test or an integrator does -------------------------------------------------
 
@@ -221,9 +227,31 @@ class InMemoryExchange:
         """A queue of the test's own, e.g. an encounter system's ``reply_to``."""
         self.broker.declare_queue(name)
 
-    def publish(self, messages: Outgoing | Sequence[Outgoing]) -> None:
-        batch = [messages] if isinstance(messages, Outgoing) else list(messages)
-        self._publisher.send(batch)
+    def publish(
+        self, messages: Outgoing | Sequence[Outgoing], *, user: str | None = None, seal: bool = True
+    ) -> None:
+        """Publish as each message's rightful sender would: under the broker user of its
+        side (an encounter system, an operator, a partner's workers) and, between
+        participants, signed and sealed. ``user`` and ``seal=False`` forge."""
+        for out in [messages] if isinstance(messages, Outgoing) else messages:
+            env = out.envelope
+            ring = self.keys.get(env.sender)  # none for a stranger: it cannot sign
+            if (
+                seal
+                and ring is not None
+                and self.routes.sealed(env.kind, env.sender, env.recipient)
+            ):
+                out = ring.seal(out)
+            link = MemoryLink(self.broker, user=user or self._rightful_user(env))
+            Publisher(link).send([out])
+
+    def _rightful_user(self, env: Envelope) -> str:
+        senders = self.routes.routes[env.kind].senders
+        if Sender.partner in senders and env.sender != env.recipient:
+            return broker_user(env.sender, Role.workers)
+        if Sender.encounter_system in senders:
+            return broker_user(env.recipient, Role.encounters)
+        return broker_user(env.sender, Role.operators)
 
     def run(self, retries: bool = True, max_batches: int = 100_000) -> int:
         """Deliver until no work queue holds anything; returns the batches processed.
@@ -259,6 +287,13 @@ class InMemoryExchange:
             codec.decode_body(EncounterResult, m.properties.headers.get(codec.H_SCHEMA), m.body)
             for m in self.take(queue_name)
         ]
+
+    def opened(self, m: Stored) -> bytes:
+        """A published message's body as its recipient reads it (sealed ones opened)."""
+        env = read_envelope(m.properties)
+        if not self.routes.sealed(env.kind, env.sender, env.recipient):
+            return m.body
+        return self.keys[env.recipient].open(env, m.body)
 
     def dead_letters(self, code: str, role: str) -> list[Stored]:
         return list(self.broker.queues[addresses.dead_letter_queue(addresses.queue(code, role))])

@@ -25,6 +25,7 @@ from biox.handlers.matcher import MatcherHandler
 from biox.handlers.response import ResponseHandler
 from biox.handlers.retrieval import RetrievalHandler
 from biox.handlers.review import ReviewHandler
+from biox.identity import ENCOUNTER_ROLES, OWN_ROLES, PARTNER_ROLES, Role
 from biox.inbound import Inbound
 from biox.messages import (
     DeadLettersPurged,
@@ -165,6 +166,23 @@ class RouteTable:
         if Sender.encounter_system in r.senders:
             return  # its own upstream systems reach the inbox by routing alone
         raise PermanentError(Reason.misaddressed, f"{kind} from {sender!r}")
+
+    def sender_roles(self, kind: str) -> dict[str, frozenset[Role]]:
+        """The broker roles that may send ``kind``, from the partner's side and from one's
+        own (docs/architecture.md, "Identities")."""
+        senders = self.routes[kind].senders
+        own: frozenset[Role] = frozenset()
+        if Sender.own in senders:
+            own |= OWN_ROLES
+        if Sender.encounter_system in senders:
+            own |= ENCOUNTER_ROLES
+        partner = PARTNER_ROLES if Sender.partner in senders else frozenset()
+        return {"own": own, "partner": partner}
+
+    def sealed(self, kind: str, sender: str, recipient: str) -> bool:
+        """Whether a message crosses between participants, so travels signed and sealed."""
+        r = self.routes.get(kind)
+        return r is not None and Sender.partner in r.senders and sender != recipient
 
     def decode(self, kind: str, schema: str | None, body: bytes) -> Message:
         from biox.codec import decode_body

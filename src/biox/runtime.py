@@ -15,6 +15,7 @@ from biox.handlers.base import Context, Handler
 from biox.policy.release import Policies
 from biox.registry import Registry
 from biox.routes import ROUTES
+from biox.sealing import load_ring
 from biox.settings import Settings
 from biox.store import session_for, sync_participants
 
@@ -42,6 +43,11 @@ def run_worker(role: str, participant: str, settings: Settings | None = None) ->
     logs.configure(settings.log_level, settings.log_json, participant=participant, worker=role)
     if not settings.amqp_url:
         raise SystemExit("BIOX_AMQP_URL is not set: start a broker with `biox broker start`")
+    if settings.amqp_url.startswith("amqp:") and not settings.dev_shared_broker:
+        raise SystemExit(
+            "plain AMQP (amqp://) is for the development broker only: use amqps://, or set "
+            "BIOX_DEV_SHARED_BROKER=1 on a development machine (docs/security.md)"
+        )
     ctx = context(participant, settings)
     handler = build_handler(role, ctx)
     with session_for(settings.database_for(participant)) as session:
@@ -57,6 +63,7 @@ def run_worker(role: str, participant: str, settings: Settings | None = None) ->
         handler=handler,
         database_url=settings.database_for(participant),
         settings=settings,
+        keys=load_ring(settings.keys(), participant),
         known=lambda code: ctx.registry.get(code) is not None,
     )
     loop.run(stop)

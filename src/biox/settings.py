@@ -30,6 +30,21 @@ class Settings(BaseSettings):
         ),
     )
     registry: Path = Field(default=Path("deploy/participants.toml"))
+    keys_dir: Path | None = Field(
+        default=None,
+        description=(
+            "Signing and sealing keys: <keys_dir>/<code>/ holds a participant's private "
+            "keys, <keys_dir>/trust.toml everyone's public keys. Unset: <data_dir>/keys."
+        ),
+    )
+    dev_shared_broker: bool = Field(
+        default=False,
+        description=(
+            "Development only: every participant on one broker under one user (guest, plain "
+            "AMQP). The broker then cannot tell participants apart, so a sender is proven "
+            "by its signature alone. Never set between participants."
+        ),
+    )
     policy: Path = Field(
         default=Path("deploy/policy.toml"),
         description="Each participant's release, enrolment, retention and retrieval rules.",
@@ -88,6 +103,9 @@ class Settings(BaseSettings):
     def gallery_dir(self, code: str) -> Path:
         """Where the participant's FAISS snapshot lives (bulk enrolment writes it there)."""
         return self.participant_dir(code) / "gallery"
+
+    def keys(self) -> Path:
+        return self.keys_dir or self.data_dir / "keys"
 
     def database_for(self, code: str) -> str:
         if self.database_url:

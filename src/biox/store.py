@@ -12,7 +12,7 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, Integer, LargeBinary, event
+from sqlalchemy import JSON, BigInteger, Column, Integer, LargeBinary, event, inspect, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlmodel import Field, Session, SQLModel, col, create_engine, select
@@ -216,6 +216,9 @@ class AuditEntry(SQLModel, table=True):
     body_sha256: str
     provenance: str | None = Field(default=None, description="participant the data came from")
     actor: str | None = Field(default=None, description="person behind an ops action")
+    reason: str | None = Field(
+        default=None, description="why a retry or dead-letter hop was made (its reason code)"
+    )
     prev_hash: str
     entry_hash: str
 
@@ -243,11 +246,28 @@ def _create_tables(engine: Engine, attempts: int = 5) -> None:
     for attempt in range(attempts):
         try:
             SQLModel.metadata.create_all(engine)
+            _add_new_columns(engine)
             return
         except (OperationalError, ProgrammingError, IntegrityError):
             if attempt == attempts - 1:
                 raise
             time.sleep(0.2 * (attempt + 1))
+
+
+def _add_new_columns(engine: Engine) -> None:
+    """Columns added to an existing table since a database was created (nullable ones
+    only, such as ``audit_entries.reason``): added in place, so an upgrade keeps its data."""
+    inspector = inspect(engine)
+    for table in SQLModel.metadata.sorted_tables:
+        if not inspector.has_table(table.name):
+            continue
+        present = {c["name"] for c in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name in present or not column.nullable:
+                continue
+            kind = column.type.compile(dialect=engine.dialect)
+            with engine.begin() as conn:
+                conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
 
 
 def session_for(url: str) -> Session:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import time
@@ -18,11 +17,13 @@ import pytest
 from biox import addresses, codec
 from biox.broker.deadletters import DeadLetterQueues, Filters
 from biox.broker.topology import declare
+from biox.codec import Envelope, Outgoing
 from biox.registry import Registry
 from biox.routes import ROUTES
+from biox.sealing import load_ring
 from biox.settings import Settings
 from biox.sim import galleries
-from biox.sim.processes import Workers, start_workers, wait_for_consumers
+from biox.sim.processes import Workers, dev_env, start_workers, wait_for_consumers
 
 SEED = 4242
 SIZE = 3000
@@ -73,13 +74,7 @@ def exchange(broker_url: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
     sizes = dict.fromkeys(CODES, SIZE)
     for code in CODES:
         galleries.build_gallery(settings, code, SIZE, SEED)
-    env = {
-        **os.environ,
-        "BIOX_AMQP_URL": broker_url,
-        "BIOX_DATA_DIR": str(data),
-        "BIOX_RETRY_DELAYS": settings.retry_delays,
-        "BIOX_REGISTRY": str(Path(settings.registry).resolve()),
-    }
+    env = dev_env(broker_url, settings, CODES)
     workers = start_workers(CODES, env, data / "logs")
     try:
         wait_for_consumers(
@@ -93,9 +88,14 @@ def exchange(broker_url: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
 
 
 class Peer:
-    """A hand-driven participant for feeding raw (possibly broken) messages to workers."""
+    """A hand-driven participant for feeding raw (possibly broken) messages to workers.
 
-    def __init__(self, url: str) -> None:
+    A partner kind is signed and sealed with the sending participant's own keys (so the
+    body, however broken, reaches the handler's decoding); ``sign=False`` sends it bare.
+    """
+
+    def __init__(self, url: str, keys: Path | None = None) -> None:
+        self.keys = keys
         self.conn = pika.BlockingConnection(pika.URLParameters(url))
         self.ch = self.conn.channel()
         self.ch.confirm_delivery()
@@ -120,8 +120,9 @@ class Peer:
         message_id: str | None = "auto",
         correlation_id: str | None = None,
         reply_to: str | None = None,
+        sign: bool = True,
     ) -> str | None:
-        headers = {}
+        headers: dict[str, object] = {}
         if schema:
             headers["biox-schema"] = schema
         if sender:
@@ -129,6 +130,26 @@ class Peer:
         if recipient:
             headers["biox-to"] = recipient
         mid = str(uuid.uuid4()) if message_id == "auto" else message_id
+        if (
+            sign
+            and self.keys
+            and kind
+            and sender
+            and recipient
+            and ROUTES.sealed(kind, sender, recipient)
+        ):
+            env = Envelope(
+                mid or "",
+                kind,
+                schema or "",
+                sender,
+                recipient,
+                correlation_id,
+                reply_to,
+                headers=headers,
+            )
+            sealed = load_ring(self.keys, sender).seal(Outgoing(exchange, routing_key, body, env))
+            body, headers = sealed.body, sealed.envelope.headers
         self.ch.basic_publish(
             exchange,
             routing_key,
@@ -173,7 +194,7 @@ class Peer:
 
 @pytest.fixture
 def peer(exchange: Exchange) -> Iterator[Peer]:
-    p = Peer(exchange.url)
+    p = Peer(exchange.url, exchange.settings.keys())
     yield p
     p.close()
 

@@ -14,6 +14,7 @@ from biox.broker.consumer import ConsumeLoop
 from biox.handlers.base import Effects
 from biox.inbound import Inbound
 from biox.routes import Queue, RouteTable
+from biox.sealing import memory_rings
 from biox.settings import Settings
 
 
@@ -32,7 +33,7 @@ class CrashHandler:
 if __name__ == "__main__":
     url, queue, database = sys.argv[1:4]
     participant, role = queue.split(".", 1)
-    settings = Settings(prefetch=1, batch_max=1, retry_delays="1")
+    settings = Settings(prefetch=1, batch_max=1, retry_delays="1", dev_shared_broker=True)
     spec = Queue(role, CrashHandler, records=CrashHandler.handle)  # type: ignore[arg-type]
     loop = ConsumeLoop(
         url=url,
@@ -42,5 +43,6 @@ if __name__ == "__main__":
         handler=CrashHandler(),
         database_url=database,
         settings=settings,
+        keys=memory_rings([participant])[participant],  # it takes nothing sealed
     )
     loop.run(threading.Event())

@@ -58,7 +58,7 @@ headers = st.fixed_dictionaries(
 def test_fuzzed_messages_are_rejected_or_dead_lettered_with_a_reason(
     exchange: Exchange, body: bytes, head: dict
 ):
-    peer = Peer(exchange.url)
+    peer = Peer(exchange.url, exchange.settings.keys())
     try:
         sender = head["sender"] or None
         observe = (

@@ -206,3 +206,23 @@ def test_a_trail_across_participants_follows_the_query_and_its_encounter(tmp_pat
         ("us", "query"),
         ("mx", "at-mx"),
     ]
+
+
+def test_a_database_from_before_the_reason_column_gets_it_and_keeps_its_chain(tmp_path):
+    import sqlite3
+
+    from biox.store import engine_for
+
+    path = tmp_path / "old.db"
+    url = f"sqlite:///{path}"
+    with session_for(url) as s:
+        for e in audit.chain(entries(3), 0, audit.GENESIS):
+            s.add(e)
+        s.commit()
+    engine_for(url).dispose()
+    engine_for.cache_clear()
+    with sqlite3.connect(path) as db:  # as a database written by an older biox
+        db.execute("ALTER TABLE audit_entries DROP COLUMN reason")
+    with session_for(url) as s:
+        assert audit.verify(s) == (3, None)
+        assert s.get(AuditEntry, 1).reason is None

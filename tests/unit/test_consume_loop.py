@@ -33,13 +33,15 @@ from biox.broker.publisher import properties_for, unpack_outgoing
 from biox.codec import Envelope, Outgoing
 from biox.errors import BioxError, PermanentError, Reason, TransientError
 from biox.handlers.base import Effects, Result
-from biox.inbound import Inbound
+from biox.inbound import Inbound, read_envelope
 from biox.messages import Element, RetrievalAsk
 from biox.routes import Queue, RouteTable, Sender, route
+from biox.sealing import memory_rings
 from biox.settings import Settings
 from biox.store import ParticipantRow, ProcessedMessage, session_for
 
 QUEUE = "us.retrieval"
+RINGS = memory_rings(["us", "mx", "sv"])
 OWN, P = Sender.own, Sender.partner
 
 
@@ -217,10 +219,12 @@ def ask(mode: str, sender: str = "us", message_id: str | None = None) -> Outgoin
         message_id=message_id or str(uuid.uuid4()),
         correlation_id="q-1",
     )
-    if sender != "us":
+    if sender != "us":  # a partner's: signed and sealed to us, as the loop requires
         out.envelope = Envelope(
             out.envelope.message_id, out.envelope.kind, out.envelope.schema, sender, "us", "q-1"
         )
+        if sender in RINGS:
+            out = RINGS[sender].seal(out)
     return out
 
 
@@ -270,6 +274,8 @@ def rig(tmp_path, handler: Any = None, *, undecoded: bool = False, **overrides: 
         "retry_delays": "1,5",
         "batch_wait_ms": 20,
         "batch_max": 16,
+        # the loop's mechanics, not identities: tests/unit/test_identity.py has those
+        "dev_shared_broker": True,
         **overrides,
     }
     settings = Settings(**options)
@@ -284,6 +290,7 @@ def rig(tmp_path, handler: Any = None, *, undecoded: bool = False, **overrides: 
         handler=handler,
         database_url=db,
         settings=settings,
+        keys=RINGS["us"],
         known=lambda code: code in ("us", "mx", "sv"),
         link=link,
     )
@@ -384,7 +391,15 @@ def test_unconfirmed_outputs_are_requeued_then_republished_byte_for_byte_under_t
     expected = r.handler._one(
         Inbound(out.envelope, codec.decode_body(RetrievalAsk, out.envelope.schema, out.body))
     )
-    assert sent.body == expected.outgoing[0].body
+    # the very bytes stored with the marker (sealed once, before the first attempt) ...
+    [stored] = unpack_outgoing(marker.outputs)
+    assert (
+        sent.body == stored.body
+        and sent.headers["biox-signature"] == (stored.envelope.headers["biox-signature"])
+    )
+    # ... which only mx can open, to what the handler produced
+    opened = RINGS["mx"].open(read_envelope(sent.properties), sent.body)
+    assert opened == expected.outgoing[0].body
     assert (sent.exchange, sent.routing_key) == ("biox.us.out", "mx.retrieval.ask")
     assert again.delivery_tag in r.link.acks()
     assert r.marker(out.envelope.message_id).published

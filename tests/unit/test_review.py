@@ -137,7 +137,11 @@ def test_two_examiners_racing_in_two_processes_never_get_the_same_case(tmp_path)
 
 def decide(db: str, verdict: ReviewVerdict, ref: str | None, examiner: str, case_id="c-1"):
     decision = ReviewDecision(
-        case_id=case_id, verdict=verdict, identity_ref=ref, examiner=examiner, decided_at=datetime.now(UTC)
+        case_id=case_id,
+        verdict=verdict,
+        identity_ref=ref,
+        examiner=examiner,
+        decided_at=datetime.now(UTC),
     )
     out = codec.to_own_inbox(decision, participant="mx", message_id=f"d-{examiner}",
                              correlation_id=case_id)  # fmt: skip

@@ -8,7 +8,7 @@ The broker-level behaviour of the same flows is in tests/integration/test_workfl
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -17,13 +17,13 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlmodel import select
+from sqlmodel import col, select
 
 from biox import codec, examiners
 from biox.codec import Envelope, Outgoing
 from biox.enrolment import enrolled_record_id
 from biox.errors import Reason
-from biox.inbound import Inbound
+from biox.inbound import Inbound, read_envelope
 from biox.memory import InMemoryExchange, Stored
 from biox.messages import (
     Biometrics,
@@ -42,7 +42,9 @@ from biox.settings import Settings
 from biox.sim import galleries, synth
 from biox.sim.examiners import biographic_examiner
 from biox.store import (
+    AuditEntry,
     EncounterRow,
+    ProcessedMessage,
     Record,
     RetrievalRow,
     ReviewCaseRow,
@@ -366,7 +368,9 @@ def test_retrieval_about_a_query_never_matched_is_refused(hub):
         ]
     )
     back = hub.sent("retrieval.response")[-1]
-    response = codec.decode_body(RetrievalResponse, "retrieval.response/1", back.body)
+    response = codec.decode_body(
+        RetrievalResponse, "retrieval.response/1", hub.exchange.opened(back)
+    )
     assert isinstance(response, RetrievalResponse)
     assert response.status.value == "declined" and response.reason_code is Reason.not_matched
     assert response.data is None
@@ -571,3 +575,99 @@ def test_workflow_messages_with_arbitrary_content_never_crash_a_handler(
     for code in ("us", "mx", "sv"):
         for role in ("response", "retrieval", "review"):
             hub.exchange.take(f"{code}.{role}.retry.1")  # leave no tier for the next example
+
+
+# --- identities and signatures (docs/security.md) -------------------------------------------
+
+
+def test_forged_partner_messages_are_refused_by_reason_answered_never_and_audited(hub):
+    """A query as the broker and the signature must prove it: sv cannot speak for us, a
+    signature cannot be lifted onto another message, and nothing unsigned gets in."""
+    hub.run([encounter("us", 11)])
+    real = next(m for m in reversed(hub.sent("query")) if m.properties.headers["biox-to"] == "mx")
+    env = read_envelope(real.properties)
+    plain = hub.exchange.opened(real)
+    rings = hub.exchange.keys
+
+    def variant(mid: str, body: bytes, **change: Any) -> Outgoing:
+        return Outgoing(
+            real.exchange, real.routing_key, body, replace(env, message_id=mid, **change)
+        )
+
+    def sv_as_us(mid: str) -> Outgoing:  # sv seals and signs a query of its own as "us"
+        own = rings["sv"].seal(
+            Outgoing(
+                real.exchange, real.routing_key, plain, replace(env, message_id=mid, sender="sv")
+            )
+        )
+        return Outgoing(own.exchange, own.routing_key, own.body, replace(own.envelope, sender="us"))
+
+    cases = {
+        # (the message, the broker user it arrives under): the reason mx gives
+        "lifted": (variant("f-lifted", real.body), "us.workers", Reason.bad_signature),
+        "sv-speaks": (variant("f-speaks", real.body), "sv.workers", Reason.forged_sender),
+        "sv-signs": (sv_as_us("f-signs"), "us.workers", Reason.bad_signature),
+        "unsigned": (
+            variant("f-unsigned", plain, headers={}),
+            "us.workers",
+            Reason.unsigned,
+        ),
+        "no-user": (variant("f-guest", real.body), "guest", Reason.unauthenticated),
+        "unknown-key": (
+            variant("f-key", real.body, headers={**env.headers, "biox-signing-key": "us-old"}),
+            "us.workers",
+            Reason.unknown_key,
+        ),
+    }
+    answers_before = len(hub.sent("response"))
+    with hub.session("mx") as s:
+        kept_before = len(s.exec(select(Transaction)).all())
+    for name, (out, user, _) in cases.items():
+        hub.exchange.publish(out, user=user, seal=False)
+        hub.exchange.run(retries=False)
+        assert hub.exchange.dead_letters("mx", "query"), name
+    dead = {
+        m.properties.message_id: m.properties.headers["biox-reason"]
+        for m in hub.exchange.dead_letters("mx", "query")
+    }
+    for name, (out, _, reason) in cases.items():
+        assert dead[out.envelope.message_id] == reason.value, name
+    assert len(hub.sent("response")) == answers_before  # nobody was answered
+    with hub.session("mx") as s:
+        assert len(s.exec(select(Transaction)).all()) == kept_before  # nothing kept
+        assert (
+            s.exec(
+                select(ProcessedMessage).where(
+                    col(ProcessedMessage.message_id).in_(
+                        [o.envelope.message_id for o, *_ in cases.values()]
+                    )
+                )
+            ).all()
+            == []
+        )
+        trail = {
+            e.message_id: e.reason
+            for e in s.exec(select(AuditEntry).where(AuditEntry.direction == "dead-letter"))
+        }
+    for name, (out, _, reason) in cases.items():
+        assert trail[out.envelope.message_id] == reason.value, name
+    # and the real one, sent again as it was, is just a duplicate: sealed bytes verify
+    hub.exchange.publish(variant(env.message_id, real.body), user="us.workers", seal=False)
+    hub.exchange.run(retries=False)
+    assert env.message_id not in dead
+
+
+def test_partner_messages_cross_only_as_ciphertext(hub):
+    before = len(hub.exchange.broker.published)
+    hub.run([encounter("us", 12)])
+    crossed = [
+        m
+        for m in hub.exchange.broker.published[before:]
+        if m.properties.type in ("query", "response")
+    ]
+    assert {m.properties.type for m in crossed} == {"query", "response"}
+    for m in crossed:
+        plain = hub.exchange.opened(m)
+        assert m.body != plain
+        assert plain[8:40] not in m.body  # no stretch of the plaintext shows through
+        assert m.properties.user_id == f"{m.properties.headers['biox-from']}.workers"

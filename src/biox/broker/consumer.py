@@ -43,10 +43,12 @@ from biox.broker.publisher import (
     unpack_outgoing,
 )
 from biox.codec import Envelope, Outgoing
-from biox.errors import BioxError, PermanentError, Reason, TransientError
+from biox.errors import UNPROVEN, BioxError, PermanentError, Reason, TransientError
 from biox.handlers.base import Effects, Handler, Result
-from biox.inbound import Inbound, read_envelope
+from biox.identity import check_identity
+from biox.inbound import Inbound, arrived, read_envelope
 from biox.routes import Queue, RouteTable
+from biox.sealing import KeyRing
 from biox.settings import Settings
 from biox.store import ProcessedMessage, processed, session_for
 
@@ -72,19 +74,22 @@ class ConsumeLoop:
         handler: Handler,
         database_url: str,
         settings: Settings,
+        keys: KeyRing,
         known: Callable[[str], bool] = lambda _code: False,
         link: Transport | None = None,
     ) -> None:
-        """One worker of ``queue`` for ``participant``. ``known``: whether a code is a
-        participant of the registry (the sender check of partner kinds). ``link``: the
-        transport, when not a fresh connection to ``url`` (unit tests and the in-memory
-        exchange drive the loop through their own)."""
+        """One worker of ``queue`` for ``participant``. ``keys``: its private keys and the
+        partners' public keys (partner messages are signed and sealed). ``known``: whether
+        a code is a participant of the registry (the sender check of partner kinds).
+        ``link``: the transport, when not a fresh connection to ``url`` (unit tests and the
+        in-memory exchange drive the loop through their own)."""
         self.participant = participant
         self.spec = queue
         self.routes = routes
         self.queue = addresses.queue(participant, queue.role)
         self.handler = handler
         self.known = known
+        self.keys = keys
         self.database_url = database_url
         self.settings = settings
         self.worker = f"{self.queue}@{socket.gethostname()}:{os.getpid()}"
@@ -109,7 +114,9 @@ class ConsumeLoop:
         """One batch, start to end: every delivery is acked, requeued or parked after."""
         # a delivery of a connection that died was requeued by the broker: never touch it
         batch = [
-            Taken(d, read_envelope(d.properties))
+            Taken(
+                d, arrived(read_envelope(d.properties), d.exchange, d.routing_key, self.participant)
+            )
             for d in deliveries
             if d.generation == self.link.generation
         ]
@@ -216,7 +223,8 @@ class ConsumeLoop:
                 else:
                     self._record(session, t.envelope, key, result, publish, markers)
             for t, key, error in failed:
-                answer = self.handler.reject(t.envelope, error)
+                unproven = error.reason in UNPROVEN  # never answer whoever biox-from names
+                answer = None if unproven else self.handler.reject(t.envelope, error)
                 if answer is None:
                     dead.append((t, error))
                 else:
@@ -296,11 +304,16 @@ class ConsumeLoop:
                 f"{', '.join(self.routes.kinds_of(self.spec.role))}",
             )
         try:
+            if not self.settings.dev_shared_broker:
+                check_identity(env, self.participant, self.routes.sender_roles(env.kind))
             self.routes.check_sender(env.kind, env.sender, self.participant, self.known)
-            message = self.routes.decode(env.kind, env.schema, d.body)
+            body = d.body
+            if self.routes.sealed(env.kind, env.sender, self.participant):
+                body = self.keys.open(env, body)
+            message = self.routes.decode(env.kind, env.schema, body)
         except BioxError as exc:
             return exc
-        return Inbound(env, message, d.body, d.exchange, d.routing_key)
+        return Inbound(env, message, body, d.exchange, d.routing_key)
 
     def _record(
         self,
@@ -312,14 +325,12 @@ class ConsumeLoop:
         markers: list[dict[str, Any]],
     ) -> None:
         session.add_all(effects.rows)  # new rows, or rows the handler loaded and changed
+        # sealed before they are stored: a redelivery republishes these very bytes
+        outgoing = [self._sealed(o) for o in effects.outgoing]
         markers.append(
-            {
-                "consumer": self.queue,
-                "message_id": key,
-                "outputs": pack_outgoing(effects.outgoing),
-            }
+            {"consumer": self.queue, "message_id": key, "outputs": pack_outgoing(outgoing)}
         )
-        publish.extend(effects.outgoing)
+        publish.extend(outgoing)
         self.stats[effects.outcome.split(":")[0]] += 1
         log.info(
             "handled",
@@ -330,6 +341,12 @@ class ConsumeLoop:
             outcome=effects.outcome,
             attempt=env.attempt,
         )
+
+    def _sealed(self, out: Outgoing) -> Outgoing:
+        env = out.envelope
+        if self.routes.sealed(env.kind, env.sender, env.recipient):
+            return self.keys.seal(out)
+        return out
 
     # --- failure routing (broker/failures.py says where and with what) ---------------------
 

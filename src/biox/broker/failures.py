@@ -9,19 +9,17 @@ from typing import Any
 
 from biox import addresses
 from biox.broker.link import Delivery
-from biox.codec import H_ATTEMPT, Envelope
+from biox.codec import H_ATTEMPT, H_ORIGINAL_USER, H_REASON, Envelope
 from biox.errors import BioxError
 
 H_ERROR = "biox-error"
 H_ERROR_CLASS = "biox-error-class"
-H_REASON = "biox-reason"
 H_PERMANENT = "biox-permanent"
 H_WORKER = "biox-worker"
 H_FAILED_AT = "biox-failed-at"
 H_FIRST_FAILED_AT = "biox-first-failed-at"
 H_ORIGINAL_EXCHANGE = "biox-original-exchange"
 H_ORIGINAL_ROUTING_KEY = "biox-original-routing-key"
-H_ORIGINAL_USER = "biox-original-user-id"
 
 
 def retry_target(participant: str, role: str, seconds: int, via_inbox: bool) -> tuple[str, str]:

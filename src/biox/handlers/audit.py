@@ -14,12 +14,14 @@ from datetime import datetime
 from sqlmodel import Session
 
 from biox import addresses, audit
-from biox.codec import H_ACTOR, Envelope
+from biox.codec import H_ACTOR, H_REASON, Envelope
 from biox.errors import BioxError
 from biox.handlers.base import Context, Effects, Result
 from biox.inbound import Inbound, header_text
 from biox.messages import utcnow
 from biox.store import AuditEntry
+
+HOPS = ("retry", "dead-letter")
 
 
 class AuditHandler:
@@ -42,7 +44,7 @@ class AuditHandler:
         env = inb.envelope
         outgoing = inb.exchange == addresses.outbox(self.me)
         hop = inb.routing_key.split(".")[1] if inb.routing_key.count(".") >= 2 else ""
-        direction = "out" if outgoing else hop if hop in ("retry", "dead-letter") else "in"
+        direction = "out" if outgoing else hop if hop in HOPS else "in"
         return AuditEntry(
             seq=0,
             received_at=now,
@@ -57,6 +59,7 @@ class AuditHandler:
             body_sha256=hashlib.sha256(inb.body).hexdigest(),
             provenance=self.me if outgoing else (env.sender or None),
             actor=header_text(env.headers.get(H_ACTOR)),
+            reason=header_text(env.headers.get(H_REASON)) if direction in HOPS else None,
             prev_hash="",
             entry_hash="",
         )

@@ -7,7 +7,6 @@ table of what came back. Everything it starts, it stops.
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 import uuid
@@ -34,7 +33,13 @@ from biox.routes import ROUTES
 from biox.settings import Settings
 from biox.sim import encounters, galleries, plans, synth
 from biox.sim.examiners import ScriptedExaminers
-from biox.sim.processes import broker_url, start_workers, unwind_on_sigterm, wait_for_consumers
+from biox.sim.processes import (
+    broker_url,
+    dev_env,
+    start_workers,
+    unwind_on_sigterm,
+    wait_for_consumers,
+)
 from biox.store import RetrievalRow, session_for
 
 
@@ -92,13 +97,7 @@ def run(
                 built[code] = galleries.build_gallery(
                     settings, code, gallery_size, seed, partial(progress.advance, task)
                 )
-        env = {
-            **os.environ,
-            "BIOX_AMQP_URL": url,
-            "BIOX_DATA_DIR": str(data_dir),
-            "BIOX_REGISTRY": str(settings.registry),
-            "BIOX_POLICY": str(settings.policy),
-        }
+        env = dev_env(url, settings, codes)
         workers = start_workers(codes, env, data_dir / "logs")
         desk = ScriptedExaminers(url, settings, codes)
         try:

@@ -25,6 +25,7 @@ from biox.broker.topology import declare
 from biox.dev.broker import LocalBroker
 from biox.registry import Registry
 from biox.routes import ROUTES
+from biox.sealing import ensure_keys
 from biox.settings import Settings
 from biox.sim import galleries
 
@@ -80,6 +81,24 @@ class Workers:
                 p.wait()
 
 
+def dev_env(url: str, settings: Settings, codes: list[str], **extra: str) -> dict[str, str]:
+    """The environment of worker processes on the development broker: every participant
+    on one broker as one user (``BIOX_DEV_SHARED_BROKER``), each with its signing and
+    sealing keys (made here when missing) under the settings' data directory."""
+    ensure_keys(settings.keys(), codes)
+    return {
+        **os.environ,
+        "BIOX_AMQP_URL": url,
+        "BIOX_DATA_DIR": str(settings.data_dir),
+        "BIOX_KEYS_DIR": str(settings.keys().resolve()),
+        "BIOX_REGISTRY": str(Path(settings.registry).resolve()),
+        "BIOX_POLICY": str(Path(settings.policy).resolve()),
+        "BIOX_RETRY_DELAYS": settings.retry_delays,
+        "BIOX_DEV_SHARED_BROKER": "1",
+        **extra,
+    }
+
+
 def start_workers(
     codes: list[str],
     env: dict[str, str],
@@ -123,13 +142,7 @@ def start_requester_with_providers(
     providers = [code for code in sizes if code != requester]
     for code in providers:
         galleries.build_gallery(settings, code, sizes[code], seed)
-    env = {
-        **os.environ,
-        "BIOX_AMQP_URL": url,
-        "BIOX_DATA_DIR": str(settings.data_dir),
-        "BIOX_RETRY_DELAYS": settings.retry_delays,
-        **(extra_env or {}),
-    }
+    env = dev_env(url, settings, registry.codes, **(extra_env or {}))
     logs = settings.data_dir / "logs"
     workers = start_workers([requester], env, logs, ("intake", "response"))
     workers.processes += start_workers(providers, env, logs, provider_roles).processes

@@ -1,0 +1,136 @@
+"""Who may send what, as the broker and the signature prove it: identities and refusals."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from biox.codec import Envelope
+from biox.errors import PermanentError, Reason
+from biox.identity import Role, broker_user, check_identity, parse_user
+from biox.inbound import arrived
+from biox.routes import ROUTES
+
+
+def env(kind: str, sender: str, user: str | None, recipient: str = "us") -> Envelope:
+    return Envelope("m-1", kind, f"{kind}/1", sender, recipient, "q-1", user_id=user)
+
+
+def reason(e: Envelope, me: str = "us") -> Reason | None:
+    try:
+        check_identity(e, me, ROUTES.sender_roles(e.kind))
+    except PermanentError as exc:
+        return exc.reason
+    return None
+
+
+def test_broker_users_name_a_participant_and_a_role():
+    assert broker_user("mx", Role.link) == "mx.link"
+    assert parse_user("mx.link") == ("mx", Role.link)
+    assert parse_user("us.encounters") == ("us", Role.encounters)
+    for user in (None, "", "guest", "mx", "mx.", ".workers", "mx.admin", "mx.workers.x"):
+        assert parse_user(user) is None, user
+
+
+@pytest.mark.parametrize(
+    ("kind", "sender", "user", "expected"),
+    [
+        # a partner kind: from that partner's workers (one broker) or its link (shovel)
+        ("query", "mx", "mx.workers", None),
+        ("query", "mx", "mx.link", None),
+        ("query", "mx", "sv.link", Reason.forged_sender),  # sv speaking as mx
+        ("query", "mx", "mx.operators", Reason.forged_sender),
+        ("query", "mx", "mx.encounters", Reason.forged_sender),
+        ("query", "mx", "guest", Reason.unauthenticated),
+        ("query", "mx", None, Reason.unauthenticated),
+        ("query", "us", "us.workers", Reason.forged_sender),  # nobody queries itself
+        # an own kind: our workers or operators, never a partner or an encounter system
+        ("review.decision", "us", "us.operators", None),
+        ("review.decision", "us", "us.workers", None),
+        ("review.decision", "us", "us.encounters", Reason.forged_sender),
+        ("review.decision", "mx", "mx.link", Reason.forged_sender),
+        ("review.decision", "us", "mx.link", Reason.forged_sender),
+        # a submission: our encounter systems only
+        ("encounter.submit", "us", "us.encounters", None),
+        ("encounter.submit", "us", "us.operators", Reason.forged_sender),
+        ("encounter.submit", "mx", "mx.link", Reason.forged_sender),
+        ("encounter.submit", "us", "mx.encounters", Reason.forged_sender),
+    ],
+)
+def test_the_broker_identity_must_speak_for_biox_from(kind, sender, user, expected):
+    assert reason(env(kind, sender, user)) == expected
+
+
+def test_partner_input_loses_the_headers_only_biox_writes():
+    headers = {
+        "biox-from": "mx",
+        "biox-to": "us",
+        "biox-schema": "query/1",
+        "biox-signature": "s",
+        "biox-signing-key": "k",
+        "biox-sealed-to": "t",
+        "biox-signed-at": "a",
+        "biox-original-exchange": "",
+        "biox-original-routing-key": "us.intake",
+        "biox-original-user-id": "us.encounters",
+        "biox-actor": "chief",
+        "biox-attempt": 9,
+        "biox-replays": 3,
+        "biox-reason": "x",
+        "x-trace": "kept",
+    }
+    e = replace(env("query", "mx", "mx.link"), headers=headers, attempt=9)
+    fresh = arrived(e, "biox.us", "us.query", "us")
+    assert set(fresh.headers) == {
+        "biox-from",
+        "biox-to",
+        "biox-schema",
+        "biox-signature",
+        "biox-signing-key",
+        "biox-sealed-to",
+        "biox-signed-at",
+        "x-trace",
+    }
+    assert fresh.attempt == 0 and fresh.user_id == "mx.link"
+    # our own messages keep theirs (the examiner behind a decision)
+    own = replace(env("review.decision", "us", "us.operators"), headers={"biox-actor": "ana"})
+    assert arrived(own, "biox.us", "us.review.decision", "us").headers == {"biox-actor": "ana"}
+    # our own hops through the inbox keep why they were made (the audit records it)
+    hop = replace(e, headers={**headers, "biox-reason": "bad_signature"})
+    assert arrived(hop, "biox.us", "us.dead-letter.query", "us").headers["biox-reason"] == (
+        "bad_signature"
+    )
+
+
+def test_a_copy_back_from_our_retry_tier_is_checked_against_its_first_sender():
+    # the tier copy was republished by our worker (user us.workers); the first sender's
+    # broker identity travels in biox-original-user-id, written by us
+    e = replace(
+        env("query", "mx", "us.workers"),
+        headers={"biox-original-user-id": "mx.link", "biox-attempt": 1},
+        attempt=1,
+    )
+    back = arrived(e, "", "us.query", "us")
+    assert back.user_id == "mx.link" and back.attempt == 1
+    assert reason(back) is None
+    no_header = replace(e, headers={})
+    assert arrived(no_header, "", "us.query", "us").user_id == "us.workers"
+
+
+def test_the_route_table_says_which_roles_send_each_kind_and_which_kinds_are_sealed():
+    assert ROUTES.sender_roles("query") == {
+        "own": frozenset(),
+        "partner": frozenset({Role.workers, Role.link}),
+    }
+    assert ROUTES.sender_roles("retrieval.ask") == {
+        "own": frozenset({Role.workers, Role.operators}),
+        "partner": frozenset(),
+    }
+    assert ROUTES.sender_roles("encounter.submit")["own"] == frozenset({Role.encounters})
+    assert ROUTES.sealed("query", "us", "mx")
+    assert ROUTES.sealed("retrieval.request", "mx", "us")
+    assert not ROUTES.sealed("query", "us", "us")
+    assert not ROUTES.sealed("review.case", "us", "us")
+    assert not ROUTES.sealed("encounter.result", "us", "us")
+    assert not ROUTES.sealed("no.such.kind", "us", "mx")

@@ -23,6 +23,11 @@ def queue(code: str, role: str) -> str:
     return f"{code}.{role}"
 
 
+def link_queue(code: str, partner: str) -> str:
+    """On ``code``'s broker: what waits for the shovel to ``partner``'s broker."""
+    return f"{code}.link.{partner}"
+
+
 def retry_queue(work_queue: str, seconds: int) -> str:
     return f"{work_queue}.retry.{seconds}"
 

@@ -13,6 +13,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from biox.broker.connection import ClientTLS
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="BIOX_", extra="ignore")
@@ -36,6 +38,16 @@ class Settings(BaseSettings):
             "Signing and sealing keys: <keys_dir>/<code>/ holds a participant's private "
             "keys, <keys_dir>/trust.toml everyone's public keys. Unset: <data_dir>/keys."
         ),
+    )
+    tls_ca: Path | None = Field(default=None, description="CA that signed the broker's cert.")
+    tls_cert: Path | None = Field(
+        default=None,
+        description="This process's client certificate; its common name is its broker user.",
+    )
+    tls_key: Path | None = Field(default=None, description="The client certificate's key.")
+    max_message_bytes: int = Field(
+        default=2 * 1024 * 1024,
+        description="Largest message a broker accepts and a worker reads (docs/security.md).",
     )
     dev_shared_broker: bool = Field(
         default=False,
@@ -103,6 +115,11 @@ class Settings(BaseSettings):
     def gallery_dir(self, code: str) -> Path:
         """Where the participant's FAISS snapshot lives (bulk enrolment writes it there)."""
         return self.participant_dir(code) / "gallery"
+
+    def client_tls(self) -> ClientTLS | None:
+        if self.tls_ca and self.tls_cert and self.tls_key:
+            return ClientTLS(self.tls_ca, self.tls_cert, self.tls_key)
+        return None
 
     def keys(self) -> Path:
         return self.keys_dir or self.data_dir / "keys"

@@ -9,7 +9,7 @@ import pytest
 
 from biox import addresses, audit
 from biox.audit import trail_across
-from biox.broker.link import amqp_user
+from biox.broker.connection import user_of
 from biox.messages import SubjectStatus
 from biox.registry import Purpose
 from biox.sim import encounters, synth
@@ -180,7 +180,7 @@ def test_every_hop_of_a_query_is_in_the_audit_trails_without_biometrics(exchange
         time.sleep(0.2)
     assert expected <= seen
     for code, e in rows:
-        assert e.sender_user == amqp_user(exchange.url)  # the user the broker checked
+        assert e.sender_user == user_of(exchange.url)  # the user the broker checked
         assert len(e.body_sha256) == 64
         assert e.provenance == (code if e.direction == "out" else e.sender)
     for code in exchange.sizes:

@@ -24,7 +24,8 @@ import msgpack
 import pika
 
 from biox import addresses, codec
-from biox.broker.link import Link, amqp_user
+from biox.broker.connection import ClientTLS, parameters, user_of
+from biox.broker.link import Link
 from biox.broker.publisher import Publisher, republish_properties
 from biox.codec import H_ATTEMPT, H_FROM, H_TO
 from biox.messages import OpsEvent
@@ -141,20 +142,21 @@ class DeadLetterQueues:
     """Reads dead letters on a channel of its own (manual acks), and publishes through the
     one publisher every worker uses (confirms, retries under the same message id)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, tls: ClientTLS | None = None) -> None:
         self.url = url
-        self.conn = pika.BlockingConnection(pika.URLParameters(url))
+        self.tls = tls
+        self.conn = pika.BlockingConnection(parameters(url, tls))
         self._link: Link | None = None
 
     @property
     def publisher(self) -> Publisher:
         if self._link is None:
-            self._link = Link(self.url, name="biox-dlq").start()
+            self._link = Link(self.url, name="biox-dlq", tls=self.tls).start()
         return Publisher(self._link)
 
     @property
     def user(self) -> str:
-        return amqp_user(self.url)
+        return user_of(self.url, self.tls)
 
     def close(self) -> None:
         if self._link is not None:

@@ -20,13 +20,14 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Protocol
-from urllib.parse import unquote, urlparse
+
 
 import pika
 import structlog
 from pika.adapters.select_connection import SelectConnection
 from pika.exceptions import AMQPError
 
+from biox.broker.connection import ClientTLS, parameters, user_of
 from biox.settings import Settings
 
 log = structlog.get_logger("biox.broker")
@@ -83,11 +84,6 @@ class Transport(Protocol):
     def nack(self, delivery: Delivery, requeue: bool = True) -> None: ...
 
 
-def amqp_user(url: str) -> str:
-    parsed = urlparse(url)
-    return unquote(parsed.username) if parsed.username else "guest"
-
-
 class Link:
     def __init__(
         self,
@@ -97,15 +93,16 @@ class Link:
         consume: str | None = None,
         prefetch: int = 256,
         heartbeat: int = 30,
+        tls: ClientTLS | None = None,
     ) -> None:
-        params = pika.URLParameters(url)
+        params = parameters(url, tls)
         params.heartbeat = heartbeat
         params.blocked_connection_timeout = 300
         params.client_properties = {"connection_name": name, "product": "biox"}
         params.connection_attempts = 1
         self.params = params
         self.name = name
-        self.user = amqp_user(url)
+        self.user = user_of(url, tls)
         self.consume_queue = consume
         self.prefetch = prefetch
         self.deliveries: queue.Queue[Delivery] = queue.Queue()
@@ -125,7 +122,12 @@ class Link:
     def consuming(cls, url: str, name: str, queue: str, settings: Settings) -> Link:
         """A worker's link: consumes ``queue`` with the configured prefetch and heartbeat."""
         return cls(
-            url, name=name, consume=queue, prefetch=settings.prefetch, heartbeat=settings.heartbeat
+            url,
+            name=name,
+            consume=queue,
+            prefetch=settings.prefetch,
+            heartbeat=settings.heartbeat,
+            tls=settings.client_tls(),
         )
 
     # --- lifecycle ------------------------------------------------------------------------

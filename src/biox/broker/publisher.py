@@ -17,6 +17,7 @@ import msgpack
 import pika
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
+from biox.broker.connection import ClientTLS
 from biox.broker.link import ConnectionLost, Link, Nacked, Transport
 from biox.codec import APP_ID, CONTENT_TYPE, H_ATTEMPT, H_FROM, H_SCHEMA, H_TO, Envelope, Outgoing
 
@@ -148,10 +149,12 @@ def _retryable(future: Future[None]) -> bool:
 
 
 # pragma: no mutate start (it opens a real connection: the integration tests cover it)
-def publish_once(url: str, outgoing: Sequence[Outgoing], name: str) -> None:
+def publish_once(
+    url: str, outgoing: Sequence[Outgoing], name: str, tls: ClientTLS | None = None
+) -> None:
     """Send a few messages from a short-lived tool (an examiner's decision, an operator's
     retrieval request) with the same confirms and retries as a worker."""
-    link = Link(url, name=name)
+    link = Link(url, name=name, tls=tls)
     link.start()
     try:
         Publisher(link).send(outgoing)

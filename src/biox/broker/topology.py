@@ -14,6 +14,7 @@ import pika
 from pika.adapters.blocking_connection import BlockingChannel
 
 from biox import addresses
+from biox.broker.connection import parameters
 from biox.routes import ROUTES, RouteTable
 from biox.settings import Settings
 
@@ -57,7 +58,11 @@ def declare_work_queue(
 
 
 def bindings(
-    code: str, codes: Iterable[str], routes: RouteTable, tiers: Iterable[int]
+    code: str,
+    codes: Iterable[str],
+    routes: RouteTable,
+    tiers: Iterable[int],
+    sovereign: bool = False,
 ) -> list[tuple[str, str, str]]:
     """Every (queue or exchange, source exchange, routing key) of ``code``'s side.
 
@@ -65,13 +70,23 @@ def bindings(
     the route table alone: a work queue takes its kinds from its own inbox; the partner
     links carry the partner kinds only; the audit queue takes every audited kind that
     arrives on the inbox or leaves on the outbox, and every retry and dead-letter hop.
+
+    On one shared broker a partner's outbox is bound to ``code``'s inbox. With
+    ``sovereign`` brokers, ``code``'s outbox feeds one link queue per partner instead,
+    which a shovel empties into that partner's inbox on the partner's broker.
     """
     inbox, outbox = addresses.inbox(code), addresses.outbox(code)
     out: list[tuple[str, str, str]] = []
     for partner in sorted(codes):
-        if partner != code:  # what partner sends to code, on partner's outbox
-            for kind in routes.partner_kinds():
-                out.append((inbox, addresses.outbox(partner), addresses.routing_key(code, kind)))
+        if partner == code:
+            continue
+        for kind in routes.partner_kinds():
+            if sovereign:  # what code sends partner waits in code's link queue
+                key = addresses.routing_key(partner, kind)
+                out.append((addresses.link_queue(code, partner), outbox, key))
+            else:  # what partner sends to code, on partner's outbox
+                key = addresses.routing_key(code, kind)
+                out.append((inbox, addresses.outbox(partner), key))
     for q in routes.work_queues():
         name = addresses.queue(code, q.role)
         for kind in routes.kinds_of(q.role):
@@ -106,7 +121,7 @@ def declare(
     """Declare exchanges, exchange-to-exchange links and queues; returns the queue names."""
     codes = sorted(codes)
     queues: list[str] = []
-    conn = pika.BlockingConnection(pika.URLParameters(url))
+    conn = pika.BlockingConnection(parameters(url, settings.client_tls()))
     try:
         ch = conn.channel()
         for code in codes:

@@ -7,7 +7,7 @@ import os
 import typer
 
 from biox import contract
-from biox.cli import audit, broker, dlq, records, retrieval, review, sim
+from biox.cli import audit, broker, dlq, keys, records, retrieval, review, sim
 from biox.cli.common import Participant, begin, console
 from biox.runtime import WorkerKind
 
@@ -21,6 +21,7 @@ def _settings() -> None:
 
 
 app.add_typer(broker.app, name="broker")
+app.add_typer(keys.app, name="keys")
 app.add_typer(audit.app, name="audit")
 app.add_typer(dlq.app, name="dlq")
 app.add_typer(review.app, name="review")

@@ -44,7 +44,7 @@ def _scope(
         older_than_s=parse_age(older_than) if older_than else None,
         ids=tuple(ids),
     )
-    return DeadLetterQueues(url), dlq_names(codes, chosen, queue), filters
+    return DeadLetterQueues(url, settings().client_tls()), dlq_names(codes, chosen, queue), filters
 
 
 @app.command("list")

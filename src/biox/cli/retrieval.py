@@ -11,7 +11,16 @@ from sqlmodel import col, select
 from biox import codec
 from biox.broker.deadletters import operator as default_operator
 from biox.broker.publisher import publish_once
-from biox.cli.common import PARTICIPANT, Participant, amqp_url, code, console, session, text
+from biox.cli.common import (
+    PARTICIPANT,
+    Participant,
+    amqp_url,
+    code,
+    console,
+    session,
+    settings,
+    text,
+)
 from biox.messages import Element, RetrievalAsk
 from biox.store import RetrievalRow, Transaction
 
@@ -54,7 +63,7 @@ def retrieval_request(
     out = codec.to_own_inbox(
         ask, participant=me, message_id=str(uuid.uuid4()), correlation_id=query
     )
-    publish_once(url, [codec.with_actor(out, who)], name="biox-retrieval")
+    publish_once(url, [codec.with_actor(out, who)], name="biox-retrieval", tls=settings().client_tls())
     console.print(
         text(f"asked {tx.requesting} for {', '.join(e.value for e in wanted)} about query {query}")
     )

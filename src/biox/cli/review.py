@@ -117,7 +117,7 @@ def review_next(
     message = examiners.decision_message(
         code(participant), case, verdict, candidate, examiner, note
     )
-    publish_once(url, [message], name="biox-review")
+    publish_once(url, [message], name="biox-review", tls=settings().client_tls())
     console.print(
         text(
             f"case {case.case_id}: {verdict.value}"

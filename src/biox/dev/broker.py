@@ -21,14 +21,38 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import pika
 import structlog
 
+from biox.broker.connection import ClientTLS, parameters
+
 log = structlog.get_logger("biox.launcher")
 
 SERVER = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")
-PLUGINS = "[rabbitmq_management,rabbitmq_shovel,rabbitmq_shovel_management]."
+PLUGINS = [
+    "rabbitmq_management",
+    "rabbitmq_shovel",
+    "rabbitmq_shovel_management",
+    "rabbitmq_auth_mechanism_ssl",
+]
+
+
+@dataclass(frozen=True)
+class SovereignConfig:
+    """One participant's own broker: TLS only, certificate logins, its definitions.
+
+    ``server``: the broker's certificate and key, and the CA its clients' certificates
+    must chain to; ``probe``: a client certificate to check the broker answers;
+    ``definitions``: what ``biox.broker.definitions`` generated for it (loaded at boot);
+    ``max_message_bytes``: the largest message the broker accepts.
+    """
+
+    server: ClientTLS
+    probe: ClientTLS
+    definitions: dict[str, Any]
+    max_message_bytes: int
 
 
 class BrokerError(RuntimeError):
@@ -50,15 +74,30 @@ class BrokerState:
     epmd_port: int
     node: str
 
+    tls: bool = False
+
     @property
     def url(self) -> str:
+        if self.tls:
+            return f"amqps://127.0.0.1:{self.amqp_port}/%2F"
         return f"amqp://guest:guest@127.0.0.1:{self.amqp_port}/%2F"
 
 
 class LocalBroker:
-    def __init__(self, directory: Path | None = None, keep: bool = False) -> None:
+    def __init__(
+        self,
+        directory: Path | None = None,
+        keep: bool = False,
+        sovereign: SovereignConfig | None = None,
+        amqp_port: int | None = None,
+    ) -> None:
+        """``sovereign``: a participant's own broker (TLS, certificates, definitions);
+        otherwise the shared development broker (plain AMQP, guest). ``amqp_port``: the
+        port to listen on, when others must know it before this broker starts."""
         self.directory = directory
         self.keep = keep
+        self.sovereign = sovereign
+        self._port = amqp_port
         self.state: BrokerState | None = None
         self.process: subprocess.Popen[bytes] | None = None
         self._dist_port = 0
@@ -86,19 +125,23 @@ class LocalBroker:
             )
         else:
             amqp, mgmt, dist, epmd = (free_port() for _ in range(4))
+            amqp = self._port or amqp
         self._dist_port = dist
         node = f"biox{amqp}@localhost"
-        (directory / "rabbitmq.conf").write_text(
-            f"listeners.tcp.default = 127.0.0.1:{amqp}\n"
+        common = (
             f"management.tcp.port = {mgmt}\n"
             "management.tcp.ip = 127.0.0.1\n"
-            "loopback_users.guest = true\n"
             "log.console = false\n"
             "log.file.level = info\n"
             "vm_memory_high_watermark.relative = 0.4\n"
             "disk_free_limit.absolute = 200MB\n"
         )
-        (directory / "enabled_plugins").write_text(PLUGINS + "\n")
+        if self.sovereign is None:
+            listen = f"listeners.tcp.default = 127.0.0.1:{amqp}\nloopback_users.guest = true\n"
+        else:
+            listen = _sovereign_conf(directory, self.sovereign, amqp)
+        (directory / "rabbitmq.conf").write_text(listen + common)
+        (directory / "enabled_plugins").write_text("[" + ",".join(PLUGINS) + "].\n")
         env = {
             "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
             "HOME": str(directory),
@@ -122,7 +165,9 @@ class LocalBroker:
         self.process = subprocess.Popen(
             cmd, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
         )
-        self.state = BrokerState(self.process.pid, str(directory), amqp, mgmt, epmd, node)
+        self.state = BrokerState(
+            self.process.pid, str(directory), amqp, mgmt, epmd, node, self.sovereign is not None
+        )
         self._wait_ready(timeout)
         log.info("broker_started", url=self.url, directory=str(directory))
         return self
@@ -139,9 +184,10 @@ class LocalBroker:
                 )
             try:
                 socket.create_connection(("127.0.0.1", self.state.amqp_port), timeout=1).close()
-                pika.BlockingConnection(
-                    pika.URLParameters(self.url + "?connection_attempts=1")
-                ).close()
+                probe = self.sovereign.probe if self.sovereign else None
+                params = parameters(self.url, probe)
+                params.connection_attempts = 1
+                pika.BlockingConnection(params).close()
                 return
             except Exception as exc:
                 last = exc
@@ -202,6 +248,35 @@ class LocalBroker:
         if remove and not self.keep:
             shutil.rmtree(self.state.directory, ignore_errors=True)
             self.state = None
+
+
+def _sovereign_conf(directory: Path, config: SovereignConfig, port: int) -> str:
+    """TLS only, certificate logins (EXTERNAL, the user is the certificate's common name),
+    the generated definitions loaded at boot, and a message size limit."""
+    tls = directory / "tls"
+    tls.mkdir(exist_ok=True)
+    for name, source in (
+        ("ca.pem", config.server.ca),
+        ("server.pem", config.server.cert),
+        ("server.key", config.server.key),
+    ):
+        shutil.copyfile(source, tls / name)
+    (directory / "definitions.json").write_text(json.dumps(config.definitions, indent=1))
+    return (
+        "listeners.tcp = none\n"
+        f"listeners.ssl.default = 127.0.0.1:{port}\n"
+        f"ssl_options.cacertfile = {tls / 'ca.pem'}\n"
+        f"ssl_options.certfile = {tls / 'server.pem'}\n"
+        f"ssl_options.keyfile = {tls / 'server.key'}\n"
+        "ssl_options.verify = verify_peer\n"
+        "ssl_options.fail_if_no_peer_cert = true\n"
+        "ssl_options.versions.1 = tlsv1.3\n"
+        "ssl_options.versions.2 = tlsv1.2\n"
+        "auth_mechanisms.1 = EXTERNAL\n"
+        "ssl_cert_login_from = common_name\n"
+        f"load_definitions = {directory / 'definitions.json'}\n"
+        f"max_message_size = {config.max_message_bytes}\n"
+    )
 
 
 def _alive(pid: int, process: subprocess.Popen[bytes] | None) -> bool:

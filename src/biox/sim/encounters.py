@@ -17,6 +17,7 @@ import numpy as np
 import pika
 
 from biox import codec
+from biox.broker.connection import ClientTLS, parameters
 from biox.broker.link import Delivery, Link
 from biox.broker.publisher import Publisher
 from biox.codec import Outgoing
@@ -69,21 +70,29 @@ class EncounterSystem:
     """Publishes planned encounters and gathers every result addressed to it."""
 
     def __init__(
-        self, url: str, gallery_sizes: dict[str, int], publish_timeout: float = 300.0
+        self,
+        url: str,
+        gallery_sizes: dict[str, int],
+        publish_timeout: float = 300.0,
+        tls: ClientTLS | None = None,
+        reply_prefix: str = "encounters.replies.",
     ) -> None:
         """``publish_timeout``: how long a submission is retried until the broker confirms
         it. Longer than a worker's: an upstream system keeps its encounters until the
         broker takes them, and a restarting broker on a busy host can take minutes to
         accept publishes to its quorum queues again."""
         self.url = url
+        self.tls = tls
         self.gallery_sizes = gallery_sizes
-        self.reply_queue = f"encounters.replies.{uuid.uuid4().hex[:12]}"
-        conn = pika.BlockingConnection(pika.URLParameters(url))
+        self.reply_queue = f"{reply_prefix}{uuid.uuid4().hex[:12]}"
+        conn = pika.BlockingConnection(parameters(url, tls))
         conn.channel().queue_declare(
             self.reply_queue, durable=True, arguments={"x-expires": 3_600_000}
         )
         conn.close()
-        self.link = Link(url, name="encounter-system", consume=self.reply_queue, prefetch=2000)
+        self.link = Link(
+            url, name="encounter-system", consume=self.reply_queue, prefetch=2000, tls=tls
+        )
         self.publisher = Publisher(self.link, publish_timeout)
         self.outcomes: dict[str, Outcome] = {}
         self.duplicates = 0  # a second, distinct answer for the same encounter and partner
@@ -105,7 +114,7 @@ class EncounterSystem:
     def __exit__(self, *exc: object) -> None:
         self.link.close()
         try:
-            conn = pika.BlockingConnection(pika.URLParameters(self.url))
+            conn = pika.BlockingConnection(parameters(self.url, self.tls))
             conn.channel().queue_delete(self.reply_queue)
             conn.close()
         except Exception:  # the broker may already be gone; the queue expires on its own

@@ -21,6 +21,7 @@ import pika
 from rich.console import Console
 
 from biox import addresses
+from biox.broker.connection import ClientTLS, parameters, redact
 from biox.broker.topology import declare
 from biox.dev.broker import LocalBroker
 from biox.registry import Registry
@@ -43,7 +44,7 @@ def unwind_on_sigterm() -> None:
 def broker_url(settings: Settings, console: Console) -> Iterator[str]:
     """The configured broker, or a local one for the duration of the block."""
     if settings.amqp_url:
-        console.print(f"Broker: [bold]{_redact(settings.amqp_url)}[/] (BIOX_AMQP_URL)")
+        console.print(f"Broker: [bold]{redact(settings.amqp_url)}[/] (BIOX_AMQP_URL)")
         yield settings.amqp_url
         return
     with console.status("Starting a local RabbitMQ (Debian rabbitmq-server)..."):
@@ -54,11 +55,6 @@ def broker_url(settings: Settings, console: Console) -> Iterator[str]:
     finally:
         with console.status("Stopping the local broker..."):
             broker.stop()
-
-
-def _redact(url: str) -> str:
-    parsed = pika.URLParameters(url)
-    return f"amqp://{parsed.credentials.username}:***@{parsed.host}:{parsed.port}"
 
 
 @dataclass
@@ -155,9 +151,15 @@ def start_requester_with_providers(
     return workers
 
 
-def wait_for_consumers(url: str, queues: list[str], workers: Workers, timeout: float = 120) -> None:
+def wait_for_consumers(
+    url: str,
+    queues: list[str],
+    workers: Workers,
+    timeout: float = 120,
+    tls: ClientTLS | None = None,
+) -> None:
     deadline = time.monotonic() + timeout
-    conn = pika.BlockingConnection(pika.URLParameters(url))
+    conn = pika.BlockingConnection(parameters(url, tls))
     try:
         ch = conn.channel()
         while time.monotonic() < deadline:

@@ -1,0 +1,220 @@
+"""RabbitMQ definitions for one participant's own broker, generated from the registry and
+the route table (docs/security.md, "What each broker allows").
+
+Loaded at broker start (``load_definitions``), they are the whole of what the broker
+knows: its exchanges, queues and bindings; one user per role of its own participant and
+one link user per partner, all authenticating by certificate (no passwords); what each
+may configure, write and read; which routing keys each may publish (topic permissions);
+and one shovel per partner, which moves what waits in the link queue to that partner's
+inbox on the partner's broker, acking only what the partner's broker confirmed.
+
+What each user may do, on ``us``'s broker:
+
+=================  ===================================  ===================================
+user               may publish                          may read
+=================  ===================================  ===================================
+us.workers         its inbox and outbox (kinds pinned   its own queues
+                   by topic permissions), and its
+                   retry tiers and reply queues through
+                   the default exchange
+us.operators       its inbox (own kinds), the default   its own queues (dead-letter tools)
+                   exchange (dead-letter replay)
+us.encounters      its inbox, ``us.encounter.submit``   its reply queues ``us.replies.*``
+                   only                                 (which it may declare)
+mx.link, sv.link   us's inbox, the partner kinds        nothing
+                   addressed to us, only
+=================  ===================================  ===================================
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import Any
+from urllib.parse import quote, urlencode
+
+from biox import addresses
+from biox.broker.topology import bindings, retry_queue_arguments, work_queue_arguments
+from biox.identity import Role, broker_user
+from biox.routes import ROUTES, RouteTable, Sender
+
+VHOST = "/"
+NOTHING = "^$"
+
+
+def reply_queue_prefix(code: str) -> str:
+    """Encounter systems name their reply queues so (docs/integration.md)."""
+    return f"{code}.replies."
+
+
+def _either(*names: str) -> str:
+    return "^(" + "|".join(re.escape(n) for n in names) + ")$"
+
+
+def _keys(to: Iterable[str], kinds: Iterable[str]) -> str:
+    return "^(" + "|".join(re.escape(t) for t in to) + r")\.(" + "|".join(
+        re.escape(k) for k in kinds
+    ) + ")$"
+
+
+def shovel_uri(host: str, port: int, ca: str, cert: str, key: str) -> str:
+    """An ``amqps://`` URI for a shovel that logs in by its certificate (EXTERNAL)."""
+    query = urlencode(
+        {
+            "cacertfile": ca,
+            "certfile": cert,
+            "keyfile": key,
+            "verify": "verify_peer",
+            "server_name_indication": "localhost" if host == "127.0.0.1" else host,
+            "auth_mechanism": "external",
+            "heartbeat": "15",
+        }
+    )
+    return f"amqps://{host}:{port}/{quote(VHOST, safe='')}?{query}"
+
+
+def definitions(
+    code: str,
+    codes: Iterable[str],
+    tiers: Iterable[int],
+    delivery_limit: int,
+    partner_uris: dict[str, str],
+    routes: RouteTable = ROUTES,
+) -> dict[str, Any]:
+    """Everything ``code``'s broker holds. ``partner_uris``: for each partner, the URI its
+    shovel uses to reach that partner's broker (as ``code``'s link user)."""
+    codes = sorted(codes)
+    tiers = list(tiers)
+    partners = [c for c in codes if c != code]
+    inbox, outbox = addresses.inbox(code), addresses.outbox(code)
+    partner_kinds = routes.partner_kinds()
+    own_kinds = sorted(k for k, r in routes.routes.items() if Sender.own in r.senders)
+    submit_kinds = sorted(
+        k for k, r in routes.routes.items() if Sender.encounter_system in r.senders
+    )
+    hop_keys = rf"^{re.escape(code)}\.(retry|dead-letter)\..*$"
+    own_keys = _keys([code], own_kinds)
+    replies = reply_queue_prefix(code)
+
+    users, permissions, topic_permissions = [], [], []
+
+    def user(name: str, configure: str, write: str, read: str, tags: str = "") -> None:
+        users.append(
+            {
+                "name": name,
+                "password_hash": "",  # certificate only: no password can log in
+                "hashing_algorithm": "rabbit_password_hashing_sha256",
+                "tags": tags,
+                "limits": {},
+            }
+        )
+        permissions.append(
+            {"user": name, "vhost": VHOST, "configure": configure, "write": write, "read": read}
+        )
+
+    def topic(name: str, exchange: str, write: str) -> None:
+        topic_permissions.append(
+            {"user": name, "vhost": VHOST, "exchange": exchange, "write": write, "read": ".*"}
+        )
+
+    mine = rf"^{re.escape(code)}\..*$"
+    workers = broker_user(code, Role.workers)
+    user(workers, NOTHING, _either("amq.default", inbox, outbox), mine)
+    topic(workers, outbox, _keys(partners, partner_kinds) if partners else NOTHING)
+    topic(workers, inbox, f"({own_keys})|({hop_keys})")
+    operators = broker_user(code, Role.operators)
+    user(operators, NOTHING, _either("amq.default", inbox), mine, tags="monitoring")
+    topic(operators, inbox, own_keys)
+    encounters = broker_user(code, Role.encounters)
+    reply_queues = rf"^{re.escape(replies)}.*$"
+    user(encounters, reply_queues, _either(inbox), reply_queues)
+    topic(encounters, inbox, _keys([code], submit_kinds))
+    for partner in partners:
+        link = broker_user(partner, Role.link)
+        user(link, NOTHING, _either(inbox), NOTHING)
+        topic(link, inbox, _keys([code], partner_kinds))
+
+    exchanges = [
+        _exchange(inbox, "topic"),
+        _exchange(outbox, "topic"),
+    ]
+    queues = []
+    for q in routes.queues.values():
+        name = addresses.queue(code, q.role)
+        queues.append(_queue(name, work_queue_arguments(name, delivery_limit)))
+        queues.append(_queue(addresses.dead_letter_queue(name), {"x-queue-type": "quorum"}))
+        for seconds in tiers:
+            queues.append(
+                _queue(addresses.retry_queue(name, seconds), retry_queue_arguments(name, seconds))
+            )
+    for partner in partners:
+        queues.append(_queue(addresses.link_queue(code, partner), {"x-queue-type": "quorum"}))
+
+    binds = []
+    for destination, source, key in bindings(code, codes, routes, tiers, sovereign=True):
+        kind = "exchange" if destination.startswith("biox.") else "queue"
+        binds.append(
+            {
+                "source": source,
+                "vhost": VHOST,
+                "destination": destination,
+                "destination_type": kind,
+                "routing_key": key,
+                "arguments": {},
+            }
+        )
+
+    parameters = [
+        {
+            "vhost": VHOST,
+            "component": "shovel",
+            "name": f"{code}-to-{partner}",
+            "value": {
+                "src-protocol": "amqp091",
+                "src-uri": "amqp://",  # this broker itself, directly
+                "src-queue": addresses.link_queue(code, partner),
+                "dest-protocol": "amqp091",
+                "dest-uri": partner_uris[partner],
+                "dest-exchange": addresses.inbox(partner),
+                # the partner's broker stamps who is speaking: our link user
+                "dest-publish-properties": {"user_id": broker_user(code, Role.link)},
+                "ack-mode": "on-confirm",
+                "reconnect-delay": 2,
+            },
+        }
+        for partner in partners
+    ]
+    return {
+        "rabbit_version": "3.10.8",
+        "users": users,
+        "vhosts": [{"name": VHOST}],
+        "permissions": permissions,
+        "topic_permissions": topic_permissions,
+        "parameters": parameters,
+        "policies": [],
+        "exchanges": exchanges,
+        "queues": queues,
+        "bindings": binds,
+    }
+
+
+def _exchange(name: str, kind: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "vhost": VHOST,
+        "type": kind,
+        "durable": True,
+        "auto_delete": False,
+        "internal": False,
+        "arguments": {},
+    }
+
+
+def _queue(name: str, arguments: dict[str, object]) -> dict[str, Any]:
+    return {
+        "name": name,
+        "vhost": VHOST,
+        "durable": True,
+        "auto_delete": False,
+        "arguments": arguments,
+    }

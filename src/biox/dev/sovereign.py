@@ -39,9 +39,9 @@ class SovereignBrokers:
         self.pki.ensure(self.codes)
         ports = {code: free_port() for code in self.codes}
         for code in self.codes:
-            node_dir = self.directory / "nodes" / code
-            shutil.rmtree(node_dir, ignore_errors=True)
-            node_dir.mkdir(parents=True)
+            # the node runs as the rabbitmq user, which must reach its directory: a fresh
+            # one under the system's temporary directory, as for the development broker
+            node_dir = Path(tempfile.mkdtemp(prefix=f"biox-rabbitmq-{code}-"))
             link = self.pki.client(broker_user(code, Role.link))
             tls = node_dir / "tls"  # what the node's own processes (its shovels) read
             tls.mkdir()

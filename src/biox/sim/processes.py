@@ -77,22 +77,27 @@ class Workers:
                 p.wait()
 
 
-def dev_env(url: str, settings: Settings, codes: list[str], **extra: str) -> dict[str, str]:
-    """The environment of worker processes on the development broker: every participant
-    on one broker as one user (``BIOX_DEV_SHARED_BROKER``), each with its signing and
-    sealing keys (made here when missing) under the settings' data directory."""
+def worker_env(settings: Settings, codes: list[str], **extra: str) -> dict[str, str]:
+    """The environment of worker processes: the settings' data directory, registry and
+    policy, and each participant's signing and sealing keys (made when missing)."""
     ensure_keys(settings.keys(), codes)
     return {
         **os.environ,
-        "BIOX_AMQP_URL": url,
         "BIOX_DATA_DIR": str(settings.data_dir),
         "BIOX_KEYS_DIR": str(settings.keys().resolve()),
         "BIOX_REGISTRY": str(Path(settings.registry).resolve()),
         "BIOX_POLICY": str(Path(settings.policy).resolve()),
         "BIOX_RETRY_DELAYS": settings.retry_delays,
-        "BIOX_DEV_SHARED_BROKER": "1",
         **extra,
     }
+
+
+def dev_env(url: str, settings: Settings, codes: list[str], **extra: str) -> dict[str, str]:
+    """On the development broker: every participant on one broker as one user
+    (``BIOX_DEV_SHARED_BROKER``), proven by its signatures alone."""
+    return worker_env(
+        settings, codes, BIOX_AMQP_URL=url, BIOX_DEV_SHARED_BROKER="1", **extra
+    )
 
 
 def start_workers(

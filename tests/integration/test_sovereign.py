@@ -1,0 +1,304 @@
+"""Every participant on its own RabbitMQ over TLS, with the generated definitions: what the
+brokers refuse by themselves, what the workers refuse, and the links surviving a
+partner's outage (docs/security.md)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pika
+import pytest
+from pika.exceptions import ChannelClosedByBroker
+from sqlmodel import col, select
+
+from biox import addresses
+from biox.broker.connection import ClientTLS, parameters
+from biox.broker.publisher import properties_for
+from biox.codec import Envelope, Outgoing
+from biox.dev.sovereign import SovereignBrokers
+from biox.identity import Role
+from biox.registry import Registry
+from biox.sealing import load_ring
+from biox.settings import Settings
+from biox.sim import encounters, galleries
+from biox.sim.plans import plan
+from biox.sim.processes import Workers, start_workers, wait_for_consumers, worker_env
+from biox.store import AuditEntry, ProcessedMessage, session_for
+from tests.integration.ledger import check_results_once
+
+pytestmark = [pytest.mark.integration, pytest.mark.sovereign]
+
+CODES = ["mx", "sv", "us"]
+SIZES = {"us": 10, "mx": 400, "sv": 400}
+SEED = 11
+ROLES = {
+    "us": ("intake", "response", "audit"),
+    "mx": ("query", "review", "audit"),
+    "sv": ("query",),
+}
+
+
+@dataclass
+class Sovereign:
+    brokers: SovereignBrokers
+    settings: Settings
+    registry: Registry
+    workers: Workers
+
+    def connect(self, broker: str, user: str) -> pika.BlockingConnection:
+        code, _, role = user.partition(".")
+        tls = self.brokers.credentials(code, Role(role))
+        return pika.BlockingConnection(parameters(self.brokers.url(broker), tls))
+
+    def tls(self, code: str, role: Role) -> ClientTLS:
+        return self.brokers.credentials(code, role)
+
+
+@pytest.fixture(scope="module")
+def sovereign(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sovereign]:
+    data = tmp_path_factory.mktemp("sovereign")
+    settings = Settings(data_dir=data, retry_delays="1,2")
+    registry = Registry.load(settings.registry)
+    brokers = SovereignBrokers(CODES, settings, data / "brokers").start()
+    workers = Workers([])
+    try:
+        for code in ("mx", "sv"):
+            galleries.build_gallery(settings, code, SIZES[code], SEED)
+        base = worker_env(settings, CODES, BIOX_LOG_LEVEL="INFO")
+        for code, roles in ROLES.items():
+            env = {**base, **brokers.env(code, Role.workers)}
+            workers.processes += start_workers([code], env, data / "logs", roles).processes
+        for code, roles in ROLES.items():
+            wait_for_consumers(
+                brokers.url(code),
+                [addresses.queue(code, r) for r in roles],
+                workers,
+                tls=brokers.credentials(code, Role.operators),
+            )
+        yield Sovereign(brokers, settings, registry, workers)
+    finally:
+        workers.stop()
+        brokers.stop()
+
+
+def attempt(s: Sovereign, broker: str, user: str, action) -> str | None:
+    """Run ``action`` on a confirmed channel of ``user`` on ``broker``; the broker's refusal
+    (its reply text), or None when it let it through."""
+    try:
+        conn = s.connect(broker, user)
+    except pika.exceptions.AMQPConnectionError as exc:
+        return f"login refused: {exc!r}"
+    try:
+        ch = conn.channel()
+        ch.confirm_delivery()
+        action(ch)
+        return None
+    except ChannelClosedByBroker as exc:
+        return f"{exc.reply_code} {exc.reply_text}"
+    except pika.exceptions.UnroutableError:
+        return "unroutable"
+    finally:
+        if conn.is_open:
+            conn.close()
+
+
+def publish(exchange: str, key: str, user_id: str | None, kind: str = "query"):
+    def act(ch) -> None:
+        ch.basic_publish(
+            exchange,
+            key,
+            b"\x80",
+            pika.BasicProperties(message_id=str(uuid.uuid4()), type=kind, user_id=user_id),
+            mandatory=True,
+        )
+
+    return act
+
+
+def test_the_brokers_themselves_refuse_what_a_hostile_partner_tries(sovereign):
+    s = sovereign
+    # sv's link user on us's broker: only partner kinds addressed to us, on us's inbox
+    assert attempt(s, "us", "sv.link", publish("", "us.intake", "sv.link")).startswith("403")
+    assert attempt(s, "us", "sv.link", publish("biox.us.out", "mx.query", "sv.link")).startswith(
+        "403"
+    )
+    assert attempt(
+        s, "us", "sv.link", publish("biox.us", "us.encounter.submit", "sv.link", "encounter.submit")
+    ).startswith("403")
+    assert attempt(
+        s, "us", "sv.link", publish("biox.us", "us.review.decision", "sv.link", "review.decision")
+    ).startswith("403")
+    # a user_id other than its own: the broker refuses it (406 PRECONDITION_FAILED)
+    assert attempt(s, "us", "sv.link", publish("biox.us", "us.query", "mx.link")).startswith("406")
+    # reading any of us's queues
+    assert attempt(s, "us", "sv.link", lambda ch: ch.basic_get("us.response")).startswith("403")
+    assert attempt(s, "us", "sv.link", lambda ch: ch.basic_get("us.link.mx")).startswith("403")
+    # sv cannot log in to us's broker as anything but its link user
+    assert attempt(s, "us", "sv.workers", lambda ch: None).startswith("login refused")
+    # us's encounter systems submit; they cannot send partner kinds or results
+    assert attempt(s, "us", "us.encounters", publish("biox.us", "us.query", "us.encounters"))
+    assert attempt(s, "us", "us.encounters", publish("biox.us.out", "mx.query", "us.encounters"))
+    assert attempt(s, "us", "us.encounters", publish("", "us.response", "us.encounters"))
+    # what is allowed does get through
+    assert attempt(s, "us", "sv.link", publish("biox.us", "us.query", "sv.link")) is None
+    assert (
+        attempt(
+            s,
+            "us",
+            "us.encounters",
+            publish("biox.us", "us.encounter.submit", "us.encounters", "encounter.submit"),
+        )
+        is None
+    )
+
+
+def test_a_valid_broker_identity_with_a_forged_sender_or_signature_is_refused_by_reason(sovereign):
+    """sv holds a real login on us's broker (its link user). Answers it forges in mx's name,
+    tampers with, or sends without a user id are refused by us's response worker for what
+    they are, audited, and leave nothing behind."""
+    s = sovereign
+    ring = load_ring(s.settings.keys(), "sv")
+    mid = {name: f"forged-{name}-{uuid.uuid4().hex[:6]}" for name in ("as-mx", "tampered", "bare")}
+
+    def sealed(name: str, claims: str) -> Outgoing:
+        env = Envelope(mid[name], "response", "response/1", claims, "us", f"q-{name}")
+        out = ring.seal(Outgoing("biox.us", "us.response", b"\x80", replace_sender(env, "sv")))
+        return Outgoing(
+            out.exchange, out.routing_key, out.body, replace_sender(out.envelope, claims)
+        )
+
+    as_mx = sealed("as-mx", "mx")  # signed by sv, says it is mx
+    tampered = sealed("tampered", "sv")
+    tampered = Outgoing(
+        tampered.exchange, tampered.routing_key, tampered.body + b"!", tampered.envelope
+    )
+
+    def send(out: Outgoing, user_id: str | None):
+        def act(ch) -> None:
+            props = properties_for(out.envelope, None)
+            props.user_id = user_id
+            ch.basic_publish(out.exchange, out.routing_key, out.body, props, mandatory=True)
+
+        return act
+
+    assert attempt(s, "us", "sv.link", send(as_mx, "sv.link")) is None
+    assert attempt(s, "us", "sv.link", send(tampered, "sv.link")) is None
+    bare = sealed("bare", "sv")
+    assert attempt(s, "us", "sv.link", send(bare, None)) is None  # no user_id at all
+    expected = {
+        mid["as-mx"]: "forged_sender",
+        mid["tampered"]: "bad_signature",
+        mid["bare"]: "unauthenticated",
+    }
+    reasons = dead_letter_reasons(s, "us", "us.response.dlq", set(expected))
+    assert reasons == expected
+    db = s.settings.database_for("us")
+    deadline = time.monotonic() + 30
+    trail: dict[str, str | None] = {}
+    while time.monotonic() < deadline and len(trail) < len(expected):
+        with session_for(db) as session:
+            trail = {
+                e.message_id: e.reason
+                for e in session.exec(
+                    select(AuditEntry).where(AuditEntry.direction == "dead-letter")
+                )
+                if e.message_id in expected
+            }
+        time.sleep(0.3)
+    assert trail == expected
+    with session_for(db) as session:  # nothing processed, so nothing kept or answered
+        kept = session.exec(
+            select(ProcessedMessage).where(col(ProcessedMessage.message_id).in_(list(expected)))
+        ).all()
+    assert kept == []
+
+
+def test_a_query_crosses_three_brokers_and_survives_the_partner_broker_stopping(sovereign):
+    """us asks mx and sv; mx's broker stops for 30 s with queries in flight. What us sends
+    meanwhile waits in us's link queue to mx (shown), and every encounter is answered once
+    by each partner after mx returns."""
+    s = sovereign
+    planned = plan(s.registry, SIZES, 40, SEED, requesters=["us"], draw=1)
+    planned = [p for p in planned if p.expected_partners]
+    first, rest = planned[:10], planned[10:]
+    tls = s.tls("us", Role.encounters)
+    with encounters.EncounterSystem(
+        s.brokers.url("us"), SIZES, tls=tls, reply_prefix="us.replies."
+    ) as system:
+        system.submit(first)
+        system.collect(timeout=90, idle_timeout=60)
+        assert all(o.complete for o in system.outcomes.values())
+        mx = s.brokers.brokers["mx"]
+        mx.stop(remove=False)
+        stopped = time.monotonic()
+        try:
+            system.submit(rest)
+            to_mx = sum("mx" in p.expected_partners for p in rest)
+            waiting = wait_for_depth(s, "us", "us.link.mx", to_mx)
+        finally:
+            time.sleep(max(0.0, stopped + 30 - time.monotonic()))
+            mx.start()
+        system.collect(timeout=240, idle_timeout=120)
+        outcomes = list(system.outcomes.values())
+    incomplete = [o.planned.encounter_id for o in outcomes if not o.complete]
+    assert incomplete == []
+    assert waiting == to_mx > 0  # every query to mx waited for it, none was lost
+    assert system.duplicates == 0
+    wrong = [
+        (o.planned.encounter_id, a) for o in outcomes for a in o.answers.values() if not a.correct
+    ]
+    assert wrong == []
+    check_results_once(system)
+
+
+def wait_for_depth(
+    s: Sovereign, broker: str, queue: str, at_least: int, timeout: float = 30
+) -> int:
+    """How many messages wait in ``queue`` once at least ``at_least`` do (or the timeout)."""
+    conn = s.connect(broker, f"{broker}.operators")
+    try:
+        ch = conn.channel()
+        deadline = time.monotonic() + timeout
+        depth = 0
+        while time.monotonic() < deadline:
+            depth = ch.queue_declare(queue, passive=True).method.message_count
+            if depth >= at_least:
+                break
+            conn.sleep(0.2)
+        return depth
+    finally:
+        conn.close()
+
+
+def dead_letter_reasons(
+    s: Sovereign, broker: str, queue: str, ids: set[str], timeout: float = 30
+) -> dict[str, str]:
+    """The reason of each dead letter in ``queue`` among ``ids`` (browsed, not taken)."""
+    deadline = time.monotonic() + timeout
+    found: dict[str, str] = {}
+    while time.monotonic() < deadline and set(found) != ids:
+        conn = s.connect(broker, f"{broker}.operators")
+        try:
+            ch = conn.channel()
+            while True:
+                method, props, _ = ch.basic_get(queue)
+                if method is None:
+                    break
+                reason = (props.headers or {}).get("biox-reason")
+                if props.message_id in ids:
+                    found[props.message_id] = (
+                        reason.decode() if isinstance(reason, bytes) else reason
+                    )
+        finally:
+            conn.close()  # unacked: back to the queue
+        time.sleep(0.3)
+    return found
+
+
+def replace_sender(env: Envelope, sender: str) -> Envelope:
+    from dataclasses import replace
+
+    return replace(env, sender=sender)

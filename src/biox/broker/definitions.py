@@ -52,9 +52,13 @@ def _either(*names: str) -> str:
 
 
 def _keys(to: Iterable[str], kinds: Iterable[str]) -> str:
-    return "^(" + "|".join(re.escape(t) for t in to) + r")\.(" + "|".join(
-        re.escape(k) for k in kinds
-    ) + ")$"
+    return (
+        "^("
+        + "|".join(re.escape(t) for t in to)
+        + r")\.("
+        + "|".join(re.escape(k) for k in kinds)
+        + ")$"
+    )
 
 
 def shovel_uri(host: str, port: int, ca: str, cert: str, key: str) -> str:

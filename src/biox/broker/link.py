@@ -21,7 +21,6 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-
 import pika
 import structlog
 from pika.adapters.select_connection import SelectConnection

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import typer
 
-from biox.cli.common import console, settings
+from biox.cli.common import Participant, console, settings
 from biox.dev.broker import LocalBroker
 
 app = typer.Typer(
@@ -54,3 +55,79 @@ def broker_status() -> None:
     else:
         console.print("not running")
         raise typer.Exit(1)
+
+
+@app.command("sovereign")
+def broker_sovereign(
+    directory: Path = typer.Option(
+        None, help="where the development PKI is kept (default: BIOX_DATA_DIR/sovereign)"
+    ),
+) -> None:
+    """Run one TLS-only RabbitMQ per participant, linked by shovels, until Ctrl-C.
+
+    Prints, for each participant, the variables a worker, an operator or an encounter
+    system of that participant sets to reach its own broker by certificate.
+    """
+    import signal
+    import threading
+
+    from biox.dev.sovereign import SovereignBrokers
+    from biox.identity import Role
+    from biox.registry import Registry
+
+    s = settings()
+    codes = Registry.load(s.registry).codes
+    where = directory or s.data_dir / "sovereign"
+    with console.status(f"Starting {len(codes)} brokers (TLS, certificate logins, shovels)..."):
+        brokers = SovereignBrokers(codes, s, where).start()
+    try:
+        for code in codes:
+            console.print(f"[bold]{code}[/]: {brokers.url(code)}")
+            for role in Role:
+                env = brokers.env(code, role)
+                line = " ".join(f"{k}={v}" for k, v in env.items() if k != "BIOX_AMQP_URL")
+                console.print(f"  [dim]{role.value:<10}[/] {line}")
+        console.print("Ctrl-C stops them.")
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        with contextlib.suppress(KeyboardInterrupt):
+            stop.wait()
+    finally:
+        brokers.stop()
+
+
+@app.command("definitions")
+def broker_definitions(
+    participant: Participant = typer.Option(..., "--participant", "-p"),
+    partner: list[str] = typer.Option(
+        [],
+        help="PARTNER=HOST:PORT of each partner's broker (TLS), for the shovels",
+    ),
+    tls_dir: str = typer.Option(
+        "/etc/rabbitmq/biox",
+        help="where, on the broker's host, ca.pem, link.pem and link.key are installed",
+    ),
+) -> None:
+    """Print the RabbitMQ definitions of one participant's own broker (JSON), generated
+    from the registry and the route table, for `load_definitions` (docs/security.md)."""
+    import json
+
+    from biox.broker.definitions import definitions, shovel_uri
+    from biox.registry import Registry
+
+    s = settings()
+    code = getattr(participant, "value", participant)
+    codes = Registry.load(s.registry).codes
+    where = dict(p.split("=", 1) for p in partner)
+    missing = [c for c in codes if c != code and c not in where]
+    if missing:
+        console.print(f"[red]no --partner for {', '.join(missing)}[/]")
+        raise typer.Exit(2)
+    uris = {}
+    for other, address in where.items():
+        host, _, port = address.rpartition(":")
+        uris[other] = shovel_uri(
+            host, int(port), f"{tls_dir}/ca.pem", f"{tls_dir}/link.pem", f"{tls_dir}/link.key"
+        )
+    defs = definitions(code, codes, s.retry_tiers, s.delivery_limit, uris)
+    print(json.dumps(defs, indent=2))

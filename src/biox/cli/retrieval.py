@@ -63,7 +63,9 @@ def retrieval_request(
     out = codec.to_own_inbox(
         ask, participant=me, message_id=str(uuid.uuid4()), correlation_id=query
     )
-    publish_once(url, [codec.with_actor(out, who)], name="biox-retrieval", tls=settings().client_tls())
+    publish_once(
+        url, [codec.with_actor(out, who)], name="biox-retrieval", tls=settings().client_tls()
+    )
     console.print(
         text(f"asked {tx.requesting} for {', '.join(e.value for e in wanted)} about query {query}")
     )

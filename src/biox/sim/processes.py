@@ -95,9 +95,7 @@ def worker_env(settings: Settings, codes: list[str], **extra: str) -> dict[str, 
 def dev_env(url: str, settings: Settings, codes: list[str], **extra: str) -> dict[str, str]:
     """On the development broker: every participant on one broker as one user
     (``BIOX_DEV_SHARED_BROKER``), proven by its signatures alone."""
-    return worker_env(
-        settings, codes, BIOX_AMQP_URL=url, BIOX_DEV_SHARED_BROKER="1", **extra
-    )
+    return worker_env(settings, codes, BIOX_AMQP_URL=url, BIOX_DEV_SHARED_BROKER="1", **extra)
 
 
 def start_workers(

@@ -1,0 +1,135 @@
+"""The definitions each participant's own broker boots with: what they let each user do.
+
+The brokers' enforcement of these is shown in tests/integration/test_sovereign.py; here,
+that the generated rules say what docs/security.md says they say."""
+
+from __future__ import annotations
+
+import re
+
+from biox import addresses
+from biox.broker.definitions import definitions, shovel_uri
+from biox.broker.topology import bindings, retry_queue_arguments, work_queue_arguments
+from biox.routes import ROUTES
+
+CODES = ["mx", "sv", "us"]
+URIS = {"mx": "amqps://mx:5671/%2F", "sv": "amqps://sv:5671/%2F"}
+US = definitions("us", CODES, [1, 5], 20, URIS)
+
+
+def permission(user: str) -> dict[str, str]:
+    return next(p for p in US["permissions"] if p["user"] == user)
+
+
+def topic_write(user: str, exchange: str) -> str | None:
+    return next(
+        (
+            p["write"]
+            for p in US["topic_permissions"]
+            if p["user"] == user and p["exchange"] == exchange
+        ),
+        None,
+    )
+
+
+def allows(pattern: str | None, value: str) -> bool:
+    return pattern is not None and re.search(pattern, value) is not None
+
+
+def test_users_are_one_per_own_role_and_one_link_per_partner_with_no_password():
+    assert sorted(u["name"] for u in US["users"]) == [
+        "mx.link",
+        "sv.link",
+        "us.encounters",
+        "us.operators",
+        "us.workers",
+    ]
+    assert {u["password_hash"] for u in US["users"]} == {""}
+    assert "administrator" not in {u["tags"] for u in US["users"]}
+
+
+def test_a_partner_link_may_publish_only_partner_kinds_addressed_to_us_on_our_inbox():
+    p = permission("mx.link")
+    assert allows(p["write"], "biox.us")
+    for other in ("amq.default", "biox.us.out", "biox.mx", "biox.usx"):
+        assert not allows(p["write"], other), other
+    assert p["read"] == p["configure"] == "^$"
+    keys = topic_write("mx.link", "biox.us")
+    for kind in ROUTES.partner_kinds():
+        assert allows(keys, f"us.{kind}"), kind
+    for key in (
+        "us.encounter.submit",
+        "us.review.decision",
+        "us.retrieval.ask",
+        "us.retry.query.1",
+        "us.dead-letter.query",
+        "mx.query",
+        "us.queryx",
+        "us.query.x",
+    ):
+        assert not allows(keys, key), key
+
+
+def test_our_workers_send_partner_kinds_to_partners_only_and_own_kinds_to_ourselves():
+    p = permission("us.workers")
+    for exchange in ("amq.default", "biox.us", "biox.us.out"):
+        assert allows(p["write"], exchange)
+    assert not allows(p["write"], "biox.mx")
+    assert p["configure"] == "^$"  # the topology is the definitions', not the workers'
+    assert allows(p["read"], "us.query") and not allows(p["read"], "mx.query")
+    out = topic_write("us.workers", "biox.us.out")
+    assert allows(out, "mx.query") and allows(out, "sv.response")
+    assert not allows(out, "us.query") and not allows(out, "mx.review.decision")
+    inbox = topic_write("us.workers", "biox.us")
+    for key in ("us.review.case", "us.retry.query.5", "us.dead-letter.intake"):
+        assert allows(inbox, key), key
+    assert not allows(inbox, "us.query")  # never a partner kind in its own name
+
+
+def test_encounter_systems_submit_and_read_their_own_reply_queues_only():
+    p = permission("us.encounters")
+    assert allows(p["write"], "biox.us") and not allows(p["write"], "amq.default")
+    assert allows(p["configure"], "us.replies.gate-7")
+    assert allows(p["read"], "us.replies.gate-7") and not allows(p["read"], "us.response")
+    keys = topic_write("us.encounters", "biox.us")
+    assert allows(keys, "us.encounter.submit")
+    assert not allows(keys, "us.query") and not allows(keys, "us.review.decision")
+
+
+def test_the_topology_is_the_one_the_shared_broker_declares_plus_a_link_queue_per_partner():
+    queues = {q["name"]: q["arguments"] for q in US["queues"]}
+    for q in ROUTES.queues.values():
+        name = addresses.queue("us", q.role)
+        assert queues[name] == work_queue_arguments(name, 20)
+        assert queues[addresses.retry_queue(name, 5)] == retry_queue_arguments(name, 5)
+        assert addresses.dead_letter_queue(name) in queues
+    assert {"us.link.mx", "us.link.sv"} <= set(queues)
+    got = {(b["destination"], b["source"], b["routing_key"]) for b in US["bindings"]}
+    assert got == set(bindings("us", CODES, ROUTES, [1, 5], sovereign=True))
+    for kind in ROUTES.partner_kinds():
+        assert ("us.link.mx", "biox.us.out", f"mx.{kind}") in got
+    # no exchange-to-exchange link to a partner's exchange: that is the shovel's job
+    assert not any(b["source"].startswith(("biox.mx", "biox.sv")) for b in US["bindings"])
+
+
+def test_one_shovel_per_partner_acks_only_what_the_partner_confirmed_and_names_its_user():
+    shovels = {p["name"]: p["value"] for p in US["parameters"] if p["component"] == "shovel"}
+    assert set(shovels) == {"us-to-mx", "us-to-sv"}
+    mx = shovels["us-to-mx"]
+    assert mx["src-queue"] == "us.link.mx"
+    assert mx["dest-uri"] == URIS["mx"] and mx["dest-exchange"] == "biox.mx"
+    assert mx["ack-mode"] == "on-confirm"
+    assert mx["dest-publish-properties"] == {"user_id": "us.link"}
+
+
+def test_a_shovel_logs_in_by_certificate_and_checks_the_partner_broker():
+    uri = shovel_uri("mx.example.org", 5671, "/t/ca.pem", "/t/link.pem", "/t/link.key")
+    assert uri.startswith("amqps://mx.example.org:5671/%2F?")
+    for part in (
+        "auth_mechanism=external",
+        "verify=verify_peer",
+        "server_name_indication=mx.example.org",
+        "certfile=%2Ft%2Flink.pem",
+    ):
+        assert part in uri, part
+    assert "server_name_indication=localhost" in shovel_uri("127.0.0.1", 1, "a", "b", "c")

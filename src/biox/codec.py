@@ -33,6 +33,18 @@ H_ORIGINAL_USER = "biox-original-user-id"  # the first sender's broker user, on 
 H_REASON = "biox-reason"  # the reason code of a retry or dead-letter hop
 
 
+#: what msgpack may allocate for one body, checked as it reads (docs/security.md): the
+#: largest template is a few KiB, the longest text 2 000 characters, the longest list a
+#: released record's encounters
+LIMITS = {
+    "max_bin_len": 64 * 1024,
+    "max_str_len": 8 * 1024,
+    "max_array_len": 1_000,
+    "max_map_len": 256,
+    "max_ext_len": 16,
+}
+
+
 @dataclass(frozen=True)
 class Envelope:
     """What the AMQP properties say about a message, broker-neutral."""
@@ -88,7 +100,11 @@ def decode_body(model: type[MessageT], schema: str | None, body: bytes) -> Messa
             Reason.unknown_schema, f"got {schema!r}, this participant reads {model.schema_id()}"
         )
     try:
-        data = msgpack.unpackb(body, raw=False, timestamp=3, strict_map_key=True)
+        data = msgpack.unpackb(body, raw=False, timestamp=3, strict_map_key=True, **LIMITS)
+    except ValueError as exc:
+        if "exceeds max" in str(exc):  # msgpack's own limit checks, before allocating
+            raise PermanentError(Reason.too_large, str(exc)) from exc
+        raise PermanentError(Reason.undecodable, f"{type(exc).__name__}: {exc}") from exc
     except Exception as exc:  # msgpack raises several unrelated classes
         raise PermanentError(Reason.undecodable, f"{type(exc).__name__}: {exc}") from exc
     if not isinstance(data, dict):

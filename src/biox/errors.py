@@ -14,6 +14,7 @@ from enum import StrEnum
 class Reason(StrEnum):
     # the envelope or body cannot be read
     undecodable = "undecodable"
+    too_large = "too_large"
     unknown_kind = "unknown_kind"
     unknown_schema = "unknown_schema"
     invalid_message = "invalid_message"
@@ -54,6 +55,7 @@ class Reason(StrEnum):
 
 REASON_TEXT: dict[Reason, str] = {
     Reason.undecodable: "body is not a msgpack map",
+    Reason.too_large: "body, or a string, binary, list or map in it, exceeds the limits",
     Reason.unknown_kind: "message type is not in the biox catalogue",
     Reason.unknown_schema: "schema version is not supported by this participant",
     Reason.invalid_message: "body does not match the schema (missing or malformed fields)",
@@ -109,6 +111,7 @@ REASON_USE: dict[Reason, tuple[str, ...]] = {
         r: ("rejected", "refused", "dead-letter")
         for r in (
             Reason.undecodable,
+            Reason.too_large,
             Reason.unknown_kind,
             Reason.unknown_schema,
             Reason.invalid_message,

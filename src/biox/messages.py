@@ -18,6 +18,10 @@ from biox.registry import Purpose
 
 Code = Annotated[str, Field(pattern=r"^[a-z]{2}$", description="ISO 3166 alpha-2, lowercase")]
 Id = Annotated[str, Field(min_length=1, max_length=128)]
+# every text a partner or an encounter system writes has a bound (docs/security.md)
+Short = Annotated[str, Field(max_length=64)]
+Name = Annotated[str, Field(max_length=200)]
+Text = Annotated[str, Field(max_length=2000)]
 
 
 def utcnow() -> datetime:
@@ -44,20 +48,20 @@ class Message(Model):
 
 class Fingerprint(Model):
     position: int = Field(ge=1, le=10, description="ANSI/NIST finger position 1-10")
-    algorithm: str
+    algorithm: Short
     template: bytes = Field(description="float32 little-endian feature vector")
     quality: int = Field(default=50, ge=0, le=100)
 
 
 class Face(Model):
-    algorithm: str
+    algorithm: Short
     template: bytes = Field(description="float32 little-endian feature vector")
     quality: int = Field(default=50, ge=0, le=100)
 
 
 class Iris(Model):
     eye: Literal["left", "right"]
-    algorithm: str
+    algorithm: Short
     code: bytes = Field(description="packed iris code bits, row-major (radial x angular)")
     mask: bytes = Field(description="packed validity mask, same layout as code")
 
@@ -75,13 +79,13 @@ class Biometrics(Model):
 
 
 class Biographic(Model):
-    family_name: str | None = None
-    given_names: str | None = None
-    date_of_birth: str | None = Field(default=None, description="ISO 8601 date, may be partial")
+    family_name: Name | None = None
+    given_names: Name | None = None
+    date_of_birth: Short | None = Field(default=None, description="ISO 8601 date, may be partial")
     sex: Literal["F", "M", "X"] | None = None
-    claimed_nationality: str | None = Field(default=None, description="ISO 3166 alpha-2")
-    place_of_birth: str | None = None
-    document_number: str | None = None
+    claimed_nationality: Short | None = Field(default=None, description="ISO 3166 alpha-2")
+    place_of_birth: Name | None = None
+    document_number: Name | None = None
 
 
 class SubjectStatus(Model):
@@ -101,14 +105,14 @@ class EncounterType(StrEnum):
 class Encounter(Model):
     encountered_at: datetime
     country: Code
-    location: str | None = None
+    location: Name | None = None
     type: EncounterType = EncounterType.border
 
 
 class References(Model):
     transaction_id: Id
     encounter_id: Id
-    person_centric_id: str | None = None
+    person_centric_id: Name | None = None
 
 
 # --- messages -----------------------------------------------------------------------------
@@ -125,7 +129,7 @@ class EncounterSubmit(Message):
     biometrics: Biometrics
     biographic: Biographic = Field(default_factory=Biographic)
     encounter: Encounter
-    person_centric_id: str | None = None
+    person_centric_id: Name | None = None
     enroll: bool = Field(
         default=False,
         description=(
@@ -185,17 +189,17 @@ class EncounterRecord(Model):
     encountered_at: datetime
     country: Code
     type: EncounterType
-    location: str | None = None
+    location: Name | None = None
 
 
 class ReleasedRecord(Model):
     """The elements of §7 the provider chose to release for this purpose."""
 
     identity_ref: Id
-    person_centric_id: str | None = None
+    person_centric_id: Name | None = None
     biographic: Biographic | None = None
     encounters: list[EncounterRecord] = Field(default_factory=list)
-    derogatory: list[str] = Field(default_factory=list)
+    derogatory: list[Text] = Field(default_factory=list, max_length=100)
 
 
 class Candidate(Model):
@@ -221,13 +225,15 @@ class Response(Message):
     providing: Code
     status: ResponseStatus
     candidates: list[Candidate] = Field(default_factory=list)
-    conditions: list[str] = Field(default_factory=list, description="conditions of use (§9)")
+    conditions: list[Text] = Field(
+        default_factory=list, max_length=50, description="conditions of use (§9)"
+    )
     withheld: list[Element] = Field(
         default_factory=list, description="elements the release policy withheld (§9 partial)"
     )
     decided_by: DecidedBy = DecidedBy.automatic
     reason_code: Reason | None = None
-    reason: str | None = None
+    reason: Text | None = None
     timings: Timings
 
 
@@ -251,7 +257,7 @@ class ReviewCase(Message):
     requesting: Code
     purpose: Purpose
     probe_biographic: Biographic = Field(default_factory=Biographic)
-    probe_modalities: list[str] = Field(default_factory=list)
+    probe_modalities: list[Short] = Field(default_factory=list, max_length=8)
     encounter: Encounter
     candidates: list[ReviewCandidate]
     opened_at: datetime
@@ -298,7 +304,7 @@ class RetrievalRequest(Message):
     holder: Code = Field(description="the participant that sent the query (its requester)")
     identity_ref: Id = Field(description="the asker's matched identity")
     elements: list[Element] = Field(min_length=1)
-    justification: str | None = None
+    justification: Text | None = None
     sent_at: datetime
 
 
@@ -323,9 +329,11 @@ class RetrievalResponse(Message):
     data: ReleasedRecord | None = Field(
         default=None, description="identity_ref is the holder's encounter id"
     )
-    conditions: list[str] = Field(default_factory=list, description="conditions of use (§9)")
+    conditions: list[Text] = Field(
+        default_factory=list, max_length=50, description="conditions of use (§9)"
+    )
     reason_code: Reason | None = None
-    reason: str | None = None
+    reason: Text | None = None
     answered_at: datetime
 
 
@@ -356,11 +364,13 @@ class PartnerOutcome(Model):
     query_id: Id
     status: OutcomeStatus
     candidates: list[Candidate] = Field(default_factory=list)
-    conditions: list[str] = Field(default_factory=list, description="conditions of use (§9)")
+    conditions: list[Text] = Field(
+        default_factory=list, max_length=50, description="conditions of use (§9)"
+    )
     withheld: list[Element] = Field(default_factory=list)
     decided_by: DecidedBy | None = None
     reason_code: Reason | None = None
-    reason: str | None = None
+    reason: Text | None = None
     sent_at: datetime | None = None
     answered_at: datetime | None = None
     retrievals: list[RetrievalNote] = Field(default_factory=list)
@@ -389,7 +399,7 @@ class EncounterResult(Message):
     revision: int = Field(default=0, ge=0)
     outcomes: list[PartnerOutcome] = Field(default_factory=list)
     reason_code: Reason | None = None
-    reason: str | None = None
+    reason: Text | None = None
     updated_at: datetime = Field(default_factory=utcnow)
 
 

@@ -226,7 +226,11 @@ class AuditEntry(SQLModel, table=True):
 @lru_cache(maxsize=16)
 def engine_for(url: str) -> Engine:
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 60, "check_same_thread": False})
+        engine = create_engine(
+            url,
+            connect_args={"timeout": 60, "check_same_thread": False},
+            hide_parameters=True,  # names and document numbers stay out of errors and logs
+        )
 
         @event.listens_for(engine, "connect")
         def _pragmas(conn: Any, _record: Any) -> None:
@@ -236,7 +240,7 @@ def engine_for(url: str) -> Engine:
             cur.execute("PRAGMA busy_timeout=60000")
             cur.close()
     else:
-        engine = create_engine(url, pool_pre_ping=True)
+        engine = create_engine(url, pool_pre_ping=True, hide_parameters=True)
     _create_tables(engine)
     return engine
 

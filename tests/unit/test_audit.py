@@ -226,3 +226,25 @@ def test_a_database_from_before_the_reason_column_gets_it_and_keeps_its_chain(tm
     with session_for(url) as s:
         assert audit.verify(s) == (3, None)
         assert s.get(AuditEntry, 1).reason is None
+
+
+def test_a_database_error_does_not_carry_the_values_it_was_given(tmp_path):
+    """Names and document numbers reach the database as parameters; an error about the
+    statement must not put them into a log line or a dead letter's headers."""
+    from sqlalchemy.exc import IntegrityError
+
+    from biox.store import Record
+
+    url = f"sqlite:///{tmp_path / 'p.db'}"
+    with session_for(url) as s:
+        s.add(
+            Record(id=1, identity_ref="MX-1", source="mx", biographic={"family_name": "Secretname"})
+        )
+        s.commit()
+    with session_for(url) as s, pytest.raises(IntegrityError) as info:
+        s.add(
+            Record(id=1, identity_ref="MX-2", source="mx", biographic={"family_name": "Secretname"})
+        )
+        s.commit()
+    assert "Secretname" not in str(info.value)
+    assert "hidden" in str(info.value)

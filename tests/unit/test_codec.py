@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from biox import codec
 from biox.errors import PermanentError, Reason
-from biox.messages import EncounterSubmit, Query, References
+from biox.messages import EncounterSubmit, Query, References, SubjectStatus
 from biox.registry import Purpose
 from biox.routes import ROUTES
 from biox.sim import synth
@@ -186,3 +186,39 @@ def test_every_builder_fills_the_whole_envelope():
     assert (own.exchange, own.routing_key) == ("biox.us", "us.query")
     assert own.envelope == codec.Envelope("m2", "query", "query/1", "us", "us", "c2", None)
     assert own.envelope.attempt == 0 and own.envelope.headers == {}
+
+
+@pytest.mark.parametrize(
+    ("value", "limit"),
+    [
+        (b"x" * (64 * 1024 + 1), "max_bin_len"),
+        ("x" * (8 * 1024 + 1), "max_str_len"),
+        (list(range(1001)), "max_array_len"),
+        ({str(i): i for i in range(257)}, "max_map_len"),
+    ],
+)
+def test_a_body_beyond_the_msgpack_limits_is_refused_as_too_large_before_it_is_built(value, limit):
+    body = msgpack.packb({"encounter_id": value}, use_bin_type=True)
+    with pytest.raises(PermanentError) as info:
+        codec.decode_body(EncounterSubmit, EncounterSubmit.schema_id(), body)
+    assert info.value.reason is Reason.too_large
+    assert limit in info.value.detail
+
+
+def test_texts_a_partner_writes_are_bounded_in_the_models():
+    rng = np.random.default_rng(1)
+    sub = EncounterSubmit(
+        encounter_id="E-1",
+        purpose=Purpose.enforce,
+        subject_status=SubjectStatus(citizenships=["gt"]),
+        biometrics=synth.capture(7, 1, context=3),
+        biographic=synth.person(7, 1).biographic,
+        encounter=synth.encounter_here("us", rng),
+    )
+    data = msgpack.unpackb(codec.encode_body(sub), timestamp=3)
+    data["biographic"]["family_name"] = "x" * 201
+    body = msgpack.packb(data, use_bin_type=True, datetime=True)
+    with pytest.raises(PermanentError) as info:
+        codec.decode_body(EncounterSubmit, EncounterSubmit.schema_id(), body)
+    assert info.value.reason is Reason.invalid_message
+    assert "biographic.family_name" in info.value.detail

@@ -482,6 +482,18 @@ def test_an_unreadable_body_is_dead_lettered_as_undecodable(tmp_path):
     assert r.handler.calls == []
 
 
+def test_a_body_over_the_size_limit_is_refused_before_anything_reads_it(tmp_path):
+    r = rig(tmp_path, max_message_bytes=1000)
+    big = b"\x92" + b"\x00" * 1000  # would decode (a list): only its size refuses it
+    d = r.link.deliver(ask("ok"), body=big)
+    fits = r.link.deliver(ask("ok"), body=b"\xc1" * 1000)
+    r.run(d, fits)
+    dead = r.link.to(addresses.dead_letter_key("us", "retrieval"))
+    assert [m.headers["biox-reason"] for m in dead] == ["too_large", "undecodable"]
+    assert "1001 bytes > 1000" in dead[0].headers["biox-error"]
+    assert r.handler.calls == []
+
+
 def test_a_kind_the_queue_does_not_take_is_dead_lettered_as_unknown_kind(tmp_path):
     r = rig(tmp_path)
     out = ask("ok")

@@ -304,6 +304,10 @@ class ConsumeLoop:
                 f"{', '.join(self.routes.kinds_of(self.spec.role))}",
             )
         try:
+            if len(d.body) > self.settings.max_message_bytes:  # the broker's limit, again
+                raise PermanentError(
+                    Reason.too_large, f"{len(d.body)} bytes > {self.settings.max_message_bytes}"
+                )
             if not self.settings.dev_shared_broker:
                 check_identity(env, self.participant, self.routes.sender_roles(env.kind))
             self.routes.check_sender(env.kind, env.sender, self.participant, self.known)

@@ -401,28 +401,3 @@ class EncounterResult(Message):
     reason_code: Reason | None = None
     reason: Text | None = None
     updated_at: datetime = Field(default_factory=utcnow)
-
-
-class OpsEvent(Message):
-    """An on-call action on a participant's own exchange, for its audit trail.
-
-    Sent to the participant's own inbox, where only the audit queue takes it; the person
-    who acted is in the ``biox-actor`` header. Carries message ids, never message content.
-    """
-
-    KIND: ClassVar[str] = "ops"
-
-    ids: list[Id] = Field(default_factory=list, description="the messages acted on")
-    detail: str = Field(default="", max_length=2000)
-
-
-class DeadLettersReplayed(OpsEvent):
-    """Dead letters republished to where they came from (``biox dlq replay``)."""
-
-    KIND: ClassVar[str] = "ops.dlq.replay"
-
-
-class DeadLettersPurged(OpsEvent):
-    """Dead letters deleted for good (``biox dlq purge``)."""
-
-    KIND: ClassVar[str] = "ops.dlq.purge"

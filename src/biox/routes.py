@@ -28,8 +28,6 @@ from biox.handlers.review import ReviewHandler
 from biox.identity import ENCOUNTER_ROLES, OWN_ROLES, PARTNER_ROLES, Role
 from biox.inbound import Inbound
 from biox.messages import (
-    DeadLettersPurged,
-    DeadLettersReplayed,
     EncounterResult,
     EncounterSubmit,
     Message,
@@ -41,6 +39,7 @@ from biox.messages import (
     ReviewCase,
     ReviewDecision,
 )
+from biox.ops_messages import DeadLettersPurged, DeadLettersReplayed
 
 #: a handler method, called on the queue's handler object with a batch of one kind
 HandlerMethod = Callable[[Any, Sequence[Inbound[Any]], Session], list[Result]]

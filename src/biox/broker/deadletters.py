@@ -28,7 +28,7 @@ from biox.broker.connection import ClientTLS, parameters, user_of
 from biox.broker.link import Link
 from biox.broker.publisher import Publisher, republish_properties
 from biox.codec import H_ATTEMPT, H_FROM, H_TO
-from biox.messages import OpsEvent
+from biox.ops_messages import OpsEvent
 from biox.routes import ROUTES
 
 H_REPLAYS = "biox-replays"

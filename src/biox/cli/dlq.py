@@ -11,7 +11,7 @@ from rich.table import Table
 
 from biox.broker.deadletters import DeadLetter, DeadLetterQueues, Filters, dlq_names, parse_age
 from biox.cli.common import Kind, Participant, amqp_url, console, settings, text
-from biox.messages import DeadLettersPurged, DeadLettersReplayed
+from biox.ops_messages import DeadLettersPurged, DeadLettersReplayed
 from biox.registry import Registry
 
 app = typer.Typer(

@@ -1,0 +1,38 @@
+"""Messages that record what on-call staff did to a participant's own exchange.
+
+They travel like every other kind (route table, schemas, audit trail) but are never
+exchanged between participants: only the participant's own audit queue takes them.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from pydantic import Field
+
+from biox.messages import Id, Message
+
+
+class OpsEvent(Message):
+    """An on-call action on a participant's own exchange, for its audit trail.
+
+    Sent to the participant's own inbox, where only the audit queue takes it; the person
+    who acted is in the ``biox-actor`` header. Carries message ids, never message content.
+    """
+
+    KIND: ClassVar[str] = "ops"
+
+    ids: list[Id] = Field(default_factory=list, description="the messages acted on")
+    detail: str = Field(default="", max_length=2000)
+
+
+class DeadLettersReplayed(OpsEvent):
+    """Dead letters republished to where they came from (``biox dlq replay``)."""
+
+    KIND: ClassVar[str] = "ops.dlq.replay"
+
+
+class DeadLettersPurged(OpsEvent):
+    """Dead letters deleted for good (``biox dlq purge``)."""
+
+    KIND: ClassVar[str] = "ops.dlq.purge"

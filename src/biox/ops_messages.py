@@ -36,3 +36,15 @@ class DeadLettersPurged(OpsEvent):
     """Dead letters deleted for good (``biox dlq purge``)."""
 
     KIND: ClassVar[str] = "ops.dlq.purge"
+
+
+class DeadLettersExported(OpsEvent):
+    """Dead letters written to a file (``biox dlq export``): where their copies went."""
+
+    KIND: ClassVar[str] = "ops.dlq.export"
+
+
+class DeadLettersImported(OpsEvent):
+    """Dead letters put back into dead-letter queues from a file (``biox dlq import``)."""
+
+    KIND: ClassVar[str] = "ops.dlq.import"

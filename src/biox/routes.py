@@ -39,7 +39,12 @@ from biox.messages import (
     ReviewCase,
     ReviewDecision,
 )
-from biox.ops_messages import DeadLettersPurged, DeadLettersReplayed
+from biox.ops_messages import (
+    DeadLettersExported,
+    DeadLettersImported,
+    DeadLettersPurged,
+    DeadLettersReplayed,
+)
 
 #: a handler method, called on the queue's handler object with a batch of one kind
 HandlerMethod = Callable[[Any, Sequence[Inbound[Any]], Session], list[Result]]
@@ -217,5 +222,7 @@ ROUTES = RouteTable(
         route(RetrievalResponse, "retrieval", RetrievalHandler.receive, P),
         route(DeadLettersReplayed, None, None, OWN),  # on-call actions: the audit records them
         route(DeadLettersPurged, None, None, OWN),
+        route(DeadLettersExported, None, None, OWN),
+        route(DeadLettersImported, None, None, OWN),
     ),
 )

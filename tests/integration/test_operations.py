@@ -7,6 +7,7 @@ import time
 import uuid
 from datetime import UTC, datetime
 
+import pika
 import pytest
 from sqlmodel import select
 from typer.testing import CliRunner
@@ -172,9 +173,65 @@ def test_export_and_import_are_lossless(exchange, peer, cli_env, tmp_path):
     before = wait_dead(exchange, "mx.query.dlq", mid)
     file = tmp_path / "dead.jsonl"
     assert runner.invoke(app, ["dlq", "export", str(file), "--queue", "mx.query"]).exit_code == 0
+    assert file.stat().st_mode & 0o777 == 0o600  # owner-only: headers are not sealed
     assert runner.invoke(app, ["dlq", "purge", mid, "--queue", "mx.query", "--yes"]).exit_code == 0
     assert runner.invoke(app, ["dlq", "import", str(file)]).exit_code == 0
     after = wait_dead(exchange, "mx.query.dlq", mid)
     assert after.body == before.body
     assert after.headers["biox-reason"] == before.headers["biox-reason"]
     assert after.properties.correlation_id == before.properties.correlation_id
+    deadline = time.monotonic() + 15
+    kinds: set[str] = set()
+    while time.monotonic() < deadline and not {"ops.dlq.export", "ops.dlq.import"} <= kinds:
+        with session_for(exchange.settings.database_for("mx")) as s:
+            kinds = {e.kind for e in s.exec(select(AuditEntry)) if e.kind.startswith("ops.")}
+        time.sleep(0.3)
+    assert {"ops.dlq.export", "ops.dlq.import"} <= kinds  # both in mx's audit trail
+
+
+def test_a_crafted_dead_letter_cannot_be_replayed_into_an_own_only_queue(
+    exchange, peer, cli_env, tmp_path
+):
+    """A dead letter says it is an examiner's decision and that it came from us's inbox:
+    replay takes the destination from the dead-letter queue it sits in, and sends a kind
+    only to a queue the route table gives it."""
+    mid = f"crafted-{uuid.uuid4().hex[:8]}"
+    peer.ch.basic_publish(
+        "",
+        "us.response.dlq",
+        b"\x80",
+        pika.BasicProperties(
+            message_id=mid,
+            type="review.decision",
+            headers={
+                "biox-from": "us",
+                "biox-reason": "unknown_query",
+                "biox-original-exchange": "biox.us",
+                "biox-original-routing-key": "us.review.decision",
+            },
+        ),
+        mandatory=True,
+    )
+    for to_queue in ([], ["--to-queue", "us.review"], ["--to-queue", "mx.review"]):
+        out = runner.invoke(app, ["dlq", "replay", mid, "--queue", "us.response", *to_queue])
+        assert out.exit_code == 0, out.output
+        assert "replayed 0" in out.output and "not replayed" in out.output, out.output
+    listed = runner.invoke(app, ["dlq", "list", "--queue", "us.response", "--json"])
+    assert mid in [r["id"] for r in json.loads(listed.output)["messages"]]  # still there
+    runner.invoke(app, ["dlq", "purge", mid, "--queue", "us.response", "--yes"])
+
+    # an import writes only into dead-letter queues: a file naming a work queue is refused
+    crafted = tmp_path / "crafted.jsonl"
+    crafted.write_text(
+        json.dumps(
+            {
+                "queue": "us.review",
+                "properties": {"message_id": mid, "type": "review.decision"},
+                "body": "gA==",
+            }
+        )
+        + "\n"
+    )
+    out = runner.invoke(app, ["dlq", "import", str(crafted)])
+    assert out.exit_code == 1 and "nothing imported" in out.output, out.output
+    assert exchange.ready("us.review") == 0

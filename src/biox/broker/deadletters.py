@@ -15,6 +15,7 @@ import json
 import socket
 import time
 import uuid
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -80,11 +81,10 @@ class DeadLetter:
         return value if isinstance(value, int) else 0
 
     @property
-    def route(self) -> tuple[str, str]:
-        h = self.headers
-        return _text(h.get("biox-original-exchange", "")), _text(
-            h.get("biox-original-routing-key", self.queue.removesuffix(".dlq"))
-        )
+    def work_queue(self) -> str:
+        """The queue this dead letter failed in: its dead-letter queue says so, whatever
+        its headers (which a partner may have written) say."""
+        return self.queue.removesuffix(".dlq")
 
     def summary(self) -> dict[str, Any]:
         failed = self.failed_at
@@ -228,12 +228,25 @@ class DeadLetterQueues:
         rate: float = 0.0,
         to_queue: str | None = None,
         on_each: Callable[[DeadLetter], None] | None = None,
+        on_refused: Callable[[DeadLetter, str], None] | None = None,
     ) -> int:
-        """Republish to the original exchange and routing key (or ``to_queue``), confirmed,
-        same ``message_id``, attempt counter reset, replay counter raised; then remove."""
+        """Republish to the queue it failed in (or ``to_queue``, of the same participant
+        and taking its kind) through the default exchange, confirmed, same
+        ``message_id``, attempt counter reset, replay counter raised; then remove.
+
+        The destination never comes from the message's headers, and a kind goes only to
+        a queue the route table gives it (``replay_target``): a crafted dead letter
+        cannot be replayed into a queue that takes only one's own kinds.
+        """
         last = [0.0]
 
         def act(ch: Any, d: DeadLetter) -> bool:
+            try:
+                target = replay_target(d.queue, d.kind, to_queue)
+            except ValueError as exc:
+                if on_refused:
+                    on_refused(d, str(exc))
+                return False  # stays where it is
             if on_each:
                 on_each(d)
             if dry_run:
@@ -241,14 +254,13 @@ class DeadLetterQueues:
             if rate > 0:
                 time.sleep(max(0.0, last[0] + 1 / rate - time.monotonic()))
                 last[0] = time.monotonic()
-            exchange, routing_key = ("", to_queue) if to_queue else d.route
             headers = d.headers
             headers[H_ATTEMPT] = 0
             headers[H_REPLAYS] = int(headers.get(H_REPLAYS, 0)) + 1
             headers["biox-replayed-at"] = datetime.now(UTC).isoformat()
             headers["biox-replayed-by"] = operator()
             props = republish_properties(d.properties, headers, self.user)
-            self.publisher.send_raw([(exchange, routing_key, d.body, props)])
+            self.publisher.send_raw([("", target, d.body, props)])
             return True  # confirmed: send_raw raises if the broker refused or returned it
 
         return self.visit(queues, filters, act)
@@ -264,18 +276,26 @@ class DeadLetterQueues:
             n += 1
         return n
 
-    def import_(self, lines: Iterable[str]) -> int:
-        messages = []
-        for line in lines:
+    def import_(self, lines: Iterable[str], allowed: Iterable[str]) -> dict[str, list[str]]:
+        """Exported dead letters back into dead-letter queues, and nowhere else: a record
+        naming any queue outside ``allowed`` (the participants' dead-letter queues) stops
+        the import before anything is published. Returns the imported ids by queue."""
+        allowed = set(allowed)
+        messages, ids_by_queue = [], defaultdict(list)
+        for n, line in enumerate(lines, 1):
             if not line.strip():
                 continue
             record = json.loads(line)
+            queue = record.get("queue")
+            if queue not in allowed:
+                raise ValueError(f"line {n}: {queue!r} is not a dead-letter queue of biox")
             props = pika.BasicProperties(**record["properties"])
             props.user_id = self.user
-            messages.append(("", record["queue"], base64.b64decode(record["body"]), props))
+            messages.append(("", queue, base64.b64decode(record["body"]), props))
+            ids_by_queue[queue].append(str(props.message_id))
         if messages:
             self.publisher.send_raw(messages)
-        return len(messages)
+        return dict(ids_by_queue)
 
     def record_action(
         self, participant: str, event: type[OpsEvent], ids: list[str], detail: str
@@ -288,6 +308,21 @@ class DeadLetterQueues:
             correlation_id=event.KIND,
         )
         self.publisher.send([codec.with_actor(out, operator())])
+
+
+def replay_target(dead_letter_queue: str, kind: str, to_queue: str | None = None) -> str:
+    """Where a dead letter of ``kind`` from ``dead_letter_queue`` may be replayed: its own
+    work queue, or ``to_queue`` when that is a queue of the same participant whose
+    route-table kinds include ``kind`` (the audit queue records any)."""
+    home = dead_letter_queue.removesuffix(".dlq")
+    target = to_queue or home
+    code, _, role = target.partition(".")
+    queue = ROUTES.queues.get(role)
+    if queue is None or code != home.partition(".")[0]:
+        raise ValueError(f"{target!r} is not a work queue of {home.partition('.')[0]!r}")
+    if queue.decode and kind not in ROUTES.kinds_of(role):
+        raise ValueError(f"{target!r} does not take {kind!r}")
+    return target
 
 
 def operator() -> str:

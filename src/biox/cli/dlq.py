@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,12 @@ from rich.table import Table
 
 from biox.broker.deadletters import DeadLetter, DeadLetterQueues, Filters, dlq_names, parse_age
 from biox.cli.common import Kind, Participant, amqp_url, console, settings, text
-from biox.ops_messages import DeadLettersPurged, DeadLettersReplayed
+from biox.ops_messages import (
+    DeadLettersExported,
+    DeadLettersImported,
+    DeadLettersPurged,
+    DeadLettersReplayed,
+)
 from biox.registry import Registry
 
 app = typer.Typer(
@@ -117,12 +123,14 @@ def dlq_replay(
     rate: float = typer.Option(0.0, "--rate", help="messages per second; 0 = no limit"),
     to_queue: str = typer.Option(None, "--to-queue"),
 ) -> None:
-    """Republish to the original route (confirmed, same message_id); remove after confirm."""
+    """Republish to the queue each failed in (confirmed, same message_id); remove after
+    confirm. --to-queue: another queue of the same participant that takes the kind."""
     if not (ids or all_ or kind or reason or older_than or participant or queue):
         console.print("say what to replay: IDs, --all, or filters")
         raise typer.Exit(2)
     dlqs, names, filters = _scope(participant, queue, kind, reason, older_than, ids or ())
     moved: list[tuple[str, str, str]] = []  # (queue, id, destination)
+    refused: list[tuple[str, str, str]] = []  # (queue, id, why)
     try:
         n = dlqs.replay(
             names,
@@ -130,9 +138,8 @@ def dlq_replay(
             dry_run=dry_run,
             rate=rate,
             to_queue=to_queue,
-            on_each=lambda d: moved.append(
-                (d.queue, d.id, to_queue if to_queue else "/".join(d.route))
-            ),
+            on_each=lambda d: moved.append((d.queue, d.id, to_queue or d.work_queue)),
+            on_refused=lambda d, why: refused.append((d.queue, d.id, why)),
         )
         if n and not dry_run:
             for code in sorted({q.split(".")[0] for q, _, _ in moved}):
@@ -142,6 +149,8 @@ def dlq_replay(
         dlqs.close()
     for q, i, to in moved:
         console.print(("would replay " if dry_run else "replayed ") + text(f"{q} {i} → {to}"))
+    for q, i, why in refused:
+        console.print("[yellow]not replayed[/] " + text(f"{q} {i}: {why}"))
     console.print(
         f"{'would replay' if dry_run else 'replayed'} {len(moved) if dry_run else n} message(s)"
     )
@@ -193,20 +202,43 @@ def dlq_export(
     """Write dead letters to FILE, one JSON record per line (they stay in the queue)."""
     dlqs, names, filters = _scope(participant, queue, kind, reason, older_than)
     try:
-        with file.open("w") as out:
+        # owner-only from the first byte: the bodies are sealed, the headers are not
+        fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.chmod(file, 0o600)
+        with os.fdopen(fd, "w") as out:
             n = dlqs.export(names, filters, out)
+        exported = [json.loads(line) for line in file.read_text().splitlines() if line]
+        for code in sorted({r["queue"].split(".")[0] for r in exported}):
+            done = [
+                str(r["properties"].get("message_id"))
+                for r in exported
+                if r["queue"].split(".")[0] == code
+            ]
+            dlqs.record_action(
+                code, DeadLettersExported, done, f"{len(done)} exported to {file.resolve()}"
+            )
     finally:
         dlqs.close()
-    console.print(f"exported {n} message(s) to {text(file)}")
+    console.print(f"exported {n} message(s) to {text(file)} (owner-only)")
 
 
 @app.command("import")
 def dlq_import(file: Path) -> None:
-    """Put exported dead letters back into the queues they came from."""
-    dlqs, _, _ = _scope(None, None, None, None, None)
+    """Put exported dead letters back into the dead-letter queues they came from (and
+    nowhere else: a record naming any other queue stops the import)."""
+    dlqs, names, _ = _scope(None, None, None, None, None)
     try:
         with file.open() as lines:
-            n = dlqs.import_(lines)
+            try:
+                imported = dlqs.import_(lines, names)
+            except ValueError as exc:
+                console.print(f"[red]nothing imported:[/] {text(exc)}")
+                raise typer.Exit(1) from exc
+        for code in sorted({q.split(".")[0] for q in imported}):
+            done = [i for q, ids in imported.items() if q.split(".")[0] == code for i in ids]
+            dlqs.record_action(
+                code, DeadLettersImported, done, f"{len(done)} imported from {file.resolve()}"
+            )
     finally:
         dlqs.close()
-    console.print(f"imported {n} message(s)")
+    console.print(f"imported {sum(len(v) for v in imported.values())} message(s)")

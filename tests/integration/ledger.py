@@ -14,13 +14,17 @@ import time
 import uuid
 from collections import Counter, defaultdict
 from dataclasses import dataclass
+from pathlib import Path
 
 import msgpack
 import pika
 from sqlmodel import select
 
 from biox import codec
+from biox.inbound import read_envelope
 from biox.messages import OutcomeStatus
+from biox.routes import ROUTES
+from biox.sealing import load_ring
 from biox.sim.encounters import EncounterSystem
 from biox.store import ProcessedMessage, Transaction, session_for
 
@@ -39,9 +43,22 @@ class Tapped:
         return data.get("status") if isinstance(data, dict) else None
 
 
+def opened(keys: Path | None, props: pika.BasicProperties, body: bytes) -> bytes:
+    """A sealed partner message as its recipient reads it (others as they are), when the
+    recipient's keys are at hand."""
+    env = read_envelope(props)
+    if not (keys and env.recipient and (keys / env.recipient).is_dir()):
+        return body
+    if not ROUTES.sealed(env.kind, env.sender, env.recipient):
+        return body
+    return load_ring(keys, env.recipient).open(env, body)
+
+
 class Tap:
-    def __init__(self, url: str, bindings: list[tuple[str, str]]) -> None:
+    def __init__(self, url: str, bindings: list[tuple[str, str]], keys: Path | None = None) -> None:
+        """``keys``: to read sealed partner messages (their status) as the recipient."""
         self.url = url
+        self.keys = keys
         self.name = f"test.tap.{uuid.uuid4().hex[:10]}"
         self.seen: list[Tapped] = []
         self._connect()
@@ -77,7 +94,7 @@ class Tap:
                     props.type or "",
                     props.correlation_id or "",
                     method.routing_key,
-                    body,
+                    opened(self.keys, props, body),
                 )
             )
         return self.seen

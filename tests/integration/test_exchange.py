@@ -111,8 +111,10 @@ def test_worker_killed_mid_message_still_answers_each_query_exactly_once(exchang
     both sides and at the encounter system."""
     planned = plan(exchange.registry, exchange.sizes, 300, SEED, requesters=["us"], draw=1)
     planned = [p for p in planned if "mx" in p.expected_partners]
-    queries = Tap(exchange.url, [(addresses.outbox("us"), "mx.query")])
-    responses = Tap(exchange.url, [(addresses.outbox("mx"), "us.response")])
+    queries = Tap(exchange.url, [(addresses.outbox("us"), "mx.query")], exchange.settings.keys())
+    responses = Tap(
+        exchange.url, [(addresses.outbox("mx"), "us.response")], exchange.settings.keys()
+    )
     matcher = exchange.process("mx-query")
     try:
         with encounters.EncounterSystem(exchange.url, exchange.sizes) as system:

@@ -87,8 +87,13 @@ def test_broker_restart_under_load_loses_nothing_and_answers_once(tmp_path: Path
         workers = start_requester_with_providers(broker.url, settings, sizes, SEED)
         planned = plans.plan(registry, sizes, 240, SEED, requesters=["us"], draw=3)
         expected = {p.encounter_id: sorted(p.expected_partners) for p in planned}  # before any
-        queries = {p: Tap(broker.url, [(addresses.outbox("us"), f"{p}.query")]) for p in PROVIDERS}
-        answers = {p: Tap(broker.url, [(addresses.outbox(p), "us.response")]) for p in PROVIDERS}
+        keys = settings.keys()
+        queries = {
+            p: Tap(broker.url, [(addresses.outbox("us"), f"{p}.query")], keys) for p in PROVIDERS
+        }
+        answers = {
+            p: Tap(broker.url, [(addresses.outbox(p), "us.response")], keys) for p in PROVIDERS
+        }
         taps = [*queries.values(), *answers.values()]
         with encounters.EncounterSystem(broker.url, sizes) as system:
             failures: list[BaseException] = []

@@ -212,7 +212,7 @@ def test_a_crafted_dead_letter_cannot_be_replayed_into_an_own_only_queue(
         ),
         mandatory=True,
     )
-    for to_queue in ([], ["--to-queue", "us.review"], ["--to-queue", "mx.review"]):
+    for to_queue in ([], ["--to-queue", "us.intake"], ["--to-queue", "mx.review"]):
         out = runner.invoke(app, ["dlq", "replay", mid, "--queue", "us.response", *to_queue])
         assert out.exit_code == 0, out.output
         assert "replayed 0" in out.output and "not replayed" in out.output, out.output

@@ -15,20 +15,25 @@ def demo(
     gallery_size: int = typer.Option(20_000, help="identities per participant gallery"),
     encounters: int = typer.Option(100, help="encounters submitted per participant"),
     seed: int = typer.Option(2026),
+    sovereign: bool = typer.Option(
+        True, help="then run every participant on its own TLS broker, linked by shovels"
+    ),
 ) -> None:
     """Run the exchange end to end on this machine and print what came back."""
+    from biox.sim import sovereign_demo
     from biox.sim.demo import run
 
     logs.configure("WARNING", json=False)
-    raise typer.Exit(
-        run(
-            settings(),
-            gallery_size=gallery_size,
-            per_participant=encounters,
-            seed=seed,
-            console=console,
-        )
+    code = run(
+        settings(),
+        gallery_size=gallery_size,
+        per_participant=encounters,
+        seed=seed,
+        console=console,
     )
+    if code == 0 and sovereign:
+        code = sovereign_demo.run(settings(), console, min(gallery_size, 5000), 30, seed)
+    raise typer.Exit(code)
 
 
 def synth(

@@ -142,21 +142,7 @@ class LocalBroker:
             listen = _sovereign_conf(directory, self.sovereign, amqp)
         (directory / "rabbitmq.conf").write_text(listen + common)
         (directory / "enabled_plugins").write_text("[" + ",".join(PLUGINS) + "].\n")
-        env = {
-            "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
-            "HOME": str(directory),
-            "LANG": "C.UTF-8",
-            "RABBITMQ_NODENAME": node,
-            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
-            "RABBITMQ_CONFIG_FILE": str(directory / "rabbitmq.conf"),
-            "RABBITMQ_ENABLED_PLUGINS_FILE": str(directory / "enabled_plugins"),
-            "RABBITMQ_MNESIA_BASE": str(directory / "mnesia"),
-            "RABBITMQ_LOG_BASE": str(directory / "log"),
-            "RABBITMQ_PID_FILE": str(directory / "rabbitmq.pid"),
-            "RABBITMQ_DIST_PORT": str(dist),
-            "ERL_EPMD_PORT": str(epmd),
-            "RABBITMQ_ADVANCED_CONFIG_FILE": str(directory / "advanced.config"),
-        }
+        env = self._env(directory, node, dist, epmd)
         cmd = [str(SERVER)]
         if os.geteuid() == 0:  # the broker must not run as root: drop to the package's user
             _chown_tree(directory, "rabbitmq")
@@ -171,6 +157,37 @@ class LocalBroker:
         self._wait_ready(timeout)
         log.info("broker_started", url=self.url, directory=str(directory))
         return self
+
+    @staticmethod
+    def _env(directory: Path, node: str, dist: int, epmd: int) -> dict[str, str]:
+        return {
+            "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+            "HOME": str(directory),
+            "LANG": "C.UTF-8",
+            "RABBITMQ_NODENAME": node,
+            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+            "RABBITMQ_CONFIG_FILE": str(directory / "rabbitmq.conf"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(directory / "enabled_plugins"),
+            "RABBITMQ_MNESIA_BASE": str(directory / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(directory / "log"),
+            "RABBITMQ_PID_FILE": str(directory / "rabbitmq.pid"),
+            "RABBITMQ_DIST_PORT": str(dist),
+            "ERL_EPMD_PORT": str(epmd),
+            "RABBITMQ_ADVANCED_CONFIG_FILE": str(directory / "advanced.config"),
+        }
+
+    def ctl(self, *args: str, timeout: float = 60) -> str:
+        """``rabbitmqctl`` against this node (as the broker's user, with its cookie)."""
+        assert self.state is not None
+        directory = Path(self.state.directory)
+        env = self._env(directory, self.state.node, self._dist_port, self.state.epmd_port)
+        cmd = [str(SERVER.with_name("rabbitmqctl")), "-n", self.state.node, "-q", *args]
+        if os.geteuid() == 0:
+            cmd = ["setpriv", *_setpriv_args("rabbitmq"), *cmd]
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+        if done.returncode != 0:
+            raise BrokerError(f"rabbitmqctl {' '.join(args)}: {done.stderr.strip()[-500:]}")
+        return done.stdout
 
     def _wait_ready(self, timeout: float) -> None:
         assert self.state is not None and self.process is not None

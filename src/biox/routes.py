@@ -17,11 +17,13 @@ from typing import Any
 
 from sqlmodel import Session
 
+from biox.checkpoints import AuditCheckpoint
 from biox.errors import PermanentError, Reason
 from biox.handlers.audit import AuditHandler
 from biox.handlers.base import HandlerClass, Result
 from biox.handlers.intake import IntakeHandler
 from biox.handlers.matcher import MatcherHandler
+from biox.handlers.notice import NoticeHandler
 from biox.handlers.response import ResponseHandler
 from biox.handlers.retrieval import RetrievalHandler
 from biox.handlers.review import ReviewHandler
@@ -203,6 +205,7 @@ QUEUES = (
     Queue("response", ResponseHandler, doc="answers kept with their source (§20)"),
     Queue("review", ReviewHandler, doc="human review of gray-zone scores (§8)"),
     Queue("retrieval", RetrievalHandler, doc="retrieval queries after a match (§10)"),
+    Queue("notice", NoticeHandler, doc="partners' notices: their signed audit checkpoints"),
     Queue("audit", AuditHandler, records=AuditHandler.record, doc="the hash-chained audit trail"),
 )
 
@@ -220,6 +223,7 @@ ROUTES = RouteTable(
         route(RetrievalAsk, "retrieval", RetrievalHandler.ask, OWN),
         route(RetrievalRequest, "retrieval", RetrievalHandler.answer, P),
         route(RetrievalResponse, "retrieval", RetrievalHandler.receive, P),
+        route(AuditCheckpoint, "notice", NoticeHandler.checkpoint, P),
         route(DeadLettersReplayed, None, None, OWN),  # on-call actions: the audit records them
         route(DeadLettersPurged, None, None, OWN),
         route(DeadLettersExported, None, None, OWN),

@@ -100,6 +100,11 @@ class Settings(BaseSettings):
     )
     heartbeat: int = 30
 
+    audit_checkpoint_s: float = Field(
+        default=300,
+        description="How often the audit worker sends its signed chain head to the partners.",
+    )
+
     log_level: str = "INFO"
     log_json: bool = True
 

@@ -223,6 +223,20 @@ class AuditEntry(SQLModel, table=True):
     entry_hash: str
 
 
+class CheckpointRow(SQLModel, table=True):
+    """A partner's signed audit chain head, kept as evidence of what its chain was
+    (``biox.checkpoints``)."""
+
+    __tablename__ = "audit_checkpoints"
+    participant: str = Field(primary_key=True)
+    seq: int = Field(primary_key=True)
+    entry_hash: str
+    at: datetime
+    key_id: str
+    signature: str
+    received_at: datetime
+
+
 @lru_cache(maxsize=16)
 def engine_for(url: str) -> Engine:
     if url.startswith("sqlite"):

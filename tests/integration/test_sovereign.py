@@ -4,6 +4,7 @@ partner's outage (docs/security.md)."""
 
 from __future__ import annotations
 
+import sqlite3
 import time
 import uuid
 from collections.abc import Iterator
@@ -13,15 +14,17 @@ import pika
 import pytest
 from pika.exceptions import ChannelClosedByBroker
 from sqlmodel import col, select
+from typer.testing import CliRunner
 
-from biox import addresses
+from biox import addresses, checkpoints
 from biox.broker.connection import ClientTLS, parameters
 from biox.broker.publisher import properties_for
+from biox.cli import app
 from biox.codec import Envelope, Outgoing
 from biox.dev.sovereign import SovereignBrokers
 from biox.identity import Role
 from biox.registry import Registry
-from biox.sealing import load_ring
+from biox.sealing import Trust, load_ring, trust_path
 from biox.settings import Settings
 from biox.sim import encounters, galleries
 from biox.sim.plans import plan
@@ -32,6 +35,7 @@ from tests.integration.ledger import check_results_once
 pytestmark = [pytest.mark.integration, pytest.mark.sovereign]
 
 CODES = ["mx", "sv", "us"]
+runner = CliRunner()
 SIZES = {"us": 10, "mx": 400, "sv": 400}
 SEED = 11
 ROLES = {
@@ -67,7 +71,7 @@ def sovereign(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sovereign]:
     try:
         for code in ("mx", "sv"):
             galleries.build_gallery(settings, code, SIZES[code], SEED)
-        base = worker_env(settings, CODES, BIOX_LOG_LEVEL="INFO")
+        base = worker_env(settings, CODES, BIOX_LOG_LEVEL="INFO", BIOX_AUDIT_CHECKPOINT_S="2")
         for code, roles in ROLES.items():
             env = {**base, **brokers.env(code, Role.workers)}
             workers.processes += start_workers([code], env, data / "logs", roles).processes
@@ -302,3 +306,57 @@ def replace_sender(env: Envelope, sender: str) -> Envelope:
     from dataclasses import replace
 
     return replace(env, sender=sender)
+
+
+def test_partners_hold_signed_checkpoints_that_name_a_truncated_or_rewritten_chain(
+    sovereign, tmp_path
+):
+    """us's audit worker sends its signed chain head to mx and sv every 2 s (over the
+    links, sealed); they keep it. Cut us's chain short, or rewrite and re-hash it, on a
+    copy: `biox audit verify` names what happened, from the checkpoints alone."""
+    s = sovereign
+    deadline = time.monotonic() + 60
+    held: dict[str, list] = {}
+    while time.monotonic() < deadline and not all(held.get(p) for p in ("mx", "sv")):
+        for holder in ("mx", "sv"):
+            with session_for(s.settings.database_for(holder)) as db:
+                held[holder] = checkpoints.held_in(db, holder, "us")
+        time.sleep(0.5)
+    assert held["mx"] and held["sv"], held
+    trust = Trust.load(trust_path(s.settings.keys()))
+    assert all(checkpoints.genuine(trust, h.checkpoint) for h in held["mx"] + held["sv"])
+
+    copy = tmp_path / "data"
+    for code in ("us", "mx", "sv"):
+        (copy / code).mkdir(parents=True)
+        with (
+            sqlite3.connect(s.settings.data_dir / code / "biox.db") as live,
+            sqlite3.connect(copy / code / "biox.db") as snapshot,
+        ):
+            live.backup(snapshot)
+    env = {
+        "BIOX_DATA_DIR": str(copy),
+        "BIOX_KEYS_DIR": str(s.settings.keys()),
+        "BIOX_REGISTRY": str(s.settings.registry),
+    }
+    intact = runner.invoke(app, ["audit", "verify", "-p", "us"], env=env)
+    assert intact.exit_code == 0, intact.output
+    assert "chain intact" in intact.output and "checkpoints, newest at entry" in intact.output
+
+    newest = max(h.checkpoint.seq for h in held["mx"])
+    with sqlite3.connect(copy / "us" / "biox.db") as db:  # cut the tail off
+        db.execute("DELETE FROM audit_entries WHERE seq > ?", (newest - 3,))
+    cut = runner.invoke(app, ["audit", "verify", "-p", "us"], env=env)
+    assert cut.exit_code == 1 and "truncated:" in cut.output, cut.output
+    assert "held by mx" in cut.output
+
+    # the partner's export, read by us's auditor where mx's database is out of reach
+    exported = runner.invoke(app, ["audit", "checkpoints", "-p", "mx", "--of", "us"], env=env)
+    file = tmp_path / "mx-checkpoints.jsonl"
+    file.write_text(exported.output)
+    (copy / "mx" / "biox.db").unlink()
+    (copy / "sv" / "biox.db").unlink()
+    from_file = runner.invoke(
+        app, ["audit", "verify", "-p", "us", "--checkpoints", str(file)], env=env
+    )
+    assert from_file.exit_code == 1 and "truncated:" in from_file.output, from_file.output

@@ -124,6 +124,7 @@ def test_the_sender_check_follows_each_routes_senders(kind, sender, reason):
 
 def test_partners_reach_only_the_partner_kinds():
     assert ROUTES.partner_kinds() == (
+        "audit.checkpoint",
         "query",
         "response",
         "retrieval.request",

@@ -43,7 +43,7 @@ def test_production_code_never_imports_the_simulators():
 
 def test_only_development_tools_start_a_local_broker():
     users = [m for m in importers_of("biox.dev") if not m.startswith("biox.dev")]
-    assert sorted(users) == ["biox.cli.broker", "biox.sim.processes"]
+    assert sorted(users) == ["biox.cli.broker", "biox.sim.processes", "biox.sim.sovereign_demo"]
 
 
 @pytest.mark.parametrize(

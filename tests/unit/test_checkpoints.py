@@ -1,0 +1,153 @@
+"""Signed audit checkpoints: truncation and a re-hashed rewrite are named; forgeries are not
+evidence; the audit worker sends them on schedule and partners keep them."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from sqlmodel import select
+
+from biox import audit, checkpoints, codec
+from biox.checkpoints import AuditCheckpoint, Held
+from biox.handlers.audit import AuditHandler
+from biox.handlers.notice import NoticeHandler
+from biox.inbound import Inbound
+from biox.sealing import memory_rings
+from biox.store import AuditEntry, CheckpointRow, session_for
+
+RINGS = memory_rings(["us", "mx", "sv"])
+AT = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+
+
+def chain(n: int) -> list[AuditEntry]:
+    entries = [
+        AuditEntry(
+            seq=0,
+            received_at=AT + timedelta(seconds=i),
+            direction="in",
+            kind="query",
+            message_id=f"m{i}",
+            body_sha256="0" * 64,
+            prev_hash="",
+            entry_hash="",
+        )
+        for i in range(n)
+    ]
+    return audit.chain(entries, 0, audit.GENESIS)
+
+
+def held(entries: list[AuditEntry], seq: int, holder: str = "mx") -> Held:
+    return Held(holder, checkpoints.sign(RINGS["us"], seq, entries[seq - 1].entry_hash, AT))
+
+
+def test_checkpoints_that_agree_with_the_chain_say_nothing():
+    entries = chain(10)
+    assert checkpoints.against(entries, [held(entries, 4), held(entries, 10, "sv")]) == []
+    assert checkpoints.against([], []) == []
+
+
+def test_a_truncated_tail_is_named_though_the_shorter_chain_verifies():
+    entries = chain(10)
+    proof = [held(entries, 8)]
+    cut = entries[:6]
+    assert audit.first_break(cut) is None  # the chain alone cannot tell
+    [problem] = checkpoints.against(cut, proof)
+    assert problem.startswith("truncated:") and "names entry 8" in problem
+    assert "ends at 6" in problem and "held by mx" in problem
+
+
+def test_a_chain_rewritten_and_rehashed_from_an_entry_on_is_named():
+    entries = chain(10)
+    proof = [held(entries, 5), held(entries, 9, "sv")]
+    rewritten = [
+        AuditEntry(**{**e.model_dump(), "kind": "response" if e.seq == 3 else e.kind})
+        for e in entries
+    ]
+    rewritten = audit.chain(rewritten, 0, audit.GENESIS)  # every hash recomputed
+    assert audit.first_break(rewritten) is None
+    problems = checkpoints.against(rewritten, proof)
+    assert problems == [
+        "rewritten: entry 5 is not the one the checkpoint of 2026-11-22 12:00:00 held by mx names",
+        "rewritten: entry 9 is not the one the checkpoint of 2026-11-22 12:00:00 held by sv names",
+    ]
+    missing = [e for e in entries if e.seq != 5]
+    assert checkpoints.against(missing, proof)[0].startswith("removed: entry 5")
+
+
+def test_only_checkpoints_signed_by_the_participant_they_name_are_evidence():
+    entries = chain(3)
+    good = checkpoints.sign(RINGS["us"], 3, entries[2].entry_hash, AT)
+    trust = RINGS["us"].trust
+    assert checkpoints.genuine(trust, good)
+    by_mx = checkpoints.sign(RINGS["mx"], 3, entries[2].entry_hash, AT)
+    assert not checkpoints.genuine(trust, by_mx.model_copy(update={"participant": "us"}))
+    assert not checkpoints.genuine(trust, good.model_copy(update={"seq": 2}))
+    assert not checkpoints.genuine(trust, good.model_copy(update={"entry_hash": "f" * 64}))
+    assert not checkpoints.genuine(trust, good.model_copy(update={"at": AT + timedelta(1)}))
+    assert not checkpoints.genuine(trust, good.model_copy(update={"key_id": "us-old"}))
+    assert not checkpoints.genuine(trust, good.model_copy(update={"signature": "!!"}))
+
+
+def inbound(i: int) -> Inbound[None]:
+    env = codec.Envelope(f"m{i}", "query", "query/1", "mx", "us", f"q{i}", user_id="mx.link")
+    return Inbound(env, None, b"body", "biox.us", "us.query")
+
+
+def test_the_audit_worker_sends_its_signed_head_to_every_partner_when_due(tmp_path):
+    url = f"sqlite:///{tmp_path / 'us.db'}"
+    h = AuditHandler("us", ["mx", "sv"], 60, lambda: RINGS["us"])
+    with session_for(url) as s:
+        first = h.record([inbound(1), inbound(2)], s)
+        assert [o for e in first for o in e.outgoing] == []  # not yet due
+        for e in first:
+            s.add_all(e.rows)
+        s.commit()
+        h._last_checkpoint -= 61  # a minute later
+        second = h.record([inbound(3), inbound(4)], s)
+    assert second[0].outgoing == []
+    sent = second[-1].outgoing
+    assert [(o.envelope.recipient, o.routing_key) for o in sent] == [
+        ("mx", "mx.audit.checkpoint"),
+        ("sv", "sv.audit.checkpoint"),
+    ]
+    cp = codec.decode_body(AuditCheckpoint, sent[0].envelope.schema, sent[0].body)
+    last = second[-1].rows[0]
+    assert (cp.participant, cp.seq, cp.entry_hash) == ("us", 4, last.entry_hash)
+    assert checkpoints.genuine(RINGS["mx"].trust, cp)
+    assert sent[0].envelope.message_id == codec.derived_id("checkpoint:us:4", "mx")
+    with session_for(url) as s:  # and nothing again until the next interval
+        assert all(e.outgoing == [] for e in h.record([inbound(5)], s))
+
+
+def test_a_partner_keeps_genuine_checkpoints_once_and_refuses_others(tmp_path):
+    url = f"sqlite:///{tmp_path / 'mx.db'}"
+    entries = chain(4)
+    good = checkpoints.sign(RINGS["us"], 4, entries[3].entry_hash, AT)
+    notice = NoticeHandler("mx", RINGS["mx"].trust)
+
+    def inb(cp: AuditCheckpoint, sender: str = "us") -> Inbound[AuditCheckpoint]:
+        env = codec.Envelope("c", "audit.checkpoint", "audit.checkpoint/1", sender, "mx")
+        return Inbound(env, cp)
+
+    with session_for(url) as s:
+        results = notice.checkpoint(
+            [
+                inb(good),
+                inb(good),  # the same again in the batch
+                inb(good, sender="sv"),  # sv passing on us's checkpoint as its own
+                inb(good.model_copy(update={"entry_hash": "f" * 64})),
+            ],
+            s,
+        )
+        assert [getattr(r, "outcome", None) for r in results[:2]] == [
+            "kept:checkpoint",
+            "kept:checkpoint-again",
+        ]
+        assert [r.reason.value for r in results[2:]] == ["forged_sender", "bad_signature"]
+        s.add_all(results[0].rows)
+        s.commit()
+        [row] = s.exec(select(CheckpointRow)).all()
+        assert (row.participant, row.seq, row.entry_hash) == ("us", 4, entries[3].entry_hash)
+        [back] = checkpoints.held_in(s, "mx", "us")
+        assert back.checkpoint == good
+        assert checkpoints.held_in(s, "mx", "sv") == []

@@ -39,9 +39,9 @@ runner = CliRunner()
 SIZES = {"us": 10, "mx": 400, "sv": 400}
 SEED = 11
 ROLES = {
-    "us": ("intake", "response", "audit"),
-    "mx": ("query", "review", "audit"),
-    "sv": ("query",),
+    "us": ("intake", "response", "audit", "notice"),
+    "mx": ("query", "review", "audit", "notice"),
+    "sv": ("query", "audit", "notice"),
 }
 
 
@@ -249,7 +249,8 @@ def test_a_query_crosses_three_brokers_and_survives_the_partner_broker_stopping(
         outcomes = list(system.outcomes.values())
     incomplete = [o.planned.encounter_id for o in outcomes if not o.complete]
     assert incomplete == []
-    assert waiting == to_mx > 0  # every query to mx waited for it, none was lost
+    # every query to mx waited for it (with whatever else us sent mx: audit checkpoints)
+    assert waiting >= to_mx > 0
     assert system.duplicates == 0
     wrong = [
         (o.planned.encounter_id, a) for o in outcomes for a in o.answers.values() if not a.correct

@@ -32,6 +32,7 @@ test-integration: $(STAMP) rabbitmq
 
 bench: $(STAMP) rabbitmq
 	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.sovereign
 
 bench-full: $(STAMP) rabbitmq
 	$(BIN)/python -m bench.run --full

@@ -21,6 +21,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
@@ -239,11 +240,17 @@ class Run:
 
 
 def pipeline_run(
-    url: str, sizes: dict[str, int], base: list[plans.Planned], n: int, rate: float
+    url: str,
+    sizes: dict[str, int],
+    base: list[plans.Planned],
+    n: int,
+    rate: float,
+    **connect: Any,
 ) -> Run:
+    """``connect``: how the encounter system connects (``tls``, ``reply_prefix``)."""
     planned = plans.repeat(base, n, uuid.uuid4().hex[:6])
     with (
-        encounters.EncounterSystem(url, sizes) as system,
+        encounters.EncounterSystem(url, sizes, **connect) as system,
         Progress(console=console, transient=True) as progress,
     ):
         task = progress.add_task(f"pipeline {n} @ {rate or 'max'}/s", total=n)
@@ -376,15 +383,18 @@ def cpu_seconds(pid: int) -> float:
 
 
 def broker_pids() -> dict[str, int]:
-    """The local broker's Erlang VM, when there is one on this machine."""
+    """The local brokers' Erlang VMs on this machine (one, or one per participant)."""
+    found = []
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
             try:
                 if (proc / "comm").read_text().strip() == "beam.smp":
-                    return {"broker (beam.smp)": int(proc.name)}
+                    found.append(int(proc.name))
             except OSError:
                 continue
-    return {}
+    if len(found) == 1:
+        return {"broker (beam.smp)": found[0]}
+    return {f"broker {i + 1} (beam.smp)": pid for i, pid in enumerate(sorted(found))}
 
 
 # --- report ---------------------------------------------------------------------------------

@@ -1,0 +1,138 @@
+"""The pipeline with every participant on its own TLS broker, linked by shovels, with
+signed and sealed partner messages, against the single shared development broker, in
+the same run (docs/performance.md, "Three sovereign brokers").
+
+    python -m bench.sovereign                 # 10 000 identities, 2 000 queries each way
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import time
+
+import numpy as np
+
+from bench.run import (
+    REGISTRY,
+    RESULTS,
+    broker_pids,
+    console,
+    cpu_seconds,
+    pipeline,
+    pipeline_run,
+)
+from biox.dev.broker import LocalBroker
+from biox.dev.sovereign import SovereignBrokers
+from biox.identity import Role
+from biox.registry import Registry
+from biox.settings import Settings
+from biox.sim import galleries, plans
+from biox.sim.processes import start_workers, unwind_on_sigterm, wait_for_consumers, worker_env
+
+SEED = 2026
+KINDS = {"us": ("intake", "response", "audit"), "mx": ("query", "audit")}
+
+
+def sovereign(size: int, n: int, settings: Settings) -> dict:
+    data = RESULTS / f"sovereign-{size}"
+    shutil.rmtree(data, ignore_errors=True)
+    s = settings.model_copy(update={"data_dir": data, "registry": REGISTRY, "amqp_url": None})
+    registry = Registry.load(REGISTRY)
+    brokers = SovereignBrokers(registry.codes, s, data / "brokers").start()
+    workers = None
+    try:
+        galleries.populate(
+            "mx",
+            size,
+            SEED,
+            s.database_for("mx"),
+            s.gallery_dir("mx"),
+            index=s.index,
+            exact_max=s.exact_max,
+            nprobe=s.ivf_nprobe,
+            tenprint=False,
+            iris=False,
+        )
+        sizes = {"mx": size, "us": 1}
+        base = [p for p in plans.plan(registry, sizes, 400, SEED, requesters=["us"])]
+        base = [p for p in base if p.expected_partners]
+        env = worker_env(s, registry.codes, BIOX_LOG_LEVEL="WARNING")
+        workers = start_workers(
+            ["us"], {**env, **brokers.env("us", Role.workers)}, data / "logs", KINDS["us"]
+        )
+        workers.processes += start_workers(
+            ["mx"], {**env, **brokers.env("mx", Role.workers)}, data / "logs", KINDS["mx"]
+        ).processes
+        for code, kinds in KINDS.items():
+            wait_for_consumers(
+                brokers.url(code),
+                [f"{code}.{k}" for k in kinds],
+                workers,
+                timeout=600,
+                tls=brokers.credentials(code, Role.operators),
+            )
+        connect = {
+            "tls": brokers.credentials("us", Role.encounters),
+            "reply_prefix": "us.replies.",
+        }
+        url = brokers.url("us")
+        pipeline_run(url, sizes, base, 300, 0, **connect)  # warm-up
+        pids = {name: p.pid for name, p in workers.processes}
+        pids["encounter system (bench)"] = os.getpid()
+        pids.update(broker_pids())
+        before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        sat = pipeline_run(url, sizes, base, n, 0, **connect)
+        cpu_ms = {
+            name: round((cpu_seconds(pid) - before[name]) * 1000 / n, 2)
+            for name, pid in pids.items()
+        }
+        throughput = sat.sent / sat.seconds
+        half = pipeline_run(url, sizes, base, max(n // 2, 500), throughput / 2, **connect)
+    finally:
+        if workers is not None:
+            workers.stop()
+        brokers.stop()
+    pct = lambda xs, q: round(float(np.percentile(xs, q)) * 1000, 1) if xs else None  # noqa: E731
+    return {
+        "size": size,
+        "queries": n,
+        "throughput_qps": round(throughput, 1),
+        "half_load_qps": round(throughput / 2, 1),
+        "half_load_p50_ms": pct(half.latencies, 50),
+        "half_load_p95_ms": pct(half.latencies, 95),
+        "half_load_p99_ms": pct(half.latencies, 99),
+        "missing": sat.missing + half.missing,
+        "wrong": sat.wrong + half.wrong,
+        "cpu_ms_per_query": cpu_ms,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--size", type=int, default=10_000)
+    parser.add_argument("--queries", type=int, default=2000)
+    args = parser.parse_args()
+    unwind_on_sigterm()
+    settings = Settings()
+    results: dict = {"date": time.strftime("%Y-%m-%d %H:%M")}
+    console.print(f"[bold]single shared broker[/] {args.size:,} identities")
+    broker = LocalBroker().start()
+    try:
+        results["single"] = pipeline(args.size, args.queries, settings, broker.url)
+    finally:
+        broker.stop()
+    console.print(results["single"])
+    console.print(f"[bold]three sovereign brokers[/] {args.size:,} identities")
+    results["sovereign"] = sovereign(args.size, args.queries, settings)
+    console.print(results["sovereign"])
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"sovereign-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.write_text(json.dumps(results, indent=2))
+    console.print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

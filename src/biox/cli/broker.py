@@ -131,3 +131,29 @@ def broker_definitions(
         )
     defs = definitions(code, codes, s.retry_tiers, s.delivery_limit, uris)
     print(json.dumps(defs, indent=2))
+
+
+@app.command("pki")
+def broker_pki(
+    directory: Path = typer.Option(
+        None, help="where to keep it (default: BIOX_DATA_DIR/sovereign/pki)"
+    ),
+) -> None:
+    """Make a development PKI: a CA, a server certificate per participant's broker, and a
+    client certificate per broker user (<code>.workers, .operators, .encounters, .link).
+    Existing files are kept. For development only: a deployment uses its agency's PKI."""
+    from biox.dev.pki import DevPKI
+    from biox.identity import Role, broker_user
+    from biox.registry import Registry
+
+    s = settings()
+    codes = Registry.load(s.registry).codes
+    pki = DevPKI(directory or s.data_dir / "sovereign" / "pki").ensure(codes)
+    console.print(f"CA: {pki.ca}")
+    for code in codes:
+        cert, _ = pki.broker(code)
+        console.print(f"{code}: broker {cert}")
+        for role in Role:
+            console.print(
+                f"  {broker_user(code, role):<15} {pki.client(broker_user(code, role)).cert}"
+            )

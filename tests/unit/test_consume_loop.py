@@ -752,3 +752,41 @@ def test_a_handler_that_answers_fewer_messages_than_it_got_commits_nothing(tmp_p
     [hop] = r.link.to(addresses.retry_key("us", "retrieval", 1))
     assert hop.headers["biox-error-class"] == "ValueError"
     assert r.marker(d.properties.message_id) is None
+
+
+def test_the_counters_an_operator_reads_at_stop_count_every_message(tmp_path):
+    r = rig(tmp_path)
+    out = ask("ok")
+    same = [r.link.deliver(out, redelivered=i > 0) for i in range(3)]  # one batch, 3 copies
+    r.run(*same)
+    r.run(r.link.deliver(out, redelivered=True))  # and once more after it was done
+    r.run(r.link.deliver(ask("transient")), r.link.deliver(ask("transient")))
+    r.run(r.link.deliver(ask("permanent")), r.link.deliver(ask("permanent")))
+    assert r.loop.stats == {"done": 1, "duplicate": 3, "retried": 2, "dead_lettered": 2}
+
+
+def test_a_publish_never_confirmed_within_the_timeout_is_not_taken_for_a_success(tmp_path):
+    """A confirm that never comes (the connection hung after the broker took it) is not a
+    success: the input is not acked but requeued, and its redelivery publishes the output
+    again under the same id."""
+    r = rig(tmp_path, publish_timeout=1.0)
+    silent: list[Future[None]] = []
+    original = r.link.publish
+
+    def first_unanswered(*args: Any, **kw: Any) -> Future[None]:
+        if not silent:
+            silent.append(Future())  # never settled
+            return silent[0]
+        return original(*args, **kw)
+
+    r.link.publish = first_unanswered  # type: ignore[method-assign]
+    out = ask("ok")
+    d = r.link.deliver(out)
+    r.run(d, timeout=10)
+    assert r.link.acks() == [] and r.link.nacks() == [(d.delivery_tag, True)]
+    again = r.link.deliver(out, redelivered=True)
+    r.run(again, timeout=10)
+    assert [p.message_id for p in r.link.confirmed] == [
+        codec.derived_id(out.envelope.message_id, "effect")
+    ]
+    assert r.link.acks() == [again.delivery_tag]

@@ -135,13 +135,16 @@ def test_two_examiners_racing_in_two_processes_never_get_the_same_case(tmp_path)
 # --- the review worker's side ------------------------------------------------------------------
 
 
-def decide(db: str, verdict: ReviewVerdict, ref: str | None, examiner: str, case_id="c-1"):
+def decide(
+    db: str, verdict: ReviewVerdict, ref: str | None, examiner: str, case_id="c-1", note=None
+):
     decision = ReviewDecision(
         case_id=case_id,
         verdict=verdict,
         identity_ref=ref,
         examiner=examiner,
-        decided_at=datetime.now(UTC),
+        decided_at=datetime(2026, 11, 22, 10, 30, tzinfo=UTC),
+        note=note,
     )
     out = codec.to_own_inbox(decision, participant="mx", message_id=f"d-{examiner}",
                              correlation_id=case_id)  # fmt: skip
@@ -171,6 +174,19 @@ def test_a_match_decision_answers_with_the_chosen_candidate_as_the_examiner(db):
         assert (case.status, case.verdict, case.examiner) == ("decided", "match", "ex-1")
         assert case.identity_ref == "MX-000000002"
         assert s.get(Transaction, ("c-1", "provider")).status == "match"
+
+
+def test_a_decision_is_kept_with_its_note_and_time_and_a_no_match_names_the_examiner(db):
+    result = decide(db, ReviewVerdict.no_match, None, "ex-2", note="different scar")
+    assert isinstance(result, Effects) and result.outcome == "decided:no_match"
+    [out] = result.outgoing
+    response = ROUTES.decode("response", "response/1", out.body)
+    assert response.status is ResponseStatus.no_match
+    assert response.decided_by.value == "examiner"
+    with session_for(db) as s:
+        case = s.get(ReviewCaseRow, "c-1")
+        assert case.note == "different scar"
+        assert examiners.aware(case.decided_at) == datetime(2026, 11, 22, 10, 30, tzinfo=UTC)
 
 
 def test_a_second_decision_changes_neither_the_case_nor_the_answer(db):

@@ -4,7 +4,7 @@ output to republish it (docs/architecture.md, "The envelope")."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import msgpack
 import pika
@@ -194,3 +194,20 @@ def test_an_error_message_is_cut_to_a_readable_length():
     d = Delivery(1, 1, "", "q", False, pika.BasicProperties(), b"", 0.0)
     h = failures.headers(read_envelope(d.properties), d, RuntimeError("x" * 5000), 1, "w")
     assert len(h["biox-error"]) == 1000
+
+
+def test_failure_times_are_utc_whatever_the_machine_zone(monkeypatch):
+    """On-call staff compare failure times across participants' machines."""
+    import time as time_mod
+
+    monkeypatch.setenv("TZ", "America/Mexico_City")
+    time_mod.tzset()
+    try:
+        d = Delivery(1, 1, "biox.mx.out", "us.query", False, pika.BasicProperties(), b"", 0.0)
+        h = failures.headers(read_envelope(d.properties), d, ValueError("x"), 1, "w")
+        assert h["biox-failed-at"].endswith("+00:00")
+        assert datetime.fromisoformat(h["biox-failed-at"]).utcoffset() == timedelta(0)
+        assert h["biox-permanent"] is False  # an unexpected error is worth another try
+    finally:
+        monkeypatch.delenv("TZ")
+        time_mod.tzset()

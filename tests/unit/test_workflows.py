@@ -22,7 +22,7 @@ from sqlmodel import col, select
 from biox import codec, examiners
 from biox.codec import Envelope, Outgoing
 from biox.enrolment import enrolled_record_id
-from biox.errors import Reason
+from biox.errors import REASON_TEXT, Reason
 from biox.inbound import Inbound, read_envelope
 from biox.memory import InMemoryExchange, Stored
 from biox.messages import (
@@ -187,7 +187,12 @@ def test_sealed_record_is_declined_with_a_reason(hub):
     mx = outcome(hub.latest(out.envelope.correlation_id), "mx")
     assert mx.status.value == "declined"
     assert mx.reason_code is Reason.record_not_releasable
+    assert mx.reason == REASON_TEXT[Reason.record_not_releasable]  # said for people too
+    assert mx.answered_at is not None and mx.answered_at >= mx.sent_at
     assert mx.candidates == []
+    with hub.session("us") as s:  # the requester's own record of the answer
+        tx = s.get(Transaction, (mx.query_id, "requester"))
+        assert (tx.status, tx.reason_code) == ("declined", "record_not_releasable")
 
 
 def test_no_release_rule_declines_without_searching(tmp_path):
@@ -374,6 +379,15 @@ def test_retrieval_about_a_query_never_matched_is_refused(hub):
     assert isinstance(response, RetrievalResponse)
     assert response.status.value == "declined" and response.reason_code is Reason.not_matched
     assert response.data is None
+    # the encounter's result lists the refused retrieval under mx, with its reason
+    mine = [r for r in hub.results if any(o.query_id == mx.query_id for o in r.outcomes)]
+    note = next(
+        n
+        for n in outcome(max(mine, key=lambda r: r.revision), "mx").retrievals
+        if n.retrieval_id == "r-forged"
+    )
+    assert (note.status.value, note.reason_code) == ("declined", Reason.not_matched)
+    assert note.answered_at is not None
 
 
 # --- provenance and enrolment (§20-21) ---------------------------------------------------------

@@ -77,6 +77,7 @@ def sovereign(size: int, n: int, settings: Settings) -> dict:
         connect = {
             "tls": brokers.credentials("us", Role.encounters),
             "reply_prefix": "us.replies.",
+            "results_of": ["us"],
         }
         url = brokers.url("us")
         pipeline_run(url, sizes, base, 300, 0, **connect)  # warm-up

@@ -15,6 +15,12 @@ def outbox(code: str) -> str:
     return f"biox.{code}.out"
 
 
+def results(code: str) -> str:
+    """Where a participant's encounter systems get their results: a direct exchange, each
+    reply queue bound by its own name (docs/integration.md)."""
+    return f"biox.{code}.results"
+
+
 def routing_key(to: str, kind: str) -> str:
     return f"{to}.{kind}"
 
@@ -47,3 +53,18 @@ def retry_key(code: str, role: str, seconds: int) -> str:
 
 def dead_letter_key(code: str, role: str) -> str:
     return f"{code}.dead-letter.{role}"
+
+
+def unrecorded_retry_key(code: str, role: str, seconds: int) -> str:
+    """A hop of the audit queue's own: through the inbox like the others (nobody writes to
+    the default exchange), on a key the audit queue is not bound to (it would feed it)."""
+    return f"{code}.unrecorded.retry.{role}.{seconds}"
+
+
+def unrecorded_dead_letter_key(code: str, role: str) -> str:
+    return f"{code}.unrecorded.dead-letter.{role}"
+
+
+def replay_key(code: str, role: str) -> str:
+    """A dead letter an operator sends back to ``<code>.<role>`` (``biox dlq replay``)."""
+    return f"{code}.replay.{role}"

@@ -167,10 +167,11 @@ def to_own_inbox(
 def to_reply_queue(
     message: EncounterResult, *, participant: str, reply_to: str, message_id: str
 ) -> Outgoing:
-    """A result for an encounter system, on the queue it named; correlated by encounter id."""
+    """A result for an encounter system, on the participant's results exchange to the queue
+    it named (bound there by its name); correlated by encounter id."""
     return _outgoing(
         message,
-        exchange="",
+        exchange=addresses.results(participant),
         routing_key=reply_to,
         sender=participant,
         recipient=participant,

@@ -113,7 +113,7 @@ def _index(routes: RouteTable) -> str:
         elif r.audited and routes.audit is not None:
             queue = f"`<code>.{routes.audit.role}` only"
         else:
-            queue = "encounter system reply_to"
+            queue = "the encounter system's `reply_to` queue, bound to `biox.<code>.results`"
         senders = ", ".join(SENDERS[s] for s in sorted(r.senders))
         lines.append(
             f"| `{kind}` | `{kind}.v{r.model.VERSION}.json` | {queue} | {senders} | {doc} |"

@@ -75,14 +75,15 @@ SENDER_HEADERS = frozenset({H_SCHEMA, H_FROM, H_TO, *SIGNED_HEADERS})
 def arrived(env: Envelope, exchange: str, routing_key: str, me: str) -> Envelope:
     """The envelope as far as it can be trusted, given where the delivery came from.
 
-    Back from one of our own retry tiers (the default exchange, which only our workers
-    may write to): the broker identity to check is the first sender's, which the tier copy
-    carries in ``biox-original-user-id``. Fresh from another participant: its internal
+    Back from one of our own retry tiers (the broker dead-letters it by the default
+    exchange, which nobody may write to) or replayed by our operators (a replay key, which
+    only they may publish): the broker identity to check is the first sender's, which the
+    copy carries in ``biox-original-user-id``. Fresh from another participant: its internal
     headers are dropped, so that it cannot choose where a replay goes or which tier it
     climbs (docs/architecture.md, "Identities"). Our own hops through the inbox (the
     retry and dead-letter keys, which no partner may publish) keep theirs, for the audit.
     """
-    if exchange == "":
+    if exchange == "" or routing_key.startswith(f"{me}.replay."):  # our own copies
         first = header_text(env.headers.get(H_ORIGINAL_USER))
         return replace(env, user_id=first or env.user_id)
     if env.sender == me or routing_key.startswith((f"{me}.retry.", f"{me}.dead-letter.")):

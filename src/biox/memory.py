@@ -224,8 +224,11 @@ class InMemoryExchange:
         return self.loops[addresses.queue(code, role)].handler
 
     def declare_queue(self, name: str) -> None:
-        """A queue of the test's own, e.g. an encounter system's ``reply_to``."""
+        """A queue of the test's own, e.g. an encounter system's ``reply_to``: bound by its
+        name to every participant's results exchange, as an encounter system binds it."""
         self.broker.declare_queue(name)
+        for code in self.codes:
+            self.broker.bind(name, addresses.results(code), name)
 
     def publish(
         self, messages: Outgoing | Sequence[Outgoing], *, user: str | None = None, seal: bool = True

@@ -135,6 +135,7 @@ def test_message_without_id_goes_to_the_dead_letter_queue(peer: Peer):
 def test_refused_encounter_gets_a_specific_reason_on_reply_to(peer: Peer):
     reply = f"test.reply.{uuid.uuid4().hex[:8]}"
     peer.ch.queue_declare(reply, exclusive=True)
+    peer.ch.queue_bind(reply, addresses.results("us"), reply)
     peer.publish(
         addresses.inbox("us"),
         "us.encounter.submit",

@@ -87,6 +87,7 @@ def test_transient_failure_retries_twice_then_succeeds_with_hops_in_the_audit(
 ):
     reply = f"test.reply.{uuid.uuid4().hex[:8]}"
     peer.ch.queue_declare(reply, exclusive=True)
+    peer.ch.queue_bind(reply, addresses.results("us"), reply)
     qid, mid = orphan_response(peer)
 
     def retry_hops() -> list[AuditEntry]:
@@ -129,6 +130,7 @@ def test_exhausted_retries_park_in_the_dlq_and_replay_after_the_fix(exchange, pe
 
     reply = f"test.reply.{uuid.uuid4().hex[:8]}"
     peer.ch.queue_declare(reply, exclusive=True)
+    peer.ch.queue_bind(reply, addresses.results("us"), reply)
     record_query(exchange, qid, reply)  # the fix: the missing record is restored
     dry = runner.invoke(app, ["dlq", "replay", mid, "--dry-run"])
     assert "would replay 1" in dry.output

@@ -618,17 +618,25 @@ def test_an_undecoded_consumer_keys_each_hop_of_a_message_separately(tmp_path):
     assert sorted(keys) == sorted(f"{mid}|{out.exchange}|{out.routing_key}|{n}" for n in (0, 1))
 
 
-def test_an_undecoded_queue_sends_its_failures_by_the_default_exchange(tmp_path):
-    """The audit consumer's own failures must not feed its queue through the inbox."""
+def test_an_undecoded_queue_sends_its_failures_on_keys_it_does_not_record(tmp_path):
+    """The audit consumer's own failures go through the inbox like every hop (nobody writes
+    to the default exchange) but on keys the audit queue is not bound to: they must not
+    feed it."""
     transient = TransientError(Reason.unknown_query, "not yet")
     r = rig(tmp_path, UndecodedHandler(fail=transient), undecoded=True)
     r.run(r.link.deliver(ask("ok")))
     [hop] = r.link.confirmed
-    assert (hop.exchange, hop.routing_key) == ("", addresses.retry_queue("us.audit", 1))
+    assert (hop.exchange, hop.routing_key) == (
+        "biox.us",
+        addresses.unrecorded_retry_key("us", "audit", 1),
+    )
     r.handler.fail = PermanentError(Reason.undecodable)
     r.run(r.link.deliver(ask("ok")))
     dead = r.link.confirmed[-1]
-    assert (dead.exchange, dead.routing_key) == ("", addresses.dead_letter_queue("us.audit"))
+    assert (dead.exchange, dead.routing_key) == (
+        "biox.us",
+        addresses.unrecorded_dead_letter_key("us", "audit"),
+    )
 
 
 # --- what an operator reads: one log line per outcome, the counts at the end ---------------------

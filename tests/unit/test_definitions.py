@@ -72,18 +72,43 @@ def test_a_partner_link_may_publish_only_partner_kinds_addressed_to_us_on_our_in
 
 def test_our_workers_send_partner_kinds_to_partners_only_and_own_kinds_to_ourselves():
     p = permission("us.workers")
-    for exchange in ("amq.default", "biox.us", "biox.us.out"):
+    for exchange in ("biox.us", "biox.us.out", "biox.us.results"):
         assert allows(p["write"], exchange)
-    assert not allows(p["write"], "biox.mx")
+    assert not allows(p["write"], "biox.mx") and not allows(p["write"], "amq.default")
     assert p["configure"] == "^$"  # the topology is the definitions', not the workers'
     assert allows(p["read"], "us.query") and not allows(p["read"], "mx.query")
     out = topic_write("us.workers", "biox.us.out")
     assert allows(out, "mx.query") and allows(out, "sv.response")
     assert not allows(out, "us.query") and not allows(out, "mx.review.decision")
     inbox = topic_write("us.workers", "biox.us")
-    for key in ("us.review.case", "us.retry.query.5", "us.dead-letter.intake"):
+    for key in (
+        "us.review.case",
+        "us.retry.query.5",
+        "us.dead-letter.intake",
+        "us.unrecorded.retry.audit.5",
+    ):
         assert allows(inbox, key), key
     assert not allows(inbox, "us.query")  # never a partner kind in its own name
+    assert not allows(inbox, "us.replay.query")  # replays are the operators'
+
+
+def test_nobody_may_publish_to_the_default_exchange():
+    for p in US["permissions"]:
+        assert not allows(p["write"], "amq.default"), p["user"]
+
+
+def test_operators_replay_and_import_through_the_inbox_on_their_own_keys():
+    p = permission("us.operators")
+    assert allows(p["write"], "biox.us") and not allows(p["write"], "biox.us.out")
+    keys = topic_write("us.operators", "biox.us")
+    for key in (
+        "us.review.decision",
+        "us.replay.query",
+        "us.dead-letter.response",
+        "us.unrecorded.dead-letter.audit",
+    ):
+        assert allows(keys, key), key
+    assert not allows(keys, "us.query") and not allows(keys, "us.encounter.submit")
 
 
 def test_encounter_systems_submit_and_read_their_own_reply_queues_only():
@@ -91,6 +116,9 @@ def test_encounter_systems_submit_and_read_their_own_reply_queues_only():
     assert allows(p["write"], "biox.us") and not allows(p["write"], "amq.default")
     assert allows(p["configure"], "us.replies.gate-7")
     assert allows(p["read"], "us.replies.gate-7") and not allows(p["read"], "us.response")
+    # binding its queue to the results exchange takes read there, write on the queue
+    assert allows(p["read"], "biox.us.results") and allows(p["write"], "us.replies.gate-7")
+    assert not allows(p["write"], "biox.us.results")  # results come from us's workers only
     keys = topic_write("us.encounters", "biox.us")
     assert allows(keys, "us.encounter.submit")
     assert not allows(keys, "us.query") and not allows(keys, "us.review.decision")

@@ -176,7 +176,7 @@ def test_a_refusal_is_a_whole_result_on_reply_to_under_a_derived_id(detail, said
         "reason_code": Reason.duplicate_encounter,
         "reason": said,
     }
-    assert (out.exchange, out.routing_key) == ("", "rq")
+    assert (out.exchange, out.routing_key) == ("biox.us.results", "rq")
     assert out.envelope.message_id == codec.derived_id("sub-4", "refused")
     assert (out.envelope.sender, out.envelope.correlation_id) == ("us", "E-77")
 
@@ -482,7 +482,11 @@ def test_an_answer_is_kept_marked_with_its_source_and_the_result_shows_every_par
     assert (encounter.revision, encounter.status) == (1, "pending")  # sv has not answered
     [out] = effects.outgoing
     assert out.envelope.message_id == codec.derived_id("r-1", "result")
-    assert (out.exchange, out.routing_key, out.envelope.correlation_id) == ("", "rq", "E-77")
+    assert (out.exchange, out.routing_key, out.envelope.correlation_id) == (
+        "biox.us.results",
+        "rq",
+        "E-77",
+    )
     result = decode(out, EncounterResult)
     assert (result.encounter_id, result.requesting, result.status, result.revision) == (
         "E-77",

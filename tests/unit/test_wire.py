@@ -140,7 +140,7 @@ def test_a_result_goes_to_the_reply_queue_correlated_by_encounter():
         encounter_id="E-1", requesting="us", status=EncounterResultStatus.refused
     )
     out = codec.to_reply_queue(result, participant="us", reply_to="replies", message_id="r-1")
-    assert (out.exchange, out.routing_key) == ("", "replies")
+    assert (out.exchange, out.routing_key) == ("biox.us.results", "replies")
     assert out.envelope.correlation_id == "E-1" and out.envelope.message_id == "r-1"
     assert (out.envelope.sender, out.envelope.recipient) == ("us", "us")
 
@@ -183,11 +183,17 @@ def test_a_failure_carries_its_why_and_keeps_the_first_where_and_when(error, rea
     )
 
 
-def test_failures_go_through_the_inbox_except_the_audit_queues_own():
+def test_failures_go_through_the_inbox_on_keys_the_audit_records_except_its_own():
     assert failures.retry_target("us", "query", 5, True) == ("biox.us", "us.retry.query.5")
-    assert failures.retry_target("us", "audit", 5, False) == ("", "us.audit.retry.5")
+    assert failures.retry_target("us", "audit", 5, False) == (
+        "biox.us",
+        "us.unrecorded.retry.audit.5",
+    )
     assert failures.dead_letter_target("us", "query", True) == ("biox.us", "us.dead-letter.query")
-    assert failures.dead_letter_target("us", "audit", False) == ("", "us.audit.dlq")
+    assert failures.dead_letter_target("us", "audit", False) == (
+        "biox.us",
+        "us.unrecorded.dead-letter.audit",
+    )
 
 
 def test_an_error_message_is_cut_to_a_readable_length():

@@ -25,6 +25,7 @@ import msgpack
 import pika
 
 from biox import addresses, codec
+from biox.broker import failures
 from biox.broker.connection import ClientTLS, parameters, user_of
 from biox.broker.link import Link
 from biox.broker.publisher import Publisher, republish_properties
@@ -231,7 +232,7 @@ class DeadLetterQueues:
         on_refused: Callable[[DeadLetter, str], None] | None = None,
     ) -> int:
         """Republish to the queue it failed in (or ``to_queue``, of the same participant
-        and taking its kind) through the default exchange, confirmed, same
+        and taking its kind) by its replay key on the inbox, confirmed, same
         ``message_id``, attempt counter reset, replay counter raised; then remove.
 
         The destination never comes from the message's headers, and a kind goes only to
@@ -260,7 +261,9 @@ class DeadLetterQueues:
             headers["biox-replayed-at"] = datetime.now(UTC).isoformat()
             headers["biox-replayed-by"] = operator()
             props = republish_properties(d.properties, headers, self.user)
-            self.publisher.send_raw([("", target, d.body, props)])
+            code, _, role = target.partition(".")
+            key = addresses.replay_key(code, role)
+            self.publisher.send_raw([(addresses.inbox(code), key, d.body, props)])
             return True  # confirmed: send_raw raises if the broker refused or returned it
 
         return self.visit(queues, filters, act)
@@ -291,7 +294,10 @@ class DeadLetterQueues:
                 raise ValueError(f"line {n}: {queue!r} is not a dead-letter queue of biox")
             props = pika.BasicProperties(**record["properties"])
             props.user_id = self.user
-            messages.append(("", queue, base64.b64decode(record["body"]), props))
+            code, _, role = queue.removesuffix(".dlq").partition(".")
+            recorded = ROUTES.queues[role].decode  # the audit's own dead letters are not
+            target = failures.dead_letter_target(code, role, recorded)
+            messages.append((*target, base64.b64decode(record["body"]), props))
             ids_by_queue[queue].append(str(props.message_id))
         if messages:
             self.publisher.send_raw(messages)

@@ -13,14 +13,15 @@ What each user may do, on ``us``'s broker:
 =================  ===================================  ===================================
 user               may publish                          may read
 =================  ===================================  ===================================
-us.workers         its inbox and outbox (kinds pinned   its own queues
-                   by topic permissions), and its
-                   retry tiers and reply queues through
-                   the default exchange
-us.operators       its inbox (own kinds), the default   its own queues (dead-letter tools)
-                   exchange (dead-letter replay)
+us.workers         its inbox (own kinds, retry and      its own queues
+                   dead-letter hops) and outbox
+                   (partner kinds to partners), its
+                   results exchange
+us.operators       its inbox: own kinds, replays and    its own queues (dead-letter tools)
+                   imports into dead-letter queues
 us.encounters      its inbox, ``us.encounter.submit``   its reply queues ``us.replies.*``
-                   only                                 (which it may declare)
+                   only                                 (declared and bound to
+                                                        ``biox.us.results`` by itself)
 mx.link, sv.link   us's inbox, the partner kinds        nothing
                    addressed to us, only
 =================  ===================================  ===================================
@@ -96,7 +97,9 @@ def definitions(
     submit_kinds = sorted(
         k for k, r in routes.routes.items() if Sender.encounter_system in r.senders
     )
-    hop_keys = rf"^{re.escape(code)}\.(retry|dead-letter)\..*$"
+    hop_keys = rf"^{re.escape(code)}\.(unrecorded\.)?(retry|dead-letter)\..*$"
+    replay_keys = rf"^{re.escape(code)}\.(replay|dead-letter|unrecorded\.dead-letter)\..*$"
+    results = addresses.results(code)
     own_keys = _keys([code], own_kinds)
     replies = reply_queue_prefix(code)
 
@@ -122,16 +125,23 @@ def definitions(
         )
 
     mine = rf"^{re.escape(code)}\..*$"
+    # nobody writes to the default exchange: results go by the results exchange, every
+    # hop and replay through the inbox on keys the topic permissions pin
     workers = broker_user(code, Role.workers)
-    user(workers, NOTHING, _either("amq.default", inbox, outbox), mine)
+    user(workers, NOTHING, _either(inbox, outbox, results), mine)
     topic(workers, outbox, _keys(partners, partner_kinds) if partners else NOTHING)
     topic(workers, inbox, f"({own_keys})|({hop_keys})")
     operators = broker_user(code, Role.operators)
-    user(operators, NOTHING, _either("amq.default", inbox), mine, tags="monitoring")
-    topic(operators, inbox, own_keys)
+    user(operators, NOTHING, _either(inbox), mine, tags="monitoring")
+    topic(operators, inbox, f"({own_keys})|({replay_keys})")
     encounters = broker_user(code, Role.encounters)
-    reply_queues = rf"^{re.escape(replies)}.*$"
-    user(encounters, reply_queues, _either(inbox), reply_queues)
+    reply_queues = re.escape(replies) + ".*"
+    user(
+        encounters,
+        f"^{reply_queues}$",
+        f"^({re.escape(inbox)}|{reply_queues})$",  # a queue is bound with write on it
+        f"^({re.escape(results)}|{reply_queues})$",  # and read on the exchange
+    )
     topic(encounters, inbox, _keys([code], submit_kinds))
     for partner in partners:
         link = broker_user(partner, Role.link)
@@ -141,6 +151,7 @@ def definitions(
     exchanges = [
         _exchange(inbox, "topic"),
         _exchange(outbox, "topic"),
+        _exchange(results, "direct"),
     ]
     queues = []
     for q in routes.queues.values():

@@ -22,18 +22,20 @@ H_ORIGINAL_EXCHANGE = "biox-original-exchange"
 H_ORIGINAL_ROUTING_KEY = "biox-original-routing-key"
 
 
-def retry_target(participant: str, role: str, seconds: int, via_inbox: bool) -> tuple[str, str]:
-    """Through the participant's inbox, so the audit records the hop; the audit queue's own
-    hops go straight to its tier by the default exchange, so they cannot feed it."""
-    if via_inbox:
-        return addresses.inbox(participant), addresses.retry_key(participant, role, seconds)
-    return "", addresses.retry_queue(addresses.queue(participant, role), seconds)
+def retry_target(participant: str, role: str, seconds: int, recorded: bool) -> tuple[str, str]:
+    """Through the participant's inbox; on a key the audit records, except for the audit
+    queue's own hops (``recorded=False``), which would feed it."""
+    inbox = addresses.inbox(participant)
+    if recorded:
+        return inbox, addresses.retry_key(participant, role, seconds)
+    return inbox, addresses.unrecorded_retry_key(participant, role, seconds)
 
 
-def dead_letter_target(participant: str, role: str, via_inbox: bool) -> tuple[str, str]:
-    if via_inbox:
-        return addresses.inbox(participant), addresses.dead_letter_key(participant, role)
-    return "", addresses.dead_letter_queue(addresses.queue(participant, role))
+def dead_letter_target(participant: str, role: str, recorded: bool) -> tuple[str, str]:
+    inbox = addresses.inbox(participant)
+    if recorded:
+        return inbox, addresses.dead_letter_key(participant, role)
+    return inbox, addresses.unrecorded_dead_letter_key(participant, role)
 
 
 def headers(

@@ -103,9 +103,26 @@ def bindings(
         out.append(
             (addresses.dead_letter_queue(name), inbox, addresses.dead_letter_key(code, q.role))
         )
+    for q in routes.queues.values():  # an operator's replay, to the queue by name
+        out.append((addresses.queue(code, q.role), inbox, addresses.replay_key(code, q.role)))
     if routes.audit is None:
         return out
     audit = addresses.queue(code, routes.audit.role)
+    for seconds in tiers:  # the audit queue's own hops, on keys it does not record
+        out.append(
+            (
+                addresses.retry_queue(audit, seconds),
+                inbox,
+                addresses.unrecorded_retry_key(code, routes.audit.role, seconds),
+            )
+        )
+    out.append(
+        (
+            addresses.dead_letter_queue(audit),
+            inbox,
+            addresses.unrecorded_dead_letter_key(code, routes.audit.role),
+        )
+    )
     for kind in routes.kinds_of(routes.audit.role):
         out.append((audit, inbox, addresses.routing_key(code, kind)))
     for kind in routes.partner_kinds():
@@ -127,6 +144,7 @@ def declare(
         for code in codes:
             ch.exchange_declare(addresses.inbox(code), "topic", durable=True)
             ch.exchange_declare(addresses.outbox(code), "topic", durable=True)
+            ch.exchange_declare(addresses.results(code), "direct", durable=True)
         for code in codes:
             for q in routes.queues.values():
                 name = addresses.queue(code, q.role)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pika
 
-from biox import codec
+from biox import addresses, codec
 from biox.broker.connection import ClientTLS, parameters
 from biox.broker.link import Delivery, Link
 from biox.broker.publisher import Publisher
@@ -76,6 +76,7 @@ class EncounterSystem:
         publish_timeout: float = 300.0,
         tls: ClientTLS | None = None,
         reply_prefix: str = "encounters.replies.",
+        results_of: list[str] | None = None,
     ) -> None:
         """``publish_timeout``: how long a submission is retried until the broker confirms
         it. Longer than a worker's: an upstream system keeps its encounters until the
@@ -86,9 +87,11 @@ class EncounterSystem:
         self.gallery_sizes = gallery_sizes
         self.reply_queue = f"{reply_prefix}{uuid.uuid4().hex[:12]}"
         conn = pika.BlockingConnection(parameters(url, tls))
-        conn.channel().queue_declare(
-            self.reply_queue, durable=True, arguments={"x-expires": 3_600_000}
-        )
+        ch = conn.channel()
+        ch.queue_declare(self.reply_queue, durable=True, arguments={"x-expires": 3_600_000})
+        # results come by each requester's results exchange, to the queue by its name
+        for code in results_of or sorted(gallery_sizes):
+            ch.queue_bind(self.reply_queue, addresses.results(code), self.reply_queue)
         conn.close()
         self.link = Link(
             url, name="encounter-system", consume=self.reply_queue, prefetch=2000, tls=tls

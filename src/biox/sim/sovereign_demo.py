@@ -69,6 +69,7 @@ def run(settings: Settings, console: Console, gallery_size: int, count: int, see
                 sizes,
                 tls=brokers.credentials("us", Role.encounters),
                 reply_prefix="us.replies.",
+                results_of=["us"],
             ) as system,
         ):
             system.submit(planned)

@@ -161,3 +161,19 @@ def test_a_shovel_logs_in_by_certificate_and_checks_the_partner_broker():
     ):
         assert part in uri, part
     assert "server_name_indication=localhost" in shovel_uri("127.0.0.1", 1, "a", "b", "c")
+
+
+def test_the_example_broker_config_is_tls_only_with_certificate_logins():
+    from pathlib import Path
+
+    conf = (Path(__file__).parents[2] / "deploy" / "rabbitmq" / "rabbitmq.conf.example").read_text()
+    for line in (
+        "listeners.tcp = none",
+        "ssl_options.fail_if_no_peer_cert = true",
+        "auth_mechanisms.1 = EXTERNAL",
+        "ssl_cert_login_from = common_name",
+        "load_definitions = ",
+        "max_message_size = ",
+    ):
+        assert line in conf, line
+    assert not list((Path(__file__).parents[2] / "deploy").rglob("definitions*.json"))

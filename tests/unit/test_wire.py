@@ -217,3 +217,20 @@ def test_failure_times_are_utc_whatever_the_machine_zone(monkeypatch):
     finally:
         monkeypatch.delenv("TZ")
         time_mod.tzset()
+
+
+def test_what_a_delivery_does_not_say_is_left_empty_not_invented():
+    env = read_envelope(pika.BasicProperties())
+    assert (env.message_id, env.kind, env.schema, env.sender, env.recipient) == ("", "", "", "", "")
+    assert env.attempt == 0  # a first delivery, not a retry
+    assert env.correlation_id is None and env.user_id is None and env.timestamp is None
+    assert read_envelope(pika.BasicProperties(headers={"biox-attempt": True})).attempt == 0
+
+
+def test_header_text_reads_text_and_bytes_and_nothing_else():
+    from biox.inbound import header_text
+
+    assert header_text("mx") == "mx"
+    assert header_text(b"mx") == "mx"
+    assert header_text(b"m\xffx") == "m\ufffdx"  # a broken byte is replaced, never raised
+    assert header_text(5) is None and header_text(None) is None and header_text(["mx"]) is None

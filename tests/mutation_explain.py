@@ -78,6 +78,41 @@ EQUIVALENT: dict[str, str] = {
         "pydantic dumps in python mode by default, and for any mode it does not know",
     ),
     "biox.codec.x__outgoing__mutmut_17": "Envelope.attempt defaults to 0",
+    **dict.fromkeys(
+        [
+            "biox.answers.xǁAnswersǁdeclined__mutmut_1",
+            "biox.answers.xǁAnswersǁfollow_up__mutmut_12",
+            "biox.answers.xǁAnswersǁfollow_up__mutmut_16",
+        ],
+        "a text for people (a decline's default detail, a retrieval's justification)",
+    ),
+    "biox.handlers.audit.xǁAuditHandlerǁ_entry__mutmut_67": (
+        "an outgoing message's sender is this participant: the same provenance either way"
+    ),
+    "biox.results.xǁEncounterViewsǁupdated__mutmut_42": "updated_at defaults to now",
+    **dict.fromkeys(
+        [
+            "biox.handlers.matcher.xǁMatcherHandlerǁcatch_up__mutmut_3",
+            "biox.handlers.matcher.xǁMatcherHandlerǁcatch_up__mutmut_9",
+            "biox.broker.consumer.xǁConsumeLoopǁ_take__mutmut_14",
+            "biox.broker.consumer.xǁConsumeLoopǁ_take__mutmut_16",
+        ],
+        "a timing bound (the sync interval, the look-back, a zero wait against none)",
+    ),
+    **dict.fromkeys(
+        [
+            "biox.handlers.matcher.xǁMatcherHandlerǁ_check__mutmut_9",
+            "biox.handlers.matcher.xǁMatcherHandlerǁ_check__mutmut_11",
+        ],
+        "an error's detail text (the reason code is unchanged)",
+    ),
+    **{
+        f"biox.broker.consumer.xǁConsumeLoopǁ__init____mutmut_{n}": (
+            "builds the real AMQP link, which only a worker on a broker does: every "
+            "integration test's workers connect with these arguments"
+        )
+        for n in range(16, 24)
+    },
     "biox.broker.failures.x_headers__mutmut_32": "bool(None) and bool(False) are both False",
     **dict.fromkeys(
         [
@@ -237,6 +272,25 @@ KILLED_SINCE: dict[str, str] = {
             "biox.inbound.x_read_envelope__mutmut_43",
         )
     },
+    **{
+        f"biox.handlers.retrieval.xǁRetrievalHandlerǁreject__mutmut_{n}": (
+            "test_handler_details.py::test_an_unreadable_retrieval_request_is_answered"
+            "_rejected_with_its_reason_in_words"
+        )
+        for n in (15, 23, 25, 27, 29)
+    },
+    **{
+        name: "test_handler_details.py::test_each_audit_entry_is_counted_by_its_direction"
+        for name in (
+            "biox.handlers.audit.xǁAuditHandlerǁrecord__mutmut_18",
+            "biox.handlers.audit.xǁAuditHandlerǁ_entry__mutmut_7",
+            "biox.handlers.audit.xǁAuditHandlerǁ_entry__mutmut_15",
+        )
+    },
+    "biox.routes.x_route__mutmut_11": (
+        "test_routes.py::test_results_to_encounter_systems_are_the_only_kind_the_audit_does"
+        "_not_take"
+    ),
     **{
         f"biox.inbound.x_header_text__mutmut_{n}": (
             "test_wire.py::test_header_text_reads_text_and_bytes_and_nothing_else"

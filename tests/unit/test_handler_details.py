@@ -5,6 +5,7 @@ what other matchers enrolled."""
 
 from __future__ import annotations
 
+import tempfile
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -13,8 +14,9 @@ import pytest
 from sqlalchemy import event, update
 from structlog.testing import capture_logs
 
-from biox import examiners
+from biox import codec, examiners
 from biox.codec import Envelope
+from biox.errors import REASON_TEXT, PermanentError, Reason
 from biox.gallery.gallery import Gallery
 from biox.handlers.base import Context, Effects
 from biox.handlers.matcher import MatcherHandler
@@ -361,3 +363,51 @@ def test_review_times_without_a_zone_are_read_as_utc():
     assert examiners.aware(datetime(2026, 1, 1)) == datetime(2026, 1, 1, tzinfo=UTC)
     zoned = datetime(2026, 1, 1, 5, tzinfo=timezone(timedelta(hours=5)))
     assert examiners.aware(zoned) is zoned
+
+
+def test_an_unreadable_retrieval_request_is_answered_rejected_with_its_reason_in_words():
+    handler = RetrievalHandler("us", REGISTRY, POLICIES.of("us"))
+    env = Envelope("r-7", "retrieval.request", "retrieval.request/1", "mx", "us", "q-7")
+    for error, words in (
+        (
+            PermanentError(Reason.invalid_message, "elements: field required"),
+            "elements: field required",
+        ),
+        (PermanentError(Reason.undecodable), REASON_TEXT[Reason.undecodable]),
+    ):
+        effects = handler.reject(env, error)
+        assert effects is not None and effects.outcome == f"rejected:{error.reason.value}"
+        [out] = effects.outgoing
+        answer = codec.decode_body(RetrievalResponse, out.envelope.schema, out.body)
+        assert (answer.status.value, answer.reason_code, answer.reason) == (
+            "rejected",
+            error.reason,
+            words,
+        )
+        assert (answer.retrieval_id, answer.query_id, out.envelope.recipient) == (
+            "r-7",
+            "q-7",
+            "mx",
+        )
+        assert out.envelope.correlation_id == "q-7"
+
+
+def test_each_audit_entry_is_counted_by_its_direction():
+    from biox.handlers.audit import AuditHandler
+
+    env = Envelope("m-1", "query", "query/1", "mx", "us", "q-1", user_id="mx.link")
+    batch = [
+        Inbound(env, None, b"x", "biox.us", "us.query"),
+        Inbound(env, None, b"x", "biox.us.out", "mx.query"),
+        Inbound(env, None, b"x", "biox.us", "us.dead-letter.query"),
+        Inbound(env, None, b"x", "biox.us", "us.retry.query.5"),
+    ]
+    with session_for(f"sqlite:///{tempfile.mkdtemp()}/a.db") as s:
+        results = AuditHandler("us").record(batch, s)
+    assert [r.outcome for r in results] == [
+        "audited:in",
+        "audited:out",
+        "audited:dead-letter",
+        "audited:retry",
+    ]
+    assert [r.rows[0].provenance for r in results] == ["mx", "us", "mx", "mx"]

@@ -155,3 +155,13 @@ def test_a_kind_its_queue_does_not_take_is_refused_unknown_kind(tmp_path):
     [dead] = exchange.dead_letters("us", "intake")
     assert dead.properties.headers["biox-reason"] == "unknown_kind"
     assert "encounter.submit" in dead.properties.headers["biox-error"]
+
+
+def test_results_to_encounter_systems_are_the_only_kind_the_audit_does_not_take():
+    """An encounter.result goes to an encounter system's queue; the audit queue takes every
+    other kind (each with the binding that brings it)."""
+    assert [k for k, r in ROUTES.routes.items() if not r.audited] == ["encounter.result"]
+    assert "encounter.result" not in ROUTES.kinds_of("audit")
+    assert {"query", "response", "audit.checkpoint", "ops.dlq.replay"} <= set(
+        ROUTES.kinds_of("audit")
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import ClassVar
 
 import pytest
@@ -143,6 +144,8 @@ def test_every_queue_of_the_table_has_a_worker_and_a_handler_method_per_kind():
                 r: Route = ROUTES.routes[kind]
                 assert r.handler is not None
                 assert getattr(queue.handler, r.handler.__name__) is r.handler
+        script = Path(__file__).parents[2] / "workers" / f"{role}.py"
+        assert f'run_worker("{role}"' in script.read_text(), script  # python workers/<queue>.py
 
 
 def test_a_kind_its_queue_does_not_take_is_refused_unknown_kind(tmp_path):

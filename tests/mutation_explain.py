@@ -287,6 +287,13 @@ KILLED_SINCE: dict[str, str] = {
             "biox.handlers.audit.xǁAuditHandlerǁ_entry__mutmut_15",
         )
     },
+    "biox.broker.consumer.xǁConsumeLoopǁ_retry__mutmut_23": (
+        "test_consume_loop.py::test_a_transient_error_climbs_the_retry_tiers_then_parks"
+    ),
+    "biox.answers.xǁAnswersǁmatched__mutmut_28": (
+        "test_review.py::test_an_examiners_match_on_a_record_that_may_not_be_released_is"
+        "_declined_as_theirs"
+    ),
     "biox.routes.x_route__mutmut_11": (
         "test_routes.py::test_results_to_encounter_systems_are_the_only_kind_the_audit_does"
         "_not_take"

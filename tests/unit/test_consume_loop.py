@@ -527,6 +527,10 @@ def test_a_transient_error_climbs_the_retry_tiers_then_parks(tmp_path):
     r.run(third)
     [dead] = r.link.to(addresses.dead_letter_key("us", "retrieval"))
     assert dead.headers["biox-attempt"] == 3
+    # parked with the last failure's why: what an operator reads before replaying
+    assert dead.headers["biox-reason"] == "unknown_query"
+    assert dead.headers["biox-error"] == "unknown_query: not yet"
+    assert dead.headers["biox-error-class"] == "TransientError"
     assert r.marker(out.envelope.message_id) is None  # never processed: a replay handles it
 
 

@@ -252,3 +252,19 @@ def test_a_decision_carries_the_examiners_note_and_a_fresh_id(db):
     assert isinstance(decision, ReviewDecision)
     assert decision.note == "why" and decision.identity_ref == "MX-000000001"
     assert a.envelope.message_id != b.envelope.message_id  # two clicks are two decisions
+
+
+def test_an_examiners_match_on_a_record_that_may_not_be_released_is_declined_as_theirs(db):
+    """The examiner found the person, but the record is sealed (§9): the answer is a
+    decline, and it is the examiner's decision, not the automatic matcher's."""
+    with session_for(db) as s:
+        s.get(Record, 2).releasable = False
+        s.commit()
+    result = decide(db, ReviewVerdict.match, "MX-000000002", "ex-3")
+    assert isinstance(result, Effects)
+    [out] = result.outgoing
+    response = ROUTES.decode("response", "response/1", out.body)
+    assert response.status is ResponseStatus.declined
+    assert response.reason_code is Reason.record_not_releasable
+    assert response.decided_by.value == "examiner"
+    assert response.candidates == []

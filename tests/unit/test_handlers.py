@@ -224,3 +224,29 @@ def test_response_for_an_unknown_query_is_refused(db):
             [Inbound(envelope("response", "mx", "us"), r)], s
         )
     assert isinstance(err, TransientError) and err.reason is Reason.unknown_query
+
+
+def test_a_second_submission_of_an_encounter_in_the_same_batch_is_refused_and_the_rest_go_on(
+    db,
+):
+    """Encounter ids are unique across a batch as across the database: the copy is refused
+    as a duplicate, what follows it is handled, and a refused one does not count as seen."""
+    handler = IntakeHandler("us", REGISTRY, POLICIES.of("us"))
+
+    def inbound(sub: EncounterSubmit) -> Inbound[EncounterSubmit]:
+        env = envelope("encounter.submit", "us", "us", reply_to="r", correlation_id="x")
+        return Inbound(env, sub)
+
+    citizen = submit(11, status=SubjectStatus(citizenships=["us"]))
+    retry_of_citizen = submit(11)  # the same id, resubmitted after its refusal
+    batch = [submit(10), submit(10), citizen, retry_of_citizen, submit(12)]
+    with session_for(db) as s:
+        results = handler.submit([inbound(b) for b in batch], s)
+    kinds = [r.reason.value if isinstance(r, PermanentError) else type(r).__name__ for r in results]
+    assert kinds == ["Effects", "duplicate_encounter", "excluded_citizen", "Effects", "Effects"]
+    assert results[1].detail == "encounter E-10"
+    assert [r.rows[0].encounter_id for r in results if isinstance(r, Effects)] == [
+        "E-10",
+        "E-11",
+        "E-12",
+    ]

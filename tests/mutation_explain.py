@@ -99,6 +99,7 @@ EQUIVALENT: dict[str, str] = {
         "a biographic record is text fields only: dumped the same in python and json modes",
     ),
     "biox.enrolment.x_enrolment__mutmut_22": "Record.releasable defaults to True",
+    "biox.enrolment.x_enrolment__mutmut_21": "Record.derogatory defaults to an empty list",
     "biox.examiners.x_overdue__mutmut_8": (
         "a case exactly as old as the limit, to the microsecond: a boundary no case reaches"
     ),

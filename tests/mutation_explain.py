@@ -314,6 +314,13 @@ KILLED_SINCE: dict[str, str] = {
         )
         for n in (14, 16, 17, 20, 21)
     },
+    **{
+        name: "test_senders.py::test_a_retrieval_request_about_a_query_never_sent_is_declined"
+        for name in (
+            "biox.handlers.retrieval.xǁRetrievalHandlerǁ_refusal__mutmut_1",
+            "biox.handlers.retrieval.xǁRetrievalHandlerǁ_send__mutmut_5",
+        )
+    },
     "biox.routes.x_route__mutmut_11": (
         "test_routes.py::test_results_to_encounter_systems_are_the_only_kind_the_audit_does"
         "_not_take"

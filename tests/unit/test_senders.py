@@ -308,3 +308,23 @@ def test_only_a_known_partners_unreadable_retrieval_request_is_answered_rejected
     assert isinstance(rejected, RetrievalResponse)
     assert rejected.status is RetrievalStatus.rejected and rejected.retrieval_id == "r-9"
     assert rejected.reason_code is Reason.undecodable and out.routing_key == "mx.retrieval.response"
+
+
+def test_a_retrieval_request_about_a_query_never_sent_is_declined(db):
+    handler = RetrievalHandler("us", REGISTRY, POLICIES.of("us"))
+    request = RetrievalRequest(
+        retrieval_id="r-9",
+        query_id="q-never",
+        asker="mx",
+        holder="us",
+        identity_ref="MX-1",
+        elements=[Element.biographic],
+        sent_at=NOW,
+    )
+    result = one(handler, env("retrieval.request", "mx", mid="r-9"), request, db)
+    assert isinstance(result, Effects)
+    [out] = result.outgoing
+    answer = ROUTES.decode(out.envelope.kind, out.envelope.schema, out.body)
+    assert answer.status is RetrievalStatus.declined and answer.reason_code is Reason.not_matched
+    assert answer.reason == "no query of ours was answered by mx"
+    assert out.envelope.correlation_id == "q-never"

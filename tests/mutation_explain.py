@@ -99,6 +99,10 @@ EQUIVALENT: dict[str, str] = {
         "a biographic record is text fields only: dumped the same in python and json modes",
     ),
     "biox.enrolment.x_enrolment__mutmut_22": "Record.releasable defaults to True",
+    "biox.handlers.review.xǁReviewHandlerǁ_decide__mutmut_116": (
+        "the case and transaction were loaded in the handler's session: its commit saves "
+        "their changes whether the effects list them or not"
+    ),
     "biox.enrolment.x_enrolment__mutmut_21": "Record.derogatory defaults to an empty list",
     "biox.examiners.x_overdue__mutmut_8": (
         "a case exactly as old as the limit, to the microsecond: a boundary no case reaches"
@@ -321,6 +325,9 @@ KILLED_SINCE: dict[str, str] = {
             "biox.handlers.retrieval.xǁRetrievalHandlerǁ_send__mutmut_5",
         )
     },
+    "biox.handlers.review.xǁReviewHandlerǁ_decide__mutmut_54": (
+        "test_review.py::test_a_match_on_a_candidate_whose_record_is_gone_is_refused"
+    ),
     "biox.routes.x_route__mutmut_11": (
         "test_routes.py::test_results_to_encounter_systems_are_the_only_kind_the_audit_does"
         "_not_take"

@@ -268,3 +268,13 @@ def test_an_examiners_match_on_a_record_that_may_not_be_released_is_declined_as_
     assert response.reason_code is Reason.record_not_releasable
     assert response.decided_by.value == "examiner"
     assert response.candidates == []
+
+
+def test_a_match_on_a_candidate_whose_record_is_gone_is_refused(db):
+    with session_for(db) as s:
+        s.delete(s.get(Record, 2))  # deleted since the case opened (a correction, §23)
+        s.commit()
+    result = decide(db, ReviewVerdict.match, "MX-000000002", "ex-4")
+    assert isinstance(result, PermanentError) and result.reason is Reason.not_a_candidate
+    with session_for(db) as s:
+        assert s.get(ReviewCaseRow, "c-1").status == "pending"

@@ -802,3 +802,17 @@ def test_a_publish_never_confirmed_within_the_timeout_is_not_taken_for_a_success
         codec.derived_id(out.envelope.message_id, "effect")
     ]
     assert r.link.acks() == [again.delivery_tag]
+
+
+def test_confirming_one_message_marks_only_its_own_outputs_published(tmp_path):
+    """A message whose outputs were never confirmed stays marked unpublished while others
+    go through, so that its redelivery still republishes them."""
+    r = rig(tmp_path, publish_timeout=0.3)
+    r.link.refuse_all = ConnectionLost
+    stuck = ask("ok")
+    r.run(r.link.deliver(stuck))
+    r.link.refuse_all = None
+    fine = ask("ok")
+    r.run(r.link.deliver(fine))
+    assert r.marker(fine.envelope.message_id).published
+    assert not r.marker(stuck.envelope.message_id).published

@@ -581,6 +581,15 @@ def test_a_delivery_without_message_id_is_parked_once_and_never_handled(tmp_path
     assert r.handler.calls == [] and r.link.acks() == [d.delivery_tag]
 
 
+def test_a_delivery_without_message_id_that_cannot_be_parked_goes_back_to_its_queue(tmp_path):
+    r = rig(tmp_path, publish_timeout=0.3)
+    r.link.refuse_all = ConnectionLost
+    d = r.link.deliver(ask("ok"), message_id=None)
+    r.run(d)
+    assert r.link.nacks() == [(d.delivery_tag, True)] and r.link.acks() == []
+    assert r.handler.calls == []
+
+
 def test_a_failure_that_cannot_be_parked_is_requeued_not_acked(tmp_path):
     r = rig(tmp_path)
     r.link.refuse_all = ConnectionLost

@@ -685,3 +685,15 @@ def test_partner_messages_cross_only_as_ciphertext(hub):
         assert m.body != plain
         assert plain[8:40] not in m.body  # no stretch of the plaintext shows through
         assert m.properties.user_id == f"{m.properties.headers['biox-from']}.workers"
+    # and each side's audit trail has them, going out from one and in at the other
+    for m in crossed:
+        mid, frm, to = (
+            m.properties.message_id,
+            *(m.properties.headers[h] for h in ("biox-from", "biox-to")),
+        )
+        with hub.session(frm) as s:
+            out = s.exec(select(AuditEntry).where(AuditEntry.message_id == mid)).all()
+        with hub.session(to) as s:
+            into = s.exec(select(AuditEntry).where(AuditEntry.message_id == mid)).all()
+        assert [(e.direction, e.provenance) for e in out] == [("out", frm)]
+        assert [(e.direction, e.provenance) for e in into] == [("in", frm)]

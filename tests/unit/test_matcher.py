@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from biox import codec
-from biox.errors import Reason
+from biox.errors import PermanentError, Reason
 from biox.gallery.gallery import Hit, Probe
 from biox.handlers.base import Effects
 from biox.handlers.matcher import MatcherHandler
@@ -252,3 +252,26 @@ def test_an_answer_reports_the_search_time_per_query_in_milliseconds(db):
         response = ROUTES.decode("response", "response/1", effects.outgoing[0].body)
         assert 90 < response.timings.search_ms < 150  # 200 ms for a batch of two
     assert gallery.searched == [2]  # both probes in one search
+
+
+def test_every_query_of_a_batch_gets_its_own_result_whatever_happens_to_the_others(db):
+    """One result per query, in order: a refused query in the middle of a batch does not
+    stop the search of those after it."""
+    handler = matcher([hit(1, 0.99)])
+    batch: list[Inbound] = []
+    for n in range(2):
+        envelope, query = query_from(submit(7 + n))
+        batch.append(Inbound(envelope, query))
+    wrong = batch[0].message.model_copy(update={"providing": "sv"})
+    batch.insert(1, Inbound(batch[0].envelope, wrong))  # addressed to another provider
+    with session_for(db) as s:
+        results = handler.search(batch, s)
+    assert len(results) == 3
+    assert isinstance(results[1], PermanentError) and results[1].reason is Reason.misaddressed
+    answers = [
+        ROUTES.decode("response", "response/1", r.outgoing[0].body)
+        for r in results
+        if isinstance(r, Effects)
+    ]
+    assert [a.query_id for a in answers] == [batch[i].message.query_id for i in (0, 2)]
+    assert handler.gallery.searched == [2]  # type: ignore[attr-defined]

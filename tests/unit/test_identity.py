@@ -134,3 +134,12 @@ def test_the_route_table_says_which_roles_send_each_kind_and_which_kinds_are_sea
     assert not ROUTES.sealed("review.case", "us", "us")
     assert not ROUTES.sealed("encounter.result", "us", "us")
     assert not ROUTES.sealed("no.such.kind", "us", "mx")
+
+
+def test_a_worker_refuses_plain_amqp_outside_the_development_broker():
+    from biox.runtime import run_worker
+    from biox.settings import Settings
+
+    settings = Settings(amqp_url="amqp://guest:guest@localhost:5672/%2F")
+    with pytest.raises(SystemExit, match="plain AMQP"):
+        run_worker("query", "mx", settings)

@@ -42,9 +42,14 @@ class ScriptedGallery:
         self.hits = hits
         self.takes_s = takes_s
         self.searched: list[int] = []
+        self.asked: list[tuple[int | None, int | None]] = []  # (k, top) of each search
 
-    def search(self, probes: Sequence[Probe], k: int = 10, top: int = 3) -> list[list[Hit]]:
+    def search(
+        self, probes: Sequence[Probe], k: int | None = None, top: int | None = None
+    ) -> list[list[Hit]]:
         self.searched.append(len(probes))
+        self.asked.append((k, top))
+        top = 3 if top is None else top
         time.sleep(self.takes_s)
         return [list(self.hits[:top]) for _ in probes]
 
@@ -275,3 +280,12 @@ def test_every_query_of_a_batch_gets_its_own_result_whatever_happens_to_the_othe
     ]
     assert [a.query_id for a in answers] == [batch[i].message.query_id for i in (0, 2)]
     assert handler.gallery.searched == [2]  # type: ignore[attr-defined]
+
+
+def test_the_search_asks_the_index_for_the_configured_candidates_and_releases_at_most_top(db):
+    handler = matcher([hit(1, 0.99), hit(2, 0.98)])
+    handler.settings = handler.settings.model_copy(
+        update={"candidates": 7, "max_candidates_released": 1}
+    )
+    ask(handler, db)
+    assert handler.gallery.asked == [(7, 1)]  # type: ignore[attr-defined]

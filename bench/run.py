@@ -277,12 +277,8 @@ def pipeline_run(
     return Run(n, elapsed, lat, missing, wrong)
 
 
-def pipeline(size: int, n: int, settings: Settings, url: str) -> dict:
-    data = RESULTS / f"pipeline-{size}"
-    shutil.rmtree(data, ignore_errors=True)
-    s = settings.model_copy(update={"data_dir": data, "registry": REGISTRY})
-    registry = Registry.load(REGISTRY)
-    declare(url, registry.codes, s)
+def provider_gallery(size: int, s: Settings) -> None:
+    """mx's gallery and records for a pipeline run (face and two fingers per identity)."""
     with Progress(console=console, transient=True) as progress, all_threads():
         task = progress.add_task(f"mx gallery + records {size:,}", total=size)
         galleries.populate(
@@ -298,6 +294,15 @@ def pipeline(size: int, n: int, settings: Settings, url: str) -> dict:
             iris=False,
             progress=lambda k: progress.advance(task, k),
         )
+
+
+def pipeline(size: int, n: int, settings: Settings, url: str) -> dict:
+    data = RESULTS / f"pipeline-{size}"
+    shutil.rmtree(data, ignore_errors=True)
+    s = settings.model_copy(update={"data_dir": data, "registry": REGISTRY})
+    registry = Registry.load(REGISTRY)
+    declare(url, registry.codes, s)
+    provider_gallery(size, s)
     sizes = {"mx": size, "us": 1}
     base = plans.plan(registry, sizes, 400, SEED, requesters=["us"])
     base = [p for p in base if p.expected_partners]

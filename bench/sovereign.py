@@ -18,21 +18,22 @@ import numpy as np
 from bench.run import (
     REGISTRY,
     RESULTS,
+    SEED,
     broker_pids,
     console,
     cpu_seconds,
     pipeline,
     pipeline_run,
+    provider_gallery,
 )
 from biox.dev.broker import LocalBroker
 from biox.dev.sovereign import SovereignBrokers
 from biox.identity import Role
 from biox.registry import Registry
 from biox.settings import Settings
-from biox.sim import galleries, plans
-from biox.sim.processes import start_workers, unwind_on_sigterm, wait_for_consumers, worker_env
+from biox.sim import plans
+from biox.sim.processes import start_sovereign_workers, unwind_on_sigterm, worker_env
 
-SEED = 2026
 KINDS = {"us": ("intake", "response", "audit"), "mx": ("query", "audit")}
 
 
@@ -44,36 +45,12 @@ def sovereign(size: int, n: int, settings: Settings) -> dict:
     brokers = SovereignBrokers(registry.codes, s, data / "brokers").start()
     workers = None
     try:
-        galleries.populate(
-            "mx",
-            size,
-            SEED,
-            s.database_for("mx"),
-            s.gallery_dir("mx"),
-            index=s.index,
-            exact_max=s.exact_max,
-            nprobe=s.ivf_nprobe,
-            tenprint=False,
-            iris=False,
-        )
+        provider_gallery(size, s)
         sizes = {"mx": size, "us": 1}
-        base = [p for p in plans.plan(registry, sizes, 400, SEED, requesters=["us"])]
+        base = plans.plan(registry, sizes, 400, SEED, requesters=["us"])
         base = [p for p in base if p.expected_partners]
         env = worker_env(s, registry.codes, BIOX_LOG_LEVEL="WARNING")
-        workers = start_workers(
-            ["us"], {**env, **brokers.env("us", Role.workers)}, data / "logs", KINDS["us"]
-        )
-        workers.processes += start_workers(
-            ["mx"], {**env, **brokers.env("mx", Role.workers)}, data / "logs", KINDS["mx"]
-        ).processes
-        for code, kinds in KINDS.items():
-            wait_for_consumers(
-                brokers.url(code),
-                [f"{code}.{k}" for k in kinds],
-                workers,
-                timeout=600,
-                tls=brokers.credentials(code, Role.operators),
-            )
+        workers = start_sovereign_workers(brokers, KINDS, env, data / "logs", timeout=600)
         connect = {
             "tls": brokers.credentials("us", Role.encounters),
             "reply_prefix": "us.replies.",

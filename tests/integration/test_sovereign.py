@@ -16,7 +16,7 @@ from pika.exceptions import ChannelClosedByBroker
 from sqlmodel import col, select
 from typer.testing import CliRunner
 
-from biox import addresses, checkpoints
+from biox import checkpoints
 from biox.broker.connection import ClientTLS, parameters
 from biox.broker.publisher import properties_for
 from biox.cli import app
@@ -28,7 +28,7 @@ from biox.sealing import Trust, load_ring, trust_path
 from biox.settings import Settings
 from biox.sim import encounters, galleries
 from biox.sim.plans import plan
-from biox.sim.processes import Workers, start_workers, wait_for_consumers, worker_env
+from biox.sim.processes import Workers, start_sovereign_workers, worker_env
 from biox.store import AuditEntry, ProcessedMessage, session_for
 from tests.integration.ledger import check_results_once
 
@@ -71,17 +71,8 @@ def sovereign(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sovereign]:
     try:
         for code in ("mx", "sv"):
             galleries.build_gallery(settings, code, SIZES[code], SEED)
-        base = worker_env(settings, CODES, BIOX_LOG_LEVEL="INFO", BIOX_AUDIT_CHECKPOINT_S="2")
-        for code, roles in ROLES.items():
-            env = {**base, **brokers.env(code, Role.workers)}
-            workers.processes += start_workers([code], env, data / "logs", roles).processes
-        for code, roles in ROLES.items():
-            wait_for_consumers(
-                brokers.url(code),
-                [addresses.queue(code, r) for r in roles],
-                workers,
-                tls=brokers.credentials(code, Role.operators),
-            )
+        env = worker_env(settings, CODES, BIOX_LOG_LEVEL="INFO", BIOX_AUDIT_CHECKPOINT_S="2")
+        workers = start_sovereign_workers(brokers, ROLES, env, data / "logs")
         yield Sovereign(brokers, settings, registry, workers)
     finally:
         workers.stop()

@@ -24,6 +24,8 @@ from biox import addresses
 from biox.broker.connection import ClientTLS, parameters, redact
 from biox.broker.topology import declare
 from biox.dev.broker import LocalBroker
+from biox.dev.sovereign import SovereignBrokers
+from biox.identity import Role
 from biox.registry import Registry
 from biox.routes import ROUTES
 from biox.sealing import ensure_keys
@@ -151,6 +153,30 @@ def start_requester_with_providers(
         *(addresses.queue(c, role) for c in providers for role in provider_roles),
     ]
     wait_for_consumers(url, queues, workers)
+    return workers
+
+
+def start_sovereign_workers(
+    brokers: SovereignBrokers,
+    roles: dict[str, tuple[str, ...]],
+    env: dict[str, str],
+    log_dir: Path,
+    timeout: float = 120,
+) -> Workers:
+    """Each participant's workers on its own broker (as ``<code>.workers``, by certificate),
+    started and waited for until every queue has its consumer."""
+    workers = Workers([])
+    for code, kinds in roles.items():
+        own = {**env, **brokers.env(code, Role.workers)}
+        workers.processes += start_workers([code], own, log_dir, kinds).processes
+    for code, kinds in roles.items():
+        wait_for_consumers(
+            brokers.url(code),
+            [addresses.queue(code, k) for k in kinds],
+            workers,
+            timeout=timeout,
+            tls=brokers.credentials(code, Role.operators),
+        )
     return workers
 
 

@@ -14,7 +14,6 @@ import pika
 from rich.console import Console
 from rich.table import Table
 
-from biox import addresses
 from biox.broker.connection import parameters
 from biox.broker.publisher import properties_for
 from biox.codec import Envelope, Outgoing
@@ -25,7 +24,7 @@ from biox.registry import Registry
 from biox.sealing import load_ring
 from biox.settings import Settings
 from biox.sim import encounters, galleries, plans
-from biox.sim.processes import Workers, start_workers, wait_for_consumers, worker_env
+from biox.sim.processes import Workers, start_sovereign_workers, worker_env
 
 ROLES = {"us": ("intake", "response", "audit"), "mx": ("query", "audit"), "sv": ("query", "audit")}
 
@@ -48,17 +47,8 @@ def run(settings: Settings, console: Console, gallery_size: int, count: int, see
         with console.status("Galleries and workers, each participant on its own broker..."):
             for code in ("mx", "sv"):
                 galleries.build_gallery(settings, code, sizes[code], seed)
-            base = worker_env(settings, codes, BIOX_LOG_LEVEL="WARNING")
-            for code, roles in ROLES.items():
-                env = {**base, **brokers.env(code, Role.workers)}
-                workers.processes += start_workers([code], env, data / "logs", roles).processes
-            for code, roles in ROLES.items():
-                wait_for_consumers(
-                    brokers.url(code),
-                    [addresses.queue(code, r) for r in roles],
-                    workers,
-                    tls=brokers.credentials(code, Role.operators),
-                )
+            env = worker_env(settings, codes, BIOX_LOG_LEVEL="WARNING")
+            workers = start_sovereign_workers(brokers, ROLES, env, data / "logs")
         planned = plans.plan(registry, sizes, count, seed, requesters=["us"])
         planned = [p for p in planned if p.expected_partners]
         started = time.monotonic()

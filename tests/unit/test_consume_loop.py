@@ -469,8 +469,19 @@ def test_a_permanent_error_nobody_can_be_told_of_is_dead_lettered_with_its_reaso
     assert h["biox-original-user-id"] == "us-encounters"
     assert dead.properties.user_id == "us-workers"  # the broker accepts no other on our link
     assert h["biox-worker"].startswith(QUEUE + "@")
+    assert h["biox-attempt"] == 0  # failed on its first delivery
     assert r.marker(out.envelope.message_id) is None
     assert r.link.acks() == [d.delivery_tag]
+
+
+def test_a_permanent_error_after_retries_is_parked_with_the_attempts_it_had(tmp_path):
+    """A message that went round the retry tiers twice and then failed for good: the dead
+    letter says 2, so an operator knows it was tried before."""
+    r = rig(tmp_path)
+    out = ask("permanent")
+    r.run(r.link.deliver(out, headers={"biox-attempt": 2}))
+    [dead] = r.link.to(addresses.dead_letter_key("us", "retrieval"))
+    assert dead.headers["biox-attempt"] == 2
 
 
 def test_an_unreadable_body_is_dead_lettered_as_undecodable(tmp_path):

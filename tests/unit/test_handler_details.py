@@ -257,6 +257,8 @@ def test_every_queue_builds_its_handler_for_the_participant(tmp_path):
     [empty] = [e for e in logs if e["event"] == "empty_gallery"]
     assert empty["participant"] == "mx"
     assert empty["directory"] == str(settings.gallery_dir("mx"))
+    # no snapshot yet: an empty gallery that enrolments fill, not a matcher that cannot search
+    assert MatcherHandler.build(ctx).gallery.size == 0
 
 
 def test_a_matcher_loads_the_gallery_snapshot_with_the_configured_probes(tmp_path):
@@ -316,6 +318,8 @@ def test_a_late_commit_of_a_lower_sequence_is_found_by_its_recent_time(tmp_path)
     matcher._max_seq = 10  # as if higher sequences had been seen already
     with session_for(db) as s:
         assert matcher.catch_up(s) == 1
+        assert matcher.catch_up(s) == 0  # still within the look-back: not added again
+    assert matcher.gallery.size == 1
 
 
 # --- two examiners, one case -------------------------------------------------------------------

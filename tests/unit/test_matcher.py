@@ -118,6 +118,8 @@ def test_a_match_releases_only_candidates_at_or_above_the_match_threshold(db):
     assert response.candidates[0].fused_score == 0.9
     tx = result.rows[0]
     assert isinstance(tx, Transaction) and tx.status == "match" and tx.top_score == 0.9
+    # the provider's record of when it got the query: the annual review's timeliness (§27)
+    assert tx.received_at is not None and tx.received_at == response.timings.received_at
 
 
 @pytest.mark.parametrize(
@@ -154,6 +156,42 @@ def test_a_gray_zone_query_opens_a_case_with_the_candidates_above_the_low_thresh
     assert (case_out.exchange, case_out.routing_key) == ("biox.mx", "mx.review.case")
     assert case_out.envelope.message_id == codec.derived_id(envelope.message_id, "review.case")
     assert not case_out.body.count(bytes(query.biometrics.face.template[:16]))  # no template
+
+
+class PerProbeGallery(ScriptedGallery):
+    """Answers the n-th probe of a search with the n-th list of hits."""
+
+    def __init__(self, per_probe: list[list[Hit]]) -> None:
+        super().__init__([])
+        self.per_probe = per_probe
+
+    def search(self, probes, k=None, top=None):  # type: ignore[no-untyped-def]
+        self.searched.append(len(probes))
+        return [list(h) for h in self.per_probe[: len(probes)]]
+
+
+def test_a_case_never_shows_a_candidate_below_the_low_threshold_another_query_matched(db):
+    """Records are read once per batch: record 3 is read because the first query matched
+    it; in the second query it scored below the low threshold, so its examiners never see
+    it."""
+    handler = matcher([])
+    handler.gallery = PerProbeGallery([[hit(3, 0.9)], [hit(2, 0.45), hit(3, LOW - 0.01)]])
+    batch = [Inbound(*query_from(submit(7 + n))) for n in range(2)]
+    with session_for(db) as s:
+        first, second = handler.search(batch, s)
+    assert isinstance(first, Effects) and first.outcome == "match"
+    assert isinstance(second, Effects) and second.outcome == "pending_review"
+    case = ROUTES.decode("review.case", "review.case/1", second.outgoing[1].body)
+    assert [c.identity_ref for c in case.candidates] == ["MX-000000002"]
+
+
+def test_a_query_without_biometrics_is_rejected_as_such(db):
+    envelope, query = query_from(submit(7))
+    empty = query.model_copy(update={"biometrics": query.biometrics.model_copy(
+        update={"fingerprints": [], "face": None, "irises": []})})  # fmt: skip
+    with session_for(db) as s:
+        [result] = matcher([hit(1, 0.9)]).search([Inbound(envelope, empty)], s)
+    assert isinstance(result, PermanentError) and result.reason is Reason.no_biometrics
 
 
 def test_a_sealed_best_candidate_is_declined_and_nothing_is_released(db):
@@ -231,9 +269,15 @@ def test_enrolled_query_data_is_kept_for_exactly_the_policys_days(db):
         enrolled_retention_days=10,
     )
     before = datetime.now(UTC)
-    envelope, query, result, _ = ask(matcher([], policy), db)
+    envelope, query = query_from(submit(7))
+    query = query.model_copy(update={"references": query.references.model_copy(
+        update={"person_centric_id": "us-pcn-7"})})  # fmt: skip
+    with session_for(db) as s:
+        [result] = matcher([], policy).search([Inbound(envelope, query)], s)
     after = datetime.now(UTC)
+    assert isinstance(result, Effects)
     rec = next(r for r in result.rows if isinstance(r, Record))
+    assert rec.person_centric_id == "us-pcn-7"  # the requester's person, kept with its data
     templates = next(r for r in result.rows if isinstance(r, EnrolledTemplates))
     assert rec.source == "us" and rec.source_query_id == query.query_id
     assert rec.source_message_id == envelope.message_id

@@ -24,12 +24,15 @@ from biox.inbound import Inbound
 from biox.messages import (
     Biographic,
     Biometrics,
+    Element,
     Encounter,
     EncounterResult,
     EncounterSubmit,
     Query,
     References,
     Response,
+    RetrievalRequest,
+    RetrievalResponse,
     ReviewCase,
     SubjectStatus,
 )
@@ -148,11 +151,19 @@ def test_intake_enrols_an_encounter_only_when_asked_and_says_so(tmp_path):
     handler = IntakeHandler("us", REGISTRY, POLICIES.of("us"))
     e = env("encounter.submit", "us", "us", "sub-3", correlation_id="E-79", reply_to="rq")
     with session_for(f"sqlite:///{tmp_path / 'us.db'}") as s:
-        [effects] = handler.submit([Inbound(e, a_submission(encounter_id="E-79", enroll=True))], s)
+        no_place = Encounter(encountered_at=AT, country="us")  # location not known
+        sub = a_submission(encounter_id="E-79", enroll=True, encounter=no_place)
+        [effects] = handler.submit([Inbound(e, sub)], s)
     assert isinstance(effects, Effects) and effects.outcome == "queried:2:enrolled"
     record_row = next(r for r in effects.rows if isinstance(r, Record))
     assert (record_row.source, record_row.source_query_id) == ("us", None)
     assert record_row.source_message_id == "sub-3"
+    assert record_row.person_centric_id == "us-pcn-77"  # links the enrolment to the person
+    # kept as sent: a field the encounter system left out is not stored as a null
+    encounter_row = next(r for r in effects.rows if isinstance(r, EncounterRow))
+    assert encounter_row.encounter == {"encountered_at": AT.isoformat().replace("+00:00", "Z"),
+                                       "country": "us", "type": "border"}  # fmt: skip
+    assert record_row.encounters == [encounter_row.encounter]
     assert record_row.retain_until - record_row.received_at == timedelta(days=27375)
 
 
@@ -771,6 +782,56 @@ def test_a_retrieval_goes_out_whole_is_answered_whole_and_is_kept_with_its_sourc
     assert row.retain_until - row.received_at == timedelta(days=3650)
     again = retrieval("mx", retrieval_db, "retrieval.response", response, "us", "resp-2")
     assert isinstance(again, Effects) and again.outcome == "superseded" and again.rows == []
+
+
+def a_request(mid: str, *elements: Element) -> RetrievalRequest:
+    return RetrievalRequest(
+        retrieval_id=mid,
+        query_id="q-1",
+        asker="mx",
+        holder="us",
+        identity_ref="MX-000000001",
+        elements=list(elements),
+        sent_at=AT,
+    )
+
+
+def test_a_retrieval_releases_the_reference_and_the_encounter_when_asked_and_allowed(retrieval_db):
+    request = a_request("r-1", Element.reference, Element.encounters)
+    answered = retrieval("us", retrieval_db, "retrieval.request", request, "mx", "r-1")
+    assert isinstance(answered, Effects) and answered.outcome == "answered:released"
+    data = decode(answered.outgoing[0], RetrievalResponse).data
+    assert data is not None and data.person_centric_id == "us-pcn-77"
+    assert [e.model_dump() for e in data.encounters] == [WHERE.model_dump()]
+
+
+def test_an_encounter_kept_without_its_details_releases_no_encounter(retrieval_db):
+    with session_for(retrieval_db) as s:
+        row = s.get(EncounterRow, "E-77")
+        row.encounter = {}
+        s.add(row)
+        s.commit()
+    request = a_request("r-2", Element.encounters)
+    answered = retrieval("us", retrieval_db, "retrieval.request", request, "mx", "r-2")
+    data = decode(answered.outgoing[0], RetrievalResponse).data
+    assert data is not None and data.encounters == []
+
+
+def test_a_retrieval_from_a_partner_our_policy_releases_nothing_to_is_declined(retrieval_db):
+    from biox.handlers.retrieval import RetrievalHandler
+    from biox.policy.release import ParticipantPolicy
+    from biox.routes import ROUTES
+
+    handler = RetrievalHandler("us", REGISTRY, ParticipantPolicy(release=[]))
+    e = env("retrieval.request", "mx", "us", "r-3", correlation_id="q-1")
+    with session_for(retrieval_db) as s:
+        [effects] = ROUTES.routes["retrieval.request"].handler(
+            handler, [Inbound(e, a_request("r-3", Element.biographic))], s
+        )
+    assert isinstance(effects, Effects) and effects.outcome == "answered:declined"
+    response = decode(effects.outgoing[0], RetrievalResponse)
+    assert response.reason_code is Reason.release_not_agreed
+    assert response.withheld == [Element.biographic] and response.data is None
 
 
 def test_a_retrieval_ask_about_a_query_not_matched_says_what_was_answered(retrieval_db):

@@ -1,0 +1,68 @@
+"""How a provider words an answer (answers.py), called directly: the paths the matcher
+never reaches because it declines first, but the review worker does, when an examiner
+decides a case after the release policy changed (§8-10)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+from biox import codec
+from biox.answers import Answers, Asked
+from biox.errors import Reason
+from biox.gallery.gallery import Hit
+from biox.messages import DecidedBy, ResponseStatus, RetrievalAsk
+from biox.policy.release import Policies
+from biox.registry import Purpose
+from biox.store import Record
+
+POLICIES = Policies.load(Path("deploy/policy.toml"))
+AT = datetime(2026, 11, 20, tzinfo=UTC)
+
+
+def asked(requesting: str, purpose: str = "enforce") -> Asked:
+    return Asked("q-7", requesting, Purpose(purpose), AT, "m-7")
+
+
+def record(derogatory: list[str] | None = None, source: str = "us") -> Record:
+    return Record(
+        id=7,
+        identity_ref="REF-7",
+        person_centric_id="PC-7",
+        biographic={"family_name": "ROE"},
+        derogatory=derogatory or [],
+        source=source,
+    )
+
+
+def test_a_match_with_no_release_rule_is_declined_for_that_reason_by_the_decider():
+    """mx releases only to us: a match for sv, decided by an examiner, is a decline that
+    names the missing rule and the examiner, not a crash and not a release."""
+    answers = Answers("mx", POLICIES.of("mx"))
+    found = [(Hit(7, 0.9, {"finger": 0.9}), record(source="mx"))]
+    response = answers.matched(asked("sv"), found, decided_by=DecidedBy.examiner)
+    assert response.status is ResponseStatus.declined
+    assert response.reason_code is Reason.release_not_agreed
+    assert response.decided_by is DecidedBy.examiner
+    assert response.query_id == "q-7"
+    assert response.candidates == []
+
+
+def test_the_retrieval_rule_fires_only_after_a_match():
+    """us asks for more after a match on a derogatory record (retrieval.on = derogatory);
+    a decline about the same record asks nothing."""
+    answers = Answers("us", POLICIES.of("us"))
+    best = record(derogatory=["removal order"])
+    found = [(Hit(7, 0.9, {"finger": 0.9}), best)]
+    match = answers.matched(asked("mx"), found, decided_by=DecidedBy.automatic)
+    assert match.status is ResponseStatus.match
+
+    [ask] = answers.follow_up(asked("mx"), match, best)
+    assert ask.envelope.correlation_id == "q-7"
+    assert ask.envelope.message_id == codec.derived_id("m-7", "retrieval.ask")
+    body = codec.decode_body(RetrievalAsk, RetrievalAsk.schema_id(), ask.body)
+    assert body.query_id == "q-7"
+
+    declined = answers.declined(asked("mx"), Reason.record_not_releasable)
+    assert answers.follow_up(asked("mx"), declined, best) == []
+    assert answers.follow_up(asked("mx"), match, None) == []

@@ -39,3 +39,16 @@ def broker_url() -> Iterator[str]:
         yield broker.url
     finally:
         broker.stop()
+
+
+@pytest.fixture(autouse=True)
+def _structlog_left_as_found() -> Iterator[None]:
+    """A test that starts a worker's set-up configures structlog process-wide, with the
+    stream pytest captured for that test; put it back, so that no later test (nor a second
+    in-process session, as mutmut runs) logs into a closed stream."""
+    import structlog
+
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)
+    structlog.contextvars.clear_contextvars()

@@ -65,5 +65,5 @@ def check_identity(env: Envelope, me: str, roles_by_side: dict[str, frozenset[Ro
             Reason.forged_sender, f"biox-from {env.sender!r} sent by broker user {env.user_id!r}"
         )
     side = "own" if code == me else "partner"
-    if role not in roles_by_side.get(side, frozenset()):
+    if role not in roles_by_side[side]:
         raise PermanentError(Reason.forged_sender, f"{env.kind} may not come from {env.user_id!r}")

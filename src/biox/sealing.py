@@ -210,11 +210,19 @@ def new_key(keys_dir: Path, code: str, now: datetime | None = None) -> PublicKey
 
 
 def ensure_keys(keys_dir: Path, codes: list[str]) -> None:
-    """Development: a key pair for every participant that has none."""
-    trust = Trust.load(trust_path(keys_dir))
+    """Development: a key pair for every participant that has none. A participant whose
+    private keys are gone has its public ones revoked first: nobody may seal to a key that
+    nothing can open."""
     for code in codes:
-        if trust.newest(code) is None or not (keys_dir / code).is_dir():
-            new_key(keys_dir, code)
+        trust = Trust.load(trust_path(keys_dir))
+        if (keys_dir / code).is_dir() and trust.newest(code) is not None:
+            continue
+        orphans = [k for k in trust.keys.values() if k.code == code and not k.revoked]
+        if orphans and not (keys_dir / code).is_dir():
+            for k in orphans:
+                trust.keys[k.kid] = replace(k, revoked=True)
+            trust_path(keys_dir).write_text(trust.dump())
+        new_key(keys_dir, code)
 
 
 def load_ring(keys_dir: Path, code: str) -> KeyRing:

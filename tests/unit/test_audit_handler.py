@@ -112,6 +112,18 @@ def test_a_batch_is_chained_after_what_is_already_there(db):
         assert audit.verify(s) == (3, None)
 
 
+def test_a_reason_is_kept_only_for_a_retry_or_dead_letter_hop(db):
+    """Our own failure hops carry why they failed; on anything else a ``biox-reason``
+    header is not ours (a partner can write any header) and the trail does not keep it."""
+    hop = seen("biox.us", "us.dead-letter.query", sender="mx")
+    hop.envelope.headers["biox-reason"] = "bad_signature"
+    plain = seen("biox.us", "us.query", sender="mx", mid="m-2")
+    plain.envelope.headers["biox-reason"] = "made up by the sender"
+    dead, entry = record(db, hop, plain)
+    assert (dead.direction, dead.reason) == ("dead-letter", "bad_signature")
+    assert (entry.direction, entry.reason) == ("in", None)
+
+
 def test_the_audit_answers_nobody():
     assert (
         AuditHandler("us").reject(seen("", "x").envelope, PermanentError(Reason.undecodable))

@@ -3,7 +3,7 @@ evidence; the audit worker sends them on schedule and partners keep them."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 from sqlmodel import select
 
@@ -56,6 +56,19 @@ def test_a_truncated_tail_is_named_though_the_shorter_chain_verifies():
     assert "ends at 6" in problem and "held by mx" in problem
 
 
+def test_a_chain_emptied_is_truncated_at_its_first_checkpoint():
+    entries = chain(3)
+    [problem] = checkpoints.against([], [held(entries, 1)])
+    assert problem.startswith("truncated:") and "names entry 1; the chain ends at 0" in problem
+
+
+def test_times_read_back_without_a_zone_are_utc_and_zoned_ones_are_kept():
+    naive = datetime(2026, 11, 22, 12, 0)
+    assert checkpoints.aware(naive) == AT and checkpoints.aware(naive).tzinfo is UTC
+    mexico = datetime(2026, 11, 22, 6, 0, tzinfo=timezone(timedelta(hours=-6)))
+    assert checkpoints.aware(mexico) is mexico  # the same instant as AT, its zone untouched
+
+
 def test_a_chain_rewritten_and_rehashed_from_an_entry_on_is_named():
     entries = chain(10)
     proof = [held(entries, 5), held(entries, 9, "sv")]
@@ -103,8 +116,8 @@ def test_the_audit_worker_sends_its_signed_head_to_every_partner_when_due(tmp_pa
             s.add_all(e.rows)
         s.commit()
         h._last_checkpoint -= 61  # a minute later
-        second = h.record([inbound(3), inbound(4)], s)
-    assert second[0].outgoing == []
+        second = h.record([inbound(3), inbound(4), inbound(5)], s)
+    assert second[0].outgoing == second[1].outgoing == []  # only the batch's last carries it
     sent = second[-1].outgoing
     assert [(o.envelope.recipient, o.routing_key) for o in sent] == [
         ("mx", "mx.audit.checkpoint"),
@@ -112,11 +125,34 @@ def test_the_audit_worker_sends_its_signed_head_to_every_partner_when_due(tmp_pa
     ]
     cp = codec.decode_body(AuditCheckpoint, sent[0].envelope.schema, sent[0].body)
     last = second[-1].rows[0]
-    assert (cp.participant, cp.seq, cp.entry_hash) == ("us", 4, last.entry_hash)
+    assert (cp.participant, cp.seq, cp.entry_hash) == ("us", 5, last.entry_hash)
     assert checkpoints.genuine(RINGS["mx"].trust, cp)
-    assert sent[0].envelope.message_id == codec.derived_id("checkpoint:us:4", "mx")
+    assert sent[0].envelope.message_id == codec.derived_id("checkpoint:us:5", "mx")
+    assert {(o.envelope.sender, o.envelope.correlation_id) for o in sent} == {
+        ("us", "checkpoint:us:5")
+    }
     with session_for(url) as s:  # and nothing again until the next interval
-        assert all(e.outgoing == [] for e in h.record([inbound(5)], s))
+        assert all(e.outgoing == [] for e in h.record([inbound(6)], s))
+
+
+def test_the_audit_worker_checkpoints_for_the_registrys_partners_with_its_own_keys(tmp_path):
+    from pathlib import Path
+
+    from biox.handlers.base import Context
+    from biox.policy.release import Policies
+    from biox.registry import Registry
+    from biox.sealing import ensure_keys, load_ring
+    from biox.settings import Settings
+
+    settings = Settings(data_dir=tmp_path, keys_dir=tmp_path / "keys", audit_checkpoint_s=42)
+    ensure_keys(settings.keys(), ["us", "mx", "sv"])
+    registry = Registry.load(Path("deploy/participants.toml"))
+    policy = Policies.load(Path("deploy/policy.toml")).of("us")
+    h = AuditHandler.build(Context("us", registry, policy, settings))
+    assert (h.me, h.partners, h.every) == ("us", ["mx", "sv"], 42)
+    assert h._ring is not None
+    ring = h._ring()
+    assert (ring.me, ring.kid) == ("us", load_ring(settings.keys(), "us").kid)
 
 
 def test_a_partner_keeps_genuine_checkpoints_once_and_refuses_others(tmp_path):
@@ -149,5 +185,5 @@ def test_a_partner_keeps_genuine_checkpoints_once_and_refuses_others(tmp_path):
         [row] = s.exec(select(CheckpointRow)).all()
         assert (row.participant, row.seq, row.entry_hash) == ("us", 4, entries[3].entry_hash)
         [back] = checkpoints.held_in(s, "mx", "us")
-        assert back.checkpoint == good
+        assert back.checkpoint == good and back.holder == "mx"
         assert checkpoints.held_in(s, "mx", "sv") == []

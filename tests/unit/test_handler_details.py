@@ -35,6 +35,7 @@ from biox.messages import (
 from biox.policy.release import Policies
 from biox.registry import Registry
 from biox.routes import ROUTES
+from biox.sealing import Trust
 from biox.settings import Settings
 from biox.sim import synth
 from biox.store import (
@@ -254,6 +255,8 @@ def test_every_queue_builds_its_handler_for_the_participant(tmp_path):
                 assert handler.policy is ctx.policy  # type: ignore[attr-defined]
             if hasattr(handler, "registry"):
                 assert handler.registry is ctx.registry  # type: ignore[attr-defined]
+            if hasattr(handler, "trust"):  # the partners' keys, from the keys directory
+                assert isinstance(handler.trust, Trust)  # type: ignore[attr-defined]
     [empty] = [e for e in logs if e["event"] == "empty_gallery"]
     assert empty["participant"] == "mx"
     assert empty["directory"] == str(settings.gallery_dir("mx"))

@@ -29,7 +29,18 @@ def test_broker_users_name_a_participant_and_a_role():
     assert broker_user("mx", Role.link) == "mx.link"
     assert parse_user("mx.link") == ("mx", Role.link)
     assert parse_user("us.encounters") == ("us", Role.encounters)
-    for user in (None, "", "guest", "mx", "mx.", ".workers", "mx.admin", "mx.workers.x"):
+    for user in (
+        None,
+        "",
+        "guest",
+        "mx",
+        "mx.",
+        ".workers",
+        "mx.admin",
+        "mx.workers.x",
+        "mx.x.workers",
+        "mx.link.link",
+    ):  # a role is the whole rest of the name
         assert parse_user(user) is None, user
 
 

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
+import re
 import stat
+import time
 from dataclasses import replace
 from datetime import UTC, datetime
 
+import msgpack
 import pytest
+from nacl.public import SealedBox
+from nacl.signing import SigningKey
 
 from biox import codec
 from biox.codec import Outgoing
@@ -156,3 +163,136 @@ def test_key_files_are_owner_only_and_rotation_keeps_old_messages_readable(tmp_p
 def test_a_participant_without_private_keys_is_told_how_to_make_them(tmp_path):
     with pytest.raises(SystemExit, match="biox keys new -p us"):
         load_ring(tmp_path, "us")
+
+
+# --- the wire format, pinned: another implementation must produce these bytes ---------------
+
+KNOWN_SIGNED = (
+    "98b162696f782d7369676e61747572652d7631a36d2d31ad72657472696576616c2e61736ba26d78a27573"
+    "a3712d31b9323032362d30312d30315430303a30303a30302b30303a3030c420230d8358dc8e8890b4c58d"
+    "eeb62912ee2f20357ae92a5cc861b98e68fe31acb5"
+)
+
+
+def test_the_signed_bytes_are_the_documented_msgpack_array():
+    """docs/security.md, "Signed bytes": an array of eight, strings as str, the digest as
+    bin. A change here breaks every partner that verifies our signatures."""
+    env = codec.Envelope("m-1", "retrieval.ask", "retrieval.ask/1", "mx", "us", "q-1")
+    assert signed_bytes(env, "2026-01-01T00:00:00+00:00", b"body").hex() == KNOWN_SIGNED
+    unpacked = msgpack.unpackb(bytes.fromhex(KNOWN_SIGNED), raw=False)
+    assert unpacked[:7] == ["biox-signature-v1", "m-1", "retrieval.ask", "mx", "us", "q-1",
+                            "2026-01-01T00:00:00+00:00"]  # fmt: skip
+    assert unpacked[7] == hashlib.sha256(b"body").digest()
+    no_correlation = msgpack.unpackb(signed_bytes(replace(env, correlation_id=None), "t", b""))
+    assert no_correlation[5] == ""
+
+
+def test_the_signing_time_is_utc_to_the_second():
+    sealed = RINGS["mx"].seal(message())
+    at = sealed.envelope.headers[H_SIGNED_AT]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00", at), at
+
+
+def test_header_values_that_arrive_as_bytes_are_read_as_utf8():
+    """pika hands some header values over as bytes: a signature still verifies."""
+    sealed = RINGS["mx"].seal(message())
+    as_bytes = {k: v.encode() if isinstance(v, str) else v for k, v in
+                sealed.envelope.headers.items()}  # fmt: skip
+    env = replace(sealed.envelope, headers=as_bytes)
+    assert RINGS["us"].open(env, sealed.body) == message().body
+
+
+@pytest.mark.parametrize(
+    ("header", "value", "why"),
+    [
+        (H_SIGNATURE, b"\xff\xfe not utf-8", Reason.bad_signature),  # read, then fails to verify
+        (H_SIGNATURE, 12345, Reason.unsigned),  # not text at all: as if absent
+        (H_SIGNING_KEY, b"\xffmx-memory", Reason.unknown_key),
+    ],
+)
+def test_header_values_that_are_not_text_are_refused_by_reason_not_by_a_crash(header, value, why):
+    sealed = RINGS["mx"].seal(message())
+    env = replace(sealed.envelope, headers={**sealed.envelope.headers, header: value})
+    with pytest.raises(PermanentError) as caught:
+        RINGS["us"].open(env, sealed.body)
+    assert caught.value.reason is why
+
+
+def test_a_message_sealed_to_us_but_addressed_to_another_is_not_opened():
+    """mx signs a message for sv but seals it to us's key and routes it to us: us holds the
+    key, the signature is mx's, and still us refuses what was not addressed to it."""
+    mx, us = RINGS["mx"], RINGS["us"]
+    to_sv = message(recipient="sv")
+    body = SealedBox(us.trust.keys["us-memory"].box).encrypt(to_sv.body)
+    at = "2026-11-22T12:00:00+00:00"
+    signature = mx.signing.sign(signed_bytes(to_sv.envelope, at, body)).signature
+    headers = {H_SIGNING_KEY: mx.kid, H_SEALED_TO: "us-memory", H_SIGNED_AT: at,
+               H_SIGNATURE: base64.b64encode(signature).decode()}  # fmt: skip
+    with pytest.raises(PermanentError) as caught:
+        us.open(replace(to_sv.envelope, headers=headers), body)
+    assert caught.value.reason is Reason.undecryptable
+
+
+# --- the trust file and key files -----------------------------------------------------------
+
+
+def test_the_trust_file_keeps_each_keys_creation_and_revocation(tmp_path):
+    ensure_keys(tmp_path, ["us", "mx"])
+    trust = Trust.load(trust_path(tmp_path))
+    [us] = [k for k in trust.keys.values() if k.code == "us"]
+    trust.keys[us.kid] = replace(us, revoked=True)
+    text = trust.dump()
+    assert text.startswith("# Public keys of the participants (biox keys).")
+    assert trust_path(tmp_path) == tmp_path / "trust.toml"
+    trust_path(tmp_path).write_text(text)
+    back = Trust.load(trust_path(tmp_path))
+    assert {k: (v.code, v.created, v.revoked) for k, v in back.keys.items()} == {
+        k: (v.code, v.created, v.revoked) for k, v in trust.keys.items()
+    }
+    assert back.keys[us.kid].revoked and back.newest("us") is None
+    assert back.newest("mx") is not None and not back.newest("mx").revoked
+
+
+def test_a_trust_file_written_by_hand_may_leave_out_creation_revocation_and_keys(tmp_path):
+    path = tmp_path / "trust.toml"
+    path.write_text("# nothing yet\n")
+    assert Trust.load(path).keys == {}
+    sign = bytes(RINGS["us"].signing.verify_key).hex()
+    box = bytes(RINGS["us"].trust.keys["us-memory"].box).hex()
+    path.write_text(f'[keys."us-1"]\nparticipant = "us"\nsign = "{sign}"\nbox = "{box}"\n')
+    [key] = Trust.load(path).keys.values()
+    assert (key.kid, key.code, key.created, key.revoked) == ("us-1", "us", "", False)
+
+
+def test_a_key_id_names_its_participant_and_utc_creation_time(tmp_path, monkeypatch):
+    monkeypatch.setenv("TZ", "America/Mexico_City")  # a local zone six hours from UTC
+    time.tzset()
+    try:
+        before = datetime.now(UTC)
+        key = new_key(tmp_path / "nested" / "keys", "mx")
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+    assert re.fullmatch(r"mx-\d{8}T\d{6}-[0-9a-f]{6}", key.kid), key.kid
+    created = datetime.strptime(key.created, "%Y%m%dT%H%M%S").replace(tzinfo=UTC)
+    assert abs((created - before).total_seconds()) < 5
+    assert key.kid.split("-")[1] == key.created
+
+
+def test_missing_private_keys_are_made_again_even_when_the_trust_file_names_some(tmp_path):
+    ensure_keys(tmp_path, ["us"])
+    lost = load_ring(tmp_path, "us").kid
+    for path in (tmp_path / "us").iterdir():
+        path.unlink()
+    (tmp_path / "us").rmdir()
+    ensure_keys(tmp_path, ["us"])
+    trust = Trust.load(trust_path(tmp_path))
+    assert load_ring(tmp_path, "us").kid == trust.newest("us").kid != lost
+    assert trust.keys[lost].revoked  # nothing can open what is sealed to it any more
+
+
+def test_a_private_key_file_the_trust_file_does_not_name_never_signs(tmp_path):
+    ensure_keys(tmp_path, ["us"])
+    known = load_ring(tmp_path, "us").kid
+    (tmp_path / "us" / "us-zzzz.sign").write_text(bytes(SigningKey.generate()).hex())
+    assert load_ring(tmp_path, "us").kid == known

@@ -29,6 +29,7 @@ class Reason(StrEnum):
     # who may ask what (§1-4, §34-36)
     unknown_participant = "unknown_participant"
     inactive_requester = "inactive_requester"
+    inactive_provider = "inactive_provider"
     purpose_not_agreed = "purpose_not_agreed"
     excluded_citizen = "excluded_citizen"
     excluded_resident = "excluded_resident"
@@ -68,9 +69,10 @@ REASON_TEXT: dict[Reason, str] = {
     Reason.undecryptable: "the body is not sealed to a key this participant holds",
     Reason.unknown_participant: "participant is not in the registry",
     Reason.inactive_requester: "requesting participant is not active (§34, §36)",
+    Reason.inactive_provider: "providing participant is not active (§34, §36)",
     Reason.purpose_not_agreed: "purpose is not one the participants agreed (§2)",
     Reason.excluded_citizen: "subject is a citizen or national of a participant (§4a)",
-    Reason.excluded_resident: "subject is a permanent resident of the requester (§4b-c)",
+    Reason.excluded_resident: "subject is a permanent resident of a participant (§1(ii), §4b-c)",
     Reason.not_encountered_here: "subject was not encountered in the requester's country (§3)",
     Reason.no_partner: "no partner agreed to answer queries for this purpose",
     Reason.no_biometrics: "query carries no biometric template",
@@ -125,10 +127,11 @@ REASON_USE: dict[Reason, tuple[str, ...]] = {
     Reason.unknown_participant: ("refused", "dead-letter"),
     **{r: ("dead-letter",) for r in UNPROVEN},
     Reason.inactive_requester: ("declined", "refused"),
+    Reason.inactive_provider: ("declined", "refused"),
     Reason.purpose_not_agreed: ("declined", "refused"),
-    Reason.excluded_citizen: ("refused",),
-    Reason.excluded_resident: ("refused",),
-    Reason.not_encountered_here: ("refused",),
+    Reason.excluded_citizen: ("declined", "refused"),
+    Reason.excluded_resident: ("declined", "refused"),
+    Reason.not_encountered_here: ("declined", "refused"),
     Reason.no_partner: ("refused",),
     Reason.unknown_query: ("dead-letter",),
     Reason.duplicate_encounter: ("refused",),

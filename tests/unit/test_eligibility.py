@@ -41,8 +41,20 @@ TCN = SubjectStatus(citizenships=["gt"])
             "mx",
             "us",
             SubjectStatus(citizenships=["gt"], permanent_residences=["us"]),
+            Reason.excluded_resident,
+        ),  # the other party's resident: not a third country national either (§1(ii))
+        (
+            "us",
+            "mx",
+            SubjectStatus(citizenships=["gt"], permanent_residences=["mx"]),
+            Reason.excluded_resident,
+        ),  # §1(ii), whichever party asks
+        (
+            "us",
+            "sv",
+            SubjectStatus(citizenships=["gt"], permanent_residences=["mx"]),
             None,
-        ),  # not the requester's
+        ),  # mx is not a party to the us-sv pair
         (
             "us",
             "mx",
@@ -51,7 +63,7 @@ TCN = SubjectStatus(citizenships=["gt"])
         ),  # dual national
     ],
 )
-def test_section_4_exclusions_apply_per_pair(requester, provider, status, reason):
+def test_third_country_nationals_only_per_pair(requester, provider, status, reason):
     assert (
         refusal(REGISTRY, requester, provider, Purpose.enforce, status, HERE[requester]) is reason
     )
@@ -92,3 +104,32 @@ def test_an_unknown_provider_is_refused_even_from_a_known_requester():
     assert (
         refusal(REGISTRY, "zz", "mx", Purpose.enforce, status, here) is Reason.unknown_participant
     )
+
+
+def test_no_query_goes_to_a_participant_that_is_not_active():
+    """§34: not before its readiness notice; §36: not after it discontinued."""
+    for status in (Status.pending, Status.suspended, Status.discontinued):
+        reg = REGISTRY.model_copy(deep=True)
+        reg.participants["mx"].status = status
+        assert refusal(reg, "us", "mx", Purpose.enforce, TCN, HERE["us"]) is (
+            Reason.inactive_provider
+        )
+        assert refusal(reg, "us", "sv", Purpose.enforce, TCN, HERE["us"]) is None
+        # and mx, if it is itself not active, answers nothing
+        assert provider_refusal(reg, "mx", "us", Purpose.enforce) is Reason.inactive_provider
+
+
+def test_the_provider_checks_the_subject_again_on_what_it_receives():
+    """A requester that does not apply §3-4 (or reads them differently) is declined."""
+    resident = SubjectStatus(citizenships=["gt"], permanent_residences=["mx"])
+    assert provider_refusal(REGISTRY, "mx", "us", Purpose.enforce, resident, HERE["us"]) is (
+        Reason.excluded_resident
+    )
+    assert provider_refusal(REGISTRY, "mx", "us", Purpose.enforce, TCN, HERE["mx"]) is (
+        Reason.not_encountered_here
+    )
+    citizen = SubjectStatus(citizenships=["us"])
+    assert provider_refusal(REGISTRY, "mx", "us", Purpose.enforce, citizen, HERE["us"]) is (
+        Reason.excluded_citizen
+    )
+    assert provider_refusal(REGISTRY, "mx", "us", Purpose.enforce, TCN, HERE["us"]) is None

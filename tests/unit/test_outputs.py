@@ -66,7 +66,7 @@ def a_submission(**changes) -> EncounterSubmit:
     values = {
         "encounter_id": "E-77",
         "purpose": Purpose.enforce,
-        "subject_status": SubjectStatus(citizenships=["gt"], permanent_residences=["mx"]),
+        "subject_status": SubjectStatus(citizenships=["gt"], permanent_residences=["ca"]),
         "biometrics": BIO,
         "biographic": WHO,
         "encounter": WHERE,
@@ -77,7 +77,8 @@ def a_submission(**changes) -> EncounterSubmit:
 
 
 def test_intake_sends_each_partner_the_whole_query_and_keeps_what_it_sent(tmp_path):
-    """A us encounter of a Mexican permanent resident: §4 lets us ask mx and sv."""
+    """A us encounter of a Guatemalan resident in Canada: a third country national for
+    both pairs, so us asks mx and sv."""
     handler = IntakeHandler("us", REGISTRY, POLICIES.of("us"))
     e = env("encounter.submit", "us", "us", "sub-1", correlation_id="E-77", reply_to="rq")
     with session_for(f"sqlite:///{tmp_path / 'us.db'}") as s:
@@ -97,7 +98,7 @@ def test_intake_sends_each_partner_the_whole_query_and_keeps_what_it_sent(tmp_pa
                 "encounter_id": "E-77",
                 "person_centric_id": "us-pcn-77",
             },
-            "subject_status": {"citizenships": ["gt"], "permanent_residences": ["mx"]},
+            "subject_status": {"citizenships": ["gt"], "permanent_residences": ["ca"]},
             "biometrics": BIO.model_dump(),
             "biographic": WHO.model_dump(),
             "encounter": WHERE.model_dump(),

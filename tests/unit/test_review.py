@@ -14,8 +14,15 @@ from biox.errors import PermanentError, Reason, TransientError
 from biox.handlers.base import Effects
 from biox.handlers.review import ReviewHandler
 from biox.inbound import Inbound
-from biox.messages import Response, ResponseStatus, ReviewDecision, ReviewVerdict
-from biox.policy.release import Policies
+from biox.messages import (
+    Element,
+    Response,
+    ResponseStatus,
+    RetrievalAsk,
+    ReviewDecision,
+    ReviewVerdict,
+)
+from biox.policy.release import ParticipantPolicy, Policies, ReleaseRule, RetrievalRule
 from biox.routes import ROUTES
 from biox.store import Record, ReviewCaseRow, Transaction, session_for
 
@@ -136,7 +143,13 @@ def test_two_examiners_racing_in_two_processes_never_get_the_same_case(tmp_path)
 
 
 def decide(
-    db: str, verdict: ReviewVerdict, ref: str | None, examiner: str, case_id="c-1", note=None
+    db: str,
+    verdict: ReviewVerdict,
+    ref: str | None,
+    examiner: str,
+    case_id="c-1",
+    note=None,
+    policy: ParticipantPolicy | None = None,
 ):
     decision = ReviewDecision(
         case_id=case_id,
@@ -149,7 +162,7 @@ def decide(
     out = codec.to_own_inbox(decision, participant="mx", message_id=f"d-{examiner}",
                              correlation_id=case_id)  # fmt: skip
     with session_for(db) as s:
-        [result] = ReviewHandler("mx", POLICIES.of("mx")).decide(
+        [result] = ReviewHandler("mx", policy or POLICIES.of("mx")).decide(
             [Inbound(out.envelope, decision)], s
         )
         if isinstance(result, Effects):
@@ -174,6 +187,25 @@ def test_a_match_decision_answers_with_the_chosen_candidate_as_the_examiner(db):
         assert (case.status, case.verdict, case.examiner) == ("decided", "match", "ex-1")
         assert case.identity_ref == "MX-000000002"
         assert s.get(Transaction, ("c-1", "provider")).status == "match"
+
+
+def test_an_examiners_match_asks_for_more_when_the_policy_says_so_under_derived_ids(db):
+    """§10 after §8: the automatic retrieval rule fires after a person's match as after
+    the matcher's, about that record, with ids a redelivered decision derives again."""
+    policy = ParticipantPolicy(
+        release=[ReleaseRule(elements=list(Element))],
+        retrieval=RetrievalRule(on="every_match", elements=[Element.biographic]),
+    )
+    result = decide(db, ReviewVerdict.match, "MX-000000001", "ex-3", policy=policy)
+    assert isinstance(result, Effects) and result.outcome == "decided:match"
+    response, ask = result.outgoing
+    assert ask.envelope.message_id == codec.derived_id("d-ex-3", "retrieval.ask")
+    assert ask.envelope.correlation_id == "c-1" and ask.routing_key == "mx.retrieval.ask"
+    asked = ROUTES.decode("retrieval.ask", "retrieval.ask/1", ask.body)
+    assert isinstance(asked, RetrievalAsk)
+    assert (asked.query_id, asked.elements) == ("c-1", [Element.biographic])
+    answer = ROUTES.decode("response", "response/1", response.body)
+    assert [c.identity_ref for c in answer.candidates] == ["MX-000000001"]
 
 
 def test_a_decision_is_kept_with_its_note_and_time_and_a_no_match_names_the_examiner(db):

@@ -128,7 +128,9 @@ class MatcherHandler:
             )
         if q.biometrics.is_empty():
             raise PermanentError(Reason.no_biometrics)
-        why = provider_refusal(self.registry, self.me, q.requesting, q.purpose)
+        why = provider_refusal(
+            self.registry, self.me, q.requesting, q.purpose, q.subject_status, q.encounter
+        )
         if why is None:
             release = self.policy.release_for(q.requesting, q.purpose)
             why = release if isinstance(release, Reason) else None

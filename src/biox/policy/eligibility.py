@@ -1,8 +1,9 @@
 """Who may be queried about, and to whom (§2-4, §34-36).
 
-Applied per partner: the statement excludes citizens and nationals of *both* parties to
-the pair and the requester's own permanent residents, so a Salvadoran citizen may be the
-subject of a US query to Mexico but not of one to El Salvador.
+Applied per partner: the statement excludes citizens, nationals and permanent residents of
+*both* parties to the pair (§1(ii)), so a Salvadoran citizen may be the subject of a US
+query to Mexico but not of one to El Salvador. Both sides check: the requester before it
+sends, the provider again on what it receives.
 """
 
 from __future__ import annotations
@@ -27,26 +28,52 @@ def refusal(
         return Reason.unknown_participant
     if me.status is not Status.active:
         return Reason.inactive_requester
-    if encounter.country != requester:
-        return Reason.not_encountered_here  # §3
+    if partner.status is not Status.active:
+        return Reason.inactive_provider  # §34: not yet ready; §36: discontinued
     if provider not in registry.partners_for(requester, purpose):
         return Reason.purpose_not_agreed  # §2
-    if {requester, provider} & set(subject.citizenships):
+    return not_third_country_national(requester, provider, subject, encounter)
+
+
+def not_third_country_national(
+    requester: str, provider: str, subject: SubjectStatus, encounter: Encounter
+) -> Reason | None:
+    """§1(ii), §3-4: only a third country national encountered in the requester's country.
+
+    A citizen, national or permanent resident of either participant of the pair is not a
+    third country national, whichever of the two asks (§1(ii)); §4b-c name the requester's
+    own residents, and §1(ii) adds the other's.
+    """
+    if encounter.country != requester:
+        return Reason.not_encountered_here  # §3
+    pair = {requester, provider}
+    if pair & set(subject.citizenships):
         return Reason.excluded_citizen  # §4a
-    if requester in subject.permanent_residences:
-        return Reason.excluded_resident  # §4b-c
+    if pair & set(subject.permanent_residences):
+        return Reason.excluded_resident  # §1(ii), §4b-c
     return None
 
 
 def provider_refusal(
-    registry: Registry, provider: str, requester: str, purpose: Purpose
+    registry: Registry,
+    provider: str,
+    requester: str,
+    purpose: Purpose,
+    subject: SubjectStatus | None = None,
+    encounter: Encounter | None = None,
 ) -> Reason | None:
-    """The providing side's own check before it searches (§2, §34-36)."""
+    """The providing side's own check before it searches (§2-4, §34-36): it trusts
+    neither the requester's status nor its reading of the subject's."""
     who = registry.get(requester)
     if who is None:
         return Reason.unknown_participant
     if who.status is not Status.active:
         return Reason.inactive_requester
+    me = registry.get(provider)
+    if me is None or me.status is not Status.active:
+        return Reason.inactive_provider
     if not registry.answers(provider, requester, purpose):
         return Reason.purpose_not_agreed
+    if subject is not None and encounter is not None:
+        return not_third_country_national(requester, provider, subject, encounter)
     return None

@@ -30,6 +30,7 @@ class Reason(StrEnum):
     unknown_participant = "unknown_participant"
     inactive_requester = "inactive_requester"
     inactive_provider = "inactive_provider"
+    inactive_partner = "inactive_partner"
     purpose_not_agreed = "purpose_not_agreed"
     excluded_citizen = "excluded_citizen"
     excluded_resident = "excluded_resident"
@@ -70,6 +71,7 @@ REASON_TEXT: dict[Reason, str] = {
     Reason.unknown_participant: "participant is not in the registry",
     Reason.inactive_requester: "requesting participant is not active (§34, §36)",
     Reason.inactive_provider: "providing participant is not active (§34, §36)",
+    Reason.inactive_partner: "a participant of this retrieval is not active (§34, §36)",
     Reason.purpose_not_agreed: "purpose is not one the participants agreed (§2)",
     Reason.excluded_citizen: "subject is a citizen or national of a participant (§4a)",
     Reason.excluded_resident: "subject is a permanent resident of a participant (§1(ii), §4b-c)",
@@ -128,6 +130,7 @@ REASON_USE: dict[Reason, tuple[str, ...]] = {
     **{r: ("dead-letter",) for r in UNPROVEN},
     Reason.inactive_requester: ("declined", "refused"),
     Reason.inactive_provider: ("declined", "refused"),
+    Reason.inactive_partner: ("declined", "dead-letter"),
     Reason.purpose_not_agreed: ("declined", "refused"),
     Reason.excluded_citizen: ("declined", "refused"),
     Reason.excluded_resident: ("declined", "refused"),

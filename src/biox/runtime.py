@@ -9,7 +9,7 @@ from enum import StrEnum
 
 import structlog
 
-from biox import logs
+from biox import logs, participants
 from biox.broker.consumer import ConsumeLoop
 from biox.handlers.base import Context, Handler
 from biox.policy.release import Policies
@@ -17,7 +17,7 @@ from biox.registry import Registry
 from biox.routes import ROUTES
 from biox.sealing import load_ring
 from biox.settings import Settings
-from biox.store import session_for, sync_participants
+from biox.store import session_for
 
 log = structlog.get_logger("biox.runtime")
 
@@ -51,7 +51,7 @@ def run_worker(role: str, participant: str, settings: Settings | None = None) ->
     ctx = context(participant, settings)
     handler = build_handler(role, ctx)
     with session_for(settings.database_for(participant)) as session:
-        sync_participants(session, ctx.registry)
+        participants.sync(session, ctx.registry)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

@@ -21,11 +21,62 @@ from biox.messages import utcnow
 
 
 class ParticipantRow(SQLModel, table=True):
+    """A participant's live state (``biox.participants``): seeded from the registry file,
+    then changed only by notices (§12, §34, §36) and operators, each change kept in
+    ``participant_events``."""
+
     __tablename__ = "participants"
     code: str = Field(primary_key=True)
     agency: str
     status: str
     updated_at: datetime = Field(default_factory=utcnow)
+    contacts: dict[str, str] | None = Field(default=None, sa_column=Column(JSON))
+
+
+class ParticipantEvent(SQLModel, table=True):
+    """One change of a participant's status or contacts, and what caused it."""
+
+    __tablename__ = "participant_events"
+    id: int | None = Field(default=None, primary_key=True)
+    code: str = Field(index=True)
+    status: str
+    contacts: dict[str, str] | None = Field(default=None, sa_column=Column(JSON))
+    at: datetime = Field(default_factory=utcnow)
+    cause: str = Field(description="registry | notice:<id> | operator:<name>")
+    note: str | None = None
+
+
+class NoticeRow(SQLModel, table=True):
+    """A notice sent to or received from a partner (``biox.notices``), with what it asks,
+    by when, and what came of it. The ledger a privacy officer shows (§12-36)."""
+
+    __tablename__ = "notices"
+    notice_id: str = Field(primary_key=True)
+    direction: str = Field(description="out | in")
+    type: str = Field(index=True)
+    partner: str = Field(index=True)
+    sent_at: datetime
+    received_at: datetime | None = None
+    respond_by: datetime | None = None
+    status: str = Field(index=True, description="sent | received | applied | acknowledged")
+    about: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+    text: str = ""
+    details: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+    in_reply_to: str | None = Field(default=None, index=True)
+    done: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    answered_at: datetime | None = None
+    actor: str | None = None
+
+
+class Tombstone(SQLModel, table=True):
+    """A record id every matcher removes from its FAISS indexes, at start and on catch-up:
+    the snapshot on disk still holds it, so the removal must outlive a restart."""
+
+    __tablename__ = "tombstones"
+    seq: int | None = Field(default=None, primary_key=True)
+    record_id: int = Field(sa_column=Column(BigInteger, nullable=False, index=True))
+    at: datetime = Field(default_factory=utcnow, index=True)
+    cause: str
 
 
 class Record(SQLModel, table=True):
@@ -50,6 +101,10 @@ class Record(SQLModel, table=True):
     received_at: datetime = Field(default_factory=utcnow)
     retain_until: datetime | None = None
     conditions: list[str] = Field(default_factory=list, sa_column=Column(JSON))
+    blocked_at: datetime | None = Field(
+        default=None, description="blocked on the source's notice (§23): not matched, not released"
+    )
+    corrected_at: datetime | None = None
 
 
 class EnrolledTemplates(SQLModel, table=True):
@@ -94,6 +149,8 @@ class Transaction(SQLModel, table=True):
         default_factory=list, sa_column=Column(JSON), description="conditions of use (§9)"
     )
     retain_until: datetime | None = None
+    blocked_at: datetime | None = Field(default=None, description="the answer blocked (§23)")
+    corrected_at: datetime | None = None
 
 
 _encounter_revision = Column("revision", Integer, nullable=False, default=0)
@@ -177,6 +234,8 @@ class RetrievalRow(SQLModel, table=True):
     source_message_id: str | None = None
     received_at: datetime | None = None
     retain_until: datetime | None = None
+    blocked_at: datetime | None = None
+    corrected_at: datetime | None = None
 
 
 class ProcessedMessage(SQLModel, table=True):
@@ -302,18 +361,3 @@ def processed(session: Session, consumer: str, ids: list[str]) -> dict[str, Proc
         )
     )
     return {r.message_id: r for r in rows}
-
-
-def sync_participants(session: Session, registry: Any, attempts: int = 5) -> None:
-    """Mirror the registry into the participants table (workers may race to do it)."""
-    for attempt in range(attempts):
-        try:
-            for p in registry.participants.values():
-                session.merge(ParticipantRow(code=p.code, agency=p.agency, status=p.status.value))
-            session.commit()
-            return
-        except (IntegrityError, OperationalError):
-            session.rollback()
-            if attempt == attempts - 1:
-                raise
-            time.sleep(0.1 * (attempt + 1))

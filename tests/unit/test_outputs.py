@@ -314,7 +314,7 @@ def test_a_match_is_the_whole_answer_the_policy_allows(mx_db):
     }
     tx = effects.rows[0]
     assert isinstance(tx, Transaction)
-    assert tx.model_dump(exclude={"answer", "answered_at", "received_at"}) == {
+    assert tx.model_dump(exclude={"answer", "answered_at", "received_at", "retain_until"}) == {
         "query_id": "q-1",
         "role": "provider",
         "encounter_id": "E-77",
@@ -330,8 +330,12 @@ def test_a_match_is_the_whole_answer_the_policy_allows(mx_db):
         "source": "us",
         "source_message_id": "qm-1",
         "conditions": [],
-        "retain_until": None,
+        "blocked_at": None,
+        "corrected_at": None,
     }
+    # the provider's record of a partner's query is partner data too: kept as long as mx
+    # keeps what it receives (§21), then purged
+    assert tx.retain_until - tx.received_at == timedelta(days=3650)
     assert tx.answered_at == answer.timings.answered_at
     assert tx.answer == answer.model_dump(mode="json", exclude={"requesting"})
 

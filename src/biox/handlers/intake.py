@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from sqlmodel import Session, col, select
 
-from biox import codec
+from biox import codec, participants
 from biox.codec import Envelope
 from biox.enrolment import enrolment
 from biox.errors import REASON_TEXT, BioxError, PermanentError, Reason
@@ -37,8 +37,10 @@ class IntakeHandler:
         self.me = participant
         self.registry = registry
         self.policy = policy or ParticipantPolicy()
+        self._live = participants.Live()
 
     def submit(self, batch: Sequence[Inbound[EncounterSubmit]], session: Session) -> list[Result]:
+        registry = self._live.now(self.registry, session)  # statuses as notices left them
         ids = [inb.message.encounter_id for inb in batch]
         known = set(
             session.exec(
@@ -53,22 +55,22 @@ class IntakeHandler:
                     PermanentError(Reason.duplicate_encounter, f"encounter {sub.encounter_id}")
                 )
                 continue
-            result = self._one(inb)
+            result = self._one(inb, registry)
             if not isinstance(result, BioxError):
                 known.add(sub.encounter_id)
             results.append(result)
         return results
 
-    def _one(self, inb: Inbound[EncounterSubmit]) -> Result:
+    def _one(self, inb: Inbound[EncounterSubmit], registry: Registry) -> Result:
         sub = inb.message
         env = inb.envelope
         if sub.biometrics.is_empty():
             return PermanentError(Reason.no_biometrics)
-        agreed = self.registry.partners_for(self.me, sub.purpose)
+        agreed = registry.partners_for(self.me, sub.purpose)
         if not agreed:
             return PermanentError(Reason.no_partner, f"purpose {sub.purpose.value}")
         refusals = {
-            p: refusal(self.registry, self.me, p, sub.purpose, sub.subject_status, sub.encounter)
+            p: refusal(registry, self.me, p, sub.purpose, sub.subject_status, sub.encounter)
             for p in agreed
         }
         partners = [p for p, why in refusals.items() if why is None]

@@ -15,7 +15,7 @@ import structlog
 from sqlalchemy import or_
 from sqlmodel import Session, col, select
 
-from biox import codec
+from biox import codec, participants
 from biox.answers import Answers, Asked
 from biox.codec import Envelope
 from biox.enrolment import enrolment
@@ -75,19 +75,21 @@ class MatcherHandler:
         self.settings = settings
         self.policy = policy
         self.answers = Answers(participant, policy)
+        self._live = participants.Live()
         self._synced_at = float("-inf")
         self._max_seq = 0
         self._enrolled_seqs: set[int] = set()
 
     def search(self, batch: Sequence[Inbound[Query]], session: Session) -> list[Result]:
         self.catch_up(session)
+        registry = self._live.now(self.registry, session)  # statuses as notices left them
         received = utcnow()
         results: list[Result | None] = [None] * len(batch)
         probes: list[Probe] = []
         searchable: list[int] = []
         for i, inb in enumerate(batch):
             try:
-                declined = self._check(inb)
+                declined = self._check(inb, registry)
             except PermanentError as exc:
                 results[i] = exc
                 continue
@@ -114,7 +116,7 @@ class MatcherHandler:
             results[i] = self._answer(batch[i], found, records, received, search_ms)
         return [r for r in results if r is not None]
 
-    def _check(self, inb: Inbound[Query]) -> Reason | None:
+    def _check(self, inb: Inbound[Query], registry: Registry) -> Reason | None:
         """Raises for a query that cannot be processed (``rejected``); returns the reason
         to decline one that can be but will not be answered (§9, §34-36). The sender is a
         partner of the registry (checked by the consume loop against the route table)."""
@@ -129,7 +131,7 @@ class MatcherHandler:
         if q.biometrics.is_empty():
             raise PermanentError(Reason.no_biometrics)
         why = provider_refusal(
-            self.registry, self.me, q.requesting, q.purpose, q.subject_status, q.encounter
+            registry, self.me, q.requesting, q.purpose, q.subject_status, q.encounter
         )
         if why is None:
             release = self.policy.release_for(q.requesting, q.purpose)
@@ -242,6 +244,7 @@ class MatcherHandler:
             top_score=best,
             source=q.requesting,
             source_message_id=inb.envelope.message_id,
+            retain_until=self.policy.received_until(response.timings.received_at),
         )
         return self.answers.settle(tx, response)
 

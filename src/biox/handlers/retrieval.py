@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import structlog
 from sqlmodel import Session
 
-from biox import codec
+from biox import codec, participants
 from biox.codec import Envelope
 from biox.errors import REASON_TEXT, BioxError, PermanentError, Reason, TransientError
 from biox.handlers.base import Context, Effects, Result
@@ -35,7 +35,7 @@ from biox.messages import (
     utcnow,
 )
 from biox.policy.release import ParticipantPolicy, released_record
-from biox.registry import Purpose, Registry
+from biox.registry import Purpose, Registry, Status
 from biox.results import EncounterViews
 from biox.store import EncounterRow, RetrievalRow, Transaction
 
@@ -51,6 +51,16 @@ class RetrievalHandler:
         self.me = participant
         self.registry = registry
         self.policy = policy
+        self._live = participants.Live()
+
+    def _inactive(self, session: Session, partner: str) -> str | None:
+        """Who of the two is not active (§34, §36): no retrieval to or from them."""
+        registry = self._live.now(self.registry, session)
+        for code in (self.me, partner):
+            p = registry.get(code)
+            if p is None or p.status is not Status.active:
+                return code
+        return None
 
     def ask(self, batch: Sequence[Inbound[RetrievalAsk]], session: Session) -> list[Result]:
         return [self._ask(inb, session) for inb in batch]
@@ -77,6 +87,9 @@ class RetrievalHandler:
                 f"{self.me} did not answer query {ask.query_id} with a match"
                 + (f" (it answered {tx.status})" if tx else " (no such query)"),
             )
+        inactive = self._inactive(session, tx.requesting)
+        if inactive is not None:
+            return PermanentError(Reason.inactive_partner, f"{inactive} is not active")
         identity_ref = tx.answer["candidates"][0]["identity_ref"]
         retrieval_id = codec.derived_id(inb.envelope.message_id, "retrieval.request")
         request = RetrievalRequest(
@@ -180,6 +193,9 @@ class RetrievalHandler:
             answered_at=now,
         )
         why = self._refusal(tx, sender)
+        inactive = self._inactive(session, sender) if why is None else None
+        if inactive is not None:
+            why = (Reason.inactive_partner, f"{inactive} is not active (§34, §36)")
         encounter = session.get(EncounterRow, tx.encounter_id) if tx and why is None else None
         if why is None and encounter is None:
             why = (Reason.not_matched, f"no encounter behind query {req.query_id}")

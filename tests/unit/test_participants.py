@@ -1,0 +1,73 @@
+"""Participants' live state (§12, §34, §36): seeded from the file once, changed by notices
+and operators with history, read by the handlers at every batch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from biox import participants
+from biox.errors import PermanentError, Reason
+from biox.handlers.base import Effects
+from biox.handlers.intake import IntakeHandler
+from biox.inbound import Inbound
+from biox.policy.release import Policies
+from biox.registry import Registry, Status
+from biox.store import ParticipantRow, session_for
+from tests.unit.test_outputs import a_submission, env
+
+REGISTRY = Registry.load(Path("deploy/participants.toml"))
+POLICIES = Policies.load(Path("deploy/policy.toml"))
+
+
+def test_the_file_seeds_the_table_once_and_never_overwrites_a_live_status(tmp_path):
+    url = f"sqlite:///{tmp_path / 'us.db'}"
+    with session_for(url) as s:
+        participants.sync(s, REGISTRY)
+        assert participants.set_status(s, "mx", Status.discontinued, "notice:n-1", "§36")
+        assert not participants.set_status(s, "mx", Status.discontinued, "notice:n-2")
+        s.commit()
+        participants.sync(s, REGISTRY)  # a worker restarts: the file still says active
+        assert s.get(ParticipantRow, "mx").status == "discontinued"
+        events = participants.history(s, "mx")
+        assert [(e.status, e.cause) for e in events] == [
+            ("active", "registry"),
+            ("discontinued", "notice:n-1"),
+        ]
+        assert events[-1].note == "§36"
+        assert participants.since(s, "mx", Status.discontinued) == events[-1].at
+        assert participants.since(s, "mx", Status.suspended) is None
+
+
+def test_contacts_change_with_history(tmp_path):
+    url = f"sqlite:///{tmp_path / 'us.db'}"
+    with session_for(url) as s:
+        participants.sync(s, REGISTRY)
+        participants.set_contacts(s, "mx", {"implementation": "INM DGTIC"}, "notice:n-3")
+        s.commit()
+        live = participants.Live().now(REGISTRY, s)
+    assert live.participants["mx"].contacts["implementation"] == "INM DGTIC"
+    assert live.participants["mx"].contacts["administration"] == "INM"  # kept
+    assert REGISTRY.participants["mx"].contacts["implementation"] == "INM"  # the file untouched
+
+
+def test_a_running_intake_stops_querying_a_partner_the_moment_it_discontinues(tmp_path):
+    """No restart: the handler built before the change reads the table at its next batch."""
+    url = f"sqlite:///{tmp_path / 'us.db'}"
+    handler = IntakeHandler("us", REGISTRY, POLICIES.of("us"))
+    e1 = env("encounter.submit", "us", "us", "s-1", correlation_id="E-1", reply_to="rq")
+    e2 = env("encounter.submit", "us", "us", "s-2", correlation_id="E-2", reply_to="rq")
+    with session_for(url) as s:
+        participants.sync(s, REGISTRY)
+        s.commit()
+        [before] = handler.submit([Inbound(e1, a_submission(encounter_id="E-1"))], s)
+        assert isinstance(before, Effects) and before.outcome == "queried:2"
+        participants.set_status(s, "mx", Status.discontinued, "notice:n-1")
+        s.commit()
+        [after] = handler.submit([Inbound(e2, a_submission(encounter_id="E-2"))], s)
+        assert isinstance(after, Effects) and after.outcome == "queried:1"
+        assert [o.envelope.recipient for o in after.outgoing] == ["sv"]
+        participants.set_status(s, "sv", Status.suspended, "operator:ana")
+        s.commit()
+        e3 = env("encounter.submit", "us", "us", "s-3", correlation_id="E-3", reply_to="rq")
+        [none] = handler.submit([Inbound(e3, a_submission(encounter_id="E-3"))], s)
+    assert isinstance(none, PermanentError) and none.reason is Reason.inactive_provider

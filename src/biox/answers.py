@@ -41,8 +41,9 @@ class Asked:
 
 def may_release(record: Record, me: str, requester: str) -> bool:
     """Data a participant received from another goes only back to its source: passing it
-    to a third participant is onward disclosure, which needs the source's consent (§15)."""
-    return record.releasable and record.source in (me, requester)
+    to a third participant is onward disclosure, which needs the source's consent (§15).
+    Data its source blocked (§23) goes nowhere."""
+    return record.releasable and record.blocked_at is None and record.source in (me, requester)
 
 
 class Answers:

@@ -53,6 +53,8 @@ class Reason(StrEnum):
     # human review (§8)
     unknown_case = "unknown_case"
     not_a_candidate = "not_a_candidate"
+    # notices between participants
+    unknown_notice = "unknown_notice"
 
 
 REASON_TEXT: dict[Reason, str] = {
@@ -91,6 +93,7 @@ REASON_TEXT: dict[Reason, str] = {
     Reason.unknown_retrieval: "no retrieval request with this id was sent",
     Reason.unknown_case: "no review case with this id",
     Reason.not_a_candidate: "the chosen identity is not a candidate of the case",
+    Reason.unknown_notice: "no notice with this id was sent or received",
 }
 
 #: refusals of a message whose sender is not proven: nobody is answered (the one named in
@@ -144,6 +147,7 @@ REASON_USE: dict[Reason, tuple[str, ...]] = {
     Reason.unknown_retrieval: ("dead-letter",),
     Reason.unknown_case: ("dead-letter",),
     Reason.not_a_candidate: ("dead-letter",),
+    Reason.unknown_notice: ("dead-letter",),
 }
 
 

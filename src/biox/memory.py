@@ -36,7 +36,7 @@ from typing import Any
 
 import pika
 
-from biox import addresses, codec
+from biox import addresses, codec, participants
 from biox.broker.consumer import ConsumeLoop
 from biox.broker.link import Delivery, Unroutable
 from biox.broker.publisher import Publisher
@@ -51,6 +51,7 @@ from biox.registry import Registry
 from biox.routes import ROUTES, RouteTable, Sender
 from biox.sealing import memory_rings
 from biox.settings import Settings
+from biox.store import session_for
 
 
 @dataclass
@@ -200,6 +201,8 @@ class InMemoryExchange:
         self.keys = memory_rings(self.codes)
         for code in self.codes:
             ctx = Context(code, self.registry, self.policies.of(code), settings)
+            with session_for(settings.database_for(code)) as session:
+                participants.sync(session, self.registry)  # as each worker does at start
             for q in routes.queues.values():
                 handler: Handler = q.handler.build(ctx)
                 loop = ConsumeLoop(

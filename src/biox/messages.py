@@ -346,6 +346,8 @@ class OutcomeStatus(StrEnum):
     no_match = "no_match"
     declined = "declined"
     rejected = "rejected"
+    withdrawn = "withdrawn"  # the provider had its answer deleted (§22)
+    blocked = "blocked"  # the provider had its answer blocked (§23): not to be relied on
 
 
 class RetrievalNote(Model):
@@ -373,6 +375,9 @@ class PartnerOutcome(Model):
     reason: Text | None = None
     sent_at: datetime | None = None
     answered_at: datetime | None = None
+    corrected_at: datetime | None = Field(
+        default=None, description="the provider corrected its answer (§23-24)"
+    )
     retrievals: list[RetrievalNote] = Field(default_factory=list)
 
 

@@ -108,6 +108,20 @@ class EncounterViews:
             )
             for r in sorted(self.retrievals.get(tx.query_id, []), key=lambda r: r.asked_at)
         ]
+        if tx.status == "withdrawn" or tx.blocked_at is not None:
+            withdrawn = tx.status == "withdrawn"
+            return PartnerOutcome(
+                partner=tx.providing,
+                query_id=tx.query_id,
+                status=OutcomeStatus.withdrawn if withdrawn else OutcomeStatus.blocked,
+                reason=(
+                    f"{tx.providing} had its answer deleted (§22)"
+                    if withdrawn
+                    else f"{tx.providing} blocked its answer (§23): do not rely on it"
+                ),
+                sent_at=tx.sent_at,
+                retrievals=notes,
+            )
         if tx.answer is None:
             return PartnerOutcome(
                 partner=tx.providing,
@@ -130,6 +144,7 @@ class EncounterViews:
                 "reason": a.get("reason"),
                 "sent_at": tx.sent_at,
                 "answered_at": a.get("timings", {}).get("answered_at"),
+                "corrected_at": tx.corrected_at,
                 "retrievals": notes,
             }
         )

@@ -41,6 +41,7 @@ from biox.messages import (
     ReviewCase,
     ReviewDecision,
 )
+from biox.notice_messages import Notice, NoticeSend
 from biox.ops_messages import (
     DeadLettersExported,
     DeadLettersImported,
@@ -205,7 +206,11 @@ QUEUES = (
     Queue("response", ResponseHandler, doc="answers kept with their source (§20)"),
     Queue("review", ReviewHandler, doc="human review of gray-zone scores (§8)"),
     Queue("retrieval", RetrievalHandler, doc="retrieval queries after a match (§10)"),
-    Queue("notice", NoticeHandler, doc="partners' notices: their signed audit checkpoints"),
+    Queue(
+        "notice",
+        NoticeHandler,
+        doc="notices between participants (§12-36) and the partners' audit checkpoints",
+    ),
     Queue("audit", AuditHandler, records=AuditHandler.record, doc="the hash-chained audit trail"),
 )
 
@@ -224,6 +229,8 @@ ROUTES = RouteTable(
         route(RetrievalRequest, "retrieval", RetrievalHandler.answer, P),
         route(RetrievalResponse, "retrieval", RetrievalHandler.receive, P),
         route(AuditCheckpoint, "notice", NoticeHandler.checkpoint, P),
+        route(Notice, "notice", NoticeHandler.receive, P),
+        route(NoticeSend, "notice", NoticeHandler.send, OWN),
         route(DeadLettersReplayed, None, None, OWN),  # on-call actions: the audit records them
         route(DeadLettersPurged, None, None, OWN),
         route(DeadLettersExported, None, None, OWN),

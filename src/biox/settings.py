@@ -104,6 +104,11 @@ class Settings(BaseSettings):
         default=300,
         description="How often the audit worker sends its signed chain head to the partners.",
     )
+    notice_response_days: int = Field(
+        default=30,
+        description="By when a partner is asked to act on a deletion, correction, block or "
+        'consent request notice (docs/workflows.md, "Notices").',
+    )
 
     log_level: str = "INFO"
     log_json: bool = True

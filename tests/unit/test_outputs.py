@@ -522,6 +522,7 @@ def test_an_answer_is_kept_marked_with_its_source_and_the_result_shows_every_par
         "reason": None,
         "sent_at": AT,
         "answered_at": AT + timedelta(seconds=1),
+        "corrected_at": None,
         "retrievals": [],
     }
     assert mx.candidates[0].identity_ref == "MX-1"
@@ -538,6 +539,7 @@ def test_an_answer_is_kept_marked_with_its_source_and_the_result_shows_every_par
         "reason": None,
         "sent_at": AT,
         "answered_at": None,
+        "corrected_at": None,
         "retrievals": [],
     }
 

@@ -126,6 +126,7 @@ def test_the_sender_check_follows_each_routes_senders(kind, sender, reason):
 def test_partners_reach_only_the_partner_kinds():
     assert ROUTES.partner_kinds() == (
         "audit.checkpoint",
+        "notice",
         "query",
         "response",
         "retrieval.request",

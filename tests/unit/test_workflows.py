@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlmodel import col, select
 
-from biox import codec, examiners
+from biox import codec, examiners, participants
 from biox.codec import Envelope, Outgoing
 from biox.enrolment import enrolled_record_id
 from biox.errors import REASON_TEXT, Reason
@@ -37,7 +37,7 @@ from biox.messages import (
     SubjectStatus,
 )
 from biox.policy.release import ParticipantPolicy, Policies, ReleaseRule
-from biox.registry import Purpose, Registry
+from biox.registry import Purpose, Registry, Status
 from biox.settings import Settings
 from biox.sim import galleries, synth
 from biox.sim.examiners import biographic_examiner
@@ -211,9 +211,9 @@ def test_no_release_rule_declines_without_searching(tmp_path):
 
 def test_inactive_requester_is_declined_not_rejected(tmp_path):
     hub = make_hub(tmp_path)
-    registry = REGISTRY.model_copy(deep=True)
-    registry.participants["us"].status = "suspended"  # type: ignore[assignment]
-    hub.handler("mx", "query").registry = registry
+    with hub.session("mx") as s:  # mx suspended us; us does not know (or ignores it)
+        participants.set_status(s, "us", Status.suspended, "operator:mx-officer")
+        s.commit()
     out = encounter("us", person_known_to("mx"))
     hub.run([out])
     mx = outcome(hub.latest(out.envelope.correlation_id), "mx")

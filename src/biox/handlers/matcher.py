@@ -39,7 +39,7 @@ from biox.policy.eligibility import provider_refusal
 from biox.policy.release import ParticipantPolicy
 from biox.registry import Registry
 from biox.settings import Settings
-from biox.store import EnrolledTemplates, Record, Transaction
+from biox.store import EnrolledTemplates, Record, Tombstone, Transaction
 
 log = structlog.get_logger("biox.matcher")
 
@@ -79,6 +79,7 @@ class MatcherHandler:
         self._synced_at = float("-inf")
         self._max_seq = 0
         self._enrolled_seqs: set[int] = set()
+        self._tombstone_seq = 0
 
     def search(self, batch: Sequence[Inbound[Query]], session: Session) -> list[Result]:
         self.catch_up(session)
@@ -141,8 +142,10 @@ class MatcherHandler:
     def _records(self, session: Session, ids: set[int]) -> dict[int, Record]:
         if not ids:
             return {}
-        rows = session.exec(select(Record).where(col(Record.id).in_(ids)))
-        return {r.id: r for r in rows}
+        rows = session.exec(
+            select(Record).where(col(Record.id).in_(ids), col(Record.blocked_at).is_(None))
+        )
+        return {r.id: r for r in rows}  # a blocked record (§23) is as if not found
 
     @staticmethod
     def _asked(inb: Inbound[Query], received: datetime) -> Asked:
@@ -294,8 +297,11 @@ class MatcherHandler:
             )
         ).all()
         new = [r for r in rows if r.seq not in self._enrolled_seqs]
-        if not new:
-            return 0
+        added = self._add(new) if new else 0
+        self._bury(session)
+        return added
+
+    def _add(self, new: list[EnrolledTemplates]) -> int:
         ids: list[int] = []
         probes: list[Probe] = []
         for r in new:
@@ -312,6 +318,16 @@ class MatcherHandler:
             self.gallery.enroll(ids, probes)
         log.info("enrolments_loaded", count=len(probes), gallery=self.gallery.size)
         return len(probes)
+
+    def _bury(self, session: Session) -> None:
+        """Removes the records deleted since this matcher last looked (by a notice or by
+        retention, ``lifecycle.forget_records``): the snapshot on disk still has them."""
+        rows = session.exec(select(Tombstone).where(col(Tombstone.seq) > self._tombstone_seq)).all()
+        if not rows:
+            return
+        self.gallery.remove([r.record_id for r in rows])
+        self._tombstone_seq = max(r.seq or 0 for r in rows)
+        log.info("tombstones_applied", count=len(rows), gallery=self.gallery.size)
 
     # --- rejection ----------------------------------------------------------------------------
 

@@ -1,30 +1,192 @@
-"""Notices from partners that are about the exchange itself, not about a query: for now
-their signed audit checkpoints, kept as evidence of their chains (``biox.checkpoints``)."""
+"""Notices between participants (docs/workflows.md, "Notices"): sent on an operator's
+request, received from partners, applied through provenance, acknowledged with what was
+done; and the partners' signed audit checkpoints, kept as evidence of their chains
+(``biox.checkpoints``)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import timedelta
 
+import structlog
 from sqlmodel import Session
 
+from biox import codec, lifecycle, participants
 from biox.checkpoints import AuditCheckpoint, genuine
 from biox.codec import Envelope
 from biox.errors import BioxError, PermanentError, Reason
 from biox.handlers.base import Context, Effects, Result
 from biox.inbound import Inbound
 from biox.messages import utcnow
+from biox.notice_messages import ASKS_ACTION, STATUS_OF, Notice, NoticeSend, NoticeType
+from biox.registry import Registry
+from biox.results import EncounterViews
 from biox.sealing import Trust, trust_path
-from biox.store import CheckpointRow
+from biox.store import CheckpointRow, NoticeRow
+
+log = structlog.get_logger("biox.notice")
 
 
 class NoticeHandler:
     @classmethod
     def build(cls, ctx: Context) -> NoticeHandler:
-        return cls(ctx.participant, Trust.load(trust_path(ctx.settings.keys())))
+        return cls(
+            ctx.participant,
+            Trust.load(trust_path(ctx.settings.keys())),
+            ctx.registry,
+            ctx.settings.notice_response_days,
+        )
 
-    def __init__(self, participant: str, trust: Trust) -> None:
+    def __init__(
+        self,
+        participant: str,
+        trust: Trust,
+        registry: Registry | None = None,
+        response_days: int = 30,
+    ) -> None:
         self.me = participant
         self.trust = trust
+        self.registry = registry
+        self.response_days = response_days
+
+    # --- sending: an operator's request -------------------------------------------------------
+
+    def send(self, batch: Sequence[Inbound[NoticeSend]], session: Session) -> list[Result]:
+        return [self._send(inb, session) for inb in batch]
+
+    def _send(self, inb: Inbound[NoticeSend], session: Session) -> Result:
+        ask = inb.message
+        if self.registry is not None and self.registry.get(ask.to) is None:
+            return PermanentError(Reason.unknown_participant, f"notice to {ask.to!r}")
+        if ask.to == self.me:
+            return PermanentError(Reason.misaddressed, "a notice goes to another participant")
+        if session.get(NoticeRow, codec.derived_id(inb.envelope.message_id, "notice")):
+            return Effects(outcome="notice-exists")
+        if ask.in_reply_to and session.get(NoticeRow, ask.in_reply_to) is None:
+            return PermanentError(Reason.unknown_notice, f"no notice {ask.in_reply_to!r}")
+        now = utcnow()
+        respond_by = ask.respond_by
+        if respond_by is None and ask.type in ASKS_ACTION:
+            respond_by = now + timedelta(days=self.response_days)
+        notice = Notice(
+            **ask.model_dump(exclude={"to", "actor", "respond_by"}),
+            notice_id=codec.derived_id(inb.envelope.message_id, "notice"),
+            sender=self.me,
+            recipient=ask.to,
+            sent_at=now,
+            respond_by=respond_by,
+        )
+        rows: list[object] = [_row(notice, "out", "sent", actor=ask.actor)]
+        status = STATUS_OF.get(ask.type)
+        if status is not None:  # our own readiness or discontinuation: we act on it too
+            participants.set_status(session, self.me, status, f"notice:{notice.notice_id}")
+        if ask.type is NoticeType.consent_reply and ask.in_reply_to:
+            asked = session.get(NoticeRow, ask.in_reply_to)
+            if asked is not None:
+                asked.status, asked.answered_at = "answered", now
+                asked.details = {**asked.details, "consent": ask.consent}
+                rows.append(asked)
+        out = codec.to_partner(
+            notice,
+            sender=self.me,
+            recipient=ask.to,
+            message_id=notice.notice_id,
+            correlation_id=notice.notice_id,
+        )
+        return Effects(rows=rows, outgoing=[out], outcome=f"sent:{ask.type.value}")
+
+    # --- receiving: a partner's notice --------------------------------------------------------
+
+    def receive(self, batch: Sequence[Inbound[Notice]], session: Session) -> list[Result]:
+        return [self._receive(inb, session) for inb in batch]
+
+    def _receive(self, inb: Inbound[Notice], session: Session) -> Result:
+        n = inb.message
+        sender = inb.envelope.sender
+        if n.sender != sender or n.recipient != self.me:
+            return PermanentError(
+                Reason.misaddressed, f"notice from {n.sender} to {n.recipient}, sent by {sender}"
+            )
+        if n.notice_id != inb.envelope.message_id:
+            return PermanentError(Reason.invalid_message, "notice_id must be the message_id")
+        if session.get(NoticeRow, n.notice_id) is not None:
+            return Effects(outcome="notice-again")
+        if n.type is NoticeType.acknowledgement:
+            return self._acknowledged(n, session)
+        cause = f"notice:{n.notice_id}"
+        done = lifecycle.Done()
+        rows: list[object] = []
+        outgoing: list[codec.Outgoing] = []
+        if n.type is NoticeType.deletion:
+            done = lifecycle.delete_from(session, sender, n.about, cause)
+        elif n.type is NoticeType.correction:
+            done = lifecycle.correct_from(session, sender, n.about, dict(n.corrections))
+        elif n.type in (NoticeType.block, NoticeType.unblock):
+            done = lifecycle.block_from(session, sender, n.about, n.type is NoticeType.block)
+        elif n.type in STATUS_OF:
+            changed = participants.set_status(session, sender, STATUS_OF[n.type], cause, n.text)
+            done.add("status", int(changed))
+        elif n.type is NoticeType.contact_change:
+            participants.set_contacts(session, sender, dict(n.contacts), cause, n.text)
+            done.add("contacts", len(n.contacts))
+        elif n.type is NoticeType.consent_reply:
+            asked = session.get(NoticeRow, n.in_reply_to or "")
+            if asked is not None and asked.partner == sender:
+                asked.status, asked.answered_at = "answered", utcnow()
+                asked.details = {**asked.details, "consent": n.consent}
+                rows.append(asked)
+                done.add("consent", 1)
+        if done.encounters:  # the encounter system hears that an answer changed
+            views = EncounterViews(session, done.encounters)
+            for encounter_id in sorted(done.encounters):
+                updated = views.updated(self.me, encounter_id, n.notice_id, "notice-result")
+                if updated is not None:
+                    encounter, result = updated
+                    rows.append(encounter)
+                    if result is not None:
+                        outgoing.append(result)
+        awaiting = n.type is NoticeType.consent_request
+        row = _row(n, "in", "received" if awaiting else "applied")
+        row.done = done.counts
+        rows.insert(0, row)
+        outgoing.insert(0, self._acknowledge(n, done))
+        log.info(
+            "notice_received",
+            notice_id=n.notice_id,
+            type=n.type.value,
+            partner=sender,
+            done=done.counts,
+        )
+        return Effects(rows=rows, outgoing=outgoing, outcome=f"received:{n.type.value}")
+
+    def _acknowledge(self, n: Notice, done: lifecycle.Done) -> codec.Outgoing:
+        ack_id = codec.derived_id(n.notice_id, "acknowledgement")
+        ack = Notice(
+            type=NoticeType.acknowledgement,
+            notice_id=ack_id,
+            sender=self.me,
+            recipient=n.sender,
+            sent_at=utcnow(),
+            in_reply_to=n.notice_id,
+            done=done.counts,
+        )
+        return codec.to_partner(
+            ack, sender=self.me, recipient=n.sender, message_id=ack_id, correlation_id=n.notice_id
+        )
+
+    def _acknowledged(self, n: Notice, session: Session) -> Result:
+        sent = session.get(NoticeRow, n.in_reply_to or "")
+        if sent is None or sent.direction != "out" or sent.partner != n.sender:
+            return PermanentError(Reason.unknown_notice, f"acknowledgement of {n.in_reply_to!r}")
+        row = _row(n, "in", "applied")
+        row.done = dict(n.done)
+        if sent.status == "sent":
+            sent.status = "acknowledged"
+        sent.answered_at = sent.answered_at or n.sent_at
+        sent.done = dict(n.done)
+        return Effects(rows=[row, sent], outcome="acknowledged")
+
+    # --- audit checkpoints --------------------------------------------------------------------
 
     def checkpoint(
         self, batch: Sequence[Inbound[AuditCheckpoint]], session: Session
@@ -60,3 +222,29 @@ class NoticeHandler:
 
     def reject(self, envelope: Envelope, error: BioxError) -> Effects | None:
         return None  # a notice is not answered with a rejection; its DLQ has the reason
+
+
+def _row(n: Notice, direction: str, status: str, actor: str | None = None) -> NoticeRow:
+    return NoticeRow(
+        notice_id=n.notice_id,
+        direction=direction,
+        type=n.type.value,
+        partner=n.recipient if direction == "out" else n.sender,
+        sent_at=n.sent_at,
+        received_at=utcnow() if direction == "in" else None,
+        respond_by=n.respond_by,
+        status=status,
+        about=n.about.model_dump(mode="json"),
+        text=n.text,
+        details={
+            k: v
+            for k, v in {
+                "corrections": dict(n.corrections),
+                "contacts": dict(n.contacts),
+                "consent": n.consent,
+            }.items()
+            if v not in ({}, None)
+        },
+        in_reply_to=n.in_reply_to,
+        actor=actor,
+    )

@@ -1,0 +1,216 @@
+"""Notices between participants (§12-36) through every participant's real handlers in
+memory: sent on an operator's request, applied through provenance by the recipient,
+acknowledged with what was done; the encounter system hears of an answer withdrawn,
+blocked or corrected."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from sqlmodel import select
+
+from biox import codec, lifecycle
+from biox.enrolment import enrolled_record_id
+from biox.handlers.base import Context
+from biox.handlers.matcher import MatcherHandler
+from biox.messages import EncounterResult, utcnow
+from biox.notice_messages import About, Notice, NoticeSend, NoticeType
+from biox.store import NoticeRow, ParticipantRow, Record, Tombstone, Transaction
+from tests.unit.test_workflows import (
+    POLICIES,
+    REGISTRY,
+    Hub,
+    encounter,
+    make_hub,
+    outcome,
+    person_known_to,
+)
+
+
+@pytest.fixture
+def hub(tmp_path) -> Hub:
+    return make_hub(tmp_path)
+
+
+def notice(hub: Hub, sender: str, to: str, type: NoticeType, **fields) -> str:
+    """An operator of ``sender`` asks for a notice; returns the notice id."""
+    ask = NoticeSend(type=type, to=to, actor="privacy-officer-1", **fields)
+    mid = str(uuid.uuid4())
+    hub.run([codec.to_own_inbox(ask, participant=sender, message_id=mid, correlation_id=mid)])
+    return codec.derived_id(mid, "notice")
+
+
+def matched(hub: Hub, requester: str, provider: str) -> tuple[str, str]:
+    """An encounter of someone ``provider`` knows, answered match: (encounter, query id)."""
+    out = encounter(requester, person_known_to(provider, derogatory=False))
+    hub.run([out])
+    eid = out.envelope.correlation_id
+    answer = outcome(hub.latest(eid), provider)
+    assert answer.status.value == "match"
+    return eid, answer.query_id
+
+
+def ledger(hub: Hub, code: str, notice_id: str) -> NoticeRow:
+    with hub.session(code) as s:
+        row = s.get(NoticeRow, notice_id)
+    assert row is not None
+    return row
+
+
+def test_a_deletion_notice_withdraws_the_answer_everywhere_and_is_acknowledged(hub):
+    eid, qid = matched(hub, "us", "mx")
+    nid = notice(hub, "mx", "us", NoticeType.deletion, about=About(query_ids=[qid]),
+                 text="record entered in error")  # fmt: skip
+    with hub.session("us") as s:
+        tx = s.get(Transaction, (qid, "requester"))
+        assert (tx.status, tx.answer, tx.conditions) == ("withdrawn", None, [])
+    withdrawn = outcome(hub.latest(eid), "mx")
+    assert withdrawn.status.value == "withdrawn" and withdrawn.candidates == []
+    assert "deleted" in (withdrawn.reason or "")
+    received = ledger(hub, "us", nid)
+    assert (received.direction, received.type, received.partner) == ("in", "deletion", "mx")
+    assert received.status == "applied" and received.done == {"answers": 1}
+    sent = ledger(hub, "mx", nid)
+    assert (sent.direction, sent.status, sent.actor) == ("out", "acknowledged", "privacy-officer-1")
+    assert sent.done == {"answers": 1} and sent.respond_by is not None
+    assert sent.respond_by > sent.sent_at
+
+
+def test_a_deletion_notice_removes_enrolled_query_data_from_every_matcher_for_good(tmp_path):
+    """us enrols mx's enforcement queries (§21); mx asks for one to be deleted: the record,
+    its templates and its place in the FAISS index go, and stay gone after a restart."""
+    hub = make_hub(tmp_path)
+    matcher = hub.handler("us", "query")
+
+    def caught_up() -> int:
+        matcher._synced_at = float("-inf")
+        with hub.session("us") as s:
+            matcher.catch_up(s)
+        return held(matcher.gallery)
+
+    before = caught_up()
+    out = encounter("mx", person_known_to("us", derogatory=False))
+    hub.run([out])
+    qid = outcome(hub.latest(out.envelope.correlation_id), "us").query_id
+    rid = enrolled_record_id(qid)
+    with hub.session("us") as s:
+        assert s.get(Record, rid).source == "mx"
+    assert caught_up() > before  # the enrolled query data is searched
+    nid = notice(hub, "mx", "us", NoticeType.deletion, about=About(query_ids=[qid]))
+    with hub.session("us") as s:
+        assert s.get(Record, rid) is None
+        assert [t.record_id for t in s.exec(select(Tombstone))] == [rid]
+    assert ledger(hub, "mx", nid).done == {"records": 1}
+    assert caught_up() == before  # the running matcher dropped it
+
+    # a record of the snapshot on disk, deleted: a matcher started afterwards drops it too
+    with hub.session("us") as s:
+        own = s.exec(select(Record).where(Record.source == "us")).first()
+        assert own is not None
+        lifecycle.forget_records(s, [own.id], "retention")
+        s.commit()
+    ctx = Context("us", REGISTRY, POLICIES.of("us"), hub.exchange.settings)
+    restarted = MatcherHandler.build(ctx)
+    assert held(restarted.gallery) == before
+    with hub.session("us") as s:
+        restarted.catch_up(s)
+    assert held(restarted.gallery) < before
+
+
+def held(gallery) -> int:
+    """Templates in all of a gallery's indexes."""
+    return (
+        gallery.face.ntotal
+        + sum(f.ntotal for f in gallery.fingers.values())
+        + sum(i.ntotal for i in gallery.irises.values())
+    )
+
+
+def test_a_blocked_answer_is_shown_blocked_and_a_blocked_record_never_released(hub):
+    eid, qid = matched(hub, "us", "mx")
+    notice(hub, "mx", "us", NoticeType.block, about=About(query_ids=[qid]))
+    assert outcome(hub.latest(eid), "mx").status.value == "blocked"
+    with hub.session("us") as s:
+        assert s.get(Transaction, (qid, "requester")).blocked_at is not None
+
+    # us blocks the query data it sent mx ... mx enrols nothing, so block a us record at mx:
+    # the data sv sent us in a query that us enrolled, then matched by mx's query
+    out = encounter("sv", person_known_to("us", derogatory=False))
+    hub.run([out])
+    sv_qid = outcome(hub.latest(out.envelope.correlation_id), "us").query_id
+    notice(hub, "sv", "us", NoticeType.block, about=About(query_ids=[sv_qid]))
+    with hub.session("us") as s:
+        assert s.get(Record, enrolled_record_id(sv_qid)).blocked_at is not None
+    notice(hub, "sv", "us", NoticeType.unblock, about=About(query_ids=[sv_qid]))
+    with hub.session("us") as s:
+        assert s.get(Record, enrolled_record_id(sv_qid)).blocked_at is None
+
+
+def test_a_provider_corrects_its_answer_and_the_encounter_system_sees_it(hub):
+    eid, qid = matched(hub, "us", "mx")
+    notice(hub, "mx", "us", NoticeType.correction, about=About(query_ids=[qid]),
+           corrections={"family_name": "CORRECTED", "given_names": None})  # fmt: skip
+    corrected = outcome(hub.latest(eid), "mx")
+    assert corrected.status.value == "match" and corrected.corrected_at is not None
+    biographic = corrected.candidates[0].record.biographic
+    assert biographic.family_name == "CORRECTED" and biographic.given_names is None
+
+
+def test_a_discontinued_partner_is_no_longer_queried_and_its_history_kept(hub):
+    nid = notice(hub, "mx", "us", NoticeType.discontinuation, text="§36 written notice")
+    with hub.session("us") as s:
+        assert s.get(ParticipantRow, "mx").status == "discontinued"
+    with hub.session("mx") as s:  # mx acts on its own notice too
+        assert s.get(ParticipantRow, "mx").status == "discontinued"
+    assert ledger(hub, "mx", nid).status == "acknowledged"
+    out = encounter("us", person_known_to("mx", derogatory=False))
+    hub.run([out])
+    assert [o.partner for o in hub.latest(out.envelope.correlation_id).outcomes] == ["sv"]
+
+    notice(hub, "mx", "us", NoticeType.readiness, text="§34 ready again")
+    out = encounter("us", person_known_to("mx", derogatory=False))
+    hub.run([out])
+    assert [o.partner for o in hub.latest(out.envelope.correlation_id).outcomes] == ["mx", "sv"]
+
+
+def test_a_consent_request_waits_for_its_reply_and_the_reply_is_recorded(hub):
+    asked = notice(hub, "us", "mx", NoticeType.consent_request, text="pass to INTERPOL?",
+                   about=About(query_ids=["q-x"]))  # fmt: skip
+    assert ledger(hub, "mx", asked).status == "received"  # waiting for mx's answer
+    notice(hub, "mx", "us", NoticeType.consent_reply, in_reply_to=asked, consent=False)
+    mine = ledger(hub, "us", asked)
+    assert mine.status == "answered" and mine.details["consent"] is False
+    assert ledger(hub, "mx", asked).status == "answered"
+
+
+def test_contacts_change_on_notice(hub):
+    notice(hub, "sv", "us", NoticeType.contact_change, contacts={"implementation": "DGME TI"})
+    with hub.session("us") as s:
+        assert s.get(ParticipantRow, "sv").contacts["implementation"] == "DGME TI"
+
+
+def test_a_notice_is_sealed_between_participants_and_only_the_named_sender_is_believed(hub):
+    notice(hub, "mx", "us", NoticeType.material_change, text="new AFIS vendor (§29)")
+    [sent] = [m for m in hub.sent("notice") if m.properties.headers["biox-from"] == "mx"
+              and m.properties.headers["biox-to"] == "us"]  # fmt: skip
+    assert b"AFIS" not in sent.body and "biox-signature" in sent.properties.headers
+    # sv passing a notice off as mx's: refused by the notice worker, never applied
+    forged = Notice(type=NoticeType.discontinuation, notice_id="n-forged", sender="mx",
+                    recipient="us", sent_at=utcnow())  # fmt: skip
+    out = codec.to_partner(forged, sender="sv", recipient="us", message_id="n-forged",
+                           correlation_id="n-forged")  # fmt: skip
+    hub.run([out])
+    with hub.session("us") as s:
+        assert s.get(ParticipantRow, "mx").status == "active"
+        assert s.get(NoticeRow, "n-forged") is None
+
+
+def test_a_result_after_a_notice_is_a_new_revision(hub):
+    eid, qid = matched(hub, "us", "mx")
+    before = hub.latest(eid).revision
+    notice(hub, "mx", "us", NoticeType.block, about=About(query_ids=[qid]))
+    after: EncounterResult = hub.latest(eid)
+    assert after.revision == before + 1
+    with hub.session("mx") as s:  # mx's own answer is untouched: only us's copy is blocked
+        assert s.get(Transaction, (qid, "provider")).blocked_at is None

@@ -10,7 +10,7 @@ from typing import ClassVar
 
 from pydantic import Field
 
-from biox.messages import Id, Message
+from biox.messages import Id, Message, Short
 
 
 class OpsEvent(Message):
@@ -48,3 +48,14 @@ class DeadLettersImported(OpsEvent):
     """Dead letters put back into dead-letter queues from a file (``biox dlq import``)."""
 
     KIND: ClassVar[str] = "ops.dlq.import"
+
+
+class RetentionPurged(OpsEvent):
+    """Expired data removed (``biox retention purge``, or the notice worker's schedule).
+
+    ``counts``: rows removed per table; never what they held.
+    """
+
+    KIND: ClassVar[str] = "ops.retention.purge"
+
+    counts: dict[Short, int] = Field(default_factory=dict, max_length=50)

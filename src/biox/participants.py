@@ -11,6 +11,7 @@ change is kept in ``participant_events`` with its cause.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from datetime import datetime
 
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -71,7 +72,7 @@ class Live:
         return self._now
 
 
-def overlay(registry: Registry, rows: list[ParticipantRow]) -> Registry:
+def overlay(registry: Registry, rows: Sequence[ParticipantRow]) -> Registry:
     live = registry.model_copy(deep=True)
     for r in rows:
         p = live.participants.get(r.code)

@@ -47,6 +47,7 @@ from biox.ops_messages import (
     DeadLettersImported,
     DeadLettersPurged,
     DeadLettersReplayed,
+    RetentionPurged,
 )
 
 #: a handler method, called on the queue's handler object with a batch of one kind
@@ -235,5 +236,6 @@ ROUTES = RouteTable(
         route(DeadLettersPurged, None, None, OWN),
         route(DeadLettersExported, None, None, OWN),
         route(DeadLettersImported, None, None, OWN),
+        route(RetentionPurged, None, None, OWN),
     ),
 )

@@ -104,6 +104,20 @@ class Settings(BaseSettings):
         default=300,
         description="How often the audit worker sends its signed chain head to the partners.",
     )
+    retention_purge_s: float = Field(
+        default=3600,
+        description="How often the notice worker purges expired data (docs/workflows.md, "
+        '"Retention"); 0 turns the schedule off.',
+    )
+    marker_retention_days: int = Field(
+        default=7,
+        description="How long idempotency markers and the outgoing bodies they keep are kept "
+        "once published: longer than any redelivery can take.",
+    )
+    dead_letter_retention_days: int = Field(
+        default=30,
+        description="Dead letters older than this expire (a broker policy on every DLQ).",
+    )
     notice_response_days: int = Field(
         default=30,
         description="By when a partner is asked to act on a deletion, correction, block or "

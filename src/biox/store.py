@@ -68,6 +68,22 @@ class NoticeRow(SQLModel, table=True):
     actor: str | None = None
 
 
+class IncidentRow(SQLModel, table=True):
+    """An unauthorized access, use, disclosure, modification or disposal of partner data
+    (§17): the partners it affects must have a notice within 48 hours of ``aware_at``."""
+
+    __tablename__ = "incidents"
+    incident_id: str = Field(primary_key=True)
+    aware_at: datetime = Field(index=True)
+    summary: str
+    partners: list[str] = Field(default_factory=list, sa_column=Column(JSON))
+    notified: dict[str, str] = Field(
+        default_factory=dict, sa_column=Column(JSON), description="partner → notice id"
+    )
+    notified_at: dict[str, str] = Field(default_factory=dict, sa_column=Column(JSON))
+    opened_by: str
+
+
 class Tombstone(SQLModel, table=True):
     """A record id every matcher removes from its FAISS indexes, at start and on catch-up:
     the snapshot on disk still holds it, so the removal must outlive a restart."""

@@ -177,3 +177,16 @@ def test_the_example_broker_config_is_tls_only_with_certificate_logins():
     ):
         assert line in conf, line
     assert not list((Path(__file__).parents[2] / "deploy").rglob("definitions*.json"))
+
+
+def test_dead_letters_expire_after_the_retention_policy_on_every_dead_letter_queue():
+    [policy] = US["policies"]
+    assert policy["apply-to"] == "queues" and policy["vhost"] == "/"
+    assert policy["definition"] == {"message-ttl": 30 * 86_400_000}
+    pattern = re.compile(policy["pattern"])
+    dlqs = [q["name"] for q in US["queues"] if q["name"].endswith(".dlq")]
+    assert dlqs and all(pattern.match(q) for q in dlqs)
+    assert not any(pattern.match(q["name"]) for q in US["queues"] if not q["name"].endswith(".dlq"))
+    assert definitions("us", CODES, [1, 5], 20, URIS, dead_letter_days=2)["policies"][0][
+        "definition"
+    ] == {"message-ttl": 2 * 86_400_000}

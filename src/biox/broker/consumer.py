@@ -99,6 +99,7 @@ class ConsumeLoop:
         #: a broker that refused our outputs is given a moment before the requeued inputs
         #: come back (none in memory, where nothing is waiting to recover)
         self.requeue_pause = 0.5
+        self._maintained_at = time.monotonic()  # the first maintenance: one interval in
 
     def run(self, stop: threading.Event) -> None:
         self.link.start()
@@ -106,9 +107,25 @@ class ConsumeLoop:
         try:
             while not stop.is_set():
                 self.consume(self._take())
+                self.maintain()
         finally:
             self.link.close()
             log.info("worker_stopped", worker=self.worker, **self.stats)
+
+    def maintain(self) -> None:
+        """A handler's scheduled work between batches (the retention purge): rows committed,
+        then events published; a failure is logged and tried at the next interval."""
+        every = float(getattr(self.handler, "maintain_every_s", 0) or 0)
+        if every <= 0 or time.monotonic() - self._maintained_at < every:
+            return
+        self._maintained_at = time.monotonic()
+        try:
+            with session_for(self.database_url) as session:
+                outgoing = self.handler.maintain(session)  # type: ignore[attr-defined]
+                session.commit()
+            self.publisher.send(outgoing)
+        except Exception as exc:
+            log.error("maintenance_failed", worker=self.worker, error=repr(exc))
 
     def consume(self, deliveries: Sequence[Delivery]) -> None:
         """One batch, start to end: every delivery is acked, requeued or parked after."""

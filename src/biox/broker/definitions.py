@@ -85,9 +85,11 @@ def definitions(
     delivery_limit: int,
     partner_uris: dict[str, str],
     routes: RouteTable = ROUTES,
+    dead_letter_days: int = 30,
 ) -> dict[str, Any]:
     """Everything ``code``'s broker holds. ``partner_uris``: for each partner, the URI its
-    shovel uses to reach that partner's broker (as ``code``'s link user)."""
+    shovel uses to reach that partner's broker (as ``code``'s link user).
+    ``dead_letter_days``: how long a dead letter is kept (a policy, so it changes live)."""
     codes = sorted(codes)
     tiers = list(tiers)
     partners = [c for c in codes if c != code]
@@ -206,7 +208,16 @@ def definitions(
         "permissions": permissions,
         "topic_permissions": topic_permissions,
         "parameters": parameters,
-        "policies": [],
+        "policies": [
+            {
+                "vhost": VHOST,
+                "name": f"{code}-dead-letter-retention",
+                "pattern": rf"^{re.escape(code)}\..*\.dlq$",
+                "apply-to": "queues",
+                "priority": 0,
+                "definition": {"message-ttl": dead_letter_days * 86_400_000},
+            }
+        ],
         "exchanges": exchanges,
         "queues": queues,
         "bindings": binds,

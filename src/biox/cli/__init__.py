@@ -7,7 +7,7 @@ import os
 import typer
 
 from biox import contract
-from biox.cli import audit, broker, dlq, keys, records, retrieval, review, sim
+from biox.cli import audit, broker, dlq, keys, notice, records, retrieval, review, sim
 from biox.cli.common import Participant, begin, console
 from biox.runtime import WorkerKind
 
@@ -27,6 +27,9 @@ app.add_typer(dlq.app, name="dlq")
 app.add_typer(review.app, name="review")
 app.add_typer(retrieval.app, name="retrieval")
 app.add_typer(records.app, name="records")
+app.add_typer(notice.app, name="notice")
+app.add_typer(notice.retention_app, name="retention")
+app.add_typer(notice.incident_app, name="incident")
 app.command()(sim.demo)
 app.command()(sim.synth)
 

@@ -68,6 +68,7 @@ class SovereignBrokers:
                     self.settings.retry_tiers,
                     self.settings.delivery_limit,
                     uris,
+                    dead_letter_days=self.settings.dead_letter_retention_days,
                 ),
                 max_message_bytes=self.settings.max_message_bytes,
             )

@@ -5,13 +5,14 @@ done; and the partners' signed audit checkpoints, kept as evidence of their chai
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from datetime import timedelta
 
 import structlog
 from sqlmodel import Session
 
-from biox import codec, lifecycle, participants
+from biox import codec, lifecycle, participants, retention
 from biox.checkpoints import AuditCheckpoint, genuine
 from biox.codec import Envelope
 from biox.errors import BioxError, PermanentError, Reason
@@ -19,9 +20,12 @@ from biox.handlers.base import Context, Effects, Result
 from biox.inbound import Inbound
 from biox.messages import utcnow
 from biox.notice_messages import ASKS_ACTION, STATUS_OF, Notice, NoticeSend, NoticeType
+from biox.ops_messages import RetentionPurged
+from biox.policy.release import ParticipantPolicy
 from biox.registry import Registry
 from biox.results import EncounterViews
 from biox.sealing import Trust, trust_path
+from biox.settings import Settings
 from biox.store import CheckpointRow, NoticeRow
 
 log = structlog.get_logger("biox.notice")
@@ -34,7 +38,8 @@ class NoticeHandler:
             ctx.participant,
             Trust.load(trust_path(ctx.settings.keys())),
             ctx.registry,
-            ctx.settings.notice_response_days,
+            ctx.policy,
+            ctx.settings,
         )
 
     def __init__(
@@ -42,12 +47,27 @@ class NoticeHandler:
         participant: str,
         trust: Trust,
         registry: Registry | None = None,
-        response_days: int = 30,
+        policy: ParticipantPolicy | None = None,
+        settings: Settings | None = None,
     ) -> None:
         self.me = participant
         self.trust = trust
         self.registry = registry
-        self.response_days = response_days
+        self.policy = policy or ParticipantPolicy()
+        self.settings = settings or Settings()
+        self.response_days = self.settings.notice_response_days
+        #: the consume loop calls ``maintain`` this often: the retention purge
+        self.maintain_every_s = self.settings.retention_purge_s
+
+    # --- the schedule: retention ---------------------------------------------------------------
+
+    def maintain(self, session: Session) -> list[codec.Outgoing]:
+        """Purges what is past its retention date; the audit trail gets the counts."""
+        counts = retention.purge(session, utcnow(), self.settings.marker_retention_days)
+        if not counts:
+            return []
+        log.info("retention_purged", counts=counts)
+        return [purge_event(self.me, counts, "schedule")]
 
     # --- sending: an operator's request -------------------------------------------------------
 
@@ -126,6 +146,10 @@ class NoticeHandler:
         elif n.type in STATUS_OF:
             changed = participants.set_status(session, sender, STATUS_OF[n.type], cause, n.text)
             done.add("status", int(changed))
+            if n.type is NoticeType.discontinuation:
+                capped = retention.cap_for_discontinued(session, sender, self.policy, utcnow())
+                for what, count in capped.items():
+                    done.add(f"retention_capped_{what}", count)
         elif n.type is NoticeType.contact_change:
             participants.set_contacts(session, sender, dict(n.contacts), cause, n.text)
             done.add("contacts", len(n.contacts))
@@ -248,3 +272,11 @@ def _row(n: Notice, direction: str, status: str, actor: str | None = None) -> No
         in_reply_to=n.in_reply_to,
         actor=actor,
     )
+
+
+def purge_event(me: str, counts: dict[str, int], actor: str) -> codec.Outgoing:
+    """The audit trail's record of a purge: counts per table, nothing of what was removed."""
+    event = RetentionPurged(counts=counts, detail=f"retention purge ({actor})")
+    mid = str(uuid.uuid4())
+    out = codec.to_own_inbox(event, participant=me, message_id=mid, correlation_id=mid)
+    return codec.with_actor(out, actor)

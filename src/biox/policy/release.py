@@ -63,6 +63,11 @@ class ParticipantPolicy(BaseModel):
     encounter_retention_days: int = Field(
         default=365, ge=1, description="own encounter systems' submissions (the retrieval store)"
     )
+    discontinued_retention_days: int | None = Field(
+        default=None,
+        ge=0,
+        description="after a partner discontinues (§36), keep what it sent at most this long",
+    )
     retrieval: RetrievalRule = Field(default_factory=RetrievalRule)
 
     def release_for(self, requester: str, purpose: Purpose) -> Release | Reason:

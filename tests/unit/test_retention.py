@@ -1,0 +1,177 @@
+"""Retention that runs (§21) and the 48-hour incident deadline (§17), without a broker."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from sqlmodel import select
+from typer.testing import CliRunner
+
+from biox import incidents, retention
+from biox.cli import app
+from biox.cli.notice import late_notices
+from biox.handlers.notice import NoticeHandler
+from biox.ops_messages import RetentionPurged
+from biox.policy.release import ParticipantPolicy
+from biox.routes import ROUTES
+from biox.sealing import memory_rings
+from biox.settings import Settings
+from biox.store import (
+    EncounterRow,
+    EnrolledTemplates,
+    IncidentRow,
+    NoticeRow,
+    ProcessedMessage,
+    Record,
+    RetrievalRow,
+    ReviewCaseRow,
+    Tombstone,
+    Transaction,
+    session_for,
+)
+
+NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+PAST, FUTURE = NOW - timedelta(days=1), NOW + timedelta(days=1)
+
+
+def fill(url: str) -> None:
+    """One expired and one current row in every table that keeps partner or subject data."""
+    with session_for(url) as s:
+        for rid, until in ((1, PAST), (2, FUTURE)):
+            s.add(Record(id=rid, identity_ref=f"R-{rid}", source="mx", retain_until=until))
+            s.add(EnrolledTemplates(record_id=rid, biometrics=b"x"))
+            s.add(Transaction(query_id=f"q-{rid}", role="requester", encounter_id=f"E-{rid}",
+                              requesting="us", providing="mx", purpose="enforce",
+                              retain_until=until))  # fmt: skip
+            s.add(EncounterRow(encounter_id=f"E-{rid}", purpose="enforce", retain_until=until))
+            s.add(ReviewCaseRow(case_id=f"c-{rid}", query_id=f"q-{rid}", requesting="mx",
+                                purpose="enforce", opened_at=NOW, source="mx",
+                                retain_until=until))  # fmt: skip
+            s.add(RetrievalRow(retrieval_id=f"r-{rid}", role="asker", query_id=f"q-{rid}",
+                               asker="us", holder="mx", identity_ref="X",
+                               retain_until=until))  # fmt: skip
+        s.add(Record(id=3, identity_ref="R-3", source="us"))  # no date: kept (own gallery)
+        s.add(ProcessedMessage(consumer="us.query", message_id="old", published=True,
+                               processed_at=NOW - timedelta(days=8)))  # fmt: skip
+        s.add(ProcessedMessage(consumer="us.query", message_id="unsent", published=False,
+                               processed_at=NOW - timedelta(days=8)))  # fmt: skip
+        s.add(ProcessedMessage(consumer="us.query", message_id="new", published=True,
+                               processed_at=NOW))  # fmt: skip
+        s.commit()
+
+
+def test_an_expired_row_is_gone_from_every_table_and_a_current_one_stays(tmp_path):
+    url = f"sqlite:///{tmp_path / 'us.db'}"
+    fill(url)
+    expected = {"records": 1, "transactions": 1, "encounters": 1, "review_cases": 1,
+                "retrievals": 1, "processed_messages": 1}  # fmt: skip
+    with session_for(url) as s:
+        assert retention.purge(s, NOW, markers_days=7, dry_run=True) == expected
+        s.commit()
+        assert len(s.exec(select(Record)).all()) == 3  # a dry run removes nothing
+        assert retention.purge(s, NOW, markers_days=7) == expected
+        s.commit()
+        assert [r.id for r in s.exec(select(Record))] == [2, 3]
+        assert [t.record_id for t in s.exec(select(EnrolledTemplates))] == [2]
+        assert [(t.record_id, t.cause) for t in s.exec(select(Tombstone))] == [(1, "retention")]
+        for table, key in ((Transaction, "query_id"), (RetrievalRow, "retrieval_id"),
+                           (ReviewCaseRow, "case_id"), (EncounterRow, "encounter_id")):  # fmt: skip
+            assert [getattr(r, key)[-1] for r in s.exec(select(table))] == ["2"], table
+        # a marker whose outputs were never confirmed stays: a redelivery still needs them
+        assert sorted(m.message_id for m in s.exec(select(ProcessedMessage))) == ["new", "unsent"]
+        assert retention.purge(s, NOW, markers_days=7) == {}  # nothing left to do
+
+
+def test_the_notice_worker_purges_on_its_schedule_and_tells_the_audit_trail(tmp_path):
+    url = f"sqlite:///{tmp_path / 'us.db'}"
+    fill(url)
+    settings = Settings(retention_purge_s=60)
+    handler = NoticeHandler("us", memory_rings(["us"])["us"].trust, None, None, settings)
+    assert handler.maintain_every_s == 60
+    with session_for(url) as s:
+        [event] = handler.maintain(s)
+        s.commit()
+        assert handler.maintain(s) == []  # nothing more expired: nothing to say
+    assert (event.exchange, event.routing_key) == ("biox.us", "us.ops.retention.purge")
+    assert event.envelope.headers["biox-actor"] == "schedule"
+    purged = ROUTES.decode(event.envelope.kind, event.envelope.schema, event.body)
+    assert isinstance(purged, RetentionPurged) and purged.counts["records"] == 1
+    assert b"R-1" not in event.body  # counts, never content
+
+
+def test_a_discontinued_partners_data_is_kept_no_longer_than_the_policy_says(tmp_path):
+    url = f"sqlite:///{tmp_path / 'us.db'}"
+    policy = ParticipantPolicy(discontinued_retention_days=30)
+    with session_for(url) as s:
+        s.add(Record(id=1, identity_ref="R-1", source="mx", retain_until=NOW + timedelta(days=900)))
+        s.add(Record(id=2, identity_ref="R-2", source="mx", retain_until=NOW + timedelta(days=5)))
+        s.add(Record(id=3, identity_ref="R-3", source="sv", retain_until=NOW + timedelta(days=900)))
+        s.commit()
+        assert retention.cap_for_discontinued(s, "mx", policy, NOW) == {"records": 1}
+        s.commit()
+        until = {r.id: r.retain_until.replace(tzinfo=UTC) for r in s.exec(select(Record))}
+    assert until == {1: NOW + timedelta(days=30), 2: NOW + timedelta(days=5),
+                     3: NOW + timedelta(days=900)}  # fmt: skip
+    assert retention.cap_for_discontinued(s, "mx", ParticipantPolicy(), NOW) == {}
+
+
+def test_an_incident_without_a_notice_is_overdue_after_48_hours(tmp_path):
+    url = f"sqlite:///{tmp_path / 'us.db'}"
+    with session_for(url) as s:
+        row = incidents.open_incident(s, "laptop lost", ["mx", "sv"], NOW, "officer")
+        s.commit()
+        assert incidents.deadline(row) == NOW + timedelta(hours=48)
+        assert incidents.overdue(s, NOW + timedelta(hours=47, minutes=59)) == []
+        late = incidents.overdue(s, NOW + timedelta(hours=49))
+        assert [(item.partner, item.overdue_by) for item in late] == [
+            ("mx", timedelta(hours=1)),
+            ("sv", timedelta(hours=1)),
+        ]
+        incidents.notified(row, "mx", "n-1", NOW + timedelta(hours=2))
+        s.add(row)
+        s.commit()
+        assert [item.partner for item in incidents.overdue(s, NOW + timedelta(hours=49))] == ["sv"]
+        assert s.get(IncidentRow, row.incident_id).notified == {"mx": "n-1"}
+
+
+def test_the_cli_says_which_incident_is_overdue_and_exits_1(tmp_path, monkeypatch):
+    monkeypatch.setenv("BIOX_DATA_DIR", str(tmp_path))
+    runner = CliRunner()
+    aware = (datetime.now(UTC) - timedelta(hours=50)).strftime("%Y-%m-%dT%H:%M:%S")
+    opened = runner.invoke(app, ["incident", "open", "-p", "us", "--summary", "misdirected export",
+                                 "--partner", "mx", "--aware-at", aware])  # fmt: skip
+    assert opened.exit_code == 0, opened.output
+    late = runner.invoke(app, ["incident", "overdue", "-p", "us"])
+    assert late.exit_code == 1 and "mx not notified" in late.output and "48-hour" in late.output
+    listed = runner.invoke(app, ["incident", "list", "-p", "us"])
+    assert listed.exit_code == 0 and "misdirected export" in listed.output
+    assert runner.invoke(app, ["incident", "overdue", "-p", "mx"]).exit_code == 0
+
+
+def test_the_cli_counts_what_a_purge_would_remove_without_removing_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("BIOX_DATA_DIR", str(tmp_path))
+    url = Settings(data_dir=tmp_path).database_for("us")
+    with session_for(url) as s:
+        gone = datetime.now(UTC) - timedelta(days=1)
+        s.add(Record(id=1, identity_ref="R-1", source="mx", retain_until=gone))
+        s.commit()
+    out = CliRunner().invoke(app, ["retention", "purge", "-p", "us", "--dry-run"])
+    assert out.exit_code == 0 and "would purge" in out.output and "records" in out.output
+    with session_for(url) as s:
+        assert s.get(Record, 1) is not None
+
+
+def test_notices_past_their_date_without_an_answer_are_late():
+    def row(nid: str, direction: str, status: str, due: datetime | None) -> NoticeRow:
+        return NoticeRow(notice_id=nid, direction=direction, type="deletion", partner="mx",
+                         sent_at=NOW, status=status, respond_by=due)  # fmt: skip
+
+    rows = [
+        row("ours-late", "out", "sent", PAST),
+        row("ours-done", "out", "acknowledged", PAST),
+        row("theirs-late", "in", "received", PAST),
+        row("theirs-applied", "in", "applied", PAST),
+        row("not-yet", "out", "sent", FUTURE),
+        row("no-date", "out", "sent", None),
+    ]
+    assert [r.notice_id for r in late_notices(rows, NOW)] == ["ours-late", "theirs-late"]

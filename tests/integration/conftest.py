@@ -22,7 +22,7 @@ from biox.registry import Registry
 from biox.routes import ROUTES
 from biox.sealing import load_ring
 from biox.settings import Settings
-from biox.sim import galleries
+from biox.sim import encounters, galleries
 from biox.sim.processes import Workers, dev_env, start_workers, wait_for_consumers
 from tests.integration.ledger import opened
 
@@ -234,3 +234,17 @@ def send_from_unknown_participant(peer: Peer, query: object) -> str:
     )
     assert mid
     return mid
+
+
+@pytest.fixture
+def system(exchange: Exchange) -> Iterator[encounters.EncounterSystem]:
+    """An encounter system of every participant, collecting its results."""
+    with encounters.EncounterSystem(exchange.url, exchange.sizes) as s:
+        yield s
+
+
+@pytest.fixture
+def cli_env(exchange: Exchange, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI pointed at the exchange's broker and databases."""
+    monkeypatch.setenv("BIOX_AMQP_URL", exchange.url)
+    monkeypatch.setenv("BIOX_DATA_DIR", str(exchange.settings.data_dir))

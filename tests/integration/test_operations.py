@@ -76,12 +76,6 @@ def record_query(exchange: Exchange, qid: str, reply_to: str) -> None:
         s.commit()
 
 
-@pytest.fixture
-def cli_env(exchange: Exchange, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("BIOX_AMQP_URL", exchange.url)
-    monkeypatch.setenv("BIOX_DATA_DIR", str(exchange.settings.data_dir))
-
-
 def test_transient_failure_retries_twice_then_succeeds_with_hops_in_the_audit(
     exchange: Exchange, peer: Peer
 ):

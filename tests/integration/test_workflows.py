@@ -65,18 +65,6 @@ def wait_for(check: Callable[[], object], timeout: float = 30, what: str = "") -
     raise AssertionError(f"timed out waiting for {what or check}")
 
 
-@pytest.fixture
-def system(exchange: Exchange):
-    with encounters.EncounterSystem(exchange.url, exchange.sizes) as s:
-        yield s
-
-
-@pytest.fixture
-def cli_env(exchange: Exchange, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("BIOX_AMQP_URL", exchange.url)
-    monkeypatch.setenv("BIOX_DATA_DIR", str(exchange.settings.data_dir))
-
-
 def stranger_answered(exchange, system, requester: str, provider: str, seed: int):
     """An encounter of someone nobody knows, answered: the provider's no_match."""
     stranger = synth.stranger(SEED, exchange.sizes, np.random.default_rng(seed))

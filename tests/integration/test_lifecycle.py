@@ -1,0 +1,160 @@
+"""Issue 11's data lifecycle over the real broker, between real worker processes: notices
+sent from the CLI, applied by the partner's notice worker and acknowledged; deletion and
+retention that reach every matcher; a discontinued partner left alone; incidents."""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+
+import pytest
+from sqlmodel import select
+
+from biox.cli import app
+from biox.enrolment import enrolled_record_id
+from biox.messages import utcnow
+from biox.store import AuditEntry, NoticeRow, ParticipantRow, Record, Transaction, session_for
+from tests.integration.conftest import Exchange
+from tests.integration.test_workflows import (
+    outcome_of,
+    person,
+    planned_for,
+    runner,
+    stranger_answered,
+    wait_for,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def db(exchange: Exchange, code: str):
+    return session_for(exchange.settings.database_for(code))
+
+
+def cli(*args: str) -> str:
+    out = runner.invoke(app, list(args))
+    assert out.exit_code == 0, out.output
+    return out.output
+
+
+def notice_id(output: str) -> str:
+    return output.split(" notice ")[1].split(" ")[0]
+
+
+def acknowledged(exchange: Exchange, code: str, nid: str) -> NoticeRow:
+    def check() -> NoticeRow | None:
+        with db(exchange, code) as s:
+            row = s.get(NoticeRow, nid)
+        return row if row is not None and row.status == "acknowledged" else None
+
+    got = wait_for(check, 30, f"{code}'s notice {nid} acknowledged")
+    assert isinstance(got, NoticeRow)
+    return got
+
+
+def test_a_deletion_notice_withdraws_the_answer_and_the_encounter_system_sees_it(
+    exchange, system, cli_env
+):
+    planned = planned_for(exchange, "us", person("mx", 31, derogatory=False))
+    system.submit([planned])
+    system.collect(timeout=60)
+    mx = outcome_of(system.outcomes[planned.encounter_id], "mx")
+    assert mx.status.value == "match"
+
+    said = cli("notice", "send", "-p", "mx", "--to", "us", "--type", "deletion",
+               "--query", mx.query_id, "--text", "entered in error")  # fmt: skip
+    nid = notice_id(said)
+    sent = acknowledged(exchange, "mx", nid)
+    assert sent.done == {"answers": 1}
+
+    def withdrawn() -> bool:
+        return outcome_of(system.outcomes[planned.encounter_id], "mx").status.value == "withdrawn"
+
+    assert system.collect(timeout=30, until=withdrawn), "the encounter system saw no withdrawal"
+    with db(exchange, "us") as s:
+        tx = s.get(Transaction, (mx.query_id, "requester"))
+        assert (tx.status, tx.answer) == ("withdrawn", None)
+        kinds = {e.kind for e in s.exec(select(AuditEntry).where(AuditEntry.kind == "notice"))}
+    assert kinds == {"notice"}  # received and acknowledged notices are in us's audit trail
+    listed = cli("notice", "list", "-p", "us")
+    assert "deletion" in listed and "applied" in listed
+
+
+def test_deleted_or_expired_query_data_no_longer_matches_even_after_a_restart(
+    exchange, system, cli_env
+):
+    """us enrols mx's queries (§21). One enrolment is deleted on mx's notice, another
+    expires and is purged: neither matches again, in the running matcher or in one started
+    afterwards."""
+    deleted, us_a = stranger_answered(exchange, system, "mx", "us", seed=41)
+    expired, us_b = stranger_answered(exchange, system, "mx", "us", seed=42)
+    with db(exchange, "us") as s:
+        for qid in (us_a.query_id, us_b.query_id):
+            assert s.get(Record, enrolled_record_id(qid)) is not None
+        rec = s.get(Record, enrolled_record_id(us_b.query_id))
+        rec.retain_until = utcnow() - timedelta(days=1)  # as if its 75 years had passed
+        s.add(rec)
+        s.commit()
+
+    nid = notice_id(cli("notice", "send", "-p", "mx", "--to", "us", "--type", "deletion",
+                        "--query", us_a.query_id))  # fmt: skip
+    assert acknowledged(exchange, "mx", nid).done == {"records": 1}
+    purged = cli("retention", "purge", "-p", "us")
+    assert "records" in purged
+    with db(exchange, "us") as s:
+        for qid in (us_a.query_id, us_b.query_id):
+            assert s.get(Record, enrolled_record_id(qid)) is None
+
+    def audited() -> bool:
+        with db(exchange, "us") as s:
+            return bool(
+                s.exec(select(AuditEntry).where(AuditEntry.kind == "ops.retention.purge")).all()
+            )
+
+    wait_for(audited, 30, "the purge in the audit trail")
+
+    exchange.kill("us-query")
+    exchange.restart("us-query")
+    time.sleep(exchange.settings.gallery_sync_s + 0.5)
+    for first in (deleted, expired):
+        again = planned_for(exchange, "mx", first.person, scenario="stranger")
+        system.submit([again])
+        system.collect(timeout=60)
+        assert outcome_of(system.outcomes[again.encounter_id], "us").status.value == "no_match"
+
+
+def test_a_discontinued_partner_is_not_queried_until_it_is_ready_again(exchange, system, cli_env):
+    nid = notice_id(cli("notice", "send", "-p", "sv", "--to", "us", "--type", "discontinuation",
+                        "--text", "§36 written notice"))  # fmt: skip
+    acknowledged(exchange, "sv", nid)
+    try:
+        with db(exchange, "us") as s:
+            assert s.get(ParticipantRow, "sv").status == "discontinued"
+        planned = planned_for(exchange, "us", person("mx", 33, derogatory=False))
+        system.submit([planned])
+        system.collect(timeout=60)
+        result = system.outcomes[planned.encounter_id].result
+        assert result is not None and [o.partner for o in result.outcomes] == ["mx"]
+    finally:
+        ready = notice_id(cli("notice", "send", "-p", "sv", "--to", "us", "--type", "readiness"))
+        acknowledged(exchange, "sv", ready)
+    with db(exchange, "us") as s:
+        assert s.get(ParticipantRow, "sv").status == "active"
+
+
+def test_an_incident_is_overdue_until_its_notice_is_sent(exchange, cli_env):
+    aware = (utcnow() - timedelta(hours=49)).strftime("%Y-%m-%dT%H:%M:%S")
+    opened = cli("incident", "open", "-p", "mx", "--summary", "export sent to the wrong agency",
+                 "--partner", "us", "--aware-at", aware)  # fmt: skip
+    incident = opened.split(":")[0]
+    late = runner.invoke(app, ["incident", "overdue", "-p", "mx"])
+    assert late.exit_code == 1 and "us not notified" in late.output
+    cli("incident", "notify", "-p", "mx", incident)
+    assert runner.invoke(app, ["incident", "overdue", "-p", "mx"]).exit_code == 0
+
+    def received():
+        with db(exchange, "us") as s:
+            return s.exec(select(NoticeRow).where(NoticeRow.type == "incident")).all()
+
+    [row] = wait_for(received, 30, "us to receive the incident notice")
+    assert row.partner == "mx" and "wrong agency" in row.text

@@ -20,6 +20,7 @@ from biox.registry import Status
 class NoticeType(StrEnum):
     deletion = "deletion"  # §22: delete what I sent you
     correction = "correction"  # §23-24: what I sent you was wrong; here is the right value
+    correction_request = "correction_request"  # §25: a subject says what you sent is wrong
     block = "block"  # §23: stop using what I sent you (not released, not matched)
     unblock = "unblock"
     consent_request = "consent_request"  # §15: may I pass on what you sent me?
@@ -38,7 +39,7 @@ DATA_ACTIONS = frozenset(
     {NoticeType.deletion, NoticeType.correction, NoticeType.block, NoticeType.unblock}
 )
 #: notices that ask the recipient to do something by a date
-ASKS_ACTION = DATA_ACTIONS | {NoticeType.consent_request}
+ASKS_ACTION = DATA_ACTIONS | {NoticeType.consent_request, NoticeType.correction_request}
 #: the sender's own status, as a notice announces it
 STATUS_OF = {NoticeType.readiness: Status.active, NoticeType.discontinuation: Status.discontinued}
 
@@ -78,6 +79,8 @@ class NoticeContent(Model):
         t = self.type
         if t in DATA_ACTIONS and self.about.is_empty():
             raise ValueError(f"a {t.value} notice names the data it is about")
+        if t is NoticeType.correction_request and self.about.is_empty():
+            raise ValueError("a correction_request names the data it is about")
         if t is NoticeType.correction and not self.corrections:
             raise ValueError("a correction notice carries the corrected values")
         if t is NoticeType.contact_change and not self.contacts:

@@ -59,3 +59,14 @@ class RetentionPurged(OpsEvent):
     KIND: ClassVar[str] = "ops.retention.purge"
 
     counts: dict[Short, int] = Field(default_factory=dict, max_length=50)
+
+
+class PersonalDataRead(OpsEvent):
+    """An operator read personal data (``biox subject search``, ``biox records show``):
+    who, which command, a digest of what was asked and how many rows were shown (§28)."""
+
+    KIND: ClassVar[str] = "ops.read"
+
+    command: Short
+    terms_sha256: Short = Field(description="digest of the search terms, never the terms")
+    shown: int = Field(ge=0)

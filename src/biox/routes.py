@@ -47,6 +47,7 @@ from biox.ops_messages import (
     DeadLettersImported,
     DeadLettersPurged,
     DeadLettersReplayed,
+    PersonalDataRead,
     RetentionPurged,
 )
 
@@ -237,5 +238,6 @@ ROUTES = RouteTable(
         route(DeadLettersExported, None, None, OWN),
         route(DeadLettersImported, None, None, OWN),
         route(RetentionPurged, None, None, OWN),
+        route(PersonalDataRead, None, None, OWN),
     ),
 )

@@ -84,6 +84,19 @@ class IncidentRow(SQLModel, table=True):
     opened_by: str
 
 
+class NotationRow(SQLModel, table=True):
+    """A note on a kept row (§25): that its subject asked for access or a correction, and
+    what was done. Shown wherever the row is shown."""
+
+    __tablename__ = "notations"
+    id: int | None = Field(default=None, primary_key=True)
+    table: str = Field(description="records | encounters | transactions | retrievals | ...")
+    key: str = Field(index=True, description="the row's key in that table")
+    text: str
+    at: datetime = Field(default_factory=utcnow)
+    by: str
+
+
 class Tombstone(SQLModel, table=True):
     """A record id every matcher removes from its FAISS indexes, at start and on catch-up:
     the snapshot on disk still holds it, so the removal must outlive a restart."""

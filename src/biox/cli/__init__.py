@@ -7,7 +7,7 @@ import os
 import typer
 
 from biox import contract
-from biox.cli import audit, broker, dlq, keys, notice, records, retrieval, review, sim
+from biox.cli import audit, broker, dlq, keys, notice, records, retrieval, review, sim, subject
 from biox.cli.common import Participant, begin, console
 from biox.runtime import WorkerKind
 
@@ -30,6 +30,7 @@ app.add_typer(records.app, name="records")
 app.add_typer(notice.app, name="notice")
 app.add_typer(notice.retention_app, name="retention")
 app.add_typer(notice.incident_app, name="incident")
+app.add_typer(subject.app, name="subject")
 app.command()(sim.demo)
 app.command()(sim.synth)
 

@@ -37,7 +37,7 @@ retention_app = typer.Typer(
 incident_app = typer.Typer(help="Incidents and their 48-hour notices (§17).", no_args_is_help=True)
 
 
-def _pairs(values: list[str], what: str) -> dict[str, str | None]:
+def pairs(values: list[str], what: str) -> dict[str, str | None]:
     out: dict[str, str | None] = {}
     for v in values:
         key, sep, value = v.partition("=")
@@ -80,8 +80,8 @@ def notice_send(
         ask = NoticeSend(
             type=type, to=to, actor=operator or default_operator(), text=note,
             about=About(query_ids=query, message_ids=message, identity_refs=ref),
-            corrections=_pairs(correct, "--correct"),
-            contacts={k: v or "" for k, v in _pairs(contact, "--contact").items()},
+            corrections=pairs(correct, "--correct"),
+            contacts={k: v or "" for k, v in pairs(contact, "--contact").items()},
             in_reply_to=in_reply_to, consent=consent,
         )  # fmt: skip
     except ValueError as exc:

@@ -169,7 +169,7 @@ class NoticeHandler:
                     rows.append(encounter)
                     if result is not None:
                         outgoing.append(result)
-        awaiting = n.type is NoticeType.consent_request
+        awaiting = n.type in (NoticeType.consent_request, NoticeType.correction_request)
         row = _row(n, "in", "received" if awaiting else "applied")
         row.done = done.counts
         rows.insert(0, row)

@@ -84,6 +84,22 @@ class IncidentRow(SQLModel, table=True):
     opened_by: str
 
 
+class RefusalRow(SQLModel, table=True):
+    """A message refused for good (answered ``rejected``/``refused``, or dead-lettered):
+    kept so the annual review can count refusals by reason (§27-28)."""
+
+    __tablename__ = "refusals"
+    id: int | None = Field(default=None, primary_key=True)
+    queue: str
+    kind: str = Field(index=True)
+    sender: str | None = Field(default=None, index=True)
+    correlation_id: str | None = None
+    message_id: str
+    reason: str = Field(index=True)
+    answered: bool = Field(description="the sender was told; else dead-lettered")
+    at: datetime = Field(default_factory=utcnow, index=True)
+
+
 class NotationRow(SQLModel, table=True):
     """A note on a kept row (§25): that its subject asked for access or a correction, and
     what was done. Shown wherever the row is shown."""

@@ -38,7 +38,7 @@ from biox.messages import Element, RetrievalAsk
 from biox.routes import Queue, RouteTable, Sender, route
 from biox.sealing import memory_rings
 from biox.settings import Settings
-from biox.store import ParticipantRow, ProcessedMessage, session_for
+from biox.store import ParticipantRow, ProcessedMessage, RefusalRow, session_for
 
 QUEUE = "us.retrieval"
 RINGS = memory_rings(["us", "mx", "sv"])
@@ -253,6 +253,11 @@ class Rig:
         with session_for(self.db) as s:
             return s.get(ProcessedMessage, (QUEUE, message_id))
 
+    def refusals(self) -> list[tuple[str, str | None, str, bool]]:
+        with session_for(self.db) as s:
+            rows = s.exec(select(RefusalRow)).all()
+        return [(r.kind, r.sender, r.reason, r.answered) for r in rows]
+
     def effect(self, message_id: str) -> ParticipantRow | None:
         with session_for(self.db) as s:
             return s.get(ParticipantRow, message_id)
@@ -451,6 +456,7 @@ def test_a_permanent_error_with_an_identifiable_sender_is_answered_and_remembere
     assert r.marker(out.envelope.message_id) is not None  # a redelivery re-sends, not re-decides
     assert r.link.acks() == [d.delivery_tag]
     assert r.link.to(addresses.dead_letter_key("us", "retrieval")) == []
+    assert r.refusals() == [("retrieval.ask", "mx", "not_matched", True)]
 
 
 def test_a_permanent_error_nobody_can_be_told_of_is_dead_lettered_with_its_reason(tmp_path):
@@ -470,6 +476,7 @@ def test_a_permanent_error_nobody_can_be_told_of_is_dead_lettered_with_its_reaso
     assert dead.properties.user_id == "us-workers"  # the broker accepts no other on our link
     assert h["biox-worker"].startswith(QUEUE + "@")
     assert h["biox-attempt"] == 0  # failed on its first delivery
+    assert r.refusals() == [("retrieval.ask", "us", "not_matched", False)]  # counted (§27)
     assert r.marker(out.envelope.message_id) is None
     assert r.link.acks() == [d.delivery_tag]
 

@@ -166,9 +166,8 @@ class ConsumeLoop:
         try:
             self._process(batch)
         except StaleDataError as exc:
-            # another worker committed a change to a row this batch read (an encounter's
-            # result revision): nothing was committed or published, so run it again now
-            # on fresh state rather than wait in a retry tier
+            # another worker changed a row this batch read (an encounter's revision): nothing
+            # was committed or published, so run again on fresh state, not via a retry tier
             if conflicts > 0:
                 log.info("conflict_rerun", worker=self.worker, error=str(exc), batch=len(batch))
                 self.process(batch, conflicts - 1)
@@ -242,6 +241,7 @@ class ConsumeLoop:
             for t, key, error in failed:
                 unproven = error.reason in UNPROVEN  # never answer whoever biox-from names
                 answer = None if unproven else self.handler.reject(t.envelope, error)
+                session.add(failures.refusal(self.queue, t.envelope, error, answer is not None))
                 if answer is None:
                     dead.append((t, error))
                 else:

@@ -11,6 +11,7 @@ from biox import addresses
 from biox.broker.link import Delivery
 from biox.codec import H_ATTEMPT, H_ORIGINAL_USER, H_REASON, Envelope
 from biox.errors import BioxError
+from biox.store import RefusalRow
 
 H_ERROR = "biox-error"
 H_ERROR_CLASS = "biox-error-class"
@@ -62,3 +63,16 @@ def headers(
         }
     )
     return out
+
+
+def refusal(queue: str, env: Envelope, error: BioxError, answered: bool) -> RefusalRow:
+    """The row the annual review counts (§27): what was refused, from whom, and why."""
+    return RefusalRow(
+        queue=queue,
+        kind=env.kind or "?",
+        sender=env.sender or None,
+        correlation_id=env.correlation_id,
+        message_id=env.message_id,
+        reason=error.reason.value,
+        answered=answered,
+    )

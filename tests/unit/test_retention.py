@@ -9,10 +9,10 @@ from typer.testing import CliRunner
 
 from biox import incidents, retention
 from biox.cli import app
-from biox.cli.notice import late_notices
 from biox.handlers.notice import NoticeHandler
 from biox.ops_messages import RetentionPurged
 from biox.policy.release import ParticipantPolicy
+from biox.qa import late_notices
 from biox.routes import ROUTES
 from biox.sealing import memory_rings
 from biox.settings import Settings

@@ -7,7 +7,19 @@ import os
 import typer
 
 from biox import contract
-from biox.cli import audit, broker, dlq, keys, notice, records, retrieval, review, sim, subject
+from biox.cli import (
+    audit,
+    broker,
+    dlq,
+    keys,
+    notice,
+    records,
+    report,
+    retrieval,
+    review,
+    sim,
+    subject,
+)
 from biox.cli.common import Participant, begin, console
 from biox.runtime import WorkerKind
 
@@ -31,6 +43,8 @@ app.add_typer(notice.app, name="notice")
 app.add_typer(notice.retention_app, name="retention")
 app.add_typer(notice.incident_app, name="incident")
 app.add_typer(subject.app, name="subject")
+app.command()(report.report)
+app.command()(report.qa)
 app.command()(sim.demo)
 app.command()(sim.synth)
 

@@ -28,6 +28,7 @@ from biox.cli.common import (
 from biox.handlers.notice import purge_event
 from biox.messages import utcnow
 from biox.notice_messages import About, NoticeSend, NoticeType
+from biox.qa import late_notices
 from biox.store import IncidentRow, NoticeRow
 
 app = typer.Typer(help="Notices to and from partners (§12-36).", no_args_is_help=True)
@@ -112,20 +113,6 @@ def notice_list(
             text(json.dumps(r.done) if r.done else ""),
         )  # fmt: skip
     console.print(table)
-
-
-def late_notices(rows: list[NoticeRow], now: datetime) -> list[NoticeRow]:
-    """Notices past their date: ours unacknowledged, or theirs we have not acted on."""
-
-    def due(r: NoticeRow) -> bool:
-        at = r.respond_by.replace(tzinfo=r.respond_by.tzinfo or UTC) if r.respond_by else None
-        return at is not None and at < now
-
-    return [
-        r for r in rows
-        if due(r) and ((r.direction == "out" and r.status == "sent")
-                       or (r.direction == "in" and r.status == "received"))
-    ]  # fmt: skip
 
 
 @app.command("overdue")

@@ -1,0 +1,66 @@
+"""``biox report`` and ``biox qa``: the annual review (§27) and the quality assurance
+checks (§28)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from biox import qa as qa_checks
+from biox import report as annual
+from biox.cli.common import PARTICIPANT, Participant, code, console, session, settings, text
+from biox.messages import utcnow
+from biox.report_html import render
+
+
+def report(
+    participant: Participant = PARTICIPANT,
+    start: datetime = typer.Option(None, "--from", help="first day (default: a year ago)"),
+    end: datetime = typer.Option(None, "--to", help="the day after the last (default: now)"),
+    as_json: bool = typer.Option(False, "--json"),
+    html: Path = typer.Option(None, "--html", help="also write the page with charts here"),
+) -> None:
+    """The annual review (§27): volume, outcomes and timeliness per partner and purpose."""
+    to = (end or utcnow()).replace(tzinfo=(end.tzinfo if end else None) or UTC)
+    since = (start or to.replace(year=to.year - 1)).replace(
+        tzinfo=(start.tzinfo if start else None) or UTC
+    )
+    with session(participant) as s:
+        rep = annual.build(s, code(participant), since, to)
+    if html is not None:
+        html.write_text(render(rep))
+        console.print(text(f"wrote {html}"))
+    if as_json:
+        print(json.dumps(rep.as_json(), indent=2, default=str))
+        return
+    table = Table(title=f"{rep.participant}: {since:%Y-%m-%d} to {to:%Y-%m-%d}")
+    for column in ("direction", "partner", "purpose", "queries", "outcomes", "reasons",
+                   "decided by", "p50/p95/p99 s"):  # fmt: skip
+        table.add_column(column)
+    for f in rep.flows:
+        table.add_row(
+            f.direction, f.partner, f.purpose, str(f.queries),
+            ", ".join(f"{k} {v}" for k, v in f.outcomes.most_common()),
+            ", ".join(f"{k} {v}" for k, v in f.reasons.most_common()),
+            ", ".join(f"{k} {v}" for k, v in f.decided_by.most_common()),
+            " / ".join(f"{v:.2f}" for v in f.latency_s.values()),
+        )  # fmt: skip
+    console.print(table)
+    console.print(text(f"refusals: {rep.refusals or 'none'}"))
+    console.print(text(f"review: {rep.review}"))
+    console.print(text(f"notices: {rep.notices}"))
+
+
+def qa(participant: Participant = PARTICIPANT) -> None:
+    """The §28 checks; exits 1 on any finding, naming each."""
+    me = code(participant)
+    with session(participant) as s:
+        found = qa_checks.run(s, me, utcnow(), settings().review_overdue_s)
+    for f in found:
+        console.print(text(f"[{f.check}] {f.detail}"))
+    console.print(text(f"{me}: {len(found)} finding(s)" if found else f"{me}: no findings"))
+    raise typer.Exit(1 if found else 0)

@@ -1,0 +1,130 @@
+"""The annual review (§27) counts what happened, and the §28 checks find each planted
+violation and nothing on a clean exchange."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlmodel import select
+
+from biox import qa, report
+from biox.messages import utcnow
+from biox.report_html import render
+from biox.store import (
+    AuditEntry,
+    IncidentRow,
+    NoticeRow,
+    Record,
+    ReviewCaseRow,
+    Transaction,
+    session_for,
+)
+from tests.unit.test_workflows import Hub, encounter, make_hub, person_known_to
+
+YEAR = (datetime.now(UTC) - timedelta(days=365), datetime.now(UTC) + timedelta(days=1))
+
+
+@pytest.fixture(scope="module")
+def ran(tmp_path_factory) -> Hub:
+    """us's encounters: three of people mx knows, two of strangers."""
+    hub = make_hub(tmp_path_factory.mktemp("report"))
+    outs = [encounter("us", person_known_to("mx", derogatory=False)) for _ in range(3)]
+    outs += [encounter("us", 10_000 + i) for i in range(2)]  # strangers: no_match
+    hub.run(outs)
+    return hub
+
+
+def test_the_report_counts_every_query_sent_and_answered_with_its_outcome(ran):
+    hub = ran
+    with hub.session("us") as s:
+        txs = s.exec(select(Transaction).where(Transaction.role == "requester")).all()
+        rep = report.build(s, "us", *YEAR)
+    sent = {(f.partner, f.purpose): f for f in rep.flows if f.direction == "sent"}
+    expected = Counter((tx.providing, tx.purpose) for tx in txs)
+    assert {k: f.queries for k, f in sent.items()} == dict(expected)
+    assert sum(f.queries for f in sent.values()) == len(txs) == 10  # 5 encounters x mx, sv
+    mx = sent[("mx", "enforce")]
+    assert mx.outcomes["match"] == 3 and mx.outcomes["no_match"] == 2
+    assert set(mx.latency_s) == {"p50", "p95", "p99"} and mx.decided_by["automatic"] == 5
+    assert sum(rep.per_month[m]["sent"] for m in rep.per_month) == 10
+    with hub.session("mx") as s:
+        theirs = report.build(s, "mx", *YEAR)
+    [answered] = [f for f in theirs.flows if f.direction == "answered"]
+    assert (answered.partner, answered.queries) == ("us", 5)
+    assert answered.outcomes == mx.outcomes  # what mx answered is what us received
+
+
+def test_the_report_page_holds_the_three_charts_and_the_numbers(ran):
+    hub = ran
+    with hub.session("us") as s:
+        page = render(report.build(s, "us", *YEAR))
+    assert page.count("<svg") == 3
+    for label in ("queries per month", "outcomes", "latency distribution"):
+        assert f'aria-label="{label}"' in page
+    assert "Queries sent: 10" in page and "<script" not in page and "http" not in page
+
+
+def test_percentiles_are_nearest_rank():
+    assert report.percentiles([]) == {}
+    values = [float(v) for v in range(1, 101)]
+    assert report.percentiles(values) == {"p50": 50.0, "p95": 95.0, "p99": 99.0}
+    assert report.percentiles([3.0]) == {"p50": 3.0, "p95": 3.0, "p99": 3.0}
+
+
+def plant(url: str, violation: str) -> None:
+    now = utcnow()
+    with session_for(url) as s:
+        if violation == "expired":
+            s.add(Record(id=91, identity_ref="X-91", source="mx", source_query_id="q",
+                         retain_until=now - timedelta(days=1)))  # fmt: skip
+        elif violation == "provenance":
+            s.add(Record(id=92, identity_ref="X-92", source="mx"))
+        elif violation == "onward_disclosure":
+            s.add(Record(id=93, identity_ref="SV-93", source="sv", source_query_id="q"))
+            s.add(Transaction(query_id="q-93", role="provider", encounter_id="E", requesting="mx",
+                              providing="us", purpose="enforce", status="match",
+                              answer={"candidates": [{"identity_ref": "SV-93",
+                                                      "record": {"biographic": {}}}]}))  # fmt: skip
+        elif violation == "notice_overdue":
+            due = now - timedelta(days=1)
+            s.add(NoticeRow(notice_id="n-9", direction="in", type="deletion", partner="mx",
+                            sent_at=now, status="received", respond_by=due))  # fmt: skip
+        elif violation == "incident_overdue":
+            s.add(IncidentRow(incident_id="i-9", aware_at=now - timedelta(hours=49),
+                              summary="x", partners=["mx"], opened_by="o"))  # fmt: skip
+        elif violation == "review_overdue":
+            s.add(ReviewCaseRow(case_id="c-9", query_id="c-9", requesting="mx",
+                                purpose="enforce", opened_at=now - timedelta(days=30),
+                                source="mx"))  # fmt: skip
+        elif violation == "audit_chain":
+            entry = s.exec(select(AuditEntry).order_by(AuditEntry.seq)).first()
+            assert entry is not None
+            entry.kind = "response" if entry.kind != "response" else "query"
+            s.add(entry)
+        s.commit()
+
+
+@pytest.mark.parametrize(
+    "violation",
+    [
+        "expired",
+        "provenance",
+        "onward_disclosure",
+        "notice_overdue",
+        "incident_overdue",
+        "review_overdue",
+        "audit_chain",
+    ],
+)
+def test_qa_finds_each_planted_violation(tmp_path, violation):
+    hub = make_hub(tmp_path)
+    hub.run([encounter("mx", person_known_to("us", derogatory=False))])
+    url = hub.exchange.settings.database_for("us")
+    with session_for(url) as s:
+        assert qa.run(s, "us", utcnow(), review_overdue_s=86_400) == []  # clean before
+    plant(url, violation)
+    with session_for(url) as s:
+        found = qa.run(s, "us", utcnow(), review_overdue_s=86_400)
+    assert [f.check for f in found] == [violation], found

@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-unit test-integration bench bench-full chaos mutation lint format broker broker-stop schemas rabbitmq clean
+.PHONY: demo test test-unit test-integration bench bench-full chaos mutation lint format broker broker-stop schemas rabbitmq chromium report-screenshot clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,10 +16,14 @@ $(STAMP): pyproject.toml
 rabbitmq:
 	@bash deploy/rabbitmq/ensure-rabbitmq.sh
 
+# Installs Debian's chromium when missing: the report page is checked in a real browser.
+chromium:
+	@bash deploy/ensure-chromium.sh
+
 demo: $(STAMP) rabbitmq
 	$(BIN)/biox demo
 
-test: $(STAMP) rabbitmq
+test: $(STAMP) rabbitmq chromium
 	$(BIN)/ruff check src workers tests bench
 	$(BIN)/mypy
 	$(BIN)/pytest

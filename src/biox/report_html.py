@@ -103,8 +103,23 @@ def _latency_histogram(latencies: dict[str, list[float]]) -> str:
             parts.append(
                 f'<text x="{x:.1f}" y="{height - 12}" class="axis">{_seconds(edges[i])}</text>'
             )
+    parts.append(
+        f'<text x="{width - 2}" y="{height - 12}" class="axis" text-anchor="end">'
+        f"{_seconds(edges[-1])}</text>"
+        f'<text x="{left - 4}" y="{bottom + 4}" class="axis" text-anchor="end">{top}</text>'
+        f'<line x1="{left}" x2="{width}" y1="{bottom}" y2="{bottom}" class="grid"/>'
+        f'<line x1="{left}" x2="{width}" y1="{height - bottom}" y2="{height - bottom}" '
+        'class="grid"/>'
+    )
     parts.append("</svg>")
     return "".join(parts)
+
+
+def _pairs(d: dict[str, object] | list[str]) -> str:
+    """``{"a": 1}`` as "a 1", for people; nothing as "none"."""
+    if isinstance(d, list):
+        return ", ".join(d) or "none"
+    return ", ".join(f"{k} {v}" for k, v in d.items()) or "none"
 
 
 def _seconds(s: float) -> str:
@@ -159,10 +174,12 @@ queries answered: {sum(f.queries for f in report.flows if f.direction == "answer
 <h2>Refusals by reason</h2>
 <table><tr><th>reason</th><th>count</th></tr>{refusals}</table>
 <h2>Human review (§8)</h2>
-<p>{review["cases"]} cases; by status {e(review["by_status"])}; by examiner {e(review["by_examiner"])};
-hours to decide {e(review["hours_to_decide"] or "—")}; open for {e(review["open_hours"] or "—")} hours.</p>
+<table><tr><th>cases</th><th>by status</th><th>by examiner</th><th>hours to decide</th><th>hours open</th></tr>
+<tr><td class=n>{review["cases"]}</td><td>{e(_pairs(review["by_status"]))}</td><td>{e(_pairs(review["by_examiner"]))}</td>
+<td>{e(_pairs(review["hours_to_decide"]))}</td><td>{e(_pairs(review["open_hours"]))}</td></tr></table>
 <h2>Notices (§12-36)</h2>
-<p>{notices["count"]} notices; {e(notices["by_type"])}; by status {e(notices["by_status"])};
-overdue: {e(", ".join(notices["overdue"]) or "none")}.</p>
+<table><tr><th>notices</th><th>by type</th><th>by status</th><th>overdue</th></tr>
+<tr><td class=n>{notices["count"]}</td><td>{e(_pairs(notices["by_type"]))}</td><td>{e(_pairs(notices["by_status"]))}</td>
+<td>{e(_pairs(notices["overdue"]))}</td></tr></table>
 </body></html>
 """

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from biox.errors import Reason
 from biox.messages import Element
 from biox.policy.release import ParticipantPolicy, Policies, ReleaseRule, released_record
@@ -127,3 +129,27 @@ def test_the_automatic_rule_asks_on_every_match_when_told_so():
     assert every.asks_after(derogatory=False) == [Element.encounters]
     never = ParticipantPolicy(retrieval=RetrievalRule(on="never", elements=[Element.encounters]))
     assert never.asks_after(derogatory=True) == []
+
+
+def test_a_query_carries_only_the_biographic_fields_its_send_rule_names():
+    """§19(i): us sends sv names and birth data, never a document number; mx, with no
+    rule, gets everything the encounter system gave."""
+    from biox.messages import Biographic
+
+    full = Biographic(family_name="Cruz", given_names="Ana", date_of_birth="1990-05-01",
+                      sex="F", claimed_nationality="gt", place_of_birth="Quetzaltenango",
+                      document_number="G123")  # fmt: skip
+    us = POLICIES.of("us")
+    to_sv = us.minimised("sv", Purpose.investigate, full)
+    assert to_sv.document_number is None and to_sv.place_of_birth is None
+    assert (to_sv.family_name, to_sv.date_of_birth, to_sv.claimed_nationality) == (
+        "Cruz", "1990-05-01", "gt")  # fmt: skip
+    assert us.minimised("mx", Purpose.enforce, full) == full
+    assert POLICIES.of("sv").minimised("us", Purpose.enforce, full).claimed_nationality is None
+
+
+def test_a_send_rule_naming_an_unknown_field_is_refused_at_load():
+    from biox.policy.release import SendRule
+
+    with pytest.raises(ValueError, match="passport"):
+        SendRule(biographic=["family_name", "passport"])

@@ -126,7 +126,7 @@ class IntakeHandler:
                 ),
                 subject_status=sub.subject_status,
                 biometrics=sub.biometrics,
-                biographic=sub.biographic,
+                biographic=self.policy.minimised(partner, sub.purpose, sub.biographic),
                 encounter=sub.encounter,
                 created_at=env.timestamp or now,
                 sent_at=now,

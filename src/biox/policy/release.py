@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from biox.errors import Reason
 from biox.messages import (
@@ -46,6 +46,31 @@ class ReleaseRule(BaseModel):
         )
 
 
+BIOGRAPHIC_FIELDS = tuple(Biographic.model_fields)
+
+
+class SendRule(BaseModel):
+    """Which biographic fields a query carries to ``to`` for ``purposes`` (§19(i): only
+    what is relevant). First rule naming the partner and purpose wins; no rule: all."""
+
+    to: list[str] = Field(default_factory=lambda: [ANY])
+    purposes: list[str] = Field(default_factory=lambda: [ANY])
+    biographic: list[str] = Field(default_factory=list)
+
+    @field_validator("biographic")
+    @classmethod
+    def _known_fields(cls, fields: list[str]) -> list[str]:
+        unknown = sorted(set(fields) - set(BIOGRAPHIC_FIELDS))
+        if unknown:
+            raise ValueError(f"not biographic fields: {unknown}; known: {BIOGRAPHIC_FIELDS}")
+        return fields
+
+    def covers(self, partner: str, purpose: Purpose) -> bool:
+        return (ANY in self.to or partner in self.to) and (
+            ANY in self.purposes or purpose.value in self.purposes
+        )
+
+
 class RetrievalRule(BaseModel):
     """When to send a retrieval request on one's own after a match (§10)."""
 
@@ -69,6 +94,17 @@ class ParticipantPolicy(BaseModel):
         description="after a partner discontinues (§36), keep what it sent at most this long",
     )
     retrieval: RetrievalRule = Field(default_factory=RetrievalRule)
+    send: list[SendRule] = Field(default_factory=list)
+
+    def minimised(self, partner: str, purpose: Purpose, biographic: Biographic) -> Biographic:
+        """The biographic data a query to ``partner`` for ``purpose`` carries (§19(i))."""
+        rule = next((r for r in self.send if r.covers(partner, purpose)), None)
+        if rule is None:
+            return biographic
+        keep = set(rule.biographic)
+        return biographic.model_copy(
+            update={f: None for f in BIOGRAPHIC_FIELDS if f not in keep}
+        )
 
     def release_for(self, requester: str, purpose: Purpose) -> Release | Reason:
         for rule in self.release:

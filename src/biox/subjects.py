@@ -9,6 +9,9 @@ hold their records inside a list and are read row by row, answered queries only.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -16,6 +19,9 @@ from typing import Any
 from sqlalchemy import func, or_
 from sqlmodel import Session, col, select
 
+from biox import codec
+from biox.codec import Outgoing
+from biox.ops_messages import PersonalDataRead
 from biox.store import EncounterRow, NotationRow, Record, RetrievalRow, ReviewCaseRow, Transaction
 
 
@@ -134,3 +140,13 @@ def note(session: Session, table: str, key: str, text: str, by: str) -> Notation
     row = NotationRow(table=table, key=key, text=text, by=by)
     session.add(row)
     return row
+
+
+def read_event(me: str, command: str, terms: dict[str, object], shown: int, who: str) -> Outgoing:
+    """The audit trail's record of a read of personal data: who, which command, a digest
+    of what was asked, how many rows were shown; never the terms or the rows."""
+    digest = hashlib.sha256(json.dumps(terms, sort_keys=True, default=str).encode()).hexdigest()
+    event = PersonalDataRead(command=command, terms_sha256=digest, shown=shown)
+    mid = str(uuid.uuid4())
+    out = codec.to_own_inbox(event, participant=me, message_id=mid, correlation_id=mid)
+    return codec.with_actor(out, who)

@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
-import uuid
 
 import typer
 from rich.table import Table
 from sqlmodel import select
 
-from biox import codec, lifecycle, subjects
+from biox import lifecycle, subjects
 from biox.broker.deadletters import operator as default_operator
 from biox.broker.publisher import publish_once
 from biox.cli.common import PARTICIPANT, Participant, code, console, session, settings, text
 from biox.cli.notice import pairs, send_notice
 from biox.notice_messages import About, NoticeSend, NoticeType
-from biox.ops_messages import PersonalDataRead
 from biox.store import Record
 
 app = typer.Typer(
@@ -31,11 +28,8 @@ def audited_read(me: str, command: str, terms: dict[str, object], shown: int, wh
     if not url:
         console.print("[red]BIOX_AMQP_URL is not set: a read of personal data must be audited[/]")
         raise typer.Exit(2)
-    digest = hashlib.sha256(json.dumps(terms, sort_keys=True).encode()).hexdigest()
-    event = PersonalDataRead(command=command, terms_sha256=digest, shown=shown)
-    mid = str(uuid.uuid4())
-    out = codec.to_own_inbox(event, participant=me, message_id=mid, correlation_id=mid)
-    publish_once(url, [codec.with_actor(out, who)], name="biox-read", tls=settings().client_tls())
+    event = subjects.read_event(me, command, terms, shown, who)
+    publish_once(url, [event], name="biox-read", tls=settings().client_tls())
 
 
 @app.command("search")

@@ -102,9 +102,7 @@ class ParticipantPolicy(BaseModel):
         if rule is None:
             return biographic
         keep = set(rule.biographic)
-        return biographic.model_copy(
-            update={f: None for f in BIOGRAPHIC_FIELDS if f not in keep}
-        )
+        return biographic.model_copy(update={f: None for f in BIOGRAPHIC_FIELDS if f not in keep})
 
     def release_for(self, requester: str, purpose: Purpose) -> Release | Reason:
         for rule in self.release:

@@ -31,7 +31,7 @@ from biox.provenance import holdings
 from biox.registry import Purpose, Registry
 from biox.routes import ROUTES
 from biox.settings import Settings
-from biox.sim import encounters, galleries, plans, synth
+from biox.sim import encounters, galleries, lifecycle_demo, plans, synth
 from biox.sim.examiners import ScriptedExaminers
 from biox.sim.processes import (
     broker_url,
@@ -133,10 +133,14 @@ def run(
             desk.join(10)
             _show_a_trail(console, settings, outcomes, desk)
             _show_provenance(console, settings, retrievals, asked)
+            lifecycle_ok = lifecycle_demo.run(console, settings, url, codes)
         finally:
             desk.stop.set()
             workers.stop()
-        return report(console, outcomes, duplicates, desk, retrievals, asked)
+        exit_code = report(console, outcomes, duplicates, desk, retrievals, asked)
+        if not lifecycle_ok:
+            console.print("[red]the lifecycle steps (notice, search, qa) did not all hold[/]")
+        return exit_code if lifecycle_ok else 1
 
 
 def _ask_for_more(

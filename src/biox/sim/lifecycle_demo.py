@@ -1,0 +1,139 @@
+"""The demo's last act, while the workers still run: the agreement's data lifecycle as an
+operator and a privacy officer see it. mx has one of its answers deleted by notice (§22)
+and us's encounter result shows it withdrawn; us searches for that person (§25); us's
+annual review (§27) as a table and an HTML page; and ``biox qa`` (§28) for everyone."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+from sqlmodel import select
+
+from biox import codec, qa, report, subjects
+from biox.broker.publisher import publish_once
+from biox.notice_messages import About, NoticeSend, NoticeType
+from biox.report_html import render
+from biox.settings import Settings
+from biox.store import EncounterRow, NoticeRow, Transaction, session_for
+
+OFFICER = "demo-privacy-officer"
+
+
+def run(console: Console, settings: Settings, url: str, codes: list[str]) -> bool:
+    """Returns whether every step did what it shows."""
+    ok = _deletion(console, settings, url)
+    ok = _search(console, settings, url) and ok
+    _report(console, settings)
+    return _qa(console, settings, codes) and ok
+
+
+def _a_match(settings: Settings, requester: str, provider: str) -> Transaction | None:
+    with session_for(settings.database_for(requester)) as s:
+        return s.exec(
+            select(Transaction).where(
+                Transaction.role == "requester",
+                Transaction.providing == provider,
+                Transaction.status == "match",
+            )
+        ).first()
+
+
+def _deletion(console: Console, settings: Settings, url: str) -> bool:
+    tx = _a_match(settings, "us", "mx")
+    if tx is None:
+        console.print("[red]no us query matched by mx to show a deletion notice on[/]")
+        return False
+    console.print(
+        f"[bold]$ biox notice send -p mx --to us --type deletion --query {tx.query_id}[/]"
+    )
+    ask = NoticeSend(
+        type=NoticeType.deletion,
+        to="us",
+        actor=OFFICER,
+        about=About(query_ids=[tx.query_id]),
+        text="record entered in error (§22)",
+    )
+    mid = str(uuid.uuid4())
+    out = codec.to_own_inbox(ask, participant="mx", message_id=mid, correlation_id=mid)
+    publish_once(url, [codec.with_actor(out, OFFICER)], name="biox-demo-notice")
+    nid = codec.derived_id(mid, "notice")
+    deadline = time.monotonic() + 60
+    sent = None
+    while time.monotonic() < deadline:
+        with session_for(settings.database_for("mx")) as s:
+            sent = s.get(NoticeRow, nid)
+        if sent is not None and sent.status == "acknowledged":
+            break
+        time.sleep(0.3)
+    with session_for(settings.database_for("us")) as s:
+        after = s.get(Transaction, (tx.query_id, "requester"))
+        encounter = s.get(EncounterRow, tx.encounter_id)
+    done = sent is not None and sent.status == "acknowledged"
+    table = Table(title="Deletion notice (§22): mx's ledger, and what us now holds")
+    for column in ("notice", "status", "us did", "us's answer", "encounter result"):
+        table.add_column(column)
+    table.add_row(
+        nid[:8],
+        sent.status if sent else "not sent",
+        str(sent.done) if sent and sent.done else "-",
+        after.status if after else "-",
+        f"revision {encounter.revision}, sent again" if encounter else "-",
+    )
+    console.print(table)
+    return done and after is not None and after.status == "withdrawn"
+
+
+def _search(console: Console, settings: Settings, url: str) -> bool:
+    tx = _a_match(settings, "us", "sv") or _a_match(settings, "us", "mx")
+    if tx is None or not tx.answer:
+        return True
+    record = tx.answer["candidates"][0].get("record") or {}
+    name = (record.get("biographic") or {}).get("family_name")
+    if not name:
+        return True
+    console.print(f"[bold]$ biox subject search -p us --name {name}[/]")
+    with session_for(settings.database_for("us")) as s:
+        found = subjects.search(s, subjects.Terms(name=name))
+    read = subjects.read_event("us", "subject search", {"name": name}, len(found), OFFICER)
+    publish_once(url, [read], name="biox-demo-read")
+    table = Table(title=f"Subject search (§25): what us keeps on {name}, and from whom")
+    for column in ("table", "key", "from", "retain until", "blocked"):
+        table.add_column(column)
+    for f in found:
+        table.add_row(f.table, f.key[:40], f.source or "us", f"{f.retain_until or ''}"[:10],
+                      "yes" if f.blocked else "")  # fmt: skip
+    console.print(table)
+    return bool(found)
+
+
+def _report(console: Console, settings: Settings) -> None:
+    now = datetime.now(UTC)
+    with session_for(settings.database_for("us")) as s:
+        rep = report.build(s, "us", now - timedelta(days=1), now + timedelta(days=1))
+    page = Path(settings.data_dir) / "report-us.html"
+    page.write_text(render(rep))
+    table = Table(title="Annual review (§27), us: $ biox report -p us --html report-us.html")
+    for column in ("direction", "partner", "purpose", "queries", "outcomes", "p50/p95 s"):
+        table.add_column(column)
+    for f in rep.flows:
+        table.add_row(f.direction, f.partner, f.purpose, str(f.queries),
+                      ", ".join(f"{k} {v}" for k, v in f.outcomes.most_common()),
+                      " / ".join(f"{v:.2f}" for v in list(f.latency_s.values())[:2]))  # fmt: skip
+    console.print(table)
+    console.print(f"The page with its charts: {page}")
+
+
+def _qa(console: Console, settings: Settings, codes: list[str]) -> bool:
+    clean = True
+    for code in codes:
+        with session_for(settings.database_for(code)) as s:
+            found = qa.run(s, code, datetime.now(UTC), settings.review_overdue_s)
+        clean = clean and not found
+        said = "no findings" if not found else "; ".join(f"[{f.check}] {f.detail}" for f in found)
+        console.print(f"$ biox qa -p {code}: {said}")
+    return clean

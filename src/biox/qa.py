@@ -61,15 +61,12 @@ def run(session: Session, me: str, now: datetime, review_overdue_s: float) -> li
 
 def _without_provenance(session: Session, me: str) -> list[Finding]:
     found = []
-    for tx in session.exec(
-        select(Transaction).where(
-            Transaction.role == "requester", col(Transaction.answer).is_not(None)
-        )
-    ):
-        if not tx.source or not tx.source_message_id:
+    # a JSON column keeps None as JSON null, so "has data" is asked of each row
+    for tx in session.exec(select(Transaction).where(Transaction.role == "requester")):
+        if tx.answer and (not tx.source or not tx.source_message_id):
             found.append(Finding("provenance", f"answer to query {tx.query_id} has no source"))
-    for rr in session.exec(select(RetrievalRow).where(col(RetrievalRow.data).is_not(None))):
-        if not rr.source or not rr.source_message_id:
+    for rr in session.exec(select(RetrievalRow).where(RetrievalRow.role == "asker")):
+        if rr.data and (not rr.source or not rr.source_message_id):
             found.append(Finding("provenance", f"retrieval {rr.retrieval_id} has no source"))
     for r in session.exec(
         select(Record).where(

@@ -106,14 +106,14 @@ def search(session: Session, terms: Terms) -> list[Found]:
         if terms.fits(c.probe_biographic, (c.case_id, c.query_id)):
             found.append(Found("review_cases", c.case_id, c.source, c.probe_biographic,
                                c.retain_until, False, []))  # fmt: skip
-    for rr in session.exec(select(RetrievalRow).where(col(RetrievalRow.data).is_not(None))):
+    for rr in session.exec(select(RetrievalRow).where(RetrievalRow.role == "asker")):
+        if not rr.data:  # JSON null: nothing received
+            continue
         bio = (rr.data or {}).get("biographic") or {}
         if terms.fits(bio, (rr.identity_ref, rr.query_id, (rr.data or {}).get("identity_ref"))):
             found.append(Found("retrievals", rr.retrieval_id, rr.source, bio, rr.retain_until,
                                rr.blocked_at is not None, []))  # fmt: skip
-    answered = select(Transaction).where(
-        Transaction.role == "requester", col(Transaction.answer).is_not(None)
-    )
+    answered = select(Transaction).where(Transaction.role == "requester")
     for tx in session.exec(answered):
         for c in (tx.answer or {}).get("candidates", []):
             bio = (c.get("record") or {}).get("biographic") or {}

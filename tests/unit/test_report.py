@@ -17,6 +17,7 @@ from biox.store import (
     IncidentRow,
     NoticeRow,
     Record,
+    RetrievalRow,
     ReviewCaseRow,
     Transaction,
     session_for,
@@ -128,3 +129,15 @@ def test_qa_finds_each_planted_violation(tmp_path, violation):
     with session_for(url) as s:
         found = qa.run(s, "us", utcnow(), review_overdue_s=86_400)
     assert [f.check for f in found] == [violation], found
+
+
+def test_rows_that_hold_no_partner_data_need_no_provenance(tmp_path):
+    """A query still waiting and a retrieval we answered (JSON null where data would be)."""
+    url = f"sqlite:///{tmp_path / 'us.db'}"
+    with session_for(url) as s:
+        s.add(Transaction(query_id="q-1", role="requester", encounter_id="E", requesting="us",
+                          providing="mx", purpose="enforce", status="pending"))  # fmt: skip
+        s.add(RetrievalRow(retrieval_id="r-1", role="holder", query_id="q-1", asker="mx",
+                           holder="us", identity_ref="X"))  # fmt: skip
+        s.commit()
+        assert qa.run(s, "us", utcnow(), review_overdue_s=86_400) == []

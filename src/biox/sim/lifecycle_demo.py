@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from sqlmodel import select
 
@@ -89,17 +90,28 @@ def _deletion(console: Console, settings: Settings, url: str) -> bool:
 
 
 def _search(console: Console, settings: Settings, url: str) -> bool:
-    tx = _a_match(settings, "us", "sv") or _a_match(settings, "us", "mx")
-    if tx is None or not tx.answer:
-        return True
-    record = tx.answer["candidates"][0].get("record") or {}
-    name = (record.get("biographic") or {}).get("family_name")
-    if not name:
-        return True
-    console.print(f"[bold]$ biox subject search -p us --name {name}[/]")
+    """A subject search for someone a partner released a name for."""
+    name, dob = None, None
     with session_for(settings.database_for("us")) as s:
-        found = subjects.search(s, subjects.Terms(name=name))
-    read = subjects.read_event("us", "subject search", {"name": name}, len(found), OFFICER)
+        matched = select(Transaction).where(
+            Transaction.role == "requester", Transaction.status == "match"
+        )
+        for tx in s.exec(matched):
+            for c in (tx.answer or {}).get("candidates", []):
+                bio = (c.get("record") or {}).get("biographic") or {}
+                name, dob = bio.get("family_name"), bio.get("date_of_birth")
+                if name and dob:
+                    break
+            if name and dob:
+                break
+    if not (name and dob):
+        console.print("[red]no released name and birth date to search for[/]")
+        return False
+    console.print(f"[bold]$ biox subject search -p us --name {name} --dob {dob}[/]")
+    terms = subjects.Terms(name=name, date_of_birth=dob)
+    with session_for(settings.database_for("us")) as s:
+        found = subjects.search(s, terms)
+    read = subjects.read_event("us", "subject search", terms.__dict__, len(found), OFFICER)
     publish_once(url, [read], name="biox-demo-read")
     table = Table(title=f"Subject search (§25): what us keeps on {name}, and from whom")
     for column in ("table", "key", "from", "retain until", "blocked"):
@@ -134,6 +146,6 @@ def _qa(console: Console, settings: Settings, codes: list[str]) -> bool:
         with session_for(settings.database_for(code)) as s:
             found = qa.run(s, code, datetime.now(UTC), settings.review_overdue_s)
         clean = clean and not found
-        said = "no findings" if not found else "; ".join(f"[{f.check}] {f.detail}" for f in found)
-        console.print(f"$ biox qa -p {code}: {said}")
+        said = "no findings" if not found else "; ".join(f"{f.check}: {f.detail}" for f in found)
+        console.print(escape(f"$ biox qa -p {code}: {said}"))
     return clean

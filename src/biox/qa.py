@@ -7,6 +7,7 @@ with where to look. ``biox qa`` exits non-zero on any finding.
 * released data that came from a third participant (§15): one of our answers carried a
   record whose source is neither us nor the requester;
 * overdue notices (§15, §22-25), incidents (§17) and review cases (§8);
+* a disclosure outside the exchange of partner data without consent or notice (§14-15);
 * the audit chain (§28): altered, removed, inserted or reordered entries.
 """
 
@@ -18,7 +19,7 @@ from datetime import UTC, datetime
 from sqlmodel import Session, col, select
 
 from biox import audit, examiners, incidents, retention
-from biox.store import NoticeRow, Record, RetrievalRow, ReviewCaseRow, Transaction
+from biox.store import DisclosureRow, NoticeRow, Record, RetrievalRow, ReviewCaseRow, Transaction
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,10 @@ def run(session: Session, me: str, now: datetime, review_overdue_s: float) -> li
     cases = list(session.exec(select(ReviewCaseRow)))
     for c in examiners.overdue(cases, review_overdue_s):
         found.append(Finding("review_overdue", f"case {c.case_id} open since {c.opened_at}"))
+    for d in session.exec(select(DisclosureRow)):
+        if d.source != me and not d.notice_id:
+            what = f"{d.identity_ref} from {d.source} disclosed to {d.recipient} unannounced"
+            found.append(Finding("onward_disclosure", what))
     count, broken = audit.verify(session)
     if broken is not None:
         found.append(Finding("audit_chain", f"{broken} (of {count} entries)"))

@@ -100,6 +100,21 @@ class RefusalRow(SQLModel, table=True):
     at: datetime = Field(default_factory=utcnow, index=True)
 
 
+class DisclosureRow(SQLModel, table=True):
+    """Data passed to someone outside the exchange (§14-15): to whom, what, on which basis,
+    and the notice that allows it (a consent reply) or announces it (compelled)."""
+
+    __tablename__ = "disclosures"
+    id: int | None = Field(default=None, primary_key=True)
+    at: datetime = Field(default_factory=utcnow, index=True)
+    recipient: str = Field(description="the third party: a court, an agency, a state")
+    identity_ref: str = Field(index=True)
+    source: str = Field(description="the participant the data came from (§20)")
+    basis: str = Field(description="own_data | consent (§15) | compelled (§14)")
+    notice_id: str | None = Field(default=None, description="consent request, or our notice")
+    by: str
+
+
 class NotationRow(SQLModel, table=True):
     """A note on a kept row (§25): that its subject asked for access or a correction, and
     what was done. Shown wherever the row is shown."""

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from sqlmodel import Session, select
 
-from biox.store import DisclosureRow, NoticeRow, Record
+from biox.ledgers import DisclosureRow, NoticeRow
+from biox.store import Record
 
 
 class NotAllowed(Exception):

@@ -14,8 +14,8 @@ from datetime import datetime, timedelta
 from sqlmodel import Session, col, select
 
 from biox.checkpoints import aware
+from biox.ledgers import IncidentRow
 from biox.messages import utcnow
-from biox.store import IncidentRow
 
 DEADLINE = timedelta(hours=48)
 

@@ -15,16 +15,10 @@ from typing import Any
 from sqlalchemy import or_
 from sqlmodel import Session, col, delete, select
 
+from biox.ledgers import Tombstone
 from biox.messages import utcnow
 from biox.notice_messages import About
-from biox.store import (
-    EnrolledTemplates,
-    Record,
-    RetrievalRow,
-    ReviewCaseRow,
-    Tombstone,
-    Transaction,
-)
+from biox.store import EnrolledTemplates, Record, RetrievalRow, ReviewCaseRow, Transaction
 
 
 @dataclass

@@ -17,9 +17,10 @@ from datetime import datetime
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Session, col, select
 
+from biox.ledgers import ParticipantEvent
 from biox.messages import utcnow
 from biox.registry import Registry, Status
-from biox.store import ParticipantEvent, ParticipantRow
+from biox.store import ParticipantRow
 
 
 def sync(session: Session, registry: Registry, attempts: int = 5) -> None:

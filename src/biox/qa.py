@@ -19,7 +19,8 @@ from datetime import UTC, datetime
 from sqlmodel import Session, col, select
 
 from biox import audit, examiners, incidents, retention
-from biox.store import DisclosureRow, NoticeRow, Record, RetrievalRow, ReviewCaseRow, Transaction
+from biox.ledgers import DisclosureRow, NoticeRow
+from biox.store import Record, RetrievalRow, ReviewCaseRow, Transaction
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,8 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
-from biox.store import NoticeRow, RefusalRow, ReviewCaseRow, Transaction
+from biox.ledgers import NoticeRow, RefusalRow
+from biox.store import ReviewCaseRow, Transaction
 
 
 def _aware(when: datetime | None) -> datetime | None:

@@ -21,8 +21,9 @@ from sqlmodel import Session, col, select
 
 from biox import codec
 from biox.codec import Outgoing
+from biox.ledgers import NotationRow
 from biox.ops_messages import PersonalDataRead
-from biox.store import EncounterRow, NotationRow, Record, RetrievalRow, ReviewCaseRow, Transaction
+from biox.store import EncounterRow, Record, RetrievalRow, ReviewCaseRow, Transaction
 
 
 @dataclass(frozen=True)

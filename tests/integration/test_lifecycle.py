@@ -12,8 +12,9 @@ from sqlmodel import select
 
 from biox.cli import app
 from biox.enrolment import enrolled_record_id
+from biox.ledgers import NoticeRow
 from biox.messages import utcnow
-from biox.store import AuditEntry, NoticeRow, ParticipantRow, Record, Transaction, session_for
+from biox.store import AuditEntry, ParticipantRow, Record, Transaction, session_for
 from tests.integration.conftest import Exchange
 from tests.integration.test_workflows import (
     outcome_of,

@@ -34,11 +34,12 @@ from biox.codec import Envelope, Outgoing
 from biox.errors import BioxError, PermanentError, Reason, TransientError
 from biox.handlers.base import Effects, Result
 from biox.inbound import Inbound, read_envelope
+from biox.ledgers import RefusalRow
 from biox.messages import Element, RetrievalAsk
 from biox.routes import Queue, RouteTable, Sender, route
 from biox.sealing import memory_rings
 from biox.settings import Settings
-from biox.store import ParticipantRow, ProcessedMessage, RefusalRow, session_for
+from biox.store import ParticipantRow, ProcessedMessage, session_for
 
 QUEUE = "us.retrieval"
 RINGS = memory_rings(["us", "mx", "sv"])

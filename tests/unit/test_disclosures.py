@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from biox import disclosures, qa
+from biox.ledgers import DisclosureRow, NoticeRow
 from biox.messages import utcnow
-from biox.store import DisclosureRow, NoticeRow, Record, session_for
+from biox.store import Record, session_for
 
 
 @pytest.fixture

@@ -14,9 +14,10 @@ from biox import codec, lifecycle
 from biox.enrolment import enrolled_record_id
 from biox.handlers.base import Context
 from biox.handlers.matcher import MatcherHandler
+from biox.ledgers import NoticeRow, Tombstone
 from biox.messages import EncounterResult, utcnow
 from biox.notice_messages import About, Notice, NoticeSend, NoticeType
-from biox.store import NoticeRow, ParticipantRow, Record, Tombstone, Transaction
+from biox.store import ParticipantRow, Record, Transaction
 from tests.unit.test_workflows import (
     POLICIES,
     REGISTRY,

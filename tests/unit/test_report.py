@@ -10,18 +10,10 @@ import pytest
 from sqlmodel import select
 
 from biox import qa, report
+from biox.ledgers import IncidentRow, NoticeRow
 from biox.messages import utcnow
 from biox.report_html import render
-from biox.store import (
-    AuditEntry,
-    IncidentRow,
-    NoticeRow,
-    Record,
-    RetrievalRow,
-    ReviewCaseRow,
-    Transaction,
-    session_for,
-)
+from biox.store import AuditEntry, Record, RetrievalRow, ReviewCaseRow, Transaction, session_for
 from tests.unit.test_workflows import Hub, encounter, make_hub, person_known_to
 
 YEAR = (datetime.now(UTC) - timedelta(days=365), datetime.now(UTC) + timedelta(days=1))

@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 from biox import incidents, retention
 from biox.cli import app
 from biox.handlers.notice import NoticeHandler
+from biox.ledgers import IncidentRow, NoticeRow, Tombstone
 from biox.ops_messages import RetentionPurged
 from biox.policy.release import ParticipantPolicy
 from biox.qa import late_notices
@@ -19,13 +20,10 @@ from biox.settings import Settings
 from biox.store import (
     EncounterRow,
     EnrolledTemplates,
-    IncidentRow,
-    NoticeRow,
     ProcessedMessage,
     Record,
     RetrievalRow,
     ReviewCaseRow,
-    Tombstone,
     Transaction,
     session_for,
 )

@@ -11,7 +11,7 @@ from biox import addresses
 from biox.broker.link import Delivery
 from biox.codec import H_ATTEMPT, H_ORIGINAL_USER, H_REASON, Envelope
 from biox.errors import BioxError
-from biox.store import RefusalRow
+from biox.ledgers import RefusalRow
 
 H_ERROR = "biox-error"
 H_ERROR_CLASS = "biox-error-class"

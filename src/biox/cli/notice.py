@@ -26,10 +26,11 @@ from biox.cli.common import (
     text,
 )
 from biox.handlers.notice import purge_event
+from biox.ledgers import DisclosureRow, IncidentRow, NoticeRow
 from biox.messages import utcnow
 from biox.notice_messages import About, NoticeSend, NoticeType
 from biox.qa import late_notices
-from biox.store import DisclosureRow, IncidentRow, NoticeRow, Record
+from biox.store import Record
 
 app = typer.Typer(help="Notices to and from partners (§12-36).", no_args_is_help=True)
 retention_app = typer.Typer(

@@ -24,6 +24,7 @@ from biox.gallery.fusion import Decision, decide
 from biox.gallery.gallery import Gallery, Hit, Probe
 from biox.handlers.base import Context, Effects, Result
 from biox.inbound import Inbound
+from biox.ledgers import Tombstone
 from biox.messages import (
     Biometrics,
     DecidedBy,
@@ -39,7 +40,7 @@ from biox.policy.eligibility import provider_refusal
 from biox.policy.release import ParticipantPolicy
 from biox.registry import Registry
 from biox.settings import Settings
-from biox.store import EnrolledTemplates, Record, Tombstone, Transaction
+from biox.store import EnrolledTemplates, Record, Transaction
 
 log = structlog.get_logger("biox.matcher")
 

@@ -18,6 +18,7 @@ from biox.codec import Envelope
 from biox.errors import BioxError, PermanentError, Reason
 from biox.handlers.base import Context, Effects, Result
 from biox.inbound import Inbound
+from biox.ledgers import NoticeRow
 from biox.messages import utcnow
 from biox.notice_messages import ASKS_ACTION, STATUS_OF, Notice, NoticeSend, NoticeType
 from biox.ops_messages import RetentionPurged
@@ -26,7 +27,7 @@ from biox.registry import Registry
 from biox.results import EncounterViews
 from biox.sealing import Trust, trust_path
 from biox.settings import Settings
-from biox.store import CheckpointRow, NoticeRow
+from biox.store import CheckpointRow
 
 log = structlog.get_logger("biox.notice")
 

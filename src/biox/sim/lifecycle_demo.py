@@ -17,10 +17,11 @@ from sqlmodel import select
 
 from biox import codec, qa, report, subjects
 from biox.broker.publisher import publish_once
+from biox.ledgers import NoticeRow
 from biox.notice_messages import About, NoticeSend, NoticeType
 from biox.report_html import render
 from biox.settings import Settings
-from biox.store import EncounterRow, NoticeRow, Transaction, session_for
+from biox.store import EncounterRow, Transaction, session_for
 
 OFFICER = "demo-privacy-officer"
 

@@ -66,6 +66,14 @@ class Answers:
         best = found[0][1]
         if not may_release(best, self.me, q.requesting):
             return self.declined(q, Reason.record_not_releasable, decided_by=decided_by)
+        nationality = (best.biographic or {}).get("claimed_nationality")
+        if nationality in (self.me, q.requesting):  # §6a: only a third country national
+            return self.declined(
+                q,
+                Reason.excluded_citizen,
+                f"the matched record is a national of {nationality} (§1(ii), §6a)",
+                decided_by,
+            )
         candidates = [
             Candidate(
                 identity_ref=record.identity_ref,

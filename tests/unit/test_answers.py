@@ -66,3 +66,18 @@ def test_the_retrieval_rule_fires_only_after_a_match():
     declined = answers.declined(asked("mx"), Reason.record_not_releasable)
     assert answers.follow_up(asked("mx"), declined, best) == []
     assert answers.follow_up(asked("mx"), match, None) == []
+
+
+def test_a_match_on_a_record_of_a_national_of_either_party_is_declined():
+    """§6a: a match is answered only when it is believed to be a third country national;
+    a record that says its subject is Mexican or American is not, for a us-mx pair."""
+    answers = Answers("mx", POLICIES.of("mx"))
+    for nationality, declined in (("mx", True), ("us", True), ("gt", False), (None, False)):
+        rec = record(source="mx")
+        rec.biographic = {"family_name": "ROE", "claimed_nationality": nationality}
+        response = answers.matched(asked("us"), [(Hit(7, 0.9, {"finger": 0.9}), rec)],
+                                   decided_by=DecidedBy.automatic)  # fmt: skip
+        assert (response.status is ResponseStatus.declined) is declined, nationality
+        if declined:
+            assert response.reason_code is Reason.excluded_citizen
+            assert f"national of {nationality}" in (response.reason or "")

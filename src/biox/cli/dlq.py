@@ -10,8 +10,16 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from biox.broker.deadletters import DeadLetter, DeadLetterQueues, Filters, dlq_names, parse_age
+from biox.broker.deadletters import (
+    DeadLetter,
+    DeadLetterQueues,
+    Filters,
+    dlq_names,
+    operator,
+    parse_age,
+)
 from biox.cli.common import Kind, Participant, amqp_url, console, settings, text
+from biox.cli.subject import audited_read
 from biox.ops_messages import (
     DeadLettersExported,
     DeadLettersImported,
@@ -103,6 +111,8 @@ def dlq_show(message_id: str, participant: Participant = _P, queue: str = _Q) ->
     if not found:
         console.print(f"{text(message_id)}: not in any dead-letter queue")
         raise typer.Exit(1)
+    for owner in sorted({d.queue.split(".")[0] for d in found}):
+        audited_read(owner, "dlq show", {"message_id": message_id}, len(found), operator())
     for d in found:
         record = to_record(d)
         record.pop("body")

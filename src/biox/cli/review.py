@@ -21,6 +21,7 @@ from biox.cli.common import (
     text,
 )
 from biox.cli.render import case_table
+from biox.cli.subject import audited_read
 from biox.examiners import Side
 from biox.messages import ReviewVerdict
 from biox.store import ReviewCaseRow
@@ -108,6 +109,7 @@ def review_next(
             console.print("no open case")
             raise typer.Exit(0)
         sides = examiners.sides(s, case)
+    audited_read(code(participant), "review next", {"case": case.case_id}, len(sides), examiner)
     console.print(case_table(case, sides))
     if verdict is None:
         verdict, candidate = _ask_examiner(case, sides, lease)

@@ -1,0 +1,171 @@
+"""Deletion, correction and blocking through provenance (lifecycle.py), table by table:
+what each notice finds by query, by message and by record, what it changes, what it
+leaves, and what it reports."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from sqlmodel import select
+
+from biox import lifecycle
+from biox.ledgers import Tombstone
+from biox.notice_messages import About
+from biox.store import (
+    EnrolledTemplates,
+    Record,
+    RetrievalRow,
+    ReviewCaseRow,
+    Transaction,
+    session_for,
+)
+
+BIO = {"family_name": "Cruz", "given_names": "Ana", "document_number": "G1"}
+AT = datetime(2026, 11, 20, tzinfo=UTC)
+
+
+def answer(ref: str) -> dict:
+    return {
+        "status": "match",
+        "candidates": [
+            {"identity_ref": ref, "fused_score": 0.9, "record": {"identity_ref": ref,
+                                                                 "biographic": dict(BIO)}},
+            {"identity_ref": "NO-RECORD", "fused_score": 0.8},
+        ],
+    }  # fmt: skip
+
+
+@pytest.fixture
+def db(tmp_path) -> str:
+    """At us: what mx sent (a query's enrolled data, an answer, a retrieval, a review case)
+    and the same from sv, which no notice from mx may touch."""
+    url = f"sqlite:///{tmp_path / 'us.db'}"
+    with session_for(url) as s:
+        for src, n in (("mx", 1), ("sv", 2)):
+            s.add(Record(id=n, identity_ref=f"ENR-{n}", source=src, source_query_id=f"q-{n}",
+                         source_message_id=f"m-{n}", biographic=dict(BIO)))  # fmt: skip
+            s.add(EnrolledTemplates(record_id=n, biometrics=b"t"))
+            s.add(Transaction(query_id=f"a-{n}", role="requester", encounter_id=f"E-{n}",
+                              requesting="us", providing=src, purpose="enforce",
+                              status="match", top_score=0.9, conditions=["c"], source=src,
+                              source_message_id=f"r-{n}", answer=answer(f"{src.upper()}-{n}"),
+                              reason_code="x"))  # fmt: skip
+            s.add(RetrievalRow(retrieval_id=f"rt-{n}", role="asker", query_id=f"q-{n}",
+                               asker="us", holder=src, identity_ref="X", status="released",
+                               source=src, source_message_id=f"rr-{n}", conditions=["c"],
+                               data={"identity_ref": "E", "biographic": dict(BIO)}))  # fmt: skip
+            s.add(ReviewCaseRow(case_id=f"c-{n}", query_id=f"q-{n}", requesting=src,
+                                purpose="enforce", opened_at=AT, source=src,
+                                source_message_id=f"m-{n}",
+                                probe_biographic=dict(BIO)))  # fmt: skip
+        s.add(Transaction(query_id="a-3", role="requester", encounter_id="E-3",
+                          requesting="us", providing="mx", purpose="enforce",
+                          status="pending"))  # fmt: skip
+        s.commit()
+    return url
+
+
+@pytest.mark.parametrize(
+    "about",
+    [About(query_ids=["q-1", "a-1"]), About(message_ids=["m-1", "r-1", "rr-1"])],
+    ids=["by query", "by message"],
+)
+def test_a_deletion_reaches_every_copy_the_sender_gave_and_nothing_else(db, about):
+    with session_for(db) as s:
+        done = lifecycle.delete_from(s, "mx", about, "notice:n-1")
+        s.commit()
+        assert done.counts == {"records": 1, "answers": 1, "retrievals": 1, "review_cases": 1}
+        assert done.encounters == {"E-1"}
+        assert [r.id for r in s.exec(select(Record))] == [2]
+        assert [t.record_id for t in s.exec(select(EnrolledTemplates))] == [2]
+        assert [(t.record_id, t.cause) for t in s.exec(select(Tombstone))] == [(1, "notice:n-1")]
+        tx = s.get(Transaction, ("a-1", "requester"))
+        assert (tx.status, tx.answer, tx.conditions, tx.top_score, tx.reason_code) == (
+            "withdrawn", None, [], None, None)  # fmt: skip
+        rt = s.get(RetrievalRow, ("rt-1", "asker"))
+        assert (rt.status, rt.data, rt.conditions) == ("withdrawn", None, [])
+        assert [c.case_id for c in s.exec(select(ReviewCaseRow))] == ["c-2"]
+        # sv's copies are untouched
+        assert s.get(Transaction, ("a-2", "requester")).answer is not None
+        assert s.get(RetrievalRow, ("rt-2", "asker")).data is not None
+
+
+def test_a_deletion_by_record_reference_reaches_that_record_only(db):
+    with session_for(db) as s:
+        done = lifecycle.delete_from(s, "mx", About(identity_refs=["ENR-1"]), "notice:n")
+        assert done.counts == {"records": 1}
+        assert lifecycle.delete_from(s, "mx", About(identity_refs=["ENR-2"]), "n").counts == {}
+
+
+def test_a_notice_about_nothing_the_sender_gave_changes_nothing(db):
+    with session_for(db) as s:
+        for about in (About(), About(query_ids=["q-2", "a-2"]), About(message_ids=["zz"])):
+            assert lifecycle.delete_from(s, "mx", about, "n").counts == {}
+            assert lifecycle.block_from(s, "mx", about, True).counts == {}
+            assert lifecycle.correct_from(s, "mx", about, {"family_name": "X"}).counts == {}
+        s.commit()
+        assert len(s.exec(select(Record)).all()) == 2
+
+
+def test_a_block_marks_each_copy_once_and_an_unblock_lifts_it(db):
+    about = About(query_ids=["q-1", "a-1"])
+    with session_for(db) as s:
+        done = lifecycle.block_from(s, "mx", about, True)
+        s.commit()
+        assert done.counts == {"records": 1, "answers": 1, "retrievals": 1}
+        assert done.encounters == {"E-1"}
+        assert s.get(Record, 1).blocked_at is not None
+        assert s.get(Transaction, ("a-1", "requester")).blocked_at is not None
+        assert s.get(RetrievalRow, ("rt-1", "asker")).blocked_at is not None
+        assert s.get(Record, 2).blocked_at is None
+        assert lifecycle.block_from(s, "mx", about, True).counts == {}  # already blocked
+        lifted = lifecycle.block_from(s, "mx", about, False)
+        s.commit()
+        assert lifted.counts == {"records": 1, "answers": 1, "retrievals": 1}
+        assert s.get(Record, 1).blocked_at is None
+        assert s.get(Transaction, ("a-1", "requester")).blocked_at is None
+        assert lifecycle.block_from(s, "mx", about, False).counts == {}
+
+
+def test_a_correction_replaces_and_removes_fields_in_every_copy(db):
+    fix = {"family_name": "CRUZ", "document_number": None}
+    want = {"family_name": "CRUZ", "given_names": "Ana"}
+    with session_for(db) as s:
+        done = lifecycle.correct_from(s, "mx", About(query_ids=["q-1", "a-1"]), fix)
+        s.commit()
+        assert done.counts == {"records": 1, "answers": 1, "retrievals": 1, "review_cases": 1}
+        assert done.encounters == {"E-1"}
+        rec = s.get(Record, 1)
+        assert rec.biographic == want and rec.corrected_at is not None
+        tx = s.get(Transaction, ("a-1", "requester"))
+        first, second = tx.answer["candidates"]
+        assert first["record"]["biographic"] == want and first["identity_ref"] == "MX-1"
+        assert second == {"identity_ref": "NO-RECORD", "fused_score": 0.8}  # no record: as is
+        assert tx.answer["status"] == "match" and tx.corrected_at is not None
+        rt = s.get(RetrievalRow, ("rt-1", "asker"))
+        assert rt.data == {"identity_ref": "E", "biographic": want}
+        assert rt.corrected_at is not None
+        assert s.get(ReviewCaseRow, "c-1").probe_biographic == want
+        # sv's copies keep the old values
+        assert s.get(Record, 2).biographic == BIO
+        assert s.get(ReviewCaseRow, "c-2").probe_biographic == BIO
+
+
+def test_a_correction_skips_an_answer_or_retrieval_that_holds_no_data(db):
+    with session_for(db) as s:
+        rt = s.get(RetrievalRow, ("rt-1", "asker"))
+        rt.data = None
+        s.add(rt)
+        s.commit()
+        done = lifecycle.correct_from(s, "mx", About(query_ids=["a-3", "q-1"]), {"sex": "F"})
+        assert done.counts == {"records": 1, "review_cases": 1}
+        assert s.get(Transaction, ("a-3", "requester")).corrected_at is None
+
+
+def test_done_counts_only_what_happened():
+    done = lifecycle.Done()
+    done.add("records", 0)
+    done.add("records", 2)
+    done.add("records", 1)
+    assert done.counts == {"records": 3}

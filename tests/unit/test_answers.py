@@ -81,3 +81,9 @@ def test_a_match_on_a_record_of_a_national_of_either_party_is_declined():
         if declined:
             assert response.reason_code is Reason.excluded_citizen
             assert f"national of {nationality}" in (response.reason or "")
+
+
+def test_a_decline_says_no_search_was_made():
+    answers = Answers("mx", POLICIES.of("mx"))
+    declined = answers.declined(asked("us"), Reason.purpose_not_agreed)
+    assert declined.timings.search_ms == 0.0 and declined.decided_by is DecidedBy.automatic

@@ -12,6 +12,7 @@ from sqlmodel import select
 
 from biox import codec, lifecycle
 from biox.enrolment import enrolled_record_id
+from biox.errors import PermanentError, Reason
 from biox.handlers.base import Context
 from biox.handlers.matcher import MatcherHandler
 from biox.ledgers import NoticeRow, Tombstone
@@ -215,3 +216,67 @@ def test_a_result_after_a_notice_is_a_new_revision(hub):
     assert after.revision == before + 1
     with hub.session("mx") as s:  # mx's own answer is untouched: only us's copy is blocked
         assert s.get(Transaction, (qid, "provider")).blocked_at is None
+
+
+# --- the notice worker's own checks, without the exchange --------------------------------------
+
+
+def sending(tmp_path, ask: NoticeSend, mid: str = "op-1"):
+    from biox import participants
+    from biox.handlers.notice import NoticeHandler
+    from biox.inbound import Inbound
+    from biox.sealing import memory_rings
+    from biox.store import session_for
+
+    url = f"sqlite:///{tmp_path / 'us.db'}"
+    handler = NoticeHandler("us", memory_rings(["us"])["us"].trust, REGISTRY)
+    env = codec.Envelope(mid, "notice.send", "notice.send/1", "us", "us", mid)
+    with session_for(url) as s:
+        participants.sync(s, REGISTRY)
+        [first] = handler.send([Inbound(env, ask)], s)
+        if not isinstance(first, PermanentError):
+            s.add_all(first.rows)
+            s.commit()
+            [again] = handler.send([Inbound(env, ask)], s)  # redelivered after commit
+            return first, again
+    return first, None
+
+
+@pytest.mark.parametrize(
+    ("to", "reply", "reason", "detail"),
+    [
+        ("zz", None, Reason.unknown_participant, "notice to 'zz'"),
+        ("us", None, Reason.misaddressed, "a notice goes to another participant"),
+        ("mx", "n-none", Reason.unknown_notice, "no notice 'n-none'"),
+    ],
+)
+def test_a_notice_to_no_partner_or_in_reply_to_nothing_is_refused(tmp_path, to, reply, reason,
+                                                                  detail):  # fmt: skip
+    kind = NoticeType.consent_reply if reply else NoticeType.material_change
+    consent = True if reply else None
+    ask = NoticeSend(type=kind, to=to, actor="o", in_reply_to=reply, consent=consent)
+    refused, _ = sending(tmp_path, ask)
+    assert isinstance(refused, PermanentError)
+    assert (refused.reason, refused.detail) == (reason, detail)
+
+
+def test_a_notice_request_redelivered_sends_nothing_twice(tmp_path):
+    ask = NoticeSend(type=NoticeType.material_change, to="mx", actor="o", text="new AFIS")
+    first, again = sending(tmp_path, ask)
+    assert first.outcome == "sent:material_change" and len(first.outgoing) == 1
+    assert first.outgoing[0].envelope.message_id == codec.derived_id("op-1", "notice")
+    assert again.outcome == "notice-exists" and again.outgoing == [] and again.rows == []
+
+
+def test_each_purge_event_is_its_own_message_naming_who_purged(tmp_path):
+    from biox.handlers.notice import purge_event
+    from biox.ops_messages import RetentionPurged
+    from biox.routes import ROUTES
+
+    one, two = purge_event("us", {"records": 2}, "schedule"), purge_event("us", {}, "ana")
+    assert one.envelope.message_id != two.envelope.message_id
+    assert one.envelope.correlation_id == one.envelope.message_id
+    body = ROUTES.decode(one.envelope.kind, one.envelope.schema, one.body)
+    assert isinstance(body, RetentionPurged)
+    assert (body.counts, body.detail) == ({"records": 2}, "retention purge (schedule)")
+    assert two.envelope.headers["biox-actor"] == "ana"

@@ -632,6 +632,16 @@ def test_a_review_case_is_kept_whole_with_the_probe_datas_source(tmp_path):
         [again] = handler.open([Inbound(env("review.case", "mx", "mx", "c-2"), case)], s)
     assert isinstance(again, Effects) and again.outcome == "case_exists" and again.rows == []
 
+    # a case whose encounter has no location keeps none: no invented null
+    unplaced = Encounter(encountered_at=AT, country="us")
+    nowhere = case.model_copy(update={"case_id": "q-2", "query_id": "q-2", "encounter": unplaced})
+    with session_for(f"sqlite:///{tmp_path / 'mx.db'}") as s:
+        [kept] = handler.open([Inbound(env("review.case", "mx", "mx", "c-3"), nowhere)], s)
+    assert isinstance(kept, Effects)
+    assert "location" not in kept.rows[0].encounter
+    assert kept.rows[0].candidates == [{"identity_ref": "MX-2", "fused_score": 0.4,
+                                        "scores": {"face": 0.4}}]  # fmt: skip
+
 
 @pytest.fixture
 def retrieval_db(tmp_path) -> str:
@@ -939,3 +949,27 @@ def test_retrievals_about_an_encounter_are_listed_oldest_first_pending_ones_with
     assert notes[0].released == ["biographic"] and notes[1].released == []
     assert result.outcomes[1].retrievals == []  # sv made none; our own asks are not listed
     assert views.transaction("q-sv").providing == "sv" and views.transaction("q-none") is None
+
+
+@pytest.mark.parametrize("inactive", ["mx", "us"])
+def test_no_retrieval_to_or_from_a_participant_that_is_not_active(retrieval_db, inactive):
+    """§34, §36: mx asking us, or us answering mx, while either is not active."""
+    from biox import participants
+    from biox.messages import RetrievalAsk
+    from biox.registry import Status
+
+    with session_for(retrieval_db) as s:  # one database here holds both sides
+        participants.sync(s, REGISTRY)
+        participants.set_status(s, inactive, Status.suspended, "operator:o")
+        s.commit()
+    ask = RetrievalAsk(query_id="q-1", elements=[Element.biographic], asked_by="op")
+    refused = retrieval("mx", retrieval_db, "retrieval.ask", ask, "mx", "ask-9")
+    assert isinstance(refused, PermanentError) and refused.reason is Reason.inactive_partner
+    assert refused.detail == f"{inactive} is not active"
+
+    answered = retrieval("us", retrieval_db, "retrieval.request",
+                         a_request("r-9", Element.biographic), "mx", "r-9")  # fmt: skip
+    assert isinstance(answered, Effects) and answered.outcome == "answered:declined"
+    response = decode(answered.outgoing[0], RetrievalResponse)
+    assert response.reason_code is Reason.inactive_partner and response.data is None
+    assert response.reason == f"{inactive} is not active (§34, §36)"

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from biox import participants
 from biox.errors import PermanentError, Reason
 from biox.handlers.base import Effects
@@ -71,3 +73,28 @@ def test_a_running_intake_stops_querying_a_partner_the_moment_it_discontinues(tm
         e3 = env("encounter.submit", "us", "us", "s-3", correlation_id="E-3", reply_to="rq")
         [none] = handler.submit([Inbound(e3, a_submission(encounter_id="E-3"))], s)
     assert isinstance(none, PermanentError) and none.reason is Reason.inactive_provider
+
+
+def test_each_change_is_kept_with_what_it_changed_to_and_why(tmp_path):
+    url = f"sqlite:///{tmp_path / 'us.db'}"
+    with session_for(url) as s:
+        participants.sync(s, REGISTRY)
+        participants.set_contacts(s, "sv", {"implementation": "DGME"}, "notice:n-1", "new desk")
+        participants.set_status(s, "mx", Status.suspended, "operator:ana")
+        participants.set_status(s, "sv", Status.suspended, "operator:ana")
+        s.commit()
+        contact = participants.history(s, "sv")[-2]
+        assert (contact.cause, contact.note) == ("notice:n-1", "new desk")
+        assert contact.contacts["implementation"] == "DGME"
+        everything = participants.history(s)
+        assert [e.id for e in everything] == sorted(e.id for e in everything)  # in order
+        assert len(everything) == 3 + 3  # three seeded, three changes
+        # mx's suspension, not sv's, which came a moment later
+        assert participants.since(s, "mx", Status.suspended) == participants.history(s, "mx")[-1].at
+        assert participants.since(s, "us", Status.suspended) is None
+        for change in (
+            lambda: participants.set_status(s, "zz", Status.active, "x"),
+            lambda: participants.set_contacts(s, "zz", {}, "x"),
+        ):
+            with pytest.raises(KeyError, match="zz"):
+                change()

@@ -173,3 +173,47 @@ def test_notices_past_their_date_without_an_answer_are_late():
         row("no-date", "out", "sent", None),
     ]
     assert [r.notice_id for r in late_notices(rows, NOW)] == ["ours-late", "theirs-late"]
+
+
+def test_a_row_is_kept_through_the_instant_its_retention_ends(tmp_path):
+    """``retain_until`` is the last moment it may be kept: expired strictly after it."""
+    url = f"sqlite:///{tmp_path / 'us.db'}"
+    with session_for(url) as s:
+        s.add(Record(id=1, identity_ref="R-1", source="mx", retain_until=NOW))
+        s.add(Transaction(query_id="q", role="requester", encounter_id="E", requesting="us",
+                          providing="mx", purpose="enforce", retain_until=NOW))  # fmt: skip
+        s.add(ProcessedMessage(consumer="c", message_id="m", published=True,
+                               processed_at=NOW - timedelta(days=7)))  # fmt: skip
+        s.commit()
+        assert retention.purge(s, NOW, markers_days=7) == {}
+        s.commit()
+        assert s.get(Record, 1) is not None and s.get(ProcessedMessage, ("c", "m")) is not None
+
+
+def test_a_discontinued_partners_data_is_capped_in_every_table_that_holds_it(tmp_path):
+    url = f"sqlite:///{tmp_path / 'us.db'}"
+    policy = ParticipantPolicy(discontinued_retention_days=10)
+    cap = NOW + timedelta(days=10)
+    with session_for(url) as s:
+        s.add(Transaction(query_id="q", role="requester", encounter_id="E", requesting="us",
+                          providing="mx", purpose="enforce", source="mx",
+                          retain_until=NOW + timedelta(days=99)))  # fmt: skip
+        s.add(
+            ReviewCaseRow(
+                case_id="c",
+                query_id="c",
+                requesting="mx",
+                purpose="enforce",
+                opened_at=NOW,
+                source="mx",
+            )
+        )  # no date at all: capped too
+        s.add(RetrievalRow(retrieval_id="r", role="asker", query_id="q", asker="us",
+                           holder="mx", identity_ref="X", source="mx",
+                           retain_until=cap))  # fmt: skip
+        s.commit()
+        counts = retention.cap_for_discontinued(s, "mx", policy, NOW)
+        s.commit()
+        # the retrieval already ends on the cap: unchanged, not counted
+        assert counts == {"transactions": 1, "review_cases": 1}
+        assert s.get(ReviewCaseRow, "c").retain_until.replace(tzinfo=UTC) == cap

@@ -296,3 +296,11 @@ def test_a_private_key_file_the_trust_file_does_not_name_never_signs(tmp_path):
     known = load_ring(tmp_path, "us").kid
     (tmp_path / "us" / "us-zzzz.sign").write_text(bytes(SigningKey.generate()).hex())
     assert load_ring(tmp_path, "us").kid == known
+
+
+def test_keys_are_made_for_every_participant_that_lacks_them_whatever_the_order(tmp_path):
+    ensure_keys(tmp_path, ["us"])
+    ensure_keys(tmp_path, ["us", "mx", "sv"])  # us has keys: the others still get theirs
+    trust = Trust.load(trust_path(tmp_path))
+    assert {k.code for k in trust.keys.values()} == {"us", "mx", "sv"}
+    assert all(load_ring(tmp_path, c).me == c for c in ("us", "mx", "sv"))

@@ -57,12 +57,20 @@ class Live:
     contacts. Rebuilt only when the table (or the file's registry object) changed since the
     last batch: one small read per batch."""
 
-    def __init__(self) -> None:
+    def __init__(self, refresh_s: float = 0.0) -> None:
+        """``refresh_s``: read the table at most this often (workers: BIOX_REGISTRY_REFRESH_S);
+        0 reads it at every batch."""
+        self.refresh_s = refresh_s
         self._base: Registry | None = None
         self._key: tuple[tuple[str, str, str], ...] = ()
         self._now: Registry | None = None
+        self._read_at = float("-inf")
 
     def now(self, registry: Registry, session: Session) -> Registry:
+        fresh = time.monotonic() - self._read_at < self.refresh_s
+        if self._now is not None and self._base is registry and fresh:
+            return self._now
+        self._read_at = time.monotonic()
         rows = session.exec(select(ParticipantRow)).all()
         key = tuple(
             sorted((r.code, r.status, repr(sorted((r.contacts or {}).items()))) for r in rows)

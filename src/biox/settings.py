@@ -118,6 +118,11 @@ class Settings(BaseSettings):
         default=30,
         description="Dead letters older than this expire (a broker policy on every DLQ).",
     )
+    registry_refresh_s: float = Field(
+        default=1.0,
+        description="How often a worker re-reads the participants' live status (a notice's "
+        "change reaches every worker within this).",
+    )
     notice_response_days: int = Field(
         default=30,
         description="By when a partner is asked to act on a deletion, correction, block or "

@@ -128,6 +128,7 @@ def test_a_discontinued_partner_is_not_queried_until_it_is_ready_again(exchange,
     nid = notice_id(cli("notice", "send", "-p", "sv", "--to", "us", "--type", "discontinuation",
                         "--text", "§36 written notice"))  # fmt: skip
     acknowledged(exchange, "sv", nid)
+    time.sleep(exchange.settings.registry_refresh_s + 0.5)  # every worker has re-read it
     try:
         with db(exchange, "us") as s:
             assert s.get(ParticipantRow, "sv").status == "discontinued"
@@ -139,6 +140,7 @@ def test_a_discontinued_partner_is_not_queried_until_it_is_ready_again(exchange,
     finally:
         ready = notice_id(cli("notice", "send", "-p", "sv", "--to", "us", "--type", "readiness"))
         acknowledged(exchange, "sv", ready)
+        time.sleep(exchange.settings.registry_refresh_s + 0.5)
     with db(exchange, "us") as s:
         assert s.get(ParticipantRow, "sv").status == "active"
 

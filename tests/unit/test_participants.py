@@ -98,3 +98,19 @@ def test_each_change_is_kept_with_what_it_changed_to_and_why(tmp_path):
         ):
             with pytest.raises(KeyError, match="zz"):
                 change()
+
+
+def test_a_worker_rereads_the_statuses_at_most_once_per_refresh_interval(tmp_path):
+    url = f"sqlite:///{tmp_path / 'us.db'}"
+    live = participants.Live(refresh_s=60)
+    with session_for(url) as s:
+        participants.sync(s, REGISTRY)
+        s.commit()
+        assert live.now(REGISTRY, s).participants["mx"].status is Status.active
+        participants.set_status(s, "mx", Status.discontinued, "notice:n")
+        s.commit()
+        assert live.now(REGISTRY, s).participants["mx"].status is Status.active  # not yet
+        live._read_at -= 61  # a minute later
+        assert live.now(REGISTRY, s).participants["mx"].status is Status.discontinued
+        other = REGISTRY.model_copy(deep=True)  # another registry object: read at once
+        assert live.now(other, s).participants["mx"].status is Status.discontinued

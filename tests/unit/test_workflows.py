@@ -92,7 +92,9 @@ class Hub:
 
 
 def make_hub(tmp: Path, policies: Policies = POLICIES, options: Settings | None = None) -> Hub:
-    config = (options or Settings()).model_copy(update={"data_dir": tmp})
+    # statuses read at every batch: the exchange runs a whole workflow in well under the
+    # workers' BIOX_REGISTRY_REFRESH_S (the integration tests wait for it instead)
+    config = (options or Settings()).model_copy(update={"data_dir": tmp, "registry_refresh_s": 0})
     synthetic_galleries(config, ("us", "mx", "sv"), SIZE, SEED)
     exchange = InMemoryExchange(config, registry=REGISTRY, policies=policies)
     exchange.declare_queue(REPLIES)

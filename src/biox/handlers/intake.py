@@ -29,15 +29,19 @@ from biox.store import EncounterRow, Transaction
 class IntakeHandler:
     @classmethod
     def build(cls, ctx: Context) -> IntakeHandler:
-        return cls(ctx.participant, ctx.registry, ctx.policy)
+        return cls(ctx.participant, ctx.registry, ctx.policy, ctx.settings.registry_refresh_s)
 
     def __init__(
-        self, participant: str, registry: Registry, policy: ParticipantPolicy | None = None
+        self,
+        participant: str,
+        registry: Registry,
+        policy: ParticipantPolicy | None = None,
+        refresh_s: float = 0.0,
     ) -> None:
         self.me = participant
         self.registry = registry
         self.policy = policy or ParticipantPolicy()
-        self._live = participants.Live()
+        self._live = participants.Live(refresh_s)
 
     def submit(self, batch: Sequence[Inbound[EncounterSubmit]], session: Session) -> list[Result]:
         registry = self._live.now(self.registry, session)  # statuses as notices left them

@@ -76,7 +76,7 @@ class MatcherHandler:
         self.settings = settings
         self.policy = policy
         self.answers = Answers(participant, policy)
-        self._live = participants.Live()
+        self._live = participants.Live(settings.registry_refresh_s)
         self._synced_at = float("-inf")
         self._max_seq = 0
         self._enrolled_seqs: set[int] = set()

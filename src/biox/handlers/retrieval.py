@@ -45,13 +45,19 @@ log = structlog.get_logger("biox.retrieval")
 class RetrievalHandler:
     @classmethod
     def build(cls, ctx: Context) -> RetrievalHandler:
-        return cls(ctx.participant, ctx.registry, ctx.policy)
+        return cls(ctx.participant, ctx.registry, ctx.policy, ctx.settings.registry_refresh_s)
 
-    def __init__(self, participant: str, registry: Registry, policy: ParticipantPolicy) -> None:
+    def __init__(
+        self,
+        participant: str,
+        registry: Registry,
+        policy: ParticipantPolicy,
+        refresh_s: float = 0.0,
+    ) -> None:
         self.me = participant
         self.registry = registry
         self.policy = policy
-        self._live = participants.Live()
+        self._live = participants.Live(refresh_s)
 
     def _inactive(self, session: Session, partner: str) -> str | None:
         """Who of the two is not active (§34, §36): no retrieval to or from them."""

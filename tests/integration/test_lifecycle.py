@@ -161,3 +161,29 @@ def test_an_incident_is_overdue_until_its_notice_is_sent(exchange, cli_env):
 
     [row] = wait_for(received, 30, "us to receive the incident notice")
     assert row.partner == "mx" and "wrong agency" in row.text
+
+
+def test_a_blocked_record_is_not_matched_until_it_is_unblocked(exchange, system, cli_env):
+    """mx blocks the query data us enrolled from it (§23): mx's next query about that
+    person finds nothing at us; once unblocked, the same query matches it again."""
+    first, us = stranger_answered(exchange, system, "mx", "us", seed=51)
+    ref = None
+    with db(exchange, "us") as s:
+        ref = s.get(Record, enrolled_record_id(us.query_id)).identity_ref
+    nid = notice_id(cli("notice", "send", "-p", "mx", "--to", "us", "--type", "block",
+                        "--query", us.query_id))  # fmt: skip
+    assert acknowledged(exchange, "mx", nid).done == {"records": 1}
+    time.sleep(exchange.settings.gallery_sync_s + 0.5)  # the matchers have the enrolment
+    blocked = planned_for(exchange, "mx", first.person, scenario="stranger")
+    system.submit([blocked])
+    system.collect(timeout=60)
+    assert outcome_of(system.outcomes[blocked.encounter_id], "us").status.value == "no_match"
+
+    nid = notice_id(cli("notice", "send", "-p", "mx", "--to", "us", "--type", "unblock",
+                        "--query", us.query_id))  # fmt: skip
+    acknowledged(exchange, "mx", nid)
+    again = planned_for(exchange, "mx", first.person, scenario="stranger")
+    system.submit([again])
+    system.collect(timeout=60)
+    found = outcome_of(system.outcomes[again.encounter_id], "us")
+    assert found.status.value == "match" and found.candidates[0].identity_ref == ref

@@ -844,3 +844,76 @@ def test_confirming_one_message_marks_only_its_own_outputs_published(tmp_path):
     r.run(r.link.deliver(fine))
     assert r.marker(fine.envelope.message_id).published
     assert not r.marker(stuck.envelope.message_id).published
+
+
+# --- scheduled maintenance between batches -------------------------------------------------------
+
+
+class Maintaining(ScriptedHandler):
+    """A handler with scheduled work: a row and a message each time, or a failure."""
+
+    def __init__(self, every_s: float, fail: bool = False) -> None:
+        super().__init__()
+        self.maintain_every_s = every_s
+        self.fail = fail
+        self.runs = 0
+
+    def maintain(self, session: Session) -> list[Outgoing]:
+        self.runs += 1
+        if self.fail:
+            raise RuntimeError("disk full")
+        session.add(ParticipantRow(code=f"kept-{self.runs}", agency="maintenance", status="x"))
+        return [ask("ok", message_id=f"maintained-{self.runs}")]
+
+
+def test_scheduled_work_runs_once_its_interval_passed_committed_then_published(tmp_path):
+    handler = Maintaining(every_s=60)
+    r = rig(tmp_path, handler)
+    r.loop.maintain()  # just started: not yet due
+    assert handler.runs == 0
+    r.loop._maintained_at -= 61  # a minute later
+    r.loop.maintain()
+    r.loop.maintain()  # due again only one interval after the last run
+    assert handler.runs == 1
+    assert r.effect("kept-1") is not None  # committed
+    assert [p.message_id for p in r.link.confirmed] == ["maintained-1"]  # then published
+
+
+def test_a_handler_without_a_schedule_is_never_maintained(tmp_path):
+    for every in (0, -1):
+        handler = Maintaining(every_s=every)
+        r = rig(tmp_path / str(every), handler)
+        r.loop._maintained_at -= 3600
+        r.loop.maintain()
+        assert handler.runs == 0 and r.link.confirmed == []
+    from structlog.testing import capture_logs
+
+    plain = rig(tmp_path / "plain")  # ScriptedHandler has no maintain at all
+    plain.loop._maintained_at -= 3600
+    with capture_logs() as logs:
+        plain.loop.maintain()
+    assert plain.link.confirmed == [] and logs == []  # not tried, so nothing failed
+
+
+def test_an_interval_under_a_second_is_kept_too(tmp_path):
+    handler = Maintaining(every_s=0.5)
+    r = rig(tmp_path, handler)
+    r.loop._maintained_at -= 0.6
+    r.loop.maintain()
+    assert handler.runs == 1
+
+
+def test_failed_scheduled_work_is_logged_and_the_loop_goes_on(tmp_path):
+    from structlog.testing import capture_logs
+
+    handler = Maintaining(every_s=60, fail=True)
+    r = rig(tmp_path, handler)
+    r.loop._maintained_at -= 61
+    with capture_logs() as logs:
+        r.loop.maintain()
+    [failed] = [e for e in logs if e["event"] == "maintenance_failed"]
+    assert "disk full" in failed["error"] and failed["worker"] == r.loop.worker
+    assert r.link.confirmed == []
+    d = r.link.deliver(ask("ok"))
+    r.run(d)  # still consuming
+    assert r.link.acks() == [d.delivery_tag]

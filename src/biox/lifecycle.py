@@ -33,66 +33,38 @@ class Done:
             self.counts[what] = self.counts.get(what, 0) + n
 
 
-def _records(session: Session, source: str, about: About) -> list[Record]:
-    clauses = []
-    if about.query_ids:
-        clauses.append(col(Record.source_query_id).in_(about.query_ids))
-    if about.message_ids:
-        clauses.append(col(Record.source_message_id).in_(about.message_ids))
-    if about.identity_refs:
-        clauses.append(col(Record.identity_ref).in_(about.identity_refs))
+def _found(session: Session, table: Any, about: About, columns: tuple[Any, Any, Any],
+           **equal: str) -> list[Any]:  # fmt: skip
+    """Rows of ``table`` whose provenance columns (query, message, record; None: the table
+    has none) name what ``about`` names, and whose ``equal`` columns hold those values."""
+    named = zip(columns, (about.query_ids, about.message_ids, about.identity_refs), strict=True)
+    clauses = [col(column).in_(ids) for column, ids in named if column is not None and ids]
     if not clauses:
         return []
-    return list(session.exec(select(Record).where(Record.source == source, or_(*clauses))))
+    fixed = [getattr(table, name) == value for name, value in equal.items()]
+    return list(session.exec(select(table).where(*fixed, or_(*clauses))))
+
+
+def _records(session: Session, source: str, about: About) -> list[Record]:
+    columns = (Record.source_query_id, Record.source_message_id, Record.identity_ref)
+    return _found(session, Record, about, columns, source=source)
 
 
 def _answers(session: Session, source: str, about: About) -> list[Transaction]:
     """The answers ``source`` gave to our queries (the requester's side)."""
-    clauses = []
-    if about.query_ids:
-        clauses.append(col(Transaction.query_id).in_(about.query_ids))
-    if about.message_ids:
-        clauses.append(col(Transaction.source_message_id).in_(about.message_ids))
-    if not clauses:
-        return []
-    return list(
-        session.exec(
-            select(Transaction).where(
-                Transaction.role == "requester", Transaction.providing == source, or_(*clauses)
-            )
-        )
-    )
+    columns = (Transaction.query_id, Transaction.source_message_id, None)
+    return _found(session, Transaction, about, columns, role="requester", providing=source)
 
 
 def _retrieved(session: Session, source: str, about: About) -> list[RetrievalRow]:
     """What ``source`` released to us after our retrieval requests (the asker's side)."""
-    clauses = []
-    if about.query_ids:
-        clauses.append(col(RetrievalRow.query_id).in_(about.query_ids))
-    if about.message_ids:
-        clauses.append(col(RetrievalRow.source_message_id).in_(about.message_ids))
-    if not clauses:
-        return []
-    return list(
-        session.exec(
-            select(RetrievalRow).where(
-                RetrievalRow.role == "asker", RetrievalRow.source == source, or_(*clauses)
-            )
-        )
-    )
+    columns = (RetrievalRow.query_id, RetrievalRow.source_message_id, None)
+    return _found(session, RetrievalRow, about, columns, role="asker", source=source)
 
 
 def _cases(session: Session, source: str, about: About) -> list[ReviewCaseRow]:
-    clauses = []
-    if about.query_ids:
-        clauses.append(col(ReviewCaseRow.query_id).in_(about.query_ids))
-    if about.message_ids:
-        clauses.append(col(ReviewCaseRow.source_message_id).in_(about.message_ids))
-    if not clauses:
-        return []
-    return list(
-        session.exec(select(ReviewCaseRow).where(ReviewCaseRow.source == source, or_(*clauses)))
-    )
+    columns = (ReviewCaseRow.query_id, ReviewCaseRow.source_message_id, None)
+    return _found(session, ReviewCaseRow, about, columns, source=source)
 
 
 def forget_records(session: Session, ids: list[int], cause: str) -> int:

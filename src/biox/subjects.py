@@ -82,25 +82,23 @@ def _where(column: Any, terms: Terms) -> list[Any]:
     return clauses
 
 
+def _filtered(table: Any, key: Any, biographic: Any, terms: Terms) -> Any:
+    """A table whose rows have a key and a biographic column: filtered in SQL."""
+    query = select(table)
+    if terms.ref:
+        query = query.where(key == terms.ref)
+    return query.where(*_where(biographic, terms))
+
+
 def search(session: Session, terms: Terms) -> list[Found]:
     if terms.empty():
         return []
     found: list[Found] = []
-    bio_terms = Terms(terms.name, terms.date_of_birth, terms.document)
-    records = select(Record)
-    if terms.ref:
-        records = records.where(Record.identity_ref == terms.ref)
-    if not bio_terms.empty():
-        records = records.where(*_where(Record.biographic, terms))
-    for r in session.exec(records):
+    for r in session.exec(_filtered(Record, Record.identity_ref, Record.biographic, terms)):
         found.append(Found("records", r.identity_ref, r.source, r.biographic, r.retain_until,
                            r.blocked_at is not None, []))  # fmt: skip
-    encounters = select(EncounterRow)
-    if terms.ref:
-        encounters = encounters.where(EncounterRow.encounter_id == terms.ref)
-    if not bio_terms.empty():
-        encounters = encounters.where(*_where(EncounterRow.biographic, terms))
-    for e in session.exec(encounters):
+    kept = _filtered(EncounterRow, EncounterRow.encounter_id, EncounterRow.biographic, terms)
+    for e in session.exec(kept):
         found.append(Found("encounters", e.encounter_id, None, e.biographic, e.retain_until,
                            False, []))  # fmt: skip
     for c in session.exec(select(ReviewCaseRow)):

@@ -21,6 +21,16 @@ def results(code: str) -> str:
     return f"biox.{code}.results"
 
 
+def held_results_exchange(code: str) -> str:
+    """The results exchange's alternate exchange: what no reply queue took."""
+    return f"biox.{code}.results.held"
+
+
+def held_results_queue(code: str) -> str:
+    """Where results wait whose encounter system's queue is missing or unnamed."""
+    return f"{code}.results.held"
+
+
 def routing_key(to: str, kind: str) -> str:
     return f"{to}.{kind}"
 

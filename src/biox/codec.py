@@ -110,7 +110,7 @@ def decode_body(model: type[MessageT], schema: str | None, body: bytes) -> Messa
     if not isinstance(data, dict):
         raise PermanentError(Reason.undecodable, f"top level is {type(data).__name__}, not a map")
     try:
-        return model.model_validate(data)
+        return model.model_validate(data, context={"wire": True})
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc']) or '<body>'}: {e['msg']}"

@@ -44,6 +44,9 @@ class Reason(StrEnum):
     # anything about one query that the receiver cannot relate to what it sent
     unknown_query = "unknown_query"
     duplicate_encounter = "duplicate_encounter"
+    # the encounter-system contract (docs/integration.md)
+    no_reply_to = "no_reply_to"
+    no_answer = "no_answer"
     # release decisions of the providing participant (§7, §9)
     record_not_releasable = "record_not_releasable"
     release_not_agreed = "release_not_agreed"
@@ -85,6 +88,11 @@ REASON_TEXT: dict[Reason, str] = {
     Reason.template_invalid: "template has NaN, infinite or all-zero values",
     Reason.unknown_query: "no query with this id was sent to this participant",
     Reason.duplicate_encounter: "an encounter with this id was already submitted",
+    Reason.no_reply_to: (
+        "an encounter.submit needs reply_to (the queue its results go to) and correlation_id "
+        "(= its encounter_id)"
+    ),
+    Reason.no_answer: "the partner did not answer by the deadline; a later answer revises this",
     Reason.record_not_releasable: "the matched record is not releasable (§9)",
     Reason.release_not_agreed: (
         "the release policy releases nothing to this participant for this purpose (§9)"
@@ -141,6 +149,8 @@ REASON_USE: dict[Reason, tuple[str, ...]] = {
     Reason.no_partner: ("refused",),
     Reason.unknown_query: ("dead-letter",),
     Reason.duplicate_encounter: ("refused",),
+    Reason.no_reply_to: ("dead-letter",),
+    Reason.no_answer: ("timed_out",),
     Reason.record_not_releasable: ("declined",),
     Reason.release_not_agreed: ("declined",),
     Reason.not_matched: ("declined", "dead-letter"),

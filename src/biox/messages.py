@@ -2,34 +2,37 @@
 
 These models are the contract. ``schemas/`` is generated from them and an integrator in
 another language reads only that. Templates are raw bytes (float32 little-endian vectors,
-packed bit strings) and travel as msgpack ``bin``; times are msgpack timestamps.
+packed bit strings) and travel as msgpack ``bin``; times are msgpack timestamps
+(``fields.py``: decoding from the wire accepts nothing else).
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, ClassVar, Literal
+from typing import ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from biox.biometrics import Biometrics, Face, Fingerprint, Iris
 from biox.errors import Reason
+from biox.fields import Code, Id, Model, Name, Short, Text, Timestamp, utcnow
 from biox.registry import Purpose
 
-Code = Annotated[str, Field(pattern=r"^[a-z]{2}$", description="ISO 3166 alpha-2, lowercase")]
-Id = Annotated[str, Field(min_length=1, max_length=128)]
-# every text a partner or an encounter system writes has a bound (docs/security.md)
-Short = Annotated[str, Field(max_length=64)]
-Name = Annotated[str, Field(max_length=200)]
-Text = Annotated[str, Field(max_length=2000)]
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-class Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=False, use_enum_values=False)
+# the contract's building blocks, importable from here as from their modules
+__all__ = [
+    "Biometrics",
+    "Code",
+    "Face",
+    "Fingerprint",
+    "Id",
+    "Iris",
+    "Model",
+    "Name",
+    "Short",
+    "Text",
+    "Timestamp",
+    "utcnow",
+]
 
 
 class Message(Model):
@@ -41,38 +44,6 @@ class Message(Model):
     @classmethod
     def schema_id(cls) -> str:
         return f"{cls.KIND}/{cls.VERSION}"
-
-
-# --- biometrics -------------------------------------------------------------------------
-
-
-class Fingerprint(Model):
-    position: int = Field(ge=1, le=10, description="ANSI/NIST finger position 1-10")
-    algorithm: Short
-    template: bytes = Field(description="float32 little-endian feature vector")
-    quality: int = Field(default=50, ge=0, le=100)
-
-
-class Face(Model):
-    algorithm: Short
-    template: bytes = Field(description="float32 little-endian feature vector")
-    quality: int = Field(default=50, ge=0, le=100)
-
-
-class Iris(Model):
-    eye: Literal["left", "right"]
-    algorithm: Short
-    code: bytes = Field(description="packed iris code bits, row-major (radial x angular)")
-    mask: bytes = Field(description="packed validity mask, same layout as code")
-
-
-class Biometrics(Model):
-    fingerprints: list[Fingerprint] = Field(default_factory=list, max_length=10)
-    face: Face | None = None
-    irises: list[Iris] = Field(default_factory=list, max_length=2)
-
-    def is_empty(self) -> bool:
-        return not self.fingerprints and self.face is None and not self.irises
 
 
 # --- who, where, when ---------------------------------------------------------------------
@@ -103,7 +74,7 @@ class EncounterType(StrEnum):
 
 
 class Encounter(Model):
-    encountered_at: datetime
+    encountered_at: Timestamp
     country: Code
     location: Name | None = None
     type: EncounterType = EncounterType.border
@@ -153,8 +124,8 @@ class Query(Message):
     biometrics: Biometrics
     biographic: Biographic = Field(default_factory=Biographic)
     encounter: Encounter
-    created_at: datetime
-    sent_at: datetime
+    created_at: Timestamp
+    sent_at: Timestamp
 
 
 class ResponseStatus(StrEnum):
@@ -186,7 +157,7 @@ class DecidedBy(StrEnum):
 
 
 class EncounterRecord(Model):
-    encountered_at: datetime
+    encountered_at: Timestamp
     country: Code
     type: EncounterType
     location: Name | None = None
@@ -210,8 +181,8 @@ class Candidate(Model):
 
 
 class Timings(Model):
-    received_at: datetime
-    answered_at: datetime
+    received_at: Timestamp
+    answered_at: Timestamp
     search_ms: float = 0.0
 
 
@@ -260,7 +231,7 @@ class ReviewCase(Message):
     probe_modalities: list[Short] = Field(default_factory=list, max_length=8)
     encounter: Encounter
     candidates: list[ReviewCandidate]
-    opened_at: datetime
+    opened_at: Timestamp
 
 
 class ReviewVerdict(StrEnum):
@@ -278,7 +249,7 @@ class ReviewDecision(Message):
     identity_ref: Id | None = Field(default=None, description="the chosen candidate on a match")
     examiner: Id
     note: str | None = Field(default=None, max_length=2000)
-    decided_at: datetime
+    decided_at: Timestamp
 
 
 class RetrievalAsk(Message):
@@ -305,7 +276,7 @@ class RetrievalRequest(Message):
     identity_ref: Id = Field(description="the asker's matched identity")
     elements: list[Element] = Field(min_length=1)
     justification: Text | None = None
-    sent_at: datetime
+    sent_at: Timestamp
 
 
 class RetrievalStatus(StrEnum):
@@ -334,7 +305,7 @@ class RetrievalResponse(Message):
     )
     reason_code: Reason | None = None
     reason: Text | None = None
-    answered_at: datetime
+    answered_at: Timestamp
 
 
 class OutcomeStatus(StrEnum):
@@ -348,6 +319,8 @@ class OutcomeStatus(StrEnum):
     rejected = "rejected"
     withdrawn = "withdrawn"  # the provider had its answer deleted (§22)
     blocked = "blocked"  # the provider had its answer blocked (§23): not to be relied on
+    skipped = "skipped"  # never asked: reason_code says why (§1-4, §34-36)
+    timed_out = "timed_out"  # no answer by the deadline; a later answer revises it
 
 
 class RetrievalNote(Model):
@@ -358,24 +331,31 @@ class RetrievalNote(Model):
     status: RetrievalStatus | None = Field(default=None, description="None until answered")
     released: list[Element] = Field(default_factory=list)
     reason_code: Reason | None = None
-    answered_at: datetime | None = None
+    answered_at: Timestamp | None = None
 
 
 class PartnerOutcome(Model):
     partner: Code
-    query_id: Id
+    query_id: Id | None = Field(default=None, description="absent when skipped")
     status: OutcomeStatus
     candidates: list[Candidate] = Field(default_factory=list)
     conditions: list[Text] = Field(
         default_factory=list, max_length=50, description="conditions of use (§9)"
     )
     withheld: list[Element] = Field(default_factory=list)
-    decided_by: DecidedBy | None = None
+    decided_by: DecidedBy | None = Field(
+        default=None,
+        description="who reached a match, no_match or declined answer (§8); absent while "
+        "nothing was decided (pending, skipped, timed_out) and on rejected",
+    )
     reason_code: Reason | None = None
     reason: Text | None = None
-    sent_at: datetime | None = None
-    answered_at: datetime | None = None
-    corrected_at: datetime | None = Field(
+    sent_at: Timestamp | None = Field(default=None, description="absent when skipped")
+    answer_due: Timestamp | None = Field(
+        default=None, description="when the outcome becomes timed_out without an answer"
+    )
+    answered_at: Timestamp | None = None
+    corrected_at: Timestamp | None = Field(
         default=None, description="the provider corrected its answer (§23-24)"
     )
     retrievals: list[RetrievalNote] = Field(default_factory=list)
@@ -401,8 +381,13 @@ class EncounterResult(Message):
     encounter_id: Id
     requesting: Code
     status: EncounterResultStatus
+    submission_id: Id | None = Field(
+        default=None,
+        description="message_id of the encounter.submit this answers: on a refusal, the "
+        "refused message's own (a duplicate's refusal names the resubmission)",
+    )
     revision: int = Field(default=0, ge=0)
     outcomes: list[PartnerOutcome] = Field(default_factory=list)
     reason_code: Reason | None = None
     reason: Text | None = None
-    updated_at: datetime = Field(default_factory=utcnow)
+    updated_at: Timestamp = Field(default_factory=utcnow)

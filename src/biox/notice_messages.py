@@ -7,13 +7,12 @@ the participant's notice worker to send one (docs/workflows.md, "Notices").
 
 from __future__ import annotations
 
-from datetime import datetime
 from enum import StrEnum
 from typing import ClassVar
 
 from pydantic import Field, model_validator
 
-from biox.messages import Code, Id, Message, Model, Name, Short, Text
+from biox.messages import Code, Id, Message, Model, Name, Short, Text, Timestamp
 from biox.registry import Status
 
 
@@ -72,7 +71,7 @@ class NoticeContent(Model):
         default=None, description="acknowledgement, consent_reply: the notice answered"
     )
     consent: bool | None = Field(default=None, description="consent_reply: granted or not")
-    respond_by: datetime | None = None
+    respond_by: Timestamp | None = None
 
     @model_validator(mode="after")
     def _fits_its_type(self) -> NoticeContent:
@@ -100,7 +99,7 @@ class Notice(NoticeContent, Message):
     notice_id: Id
     sender: Code
     recipient: Code
-    sent_at: datetime
+    sent_at: Timestamp
     done: dict[Short, int] = Field(
         default_factory=dict, max_length=50, description="acknowledgement: what was done, counted"
     )

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from sqlmodel import Session, col, select
 
 from biox import codec
+from biox.errors import REASON_TEXT, Reason
 from biox.messages import (
     EncounterResult,
     EncounterResultStatus,
@@ -73,21 +74,11 @@ class EncounterViews:
         encounter = self.encounters.get(encounter_id)
         if encounter is None:
             return None
-        txs = sorted(self.queries.get(encounter_id, []), key=lambda t: t.providing)
-        outcomes = [self._outcome(tx) for tx in txs]
-        finished = all(o.status not in _OPEN for o in outcomes)
         encounter.revision += 1
-        encounter.status = "complete" if finished else "pending"
+        result = self.result(me, encounter)
+        encounter.status = result.status.value
         if not encounter.reply_to:
             return encounter, None
-        result = EncounterResult(
-            encounter_id=encounter_id,
-            requesting=me,
-            status=EncounterResultStatus.complete if finished else EncounterResultStatus.pending,
-            revision=encounter.revision,
-            outcomes=outcomes,
-            updated_at=utcnow(),
-        )
         out = codec.to_reply_queue(
             result,
             participant=me,
@@ -95,6 +86,31 @@ class EncounterViews:
             message_id=codec.derived_id(cause_message_id, tag),
         )
         return encounter, out
+
+    def result(self, me: str, encounter: EncounterRow) -> EncounterResult:
+        """The encounter's consolidated result at its current revision: every participant
+        asked, with its latest outcome, and every one skipped, with why (in code order)."""
+        txs = self.queries.get(encounter.encounter_id, [])
+        outcomes = [self._outcome(tx) for tx in txs]
+        finished = all(o.status not in _OPEN for o in outcomes)
+        outcomes += [
+            PartnerOutcome(
+                partner=partner,
+                status=OutcomeStatus.skipped,
+                reason_code=Reason(reason),
+                reason=REASON_TEXT[Reason(reason)],
+            )
+            for partner, reason in (encounter.skipped or {}).items()
+        ]
+        return EncounterResult(
+            encounter_id=encounter.encounter_id,
+            requesting=me,
+            status=EncounterResultStatus.complete if finished else EncounterResultStatus.pending,
+            submission_id=encounter.source_message_id,
+            revision=encounter.revision,
+            outcomes=sorted(outcomes, key=lambda o: o.partner),
+            updated_at=utcnow(),
+        )
 
     def _outcome(self, tx: Transaction) -> PartnerOutcome:
         notes = [
@@ -123,11 +139,15 @@ class EncounterViews:
                 retrievals=notes,
             )
         if tx.answer is None:
+            late = tx.timed_out_at is not None
             return PartnerOutcome(
                 partner=tx.providing,
                 query_id=tx.query_id,
-                status=OutcomeStatus.pending,
+                status=OutcomeStatus.timed_out if late else OutcomeStatus.pending,
+                reason_code=Reason.no_answer if late else None,
+                reason=REASON_TEXT[Reason.no_answer] if late else None,
                 sent_at=tx.sent_at,
+                answer_due=tx.answer_due,
                 retrievals=notes,
             )
         a = tx.answer

@@ -100,6 +100,14 @@ class Settings(BaseSettings):
     )
     heartbeat: int = 30
 
+    answer_deadline_s: float = Field(
+        default=600,
+        description="A partner that has not answered a query by then shows as timed_out in "
+        "the encounter result (a later answer revises it).",
+    )
+    deadline_check_s: float = Field(
+        default=5, description="How often the response worker looks for answers past due."
+    )
     audit_checkpoint_s: float = Field(
         default=300,
         description="How often the audit worker sends its signed chain head to the partners.",
@@ -127,6 +135,11 @@ class Settings(BaseSettings):
         default=30,
         description="By when a partner is asked to act on a deletion, correction, block or "
         'consent request notice (docs/workflows.md, "Notices").',
+    )
+
+    serve_counts: str = Field(
+        default="",
+        description="Workers per kind under `biox serve`, e.g. 'query=2,review=0' (others: 1).",
     )
 
     log_level: str = "INFO"

@@ -105,6 +105,10 @@ class Transaction(SQLModel, table=True):
     retain_until: datetime | None = None
     blocked_at: datetime | None = Field(default=None, description="the answer blocked (§23)")
     corrected_at: datetime | None = None
+    answer_due: datetime | None = Field(
+        default=None, description="requester: timed_out without an answer by then"
+    )
+    timed_out_at: datetime | None = None
 
 
 _encounter_revision = Column("revision", Integer, nullable=False, default=0)
@@ -122,6 +126,9 @@ class EncounterRow(SQLModel, table=True):
     purpose: str
     reply_to: str | None = None
     partners: list[str] = Field(default_factory=list, sa_column=Column(JSON))
+    skipped: dict[str, str] | None = Field(
+        default=None, sa_column=Column(JSON), description="partner -> why it was not asked"
+    )
     person_centric_id: str | None = None
     biographic: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
     encounter: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))

@@ -89,7 +89,7 @@ def test_intake_sends_one_query_per_agreed_partner_and_records_them(db):
 
 
 def test_intake_refuses_citizens_with_a_reply(db):
-    env = envelope("encounter.submit", "us", "us", reply_to="replies", correlation_id="E-1")
+    env = envelope("encounter.submit", "us", "us", reply_to="replies", correlation_id="E-10")
     handler = IntakeHandler("us", REGISTRY)
     with session_for(db) as s:
         [err] = handler.submit([Inbound(env, submit(status=SubjectStatus(citizenships=["us"])))], s)
@@ -234,7 +234,9 @@ def test_a_second_submission_of_an_encounter_in_the_same_batch_is_refused_and_th
     handler = IntakeHandler("us", REGISTRY, POLICIES.of("us"))
 
     def inbound(sub: EncounterSubmit) -> Inbound[EncounterSubmit]:
-        env = envelope("encounter.submit", "us", "us", reply_to="r", correlation_id="x")
+        env = envelope(
+            "encounter.submit", "us", "us", reply_to="r", correlation_id=sub.encounter_id
+        )
         return Inbound(env, sub)
 
     citizen = submit(11, status=SubjectStatus(citizenships=["us"]))

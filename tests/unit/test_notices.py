@@ -168,7 +168,9 @@ def test_a_discontinued_partner_is_no_longer_queried_and_its_history_kept(hub):
     assert ledger(hub, "mx", nid).status == "acknowledged"
     out = encounter("us", person_known_to("mx", derogatory=False))
     hub.run([out])
-    assert [o.partner for o in hub.latest(out.envelope.correlation_id).outcomes] == ["sv"]
+    mx, sv = hub.latest(out.envelope.correlation_id).outcomes  # mx shown, not asked
+    assert (mx.status.value, mx.reason_code, mx.query_id) == ("skipped", Reason.inactive_provider, None)
+    assert sv.status.value != "skipped"
 
     notice(hub, "mx", "us", NoticeType.readiness, text="§34 ready again")
     out = encounter("us", person_known_to("mx", derogatory=False))

@@ -113,6 +113,7 @@ def test_intake_sends_each_partner_the_whole_query_and_keeps_what_it_sent(tmp_pa
         "purpose": "enforce",
         "reply_to": "rq",
         "partners": ["mx", "sv"],
+        "skipped": {},
         "person_centric_id": "us-pcn-77",
         "biographic": WHO.model_dump(mode="json", exclude_none=True),
         "encounter": WHERE.model_dump(mode="json", exclude_none=True),
@@ -183,6 +184,7 @@ def test_a_refusal_is_a_whole_result_on_reply_to_under_a_derived_id(detail, said
         "encounter_id": "E-77",
         "requesting": "us",
         "status": "refused",
+        "submission_id": "sub-4",  # the resubmission refused, not the first submission
         "revision": 0,
         "outcomes": [],
         "reason_code": Reason.duplicate_encounter,
@@ -209,6 +211,7 @@ def test_a_refusal_for_every_partner_names_each_partners_reason(tmp_path):
 def test_intake_refuses_no_biometrics_and_unagreed_purposes_with_their_reasons(tmp_path):
     handler = IntakeHandler("sv", REGISTRY, POLICIES.of("sv"))
     e = env("encounter.submit", "sv", "sv", "sub-6", correlation_id="E-81", reply_to="rq")
+    e82 = env("encounter.submit", "sv", "sv", "sub-7", correlation_id="E-82", reply_to="rq")
     here = WHERE.model_copy(update={"country": "sv"})
     with session_for(f"sqlite:///{tmp_path / 'sv.db'}") as s:
         empty, unagreed = handler.submit(
@@ -217,7 +220,8 @@ def test_intake_refuses_no_biometrics_and_unagreed_purposes_with_their_reasons(t
                     e, a_submission(encounter_id="E-81", encounter=here, biometrics=Biometrics())
                 ),
                 Inbound(
-                    e, a_submission(encounter_id="E-82", encounter=here, purpose=Purpose.adjudicate)
+                    e82,
+                    a_submission(encounter_id="E-82", encounter=here, purpose=Purpose.adjudicate),
                 ),
             ],
             s,
@@ -332,6 +336,8 @@ def test_a_match_is_the_whole_answer_the_policy_allows(mx_db):
         "conditions": [],
         "blocked_at": None,
         "corrected_at": None,
+        "answer_due": None,  # a requester's deadline: the provider keeps none
+        "timed_out_at": None,
     }
     # the provider's record of a partner's query is partner data too: kept as long as mx
     # keeps what it receives (§21), then purged
@@ -521,6 +527,7 @@ def test_an_answer_is_kept_marked_with_its_source_and_the_result_shows_every_par
         "reason_code": None,
         "reason": None,
         "sent_at": AT,
+        "answer_due": None,
         "answered_at": AT + timedelta(seconds=1),
         "corrected_at": None,
         "retrievals": [],
@@ -538,6 +545,7 @@ def test_an_answer_is_kept_marked_with_its_source_and_the_result_shows_every_par
         "reason_code": None,
         "reason": None,
         "sent_at": AT,
+        "answer_due": None,
         "answered_at": None,
         "corrected_at": None,
         "retrievals": [],

@@ -35,7 +35,12 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 from biox import addresses
-from biox.broker.topology import bindings, retry_queue_arguments, work_queue_arguments
+from biox.broker.topology import (
+    bindings,
+    results_arguments,
+    retry_queue_arguments,
+    work_queue_arguments,
+)
 from biox.identity import Role, broker_user
 from biox.routes import ROUTES, RouteTable, Sender
 
@@ -130,7 +135,8 @@ def definitions(
     # nobody writes to the default exchange: results go by the results exchange, every
     # hop and replay through the inbox on keys the topic permissions pin
     workers = broker_user(code, Role.workers)
-    user(workers, NOTHING, _either(inbox, outbox, results), mine)
+    held = addresses.held_results_exchange(code)
+    user(workers, NOTHING, _either(inbox, outbox, results, held), mine)
     topic(workers, outbox, _keys(partners, partner_kinds) if partners else NOTHING)
     topic(workers, inbox, f"({own_keys})|({hop_keys})")
     operators = broker_user(code, Role.operators)
@@ -153,7 +159,8 @@ def definitions(
     exchanges = [
         _exchange(inbox, "topic"),
         _exchange(outbox, "topic"),
-        _exchange(results, "direct"),
+        _exchange(results, "direct", results_arguments(code)),
+        _exchange(held, "fanout"),
     ]
     queues = []
     for q in routes.queues.values():
@@ -166,6 +173,8 @@ def definitions(
             )
     for partner in partners:
         queues.append(_queue(addresses.link_queue(code, partner), {"x-queue-type": "quorum"}))
+    held_queue = addresses.held_results_queue(code)
+    queues.append(_queue(held_queue, {"x-queue-type": "quorum"}))
 
     binds = []
     for destination, source, key in bindings(code, codes, routes, tiers, sovereign=True):
@@ -224,7 +233,7 @@ def definitions(
     }
 
 
-def _exchange(name: str, kind: str) -> dict[str, Any]:
+def _exchange(name: str, kind: str, arguments: dict[str, object] | None = None) -> dict[str, Any]:
     return {
         "name": name,
         "vhost": VHOST,
@@ -232,7 +241,7 @@ def _exchange(name: str, kind: str) -> dict[str, Any]:
         "durable": True,
         "auto_delete": False,
         "internal": False,
-        "arguments": {},
+        "arguments": arguments or {},
     }
 
 

@@ -76,7 +76,8 @@ def bindings(
     which a shovel empties into that partner's inbox on the partner's broker.
     """
     inbox, outbox = addresses.inbox(code), addresses.outbox(code)
-    out: list[tuple[str, str, str]] = []
+    # results no reply queue took (docs/integration.md)
+    out = [(addresses.held_results_queue(code), addresses.held_results_exchange(code), "")]
     for partner in sorted(codes):
         if partner == code:
             continue
@@ -132,11 +133,37 @@ def bindings(
     return out
 
 
+def results_arguments(code: str) -> dict[str, object]:
+    """A result whose reply queue does not exist (or was never named) is not dropped:
+    the results exchange passes it to its alternate exchange, into a durable queue an
+    operator reads with ``biox encounters held`` (docs/integration.md)."""
+    return {"alternate-exchange": addresses.held_results_exchange(code)}
+
+
+def declare_results(ch: BlockingChannel, code: str) -> None:
+    held = addresses.held_results_exchange(code)
+    ch.exchange_declare(held, "fanout", durable=True)
+    ch.exchange_declare(
+        addresses.results(code), "direct", durable=True, arguments=results_arguments(code)
+    )
+    queue = addresses.held_results_queue(code)
+    ch.queue_declare(queue, durable=True, arguments={"x-queue-type": "quorum"})
+
+
 def declare(
-    url: str, codes: Iterable[str], settings: Settings, routes: RouteTable = ROUTES
+    url: str,
+    codes: Iterable[str],
+    settings: Settings,
+    routes: RouteTable = ROUTES,
+    only: Iterable[str] | None = None,
 ) -> list[str]:
-    """Declare exchanges, exchange-to-exchange links and queues; returns the queue names."""
+    """Declare exchanges, exchange-to-exchange links and queues; returns the queue names.
+
+    ``only``: the participants whose queues to declare (every participant's exchanges
+    are declared all the same: a partner's outbox must exist to be bound to).
+    """
     codes = sorted(codes)
+    mine = sorted(only) if only is not None else codes
     queues: list[str] = []
     conn = pika.BlockingConnection(parameters(url, settings.client_tls()))
     try:
@@ -144,8 +171,8 @@ def declare(
         for code in codes:
             ch.exchange_declare(addresses.inbox(code), "topic", durable=True)
             ch.exchange_declare(addresses.outbox(code), "topic", durable=True)
-            ch.exchange_declare(addresses.results(code), "direct", durable=True)
-        for code in codes:
+            declare_results(ch, code)
+        for code in mine:
             for q in routes.queues.values():
                 name = addresses.queue(code, q.role)
                 declare_work_queue(ch, name, settings.retry_tiers, settings.delivery_limit)

@@ -17,6 +17,7 @@ from biox.cli import (
     report,
     retrieval,
     review,
+    serve,
     sim,
     subject,
 )
@@ -44,6 +45,9 @@ app.add_typer(notice.retention_app, name="retention")
 app.add_typer(notice.incident_app, name="incident")
 app.add_typer(notice.disclosure_app, name="disclosure")
 app.add_typer(subject.app, name="subject")
+app.add_typer(serve.topology_app, name="topology")
+app.command()(serve.serve)
+app.command()(serve.health)
 app.command()(report.report)
 app.command()(report.qa)
 app.command()(sim.demo)

@@ -9,11 +9,14 @@ on-call engineer can act on and "bad input" is not.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
 from biox.errors import PermanentError, Reason
+
+if TYPE_CHECKING:
+    from biox.messages import Biometrics
 
 IRIS_ROWS = 8  # radial bands
 IRIS_COLS = 256  # angular samples; rotation of the eye is a circular shift along this axis
@@ -79,6 +82,17 @@ def iris_code(name: str, code: bytes, mask: bytes) -> tuple[np.ndarray, np.ndarr
     if not m.any():
         raise PermanentError(Reason.template_invalid, "iris mask marks no valid bit")
     return np.frombuffer(code, dtype=np.uint8).copy(), m.copy()
+
+
+def check(biometrics: Biometrics) -> None:
+    """Every template readable by its algorithm, or the first one's specific rejection:
+    intake refuses a bad template before it is sent to partners or enrolled."""
+    for f in biometrics.fingerprints:
+        vector(f.algorithm, "finger", f.template)
+    if biometrics.face is not None:
+        vector(biometrics.face.algorithm, "face", biometrics.face.template)
+    for i in biometrics.irises:
+        iris_code(i.algorithm, i.code, i.mask)
 
 
 def vector_bytes(vec: np.ndarray) -> bytes:

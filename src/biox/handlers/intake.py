@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import timedelta
 
 from sqlmodel import Session, col, select
 
@@ -10,6 +11,7 @@ from biox import codec, participants
 from biox.codec import Envelope
 from biox.enrolment import enrolment
 from biox.errors import REASON_TEXT, BioxError, PermanentError, Reason
+from biox.gallery import templates
 from biox.handlers.base import Context, Effects, Result
 from biox.inbound import Inbound
 from biox.messages import (
@@ -29,7 +31,13 @@ from biox.store import EncounterRow, Transaction
 class IntakeHandler:
     @classmethod
     def build(cls, ctx: Context) -> IntakeHandler:
-        return cls(ctx.participant, ctx.registry, ctx.policy, ctx.settings.registry_refresh_s)
+        return cls(
+            ctx.participant,
+            ctx.registry,
+            ctx.policy,
+            ctx.settings.registry_refresh_s,
+            ctx.settings.answer_deadline_s,
+        )
 
     def __init__(
         self,
@@ -37,11 +45,13 @@ class IntakeHandler:
         registry: Registry,
         policy: ParticipantPolicy | None = None,
         refresh_s: float = 0.0,
+        answer_deadline_s: float = 600.0,
     ) -> None:
         self.me = participant
         self.registry = registry
         self.policy = policy or ParticipantPolicy()
         self._live = participants.Live(refresh_s)
+        self.deadline = timedelta(seconds=answer_deadline_s)
 
     def submit(self, batch: Sequence[Inbound[EncounterSubmit]], session: Session) -> list[Result]:
         registry = self._live.now(self.registry, session)  # statuses as notices left them
@@ -68,19 +78,40 @@ class IntakeHandler:
     def _one(self, inb: Inbound[EncounterSubmit], registry: Registry) -> Result:
         sub = inb.message
         env = inb.envelope
+        # the contract (docs/integration.md): where results go, and how they are correlated
+        if not env.reply_to or not env.correlation_id:
+            missing = " and ".join(
+                n for n, v in (("reply_to", env.reply_to), ("correlation_id", env.correlation_id))
+                if not v
+            )  # fmt: skip
+            return PermanentError(Reason.no_reply_to, f"no {missing}")
+        if env.correlation_id != sub.encounter_id:
+            return PermanentError(
+                Reason.invalid_message,
+                f"correlation_id {env.correlation_id!r} must equal encounter_id "
+                f"{sub.encounter_id!r}",
+            )
         if sub.biometrics.is_empty():
             return PermanentError(Reason.no_biometrics)
+        try:  # refused here, not per partner after a round trip, nor enrolled broken
+            templates.check(sub.biometrics)
+        except PermanentError as bad:
+            return bad
         agreed = registry.partners_for(self.me, sub.purpose)
         if not agreed:
             return PermanentError(Reason.no_partner, f"purpose {sub.purpose.value}")
+        # every other participant: asked, or skipped with its reason (shown in outcomes)
         refusals = {
             p: refusal(registry, self.me, p, sub.purpose, sub.subject_status, sub.encounter)
-            for p in agreed
+            for p in registry.codes
+            if p != self.me
         }
         partners = [p for p, why in refusals.items() if why is None]
         if not partners:
-            first = next(r for r in refusals.values() if r is not None)
-            return PermanentError(first, f"no partner may be queried ({_summary(refusals)})")
+            first = next(why for p in agreed if (why := refusals[p]) is not None)
+            asked = {p: refusals[p] for p in agreed}
+            return PermanentError(first, f"no partner may be queried ({_summary(asked)})")
+        skipped = {p: why.value for p, why in refusals.items() if why is not None}
 
         now = utcnow()
         effects = Effects(outcome=f"queried:{len(partners)}")
@@ -108,6 +139,7 @@ class IntakeHandler:
                 purpose=sub.purpose.value,
                 reply_to=env.reply_to,
                 partners=partners,
+                skipped=skipped,
                 person_centric_id=sub.person_centric_id,
                 biographic=sub.biographic.model_dump(mode="json", exclude_none=True),
                 encounter=sub.encounter.model_dump(mode="json", exclude_none=True),
@@ -155,6 +187,7 @@ class IntakeHandler:
                     reply_to=env.reply_to,
                     created_at=query.created_at,
                     sent_at=now,
+                    answer_due=now + self.deadline,
                     status="pending",
                 )
             )
@@ -168,6 +201,7 @@ class IntakeHandler:
             encounter_id=envelope.correlation_id,
             requesting=self.me,
             status=EncounterResultStatus.refused,
+            submission_id=envelope.message_id,
             reason_code=error.reason,
             reason=error.detail or REASON_TEXT[error.reason],
         )

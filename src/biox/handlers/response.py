@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import structlog
 from sqlmodel import Session, col, select
 
+from biox import codec
 from biox.codec import Envelope
 from biox.errors import BioxError, PermanentError, Reason, TransientError
 from biox.handlers.base import Context, Effects, Result
@@ -23,11 +24,47 @@ log = structlog.get_logger("biox.response")
 class ResponseHandler:
     @classmethod
     def build(cls, ctx: Context) -> ResponseHandler:
-        return cls(ctx.participant, ctx.policy)
+        return cls(ctx.participant, ctx.policy, ctx.settings.deadline_check_s)
 
-    def __init__(self, participant: str, policy: ParticipantPolicy) -> None:
+    def __init__(
+        self, participant: str, policy: ParticipantPolicy, deadline_check_s: float = 0.0
+    ) -> None:
         self.me = participant
         self.policy = policy
+        #: the consume loop calls ``maintain`` this often: answers past their deadline
+        self.maintain_every_s = deadline_check_s
+
+    def maintain(self, session: Session, limit: int = 500) -> list[codec.Outgoing]:
+        """Queries with no answer by their ``answer_due`` show as ``timed_out``: the
+        encounter system is told once (a new revision); a later answer revises it again."""
+        now = utcnow()
+        late = session.exec(
+            select(Transaction)
+            .where(
+                Transaction.role == "requester",
+                Transaction.status == "pending",
+                col(Transaction.answer_due) < now,
+                col(Transaction.timed_out_at).is_(None),
+            )
+            .limit(limit)
+        ).all()
+        if not late:
+            return []
+        for tx in late:
+            tx.timed_out_at = now
+            session.add(tx)
+        views = EncounterViews(session, {tx.encounter_id for tx in late})
+        outgoing = []
+        for tx in sorted(late, key=lambda t: t.query_id):
+            updated = views.updated(self.me, tx.encounter_id, tx.query_id, "timed-out")
+            if updated is None:
+                continue
+            encounter, out = updated
+            session.add(encounter)
+            if out is not None:
+                outgoing.append(out)
+        log.warning("answers_timed_out", queries=[tx.query_id for tx in late])
+        return outgoing
 
     def receive(self, batch: Sequence[Inbound[Response]], session: Session) -> list[Result]:
         query_ids = [inb.message.query_id for inb in batch]

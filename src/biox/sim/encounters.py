@@ -58,6 +58,7 @@ class Outcome:
     in_review: set[str] = field(default_factory=set)
     retrievals: dict[str, list[RetrievalNote]] = field(default_factory=dict)
     result: EncounterResult | None = None  # the newest consolidated result
+    skipped: dict[str, str] = field(default_factory=dict)  # partner -> reason, not asked
 
     @property
     def complete(self) -> bool:
@@ -224,14 +225,24 @@ class EncounterSystem:
         outcome.revision = result.revision
         outcome.result = result
         outcome.final = result.status is EncounterResultStatus.complete
+        asked = [o for o in result.outcomes if o.status is not OutcomeStatus.skipped]
+        outcome.skipped = {
+            o.partner: o.reason_code.value if o.reason_code else "skipped"
+            for o in result.outcomes
+            if o.status is OutcomeStatus.skipped
+        }
         outcome.planned.expected_partners = sorted(
-            set(outcome.planned.expected_partners) | {o.partner for o in result.outcomes}
+            set(outcome.planned.expected_partners) | {o.partner for o in asked}
         )
-        for o in result.outcomes:
+        for o in asked:
             outcome.retrievals[o.partner] = list(o.retrievals)
             if o.status is OutcomeStatus.pending_review:
                 outcome.in_review.add(o.partner)
-            if o.status in (OutcomeStatus.pending, OutcomeStatus.pending_review):
+            if o.status in (
+                OutcomeStatus.pending,
+                OutcomeStatus.pending_review,
+                OutcomeStatus.timed_out,  # not an answer: a later result may carry one
+            ):
                 continue
             known = outcome.answers.get(o.partner)
             if known is not None:
@@ -261,7 +272,7 @@ class EncounterSystem:
             correct = True  # rejected: not a matching question
         return Answer(
             o.partner,
-            o.query_id,
+            o.query_id or "",
             status,
             top,
             elapsed,

@@ -1,0 +1,48 @@
+"""The field types every message is made of, and the wire's strictness about them.
+
+Bytes and times have one encoding on the wire (msgpack ``bin`` and the timestamp
+extension): decoding from the wire refuses anything else, so a template sent as text or
+a date sent as an ISO string is refused at the door, with the field named.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo
+
+Code = Annotated[str, Field(pattern=r"^[a-z]{2}$", description="ISO 3166 alpha-2, lowercase")]
+Id = Annotated[str, Field(min_length=1, max_length=128)]
+# every text a partner or an encounter system writes has a bound (docs/security.md)
+Short = Annotated[str, Field(max_length=64)]
+Name = Annotated[str, Field(max_length=200)]
+Text = Annotated[str, Field(max_length=2000)]
+
+
+def _wire(kind: type, label: str) -> BeforeValidator:
+    """Strict on the wire only (``codec.decode_body`` validates with the context
+    ``{"wire": True}``): a template sent as text or a time sent as an ISO string is
+    refused at the door with the field named, not coerced and failing later. Rows read
+    back from the database (JSON) are still coerced."""
+
+    def check(value: Any, info: ValidationInfo) -> Any:
+        if info.context and info.context.get("wire") and not isinstance(value, kind):
+            raise ValueError(f"must be {label}, not {type(value).__name__}")
+        return value
+
+    return BeforeValidator(check)
+
+
+#: raw bytes: msgpack ``bin`` (format family 0xc4-0xc6), never a string
+Bytes = Annotated[bytes, _wire(bytes, "msgpack bin (raw bytes)")]
+#: an instant: msgpack timestamp (extension type -1), never a string or a number
+Timestamp = Annotated[datetime, _wire(datetime, "a msgpack timestamp (extension type -1)")]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False, use_enum_values=False)

@@ -1,0 +1,265 @@
+"""The encounter-system contract (docs/integration.md), checked where it is decided:
+strict decoding, templates refused at intake, reply_to and correlation_id required,
+every participant in ``outcomes`` (skipped ones with their reason), the answer deadline,
+and a refusal naming the submission it refuses."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import msgpack
+import numpy as np
+import pytest
+from sqlmodel import select
+
+from biox import codec
+from biox.errors import PermanentError, Reason
+from biox.handlers.intake import IntakeHandler
+from biox.handlers.response import ResponseHandler
+from biox.inbound import Inbound
+from biox.messages import EncounterResult, EncounterSubmit, Face, Iris, SubjectStatus, utcnow
+from biox.store import EncounterRow, Transaction, session_for
+from tests.unit.test_outputs import (
+    AT,
+    POLICIES,
+    REGISTRY,
+    a_response,
+    a_submission,
+    decode,
+    env,
+    receive,
+    us_db,  # noqa: F401 - the fixture
+)
+
+
+def wire(submission: EncounterSubmit, **replace: object) -> bytes:
+    data = submission.model_dump(mode="python", exclude_none=True)
+    for path, value in replace.items():
+        node = data
+        *parents, leaf = path.split("__")
+        for p in parents:
+            node = node[int(p)] if isinstance(node, list) else node[p]
+        node[leaf] = value
+    return msgpack.packb(data, use_bin_type=True, datetime=True)
+
+
+# --- strict decoding ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "said"),
+    [
+        ("biometrics__fingerprints__0__template", "AAAA", "msgpack bin"),
+        ("biometrics__fingerprints__0__template", [1, 2, 3], "msgpack bin"),
+        ("encounter__encountered_at", "2026-11-20T08:30:00Z", "msgpack timestamp"),
+        ("encounter__encountered_at", 1763627400, "msgpack timestamp"),
+    ],
+)
+def test_bytes_are_bytes_and_timestamps_are_timestamps_on_the_wire(field, value, said):
+    body = wire(a_submission(), **{field: value})
+    with pytest.raises(PermanentError) as refused:
+        codec.decode_body(EncounterSubmit, "encounter.submit/1", body)
+    assert refused.value.reason is Reason.invalid_message
+    assert said in refused.value.detail
+    assert field.replace("__", ".") in refused.value.detail  # the field is named
+
+
+def test_the_same_body_with_real_bytes_and_a_timestamp_is_read():
+    got = codec.decode_body(EncounterSubmit, "encounter.submit/1", wire(a_submission()))
+    assert got == a_submission()
+
+
+# --- intake: what it refuses, and how ---------------------------------------------------------
+
+
+def submit(db: str, sub: EncounterSubmit, mid: str = "sub-1", **envelope: object):
+    handler = IntakeHandler("us", REGISTRY, POLICIES.of("us"), answer_deadline_s=90)
+    kw = {"reply_to": "us.replies.poe", "correlation_id": sub.encounter_id, **envelope}
+    e = env("encounter.submit", "us", "us", mid, **kw)
+    with session_for(db) as s:
+        [result] = handler.submit([Inbound(e, sub)], s)
+    return handler, e, result
+
+
+def iris(code: bytes, mask: bytes) -> Iris:
+    return Iris(eye="left", algorithm="biox-iris-2048/1", code=code, mask=mask)
+
+
+BAD_TEMPLATES = {
+    "unknown face algorithm": (
+        {"face": Face(algorithm="vendor-x/2", template=b"\0" * 2048)},
+        Reason.unknown_algorithm,
+        "face algorithm 'vendor-x/2'",
+    ),
+    "short face template": (
+        {"face": Face(algorithm="biox-face-512/1", template=b"\1" * 2047)},
+        Reason.template_size,
+        "2047 bytes, expected 2048",
+    ),
+    "all-zero face": (
+        {"face": Face(algorithm="biox-face-512/1", template=bytes(2048))},
+        Reason.template_invalid,
+        "all-zero",
+    ),
+    "NaN in a face": (
+        {
+            "face": Face(
+                algorithm="biox-face-512/1",
+                template=np.full(512, np.nan, dtype="<f4").tobytes(),
+            )
+        },
+        Reason.template_invalid,
+        "NaN",
+    ),
+    "iris mask with no valid bit": (
+        {"irises": [iris(code=b"\1" * 256, mask=bytes(256))]},
+        Reason.template_invalid,
+        "no valid bit",
+    ),
+    "iris code too short": (
+        {"irises": [iris(code=b"\1" * 255, mask=b"\xff" * 256)]},
+        Reason.template_size,
+        "iris code",
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", BAD_TEMPLATES)
+def test_a_bad_template_is_refused_at_intake_and_nothing_is_sent_or_enrolled(tmp_path, case):
+    change, reason, said = BAD_TEMPLATES[case]
+    sub = a_submission(enroll=True)
+    sub.biometrics = sub.biometrics.model_copy(update=change)
+    handler, e, result = submit(f"sqlite:///{tmp_path / 'us.db'}", sub)
+    assert isinstance(result, PermanentError) and result.reason is reason
+    assert said in result.detail
+    refusal = handler.reject(e, result)  # answered on reply_to, not after a round trip
+    assert refusal is not None and refusal.rows == []
+    [out] = refusal.outgoing
+    answer = decode(out, EncounterResult)
+    assert (answer.status.value, answer.reason_code) == ("refused", reason)
+
+
+@pytest.mark.parametrize(
+    ("envelope", "said"),
+    [
+        ({"reply_to": None}, "no reply_to"),
+        ({"correlation_id": None}, "no correlation_id"),
+        ({"reply_to": None, "correlation_id": None}, "no reply_to and correlation_id"),
+    ],
+)
+def test_a_submission_without_its_reply_address_is_dead_lettered_with_why(tmp_path, envelope, said):
+    handler, e, result = submit(f"sqlite:///{tmp_path / 'us.db'}", a_submission(), **envelope)
+    assert isinstance(result, PermanentError) and result.reason is Reason.no_reply_to
+    assert result.detail == said
+    assert handler.reject(e, result) is None  # nobody to answer: the dead-letter queue
+
+
+def test_a_correlation_id_other_than_the_encounter_id_is_refused(tmp_path):
+    _, _, result = submit(f"sqlite:///{tmp_path / 'us.db'}", a_submission(), correlation_id="E-1")
+    assert isinstance(result, PermanentError) and result.reason is Reason.invalid_message
+    assert "must equal encounter_id 'E-77'" in result.detail
+
+
+def test_every_participant_not_asked_is_kept_with_its_reason_and_the_queries_have_a_deadline(
+    tmp_path,
+):
+    """A Salvadoran in the US: sv may not be asked (§4a), mx is; sv stays in the result."""
+    sub = a_submission(subject_status=SubjectStatus(citizenships=["sv"]))
+    _, _, effects = submit(f"sqlite:///{tmp_path / 'us.db'}", sub)
+    encounter = next(r for r in effects.rows if isinstance(r, EncounterRow))
+    assert (encounter.partners, encounter.skipped) == (["mx"], {"sv": "excluded_citizen"})
+    [tx] = [r for r in effects.rows if isinstance(r, Transaction)]
+    assert tx.answer_due - tx.sent_at == timedelta(seconds=90)
+
+
+# --- the consolidated result: skipped, timed out, revised ---------------------------------------
+
+
+def skip_sv_and_send_mx(db: str) -> None:
+    with session_for(db) as s:
+        s.add(
+            EncounterRow(
+                encounter_id="E-90",
+                purpose="enforce",
+                reply_to="rq",
+                partners=["mx"],
+                skipped={"sv": "excluded_citizen"},
+                source_message_id="sub-90",
+            )
+        )
+        s.add(
+            Transaction(
+                query_id="q-90",
+                role="requester",
+                encounter_id="E-90",
+                requesting="us",
+                providing="mx",
+                purpose="enforce",
+                reply_to="rq",
+                sent_at=AT,
+                answer_due=utcnow() - timedelta(seconds=1),
+                status="pending",
+            )
+        )
+        s.commit()
+
+
+def test_an_unanswered_query_times_out_once_and_a_late_answer_revises_it(tmp_path):
+    db = f"sqlite:///{tmp_path / 'us.db'}"
+    skip_sv_and_send_mx(db)
+    handler = ResponseHandler("us", POLICIES.of("us"), deadline_check_s=5)
+    with session_for(db) as s:
+        [out] = handler.maintain(s)
+        s.commit()
+    with session_for(db) as s:
+        assert handler.maintain(s) == []  # told once
+    timed_out = decode(out, EncounterResult)
+    assert out.envelope.message_id == codec.derived_id("q-90", "timed-out")
+    assert (timed_out.status.value, timed_out.revision, timed_out.submission_id) == (
+        "complete",
+        1,
+        "sub-90",
+    )
+    mx, sv = timed_out.outcomes
+    assert (mx.partner, mx.status.value, mx.reason_code) == ("mx", "timed_out", Reason.no_answer)
+    assert mx.answer_due is not None and mx.sent_at == AT
+    assert (sv.partner, sv.status.value, sv.reason_code, sv.query_id, sv.sent_at) == (
+        "sv",
+        "skipped",
+        Reason.excluded_citizen,
+        None,
+        None,
+    )
+    late = receive(db, a_response("no_match", "mx", "q-90"), "r-late")
+    revised = decode(late.outgoing[0], EncounterResult)
+    assert revised.revision == 2
+    assert [(o.partner, o.status.value) for o in revised.outcomes] == [
+        ("mx", "no_match"),
+        ("sv", "skipped"),
+    ]
+
+
+def test_nothing_times_out_before_its_deadline_or_once_answered(us_db):  # noqa: F811
+    handler = ResponseHandler("us", POLICIES.of("us"))
+    with session_for(us_db) as s:  # no deadline recorded: never late
+        assert handler.maintain(s) == []
+    receive(us_db, a_response("match", "mx", "q-mx"))
+    with session_for(us_db) as s:
+        for tx in s.exec(select(Transaction)).all():
+            tx.answer_due = utcnow() - timedelta(seconds=1)
+            s.add(tx)
+        s.commit()
+        [out] = handler.maintain(s)  # sv only: mx answered
+        s.commit()
+    result = decode(out, EncounterResult)
+    assert [(o.partner, o.status.value) for o in result.outcomes] == [
+        ("mx", "match"),
+        ("sv", "timed_out"),
+    ]
+    with session_for(us_db) as s:
+        future = s.get(Transaction, ("q-sv", "requester"))
+        future.timed_out_at, future.status = None, "pending"
+        future.answer_due = utcnow() + timedelta(minutes=5)
+        s.add(future)
+        s.commit()
+        assert handler.maintain(s) == []

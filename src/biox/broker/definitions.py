@@ -17,8 +17,10 @@ us.workers         its inbox (own kinds, retry and      its own queues
                    dead-letter hops) and outbox
                    (partner kinds to partners), its
                    results exchange
-us.operators       its inbox: own kinds, replays and    its own queues (dead-letter tools)
-                   imports into dead-letter queues
+us.operators       its inbox: own kinds, replays and    its own queues (dead-letter tools,
+                   imports into dead-letter queues;     held results)
+                   its results exchange (held results
+                   sent on)
 us.encounters      its inbox, ``us.encounter.submit``   its reply queues ``us.replies.*``
                    only                                 (declared and bound to
                                                         ``biox.us.results`` by itself)
@@ -36,6 +38,7 @@ from urllib.parse import quote, urlencode
 
 from biox import addresses
 from biox.broker.topology import (
+    HELD_ARGUMENTS,
     bindings,
     results_arguments,
     retry_queue_arguments,
@@ -140,7 +143,8 @@ def definitions(
     topic(workers, outbox, _keys(partners, partner_kinds) if partners else NOTHING)
     topic(workers, inbox, f"({own_keys})|({hop_keys})")
     operators = broker_user(code, Role.operators)
-    user(operators, NOTHING, _either(inbox), mine, tags="monitoring")
+    # and the results exchange: `biox encounters redeliver` sends held results on
+    user(operators, NOTHING, _either(inbox, results), mine, tags="monitoring")
     topic(operators, inbox, f"({own_keys})|({replay_keys})")
     encounters = broker_user(code, Role.encounters)
     reply_queues = re.escape(replies) + ".*"
@@ -174,7 +178,7 @@ def definitions(
     for partner in partners:
         queues.append(_queue(addresses.link_queue(code, partner), {"x-queue-type": "quorum"}))
     held_queue = addresses.held_results_queue(code)
-    queues.append(_queue(held_queue, {"x-queue-type": "quorum"}))
+    queues.append(_queue(held_queue, HELD_ARGUMENTS))
 
     binds = []
     for destination, source, key in bindings(code, codes, routes, tiers, sovereign=True):

@@ -133,6 +133,11 @@ def bindings(
     return out
 
 
+#: classic, not quorum: an operator looks at held results (get, then requeue) as often as
+#: needed, and a quorum queue counts each look against its delivery limit (RabbitMQ 4)
+HELD_ARGUMENTS: dict[str, object] = {"x-queue-type": "classic"}
+
+
 def results_arguments(code: str) -> dict[str, object]:
     """A result whose reply queue does not exist (or was never named) is not dropped:
     the results exchange passes it to its alternate exchange, into a durable queue an
@@ -147,7 +152,7 @@ def declare_results(ch: BlockingChannel, code: str) -> None:
         addresses.results(code), "direct", durable=True, arguments=results_arguments(code)
     )
     queue = addresses.held_results_queue(code)
-    ch.queue_declare(queue, durable=True, arguments={"x-queue-type": "quorum"})
+    ch.queue_declare(queue, durable=True, arguments=HELD_ARGUMENTS)
 
 
 def declare(

@@ -11,6 +11,7 @@ from biox.cli import (
     audit,
     broker,
     dlq,
+    encounters,
     keys,
     notice,
     records,
@@ -45,6 +46,7 @@ app.add_typer(notice.retention_app, name="retention")
 app.add_typer(notice.incident_app, name="incident")
 app.add_typer(notice.disclosure_app, name="disclosure")
 app.add_typer(subject.app, name="subject")
+app.add_typer(encounters.app, name="encounters")
 app.add_typer(serve.topology_app, name="topology")
 app.command()(serve.serve)
 app.command()(serve.health)

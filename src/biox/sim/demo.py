@@ -36,7 +36,7 @@ from biox.sim.examiners import ScriptedExaminers
 from biox.sim.processes import (
     broker_url,
     dev_env,
-    start_workers,
+    serve,
     unwind_on_sigterm,
     wait_for_consumers,
 )
@@ -98,18 +98,19 @@ def run(
                     settings, code, gallery_size, seed, partial(progress.advance, task)
                 )
         env = dev_env(url, settings, codes)
-        workers = start_workers(codes, env, data_dir / "logs")
+        workers = serve(codes, env, data_dir / "logs")
         desk = ScriptedExaminers(url, settings, codes)
         try:
-            with console.status(f"Starting {len(workers.processes)} worker processes..."):
+            kinds = len(ROUTES.queues)
+            with console.status(f"Starting `biox serve` for {', '.join(codes)}..."):
                 wait_for_consumers(
                     url,
                     [addresses.queue(c, role) for c in codes for role in ROUTES.queues],
                     workers,
                 )
             console.print(
-                f"Workers: {len(workers.processes)} processes "
-                f"({', '.join(ROUTES.queues)} per participant)"
+                f"Workers: `biox serve -p P` for {', '.join(codes)}, each supervising {kinds} "
+                f"worker processes ({', '.join(ROUTES.queues)}); `biox health -p P` shows them"
             )
             planned = plans.plan(registry, sizes, per_participant, seed, poor=0.05)
             planned += showcase(registry, built, gallery_size, seed, settings)

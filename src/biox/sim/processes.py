@@ -127,6 +127,18 @@ def start_workers(
     return Workers(procs)
 
 
+def serve(codes: list[str], env: dict[str, str], log_dir: Path) -> Workers:
+    """``biox serve -p CODE`` per participant, as an operator runs it: each supervises
+    its participant's workers (one file per worker under ``log_dir``)."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    procs = []
+    for code in codes:
+        out = open(log_dir / f"{code}-serve.log", "ab")  # noqa: SIM115 - owned by the child
+        argv = [sys.executable, "-m", "biox", "serve", "-p", code, "--log-dir", str(log_dir)]
+        procs.append((f"{code}-serve", subprocess.Popen(argv, env=env, stdout=out, stderr=out)))
+    return Workers(procs)
+
+
 def start_requester_with_providers(
     url: str,
     settings: Settings,

@@ -1,0 +1,135 @@
+"""``biox encounters``: what an encounter system was (or would have been) sent
+(docs/integration.md, "When the reply queue is missing")."""
+
+from __future__ import annotations
+
+import msgpack
+import pika
+import typer
+from rich.table import Table
+
+from biox import addresses
+from biox.broker.connection import parameters
+from biox.broker.deadletters import operator as default_operator
+from biox.cli.common import PARTICIPANT, Participant, amqp_url, code, console, session, text
+from biox.cli.subject import audited_read
+from biox.results import EncounterViews
+
+app = typer.Typer(
+    help="Encounters this participant's encounter systems submitted, and their results.",
+    no_args_is_help=True,
+)
+
+
+@app.command("show")
+def encounters_show(
+    encounter_id: str = typer.Argument(..., help="the encounter system's encounter id"),
+    participant: Participant = PARTICIPANT,
+    operator: str = typer.Option(None, "--operator", help="default: user@host"),
+    as_json: bool = typer.Option(False, "--json", help="the encounter.result as JSON"),
+) -> None:
+    """The encounter's current result, as its encounter system gets it: every partner,
+    asked or skipped, with its outcome; and where its results are sent."""
+    me = code(participant)
+    with session(participant) as s:
+        views = EncounterViews(s, [encounter_id])
+        row = views.encounters.get(encounter_id)
+        result = views.result(me, row) if row is not None else None
+    audited_read(me, "encounters show", {"encounter_id": encounter_id},
+                 int(result is not None), operator or default_operator())  # fmt: skip
+    if row is None or result is None:
+        console.print(f"{me} has no encounter {text(repr(encounter_id))}")
+        raise typer.Exit(1)
+    if as_json:
+        print(result.model_dump_json(indent=2, exclude_none=True))
+        return
+    console.print(
+        f"[bold]{text(encounter_id)}[/] ({row.purpose}): {result.status.value}, revision "
+        f"{row.revision}; results to {text(row.reply_to or '(no reply_to)')} on "
+        f"{addresses.results(me)}; submitted {row.submitted_at:%Y-%m-%d %H:%M:%S} as "
+        f"{text(row.source_message_id or '?')}"
+    )
+    table = Table()
+    for col in ("partner", "status", "reason", "decided by", "top candidate", "sent",
+                "answered", "due"):  # fmt: skip
+        table.add_column(col)
+    for o in result.outcomes:
+        top = o.candidates[0] if o.candidates else None
+        table.add_row(
+            o.partner,
+            o.status.value,
+            text(o.reason_code.value if o.reason_code else ""),
+            o.decided_by.value if o.decided_by else "",
+            f"{text(top.identity_ref)} ({top.fused_score:.2f})" if top else "",
+            f"{o.sent_at:%H:%M:%S}" if o.sent_at else "",
+            f"{o.answered_at:%H:%M:%S}" if o.answered_at else "",
+            f"{o.answer_due:%H:%M:%S}" if o.answer_due and not o.answered_at else "",
+        )
+    console.print(table)
+
+
+def _connection() -> pika.BlockingConnection:
+    from biox.cli.common import settings
+
+    return pika.BlockingConnection(parameters(amqp_url(), settings().client_tls()))
+
+
+@app.command("held")
+def encounters_held(participant: Participant = PARTICIPANT) -> None:
+    """Results no reply queue took (its queue missing or unnamed), oldest first. They
+    stay until `biox encounters redeliver` sends them on."""
+    me = code(participant)
+    queue = addresses.held_results_queue(me)
+    conn = _connection()
+    try:  # looked at, not taken: unacked, they return to the queue when it closes
+        ch = conn.channel()
+        total = ch.queue_declare(queue, passive=True).method.message_count
+        held = [ch.basic_get(queue, auto_ack=False) for _ in range(total)]
+    finally:
+        conn.close()
+    table = Table(title=f"{queue}: {total} held")
+    for col in ("encounter", "revision", "status", "reply queue", "message id"):
+        table.add_column(col)
+    for method, props, body in held:
+        if method is None:
+            continue
+        data = msgpack.unpackb(body, raw=False, timestamp=3)
+        table.add_row(
+            text(props.correlation_id or ""),
+            str(data.get("revision", "")),
+            text(data.get("status", "")),
+            text(method.routing_key or "(none)"),
+            text(props.message_id or ""),
+        )
+    console.print(table)
+
+
+@app.command("redeliver")
+def encounters_redeliver(
+    participant: Participant = PARTICIPANT,
+    operator: str = typer.Option(None, "--operator", help="default: user@host"),
+) -> None:
+    """Send every held result on to its reply queue, now that it exists. One whose queue
+    is still missing is held again: nothing is lost either way. Each is taken from the
+    held queue only once the broker confirmed it sent on."""
+    me = code(participant)
+    queue = addresses.held_results_queue(me)
+    who = operator or default_operator()
+    conn = _connection()
+    sent = 0
+    try:
+        take, put = conn.channel(), conn.channel()
+        put.confirm_delivery()
+        total = take.queue_declare(queue, passive=True).method.message_count
+        for _ in range(total):  # counted first: what is held again is not taken twice
+            method, props, body = take.basic_get(queue, auto_ack=False)
+            if method is None:
+                break
+            props.user_id = None  # the broker stamps who sends it now
+            props.headers = {**(props.headers or {}), "biox-redelivered-by": who}
+            put.basic_publish(addresses.results(me), method.routing_key, body, props)
+            take.basic_ack(method.delivery_tag)
+            sent += 1
+    finally:
+        conn.close()
+    console.print(f"{sent} held result(s) sent on to their reply queues")

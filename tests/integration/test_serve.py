@@ -1,0 +1,211 @@
+"""A participant brought up the way an operator does it, on a broker of its own: the
+topology declared by `biox topology declare`, each participant run by `biox serve`, and
+an encounter system that knows only docs/integration.md.
+
+sv's matcher is left out (`--count query=0`): a partner that never answers, whose
+queries time out after `BIOX_ANSWER_DEADLINE_S`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pika
+import pytest
+
+from biox import addresses, codec
+from biox.dev.broker import LocalBroker
+from biox.messages import EncounterResult, SubjectStatus
+from biox.registry import Registry
+from biox.settings import Settings
+from biox.sim import galleries, plans
+from biox.sim.processes import Workers, dev_env, wait_for_consumers
+from biox.supervisor import read_status
+
+SEED = 77
+SIZE = 1000
+CODES = ["mx", "sv", "us"]
+DEADLINE_S = 4
+GUIDE = Path(__file__).resolve().parents[2] / "docs" / "integration.md"
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass
+class Served:
+    url: str
+    settings: Settings
+    env: dict[str, str]
+    serve: Workers
+
+    def biox(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            [sys.executable, "-m", "biox", *args],
+            env=self.env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        if check:
+            assert done.returncode == 0, done.stdout + done.stderr
+        return done
+
+    def status(self, code: str) -> dict:
+        status = read_status(self.settings.data_dir / code / "serve.json")
+        assert status is not None
+        return status
+
+
+def serve_cli(codes: dict[str, list[str]], env: dict[str, str], logs: Path) -> Workers:
+    logs.mkdir(parents=True, exist_ok=True)
+    procs = []
+    for code, extra in codes.items():
+        out = open(logs / f"{code}-serve.log", "ab")  # noqa: SIM115 - the child's
+        argv = [sys.executable, "-m", "biox", "serve", "-p", code, "--log-dir", str(logs), *extra]
+        procs.append((f"{code}-serve", subprocess.Popen(argv, env=env, stdout=out, stderr=out)))
+    return Workers(procs)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    data = tmp_path_factory.mktemp("served")
+    broker = LocalBroker().start()
+    workers = Workers([])
+    try:
+        settings = Settings(amqp_url=broker.url, data_dir=data, retry_delays="1,2")
+        env = dev_env(
+            broker.url, settings, CODES,
+            BIOX_ANSWER_DEADLINE_S=str(DEADLINE_S), BIOX_DEADLINE_CHECK_S="0.5",
+        )  # fmt: skip
+        s = Served(broker.url, settings, env, workers)
+        # before the topology: serve refuses to start workers that would wait forever
+        refused = s.biox("serve", "-p", "us", check=False)
+        said = " ".join(refused.stdout.split())
+        assert refused.returncode == 2 and "biox topology declare" in said, said
+        assert "declared" in s.biox("topology", "declare").stdout
+        for code in CODES:
+            galleries.build_gallery(settings, code, SIZE, SEED)
+        workers.processes = serve_cli(
+            {"us": [], "mx": [], "sv": ["--count", "query=0"]}, env, data / "logs"
+        ).processes
+        wait_for_consumers(
+            broker.url,
+            [addresses.queue("us", k) for k in ("intake", "response", "audit")]
+            + [addresses.queue("mx", "query")],
+            workers,
+        )
+        yield s
+    finally:
+        workers.stop(timeout=40)
+        broker.stop()
+
+
+def test_the_example_client_in_the_integration_guide_gets_its_result(served, tmp_path):
+    """The guide's client, as a vendor would copy it, against participants run by
+    `biox serve` alone: mx answers, sv (never answering) times out, the result completes."""
+    text = GUIDE.read_text()
+    code = re.search(
+        r"<!-- example-client:start -->\n```python\n(.*?)```\n<!-- example-client:end -->",
+        text,
+        re.S,
+    )
+    assert code is not None
+    assert not re.search(r"^\s*(from|import) biox", code.group(1), re.M)
+    client = tmp_path / "example_client.py"
+    client.write_text(code.group(1))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BIOX_")}
+    done = subprocess.run(
+        [sys.executable, str(client), "--url", served.url, "--participant", "us",
+         "--timeout", "90"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("submitted example-")
+    assert lines[-1].startswith("revision ") and "complete" in lines[-1]
+    assert "mx=no_match" in lines[-1]  # a random face: a stranger to mx's gallery
+    assert "sv=timed_out (no_answer)" in lines[-1]
+
+
+def submit(served: Served, reply_to: str, citizenships: list[str]) -> str:
+    registry = Registry.load(served.settings.registry)
+    planned = plans.single(registry, "us", 10_000_000 + int(uuid.uuid4().int % 1000), SEED)
+    planned.submit.subject_status = SubjectStatus(citizenships=citizenships)
+    out = codec.to_own_inbox(
+        planned.submit, participant="us", message_id=str(uuid.uuid4()),
+        correlation_id=planned.encounter_id, reply_to=reply_to,
+    )  # fmt: skip
+    from biox.broker.publisher import publish_once
+
+    publish_once(served.url, [out], name="test-encounter-system")
+    return planned.encounter_id
+
+
+def test_results_wait_in_the_held_queue_until_the_reply_queue_exists(served):
+    """A reply queue misspelt or not yet declared: the results wait, an operator sees
+    them, and sends them on once the queue exists; a Salvadoran subject is shown with
+    sv skipped, not missing."""
+    reply = f"us.replies.late-{uuid.uuid4().hex[:6]}"
+    encounter_id = submit(served, reply, ["sv"])
+    held = ""
+    deadline = time.monotonic() + 60
+    while encounter_id not in held and time.monotonic() < deadline:
+        time.sleep(0.5)
+        held = served.biox("encounters", "held", "-p", "us").stdout
+    assert encounter_id in held and reply in held
+    shown = json.loads(served.biox("encounters", "show", encounter_id, "-p", "us",
+                                   "--json").stdout)  # fmt: skip
+    assert [(o["partner"], o["status"]) for o in shown["outcomes"]] == [
+        ("mx", "no_match"),
+        ("sv", "skipped"),
+    ]
+    assert shown["outcomes"][1]["reason_code"] == "excluded_citizen"
+
+    conn = pika.BlockingConnection(pika.URLParameters(served.url))
+    try:
+        ch = conn.channel()
+        ch.queue_declare(reply, durable=True, arguments={"x-queue-type": "quorum"})
+        ch.queue_bind(reply, addresses.results("us"), reply)
+        assert "sent on" in served.biox("encounters", "redeliver", "-p", "us").stdout
+        got: list[EncounterResult] = []
+        deadline = time.monotonic() + 30
+        while not got and time.monotonic() < deadline:
+            method, props, body = ch.basic_get(reply, auto_ack=True)
+            if method is None:
+                conn.sleep(0.2)
+                continue
+            got.append(codec.decode_body(EncounterResult, props.headers["biox-schema"], body))
+        assert got and got[0].encounter_id == encounter_id
+        assert got[0].status.value == "complete"
+        assert encounter_id not in served.biox("encounters", "held", "-p", "us").stdout
+    finally:
+        conn.close()
+
+
+def test_serve_restarts_a_sigkilled_worker_and_health_shows_it(served, tmp_path):
+    before = {w["kind"]: w for w in served.status("us")["workers"]}
+    assert served.biox("health", "-p", "us").returncode == 0
+    os.kill(before["intake"]["pid"], signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    intake = before["intake"]
+    while time.monotonic() < deadline:
+        intake = next(w for w in served.status("us")["workers"] if w["kind"] == "intake")
+        if intake["restarts"] == 1 and intake["pid"]:
+            break
+        time.sleep(0.3)
+    assert intake["restarts"] == 1 and intake["last_exit"] == -signal.SIGKILL
+    assert intake["pid"] != before["intake"]["pid"]
+    others = {w["kind"]: w["pid"] for w in served.status("us")["workers"] if w["kind"] != "intake"}
+    assert others == {k: w["pid"] for k, w in before.items() if k != "intake"}  # untouched
+    wait_for_consumers(served.url, [addresses.queue("us", "intake")], served.serve)
+    health = served.biox("health", "-p", "us", "--wait", "20")
+    assert "intake-1" in health.stdout
+    # and the restarted intake takes submissions again
+    test_the_example_client_in_the_integration_guide_gets_its_result(served, tmp_path)

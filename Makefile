@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-unit test-integration bench bench-full chaos mutation lint format broker broker-stop schemas rabbitmq chromium report-screenshot clean
+.PHONY: demo test test-unit test-integration test-postgres bench bench-full chaos mutation lint format broker broker-stop schemas rabbitmq chromium postgresql report-screenshot clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,13 +20,26 @@ rabbitmq:
 chromium:
 	@bash deploy/ensure-chromium.sh
 
+# Installs Debian's postgresql when missing: the integration tests run on it too.
+postgresql:
+	@bash deploy/ensure-postgresql.sh
+
 demo: $(STAMP) rabbitmq
 	$(BIN)/biox demo
 
-test: $(STAMP) rabbitmq chromium
+# Everything on SQLite, then the integration tests again on a throwaway PostgreSQL (the
+# database production uses); the broker-fault and sovereign-broker tests, which test the
+# brokers rather than the database, run once.
+test: $(STAMP) rabbitmq chromium postgresql
 	$(BIN)/ruff check src workers tests bench
 	$(BIN)/mypy
 	$(BIN)/pytest
+	$(BIN)/pytest tests/integration --postgres $(PG_SELECT)
+
+PG_SELECT := -m "not fault and not sovereign and not browser"
+
+test-postgres: $(STAMP) rabbitmq postgresql
+	$(BIN)/pytest tests/integration --postgres $(PG_SELECT)
 
 test-unit: $(STAMP)
 	$(BIN)/pytest tests/unit

@@ -9,6 +9,15 @@ from collections.abc import Iterator
 import pytest
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--postgres",
+        action="store_true",
+        help="integration tests on a throwaway PostgreSQL (Debian's postgresql, started "
+        "like the broker): each test module gets databases of its own",
+    )
+
+
 def _docker_answers() -> bool:
     try:
         import docker
@@ -39,6 +48,21 @@ def broker_url() -> Iterator[str]:
         yield broker.url
     finally:
         broker.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres(request: pytest.FixtureRequest) -> Iterator[object | None]:
+    """With ``--postgres``: one server for the session (src/biox/dev/postgres.py)."""
+    if not request.config.getoption("--postgres"):
+        yield None
+        return
+    from biox.dev.postgres import LocalPostgres
+
+    server = LocalPostgres().start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture(autouse=True)

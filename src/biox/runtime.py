@@ -66,4 +66,10 @@ def run_worker(role: str, participant: str, settings: Settings | None = None) ->
         keys=load_ring(settings.keys(), participant),
         known=lambda code: ctx.registry.get(code) is not None,
     )
+    if settings.metrics_port:
+        observe = getattr(handler, "observe", None)
+        if observe is not None:  # the matcher's search time, the review backlog
+            observe(loop.metrics, settings.database_for(participant))
+        loop.metrics.serve(settings.metrics_port)
+        log.info("metrics_served", port=settings.metrics_port)
     loop.run(stop)

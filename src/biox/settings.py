@@ -142,6 +142,12 @@ class Settings(BaseSettings):
         description="Workers per kind under `biox serve`, e.g. 'query=2,review=0' (others: 1).",
     )
 
+    metrics_port: int = Field(
+        default=0,
+        description="Prometheus metrics: a worker serves them on this port; `biox serve` on "
+        "this port (its workers' health) and gives its workers the ports after it. 0: off.",
+    )
+
     log_level: str = "INFO"
     log_json: bool = True
 

@@ -12,7 +12,17 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, Integer, LargeBinary, event, inspect, text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    Integer,
+    LargeBinary,
+    event,
+    inspect,
+    text,
+    update,
+)
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlmodel import Field, Session, SQLModel, col, create_engine, select
@@ -306,6 +316,20 @@ def _add_new_columns(engine: Engine) -> None:
             kind = column.type.compile(dialect=engine.dialect)
             with engine.begin() as conn:
                 conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
+
+
+def mark_published(url: str, consumer: str, message_ids: list[str]) -> None:
+    """The outputs of these inputs were confirmed by the broker (see ``ConsumeLoop``)."""
+    with session_for(url) as session:
+        session.execute(
+            update(ProcessedMessage)
+            .where(
+                col(ProcessedMessage.consumer) == consumer,
+                col(ProcessedMessage.message_id).in_(message_ids),
+            )
+            .values(published=True)
+        )
+        session.commit()
 
 
 def session_for(url: str) -> Session:

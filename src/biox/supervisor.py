@@ -87,6 +87,8 @@ class Supervisor:
     max_backoff_s: float = 60.0
     #: a worker that stayed up this long is healthy again: its back-off starts over
     stable_s: float = 30.0
+    #: the supervisor's own metrics port (worker health); worker i gets metrics_port + i
+    metrics_port: int = 0
     command: Callable[[str, str], list[str]] | None = None
     clock: Callable[[], float] = time.monotonic
     children: list[Child] = field(default_factory=list)
@@ -114,12 +116,20 @@ class Supervisor:
         name = f"{self.participant}-{child.kind}-{child.index}.log"
         return open(self.log_dir / name, "ab")
 
+    def metrics_port_of(self, child: Child) -> int | None:
+        if not self.metrics_port:
+            return None
+        return self.metrics_port + 1 + self.children.index(child)
+
     def _spawn(self, child: Child) -> None:
         out = self._output(child)
+        env = dict(self.env)
+        port = self.metrics_port_of(child)
+        env["BIOX_METRICS_PORT"] = str(port or 0)
         try:
             child.process = subprocess.Popen(
                 self._argv(child.kind),
-                env=dict(self.env),
+                env=env,
                 stdout=out,
                 stderr=subprocess.STDOUT if out is not None else None,
             )
@@ -130,6 +140,8 @@ class Supervisor:
         log.info("worker.started", kind=child.kind, index=child.index, pid=child.process.pid)
 
     def start(self) -> Supervisor:
+        if self.metrics_port:
+            self._serve_metrics()
         for child in self.children:
             self._spawn(child)
         self.write_status()
@@ -209,10 +221,36 @@ class Supervisor:
                     "uptime_s": round(now - c.started_at, 1) if c.running() else 0.0,
                     "restarts": c.restarts,
                     "last_exit": c.last_exit,
+                    "metrics_port": self.metrics_port_of(c),
                 }
                 for c in self.children
             ],
         }
+
+    def _serve_metrics(self) -> None:
+        """Each worker up or not, and its restarts: what `biox health` shows, scraped."""
+        from prometheus_client import CollectorRegistry, start_http_server
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+        from prometheus_client.registry import Collector
+
+        supervisor = self
+
+        class Workers(Collector):
+            def collect(self):  # type: ignore[no-untyped-def]
+                up = GaugeMetricFamily("biox_worker_up", "1 while the worker process runs",
+                                       labels=["participant", "kind", "index"])  # fmt: skip
+                restarts = CounterMetricFamily("biox_worker_restarts", "Restarts by serve",
+                                               labels=["participant", "kind", "index"])  # fmt: skip
+                for c in supervisor.children:
+                    labels = [supervisor.participant, c.kind, str(c.index)]
+                    up.add_metric(labels, 1.0 if c.running() else 0.0)
+                    restarts.add_metric(labels, c.restarts)
+                yield up
+                yield restarts
+
+        registry = CollectorRegistry()
+        registry.register(Workers())
+        start_http_server(self.metrics_port, addr="0.0.0.0", registry=registry)
 
     def write_status(self, stopped: bool = False) -> None:
         if self.status_path is None:

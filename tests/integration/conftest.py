@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import time
@@ -66,10 +67,51 @@ class Exchange:
             conn.close()
 
 
+_modules = iter(range(1, 10_000))
+
+
+def databases(postgres: object | None, prefix: str) -> str | None:
+    """On PostgreSQL: a database per participant under ``prefix``, as a settings URL."""
+    if postgres is None:
+        return None
+    from biox.dev.postgres import LocalPostgres
+
+    assert isinstance(postgres, LocalPostgres)
+    postgres.create_databases(*(f"{prefix}_{code}" for code in CODES))
+    return postgres.database_url(f"{prefix}_{{participant}}")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _databases_of_this_module(postgres: object | None) -> Iterator[None]:
+    """On PostgreSQL (``--postgres``): fresh databases per test module, one per participant
+    (``BIOX_DATABASE_URL`` with ``{participant}``), as each module gets fresh SQLite files
+    under its own data directory otherwise."""
+    url = databases(postgres, f"m{next(_modules)}")
+    if url is None:
+        yield
+        return
+    saved = os.environ.get("BIOX_DATABASE_URL")
+    os.environ["BIOX_DATABASE_URL"] = url
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("BIOX_DATABASE_URL", None)
+        else:
+            os.environ["BIOX_DATABASE_URL"] = saved
+
+
 @pytest.fixture(scope="session")
-def exchange(broker_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exchange]:
+def exchange(
+    broker_url: str, tmp_path_factory: pytest.TempPathFactory, postgres: object | None
+) -> Iterator[Exchange]:
     data = tmp_path_factory.mktemp("exchange")
-    settings = Settings(amqp_url=broker_url, data_dir=data, retry_delays="1,2")
+    settings = Settings(
+        amqp_url=broker_url,
+        data_dir=data,
+        retry_delays="1,2",
+        database_url=databases(postgres, "exchange"),  # a session's: its own databases
+    )
     registry = Registry.load(settings.registry)
     declare(broker_url, CODES, settings)
     sizes = dict.fromkeys(CODES, SIZE)
@@ -248,3 +290,5 @@ def cli_env(exchange: Exchange, monkeypatch: pytest.MonkeyPatch) -> None:
     """The CLI pointed at the exchange's broker and databases."""
     monkeypatch.setenv("BIOX_AMQP_URL", exchange.url)
     monkeypatch.setenv("BIOX_DATA_DIR", str(exchange.settings.data_dir))
+    if exchange.settings.database_url:
+        monkeypatch.setenv("BIOX_DATABASE_URL", exchange.settings.database_url)

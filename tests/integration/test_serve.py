@@ -29,7 +29,7 @@ from biox.messages import EncounterResult, SubjectStatus
 from biox.registry import Registry
 from biox.settings import Settings
 from biox.sim import galleries, plans
-from biox.sim.processes import Workers, dev_env, wait_for_consumers
+from biox.sim.processes import Workers, dev_env, free_port_runs, serve, wait_for_consumers
 from biox.supervisor import read_status
 
 SEED = 77
@@ -47,6 +47,7 @@ class Served:
     settings: Settings
     env: dict[str, str]
     serve: Workers
+    broker: LocalBroker
 
     def biox(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         done = subprocess.run(
@@ -63,16 +64,6 @@ class Served:
         return status
 
 
-def serve_cli(codes: dict[str, list[str]], env: dict[str, str], logs: Path) -> Workers:
-    logs.mkdir(parents=True, exist_ok=True)
-    procs = []
-    for code, extra in codes.items():
-        out = open(logs / f"{code}-serve.log", "ab")  # noqa: SIM115 - the child's
-        argv = [sys.executable, "-m", "biox", "serve", "-p", code, "--log-dir", str(logs), *extra]
-        procs.append((f"{code}-serve", subprocess.Popen(argv, env=env, stdout=out, stderr=out)))
-    return Workers(procs)
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     data = tmp_path_factory.mktemp("served")
@@ -84,7 +75,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
             broker.url, settings, CODES,
             BIOX_ANSWER_DEADLINE_S=str(DEADLINE_S), BIOX_DEADLINE_CHECK_S="0.5",
         )  # fmt: skip
-        s = Served(broker.url, settings, env, workers)
+        s = Served(broker.url, settings, env, workers, broker)
         # before the topology: serve refuses to start workers that would wait forever
         refused = s.biox("serve", "-p", "us", check=False)
         said = " ".join(refused.stdout.split())
@@ -92,8 +83,9 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         assert "declared" in s.biox("topology", "declare").stdout
         for code in CODES:
             galleries.build_gallery(settings, code, SIZE, SEED)
-        workers.processes = serve_cli(
-            {"us": [], "mx": [], "sv": ["--count", "query=0"]}, env, data / "logs"
+        ports = dict(zip(CODES, free_port_runs(3, 8, start=19410), strict=True))
+        workers.processes = serve(
+            CODES, env, data / "logs", extra={"sv": ["--count", "query=0"]}, metrics=ports
         ).processes
         wait_for_consumers(
             broker.url,
@@ -209,3 +201,74 @@ def test_serve_restarts_a_sigkilled_worker_and_health_shows_it(served, tmp_path)
     assert "intake-1" in health.stdout
     # and the restarted intake takes submissions again
     test_the_example_client_in_the_integration_guide_gets_its_result(served, tmp_path)
+
+
+def scrape(port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Every sample of a /metrics page, by name and labels (prometheus_client's parser)."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as page:
+        text = page.read().decode()
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def count(samples: dict, name: str, **labels: str) -> float:
+    want = set(labels.items())
+    return sum(v for (n, ls), v in samples.items() if n == name and want <= ls)
+
+
+def test_metrics_are_scraped_over_http_and_count_the_messages_sent(served):
+    """Scraped from the workers `biox serve` started: every submission counted once in,
+    every query once out and every answer once back; the broker's plugin shows queues."""
+    ports = {w["kind"]: w["metrics_port"] for w in served.status("us")["workers"]}
+    mx_query = next(w["metrics_port"] for w in served.status("mx")["workers"]
+                    if w["kind"] == "query")  # fmt: skip
+    before = {k: scrape(p) for k, p in ports.items()} | {"mx": scrape(mx_query)}
+    sent = [submit(served, f"us.replies.m-{uuid.uuid4().hex[:6]}", ["gt"]) for _ in range(3)]
+
+    def answered() -> bool:
+        now = scrape(ports["response"])
+        got = count(now, "biox_messages_in_total", kind="response")
+        return got - count(before["response"], "biox_messages_in_total", kind="response") >= 3
+
+    deadline = time.monotonic() + 60
+    while not answered() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    after = {k: scrape(p) for k, p in ports.items()} | {"mx": scrape(mx_query)}
+
+    def delta(kind: str, name: str, **labels: str) -> float:
+        return count(after[kind], name, **labels) - count(before[kind], name, **labels)
+
+    assert delta("intake", "biox_messages_in_total", kind="encounter.submit",
+                 outcome="queried") == 3  # fmt: skip
+    assert delta("intake", "biox_messages_out_total", kind="query") == 3  # mx only: sv skipped
+    assert delta("mx", "biox_messages_in_total", kind="query") == 3
+    assert delta("mx", "biox_messages_out_total", kind="response") == 3
+    assert delta("mx", "biox_matcher_search_seconds_count") >= 1
+    assert count(after["mx"], "biox_gallery_identities") == SIZE
+    assert delta("response", "biox_messages_in_total", kind="response") == 3
+    assert delta("response", "biox_messages_out_total", kind="encounter.result") == 3
+    assert delta("intake", "biox_handler_seconds_count", kind="encounter.submit") >= 1
+    assert delta("intake", "biox_end_to_end_seconds_count", kind="encounter.submit") == 3
+    assert count(after["review"], "biox_review_backlog_cases") == 0
+    health = scrape(served.status("us")["workers"][0]["metrics_port"] - 1)  # serve's own
+    assert count(health, "biox_worker_up", kind="intake") == 1
+    assert count(health, "biox_worker_restarts_total", kind="intake") >= 0
+    # queue depths from the broker's own Prometheus plugin, per queue
+    import urllib.request
+
+    broker = served.broker.state
+    assert broker is not None
+    with urllib.request.urlopen(broker.metrics_url, timeout=10) as page:
+        text = page.read().decode()
+    assert any(
+        line.startswith("rabbitmq_queue_messages_ready{") and 'queue="us.intake"' in line
+        for line in text.splitlines()
+    )
+    assert sent  # the three encounters were submitted

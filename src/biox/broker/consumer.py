@@ -29,9 +29,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from sqlalchemy import insert, update
+from sqlalchemy import insert
 from sqlalchemy.orm.exc import StaleDataError
-from sqlmodel import Session, col
+from sqlmodel import Session
 
 from biox import addresses
 from biox.broker import failures
@@ -47,10 +47,11 @@ from biox.errors import UNPROVEN, BioxError, PermanentError, Reason, TransientEr
 from biox.handlers.base import Effects, Handler, Result
 from biox.identity import check_identity
 from biox.inbound import Inbound, arrived, read_envelope
+from biox.metrics import Metrics
 from biox.routes import Queue, RouteTable
 from biox.sealing import KeyRing
 from biox.settings import Settings
-from biox.store import ProcessedMessage, processed, session_for
+from biox.store import ProcessedMessage, mark_published, processed, session_for
 
 log = structlog.get_logger("biox.consumer")
 
@@ -96,6 +97,7 @@ class ConsumeLoop:
         self.link: Transport = link or Link.consuming(url, self.worker, self.queue, settings)
         self.publisher = Publisher(self.link, settings.publish_timeout)
         self.stats: Counter[str] = Counter()
+        self.metrics = Metrics(participant, self.queue)  # served by run_worker, if asked
         #: a broker that refused our outputs is given a moment before the requeued inputs
         #: come back (none in memory, where nothing is waiting to recover)
         self.requeue_pause = 0.5
@@ -139,6 +141,7 @@ class ConsumeLoop:
         ]
         batch = self._without_ids_parked(batch)
         if batch:
+            self.metrics.batch(len(batch))
             self.process(batch)
 
     def _take(self) -> list[Delivery]:
@@ -221,8 +224,10 @@ class ConsumeLoop:
                         publish.extend(unpack_outgoing(done[key].outputs))
                         unconfirmed.append(key)
                     self.stats["duplicate"] += 1
+                    self.metrics.duplicate()
                 elif key in seen:
                     self.stats["duplicate"] += 1
+                    self.metrics.duplicate()
                 elif isinstance(item, BioxError):
                     failed.append((t, key, item))
                 else:
@@ -275,28 +280,19 @@ class ConsumeLoop:
         for kind, positions in by_kind.items():
             method = self.routes.routes[kind].handler
             assert method is not None  # _inbound admitted only kinds this queue takes
+            started = time.perf_counter()
             out = method(self.handler, [fresh[i] for i in positions], session)
+            self.metrics.handler(kind, time.perf_counter() - started)
             for i, result in zip(positions, out, strict=True):
                 results[i] = result
         return [r for r in results if r is not None]
 
     def _mark_published(self, message_ids: list[str]) -> None:
         """Confirmed: a redelivery of these need not republish (and cascade) their outputs.
-
         Best effort: if this write is lost, a redelivery republishes under the same ids
-        and the receivers' idempotency absorbs the copies.
-        """
+        and the receivers' idempotency absorbs the copies."""
         try:
-            with session_for(self.database_url) as session:
-                session.execute(
-                    update(ProcessedMessage)
-                    .where(
-                        col(ProcessedMessage.consumer) == self.queue,
-                        col(ProcessedMessage.message_id).in_(message_ids),
-                    )
-                    .values(published=True)
-                )
-                session.commit()
+            mark_published(self.database_url, self.queue, message_ids)
         except Exception as exc:
             log.warning("mark_published_failed", worker=self.worker, error=str(exc))
 
@@ -353,6 +349,8 @@ class ConsumeLoop:
         )
         publish.extend(outgoing)
         self.stats[effects.outcome.split(":")[0]] += 1
+        self.metrics.handled(env.kind, effects.outcome, env.timestamp,
+                             [o.envelope.kind for o in outgoing])  # fmt: skip
         log.info(
             "handled",
             query_id=env.correlation_id,
@@ -392,6 +390,7 @@ class ConsumeLoop:
                 )
                 self._republish(t, target, exc, attempt)
                 self.stats["retried"] += 1
+                self.metrics.failed("retry", failures.reason_of(exc))
             self.link.ack(t.delivery)
         except Exception as publish_exc:
             log.warning("retry_publish_failed", error=str(publish_exc))
@@ -402,6 +401,7 @@ class ConsumeLoop:
         env = t.envelope
         self._republish(t, target, exc, attempt if attempt is not None else env.attempt)
         self.stats["dead_lettered"] += 1
+        self.metrics.failed("dead_letter", failures.reason_of(exc))
         log.warning(
             "dead_lettered",
             query_id=env.correlation_id,

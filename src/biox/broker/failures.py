@@ -39,6 +39,11 @@ def dead_letter_target(participant: str, role: str, recorded: bool) -> tuple[str
     return inbox, addresses.unrecorded_dead_letter_key(participant, role)
 
 
+def reason_of(exc: BaseException) -> str:
+    """A failure's reason code; ``handler_error`` for anything the handler did not name."""
+    return exc.reason.value if isinstance(exc, BioxError) else "handler_error"
+
+
 def headers(
     env: Envelope, d: Delivery, exc: BaseException, attempt: int, worker: str
 ) -> dict[str, Any]:
@@ -56,7 +61,7 @@ def headers(
             H_ATTEMPT: attempt,
             H_ERROR: str(exc)[:1000],
             H_ERROR_CLASS: type(exc).__name__,
-            H_REASON: exc.reason.value if isinstance(exc, BioxError) else "handler_error",
+            H_REASON: reason_of(exc),
             H_PERMANENT: bool(getattr(exc, "permanent", False)),
             H_WORKER: worker,
             H_FAILED_AT: now,

@@ -31,6 +31,8 @@ def broker_start() -> None:
     broker.save_state(state)
     console.print(broker.url)
     console.print(f"[dim]export BIOX_AMQP_URL={broker.url}   # then: biox broker stop[/]")
+    assert broker.state is not None
+    console.print(f"[dim]queue depths for Prometheus: {broker.state.metrics_url}[/]")
 
 
 @app.command("stop")

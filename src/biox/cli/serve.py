@@ -101,12 +101,19 @@ def serve(
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    sup = Supervisor(me, counts, status_path=status_path(me), log_dir=log_dir)
+    sup = Supervisor(
+        me, counts, status_path=status_path(me), log_dir=log_dir, metrics_port=s.metrics_port
+    )
     console.print(
         f"serving {me}: "
         + ", ".join(f"{k}={n}" for k, n in counts.items() if n)
         + f" (status: biox health -p {me})"
     )
+    if s.metrics_port:
+        console.print(
+            f"metrics: http://<host>:{s.metrics_port}/metrics (workers' health), workers on "
+            f"{s.metrics_port + 1}-{s.metrics_port + sum(counts.values())}"
+        )
     sup.run(stop)
 
 
@@ -135,7 +142,7 @@ def health(
         console.print(f"no `biox serve -p {me}` has run here ({status_path(me)})")
         raise typer.Exit(1)
     table = Table(title=f"{me}: supervisor {'up' if status['alive'] else 'DOWN'}")
-    for col in ("worker", "state", "pid", "uptime", "restarts", "last exit"):
+    for col in ("worker", "state", "pid", "uptime", "restarts", "last exit", "metrics"):
         table.add_column(col)
     for w in workers:
         table.add_row(
@@ -145,6 +152,7 @@ def health(
             age(w["uptime_s"]) if w["pid"] else "-",
             str(w["restarts"]),
             "-" if w["last_exit"] is None else str(w["last_exit"]),
+            f":{w['metrics_port']}/metrics" if w.get("metrics_port") else "-",
         )
     console.print(table)
     raise typer.Exit(0 if healthy else 1)

@@ -36,6 +36,7 @@ PLUGINS = [
     "rabbitmq_shovel",
     "rabbitmq_shovel_management",
     "rabbitmq_auth_mechanism_ssl",
+    "rabbitmq_prometheus",  # queue depths, per queue (docs/operations.md, "Metrics")
 ]
 
 
@@ -75,6 +76,12 @@ class BrokerState:
     node: str
 
     tls: bool = False
+    prometheus_port: int = 0
+
+    @property
+    def metrics_url(self) -> str:
+        """The broker's own Prometheus endpoint: per-queue depths, connections, channels."""
+        return f"http://127.0.0.1:{self.prometheus_port}/metrics"
 
     @property
     def url(self) -> str:
@@ -117,20 +124,24 @@ class LocalBroker:
         directory = self.directory or Path(tempfile.mkdtemp(prefix="biox-rabbitmq-"))
         directory.mkdir(parents=True, exist_ok=True)
         if self.state is not None:  # a restart: same node, ports and data
-            amqp, mgmt, dist, epmd = (
+            amqp, mgmt, dist, epmd, prom = (
                 self.state.amqp_port,
                 self.state.management_port,
                 self._dist_port,
                 self.state.epmd_port,
+                self.state.prometheus_port,
             )
         else:
-            amqp, mgmt, dist, epmd = (free_port() for _ in range(4))
+            amqp, mgmt, dist, epmd, prom = (free_port() for _ in range(5))
             amqp = self._port or amqp
         self._dist_port = dist
         node = f"biox{amqp}@localhost"
         common = (
             f"management.tcp.port = {mgmt}\n"
             "management.tcp.ip = 127.0.0.1\n"
+            f"prometheus.tcp.port = {prom}\n"
+            "prometheus.tcp.ip = 127.0.0.1\n"
+            "prometheus.return_per_object_metrics = true\n"
             "log.console = false\n"
             "log.file.level = info\n"
             "vm_memory_high_watermark.relative = 0.4\n"
@@ -152,8 +163,9 @@ class LocalBroker:
             cmd, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
         )
         self.state = BrokerState(
-            self.process.pid, str(directory), amqp, mgmt, epmd, node, self.sovereign is not None
-        )
+            self.process.pid, str(directory), amqp, mgmt, epmd, node, self.sovereign is not None,
+            prom,
+        )  # fmt: skip
         self._wait_ready(timeout)
         log.info("broker_started", url=self.url, directory=str(directory))
         return self

@@ -36,6 +36,7 @@ from biox.messages import (
     Timings,
     utcnow,
 )
+from biox.metrics import Metrics
 from biox.policy.eligibility import provider_refusal
 from biox.policy.release import ParticipantPolicy
 from biox.registry import Registry
@@ -81,6 +82,11 @@ class MatcherHandler:
         self._max_seq = 0
         self._enrolled_seqs: set[int] = set()
         self._tombstone_seq = 0
+        self.metrics: Metrics | None = None  # the worker's, when it runs under one
+
+    def observe(self, metrics: Metrics, database_url: str) -> None:
+        """Search time and gallery size join the worker's metrics."""
+        self.metrics = metrics
 
     def search(self, batch: Sequence[Inbound[Query]], session: Session) -> list[Result]:
         self.catch_up(session)
@@ -111,7 +117,10 @@ class MatcherHandler:
             if probes
             else []
         )
-        search_ms = (time.perf_counter() - started) * 1000 / max(len(probes), 1)
+        took = time.perf_counter() - started
+        search_ms = took * 1000 / max(len(probes), 1)
+        if self.metrics is not None and probes:
+            self.metrics.searched(took, self.gallery.size)
         low = self.settings.threshold_low
         records = self._records(session, {h.record_id for hs in hits for h in hs if h.fused >= low})
         for i, found in zip(searchable, hits, strict=True):

@@ -9,9 +9,11 @@ then acked) like every other answer, and the audit trail records who decided.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import UTC
 
 import structlog
-from sqlmodel import Session, select
+from sqlalchemy import func
+from sqlmodel import Session, col, select
 
 from biox.answers import Answers, Asked
 from biox.codec import Envelope, Outgoing
@@ -19,10 +21,11 @@ from biox.errors import BioxError, PermanentError, Reason, TransientError
 from biox.gallery.gallery import Hit
 from biox.handlers.base import Context, Effects, Result
 from biox.inbound import Inbound
-from biox.messages import DecidedBy, ReviewCase, ReviewDecision, ReviewVerdict
+from biox.messages import DecidedBy, ReviewCase, ReviewDecision, ReviewVerdict, utcnow
+from biox.metrics import Metrics
 from biox.policy.release import ParticipantPolicy
 from biox.registry import Purpose
-from biox.store import Record, ReviewCaseRow, Transaction
+from biox.store import Record, ReviewCaseRow, Transaction, session_for
 
 log = structlog.get_logger("biox.review")
 
@@ -36,6 +39,11 @@ class ReviewHandler:
         self.me = participant
         self.policy = policy
         self.answers = Answers(participant, policy)
+
+    def observe(self, metrics: Metrics, database_url: str) -> None:
+        """The backlog joins the worker's metrics, counted when scraped."""
+        metrics.collect_with("biox_review_backlog", "Undecided review cases (§8)",
+                             lambda: backlog(database_url))  # fmt: skip
 
     def open(self, batch: Sequence[Inbound[ReviewCase]], session: Session) -> list[Result]:
         return [self._open(inb, session) for inb in batch]
@@ -118,3 +126,17 @@ class ReviewHandler:
 
     def reject(self, envelope: Envelope, error: BioxError) -> Effects | None:
         return None  # own messages only: a bad one is a bug to look at in the DLQ
+
+
+def backlog(database_url: str) -> dict[str, float]:
+    """Undecided cases and the age of the oldest, in seconds (metrics, not personal data)."""
+    with session_for(database_url) as session:
+        count, oldest = session.exec(
+            select(func.count(), func.min(ReviewCaseRow.opened_at)).where(
+                col(ReviewCaseRow.status) != "decided"
+            )
+        ).one()
+    age = 0.0
+    if oldest is not None:  # SQLite gives it back naive: it was stored as UTC
+        age = (utcnow() - oldest.replace(tzinfo=oldest.tzinfo or UTC)).total_seconds()
+    return {"cases": float(count), "oldest_seconds": max(0.0, age)}

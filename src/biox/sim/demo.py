@@ -36,6 +36,7 @@ from biox.sim.examiners import ScriptedExaminers
 from biox.sim.processes import (
     broker_url,
     dev_env,
+    free_port_runs,
     serve,
     unwind_on_sigterm,
     wait_for_consumers,
@@ -98,10 +99,11 @@ def run(
                     settings, code, gallery_size, seed, partial(progress.advance, task)
                 )
         env = dev_env(url, settings, codes)
-        workers = serve(codes, env, data_dir / "logs")
+        kinds = len(ROUTES.queues)
+        ports = dict(zip(codes, free_port_runs(len(codes), kinds + 1), strict=True))
+        workers = serve(codes, env, data_dir / "logs", metrics=ports)
         desk = ScriptedExaminers(url, settings, codes)
         try:
-            kinds = len(ROUTES.queues)
             with console.status(f"Starting `biox serve` for {', '.join(codes)}..."):
                 wait_for_consumers(
                     url,
@@ -112,6 +114,11 @@ def run(
                 f"Workers: `biox serve -p P` for {', '.join(codes)}, each supervising {kinds} "
                 f"worker processes ({', '.join(ROUTES.queues)}); `biox health -p P` shows them"
             )
+            for code, port in ports.items():
+                console.print(
+                    f"  Prometheus: {code} http://127.0.0.1:{port}/metrics (its workers' "
+                    f"health), workers on ports {port + 1}-{port + kinds}"
+                )
             planned = plans.plan(registry, sizes, per_participant, seed, poor=0.05)
             planned += showcase(registry, built, gallery_size, seed, settings)
             desk.start()

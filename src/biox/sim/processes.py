@@ -51,7 +51,11 @@ def broker_url(settings: Settings, console: Console) -> Iterator[str]:
         return
     with console.status("Starting a local RabbitMQ (Debian rabbitmq-server)..."):
         broker = LocalBroker().start()
-    console.print(f"Broker: local RabbitMQ at [bold]{broker.url}[/]")
+    assert broker.state is not None
+    console.print(
+        f"Broker: local RabbitMQ at [bold]{broker.url}[/] (queue depths for Prometheus: "
+        f"{broker.state.metrics_url})"
+    )
     try:
         yield broker.url
     finally:
@@ -90,6 +94,7 @@ def worker_env(settings: Settings, codes: list[str], **extra: str) -> dict[str, 
         "BIOX_REGISTRY": str(Path(settings.registry).resolve()),
         "BIOX_POLICY": str(Path(settings.policy).resolve()),
         "BIOX_RETRY_DELAYS": settings.retry_delays,
+        **({"BIOX_DATABASE_URL": settings.database_url} if settings.database_url else {}),
         **extra,
     }
 
@@ -127,16 +132,44 @@ def start_workers(
     return Workers(procs)
 
 
-def serve(codes: list[str], env: dict[str, str], log_dir: Path) -> Workers:
+def serve(
+    codes: list[str],
+    env: dict[str, str],
+    log_dir: Path,
+    extra: dict[str, list[str]] | None = None,
+    metrics: dict[str, int] | None = None,
+) -> Workers:
     """``biox serve -p CODE`` per participant, as an operator runs it: each supervises
-    its participant's workers (one file per worker under ``log_dir``)."""
+    its participant's workers (one file per worker under ``log_dir``). ``extra``: more
+    arguments per participant; ``metrics``: a participant's ``BIOX_METRICS_PORT``."""
     log_dir.mkdir(parents=True, exist_ok=True)
     procs = []
     for code in codes:
         out = open(log_dir / f"{code}-serve.log", "ab")  # noqa: SIM115 - owned by the child
-        argv = [sys.executable, "-m", "biox", "serve", "-p", code, "--log-dir", str(log_dir)]
-        procs.append((f"{code}-serve", subprocess.Popen(argv, env=env, stdout=out, stderr=out)))
+        argv = [sys.executable, "-m", "biox", "serve", "-p", code, "--log-dir", str(log_dir),
+                *(extra or {}).get(code, [])]  # fmt: skip
+        own = {**env, "BIOX_METRICS_PORT": str((metrics or {}).get(code, 0))}
+        procs.append((f"{code}-serve", subprocess.Popen(argv, env=own, stdout=out, stderr=out)))
     return Workers(procs)
+
+
+def free_port_runs(count: int, length: int, start: int = 9410) -> list[int]:
+    """``count`` first ports of ``length`` consecutive free ports each (metrics ports)."""
+    import socket
+
+    found: list[int] = []
+    port = start
+    while len(found) < count and port < 65000:
+        try:
+            for p in range(port, port + length):
+                with socket.socket() as s:
+                    s.bind(("0.0.0.0", p))
+        except OSError:
+            port += 1
+            continue
+        found.append(port)
+        port += length
+    return found
 
 
 def start_requester_with_providers(

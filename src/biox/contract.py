@@ -70,6 +70,9 @@ def documents(routes: RouteTable = ROUTES) -> dict[str, str]:
         + "\n"
     )
     docs["README.md"] = _index(routes)
+    from biox import asyncapi
+
+    docs["asyncapi.yaml"] = asyncapi.text(routes)
     docs["routing.json"] = (
         json.dumps(
             {

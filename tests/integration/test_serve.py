@@ -242,8 +242,8 @@ def test_metrics_are_scraped_over_http_and_count_the_messages_sent(served):
         time.sleep(0.5)
     after = {k: scrape(p) for k, p in ports.items()} | {"mx": scrape(mx_query)}
 
-    def delta(kind: str, name: str, **labels: str) -> float:
-        return count(after[kind], name, **labels) - count(before[kind], name, **labels)
+    def delta(worker: str, name: str, **labels: str) -> float:
+        return count(after[worker], name, **labels) - count(before[worker], name, **labels)
 
     assert delta("intake", "biox_messages_in_total", kind="encounter.submit",
                  outcome="queried") == 3  # fmt: skip

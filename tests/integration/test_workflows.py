@@ -100,7 +100,12 @@ def test_release_policy_shapes_the_match_and_seals_decline(exchange, system):
     declined = outcome_of(sea, "mx")
     assert declined.status.value == "declined"
     assert declined.reason_code.value == "record_not_releasable" and declined.candidates == []
-    assert {o.partner for o in rel.result.outcomes} == {"mx"}  # us-sv did not agree adjudicate
+    # us and sv did not agree adjudication: sv is shown, not asked
+    assert {(o.partner, o.status.value) for o in rel.result.outcomes} == {
+        ("mx", "match"),
+        ("sv", "skipped"),
+    }
+    assert outcome_of(rel, "sv").reason_code.value == "purpose_not_agreed"
 
 
 # --- human review (§8) -----------------------------------------------------------------------

@@ -12,6 +12,7 @@ from biox.cli import (
     broker,
     dlq,
     encounters,
+    gallery,
     keys,
     notice,
     records,
@@ -47,6 +48,7 @@ app.add_typer(notice.incident_app, name="incident")
 app.add_typer(notice.disclosure_app, name="disclosure")
 app.add_typer(subject.app, name="subject")
 app.add_typer(encounters.app, name="encounters")
+app.add_typer(gallery.app, name="gallery")
 app.add_typer(serve.topology_app, name="topology")
 app.command()(serve.serve)
 app.command()(serve.health)

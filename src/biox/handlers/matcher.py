@@ -298,15 +298,26 @@ class MatcherHandler:
             return 0
         self._synced_at = now
         recent = utcnow() - timedelta(seconds=60)
-        rows = session.exec(
-            select(EnrolledTemplates).where(
+        # the sequence numbers first: after a bulk import the last minute holds many rows
+        # this matcher already has, and their templates need not be read again
+        seqs = session.exec(
+            select(EnrolledTemplates.seq).where(
                 or_(
                     col(EnrolledTemplates.seq) > self._max_seq,
                     col(EnrolledTemplates.enrolled_at) >= recent,
                 )
             )
         ).all()
-        new = [r for r in rows if r.seq not in self._enrolled_seqs]
+        unseen = [s for s in seqs if s not in self._enrolled_seqs]
+        new = [
+            r
+            for chunk in range(0, len(unseen), 5000)
+            for r in session.exec(
+                select(EnrolledTemplates).where(
+                    col(EnrolledTemplates.seq).in_(unseen[chunk : chunk + 5000])
+                )
+            )
+        ]
         added = self._add(new) if new else 0
         self._bury(session)
         return added

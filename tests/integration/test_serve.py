@@ -230,7 +230,8 @@ def test_metrics_are_scraped_over_http_and_count_the_messages_sent(served):
     mx_query = next(w["metrics_port"] for w in served.status("mx")["workers"]
                     if w["kind"] == "query")  # fmt: skip
     before = {k: scrape(p) for k, p in ports.items()} | {"mx": scrape(mx_query)}
-    sent = [submit(served, f"us.replies.m-{uuid.uuid4().hex[:6]}", ["gt"]) for _ in range(3)]
+    # Salvadorans: sv is skipped (§4a), so each is one query to mx and one answer back
+    sent = [submit(served, f"us.replies.m-{uuid.uuid4().hex[:6]}", ["sv"]) for _ in range(3)]
 
     def answered() -> bool:
         now = scrape(ports["response"])
@@ -247,7 +248,7 @@ def test_metrics_are_scraped_over_http_and_count_the_messages_sent(served):
 
     assert delta("intake", "biox_messages_in_total", kind="encounter.submit",
                  outcome="queried") == 3  # fmt: skip
-    assert delta("intake", "biox_messages_out_total", kind="query") == 3  # mx only: sv skipped
+    assert delta("intake", "biox_messages_out_total", kind="query") == 3
     assert delta("mx", "biox_messages_in_total", kind="query") == 3
     assert delta("mx", "biox_messages_out_total", kind="response") == 3
     assert delta("mx", "biox_matcher_search_seconds_count") >= 1
@@ -272,3 +273,41 @@ def test_metrics_are_scraped_over_http_and_count_the_messages_sent(served):
         for line in text.splitlines()
     )
     assert sent  # the three encounters were submitted
+
+
+def conformance(served: Served) -> tuple[int, dict[str, dict]]:
+    done = served.biox("conformance", "-p", "us", "--amqp-url", served.url, "--seed",
+                       str(SEED), "--gallery-size", str(SIZE), "--timeout", "90", "--json",
+                       check=False)  # fmt: skip
+    cases = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    return done.returncode, {c["case"]: c for c in cases}  # fmt: skip
+
+
+def test_conformance_names_the_failing_cases_then_passes_once_the_partner_answers(served):
+    """With sv's matcher not running, the kit fails the cases where sv must answer and
+    names them; with a matcher for sv started, every case passes."""
+    code, cases = conformance(served)
+    assert code == 1
+    failed = {name: c["got"] for name, c in cases.items() if not c["passed"]}
+    mated = next(name for name in cases if name.startswith("mated: a capture of MX-"))
+    assert set(failed) == {mated, "stranger", "skipped: a citizen of mx"}, failed
+    assert all(got == "sv timed_out (no_answer)" for got in failed.values()), failed
+    assert len(cases) == 14
+
+    logs = served.settings.data_dir / "logs" / "sv-query-extra.log"
+    matcher = subprocess.Popen(
+        [sys.executable, "-m", "biox", "worker", "query", "-p", "sv"],
+        env=served.env, stdout=logs.open("ab"), stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        wait_for_consumers(served.url, [addresses.queue("sv", "query")],
+                           Workers([("sv-query", matcher)]))  # fmt: skip
+        code, cases = conformance(served)
+        assert code == 0, [c for c in cases.values() if not c["passed"]]
+        assert len(cases) == 14 and all(c["passed"] for c in cases.values())
+        assert cases["bad template: invalid_message (template as text)"]["got"].startswith(
+            "refused invalid_message"
+        )
+    finally:
+        matcher.send_signal(signal.SIGTERM)
+        matcher.wait(30)

@@ -55,7 +55,8 @@ app.command()(serve.health)
 app.command()(report.report)
 app.command()(report.qa)
 app.command()(sim.demo)
-app.command()(sim.synth)
+app.add_typer(sim.synth_app, name="synth")
+app.command()(serve.conformance)
 
 
 @app.command()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import typer
 from rich.progress import Progress
@@ -36,14 +37,28 @@ def demo(
     raise typer.Exit(code)
 
 
+synth_app = typer.Typer(
+    help="The synthetic population: a participant's gallery (`biox synth -p P`), or a "
+    "capture of one of its identities (`biox synth probe REF`).",
+    invoke_without_command=True,
+)
+
+
+@synth_app.callback()
 def synth(
-    participant: Participant = typer.Option(..., "--participant", "-p"),
+    ctx: typer.Context,
+    participant: Participant = typer.Option(None, "--participant", "-p"),
     size: int = typer.Option(20_000),
     seed: int = typer.Option(2026),
 ) -> None:
     """Build a participant's synthetic gallery (database records and FAISS indexes)."""
     from biox.sim import galleries
 
+    if ctx.invoked_subcommand is not None:
+        return
+    if participant is None:
+        console.print("[red]--participant is required[/] (or: biox synth probe REF)")
+        raise typer.Exit(2)
     me = code(participant)
     started = time.perf_counter()
     with Progress(console=console) as progress:
@@ -55,3 +70,32 @@ def synth(
         f"{me}: {gallery.size} identities, {gallery.kind} index, "
         f"{time.perf_counter() - started:.1f}s"
     )
+
+
+@synth_app.command("probe")
+def synth_probe(
+    ref: str = typer.Argument(..., help="a synthetic identity, e.g. MX-000000123"),
+    seed: int = typer.Option(2026, help="the seed the gallery was built with"),
+    out: Path = typer.Option(..., "--out", "-o", help="where to write the capture"),
+    quality: int = typer.Option(75, min=1, max=100),
+    context: int = typer.Option(0, help="another number: another capture of the same person"),
+) -> None:
+    """A fresh, mated capture of a synthetic identity: the `biometrics` map of an
+    encounter.submit, msgpack-encoded, to test a client or a partner against a gallery
+    built by `biox synth` (docs/integration.md, "Conformance")."""
+    import msgpack
+
+    from biox.sim import synth as population
+
+    code_ = ref.split("-", 1)[0].lower()
+    number = population.number_of(code_, ref)
+    if number is None:
+        console.print(f"[red]{ref!r} is not a synthetic identity (<CODE>-<number>)[/]")
+        raise typer.Exit(2)
+    bio = population.capture(seed, number, context=context, quality=quality)
+    out.write_bytes(msgpack.packb(bio.model_dump(exclude_none=True), use_bin_type=True))
+    parts = ["face"] if bio.face else []
+    parts += [f"{len(bio.fingerprints)} fingers"] + (
+        [f"{len(bio.irises)} irises"] if bio.irises else []
+    )
+    console.print(f"{ref}: {', '.join(parts)} -> {out}")

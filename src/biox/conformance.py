@@ -1,0 +1,374 @@
+"""``biox conformance``: the encounter-system contract (docs/integration.md), case by case,
+against a running participant, as its encounter system sees it.
+
+Each case submits what a client might send, a good or a broken submission, with plain
+AMQP properties (what docs/integration.md asks, nothing biox-internal), and checks the
+results that come back on its own reply queue: refused with the documented reason,
+answered by every partner the registry says is asked, every other partner shown as
+skipped, a mated capture matched to its identity. What the registry (``BIOX_REGISTRY``)
+says is the expectation: a participant, or a partner, that disagrees fails the case
+that shows it, naming what it got.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+import numpy as np
+import pika
+from pika.exceptions import ChannelClosedByBroker
+
+from biox import addresses
+from biox.broker.connection import ClientTLS, parameters
+from biox.errors import Reason
+from biox.messages import Biometrics, Encounter, SubjectStatus
+from biox.policy.eligibility import refusal
+from biox.registry import Purpose, Registry
+from biox.sim import synth
+
+Result = dict[str, Any]
+
+
+@dataclass
+class Submission:
+    encounter_id: str
+    body: bytes
+    message_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    reply_to: str | None = "own"  # "own": the kit's reply queue
+    correlation_id: str | None = "same"  # "same": the encounter id
+
+
+@dataclass
+class Case:
+    name: str
+    expect: str
+    submissions: list[Submission]
+    check: Callable[[list[list[Result]]], str | None]  # None: passed; else what was wrong
+    needs_operator_view: bool = False
+
+
+@dataclass
+class Outcome:
+    case: Case
+    passed: bool
+    got: str
+
+
+class Kit:
+    """The cases for one participant, built from the registry and the synthetic
+    population (``seed``, ``gallery_size``: those the partners' galleries were built with)."""
+
+    def __init__(
+        self, registry: Registry, me: str, seed: int = 2026, gallery_size: int = 20_000
+    ) -> None:
+        self.registry, self.me, self.seed, self.size = registry, me, seed, gallery_size
+        self.rng = np.random.default_rng()
+        self.subject = SubjectStatus(citizenships=["gt"])
+
+    def _expected(self, subject: SubjectStatus, encounter: Encounter) -> dict[str, Reason | None]:
+        """Each other participant: asked (None) or skipped with its reason."""
+        return {
+            p: refusal(self.registry, self.me, p, Purpose.enforce, subject, encounter)
+            for p in self.registry.codes
+            if p != self.me
+        }
+
+    def body(self, biometrics: Any, subject: SubjectStatus | None = None,
+             country: str | None = None) -> tuple[str, bytes, Encounter]:  # fmt: skip
+        eid = f"CONF-{uuid.uuid4().hex[:12]}"
+        encounter = synth.encounter_here(self.me, self.rng)
+        if country:
+            encounter = encounter.model_copy(update={"country": country})
+        data = {
+            "encounter_id": eid,
+            "purpose": Purpose.enforce.value,
+            "subject_status": (subject or self.subject).model_dump(),
+            "biometrics": biometrics.model_dump(exclude_none=True)
+            if isinstance(biometrics, Biometrics)
+            else biometrics,
+            "biographic": {"family_name": "CONFORMANCE", "given_names": "TEST"},
+            "encounter": encounter.model_dump(exclude_none=True),
+        }
+        return eid, msgpack.packb(data, use_bin_type=True, datetime=True), encounter
+
+    # --- the cases -------------------------------------------------------------------------
+
+    def cases(self) -> list[Case]:
+        out = [self.mated(), self.stranger()]
+        for what, subject, country, reason in (
+            ("a citizen of the requester", SubjectStatus(citizenships=[self.me]), None,
+             Reason.excluded_citizen),
+            ("a permanent resident of the requester",
+             SubjectStatus(citizenships=["gt"], permanent_residences=[self.me]), None,
+             Reason.excluded_resident),
+            ("encountered in another country", self.subject,
+             next(c for c in self.registry.codes if c != self.me), Reason.not_encountered_here),
+        ):  # fmt: skip
+            out.append(self.refused(f"refused: {what}", subject, country, reason))
+        out += [self.partner_citizen()]
+        face = synth.capture(self.seed, 7, context=1).face
+        assert face is not None
+        bad = {
+            "template_size": {"face": {"algorithm": face.algorithm, "template": b"\1" * 2047}},
+            "unknown_algorithm": {"face": {"algorithm": "vendor-x/9", "template": face.template}},
+            "template_invalid": {"face": {"algorithm": face.algorithm, "template": bytes(2048)}},
+            "template_invalid (iris mask)": {"irises": [{"eye": "left",
+                "algorithm": "biox-iris-2048/1", "code": b"\1" * 256, "mask": bytes(256)}]},
+            "invalid_message (template as text)": {"face": {"algorithm": face.algorithm,
+                                                           "template": "AAAA"}},
+        }  # fmt: skip
+        for label, biometrics in bad.items():
+            reason = Reason(label.split(" ")[0])
+            out.append(self.refused(f"bad template: {label}", self.subject, None, reason,
+                                    biometrics))  # fmt: skip
+        out += [self.duplicate(), self.same_message_twice(), self.no_reply_queue()]
+        return out
+
+    def _answered(self, results: list[Result], expected: dict[str, Reason | None]) -> str | None:
+        if not results:
+            return "no result"
+        last = max(results, key=lambda r: r.get("revision", 0))
+        if last["status"] != "complete":
+            return f"status {last['status']} {last.get('reason_code', '')}".strip()
+        got = {o["partner"]: o for o in last.get("outcomes", [])}
+        if set(got) != set(expected):
+            return f"outcomes for {sorted(got)}, expected {sorted(expected)}"
+        for p, why in expected.items():
+            o = got[p]
+            if why is not None and (o["status"], o.get("reason_code")) != ("skipped", why.value):
+                return f"{p} {o['status']} {o.get('reason_code', '')}, expected skipped {why.value}"
+            if why is None and o["status"] in ("skipped", "timed_out", "rejected"):
+                return f"{p} {o['status']} ({o.get('reason_code', '')})"
+        return None
+
+    def mated(self) -> Case:
+        asked = [p for p, why in self._expected(self.subject, synth.encounter_here(
+            self.me, self.rng)).items() if why is None]  # fmt: skip
+        partner = asked[0] if asked else self.me
+        person = synth.known_to(partner, self.size, self.rng)
+        while synth.sealed(person):
+            person = synth.known_to(partner, self.size, self.rng)
+        eid, body, encounter = self.body(synth.capture(self.seed, person, context=9))
+        expected = self._expected(self.subject, encounter)
+        ref = synth.identity_ref(partner, person)
+
+        def check(res: list[list[Result]]) -> str | None:
+            wrong = self._answered(res[0], expected)
+            if wrong:
+                return wrong
+            last = max(res[0], key=lambda r: r.get("revision", 0))
+            o = next(o for o in last["outcomes"] if o["partner"] == partner)
+            top = (o.get("candidates") or [{}])[0].get("identity_ref")
+            return None if o["status"] == "match" and top == ref else (
+                f"{partner} {o['status']} {top or ''}, expected match {ref}")  # fmt: skip
+
+        return Case(f"mated: a capture of {ref}", f"{partner} match {ref}; complete",
+                    [Submission(eid, body)], check)  # fmt: skip
+
+    def stranger(self) -> Case:
+        n = synth.stranger(self.seed, dict.fromkeys(self.registry.codes, self.size), self.rng)
+        eid, body, encounter = self.body(synth.capture(self.seed, n, context=3))
+        expected = self._expected(self.subject, encounter)
+
+        def check(res: list[list[Result]]) -> str | None:
+            wrong = self._answered(res[0], expected)
+            if wrong:
+                return wrong
+            last = max(res[0], key=lambda r: r.get("revision", 0))
+            hits = [o["partner"] for o in last["outcomes"] if o["status"] == "match"]
+            return f"matched by {hits}" if hits else None
+
+        asked = sorted(p for p, why in expected.items() if why is None)
+        return Case("stranger", f"no_match from {', '.join(asked)}; complete",
+                    [Submission(eid, body)], check)  # fmt: skip
+
+    def partner_citizen(self) -> Case:
+        partner = next(p for p in self.registry.codes if p != self.me)
+        subject = SubjectStatus(citizenships=[partner])
+        n = synth.stranger(self.seed, dict.fromkeys(self.registry.codes, self.size), self.rng)
+        eid, body, encounter = self.body(synth.capture(self.seed, n, context=4), subject)
+        expected = self._expected(subject, encounter)
+        if all(why is not None for why in expected.values()):
+            first = next(why for why in expected.values() if why is not None)
+            return self.refused(f"a citizen of {partner}", subject, None, first)
+        why = expected[partner]
+        return Case(
+            f"skipped: a citizen of {partner}",
+            f"{partner} skipped {why.value if why else '?'}",
+            [Submission(eid, body)],
+            lambda res: self._answered(res[0], expected),
+        )
+
+    def refused(self, name: str, subject: SubjectStatus, country: str | None, reason: Reason,
+                biometrics: Any = None) -> Case:  # fmt: skip
+        n = synth.stranger(self.seed, dict.fromkeys(self.registry.codes, self.size), self.rng)
+        bio = biometrics if biometrics is not None else synth.capture(self.seed, n, context=5)
+        eid, body, _ = self.body(bio, subject, country)
+
+        def check(res: list[list[Result]]) -> str | None:
+            if not res[0]:
+                return "no result"
+            r = res[0][-1]
+            got = (r["status"], r.get("reason_code"))
+            return None if got == ("refused", reason.value) else f"{got[0]} {got[1] or ''}"
+
+        return Case(name, f"refused {reason.value}", [Submission(eid, body)], check)
+
+    def duplicate(self) -> Case:
+        n = synth.stranger(self.seed, dict.fromkeys(self.registry.codes, self.size), self.rng)
+        eid, body, _ = self.body(synth.capture(self.seed, n, context=6))
+        first, again = Submission(eid, body), Submission(eid, body)
+
+        def check(res: list[list[Result]]) -> str | None:
+            refusals = [r for r in res[0] if r["status"] == "refused"]
+            answers = [r for r in res[0] if r["status"] != "refused"]
+            if len(refusals) != 1 or not answers:
+                return f"{len(answers)} answer(s), {len(refusals)} refusal(s)"
+            r = refusals[0]
+            if (r.get("reason_code"), r.get("submission_id")) != (
+                "duplicate_encounter",
+                again.message_id,
+            ):
+                return f"refused {r.get('reason_code')} naming {r.get('submission_id')}"
+            return None
+
+        return Case("duplicate encounter id, new message id",
+                    "the first answered; the second refused duplicate_encounter naming it",
+                    [first, again], check)  # fmt: skip
+
+    def same_message_twice(self) -> Case:
+        n = synth.stranger(self.seed, dict.fromkeys(self.registry.codes, self.size), self.rng)
+        eid, body, _ = self.body(synth.capture(self.seed, n, context=8))
+        one = Submission(eid, body)
+        twin = Submission(eid, body, message_id=one.message_id)
+
+        def check(res: list[list[Result]]) -> str | None:
+            refused = [r for r in res[0] if r["status"] == "refused"]
+            return f"refused {refused[0].get('reason_code')}" if refused else (
+                None if res[0] else "no result")  # fmt: skip
+
+        return Case("the same message twice (a publish retried)",
+                    "absorbed: answered once, nothing refused", [one, twin], check)  # fmt: skip
+
+    def no_reply_queue(self) -> Case:
+        n = synth.stranger(self.seed, dict.fromkeys(self.registry.codes, self.size), self.rng)
+        eid, body, _ = self.body(synth.capture(self.seed, n, context=10))
+        missing = f"{self.me}.replies.conformance-missing-{uuid.uuid4().hex[:8]}"
+        return Case("reply queue missing", f"the result held in "
+                    f"{addresses.held_results_queue(self.me)}",
+                    [Submission(eid, body, reply_to=missing)], lambda res: None,
+                    needs_operator_view=True)  # fmt: skip
+
+
+class Runner:
+    """Publishes every case's submissions on one connection and collects the results."""
+
+    def __init__(self, url: str, me: str, tls: ClientTLS | None = None,
+                 user: str | None = None) -> None:  # fmt: skip
+        self.url, self.me, self.tls, self.user = url, me, tls, user
+        self.reply = f"{me}.replies.conformance-{uuid.uuid4().hex[:8]}"
+
+    def run(self, cases: list[Case], timeout: float = 90.0,
+            progress: Callable[[int], None] | None = None) -> list[Outcome]:  # fmt: skip
+        conn = pika.BlockingConnection(parameters(self.url, self.tls))
+        try:
+            ch = conn.channel()
+            ch.queue_declare(self.reply, durable=True, arguments={"x-expires": 3_600_000})
+            ch.queue_bind(self.reply, addresses.results(self.me), self.reply)
+            ch.confirm_delivery()
+            for case in cases:
+                for sub in case.submissions:
+                    self._publish(ch, sub)
+            results = self._collect(conn, ch, cases, timeout, progress)
+            outcomes = []
+            for case in cases:
+                got = [results.get(s.encounter_id, []) for s in case.submissions[:1]]
+                if case.needs_operator_view:
+                    wrong = self._held(conn, case.submissions[0])
+                else:
+                    wrong = case.check(got)
+                outcomes.append(Outcome(case, wrong is None, wrong or _summary(got[0])))
+            ch.queue_delete(self.reply)
+            return outcomes
+        finally:
+            conn.close()
+
+    def _publish(self, ch: Any, sub: Submission) -> None:
+        ch.basic_publish(
+            addresses.inbox(self.me),
+            addresses.routing_key(self.me, "encounter.submit"),
+            sub.body,
+            pika.BasicProperties(
+                message_id=sub.message_id,
+                correlation_id=sub.encounter_id if sub.correlation_id == "same" else None,
+                reply_to=self.reply if sub.reply_to == "own" else sub.reply_to,
+                type="encounter.submit",
+                content_type="application/msgpack",
+                delivery_mode=2,
+                user_id=self.user,
+                headers={
+                    "biox-schema": "encounter.submit/1",
+                    "biox-from": self.me,
+                    "biox-to": self.me,
+                },
+            ),
+            mandatory=True,
+        )
+
+    def _collect(self, conn: Any, ch: Any, cases: list[Case], timeout: float,
+                 progress: Callable[[int], None] | None) -> dict[str, list[Result]]:  # fmt: skip
+        wanted = {c.submissions[0].encounter_id: c for c in cases if not c.needs_operator_view}
+        results: dict[str, list[Result]] = {}
+        deadline = time.monotonic() + timeout
+        quiet_until = 0.0
+        while time.monotonic() < deadline:
+            method, props, body = ch.basic_get(self.reply, auto_ack=True)
+            if method is None:
+                if _done(wanted, results) and time.monotonic() > quiet_until:
+                    break
+                conn.sleep(0.2)
+                continue
+            r = msgpack.unpackb(body, raw=False, timestamp=3)
+            results.setdefault(props.correlation_id, []).append(r)
+            quiet_until = time.monotonic() + 1.5  # a late duplicate or refusal still counts
+            if progress:
+                progress(sum(1 for e in wanted if _finished(results.get(e, []))))
+        return results
+
+    def _held(self, conn: Any, sub: Submission) -> str | None:
+        deadline = time.monotonic() + 30
+        queue = addresses.held_results_queue(self.me)
+        while time.monotonic() < deadline:
+            ch = conn.channel()
+            try:
+                total = ch.queue_declare(queue, passive=True).method.message_count
+                seen = [ch.basic_get(queue, auto_ack=False) for _ in range(total)]
+                ch.close()  # unacked: back in the queue for the operator
+            except ChannelClosedByBroker as exc:
+                return f"cannot look into {queue} ({exc.reply_text}): needs an operator's login"
+            if any(m is not None and p.correlation_id == sub.encounter_id for m, p, _ in seen):
+                return None
+            conn.sleep(0.5)
+        return f"not in {queue}"
+
+
+def _finished(results: list[Result]) -> bool:
+    return any(r["status"] in ("complete", "refused") for r in results)
+
+
+def _done(wanted: dict[str, Case], results: dict[str, list[Result]]) -> bool:
+    return all(_finished(results.get(e, [])) for e in wanted)
+
+
+def _summary(results: list[Result]) -> str:
+    if not results:
+        return "no result"
+    last = max(results, key=lambda r: r.get("revision", 0))
+    parts = [last["status"], last.get("reason_code", "")]
+    parts += [f"{o['partner']}={o['status']}" for o in last.get("outcomes", [])]
+    return " ".join(p for p in parts if p)

@@ -64,7 +64,8 @@ def worker(
     kind: WorkerKind = typer.Argument(..., help="the queue it consumes"),
     participant: Participant = typer.Option(..., "--participant", "-p"),
 ) -> None:
-    """Run one worker process for a participant (BIOX_AMQP_URL must be set)."""
+    """Run one worker process for a participant (BIOX_AMQP_URL must be set); `biox serve
+    -p P` runs and supervises every kind."""
     from biox.runtime import run_worker
 
     run_worker(kind.value, getattr(participant, "value", participant))

@@ -90,7 +90,10 @@ def run(
 
     with broker_url(settings, console) as url:
         queues = declare(url, codes, settings)
-        console.print(f"Topology: {len(codes) * 2} exchanges, {len(queues)} work queues declared")
+        console.print(
+            f"Topology: {len(codes) * 4} exchanges (inbox, outbox, results, held results per "
+            f"participant), {len(queues)} work queues declared"
+        )
         built: dict[str, Gallery] = {}
         with _progress(console) as progress:
             for code in codes:

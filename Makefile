@@ -28,15 +28,17 @@ demo: $(STAMP) rabbitmq
 	$(BIN)/biox demo
 
 # Everything on SQLite, then the integration tests again on a throwaway PostgreSQL (the
-# database production uses); the broker-fault and sovereign-broker tests, which test the
-# brokers rather than the database, run once.
+# database production uses). Run once: the broker-fault, sovereign-broker, browser and
+# fuzz tests (brokers, a browser, decoding), `biox serve` and the 100 000-identity import
+# (SQLite by design), to keep `make test` under 15 minutes on two cores.
 test: $(STAMP) rabbitmq chromium postgresql
 	$(BIN)/ruff check src workers tests bench
 	$(BIN)/mypy
 	$(BIN)/pytest
 	$(BIN)/pytest tests/integration --postgres $(PG_SELECT)
 
-PG_SELECT := -m "not fault and not sovereign and not browser"
+PG_SELECT := -m "not fault and not sovereign and not browser and not slow" \
+	--deselect tests/integration/test_fuzz.py --deselect tests/integration/test_serve.py
 
 test-postgres: $(STAMP) rabbitmq postgresql
 	$(BIN)/pytest tests/integration --postgres $(PG_SELECT)

@@ -56,7 +56,7 @@ app.command()(report.report)
 app.command()(report.qa)
 app.command()(sim.demo)
 app.add_typer(sim.synth_app, name="synth")
-app.command()(serve.conformance)
+app.command()(sim.conformance)
 
 
 @app.command()

@@ -99,3 +99,57 @@ def synth_probe(
         [f"{len(bio.irises)} irises"] if bio.irises else []
     )
     console.print(f"{ref}: {', '.join(parts)} -> {out}")
+
+
+def conformance(
+    participant: Participant = typer.Option(..., "--participant", "-p"),
+    amqp_url: str = typer.Option(None, "--amqp-url", help="default: BIOX_AMQP_URL"),
+    user: str = typer.Option(
+        None,
+        help="the user_id to stamp: <code>.encounters on a TLS "
+        "broker (its certificate: BIOX_TLS_*)",
+    ),
+    seed: int = typer.Option(2026, help="the seed the partners' synthetic galleries used"),
+    gallery_size: int = typer.Option(20_000, help="their size (for the mated case)"),
+    timeout: float = typer.Option(120.0, help="how long to wait for every result"),
+    as_json: bool = typer.Option(False, "--json", help="one JSON object per case, for CI"),
+) -> None:
+    """Run the encounter-system contract's cases against a running participant, as its
+    encounter system: mated, stranger, each refusal, each bad template, a duplicate, a
+    retried publish, a missing reply queue. Prints a pass/fail table; exits 1 on a fail.
+    Expectations come from this side's registry (BIOX_REGISTRY)."""
+    from rich.progress import Progress
+    from rich.table import Table
+
+    from biox.registry import Registry
+    from biox.sim.conformance import Kit, Runner
+
+    s = settings()
+    url = amqp_url or s.amqp_url
+    if not url:
+        console.print("[red]give --amqp-url or set BIOX_AMQP_URL[/]")
+        raise typer.Exit(2)
+    me = code(participant)
+    cases = Kit(Registry.load(s.registry), me, seed, gallery_size).cases()
+    runner = Runner(url, me, s.client_tls(), user)
+    with Progress(console=console, disable=as_json) as progress:
+        task = progress.add_task(f"{len(cases)} cases against {me}", total=len(cases))
+        outcomes = runner.run(cases, timeout, lambda n: progress.update(task, completed=n))
+    failed = [o.case.name for o in outcomes if not o.passed]
+    if as_json:
+        import json
+
+        for o in outcomes:
+            print(json.dumps({"case": o.case.name, "expected": o.case.expect, "got": o.got,
+                              "passed": o.passed}))  # fmt: skip
+        raise typer.Exit(1 if failed else 0)
+    table = Table(title=f"conformance of {me}")
+    for col in ("case", "expected", "got", ""):
+        table.add_column(col)
+    for o in outcomes:
+        table.add_row(o.case.name, o.case.expect, o.got,
+                      "[green]pass[/]" if o.passed else "[red]FAIL[/]")  # fmt: skip
+    console.print(table)
+    console.print(f"{len(outcomes) - len(failed)} passed, {len(failed)} failed"
+                  + (f": {'; '.join(failed)}" if failed else ""))  # fmt: skip
+    raise typer.Exit(1 if failed else 0)

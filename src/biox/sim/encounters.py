@@ -231,8 +231,9 @@ class EncounterSystem:
             for o in result.outcomes
             if o.status is OutcomeStatus.skipped
         }
-        outcome.planned.expected_partners = sorted(
-            set(outcome.planned.expected_partners) | {o.partner for o in asked}
+        outcome.planned.expected_partners = sorted(  # a partner skipped answers nothing
+            (set(outcome.planned.expected_partners) | {o.partner for o in asked})
+            - set(outcome.skipped)
         )
         for o in asked:
             outcome.retrievals[o.partner] = list(o.retrievals)

@@ -70,6 +70,9 @@ def run_worker(role: str, participant: str, settings: Settings | None = None) ->
         observe = getattr(handler, "observe", None)
         if observe is not None:  # the matcher's search time, the review backlog
             observe(loop.metrics, settings.database_for(participant))
-        loop.metrics.serve(settings.metrics_port)
-        log.info("metrics_served", port=settings.metrics_port)
+        try:
+            loop.metrics.serve(settings.metrics_port)
+            log.info("metrics_served", port=settings.metrics_port)
+        except OSError as exc:  # a taken port must not stop the messages, only the metrics
+            log.error("metrics_not_served", port=settings.metrics_port, error=str(exc))
     loop.run(stop)

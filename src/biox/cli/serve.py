@@ -87,6 +87,19 @@ def serve(
     except ValueError as e:
         console.print(f"[red]{e}[/]")
         raise typer.Exit(2) from e
+    from biox.sealing import load_ring
+
+    try:  # the workers would exit on this one by one: say it once, before starting them
+        load_ring(s.keys(), me)
+    except SystemExit as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(2) from exc
+    if s.amqp_url.startswith("amqp:") and not s.dev_shared_broker:
+        console.print(
+            "[red]plain AMQP (amqp://) is for the development broker only[/]: use amqps://, "
+            "or set BIOX_DEV_SHARED_BROKER=1 on a development machine (docs/security.md)"
+        )
+        raise typer.Exit(2)
     if declare:
         topology_declare(participant=[])
     wanted = [addresses.queue(me, k) for k, n in counts.items() if n]

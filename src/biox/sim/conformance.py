@@ -290,9 +290,11 @@ class Runner:
                 got = [results.get(s.encounter_id, []) for s in case.submissions[:1]]
                 if case.needs_operator_view:
                     wrong = self._held(conn, case.submissions[0])
+                    seen = f"held in {addresses.held_results_queue(self.me)}"
                 else:
                     wrong = case.check(got)
-                outcomes.append(Outcome(case, wrong is None, wrong or _summary(got[0])))
+                    seen = _summary(got[0])
+                outcomes.append(Outcome(case, wrong is None, wrong or seen))
             ch.queue_delete(self.reply)
             return outcomes
         finally:

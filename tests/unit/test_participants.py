@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import select
 
 from biox import participants
 from biox.errors import PermanentError, Reason
@@ -114,3 +116,97 @@ def test_a_worker_rereads_the_statuses_at_most_once_per_refresh_interval(tmp_pat
         assert live.now(REGISTRY, s).participants["mx"].status is Status.discontinued
         other = REGISTRY.model_copy(deep=True)  # another registry object: read at once
         assert live.now(other, s).participants["mx"].status is Status.discontinued
+
+
+def test_sync_adds_every_participant_missing_after_one_already_known(tmp_path):
+    """A worker that finds some participants already seeded adds the others all the same,
+    each with the event saying what the file gave it."""
+    from sqlmodel import delete
+
+    from biox.ledgers import ParticipantEvent
+
+    url = f"sqlite:///{tmp_path / 'us.db'}"
+    with session_for(url) as s:
+        participants.sync(s, REGISTRY)
+        first, *rest = sorted(REGISTRY.participants)
+        s.exec(delete(ParticipantRow).where(ParticipantRow.code != first))
+        s.exec(delete(ParticipantEvent).where(ParticipantEvent.code != first))
+        s.commit()
+        participants.sync(s, REGISTRY)
+        assert sorted(r.code for r in s.exec(select(ParticipantRow))) == sorted(
+            REGISTRY.participants
+        )
+        for code in rest:
+            [seeded] = participants.history(s, code)
+            assert seeded.contacts == dict(REGISTRY.participants[code].contacts)
+            assert (seeded.status, seeded.cause) == ("active", "registry")
+
+
+class FlakyCommits:
+    """A session whose first ``failures`` commits lose a race to another worker."""
+
+    def __init__(self, session, failures: int) -> None:
+        self.session, self.failures, self.commits = session, failures, 0
+
+    def __getattr__(self, name):
+        return getattr(self.session, name)
+
+    def commit(self) -> None:
+        self.commits += 1
+        if self.commits <= self.failures:
+            from sqlalchemy.exc import IntegrityError
+
+            raise IntegrityError("INSERT", {}, Exception("another worker seeded it first"))
+        self.session.commit()
+
+
+def test_sync_retries_a_lost_race_four_times_waiting_longer_each_time(tmp_path, monkeypatch):
+    waited: list[float] = []
+    monkeypatch.setattr(participants.time, "sleep", waited.append)
+    url = f"sqlite:///{tmp_path / 'us.db'}"
+    with session_for(url) as s:
+        flaky = FlakyCommits(s, failures=4)
+        participants.sync(flaky, REGISTRY)  # type: ignore[arg-type]
+        assert flaky.commits == 5
+        assert waited == pytest.approx([0.1, 0.2, 0.3, 0.4])
+        assert len(s.exec(select(ParticipantRow)).all()) == len(REGISTRY.participants)
+    with session_for(f"sqlite:///{tmp_path / 'sv.db'}") as s:
+        always = FlakyCommits(s, failures=5)
+        with pytest.raises(IntegrityError):
+            participants.sync(always, REGISTRY)  # type: ignore[arg-type]
+        assert always.commits == 5
+
+
+def test_live_rebuilds_only_on_a_change_and_sees_contacts_and_other_registries(tmp_path):
+    url = f"sqlite:///{tmp_path / 'us.db'}"
+    live = participants.Live()  # the default: the table read at every batch
+    with session_for(url) as s:
+        assert live.now(REGISTRY, s) is REGISTRY  # no rows yet: the file as it is
+        participants.sync(s, REGISTRY)
+        s.commit()
+        first = live.now(REGISTRY, s)
+        assert first is not REGISTRY and live.now(REGISTRY, s) is first  # unchanged: kept
+        participants.set_status(s, "sv", Status.suspended, "operator:ana")
+        s.commit()
+        assert live.now(REGISTRY, s).participants["sv"].status is Status.suspended  # at once
+        participants.set_contacts(s, "mx", {"implementation": "INM DGTIC"}, "notice:n-4")
+        s.commit()  # a change of contacts alone is a change
+        assert live.now(REGISTRY, s).participants["mx"].contacts["implementation"] == "INM DGTIC"
+        other = REGISTRY.model_copy(deep=True)
+        other.participants["mx"].agency = "another file"
+        rebuilt = live.now(other, s)  # same table, another registry: built from that one
+        assert rebuilt.participants["mx"].agency == "another file"
+        assert rebuilt.participants["sv"].status is Status.suspended
+
+
+def test_a_row_for_a_participant_not_in_the_file_does_not_hide_the_others(tmp_path):
+    url = f"sqlite:///{tmp_path / 'us.db'}"
+    with session_for(url) as s:
+        s.add(ParticipantRow(code="aa", agency="not in the file", status="active"))
+        s.commit()  # read first
+        participants.sync(s, REGISTRY)
+        participants.set_status(s, "mx", Status.discontinued, "notice:n-5")
+        s.commit()
+        live = participants.Live().now(REGISTRY, s)
+    assert "aa" not in live.participants
+    assert live.participants["mx"].status is Status.discontinued

@@ -154,3 +154,25 @@ def test_a_worker_refuses_plain_amqp_outside_the_development_broker():
     settings = Settings(amqp_url="amqp://guest:guest@localhost:5672/%2F")
     with pytest.raises(SystemExit, match="plain AMQP"):
         run_worker("query", "mx", settings)
+
+
+@pytest.mark.parametrize(
+    ("kind", "sender", "user", "detail"),
+    [
+        ("query", "mx", "guest", "broker user 'guest'"),
+        ("query", "mx", None, "broker user None"),
+        ("query", "mx", "sv.link", "biox-from 'mx' sent by broker user 'sv.link'"),
+        (
+            "encounter.submit",
+            "us",
+            "us.operators",
+            "encounter.submit may not come from 'us.operators'",
+        ),
+    ],
+)
+def test_a_refusal_names_who_the_broker_says_spoke(kind, sender, user, detail):
+    """The dead letter's biox-error is what on-call staff read: it names the broker user
+    and the sender it claimed to be."""
+    with pytest.raises(PermanentError) as refused:
+        check_identity(env(kind, sender, user), "us", ROUTES.sender_roles(kind))
+    assert refused.value.detail == detail

@@ -161,8 +161,11 @@ def test_key_files_are_owner_only_and_rotation_keeps_old_messages_readable(tmp_p
 
 
 def test_a_participant_without_private_keys_is_told_how_to_make_them(tmp_path):
-    with pytest.raises(SystemExit, match="biox keys new -p us"):
+    with pytest.raises(SystemExit) as told:
         load_ring(tmp_path, "us")
+    assert str(told.value).endswith(
+        "run `biox keys new -p us` (and share the public key in trust.toml with the partners)"
+    )
 
 
 # --- the wire format, pinned: another implementation must produce these bytes ---------------
@@ -304,3 +307,41 @@ def test_keys_are_made_for_every_participant_that_lacks_them_whatever_the_order(
     trust = Trust.load(trust_path(tmp_path))
     assert {k.code for k in trust.keys.values()} == {"us", "mx", "sv"}
     assert all(load_ring(tmp_path, c).me == c for c in ("us", "mx", "sv"))
+
+
+def test_a_signed_body_not_sealed_to_the_key_it_names_is_undecryptable_and_said_so():
+    """mx signs correctly but sealed the body to a key that is not the one us holds under
+    that id (a stale trust file on mx's side): the signature holds, the box does not open."""
+    from nacl.public import PrivateKey
+
+    rings = memory_rings(["us", "mx"])
+    stale = rings["mx"].trust.keys["us-memory"]
+    rings["mx"].trust.keys["us-memory"] = replace(stale, box=PrivateKey.generate().public_key)
+    sealed = rings["mx"].seal(message())
+    with pytest.raises(PermanentError) as caught:
+        rings["us"].open(sealed.envelope, sealed.body)
+    assert (caught.value.reason, caught.value.detail) == (
+        Reason.undecryptable,
+        "sealed to 'us-memory'",
+    )
+
+
+def test_each_refusal_names_what_failed_for_the_dead_letter():
+    sealed = RINGS["mx"].seal(message())
+    env = sealed.envelope
+
+    def detail(ring: str, headers: dict | None = None, **change) -> str:
+        e = replace(env, headers=headers if headers is not None else env.headers, **change)
+        with pytest.raises(PermanentError) as caught:
+            RINGS[ring].open(e, sealed.body)
+        return caught.value.detail
+
+    no_signature = {k: v for k, v in env.headers.items() if k != H_SIGNATURE}
+    assert detail("us", no_signature) == "retrieval.ask from 'mx'"
+    assert detail("us", {**env.headers, H_SIGNING_KEY: "mx-2031"}) == "signing key 'mx-2031'"
+    assert detail("us", sender="sv") == "key 'mx-memory' is 'mx''s, not 'sv''s"
+    assert detail("us", {**env.headers, H_SIGNATURE: "not base64!"}) == "retrieval.ask from 'mx'"
+    assert detail("sv") == "sealed to 'us-memory'"  # signed for us, sv holds no such key
+    with pytest.raises(PermanentError) as caught:
+        memory_rings(["mx"])["mx"].seal(message())
+    assert caught.value.detail == "no key for 'us' to seal to"

@@ -299,6 +299,21 @@ EQUIVALENT: dict[str, str] = {
     "biox.sealing.x_signed_bytes__mutmut_9": "use_bin_type=True is msgpack's default since 1.0",
     "biox.sealing.x__text__mutmut_6": "'UTF-8' and 'utf-8' name the same codec",
     **dict.fromkeys(
+        [
+            "biox.handlers.notice.xǁNoticeHandlerǁ_receive__mutmut_124",
+            "biox.handlers.notice.xǁNoticeHandlerǁ_acknowledged__mutmut_7",
+        ],
+        "no notice has the id '' or 'XXXX': either looks up nothing",
+    ),
+    **dict.fromkeys(
+        [
+            "biox.handlers.notice.xǁNoticeHandlerǁ_receive__mutmut_186",
+            "biox.handlers.notice.xǁNoticeHandlerǁ_receive__mutmut_191",
+        ],
+        "the rows are committed together and the messages published together: order is moot",
+    ),
+    "biox.handlers.notice.x__row__mutmut_37": "About holds lists of strings: any dump mode",
+    **dict.fromkeys(
         ["biox.sealing.x_new_key__mutmut_19", "biox.sealing.x_new_key__mutmut_22"],
         "os.chmod(own, 0o700) follows the mkdir: the directory ends owner-only either way",
     ),
@@ -354,6 +369,51 @@ KILLED_SINCE: dict[str, str] = {
             "test_a_signed_body_not_sealed_to_the_key_it_names_is_undecryptable_and_said_so"
         )
         for n in (60, 61, 62, 63)
+    },
+    **{
+        f"biox.handlers.notice.xǁNoticeHandlerǁ{fn}__mutmut_{n}": f"test_{test}"
+        for fn, ns, test in (
+            (
+                "build",
+                (5, 10),
+                "notice_handler.py::test_the_worker_builds_its_handler_with_its_own_settings",
+            ),
+            (
+                "_send",
+                (41,),
+                "notice_handler.py::test_a_deadline_the_operator_gives_is_the_one_sent",
+            ),
+            (
+                "_send",
+                (97, 108, 109, 110),
+                "notice_handler.py::test_our_consent_reply_answers_"
+                "their_request_and_nothing_else_touches_it",
+            ),
+            (
+                "_receive",
+                (72, 76, 77, 79, 82, 83, 104, 108, 109),
+                "notice_handler.py::test_a_"
+                "status_or_contacts_notice_is_kept_in_the_partners_history_with_its_text",
+            ),
+            (
+                "_receive",
+                (85, 87, 88, 90, 95, 96, 97, 98),
+                "notice_handler.py::test_a_"
+                "discontinuation_caps_what_that_partner_sent_and_says_how_much",
+            ),
+            (
+                "_receive",
+                (157, 158),
+                "notice_handler.py::test_a_deletion_sends_the_encounter_"
+                "system_its_result_again_under_a_derived_id",
+            ),
+            (
+                "_keep",
+                (4, 6, 13, 15),
+                "checkpoints.py::test_a_partner_keeps_genuine_checkpoints_once_and_refuses_others",
+            ),
+        )
+        for n in ns
     },
     **{
         f"biox.sealing.x_load_ring__mutmut_{n}": (

@@ -179,7 +179,10 @@ def test_a_partner_keeps_genuine_checkpoints_once_and_refuses_others(tmp_path):
             "kept:checkpoint",
             "kept:checkpoint-again",
         ]
-        assert [r.reason.value for r in results[2:]] == ["forged_sender", "bad_signature"]
+        assert [(r.reason.value, r.detail) for r in results[2:]] == [
+            ("forged_sender", "checkpoint of 'us' sent by 'sv'"),
+            ("bad_signature", "checkpoint us:4"),
+        ]
         s.add_all(results[0].rows)
         s.commit()
         [row] = s.exec(select(CheckpointRow)).all()

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from sqlmodel import select
 
 from biox import codec, participants
 from biox.errors import PermanentError, Reason
@@ -189,3 +190,110 @@ def test_the_ledger_keeps_contacts_and_consent_and_leaves_out_what_a_type_does_n
         assert s.get(NoticeRow, "c-1").done == {"contacts": 1}
         assert s.get(NoticeRow, "c-2").details == {}
         assert s.get(NoticeRow, "c-2").done == {}  # mx was active already: nothing changed
+
+
+def test_the_worker_builds_its_handler_with_its_own_settings(tmp_path):
+    from biox.handlers.base import Context
+    from biox.policy.release import ParticipantPolicy
+
+    settings = Settings(data_dir=tmp_path, retention_purge_s=7, notice_response_days=3)
+    built = NoticeHandler.build(Context("us", REGISTRY, ParticipantPolicy(), settings))
+    assert (built.maintain_every_s, built.response_days) == (7, 3)
+
+
+def test_a_deadline_the_operator_gives_is_the_one_sent(db):
+    due = AT + timedelta(days=5)
+    ask = NoticeSend(type=NoticeType.deletion, to="mx", actor="ana", respond_by=due,
+                     about=About(message_ids=["m-9"]))  # fmt: skip
+    env = codec.Envelope("op-9", "notice.send", "notice.send/1", "us", "us", "op-9")
+    with session_for(db) as s:
+        [sent] = handler().send([Inbound(env, ask)], s)
+    assert ROUTES.decode("notice", "notice/1", sent.outgoing[0].body).respond_by == due
+    assert sent.rows[0].respond_by == due
+
+
+def send(db: str, mid: str, ask: NoticeSend) -> Effects:
+    env = codec.Envelope(mid, "notice.send", "notice.send/1", "us", "us", mid)
+    with session_for(db) as s:
+        [sent] = handler().send([Inbound(env, ask)], s)
+        assert isinstance(sent, Effects)
+        s.add_all(sent.rows)
+        s.commit()
+    return sent
+
+
+def test_our_consent_reply_answers_their_request_and_nothing_else_touches_it(db):
+    receive(db, notice("their-ask", type=NoticeType.consent_request, text="may we pass it on?"))
+    send(db, "op-10", NoticeSend(type=NoticeType.material_change, to="mx", actor="ana",
+                                 in_reply_to="their-ask", text="not an answer"))  # fmt: skip
+    with session_for(db) as s:
+        untouched = s.get(NoticeRow, "their-ask")
+        assert (untouched.status, untouched.details) == ("received", {})
+    send(db, "op-11", NoticeSend(type=NoticeType.consent_reply, to="mx", actor="ana",
+                                 in_reply_to="their-ask", consent=False))  # fmt: skip
+    with session_for(db) as s:
+        answered = s.get(NoticeRow, "their-ask")
+        assert (answered.status, answered.details) == ("answered", {"consent": False})
+        assert answered.answered_at is not None
+
+
+def test_a_status_or_contacts_notice_is_kept_in_the_partners_history_with_its_text(db):
+    done = receive(db, notice("s-1", type=NoticeType.discontinuation, text="§36 letter"))
+    assert isinstance(done, Effects)
+    ack = ROUTES.decode("notice", "notice/1", done.outgoing[0].body)
+    assert ack.done == {"status": 1}  # no retention rule: nothing capped
+    receive(db, notice("s-2", type=NoticeType.contact_change, contacts={"legal": "DGAJ"},
+                       text="new legal desk"))  # fmt: skip
+    with session_for(db) as s:
+        status, contacts = participants.history(s, "mx")[-2:]
+    assert (status.status, status.cause, status.note) == ("discontinued", "notice:s-1",
+                                                           "§36 letter")  # fmt: skip
+    assert (contacts.cause, contacts.note, contacts.contacts["legal"]) == (
+        "notice:s-2", "new legal desk", "DGAJ")  # fmt: skip
+
+
+def test_a_discontinuation_caps_what_that_partner_sent_and_says_how_much(db):
+    from biox.policy.release import ParticipantPolicy
+    from biox.store import Record
+
+    with session_for(db) as s:
+        for rid, source in ((1, "mx"), (2, "mx"), (3, "sv")):
+            s.add(Record(id=rid, identity_ref=f"R-{rid}", source=source, biographic={},
+                         retain_until=AT + timedelta(days=3650)))  # fmt: skip
+        s.commit()
+    policy = ParticipantPolicy(discontinued_retention_days=30)
+    capping = NoticeHandler("us", memory_rings(["us"])["us"].trust, REGISTRY, policy, Settings())
+    env = codec.Envelope("d-1", "notice", "notice/1", "mx", "us", "d-1")
+    before = datetime.now(UTC)
+    with session_for(db) as s:
+        [done] = capping.receive([Inbound(env, notice("d-1", type=NoticeType.discontinuation))], s)
+        s.add_all(done.rows)
+        s.commit()
+        capped = {r.id: r.retain_until.replace(tzinfo=UTC) for r in s.exec(select(Record))}
+    ack = ROUTES.decode("notice", "notice/1", done.outgoing[0].body)
+    assert ack.done == {"status": 1, "retention_capped_records": 2}
+    for rid in (1, 2):
+        assert before + timedelta(days=30) <= capped[rid] <= datetime.now(UTC) + timedelta(days=30)
+    assert capped[3] == AT + timedelta(days=3650)  # sv's untouched
+
+
+def test_a_deletion_sends_the_encounter_system_its_result_again_under_a_derived_id(db):
+    from biox.messages import EncounterResult
+    from biox.store import EncounterRow, Transaction
+
+    with session_for(db) as s:
+        s.add(EncounterRow(encounter_id="E-5", purpose="enforce", reply_to="rq",
+                           partners=["mx"], source_message_id="sub-5"))  # fmt: skip
+        s.add(Transaction(query_id="q-5", role="requester", encounter_id="E-5",
+                          requesting="us", providing="mx", purpose="enforce", reply_to="rq",
+                          sent_at=AT, status="match", source="mx",
+                          answer={"status": "match", "timings": {}}))  # fmt: skip
+        s.commit()
+    done = receive(db, notice("del-5", type=NoticeType.deletion, about=About(query_ids=["q-5"])))
+    assert isinstance(done, Effects)
+    [ack, result] = done.outgoing
+    assert ROUTES.decode("notice", "notice/1", ack.body).type is NoticeType.acknowledgement
+    assert result.envelope.message_id == codec.derived_id("del-5", "notice-result")
+    withdrawn = ROUTES.decode("encounter.result", "encounter.result/1", result.body)
+    assert isinstance(withdrawn, EncounterResult)
+    assert [o.status.value for o in withdrawn.outcomes] == ["withdrawn"]

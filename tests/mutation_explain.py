@@ -313,6 +313,23 @@ EQUIVALENT: dict[str, str] = {
         "the rows are committed together and the messages published together: order is moot",
     ),
     "biox.handlers.notice.x__row__mutmut_37": "About holds lists of strings: any dump mode",
+    "biox.lifecycle.x__answers__mutmut_12": (
+        "at a participant, a row whose provider is the partner is always its requester's"
+    ),
+    "biox.lifecycle.x__retrieved__mutmut_12": (
+        "only what a partner released carries a source (the asker's rows): the role is implied"
+    ),
+    **dict.fromkeys(
+        ["biox.lifecycle.x_correct_from__mutmut_58", "biox.lifecycle.x_correct_from__mutmut_60"],
+        "a stored answer is a Response dump: it always has its candidates list",
+    ),
+    **dict.fromkeys(
+        [
+            "biox.handlers.audit.xǁAuditHandlerǁ_entry__mutmut_7",
+            "biox.handlers.audit.xǁAuditHandlerǁ_entry__mutmut_15",
+        ],
+        "every routing key has a dot, and only a hop's second word is in HOPS",
+    ),
     **dict.fromkeys(
         ["biox.sealing.x_new_key__mutmut_19", "biox.sealing.x_new_key__mutmut_22"],
         "os.chmod(own, 0o700) follows the mkdir: the directory ends owner-only either way",
@@ -415,6 +432,15 @@ KILLED_SINCE: dict[str, str] = {
         )
         for n in ns
     },
+    **{
+        f"biox.lifecycle.x_{fn}__mutmut_{n}": (
+            "test_lifecycle.py::test_one_copy_already_in_the_wanted_state_does_not_stop_the_others"
+        )
+        for fn, n in (("block_from", 31), ("correct_from", 34))
+    },
+    "biox.lifecycle.x_correct_from__mutmut_9": (
+        "test_lifecycle.py::test_a_correction_removing_a_field_a_copy_never_had_changes_nothing_else"
+    ),
     **{
         f"biox.sealing.x_load_ring__mutmut_{n}": (
             "test_sealing.py::test_a_participant_without_private_keys_is_told_how_to_make_them"

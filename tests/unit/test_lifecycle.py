@@ -169,3 +169,31 @@ def test_done_counts_only_what_happened():
     done.add("records", 2)
     done.add("records", 1)
     assert done.counts == {"records": 3}
+
+
+def test_one_copy_already_in_the_wanted_state_does_not_stop_the_others(db):
+    """A block naming a record blocked before and one that is not: the second is blocked;
+    a correction naming a withdrawn answer first still corrects the next one."""
+    with session_for(db) as s:
+        s.add(Record(id=3, identity_ref="ENR-3", source="mx", source_query_id="q-3",
+                     biographic=dict(BIO)))  # fmt: skip
+        s.add(Transaction(query_id="a-0", role="requester", encounter_id="E-0",
+                          requesting="us", providing="mx", purpose="enforce",
+                          status="withdrawn", source="mx", answer=None))  # fmt: skip
+        s.commit()
+        lifecycle.block_from(s, "mx", About(query_ids=["q-1"]), True)
+        s.commit()
+        done = lifecycle.block_from(s, "mx", About(query_ids=["q-1", "q-3"]), True)
+        assert done.counts == {"records": 1}
+        assert s.get(Record, 3).blocked_at is not None
+        fixed = lifecycle.correct_from(s, "mx", About(query_ids=["a-0", "a-1"]), {"sex": "F"})
+        assert fixed.counts == {"answers": 1}
+        tx = s.get(Transaction, ("a-1", "requester"))
+        assert tx.answer["candidates"][0]["record"]["biographic"]["sex"] == "F"
+
+
+def test_a_correction_removing_a_field_a_copy_never_had_changes_nothing_else(db):
+    with session_for(db) as s:
+        done = lifecycle.correct_from(s, "mx", About(query_ids=["q-1"]), {"place_of_birth": None})
+        assert done.counts == {"records": 1, "retrievals": 1, "review_cases": 1}
+        assert s.get(Record, 1).biographic == BIO

@@ -313,6 +313,24 @@ EQUIVALENT: dict[str, str] = {
         "the rows are committed together and the messages published together: order is moot",
     ),
     "biox.handlers.notice.x__row__mutmut_37": "About holds lists of strings: any dump mode",
+    **dict.fromkeys(
+        [f"biox.examiners.x_overdue__mutmut_{n}" for n in (1, 5, 7)],
+        "age_s takes now or, given None, the current time: the same instant to a millisecond",
+    ),
+    **dict.fromkeys(
+        ["biox.examiners.x_overdue__mutmut_8", "biox.examiners.x_take_next__mutmut_20"],
+        "> or >= against a clock: the instant of equality is never hit",
+    ),
+    "biox.handlers.retrieval.xǁRetrievalHandlerǁ_answer__mutmut_70": (
+        "a refusal found first stands: the inactive check's result is read only without one"
+    ),
+    **dict.fromkeys(
+        [
+            f"biox.handlers.review.xǁReviewHandlerǁ_open__mutmut_{n}"
+            for n in (35, 36, 37, 38, 40, 42, 43)
+        ],
+        "scores and names only: every pydantic dump mode gives the same map",
+    ),
     "biox.lifecycle.x__answers__mutmut_12": (
         "at a participant, a row whose provider is the partner is always its requester's"
     ),
@@ -437,6 +455,12 @@ KILLED_SINCE: dict[str, str] = {
             "test_lifecycle.py::test_one_copy_already_in_the_wanted_state_does_not_stop_the_others"
         )
         for fn, n in (("block_from", 31), ("correct_from", 34))
+    },
+    **{
+        f"biox.handlers.retrieval.xǁRetrievalHandlerǁ{fn}__mutmut_{n}": (
+            "test_participants.py::test_the_workers_read_the_refresh_interval_from_their_settings"
+        )
+        for fn, n in (("build", 4), ("build", 8), ("__init__", 1))
     },
     "biox.lifecycle.x_correct_from__mutmut_9": (
         "test_lifecycle.py::test_a_correction_removing_a_field_a_copy_never_had_changes_nothing_else"

@@ -210,3 +210,16 @@ def test_a_row_for_a_participant_not_in_the_file_does_not_hide_the_others(tmp_pa
         live = participants.Live().now(REGISTRY, s)
     assert "aa" not in live.participants
     assert live.participants["mx"].status is Status.discontinued
+
+
+def test_the_workers_read_the_refresh_interval_from_their_settings(tmp_path):
+    """Each handler that reads the live status is built with BIOX_REGISTRY_REFRESH_S;
+    built by hand, it reads the table at every batch."""
+    from biox.handlers.base import Context
+    from biox.handlers.retrieval import RetrievalHandler
+    from biox.settings import Settings
+
+    ctx = Context("us", REGISTRY, POLICIES.of("us"), Settings(registry_refresh_s=60))
+    for cls in (RetrievalHandler, IntakeHandler):
+        assert cls.build(ctx)._live.refresh_s == 60, cls
+        assert cls("us", REGISTRY, POLICIES.of("us"))._live.refresh_s == 0, cls

@@ -62,6 +62,8 @@ def test_the_retrieval_rule_fires_only_after_a_match():
     assert ask.envelope.message_id == codec.derived_id("m-7", "retrieval.ask")
     body = codec.decode_body(RetrievalAsk, RetrievalAsk.schema_id(), ask.body)
     assert body.query_id == "q-7"
+    # what the examiner and the audit trail read as the reason for asking
+    assert body.justification == "automatic rule of the release policy"
 
     declined = answers.declined(asked("mx"), Reason.record_not_releasable)
     assert answers.follow_up(asked("mx"), declined, best) == []
@@ -87,3 +89,16 @@ def test_a_decline_says_no_search_was_made():
     answers = Answers("mx", POLICIES.of("mx"))
     declined = answers.declined(asked("us"), Reason.purpose_not_agreed)
     assert declined.timings.search_ms == 0.0 and declined.decided_by is DecidedBy.automatic
+
+
+def test_an_examiners_match_on_a_national_is_declined_in_the_examiners_name():
+    """§6a: the record is a Mexican's, mx asked: declined, and the decline says an examiner
+    reached it, as the match would have."""
+    answers = Answers("us", POLICIES.of("us"))
+    national = record()
+    national.biographic = {"family_name": "ROE", "claimed_nationality": "mx"}
+    found = [(Hit(7, 0.9, {"finger": 0.9}), national)]
+    decline = answers.matched(asked("mx"), found, decided_by=DecidedBy.examiner)
+    assert (decline.status, decline.reason_code) == (ResponseStatus.declined,
+                                                     Reason.excluded_citizen)  # fmt: skip
+    assert decline.decided_by is DecidedBy.examiner

@@ -133,3 +133,5 @@ def test_the_provider_checks_the_subject_again_on_what_it_receives():
         Reason.excluded_citizen
     )
     assert provider_refusal(REGISTRY, "mx", "us", Purpose.enforce, TCN, HERE["us"]) is None
+    # without the encounter, only the registry's checks apply (the subject's need both)
+    assert provider_refusal(REGISTRY, "mx", "us", Purpose.enforce, citizen) is None

@@ -153,3 +153,15 @@ def test_a_send_rule_naming_an_unknown_field_is_refused_at_load():
 
     with pytest.raises(ValueError, match="passport"):
         SendRule(biographic=["family_name", "passport"])
+
+
+def test_a_send_rule_for_one_purpose_minimises_only_that_purpose():
+    from biox.messages import Biographic
+    from biox.policy.release import SendRule
+
+    policy = ParticipantPolicy(send=[SendRule(to=["sv"], purposes=["adjudicate"],
+                                              biographic=["family_name"])])  # fmt: skip
+    full = Biographic(family_name="Cruz", document_number="G123")
+    assert policy.minimised("sv", Purpose.adjudicate, full) == Biographic(family_name="Cruz")
+    assert policy.minimised("sv", Purpose.enforce, full) == full  # another purpose: no rule
+    assert policy.minimised("mx", Purpose.adjudicate, full) == full  # another partner

@@ -263,3 +263,76 @@ def test_nothing_times_out_before_its_deadline_or_once_answered(us_db):  # noqa:
         s.add(future)
         s.commit()
         assert handler.maintain(s) == []
+
+
+def test_the_response_worker_checks_deadlines_as_often_as_its_settings_say(tmp_path):
+    from biox.handlers.base import Context
+    from biox.settings import Settings
+
+    ctx = Context("us", REGISTRY, POLICIES.of("us"), Settings(deadline_check_s=9))
+    assert ResponseHandler.build(ctx).maintain_every_s == 9
+    assert ResponseHandler("us", POLICIES.of("us")).maintain_every_s == 0  # by hand: never
+
+
+def late_query(s, qid: str, eid: str | None) -> None:
+    if eid is not None:
+        s.add(EncounterRow(encounter_id=eid, purpose="enforce", reply_to="rq", partners=["mx"]))
+    s.add(Transaction(query_id=qid, role="requester", encounter_id=eid or "E-gone",
+                      requesting="us", providing="mx", purpose="enforce", reply_to="rq",
+                      sent_at=AT, answer_due=utcnow() - timedelta(seconds=1),
+                      status="pending"))  # fmt: skip
+
+
+def test_late_queries_are_told_in_order_a_batch_at_a_time_past_a_missing_encounter(tmp_path):
+    """Three late queries: one whose encounter row is gone (purged), two others; a limit of
+    two a round: every encounter that exists hears once, in query order."""
+    db = f"sqlite:///{tmp_path / 'us.db'}"
+    with session_for(db) as s:
+        late_query(s, "q-a", None)
+        late_query(s, "q-b", "E-b")
+        late_query(s, "q-c", "E-c")
+        s.commit()
+    handler = ResponseHandler("us", POLICIES.of("us"))
+    told = []
+    for _ in range(3):
+        with session_for(db) as s:
+            told.append([o.envelope.correlation_id for o in handler.maintain(s, limit=2)])
+            s.commit()
+    assert told == [["E-b"], ["E-c"], []]  # q-a's encounter is gone: nothing to tell
+
+
+def test_every_outcome_says_why_in_words_and_an_encounter_with_no_query_is_complete(tmp_path):
+    from biox.errors import REASON_TEXT
+    from biox.results import EncounterViews
+
+    db = f"sqlite:///{tmp_path / 'us.db'}"
+    with session_for(db) as s:
+        skipped = {"mx": "inactive_provider", "sv": "excluded_citizen"}
+        s.add(EncounterRow(encounter_id="E-s", purpose="enforce", reply_to="rq", partners=[],
+                           skipped=skipped))  # fmt: skip
+        late_query(s, "q-t", "E-t")
+        s.add(Transaction(query_id="q-k", role="requester", encounter_id="E-t",
+                          requesting="us", providing="sv", purpose="enforce", sent_at=AT,
+                          status="match", blocked_at=AT, answer={"status": "match"}))  # fmt: skip
+        s.commit()
+        handler = ResponseHandler("us", POLICIES.of("us"))
+        handler.maintain(s)
+        s.commit()
+        views = EncounterViews(s, ["E-s", "E-t"])
+        only_skipped = views.result("us", views.encounters["E-s"])
+        mixed = views.result("us", views.encounters["E-t"])
+    assert only_skipped.status.value == "complete"
+    assert [(o.partner, o.reason) for o in only_skipped.outcomes] == [
+        ("mx", REASON_TEXT[Reason.inactive_provider]),
+        ("sv", REASON_TEXT[Reason.excluded_citizen]),
+    ]
+    timed_out, blocked = mixed.outcomes
+    assert timed_out.model_dump(exclude={"answer_due"}) == {
+        "partner": "mx", "query_id": "q-t", "status": "timed_out", "candidates": [],
+        "conditions": [], "withheld": [], "decided_by": None, "reason_code": Reason.no_answer,
+        "reason": REASON_TEXT[Reason.no_answer], "sent_at": AT, "answered_at": None,
+        "corrected_at": None, "retrievals": [],
+    }  # fmt: skip
+    assert (blocked.partner, blocked.status.value, blocked.query_id) == ("sv", "blocked", "q-k")
+    assert blocked.reason == "sv blocked its answer (§23): do not rely on it"
+    assert blocked.sent_at == AT

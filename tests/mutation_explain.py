@@ -331,6 +331,26 @@ EQUIVALENT: dict[str, str] = {
         ],
         "scores and names only: every pydantic dump mode gives the same map",
     ),
+    "biox.handlers.matcher.xǁMatcherHandlerǁ_records__mutmut_6": (
+        "without the id filter every unblocked record is read, and only the hits' are used"
+    ),
+    **dict.fromkeys(
+        [f"biox.handlers.matcher.xǁMatcherHandlerǁ_bury__mutmut_{n}" for n in (6, 11, 12)],
+        "removing a tombstoned id again is a no-op: re-reading the last one changes nothing",
+    ),
+    **dict.fromkeys(
+        [f"biox.handlers.matcher.xǁMatcherHandlerǁcatch_up__mutmut_{n}" for n in (32, 39, 42)],
+        "the chunk size of a read, and adding nothing: the same templates end in the index",
+    ),
+    **dict.fromkeys(
+        [f"biox.handlers.matcher.xǁMatcherHandlerǁsearch__mutmut_{n}" for n in (69, 72, 73)],
+        "one list of hits per probe searched, by construction: zip's strictness never bites",
+    ),
+    **dict.fromkeys(
+        [f"biox.handlers.matcher.xǁMatcherHandlerǁsearch__mutmut_{n}" for n in (48, 53)],
+        "search_ms is a reported duration: no test can pin a wall-clock figure",
+    ),
+    "biox.handlers.matcher.xǁMatcherHandlerǁ__init____mutmut_16": 'float("-INF") is float("-inf")',
     "biox.lifecycle.x__answers__mutmut_12": (
         "at a participant, a row whose provider is the partner is always its requester's"
     ),
@@ -482,6 +502,26 @@ KILLED_SINCE: dict[str, str] = {
     "biox.answers.xǁAnswersǁmatched__mutmut_42": (
         "test_answers.py::test_an_examiners_match_on_a_national_is_declined_in_the_examiners_name"
     ),
+    **{
+        f"biox.handlers.matcher.xǁMatcherHandlerǁ{fn}__mutmut_{n}": f"test_matcher.py::test_{t}"
+        for fn, ns, t in (
+            ("_records", (7,), "a_blocked_record_is_not_matched_even_when_the_index_finds_it"),
+            (
+                "_check",
+                (18, 19, 24, 25),
+                "the_provider_declines_a_subject_it_may_not_be_asked_"
+                "about_whatever_the_requester_says",
+            ),
+            ("_check", (4, 6), "a_query_for_another_provider_is_refused_naming_it"),
+            (
+                "search",
+                (56, 58, 59),
+                "a_matcher_under_a_worker_reports_its_search_time_and_gallery_size",
+            ),
+            ("_bury", (9,), "tombstones_written_after_a_catch_up_are_applied_at_the_next_one"),
+        )
+        for n in ns
+    },
     "biox.lifecycle.x_correct_from__mutmut_9": (
         "test_lifecycle.py::test_a_correction_removing_a_field_a_copy_never_had_changes_nothing_else"
     ),

@@ -333,3 +333,82 @@ def test_the_search_asks_the_index_for_the_configured_candidates_and_releases_at
     )
     ask(handler, db)
     assert handler.gallery.asked == [(7, 1)]  # type: ignore[attr-defined]
+
+
+def test_a_blocked_record_is_not_matched_even_when_the_index_finds_it(db):
+    """§23: the FAISS snapshot may still hold a blocked record; the matcher does not read
+    it, so the next best is answered (or nothing)."""
+    with session_for(db) as s:
+        blocked = s.get(Record, 1)
+        blocked.blocked_at = datetime.now(UTC)
+        s.add(blocked)
+        s.commit()
+    *_, response = ask(matcher([hit(1, 0.95), hit(2, 0.9)]), db)
+    assert [c.identity_ref for c in response.candidates] == ["MX-000000002"]
+    *_, alone = ask(matcher([hit(1, 0.95)]), db)
+    assert alone.status is ResponseStatus.no_match
+
+
+def test_the_provider_declines_a_subject_it_may_not_be_asked_about_whatever_the_requester_says(db):
+    """us asks about someone its own encounter data shows is a Mexican citizen: mx checks
+    §4 itself and declines before searching."""
+    from biox.messages import SubjectStatus
+
+    handler = matcher([hit(1, 0.95)])
+    envelope, query = query_from(submit(7), purpose=Purpose.enforce)
+    query.subject_status = SubjectStatus(citizenships=["mx"])
+    with session_for(db) as s:
+        [result] = handler.search([Inbound(envelope, query)], s)
+    response = ROUTES.decode("response", "response/1", result.outgoing[0].body)
+    assert (response.status, response.reason_code) == (ResponseStatus.declined,
+                                                       Reason.excluded_citizen)  # fmt: skip
+    assert handler.gallery.searched == []  # declined before any search
+    query.subject_status = SubjectStatus(citizenships=["gt"])
+    query.encounter = query.encounter.model_copy(update={"country": "mx"})
+    with session_for(db) as s:
+        [elsewhere] = handler.search([Inbound(envelope, query)], s)
+    response = ROUTES.decode("response", "response/1", elsewhere.outgoing[0].body)
+    assert response.reason_code is Reason.not_encountered_here
+
+
+def test_a_query_for_another_provider_is_refused_naming_it(db):
+    handler = matcher([hit(1, 0.95)])
+    envelope, query = query_from(submit(7), purpose=Purpose.enforce)
+    query.providing = "sv"
+    with session_for(db) as s:
+        [refused] = handler.search([Inbound(envelope, query)], s)
+    assert isinstance(refused, PermanentError)
+    assert (refused.reason, refused.detail) == (Reason.misaddressed, "query is for 'sv'")
+
+
+def test_a_matcher_under_a_worker_reports_its_search_time_and_gallery_size(db):
+    from biox.metrics import Metrics
+
+    handler = matcher([hit(2, 0.9)])
+    metrics = Metrics("mx", "mx.query")
+    handler.observe(metrics, db)
+    ask(handler, db)
+    samples = {s.name: s.value for f in metrics.registry.collect() for s in f.samples}
+    assert samples["biox_matcher_search_seconds_count"] == 1
+    assert samples["biox_gallery_identities"] == ScriptedGallery.size
+
+
+def test_tombstones_written_after_a_catch_up_are_applied_at_the_next_one(tmp_path):
+    from biox.gallery.gallery import Gallery
+    from biox.ledgers import Tombstone
+    from biox.sim import synth
+
+    url = f"sqlite:///{tmp_path / 'mx.db'}"
+    gallery = Gallery()
+    gallery.enroll([1, 2], [Probe.from_biometrics(synth.capture(3, n, context=0)) for n in (1, 2)])
+    handler = MatcherHandler("mx", REGISTRY, gallery, Settings(gallery_sync_s=0),
+                             POLICIES.of("mx"))  # fmt: skip
+    with session_for(url) as s:
+        s.add(Tombstone(record_id=1, cause="deletion"))
+        s.commit()
+        handler.catch_up(s)
+        assert gallery.size == 1
+        s.add(Tombstone(record_id=2, cause="retention"))
+        s.commit()
+        handler.catch_up(s)
+        assert gallery.size == 0

@@ -351,6 +351,40 @@ EQUIVALENT: dict[str, str] = {
         "search_ms is a reported duration: no test can pin a wall-clock figure",
     ),
     "biox.handlers.matcher.xǁMatcherHandlerǁ__init____mutmut_16": 'float("-INF") is float("-inf")',
+    **dict.fromkeys(
+        [
+            f"biox.handlers.audit.xǁAuditHandlerǁ_entry__mutmut_{n}"
+            for n in (26, 40, 41, 42, 56, 57, 75, 76)
+        ],
+        "placeholders: the chain's append sets seq, prev_hash and entry_hash on every entry",
+    ),
+    "biox.handlers.audit.xǁAuditHandlerǁ__init____mutmut_1": (
+        "the worker passes BIOX_AUDIT_CHECKPOINT_S; a second more by hand changes nothing tested"
+    ),
+    "biox.handlers.audit.xǁAuditHandlerǁ_due__mutmut_2": "< or <= against a clock: never equal",
+    "biox.handlers.intake.xǁIntakeHandlerǁ__init____mutmut_2": (
+        "the worker passes BIOX_ANSWER_DEADLINE_S; a handler built by hand takes any deadline"
+    ),
+    **dict.fromkeys(
+        [f"biox.handlers.intake.xǁIntakeHandlerǁ_one__mutmut_{n}" for n in (117, 119, 121, 122)],
+        "Biographic holds strings only: every pydantic dump mode gives the same map",
+    ),
+    "biox.broker.failures.x_headers__mutmut_29": "bool(None) and bool(False) are both False",
+    **dict.fromkeys(
+        ["biox.retention.x_purge__mutmut_32", "biox.retention.x_purge__mutmut_48"],
+        "< or <= against the clock: a row expiring at the very microsecond is never met",
+    ),
+    **dict.fromkeys(
+        [
+            "biox.routes.xǁRouteTableǁsender_roles__mutmut_4",
+            "biox.routes.xǁRouteTableǁsender_roles__mutmut_7",
+        ],
+        "no kind has both own and encounter-system senders: = and |= build the same set",
+    ),
+    "biox.routes.x_route__mutmut_11": (
+        "the route table is built at import, before mutmut turns a mutant on; test_routes.py "
+        "asserts encounter.result is the one kind not audited"
+    ),
     "biox.lifecycle.x__answers__mutmut_12": (
         "at a participant, a row whose provider is the partner is always its requester's"
     ),
@@ -522,6 +556,25 @@ KILLED_SINCE: dict[str, str] = {
         )
         for n in ns
     },
+    **{
+        f"biox.routes.xǁRouteTableǁcheck_sender__mutmut_{n}": (
+            "test_routes.py::test_the_sender_check_follows_each_routes_senders"
+        )
+        for n in (8, 10, 16, 18)
+    },
+    **dict.fromkeys(
+        ["biox.broker.failures.x_refusal__mutmut_4", "biox.broker.failures.x_refusal__mutmut_11"],
+        "test_contract.py::test_a_refusal_row_keeps_what_the_annual_review_counts",
+    ),
+    **dict.fromkeys(
+        [
+            "biox.handlers.intake.xǁIntakeHandlerǁbuild__mutmut_9",
+            "biox.handlers.intake.xǁIntakeHandlerǁbuild__mutmut_10",
+            "biox.handlers.intake.xǁIntakeHandlerǁ_one__mutmut_171",
+            "biox.handlers.intake.xǁIntakeHandlerǁ_one__mutmut_172",
+        ],
+        "test_contract.py::test_intake_takes_its_deadline_from_settings_and_minimises_per_partner",
+    ),
     "biox.lifecycle.x_correct_from__mutmut_9": (
         "test_lifecycle.py::test_a_correction_removing_a_field_a_copy_never_had_changes_nothing_else"
     ),

@@ -336,3 +336,33 @@ def test_every_outcome_says_why_in_words_and_an_encounter_with_no_query_is_compl
     assert (blocked.partner, blocked.status.value, blocked.query_id) == ("sv", "blocked", "q-k")
     assert blocked.reason == "sv blocked its answer (§23): do not rely on it"
     assert blocked.sent_at == AT
+
+
+def test_intake_takes_its_deadline_from_settings_and_minimises_per_partner(tmp_path):
+    """us's policy sends sv no document number (§19(i)); mx, with no rule, gets it all."""
+    from biox.handlers.base import Context
+    from biox.messages import Biographic, Query
+    from biox.routes import ROUTES
+    from biox.settings import Settings
+
+    ctx = Context("us", REGISTRY, POLICIES.of("us"), Settings(answer_deadline_s=90))
+    assert IntakeHandler.build(ctx).deadline == timedelta(seconds=90)
+    who = Biographic(family_name="Cruz", document_number="G123")
+    _, _, effects = submit(f"sqlite:///{tmp_path / 'us.db'}",
+                           a_submission(biographic=who, purpose="investigate"))  # fmt: skip
+    sent = {o.envelope.recipient: ROUTES.decode("query", "query/1", o.body)
+            for o in effects.outgoing}  # fmt: skip
+    assert all(isinstance(q, Query) for q in sent.values())
+    assert sent["mx"].biographic.document_number == "G123"
+    assert sent["sv"].biographic.document_number is None
+    assert sent["sv"].biographic.family_name == "Cruz"
+
+
+def test_a_refusal_row_keeps_what_the_annual_review_counts():
+    from biox.broker import failures
+
+    env = codec.Envelope("m-9", "query", "query/1", "sv", "us", "q-9")
+    row = failures.refusal("us.query", env, PermanentError(Reason.unknown_key), answered=False)
+    assert (row.queue, row.kind, row.sender, row.correlation_id, row.message_id) == (
+        "us.query", "query", "sv", "q-9", "m-9")  # fmt: skip
+    assert (row.reason, row.answered) == ("unknown_key", False)

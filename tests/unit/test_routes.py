@@ -121,6 +121,11 @@ def test_the_sender_check_follows_each_routes_senders(kind, sender, reason):
     with pytest.raises(PermanentError) as info:
         ROUTES.check_sender(kind, sender, "us", known)
     assert info.value.reason is reason
+    # the dead letter names who it came from
+    said = (
+        f"sender {sender!r}" if reason is Reason.unknown_participant else f"{kind} from {sender!r}"
+    )
+    assert info.value.detail == said
 
 
 def test_partners_reach_only_the_partner_kinds():

@@ -803,6 +803,21 @@ def test_the_counters_an_operator_reads_at_stop_count_every_message(tmp_path):
     r.run(r.link.deliver(ask("transient")), r.link.deliver(ask("transient")))
     r.run(r.link.deliver(ask("permanent")), r.link.deliver(ask("permanent")))
     assert r.loop.stats == {"done": 1, "duplicate": 3, "retried": 2, "dead_lettered": 2}
+    # and the same in the worker's Prometheus metrics, by kind, outcome, route and reason
+    samples = {
+        (s.name, tuple(sorted((k, v) for k, v in s.labels.items()
+                              if k not in ("participant", "queue")))): s.value
+        for f in r.loop.metrics.registry.collect() for s in f.samples
+    }  # fmt: skip
+    assert (
+        samples[("biox_messages_in_total", (("kind", "retrieval.ask"), ("outcome", "done")))] == 1
+    )
+    assert samples[("biox_messages_out_total", (("kind", "retrieval.ask"),))] == 1
+    assert samples[("biox_duplicates_total", ())] == 3
+    assert samples[("biox_failures_total", (("reason", "unknown_query"), ("route", "retry")))] == 2
+    assert samples[("biox_failures_total", (("reason", "not_matched"),
+                                             ("route", "dead_letter")))] == 2  # fmt: skip
+    assert samples[("biox_end_to_end_seconds_count", (("kind", "retrieval.ask"),))] == 1
 
 
 def test_a_publish_never_confirmed_within_the_timeout_is_not_taken_for_a_success(tmp_path):

@@ -19,14 +19,4 @@ MSG
 fi
 
 echo "biox: installing Debian's postgresql (one time)..."
-export DEBIAN_FRONTEND=noninteractive
-created_policy=0
-if [[ ! -e /usr/sbin/policy-rc.d ]]; then
-  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
-  chmod +x /usr/sbin/policy-rc.d
-  created_policy=1
-fi
-trap '[[ $created_policy = 1 ]] && rm -f /usr/sbin/policy-rc.d' EXIT
-apt-get update -qq
-apt-get install -y -qq --no-install-recommends postgresql >/dev/null
-echo "biox: postgresql $(dpkg-query -W -f='${Version}' postgresql) installed."
+bash "$(dirname "$0")/apt-install.sh" postgresql

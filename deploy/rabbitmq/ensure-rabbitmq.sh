@@ -24,15 +24,4 @@ MSG
 fi
 
 echo "biox: installing Debian's rabbitmq-server (one time)..."
-export DEBIAN_FRONTEND=noninteractive
-# Keep the package's maintainer scripts from starting a system broker on port 5672.
-created_policy=0
-if [[ ! -e /usr/sbin/policy-rc.d ]]; then
-  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
-  chmod +x /usr/sbin/policy-rc.d
-  created_policy=1
-fi
-trap '[[ $created_policy = 1 ]] && rm -f /usr/sbin/policy-rc.d' EXIT
-apt-get update -qq
-apt-get install -y -qq --no-install-recommends rabbitmq-server >/dev/null
-echo "biox: rabbitmq-server $(dpkg-query -W -f='${Version}' rabbitmq-server) installed."
+bash "$(dirname "$0")/../apt-install.sh" rabbitmq-server

@@ -818,6 +818,9 @@ def test_the_counters_an_operator_reads_at_stop_count_every_message(tmp_path):
     assert samples[("biox_failures_total", (("reason", "not_matched"),
                                              ("route", "dead_letter")))] == 2  # fmt: skip
     assert samples[("biox_end_to_end_seconds_count", (("kind", "retrieval.ask"),))] == 1
+    labelled = {(s.labels.get("participant"), s.labels.get("queue"))
+                for f in r.loop.metrics.registry.collect() for s in f.samples}  # fmt: skip
+    assert labelled == {("us", "us.retrieval")}  # every sample names its worker
 
 
 def test_a_publish_never_confirmed_within_the_timeout_is_not_taken_for_a_success(tmp_path):

@@ -800,9 +800,10 @@ def test_the_counters_an_operator_reads_at_stop_count_every_message(tmp_path):
     same = [r.link.deliver(out, redelivered=i > 0) for i in range(3)]  # one batch, 3 copies
     r.run(*same)
     r.run(r.link.deliver(out, redelivered=True))  # and once more after it was done
+    r.run(r.link.deliver(ask("ok")))  # a second, different one
     r.run(r.link.deliver(ask("transient")), r.link.deliver(ask("transient")))
     r.run(r.link.deliver(ask("permanent")), r.link.deliver(ask("permanent")))
-    assert r.loop.stats == {"done": 1, "duplicate": 3, "retried": 2, "dead_lettered": 2}
+    assert r.loop.stats == {"done": 2, "duplicate": 3, "retried": 2, "dead_lettered": 2}
     # and the same in the worker's Prometheus metrics, by kind, outcome, route and reason
     samples = {
         (s.name, tuple(sorted((k, v) for k, v in s.labels.items()
@@ -810,14 +811,14 @@ def test_the_counters_an_operator_reads_at_stop_count_every_message(tmp_path):
         for f in r.loop.metrics.registry.collect() for s in f.samples
     }  # fmt: skip
     assert (
-        samples[("biox_messages_in_total", (("kind", "retrieval.ask"), ("outcome", "done")))] == 1
+        samples[("biox_messages_in_total", (("kind", "retrieval.ask"), ("outcome", "done")))] == 2
     )
-    assert samples[("biox_messages_out_total", (("kind", "retrieval.ask"),))] == 1
+    assert samples[("biox_messages_out_total", (("kind", "retrieval.ask"),))] == 2
     assert samples[("biox_duplicates_total", ())] == 3
     assert samples[("biox_failures_total", (("reason", "unknown_query"), ("route", "retry")))] == 2
     assert samples[("biox_failures_total", (("reason", "not_matched"),
                                              ("route", "dead_letter")))] == 2  # fmt: skip
-    assert samples[("biox_end_to_end_seconds_count", (("kind", "retrieval.ask"),))] == 1
+    assert samples[("biox_end_to_end_seconds_count", (("kind", "retrieval.ask"),))] == 2
     labelled = {(s.labels.get("participant"), s.labels.get("queue"))
                 for f in r.loop.metrics.registry.collect() for s in f.samples}  # fmt: skip
     assert labelled == {("us", "us.retrieval")}  # every sample names its worker

@@ -358,6 +358,29 @@ def test_intake_takes_its_deadline_from_settings_and_minimises_per_partner(tmp_p
     assert sent["sv"].biographic.family_name == "Cruz"
 
 
+def test_intake_minimises_by_the_submissions_purpose(tmp_path):
+    """A send rule scoped to one purpose strips only the queries made for it."""
+    from biox.messages import Biographic
+    from biox.policy.release import ParticipantPolicy, SendRule
+    from biox.routes import ROUTES
+
+    policy = ParticipantPolicy(
+        send=[SendRule(to=["sv"], purposes=["investigate"], biographic=["family_name"])]
+    )
+    handler = IntakeHandler("us", REGISTRY, policy, answer_deadline_s=90)
+    who = Biographic(family_name="Cruz", document_number="G123")
+    sent: dict[str, str | None] = {}
+    for n, purpose in enumerate(["investigate", "enforce"]):
+        sub = a_submission(biographic=who, purpose=purpose, encounter_id=f"E-{n}")
+        e = env("encounter.submit", "us", "us", f"sub-{n}", reply_to="us.replies.poe",
+                correlation_id=sub.encounter_id)  # fmt: skip
+        with session_for(f"sqlite:///{tmp_path / 'us.db'}") as s:
+            [effects] = handler.submit([Inbound(e, sub)], s)
+        [to_sv] = [o for o in effects.outgoing if o.envelope.recipient == "sv"]
+        sent[purpose] = ROUTES.decode("query", "query/1", to_sv.body).biographic.document_number
+    assert sent == {"investigate": None, "enforce": "G123"}
+
+
 def test_a_refusal_row_keeps_what_the_annual_review_counts():
     from biox.broker import failures
 
@@ -366,3 +389,7 @@ def test_a_refusal_row_keeps_what_the_annual_review_counts():
     assert (row.queue, row.kind, row.sender, row.correlation_id, row.message_id) == (
         "us.query", "query", "sv", "q-9", "m-9")  # fmt: skip
     assert (row.reason, row.answered) == ("unknown_key", False)
+    # an envelope too broken to name its kind or sender is still counted, under "?"
+    blank = codec.Envelope("m-10", "", "", "", "us", "")
+    row = failures.refusal("us.query", blank, PermanentError(Reason.undecodable), answered=False)
+    assert (row.kind, row.sender, row.reason) == ("?", None, "undecodable")

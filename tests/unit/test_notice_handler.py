@@ -143,6 +143,7 @@ def test_a_consent_reply_is_recorded_on_our_request_to_that_partner_only(db):
         assert (mx.status, mx.details) == ("answered", {"consent": True})
         assert mx.answered_at is not None
         assert s.get(NoticeRow, "r-2").done == {"consent": 1}
+        assert s.get(NoticeRow, "r-2").details == {"consent": True}  # the reply, in the ledger
 
 
 def test_a_notice_an_operator_asks_for_is_sent_with_its_deadline_and_kept(db):

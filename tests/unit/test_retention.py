@@ -211,9 +211,13 @@ def test_a_discontinued_partners_data_is_capped_in_every_table_that_holds_it(tmp
         s.add(RetrievalRow(retrieval_id="r", role="asker", query_id="q", asker="us",
                            holder="mx", identity_ref="X", source="mx",
                            retain_until=cap))  # fmt: skip
+        s.add(RetrievalRow(retrieval_id="r-later", role="asker", query_id="q", asker="us",
+                           holder="mx", identity_ref="X", source="mx",
+                           retain_until=NOW + timedelta(days=30)))  # fmt: skip
         s.commit()
         counts = retention.cap_for_discontinued(s, "mx", policy, NOW)
         s.commit()
-        # the retrieval already ends on the cap: unchanged, not counted
-        assert counts == {"transactions": 1, "review_cases": 1}
+        # one retrieval already ends on the cap: unchanged, not counted; the later one is
+        assert counts == {"transactions": 1, "review_cases": 1, "retrievals": 1}
+        assert s.get(RetrievalRow, ("r-later", "asker")).retain_until.replace(tzinfo=UTC) == cap
         assert s.get(ReviewCaseRow, "c").retain_until.replace(tzinfo=UTC) == cap

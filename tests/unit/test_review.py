@@ -108,6 +108,40 @@ def test_overdue_is_an_open_case_older_than_the_limit(db):
     assert 59 < examiners.age_s(next(c for c in cases if c.case_id == "c-1")) < 120
 
 
+def test_the_backlog_an_operator_scrapes_counts_undecided_cases_and_the_oldest_age(tmp_path, db):
+    from biox.handlers.review import backlog
+    from biox.metrics import Metrics
+
+    empty = f"sqlite:///{tmp_path / 'empty.db'}"
+    with session_for(empty):
+        pass
+    assert backlog(empty) == {"cases": 0.0, "oldest_seconds": 0.0}
+    with session_for(db) as s:  # c-1 is pending, a minute old
+        s.add(case_row("c-taken", opened_s_ago=600, status="in_review", examiner="x"))
+        s.add(case_row("c-done", opened_s_ago=9 * 3600, status="decided"))
+        s.commit()
+    now = backlog(db)
+    assert now["cases"] == 2.0  # pending and in review; not the decided one, however old
+    assert 599 < now["oldest_seconds"] < 700  # read back naive from SQLite, taken as UTC
+
+    metrics = Metrics("mx", "mx.review.decision")
+    ReviewHandler("mx", POLICIES.of("mx")).observe(metrics, db)
+    scraped = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in metrics.registry.collect()
+        for s in family.samples
+        if s.name.startswith("biox_review_backlog")
+    }
+    labels = tuple(sorted(metrics.labels.items()))
+    assert scraped[("biox_review_backlog_cases", labels)] == 2.0
+    assert 599 < scraped[("biox_review_backlog_oldest_seconds", labels)] < 700
+    with session_for(db) as s:
+        s.delete(s.get(ReviewCaseRow, "c-taken"))
+        s.commit()
+    again = {s.name: s.value for f in metrics.registry.collect() for s in f.samples}
+    assert again["biox_review_backlog_cases"] == 1.0  # read at each scrape, never stale
+
+
 def _take_all(url: str, examiner: str, start: object, out: object) -> None:
     start.wait()  # type: ignore[attr-defined]
     got = []

@@ -9,7 +9,6 @@ then acked) like every other answer, and the audit trail records who decided.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC
 
 import structlog
 from sqlalchemy import func
@@ -18,6 +17,7 @@ from sqlmodel import Session, col, select
 from biox.answers import Answers, Asked
 from biox.codec import Envelope, Outgoing
 from biox.errors import BioxError, PermanentError, Reason, TransientError
+from biox.examiners import aware
 from biox.gallery.gallery import Hit
 from biox.handlers.base import Context, Effects, Result
 from biox.inbound import Inbound
@@ -137,6 +137,6 @@ def backlog(database_url: str) -> dict[str, float]:
             )
         ).one()
     age = 0.0
-    if oldest is not None:  # SQLite gives it back naive: it was stored as UTC
-        age = (utcnow() - oldest.replace(tzinfo=oldest.tzinfo or UTC)).total_seconds()
+    if oldest is not None:
+        age = (utcnow() - aware(oldest)).total_seconds()
     return {"cases": float(count), "oldest_seconds": max(0.0, age)}

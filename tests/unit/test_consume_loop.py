@@ -374,11 +374,17 @@ def test_a_redelivery_after_confirm_publishes_nothing_and_runs_no_handler(tmp_pa
 def test_unconfirmed_outputs_are_requeued_then_republished_byte_for_byte_under_the_same_ids(
     tmp_path,
 ):
+    from structlog.testing import capture_logs
+
     r = rig(tmp_path)
     r.link.refuse_all = ConnectionLost
     out = ask("ok")
     first = r.link.deliver(out)
-    r.run(first)
+    with capture_logs() as logs:
+        r.run(first)
+    [trouble] = events(logs, "publish_failed")  # what an operator sees while the broker is away
+    assert trouble["log_level"] == "warning" and trouble["worker"] == r.loop.worker
+    assert (trouble["error"], trouble["batch"]) == ("1 message(s) unconfirmed or nacked", 1)
     assert r.link.nacks() == [(first.delivery_tag, True)]  # back to the queue, not acked
     assert r.link.acks() == []
     marker = r.marker(out.envelope.message_id)
@@ -572,10 +578,15 @@ def test_a_handler_exception_isolates_the_message_that_causes_it(tmp_path, neigh
 
 
 def test_an_optimistic_lock_conflict_reruns_the_batch_at_once(tmp_path):
+    from structlog.testing import capture_logs
+
     r = rig(tmp_path, ScriptedHandler(stale_times=1))
     out = ask("stale")
     d = r.link.deliver(out)
-    r.run(d)
+    with capture_logs() as logs:
+        r.run(d)
+    [rerun] = events(logs, "conflict_rerun")
+    assert (rerun["worker"], rerun["batch"]) == (r.loop.worker, 1) and rerun["error"]
     assert len(r.handler.calls) == 2  # ran again on fresh state, no retry tier
     assert r.link.to(addresses.retry_key("us", "retrieval", 1)) == []
     assert len(r.link.confirmed) == 1 and r.link.acks() == [d.delivery_tag]
@@ -601,10 +612,16 @@ def test_a_delivery_without_message_id_is_parked_once_and_never_handled(tmp_path
 
 
 def test_a_delivery_without_message_id_that_cannot_be_parked_goes_back_to_its_queue(tmp_path):
+    from structlog.testing import capture_logs
+
     r = rig(tmp_path, publish_timeout=0.3)
     r.link.refuse_all = ConnectionLost
     d = r.link.deliver(ask("ok"), message_id=None)
-    r.run(d)
+    with capture_logs() as logs:
+        r.run(d)
+    [trouble] = events(logs, "publish_failed")
+    assert trouble["log_level"] == "warning" and trouble["worker"] == r.loop.worker
+    assert (trouble["error"], trouble["batch"]) == ("1 message(s) unconfirmed or nacked", 1)
     assert r.link.nacks() == [(d.delivery_tag, True)] and r.link.acks() == []
     assert r.handler.calls == []
 
@@ -822,6 +839,34 @@ def test_the_counters_an_operator_reads_at_stop_count_every_message(tmp_path):
     labelled = {(s.labels.get("participant"), s.labels.get("queue"))
                 for f in r.loop.metrics.registry.collect() for s in f.samples}  # fmt: skip
     assert labelled == {("us", "us.retrieval")}  # every sample names its worker
+
+
+def test_a_lost_published_mark_is_logged_and_costs_only_a_republish(tmp_path, monkeypatch):
+    """Marking outputs published is best effort: if that write fails the input is acked
+    all the same, and a redelivery republishes the stored outputs under the same ids."""
+    from structlog.testing import capture_logs
+
+    from biox.broker import consumer
+
+    def disk_full(*_: Any) -> None:
+        raise OSError("disk full")
+
+    r = rig(tmp_path)
+    monkeypatch.setattr(consumer, "mark_published", disk_full)
+    out = ask("ok")
+    d = r.link.deliver(out)
+    with capture_logs() as logs:
+        r.run(d)
+    [lost] = events(logs, "mark_published_failed")
+    assert lost["log_level"] == "warning"
+    assert (lost["worker"], lost["error"]) == (r.loop.worker, "disk full")
+    assert r.link.acks() == [d.delivery_tag]
+    assert not r.marker(out.envelope.message_id).published
+    monkeypatch.undo()
+    r.run(r.link.deliver(out, redelivered=True))
+    assert len(r.handler.calls) == 1
+    effect = codec.derived_id(out.envelope.message_id, "effect")
+    assert [c.message_id for c in r.link.confirmed] == [effect, effect]
 
 
 def test_a_publish_never_confirmed_within_the_timeout_is_not_taken_for_a_success(tmp_path):

@@ -11,6 +11,7 @@ import msgpack
 import numpy as np
 import pytest
 from sqlmodel import select
+from structlog.testing import capture_logs
 
 from biox import codec
 from biox.errors import PermanentError, Reason
@@ -208,11 +209,14 @@ def test_an_unanswered_query_times_out_once_and_a_late_answer_revises_it(tmp_pat
     db = f"sqlite:///{tmp_path / 'us.db'}"
     skip_sv_and_send_mx(db)
     handler = ResponseHandler("us", POLICIES.of("us"), deadline_check_s=5)
-    with session_for(db) as s:
+    with capture_logs() as logs, session_for(db) as s:
         [out] = handler.maintain(s)
         s.commit()
-    with session_for(db) as s:
+    [late] = [e for e in logs if e["event"] == "answers_timed_out"]  # an operator's alert
+    assert (late["log_level"], late["queries"]) == ("warning", ["q-90"])
+    with capture_logs() as logs, session_for(db) as s:
         assert handler.maintain(s) == []  # told once
+    assert logs == []
     timed_out = decode(out, EncounterResult)
     assert out.envelope.message_id == codec.derived_id("q-90", "timed-out")
     assert (timed_out.status.value, timed_out.revision, timed_out.submission_id) == (

@@ -50,3 +50,41 @@ def test_every_workflow_section_names_its_tests():
     sections = re.split(r"^## ", text, flags=re.M)[1:]
     untested = [s.splitlines()[0] for s in sections if not CITATION.search(s)]
     assert untested == [], f"workflow sections without a test: {untested}"
+
+
+def logged_events() -> dict[str, set[str]]:
+    """event → the levels it is logged at, from every ``log.<level>("event", ...)`` in src."""
+    import ast
+
+    out: dict[str, set[str]] = {}
+    for path in (ROOT / "src" / "biox").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and isinstance(node.func.value, ast.Name)
+                and node.func.value.id == "log"
+                and node.args
+                and isinstance(node.args[0], ast.Constant)
+            ):
+                out.setdefault(str(node.args[0].value), set()).add(node.func.attr)
+    return out
+
+
+def test_every_logged_event_in_the_operations_table_is_emitted():
+    text = (ROOT / "docs" / "operations.md").read_text()
+    section = text.split("## Logs", 1)[1].split("\n## ", 1)[0]
+    rows = [line.split("|")[1:3] for line in section.splitlines() if line.startswith("| `")]
+    assert len(rows) > 10
+    emitted = logged_events()
+    wrong = []
+    for names, level in rows:
+        for event in re.findall(r"`([\w.]+)`", names):
+            if emitted.get(event) != {level.strip()}:
+                wrong.append(f"{event}: table says {level.strip()}, code {emitted.get(event)}")
+    assert wrong == []
+    # and every warning or error the code logs is in the table, so none goes unexplained
+    documented = {e for names, _ in rows for e in re.findall(r"`([\w.]+)`", names)}
+    local_only = {"postgres_stop_failed"}  # the test database launcher
+    alarms = {e for e, levels in emitted.items() if levels & {"warning", "error"}}
+    assert alarms - documented - local_only == set()

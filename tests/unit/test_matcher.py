@@ -394,6 +394,8 @@ def test_a_matcher_under_a_worker_reports_its_search_time_and_gallery_size(db):
 
 
 def test_tombstones_written_after_a_catch_up_are_applied_at_the_next_one(tmp_path):
+    from structlog.testing import capture_logs
+
     from biox.gallery.gallery import Gallery
     from biox.ledgers import Tombstone
     from biox.sim import synth
@@ -406,8 +408,11 @@ def test_tombstones_written_after_a_catch_up_are_applied_at_the_next_one(tmp_pat
     with session_for(url) as s:
         s.add(Tombstone(record_id=1, cause="deletion"))
         s.commit()
-        handler.catch_up(s)
+        with capture_logs() as logs:
+            handler.catch_up(s)
         assert gallery.size == 1
+        [buried] = [e for e in logs if e["event"] == "tombstones_applied"]
+        assert (buried["count"], buried["gallery"]) == (1, 1)
         s.add(Tombstone(record_id=2, cause="retention"))
         s.commit()
         handler.catch_up(s)

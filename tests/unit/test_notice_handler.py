@@ -239,8 +239,14 @@ def test_our_consent_reply_answers_their_request_and_nothing_else_touches_it(db)
 
 
 def test_a_status_or_contacts_notice_is_kept_in_the_partners_history_with_its_text(db):
-    done = receive(db, notice("s-1", type=NoticeType.discontinuation, text="§36 letter"))
+    from structlog.testing import capture_logs
+
+    with capture_logs() as logs:
+        done = receive(db, notice("s-1", type=NoticeType.discontinuation, text="§36 letter"))
     assert isinstance(done, Effects)
+    [line] = [e for e in logs if e["event"] == "notice_received"]
+    assert (line["notice_id"], line["type"], line["partner"]) == ("s-1", "discontinuation", "mx")
+    assert line["done"] == {"status": 1}
     ack = ROUTES.decode("notice", "notice/1", done.outgoing[0].body)
     assert ack.done == {"status": 1}  # no retention rule: nothing capped
     receive(db, notice("s-2", type=NoticeType.contact_change, contacts={"legal": "DGAJ"},

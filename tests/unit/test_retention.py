@@ -86,14 +86,19 @@ def test_the_notice_worker_purges_on_its_schedule_and_tells_the_audit_trail(tmp_
     settings = Settings(retention_purge_s=60)
     handler = NoticeHandler("us", memory_rings(["us"])["us"].trust, None, None, settings)
     assert handler.maintain_every_s == 60
-    with session_for(url) as s:
+    from structlog.testing import capture_logs
+
+    with capture_logs() as logs, session_for(url) as s:
         [event] = handler.maintain(s)
         s.commit()
         assert handler.maintain(s) == []  # nothing more expired: nothing to say
+    [line] = logs  # one line, for the purge that did something
+    assert line["event"] == "retention_purged"
     assert (event.exchange, event.routing_key) == ("biox.us", "us.ops.retention.purge")
     assert event.envelope.headers["biox-actor"] == "schedule"
     purged = ROUTES.decode(event.envelope.kind, event.envelope.schema, event.body)
     assert isinstance(purged, RetentionPurged) and purged.counts["records"] == 1
+    assert line["counts"] == purged.counts  # the log says what the audit trail says
     assert b"R-1" not in event.body  # counts, never content
 
 

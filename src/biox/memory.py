@@ -164,7 +164,7 @@ class MemoryLink:
     def ack(self, delivery: Delivery) -> None:
         self.settled[delivery.delivery_tag] = "ack"
 
-    def nack(self, delivery: Delivery, requeue: bool = True) -> None:
+    def nack(self, delivery: Delivery, *, requeue: bool) -> None:
         self.settled[delivery.delivery_tag] = "requeue" if requeue else "drop"
 
 

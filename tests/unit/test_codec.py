@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import struct
 from datetime import UTC, datetime
 
 import msgpack
@@ -159,6 +160,12 @@ def test_decoding_reads_text_as_text_and_refuses_keys_that_are_not_text():
         ),
         ("query/1", b"\xc1", Reason.undecodable, "FormatError: "),
         ("query/1", msgpack.packb([1]), Reason.undecodable, "top level is list, not a map"),
+        (  # a timestamp past the year 9999: msgpack's datetime overflows
+            "query/1",
+            b"\x81\xa7sent_at\xc7\x0c\xff" + struct.pack(">Iq", 0, 2**40),
+            Reason.undecodable,
+            "OverflowError: date value out of range",
+        ),
     ],
 )
 def test_each_decoding_failure_says_what_it_found(schema, body, reason, says):
@@ -174,6 +181,21 @@ def test_an_invalid_body_lists_up_to_five_problems_with_where_they_are():
     assert len(problems) == 5
     assert problems[0].startswith("requesting: ")
     assert any(p.startswith("purpose: ") for p in problems)
+
+
+def test_a_problem_with_the_body_as_a_whole_is_placed_at_body():
+    """A rule across fields (a deletion notice must name its data) has no field to name."""
+    from biox.notice_messages import About, Notice, NoticeType
+
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    good = Notice(type=NoticeType.deletion, notice_id="n-1", sender="mx", recipient="us",
+                  sent_at=at, about=About(message_ids=["m-9"]))  # fmt: skip
+    data = msgpack.unpackb(codec.encode_body(good), timestamp=3)
+    data["about"] = {}
+    with pytest.raises(PermanentError) as info:
+        codec.decode_body(Notice, "notice/1", msgpack.packb(data, datetime=True))
+    assert info.value.reason is Reason.invalid_message
+    assert info.value.detail == "<body>: Value error, a deletion notice names the data it is about"
 
 
 def test_every_builder_fills_the_whole_envelope():

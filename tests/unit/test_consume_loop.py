@@ -110,7 +110,7 @@ class FakeLink:
             self.on_ack(d)
         self.log.append(("ack", d.delivery_tag))
 
-    def nack(self, d: Delivery, requeue: bool = True) -> None:
+    def nack(self, d: Delivery, *, requeue: bool) -> None:
         self.log.append(("nack", d.delivery_tag, requeue))
 
     # --- what the tests look at --------------------------------------------------------
@@ -124,6 +124,7 @@ class FakeLink:
         headers: dict[str, Any] | None = None,
         body: bytes | None = None,
         message_id: str | None = "keep",
+        exchange: str | None = None,
     ) -> Delivery:
         self._tag += 1
         props = properties_for(out.envelope, "us-encounters")
@@ -134,7 +135,7 @@ class FakeLink:
         d = Delivery(
             generation if generation is not None else self.generation,
             self._tag,
-            out.exchange,
+            out.exchange if exchange is None else exchange,
             out.routing_key,
             redelivered,
             props,
@@ -488,6 +489,24 @@ def test_a_permanent_error_nobody_can_be_told_of_is_dead_lettered_with_its_reaso
     assert r.link.acks() == [d.delivery_tag]
 
 
+def test_a_partners_message_back_from_a_retry_tier_keeps_its_attempts(tmp_path):
+    """The broker brings a tier's expired copy back by the default exchange, which only
+    our own copies use: its headers are kept and the attempts climb. The same headers on a
+    delivery through the inbox are the partner's own and dropped: it cannot pick a tier."""
+    r = rig(tmp_path)
+    out = ask("transient", sender="mx")
+    r.run(r.link.deliver(out))
+    [hop] = r.link.to(addresses.retry_key("us", "retrieval", 1))
+    assert hop.headers["biox-attempt"] == 1
+    r.run(r.link.deliver(out, headers=hop.headers, exchange=""))
+    [hop2] = r.link.to(addresses.retry_key("us", "retrieval", 5))
+    assert hop2.headers["biox-attempt"] == 2
+    r.run(r.link.deliver(out, headers=hop2.headers))  # forged by mx: starts again at 1
+    assert [
+        h.headers["biox-attempt"] for h in r.link.to(addresses.retry_key("us", "retrieval", 1))
+    ] == [1, 1]
+
+
 def test_a_permanent_error_after_retries_is_parked_with_the_attempts_it_had(tmp_path):
     """A message that went round the retry tiers twice and then failed for good: the dead
     letter says 2, so an operator knows it was tried before."""
@@ -607,7 +626,7 @@ def test_a_delivery_without_message_id_is_parked_once_and_never_handled(tmp_path
     r.run(d)
     [dead] = r.link.to(addresses.dead_letter_key("us", "retrieval"))
     assert dead.headers["biox-reason"] == "invalid_message"
-    assert "no message_id" in dead.headers["biox-error"]
+    assert dead.headers["biox-error"] == "invalid_message: no message_id"
     assert r.handler.calls == [] and r.link.acks() == [d.delivery_tag]
 
 
@@ -836,6 +855,9 @@ def test_the_counters_an_operator_reads_at_stop_count_every_message(tmp_path):
     assert samples[("biox_failures_total", (("reason", "not_matched"),
                                              ("route", "dead_letter")))] == 2  # fmt: skip
     assert samples[("biox_end_to_end_seconds_count", (("kind", "retrieval.ask"),))] == 2
+    # one handler call per batch that had something new; each took well under a second
+    assert samples[("biox_handler_seconds_count", (("kind", "retrieval.ask"),))] == 4
+    assert 0 < samples[("biox_handler_seconds_sum", (("kind", "retrieval.ask"),))] < 4
     labelled = {(s.labels.get("participant"), s.labels.get("queue"))
                 for f in r.loop.metrics.registry.collect() for s in f.samples}  # fmt: skip
     assert labelled == {("us", "us.retrieval")}  # every sample names its worker

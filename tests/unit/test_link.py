@@ -122,7 +122,7 @@ def test_a_delivery_from_a_dead_connection_is_never_acked_on_the_new_one(link):
     new_channel = opened(link)  # reconnected: delivery tags start again at 1
     assert old.generation != link.generation
     link.ack(old)
-    link.nack(old)
+    link.nack(old, requeue=True)
     assert [c for c in first.calls + new_channel.calls if c[0] in ("ack", "nack")] == []
     fresh = deliver(link, 3)  # the same tag number on the new channel is another message
     link.ack(fresh)

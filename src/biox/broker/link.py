@@ -80,7 +80,9 @@ class Transport(Protocol):
 
     def ack(self, delivery: Delivery) -> None: ...
 
-    def nack(self, delivery: Delivery, requeue: bool = True) -> None: ...
+    def nack(self, delivery: Delivery, *, requeue: bool) -> None:
+        """No default: whether a message goes back to its queue or is dropped is said at
+        every call."""
 
 
 class Link:
@@ -244,7 +246,7 @@ class Link:
             lambda: self._settle(delivery, lambda ch: ch.basic_ack(delivery.delivery_tag))
         )
 
-    def nack(self, delivery: Delivery, requeue: bool = True) -> None:
+    def nack(self, delivery: Delivery, *, requeue: bool) -> None:
         self._threadsafe(
             lambda: self._settle(
                 delivery, lambda ch: ch.basic_nack(delivery.delivery_tag, requeue=requeue)

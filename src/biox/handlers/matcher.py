@@ -334,7 +334,8 @@ class MatcherHandler:
                 probes.append(Probe.from_biometrics(bio))
                 ids.append(r.record_id)
             except Exception as exc:  # one bad row must not stop every search
-                log.error("enrolment_unreadable", seq=r.seq, record_id=r.record_id, error=str(exc))
+                error = f"{type(exc).__name__}: {exc}"  # msgpack's own messages can be empty
+                log.error("enrolment_unreadable", seq=r.seq, record_id=r.record_id, error=error)
         if probes:
             self.gallery.enroll(ids, probes)
         log.info("enrolments_loaded", count=len(probes), gallery=self.gallery.size)

@@ -605,7 +605,8 @@ def test_an_optimistic_lock_conflict_reruns_the_batch_at_once(tmp_path):
     with capture_logs() as logs:
         r.run(d)
     [rerun] = events(logs, "conflict_rerun")
-    assert (rerun["worker"], rerun["batch"]) == (r.loop.worker, 1) and rerun["error"]
+    assert (rerun["worker"], rerun["batch"]) == (r.loop.worker, 1)
+    assert rerun["error"] == "encounter revision moved"
     assert len(r.handler.calls) == 2  # ran again on fresh state, no retry tier
     assert r.link.to(addresses.retry_key("us", "retrieval", 1)) == []
     assert len(r.link.confirmed) == 1 and r.link.acks() == [d.delivery_tag]

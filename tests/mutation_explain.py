@@ -18,6 +18,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+from tests.logcalls import log_calls
 from tests.mutation_report import KILLED, ROOT, TIMEOUT, module_of, results
 
 DOC = ROOT / "docs" / "testing.md"
@@ -575,14 +576,8 @@ def source_lines(
 def log_lines(path: Path) -> set[int]:
     """Every line inside a ``log.*(...)`` call of a module."""
     out: set[int] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if (
-            isinstance(node, ast.Call)
-            and isinstance(node.func, ast.Attribute)
-            and isinstance(node.func.value, ast.Name)
-            and node.func.value.id == "log"
-        ):
-            out.update(range(node.lineno, (node.end_lineno or node.lineno) + 1))
+    for call in log_calls(path):
+        out.update(range(call.lineno, (call.end_lineno or call.lineno) + 1))
     return out
 
 

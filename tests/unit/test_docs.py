@@ -7,6 +7,7 @@ its proof; this test fails instead.
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 
@@ -54,20 +55,14 @@ def test_every_workflow_section_names_its_tests():
 
 def logged_events() -> dict[str, set[str]]:
     """event → the levels it is logged at, from every ``log.<level>("event", ...)`` in src."""
-    import ast
+    from tests.logcalls import log_calls
 
     out: dict[str, set[str]] = {}
     for path in (ROOT / "src" / "biox").rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if (
-                isinstance(node, ast.Call)
-                and isinstance(node.func, ast.Attribute)
-                and isinstance(node.func.value, ast.Name)
-                and node.func.value.id == "log"
-                and node.args
-                and isinstance(node.args[0], ast.Constant)
-            ):
-                out.setdefault(str(node.args[0].value), set()).add(node.func.attr)
+        for call in log_calls(path):
+            if call.args and isinstance(call.args[0], ast.Constant):
+                assert isinstance(call.func, ast.Attribute)
+                out.setdefault(str(call.args[0].value), set()).add(call.func.attr)
     return out
 
 

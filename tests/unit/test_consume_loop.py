@@ -25,6 +25,7 @@ import pika
 import pytest
 from sqlalchemy.orm.exc import StaleDataError
 from sqlmodel import Session, select
+from structlog.testing import capture_logs
 
 from biox import addresses, codec
 from biox.broker.consumer import ConsumeLoop
@@ -375,8 +376,6 @@ def test_a_redelivery_after_confirm_publishes_nothing_and_runs_no_handler(tmp_pa
 def test_unconfirmed_outputs_are_requeued_then_republished_byte_for_byte_under_the_same_ids(
     tmp_path,
 ):
-    from structlog.testing import capture_logs
-
     r = rig(tmp_path)
     r.link.refuse_all = ConnectionLost
     out = ask("ok")
@@ -597,8 +596,6 @@ def test_a_handler_exception_isolates_the_message_that_causes_it(tmp_path, neigh
 
 
 def test_an_optimistic_lock_conflict_reruns_the_batch_at_once(tmp_path):
-    from structlog.testing import capture_logs
-
     r = rig(tmp_path, ScriptedHandler(stale_times=1))
     out = ask("stale")
     d = r.link.deliver(out)
@@ -632,8 +629,6 @@ def test_a_delivery_without_message_id_is_parked_once_and_never_handled(tmp_path
 
 
 def test_a_delivery_without_message_id_that_cannot_be_parked_goes_back_to_its_queue(tmp_path):
-    from structlog.testing import capture_logs
-
     r = rig(tmp_path, publish_timeout=0.3)
     r.link.refuse_all = ConnectionLost
     d = r.link.deliver(ask("ok"), message_id=None)
@@ -716,8 +711,6 @@ def events(logs: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
 
 
 def test_each_message_leaves_a_log_line_an_operator_can_follow(tmp_path):
-    from structlog.testing import capture_logs
-
     r = rig(tmp_path)
     ok, dead, later = ask("ok"), ask("permanent"), ask("transient")
     with capture_logs() as logs:
@@ -747,8 +740,6 @@ def test_each_message_leaves_a_log_line_an_operator_can_follow(tmp_path):
 
 
 def test_an_unexpected_failure_is_logged_as_not_transient(tmp_path):
-    from structlog.testing import capture_logs
-
     r = rig(tmp_path)
     with capture_logs() as logs:
         r.run(r.link.deliver(ask("boom")))
@@ -758,8 +749,6 @@ def test_an_unexpected_failure_is_logged_as_not_transient(tmp_path):
 
 
 def test_a_retry_that_cannot_be_published_is_logged_and_the_input_requeued(tmp_path):
-    from structlog.testing import capture_logs
-
     r = rig(tmp_path)
     r.link.refuse_all = ConnectionLost
     with capture_logs() as logs:
@@ -867,8 +856,6 @@ def test_the_counters_an_operator_reads_at_stop_count_every_message(tmp_path):
 def test_a_lost_published_mark_is_logged_and_costs_only_a_republish(tmp_path, monkeypatch):
     """Marking outputs published is best effort: if that write fails the input is acked
     all the same, and a redelivery republishes the stored outputs under the same ids."""
-    from structlog.testing import capture_logs
-
     from biox.broker import consumer
 
     def disk_full(*_: Any) -> None:
@@ -973,8 +960,6 @@ def test_a_handler_without_a_schedule_is_never_maintained(tmp_path):
         r.loop._maintained_at -= 3600
         r.loop.maintain()
         assert handler.runs == 0 and r.link.confirmed == []
-    from structlog.testing import capture_logs
-
     plain = rig(tmp_path / "plain")  # ScriptedHandler has no maintain at all
     plain.loop._maintained_at -= 3600
     with capture_logs() as logs:
@@ -991,8 +976,6 @@ def test_an_interval_under_a_second_is_kept_too(tmp_path):
 
 
 def test_failed_scheduled_work_is_logged_and_the_loop_goes_on(tmp_path):
-    from structlog.testing import capture_logs
-
     handler = Maintaining(every_s=60, fail=True)
     r = rig(tmp_path, handler)
     r.loop._maintained_at -= 61

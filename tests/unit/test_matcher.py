@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from biox import codec
 from biox.errors import PermanentError, Reason
@@ -394,8 +395,6 @@ def test_a_matcher_under_a_worker_reports_its_search_time_and_gallery_size(db):
 
 
 def test_tombstones_written_after_a_catch_up_are_applied_at_the_next_one(tmp_path):
-    from structlog.testing import capture_logs
-
     from biox.gallery.gallery import Gallery
     from biox.ledgers import Tombstone
     from biox.sim import synth

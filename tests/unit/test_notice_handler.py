@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from sqlmodel import select
+from structlog.testing import capture_logs
 
 from biox import codec, participants
 from biox.errors import PermanentError, Reason
@@ -239,8 +240,6 @@ def test_our_consent_reply_answers_their_request_and_nothing_else_touches_it(db)
 
 
 def test_a_status_or_contacts_notice_is_kept_in_the_partners_history_with_its_text(db):
-    from structlog.testing import capture_logs
-
     with capture_logs() as logs:
         done = receive(db, notice("s-1", type=NoticeType.discontinuation, text="§36 letter"))
     assert isinstance(done, Effects)

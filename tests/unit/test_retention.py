@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from sqlmodel import select
+from structlog.testing import capture_logs
 from typer.testing import CliRunner
 
 from biox import incidents, retention
@@ -86,8 +87,6 @@ def test_the_notice_worker_purges_on_its_schedule_and_tells_the_audit_trail(tmp_
     settings = Settings(retention_purge_s=60)
     handler = NoticeHandler("us", memory_rings(["us"])["us"].trust, None, None, settings)
     assert handler.maintain_every_s == 60
-    from structlog.testing import capture_logs
-
     with capture_logs() as logs, session_for(url) as s:
         [event] = handler.maintain(s)
         s.commit()

@@ -27,14 +27,17 @@ postgresql:
 demo: $(STAMP) rabbitmq
 	$(BIN)/biox demo
 
-# Everything on SQLite, then the integration tests again on a throwaway PostgreSQL (the
-# database production uses). Run once: the broker-fault, sovereign-broker, browser and
+# Everything on SQLite, then the unit suite again with the wall clock a year ahead
+# (time-machine, tests/conftest.py: a test that pins a date while the code reads the real
+# clock fails today, not on the day it stops passing), then the integration tests again on a
+# throwaway PostgreSQL (the database production uses). Run once: the broker-fault, sovereign-broker, browser and
 # fuzz tests (brokers, a browser, decoding), `biox serve` and the 100 000-identity import
 # (SQLite by design), to keep `make test` under 15 minutes on two cores.
 test: $(STAMP) rabbitmq chromium postgresql
 	$(BIN)/ruff check src workers tests bench
 	$(BIN)/mypy
 	$(BIN)/pytest
+	$(BIN)/pytest tests/unit -q --clock-ahead 365
 	$(BIN)/pytest tests/integration --postgres $(PG_SELECT)
 
 PG_SELECT := -m "not fault and not sovereign and not browser and not slow" \
@@ -45,6 +48,7 @@ test-postgres: $(STAMP) rabbitmq postgresql
 
 test-unit: $(STAMP)
 	$(BIN)/pytest tests/unit
+	$(BIN)/pytest tests/unit -q --clock-ahead 365
 
 test-integration: $(STAMP) rabbitmq
 	$(BIN)/pytest tests/integration

@@ -16,6 +16,30 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="integration tests on a throwaway PostgreSQL (Debian's postgresql, started "
         "like the broker): each test module gets databases of its own",
     )
+    parser.addoption(
+        "--clock-ahead",
+        type=int,
+        default=0,
+        metavar="DAYS",
+        help="run with the wall clock (datetime.now, time.time) moved this many days ahead, "
+        "ticking: a test that pins a date while the code reads the real clock fails today, "
+        "not on the day it stops passing (make test runs the unit suite a year ahead)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The clock moved for the whole session, in process: time-machine patches the wall
+    clock at the C level and leaves the monotonic clock alone, so timeouts, sleeps and lock
+    waits behave (libfaketime's interposed lock waits hang Python 3.11's threads)."""
+    days = config.getoption("--clock-ahead")
+    if days:
+        from datetime import UTC, datetime, timedelta
+
+        import time_machine
+
+        traveller = time_machine.travel(datetime.now(UTC) + timedelta(days=days), tick=True)
+        traveller.start()
+        config.add_cleanup(traveller.stop)
 
 
 def _docker_answers() -> bool:

@@ -932,8 +932,9 @@ class Maintaining(ScriptedHandler):
         self.fail = fail
         self.runs = 0
 
-    def maintain(self, session: Session) -> list[Outgoing]:
+    def maintain(self, session: Session, now: datetime) -> list[Outgoing]:
         self.runs += 1
+        self.at = now
         if self.fail:
             raise RuntimeError("disk full")
         session.add(ParticipantRow(code=f"kept-{self.runs}", agency="maintenance", status="x"))
@@ -949,6 +950,7 @@ def test_scheduled_work_runs_once_its_interval_passed_committed_then_published(t
     r.loop.maintain()
     r.loop.maintain()  # due again only one interval after the last run
     assert handler.runs == 1
+    assert handler.at.tzinfo is UTC  # the loop's clock, aware, handed to the handler
     assert r.effect("kept-1") is not None  # committed
     assert [p.message_id for p in r.link.confirmed] == ["maintained-1"]  # then published
 

@@ -210,12 +210,12 @@ def test_an_unanswered_query_times_out_once_and_a_late_answer_revises_it(tmp_pat
     skip_sv_and_send_mx(db)
     handler = ResponseHandler("us", POLICIES.of("us"), deadline_check_s=5)
     with capture_logs() as logs, session_for(db) as s:
-        [out] = handler.maintain(s)
+        [out] = handler.maintain(s, utcnow())
         s.commit()
     [late] = [e for e in logs if e["event"] == "answers_timed_out"]  # an operator's alert
     assert (late["log_level"], late["queries"]) == ("warning", ["q-90"])
     with capture_logs() as logs, session_for(db) as s:
-        assert handler.maintain(s) == []  # told once
+        assert handler.maintain(s, utcnow()) == []  # told once
     assert logs == []
     timed_out = decode(out, EncounterResult)
     assert out.envelope.message_id == codec.derived_id("q-90", "timed-out")
@@ -246,14 +246,14 @@ def test_an_unanswered_query_times_out_once_and_a_late_answer_revises_it(tmp_pat
 def test_nothing_times_out_before_its_deadline_or_once_answered(us_db):  # noqa: F811
     handler = ResponseHandler("us", POLICIES.of("us"))
     with session_for(us_db) as s:  # no deadline recorded: never late
-        assert handler.maintain(s) == []
+        assert handler.maintain(s, utcnow()) == []
     receive(us_db, a_response("match", "mx", "q-mx"))
     with session_for(us_db) as s:
         for tx in s.exec(select(Transaction)).all():
             tx.answer_due = utcnow() - timedelta(seconds=1)
             s.add(tx)
         s.commit()
-        [out] = handler.maintain(s)  # sv only: mx answered
+        [out] = handler.maintain(s, utcnow())  # sv only: mx answered
         s.commit()
     result = decode(out, EncounterResult)
     assert [(o.partner, o.status.value) for o in result.outcomes] == [
@@ -266,7 +266,7 @@ def test_nothing_times_out_before_its_deadline_or_once_answered(us_db):  # noqa:
         future.answer_due = utcnow() + timedelta(minutes=5)
         s.add(future)
         s.commit()
-        assert handler.maintain(s) == []
+        assert handler.maintain(s, utcnow()) == []
 
 
 def test_the_response_worker_checks_deadlines_as_often_as_its_settings_say(tmp_path):
@@ -300,7 +300,7 @@ def test_late_queries_are_told_in_order_a_batch_at_a_time_past_a_missing_encount
     told = []
     for _ in range(3):
         with session_for(db) as s:
-            told.append([o.envelope.correlation_id for o in handler.maintain(s, limit=2)])
+            told.append([o.envelope.correlation_id for o in handler.maintain(s, utcnow(), limit=2)])
             s.commit()
     assert told == [["E-b"], ["E-c"], []]  # q-a's encounter is gone: nothing to tell
 
@@ -320,7 +320,7 @@ def test_every_outcome_says_why_in_words_and_an_encounter_with_no_query_is_compl
                           status="match", blocked_at=AT, answer={"status": "match"}))  # fmt: skip
         s.commit()
         handler = ResponseHandler("us", POLICIES.of("us"))
-        handler.maintain(s)
+        handler.maintain(s, utcnow())
         s.commit()
         views = EncounterViews(s, ["E-s", "E-t"])
         only_skipped = views.result("us", views.encounters["E-s"])

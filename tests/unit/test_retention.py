@@ -88,9 +88,9 @@ def test_the_notice_worker_purges_on_its_schedule_and_tells_the_audit_trail(tmp_
     handler = NoticeHandler("us", memory_rings(["us"])["us"].trust, None, None, settings)
     assert handler.maintain_every_s == 60
     with capture_logs() as logs, session_for(url) as s:
-        [event] = handler.maintain(s)
+        [event] = handler.maintain(s, NOW)
         s.commit()
-        assert handler.maintain(s) == []  # nothing more expired: nothing to say
+        assert handler.maintain(s, NOW) == []  # nothing more expired: nothing to say
     [line] = logs  # one line, for the purge that did something
     assert line["event"] == "retention_purged"
     assert (event.exchange, event.routing_key) == ("biox.us", "us.ops.retention.purge")

@@ -47,6 +47,7 @@ from biox.errors import UNPROVEN, BioxError, PermanentError, Reason, TransientEr
 from biox.handlers.base import Effects, Handler, Result
 from biox.identity import check_identity
 from biox.inbound import Inbound, arrived, read_envelope
+from biox.messages import utcnow
 from biox.metrics import Metrics
 from biox.routes import Queue, RouteTable
 from biox.sealing import KeyRing
@@ -123,7 +124,7 @@ class ConsumeLoop:
         self._maintained_at = time.monotonic()
         try:
             with session_for(self.database_url) as session:
-                outgoing = self.handler.maintain(session)  # type: ignore[attr-defined]
+                outgoing = self.handler.maintain(session, utcnow())  # type: ignore[attr-defined]
                 session.commit()
             self.publisher.send(outgoing)
         except Exception as exc:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import structlog
 from sqlmodel import Session
@@ -62,9 +62,10 @@ class NoticeHandler:
 
     # --- the schedule: retention ---------------------------------------------------------------
 
-    def maintain(self, session: Session) -> list[codec.Outgoing]:
-        """Purges what is past its retention date; the audit trail gets the counts."""
-        counts = retention.purge(session, utcnow(), self.settings.marker_retention_days)
+    def maintain(self, session: Session, now: datetime) -> list[codec.Outgoing]:
+        """Purges what is past its retention date at ``now`` (the consume loop's clock, a
+        test's own); the audit trail gets the counts."""
+        counts = retention.purge(session, now, self.settings.marker_retention_days)
         if not counts:
             return []
         log.info("retention_purged", counts=counts)

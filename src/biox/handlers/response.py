@@ -4,6 +4,7 @@ encounter system that submitted the encounter."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 
 import structlog
 from sqlmodel import Session, col, select
@@ -34,10 +35,9 @@ class ResponseHandler:
         #: the consume loop calls ``maintain`` this often: answers past their deadline
         self.maintain_every_s = deadline_check_s
 
-    def maintain(self, session: Session, limit: int = 500) -> list[codec.Outgoing]:
-        """Queries with no answer by their ``answer_due`` show as ``timed_out``: the
-        encounter system is told once (a new revision); a later answer revises it again."""
-        now = utcnow()
+    def maintain(self, session: Session, now: datetime, limit: int = 500) -> list[codec.Outgoing]:
+        """Queries with no answer by their ``answer_due`` at ``now`` show as ``timed_out``:
+        the encounter system is told once (a new revision); a later answer revises it again."""
         late = session.exec(
             select(Transaction)
             .where(

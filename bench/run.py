@@ -306,7 +306,7 @@ def pipeline(size: int, n: int, settings: Settings, url: str) -> dict:
     sizes = {"mx": size, "us": 1}
     base = plans.plan(registry, sizes, 400, SEED, requesters=["us"])
     base = [p for p in base if p.expected_partners]
-    from biox import codec as codec_mod
+    from biox.wire import codec as codec_mod
 
     body_size = int(np.mean([len(codec_mod.encode_body(p.submit)) for p in base[:50]]))
     raw = raw_round_trip(url, body_size, 5000)

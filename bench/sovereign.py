@@ -28,11 +28,11 @@ from bench.run import (
 )
 from biox.dev.broker import LocalBroker
 from biox.dev.sovereign import SovereignBrokers
-from biox.identity import Role
 from biox.registry import Registry
 from biox.settings import Settings
 from biox.sim import plans
 from biox.sim.processes import start_sovereign_workers, unwind_on_sigterm, worker_env
+from biox.trust.identity import Role
 
 KINDS = {"us": ("intake", "response", "audit"), "mx": ("query", "audit")}
 

@@ -58,52 +58,52 @@ REVIEWED: dict[str, str] = {
 EQUIVALENT: dict[str, str] = {
     **dict.fromkeys(
         [
-            "biox.codec.x_decode_body__mutmut_8",
-            "biox.codec.x_decode_body__mutmut_12",
-            "biox.codec.x_decode_body__mutmut_14",
+            "biox.wire.codec.x_decode_body__mutmut_8",
+            "biox.wire.codec.x_decode_body__mutmut_12",
+            "biox.wire.codec.x_decode_body__mutmut_14",
         ],
         "msgpack >= 1.0 reads with raw=False and strict_map_key=True by default",
     ),
     **dict.fromkeys(
         [
-            "biox.codec.x_encode_body__mutmut_14",
+            "biox.wire.codec.x_encode_body__mutmut_14",
             "biox.broker.publisher.x_pack_outgoing__mutmut_5",
         ],
         "msgpack >= 1.0 packs with use_bin_type=True by default",
     ),
     **dict.fromkeys(
         [
-            "biox.codec.x_encode_body__mutmut_4",
-            "biox.codec.x_encode_body__mutmut_6",
-            "biox.codec.x_encode_body__mutmut_7",
-            "biox.enrolment.x_enrolment__mutmut_54",
-            "biox.enrolment.x_enrolment__mutmut_56",
-            "biox.enrolment.x_enrolment__mutmut_57",
+            "biox.wire.codec.x_encode_body__mutmut_4",
+            "biox.wire.codec.x_encode_body__mutmut_6",
+            "biox.wire.codec.x_encode_body__mutmut_7",
+            "biox.queries.enrolment.x_enrolment__mutmut_54",
+            "biox.queries.enrolment.x_enrolment__mutmut_56",
+            "biox.queries.enrolment.x_enrolment__mutmut_57",
         ],
         "pydantic dumps in python mode by default, and for any mode it does not know",
     ),
-    "biox.codec.x__outgoing__mutmut_17": "Envelope.attempt defaults to 0",
+    "biox.wire.codec.x__outgoing__mutmut_17": "Envelope.attempt defaults to 0",
     **dict.fromkeys(
         [
-            "biox.answers.xǁAnswersǁdeclined__mutmut_1",
-            "biox.answers.xǁAnswersǁfollow_up__mutmut_12",
-            "biox.answers.xǁAnswersǁfollow_up__mutmut_16",
+            "biox.queries.answers.xǁAnswersǁdeclined__mutmut_1",
+            "biox.queries.answers.xǁAnswersǁfollow_up__mutmut_12",
+            "biox.queries.answers.xǁAnswersǁfollow_up__mutmut_16",
         ],
         "a text for people (a decline's default detail, a retrieval's justification)",
     ),
     "biox.handlers.audit.xǁAuditHandlerǁ_entry__mutmut_67": (
         "an outgoing message's sender is this participant: the same provenance either way"
     ),
-    "biox.results.xǁEncounterViewsǁupdated__mutmut_42": "updated_at defaults to now",
+    "biox.queries.results.xǁEncounterViewsǁupdated__mutmut_42": "updated_at defaults to now",
     **dict.fromkeys(
         [
-            "biox.enrolment.x_enrolment__mutmut_31",
+            "biox.queries.enrolment.x_enrolment__mutmut_31",
             "biox.handlers.intake.xǁIntakeHandlerǁ_one__mutmut_91",
             "biox.handlers.review.xǁReviewHandlerǁ_open__mutmut_40",
         ],
         "a biographic record is text fields only: dumped the same in python and json modes",
     ),
-    "biox.enrolment.x_enrolment__mutmut_22": "Record.releasable defaults to True",
+    "biox.queries.enrolment.x_enrolment__mutmut_22": "Record.releasable defaults to True",
     "biox.broker.consumer.xǁConsumeLoopǁ_mark_published__mutmut_6": (
         "no two queues' markers share a key in one database: a message reaches one work "
         "queue, and the audit queue keys each hop of it apart"
@@ -112,8 +112,8 @@ EQUIVALENT: dict[str, str] = {
         [
             "biox.handlers.response.xǁResponseHandlerǁreceive__mutmut_7",
             "biox.handlers.response.xǁResponseHandlerǁreceive__mutmut_8",
-            "biox.results.xǁEncounterViewsǁ__init____mutmut_15",
-            "biox.results.xǁEncounterViewsǁ__init____mutmut_35",
+            "biox.queries.results.xǁEncounterViewsǁ__init____mutmut_15",
+            "biox.queries.results.xǁEncounterViewsǁ__init____mutmut_35",
         ],
         "a filter of a bulk read dropped: more rows are read, and the ones used are picked "
         "by their key as before (a participant's database holds only its own side of a "
@@ -123,8 +123,8 @@ EQUIVALENT: dict[str, str] = {
         "the case and transaction were loaded in the handler's session: its commit saves "
         "their changes whether the effects list them or not"
     ),
-    "biox.enrolment.x_enrolment__mutmut_21": "Record.derogatory defaults to an empty list",
-    "biox.examiners.x_overdue__mutmut_8": (
+    "biox.queries.enrolment.x_enrolment__mutmut_21": "Record.derogatory defaults to an empty list",
+    "biox.queries.examiners.x_overdue__mutmut_8": (
         "a case exactly as old as the limit, to the microsecond: a boundary no case reaches"
     ),
     **dict.fromkeys(
@@ -153,15 +153,15 @@ EQUIVALENT: dict[str, str] = {
     "biox.broker.failures.x_headers__mutmut_32": "bool(None) and bool(False) are both False",
     **dict.fromkeys(
         [
-            "biox.examiners.x_overdue__mutmut_1",
-            "biox.examiners.x_overdue__mutmut_5",
-            "biox.examiners.x_overdue__mutmut_7",
+            "biox.queries.examiners.x_overdue__mutmut_1",
+            "biox.queries.examiners.x_overdue__mutmut_5",
+            "biox.queries.examiners.x_overdue__mutmut_7",
         ],
         "age_s reads the clock itself when given no time (microseconds apart)",
     ),
     **dict.fromkeys(
         [
-            "biox.examiners.x_take_next__mutmut_20",
+            "biox.queries.examiners.x_take_next__mutmut_20",
             "biox.gallery.templates.x_vector__mutmut_29",
             "biox.handlers.matcher.xǁMatcherHandlerǁcatch_up__mutmut_21",
         ],
@@ -196,10 +196,10 @@ EQUIVALENT: dict[str, str] = {
     },
     **dict.fromkeys(
         [
-            "biox.audit.x_head__mutmut_3",
-            "biox.audit.x_head__mutmut_7",
-            "biox.audit.x_verify__mutmut_4",
-            "biox.audit.x_trail__mutmut_5",
+            "biox.trust.audit.x_head__mutmut_3",
+            "biox.trust.audit.x_head__mutmut_7",
+            "biox.trust.audit.x_verify__mutmut_4",
+            "biox.trust.audit.x_trail__mutmut_5",
         ],
         "SQLite, where the unit tests run, returns these rows in sequence order without "
         "ORDER BY; the clause is kept for PostgreSQL (BIOX_DATABASE_URL)",
@@ -208,9 +208,12 @@ EQUIVALENT: dict[str, str] = {
         "the wait for a link that is down only paces the publishes: without it one fails "
         "on the down link and tenacity tries again after its back-off; the same outcome"
     ),
-    "biox.inbound.x_header_text__mutmut_6": "UTF-8 and utf-8 name the same codec",
+    "biox.wire.inbound.x_header_text__mutmut_6": "UTF-8 and utf-8 name the same codec",
     **dict.fromkeys(
-        ["biox.inbound.x_read_envelope__mutmut_6", "biox.inbound.x_read_envelope__mutmut_8"],
+        [
+            "biox.wire.inbound.x_read_envelope__mutmut_6",
+            "biox.wire.inbound.x_read_envelope__mutmut_8",
+        ],
         "a missing attempt header read as None becomes 0 on the next line",
     ),
     **{name: _ZIPS for name in ("biox.broker.consumer.xǁConsumeLoopǁ_process__mutmut_49",)},
@@ -222,12 +225,12 @@ EQUIVALENT: dict[str, str] = {
         name: "a reported timing (search_ms, answered_at of a decline without search), "
         "not a decision"
         for name in (
-            "biox.answers.xǁAnswersǁ_response__mutmut_21",
-            "biox.answers.xǁAnswersǁ_response__mutmut_23",
-            "biox.answers.xǁAnswersǁ_response__mutmut_24",
-            "biox.answers.xǁAnswersǁdeclined__mutmut_14",
-            "biox.answers.xǁAnswersǁmatched__mutmut_1",
-            "biox.answers.xǁAnswersǁno_match__mutmut_1",
+            "biox.queries.answers.xǁAnswersǁ_response__mutmut_21",
+            "biox.queries.answers.xǁAnswersǁ_response__mutmut_23",
+            "biox.queries.answers.xǁAnswersǁ_response__mutmut_24",
+            "biox.queries.answers.xǁAnswersǁdeclined__mutmut_14",
+            "biox.queries.answers.xǁAnswersǁmatched__mutmut_1",
+            "biox.queries.answers.xǁAnswersǁno_match__mutmut_1",
             "biox.handlers.matcher.xǁMatcherHandlerǁsearch__mutmut_39",
             "biox.handlers.matcher.xǁMatcherHandlerǁsearch__mutmut_44",
             "biox.handlers.matcher.xǁMatcherHandlerǁ_answer__mutmut_63",
@@ -235,15 +238,15 @@ EQUIVALENT: dict[str, str] = {
     },
     # --- the run of 2026-11-23 (security and lifecycle modules), reviewed one by one ---
     **dict.fromkeys(
-        [f"biox.checkpoints.x__signed__mutmut_{n}" for n in (3, 5, 6)],
+        [f"biox.trust.checkpoints.x__signed__mutmut_{n}" for n in (3, 5, 6)],
         "every field signed is a str or an int: use_bin_type changes only how bytes pack",
     ),
     **dict.fromkeys(
-        [f"biox.sealing.x_new_key__mutmut_{n}" for n in (19, 22)],
+        [f"biox.trust.sealing.x_new_key__mutmut_{n}" for n in (19, 22)],
         "449 is 0o700, and the directory is chmod-ed to 0o700 right after either way",
     ),
     **dict.fromkeys(
-        [f"biox.retention.x_purge__mutmut_{n}" for n in (42, 43)],
+        [f"biox.agreement.retention.x_purge__mutmut_{n}" for n in (42, 43)],
         "records are removed by forget_records just before: deleting them again finds none",
     ),
     "biox.handlers.review.xǁReviewHandlerǁ_decide__mutmut_62": (
@@ -257,37 +260,43 @@ EQUIVALENT: dict[str, str] = {
         "the encounter is used only when no refusal stands; the assert only narrows types",
     ),
     **dict.fromkeys(
-        ["biox.participants.x_history__mutmut_2", "biox.audit.x_trail__mutmut_5"],
+        ["biox.agreement.participants.x_history__mutmut_2", "biox.trust.audit.x_trail__mutmut_5"],
         "SQLite returns these rows in key order without ORDER BY; kept for PostgreSQL",
     ),
     **dict.fromkeys(
         [
-            "biox.participants.xǁLiveǁ__init____mutmut_3",
-            "biox.participants.xǁLiveǁ__init____mutmut_4",
-            "biox.participants.xǁLiveǁ__init____mutmut_5",
+            "biox.agreement.participants.xǁLiveǁ__init____mutmut_3",
+            "biox.agreement.participants.xǁLiveǁ__init____mutmut_4",
+            "biox.agreement.participants.xǁLiveǁ__init____mutmut_5",
         ],
         "the first read rebuilds whatever these start as: _now is never None-tested alone",
     ),
-    "biox.participants.xǁLiveǁ__init____mutmut_9": 'float("-INF") is float("-inf")',
+    "biox.agreement.participants.xǁLiveǁ__init____mutmut_9": 'float("-INF") is float("-inf")',
     **dict.fromkeys(
-        ["biox.enrolment.x_enrolment__mutmut_21", "biox.enrolment.x_enrolment__mutmut_22"],
+        [
+            "biox.queries.enrolment.x_enrolment__mutmut_21",
+            "biox.queries.enrolment.x_enrolment__mutmut_22",
+        ],
         "the argument left out is the column's default (no derogatory data, releasable)",
     ),
     **dict.fromkeys(
-        [f"biox.enrolment.x_enrolment__mutmut_{n}" for n in (29, 31, 33, 34)],
+        [f"biox.queries.enrolment.x_enrolment__mutmut_{n}" for n in (29, 31, 33, 34)],
         "Biographic holds strings only: every pydantic dump mode gives the same map",
     ),
     **dict.fromkeys(
-        [f"biox.enrolment.x_enrolment__mutmut_{n}" for n in (55, 56, 57)],
+        [f"biox.queries.enrolment.x_enrolment__mutmut_{n}" for n in (55, 56, 57)],
         "pydantic dumps in python mode for any mode other than 'json'",
     ),
-    "biox.enrolment.x_enrolment__mutmut_54": "use_bin_type=True is msgpack's default since 1.0",
+    "biox.queries.enrolment.x_enrolment__mutmut_54": "use_bin_type=True is msgpack's default since 1.0",
     **dict.fromkeys(
-        ["biox.sealing.xǁTrustǁload__mutmut_43", "biox.sealing.xǁTrustǁload__mutmut_45"],
+        [
+            "biox.trust.sealing.xǁTrustǁload__mutmut_43",
+            "biox.trust.sealing.xǁTrustǁload__mutmut_45",
+        ],
         "bool() of a missing 'revoked' is False whatever the default: None or False",
     ),
-    "biox.sealing.x_signed_bytes__mutmut_9": "use_bin_type=True is msgpack's default since 1.0",
-    "biox.sealing.x__text__mutmut_6": "'UTF-8' and 'utf-8' name the same codec",
+    "biox.trust.sealing.x_signed_bytes__mutmut_9": "use_bin_type=True is msgpack's default since 1.0",
+    "biox.trust.sealing.x__text__mutmut_6": "'UTF-8' and 'utf-8' name the same codec",
     **dict.fromkeys(
         [
             "biox.handlers.notice.xǁNoticeHandlerǁ_receive__mutmut_124",
@@ -304,11 +313,14 @@ EQUIVALENT: dict[str, str] = {
     ),
     "biox.handlers.notice.x__row__mutmut_37": "About holds lists of strings: any dump mode",
     **dict.fromkeys(
-        [f"biox.examiners.x_overdue__mutmut_{n}" for n in (1, 5, 7)],
+        [f"biox.queries.examiners.x_overdue__mutmut_{n}" for n in (1, 5, 7)],
         "age_s takes now or, given None, the current time: the same instant to a millisecond",
     ),
     **dict.fromkeys(
-        ["biox.examiners.x_overdue__mutmut_8", "biox.examiners.x_take_next__mutmut_20"],
+        [
+            "biox.queries.examiners.x_overdue__mutmut_8",
+            "biox.queries.examiners.x_take_next__mutmut_20",
+        ],
         "> or >= against a clock: the instant of equality is never hit",
     ),
     "biox.handlers.retrieval.xǁRetrievalHandlerǁ_answer__mutmut_70": (
@@ -361,7 +373,10 @@ EQUIVALENT: dict[str, str] = {
     ),
     "biox.broker.failures.x_headers__mutmut_29": "bool(None) and bool(False) are both False",
     **dict.fromkeys(
-        ["biox.retention.x_purge__mutmut_32", "biox.retention.x_purge__mutmut_48"],
+        [
+            "biox.agreement.retention.x_purge__mutmut_32",
+            "biox.agreement.retention.x_purge__mutmut_48",
+        ],
         "< or <= against the clock: a row expiring at the very microsecond is never met",
     ),
     **dict.fromkeys(
@@ -401,18 +416,21 @@ EQUIVALENT: dict[str, str] = {
     "biox.handlers.response.xǁResponseHandlerǁmaintain__mutmut_10": (
         "only a requester's rows have an answer_due: the provider's are never late"
     ),
-    "biox.results.xǁEncounterViewsǁresult__mutmut_37": "updated_at defaults to utcnow()",
-    "biox.results.xǁEncounterViewsǁ_outcome__mutmut_48": (
+    "biox.queries.results.xǁEncounterViewsǁresult__mutmut_37": "updated_at defaults to utcnow()",
+    "biox.queries.results.xǁEncounterViewsǁ_outcome__mutmut_48": (
         "a query without an answer has no retrievals: a retrieval follows a match"
     ),
-    "biox.lifecycle.x__answers__mutmut_12": (
+    "biox.agreement.corrections.x__answers__mutmut_12": (
         "at a participant, a row whose provider is the partner is always its requester's"
     ),
-    "biox.lifecycle.x__retrieved__mutmut_12": (
+    "biox.agreement.corrections.x__retrieved__mutmut_12": (
         "only what a partner released carries a source (the asker's rows): the role is implied"
     ),
     **dict.fromkeys(
-        ["biox.lifecycle.x_correct_from__mutmut_58", "biox.lifecycle.x_correct_from__mutmut_60"],
+        [
+            "biox.agreement.corrections.x_correct_from__mutmut_58",
+            "biox.agreement.corrections.x_correct_from__mutmut_60",
+        ],
         "a stored answer is a Response dump: it always has its candidates list",
     ),
     **dict.fromkeys(
@@ -423,14 +441,17 @@ EQUIVALENT: dict[str, str] = {
         "every routing key has a dot, and only a hop's second word is in HOPS",
     ),
     **dict.fromkeys(
-        ["biox.sealing.x_new_key__mutmut_19", "biox.sealing.x_new_key__mutmut_22"],
+        ["biox.trust.sealing.x_new_key__mutmut_19", "biox.trust.sealing.x_new_key__mutmut_22"],
         "os.chmod(own, 0o700) follows the mkdir: the directory ends owner-only either way",
     ),
     **dict.fromkeys(
-        ["biox.sealing.x_memory_rings__mutmut_10", "biox.sealing.x_memory_rings__mutmut_16"],
+        [
+            "biox.trust.sealing.x_memory_rings__mutmut_10",
+            "biox.trust.sealing.x_memory_rings__mutmut_16",
+        ],
         "in-memory rings hold one key each: its creation time orders nothing",
     ),
-    "biox.participants.xǁLiveǁnow__mutmut_3": (
+    "biox.agreement.participants.xǁLiveǁnow__mutmut_3": (
         "< or <= at the refresh boundary: two monotonic readings are never exactly apart"
     ),
     "biox.handlers.response.xǁResponseHandlerǁmaintain__mutmut_1": (
@@ -441,7 +462,7 @@ EQUIVALENT: dict[str, str] = {
         "the backlog gauges' help text (None is printed as 'None'): no sample changes"
     ),
     **dict.fromkeys(
-        [f"biox.lifecycle.x__found__mutmut_{n}" for n in (4, 7, 8)],
+        [f"biox.agreement.corrections.x__found__mutmut_{n}" for n in (4, 7, 8)],
         "strict= on a zip of two triples: every caller passes three columns",
     ),
     **dict.fromkeys(
@@ -494,9 +515,9 @@ KILLED_SINCE: dict[str, str] = {
     "biox.broker.consumer.xǁConsumeLoopǁprocess__mutmut_15": (
         _LOOP + "test_an_optimistic_lock_conflict_reruns_the_batch_at_once (its log line)"
     ),
-    **{f"biox.codec.x_decode_body__mutmut_{n}": _DECODE for n in (33, 34, 35, 36, 37)},
+    **{f"biox.wire.codec.x_decode_body__mutmut_{n}": _DECODE for n in (33, 34, 35, 36, 37)},
     **{
-        f"biox.codec.x_decode_body__mutmut_{n}": (
+        f"biox.wire.codec.x_decode_body__mutmut_{n}": (
             "test_codec.py::test_a_problem_with_the_body_as_a_whole_is_placed_at_body"
         )
         for n in (60, 61)

@@ -17,8 +17,6 @@ from typing import Any
 
 from sqlmodel import Session
 
-from biox.checkpoints import AuditCheckpoint
-from biox.errors import PermanentError, Reason
 from biox.handlers.audit import AuditHandler
 from biox.handlers.base import HandlerClass, Result
 from biox.handlers.intake import IntakeHandler
@@ -27,9 +25,11 @@ from biox.handlers.notice import NoticeHandler
 from biox.handlers.response import ResponseHandler
 from biox.handlers.retrieval import RetrievalHandler
 from biox.handlers.review import ReviewHandler
-from biox.identity import ENCOUNTER_ROLES, OWN_ROLES, PARTNER_ROLES, Role
-from biox.inbound import Inbound
-from biox.messages import (
+from biox.trust.checkpoints import AuditCheckpoint
+from biox.trust.identity import ENCOUNTER_ROLES, OWN_ROLES, PARTNER_ROLES, Role
+from biox.wire.errors import PermanentError, Reason
+from biox.wire.inbound import Inbound
+from biox.wire.messages import (
     EncounterResult,
     EncounterSubmit,
     Message,
@@ -41,8 +41,8 @@ from biox.messages import (
     ReviewCase,
     ReviewDecision,
 )
-from biox.notice_messages import Notice, NoticeSend
-from biox.ops_messages import (
+from biox.wire.notices import Notice, NoticeSend
+from biox.wire.operations import (
     DeadLettersExported,
     DeadLettersImported,
     DeadLettersPurged,
@@ -194,7 +194,7 @@ class RouteTable:
         return r is not None and Sender.partner in r.senders and sender != recipient
 
     def decode(self, kind: str, schema: str | None, body: bytes) -> Message:
-        from biox.codec import decode_body
+        from biox.wire.codec import decode_body
 
         model = self.model(kind)
         if model is None:

@@ -9,15 +9,16 @@ from enum import StrEnum
 
 import structlog
 
-from biox import logs, participants
+from biox import logs
+from biox.agreement import participants
 from biox.broker.consumer import ConsumeLoop
 from biox.handlers.base import Context, Handler
 from biox.policy.release import Policies
 from biox.registry import Registry
 from biox.routes import ROUTES
-from biox.sealing import load_ring
 from biox.settings import Settings
 from biox.store import session_for
+from biox.trust.sealing import load_ring
 
 log = structlog.get_logger("biox.runtime")
 
@@ -67,9 +68,7 @@ def run_worker(role: str, participant: str, settings: Settings | None = None) ->
         known=lambda code: ctx.registry.get(code) is not None,
     )
     if settings.metrics_port:
-        observe = getattr(handler, "observe", None)
-        if observe is not None:  # the matcher's search time, the review backlog
-            observe(loop.metrics, settings.database_for(participant))
+        handler.observe(loop.metrics, settings.database_for(participant))
         try:
             loop.metrics.serve(settings.metrics_port)
             log.info("metrics_served", port=settings.metrics_port)

@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from biox.broker.connection import ClientTLS
+from biox.trust.tls import ClientTLS
 
 
 class Settings(BaseSettings):

@@ -27,11 +27,14 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlmodel import Field, Session, SQLModel, col, create_engine, select
 
-from biox.messages import utcnow
+# the agreement's tables are declared in its package (ledgers.py); loaded with this module so
+# that every engine this module makes creates them too
+from biox.agreement import ledgers  # noqa: F401
+from biox.wire.messages import utcnow
 
 
 class ParticipantRow(SQLModel, table=True):
-    """A participant's live state (``biox.participants``): seeded from the registry file,
+    """A participant's live state (``biox.agreement.participants``): seeded from the registry file,
     then changed only by notices (§12, §34, §36) and operators, each change kept in
     ``participant_events``."""
 
@@ -255,7 +258,7 @@ class AuditEntry(SQLModel, table=True):
 
 class CheckpointRow(SQLModel, table=True):
     """A partner's signed audit chain head, kept as evidence of what its chain was
-    (``biox.checkpoints``)."""
+    (``biox.trust.checkpoints``)."""
 
     __tablename__ = "audit_checkpoints"
     participant: str = Field(primary_key=True)
@@ -347,6 +350,3 @@ def processed(session: Session, consumer: str, ids: list[str]) -> dict[str, Proc
     )
     return {r.message_id: r for r in rows}
 
-
-# the lifecycle's tables live in ledgers.py; imported here so that every engine creates them
-from biox import ledgers as _ledgers  # noqa: E402, F401

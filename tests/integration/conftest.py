@@ -15,16 +15,16 @@ import msgpack
 import pika
 import pytest
 
-from biox import addresses, codec
 from biox.broker.deadletters import DeadLetterQueues, Filters
 from biox.broker.topology import declare
-from biox.codec import Envelope, Outgoing
 from biox.registry import Registry
 from biox.routes import ROUTES
-from biox.sealing import load_ring
 from biox.settings import Settings
 from biox.sim import encounters, galleries
 from biox.sim.processes import Workers, dev_env, start_workers, wait_for_consumers
+from biox.trust.sealing import load_ring
+from biox.wire import addresses, codec
+from biox.wire.codec import Envelope, Outgoing
 from tests.integration.ledger import opened
 
 SEED = 4242

@@ -11,23 +11,20 @@ import threading
 from collections.abc import Sequence
 
 from biox.broker.consumer import ConsumeLoop
-from biox.handlers.base import Effects
-from biox.inbound import Inbound
+from biox.handlers.base import Effects, Handler
 from biox.routes import Queue, RouteTable
-from biox.sealing import memory_rings
 from biox.settings import Settings
+from biox.trust.sealing import memory_rings
+from biox.wire.inbound import Inbound
 
 
-class CrashHandler:
+class CrashHandler(Handler):
     """Takes every message undecoded, like the audit queue's handler."""
 
     def handle(self, batch: Sequence[Inbound], session: object) -> list[Effects]:
         if any(inb.body == b"boom" for inb in batch):
             os._exit(13)  # no ack ever comes: only the broker's delivery limit can stop this
         return [Effects(outcome="ok") for _ in batch]
-
-    def reject(self, envelope: object, error: object) -> None:
-        return None
 
 
 if __name__ == "__main__":

@@ -20,13 +20,13 @@ import msgpack
 import pika
 from sqlmodel import select
 
-from biox import codec
-from biox.inbound import read_envelope
-from biox.messages import OutcomeStatus
 from biox.routes import ROUTES
-from biox.sealing import load_ring
 from biox.sim.encounters import EncounterSystem
 from biox.store import ProcessedMessage, Transaction, session_for
+from biox.trust.sealing import load_ring
+from biox.wire import codec
+from biox.wire.inbound import read_envelope
+from biox.wire.messages import OutcomeStatus
 
 
 @dataclass(frozen=True)

@@ -8,10 +8,10 @@ import msgpack
 import numpy as np
 import pytest
 
-from biox import addresses, codec
-from biox.messages import Query, References
 from biox.registry import Purpose
 from biox.sim import synth
+from biox.wire import addresses, codec
+from biox.wire.messages import Query, References
 from tests.integration.conftest import SEED, Exchange, Peer, send_from_unknown_participant, unpack
 
 pytestmark = pytest.mark.integration

@@ -7,14 +7,15 @@ import time
 
 import pytest
 
-from biox import addresses, audit
-from biox.audit import trail_across
 from biox.broker.connection import user_of
-from biox.messages import SubjectStatus
 from biox.registry import Purpose
 from biox.sim import encounters, synth
 from biox.sim.plans import Planned, plan, repeat
 from biox.store import session_for
+from biox.trust import audit
+from biox.trust.audit import trail_across
+from biox.wire import addresses
+from biox.wire.messages import SubjectStatus
 from tests.integration.conftest import SEED, Exchange
 from tests.integration.ledger import (
     Tap,

@@ -14,18 +14,19 @@ import numpy as np
 import pika
 import pytest
 
-from biox import addresses, examiners
 from biox.broker.deadletters import DeadLetterQueues, Filters
 from biox.broker.publisher import publish_once
 from biox.broker.topology import declare_work_queue
 from biox.dev.broker import LocalBroker
 from biox.gallery.gallery import Gallery
+from biox.queries import examiners
 from biox.registry import Purpose, Registry
 from biox.settings import Settings
 from biox.sim import encounters, galleries, plans, synth
 from biox.sim.examiners import biographic_examiner
 from biox.sim.processes import start_requester_with_providers
 from biox.store import session_for
+from biox.wire import addresses
 from tests.integration.conftest import SEED, Peer
 from tests.integration.ledger import Tap, check_each_query_answered_once, check_results_once
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from biox import addresses, codec
+from biox.wire import addresses, codec
 from tests.budget import examples
 from tests.integration.conftest import Exchange, Peer, unpack, wait_dead
 from tests.integration.test_bad_input import valid_query

@@ -19,13 +19,14 @@ from biox.gallery import templates
 from biox.gallery.gallery import Gallery, Probe
 from biox.gallery.transfer import SCHEMA
 from biox.handlers.matcher import MatcherHandler
-from biox.messages import Biometrics, Face
 from biox.policy.release import Policies
 from biox.registry import Registry
 from biox.settings import Settings
 from biox.sim import synth
 from biox.sim.galleries import enrolments
 from biox.store import Record, session_for
+from biox.wire import biometrics
+from biox.wire.messages import Biometrics, Face
 
 SIZE = 100_000
 SEED = 5150
@@ -41,7 +42,7 @@ def write_gallery(path: Path) -> list[int]:
             rows = [
                 {
                     "identity_ref": synth.identity_ref("mx", n),
-                    "face": {"algorithm": templates.FACE.name,
+                    "face": {"algorithm": biometrics.FACE.name,
                              "template": templates.vector_bytes(vec)},
                     "biographic": synth.person(SEED, n).biographic.model_dump(),
                 }

@@ -10,11 +10,11 @@ from datetime import timedelta
 import pytest
 from sqlmodel import select
 
+from biox.agreement.ledgers import NoticeRow
 from biox.cli import app
-from biox.enrolment import enrolled_record_id
-from biox.ledgers import NoticeRow
-from biox.messages import utcnow
+from biox.queries.enrolment import enrolled_record_id
 from biox.store import AuditEntry, ParticipantRow, Record, Transaction, session_for
+from biox.wire.messages import utcnow
 from tests.integration.conftest import Exchange
 from tests.integration.test_workflows import (
     outcome_of,

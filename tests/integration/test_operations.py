@@ -12,10 +12,10 @@ import pytest
 from sqlmodel import select
 from typer.testing import CliRunner
 
-from biox import addresses, codec
 from biox.cli import app
-from biox.messages import Response, ResponseStatus, Timings
 from biox.store import AuditEntry, EncounterRow, Transaction, session_for
+from biox.wire import addresses, codec
+from biox.wire.messages import Response, ResponseStatus, Timings
 from tests.integration.conftest import (
     Exchange,
     Peer,

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from biox import report
+from biox.agreement import report
+from biox.agreement.report_page import render
 from biox.dev import browser
-from biox.report_html import render
 from tests.unit.test_workflows import encounter, make_hub, person_known_to
 
 pytestmark = pytest.mark.browser

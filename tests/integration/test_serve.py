@@ -23,14 +23,14 @@ from pathlib import Path
 import pika
 import pytest
 
-from biox import addresses, codec
 from biox.dev.broker import LocalBroker
-from biox.messages import EncounterResult, SubjectStatus
 from biox.registry import Registry
 from biox.settings import Settings
 from biox.sim import galleries, plans
 from biox.sim.processes import Workers, dev_env, free_port_runs, serve, wait_for_consumers
 from biox.supervisor import read_status
+from biox.wire import addresses, codec
+from biox.wire.messages import EncounterResult, SubjectStatus
 
 SEED = 77
 SIZE = 1000

@@ -16,20 +16,21 @@ from pika.exceptions import ChannelClosedByBroker
 from sqlmodel import col, select
 from typer.testing import CliRunner
 
-from biox import checkpoints
-from biox.broker.connection import ClientTLS, parameters
+from biox.broker.connection import parameters
 from biox.broker.publisher import properties_for
 from biox.cli import app
-from biox.codec import Envelope, Outgoing
 from biox.dev.sovereign import SovereignBrokers
-from biox.identity import Role
 from biox.registry import Registry
-from biox.sealing import Trust, load_ring, trust_path
 from biox.settings import Settings
 from biox.sim import encounters, galleries
 from biox.sim.plans import plan
 from biox.sim.processes import Workers, start_sovereign_workers, worker_env
 from biox.store import AuditEntry, ProcessedMessage, session_for
+from biox.trust import checkpoints
+from biox.trust.identity import Role
+from biox.trust.sealing import Trust, load_ring, trust_path
+from biox.trust.tls import ClientTLS
+from biox.wire.codec import Envelope, Outgoing
 from tests.integration.ledger import check_results_once
 
 pytestmark = [pytest.mark.integration, pytest.mark.sovereign]

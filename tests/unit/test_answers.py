@@ -7,14 +7,13 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
-from biox import codec
-from biox.answers import Answers, Asked
-from biox.errors import Reason
-from biox.gallery.gallery import Hit
-from biox.messages import DecidedBy, ResponseStatus, RetrievalAsk
 from biox.policy.release import Policies
+from biox.queries.answers import Answers, Asked, Found
 from biox.registry import Purpose
 from biox.store import Record
+from biox.wire import codec
+from biox.wire.errors import Reason
+from biox.wire.messages import DecidedBy, ResponseStatus, RetrievalAsk
 
 POLICIES = Policies.load(Path("deploy/policy.toml"))
 AT = datetime(2026, 11, 20, tzinfo=UTC)
@@ -39,7 +38,7 @@ def test_a_match_with_no_release_rule_is_declined_for_that_reason_by_the_decider
     """mx releases only to us: a match for sv, decided by an examiner, is a decline that
     names the missing rule and the examiner, not a crash and not a release."""
     answers = Answers("mx", POLICIES.of("mx"))
-    found = [(Hit(7, 0.9, {"finger": 0.9}), record(source="mx"))]
+    found = [Found(record(source="mx"), 0.9, {"finger": 0.9})]
     response = answers.matched(asked("sv"), found, decided_by=DecidedBy.examiner)
     assert response.status is ResponseStatus.declined
     assert response.reason_code is Reason.release_not_agreed
@@ -53,7 +52,7 @@ def test_the_retrieval_rule_fires_only_after_a_match():
     a decline about the same record asks nothing."""
     answers = Answers("us", POLICIES.of("us"))
     best = record(derogatory=["removal order"])
-    found = [(Hit(7, 0.9, {"finger": 0.9}), best)]
+    found = [Found(best, 0.9, {"finger": 0.9})]
     match = answers.matched(asked("mx"), found, decided_by=DecidedBy.automatic)
     assert match.status is ResponseStatus.match
 
@@ -77,7 +76,7 @@ def test_a_match_on_a_record_of_a_national_of_either_party_is_declined():
     for nationality, declined in (("mx", True), ("us", True), ("gt", False), (None, False)):
         rec = record(source="mx")
         rec.biographic = {"family_name": "ROE", "claimed_nationality": nationality}
-        response = answers.matched(asked("us"), [(Hit(7, 0.9, {"finger": 0.9}), rec)],
+        response = answers.matched(asked("us"), [Found(rec, 0.9, {"finger": 0.9})],
                                    decided_by=DecidedBy.automatic)  # fmt: skip
         assert (response.status is ResponseStatus.declined) is declined, nationality
         if declined:
@@ -97,7 +96,7 @@ def test_an_examiners_match_on_a_national_is_declined_in_the_examiners_name():
     answers = Answers("us", POLICIES.of("us"))
     national = record()
     national.biographic = {"family_name": "ROE", "claimed_nationality": "mx"}
-    found = [(Hit(7, 0.9, {"finger": 0.9}), national)]
+    found = [Found(national, 0.9, {"finger": 0.9})]
     decline = answers.matched(asked("mx"), found, decided_by=DecidedBy.examiner)
     assert (decline.status, decline.reason_code) == (ResponseStatus.declined,
                                                      Reason.excluded_citizen)  # fmt: skip

@@ -11,8 +11,9 @@ from pathlib import Path
 import yaml
 from jsonschema import Draft202012Validator
 
-from biox import addresses, asyncapi
 from biox.routes import ROUTES
+from biox.schemas import asyncapi
+from biox.wire import addresses
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
 

@@ -5,8 +5,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlmodel import select
 
-from biox import audit
 from biox.store import AuditEntry, session_for
+from biox.trust import audit
 
 
 def entries(n: int) -> list[AuditEntry]:

@@ -9,13 +9,13 @@ from datetime import UTC, datetime
 
 import pytest
 
-from biox import audit
-from biox.codec import Envelope
-from biox.errors import PermanentError, Reason
 from biox.handlers.audit import AuditHandler
 from biox.handlers.base import Effects
-from biox.inbound import Inbound
 from biox.store import AuditEntry, session_for
+from biox.trust import audit
+from biox.wire.codec import Envelope
+from biox.wire.errors import PermanentError, Reason
+from biox.wire.inbound import Inbound
 
 NOW = datetime(2026, 11, 20, tzinfo=UTC)
 

@@ -7,13 +7,14 @@ from datetime import UTC, datetime, timedelta, timezone
 
 from sqlmodel import select
 
-from biox import audit, checkpoints, codec
-from biox.checkpoints import AuditCheckpoint, Held
 from biox.handlers.audit import AuditHandler
 from biox.handlers.notice import NoticeHandler
-from biox.inbound import Inbound
-from biox.sealing import memory_rings
 from biox.store import AuditEntry, CheckpointRow, session_for
+from biox.trust import audit, checkpoints
+from biox.trust.checkpoints import AuditCheckpoint, Held
+from biox.trust.sealing import memory_rings
+from biox.wire import codec
+from biox.wire.inbound import Inbound
 
 RINGS = memory_rings(["us", "mx", "sv"])
 AT = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
@@ -106,33 +107,43 @@ def inbound(i: int) -> Inbound[None]:
     return Inbound(env, None, b"body", "biox.us", "us.query")
 
 
-def test_the_audit_worker_sends_its_signed_head_to_every_partner_when_due(tmp_path):
+def test_the_audit_worker_sends_its_signed_head_to_every_partner_on_its_schedule(tmp_path):
     url = f"sqlite:///{tmp_path / 'us.db'}"
     h = AuditHandler("us", ["mx", "sv"], 60, lambda: RINGS["us"])
+    assert h.maintain_every_s == 60  # the consume loop's interval
     with session_for(url) as s:
-        first = h.record([inbound(1), inbound(2)], s)
-        assert [o for e in first for o in e.outgoing] == []  # not yet due
-        for e in first:
-            s.add_all(e.rows)
-        s.commit()
-        h._last_checkpoint -= 61  # a minute later
-        second = h.record([inbound(3), inbound(4), inbound(5)], s)
-    assert second[0].outgoing == second[1].outgoing == []  # only the batch's last carries it
-    sent = second[-1].outgoing
+        assert h.maintain(s, AT) == []  # an empty chain: no head to vouch for
+        for batch in ([inbound(1), inbound(2)], [inbound(3), inbound(4), inbound(5)]):
+            results = h.record(batch, s)
+            assert all(e.outgoing == [] for e in results)  # traffic sends no checkpoint
+            for e in results:
+                s.add_all(e.rows)
+            s.commit()
+        last = s.exec(select(AuditEntry).where(AuditEntry.seq == 5)).one()
+        sent = h.maintain(s, AT)
     assert [(o.envelope.recipient, o.routing_key) for o in sent] == [
         ("mx", "mx.audit.checkpoint"),
         ("sv", "sv.audit.checkpoint"),
     ]
     cp = codec.decode_body(AuditCheckpoint, sent[0].envelope.schema, sent[0].body)
-    last = second[-1].rows[0]
-    assert (cp.participant, cp.seq, cp.entry_hash) == ("us", 5, last.entry_hash)
+    assert (cp.participant, cp.seq, cp.entry_hash, cp.at) == ("us", 5, last.entry_hash, AT)
     assert checkpoints.genuine(RINGS["mx"].trust, cp)
     assert sent[0].envelope.message_id == codec.derived_id("checkpoint:us:5", "mx")
     assert {(o.envelope.sender, o.envelope.correlation_id) for o in sent} == {
         ("us", "checkpoint:us:5")
     }
-    with session_for(url) as s:  # and nothing again until the next interval
-        assert all(e.outgoing == [] for e in h.record([inbound(6)], s))
+    with session_for(url) as s:  # nothing again until the chain grows
+        assert h.maintain(s, AT) == []
+        for e in h.record([inbound(6)], s):
+            s.add_all(e.rows)
+        s.commit()
+        again = h.maintain(s, AT)
+    assert [o.envelope.correlation_id for o in again] == ["checkpoint:us:6"] * 2
+
+
+def test_an_audit_worker_without_partners_or_keys_has_no_schedule():
+    assert AuditHandler("us", [], 60, lambda: RINGS["us"]).maintain_every_s == 0
+    assert AuditHandler("us", ["mx"], 60, None).maintain_every_s == 0
 
 
 def test_the_audit_worker_checkpoints_for_the_registrys_partners_with_its_own_keys(tmp_path):
@@ -141,15 +152,15 @@ def test_the_audit_worker_checkpoints_for_the_registrys_partners_with_its_own_ke
     from biox.handlers.base import Context
     from biox.policy.release import Policies
     from biox.registry import Registry
-    from biox.sealing import ensure_keys, load_ring
     from biox.settings import Settings
+    from biox.trust.sealing import ensure_keys, load_ring
 
     settings = Settings(data_dir=tmp_path, keys_dir=tmp_path / "keys", audit_checkpoint_s=42)
     ensure_keys(settings.keys(), ["us", "mx", "sv"])
     registry = Registry.load(Path("deploy/participants.toml"))
     policy = Policies.load(Path("deploy/policy.toml")).of("us")
     h = AuditHandler.build(Context("us", registry, policy, settings))
-    assert (h.me, h.partners, h.every) == ("us", ["mx", "sv"], 42)
+    assert (h.me, h.partners, h.maintain_every_s) == ("us", ["mx", "sv"], 42)
     assert h._ring is not None
     ring = h._ring()
     assert (ring.me, ring.kid) == ("us", load_ring(settings.keys(), "us").kid)

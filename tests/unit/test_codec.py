@@ -9,12 +9,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from biox import codec
-from biox.errors import PermanentError, Reason
-from biox.messages import EncounterSubmit, Query, References, SubjectStatus
 from biox.registry import Purpose
 from biox.routes import ROUTES
 from biox.sim import synth
+from biox.wire import codec
+from biox.wire.errors import PermanentError, Reason
+from biox.wire.messages import EncounterSubmit, Query, References, SubjectStatus
 from tests.budget import examples
 
 
@@ -185,7 +185,7 @@ def test_an_invalid_body_lists_up_to_five_problems_with_where_they_are():
 
 def test_a_problem_with_the_body_as_a_whole_is_placed_at_body():
     """A rule across fields (a deletion notice must name its data) has no field to name."""
-    from biox.notice_messages import About, Notice, NoticeType
+    from biox.wire.notices import About, Notice, NoticeType
 
     at = datetime(2026, 1, 1, tzinfo=UTC)
     good = Notice(type=NoticeType.deletion, notice_id="n-1", sender="mx", recipient="us",

@@ -27,20 +27,20 @@ from sqlalchemy.orm.exc import StaleDataError
 from sqlmodel import Session, select
 from structlog.testing import capture_logs
 
-from biox import addresses, codec
+from biox.agreement.ledgers import RefusalRow
 from biox.broker.consumer import ConsumeLoop
 from biox.broker.link import ConnectionLost, Delivery, Nacked, Unroutable
 from biox.broker.publisher import properties_for, unpack_outgoing
-from biox.codec import Envelope, Outgoing
-from biox.errors import BioxError, PermanentError, Reason, TransientError
-from biox.handlers.base import Effects, Result
-from biox.inbound import Inbound, read_envelope
-from biox.ledgers import RefusalRow
-from biox.messages import Element, RetrievalAsk
+from biox.handlers.base import Effects, Handler, Result
 from biox.routes import Queue, RouteTable, Sender, route
-from biox.sealing import memory_rings
 from biox.settings import Settings
 from biox.store import ParticipantRow, ProcessedMessage, session_for
+from biox.trust.sealing import memory_rings
+from biox.wire import addresses, codec
+from biox.wire.codec import Envelope, Outgoing
+from biox.wire.errors import BioxError, PermanentError, Reason, TransientError
+from biox.wire.inbound import Inbound, read_envelope
+from biox.wire.messages import Element, RetrievalAsk
 
 QUEUE = "us.retrieval"
 RINGS = memory_rings(["us", "mx", "sv"])
@@ -159,7 +159,7 @@ class FakeLink:
         return [p for p in self.confirmed if p.routing_key == routing_key]
 
 
-class ScriptedHandler:
+class ScriptedHandler(Handler):
     """A handler whose answer to each ``retrieval.ask`` is named by its ``asked_by``:
 
     ok | permanent | transient | boom (the whole batch raises) | stale (the commit lost an
@@ -649,7 +649,7 @@ def test_a_failure_that_cannot_be_parked_is_requeued_not_acked(tmp_path):
     assert r.link.nacks() == [(d.delivery_tag, True)] and r.link.acks() == []
 
 
-class UndecodedHandler:
+class UndecodedHandler(Handler):
     """Takes every kind undecoded, like the audit consumer: each hop is its own event.
     ``fail``: the error it returns for every message instead (none: it records them)."""
 
@@ -962,7 +962,7 @@ def test_a_handler_without_a_schedule_is_never_maintained(tmp_path):
         r.loop._maintained_at -= 3600
         r.loop.maintain()
         assert handler.runs == 0 and r.link.confirmed == []
-    plain = rig(tmp_path / "plain")  # ScriptedHandler has no maintain at all
+    plain = rig(tmp_path / "plain")  # ScriptedHandler keeps the protocol's default: no schedule
     plain.loop._maintained_at -= 3600
     with capture_logs() as logs:
         plain.loop.maintain()

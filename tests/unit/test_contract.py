@@ -13,13 +13,13 @@ import pytest
 from sqlmodel import select
 from structlog.testing import capture_logs
 
-from biox import codec
-from biox.errors import PermanentError, Reason
 from biox.handlers.intake import IntakeHandler
 from biox.handlers.response import ResponseHandler
-from biox.inbound import Inbound
-from biox.messages import EncounterResult, EncounterSubmit, Face, Iris, SubjectStatus, utcnow
 from biox.store import EncounterRow, Transaction, session_for
+from biox.wire import codec
+from biox.wire.errors import PermanentError, Reason
+from biox.wire.inbound import Inbound
+from biox.wire.messages import EncounterResult, EncounterSubmit, Face, Iris, SubjectStatus, utcnow
 from tests.unit.test_outputs import (
     AT,
     POLICIES,
@@ -306,8 +306,8 @@ def test_late_queries_are_told_in_order_a_batch_at_a_time_past_a_missing_encount
 
 
 def test_every_outcome_says_why_in_words_and_an_encounter_with_no_query_is_complete(tmp_path):
-    from biox.errors import REASON_TEXT
-    from biox.results import EncounterViews
+    from biox.queries.results import EncounterViews
+    from biox.wire.errors import REASON_TEXT
 
     db = f"sqlite:///{tmp_path / 'us.db'}"
     with session_for(db) as s:
@@ -345,9 +345,9 @@ def test_every_outcome_says_why_in_words_and_an_encounter_with_no_query_is_compl
 def test_intake_takes_its_deadline_from_settings_and_minimises_per_partner(tmp_path):
     """us's policy sends sv no document number (§19(i)); mx, with no rule, gets it all."""
     from biox.handlers.base import Context
-    from biox.messages import Biographic, Query
     from biox.routes import ROUTES
     from biox.settings import Settings
+    from biox.wire.messages import Biographic, Query
 
     ctx = Context("us", REGISTRY, POLICIES.of("us"), Settings(answer_deadline_s=90))
     assert IntakeHandler.build(ctx).deadline == timedelta(seconds=90)
@@ -364,9 +364,9 @@ def test_intake_takes_its_deadline_from_settings_and_minimises_per_partner(tmp_p
 
 def test_intake_minimises_by_the_submissions_purpose(tmp_path):
     """A send rule scoped to one purpose strips only the queries made for it."""
-    from biox.messages import Biographic
     from biox.policy.release import ParticipantPolicy, SendRule
     from biox.routes import ROUTES
+    from biox.wire.messages import Biographic
 
     policy = ParticipantPolicy(
         send=[SendRule(to=["sv"], purposes=["investigate"], biographic=["family_name"])]

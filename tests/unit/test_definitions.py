@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import re
 
-from biox import addresses
 from biox.broker.definitions import definitions, shovel_uri
 from biox.broker.topology import bindings, retry_queue_arguments, work_queue_arguments
 from biox.routes import ROUTES
+from biox.wire import addresses
 
 CODES = ["mx", "sv", "us"]
 URIS = {"mx": "amqps://mx:5671/%2F", "sv": "amqps://sv:5671/%2F"}

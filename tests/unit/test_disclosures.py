@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from biox import disclosures, qa
-from biox.ledgers import DisclosureRow, NoticeRow
-from biox.messages import utcnow
+from biox.agreement import disclosures, quality
+from biox.agreement.ledgers import DisclosureRow, NoticeRow
 from biox.store import Record, session_for
+from biox.wire.messages import utcnow
 
 
 @pytest.fixture
@@ -63,5 +63,5 @@ def test_qa_names_a_logged_disclosure_of_partner_data_without_consent(db):
         s.add(DisclosureRow(recipient="a bank", identity_ref="MX-2", source="mx",
                             basis="consent", by="someone"))  # fmt: skip
         s.commit()
-        found = qa.run(s, "us", utcnow(), review_overdue_s=86_400)
+        found = quality.run(s, "us", utcnow(), review_overdue_s=86_400)
     assert [f.check for f in found] == ["onward_disclosure"]

@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from biox.errors import Reason
-from biox.messages import Encounter, SubjectStatus
 from biox.policy.eligibility import provider_refusal, refusal
 from biox.registry import Purpose, Registry, Status
+from biox.wire.errors import Reason
+from biox.wire.messages import Encounter, SubjectStatus
 
 REGISTRY = Registry.load(Path("deploy/participants.toml"))
 HERE = {

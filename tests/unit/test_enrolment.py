@@ -7,9 +7,9 @@ from datetime import UTC, datetime, timedelta
 
 import msgpack
 
-from biox.enrolment import enrolled_record_id, enrolment
-from biox.messages import Biographic, Biometrics, Encounter
+from biox.queries.enrolment import enrolled_record_id, enrolment
 from biox.sim import synth
+from biox.wire.messages import Biographic, Biometrics, Encounter
 
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 

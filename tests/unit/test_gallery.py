@@ -3,12 +3,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from biox.errors import PermanentError, Reason
 from biox.gallery.gallery import Gallery, Probe
 from biox.gallery.index import IrisIndex, VectorIndex
-from biox.gallery.templates import FACE, FINGER, IRIS, rotate_iris, vector
-from biox.messages import Biometrics, Face, Fingerprint, Iris
+from biox.gallery.templates import rotate_iris, vector
 from biox.sim import galleries, synth
+from biox.wire.biometrics import FACE, FINGER, IRIS
+from biox.wire.errors import PermanentError, Reason
+from biox.wire.messages import Biometrics, Face, Fingerprint, Iris
 
 SEED = 11
 SIZE = 2000
@@ -238,7 +239,7 @@ def test_a_tiny_but_nonzero_vector_is_still_a_vector():
 
 
 def test_rotating_an_iris_shifts_each_radial_band_on_its_own():
-    from biox.gallery.templates import IRIS_COLS, IRIS_ROWS
+    from biox.wire.biometrics import IRIS_COLS, IRIS_ROWS
 
     bits = np.zeros((IRIS_ROWS, IRIS_COLS), np.uint8)
     bits[0, IRIS_COLS - 1] = 1  # last sample of the first band

@@ -16,9 +16,9 @@ from sqlmodel import func, select
 from biox.gallery import templates
 from biox.gallery.gallery import Gallery, Probe
 from biox.gallery.transfer import SCHEMA, export_file, import_file, parse
-from biox.messages import Biometrics, Face
 from biox.sim import synth
 from biox.store import EnrolledTemplates, Record, session_for
+from biox.wire.messages import Biometrics, Face
 
 SEED = 31
 SEEN = {"encountered_at": datetime(2025, 3, 1, tzinfo=UTC), "country": "mx", "type": "border",

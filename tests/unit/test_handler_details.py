@@ -14,28 +14,16 @@ import pytest
 from sqlalchemy import event, update
 from structlog.testing import capture_logs
 
-from biox import codec, examiners
-from biox.codec import Envelope
-from biox.errors import REASON_TEXT, PermanentError, Reason
 from biox.gallery.gallery import Gallery
 from biox.handlers.base import Context, Effects
 from biox.handlers.matcher import MatcherHandler
 from biox.handlers.response import ResponseHandler
 from biox.handlers.retrieval import RetrievalHandler
 from biox.handlers.review import ReviewHandler
-from biox.inbound import Inbound
-from biox.messages import (
-    Element,
-    Response,
-    RetrievalRequest,
-    RetrievalResponse,
-    ReviewDecision,
-    ReviewVerdict,
-)
 from biox.policy.release import Policies
+from biox.queries import examiners
 from biox.registry import Registry
 from biox.routes import ROUTES
-from biox.sealing import Trust
 from biox.settings import Settings
 from biox.sim import synth
 from biox.store import (
@@ -45,6 +33,19 @@ from biox.store import (
     Transaction,
     engine_for,
     session_for,
+)
+from biox.trust.sealing import Trust
+from biox.wire import codec
+from biox.wire.codec import Envelope
+from biox.wire.errors import REASON_TEXT, PermanentError, Reason
+from biox.wire.inbound import Inbound
+from biox.wire.messages import (
+    Element,
+    Response,
+    RetrievalRequest,
+    RetrievalResponse,
+    ReviewDecision,
+    ReviewVerdict,
 )
 from tests.unit.test_review import case_row
 

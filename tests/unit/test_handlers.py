@@ -9,16 +9,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from biox import codec
-from biox.codec import Envelope
-from biox.errors import PermanentError, Reason, TransientError
 from biox.gallery.gallery import Gallery
 from biox.handlers.base import Effects
 from biox.handlers.intake import IntakeHandler
 from biox.handlers.matcher import MatcherHandler
 from biox.handlers.response import ResponseHandler
-from biox.inbound import Inbound
-from biox.messages import (
+from biox.policy.release import Policies
+from biox.registry import Purpose, Registry
+from biox.routes import ROUTES
+from biox.settings import Settings
+from biox.sim import galleries, synth
+from biox.store import EncounterRow, Transaction, session_for
+from biox.wire import codec
+from biox.wire.codec import Envelope
+from biox.wire.errors import PermanentError, Reason, TransientError
+from biox.wire.inbound import Inbound
+from biox.wire.messages import (
     EncounterResult,
     EncounterSubmit,
     Query,
@@ -26,12 +32,6 @@ from biox.messages import (
     ResponseStatus,
     SubjectStatus,
 )
-from biox.policy.release import Policies
-from biox.registry import Purpose, Registry
-from biox.routes import ROUTES
-from biox.settings import Settings
-from biox.sim import galleries, synth
-from biox.store import EncounterRow, Transaction, session_for
 
 REGISTRY = Registry.load(Path("deploy/participants.toml"))
 POLICIES = Policies.load(Path("deploy/policy.toml"))

@@ -6,11 +6,11 @@ from dataclasses import replace
 
 import pytest
 
-from biox.codec import Envelope
-from biox.errors import PermanentError, Reason
-from biox.identity import Role, broker_user, check_identity, parse_user
-from biox.inbound import arrived
 from biox.routes import ROUTES
+from biox.trust.identity import Role, broker_user, check_identity, parse_user
+from biox.wire.codec import Envelope
+from biox.wire.errors import PermanentError, Reason
+from biox.wire.inbound import arrived
 
 
 def env(kind: str, sender: str, user: str | None, recipient: str = "us") -> Envelope:

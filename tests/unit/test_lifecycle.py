@@ -9,9 +9,8 @@ from datetime import UTC, datetime
 import pytest
 from sqlmodel import select
 
-from biox import lifecycle
-from biox.ledgers import Tombstone
-from biox.notice_messages import About
+from biox.agreement import corrections
+from biox.agreement.ledgers import Tombstone
 from biox.store import (
     EnrolledTemplates,
     Record,
@@ -20,6 +19,7 @@ from biox.store import (
     Transaction,
     session_for,
 )
+from biox.wire.notices import About
 
 BIO = {"family_name": "Cruz", "given_names": "Ana", "document_number": "G1"}
 AT = datetime(2026, 11, 20, tzinfo=UTC)
@@ -73,7 +73,7 @@ def db(tmp_path) -> str:
 )
 def test_a_deletion_reaches_every_copy_the_sender_gave_and_nothing_else(db, about):
     with session_for(db) as s:
-        done = lifecycle.delete_from(s, "mx", about, "notice:n-1")
+        done = corrections.delete_from(s, "mx", about, "notice:n-1")
         s.commit()
         assert done.counts == {"records": 1, "answers": 1, "retrievals": 1, "review_cases": 1}
         assert done.encounters == {"E-1"}
@@ -93,17 +93,17 @@ def test_a_deletion_reaches_every_copy_the_sender_gave_and_nothing_else(db, abou
 
 def test_a_deletion_by_record_reference_reaches_that_record_only(db):
     with session_for(db) as s:
-        done = lifecycle.delete_from(s, "mx", About(identity_refs=["ENR-1"]), "notice:n")
+        done = corrections.delete_from(s, "mx", About(identity_refs=["ENR-1"]), "notice:n")
         assert done.counts == {"records": 1}
-        assert lifecycle.delete_from(s, "mx", About(identity_refs=["ENR-2"]), "n").counts == {}
+        assert corrections.delete_from(s, "mx", About(identity_refs=["ENR-2"]), "n").counts == {}
 
 
 def test_a_notice_about_nothing_the_sender_gave_changes_nothing(db):
     with session_for(db) as s:
         for about in (About(), About(query_ids=["q-2", "a-2"]), About(message_ids=["zz"])):
-            assert lifecycle.delete_from(s, "mx", about, "n").counts == {}
-            assert lifecycle.block_from(s, "mx", about, True).counts == {}
-            assert lifecycle.correct_from(s, "mx", about, {"family_name": "X"}).counts == {}
+            assert corrections.delete_from(s, "mx", about, "n").counts == {}
+            assert corrections.block_from(s, "mx", about, True).counts == {}
+            assert corrections.correct_from(s, "mx", about, {"family_name": "X"}).counts == {}
         s.commit()
         assert len(s.exec(select(Record)).all()) == 2
 
@@ -111,7 +111,7 @@ def test_a_notice_about_nothing_the_sender_gave_changes_nothing(db):
 def test_a_block_marks_each_copy_once_and_an_unblock_lifts_it(db):
     about = About(query_ids=["q-1", "a-1"])
     with session_for(db) as s:
-        done = lifecycle.block_from(s, "mx", about, True)
+        done = corrections.block_from(s, "mx", about, True)
         s.commit()
         assert done.counts == {"records": 1, "answers": 1, "retrievals": 1}
         assert done.encounters == {"E-1"}
@@ -119,20 +119,20 @@ def test_a_block_marks_each_copy_once_and_an_unblock_lifts_it(db):
         assert s.get(Transaction, ("a-1", "requester")).blocked_at is not None
         assert s.get(RetrievalRow, ("rt-1", "asker")).blocked_at is not None
         assert s.get(Record, 2).blocked_at is None
-        assert lifecycle.block_from(s, "mx", about, True).counts == {}  # already blocked
-        lifted = lifecycle.block_from(s, "mx", about, False)
+        assert corrections.block_from(s, "mx", about, True).counts == {}  # already blocked
+        lifted = corrections.block_from(s, "mx", about, False)
         s.commit()
         assert lifted.counts == {"records": 1, "answers": 1, "retrievals": 1}
         assert s.get(Record, 1).blocked_at is None
         assert s.get(Transaction, ("a-1", "requester")).blocked_at is None
-        assert lifecycle.block_from(s, "mx", about, False).counts == {}
+        assert corrections.block_from(s, "mx", about, False).counts == {}
 
 
 def test_a_correction_replaces_and_removes_fields_in_every_copy(db):
     fix = {"family_name": "CRUZ", "document_number": None}
     want = {"family_name": "CRUZ", "given_names": "Ana"}
     with session_for(db) as s:
-        done = lifecycle.correct_from(s, "mx", About(query_ids=["q-1", "a-1"]), fix)
+        done = corrections.correct_from(s, "mx", About(query_ids=["q-1", "a-1"]), fix)
         s.commit()
         assert done.counts == {"records": 1, "answers": 1, "retrievals": 1, "review_cases": 1}
         assert done.encounters == {"E-1"}
@@ -158,13 +158,13 @@ def test_a_correction_skips_an_answer_or_retrieval_that_holds_no_data(db):
         rt.data = None
         s.add(rt)
         s.commit()
-        done = lifecycle.correct_from(s, "mx", About(query_ids=["a-3", "q-1"]), {"sex": "F"})
+        done = corrections.correct_from(s, "mx", About(query_ids=["a-3", "q-1"]), {"sex": "F"})
         assert done.counts == {"records": 1, "review_cases": 1}
         assert s.get(Transaction, ("a-3", "requester")).corrected_at is None
 
 
 def test_done_counts_only_what_happened():
-    done = lifecycle.Done()
+    done = corrections.Done()
     done.add("records", 0)
     done.add("records", 2)
     done.add("records", 1)
@@ -181,12 +181,12 @@ def test_one_copy_already_in_the_wanted_state_does_not_stop_the_others(db):
                           requesting="us", providing="mx", purpose="enforce",
                           status="withdrawn", source="mx", answer=None))  # fmt: skip
         s.commit()
-        lifecycle.block_from(s, "mx", About(query_ids=["q-1"]), True)
+        corrections.block_from(s, "mx", About(query_ids=["q-1"]), True)
         s.commit()
-        done = lifecycle.block_from(s, "mx", About(query_ids=["q-1", "q-3"]), True)
+        done = corrections.block_from(s, "mx", About(query_ids=["q-1", "q-3"]), True)
         assert done.counts == {"records": 1}
         assert s.get(Record, 3).blocked_at is not None
-        fixed = lifecycle.correct_from(s, "mx", About(query_ids=["a-0", "a-1"]), {"sex": "F"})
+        fixed = corrections.correct_from(s, "mx", About(query_ids=["a-0", "a-1"]), {"sex": "F"})
         assert fixed.counts == {"answers": 1}
         tx = s.get(Transaction, ("a-1", "requester"))
         assert tx.answer["candidates"][0]["record"]["biographic"]["sex"] == "F"
@@ -194,6 +194,6 @@ def test_one_copy_already_in_the_wanted_state_does_not_stop_the_others(db):
 
 def test_a_correction_removing_a_field_a_copy_never_had_changes_nothing_else(db):
     with session_for(db) as s:
-        done = lifecycle.correct_from(s, "mx", About(query_ids=["q-1"]), {"place_of_birth": None})
+        done = corrections.correct_from(s, "mx", About(query_ids=["q-1"]), {"place_of_birth": None})
         assert done.counts == {"records": 1, "retrievals": 1, "review_cases": 1}
         assert s.get(Record, 1).biographic == BIO

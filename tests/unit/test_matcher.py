@@ -15,18 +15,18 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from biox import codec
-from biox.errors import PermanentError, Reason
 from biox.gallery.gallery import Hit, Probe
 from biox.handlers.base import Effects
 from biox.handlers.matcher import MatcherHandler
-from biox.inbound import Inbound
-from biox.messages import Element, Response, ResponseStatus, RetrievalAsk, ReviewCase
 from biox.policy.release import ParticipantPolicy, Policies, ReleaseRule, RetrievalRule
 from biox.registry import Purpose, Registry
 from biox.routes import ROUTES
 from biox.settings import Settings
 from biox.store import EnrolledTemplates, Record, Transaction, session_for
+from biox.wire import codec
+from biox.wire.errors import PermanentError, Reason
+from biox.wire.inbound import Inbound
+from biox.wire.messages import Element, Response, ResponseStatus, RetrievalAsk, ReviewCase
 from tests.unit.test_handlers import query_from, submit
 
 REGISTRY = Registry.load(Path("deploy/participants.toml"))
@@ -353,7 +353,7 @@ def test_a_blocked_record_is_not_matched_even_when_the_index_finds_it(db):
 def test_the_provider_declines_a_subject_it_may_not_be_asked_about_whatever_the_requester_says(db):
     """us asks about someone its own encounter data shows is a Mexican citizen: mx checks
     §4 itself and declines before searching."""
-    from biox.messages import SubjectStatus
+    from biox.wire.messages import SubjectStatus
 
     handler = matcher([hit(1, 0.95)])
     envelope, query = query_from(submit(7), purpose=Purpose.enforce)
@@ -395,8 +395,8 @@ def test_a_matcher_under_a_worker_reports_its_search_time_and_gallery_size(db):
 
 
 def test_tombstones_written_after_a_catch_up_are_applied_at_the_next_one(tmp_path):
+    from biox.agreement.ledgers import Tombstone
     from biox.gallery.gallery import Gallery
-    from biox.ledgers import Tombstone
     from biox.sim import synth
 
     url = f"sqlite:///{tmp_path / 'mx.db'}"

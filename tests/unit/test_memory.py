@@ -8,15 +8,15 @@ from collections.abc import Sequence
 import pytest
 from sqlmodel import Session
 
-from biox import codec
-from biox.codec import Envelope, Outgoing
-from biox.errors import BioxError, Reason, TransientError
-from biox.handlers.base import Context, Effects, Result
-from biox.inbound import Inbound
-from biox.memory import InMemoryExchange, topic_matches
-from biox.messages import Element, RetrievalAsk
+from biox.broker.memory import InMemoryExchange, topic_matches
+from biox.handlers.base import Context, Effects, Handler, Result
 from biox.routes import Queue, RouteTable, Sender, route
 from biox.settings import Settings
+from biox.wire import codec
+from biox.wire.codec import Envelope, Outgoing
+from biox.wire.errors import BioxError, Reason, TransientError
+from biox.wire.inbound import Inbound
+from biox.wire.messages import Element, RetrievalAsk
 
 
 @pytest.mark.parametrize(
@@ -38,7 +38,7 @@ def test_topic_patterns_match_as_amqp_says(pattern, key, matches):
     assert topic_matches(pattern, key) is matches
 
 
-class Stubborn:
+class Stubborn(Handler):
     """Answers every ask with a message to an exchange nobody declared, or a retry."""
 
     retry = False

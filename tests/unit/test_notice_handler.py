@@ -10,18 +10,19 @@ import pytest
 from sqlmodel import select
 from structlog.testing import capture_logs
 
-from biox import codec, participants
-from biox.errors import PermanentError, Reason
+from biox.agreement import participants
+from biox.agreement.ledgers import NoticeRow
 from biox.handlers.base import Effects
 from biox.handlers.notice import NoticeHandler
-from biox.inbound import Inbound
-from biox.ledgers import NoticeRow
-from biox.notice_messages import About, Notice, NoticeSend, NoticeType
 from biox.registry import Registry
 from biox.routes import ROUTES
-from biox.sealing import memory_rings
 from biox.settings import Settings
 from biox.store import session_for
+from biox.trust.sealing import memory_rings
+from biox.wire import codec
+from biox.wire.errors import PermanentError, Reason
+from biox.wire.inbound import Inbound
+from biox.wire.notices import About, Notice, NoticeSend, NoticeType
 
 REGISTRY = Registry.load(Path("deploy/participants.toml"))
 AT = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
@@ -284,8 +285,8 @@ def test_a_discontinuation_caps_what_that_partner_sent_and_says_how_much(db):
 
 
 def test_a_deletion_sends_the_encounter_system_its_result_again_under_a_derived_id(db):
-    from biox.messages import EncounterResult
     from biox.store import EncounterRow, Transaction
+    from biox.wire.messages import EncounterResult
 
     with session_for(db) as s:
         s.add(EncounterRow(encounter_id="E-5", purpose="enforce", reply_to="rq",

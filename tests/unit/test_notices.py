@@ -10,15 +10,16 @@ import uuid
 import pytest
 from sqlmodel import select
 
-from biox import codec, lifecycle
-from biox.enrolment import enrolled_record_id
-from biox.errors import PermanentError, Reason
+from biox.agreement import corrections
+from biox.agreement.ledgers import NoticeRow, Tombstone
 from biox.handlers.base import Context
 from biox.handlers.matcher import MatcherHandler
-from biox.ledgers import NoticeRow, Tombstone
-from biox.messages import EncounterResult, utcnow
-from biox.notice_messages import About, Notice, NoticeSend, NoticeType
+from biox.queries.enrolment import enrolled_record_id
 from biox.store import ParticipantRow, Record, Transaction
+from biox.wire import codec
+from biox.wire.errors import PermanentError, Reason
+from biox.wire.messages import EncounterResult, utcnow
+from biox.wire.notices import About, Notice, NoticeSend, NoticeType
 from tests.unit.test_workflows import (
     POLICIES,
     REGISTRY,
@@ -110,7 +111,7 @@ def test_a_deletion_notice_removes_enrolled_query_data_from_every_matcher_for_go
     with hub.session("us") as s:
         own = s.exec(select(Record).where(Record.source == "us")).first()
         assert own is not None
-        lifecycle.forget_records(s, [own.id], "retention")
+        corrections.forget_records(s, [own.id], "retention")
         s.commit()
     ctx = Context("us", REGISTRY, POLICIES.of("us"), hub.exchange.settings)
     restarted = MatcherHandler.build(ctx)
@@ -225,11 +226,11 @@ def test_a_result_after_a_notice_is_a_new_revision(hub):
 
 
 def sending(tmp_path, ask: NoticeSend, mid: str = "op-1"):
-    from biox import participants
+    from biox.agreement import participants
     from biox.handlers.notice import NoticeHandler
-    from biox.inbound import Inbound
-    from biox.sealing import memory_rings
     from biox.store import session_for
+    from biox.trust.sealing import memory_rings
+    from biox.wire.inbound import Inbound
 
     url = f"sqlite:///{tmp_path / 'us.db'}"
     handler = NoticeHandler("us", memory_rings(["us"])["us"].trust, REGISTRY)
@@ -273,8 +274,8 @@ def test_a_notice_request_redelivered_sends_nothing_twice(tmp_path):
 
 def test_each_purge_event_is_its_own_message_naming_who_purged(tmp_path):
     from biox.handlers.notice import purge_event
-    from biox.ops_messages import RetentionPurged
     from biox.routes import ROUTES
+    from biox.wire.operations import RetentionPurged
 
     one, two = purge_event("us", {"records": 2}, "schedule"), purge_event("us", {}, "ana")
     assert one.envelope.message_id != two.envelope.message_id

@@ -13,15 +13,20 @@ from pathlib import Path
 
 import pytest
 
-from biox import codec
-from biox.codec import Envelope
-from biox.errors import REASON_TEXT, PermanentError, Reason
 from biox.gallery.gallery import Hit
 from biox.handlers.base import Effects
 from biox.handlers.intake import IntakeHandler
 from biox.handlers.matcher import MatcherHandler
-from biox.inbound import Inbound
-from biox.messages import (
+from biox.policy.release import Policies
+from biox.registry import Purpose, Registry
+from biox.settings import Settings
+from biox.sim import synth
+from biox.store import EncounterRow, Record, Transaction, session_for
+from biox.wire import codec
+from biox.wire.codec import Envelope
+from biox.wire.errors import REASON_TEXT, PermanentError, Reason
+from biox.wire.inbound import Inbound
+from biox.wire.messages import (
     Biographic,
     Biometrics,
     Element,
@@ -36,11 +41,6 @@ from biox.messages import (
     ReviewCase,
     SubjectStatus,
 )
-from biox.policy.release import Policies
-from biox.registry import Purpose, Registry
-from biox.settings import Settings
-from biox.sim import synth
-from biox.store import EncounterRow, Record, Transaction, session_for
 from tests.unit.test_matcher import ScriptedGallery, record
 
 REGISTRY = Registry.load(Path("deploy/participants.toml"))
@@ -593,8 +593,8 @@ def test_an_encounter_without_reply_to_is_updated_but_nobody_is_sent_anything(us
 
 def test_a_review_case_is_kept_whole_with_the_probe_datas_source(tmp_path):
     from biox.handlers.review import ReviewHandler
-    from biox.messages import ReviewCandidate
     from biox.store import ReviewCaseRow
+    from biox.wire.messages import ReviewCandidate
 
     case = ReviewCase(
         case_id="q-1",
@@ -711,8 +711,8 @@ def retrieval(me: str, db: str, kind: str, message, sender: str, mid: str):
 
 
 def test_a_retrieval_goes_out_whole_is_answered_whole_and_is_kept_with_its_source(retrieval_db):
-    from biox.messages import Element, RetrievalAsk, RetrievalRequest, RetrievalResponse
     from biox.store import RetrievalRow
+    from biox.wire.messages import Element, RetrievalAsk, RetrievalRequest, RetrievalResponse
 
     ask = RetrievalAsk(
         query_id="q-1",
@@ -860,7 +860,7 @@ def test_a_retrieval_from_a_partner_our_policy_releases_nothing_to_is_declined(r
 
 
 def test_a_retrieval_ask_about_a_query_not_matched_says_what_was_answered(retrieval_db):
-    from biox.messages import Element, RetrievalAsk
+    from biox.wire.messages import Element, RetrievalAsk
 
     none = retrieval(
         "mx",
@@ -891,7 +891,7 @@ def test_a_request_beyond_the_holders_policy_is_declined_with_every_element_with
     retrieval_db,
 ):
     """us releases nothing derogatory for adjudication: asking for that alone is declined."""
-    from biox.messages import Element, RetrievalRequest, RetrievalResponse
+    from biox.wire.messages import Element, RetrievalRequest, RetrievalResponse
 
     with session_for(retrieval_db) as s:
         s.get(Transaction, ("q-1", "requester")).purpose = "adjudicate"
@@ -917,7 +917,7 @@ def test_a_request_beyond_the_holders_policy_is_declined_with_every_element_with
 def test_retrievals_about_an_encounter_are_listed_oldest_first_pending_ones_without_status(
     us_db,
 ):
-    from biox.results import EncounterViews
+    from biox.queries.results import EncounterViews
     from biox.store import RetrievalRow
 
     with session_for(us_db) as s:
@@ -962,9 +962,9 @@ def test_retrievals_about_an_encounter_are_listed_oldest_first_pending_ones_with
 @pytest.mark.parametrize("inactive", ["mx", "us"])
 def test_no_retrieval_to_or_from_a_participant_that_is_not_active(retrieval_db, inactive):
     """§34, §36: mx asking us, or us answering mx, while either is not active."""
-    from biox import participants
-    from biox.messages import RetrievalAsk
+    from biox.agreement import participants
     from biox.registry import Status
+    from biox.wire.messages import RetrievalAsk
 
     with session_for(retrieval_db) as s:  # one database here holds both sides
         participants.sync(s, REGISTRY)

@@ -9,14 +9,14 @@ import pytest
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
 
-from biox import participants
-from biox.errors import PermanentError, Reason
+from biox.agreement import participants
 from biox.handlers.base import Effects
 from biox.handlers.intake import IntakeHandler
-from biox.inbound import Inbound
 from biox.policy.release import Policies
 from biox.registry import Registry, Status
 from biox.store import ParticipantRow, session_for
+from biox.wire.errors import PermanentError, Reason
+from biox.wire.inbound import Inbound
 from tests.unit.test_outputs import a_submission, env
 
 REGISTRY = Registry.load(Path("deploy/participants.toml"))
@@ -123,7 +123,7 @@ def test_sync_adds_every_participant_missing_after_one_already_known(tmp_path):
     each with the event saying what the file gave it."""
     from sqlmodel import delete
 
-    from biox.ledgers import ParticipantEvent
+    from biox.agreement.ledgers import ParticipantEvent
 
     url = f"sqlite:///{tmp_path / 'us.db'}"
     with session_for(url) as s:

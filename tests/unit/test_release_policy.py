@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from biox.errors import Reason
-from biox.messages import Element
 from biox.policy.release import ParticipantPolicy, Policies, ReleaseRule, released_record
 from biox.registry import Purpose
+from biox.wire.errors import Reason
+from biox.wire.messages import Element
 
 POLICIES = Policies.load(Path("deploy/policy.toml"))
 RECORD = {
@@ -134,7 +134,7 @@ def test_the_automatic_rule_asks_on_every_match_when_told_so():
 def test_a_query_carries_only_the_biographic_fields_its_send_rule_names():
     """§19(i): us sends sv names and birth data, never a document number; mx, with no
     rule, gets everything the encounter system gave."""
-    from biox.messages import Biographic
+    from biox.wire.messages import Biographic
 
     full = Biographic(family_name="Cruz", given_names="Ana", date_of_birth="1990-05-01",
                       sex="F", claimed_nationality="gt", place_of_birth="Quetzaltenango",
@@ -156,8 +156,8 @@ def test_a_send_rule_naming_an_unknown_field_is_refused_at_load():
 
 
 def test_a_send_rule_for_one_purpose_minimises_only_that_purpose():
-    from biox.messages import Biographic
     from biox.policy.release import SendRule
+    from biox.wire.messages import Biographic
 
     policy = ParticipantPolicy(send=[SendRule(to=["sv"], purposes=["adjudicate"],
                                               biographic=["family_name"])])  # fmt: skip

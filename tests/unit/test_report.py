@@ -9,11 +9,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlmodel import select
 
-from biox import qa, report
-from biox.ledgers import IncidentRow, NoticeRow
-from biox.messages import utcnow
-from biox.report_html import render
+from biox.agreement import quality, report
+from biox.agreement.ledgers import IncidentRow, NoticeRow
+from biox.agreement.report_page import render
 from biox.store import AuditEntry, Record, RetrievalRow, ReviewCaseRow, Transaction, session_for
+from biox.wire.messages import utcnow
 from tests.unit.test_workflows import Hub, encounter, make_hub, person_known_to
 
 YEAR = (datetime.now(UTC) - timedelta(days=365), datetime.now(UTC) + timedelta(days=1))
@@ -116,10 +116,10 @@ def test_qa_finds_each_planted_violation(tmp_path, violation):
     hub.run([encounter("mx", person_known_to("us", derogatory=False))])
     url = hub.exchange.settings.database_for("us")
     with session_for(url) as s:
-        assert qa.run(s, "us", utcnow(), review_overdue_s=86_400) == []  # clean before
+        assert quality.run(s, "us", utcnow(), review_overdue_s=86_400) == []  # clean before
     plant(url, violation)
     with session_for(url) as s:
-        found = qa.run(s, "us", utcnow(), review_overdue_s=86_400)
+        found = quality.run(s, "us", utcnow(), review_overdue_s=86_400)
     assert [f.check for f in found] == [violation], found
 
 
@@ -132,4 +132,4 @@ def test_rows_that_hold_no_partner_data_need_no_provenance(tmp_path):
         s.add(RetrievalRow(retrieval_id="r-1", role="holder", query_id="q-1", asker="mx",
                            holder="us", identity_ref="X"))  # fmt: skip
         s.commit()
-        assert qa.run(s, "us", utcnow(), review_overdue_s=86_400) == []
+        assert quality.run(s, "us", utcnow(), review_overdue_s=86_400) == []

@@ -8,15 +8,13 @@ from sqlmodel import select
 from structlog.testing import capture_logs
 from typer.testing import CliRunner
 
-from biox import incidents, retention
+from biox.agreement import incidents, retention
+from biox.agreement.ledgers import IncidentRow, NoticeRow, Tombstone
+from biox.agreement.quality import late_notices
 from biox.cli import app
 from biox.handlers.notice import NoticeHandler
-from biox.ledgers import IncidentRow, NoticeRow, Tombstone
-from biox.ops_messages import RetentionPurged
 from biox.policy.release import ParticipantPolicy
-from biox.qa import late_notices
 from biox.routes import ROUTES
-from biox.sealing import memory_rings
 from biox.settings import Settings
 from biox.store import (
     EncounterRow,
@@ -28,6 +26,8 @@ from biox.store import (
     Transaction,
     session_for,
 )
+from biox.trust.sealing import memory_rings
+from biox.wire.operations import RetentionPurged
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 PAST, FUTURE = NOW - timedelta(days=1), NOW + timedelta(days=1)

@@ -9,12 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from biox import codec, examiners
-from biox.errors import PermanentError, Reason, TransientError
 from biox.handlers.base import Effects
 from biox.handlers.review import ReviewHandler
-from biox.inbound import Inbound
-from biox.messages import (
+from biox.policy.release import ParticipantPolicy, Policies, ReleaseRule, RetrievalRule
+from biox.queries import examiners
+from biox.routes import ROUTES
+from biox.store import Record, ReviewCaseRow, Transaction, session_for
+from biox.wire import codec
+from biox.wire.errors import PermanentError, Reason, TransientError
+from biox.wire.inbound import Inbound
+from biox.wire.messages import (
     Element,
     Response,
     ResponseStatus,
@@ -22,9 +26,6 @@ from biox.messages import (
     ReviewDecision,
     ReviewVerdict,
 )
-from biox.policy.release import ParticipantPolicy, Policies, ReleaseRule, RetrievalRule
-from biox.routes import ROUTES
-from biox.store import Record, ReviewCaseRow, Transaction, session_for
 
 POLICIES = Policies.load(Path("deploy/policy.toml"))
 

@@ -11,17 +11,18 @@ from typing import ClassVar
 import pytest
 from sqlmodel import Session
 
-from biox import codec, contract
+from biox.broker.memory import InMemoryExchange
 from biox.broker.topology import bindings
-from biox.codec import Envelope
-from biox.errors import BioxError, PermanentError, Reason
-from biox.handlers.base import Context, Effects, Result
-from biox.inbound import Inbound
-from biox.memory import InMemoryExchange
-from biox.messages import Message, RetrievalAsk
+from biox.handlers.base import Context, Effects, Handler, Result
 from biox.routes import QUEUES, ROUTES, Queue, Route, RouteTable, Sender, route
+from biox.schemas import contract
 from biox.settings import Settings
 from biox.store import ParticipantRow, session_for
+from biox.wire import codec
+from biox.wire.codec import Envelope
+from biox.wire.errors import BioxError, PermanentError, Reason
+from biox.wire.inbound import Inbound
+from biox.wire.messages import Message, RetrievalAsk
 
 
 class Ping(Message):
@@ -31,7 +32,7 @@ class Ping(Message):
     text: str
 
 
-class PingHandler:
+class PingHandler(Handler):
     seen: ClassVar[list[tuple[str, str]]] = []
 
     @classmethod

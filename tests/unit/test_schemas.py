@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from biox import contract
+from biox.schemas import contract
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
 
@@ -23,7 +23,7 @@ def test_templates_are_documented_as_binary():
 
 
 def test_every_reason_code_is_explained_and_placed():
-    from biox.errors import REASON_TEXT, REASON_USE, Reason
+    from biox.wire.errors import REASON_TEXT, REASON_USE, Reason
 
     assert set(REASON_TEXT) == set(Reason) == set(REASON_USE)
     assert all(REASON_USE[r] for r in Reason)

@@ -16,11 +16,7 @@ import pytest
 from nacl.public import SealedBox
 from nacl.signing import SigningKey
 
-from biox import codec
-from biox.codec import Outgoing
-from biox.errors import PermanentError, Reason
-from biox.messages import Element, RetrievalAsk
-from biox.sealing import (
+from biox.trust.sealing import (
     H_SEALED_TO,
     H_SIGNATURE,
     H_SIGNED_AT,
@@ -33,6 +29,10 @@ from biox.sealing import (
     signed_bytes,
     trust_path,
 )
+from biox.wire import codec
+from biox.wire.codec import Outgoing
+from biox.wire.errors import PermanentError, Reason
+from biox.wire.messages import Element, RetrievalAsk
 
 RINGS = memory_rings(["us", "mx", "sv"])
 

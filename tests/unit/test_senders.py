@@ -12,17 +12,22 @@ from pathlib import Path
 
 import pytest
 
-from biox import codec
-from biox.codec import Envelope
-from biox.errors import BioxError, PermanentError, Reason, TransientError
 from biox.gallery.gallery import Gallery
 from biox.handlers.base import Effects
 from biox.handlers.matcher import MatcherHandler
 from biox.handlers.response import ResponseHandler
 from biox.handlers.retrieval import RetrievalHandler
 from biox.handlers.review import ReviewHandler
-from biox.inbound import Inbound
-from biox.messages import (
+from biox.policy.release import Policies
+from biox.registry import Registry
+from biox.routes import ROUTES
+from biox.settings import Settings
+from biox.store import EncounterRow, RetrievalRow, Transaction, session_for
+from biox.wire import codec
+from biox.wire.codec import Envelope
+from biox.wire.errors import BioxError, PermanentError, Reason, TransientError
+from biox.wire.inbound import Inbound
+from biox.wire.messages import (
     Element,
     Response,
     ResponseStatus,
@@ -35,11 +40,6 @@ from biox.messages import (
     ReviewVerdict,
     Timings,
 )
-from biox.policy.release import Policies
-from biox.registry import Registry
-from biox.routes import ROUTES
-from biox.settings import Settings
-from biox.store import EncounterRow, RetrievalRow, Transaction, session_for
 from tests.unit.test_handlers import query_from, submit
 
 REGISTRY = Registry.load(Path("deploy/participants.toml"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from biox import subjects
+from biox.agreement import subjects
 from biox.store import (
     EncounterRow,
     Record,

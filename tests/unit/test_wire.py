@@ -10,7 +10,6 @@ import msgpack
 import pika
 import pytest
 
-from biox import codec
 from biox.broker import failures
 from biox.broker.link import Delivery
 from biox.broker.publisher import (
@@ -19,10 +18,11 @@ from biox.broker.publisher import (
     republish_properties,
     unpack_outgoing,
 )
-from biox.codec import Envelope, Outgoing
-from biox.errors import PermanentError, Reason, TransientError
-from biox.inbound import read_envelope
-from biox.messages import Element, EncounterResult, EncounterResultStatus, RetrievalAsk
+from biox.wire import codec
+from biox.wire.codec import Envelope, Outgoing
+from biox.wire.errors import PermanentError, Reason, TransientError
+from biox.wire.inbound import read_envelope
+from biox.wire.messages import Element, EncounterResult, EncounterResultStatus, RetrievalAsk
 
 
 def an_output() -> Outgoing:
@@ -228,7 +228,7 @@ def test_what_a_delivery_does_not_say_is_left_empty_not_invented():
 
 
 def test_header_text_reads_text_and_bytes_and_nothing_else():
-    from biox.inbound import header_text
+    from biox.wire.inbound import header_text
 
     assert header_text("mx") == "mx"
     assert header_text(b"mx") == "mx"

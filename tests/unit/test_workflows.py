@@ -1,6 +1,6 @@
 """The exchange workflows with every participant's handlers in memory, no broker.
 
-``biox.memory.InMemoryExchange`` runs each participant's real handlers under the real
+``biox.broker.memory.InMemoryExchange`` runs each participant's real handlers under the real
 consume loop, routed by the real topology; each participant has its own SQLite database.
 The broker-level behaviour of the same flows is in tests/integration/test_workflows.py.
 """
@@ -19,24 +19,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlmodel import col, select
 
-from biox import codec, examiners, participants
-from biox.codec import Envelope, Outgoing
-from biox.enrolment import enrolled_record_id
-from biox.errors import REASON_TEXT, Reason
-from biox.inbound import Inbound, read_envelope
-from biox.memory import InMemoryExchange, Stored
-from biox.messages import (
-    Biometrics,
-    Element,
-    EncounterResult,
-    EncounterSubmit,
-    Response,
-    RetrievalAsk,
-    RetrievalResponse,
-    ReviewVerdict,
-    SubjectStatus,
-)
+from biox.agreement import participants
+from biox.broker.memory import InMemoryExchange, Stored
 from biox.policy.release import ParticipantPolicy, Policies, ReleaseRule
+from biox.queries import examiners
+from biox.queries.enrolment import enrolled_record_id
 from biox.registry import Purpose, Registry, Status
 from biox.settings import Settings
 from biox.sim import galleries, synth
@@ -50,6 +37,21 @@ from biox.store import (
     ReviewCaseRow,
     Transaction,
     session_for,
+)
+from biox.wire import codec
+from biox.wire.codec import Envelope, Outgoing
+from biox.wire.errors import REASON_TEXT, Reason
+from biox.wire.inbound import Inbound, read_envelope
+from biox.wire.messages import (
+    Biometrics,
+    Element,
+    EncounterResult,
+    EncounterSubmit,
+    Response,
+    RetrievalAsk,
+    RetrievalResponse,
+    ReviewVerdict,
+    SubjectStatus,
 )
 from tests.budget import examples
 from tests.galleries import build as synthetic_galleries
@@ -343,7 +345,7 @@ def test_retrieval_about_a_query_never_matched_is_refused(hub):
     hub.run([codec.to_own_inbox(ask, participant="mx", message_id="ask-2", correlation_id="x")])
     assert hub.dead_reason("mx", "retrieval") == Reason.not_matched
     # ... and a holder refuses a request that skipped that check
-    from biox.messages import RetrievalRequest
+    from biox.wire.messages import RetrievalRequest
 
     req = RetrievalRequest(
         retrieval_id="r-forged",
@@ -474,7 +476,7 @@ def test_two_workers_updating_one_encounter_cannot_both_commit(tmp_path):
     fails (and the consume loop retries it with fresh state), so no result is lost."""
     from sqlalchemy.orm.exc import StaleDataError
 
-    from biox.results import EncounterViews
+    from biox.queries.results import EncounterViews
 
     db = f"sqlite:///{tmp_path / 'us.db'}"
     with session_for(db) as s:
@@ -540,7 +542,7 @@ def test_workflow_messages_with_arbitrary_content_never_crash_a_handler(
 ):
     """Well-formed but arbitrary retrieval and review messages, from anyone: each handler
     answers, refuses with a reason, or asks for a retry; none raises."""
-    from biox.messages import RetrievalRequest, RetrievalResponse, ReviewDecision
+    from biox.wire.messages import RetrievalRequest, RetrievalResponse, ReviewDecision
 
     now = datetime.now(UTC)
     if kind == "retrieval.request":

@@ -10,30 +10,12 @@ are for the development broker only (``BIOX_DEV_SHARED_BROKER``).
 from __future__ import annotations
 
 import ssl
-from dataclasses import dataclass
-from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 import pika
-from cryptography import x509
-from cryptography.x509.oid import NameOID
 from pika.credentials import ExternalCredentials
 
-
-@dataclass(frozen=True)
-class ClientTLS:
-    """What one TLS client presents: its certificate and key, and the CA it trusts."""
-
-    ca: Path
-    cert: Path
-    key: Path
-
-    @property
-    def user(self) -> str:
-        """The broker user this certificate logs in as: its common name."""
-        cert = x509.load_pem_x509_certificate(self.cert.read_bytes())
-        value = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
-        return value if isinstance(value, str) else value.decode()
+from biox.trust.tls import ClientTLS
 
 
 def parameters(url: str, tls: ClientTLS | None = None) -> pika.ConnectionParameters:

@@ -33,7 +33,6 @@ from sqlalchemy import insert
 from sqlalchemy.orm.exc import StaleDataError
 from sqlmodel import Session
 
-from biox import addresses
 from biox.broker import failures
 from biox.broker.link import ConnectionLost, Delivery, Link, Nacked, Transport, Unroutable
 from biox.broker.publisher import (
@@ -42,17 +41,18 @@ from biox.broker.publisher import (
     republish_properties,
     unpack_outgoing,
 )
-from biox.codec import Envelope, Outgoing
-from biox.errors import UNPROVEN, BioxError, PermanentError, Reason, TransientError
 from biox.handlers.base import Effects, Handler, Result
-from biox.identity import check_identity
-from biox.inbound import Inbound, arrived, read_envelope
-from biox.messages import utcnow
 from biox.metrics import Metrics
 from biox.routes import Queue, RouteTable
-from biox.sealing import KeyRing
 from biox.settings import Settings
 from biox.store import ProcessedMessage, mark_published, processed, session_for
+from biox.trust.identity import check_identity
+from biox.trust.sealing import KeyRing
+from biox.wire import addresses
+from biox.wire.codec import Envelope, Outgoing
+from biox.wire.errors import UNPROVEN, BioxError, PermanentError, Reason, TransientError
+from biox.wire.inbound import Inbound, arrived, read_envelope
+from biox.wire.messages import utcnow
 
 log = structlog.get_logger("biox.consumer")
 
@@ -99,8 +99,8 @@ class ConsumeLoop:
         self.publisher = Publisher(self.link, settings.publish_timeout)
         self.stats: Counter[str] = Counter()
         self.metrics = Metrics(participant, self.queue)  # served by run_worker, if asked
-        #: a broker that refused our outputs is given a moment before the requeued inputs
-        #: come back (none in memory, where nothing is waiting to recover)
+        #: a broker that refused our outputs is given a moment before the requeued inputs come
+        #: back (none in memory, where nothing is waiting to recover)
         self.requeue_pause = 0.5
         self._maintained_at = time.monotonic()  # the first maintenance: one interval in
 
@@ -116,15 +116,15 @@ class ConsumeLoop:
             log.info("worker_stopped", worker=self.worker, **self.stats)
 
     def maintain(self) -> None:
-        """A handler's scheduled work between batches (the retention purge): rows committed,
+        """A handler's scheduled work between batches (``Handler.maintain``): rows committed,
         then events published; a failure is logged and tried at the next interval."""
-        every = float(getattr(self.handler, "maintain_every_s", 0) or 0)
+        every = self.handler.maintain_every_s
         if every <= 0 or time.monotonic() - self._maintained_at < every:
             return
         self._maintained_at = time.monotonic()
         try:
             with session_for(self.database_url) as session:
-                outgoing = self.handler.maintain(session, utcnow())  # type: ignore[attr-defined]
+                outgoing = self.handler.maintain(session, utcnow())
                 session.commit()
             self.publisher.send(outgoing)
         except Exception as exc:
@@ -153,13 +153,8 @@ class ConsumeLoop:
         batch = [first]
         deadline = time.monotonic() + self.settings.batch_wait_ms / 1000
         while len(batch) < self.settings.batch_max:
-            left = deadline - time.monotonic()
-            try:
-                batch.append(
-                    self.link.deliveries.get(timeout=left)
-                    if left > 0
-                    else self.link.deliveries.get_nowait()
-                )
+            try:  # past the deadline, only what is already waiting
+                batch.append(self.link.deliveries.get(timeout=max(deadline - time.monotonic(), 0)))
             except queue_mod.Empty:
                 break
         return batch

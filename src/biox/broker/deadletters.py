@@ -24,14 +24,15 @@ from typing import Any
 import msgpack
 import pika
 
-from biox import addresses, codec
 from biox.broker import failures
-from biox.broker.connection import ClientTLS, parameters, user_of
+from biox.broker.connection import parameters, user_of
 from biox.broker.link import Link
 from biox.broker.publisher import Publisher, republish_properties
-from biox.codec import H_ATTEMPT, H_FROM, H_TO
-from biox.ops_messages import OpsEvent
 from biox.routes import ROUTES
+from biox.trust.tls import ClientTLS
+from biox.wire import addresses, codec
+from biox.wire.codec import H_ATTEMPT, H_FROM, H_TO
+from biox.wire.operations import OpsEvent
 
 H_REPLAYS = "biox-replays"
 REDACT_KEYS = {"template", "code", "mask"}  # biometric bytes

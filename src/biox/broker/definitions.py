@@ -36,7 +36,6 @@ from collections.abc import Iterable
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from biox import addresses
 from biox.broker.topology import (
     HELD_ARGUMENTS,
     bindings,
@@ -44,8 +43,9 @@ from biox.broker.topology import (
     retry_queue_arguments,
     work_queue_arguments,
 )
-from biox.identity import Role, broker_user
 from biox.routes import ROUTES, RouteTable, Sender
+from biox.trust.identity import Role, broker_user
+from biox.wire import addresses
 
 VHOST = "/"
 NOTHING = "^$"

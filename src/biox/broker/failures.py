@@ -7,11 +7,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from biox import addresses
+from biox.agreement.ledgers import RefusalRow
 from biox.broker.link import Delivery
-from biox.codec import H_ATTEMPT, H_ORIGINAL_USER, H_REASON, Envelope
-from biox.errors import BioxError
-from biox.ledgers import RefusalRow
+from biox.wire import addresses
+from biox.wire.codec import H_ATTEMPT, H_ORIGINAL_USER, H_REASON, Envelope
+from biox.wire.errors import BioxError
 
 H_ERROR = "biox-error"
 H_ERROR_CLASS = "biox-error-class"

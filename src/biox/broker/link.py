@@ -26,8 +26,9 @@ import structlog
 from pika.adapters.select_connection import SelectConnection
 from pika.exceptions import AMQPError
 
-from biox.broker.connection import ClientTLS, parameters, user_of
+from biox.broker.connection import parameters, user_of
 from biox.settings import Settings
+from biox.trust.tls import ClientTLS
 
 log = structlog.get_logger("biox.broker")
 
@@ -58,7 +59,7 @@ class Delivery:
 
 class Transport(Protocol):
     """What the consume loop and the publisher use of a link: the AMQP ``Link`` here, the
-    memory broker's in ``biox.memory``, a fake one in the unit tests."""
+    memory broker's in ``biox.broker.memory``, a fake one in the unit tests."""
 
     user: str
     generation: int

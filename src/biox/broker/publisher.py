@@ -17,9 +17,18 @@ import msgpack
 import pika
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
-from biox.broker.connection import ClientTLS
 from biox.broker.link import ConnectionLost, Link, Nacked, Transport
-from biox.codec import APP_ID, CONTENT_TYPE, H_ATTEMPT, H_FROM, H_SCHEMA, H_TO, Envelope, Outgoing
+from biox.trust.tls import ClientTLS
+from biox.wire.codec import (
+    APP_ID,
+    CONTENT_TYPE,
+    H_ATTEMPT,
+    H_FROM,
+    H_SCHEMA,
+    H_TO,
+    Envelope,
+    Outgoing,
+)
 
 
 def properties_for(env: Envelope, user_id: str | None) -> pika.BasicProperties:

@@ -13,10 +13,10 @@ from collections.abc import Iterable
 import pika
 from pika.adapters.blocking_connection import BlockingChannel
 
-from biox import addresses
 from biox.broker.connection import parameters
 from biox.routes import ROUTES, RouteTable
 from biox.settings import Settings
+from biox.wire import addresses
 
 
 def work_queue_arguments(name: str, delivery_limit: int) -> dict[str, object]:

@@ -6,7 +6,6 @@ import os
 
 import typer
 
-from biox import contract
 from biox.cli import (
     audit,
     broker,
@@ -25,6 +24,7 @@ from biox.cli import (
 )
 from biox.cli.common import Participant, begin, console
 from biox.runtime import WorkerKind
+from biox.schemas import contract
 
 app = typer.Typer(help="biox: biometric immigration query exchange.", no_args_is_help=True)
 

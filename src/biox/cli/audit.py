@@ -8,13 +8,13 @@ from pathlib import Path
 import typer
 from sqlmodel import col, select
 
-from biox import audit, checkpoints
-from biox.checkpoints import AuditCheckpoint, Held
-from biox.cli.common import Participant, console, settings, text
-from biox.cli.render import trail_table
+from biox.cli.common import Participant, console, settings
 from biox.registry import Registry
-from biox.sealing import Trust, trust_path
+from biox.render import text, trail_table
 from biox.store import AuditEntry, session_for
+from biox.trust import audit, checkpoints
+from biox.trust.checkpoints import AuditCheckpoint, Held
+from biox.trust.sealing import Trust, trust_path
 
 app = typer.Typer(help="The hash-chained audit trail.", no_args_is_help=True)
 

@@ -74,8 +74,8 @@ def broker_sovereign(
     import threading
 
     from biox.dev.sovereign import SovereignBrokers
-    from biox.identity import Role
     from biox.registry import Registry
+    from biox.trust.identity import Role
 
     s = settings()
     codes = Registry.load(s.registry).codes
@@ -148,8 +148,8 @@ def broker_pki(
     client certificate per broker user (<code>.workers, .operators, .encounters, .link).
     Existing files are kept. For development only: a deployment uses its agency's PKI."""
     from biox.dev.pki import DevPKI
-    from biox.identity import Role, broker_user
     from biox.registry import Registry
+    from biox.trust.identity import Role, broker_user
 
     s = settings()
     codes = Registry.load(s.registry).codes

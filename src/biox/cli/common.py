@@ -10,7 +10,6 @@ from typing import Any
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from sqlmodel import Session
 
 from biox.registry import Registry
@@ -77,8 +76,3 @@ def age(seconds: float) -> str:
     if seconds < 7200:
         return f"{seconds / 60:.0f}m"
     return f"{seconds / 3600:.1f}h"
-
-
-def text(value: object) -> str:
-    """Anything a partner or a subject wrote, made inert for a rich table (no markup)."""
-    return escape(str(value))

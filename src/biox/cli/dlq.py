@@ -18,15 +18,16 @@ from biox.broker.deadletters import (
     operator,
     parse_age,
 )
-from biox.cli.common import Kind, Participant, amqp_url, console, settings, text
+from biox.cli.common import Kind, Participant, amqp_url, console, settings
 from biox.cli.subject import audited_read
-from biox.ops_messages import (
+from biox.registry import Registry
+from biox.render import text
+from biox.wire.operations import (
     DeadLettersExported,
     DeadLettersImported,
     DeadLettersPurged,
     DeadLettersReplayed,
 )
-from biox.registry import Registry
 
 app = typer.Typer(
     help="Dead letters: list, show, replay, purge, export, import.", no_args_is_help=True

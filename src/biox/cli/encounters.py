@@ -8,12 +8,13 @@ import pika
 import typer
 from rich.table import Table
 
-from biox import addresses
 from biox.broker.connection import parameters
 from biox.broker.deadletters import operator as default_operator
-from biox.cli.common import PARTICIPANT, Participant, amqp_url, code, console, session, text
+from biox.cli.common import PARTICIPANT, Participant, amqp_url, code, console, session
 from biox.cli.subject import audited_read
-from biox.results import EncounterViews
+from biox.queries.results import EncounterViews
+from biox.render import text
+from biox.wire import addresses
 
 app = typer.Typer(
     help="Encounters this participant's encounter systems submitted, and their results.",

@@ -9,7 +9,8 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from sqlmodel import select
 
-from biox.cli.common import PARTICIPANT, Participant, code, console, session, settings, text
+from biox.cli.common import PARTICIPANT, Participant, code, console, session, settings
+from biox.render import text
 
 app = typer.Typer(
     help="A participant's gallery: import and export identities, counts, removal.",
@@ -127,8 +128,8 @@ def gallery_remove(
     """Take one of the participant's own identities out of its gallery: the record, its
     templates, and a tombstone every matcher applies (now, and after a restart). Data a
     partner sent is removed by that partner's deletion notice instead (§22)."""
+    from biox.agreement.corrections import forget_records
     from biox.broker.deadletters import operator as default_operator
-    from biox.lifecycle import forget_records
     from biox.store import Record
 
     me = code(participant)

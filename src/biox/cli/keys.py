@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from biox.cli.common import Participant, console, settings
-from biox.sealing import Trust, new_key, trust_path
+from biox.trust.sealing import Trust, new_key, trust_path
 
 app = typer.Typer(
     help="Signing and sealing keys: make, list, rotate, revoke.", no_args_is_help=True

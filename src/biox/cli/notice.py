@@ -12,25 +12,18 @@ import typer
 from rich.table import Table
 from sqlmodel import col, select
 
-from biox import codec, disclosures, incidents, retention
+from biox.agreement import disclosures, incidents, retention
+from biox.agreement.ledgers import DisclosureRow, IncidentRow, NoticeRow
+from biox.agreement.quality import late_notices
 from biox.broker.deadletters import operator as default_operator
 from biox.broker.publisher import publish_once
-from biox.cli.common import (
-    PARTICIPANT,
-    Participant,
-    amqp_url,
-    code,
-    console,
-    session,
-    settings,
-    text,
-)
+from biox.cli.common import PARTICIPANT, Participant, amqp_url, code, console, session, settings
 from biox.handlers.notice import purge_event
-from biox.ledgers import DisclosureRow, IncidentRow, NoticeRow
-from biox.messages import utcnow
-from biox.notice_messages import About, NoticeSend, NoticeType
-from biox.qa import late_notices
+from biox.render import text
 from biox.store import Record
+from biox.wire import codec
+from biox.wire.messages import utcnow
+from biox.wire.notices import About, NoticeSend, NoticeType
 
 app = typer.Typer(help="Notices to and from partners (§12-36).", no_args_is_help=True)
 retention_app = typer.Typer(

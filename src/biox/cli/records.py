@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import typer
 
+from biox.agreement.provenance import holdings
 from biox.broker.deadletters import operator as default_operator
-from biox.cli.common import PARTICIPANT, Participant, code, console, session, text
-from biox.cli.render import section_table
+from biox.cli.common import PARTICIPANT, Participant, code, console, session
 from biox.cli.subject import audited_read
-from biox.provenance import holdings
+from biox.render import section_table, text
 
 app = typer.Typer(help="Data kept from other participants (§20-21).", no_args_is_help=True)
 

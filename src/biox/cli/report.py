@@ -10,11 +10,12 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from biox import qa as qa_checks
-from biox import report as annual
-from biox.cli.common import PARTICIPANT, Participant, code, console, session, settings, text
-from biox.messages import utcnow
-from biox.report_html import render
+from biox.agreement import quality as qa_checks
+from biox.agreement import report as annual
+from biox.agreement.report_page import render
+from biox.cli.common import PARTICIPANT, Participant, code, console, session, settings
+from biox.render import text
+from biox.wire.messages import utcnow
 
 
 def report(

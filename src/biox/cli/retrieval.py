@@ -8,21 +8,13 @@ import typer
 from rich.table import Table
 from sqlmodel import col, select
 
-from biox import codec
 from biox.broker.deadletters import operator as default_operator
 from biox.broker.publisher import publish_once
-from biox.cli.common import (
-    PARTICIPANT,
-    Participant,
-    amqp_url,
-    code,
-    console,
-    session,
-    settings,
-    text,
-)
-from biox.messages import Element, RetrievalAsk
+from biox.cli.common import PARTICIPANT, Participant, amqp_url, code, console, session, settings
+from biox.render import text
 from biox.store import RetrievalRow, Transaction
+from biox.wire import codec
+from biox.wire.messages import Element, RetrievalAsk
 
 app = typer.Typer(help="Retrieval queries after a match (§10).", no_args_is_help=True)
 

@@ -7,7 +7,6 @@ import json
 import typer
 from rich.table import Table
 
-from biox import examiners
 from biox.broker.publisher import publish_once
 from biox.cli.common import (
     PARTICIPANT,
@@ -18,13 +17,13 @@ from biox.cli.common import (
     console,
     session,
     settings,
-    text,
 )
-from biox.cli.render import case_table
 from biox.cli.subject import audited_read
-from biox.examiners import Side
-from biox.messages import ReviewVerdict
+from biox.queries import examiners
+from biox.queries.examiners import Side
+from biox.render import case_table, text
 from biox.store import ReviewCaseRow
+from biox.wire.messages import ReviewVerdict
 
 app = typer.Typer(help="Human review of gray-zone matches (§8).", no_args_is_help=True)
 

@@ -12,9 +12,9 @@ import pika
 import typer
 from pika.exceptions import ChannelClosedByBroker
 
-from biox import addresses
 from biox.cli.common import Participant, code, console, settings
 from biox.routes import ROUTES
+from biox.wire import addresses
 
 topology_app = typer.Typer(
     help="The exchanges, queues and bindings of a broker, from the route table.",
@@ -87,7 +87,7 @@ def serve(
     except ValueError as e:
         console.print(f"[red]{e}[/]")
         raise typer.Exit(2) from e
-    from biox.sealing import load_ring
+    from biox.trust.sealing import load_ring
 
     try:  # the workers would exit on this one by one: say it once, before starting them
         load_ring(s.keys(), me)

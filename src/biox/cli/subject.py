@@ -8,13 +8,14 @@ import typer
 from rich.table import Table
 from sqlmodel import select
 
-from biox import lifecycle, subjects
+from biox.agreement import corrections, subjects
 from biox.broker.deadletters import operator as default_operator
 from biox.broker.publisher import publish_once
-from biox.cli.common import PARTICIPANT, Participant, code, console, session, settings, text
+from biox.cli.common import PARTICIPANT, Participant, code, console, session, settings
 from biox.cli.notice import pairs, send_notice
-from biox.notice_messages import About, NoticeSend, NoticeType
+from biox.render import text
 from biox.store import Record
+from biox.wire.notices import About, NoticeSend, NoticeType
 
 app = typer.Typer(
     help="Subject requests: access, notation, correction (§25).", no_args_is_help=True
@@ -96,7 +97,7 @@ def subject_correct(
     """A subject's correction request: our own data is corrected at once; data a partner
     sent goes to that partner as a correction request, and the record carries a notation."""
     me, who = code(participant), operator or default_operator()
-    corrections = pairs(field, "--set")
+    changes = pairs(field, "--set")
     with session(participant) as s:
         record = s.exec(select(Record).where(Record.identity_ref == ref)).first()
         if record is None:
@@ -104,7 +105,7 @@ def subject_correct(
             raise typer.Exit(1)
         about = About(identity_refs=[ref])
         if record.source == me:
-            lifecycle.correct_from(s, me, about, corrections)
+            corrections.correct_from(s, me, about, changes)
             subjects.note(s, "records", ref, f"corrected at the subject's request: {why}", who)
             s.commit()
             console.print(text(f"corrected {ref}"))
@@ -112,6 +113,6 @@ def subject_correct(
         subjects.note(s, "records", ref, f"correction requested of {record.source}: {why}", who)
         s.commit()
     ask = NoticeSend(type=NoticeType.correction_request, to=record.source, actor=who, text=why,
-                     about=about, corrections=corrections)  # fmt: skip
+                     about=about, corrections=changes)  # fmt: skip
     nid = send_notice(me, ask)
     console.print(text(f"{ref} came from {record.source}: correction request {nid} sent"))

@@ -26,7 +26,8 @@ from typing import Any
 import pika
 import structlog
 
-from biox.broker.connection import ClientTLS, parameters
+from biox.broker.connection import parameters
+from biox.trust.tls import ClientTLS
 
 log = structlog.get_logger("biox.launcher")
 

@@ -3,7 +3,7 @@ certificate per broker user (docs/security.md, "Brokers, TLS and identities").
 
 A deployment uses its agency's PKI instead; what biox needs from it is the same: brokers
 that present a certificate the clients trust, and client certificates whose common name
-is the broker user (``<code>.<role>``, ``biox.identity``), which RabbitMQ's
+is the broker user (``<code>.<role>``, ``biox.trust.identity``), which RabbitMQ's
 ``rabbitmq_auth_mechanism_ssl`` turns into the authenticated user (EXTERNAL). Nobody
 holds a password.
 
@@ -27,8 +27,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from biox.broker.connection import ClientTLS
-from biox.identity import Role, broker_user
+from biox.trust.identity import Role, broker_user
+from biox.trust.tls import ClientTLS
 
 VALID_DAYS = 825
 

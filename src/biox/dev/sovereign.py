@@ -15,12 +15,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from biox.broker.connection import ClientTLS
 from biox.broker.definitions import definitions, shovel_uri
 from biox.dev.broker import LocalBroker, SovereignConfig, free_port
 from biox.dev.pki import DevPKI
-from biox.identity import Role, broker_user
 from biox.settings import Settings
+from biox.trust.identity import Role, broker_user
+from biox.trust.tls import ClientTLS
 
 
 @dataclass

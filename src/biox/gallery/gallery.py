@@ -16,8 +16,9 @@ import numpy as np
 
 from biox.gallery.fusion import NORMALISERS, fuse
 from biox.gallery.index import IndexKind, IrisIndex, VectorIndex
-from biox.gallery.templates import FACE, FINGER, iris_code, vector
-from biox.messages import Biometrics
+from biox.gallery.templates import iris_code, vector
+from biox.wire.biometrics import FACE, FINGER
+from biox.wire.messages import Biometrics
 
 EYES = ("left", "right")
 

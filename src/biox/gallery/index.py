@@ -15,7 +15,8 @@ from typing import Literal
 import faiss
 import numpy as np
 
-from biox.gallery.templates import IRIS_COLS, IRIS_ROWS, rotate_iris
+from biox.gallery.templates import rotate_iris
+from biox.wire.biometrics import IRIS_COLS, IRIS_ROWS
 
 IndexKind = Literal["flat", "ivf"]
 

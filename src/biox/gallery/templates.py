@@ -8,43 +8,15 @@ on-call engineer can act on and "bad input" is not.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from biox.errors import PermanentError, Reason
+from biox.wire.biometrics import ALGORITHMS, IRIS_COLS, IRIS_ROWS, Algorithm
+from biox.wire.errors import PermanentError, Reason
 
 if TYPE_CHECKING:
-    from biox.messages import Biometrics
-
-IRIS_ROWS = 8  # radial bands
-IRIS_COLS = 256  # angular samples; rotation of the eye is a circular shift along this axis
-
-
-@dataclass(frozen=True)
-class Algorithm:
-    name: str
-    modality: Literal["face", "finger", "iris"]
-    dim: int  # vector length, or bits for an iris code
-
-    @property
-    def nbytes(self) -> int:
-        return self.dim * 4 if self.modality != "iris" else self.dim // 8
-
-
-ALGORITHMS: dict[str, Algorithm] = {
-    a.name: a
-    for a in (
-        Algorithm("biox-face-512/1", "face", 512),
-        Algorithm("biox-finger-192/1", "finger", 192),
-        Algorithm("biox-iris-2048/1", "iris", IRIS_ROWS * IRIS_COLS),
-    )
-}
-FACE = ALGORITHMS["biox-face-512/1"]
-FINGER = ALGORITHMS["biox-finger-192/1"]
-IRIS = ALGORITHMS["biox-iris-2048/1"]
-
+    from biox.wire.messages import Biometrics
 
 def algorithm(name: str, modality: str) -> Algorithm:
     algo = ALGORITHMS.get(name)

@@ -29,11 +29,12 @@ from pydantic import ValidationError
 from sqlalchemy import func, insert
 from sqlmodel import Session, col, select
 
-from biox.errors import PermanentError
 from biox.gallery import templates
 from biox.gallery.gallery import Gallery
-from biox.messages import Biographic, Biometrics, EncounterRecord
 from biox.store import EnrolledTemplates, Record
+from biox.wire import biometrics
+from biox.wire.errors import PermanentError
+from biox.wire.messages import Biographic, Biometrics, EncounterRecord
 
 
 def _struct(**fields: pa.DataType) -> pa.StructType:
@@ -203,15 +204,15 @@ def _templates_from(gallery: Gallery, rid: int) -> dict[str, Any]:
     face = None
     if gallery.face.present.mask(ids)[0]:
         vec = gallery.face.index.reconstruct_batch(ids)[0]
-        face = {"algorithm": templates.FACE.name, "template": templates.vector_bytes(vec)}
+        face = {"algorithm": biometrics.FACE.name, "template": templates.vector_bytes(vec)}
     fingers = [
-        {"position": pos, "algorithm": templates.FINGER.name,
+        {"position": pos, "algorithm": biometrics.FINGER.name,
          "template": templates.vector_bytes(ix.index.reconstruct_batch(ids)[0])}
         for pos, ix in gallery.fingers.items()
         if ix.present.mask(ids)[0]
     ]  # fmt: skip
     irises = [
-        {"eye": eye, "algorithm": templates.IRIS.name,
+        {"eye": eye, "algorithm": biometrics.IRIS.name,
          "code": iris.codes[rid].tobytes(), "mask": iris.masks[rid].tobytes()}
         for eye, iris in gallery.irises.items()
         if rid in iris.codes

@@ -8,25 +8,25 @@ digested, never decoded: the trail holds no template and no personal data (§20 
 from __future__ import annotations
 
 import hashlib
-import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
 
 from sqlmodel import Session
 
-from biox import addresses, audit, checkpoints, codec
-from biox.codec import H_ACTOR, H_REASON, Envelope
-from biox.errors import BioxError
-from biox.handlers.base import Context, Effects, Result
-from biox.inbound import Inbound, header_text
-from biox.messages import utcnow
-from biox.sealing import KeyRing, load_ring
+from biox.handlers.base import Context, Effects, Handler, Result
 from biox.store import AuditEntry
+from biox.trust import audit, checkpoints
+from biox.trust.sealing import KeyRing, load_ring
+from biox.wire import addresses, codec
+from biox.wire.codec import H_ACTOR, H_REASON, Envelope
+from biox.wire.errors import BioxError
+from biox.wire.inbound import Inbound, header_text
+from biox.wire.messages import utcnow
 
 HOPS = ("retry", "dead-letter")
 
 
-class AuditHandler:
+class AuditHandler(Handler):
     """Takes every audited kind undecoded (its queue ``records`` with ``record``)."""
 
     @classmethod
@@ -48,40 +48,40 @@ class AuditHandler:
         ring: Callable[[], KeyRing] | None = None,
     ) -> None:
         """``partners``: who receives the signed chain head every ``checkpoint_every_s``
-        seconds (``biox.checkpoints``); ``ring``: the participant's keys, read when first
-        needed."""
+        seconds (``maintain``); ``ring``: the participant's keys, read when first needed."""
         self.me = participant
         self.partners = list(partners)
-        self.every = checkpoint_every_s
         self._ring = ring
-        self._last_checkpoint = time.monotonic()
+        #: the consume loop calls ``maintain`` this often: the signed chain head to partners
+        self.maintain_every_s = checkpoint_every_s if self.partners and ring else 0.0
+        self._checkpointed = 0  # the last sequence number whose head went out
 
     def record(self, batch: Sequence[Inbound[None]], session: Session) -> list[Result]:
         seq, prev = audit.head(session)
         now = utcnow()
         entries = audit.chain((self._entry(inb, now) for inb in batch), seq, prev)
-        effects = [Effects(rows=[e], outcome=f"audited:{e.direction}") for e in entries]
-        if effects and self.partners and self._ring is not None and self._due():
-            last = entries[-1]
-            cp = checkpoints.sign(self._ring(), last.seq, last.entry_hash, now)
-            effects[-1].outgoing.extend(
-                codec.to_partner(
-                    cp,
-                    sender=self.me,
-                    recipient=partner,
-                    message_id=codec.derived_id(f"checkpoint:{self.me}:{last.seq}", partner),
-                    correlation_id=f"checkpoint:{self.me}:{last.seq}",
-                )
-                for partner in self.partners
-            )
-        results: list[Result] = list(effects)
-        return results
+        return [Effects(rows=[e], outcome=f"audited:{e.direction}") for e in entries]
 
-    def _due(self) -> bool:
-        if time.monotonic() - self._last_checkpoint < self.every:
-            return False
-        self._last_checkpoint = time.monotonic()
-        return True
+    def maintain(self, session: Session, now: datetime) -> list[codec.Outgoing]:
+        """The chain's head, signed, to every partner, who keep it as evidence of what the
+        chain held (``biox.trust.checkpoints``): on the schedule, not on traffic, and again
+        only once the chain has grown. A head sent twice (after a restart) has the same
+        message id, so a partner keeps it once."""
+        seq, entry_hash = audit.head(session)
+        if seq <= self._checkpointed or self._ring is None:
+            return []
+        self._checkpointed = seq
+        cp = checkpoints.sign(self._ring(), seq, entry_hash, now)
+        return [
+            codec.to_partner(
+                cp,
+                sender=self.me,
+                recipient=partner,
+                message_id=codec.derived_id(f"checkpoint:{self.me}:{seq}", partner),
+                correlation_id=f"checkpoint:{self.me}:{seq}",
+            )
+            for partner in self.partners
+        ]
 
     def _entry(self, inb: Inbound[None], now: datetime) -> AuditEntry:
         env = inb.envelope

@@ -12,13 +12,17 @@ before its effect is durable.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Protocol
 
-from biox.codec import Envelope, Outgoing
-from biox.errors import BioxError
+from sqlmodel import Session
+
+from biox.metrics import Metrics
 from biox.policy.release import ParticipantPolicy
 from biox.registry import Registry
 from biox.settings import Settings
+from biox.wire.codec import Envelope, Outgoing
+from biox.wire.errors import BioxError
 
 
 @dataclass
@@ -42,11 +46,29 @@ class Context:
 
 
 class Handler(Protocol):
-    """The handler object of one queue; its per-kind methods are named in the route table."""
+    """The handler object of one queue; its per-kind methods are named in the route table.
+
+    Besides its batches, the consume loop calls ``maintain`` between batches every
+    ``maintain_every_s`` seconds (0: never) with its clock's ``now``, commits the rows it
+    added and publishes what it returns (the retention purge, answers past their deadline,
+    the audit checkpoints); and ``observe`` once at start, when the worker serves metrics.
+    A handler class subclasses this protocol and keeps the defaults it has no use for.
+    """
+
+    #: seconds between two ``maintain`` calls; 0 or less: the handler has no schedule
+    maintain_every_s: float = 0.0
 
     def reject(self, envelope: Envelope, error: BioxError) -> Effects | None:
         """The ``rejected`` answer to the sender when it can be identified, else None."""
-        ...
+        return None
+
+    def maintain(self, session: Session, now: datetime) -> list[Outgoing]:
+        """Scheduled work at ``now``: rows added to ``session``, messages returned."""
+        return []
+
+    def observe(self, metrics: Metrics, database_url: str) -> None:
+        """Adds the handler's own figures to the worker's metrics (served by the worker)."""
+        return None  # a body, so that the protocol's default is not abstract
 
 
 class HandlerClass(Handler, Protocol):

@@ -7,14 +7,19 @@ from datetime import timedelta
 
 from sqlmodel import Session, col, select
 
-from biox import codec, participants
-from biox.codec import Envelope
-from biox.enrolment import enrolment
-from biox.errors import REASON_TEXT, BioxError, PermanentError, Reason
+from biox.agreement import participants
 from biox.gallery import templates
-from biox.handlers.base import Context, Effects, Result
-from biox.inbound import Inbound
-from biox.messages import (
+from biox.handlers.base import Context, Effects, Handler, Result
+from biox.policy.eligibility import refusal
+from biox.policy.release import ParticipantPolicy
+from biox.queries.enrolment import enrolment
+from biox.registry import Registry
+from biox.store import EncounterRow, Transaction
+from biox.wire import codec
+from biox.wire.codec import Envelope
+from biox.wire.errors import REASON_TEXT, BioxError, PermanentError, Reason
+from biox.wire.inbound import Inbound
+from biox.wire.messages import (
     EncounterResult,
     EncounterResultStatus,
     EncounterSubmit,
@@ -22,13 +27,9 @@ from biox.messages import (
     References,
     utcnow,
 )
-from biox.policy.eligibility import refusal
-from biox.policy.release import ParticipantPolicy
-from biox.registry import Registry
-from biox.store import EncounterRow, Transaction
 
 
-class IntakeHandler:
+class IntakeHandler(Handler):
     @classmethod
     def build(cls, ctx: Context) -> IntakeHandler:
         return cls(

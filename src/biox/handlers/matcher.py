@@ -15,38 +15,36 @@ import structlog
 from sqlalchemy import or_
 from sqlmodel import Session, col, select
 
-from biox import codec, participants
-from biox.answers import Answers, Asked
-from biox.codec import Envelope
-from biox.enrolment import enrolment
-from biox.errors import REASON_TEXT, BioxError, PermanentError, Reason
+from biox.agreement import participants
+from biox.agreement.ledgers import Tombstone
 from biox.gallery.fusion import Decision, decide
 from biox.gallery.gallery import Gallery, Hit, Probe
-from biox.handlers.base import Context, Effects, Result
-from biox.inbound import Inbound
-from biox.ledgers import Tombstone
-from biox.messages import (
-    Biometrics,
-    DecidedBy,
-    Query,
-    Response,
-    ResponseStatus,
-    ReviewCandidate,
-    ReviewCase,
-    Timings,
-    utcnow,
-)
+from biox.handlers.base import Context, Effects, Handler, Result
 from biox.metrics import Metrics
 from biox.policy.eligibility import provider_refusal
 from biox.policy.release import ParticipantPolicy
+from biox.queries.answers import Answers, Asked, Found
+from biox.queries.enrolment import enrolment
 from biox.registry import Registry
 from biox.settings import Settings
 from biox.store import EnrolledTemplates, Record, Transaction
+from biox.wire import codec
+from biox.wire.codec import Envelope
+from biox.wire.errors import REASON_TEXT, BioxError, PermanentError, Reason
+from biox.wire.inbound import Inbound
+from biox.wire.messages import (
+    Biometrics,
+    DecidedBy,
+    Query,
+    ReviewCandidate,
+    ReviewCase,
+    utcnow,
+)
 
 log = structlog.get_logger("biox.matcher")
 
 
-class MatcherHandler:
+class MatcherHandler(Handler):
     @classmethod
     def build(cls, ctx: Context) -> MatcherHandler:
         """Loads the participant's gallery snapshot; enrolments since come from the
@@ -169,9 +167,10 @@ class MatcherHandler:
             reason,
             f"{REASON_TEXT[reason]}: requester {asked.requesting}, purpose {asked.purpose.value}",
         )
+        answered = self.answers.conclude(asked, response, self._transaction(inb, received, None))
         return Effects(
-            rows=[self._transaction(inb, response, None)],
-            outgoing=[self.answers.send(response, asked.message_id)],
+            rows=[answered.transaction],
+            outgoing=answered.outgoing,
             outcome=f"declined:{reason.value}",
         )
 
@@ -187,22 +186,25 @@ class MatcherHandler:
         best = hits[0].fused if hits else 0.0
         decision = decide(best, self.settings.threshold_high, self.settings.threshold_low)
         found = [
-            (h, records[h.record_id])
+            Found(records[h.record_id], h.fused, h.scores)
             for h in hits
             if h.fused >= self.settings.threshold_high and h.record_id in records
         ]
-        outgoing: list[codec.Outgoing] = []
+        case: list[codec.Outgoing] = []
         if found:  # a candidate at or above the match threshold: the decision is match
             response = self.answers.matched(asked, found, DecidedBy.automatic, search_ms)
-            outgoing = self.answers.follow_up(asked, response, found[0][1])
         elif decision is Decision.review and hits[0].record_id in records:
             response = self.answers.pending_review(asked, search_ms)
-            outgoing = [self._case(inb, hits, records, received)]
+            case = [self._case(inb, hits, records, received)]
         else:
             response = self.answers.no_match(asked, search_ms=search_ms)
+        best_record = found[0].record if found else None
+        answered = self.answers.conclude(
+            asked, response, self._transaction(inb, received, best), best_record
+        )
         effects = Effects(
-            rows=[self._transaction(inb, response, best)],
-            outgoing=[self.answers.send(response, asked.message_id), *outgoing],
+            rows=[answered.transaction],
+            outgoing=[*answered.outgoing, *case],
             outcome=response.status.value,
         )
         self._enrol(inb, effects)
@@ -241,10 +243,11 @@ class MatcherHandler:
         )
 
     def _transaction(
-        self, inb: Inbound[Query], response: Response, best: float | None
+        self, inb: Inbound[Query], received: datetime, best: float | None
     ) -> Transaction:
+        """The provider's row of this query; ``Answers.conclude`` settles it."""
         q = inb.message
-        tx = Transaction(
+        return Transaction(
             query_id=q.query_id,
             role="provider",
             encounter_id=q.references.encounter_id,
@@ -253,13 +256,12 @@ class MatcherHandler:
             purpose=q.purpose.value,
             created_at=q.created_at,
             sent_at=q.sent_at,
-            received_at=response.timings.received_at,
+            received_at=received,
             top_score=best,
             source=q.requesting,
             source_message_id=inb.envelope.message_id,
-            retain_until=self.policy.received_until(response.timings.received_at),
+            retain_until=self.policy.received_until(received),
         )
-        return self.answers.settle(tx, response)
 
     # --- enrolment of query data (§21) -------------------------------------------------------
 
@@ -359,16 +361,7 @@ class MatcherHandler:
             return None  # nobody to tell: a dead letter with the reason
         if not envelope.correlation_id:
             return None
-        now = utcnow()
-        response = Response(
-            query_id=envelope.correlation_id,
-            requesting=envelope.sender,
-            providing=self.me,
-            status=ResponseStatus.rejected,
-            reason_code=error.reason,
-            reason=error.detail or REASON_TEXT[error.reason],
-            timings=Timings(received_at=now, answered_at=now),
-        )
+        response = self.answers.rejected(envelope, error)
         return Effects(
             outgoing=[self.answers.send(response, envelope.message_id)],
             outcome=f"rejected:{error.reason}",

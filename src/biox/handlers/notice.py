@@ -1,7 +1,7 @@
 """Notices between participants (docs/workflows.md, "Notices"): sent on an operator's
 request, received from partners, applied through provenance, acknowledged with what was
 done; and the partners' signed audit checkpoints, kept as evidence of their chains
-(``biox.checkpoints``)."""
+(``biox.trust.checkpoints``)."""
 
 from __future__ import annotations
 
@@ -12,27 +12,28 @@ from datetime import datetime, timedelta
 import structlog
 from sqlmodel import Session
 
-from biox import codec, lifecycle, participants, retention
-from biox.checkpoints import AuditCheckpoint, genuine
-from biox.codec import Envelope
-from biox.errors import BioxError, PermanentError, Reason
-from biox.handlers.base import Context, Effects, Result
-from biox.inbound import Inbound
-from biox.ledgers import NoticeRow
-from biox.messages import utcnow
-from biox.notice_messages import ASKS_ACTION, STATUS_OF, Notice, NoticeSend, NoticeType
-from biox.ops_messages import RetentionPurged
+from biox.agreement import corrections, participants, retention
+from biox.agreement.ledgers import NoticeRow
+from biox.handlers.base import Context, Effects, Handler, Result
 from biox.policy.release import ParticipantPolicy
+from biox.queries.results import EncounterViews
 from biox.registry import Registry
-from biox.results import EncounterViews
-from biox.sealing import Trust, trust_path
 from biox.settings import Settings
 from biox.store import CheckpointRow
+from biox.trust.checkpoints import AuditCheckpoint, genuine
+from biox.trust.sealing import Trust, trust_path
+from biox.wire import codec
+from biox.wire.codec import Envelope
+from biox.wire.errors import BioxError, PermanentError, Reason
+from biox.wire.inbound import Inbound
+from biox.wire.messages import utcnow
+from biox.wire.notices import ASKS_ACTION, STATUS_OF, Notice, NoticeSend, NoticeType
+from biox.wire.operations import RetentionPurged
 
 log = structlog.get_logger("biox.notice")
 
 
-class NoticeHandler:
+class NoticeHandler(Handler):
     @classmethod
     def build(cls, ctx: Context) -> NoticeHandler:
         return cls(
@@ -136,15 +137,15 @@ class NoticeHandler:
         if n.type is NoticeType.acknowledgement:
             return self._acknowledged(n, session)
         cause = f"notice:{n.notice_id}"
-        done = lifecycle.Done()
+        done = corrections.Done()
         rows: list[object] = []
         outgoing: list[codec.Outgoing] = []
         if n.type is NoticeType.deletion:
-            done = lifecycle.delete_from(session, sender, n.about, cause)
+            done = corrections.delete_from(session, sender, n.about, cause)
         elif n.type is NoticeType.correction:
-            done = lifecycle.correct_from(session, sender, n.about, dict(n.corrections))
+            done = corrections.correct_from(session, sender, n.about, dict(n.corrections))
         elif n.type in (NoticeType.block, NoticeType.unblock):
-            done = lifecycle.block_from(session, sender, n.about, n.type is NoticeType.block)
+            done = corrections.block_from(session, sender, n.about, n.type is NoticeType.block)
         elif n.type in STATUS_OF:
             changed = participants.set_status(session, sender, STATUS_OF[n.type], cause, n.text)
             done.add("status", int(changed))
@@ -185,7 +186,7 @@ class NoticeHandler:
         )
         return Effects(rows=rows, outgoing=outgoing, outcome=f"received:{n.type.value}")
 
-    def _acknowledge(self, n: Notice, done: lifecycle.Done) -> codec.Outgoing:
+    def _acknowledge(self, n: Notice, done: corrections.Done) -> codec.Outgoing:
         ack_id = codec.derived_id(n.notice_id, "acknowledgement")
         ack = Notice(
             type=NoticeType.acknowledgement,

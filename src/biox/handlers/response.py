@@ -9,20 +9,20 @@ from datetime import datetime
 import structlog
 from sqlmodel import Session, col, select
 
-from biox import codec
-from biox.codec import Envelope
-from biox.errors import BioxError, PermanentError, Reason, TransientError
-from biox.handlers.base import Context, Effects, Result
-from biox.inbound import Inbound
-from biox.messages import Response, utcnow
+from biox.handlers.base import Context, Effects, Handler, Result
 from biox.policy.release import ParticipantPolicy
-from biox.results import EncounterViews, is_final
+from biox.queries.results import EncounterViews, is_final
 from biox.store import Transaction
+from biox.wire import codec
+from biox.wire.codec import Envelope
+from biox.wire.errors import BioxError, PermanentError, Reason, TransientError
+from biox.wire.inbound import Inbound
+from biox.wire.messages import Response, utcnow
 
 log = structlog.get_logger("biox.response")
 
 
-class ResponseHandler:
+class ResponseHandler(Handler):
     @classmethod
     def build(cls, ctx: Context) -> ResponseHandler:
         return cls(ctx.participant, ctx.policy, ctx.settings.deadline_check_s)

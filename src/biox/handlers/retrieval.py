@@ -22,27 +22,28 @@ from collections.abc import Sequence
 import structlog
 from sqlmodel import Session
 
-from biox import codec, participants
-from biox.codec import Envelope
-from biox.errors import REASON_TEXT, BioxError, PermanentError, Reason, TransientError
-from biox.handlers.base import Context, Effects, Result
-from biox.inbound import Inbound
-from biox.messages import (
+from biox.agreement import participants
+from biox.handlers.base import Context, Effects, Handler, Result
+from biox.policy.release import ParticipantPolicy, released_record
+from biox.queries.results import EncounterViews
+from biox.registry import Purpose, Registry, Status
+from biox.store import EncounterRow, RetrievalRow, Transaction
+from biox.wire import codec
+from biox.wire.codec import Envelope
+from biox.wire.errors import REASON_TEXT, BioxError, PermanentError, Reason, TransientError
+from biox.wire.inbound import Inbound
+from biox.wire.messages import (
     RetrievalAsk,
     RetrievalRequest,
     RetrievalResponse,
     RetrievalStatus,
     utcnow,
 )
-from biox.policy.release import ParticipantPolicy, released_record
-from biox.registry import Purpose, Registry, Status
-from biox.results import EncounterViews
-from biox.store import EncounterRow, RetrievalRow, Transaction
 
 log = structlog.get_logger("biox.retrieval")
 
 
-class RetrievalHandler:
+class RetrievalHandler(Handler):
     @classmethod
     def build(cls, ctx: Context) -> RetrievalHandler:
         return cls(ctx.participant, ctx.registry, ctx.policy, ctx.settings.registry_refresh_s)

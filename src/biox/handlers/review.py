@@ -14,23 +14,22 @@ import structlog
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
-from biox.answers import Answers, Asked
-from biox.codec import Envelope, Outgoing
-from biox.errors import BioxError, PermanentError, Reason, TransientError
-from biox.examiners import aware
-from biox.gallery.gallery import Hit
-from biox.handlers.base import Context, Effects, Result
-from biox.inbound import Inbound
-from biox.messages import DecidedBy, ReviewCase, ReviewDecision, ReviewVerdict, utcnow
+from biox.handlers.base import Context, Effects, Handler, Result
 from biox.metrics import Metrics
 from biox.policy.release import ParticipantPolicy
+from biox.queries.answers import Answers, Asked, Found
+from biox.queries.examiners import aware
 from biox.registry import Purpose
 from biox.store import Record, ReviewCaseRow, Transaction, session_for
+from biox.wire.codec import Envelope
+from biox.wire.errors import BioxError, PermanentError, Reason, TransientError
+from biox.wire.inbound import Inbound
+from biox.wire.messages import DecidedBy, ReviewCase, ReviewDecision, ReviewVerdict, utcnow
 
 log = structlog.get_logger("biox.review")
 
 
-class ReviewHandler:
+class ReviewHandler(Handler):
     @classmethod
     def build(cls, ctx: Context) -> ReviewHandler:
         return cls(ctx.participant, ctx.policy)
@@ -91,7 +90,7 @@ class ReviewHandler:
             case.opened_at,
             inb.envelope.message_id,
         )
-        follow: list[Outgoing] = []
+        best: Record | None = None
         if decision.verdict is ReviewVerdict.match:
             chosen = next(
                 (c for c in case.candidates if c["identity_ref"] == decision.identity_ref), None
@@ -103,9 +102,9 @@ class ReviewHandler:
                 return PermanentError(
                     Reason.not_a_candidate, f"{decision.identity_ref!r} in case {case.case_id}"
                 )
-            hit = Hit(record.id, chosen["fused_score"], chosen["scores"])
-            response = self.answers.matched(asked, [(hit, record)], DecidedBy.examiner)
-            follow = self.answers.follow_up(asked, response, record)
+            found = Found(record, chosen["fused_score"], chosen["scores"])
+            response = self.answers.matched(asked, [found], DecidedBy.examiner)
+            best = record
         else:
             response = self.answers.no_match(asked, DecidedBy.examiner)
         case.status = "decided"
@@ -114,13 +113,14 @@ class ReviewHandler:
         case.examiner = decision.examiner
         case.note = decision.note
         case.decided_at = decision.decided_at
-        rows: list[object] = [case]
         tx = session.get(Transaction, (case.query_id, "provider"))
-        if tx is not None:
-            rows.append(self.answers.settle(tx, response))
+        answered = self.answers.conclude(asked, response, tx, best)
+        rows: list[object] = [case]
+        if answered.transaction is not None:
+            rows.append(answered.transaction)
         return Effects(
             rows=rows,
-            outgoing=[self.answers.send(response, inb.envelope.message_id), *follow],
+            outgoing=answered.outgoing,
             outcome=f"decided:{response.status.value}",
         )
 

@@ -8,9 +8,9 @@ sends, the provider again on what it receives.
 
 from __future__ import annotations
 
-from biox.errors import Reason
-from biox.messages import Encounter, SubjectStatus
 from biox.registry import Purpose, Registry, Status
+from biox.wire.errors import Reason
+from biox.wire.messages import Encounter, SubjectStatus
 
 
 def refusal(

@@ -16,14 +16,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
-from biox.errors import Reason
-from biox.messages import (
+from biox.registry import Purpose
+from biox.wire.errors import Reason
+from biox.wire.messages import (
     Biographic,
     Element,
     EncounterRecord,
     ReleasedRecord,
 )
-from biox.registry import Purpose
 
 ANY = "*"
 

@@ -23,13 +23,14 @@ import numpy as np
 import pika
 from pika.exceptions import ChannelClosedByBroker
 
-from biox import addresses
-from biox.broker.connection import ClientTLS, parameters
-from biox.errors import Reason
-from biox.messages import Biometrics, Encounter, SubjectStatus
+from biox.broker.connection import parameters
 from biox.policy.eligibility import refusal
 from biox.registry import Purpose, Registry
 from biox.sim import synth
+from biox.trust.tls import ClientTLS
+from biox.wire import addresses
+from biox.wire.errors import Reason
+from biox.wire.messages import Biometrics, Encounter, SubjectStatus
 
 Result = dict[str, Any]
 

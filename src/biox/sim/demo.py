@@ -20,15 +20,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from sqlmodel import select
 
-from biox import addresses, codec
-from biox.audit import trail_across
+from biox.agreement.provenance import holdings
 from biox.broker.publisher import publish_once
 from biox.broker.topology import declare
-from biox.cli.render import section_table, trail_table
 from biox.gallery.gallery import Gallery
-from biox.messages import Element, RetrievalAsk
-from biox.provenance import holdings
 from biox.registry import Purpose, Registry
+from biox.render import section_table, trail_table
 from biox.routes import ROUTES
 from biox.settings import Settings
 from biox.sim import encounters, galleries, lifecycle_demo, plans, synth
@@ -42,6 +39,9 @@ from biox.sim.processes import (
     wait_for_consumers,
 )
 from biox.store import RetrievalRow, session_for
+from biox.trust.audit import trail_across
+from biox.wire import addresses, codec
+from biox.wire.messages import Element, RetrievalAsk
 
 
 def showcase(

@@ -16,21 +16,22 @@ from dataclasses import dataclass, field
 import numpy as np
 import pika
 
-from biox import addresses, codec
-from biox.broker.connection import ClientTLS, parameters
+from biox.broker.connection import parameters
 from biox.broker.link import Delivery, Link
 from biox.broker.publisher import Publisher
-from biox.codec import Outgoing
-from biox.inbound import read_envelope
-from biox.messages import (
+from biox.sim import synth
+from biox.sim.plans import Planned
+from biox.trust.tls import ClientTLS
+from biox.wire import addresses, codec
+from biox.wire.codec import Outgoing
+from biox.wire.inbound import read_envelope
+from biox.wire.messages import (
     EncounterResult,
     EncounterResultStatus,
     OutcomeStatus,
     PartnerOutcome,
     RetrievalNote,
 )
-from biox.sim import synth
-from biox.sim.plans import Planned
 
 
 @dataclass

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import threading
 
-from biox import examiners
 from biox.broker.link import Link
 from biox.broker.publisher import Publisher
-from biox.examiners import Side
-from biox.messages import ReviewVerdict
+from biox.queries import examiners
+from biox.queries.examiners import Side
 from biox.settings import Settings
 from biox.store import ReviewCaseRow, session_for
+from biox.wire.messages import ReviewVerdict
 
 
 def biographic_examiner(

@@ -14,7 +14,6 @@ import numpy as np
 
 from biox.gallery.gallery import Gallery, Probe
 from biox.gallery.index import VectorIndex
-from biox.messages import Biometrics
 from biox.settings import Settings
 from biox.sim.synth import (
     _SALT,
@@ -31,6 +30,7 @@ from biox.sim.synth import (
     population_for,
     sealed,
 )
+from biox.wire.messages import Biometrics
 
 
 @dataclass

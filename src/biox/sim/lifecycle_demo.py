@@ -15,13 +15,14 @@ from rich.markup import escape
 from rich.table import Table
 from sqlmodel import select
 
-from biox import codec, qa, report, subjects
+from biox.agreement import quality, report, subjects
+from biox.agreement.ledgers import NoticeRow
+from biox.agreement.report_page import render
 from biox.broker.publisher import publish_once
-from biox.ledgers import NoticeRow
-from biox.notice_messages import About, NoticeSend, NoticeType
-from biox.report_html import render
 from biox.settings import Settings
 from biox.store import EncounterRow, Transaction, session_for
+from biox.wire import codec
+from biox.wire.notices import About, NoticeSend, NoticeType
 
 OFFICER = "demo-privacy-officer"
 
@@ -145,7 +146,7 @@ def _qa(console: Console, settings: Settings, codes: list[str]) -> bool:
     clean = True
     for code in codes:
         with session_for(settings.database_for(code)) as s:
-            found = qa.run(s, code, datetime.now(UTC), settings.review_overdue_s)
+            found = quality.run(s, code, datetime.now(UTC), settings.review_overdue_s)
         clean = clean and not found
         said = "no findings" if not found else "; ".join(f"{f.check}: {f.detail}" for f in found)
         console.print(escape(f"$ biox qa -p {code}: {said}"))

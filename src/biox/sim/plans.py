@@ -10,10 +10,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from biox.messages import Biometrics, EncounterSubmit
 from biox.policy.eligibility import refusal
 from biox.registry import Purpose, Registry
 from biox.sim import synth
+from biox.wire.messages import Biometrics, EncounterSubmit
 
 SCENARIOS = ("mated", "stranger", "citizen", "resident", "partner_citizen", "poor")
 WEIGHTS = (0.55, 0.30, 0.06, 0.05, 0.04, 0.0)

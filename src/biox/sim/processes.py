@@ -20,17 +20,18 @@ from pathlib import Path
 import pika
 from rich.console import Console
 
-from biox import addresses
-from biox.broker.connection import ClientTLS, parameters, redact
+from biox.broker.connection import parameters, redact
 from biox.broker.topology import declare
 from biox.dev.broker import LocalBroker
 from biox.dev.sovereign import SovereignBrokers
-from biox.identity import Role
 from biox.registry import Registry
 from biox.routes import ROUTES
-from biox.sealing import ensure_keys
 from biox.settings import Settings
 from biox.sim import galleries
+from biox.trust.identity import Role
+from biox.trust.sealing import ensure_keys
+from biox.trust.tls import ClientTLS
+from biox.wire import addresses
 
 
 def unwind_on_sigterm() -> None:

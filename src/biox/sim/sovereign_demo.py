@@ -16,15 +16,15 @@ from rich.table import Table
 
 from biox.broker.connection import parameters
 from biox.broker.publisher import properties_for
-from biox.codec import Envelope, Outgoing
 from biox.dev.broker import SERVER
 from biox.dev.sovereign import SovereignBrokers
-from biox.identity import Role
 from biox.registry import Registry
-from biox.sealing import load_ring
 from biox.settings import Settings
 from biox.sim import encounters, galleries, plans
 from biox.sim.processes import Workers, start_sovereign_workers, worker_env
+from biox.trust.identity import Role
+from biox.trust.sealing import load_ring
+from biox.wire.codec import Envelope, Outgoing
 
 ROLES = {"us": ("intake", "response", "audit"), "mx": ("query", "audit"), "sv": ("query", "audit")}
 

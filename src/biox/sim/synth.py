@@ -26,8 +26,9 @@ from functools import lru_cache
 
 import numpy as np
 
-from biox.gallery.templates import FACE, FINGER, IRIS, IRIS_COLS, IRIS_ROWS, vector_bytes
-from biox.messages import (
+from biox.gallery.templates import vector_bytes
+from biox.wire.biometrics import FACE, FINGER, IRIS, IRIS_COLS, IRIS_ROWS
+from biox.wire.messages import (
     Biographic,
     Biometrics,
     Encounter,

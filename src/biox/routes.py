@@ -4,7 +4,7 @@ One line per kind. Everything else is derived from here: the topology (which rou
 keys each queue is bound to, which kinds the partner links carry, what the audit queue
 records), the consume loop's sender check and dispatch, the worker kinds and the CLI's
 choices, ``schemas/`` (JSON Schemas, ``routing.json``, the index) and the in-memory
-exchange. Adding a kind means a model in ``messages.py``, a handler method on the
+exchange. Adding a kind means a model in ``wire/messages.py``, a handler method on the
 queue's handler class, and one line below (docs/architecture.md, "The route table").
 """
 

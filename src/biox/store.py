@@ -27,8 +27,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlmodel import Field, Session, SQLModel, col, create_engine, select
 
-# the agreement's tables are declared in its package (ledgers.py); loaded with this module so
-# that every engine this module makes creates them too
+# the agreement's tables are declared in agreement/ledgers.py; loaded with this module so that
+# every engine this module makes creates them too
 from biox.agreement import ledgers  # noqa: F401
 from biox.wire.messages import utcnow
 

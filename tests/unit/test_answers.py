@@ -1,4 +1,4 @@
-"""How a provider words an answer (answers.py), called directly: the paths the matcher
+"""How a provider words an answer (queries/answers.py), called directly: the paths the matcher
 never reaches because it declines first, but the review worker does, when an examiner
 decides a case after the release policy changed (§8-10)."""
 

@@ -83,3 +83,44 @@ def test_every_logged_event_in_the_operations_table_is_emitted():
     local_only = {"postgres_stop_failed"}  # the test database launcher
     alarms = {e for e, levels in emitted.items() if levels & {"warning", "error"}}
     assert alarms - documented - local_only == set()
+
+
+# --- the statement's index (docs/statement.md) ------------------------------------------------
+
+STATEMENT = ROOT / "docs" / "statement.md"
+PARAGRAPH_ROW = re.compile(r"^\| §(\d+) \|", re.M)
+CITED = re.compile(r"§(\d+)(?:[a-z]|\([ivx]+\))*(?:-(\d+))?")
+
+
+def cited_paragraphs() -> dict[int, set[str]]:
+    """Every §N the code, tests and docs cite (both ends of a range), with where."""
+    out: dict[int, set[str]] = {}
+    files = [*(ROOT / "src").rglob("*.py"), *(ROOT / "tests").rglob("*.py"), *DOCS]
+    files += [ROOT / "README.md", *(ROOT / "schemas").glob("*")]
+    for path in files:
+        if "egg-info" in path.parts or path == STATEMENT or not path.is_file():
+            continue
+        for start, end in CITED.findall(path.read_text()):
+            for n in {start, end} - {""}:
+                out.setdefault(int(n), set()).add(str(path.relative_to(ROOT)))
+    return out
+
+
+def test_every_paragraph_the_repository_cites_has_a_line_in_the_statements_index():
+    indexed = {int(n) for n in PARAGRAPH_ROW.findall(STATEMENT.read_text())}
+    cited = cited_paragraphs()
+    assert len(cited) > 20  # the reading works: the code cites most of the statement
+    assert {n: sorted(w) for n, w in cited.items() if n not in indexed} == {}
+    assert indexed == set(range(1, 37))  # and the index has every paragraph, once
+    assert len(PARAGRAPH_ROW.findall(STATEMENT.read_text())) == 36
+
+
+def test_every_path_the_statements_index_names_exists():
+    named = re.findall(r"`((?:[a-z_]+/)*[a-z_]+\.(?:py|toml))`", STATEMENT.read_text())
+    assert len(named) > 50
+    missing = [
+        p
+        for p in named
+        if not any((ROOT / base / p).is_file() for base in ("src/biox", "tests", "."))
+    ]
+    assert missing == []

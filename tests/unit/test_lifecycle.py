@@ -1,4 +1,4 @@
-"""Deletion, correction and blocking through provenance (lifecycle.py), table by table:
+"""Deletion, correction and blocking through provenance (agreement/corrections.py), table by table:
 what each notice finds by query, by message and by record, what it changes, what it
 leaves, and what it reports."""
 

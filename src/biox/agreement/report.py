@@ -1,6 +1,6 @@
 """The annual review (§27): volume, outcomes and timeliness per partner and purpose, from a
 participant's own rows, for a period. ``biox report`` prints it as a table, JSON or an
-HTML page with charts (``report_html.py``).
+HTML page with charts (``agreement/report_page.py``).
 
 Queries sent are counted on the requester's transactions (when sent), queries answered
 on the provider's (when received); refusals from the ``refusals`` table; review ages from

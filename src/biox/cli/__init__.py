@@ -9,13 +9,16 @@ import typer
 from biox.cli import (
     audit,
     broker,
+    disclosure,
     dlq,
     encounters,
     gallery,
+    incident,
     keys,
     notice,
     records,
     report,
+    retention,
     retrieval,
     review,
     serve,
@@ -43,9 +46,9 @@ app.add_typer(review.app, name="review")
 app.add_typer(retrieval.app, name="retrieval")
 app.add_typer(records.app, name="records")
 app.add_typer(notice.app, name="notice")
-app.add_typer(notice.retention_app, name="retention")
-app.add_typer(notice.incident_app, name="incident")
-app.add_typer(notice.disclosure_app, name="disclosure")
+app.add_typer(retention.app, name="retention")
+app.add_typer(incident.app, name="incident")
+app.add_typer(disclosure.app, name="disclosure")
 app.add_typer(subject.app, name="subject")
 app.add_typer(encounters.app, name="encounters")
 app.add_typer(gallery.app, name="gallery")

@@ -3,7 +3,7 @@
 These models are the contract. ``schemas/`` is generated from them and an integrator in
 another language reads only that. Templates are raw bytes (float32 little-endian vectors,
 packed bit strings) and travel as msgpack ``bin``; times are msgpack timestamps
-(``fields.py``: decoding from the wire accepts nothing else).
+(``wire/fields.py``: decoding from the wire accepts nothing else).
 """
 
 from __future__ import annotations

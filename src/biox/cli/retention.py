@@ -1,0 +1,41 @@
+"""``biox retention``: the purge of what is past its retention date (§21), by hand; the
+notice worker runs the same purge on its schedule."""
+
+from __future__ import annotations
+
+import typer
+from rich.table import Table
+
+from biox.agreement import retention
+from biox.broker.deadletters import operator as default_operator
+from biox.broker.publisher import publish_once
+from biox.cli.common import PARTICIPANT, Participant, amqp_url, code, console, session, settings
+from biox.handlers.notice import purge_event
+from biox.wire.messages import utcnow
+
+app = typer.Typer(help="Retention (§21): purge what is past its date.", no_args_is_help=True)
+
+
+@app.command("purge")
+def retention_purge(
+    participant: Participant = PARTICIPANT,
+    dry_run: bool = typer.Option(False, "--dry-run", help="count, remove nothing"),
+    operator: str = typer.Option(None, "--operator", help="default: user@host"),
+) -> None:
+    """Remove every row past its retention date, from every table and every matcher's
+    index; the audit trail records the counts (not with --dry-run)."""
+    me = code(participant)
+    with session(participant) as s:
+        counts = retention.purge(s, utcnow(), settings().marker_retention_days, dry_run=dry_run)
+        table = Table(title=f"{me}: {'would purge' if dry_run else 'purged'}")
+        table.add_column("table")
+        table.add_column("rows", justify="right")
+        for name, n in sorted(counts.items()):
+            table.add_row(name, str(n))
+        console.print(table if counts else "nothing is past its retention date")
+        if dry_run or not counts:
+            return
+        s.commit()
+    who = operator or default_operator()
+    publish_once(amqp_url(), [purge_event(me, counts, who)], name="biox-retention",
+                 tls=settings().client_tls())  # fmt: skip

@@ -6,7 +6,6 @@ configured in one place: the environment of its service manager or container.
 
 from __future__ import annotations
 
-from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
@@ -177,7 +176,3 @@ class Settings(BaseSettings):
             return self.database_url.replace("{participant}", code)
         return f"sqlite:///{(self.participant_dir(code) / 'biox.db').resolve()}"
 
-
-@lru_cache
-def get_settings() -> Settings:
-    return Settings()

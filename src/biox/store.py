@@ -8,7 +8,7 @@ nothing but messages. SQLite (WAL) by default; PostgreSQL through BIOX_DATABASE_
 from __future__ import annotations
 
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
@@ -16,6 +16,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Column,
+    DateTime,
     Integer,
     LargeBinary,
     event,
@@ -23,14 +24,29 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, Session, SQLModel, col, create_engine, select
 
-# the agreement's tables are declared in agreement/ledgers.py; loaded with this module so that
-# every engine this module makes creates them too
-from biox.agreement import ledgers  # noqa: F401
 from biox.wire.messages import utcnow
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """The one column type of every time biox keeps: stored as naive UTC (SQLite keeps no
+    zone, and PostgreSQL's ``timestamp`` column neither), read back aware, in UTC. A time
+    with any zone is converted on the way in; a naive one is taken as UTC already."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is not None:
+            return value.astimezone(UTC).replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return value.replace(tzinfo=UTC) if value is not None else None
 
 
 class ParticipantRow(SQLModel, table=True):
@@ -42,7 +58,7 @@ class ParticipantRow(SQLModel, table=True):
     code: str = Field(primary_key=True)
     agency: str
     status: str
-    updated_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(sa_type=UTCDateTime, default_factory=utcnow)
     contacts: dict[str, str] | None = Field(default=None, sa_column=Column(JSON))
 
 
@@ -65,13 +81,15 @@ class Record(SQLModel, table=True):
     source: str
     source_query_id: str | None = None
     source_message_id: str | None = None
-    received_at: datetime = Field(default_factory=utcnow)
-    retain_until: datetime | None = None
+    received_at: datetime = Field(sa_type=UTCDateTime, default_factory=utcnow)
+    retain_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
     conditions: list[str] = Field(default_factory=list, sa_column=Column(JSON))
     blocked_at: datetime | None = Field(
-        default=None, description="blocked on the source's notice (§23): not matched, not released"
+        sa_type=UTCDateTime,
+        default=None,
+        description="blocked on the source's notice (§23): not matched, not released",
     )
-    corrected_at: datetime | None = None
+    corrected_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
 
 class EnrolledTemplates(SQLModel, table=True):
@@ -86,7 +104,7 @@ class EnrolledTemplates(SQLModel, table=True):
     seq: int | None = Field(default=None, primary_key=True)
     record_id: int = Field(sa_column=Column(BigInteger, nullable=False, index=True))
     biometrics: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
-    enrolled_at: datetime = Field(default_factory=utcnow, index=True)
+    enrolled_at: datetime = Field(sa_type=UTCDateTime, default_factory=utcnow, index=True)
 
 
 class Transaction(SQLModel, table=True):
@@ -100,10 +118,10 @@ class Transaction(SQLModel, table=True):
     providing: str
     purpose: str
     reply_to: str | None = None
-    created_at: datetime = Field(default_factory=utcnow)
-    sent_at: datetime | None = None
-    received_at: datetime | None = None
-    answered_at: datetime | None = None
+    created_at: datetime = Field(sa_type=UTCDateTime, default_factory=utcnow)
+    sent_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    received_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    answered_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     status: str | None = Field(default=None, index=True)
     reason_code: str | None = None
     top_score: float | None = None
@@ -115,13 +133,17 @@ class Transaction(SQLModel, table=True):
     conditions: list[str] = Field(
         default_factory=list, sa_column=Column(JSON), description="conditions of use (§9)"
     )
-    retain_until: datetime | None = None
-    blocked_at: datetime | None = Field(default=None, description="the answer blocked (§23)")
-    corrected_at: datetime | None = None
-    answer_due: datetime | None = Field(
-        default=None, description="requester: timed_out without an answer by then"
+    retain_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    blocked_at: datetime | None = Field(
+        sa_type=UTCDateTime, default=None, description="the answer blocked (§23)"
     )
-    timed_out_at: datetime | None = None
+    corrected_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    answer_due: datetime | None = Field(
+        sa_type=UTCDateTime,
+        default=None,
+        description="requester: timed_out without an answer by then",
+    )
+    timed_out_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
 
 _encounter_revision = Column("revision", Integer, nullable=False, default=0)
@@ -145,11 +167,11 @@ class EncounterRow(SQLModel, table=True):
     person_centric_id: str | None = None
     biographic: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
     encounter: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
-    submitted_at: datetime = Field(default_factory=utcnow)
+    submitted_at: datetime = Field(sa_type=UTCDateTime, default_factory=utcnow)
     source_message_id: str | None = None
     status: str = "pending"
     revision: int = Field(default=0, sa_column=_encounter_revision)
-    retain_until: datetime | None = None
+    retain_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
     __mapper_args__ = {"version_id_col": _encounter_revision, "version_id_generator": False}
 
@@ -164,7 +186,7 @@ class ReviewCaseRow(SQLModel, table=True):
     query_id: str = Field(index=True)
     requesting: str
     purpose: str
-    opened_at: datetime
+    opened_at: datetime = Field(sa_type=UTCDateTime)
     status: str = Field(default="pending", index=True)
     candidates: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON))
     probe_biographic: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
@@ -172,10 +194,10 @@ class ReviewCaseRow(SQLModel, table=True):
     encounter: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
     source: str = Field(description="participant the probe data came from")
     source_message_id: str | None = None
-    retain_until: datetime | None = None
+    retain_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
     examiner: str | None = None
-    taken_at: datetime | None = None
-    decided_at: datetime | None = None
+    taken_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    decided_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     verdict: str | None = None
     identity_ref: str | None = None
     note: str | None = None
@@ -196,20 +218,20 @@ class RetrievalRow(SQLModel, table=True):
     elements: list[str] = Field(default_factory=list, sa_column=Column(JSON))
     asked_by: str | None = Field(default=None, description="operator, or rule:<name>")
     justification: str | None = None
-    asked_at: datetime = Field(default_factory=utcnow)
+    asked_at: datetime = Field(sa_type=UTCDateTime, default_factory=utcnow)
     status: str = Field(default="pending", index=True)
     released: list[str] = Field(default_factory=list, sa_column=Column(JSON))
     withheld: list[str] = Field(default_factory=list, sa_column=Column(JSON))
     reason_code: str | None = None
-    answered_at: datetime | None = None
+    answered_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     data: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
     conditions: list[str] = Field(default_factory=list, sa_column=Column(JSON))
     source: str | None = Field(default=None, description="who the data came from (§20)")
     source_message_id: str | None = None
-    received_at: datetime | None = None
-    retain_until: datetime | None = None
-    blocked_at: datetime | None = None
-    corrected_at: datetime | None = None
+    received_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    retain_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    blocked_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    corrected_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
 
 class ProcessedMessage(SQLModel, table=True):
@@ -223,7 +245,7 @@ class ProcessedMessage(SQLModel, table=True):
     __tablename__ = "processed_messages"
     consumer: str = Field(primary_key=True)
     message_id: str = Field(primary_key=True)
-    processed_at: datetime = Field(default_factory=utcnow)
+    processed_at: datetime = Field(sa_type=UTCDateTime, default_factory=utcnow)
     outputs: bytes = Field(default=b"", sa_column=Column(LargeBinary))
     published: bool = Field(default=False, description="outputs confirmed by the broker")
 
@@ -237,7 +259,7 @@ class AuditEntry(SQLModel, table=True):
 
     __tablename__ = "audit_entries"
     seq: int = Field(primary_key=True)
-    received_at: datetime
+    received_at: datetime = Field(sa_type=UTCDateTime)
     direction: str = Field(description="in | out")
     kind: str
     sender_user: str | None = Field(default=None, description="broker-validated user_id")
@@ -264,10 +286,10 @@ class CheckpointRow(SQLModel, table=True):
     participant: str = Field(primary_key=True)
     seq: int = Field(primary_key=True)
     entry_hash: str
-    at: datetime
+    at: datetime = Field(sa_type=UTCDateTime)
     key_id: str
     signature: str
-    received_at: datetime
+    received_at: datetime = Field(sa_type=UTCDateTime)
 
 
 @lru_cache(maxsize=16)
@@ -296,6 +318,9 @@ def _create_tables(engine: Engine, attempts: int = 5) -> None:
     """Create missing tables; workers of one participant may race to do it on first start."""
     for attempt in range(attempts):
         try:
+            # the agreement's tables (agreement/ledgers.py) are created with the exchange's
+            from biox.agreement import ledgers  # noqa: F401
+
             SQLModel.metadata.create_all(engine)
             _add_new_columns(engine)
             return
@@ -349,4 +374,3 @@ def processed(session: Session, consumer: str, ids: list[str]) -> dict[str, Proc
         )
     )
     return {r.message_id: r for r in rows}
-

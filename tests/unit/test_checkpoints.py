@@ -3,7 +3,7 @@ evidence; the audit worker sends them on schedule and partners keep them."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from sqlmodel import select
 
@@ -61,13 +61,6 @@ def test_a_chain_emptied_is_truncated_at_its_first_checkpoint():
     entries = chain(3)
     [problem] = checkpoints.against([], [held(entries, 1)])
     assert problem.startswith("truncated:") and "names entry 1; the chain ends at 0" in problem
-
-
-def test_times_read_back_without_a_zone_are_utc_and_zoned_ones_are_kept():
-    naive = datetime(2026, 11, 22, 12, 0)
-    assert checkpoints.aware(naive) == AT and checkpoints.aware(naive).tzinfo is UTC
-    mexico = datetime(2026, 11, 22, 6, 0, tzinfo=timezone(timedelta(hours=-6)))
-    assert checkpoints.aware(mexico) is mexico  # the same instant as AT, its zone untouched
 
 
 def test_a_chain_rewritten_and_rehashed_from_an_entry_on_is_named():

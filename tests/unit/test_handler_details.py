@@ -6,7 +6,7 @@ what other matchers enrolled."""
 from __future__ import annotations
 
 import tempfile
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import msgpack
@@ -360,18 +360,6 @@ def test_a_case_taken_between_the_listing_and_the_update_is_not_taken_twice(tmp_
     assert raced
     with session_for(url) as s:
         assert s.get(ReviewCaseRow, "c-1").examiner == "other"
-
-
-def test_review_times_without_a_zone_are_read_as_utc():
-    """A database column without a time zone (PostgreSQL's timestamp) hands back naive
-    times; biox stores UTC, so the age of a case is counted from UTC."""
-    naive = case_row("c-old", opened_s_ago=5 * 3600)
-    naive.opened_at = naive.opened_at.replace(tzinfo=None)
-    assert [c.case_id for c in examiners.overdue([naive], 4 * 3600)] == ["c-old"]
-    assert 5 * 3600 - 60 < examiners.age_s(naive) < 5 * 3600 + 60
-    assert examiners.aware(datetime(2026, 1, 1)) == datetime(2026, 1, 1, tzinfo=UTC)
-    zoned = datetime(2026, 1, 1, 5, tzinfo=timezone(timedelta(hours=5)))
-    assert examiners.aware(zoned) is zoned
 
 
 def test_an_unreadable_retrieval_request_is_answered_rejected_with_its_reason_in_words():

@@ -253,7 +253,8 @@ def test_a_decision_is_kept_with_its_note_and_time_and_a_no_match_names_the_exam
     with session_for(db) as s:
         case = s.get(ReviewCaseRow, "c-1")
         assert case.note == "different scar"
-        assert examiners.aware(case.decided_at) == datetime(2026, 11, 22, 10, 30, tzinfo=UTC)
+        assert case.decided_at == datetime(2026, 11, 22, 10, 30, tzinfo=UTC)
+        assert case.decided_at.tzinfo is UTC  # read back aware (store.UTCDateTime)
 
 
 def test_a_second_decision_changes_neither_the_case_nor_the_answer(db):

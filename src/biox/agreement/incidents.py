@@ -14,7 +14,6 @@ from datetime import datetime, timedelta
 from sqlmodel import Session, col, select
 
 from biox.agreement.ledgers import IncidentRow
-from biox.trust.checkpoints import aware
 from biox.wire.messages import utcnow
 
 DEADLINE = timedelta(hours=48)
@@ -42,7 +41,7 @@ def open_incident(
 
 
 def deadline(row: IncidentRow) -> datetime:
-    return aware(row.aware_at) + DEADLINE
+    return row.aware_at + DEADLINE
 
 
 def waiting(row: IncidentRow) -> list[str]:

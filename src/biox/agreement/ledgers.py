@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import JSON, BigInteger, Column
 from sqlmodel import Field, SQLModel
 
+from biox.store import UTCDateTime
 from biox.wire.messages import utcnow
 
 
@@ -22,7 +23,7 @@ class ParticipantEvent(SQLModel, table=True):
     code: str = Field(index=True)
     status: str
     contacts: dict[str, str] | None = Field(default=None, sa_column=Column(JSON))
-    at: datetime = Field(default_factory=utcnow)
+    at: datetime = Field(sa_type=UTCDateTime, default_factory=utcnow)
     cause: str = Field(description="registry | notice:<id> | operator:<name>")
     note: str | None = None
 
@@ -36,16 +37,16 @@ class NoticeRow(SQLModel, table=True):
     direction: str = Field(description="out | in")
     type: str = Field(index=True)
     partner: str = Field(index=True)
-    sent_at: datetime
-    received_at: datetime | None = None
-    respond_by: datetime | None = None
+    sent_at: datetime = Field(sa_type=UTCDateTime)
+    received_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    respond_by: datetime | None = Field(default=None, sa_type=UTCDateTime)
     status: str = Field(index=True, description="sent | received | applied | acknowledged")
     about: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
     text: str = ""
     details: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
     in_reply_to: str | None = Field(default=None, index=True)
     done: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
-    answered_at: datetime | None = None
+    answered_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     actor: str | None = None
 
 
@@ -62,7 +63,7 @@ class RefusalRow(SQLModel, table=True):
     message_id: str
     reason: str = Field(index=True)
     answered: bool = Field(description="the sender was told; else dead-lettered")
-    at: datetime = Field(default_factory=utcnow, index=True)
+    at: datetime = Field(sa_type=UTCDateTime, default_factory=utcnow, index=True)
 
 
 class DisclosureRow(SQLModel, table=True):
@@ -71,7 +72,7 @@ class DisclosureRow(SQLModel, table=True):
 
     __tablename__ = "disclosures"
     id: int | None = Field(default=None, primary_key=True)
-    at: datetime = Field(default_factory=utcnow, index=True)
+    at: datetime = Field(sa_type=UTCDateTime, default_factory=utcnow, index=True)
     recipient: str = Field(description="the third party: a court, an agency, a state")
     identity_ref: str = Field(index=True)
     source: str = Field(description="the participant the data came from (§20)")
@@ -89,7 +90,7 @@ class NotationRow(SQLModel, table=True):
     table: str = Field(description="records | encounters | transactions | retrievals | ...")
     key: str = Field(index=True, description="the row's key in that table")
     text: str
-    at: datetime = Field(default_factory=utcnow)
+    at: datetime = Field(sa_type=UTCDateTime, default_factory=utcnow)
     by: str
 
 
@@ -99,7 +100,7 @@ class IncidentRow(SQLModel, table=True):
 
     __tablename__ = "incidents"
     incident_id: str = Field(primary_key=True)
-    aware_at: datetime = Field(index=True)
+    aware_at: datetime = Field(sa_type=UTCDateTime, index=True)
     summary: str
     partners: list[str] = Field(default_factory=list, sa_column=Column(JSON))
     notified: dict[str, str] = Field(
@@ -116,5 +117,5 @@ class Tombstone(SQLModel, table=True):
     __tablename__ = "tombstones"
     seq: int | None = Field(default=None, primary_key=True)
     record_id: int = Field(sa_column=Column(BigInteger, nullable=False, index=True))
-    at: datetime = Field(default_factory=utcnow, index=True)
+    at: datetime = Field(sa_type=UTCDateTime, default_factory=utcnow, index=True)
     cause: str

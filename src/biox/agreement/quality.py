@@ -14,7 +14,7 @@ with where to look. ``biox qa`` exits non-zero on any finding.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 from sqlmodel import Session, col, select
 
@@ -35,8 +35,7 @@ def late_notices(rows: list[NoticeRow], now: datetime) -> list[NoticeRow]:
     """Notices past their date: ours unacknowledged, or theirs we have not acted on."""
 
     def due(r: NoticeRow) -> bool:
-        at = r.respond_by.replace(tzinfo=r.respond_by.tzinfo or UTC) if r.respond_by else None
-        return at is not None and at < now
+        return r.respond_by is not None and r.respond_by < now
 
     waiting = {("out", "sent"), ("in", "received")}
     return [r for r in rows if due(r) and (r.direction, r.status) in waiting]

@@ -20,10 +20,6 @@ from biox.agreement.ledgers import NoticeRow, RefusalRow
 from biox.store import ReviewCaseRow, Transaction
 
 
-def _aware(when: datetime | None) -> datetime | None:
-    return when.replace(tzinfo=UTC) if when is not None and when.tzinfo is None else when
-
-
 def percentiles(values: list[float], ps: tuple[int, ...] = (50, 95, 99)) -> dict[str, float]:
     """Nearest-rank percentiles, in the values' unit (empty: none)."""
     if not values:
@@ -79,7 +75,7 @@ def build(session: Session, me: str, start: datetime, end: datetime) -> Report:
     txs = session.exec(select(Transaction)).all()
     for tx in txs:
         mine = tx.role == "requester"
-        when = _aware(tx.sent_at if mine else tx.received_at) or _aware(tx.created_at)
+        when = tx.sent_at if mine else tx.received_at or tx.created_at
         if when is None or not (start <= when < end):
             continue
         direction = "sent" if mine else "answered"
@@ -94,8 +90,8 @@ def build(session: Session, me: str, start: datetime, end: datetime) -> Report:
         decided = (tx.answer or {}).get("decided_by")
         if decided:
             flow.decided_by[decided] += 1
-        begin = _aware(tx.sent_at if mine else tx.received_at)
-        finish = _aware(tx.received_at if mine else tx.answered_at)
+        begin = tx.sent_at if mine else tx.received_at
+        finish = tx.received_at if mine else tx.answered_at
         if begin and finish and tx.status not in (None, "pending", "pending_review"):
             seconds = (finish - begin).total_seconds()
             flow._latencies.append(seconds)
@@ -104,7 +100,7 @@ def build(session: Session, me: str, start: datetime, end: datetime) -> Report:
     for flow in flows.values():
         flow.latency_s = percentiles(flow._latencies)
     refusals = Counter(
-        r.reason for r in session.exec(select(RefusalRow)) if start <= (_aware(r.at) or start) < end
+        r.reason for r in session.exec(select(RefusalRow)) if start <= (r.at or start) < end
     )
     return Report(
         participant=me,
@@ -123,16 +119,16 @@ def _review(session: Session, start: datetime, end: datetime) -> dict[str, Any]:
     cases = [
         c
         for c in session.exec(select(ReviewCaseRow))
-        if start <= (_aware(c.opened_at) or start) < end
+        if start <= (c.opened_at or start) < end
     ]
     now = datetime.now(UTC)
     decided = [
-        ((_aware(c.decided_at) or now) - (_aware(c.opened_at) or now)).total_seconds() / 3600
+        ((c.decided_at or now) - (c.opened_at or now)).total_seconds() / 3600
         for c in cases
         if c.decided_at
     ]
     open_ages = [
-        (now - (_aware(c.opened_at) or now)).total_seconds() / 3600
+        (now - (c.opened_at or now)).total_seconds() / 3600
         for c in cases
         if c.status != "decided"
     ]
@@ -147,12 +143,12 @@ def _review(session: Session, start: datetime, end: datetime) -> dict[str, Any]:
 
 def _notices(session: Session, start: datetime, end: datetime) -> dict[str, Any]:
     rows = session.exec(select(NoticeRow).order_by(col(NoticeRow.sent_at))).all()
-    rows = [r for r in rows if start <= (_aware(r.sent_at) or start) < end]
+    rows = [r for r in rows if start <= (r.sent_at or start) < end]
     now = datetime.now(UTC)
     overdue = [
         r.notice_id
         for r in rows
-        if r.respond_by and (_aware(r.respond_by) or now) < now and r.status in ("sent", "received")
+        if r.respond_by and (r.respond_by or now) < now and r.status in ("sent", "received")
     ]
     return {
         "count": len(rows),

@@ -35,7 +35,6 @@ from biox.wire.codec import H_ATTEMPT, H_FROM, H_TO
 from biox.wire.operations import OpsEvent
 
 H_REPLAYS = "biox-replays"
-REDACT_KEYS = {"template", "code", "mask"}  # biometric bytes
 PERSONAL_KEYS = {"family_name", "given_names", "date_of_birth", "document_number", "place_of_birth"}
 
 
@@ -86,7 +85,7 @@ class DeadLetter:
     def work_queue(self) -> str:
         """The queue this dead letter failed in: its dead-letter queue says so, whatever
         its headers (which a partner may have written) say."""
-        return self.queue.removesuffix(".dlq")
+        return addresses.work_queue_of(self.queue)
 
     def summary(self) -> dict[str, Any]:
         failed = self.failed_at
@@ -134,7 +133,7 @@ def parse_age(text: str) -> float:
 
 def dlq_names(codes: Iterable[str], participant: str | None, queue: str | None) -> list[str]:
     if queue:
-        return [queue if queue.endswith(".dlq") else addresses.dead_letter_queue(queue)]
+        return [addresses.dead_letter_queue(addresses.work_queue_of(queue))]
     roles = list(ROUTES.queues)
     chosen = [participant] if participant else list(codes)
     return [addresses.dead_letter_queue(addresses.queue(c, r)) for c in chosen for r in roles]
@@ -262,7 +261,7 @@ class DeadLetterQueues:
             headers["biox-replayed-at"] = datetime.now(UTC).isoformat()
             headers["biox-replayed-by"] = operator()
             props = republish_properties(d.properties, headers, self.user)
-            code, _, role = target.partition(".")
+            code, role = addresses.work_queue(target)
             key = addresses.replay_key(code, role)
             self.publisher.send_raw([(addresses.inbox(code), key, d.body, props)])
             return True  # confirmed: send_raw raises if the broker refused or returned it
@@ -295,7 +294,7 @@ class DeadLetterQueues:
                 raise ValueError(f"line {n}: {queue!r} is not a dead-letter queue of biox")
             props = pika.BasicProperties(**record["properties"])
             props.user_id = self.user
-            code, _, role = queue.removesuffix(".dlq").partition(".")
+            code, role = addresses.work_queue(addresses.work_queue_of(queue))
             recorded = ROUTES.queues[role].decode  # the audit's own dead letters are not
             target = failures.dead_letter_target(code, role, recorded)
             messages.append((*target, base64.b64decode(record["body"]), props))
@@ -321,12 +320,12 @@ def replay_target(dead_letter_queue: str, kind: str, to_queue: str | None = None
     """Where a dead letter of ``kind`` from ``dead_letter_queue`` may be replayed: its own
     work queue, or ``to_queue`` when that is a queue of the same participant whose
     route-table kinds include ``kind`` (the audit queue records any)."""
-    home = dead_letter_queue.removesuffix(".dlq")
+    home = addresses.work_queue_of(dead_letter_queue)
     target = to_queue or home
-    code, _, role = target.partition(".")
+    code, role = addresses.work_queue(target)
     queue = ROUTES.queues.get(role)
-    if queue is None or code != home.partition(".")[0]:
-        raise ValueError(f"{target!r} is not a work queue of {home.partition('.')[0]!r}")
+    if queue is None or code != addresses.owner(home):
+        raise ValueError(f"{target!r} is not a work queue of {addresses.owner(home)!r}")
     if queue.decode and kind not in ROUTES.kinds_of(role):
         raise ValueError(f"{target!r} does not take {kind!r}")
     return target

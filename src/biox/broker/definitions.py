@@ -182,7 +182,7 @@ def definitions(
 
     binds = []
     for destination, source, key in bindings(code, codes, routes, tiers, sovereign=True):
-        kind = "exchange" if destination.startswith("biox.") else "queue"
+        kind = "exchange" if addresses.is_exchange(destination) else "queue"
         binds.append(
             {
                 "source": source,

@@ -183,7 +183,7 @@ def declare(
                 declare_work_queue(ch, name, settings.retry_tiers, settings.delivery_limit)
                 queues.append(name)
             for destination, source, key in bindings(code, codes, routes, settings.retry_tiers):
-                if destination.startswith("biox."):
+                if addresses.is_exchange(destination):
                     ch.exchange_bind(destination=destination, source=source, routing_key=key)
                 else:
                     ch.queue_bind(destination, source, key)

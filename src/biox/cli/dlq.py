@@ -22,6 +22,7 @@ from biox.cli.common import Kind, Participant, amqp_url, console, settings
 from biox.cli.subject import audited_read
 from biox.registry import Registry
 from biox.render import text
+from biox.wire import addresses
 from biox.wire.operations import (
     DeadLettersExported,
     DeadLettersImported,
@@ -112,7 +113,7 @@ def dlq_show(message_id: str, participant: Participant = _P, queue: str = _Q) ->
     if not found:
         console.print(f"{text(message_id)}: not in any dead-letter queue")
         raise typer.Exit(1)
-    for owner in sorted({d.queue.split(".")[0] for d in found}):
+    for owner in sorted({addresses.owner(d.queue) for d in found}):
         audited_read(owner, "dlq show", {"message_id": message_id}, len(found), operator())
     for d in found:
         record = to_record(d)
@@ -153,8 +154,8 @@ def dlq_replay(
             on_refused=lambda d, why: refused.append((d.queue, d.id, why)),
         )
         if n and not dry_run:
-            for code in sorted({q.split(".")[0] for q, _, _ in moved}):
-                done = [i for q, i, _ in moved if q.split(".")[0] == code]
+            for code in sorted({addresses.owner(q) for q, _, _ in moved}):
+                done = [i for q, i, _ in moved if addresses.owner(q) == code]
                 dlqs.record_action(code, DeadLettersReplayed, done, f"{len(done)} replayed")
     finally:
         dlqs.close()
@@ -193,8 +194,8 @@ def dlq_purge(
 
     try:
         n = dlqs.visit(names, filters, delete)
-        for code in sorted({q.split(".")[0] for q, _ in gone}):
-            done = [i for q, i in gone if q.split(".")[0] == code]
+        for code in sorted({addresses.owner(q) for q, _ in gone}):
+            done = [i for q, i in gone if addresses.owner(q) == code]
             dlqs.record_action(code, DeadLettersPurged, done, f"{len(done)} purged")
     finally:
         dlqs.close()
@@ -219,11 +220,11 @@ def dlq_export(
         with os.fdopen(fd, "w") as out:
             n = dlqs.export(names, filters, out)
         exported = [json.loads(line) for line in file.read_text().splitlines() if line]
-        for code in sorted({r["queue"].split(".")[0] for r in exported}):
+        for code in sorted({addresses.owner(r["queue"]) for r in exported}):
             done = [
                 str(r["properties"].get("message_id"))
                 for r in exported
-                if r["queue"].split(".")[0] == code
+                if addresses.owner(r["queue"]) == code
             ]
             dlqs.record_action(
                 code, DeadLettersExported, done, f"{len(done)} exported to {file.resolve()}"
@@ -245,8 +246,8 @@ def dlq_import(file: Path) -> None:
             except ValueError as exc:
                 console.print(f"[red]nothing imported:[/] {text(exc)}")
                 raise typer.Exit(1) from exc
-        for code in sorted({q.split(".")[0] for q in imported}):
-            done = [i for q, ids in imported.items() if q.split(".")[0] == code for i in ids]
+        for code in sorted({addresses.owner(q) for q in imported}):
+            done = [i for q, ids in imported.items() if addresses.owner(q) == code for i in ids]
             dlqs.record_action(
                 code, DeadLettersImported, done, f"{len(done)} imported from {file.resolve()}"
             )

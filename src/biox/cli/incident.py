@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 
 import typer
 from rich.table import Table
@@ -15,6 +15,7 @@ from biox.broker.deadletters import operator as default_operator
 from biox.cli.common import PARTICIPANT, Participant, code, console, session
 from biox.cli.notice import send_notice
 from biox.render import text
+from biox.wire.fields import as_utc
 from biox.wire.messages import utcnow
 from biox.wire.notices import NoticeSend, NoticeType
 
@@ -30,7 +31,7 @@ def incident_open(
     operator: str = typer.Option(None, "--operator"),
 ) -> None:
     """Record an incident; the 48 hours run from when we became aware (§17)."""
-    at = (aware_at or utcnow()).replace(tzinfo=(aware_at.tzinfo if aware_at else None) or UTC)
+    at = as_utc(aware_at) if aware_at else utcnow()
     with session(participant) as s:
         row = incidents.open_incident(s, summary, partner, at, operator or default_operator())
         s.commit()

@@ -4,7 +4,7 @@ checks (§28)."""
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import typer
@@ -15,6 +15,7 @@ from biox.agreement import report as annual
 from biox.agreement.report_page import render
 from biox.cli.common import PARTICIPANT, Participant, code, console, session, settings
 from biox.render import text
+from biox.wire.fields import as_utc
 from biox.wire.messages import utcnow
 
 
@@ -26,10 +27,8 @@ def report(
     html: Path = typer.Option(None, "--html", help="also write the page with charts here"),
 ) -> None:
     """The annual review (§27): volume, outcomes and timeliness per partner and purpose."""
-    to = (end or utcnow()).replace(tzinfo=(end.tzinfo if end else None) or UTC)
-    since = (start or to.replace(year=to.year - 1)).replace(
-        tzinfo=(start.tzinfo if start else None) or UTC
-    )
+    to = as_utc(end) if end else utcnow()
+    since = as_utc(start) if start else to - timedelta(days=365)  # no year-1 on a 29 February
     with session(participant) as s:
         rep = annual.build(s, code(participant), since, to)
     if html is not None:

@@ -34,6 +34,7 @@ from biox.gallery.gallery import Gallery
 from biox.store import EnrolledTemplates, Record
 from biox.wire import biometrics
 from biox.wire.errors import PermanentError
+from biox.wire.fields import as_utc
 from biox.wire.messages import Biographic, Biometrics, EncounterRecord
 
 
@@ -128,7 +129,7 @@ def parse(row: dict[str, Any]) -> tuple[dict[str, Any], Biometrics]:
         "encounters": encounters,
         "derogatory": [str(d) for d in row.get("derogatory") or []],
         "releasable": True if row.get("releasable") is None else bool(row["releasable"]),
-        "retain_until": retain.replace(tzinfo=retain.tzinfo or UTC) if retain else None,
+        "retain_until": as_utc(retain) if retain else None,
     }
     return fields, bio
 

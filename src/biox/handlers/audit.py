@@ -86,7 +86,7 @@ class AuditHandler(Handler):
     def _entry(self, inb: Inbound[None], now: datetime) -> AuditEntry:
         env = inb.envelope
         outgoing = inb.exchange == addresses.outbox(self.me)
-        hop = inb.routing_key.split(".")[1] if inb.routing_key.count(".") >= 2 else ""
+        hop = addresses.hop(inb.routing_key)
         direction = "out" if outgoing else hop if hop in HOPS else "in"
         return AuditEntry(
             seq=0,

@@ -18,7 +18,6 @@ from biox.handlers.base import Context, Effects, Handler, Result
 from biox.metrics import Metrics
 from biox.policy.release import ParticipantPolicy
 from biox.queries.answers import Answers, Asked, Found
-from biox.queries.examiners import aware
 from biox.registry import Purpose
 from biox.store import Record, ReviewCaseRow, Transaction, session_for
 from biox.wire.codec import Envelope
@@ -138,5 +137,5 @@ def backlog(database_url: str) -> dict[str, float]:
         ).one()
     age = 0.0
     if oldest is not None:
-        age = (utcnow() - aware(oldest)).total_seconds()
+        age = (utcnow() - oldest).total_seconds()
     return {"cases": float(count), "oldest_seconds": max(0.0, age)}

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import CursorResult, and_, or_, update
 from sqlmodel import Session, col, select
@@ -22,13 +22,8 @@ from biox.wire.messages import ReviewDecision, ReviewVerdict, utcnow
 OPEN = ("pending", "in_review")
 
 
-def aware(t: datetime) -> datetime:
-    """SQLite hands back naive datetimes; everything biox stores is UTC."""
-    return t if t.tzinfo else t.replace(tzinfo=UTC)
-
-
 def age_s(case: ReviewCaseRow, now: datetime | None = None) -> float:
-    return ((now or utcnow()) - aware(case.opened_at)).total_seconds()
+    return ((now or utcnow()) - case.opened_at).total_seconds()
 
 
 def open_cases(session: Session) -> list[ReviewCaseRow]:

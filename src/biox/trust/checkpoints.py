@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import base64
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import ClassVar
 
 import msgpack
@@ -113,7 +113,7 @@ def held_in(session: Session, holder: str, about: str) -> list[Held]:
                 participant=r.participant,
                 seq=r.seq,
                 entry_hash=r.entry_hash,
-                at=aware(r.at),
+                at=r.at,
                 key_id=r.key_id,
                 signature=r.signature,
             ),
@@ -122,6 +122,4 @@ def held_in(session: Session, holder: str, about: str) -> list[Held]:
     ]
 
 
-def aware(when: datetime) -> datetime:
-    """Times read back from a database column without a zone are UTC."""
-    return when if when.tzinfo else when.replace(tzinfo=UTC)
+

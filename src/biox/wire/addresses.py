@@ -1,7 +1,8 @@
 """Names of exchanges, queues and routing keys, in one place.
 
-Everything that publishes or declares asks this module, so a name is spelled once; which
-kind goes where is the route table's (``routes.py``).
+Everything that publishes or declares asks this module, so a name is spelled once, and
+everything that reads a name back parses it here (the functions at the end); which kind
+goes where is the route table's (``routes.py``).
 """
 
 from __future__ import annotations
@@ -52,10 +53,6 @@ def dead_letter_queue(work_queue: str) -> str:
     return f"{work_queue}.dlq"
 
 
-def audit_queue(code: str) -> str:
-    return f"{code}.audit"
-
-
 def retry_key(code: str, role: str, seconds: int) -> str:
     """Routing key of a retry hop on the participant's inbox (so the audit sees it)."""
     return f"{code}.retry.{role}.{seconds}"
@@ -78,3 +75,37 @@ def unrecorded_dead_letter_key(code: str, role: str) -> str:
 def replay_key(code: str, role: str) -> str:
     """A dead letter an operator sends back to ``<code>.<role>`` (``biox dlq replay``)."""
     return f"{code}.replay.{role}"
+
+
+# --- reading names back -----------------------------------------------------------------------
+
+#: the participant's own hops through its inbox, the second part of their routing keys
+HOPS = ("retry", "dead-letter", "replay")
+
+
+def is_exchange(name: str) -> bool:
+    """Exchanges are ``biox.``-prefixed (``inbox``, ``outbox``, ``results``); queues are not."""
+    return name.startswith("biox.")
+
+
+def owner(name: str) -> str:
+    """The participant a queue name or a routing key belongs to (its first part)."""
+    return name.partition(".")[0]
+
+
+def work_queue(name: str) -> tuple[str, str]:
+    """``(code, role)`` of a work queue (``queue``)."""
+    code, _, role = name.partition(".")
+    return code, role
+
+
+def work_queue_of(dead_letters: str) -> str:
+    """The work queue whose dead-letter queue (``dead_letter_queue``) this is."""
+    return dead_letters.removesuffix(".dlq")
+
+
+def hop(routing_key: str) -> str:
+    """Which own hop a routing key names (``retry``, ``dead-letter``, ``replay``; see
+    ``retry_key``, ``dead_letter_key``, ``replay_key``), or "" for a kind's key."""
+    parts = routing_key.split(".")
+    return parts[1] if len(parts) > 2 and parts[1] in HOPS else ""

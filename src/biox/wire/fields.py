@@ -44,5 +44,12 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def as_utc(when: datetime) -> datetime:
+    """A time from outside (a typed option, an imported file) in UTC: one without a zone
+    is taken as UTC, as biox writes every time; one with a zone is converted. Times read
+    from the database are already so (``store.UTCDateTime``)."""
+    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+
+
 class Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=False, use_enum_values=False)

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any, Generic, Protocol, TypeVar
 
 from biox.trust.sealing import SIGNED_HEADERS
+from biox.wire import addresses
 from biox.wire.codec import H_ATTEMPT, H_FROM, H_ORIGINAL_USER, H_SCHEMA, H_TO, Envelope
 
 M = TypeVar("M", covariant=True)
@@ -83,10 +84,11 @@ def arrived(env: Envelope, exchange: str, routing_key: str, me: str) -> Envelope
     climbs (docs/architecture.md, "Identities"). Our own hops through the inbox (the
     retry and dead-letter keys, which no partner may publish) keep theirs, for the audit.
     """
-    if exchange == "" or routing_key.startswith(f"{me}.replay."):  # our own copies
+    own_hop = addresses.hop(routing_key) if addresses.owner(routing_key) == me else ""
+    if exchange == "" or own_hop == "replay":  # our own copies
         first = header_text(env.headers.get(H_ORIGINAL_USER))
         return replace(env, user_id=first or env.user_id)
-    if env.sender == me or routing_key.startswith((f"{me}.retry.", f"{me}.dead-letter.")):
+    if env.sender == me or own_hop in ("retry", "dead-letter"):
         return env
     kept = {
         k: v for k, v in env.headers.items() if not k.startswith("biox-") or k in SENDER_HEADERS

@@ -67,7 +67,7 @@ class Sender(StrEnum):
 class Queue:
     """A work queue ``<code>.<role>`` and the handler class its workers run.
 
-    ``records``: set for the audit queue only. It takes every audited kind, and every
+    ``undecoded``: set for the audit queue only. It takes every audited kind, and every
     retry and dead-letter hop, undecoded, with this one method; it counts each hop of a
     message as its own event; and it sends its own failures straight to its tiers, not
     through the inbox it records (which would feed it).
@@ -75,12 +75,13 @@ class Queue:
 
     role: str
     handler: type[HandlerClass]
-    records: HandlerMethod | None = None
+    undecoded: HandlerMethod | None = None
     doc: str = ""
 
     @property
-    def decode(self) -> bool:
-        return self.records is None
+    def decodes(self) -> bool:
+        """Whether its workers decode each body into its kind's model (all but the audit)."""
+        return self.undecoded is None
 
 
 @dataclass(frozen=True)
@@ -142,17 +143,17 @@ class RouteTable:
 
     def kinds_of(self, role: str) -> tuple[str, ...]:
         """The kinds a queue takes (the audit queue: every audited kind)."""
-        if not self.queues[role].decode:
+        if not self.queues[role].decodes:
             return tuple(sorted(k for k, r in self.routes.items() if r.audited))
         return tuple(sorted(k for k, r in self.routes.items() if r.queue == role))
 
     def work_queues(self) -> list[Queue]:
-        return [q for q in self.queues.values() if q.decode]
+        return [q for q in self.queues.values() if q.decodes]
 
     @property
     def audit(self) -> Queue | None:
         """The queue that records everything (none in a table built for a test)."""
-        return next((q for q in self.queues.values() if not q.decode), None)
+        return next((q for q in self.queues.values() if not q.decodes), None)
 
     def partner_kinds(self) -> tuple[str, ...]:
         """What the links between participants carry: nothing else reaches a partner."""
@@ -213,7 +214,7 @@ QUEUES = (
         NoticeHandler,
         doc="notices between participants (§12-36) and the partners' audit checkpoints",
     ),
-    Queue("audit", AuditHandler, records=AuditHandler.record, doc="the hash-chained audit trail"),
+    Queue("audit", AuditHandler, undecoded=AuditHandler.chain, doc="the hash-chained audit trail"),
 )
 
 E, OWN, P = Sender.encounter_system, Sender.own, Sender.partner

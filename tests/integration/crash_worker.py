@@ -31,7 +31,7 @@ if __name__ == "__main__":
     url, queue, database = sys.argv[1:4]
     participant, role = queue.split(".", 1)
     settings = Settings(prefetch=1, batch_max=1, retry_delays="1", dev_shared_broker=True)
-    spec = Queue(role, CrashHandler, records=CrashHandler.handle)  # type: ignore[arg-type]
+    spec = Queue(role, CrashHandler, undecoded=CrashHandler.handle)  # type: ignore[arg-type]
     loop = ConsumeLoop(
         url=url,
         participant=participant,

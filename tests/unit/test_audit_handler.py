@@ -45,7 +45,7 @@ def db(tmp_path) -> str:
 
 def record(db: str, *batch: Inbound[None], me: str = "us") -> list[AuditEntry]:
     with session_for(db) as s:
-        results = AuditHandler(me).record(list(batch), s)
+        results = AuditHandler(me).chain(list(batch), s)
         rows = [r for e in results if isinstance(e, Effects) for r in e.rows]
         s.add_all(rows)
         s.commit()

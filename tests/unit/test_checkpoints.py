@@ -107,7 +107,7 @@ def test_the_audit_worker_sends_its_signed_head_to_every_partner_on_its_schedule
     with session_for(url) as s:
         assert h.maintain(s, AT) == []  # an empty chain: no head to vouch for
         for batch in ([inbound(1), inbound(2)], [inbound(3), inbound(4), inbound(5)]):
-            results = h.record(batch, s)
+            results = h.chain(batch, s)
             assert all(e.outgoing == [] for e in results)  # traffic sends no checkpoint
             for e in results:
                 s.add_all(e.rows)
@@ -127,7 +127,7 @@ def test_the_audit_worker_sends_its_signed_head_to_every_partner_on_its_schedule
     }
     with session_for(url) as s:  # nothing again until the chain grows
         assert h.maintain(s, AT) == []
-        for e in h.record([inbound(6)], s):
+        for e in h.chain([inbound(6)], s):
             s.add_all(e.rows)
         s.commit()
         again = h.maintain(s, AT)

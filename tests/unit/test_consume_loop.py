@@ -270,7 +270,7 @@ def table(handler_class: type, *, undecoded: bool = False) -> RouteTable:
     """A route table of one queue: ``us.retrieval`` taking ``retrieval.ask`` from the
     participant itself and from partners, or an audit-like queue taking everything."""
     if undecoded:
-        return RouteTable([Queue("audit", handler_class, records=handler_class.handle)], [])
+        return RouteTable([Queue("audit", handler_class, undecoded=handler_class.handle)], [])
     queue = Queue("retrieval", handler_class)
     return RouteTable([queue], [route(RetrievalAsk, "retrieval", handler_class.handle, OWN, P)])
 

@@ -400,7 +400,7 @@ def test_each_audit_entry_is_counted_by_its_direction():
         Inbound(env, None, b"x", "biox.us", "us.retry.query.5"),
     ]
     with session_for(f"sqlite:///{tempfile.mkdtemp()}/a.db") as s:
-        results = AuditHandler("us").record(batch, s)
+        results = AuditHandler("us").chain(batch, s)
     assert [r.outcome for r in results] == [
         "audited:in",
         "audited:out",

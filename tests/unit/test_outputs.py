@@ -949,9 +949,8 @@ def test_retrievals_about_an_encounter_are_listed_oldest_first_pending_ones_with
         )
         s.commit()
         views = EncounterViews(s, ["E-77"])
-        updated = views.updated("us", "E-77", "m-9", "result")
-    assert updated is not None and updated[1] is not None
-    result = decode(updated[1], EncounterResult)
+        [out] = views.updated("us", "E-77", "m-9", "result").outgoing
+    result = decode(out, EncounterResult)
     notes = result.outcomes[0].retrievals
     assert [(n.retrieval_id, n.status) for n in notes] == [("r-old", "released"), ("r-new", None)]
     assert notes[0].released == ["biographic"] and notes[1].released == []

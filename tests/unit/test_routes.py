@@ -146,7 +146,7 @@ def test_every_queue_of_the_table_has_a_worker_and_a_handler_method_per_kind():
     for role, queue in ROUTES.queues.items():
         kinds = ROUTES.kinds_of(role)
         assert kinds, role
-        if queue.decode:
+        if queue.decodes:
             for kind in kinds:
                 r: Route = ROUTES.routes[kind]
                 assert r.handler is not None

@@ -485,10 +485,9 @@ def test_two_workers_updating_one_encounter_cannot_both_commit(tmp_path):
     first, second = session_for(db), session_for(db)
     a = EncounterViews(first, ["E-1"]).updated("us", "E-1", "m1", "result")
     b = EncounterViews(second, ["E-1"]).updated("us", "E-1", "m2", "result")
-    assert a is not None and b is not None
-    first.add(a[0])
+    first.add_all(a.rows)
     first.commit()
-    second.add(b[0])
+    second.add_all(b.rows)
     with pytest.raises(StaleDataError):
         second.commit()
     with session_for(db) as s:

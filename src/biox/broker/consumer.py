@@ -238,7 +238,7 @@ class ConsumeLoop:
                 elif isinstance(result, BioxError):
                     failed.append((t, key, result))
                 else:
-                    self._record(session, t.envelope, key, result, publish, markers)
+                    self._stage(session, t.envelope, key, result, publish, markers)
             for t, key, error in failed:
                 unproven = error.reason in UNPROVEN  # never answer whoever biox-from names
                 answer = None if unproven else self.handler.reject(t.envelope, error)
@@ -246,7 +246,7 @@ class ConsumeLoop:
                 if answer is None:
                     dead.append((t, error))
                 else:
-                    self._record(session, t.envelope, key, answer, publish, markers)
+                    self._stage(session, t.envelope, key, answer, publish, markers)
             if markers:  # one multi-row insert for the batch's idempotency markers
                 session.execute(insert(ProcessedMessage), markers)
             session.commit()
@@ -267,8 +267,8 @@ class ConsumeLoop:
         """Each kind's sub-batch to its handler method; results back in delivery order."""
         if not fresh:
             return []
-        if self.spec.records is not None:
-            return self.spec.records(self.handler, fresh, session)
+        if self.spec.undecoded is not None:
+            return self.spec.undecoded(self.handler, fresh, session)
         by_kind: dict[str, list[int]] = defaultdict(list)
         for i, inb in enumerate(fresh):
             by_kind[inb.envelope.kind].append(i)
@@ -295,7 +295,7 @@ class ConsumeLoop:
     def _key(self, t: Taken) -> str:
         """Idempotency key: the message id, unless the queue sees hops of one message as
         distinct events (the audit queue records each retry hop)."""
-        if self.spec.decode:
+        if self.spec.decodes:
             return t.envelope.message_id
         d = t.delivery
         return f"{t.envelope.message_id}|{d.exchange}|{d.routing_key}|{t.envelope.attempt}"
@@ -303,7 +303,7 @@ class ConsumeLoop:
     def _inbound(self, t: Taken) -> Inbound[Any] | BioxError:
         """The message as its handler gets it: sender checked, then body decoded."""
         env, d = t.envelope, t.delivery
-        if not self.spec.decode:
+        if not self.spec.decodes:
             return Inbound(env, None, d.body, d.exchange, d.routing_key)
         r = self.routes.get(env.kind)
         if r is None or r.queue != self.spec.role:
@@ -328,7 +328,7 @@ class ConsumeLoop:
             return exc
         return Inbound(env, message, body, d.exchange, d.routing_key)
 
-    def _record(
+    def _stage(
         self,
         session: Session,
         env: Envelope,
@@ -382,7 +382,7 @@ class ConsumeLoop:
                 self._dead(t, exc, attempt=attempt)
             else:
                 target = failures.retry_target(
-                    self.participant, self.spec.role, tiers[attempt - 1], self.spec.decode
+                    self.participant, self.spec.role, tiers[attempt - 1], self.spec.decodes
                 )
                 self._republish(t, target, exc, attempt)
                 self.stats["retried"] += 1
@@ -393,7 +393,7 @@ class ConsumeLoop:
             self.link.nack(t.delivery, requeue=True)
 
     def _dead(self, t: Taken, exc: BaseException, attempt: int | None = None) -> None:
-        target = failures.dead_letter_target(self.participant, self.spec.role, self.spec.decode)
+        target = failures.dead_letter_target(self.participant, self.spec.role, self.spec.decodes)
         env = t.envelope
         self._republish(t, target, exc, attempt if attempt is not None else env.attempt)
         self.stats["dead_lettered"] += 1

@@ -275,7 +275,7 @@ class DeadLetterQueues:
         """One JSON line per message, lossless (body base64), left in the queue."""
         n = 0
         for d in self.find(queues, filters):
-            out.write(json.dumps(to_record(d)) + "\n")
+            out.write(json.dumps(export_line(d)) + "\n")
             n += 1
         return n
 
@@ -295,7 +295,7 @@ class DeadLetterQueues:
             props = pika.BasicProperties(**record["properties"])
             props.user_id = self.user
             code, role = addresses.work_queue(addresses.work_queue_of(queue))
-            recorded = ROUTES.queues[role].decode  # the audit's own dead letters are not
+            recorded = ROUTES.queues[role].decodes  # the audit's own dead letters are not
             target = failures.dead_letter_target(code, role, recorded)
             messages.append((*target, base64.b64decode(record["body"]), props))
             ids_by_queue[queue].append(str(props.message_id))
@@ -326,7 +326,7 @@ def replay_target(dead_letter_queue: str, kind: str, to_queue: str | None = None
     queue = ROUTES.queues.get(role)
     if queue is None or code != addresses.owner(home):
         raise ValueError(f"{target!r} is not a work queue of {addresses.owner(home)!r}")
-    if queue.decode and kind not in ROUTES.kinds_of(role):
+    if queue.decodes and kind not in ROUTES.kinds_of(role):
         raise ValueError(f"{target!r} does not take {kind!r}")
     return target
 
@@ -335,7 +335,7 @@ def operator() -> str:
     return f"{getpass.getuser()}@{socket.gethostname()}"
 
 
-def to_record(d: DeadLetter) -> dict[str, Any]:
+def export_line(d: DeadLetter) -> dict[str, Any]:
     p = d.properties
     props = {
         k: getattr(p, k)

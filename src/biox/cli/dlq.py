@@ -103,7 +103,7 @@ def dlq_list(
 @app.command("show")
 def dlq_show(message_id: str, participant: Participant = _P, queue: str = _Q) -> None:
     """Properties, headers and the body with templates and personal data redacted."""
-    from biox.broker.deadletters import redacted_body, to_record
+    from biox.broker.deadletters import export_line, redacted_body
 
     dlqs, names, filters = _scope(participant, queue, None, None, None, [message_id])
     try:
@@ -116,7 +116,7 @@ def dlq_show(message_id: str, participant: Participant = _P, queue: str = _Q) ->
     for owner in sorted({addresses.owner(d.queue) for d in found}):
         audited_read(owner, "dlq show", {"message_id": message_id}, len(found), operator())
     for d in found:
-        record = to_record(d)
+        record = export_line(d)
         record.pop("body")
         record["body (redacted)"] = redacted_body(d)
         print(json.dumps(record, indent=2, default=str))

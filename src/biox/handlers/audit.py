@@ -27,7 +27,7 @@ HOPS = ("retry", "dead-letter")
 
 
 class AuditHandler(Handler):
-    """Takes every audited kind undecoded (its queue ``records`` with ``record``)."""
+    """Takes every audited kind undecoded (its queue's ``undecoded`` method: ``chain``)."""
 
     @classmethod
     def build(cls, ctx: Context) -> AuditHandler:
@@ -56,7 +56,7 @@ class AuditHandler(Handler):
         self.maintain_every_s = checkpoint_every_s if self.partners and ring else 0.0
         self._checkpointed = 0  # the last sequence number whose head went out
 
-    def record(self, batch: Sequence[Inbound[None]], session: Session) -> list[Result]:
+    def chain(self, batch: Sequence[Inbound[None]], session: Session) -> list[Result]:
         seq, prev = audit.head(session)
         now = utcnow()
         entries = audit.chain((self._entry(inb, now) for inb in batch), seq, prev)

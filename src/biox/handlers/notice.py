@@ -166,12 +166,9 @@ class NoticeHandler(Handler):
         if done.encounters:  # the encounter system hears that an answer changed
             views = EncounterViews(session, done.encounters)
             for encounter_id in sorted(done.encounters):
-                updated = views.updated(self.me, encounter_id, n.notice_id, "notice-result")
-                if updated is not None:
-                    encounter, result = updated
-                    rows.append(encounter)
-                    if result is not None:
-                        outgoing.append(result)
+                revision = views.updated(self.me, encounter_id, n.notice_id, "notice-result")
+                rows += revision.rows
+                outgoing += revision.outgoing
         awaiting = n.type in (NoticeType.consent_request, NoticeType.correction_request)
         row = _row(n, "in", "received" if awaiting else "applied")
         row.done = done.counts

@@ -56,13 +56,9 @@ class ResponseHandler(Handler):
         views = EncounterViews(session, {tx.encounter_id for tx in late})
         outgoing = []
         for tx in sorted(late, key=lambda t: t.query_id):
-            updated = views.updated(self.me, tx.encounter_id, tx.query_id, "timed-out")
-            if updated is None:
-                continue
-            encounter, out = updated
-            session.add(encounter)
-            if out is not None:
-                outgoing.append(out)
+            revision = views.updated(self.me, tx.encounter_id, tx.query_id, "timed-out")
+            session.add_all(revision.rows)
+            outgoing += revision.outgoing
         log.warning("answers_timed_out", queries=[tx.query_id for tx in late])
         return outgoing
 
@@ -117,12 +113,9 @@ class ResponseHandler(Handler):
         tx.source_message_id = inb.envelope.message_id
         tx.retain_until = self.policy.received_until(now) if r.candidates else None
         effects = Effects(rows=[tx], outcome=r.status.value)
-        updated = views.updated(self.me, tx.encounter_id, inb.envelope.message_id, "result")
-        if updated is not None:
-            encounter, out = updated
-            effects.rows.append(encounter)
-            if out is not None:
-                effects.outgoing.append(out)
+        revision = views.updated(self.me, tx.encounter_id, inb.envelope.message_id, "result")
+        effects.rows += revision.rows
+        effects.outgoing += revision.outgoing
         return effects
 
     def reject(self, envelope: Envelope, error: BioxError) -> Effects | None:

@@ -240,13 +240,11 @@ class RetrievalHandler(Handler):
         )
         if tx is not None and tx.providing == sender:  # a retrieval about our encounter
             views.add_retrieval(row)
-            updated = views.updated(
+            revision = views.updated(
                 self.me, tx.encounter_id, inb.envelope.message_id, "retrieval-result"
             )
-            if updated is not None:
-                effects.rows.append(updated[0])
-                if updated[1] is not None:
-                    effects.outgoing.append(updated[1])
+            effects.rows += revision.rows
+            effects.outgoing += revision.outgoing
         return effects
 
     @staticmethod

@@ -9,6 +9,7 @@ same view. ``revision`` is also the row's optimistic lock (see ``EncounterRow``)
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from sqlmodel import Session, col, select
 
@@ -24,6 +25,16 @@ from biox.wire.messages import (
     RetrievalNote,
     utcnow,
 )
+
+
+@dataclass(frozen=True)
+class Revision:
+    """What an encounter's new revision changes: its row to store (none for an encounter
+    this participant has no row of) and the result for its encounter system (none without
+    a reply queue). The caller adds both to its effects as they are."""
+
+    rows: list[EncounterRow]
+    outgoing: list[codec.Outgoing]
 
 
 class EncounterViews:
@@ -63,29 +74,27 @@ class EncounterViews:
     def add_retrieval(self, row: RetrievalRow) -> None:
         self.retrievals.setdefault(row.query_id, []).append(row)
 
-    def updated(
-        self, me: str, encounter_id: str, cause_message_id: str, tag: str
-    ) -> tuple[EncounterRow, codec.Outgoing | None] | None:
+    def updated(self, me: str, encounter_id: str, cause_message_id: str, tag: str) -> Revision:
         """Raise the encounter's revision and build its result for ``reply_to``.
 
-        Returns None for an encounter this participant has no row of (submitted before
-        encounters were kept); the caller still stores what it received.
+        Nothing to store or send for an encounter this participant has no row of (submitted
+        before encounters were kept); the caller still stores what it received.
         """
         encounter = self.encounters.get(encounter_id)
         if encounter is None:
-            return None
+            return Revision([], [])
         encounter.revision += 1
         result = self.result(me, encounter)
         encounter.status = result.status.value
         if not encounter.reply_to:
-            return encounter, None
+            return Revision([encounter], [])
         out = codec.to_reply_queue(
             result,
             participant=me,
             reply_to=encounter.reply_to,
             message_id=codec.derived_id(cause_message_id, tag),
         )
-        return encounter, out
+        return Revision([encounter], [out])
 
     def result(self, me: str, encounter: EncounterRow) -> EncounterResult:
         """The encounter's consolidated result at its current revision: every participant

@@ -40,10 +40,13 @@ PERSONAL_KEYS = {"family_name", "given_names", "date_of_birth", "document_number
 
 @dataclass
 class DeadLetter:
+    """A message in a dead-letter queue, or a result no reply queue took (``held_results``)."""
+
     queue: str
     delivery_tag: int
     properties: pika.BasicProperties
     body: bytes
+    routing_key: str = ""  # as it was published: a held result's is its reply queue
 
     @property
     def headers(self) -> dict[str, Any]:
@@ -207,7 +210,7 @@ class DeadLetterQueues:
             method, props, body = ch.basic_get(queue, auto_ack=False)
             if method is None:
                 return
-            yield DeadLetter(queue, method.delivery_tag, props, body)
+            yield DeadLetter(queue, method.delivery_tag, props, body, method.routing_key or "")
 
     def find(self, queues: Iterable[str], filters: Filters) -> list[DeadLetter]:
         """The matching dead letters, left where they are."""
@@ -219,6 +222,24 @@ class DeadLetterQueues:
 
         self.visit(queues, filters, keep)
         return found
+
+    def held_results(self, code: str) -> list[DeadLetter]:
+        """Results no reply queue took (its queue missing or unnamed), oldest first, left
+        where they are (docs/integration.md, "When the reply queue is missing")."""
+        return self.find([addresses.held_results_queue(code)], Filters())
+
+    def redeliver_held(self, code: str, by: str) -> int:
+        """Every held result sent on to its reply queue (one still missing holds it again),
+        taken only once confirmed; counted first, so nothing held again is taken twice."""
+
+        def send_on(_ch: Any, d: DeadLetter) -> bool:
+            props = d.properties
+            props.user_id = None  # the result is sent on by whoever redelivers it
+            props.headers = {**d.headers, "biox-redelivered-by": by}
+            self.publisher.send_raw([(addresses.results(code), d.routing_key, d.body, props)])
+            return True  # confirmed: send_raw raises if the broker refused it
+
+        return self.visit([addresses.held_results_queue(code)], Filters(), send_on)
 
     def replay(
         self,

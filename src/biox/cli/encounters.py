@@ -4,13 +4,12 @@
 from __future__ import annotations
 
 import msgpack
-import pika
 import typer
 from rich.table import Table
 
-from biox.broker.connection import parameters
+from biox.broker.deadletters import DeadLetterQueues
 from biox.broker.deadletters import operator as default_operator
-from biox.cli.common import PARTICIPANT, Participant, amqp_url, code, console, session
+from biox.cli.common import PARTICIPANT, Participant, amqp_url, code, console, session, settings
 from biox.cli.subject import audited_read
 from biox.queries.results import EncounterViews
 from biox.render import text
@@ -69,38 +68,28 @@ def encounters_show(
     console.print(table)
 
 
-def _connection() -> pika.BlockingConnection:
-    from biox.cli.common import settings
-
-    return pika.BlockingConnection(parameters(amqp_url(), settings().client_tls()))
-
-
 @app.command("held")
 def encounters_held(participant: Participant = PARTICIPANT) -> None:
     """Results no reply queue took (its queue missing or unnamed), oldest first. They
     stay until `biox encounters redeliver` sends them on."""
     me = code(participant)
     queue = addresses.held_results_queue(me)
-    conn = _connection()
-    try:  # looked at, not taken: unacked, they return to the queue when it closes
-        ch = conn.channel()
-        total = ch.queue_declare(queue, passive=True).method.message_count
-        held = [ch.basic_get(queue, auto_ack=False) for _ in range(total)]
+    dlq = DeadLetterQueues(amqp_url(), settings().client_tls())
+    try:  # looked at, not taken: they stay in the queue
+        held = dlq.held_results(me)
     finally:
-        conn.close()
-    table = Table(title=f"{queue}: {total} held")
+        dlq.close()
+    table = Table(title=f"{queue}: {len(held)} held")
     for col in ("encounter", "revision", "status", "reply queue", "message id"):
         table.add_column(col)
-    for method, props, body in held:
-        if method is None:
-            continue
-        data = msgpack.unpackb(body, raw=False, timestamp=3)
+    for d in held:
+        data = msgpack.unpackb(d.body, raw=False, timestamp=3)
         table.add_row(
-            text(props.correlation_id or ""),
+            text(d.properties.correlation_id or ""),
             str(data.get("revision", "")),
             text(data.get("status", "")),
-            text(method.routing_key or "(none)"),
-            text(props.message_id or ""),
+            text(d.routing_key or "(none)"),
+            text(d.properties.message_id or ""),
         )
     console.print(table)
 
@@ -114,23 +103,9 @@ def encounters_redeliver(
     is still missing is held again: nothing is lost either way. Each is taken from the
     held queue only once the broker confirmed it sent on."""
     me = code(participant)
-    queue = addresses.held_results_queue(me)
-    who = operator or default_operator()
-    conn = _connection()
-    sent = 0
+    dlq = DeadLetterQueues(amqp_url(), settings().client_tls())
     try:
-        take, put = conn.channel(), conn.channel()
-        put.confirm_delivery()
-        total = take.queue_declare(queue, passive=True).method.message_count
-        for _ in range(total):  # counted first: what is held again is not taken twice
-            method, props, body = take.basic_get(queue, auto_ack=False)
-            if method is None:
-                break
-            props.user_id = None  # the broker stamps who sends it now
-            props.headers = {**(props.headers or {}), "biox-redelivered-by": who}
-            put.basic_publish(addresses.results(me), method.routing_key, body, props)
-            take.basic_ack(method.delivery_tag)
-            sent += 1
+        sent = dlq.redeliver_held(me, operator or default_operator())
     finally:
-        conn.close()
+        dlq.close()
     console.print(f"{sent} held result(s) sent on to their reply queues")

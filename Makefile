@@ -35,6 +35,7 @@ demo: $(STAMP) rabbitmq
 # (SQLite by design), to keep `make test` under 15 minutes on two cores.
 test: $(STAMP) rabbitmq chromium postgresql
 	$(BIN)/ruff check src workers tests bench
+	$(BIN)/ruff format --check src workers tests bench
 	$(BIN)/mypy
 	$(BIN)/pytest
 	$(BIN)/pytest tests/unit -q --clock-ahead 365

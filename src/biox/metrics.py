@@ -41,29 +41,44 @@ class Metrics:
         def counter(name: str, doc: str, *extra: str) -> Counter:
             return Counter(name, doc, [*labels, *extra], registry=r)
 
-        self._in = counter("biox_messages_in", "Messages handled, by kind and outcome",
-                           "kind", "outcome")  # fmt: skip
+        self._in = counter(
+            "biox_messages_in", "Messages handled, by kind and outcome", "kind", "outcome"
+        )
         self._out = counter("biox_messages_out", "Messages published by handlers", "kind")
-        self._failed = counter("biox_failures", "Retries and dead letters, by reason",
-                               "route", "reason")  # fmt: skip
+        self._failed = counter(
+            "biox_failures", "Retries and dead letters, by reason", "route", "reason"
+        )
         self._dup = counter("biox_duplicates", "Deliveries absorbed by idempotency")
         self._handler = Histogram(
-            "biox_handler_seconds", "Handler time per sub-batch of one kind",
-            [*labels, "kind"], buckets=LATENCY, registry=r,
-        )  # fmt: skip
+            "biox_handler_seconds",
+            "Handler time per sub-batch of one kind",
+            [*labels, "kind"],
+            buckets=LATENCY,
+            registry=r,
+        )
         self._e2e = Histogram(
-            "biox_end_to_end_seconds", "From the sender's timestamp to handled",
-            [*labels, "kind"], buckets=END_TO_END, registry=r,
-        )  # fmt: skip
+            "biox_end_to_end_seconds",
+            "From the sender's timestamp to handled",
+            [*labels, "kind"],
+            buckets=END_TO_END,
+            registry=r,
+        )
         self._batch = Histogram(
             "biox_batch_size", "Deliveries per batch", list(labels), buckets=BATCH, registry=r
         )
         self._search = Histogram(
-            "biox_matcher_search_seconds", "Gallery search time per batch of probes",
-            list(labels), buckets=LATENCY, registry=r,
-        )  # fmt: skip
-        self._gallery = Gauge("biox_gallery_identities", "Identities in the gallery the "
-                              "matcher searches", list(labels), registry=r)  # fmt: skip
+            "biox_matcher_search_seconds",
+            "Gallery search time per batch of probes",
+            list(labels),
+            buckets=LATENCY,
+            registry=r,
+        )
+        self._gallery = Gauge(
+            "biox_gallery_identities",
+            "Identities in the gallery the matcher searches",
+            list(labels),
+            registry=r,
+        )
         self.labels = labels
 
     # --- what the consume loop reports ---------------------------------------------------

@@ -175,4 +175,3 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url.replace("{participant}", code)
         return f"sqlite:///{(self.participant_dir(code) / 'biox.db').resolve()}"
-

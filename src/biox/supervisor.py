@@ -237,10 +237,16 @@ class Supervisor:
 
         class Workers(Collector):
             def collect(self):  # type: ignore[no-untyped-def]
-                up = GaugeMetricFamily("biox_worker_up", "1 while the worker process runs",
-                                       labels=["participant", "kind", "index"])  # fmt: skip
-                restarts = CounterMetricFamily("biox_worker_restarts", "Restarts by serve",
-                                               labels=["participant", "kind", "index"])  # fmt: skip
+                up = GaugeMetricFamily(
+                    "biox_worker_up",
+                    "1 while the worker process runs",
+                    labels=["participant", "kind", "index"],
+                )
+                restarts = CounterMetricFamily(
+                    "biox_worker_restarts",
+                    "Restarts by serve",
+                    labels=["participant", "kind", "index"],
+                )
                 for c in supervisor.children:
                     labels = [supervisor.participant, c.kind, str(c.index)]
                     up.add_metric(labels, 1.0 if c.running() else 0.0)

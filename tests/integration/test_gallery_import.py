@@ -42,12 +42,14 @@ def write_gallery(path: Path) -> list[int]:
             rows = [
                 {
                     "identity_ref": synth.identity_ref("mx", n),
-                    "face": {"algorithm": biometrics.FACE.name,
-                             "template": templates.vector_bytes(vec)},
+                    "face": {
+                        "algorithm": biometrics.FACE.name,
+                        "template": templates.vector_bytes(vec),
+                    },
                     "biographic": synth.person(SEED, n).biographic.model_dump(),
                 }
                 for n, vec in zip(batch.persons.tolist(), batch.face, strict=True)
-            ]  # fmt: skip
+            ]
             writer.write_table(pa.Table.from_pylist(rows, schema=SCHEMA))
             people += batch.persons.tolist()
     return people
@@ -60,10 +62,23 @@ def test_a_hundred_thousand_identities_imported_from_a_file_answer_mated_probes(
     env = {**os.environ, "BIOX_DATA_DIR": str(tmp_path)}
     env.pop("BIOX_DATABASE_URL", None)
     done = subprocess.run(
-        [sys.executable, "-m", "biox", "gallery", "import", str(tmp_path / "mx.parquet"),
-         "-p", "mx", "--batch", "5000"],
-        env=env, capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "biox",
+            "gallery",
+            "import",
+            str(tmp_path / "mx.parquet"),
+            "-p",
+            "mx",
+            "--batch",
+            "5000",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert f"{SIZE} imported, 0 already there, 0 refused" in " ".join(done.stdout.split())
     imported_s = time.monotonic() - started
@@ -74,9 +89,12 @@ def test_a_hundred_thousand_identities_imported_from_a_file_answer_mated_probes(
         assert s.exec(select(func.count()).select_from(Record)).one() == SIZE
         ref_of = dict(s.exec(select(Record.id, Record.identity_ref)).all())
     matcher = MatcherHandler(
-        "mx", Registry.load(settings.registry), Gallery.for_size(SIZE, "auto", 50_000, 0),
-        settings, Policies.load(settings.policy).of("mx"),
-    )  # fmt: skip
+        "mx",
+        Registry.load(settings.registry),
+        Gallery.for_size(SIZE, "auto", 50_000, 0),
+        settings,
+        Policies.load(settings.policy).of("mx"),
+    )
     loading = time.monotonic()
     with session_for(db) as s:
         assert matcher.catch_up(s) == SIZE
@@ -95,8 +113,10 @@ def test_a_hundred_thousand_identities_imported_from_a_file_answer_mated_probes(
     right = sum(ref == want for (ref, _), want in zip(top, truth, strict=True))
     high = settings.threshold_high
     matched = [(ref, want) for (ref, score), want in zip(top, truth, strict=True) if score >= high]
-    print(f"import {imported_s:.1f}s, matcher load {loaded_s:.1f}s, rank-1 {right}/200, "
-          f"matches {len(matched)}/200")  # fmt: skip
+    print(
+        f"import {imported_s:.1f}s, matcher load {loaded_s:.1f}s, rank-1 {right}/200, "
+        f"matches {len(matched)}/200"
+    )
     assert all(ref == want for ref, want in matched)  # never a wrong identity matched
     assert len(matched) >= 190 and right >= 194  # one face, one capture each
     assert matcher.gallery.size == SIZE

@@ -62,8 +62,20 @@ def test_a_deletion_notice_withdraws_the_answer_and_the_encounter_system_sees_it
     mx = outcome_of(system.outcomes[planned.encounter_id], "mx")
     assert mx.status.value == "match"
 
-    said = cli("notice", "send", "-p", "mx", "--to", "us", "--type", "deletion",
-               "--query", mx.query_id, "--text", "entered in error")  # fmt: skip
+    said = cli(
+        "notice",
+        "send",
+        "-p",
+        "mx",
+        "--to",
+        "us",
+        "--type",
+        "deletion",
+        "--query",
+        mx.query_id,
+        "--text",
+        "entered in error",
+    )
     nid = notice_id(said)
     sent = acknowledged(exchange, "mx", nid)
     assert sent.done == {"answers": 1}
@@ -97,8 +109,20 @@ def test_deleted_or_expired_query_data_no_longer_matches_even_after_a_restart(
         s.add(rec)
         s.commit()
 
-    nid = notice_id(cli("notice", "send", "-p", "mx", "--to", "us", "--type", "deletion",
-                        "--query", us_a.query_id))  # fmt: skip
+    nid = notice_id(
+        cli(
+            "notice",
+            "send",
+            "-p",
+            "mx",
+            "--to",
+            "us",
+            "--type",
+            "deletion",
+            "--query",
+            us_a.query_id,
+        )
+    )
     assert acknowledged(exchange, "mx", nid).done == {"records": 1}
     purged = cli("retention", "purge", "-p", "us")
     assert "records" in purged
@@ -125,8 +149,20 @@ def test_deleted_or_expired_query_data_no_longer_matches_even_after_a_restart(
 
 
 def test_a_discontinued_partner_is_not_queried_until_it_is_ready_again(exchange, system, cli_env):
-    nid = notice_id(cli("notice", "send", "-p", "sv", "--to", "us", "--type", "discontinuation",
-                        "--text", "§36 written notice"))  # fmt: skip
+    nid = notice_id(
+        cli(
+            "notice",
+            "send",
+            "-p",
+            "sv",
+            "--to",
+            "us",
+            "--type",
+            "discontinuation",
+            "--text",
+            "§36 written notice",
+        )
+    )
     acknowledged(exchange, "sv", nid)
     time.sleep(exchange.settings.registry_refresh_s + 0.5)  # every worker has re-read it
     try:
@@ -151,8 +187,18 @@ def test_a_discontinued_partner_is_not_queried_until_it_is_ready_again(exchange,
 
 def test_an_incident_is_overdue_until_its_notice_is_sent(exchange, cli_env):
     aware = (utcnow() - timedelta(hours=49)).strftime("%Y-%m-%dT%H:%M:%S")
-    opened = cli("incident", "open", "-p", "mx", "--summary", "export sent to the wrong agency",
-                 "--partner", "us", "--aware-at", aware)  # fmt: skip
+    opened = cli(
+        "incident",
+        "open",
+        "-p",
+        "mx",
+        "--summary",
+        "export sent to the wrong agency",
+        "--partner",
+        "us",
+        "--aware-at",
+        aware,
+    )
     incident = opened.split(":")[0]
     late = runner.invoke(app, ["incident", "overdue", "-p", "mx"])
     assert late.exit_code == 1 and "us not notified" in late.output
@@ -174,8 +220,9 @@ def test_a_blocked_record_is_not_matched_until_it_is_unblocked(exchange, system,
     ref = None
     with db(exchange, "us") as s:
         ref = s.get(Record, enrolled_record_id(us.query_id)).identity_ref
-    nid = notice_id(cli("notice", "send", "-p", "mx", "--to", "us", "--type", "block",
-                        "--query", us.query_id))  # fmt: skip
+    nid = notice_id(
+        cli("notice", "send", "-p", "mx", "--to", "us", "--type", "block", "--query", us.query_id)
+    )
     assert acknowledged(exchange, "mx", nid).done == {"records": 1}
     time.sleep(exchange.settings.gallery_sync_s + 0.5)  # the matchers have the enrolment
     blocked = planned_for(exchange, "mx", first.person, scenario="stranger")
@@ -183,8 +230,9 @@ def test_a_blocked_record_is_not_matched_until_it_is_unblocked(exchange, system,
     system.collect(timeout=60)
     assert outcome_of(system.outcomes[blocked.encounter_id], "us").status.value == "no_match"
 
-    nid = notice_id(cli("notice", "send", "-p", "mx", "--to", "us", "--type", "unblock",
-                        "--query", us.query_id))  # fmt: skip
+    nid = notice_id(
+        cli("notice", "send", "-p", "mx", "--to", "us", "--type", "unblock", "--query", us.query_id)
+    )
     acknowledged(exchange, "mx", nid)
     again = planned_for(exchange, "mx", first.person, scenario="stranger")
     system.submit([again])

@@ -52,8 +52,11 @@ class Served:
     def biox(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         done = subprocess.run(
             [sys.executable, "-m", "biox", *args],
-            env=self.env, capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         if check:
             assert done.returncode == 0, done.stdout + done.stderr
         return done
@@ -72,9 +75,12 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     try:
         settings = Settings(amqp_url=broker.url, data_dir=data, retry_delays="1,2")
         env = dev_env(
-            broker.url, settings, CODES,
-            BIOX_ANSWER_DEADLINE_S=str(DEADLINE_S), BIOX_DEADLINE_CHECK_S="0.5",
-        )  # fmt: skip
+            broker.url,
+            settings,
+            CODES,
+            BIOX_ANSWER_DEADLINE_S=str(DEADLINE_S),
+            BIOX_DEADLINE_CHECK_S="0.5",
+        )
         s = Served(broker.url, settings, env, workers, broker)
         # before the topology: serve refuses to start workers that would wait forever
         refused = s.biox("serve", "-p", "us", check=False)
@@ -114,10 +120,21 @@ def test_the_example_client_in_the_integration_guide_gets_its_result(served, tmp
     client.write_text(code.group(1))
     env = {k: v for k, v in os.environ.items() if not k.startswith("BIOX_")}
     done = subprocess.run(
-        [sys.executable, str(client), "--url", served.url, "--participant", "us",
-         "--timeout", "90"],
-        env=env, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [
+            sys.executable,
+            str(client),
+            "--url",
+            served.url,
+            "--participant",
+            "us",
+            "--timeout",
+            "90",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     lines = done.stdout.splitlines()
     assert lines[0].startswith("submitted example-")
@@ -131,9 +148,12 @@ def submit(served: Served, reply_to: str, citizenships: list[str]) -> str:
     planned = plans.single(registry, "us", 10_000_000 + int(uuid.uuid4().int % 1000), SEED)
     planned.submit.subject_status = SubjectStatus(citizenships=citizenships)
     out = codec.to_own_inbox(
-        planned.submit, participant="us", message_id=str(uuid.uuid4()),
-        correlation_id=planned.encounter_id, reply_to=reply_to,
-    )  # fmt: skip
+        planned.submit,
+        participant="us",
+        message_id=str(uuid.uuid4()),
+        correlation_id=planned.encounter_id,
+        reply_to=reply_to,
+    )
     from biox.broker.publisher import publish_once
 
     publish_once(served.url, [out], name="test-encounter-system")
@@ -152,8 +172,7 @@ def test_results_wait_in_the_held_queue_until_the_reply_queue_exists(served):
         time.sleep(0.5)
         held = served.biox("encounters", "held", "-p", "us").stdout
     assert encounter_id in held and reply in held
-    shown = json.loads(served.biox("encounters", "show", encounter_id, "-p", "us",
-                                   "--json").stdout)  # fmt: skip
+    shown = json.loads(served.biox("encounters", "show", encounter_id, "-p", "us", "--json").stdout)
     assert [(o["partner"], o["status"]) for o in shown["outcomes"]] == [
         ("mx", "no_match"),
         ("sv", "skipped"),
@@ -227,8 +246,9 @@ def test_metrics_are_scraped_over_http_and_count_the_messages_sent(served):
     """Scraped from the workers `biox serve` started: every submission counted once in,
     every query once out and every answer once back; the broker's plugin shows queues."""
     ports = {w["kind"]: w["metrics_port"] for w in served.status("us")["workers"]}
-    mx_query = next(w["metrics_port"] for w in served.status("mx")["workers"]
-                    if w["kind"] == "query")  # fmt: skip
+    mx_query = next(
+        w["metrics_port"] for w in served.status("mx")["workers"] if w["kind"] == "query"
+    )
     before = {k: scrape(p) for k, p in ports.items()} | {"mx": scrape(mx_query)}
     # Salvadorans: sv is skipped (§4a), so each is one query to mx and one answer back
     sent = [submit(served, f"us.replies.m-{uuid.uuid4().hex[:6]}", ["sv"]) for _ in range(3)]
@@ -246,8 +266,9 @@ def test_metrics_are_scraped_over_http_and_count_the_messages_sent(served):
     def delta(worker: str, name: str, **labels: str) -> float:
         return count(after[worker], name, **labels) - count(before[worker], name, **labels)
 
-    assert delta("intake", "biox_messages_in_total", kind="encounter.submit",
-                 outcome="queried") == 3  # fmt: skip
+    assert (
+        delta("intake", "biox_messages_in_total", kind="encounter.submit", outcome="queried") == 3
+    )
     assert delta("intake", "biox_messages_out_total", kind="query") == 3
     assert delta("mx", "biox_messages_in_total", kind="query") == 3
     assert delta("mx", "biox_messages_out_total", kind="response") == 3
@@ -276,11 +297,23 @@ def test_metrics_are_scraped_over_http_and_count_the_messages_sent(served):
 
 
 def conformance(served: Served) -> tuple[int, dict[str, dict]]:
-    done = served.biox("conformance", "-p", "us", "--amqp-url", served.url, "--seed",
-                       str(SEED), "--gallery-size", str(SIZE), "--timeout", "90", "--json",
-                       check=False)  # fmt: skip
+    done = served.biox(
+        "conformance",
+        "-p",
+        "us",
+        "--amqp-url",
+        served.url,
+        "--seed",
+        str(SEED),
+        "--gallery-size",
+        str(SIZE),
+        "--timeout",
+        "90",
+        "--json",
+        check=False,
+    )
     cases = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
-    return done.returncode, {c["case"]: c for c in cases}  # fmt: skip
+    return done.returncode, {c["case"]: c for c in cases}
 
 
 def test_conformance_names_the_failing_cases_then_passes_once_the_partner_answers(served):
@@ -297,11 +330,14 @@ def test_conformance_names_the_failing_cases_then_passes_once_the_partner_answer
     logs = served.settings.data_dir / "logs" / "sv-query-extra.log"
     matcher = subprocess.Popen(
         [sys.executable, "-m", "biox", "worker", "query", "-p", "sv"],
-        env=served.env, stdout=logs.open("ab"), stderr=subprocess.STDOUT,
-    )  # fmt: skip
+        env=served.env,
+        stdout=logs.open("ab"),
+        stderr=subprocess.STDOUT,
+    )
     try:
-        wait_for_consumers(served.url, [addresses.queue("sv", "query")],
-                           Workers([("sv-query", matcher)]))  # fmt: skip
+        wait_for_consumers(
+            served.url, [addresses.queue("sv", "query")], Workers([("sv-query", matcher)])
+        )
         code, cases = conformance(served)
         assert code == 0, [c for c in cases.values() if not c["passed"]]
         assert len(cases) == 14 and all(c["passed"] for c in cases.values())

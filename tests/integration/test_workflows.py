@@ -150,9 +150,19 @@ def test_gray_zone_case_survives_a_worker_restart_and_the_cli_decision_goes_out(
     ref = synth.identity_ref("mx", n)
     done = runner.invoke(
         app,
-        ["review", "next", "-p", "mx", "--examiner", "ex-42", "--decide", "match",
-         "--candidate", ref],
-    )  # fmt: skip
+        [
+            "review",
+            "next",
+            "-p",
+            "mx",
+            "--examiner",
+            "ex-42",
+            "--decide",
+            "match",
+            "--candidate",
+            ref,
+        ],
+    )
     assert done.exit_code == 0, done.output
     assert "family_name" in done.output  # shown side by side before deciding
     assert system.collect(timeout=30, until=lambda: outcome.complete), "no final answer"
@@ -178,9 +188,19 @@ def test_retrieval_request_from_the_cli_is_answered_and_kept_with_provenance(
     assert mx.status.value == "match"
     asked = runner.invoke(
         app,
-        ["retrieval", "request", "-p", "mx", "--query", mx.query_id,
-         "--elements", "biographic,encounters", "--operator", "op-7"],
-    )  # fmt: skip
+        [
+            "retrieval",
+            "request",
+            "-p",
+            "mx",
+            "--query",
+            mx.query_id,
+            "--elements",
+            "biographic,encounters",
+            "--operator",
+            "op-7",
+        ],
+    )
     assert asked.exit_code == 0, asked.output
 
     def received() -> RetrievalRow | None:

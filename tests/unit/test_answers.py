@@ -76,8 +76,9 @@ def test_a_match_on_a_record_of_a_national_of_either_party_is_declined():
     for nationality, declined in (("mx", True), ("us", True), ("gt", False), (None, False)):
         rec = record(source="mx")
         rec.biographic = {"family_name": "ROE", "claimed_nationality": nationality}
-        response = answers.matched(asked("us"), [Found(rec, 0.9, {"finger": 0.9})],
-                                   decided_by=DecidedBy.automatic)  # fmt: skip
+        response = answers.matched(
+            asked("us"), [Found(rec, 0.9, {"finger": 0.9})], decided_by=DecidedBy.automatic
+        )
         assert (response.status is ResponseStatus.declined) is declined, nationality
         if declined:
             assert response.reason_code is Reason.excluded_citizen
@@ -98,6 +99,8 @@ def test_an_examiners_match_on_a_national_is_declined_in_the_examiners_name():
     national.biographic = {"family_name": "ROE", "claimed_nationality": "mx"}
     found = [Found(national, 0.9, {"finger": 0.9})]
     decline = answers.matched(asked("mx"), found, decided_by=DecidedBy.examiner)
-    assert (decline.status, decline.reason_code) == (ResponseStatus.declined,
-                                                     Reason.excluded_citizen)  # fmt: skip
+    assert (decline.status, decline.reason_code) == (
+        ResponseStatus.declined,
+        Reason.excluded_citizen,
+    )
     assert decline.decided_by is DecidedBy.examiner

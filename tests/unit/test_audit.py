@@ -192,10 +192,27 @@ def test_a_trail_across_participants_follows_the_query_and_its_encounter(tmp_pat
         return e
 
     with session_for(settings.database_for("us")) as s:
-        s.add(Transaction(query_id="q-9", role="requester", encounter_id="E-9", requesting="us",
-                          providing="mx", purpose="enforce"))  # fmt: skip
-        s.add_all(audit.chain([entry("us", 0, "E-9", "submit"), entry("us", 1, "q-9", "query"),
-                               entry("us", 9, "q-other", "other")], 0, audit.GENESIS))  # fmt: skip
+        s.add(
+            Transaction(
+                query_id="q-9",
+                role="requester",
+                encounter_id="E-9",
+                requesting="us",
+                providing="mx",
+                purpose="enforce",
+            )
+        )
+        s.add_all(
+            audit.chain(
+                [
+                    entry("us", 0, "E-9", "submit"),
+                    entry("us", 1, "q-9", "query"),
+                    entry("us", 9, "q-other", "other"),
+                ],
+                0,
+                audit.GENESIS,
+            )
+        )
         s.commit()
     with session_for(settings.database_for("mx")) as s:
         s.add_all(audit.chain([entry("mx", 2, "q-9", "at-mx")], 0, audit.GENESIS))

@@ -73,8 +73,19 @@ def test_each_entry_says_which_way_the_message_went_and_whose_data_it_is(
 
 def test_an_entry_holds_the_facts_and_a_digest_never_the_body(db):
     body = b"\x81\xa8template\xc4\x04\x00\x01\x02\x03"
-    [entry] = record(db, seen("biox.us", "us.response", sender="mx", recipient="us", body=body,
-                              actor=b"ex-7", kind="response", schema="response/1"))  # fmt: skip
+    [entry] = record(
+        db,
+        seen(
+            "biox.us",
+            "us.response",
+            sender="mx",
+            recipient="us",
+            body=body,
+            actor=b"ex-7",
+            kind="response",
+            schema="response/1",
+        ),
+    )
     assert entry.body_sha256 == hashlib.sha256(body).hexdigest()
     assert (entry.kind, entry.schema_id, entry.message_id, entry.correlation_id) == (
         "response",
@@ -90,8 +101,9 @@ def test_an_entry_holds_the_facts_and_a_digest_never_the_body(db):
 
 
 def test_missing_facts_are_recorded_as_missing_not_invented(db):
-    [entry] = record(db, seen("biox.us", "us.query", kind="", sender="", recipient="", user=None,
-                              schema=""))  # fmt: skip
+    [entry] = record(
+        db, seen("biox.us", "us.query", kind="", sender="", recipient="", user=None, schema="")
+    )
     assert entry.kind == "?"
     assert (entry.sender, entry.recipient, entry.schema_id, entry.sender_user) == (
         None,

@@ -188,8 +188,14 @@ def test_a_problem_with_the_body_as_a_whole_is_placed_at_body():
     from biox.wire.notices import About, Notice, NoticeType
 
     at = datetime(2026, 1, 1, tzinfo=UTC)
-    good = Notice(type=NoticeType.deletion, notice_id="n-1", sender="mx", recipient="us",
-                  sent_at=at, about=About(message_ids=["m-9"]))  # fmt: skip
+    good = Notice(
+        type=NoticeType.deletion,
+        notice_id="n-1",
+        sender="mx",
+        recipient="us",
+        sent_at=at,
+        about=About(message_ids=["m-9"]),
+    )
     data = msgpack.unpackb(codec.encode_body(good), timestamp=3)
     data["about"] = {}
     with pytest.raises(PermanentError) as info:

@@ -718,10 +718,16 @@ def test_each_message_leaves_a_log_line_an_operator_can_follow(tmp_path):
     [started] = events(logs, "worker_started")
     assert started["queue"] == QUEUE and started["worker"] == r.loop.worker
     [handled] = events(logs, "handled")
-    assert {k: handled[k] for k in ("query_id", "message_id", "kind", "sender", "outcome",
-                                    "attempt")} == {
-        "query_id": "q-1", "message_id": ok.envelope.message_id, "kind": "retrieval.ask",
-        "sender": "us", "outcome": "done:effect", "attempt": 0}  # fmt: skip
+    assert {
+        k: handled[k] for k in ("query_id", "message_id", "kind", "sender", "outcome", "attempt")
+    } == {
+        "query_id": "q-1",
+        "message_id": ok.envelope.message_id,
+        "kind": "retrieval.ask",
+        "sender": "us",
+        "outcome": "done:effect",
+        "attempt": 0,
+    }
     [parked] = events(logs, "dead_lettered")
     assert (parked["query_id"], parked["message_id"]) == ("q-1", dead.envelope.message_id)
     assert parked["route"] == "biox.us/us.dead-letter.retrieval"
@@ -832,24 +838,31 @@ def test_the_counters_an_operator_reads_at_stop_count_every_message(tmp_path):
     assert r.loop.stats == {"done": 2, "duplicate": 3, "retried": 2, "dead_lettered": 2}
     # and the same in the worker's Prometheus metrics, by kind, outcome, route and reason
     samples = {
-        (s.name, tuple(sorted((k, v) for k, v in s.labels.items()
-                              if k not in ("participant", "queue")))): s.value
-        for f in r.loop.metrics.registry.collect() for s in f.samples
-    }  # fmt: skip
+        (
+            s.name,
+            tuple(sorted((k, v) for k, v in s.labels.items() if k not in ("participant", "queue"))),
+        ): s.value
+        for f in r.loop.metrics.registry.collect()
+        for s in f.samples
+    }
     assert (
         samples[("biox_messages_in_total", (("kind", "retrieval.ask"), ("outcome", "done")))] == 2
     )
     assert samples[("biox_messages_out_total", (("kind", "retrieval.ask"),))] == 2
     assert samples[("biox_duplicates_total", ())] == 3
     assert samples[("biox_failures_total", (("reason", "unknown_query"), ("route", "retry")))] == 2
-    assert samples[("biox_failures_total", (("reason", "not_matched"),
-                                             ("route", "dead_letter")))] == 2  # fmt: skip
+    assert (
+        samples[("biox_failures_total", (("reason", "not_matched"), ("route", "dead_letter")))] == 2
+    )
     assert samples[("biox_end_to_end_seconds_count", (("kind", "retrieval.ask"),))] == 2
     # one handler call per batch that had something new; each took well under a second
     assert samples[("biox_handler_seconds_count", (("kind", "retrieval.ask"),))] == 4
     assert 0 < samples[("biox_handler_seconds_sum", (("kind", "retrieval.ask"),))] < 4
-    labelled = {(s.labels.get("participant"), s.labels.get("queue"))
-                for f in r.loop.metrics.registry.collect() for s in f.samples}  # fmt: skip
+    labelled = {
+        (s.labels.get("participant"), s.labels.get("queue"))
+        for f in r.loop.metrics.registry.collect()
+        for s in f.samples
+    }
     assert labelled == {("us", "us.retrieval")}  # every sample names its worker
 
 

@@ -122,7 +122,7 @@ BAD_TEMPLATES = {
         Reason.template_size,
         "iris code",
     ),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("case", BAD_TEMPLATES)
@@ -281,10 +281,20 @@ def test_the_response_worker_checks_deadlines_as_often_as_its_settings_say(tmp_p
 def late_query(s, qid: str, eid: str | None) -> None:
     if eid is not None:
         s.add(EncounterRow(encounter_id=eid, purpose="enforce", reply_to="rq", partners=["mx"]))
-    s.add(Transaction(query_id=qid, role="requester", encounter_id=eid or "E-gone",
-                      requesting="us", providing="mx", purpose="enforce", reply_to="rq",
-                      sent_at=AT, answer_due=utcnow() - timedelta(seconds=1),
-                      status="pending"))  # fmt: skip
+    s.add(
+        Transaction(
+            query_id=qid,
+            role="requester",
+            encounter_id=eid or "E-gone",
+            requesting="us",
+            providing="mx",
+            purpose="enforce",
+            reply_to="rq",
+            sent_at=AT,
+            answer_due=utcnow() - timedelta(seconds=1),
+            status="pending",
+        )
+    )
 
 
 def test_late_queries_are_told_in_order_a_batch_at_a_time_past_a_missing_encounter(tmp_path):
@@ -312,12 +322,26 @@ def test_every_outcome_says_why_in_words_and_an_encounter_with_no_query_is_compl
     db = f"sqlite:///{tmp_path / 'us.db'}"
     with session_for(db) as s:
         skipped = {"mx": "inactive_provider", "sv": "excluded_citizen"}
-        s.add(EncounterRow(encounter_id="E-s", purpose="enforce", reply_to="rq", partners=[],
-                           skipped=skipped))  # fmt: skip
+        s.add(
+            EncounterRow(
+                encounter_id="E-s", purpose="enforce", reply_to="rq", partners=[], skipped=skipped
+            )
+        )
         late_query(s, "q-t", "E-t")
-        s.add(Transaction(query_id="q-k", role="requester", encounter_id="E-t",
-                          requesting="us", providing="sv", purpose="enforce", sent_at=AT,
-                          status="match", blocked_at=AT, answer={"status": "match"}))  # fmt: skip
+        s.add(
+            Transaction(
+                query_id="q-k",
+                role="requester",
+                encounter_id="E-t",
+                requesting="us",
+                providing="sv",
+                purpose="enforce",
+                sent_at=AT,
+                status="match",
+                blocked_at=AT,
+                answer={"status": "match"},
+            )
+        )
         s.commit()
         handler = ResponseHandler("us", POLICIES.of("us"))
         handler.maintain(s, utcnow())
@@ -332,11 +356,20 @@ def test_every_outcome_says_why_in_words_and_an_encounter_with_no_query_is_compl
     ]
     timed_out, blocked = mixed.outcomes
     assert timed_out.model_dump(exclude={"answer_due"}) == {
-        "partner": "mx", "query_id": "q-t", "status": "timed_out", "candidates": [],
-        "conditions": [], "withheld": [], "decided_by": None, "reason_code": Reason.no_answer,
-        "reason": REASON_TEXT[Reason.no_answer], "sent_at": AT, "answered_at": None,
-        "corrected_at": None, "retrievals": [],
-    }  # fmt: skip
+        "partner": "mx",
+        "query_id": "q-t",
+        "status": "timed_out",
+        "candidates": [],
+        "conditions": [],
+        "withheld": [],
+        "decided_by": None,
+        "reason_code": Reason.no_answer,
+        "reason": REASON_TEXT[Reason.no_answer],
+        "sent_at": AT,
+        "answered_at": None,
+        "corrected_at": None,
+        "retrievals": [],
+    }
     assert (blocked.partner, blocked.status.value, blocked.query_id) == ("sv", "blocked", "q-k")
     assert blocked.reason == "sv blocked its answer (§23): do not rely on it"
     assert blocked.sent_at == AT
@@ -352,10 +385,12 @@ def test_intake_takes_its_deadline_from_settings_and_minimises_per_partner(tmp_p
     ctx = Context("us", REGISTRY, POLICIES.of("us"), Settings(answer_deadline_s=90))
     assert IntakeHandler.build(ctx).deadline == timedelta(seconds=90)
     who = Biographic(family_name="Cruz", document_number="G123")
-    _, _, effects = submit(f"sqlite:///{tmp_path / 'us.db'}",
-                           a_submission(biographic=who, purpose="investigate"))  # fmt: skip
-    sent = {o.envelope.recipient: ROUTES.decode("query", "query/1", o.body)
-            for o in effects.outgoing}  # fmt: skip
+    _, _, effects = submit(
+        f"sqlite:///{tmp_path / 'us.db'}", a_submission(biographic=who, purpose="investigate")
+    )
+    sent = {
+        o.envelope.recipient: ROUTES.decode("query", "query/1", o.body) for o in effects.outgoing
+    }
     assert all(isinstance(q, Query) for q in sent.values())
     assert sent["mx"].biographic.document_number == "G123"
     assert sent["sv"].biographic.document_number is None
@@ -376,8 +411,14 @@ def test_intake_minimises_by_the_submissions_purpose(tmp_path):
     sent: dict[str, str | None] = {}
     for n, purpose in enumerate(["investigate", "enforce"]):
         sub = a_submission(biographic=who, purpose=purpose, encounter_id=f"E-{n}")
-        e = env("encounter.submit", "us", "us", f"sub-{n}", reply_to="us.replies.poe",
-                correlation_id=sub.encounter_id)  # fmt: skip
+        e = env(
+            "encounter.submit",
+            "us",
+            "us",
+            f"sub-{n}",
+            reply_to="us.replies.poe",
+            correlation_id=sub.encounter_id,
+        )
         with session_for(f"sqlite:///{tmp_path / 'us.db'}") as s:
             [effects] = handler.submit([Inbound(e, sub)], s)
         [to_sv] = [o for o in effects.outgoing if o.envelope.recipient == "sv"]
@@ -391,7 +432,12 @@ def test_a_refusal_row_keeps_what_the_annual_review_counts():
     env = codec.Envelope("m-9", "query", "query/1", "sv", "us", "q-9")
     row = failures.refusal("us.query", env, PermanentError(Reason.unknown_key), answered=False)
     assert (row.queue, row.kind, row.sender, row.correlation_id, row.message_id) == (
-        "us.query", "query", "sv", "q-9", "m-9")  # fmt: skip
+        "us.query",
+        "query",
+        "sv",
+        "q-9",
+        "m-9",
+    )
     assert (row.reason, row.answered) == ("unknown_key", False)
     # an envelope too broken to name its kind or sender is still counted, under "?"
     blank = codec.Envelope("m-10", "", "", "", "us", "")

@@ -65,8 +65,12 @@ def exported() -> set[str]:
     for family in Metrics("us", "us.query").registry.collect():
         for suffix in ("", "_total", "_bucket", "_count", "_sum"):
             names.add(family.name + suffix)
-    names |= {"biox_review_backlog_cases", "biox_review_backlog_oldest_seconds",
-              "biox_worker_up", "biox_worker_restarts_total"}  # fmt: skip
+    names |= {
+        "biox_review_backlog_cases",
+        "biox_review_backlog_oldest_seconds",
+        "biox_worker_up",
+        "biox_worker_restarts_total",
+    }
     return names
 
 

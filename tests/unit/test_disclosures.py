@@ -16,13 +16,23 @@ def db(tmp_path) -> str:
     with session_for(url) as s:
         s.add(Record(id=1, identity_ref="US-1", source="us"))
         s.add(Record(id=2, identity_ref="MX-2", source="mx", source_query_id="q-2"))
-        for nid, partner, status, consent in (("n-yes", "mx", "answered", True),
-                                              ("n-no", "mx", "answered", False),
-                                              ("n-wait", "mx", "sent", None),
-                                              ("n-sv", "sv", "answered", True)):  # fmt: skip
-            s.add(NoticeRow(notice_id=nid, direction="out", type="consent_request",
-                            partner=partner, sent_at=utcnow(), status=status,
-                            details={"consent": consent}))  # fmt: skip
+        for nid, partner, status, consent in (
+            ("n-yes", "mx", "answered", True),
+            ("n-no", "mx", "answered", False),
+            ("n-wait", "mx", "sent", None),
+            ("n-sv", "sv", "answered", True),
+        ):
+            s.add(
+                NoticeRow(
+                    notice_id=nid,
+                    direction="out",
+                    type="consent_request",
+                    partner=partner,
+                    sent_at=utcnow(),
+                    status=status,
+                    details={"consent": consent},
+                )
+            )
         s.commit()
     return url
 
@@ -60,8 +70,11 @@ def test_partner_data_goes_with_consent_or_after_a_compelled_notice(db):
 
 def test_qa_names_a_logged_disclosure_of_partner_data_without_consent(db):
     with session_for(db) as s:
-        s.add(DisclosureRow(recipient="a bank", identity_ref="MX-2", source="mx",
-                            basis="consent", by="someone"))  # fmt: skip
+        s.add(
+            DisclosureRow(
+                recipient="a bank", identity_ref="MX-2", source="mx", basis="consent", by="someone"
+            )
+        )
         s.commit()
         found = quality.run(s, "us", utcnow(), review_overdue_s=86_400)
     assert [f.check for f in found] == ["onward_disclosure"]

@@ -197,13 +197,21 @@ def test_algorithm_byte_lengths_are_what_the_contract_says():
     [
         ("acme/1", "face", b"", "face algorithm 'acme/1'"),
         ("biox-face-512/1", "finger", b"", "finger algorithm 'biox-face-512/1'"),
-        ("biox-face-512/1", "face", bytes(8), "face biox-face-512/1: 8 bytes, expected 2048 "
-         "(512 x float32)"),
-        ("biox-face-512/1", "face", np.full(512, np.nan, "<f4").tobytes(),
-         "face biox-face-512/1: NaN or infinite value"),
+        (
+            "biox-face-512/1",
+            "face",
+            bytes(8),
+            "face biox-face-512/1: 8 bytes, expected 2048 (512 x float32)",
+        ),
+        (
+            "biox-face-512/1",
+            "face",
+            np.full(512, np.nan, "<f4").tobytes(),
+            "face biox-face-512/1: NaN or infinite value",
+        ),
         ("biox-finger-192/1", "finger", bytes(768), "finger biox-finger-192/1: all-zero vector"),
     ],
-)  # fmt: skip
+)
 def test_each_refused_template_says_what_is_wrong_with_it(algorithm, modality, data, says):
     from biox.gallery.templates import vector as read_vector
 

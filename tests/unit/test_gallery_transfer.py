@@ -21,8 +21,12 @@ from biox.store import EnrolledTemplates, Record, session_for
 from biox.wire.messages import Biometrics, Face
 
 SEED = 31
-SEEN = {"encountered_at": datetime(2025, 3, 1, tzinfo=UTC), "country": "mx", "type": "border",
-        "location": "TIJ"}  # fmt: skip
+SEEN = {
+    "encountered_at": datetime(2025, 3, 1, tzinfo=UTC),
+    "country": "mx",
+    "type": "border",
+    "location": "TIJ",
+}
 #: a file someone else wrote need not declare identity_ref non-null
 LOOSE = SCHEMA.set(0, pa.field("identity_ref", pa.string(), nullable=True))
 
@@ -69,15 +73,23 @@ def count(db: str, model) -> int:
 
 
 BAD = {
-    3: ({"face": {"algorithm": "biox-face-512/1", "template": b"\1" * 2047}, "fingers": [],
-         "irises": []}, "template_size: face biox-face-512/1: 2047 bytes, expected 2048"),
+    3: (
+        {
+            "face": {"algorithm": "biox-face-512/1", "template": b"\1" * 2047},
+            "fingers": [],
+            "irises": [],
+        },
+        "template_size: face biox-face-512/1: 2047 bytes, expected 2048",
+    ),
     5: ({"face": None, "fingers": [], "irises": []}, "no template"),
     8: ({"identity_ref": "MX-IMP-1"}, "identity_ref 'MX-IMP-1' appears twice in the file (row 1)"),
-    9: ({"face": {"algorithm": "vendor/9", "template": b"\1" * 2048}, "fingers": [],
-         "irises": []}, "unknown_algorithm: face algorithm 'vendor/9'"),
+    9: (
+        {"face": {"algorithm": "vendor/9", "template": b"\1" * 2048}, "fingers": [], "irises": []},
+        "unknown_algorithm: face algorithm 'vendor/9'",
+    ),
     11: ({"biographic": {"sex": "Q"}}, "sex: Input should be 'F', 'M' or 'X'"),
     12: ({"identity_ref": None}, "identity_ref is missing"),
-}  # fmt: skip
+}
 
 
 def test_bad_rows_are_named_by_number_and_the_others_go_in(tmp_path, db):
@@ -89,17 +101,27 @@ def test_bad_rows_are_named_by_number_and_the_others_go_in(tmp_path, db):
         report = import_file(s, "mx", path, batch_size=4)
     assert (report.rows, report.imported, report.already) == (15, 15 - len(BAD), 0)
     assert [n for n, _ in report.errors] == sorted(BAD)
-    for (number, why), (expected_number, (_, said)) in zip(report.errors, sorted(BAD.items()),
-                                                           strict=True):  # fmt: skip
+    for (number, why), (expected_number, (_, said)) in zip(
+        report.errors, sorted(BAD.items()), strict=True
+    ):
         assert (number == expected_number and why.startswith(said)) or said in why, (number, why)
     assert count(db, Record) == count(db, EnrolledTemplates) == 15 - len(BAD)
     with session_for(db) as s:
         r = s.exec(select(Record).where(Record.identity_ref == "MX-IMP-2")).one()
     assert (r.source, r.person_centric_id, r.derogatory, r.releasable) == (
-        "mx", "mx-pcn-2", [], True,
-    )  # fmt: skip
-    assert r.encounters == [{"encountered_at": "2025-03-01T00:00:00Z", "country": "mx",
-                             "type": "border", "location": "TIJ"}]  # fmt: skip
+        "mx",
+        "mx-pcn-2",
+        [],
+        True,
+    )
+    assert r.encounters == [
+        {
+            "encountered_at": "2025-03-01T00:00:00Z",
+            "country": "mx",
+            "type": "border",
+            "location": "TIJ",
+        }
+    ]
     who = synth.person(SEED, 2).biographic
     assert r.biographic == who.model_dump(mode="json", exclude_none=True)
 
@@ -171,9 +193,12 @@ def test_imported_identities_are_found_by_a_running_matcher(tmp_path, db):
 
     settings = Settings(data_dir=tmp_path, gallery_sync_s=0)
     matcher = MatcherHandler(
-        "mx", Registry.load(settings.registry), Gallery(), settings,
+        "mx",
+        Registry.load(settings.registry),
+        Gallery(),
+        settings,
         Policies.load(settings.policy).of("mx"),
-    )  # fmt: skip
+    )
     with session_for(db) as s:
         assert matcher.catch_up(s) == 0  # running, before the import
         import_file(s, "mx", write(tmp_path / "mx.parquet", [identity(n) for n in range(1, 9)]))

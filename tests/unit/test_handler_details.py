@@ -73,8 +73,17 @@ def one(handler, kind: str, message, db: str, sender: str, mid: str = "m-1"):
 def db(tmp_path) -> str:
     url = f"sqlite:///{tmp_path / 'us.db'}"
     with session_for(url) as s:
-        s.add(Transaction(query_id="q-1", role="requester", encounter_id="E-1", requesting="us",
-                          providing="mx", purpose="enforce", status="pending"))  # fmt: skip
+        s.add(
+            Transaction(
+                query_id="q-1",
+                role="requester",
+                encounter_id="E-1",
+                requesting="us",
+                providing="mx",
+                purpose="enforce",
+                status="pending",
+            )
+        )
         s.commit()
     return url
 
@@ -94,7 +103,7 @@ def test_each_refusal_of_an_answer_says_what_did_not_fit(db):
             "timings": {"received_at": AT, "answered_at": AT},
             **kw,
         }
-        return Response(**values)  # fmt: skip
+        return Response(**values)
 
     wrong = one(handler, "response", answer(requesting="sv"), db, "mx")
     assert str(wrong) == "misaddressed: response is for 'sv'"
@@ -119,7 +128,7 @@ def test_each_refusal_of_a_retrieval_says_what_did_not_fit(db):
             "justification": "check",
             **kw,
         }
-        return RetrievalRequest(**values)  # fmt: skip
+        return RetrievalRequest(**values)
 
     assert str(one(handler, "retrieval.request", request(holder="sv"), db, "mx", "r-1")) == (
         "misaddressed: request from mx names mx → sv"
@@ -154,20 +163,28 @@ def test_each_refusal_of_a_retrieval_says_what_did_not_fit(db):
             "answered_at": AT,
             **kw,
         }
-        return RetrievalResponse(**values)  # fmt: skip
+        return RetrievalResponse(**values)
 
     assert str(one(handler, "retrieval.response", response(), db, "mx")) == (
         "unknown_retrieval: r-x"
     )
     with session_for(db) as s:
-        s.add(RetrievalRow(retrieval_id="r-x", role="asker", query_id="q-1", asker="us",
-                           holder="mx", identity_ref="US-1", elements=["biographic"]))  # fmt: skip
+        s.add(
+            RetrievalRow(
+                retrieval_id="r-x",
+                role="asker",
+                query_id="q-1",
+                asker="us",
+                holder="mx",
+                identity_ref="US-1",
+                elements=["biographic"],
+            )
+        )
         s.commit()
     assert str(one(handler, "retrieval.response", response(), db, "sv")) == (
         "misaddressed: retrieval r-x was sent to mx, answered by sv"
     )
-    kept = one(handler, "retrieval.response", response(reason_code="release_not_agreed"), db,
-               "mx")  # fmt: skip
+    kept = one(handler, "retrieval.response", response(reason_code="release_not_agreed"), db, "mx")
     assert isinstance(kept, Effects)
     [row] = kept.rows
     assert row.reason_code == "release_not_agreed" and row.retain_until is None  # no data
@@ -181,8 +198,13 @@ def test_each_refusal_of_a_decision_names_the_case_and_the_identity(tmp_path):
     handler = ReviewHandler("mx", POLICIES.of("mx"))
 
     def decision(case_id: str, ref: str | None) -> ReviewDecision:
-        return ReviewDecision(case_id=case_id, verdict=ReviewVerdict.match, identity_ref=ref,
-                              examiner="e", decided_at=AT)  # fmt: skip
+        return ReviewDecision(
+            case_id=case_id,
+            verdict=ReviewVerdict.match,
+            identity_ref=ref,
+            examiner="e",
+            decided_at=AT,
+        )
 
     assert str(one(handler, "review.decision", decision("c-9", None), url, "mx")) == (
         "unknown_case: c-9"
@@ -197,8 +219,13 @@ def test_each_refusal_of_a_decision_names_the_case_and_the_identity(tmp_path):
 
 def test_a_late_or_second_answer_is_logged_with_what_was_kept(db):
     handler = ResponseHandler("us", POLICIES.of("us"))
-    answer = Response(query_id="q-1", requesting="us", providing="mx", status="no_match",
-                      timings={"received_at": AT, "answered_at": AT})  # fmt: skip
+    answer = Response(
+        query_id="q-1",
+        requesting="us",
+        providing="mx",
+        status="no_match",
+        timings={"received_at": AT, "answered_at": AT},
+    )
     one(handler, "response", answer, db, "mx", "a-1")
     with capture_logs() as logs:
         matched = Response.model_validate({**answer.model_dump(), "status": "match"})
@@ -218,8 +245,9 @@ def test_a_second_decision_is_logged_with_both_examiners(tmp_path):
     with session_for(url) as s:
         s.add(case_row("c-1", status="decided", examiner="first"))
         s.commit()
-    decision = ReviewDecision(case_id="c-1", verdict=ReviewVerdict.no_match, examiner="second",
-                              decided_at=AT)  # fmt: skip
+    decision = ReviewDecision(
+        case_id="c-1", verdict=ReviewVerdict.no_match, examiner="second", decided_at=AT
+    )
     with capture_logs() as logs:
         one(ReviewHandler("mx", POLICIES.of("mx")), "review.decision", decision, url, "mx")
     [entry] = [e for e in logs if e["event"] == "case_already_decided"]
@@ -228,15 +256,35 @@ def test_a_second_decision_is_logged_with_both_examiners(tmp_path):
 
 def test_a_second_retrieval_answer_is_logged_with_what_was_kept(db):
     with session_for(db) as s:
-        s.add(RetrievalRow(retrieval_id="r-2", role="asker", query_id="q-1", asker="us",
-                           holder="mx", identity_ref="US-1", elements=["biographic"],
-                           status="released"))  # fmt: skip
+        s.add(
+            RetrievalRow(
+                retrieval_id="r-2",
+                role="asker",
+                query_id="q-1",
+                asker="us",
+                holder="mx",
+                identity_ref="US-1",
+                elements=["biographic"],
+                status="released",
+            )
+        )
         s.commit()
-    answer = RetrievalResponse(retrieval_id="r-2", query_id="q-1", asker="us", holder="mx",
-                               status="declined", answered_at=AT)  # fmt: skip
+    answer = RetrievalResponse(
+        retrieval_id="r-2",
+        query_id="q-1",
+        asker="us",
+        holder="mx",
+        status="declined",
+        answered_at=AT,
+    )
     with capture_logs() as logs:
-        again = one(RetrievalHandler("us", REGISTRY, POLICIES.of("us")), "retrieval.response",
-                    answer, db, "mx")  # fmt: skip
+        again = one(
+            RetrievalHandler("us", REGISTRY, POLICIES.of("us")),
+            "retrieval.response",
+            answer,
+            db,
+            "mx",
+        )
     assert isinstance(again, Effects) and again.outcome == "superseded"
     [entry] = [e for e in logs if e["event"] == "retrieval_answered_twice"]
     assert (entry["query_id"], entry["kept"]) == ("q-1", "released")
@@ -290,8 +338,9 @@ def enrolled(db: str, record_id: int, biometrics: bytes, when: datetime) -> int:
 
 def test_a_matcher_adds_each_enrolment_once_and_skips_an_unreadable_one(tmp_path):
     db = f"sqlite:///{tmp_path / 'mx.db'}"
-    matcher = MatcherHandler("mx", REGISTRY, Gallery(), Settings(gallery_sync_s=3600),
-                             POLICIES.of("mx"))  # fmt: skip
+    matcher = MatcherHandler(
+        "mx", REGISTRY, Gallery(), Settings(gallery_sync_s=3600), POLICIES.of("mx")
+    )
     bio = msgpack.packb(synth.capture(3, 5, context=1).model_dump(mode="python"), use_bin_type=True)
     old = datetime.now(UTC) - timedelta(hours=1)  # beyond the one-minute look-back
     enrolled(db, (1 << 61) + 1, bio, old)
@@ -316,8 +365,9 @@ def test_a_matcher_adds_each_enrolment_once_and_skips_an_unreadable_one(tmp_path
 
 def test_a_late_commit_of_a_lower_sequence_is_found_by_its_recent_time(tmp_path):
     db = f"sqlite:///{tmp_path / 'mx.db'}"
-    matcher = MatcherHandler("mx", REGISTRY, Gallery(), Settings(gallery_sync_s=0),
-                             POLICIES.of("mx"))  # fmt: skip
+    matcher = MatcherHandler(
+        "mx", REGISTRY, Gallery(), Settings(gallery_sync_s=0), POLICIES.of("mx")
+    )
     bio = msgpack.packb(synth.capture(3, 6, context=1).model_dump(mode="python"), use_bin_type=True)
     enrolled(db, (1 << 61) + 5, bio, datetime.now(UTC))
     matcher._max_seq = 10  # as if higher sequences had been seen already

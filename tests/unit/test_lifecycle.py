@@ -29,11 +29,14 @@ def answer(ref: str) -> dict:
     return {
         "status": "match",
         "candidates": [
-            {"identity_ref": ref, "fused_score": 0.9, "record": {"identity_ref": ref,
-                                                                 "biographic": dict(BIO)}},
+            {
+                "identity_ref": ref,
+                "fused_score": 0.9,
+                "record": {"identity_ref": ref, "biographic": dict(BIO)},
+            },
             {"identity_ref": "NO-RECORD", "fused_score": 0.8},
         ],
-    }  # fmt: skip
+    }
 
 
 @pytest.fixture
@@ -43,25 +46,72 @@ def db(tmp_path) -> str:
     url = f"sqlite:///{tmp_path / 'us.db'}"
     with session_for(url) as s:
         for src, n in (("mx", 1), ("sv", 2)):
-            s.add(Record(id=n, identity_ref=f"ENR-{n}", source=src, source_query_id=f"q-{n}",
-                         source_message_id=f"m-{n}", biographic=dict(BIO)))  # fmt: skip
+            s.add(
+                Record(
+                    id=n,
+                    identity_ref=f"ENR-{n}",
+                    source=src,
+                    source_query_id=f"q-{n}",
+                    source_message_id=f"m-{n}",
+                    biographic=dict(BIO),
+                )
+            )
             s.add(EnrolledTemplates(record_id=n, biometrics=b"t"))
-            s.add(Transaction(query_id=f"a-{n}", role="requester", encounter_id=f"E-{n}",
-                              requesting="us", providing=src, purpose="enforce",
-                              status="match", top_score=0.9, conditions=["c"], source=src,
-                              source_message_id=f"r-{n}", answer=answer(f"{src.upper()}-{n}"),
-                              reason_code="x"))  # fmt: skip
-            s.add(RetrievalRow(retrieval_id=f"rt-{n}", role="asker", query_id=f"q-{n}",
-                               asker="us", holder=src, identity_ref="X", status="released",
-                               source=src, source_message_id=f"rr-{n}", conditions=["c"],
-                               data={"identity_ref": "E", "biographic": dict(BIO)}))  # fmt: skip
-            s.add(ReviewCaseRow(case_id=f"c-{n}", query_id=f"q-{n}", requesting=src,
-                                purpose="enforce", opened_at=AT, source=src,
-                                source_message_id=f"m-{n}",
-                                probe_biographic=dict(BIO)))  # fmt: skip
-        s.add(Transaction(query_id="a-3", role="requester", encounter_id="E-3",
-                          requesting="us", providing="mx", purpose="enforce",
-                          status="pending"))  # fmt: skip
+            s.add(
+                Transaction(
+                    query_id=f"a-{n}",
+                    role="requester",
+                    encounter_id=f"E-{n}",
+                    requesting="us",
+                    providing=src,
+                    purpose="enforce",
+                    status="match",
+                    top_score=0.9,
+                    conditions=["c"],
+                    source=src,
+                    source_message_id=f"r-{n}",
+                    answer=answer(f"{src.upper()}-{n}"),
+                    reason_code="x",
+                )
+            )
+            s.add(
+                RetrievalRow(
+                    retrieval_id=f"rt-{n}",
+                    role="asker",
+                    query_id=f"q-{n}",
+                    asker="us",
+                    holder=src,
+                    identity_ref="X",
+                    status="released",
+                    source=src,
+                    source_message_id=f"rr-{n}",
+                    conditions=["c"],
+                    data={"identity_ref": "E", "biographic": dict(BIO)},
+                )
+            )
+            s.add(
+                ReviewCaseRow(
+                    case_id=f"c-{n}",
+                    query_id=f"q-{n}",
+                    requesting=src,
+                    purpose="enforce",
+                    opened_at=AT,
+                    source=src,
+                    source_message_id=f"m-{n}",
+                    probe_biographic=dict(BIO),
+                )
+            )
+        s.add(
+            Transaction(
+                query_id="a-3",
+                role="requester",
+                encounter_id="E-3",
+                requesting="us",
+                providing="mx",
+                purpose="enforce",
+                status="pending",
+            )
+        )
         s.commit()
     return url
 
@@ -82,7 +132,12 @@ def test_a_deletion_reaches_every_copy_the_sender_gave_and_nothing_else(db, abou
         assert [(t.record_id, t.cause) for t in s.exec(select(Tombstone))] == [(1, "notice:n-1")]
         tx = s.get(Transaction, ("a-1", "requester"))
         assert (tx.status, tx.answer, tx.conditions, tx.top_score, tx.reason_code) == (
-            "withdrawn", None, [], None, None)  # fmt: skip
+            "withdrawn",
+            None,
+            [],
+            None,
+            None,
+        )
         rt = s.get(RetrievalRow, ("rt-1", "asker"))
         assert (rt.status, rt.data, rt.conditions) == ("withdrawn", None, [])
         assert [c.case_id for c in s.exec(select(ReviewCaseRow))] == ["c-2"]
@@ -175,11 +230,24 @@ def test_one_copy_already_in_the_wanted_state_does_not_stop_the_others(db):
     """A block naming a record blocked before and one that is not: the second is blocked;
     a correction naming a withdrawn answer first still corrects the next one."""
     with session_for(db) as s:
-        s.add(Record(id=3, identity_ref="ENR-3", source="mx", source_query_id="q-3",
-                     biographic=dict(BIO)))  # fmt: skip
-        s.add(Transaction(query_id="a-0", role="requester", encounter_id="E-0",
-                          requesting="us", providing="mx", purpose="enforce",
-                          status="withdrawn", source="mx", answer=None))  # fmt: skip
+        s.add(
+            Record(
+                id=3, identity_ref="ENR-3", source="mx", source_query_id="q-3", biographic=dict(BIO)
+            )
+        )
+        s.add(
+            Transaction(
+                query_id="a-0",
+                role="requester",
+                encounter_id="E-0",
+                requesting="us",
+                providing="mx",
+                purpose="enforce",
+                status="withdrawn",
+                source="mx",
+                answer=None,
+            )
+        )
         s.commit()
         corrections.block_from(s, "mx", About(query_ids=["q-1"]), True)
         s.commit()

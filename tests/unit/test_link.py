@@ -148,9 +148,21 @@ def test_confirms_settle_the_futures_they_name_and_multiple_covers_the_prefix(li
 def test_a_returned_message_fails_as_unroutable_even_though_the_broker_acks_it(link):
     opened(link)
     future = link.publish("biox.us.out", "nowhere", b"x", pika.BasicProperties(message_id="r1"))
-    link._on_return(None, type("M", (), {"reply_code": 312, "reply_text": "NO_ROUTE",
-                                         "exchange": "biox.us.out", "routing_key": "nowhere"})(),
-                    pika.BasicProperties(message_id="r1"), b"x")  # fmt: skip
+    link._on_return(
+        None,
+        type(
+            "M",
+            (),
+            {
+                "reply_code": 312,
+                "reply_text": "NO_ROUTE",
+                "exchange": "biox.us.out",
+                "routing_key": "nowhere",
+            },
+        )(),
+        pika.BasicProperties(message_id="r1"),
+        b"x",
+    )
     link._on_confirm(frame(pika.spec.Basic.Ack, 1))
     with pytest.raises(Unroutable, match="NO_ROUTE"):
         future.result(timeout=0)

@@ -188,8 +188,13 @@ def test_a_case_never_shows_a_candidate_below_the_low_threshold_another_query_ma
 
 def test_a_query_without_biometrics_is_rejected_as_such(db):
     envelope, query = query_from(submit(7))
-    empty = query.model_copy(update={"biometrics": query.biometrics.model_copy(
-        update={"fingerprints": [], "face": None, "irises": []})})  # fmt: skip
+    empty = query.model_copy(
+        update={
+            "biometrics": query.biometrics.model_copy(
+                update={"fingerprints": [], "face": None, "irises": []}
+            )
+        }
+    )
     with session_for(db) as s:
         [result] = matcher([hit(1, 0.9)]).search([Inbound(envelope, empty)], s)
     assert isinstance(result, PermanentError) and result.reason is Reason.no_biometrics
@@ -271,8 +276,9 @@ def test_enrolled_query_data_is_kept_for_exactly_the_policys_days(db):
     )
     before = datetime.now(UTC)
     envelope, query = query_from(submit(7))
-    query = query.model_copy(update={"references": query.references.model_copy(
-        update={"person_centric_id": "us-pcn-7"})})  # fmt: skip
+    query = query.model_copy(
+        update={"references": query.references.model_copy(update={"person_centric_id": "us-pcn-7"})}
+    )
     with session_for(db) as s:
         [result] = matcher([], policy).search([Inbound(envelope, query)], s)
     after = datetime.now(UTC)
@@ -361,8 +367,10 @@ def test_the_provider_declines_a_subject_it_may_not_be_asked_about_whatever_the_
     with session_for(db) as s:
         [result] = handler.search([Inbound(envelope, query)], s)
     response = ROUTES.decode("response", "response/1", result.outgoing[0].body)
-    assert (response.status, response.reason_code) == (ResponseStatus.declined,
-                                                       Reason.excluded_citizen)  # fmt: skip
+    assert (response.status, response.reason_code) == (
+        ResponseStatus.declined,
+        Reason.excluded_citizen,
+    )
     assert handler.gallery.searched == []  # declined before any search
     query.subject_status = SubjectStatus(citizenships=["gt"])
     query.encounter = query.encounter.model_copy(update={"country": "mx"})
@@ -402,8 +410,7 @@ def test_tombstones_written_after_a_catch_up_are_applied_at_the_next_one(tmp_pat
     url = f"sqlite:///{tmp_path / 'mx.db'}"
     gallery = Gallery()
     gallery.enroll([1, 2], [Probe.from_biometrics(synth.capture(3, n, context=0)) for n in (1, 2)])
-    handler = MatcherHandler("mx", REGISTRY, gallery, Settings(gallery_sync_s=0),
-                             POLICIES.of("mx"))  # fmt: skip
+    handler = MatcherHandler("mx", REGISTRY, gallery, Settings(gallery_sync_s=0), POLICIES.of("mx"))
     with session_for(url) as s:
         s.add(Tombstone(record_id=1, cause="deletion"))
         s.commit()

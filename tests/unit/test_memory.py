@@ -52,9 +52,14 @@ class Stubborn(Handler):
         Stubborn.calls += 1
         if Stubborn.retry and Stubborn.calls == 1:
             return [TransientError(Reason.unknown_query, "later") for _ in batch]
-        out = Outgoing("biox.nowhere", "x", b"", Envelope("o-" + batch[0].envelope.message_id,
-                                                        "retrieval.ask", "retrieval.ask/1", "us",
-                                                        "us"))  # fmt: skip
+        out = Outgoing(
+            "biox.nowhere",
+            "x",
+            b"",
+            Envelope(
+                "o-" + batch[0].envelope.message_id, "retrieval.ask", "retrieval.ask/1", "us", "us"
+            ),
+        )
         if Stubborn.retry:
             return [Effects() for _ in batch]
         return [Effects(outgoing=[out]) for _ in batch]

@@ -38,13 +38,20 @@ def db(tmp_path) -> str:
 
 
 def handler() -> NoticeHandler:
-    return NoticeHandler("us", memory_rings(["us"])["us"].trust, REGISTRY,
-                         settings=Settings(notice_response_days=10))  # fmt: skip
+    return NoticeHandler(
+        "us", memory_rings(["us"])["us"].trust, REGISTRY, settings=Settings(notice_response_days=10)
+    )
 
 
 def notice(nid: str = "n-1", sender: str = "mx", recipient: str = "us", **fields) -> Notice:
-    values = {"type": NoticeType.material_change, "notice_id": nid, "sender": sender,
-              "recipient": recipient, "sent_at": AT, **fields}  # fmt: skip
+    values = {
+        "type": NoticeType.material_change,
+        "notice_id": nid,
+        "sender": sender,
+        "recipient": recipient,
+        "sent_at": AT,
+        **fields,
+    }
     return Notice(**values)
 
 
@@ -80,14 +87,24 @@ def test_a_notice_that_does_not_add_up_is_refused_by_reason(db, n, sender, mid, 
 
 def test_a_notice_is_kept_once_field_by_field_and_acknowledged_under_a_derived_id(db):
     due = AT + timedelta(days=1)
-    n = notice(type=NoticeType.correction, about=About(query_ids=["q-1"]),
-               corrections={"family_name": "CRUZ"}, text="typo", respond_by=due)  # fmt: skip
+    n = notice(
+        type=NoticeType.correction,
+        about=About(query_ids=["q-1"]),
+        corrections={"family_name": "CRUZ"},
+        text="typo",
+        respond_by=due,
+    )
     first = receive(db, n)
     assert isinstance(first, Effects) and first.outcome == "received:correction"
     [row] = first.rows
     assert isinstance(row, NoticeRow)
     assert (row.notice_id, row.direction, row.type, row.partner, row.status) == (
-        "n-1", "in", "correction", "mx", "applied")  # fmt: skip
+        "n-1",
+        "in",
+        "correction",
+        "mx",
+        "applied",
+    )
     assert (row.sent_at, row.respond_by, row.text, row.actor) == (AT, due, "typo", None)
     assert row.received_at is not None and row.in_reply_to is None
     assert row.about == {"query_ids": ["q-1"], "message_ids": [], "identity_refs": []}
@@ -97,7 +114,12 @@ def test_a_notice_is_kept_once_field_by_field_and_acknowledged_under_a_derived_i
     ack = ROUTES.decode("notice", "notice/1", ack_out.body)
     assert isinstance(ack, Notice)
     assert (ack.type, ack.sender, ack.recipient, ack.in_reply_to, ack.done) == (
-        NoticeType.acknowledgement, "us", "mx", "n-1", {})  # fmt: skip
+        NoticeType.acknowledgement,
+        "us",
+        "mx",
+        "n-1",
+        {},
+    )
     assert (
         ack.notice_id == ack_out.envelope.message_id == codec.derived_id("n-1", "acknowledgement")
     )
@@ -109,33 +131,61 @@ def test_a_notice_is_kept_once_field_by_field_and_acknowledged_under_a_derived_i
 
 def test_an_acknowledgement_completes_only_our_own_notice_to_that_partner(db):
     with session_for(db) as s:
-        for nid, direction, partner in (("ours", "out", "mx"), ("theirs", "in", "mx"),
-                                        ("to-sv", "out", "sv")):  # fmt: skip
-            s.add(NoticeRow(notice_id=nid, direction=direction, type="deletion",
-                            partner=partner, sent_at=AT, status="sent"))  # fmt: skip
+        for nid, direction, partner in (
+            ("ours", "out", "mx"),
+            ("theirs", "in", "mx"),
+            ("to-sv", "out", "sv"),
+        ):
+            s.add(
+                NoticeRow(
+                    notice_id=nid,
+                    direction=direction,
+                    type="deletion",
+                    partner=partner,
+                    sent_at=AT,
+                    status="sent",
+                )
+            )
         s.commit()
     for target in ("nothing", "theirs", "to-sv"):
         ack = notice(f"a-{target}", type=NoticeType.acknowledgement, in_reply_to=target)
         refused = receive(db, ack)
         assert isinstance(refused, PermanentError) and refused.reason is Reason.unknown_notice
         assert refused.detail == f"acknowledgement of {target!r}"
-    done = receive(db, notice("a-ours", type=NoticeType.acknowledgement, in_reply_to="ours",
-                              done={"records": 2}))  # fmt: skip
+    done = receive(
+        db,
+        notice("a-ours", type=NoticeType.acknowledgement, in_reply_to="ours", done={"records": 2}),
+    )
     assert isinstance(done, Effects) and done.outcome == "acknowledged" and done.outgoing == []
     with session_for(db) as s:
         ours = s.get(NoticeRow, "ours")
         kept = s.get(NoticeRow, "a-ours")
     assert (ours.status, ours.done, ours.answered_at.replace(tzinfo=UTC)) == (
-        "acknowledged", {"records": 2}, AT)  # fmt: skip
+        "acknowledged",
+        {"records": 2},
+        AT,
+    )
     assert (kept.direction, kept.status, kept.done, kept.in_reply_to) == (
-        "in", "applied", {"records": 2}, "ours")  # fmt: skip
+        "in",
+        "applied",
+        {"records": 2},
+        "ours",
+    )
 
 
 def test_a_consent_reply_is_recorded_on_our_request_to_that_partner_only(db):
     with session_for(db) as s:
         for nid, partner in (("ask-mx", "mx"), ("ask-sv", "sv")):
-            s.add(NoticeRow(notice_id=nid, direction="out", type="consent_request",
-                            partner=partner, sent_at=AT, status="sent"))  # fmt: skip
+            s.add(
+                NoticeRow(
+                    notice_id=nid,
+                    direction="out",
+                    type="consent_request",
+                    partner=partner,
+                    sent_at=AT,
+                    status="sent",
+                )
+            )
         s.commit()
     receive(db, notice("r-1", type=NoticeType.consent_reply, in_reply_to="ask-sv", consent=True))
     receive(db, notice("r-2", type=NoticeType.consent_reply, in_reply_to="ask-mx", consent=True))
@@ -149,8 +199,13 @@ def test_a_consent_reply_is_recorded_on_our_request_to_that_partner_only(db):
 
 
 def test_a_notice_an_operator_asks_for_is_sent_with_its_deadline_and_kept(db):
-    ask = NoticeSend(type=NoticeType.deletion, to="mx", actor="ana", text="entered in error",
-                     about=About(message_ids=["m-9"]))  # fmt: skip
+    ask = NoticeSend(
+        type=NoticeType.deletion,
+        to="mx",
+        actor="ana",
+        text="entered in error",
+        about=About(message_ids=["m-9"]),
+    )
     env = codec.Envelope("op-7", "notice.send", "notice.send/1", "us", "us", "op-7")
     before = datetime.now(UTC)
     with session_for(db) as s:
@@ -161,7 +216,11 @@ def test_a_notice_an_operator_asks_for_is_sent_with_its_deadline_and_kept(db):
     body = ROUTES.decode("notice", "notice/1", out.body)
     assert isinstance(body, Notice)
     assert (body.notice_id, body.sender, body.recipient, body.text) == (
-        codec.derived_id("op-7", "notice"), "us", "mx", "entered in error")  # fmt: skip
+        codec.derived_id("op-7", "notice"),
+        "us",
+        "mx",
+        "entered in error",
+    )
     assert body.about.message_ids == ["m-9"] and body.sent_at >= before
     assert body.respond_by == body.sent_at + timedelta(days=10)
     assert (out.envelope.message_id, out.envelope.correlation_id) == (body.notice_id,) * 2
@@ -206,8 +265,13 @@ def test_the_worker_builds_its_handler_with_its_own_settings(tmp_path):
 
 def test_a_deadline_the_operator_gives_is_the_one_sent(db):
     due = AT + timedelta(days=5)
-    ask = NoticeSend(type=NoticeType.deletion, to="mx", actor="ana", respond_by=due,
-                     about=About(message_ids=["m-9"]))  # fmt: skip
+    ask = NoticeSend(
+        type=NoticeType.deletion,
+        to="mx",
+        actor="ana",
+        respond_by=due,
+        about=About(message_ids=["m-9"]),
+    )
     env = codec.Envelope("op-9", "notice.send", "notice.send/1", "us", "us", "op-9")
     with session_for(db) as s:
         [sent] = handler().send([Inbound(env, ask)], s)
@@ -227,13 +291,31 @@ def send(db: str, mid: str, ask: NoticeSend) -> Effects:
 
 def test_our_consent_reply_answers_their_request_and_nothing_else_touches_it(db):
     receive(db, notice("their-ask", type=NoticeType.consent_request, text="may we pass it on?"))
-    send(db, "op-10", NoticeSend(type=NoticeType.material_change, to="mx", actor="ana",
-                                 in_reply_to="their-ask", text="not an answer"))  # fmt: skip
+    send(
+        db,
+        "op-10",
+        NoticeSend(
+            type=NoticeType.material_change,
+            to="mx",
+            actor="ana",
+            in_reply_to="their-ask",
+            text="not an answer",
+        ),
+    )
     with session_for(db) as s:
         untouched = s.get(NoticeRow, "their-ask")
         assert (untouched.status, untouched.details) == ("received", {})
-    send(db, "op-11", NoticeSend(type=NoticeType.consent_reply, to="mx", actor="ana",
-                                 in_reply_to="their-ask", consent=False))  # fmt: skip
+    send(
+        db,
+        "op-11",
+        NoticeSend(
+            type=NoticeType.consent_reply,
+            to="mx",
+            actor="ana",
+            in_reply_to="their-ask",
+            consent=False,
+        ),
+    )
     with session_for(db) as s:
         answered = s.get(NoticeRow, "their-ask")
         assert (answered.status, answered.details) == ("answered", {"consent": False})
@@ -249,14 +331,24 @@ def test_a_status_or_contacts_notice_is_kept_in_the_partners_history_with_its_te
     assert line["done"] == {"status": 1}
     ack = ROUTES.decode("notice", "notice/1", done.outgoing[0].body)
     assert ack.done == {"status": 1}  # no retention rule: nothing capped
-    receive(db, notice("s-2", type=NoticeType.contact_change, contacts={"legal": "DGAJ"},
-                       text="new legal desk"))  # fmt: skip
+    receive(
+        db,
+        notice(
+            "s-2", type=NoticeType.contact_change, contacts={"legal": "DGAJ"}, text="new legal desk"
+        ),
+    )
     with session_for(db) as s:
         status, contacts = participants.history(s, "mx")[-2:]
-    assert (status.status, status.cause, status.note) == ("discontinued", "notice:s-1",
-                                                           "§36 letter")  # fmt: skip
+    assert (status.status, status.cause, status.note) == (
+        "discontinued",
+        "notice:s-1",
+        "§36 letter",
+    )
     assert (contacts.cause, contacts.note, contacts.contacts["legal"]) == (
-        "notice:s-2", "new legal desk", "DGAJ")  # fmt: skip
+        "notice:s-2",
+        "new legal desk",
+        "DGAJ",
+    )
 
 
 def test_a_discontinuation_caps_what_that_partner_sent_and_says_how_much(db):
@@ -265,8 +357,15 @@ def test_a_discontinuation_caps_what_that_partner_sent_and_says_how_much(db):
 
     with session_for(db) as s:
         for rid, source in ((1, "mx"), (2, "mx"), (3, "sv")):
-            s.add(Record(id=rid, identity_ref=f"R-{rid}", source=source, biographic={},
-                         retain_until=AT + timedelta(days=3650)))  # fmt: skip
+            s.add(
+                Record(
+                    id=rid,
+                    identity_ref=f"R-{rid}",
+                    source=source,
+                    biographic={},
+                    retain_until=AT + timedelta(days=3650),
+                )
+            )
         s.commit()
     policy = ParticipantPolicy(discontinued_retention_days=30)
     capping = NoticeHandler("us", memory_rings(["us"])["us"].trust, REGISTRY, policy, Settings())
@@ -289,12 +388,30 @@ def test_a_deletion_sends_the_encounter_system_its_result_again_under_a_derived_
     from biox.wire.messages import EncounterResult
 
     with session_for(db) as s:
-        s.add(EncounterRow(encounter_id="E-5", purpose="enforce", reply_to="rq",
-                           partners=["mx"], source_message_id="sub-5"))  # fmt: skip
-        s.add(Transaction(query_id="q-5", role="requester", encounter_id="E-5",
-                          requesting="us", providing="mx", purpose="enforce", reply_to="rq",
-                          sent_at=AT, status="match", source="mx",
-                          answer={"status": "match", "timings": {}}))  # fmt: skip
+        s.add(
+            EncounterRow(
+                encounter_id="E-5",
+                purpose="enforce",
+                reply_to="rq",
+                partners=["mx"],
+                source_message_id="sub-5",
+            )
+        )
+        s.add(
+            Transaction(
+                query_id="q-5",
+                role="requester",
+                encounter_id="E-5",
+                requesting="us",
+                providing="mx",
+                purpose="enforce",
+                reply_to="rq",
+                sent_at=AT,
+                status="match",
+                source="mx",
+                answer={"status": "match", "timings": {}},
+            )
+        )
         s.commit()
     done = receive(db, notice("del-5", type=NoticeType.deletion, about=About(query_ids=["q-5"])))
     assert isinstance(done, Effects)

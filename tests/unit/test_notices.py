@@ -63,8 +63,14 @@ def ledger(hub: Hub, code: str, notice_id: str) -> NoticeRow:
 
 def test_a_deletion_notice_withdraws_the_answer_everywhere_and_is_acknowledged(hub):
     eid, qid = matched(hub, "us", "mx")
-    nid = notice(hub, "mx", "us", NoticeType.deletion, about=About(query_ids=[qid]),
-                 text="record entered in error")  # fmt: skip
+    nid = notice(
+        hub,
+        "mx",
+        "us",
+        NoticeType.deletion,
+        about=About(query_ids=[qid]),
+        text="record entered in error",
+    )
     with hub.session("us") as s:
         tx = s.get(Transaction, (qid, "requester"))
         assert (tx.status, tx.answer, tx.conditions) == ("withdrawn", None, [])
@@ -152,8 +158,14 @@ def test_a_blocked_answer_is_shown_blocked_and_a_blocked_record_never_released(h
 
 def test_a_provider_corrects_its_answer_and_the_encounter_system_sees_it(hub):
     eid, qid = matched(hub, "us", "mx")
-    notice(hub, "mx", "us", NoticeType.correction, about=About(query_ids=[qid]),
-           corrections={"family_name": "CORRECTED", "given_names": None})  # fmt: skip
+    notice(
+        hub,
+        "mx",
+        "us",
+        NoticeType.correction,
+        about=About(query_ids=[qid]),
+        corrections={"family_name": "CORRECTED", "given_names": None},
+    )
     corrected = outcome(hub.latest(eid), "mx")
     assert corrected.status.value == "match" and corrected.corrected_at is not None
     biographic = corrected.candidates[0].record.biographic
@@ -181,8 +193,14 @@ def test_a_discontinued_partner_is_no_longer_queried_and_its_history_kept(hub):
 
 
 def test_a_consent_request_waits_for_its_reply_and_the_reply_is_recorded(hub):
-    asked = notice(hub, "us", "mx", NoticeType.consent_request, text="pass to INTERPOL?",
-                   about=About(query_ids=["q-x"]))  # fmt: skip
+    asked = notice(
+        hub,
+        "us",
+        "mx",
+        NoticeType.consent_request,
+        text="pass to INTERPOL?",
+        about=About(query_ids=["q-x"]),
+    )
     assert ledger(hub, "mx", asked).status == "received"  # waiting for mx's answer
     notice(hub, "mx", "us", NoticeType.consent_reply, in_reply_to=asked, consent=False)
     mine = ledger(hub, "us", asked)
@@ -198,14 +216,23 @@ def test_contacts_change_on_notice(hub):
 
 def test_a_notice_is_sealed_between_participants_and_only_the_named_sender_is_believed(hub):
     notice(hub, "mx", "us", NoticeType.material_change, text="new AFIS vendor (§29)")
-    [sent] = [m for m in hub.sent("notice") if m.properties.headers["biox-from"] == "mx"
-              and m.properties.headers["biox-to"] == "us"]  # fmt: skip
+    [sent] = [
+        m
+        for m in hub.sent("notice")
+        if m.properties.headers["biox-from"] == "mx" and m.properties.headers["biox-to"] == "us"
+    ]
     assert b"AFIS" not in sent.body and "biox-signature" in sent.properties.headers
     # sv passing a notice off as mx's: refused by the notice worker, never applied
-    forged = Notice(type=NoticeType.discontinuation, notice_id="n-forged", sender="mx",
-                    recipient="us", sent_at=utcnow())  # fmt: skip
-    out = codec.to_partner(forged, sender="sv", recipient="us", message_id="n-forged",
-                           correlation_id="n-forged")  # fmt: skip
+    forged = Notice(
+        type=NoticeType.discontinuation,
+        notice_id="n-forged",
+        sender="mx",
+        recipient="us",
+        sent_at=utcnow(),
+    )
+    out = codec.to_partner(
+        forged, sender="sv", recipient="us", message_id="n-forged", correlation_id="n-forged"
+    )
     hub.run([out])
     with hub.session("us") as s:
         assert s.get(ParticipantRow, "mx").status == "active"
@@ -254,8 +281,9 @@ def sending(tmp_path, ask: NoticeSend, mid: str = "op-1"):
         ("mx", "n-none", Reason.unknown_notice, "no notice 'n-none'"),
     ],
 )
-def test_a_notice_to_no_partner_or_in_reply_to_nothing_is_refused(tmp_path, to, reply, reason,
-                                                                  detail):  # fmt: skip
+def test_a_notice_to_no_partner_or_in_reply_to_nothing_is_refused(
+    tmp_path, to, reply, reason, detail
+):
     kind = NoticeType.consent_reply if reply else NoticeType.material_change
     consent = True if reply else None
     ask = NoticeSend(type=kind, to=to, actor="o", in_reply_to=reply, consent=consent)

@@ -163,8 +163,11 @@ def test_intake_enrols_an_encounter_only_when_asked_and_says_so(tmp_path):
     assert record_row.person_centric_id == "us-pcn-77"  # links the enrolment to the person
     # kept as sent: a field the encounter system left out is not stored as a null
     encounter_row = next(r for r in effects.rows if isinstance(r, EncounterRow))
-    assert encounter_row.encounter == {"encountered_at": AT.isoformat().replace("+00:00", "Z"),
-                                       "country": "us", "type": "border"}  # fmt: skip
+    assert encounter_row.encounter == {
+        "encountered_at": AT.isoformat().replace("+00:00", "Z"),
+        "country": "us",
+        "type": "border",
+    }
     assert record_row.encounters == [encounter_row.encounter]
     assert record_row.retain_until - record_row.received_at == timedelta(days=27375)
 
@@ -647,8 +650,9 @@ def test_a_review_case_is_kept_whole_with_the_probe_datas_source(tmp_path):
         [kept] = handler.open([Inbound(env("review.case", "mx", "mx", "c-3"), nowhere)], s)
     assert isinstance(kept, Effects)
     assert "location" not in kept.rows[0].encounter
-    assert kept.rows[0].candidates == [{"identity_ref": "MX-2", "fused_score": 0.4,
-                                        "scores": {"face": 0.4}}]  # fmt: skip
+    assert kept.rows[0].candidates == [
+        {"identity_ref": "MX-2", "fused_score": 0.4, "scores": {"face": 0.4}}
+    ]
 
 
 @pytest.fixture
@@ -974,8 +978,9 @@ def test_no_retrieval_to_or_from_a_participant_that_is_not_active(retrieval_db, 
     assert isinstance(refused, PermanentError) and refused.reason is Reason.inactive_partner
     assert refused.detail == f"{inactive} is not active"
 
-    answered = retrieval("us", retrieval_db, "retrieval.request",
-                         a_request("r-9", Element.biographic), "mx", "r-9")  # fmt: skip
+    answered = retrieval(
+        "us", retrieval_db, "retrieval.request", a_request("r-9", Element.biographic), "mx", "r-9"
+    )
     assert isinstance(answered, Effects) and answered.outcome == "answered:declined"
     response = decode(answered.outgoing[0], RetrievalResponse)
     assert response.reason_code is Reason.inactive_partner and response.data is None

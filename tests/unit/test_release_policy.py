@@ -136,14 +136,23 @@ def test_a_query_carries_only_the_biographic_fields_its_send_rule_names():
     rule, gets everything the encounter system gave."""
     from biox.wire.messages import Biographic
 
-    full = Biographic(family_name="Cruz", given_names="Ana", date_of_birth="1990-05-01",
-                      sex="F", claimed_nationality="gt", place_of_birth="Quetzaltenango",
-                      document_number="G123")  # fmt: skip
+    full = Biographic(
+        family_name="Cruz",
+        given_names="Ana",
+        date_of_birth="1990-05-01",
+        sex="F",
+        claimed_nationality="gt",
+        place_of_birth="Quetzaltenango",
+        document_number="G123",
+    )
     us = POLICIES.of("us")
     to_sv = us.minimised("sv", Purpose.investigate, full)
     assert to_sv.document_number is None and to_sv.place_of_birth is None
     assert (to_sv.family_name, to_sv.date_of_birth, to_sv.claimed_nationality) == (
-        "Cruz", "1990-05-01", "gt")  # fmt: skip
+        "Cruz",
+        "1990-05-01",
+        "gt",
+    )
     assert us.minimised("mx", Purpose.enforce, full) == full
     assert POLICIES.of("sv").minimised("us", Purpose.enforce, full).claimed_nationality is None
 
@@ -159,8 +168,9 @@ def test_a_send_rule_for_one_purpose_minimises_only_that_purpose():
     from biox.policy.release import SendRule
     from biox.wire.messages import Biographic
 
-    policy = ParticipantPolicy(send=[SendRule(to=["sv"], purposes=["adjudicate"],
-                                              biographic=["family_name"])])  # fmt: skip
+    policy = ParticipantPolicy(
+        send=[SendRule(to=["sv"], purposes=["adjudicate"], biographic=["family_name"])]
+    )
     full = Biographic(family_name="Cruz", document_number="G123")
     assert policy.minimised("sv", Purpose.adjudicate, full) == Biographic(family_name="Cruz")
     assert policy.minimised("sv", Purpose.enforce, full) == full  # another purpose: no rule

@@ -70,27 +70,67 @@ def plant(url: str, violation: str) -> None:
     now = utcnow()
     with session_for(url) as s:
         if violation == "expired":
-            s.add(Record(id=91, identity_ref="X-91", source="mx", source_query_id="q",
-                         retain_until=now - timedelta(days=1)))  # fmt: skip
+            s.add(
+                Record(
+                    id=91,
+                    identity_ref="X-91",
+                    source="mx",
+                    source_query_id="q",
+                    retain_until=now - timedelta(days=1),
+                )
+            )
         elif violation == "provenance":
             s.add(Record(id=92, identity_ref="X-92", source="mx"))
         elif violation == "onward_disclosure":
             s.add(Record(id=93, identity_ref="SV-93", source="sv", source_query_id="q"))
-            s.add(Transaction(query_id="q-93", role="provider", encounter_id="E", requesting="mx",
-                              providing="us", purpose="enforce", status="match",
-                              answer={"candidates": [{"identity_ref": "SV-93",
-                                                      "record": {"biographic": {}}}]}))  # fmt: skip
+            s.add(
+                Transaction(
+                    query_id="q-93",
+                    role="provider",
+                    encounter_id="E",
+                    requesting="mx",
+                    providing="us",
+                    purpose="enforce",
+                    status="match",
+                    answer={
+                        "candidates": [{"identity_ref": "SV-93", "record": {"biographic": {}}}]
+                    },
+                )
+            )
         elif violation == "notice_overdue":
             due = now - timedelta(days=1)
-            s.add(NoticeRow(notice_id="n-9", direction="in", type="deletion", partner="mx",
-                            sent_at=now, status="received", respond_by=due))  # fmt: skip
+            s.add(
+                NoticeRow(
+                    notice_id="n-9",
+                    direction="in",
+                    type="deletion",
+                    partner="mx",
+                    sent_at=now,
+                    status="received",
+                    respond_by=due,
+                )
+            )
         elif violation == "incident_overdue":
-            s.add(IncidentRow(incident_id="i-9", aware_at=now - timedelta(hours=49),
-                              summary="x", partners=["mx"], opened_by="o"))  # fmt: skip
+            s.add(
+                IncidentRow(
+                    incident_id="i-9",
+                    aware_at=now - timedelta(hours=49),
+                    summary="x",
+                    partners=["mx"],
+                    opened_by="o",
+                )
+            )
         elif violation == "review_overdue":
-            s.add(ReviewCaseRow(case_id="c-9", query_id="c-9", requesting="mx",
-                                purpose="enforce", opened_at=now - timedelta(days=30),
-                                source="mx"))  # fmt: skip
+            s.add(
+                ReviewCaseRow(
+                    case_id="c-9",
+                    query_id="c-9",
+                    requesting="mx",
+                    purpose="enforce",
+                    opened_at=now - timedelta(days=30),
+                    source="mx",
+                )
+            )
         elif violation == "audit_chain":
             entry = s.exec(select(AuditEntry).order_by(AuditEntry.seq)).first()
             assert entry is not None
@@ -127,9 +167,26 @@ def test_rows_that_hold_no_partner_data_need_no_provenance(tmp_path):
     """A query still waiting and a retrieval we answered (JSON null where data would be)."""
     url = f"sqlite:///{tmp_path / 'us.db'}"
     with session_for(url) as s:
-        s.add(Transaction(query_id="q-1", role="requester", encounter_id="E", requesting="us",
-                          providing="mx", purpose="enforce", status="pending"))  # fmt: skip
-        s.add(RetrievalRow(retrieval_id="r-1", role="holder", query_id="q-1", asker="mx",
-                           holder="us", identity_ref="X"))  # fmt: skip
+        s.add(
+            Transaction(
+                query_id="q-1",
+                role="requester",
+                encounter_id="E",
+                requesting="us",
+                providing="mx",
+                purpose="enforce",
+                status="pending",
+            )
+        )
+        s.add(
+            RetrievalRow(
+                retrieval_id="r-1",
+                role="holder",
+                query_id="q-1",
+                asker="mx",
+                holder="us",
+                identity_ref="X",
+            )
+        )
         s.commit()
         assert quality.run(s, "us", utcnow(), review_overdue_s=86_400) == []

@@ -39,31 +39,76 @@ def fill(url: str) -> None:
         for rid, until in ((1, PAST), (2, FUTURE)):
             s.add(Record(id=rid, identity_ref=f"R-{rid}", source="mx", retain_until=until))
             s.add(EnrolledTemplates(record_id=rid, biometrics=b"x"))
-            s.add(Transaction(query_id=f"q-{rid}", role="requester", encounter_id=f"E-{rid}",
-                              requesting="us", providing="mx", purpose="enforce",
-                              retain_until=until))  # fmt: skip
+            s.add(
+                Transaction(
+                    query_id=f"q-{rid}",
+                    role="requester",
+                    encounter_id=f"E-{rid}",
+                    requesting="us",
+                    providing="mx",
+                    purpose="enforce",
+                    retain_until=until,
+                )
+            )
             s.add(EncounterRow(encounter_id=f"E-{rid}", purpose="enforce", retain_until=until))
-            s.add(ReviewCaseRow(case_id=f"c-{rid}", query_id=f"q-{rid}", requesting="mx",
-                                purpose="enforce", opened_at=NOW, source="mx",
-                                retain_until=until))  # fmt: skip
-            s.add(RetrievalRow(retrieval_id=f"r-{rid}", role="asker", query_id=f"q-{rid}",
-                               asker="us", holder="mx", identity_ref="X",
-                               retain_until=until))  # fmt: skip
+            s.add(
+                ReviewCaseRow(
+                    case_id=f"c-{rid}",
+                    query_id=f"q-{rid}",
+                    requesting="mx",
+                    purpose="enforce",
+                    opened_at=NOW,
+                    source="mx",
+                    retain_until=until,
+                )
+            )
+            s.add(
+                RetrievalRow(
+                    retrieval_id=f"r-{rid}",
+                    role="asker",
+                    query_id=f"q-{rid}",
+                    asker="us",
+                    holder="mx",
+                    identity_ref="X",
+                    retain_until=until,
+                )
+            )
         s.add(Record(id=3, identity_ref="R-3", source="us"))  # no date: kept (own gallery)
-        s.add(ProcessedMessage(consumer="us.query", message_id="old", published=True,
-                               processed_at=NOW - timedelta(days=8)))  # fmt: skip
-        s.add(ProcessedMessage(consumer="us.query", message_id="unsent", published=False,
-                               processed_at=NOW - timedelta(days=8)))  # fmt: skip
-        s.add(ProcessedMessage(consumer="us.query", message_id="new", published=True,
-                               processed_at=NOW))  # fmt: skip
+        s.add(
+            ProcessedMessage(
+                consumer="us.query",
+                message_id="old",
+                published=True,
+                processed_at=NOW - timedelta(days=8),
+            )
+        )
+        s.add(
+            ProcessedMessage(
+                consumer="us.query",
+                message_id="unsent",
+                published=False,
+                processed_at=NOW - timedelta(days=8),
+            )
+        )
+        s.add(
+            ProcessedMessage(
+                consumer="us.query", message_id="new", published=True, processed_at=NOW
+            )
+        )
         s.commit()
 
 
 def test_an_expired_row_is_gone_from_every_table_and_a_current_one_stays(tmp_path):
     url = f"sqlite:///{tmp_path / 'us.db'}"
     fill(url)
-    expected = {"records": 1, "transactions": 1, "encounters": 1, "review_cases": 1,
-                "retrievals": 1, "processed_messages": 1}  # fmt: skip
+    expected = {
+        "records": 1,
+        "transactions": 1,
+        "encounters": 1,
+        "review_cases": 1,
+        "retrievals": 1,
+        "processed_messages": 1,
+    }
     with session_for(url) as s:
         assert retention.purge(s, NOW, markers_days=7, dry_run=True) == expected
         s.commit()
@@ -73,8 +118,12 @@ def test_an_expired_row_is_gone_from_every_table_and_a_current_one_stays(tmp_pat
         assert [r.id for r in s.exec(select(Record))] == [2, 3]
         assert [t.record_id for t in s.exec(select(EnrolledTemplates))] == [2]
         assert [(t.record_id, t.cause) for t in s.exec(select(Tombstone))] == [(1, "retention")]
-        for table, key in ((Transaction, "query_id"), (RetrievalRow, "retrieval_id"),
-                           (ReviewCaseRow, "case_id"), (EncounterRow, "encounter_id")):  # fmt: skip
+        for table, key in (
+            (Transaction, "query_id"),
+            (RetrievalRow, "retrieval_id"),
+            (ReviewCaseRow, "case_id"),
+            (EncounterRow, "encounter_id"),
+        ):
             assert [getattr(r, key)[-1] for r in s.exec(select(table))] == ["2"], table
         # a marker whose outputs were never confirmed stays: a redelivery still needs them
         assert sorted(m.message_id for m in s.exec(select(ProcessedMessage))) == ["new", "unsent"]
@@ -112,8 +161,11 @@ def test_a_discontinued_partners_data_is_kept_no_longer_than_the_policy_says(tmp
         assert retention.cap_for_discontinued(s, "mx", policy, NOW) == {"records": 1}
         s.commit()
         until = {r.id: r.retain_until.replace(tzinfo=UTC) for r in s.exec(select(Record))}
-    assert until == {1: NOW + timedelta(days=30), 2: NOW + timedelta(days=5),
-                     3: NOW + timedelta(days=900)}  # fmt: skip
+    assert until == {
+        1: NOW + timedelta(days=30),
+        2: NOW + timedelta(days=5),
+        3: NOW + timedelta(days=900),
+    }
     assert retention.cap_for_discontinued(s, "mx", ParticipantPolicy(), NOW) == {}
 
 
@@ -140,8 +192,21 @@ def test_the_cli_says_which_incident_is_overdue_and_exits_1(tmp_path, monkeypatc
     monkeypatch.setenv("BIOX_DATA_DIR", str(tmp_path))
     runner = CliRunner()
     aware = (datetime.now(UTC) - timedelta(hours=50)).strftime("%Y-%m-%dT%H:%M:%S")
-    opened = runner.invoke(app, ["incident", "open", "-p", "us", "--summary", "misdirected export",
-                                 "--partner", "mx", "--aware-at", aware])  # fmt: skip
+    opened = runner.invoke(
+        app,
+        [
+            "incident",
+            "open",
+            "-p",
+            "us",
+            "--summary",
+            "misdirected export",
+            "--partner",
+            "mx",
+            "--aware-at",
+            aware,
+        ],
+    )
     assert opened.exit_code == 0, opened.output
     late = runner.invoke(app, ["incident", "overdue", "-p", "us"])
     assert late.exit_code == 1 and "mx not notified" in late.output and "48-hour" in late.output
@@ -165,8 +230,15 @@ def test_the_cli_counts_what_a_purge_would_remove_without_removing_it(tmp_path, 
 
 def test_notices_past_their_date_without_an_answer_are_late():
     def row(nid: str, direction: str, status: str, due: datetime | None) -> NoticeRow:
-        return NoticeRow(notice_id=nid, direction=direction, type="deletion", partner="mx",
-                         sent_at=NOW, status=status, respond_by=due)  # fmt: skip
+        return NoticeRow(
+            notice_id=nid,
+            direction=direction,
+            type="deletion",
+            partner="mx",
+            sent_at=NOW,
+            status=status,
+            respond_by=due,
+        )
 
     rows = [
         row("ours-late", "out", "sent", PAST),
@@ -184,10 +256,22 @@ def test_a_row_is_kept_through_the_instant_its_retention_ends(tmp_path):
     url = f"sqlite:///{tmp_path / 'us.db'}"
     with session_for(url) as s:
         s.add(Record(id=1, identity_ref="R-1", source="mx", retain_until=NOW))
-        s.add(Transaction(query_id="q", role="requester", encounter_id="E", requesting="us",
-                          providing="mx", purpose="enforce", retain_until=NOW))  # fmt: skip
-        s.add(ProcessedMessage(consumer="c", message_id="m", published=True,
-                               processed_at=NOW - timedelta(days=7)))  # fmt: skip
+        s.add(
+            Transaction(
+                query_id="q",
+                role="requester",
+                encounter_id="E",
+                requesting="us",
+                providing="mx",
+                purpose="enforce",
+                retain_until=NOW,
+            )
+        )
+        s.add(
+            ProcessedMessage(
+                consumer="c", message_id="m", published=True, processed_at=NOW - timedelta(days=7)
+            )
+        )
         s.commit()
         assert retention.purge(s, NOW, markers_days=7) == {}
         s.commit()
@@ -199,9 +283,18 @@ def test_a_discontinued_partners_data_is_capped_in_every_table_that_holds_it(tmp
     policy = ParticipantPolicy(discontinued_retention_days=10)
     cap = NOW + timedelta(days=10)
     with session_for(url) as s:
-        s.add(Transaction(query_id="q", role="requester", encounter_id="E", requesting="us",
-                          providing="mx", purpose="enforce", source="mx",
-                          retain_until=NOW + timedelta(days=99)))  # fmt: skip
+        s.add(
+            Transaction(
+                query_id="q",
+                role="requester",
+                encounter_id="E",
+                requesting="us",
+                providing="mx",
+                purpose="enforce",
+                source="mx",
+                retain_until=NOW + timedelta(days=99),
+            )
+        )
         s.add(
             ReviewCaseRow(
                 case_id="c",
@@ -212,12 +305,30 @@ def test_a_discontinued_partners_data_is_capped_in_every_table_that_holds_it(tmp
                 source="mx",
             )
         )  # no date at all: capped too
-        s.add(RetrievalRow(retrieval_id="r", role="asker", query_id="q", asker="us",
-                           holder="mx", identity_ref="X", source="mx",
-                           retain_until=cap))  # fmt: skip
-        s.add(RetrievalRow(retrieval_id="r-later", role="asker", query_id="q", asker="us",
-                           holder="mx", identity_ref="X", source="mx",
-                           retain_until=NOW + timedelta(days=30)))  # fmt: skip
+        s.add(
+            RetrievalRow(
+                retrieval_id="r",
+                role="asker",
+                query_id="q",
+                asker="us",
+                holder="mx",
+                identity_ref="X",
+                source="mx",
+                retain_until=cap,
+            )
+        )
+        s.add(
+            RetrievalRow(
+                retrieval_id="r-later",
+                role="asker",
+                query_id="q",
+                asker="us",
+                holder="mx",
+                identity_ref="X",
+                source="mx",
+                retain_until=NOW + timedelta(days=30),
+            )
+        )
         s.commit()
         counts = retention.cap_for_discontinued(s, "mx", policy, NOW)
         s.commit()

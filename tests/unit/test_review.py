@@ -194,8 +194,9 @@ def decide(
         decided_at=datetime(2026, 11, 22, 10, 30, tzinfo=UTC),
         note=note,
     )
-    out = codec.to_own_inbox(decision, participant="mx", message_id=f"d-{examiner}",
-                             correlation_id=case_id)  # fmt: skip
+    out = codec.to_own_inbox(
+        decision, participant="mx", message_id=f"d-{examiner}", correlation_id=case_id
+    )
     with session_for(db) as s:
         [result] = ReviewHandler("mx", policy or POLICIES.of("mx")).decide(
             [Inbound(out.envelope, decision)], s

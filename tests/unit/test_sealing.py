@@ -183,8 +183,15 @@ def test_the_signed_bytes_are_the_documented_msgpack_array():
     env = codec.Envelope("m-1", "retrieval.ask", "retrieval.ask/1", "mx", "us", "q-1")
     assert signed_bytes(env, "2026-01-01T00:00:00+00:00", b"body").hex() == KNOWN_SIGNED
     unpacked = msgpack.unpackb(bytes.fromhex(KNOWN_SIGNED), raw=False)
-    assert unpacked[:7] == ["biox-signature-v1", "m-1", "retrieval.ask", "mx", "us", "q-1",
-                            "2026-01-01T00:00:00+00:00"]  # fmt: skip
+    assert unpacked[:7] == [
+        "biox-signature-v1",
+        "m-1",
+        "retrieval.ask",
+        "mx",
+        "us",
+        "q-1",
+        "2026-01-01T00:00:00+00:00",
+    ]
     assert unpacked[7] == hashlib.sha256(b"body").digest()
     no_correlation = msgpack.unpackb(signed_bytes(replace(env, correlation_id=None), "t", b""))
     assert no_correlation[5] == ""
@@ -199,8 +206,9 @@ def test_the_signing_time_is_utc_to_the_second():
 def test_header_values_that_arrive_as_bytes_are_read_as_utf8():
     """pika hands some header values over as bytes: a signature still verifies."""
     sealed = RINGS["mx"].seal(message())
-    as_bytes = {k: v.encode() if isinstance(v, str) else v for k, v in
-                sealed.envelope.headers.items()}  # fmt: skip
+    as_bytes = {
+        k: v.encode() if isinstance(v, str) else v for k, v in sealed.envelope.headers.items()
+    }
     env = replace(sealed.envelope, headers=as_bytes)
     assert RINGS["us"].open(env, sealed.body) == message().body
 
@@ -229,8 +237,12 @@ def test_a_message_sealed_to_us_but_addressed_to_another_is_not_opened():
     body = SealedBox(us.trust.keys["us-memory"].box).encrypt(to_sv.body)
     at = "2026-11-22T12:00:00+00:00"
     signature = mx.signing.sign(signed_bytes(to_sv.envelope, at, body)).signature
-    headers = {H_SIGNING_KEY: mx.kid, H_SEALED_TO: "us-memory", H_SIGNED_AT: at,
-               H_SIGNATURE: base64.b64encode(signature).decode()}  # fmt: skip
+    headers = {
+        H_SIGNING_KEY: mx.kid,
+        H_SEALED_TO: "us-memory",
+        H_SIGNED_AT: at,
+        H_SIGNATURE: base64.b64encode(signature).decode(),
+    }
     with pytest.raises(PermanentError) as caught:
         us.open(replace(to_sv.envelope, headers=headers), body)
     assert caught.value.reason is Reason.undecryptable

@@ -107,8 +107,12 @@ def test_the_matcher_takes_queries_only_from_their_named_requester(
     handler = MatcherHandler("mx", REGISTRY, Gallery(), Settings(), POLICIES.of("mx"))
     _e, q = query_from(submit(3))
     q.requesting, q.providing = requesting, providing
-    result = one(handler, env("query", sender, "mx", correlation_id=q.query_id), q,
-                 f"sqlite:///{tmp_path / 'mx.db'}")  # fmt: skip
+    result = one(
+        handler,
+        env("query", sender, "mx", correlation_id=q.query_id),
+        q,
+        f"sqlite:///{tmp_path / 'mx.db'}",
+    )
     assert isinstance(result, PermanentError) and result.reason is reason
 
 

@@ -244,9 +244,18 @@ def test_the_top_level_holds_only_the_modules_that_tie_the_packages_together():
     """docs/architecture.md, "Packages": everything else lives in a package by concern."""
     top = {p.stem for p in SRC.glob("*.py")}
     assert top == {
-        "__init__", "__main__", "routes", "runtime", "supervisor", "settings", "registry",
-        "store", "metrics", "logs", "render",
-    }  # fmt: skip
+        "__init__",
+        "__main__",
+        "routes",
+        "runtime",
+        "supervisor",
+        "settings",
+        "registry",
+        "store",
+        "metrics",
+        "logs",
+        "render",
+    }
 
 
 def test_every_module_is_named_in_the_design_of_record():

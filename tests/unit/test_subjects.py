@@ -14,28 +14,65 @@ from biox.store import (
     session_for,
 )
 
-ANA = {"family_name": "Cruz", "given_names": "Ana María", "date_of_birth": "1990-05-01",
-       "document_number": "G123"}  # fmt: skip
+ANA = {
+    "family_name": "Cruz",
+    "given_names": "Ana María",
+    "date_of_birth": "1990-05-01",
+    "document_number": "G123",
+}
 OTHER = {"family_name": "Ruiz", "given_names": "Juan", "date_of_birth": "1985-01-02"}
 
 
 def kept(url: str) -> None:
     with session_for(url) as s:
         s.add(Record(id=1, identity_ref="US-1", source="us", biographic=ANA))
-        s.add(Record(id=2, identity_ref="US-ENR-2", source="mx", biographic=ANA,
-                     blocked_at=datetime.now(UTC)))  # fmt: skip
+        s.add(
+            Record(
+                id=2,
+                identity_ref="US-ENR-2",
+                source="mx",
+                biographic=ANA,
+                blocked_at=datetime.now(UTC),
+            )
+        )
         s.add(Record(id=3, identity_ref="US-3", source="us", biographic=OTHER))
         s.add(EncounterRow(encounter_id="E-1", purpose="enforce", biographic=ANA))
-        s.add(ReviewCaseRow(case_id="c-1", query_id="q-9", requesting="mx", purpose="enforce",
-                            opened_at=datetime.now(UTC), source="mx",
-                            probe_biographic=ANA))  # fmt: skip
-        s.add(RetrievalRow(retrieval_id="r-1", role="asker", query_id="q-8", asker="us",
-                           holder="sv", identity_ref="SV-1", source="sv",
-                           data={"identity_ref": "E-sv", "biographic": ANA}))  # fmt: skip
-        s.add(Transaction(query_id="q-7", role="requester", encounter_id="E-1", requesting="us",
-                          providing="mx", purpose="enforce", status="match", source="mx",
-                          answer={"candidates": [{"identity_ref": "MX-5",
-                                                  "record": {"biographic": ANA}}]}))  # fmt: skip
+        s.add(
+            ReviewCaseRow(
+                case_id="c-1",
+                query_id="q-9",
+                requesting="mx",
+                purpose="enforce",
+                opened_at=datetime.now(UTC),
+                source="mx",
+                probe_biographic=ANA,
+            )
+        )
+        s.add(
+            RetrievalRow(
+                retrieval_id="r-1",
+                role="asker",
+                query_id="q-8",
+                asker="us",
+                holder="sv",
+                identity_ref="SV-1",
+                source="sv",
+                data={"identity_ref": "E-sv", "biographic": ANA},
+            )
+        )
+        s.add(
+            Transaction(
+                query_id="q-7",
+                role="requester",
+                encounter_id="E-1",
+                requesting="us",
+                providing="mx",
+                purpose="enforce",
+                status="match",
+                source="mx",
+                answer={"candidates": [{"identity_ref": "MX-5", "record": {"biographic": ANA}}]},
+            )
+        )
         s.commit()
 
 

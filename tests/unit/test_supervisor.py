@@ -42,9 +42,14 @@ def test_a_worker_that_exits_is_restarted_with_a_doubling_back_off(tmp_path):
     back-off has passed, the back-off doubling to its cap."""
     now = [0.0]
     sup = Supervisor(
-        "us", {"query": 1}, status_path=tmp_path / "serve.json", command=python(CRASHES),
-        first_backoff_s=2.0, max_backoff_s=8.0, clock=lambda: now[0],
-    ).start()  # fmt: skip
+        "us",
+        {"query": 1},
+        status_path=tmp_path / "serve.json",
+        command=python(CRASHES),
+        first_backoff_s=2.0,
+        max_backoff_s=8.0,
+        clock=lambda: now[0],
+    ).start()
     child = sup.children[0]
     waits = []
     try:
@@ -82,10 +87,13 @@ def test_the_back_off_starts_over_once_a_worker_stayed_up():
 def test_stop_is_graceful_and_kills_only_what_ignores_it(tmp_path):
     status = tmp_path / "serve.json"
     sup = Supervisor(
-        "us", {"query": 2, "audit": 1}, status_path=status, stop_timeout=1.0,
+        "us",
+        {"query": 2, "audit": 1},
+        status_path=status,
+        stop_timeout=1.0,
         command=lambda kind, _: [sys.executable, "-c", IGNORES_TERM if kind == "audit" else SLEEPS],
         log_dir=tmp_path / "logs",
-    ).start()  # fmt: skip
+    ).start()
     time.sleep(0.5)
     sup.poll()
     seen = read_status(status)
@@ -101,8 +109,11 @@ def test_stop_is_graceful_and_kills_only_what_ignores_it(tmp_path):
     sup.stop()
     took = time.monotonic() - started
     codes = {c.name: c.last_exit for c in sup.children}
-    assert codes == {"query-1": -signal.SIGTERM, "query-2": -signal.SIGTERM,
-                     "audit-1": -signal.SIGKILL}  # fmt: skip
+    assert codes == {
+        "query-1": -signal.SIGTERM,
+        "query-2": -signal.SIGTERM,
+        "audit-1": -signal.SIGKILL,
+    }
     assert 1.0 <= took < 3.0  # the SIGTERMed ones at once, the other after the timeout
     stopped = read_status(status)
     assert stopped is not None and stopped["alive"] is False and stopped["stopped"] is True
@@ -113,8 +124,9 @@ def test_a_status_file_left_by_a_dead_supervisor_reads_as_down(tmp_path):
     sup = Supervisor("us", {"notice": 1}, status_path=status, command=python(SLEEPS)).start()
     sup.children[0].process.kill()  # type: ignore[union-attr]
     sup.children[0].process.wait()  # type: ignore[union-attr]
-    text = status.read_text().replace(f'"supervisor_pid": {sup.status()["supervisor_pid"]}',
-                                      '"supervisor_pid": 999999999')  # fmt: skip
+    text = status.read_text().replace(
+        f'"supervisor_pid": {sup.status()["supervisor_pid"]}', '"supervisor_pid": 999999999'
+    )
     status.write_text(text)
     seen = read_status(status)
     assert seen is not None and seen["alive"] is False

@@ -27,8 +27,9 @@ from biox.wire.messages import Element, EncounterResult, EncounterResultStatus, 
 
 def an_output() -> Outgoing:
     ask = RetrievalAsk(query_id="q-1", elements=[Element.biographic], asked_by="op")
-    out = codec.to_own_inbox(ask, participant="mx", message_id="m-1", correlation_id="q-1",
-                             reply_to="replies")  # fmt: skip
+    out = codec.to_own_inbox(
+        ask, participant="mx", message_id="m-1", correlation_id="q-1", reply_to="replies"
+    )
     return codec.with_actor(out, "j.perez")
 
 
@@ -149,8 +150,11 @@ def test_with_actor_adds_the_person_and_keeps_the_rest():
     out = an_output()
     again = codec.with_actor(out, "other")
     assert again.envelope.headers == {"biox-actor": "other"}
-    assert (again.exchange, again.routing_key, again.body) == (out.exchange, out.routing_key,
-                                                                out.body)  # fmt: skip
+    assert (again.exchange, again.routing_key, again.body) == (
+        out.exchange,
+        out.routing_key,
+        out.body,
+    )
     assert again.envelope.message_id == out.envelope.message_id
 
 

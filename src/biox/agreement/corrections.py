@@ -33,8 +33,9 @@ class Done:
             self.counts[what] = self.counts.get(what, 0) + n
 
 
-def _found(session: Session, table: Any, about: About, columns: tuple[Any, Any, Any],
-           **equal: str) -> list[Any]:  # fmt: skip
+def _found(
+    session: Session, table: Any, about: About, columns: tuple[Any, Any, Any], **equal: str
+) -> list[Any]:
     """Rows of ``table`` whose provenance columns (query, message, record; None: the table
     has none) name what ``about`` names, and whose ``equal`` columns hold those values."""
     named = zip(columns, (about.query_ids, about.message_ids, about.identity_refs), strict=True)

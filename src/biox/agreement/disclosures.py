@@ -51,7 +51,13 @@ def record(
             raise NotAllowed("a compelled disclosure is announced to the source first (§14)")
     else:
         raise NotAllowed(f"{identity_ref} came from {rec.source}: consent or compelled (§14-15)")
-    row = DisclosureRow(recipient=recipient, identity_ref=identity_ref, source=rec.source,
-                        basis=basis, notice_id=notice_id, by=by)  # fmt: skip
+    row = DisclosureRow(
+        recipient=recipient,
+        identity_ref=identity_ref,
+        source=rec.source,
+        basis=basis,
+        notice_id=notice_id,
+        by=by,
+    )
     session.add(row)
     return row

@@ -51,8 +51,12 @@ def run(session: Session, me: str, now: datetime, review_overdue_s: float) -> li
         what = f"{r.direction} {r.type} {r.notice_id} ({r.partner}) was due {r.respond_by}"
         found.append(Finding("notice_overdue", what))
     for late in incidents.overdue(session, now):
-        found.append(Finding("incident_overdue", f"{late.incident.incident_id}: {late.partner} "
-                                                 "not notified within 48 hours (§17)"))  # fmt: skip
+        found.append(
+            Finding(
+                "incident_overdue",
+                f"{late.incident.incident_id}: {late.partner} not notified within 48 hours (§17)",
+            )
+        )
     cases = list(session.exec(select(ReviewCaseRow)))
     for c in examiners.overdue(cases, review_overdue_s):
         found.append(Finding("review_overdue", f"case {c.case_id} open since {c.opened_at}"))
@@ -82,8 +86,12 @@ def _without_provenance(session: Session, me: str) -> list[Finding]:
             col(Record.source_message_id).is_(None),
         )
     ):
-        found.append(Finding("provenance", f"record {r.identity_ref} from {r.source} names "
-                                           "no query or message it came in"))  # fmt: skip
+        found.append(
+            Finding(
+                "provenance",
+                f"record {r.identity_ref} from {r.source} names no query or message it came in",
+            )
+        )
     return found
 
 

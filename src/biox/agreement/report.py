@@ -117,9 +117,7 @@ def build(session: Session, me: str, start: datetime, end: datetime) -> Report:
 
 def _review(session: Session, start: datetime, end: datetime) -> dict[str, Any]:
     cases = [
-        c
-        for c in session.exec(select(ReviewCaseRow))
-        if start <= (c.opened_at or start) < end
+        c for c in session.exec(select(ReviewCaseRow)) if start <= (c.opened_at or start) < end
     ]
     now = datetime.now(UTC)
     decided = [
@@ -128,9 +126,7 @@ def _review(session: Session, start: datetime, end: datetime) -> dict[str, Any]:
         if c.decided_at
     ]
     open_ages = [
-        (now - (c.opened_at or now)).total_seconds() / 3600
-        for c in cases
-        if c.status != "decided"
+        (now - (c.opened_at or now)).total_seconds() / 3600 for c in cases if c.status != "decided"
     ]
     return {
         "cases": len(cases),

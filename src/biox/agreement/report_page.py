@@ -33,13 +33,17 @@ def _bars_by_month(per_month: dict[str, dict[str, int]]) -> str:
     width, height, left, bottom = 640, 220, 40, 30
     slot = (width - left) / len(months)
     bar = max(4.0, slot / 3)
-    parts = [f'<svg viewBox="0 0 {width} {height}" class="chart" role="img" '
-             f'aria-label="queries per month">']  # fmt: skip
+    parts = [
+        f'<svg viewBox="0 0 {width} {height}" class="chart" role="img" '
+        f'aria-label="queries per month">'
+    ]
     for i in range(5):
         y = bottom + (height - 2 * bottom) * i / 4
         value = round(top * (1 - i / 4))
-        parts.append(f'<line x1="{left}" x2="{width}" y1="{y}" y2="{y}" class="grid"/>'
-                     f'<text x="{left - 4}" y="{y + 4}" class="axis" text-anchor="end">{value}</text>')  # fmt: skip
+        parts.append(
+            f'<line x1="{left}" x2="{width}" y1="{y}" y2="{y}" class="grid"/>'
+            f'<text x="{left - 4}" y="{y + 4}" class="axis" text-anchor="end">{value}</text>'
+        )
     for i, month in enumerate(months):
         x = left + i * slot + slot / 2 - bar
         for j, direction in enumerate(("sent", "answered")):
@@ -50,8 +54,10 @@ def _bars_by_month(per_month: dict[str, dict[str, int]]) -> str:
                 f'height="{h:.1f}" fill="{COLORS[direction]}"><title>{e(month)} {direction}: '
                 f"{v}</title></rect>"
             )
-        parts.append(f'<text x="{x + bar:.1f}" y="{height - 10}" class="axis" '
-                     f'text-anchor="middle">{e(month)}</text>')  # fmt: skip
+        parts.append(
+            f'<text x="{x + bar:.1f}" y="{height - 10}" class="axis" '
+            f'text-anchor="middle">{e(month)}</text>'
+        )
     parts.append("</svg>")
     return "".join(parts)
 
@@ -66,9 +72,11 @@ def _outcome_bars(outcomes: Counter[str]) -> str:
         y = 5 + i * line
         w = (width - 200) * v / top
         color = STATUS_COLORS.get(status, "#888")
-        parts.append(f'<text x="130" y="{y + 16}" class="axis" text-anchor="end">{e(status)}</text>'
-                     f'<rect x="140" y="{y}" width="{w:.1f}" height="{line - 6}" fill="{color}"/>'
-                     f'<text x="{144 + w:.1f}" y="{y + 16}" class="axis">{v}</text>')  # fmt: skip
+        parts.append(
+            f'<text x="130" y="{y + 16}" class="axis" text-anchor="end">{e(status)}</text>'
+            f'<rect x="140" y="{y}" width="{w:.1f}" height="{line - 6}" fill="{color}"/>'
+            f'<text x="{144 + w:.1f}" y="{y + 16}" class="axis">{v}</text>'
+        )
     parts.append("</svg>")
     return "".join(parts)
 
@@ -77,8 +85,10 @@ def _latency_histogram(latencies: dict[str, list[float]]) -> str:
     values = [v for vs in latencies.values() for v in vs]
     width, height, left, bottom = 640, 220, 40, 34
     if not values:
-        return f'<svg viewBox="0 0 {width} 40" class="chart"><text x="10" y="24" class="axis">' \
-               "no answered query in the period</text></svg>"  # fmt: skip
+        return (
+            f'<svg viewBox="0 0 {width} 40" class="chart"><text x="10" y="24" class="axis">'
+            "no answered query in the period</text></svg>"
+        )
     # log-spaced bins from 10 ms to the slowest answer
     lo, hi = math.log10(0.01), math.log10(max(max(values), 0.02))
     n = 12
@@ -90,15 +100,19 @@ def _latency_histogram(latencies: dict[str, list[float]]) -> str:
             counts[d][i] += 1
     top = max([c for cs in counts.values() for c in cs] + [1])
     slot = (width - left) / n
-    parts = [f'<svg viewBox="0 0 {width} {height}" class="chart" role="img" '
-             f'aria-label="latency distribution">']  # fmt: skip
+    parts = [
+        f'<svg viewBox="0 0 {width} {height}" class="chart" role="img" '
+        f'aria-label="latency distribution">'
+    ]
     for i in range(n):
         x = left + i * slot
         for j, d in enumerate(counts):
             h = (height - 2 * bottom) * counts[d][i] / top
-            parts.append(f'<rect x="{x + j * slot / 2 + 1:.1f}" y="{height - bottom - h:.1f}" '
-                         f'width="{slot / 2 - 2:.1f}" height="{h:.1f}" fill="{COLORS.get(d, "#888")}">'
-                         f"<title>{d}: {counts[d][i]}</title></rect>")  # fmt: skip
+            parts.append(
+                f'<rect x="{x + j * slot / 2 + 1:.1f}" y="{height - bottom - h:.1f}" '
+                f'width="{slot / 2 - 2:.1f}" height="{h:.1f}" fill="{COLORS.get(d, "#888")}">'
+                f"<title>{d}: {counts[d][i]}</title></rect>"
+            )
         if i % 2 == 0:
             parts.append(
                 f'<text x="{x:.1f}" y="{height - 12}" class="axis">{_seconds(edges[i])}</text>'
@@ -137,9 +151,11 @@ def render(report: Report) -> str:
         f"<td>{e(', '.join(f'{k} {v}' for k, v in f.decided_by.most_common()))}</td>"
         f"<td class=n>{e(' / '.join(_seconds(v) for v in f.latency_s.values()) or '—')}</td></tr>"
         for f in report.flows
-    )  # fmt: skip
-    refusals = "".join(f"<tr><td>{e(k)}</td><td class=n>{v}</td></tr>"
-                       for k, v in report.refusals.items()) or "<tr><td colspan=2>none</td></tr>"  # fmt: skip
+    )
+    refusals = (
+        "".join(f"<tr><td>{e(k)}</td><td class=n>{v}</td></tr>" for k, v in report.refusals.items())
+        or "<tr><td colspan=2>none</td></tr>"
+    )
     review, notices = report.review, report.notices
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">

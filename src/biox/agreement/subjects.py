@@ -95,31 +95,67 @@ def search(session: Session, terms: Terms) -> list[Found]:
         return []
     found: list[Found] = []
     for r in session.exec(_filtered(Record, Record.identity_ref, Record.biographic, terms)):
-        found.append(Found("records", r.identity_ref, r.source, r.biographic, r.retain_until,
-                           r.blocked_at is not None, []))  # fmt: skip
+        found.append(
+            Found(
+                "records",
+                r.identity_ref,
+                r.source,
+                r.biographic,
+                r.retain_until,
+                r.blocked_at is not None,
+                [],
+            )
+        )
     kept = _filtered(EncounterRow, EncounterRow.encounter_id, EncounterRow.biographic, terms)
     for e in session.exec(kept):
-        found.append(Found("encounters", e.encounter_id, None, e.biographic, e.retain_until,
-                           False, []))  # fmt: skip
+        found.append(
+            Found("encounters", e.encounter_id, None, e.biographic, e.retain_until, False, [])
+        )
     for c in session.exec(select(ReviewCaseRow)):
         if terms.fits(c.probe_biographic, (c.case_id, c.query_id)):
-            found.append(Found("review_cases", c.case_id, c.source, c.probe_biographic,
-                               c.retain_until, False, []))  # fmt: skip
+            found.append(
+                Found(
+                    "review_cases",
+                    c.case_id,
+                    c.source,
+                    c.probe_biographic,
+                    c.retain_until,
+                    False,
+                    [],
+                )
+            )
     for rr in session.exec(select(RetrievalRow).where(RetrievalRow.role == "asker")):
         if not rr.data:  # JSON null: nothing received
             continue
         bio = (rr.data or {}).get("biographic") or {}
         if terms.fits(bio, (rr.identity_ref, rr.query_id, (rr.data or {}).get("identity_ref"))):
-            found.append(Found("retrievals", rr.retrieval_id, rr.source, bio, rr.retain_until,
-                               rr.blocked_at is not None, []))  # fmt: skip
+            found.append(
+                Found(
+                    "retrievals",
+                    rr.retrieval_id,
+                    rr.source,
+                    bio,
+                    rr.retain_until,
+                    rr.blocked_at is not None,
+                    [],
+                )
+            )
     answered = select(Transaction).where(Transaction.role == "requester")
     for tx in session.exec(answered):
         for c in (tx.answer or {}).get("candidates", []):
             bio = (c.get("record") or {}).get("biographic") or {}
             if terms.fits(bio, (c.get("identity_ref"), tx.query_id, tx.encounter_id)):
-                found.append(Found("transactions", f"{tx.query_id}/{c.get('identity_ref')}",
-                                   tx.source, bio, tx.retain_until, tx.blocked_at is not None,
-                                   []))  # fmt: skip
+                found.append(
+                    Found(
+                        "transactions",
+                        f"{tx.query_id}/{c.get('identity_ref')}",
+                        tx.source,
+                        bio,
+                        tx.retain_until,
+                        tx.blocked_at is not None,
+                        [],
+                    )
+                )
     _with_notes(session, found)
     return found
 

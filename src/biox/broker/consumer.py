@@ -345,8 +345,9 @@ class ConsumeLoop:
         )
         publish.extend(outgoing)
         self.stats[effects.outcome.split(":")[0]] += 1
-        self.metrics.handled(env.kind, effects.outcome, env.timestamp,
-                             [o.envelope.kind for o in outgoing])  # fmt: skip
+        self.metrics.handled(
+            env.kind, effects.outcome, env.timestamp, [o.envelope.kind for o in outgoing]
+        )
         log.info(
             "handled",
             query_id=env.correlation_id,

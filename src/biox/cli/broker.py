@@ -132,9 +132,13 @@ def broker_definitions(
             host, int(port), f"{tls_dir}/ca.pem", f"{tls_dir}/link.pem", f"{tls_dir}/link.key"
         )
     defs = definitions(
-        code, codes, s.retry_tiers, s.delivery_limit, uris,
+        code,
+        codes,
+        s.retry_tiers,
+        s.delivery_limit,
+        uris,
         dead_letter_days=s.dead_letter_retention_days,
-    )  # fmt: skip
+    )
     print(json.dumps(defs, indent=2))
 
 

@@ -16,9 +16,7 @@ from biox.render import text
 from biox.store import Record
 from biox.wire.notices import About, NoticeSend, NoticeType
 
-app = typer.Typer(
-    help="Disclosures outside the exchange (§14-15), logged.", no_args_is_help=True
-)
+app = typer.Typer(help="Disclosures outside the exchange (§14-15), logged.", no_args_is_help=True)
 
 
 @app.command("record")
@@ -38,8 +36,13 @@ def disclosure_record(
         rec = s.exec(select(Record).where(Record.identity_ref == ref)).first()
         notice = consent
         if rec is not None and rec.source != me and basis == "compelled":
-            ask = NoticeSend(type=NoticeType.compelled_disclosure, to=rec.source, actor=who,
-                             about=About(identity_refs=[ref]), text=f"to {to}: {note}")  # fmt: skip
+            ask = NoticeSend(
+                type=NoticeType.compelled_disclosure,
+                to=rec.source,
+                actor=who,
+                about=About(identity_refs=[ref]),
+                text=f"to {to}: {note}",
+            )
             notice = send_notice(me, ask)
         try:
             row = disclosures.record(s, me, ref, to, basis, who, notice)
@@ -58,6 +61,13 @@ def disclosure_list(participant: Participant = PARTICIPANT) -> None:
     for column in ("when", "record", "from", "to", "basis", "notice", "by"):
         table.add_column(column)
     for r in rows:
-        table.add_row(f"{r.at:%Y-%m-%d %H:%M}", text(r.identity_ref), r.source, text(r.recipient),
-                      r.basis, text(r.notice_id or ""), text(r.by))  # fmt: skip
+        table.add_row(
+            f"{r.at:%Y-%m-%d %H:%M}",
+            text(r.identity_ref),
+            r.source,
+            text(r.recipient),
+            r.basis,
+            text(r.notice_id or ""),
+            text(r.by),
+        )
     console.print(table)

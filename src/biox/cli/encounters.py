@@ -35,8 +35,13 @@ def encounters_show(
         views = EncounterViews(s, [encounter_id])
         row = views.encounters.get(encounter_id)
         result = views.result(me, row) if row is not None else None
-    audited_read(me, "encounters show", {"encounter_id": encounter_id},
-                 int(result is not None), operator or default_operator())  # fmt: skip
+    audited_read(
+        me,
+        "encounters show",
+        {"encounter_id": encounter_id},
+        int(result is not None),
+        operator or default_operator(),
+    )
     if row is None or result is None:
         console.print(f"{me} has no encounter {text(repr(encounter_id))}")
         raise typer.Exit(1)
@@ -50,8 +55,16 @@ def encounters_show(
         f"{text(row.source_message_id or '?')}"
     )
     table = Table()
-    for col in ("partner", "status", "reason", "decided by", "top candidate", "sent",
-                "answered", "due"):  # fmt: skip
+    for col in (
+        "partner",
+        "status",
+        "reason",
+        "decided by",
+        "top candidate",
+        "sent",
+        "answered",
+        "due",
+    ):
         table.add_column(col)
     for o in result.outcomes:
         top = o.candidates[0] if o.candidates else None

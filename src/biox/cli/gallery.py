@@ -20,9 +20,12 @@ app = typer.Typer(
 
 def _progress() -> Progress:
     return Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TimeElapsedColumn(), console=console,
-    )  # fmt: skip
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    )
 
 
 def _snapshot(participant: str):  # type: ignore[no-untyped-def]
@@ -115,8 +118,10 @@ def gallery_stats(
     console.print(f"  templates kept in the database: {found['templates_kept_in_database']}")
     snap = found.get("snapshot")
     if snap:
-        console.print(f"  snapshot ({snap['kind']}): face {snap['face']}, fingers "
-                      f"{snap['fingers']}, irises {snap['irises']}")  # fmt: skip
+        console.print(
+            f"  snapshot ({snap['kind']}): face {snap['face']}, fingers "
+            f"{snap['fingers']}, irises {snap['irises']}"
+        )
 
 
 @app.command("remove")

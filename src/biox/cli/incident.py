@@ -35,8 +35,12 @@ def incident_open(
     with session(participant) as s:
         row = incidents.open_incident(s, summary, partner, at, operator or default_operator())
         s.commit()
-        console.print(text(f"{row.incident_id}: notify {', '.join(row.partners)} "
-                           f"by {incidents.deadline(row):%Y-%m-%d %H:%M} UTC"))  # fmt: skip
+        console.print(
+            text(
+                f"{row.incident_id}: notify {', '.join(row.partners)} "
+                f"by {incidents.deadline(row):%Y-%m-%d %H:%M} UTC"
+            )
+        )
 
 
 @app.command("notify")
@@ -73,8 +77,10 @@ def incident_list(participant: Participant = PARTICIPANT) -> None:
             r.incident_id,
             f"{r.aware_at:%Y-%m-%d %H:%M}",
             f"{incidents.deadline(r):%Y-%m-%d %H:%M}",
-            ",".join(r.partners), ",".join(sorted(r.notified)), text(r.summary),
-        )  # fmt: skip
+            ",".join(r.partners),
+            ",".join(sorted(r.notified)),
+            text(r.summary),
+        )
     console.print(table)
 
 
@@ -85,6 +91,10 @@ def incident_overdue(participant: Participant = PARTICIPANT) -> None:
         late = incidents.overdue(s, utcnow())
     for item in late:
         hours = item.overdue_by.total_seconds() / 3600
-        console.print(text(f"{item.incident.incident_id}: {item.partner} not notified, "
-                           f"{hours:.1f} h past the 48-hour deadline (§17)"))  # fmt: skip
+        console.print(
+            text(
+                f"{item.incident.incident_id}: {item.partner} not notified, "
+                f"{hours:.1f} h past the 48-hour deadline (§17)"
+            )
+        )
     raise typer.Exit(1 if late else 0)

@@ -39,9 +39,11 @@ def send_notice(me: str, ask: NoticeSend) -> str:
     mid = str(uuid.uuid4())
     out = codec.to_own_inbox(ask, participant=me, message_id=mid, correlation_id=mid)
     publish_once(
-        amqp_url(), [codec.with_actor(out, ask.actor)], name="biox-notice",
+        amqp_url(),
+        [codec.with_actor(out, ask.actor)],
+        name="biox-notice",
         tls=settings().client_tls(),
-    )  # fmt: skip
+    )
     return codec.derived_id(mid, "notice")
 
 
@@ -64,12 +66,16 @@ def notice_send(
     me = code(participant)
     try:
         ask = NoticeSend(
-            type=type, to=to, actor=operator or default_operator(), text=note,
+            type=type,
+            to=to,
+            actor=operator or default_operator(),
+            text=note,
             about=About(query_ids=query, message_ids=message, identity_refs=ref),
             corrections=pairs(correct, "--correct"),
             contacts={k: v or "" for k, v in pairs(contact, "--contact").items()},
-            in_reply_to=in_reply_to, consent=consent,
-        )  # fmt: skip
+            in_reply_to=in_reply_to,
+            consent=consent,
+        )
     except ValueError as exc:
         console.print(f"[red]{text(exc)}[/]")
         raise typer.Exit(2) from exc
@@ -93,10 +99,15 @@ def notice_list(
         table.add_column(column)
     for r in rows:
         table.add_row(
-            text(r.notice_id), r.direction, r.type, r.partner, f"{r.sent_at:%Y-%m-%d %H:%M}",
-            f"{r.respond_by:%Y-%m-%d}" if r.respond_by else "", r.status,
+            text(r.notice_id),
+            r.direction,
+            r.type,
+            r.partner,
+            f"{r.sent_at:%Y-%m-%d %H:%M}",
+            f"{r.respond_by:%Y-%m-%d}" if r.respond_by else "",
+            r.status,
             text(json.dumps(r.done) if r.done else ""),
-        )  # fmt: skip
+        )
     console.print(table)
 
 

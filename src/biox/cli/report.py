@@ -38,17 +38,28 @@ def report(
         print(json.dumps(rep.as_json(), indent=2, default=str))
         return
     table = Table(title=f"{rep.participant}: {since:%Y-%m-%d} to {to:%Y-%m-%d}")
-    for column in ("direction", "partner", "purpose", "queries", "outcomes", "reasons",
-                   "decided by", "p50/p95/p99 s"):  # fmt: skip
+    for column in (
+        "direction",
+        "partner",
+        "purpose",
+        "queries",
+        "outcomes",
+        "reasons",
+        "decided by",
+        "p50/p95/p99 s",
+    ):
         table.add_column(column)
     for f in rep.flows:
         table.add_row(
-            f.direction, f.partner, f.purpose, str(f.queries),
+            f.direction,
+            f.partner,
+            f.purpose,
+            str(f.queries),
             ", ".join(f"{k} {v}" for k, v in f.outcomes.most_common()),
             ", ".join(f"{k} {v}" for k, v in f.reasons.most_common()),
             ", ".join(f"{k} {v}" for k, v in f.decided_by.most_common()),
             " / ".join(f"{v:.2f}" for v in f.latency_s.values()),
-        )  # fmt: skip
+        )
     console.print(table)
     console.print(text(f"refusals: {rep.refusals or 'none'}"))
     console.print(text(f"review: {rep.review}"))

@@ -37,5 +37,9 @@ def retention_purge(
             return
         s.commit()
     who = operator or default_operator()
-    publish_once(amqp_url(), [purge_event(me, counts, who)], name="biox-retention",
-                 tls=settings().client_tls())  # fmt: skip
+    publish_once(
+        amqp_url(),
+        [purge_event(me, counts, who)],
+        name="biox-retention",
+        tls=settings().client_tls(),
+    )

@@ -208,8 +208,10 @@ def topology_show(
 
     me = code(participant)
     s = settings()
-    table = Table(title=f"{me}: queues (exchanges {addresses.inbox(me)}, "
-                  f"{addresses.outbox(me)}, {addresses.results(me)})")  # fmt: skip
+    table = Table(
+        title=f"{me}: queues (exchanges {addresses.inbox(me)}, "
+        f"{addresses.outbox(me)}, {addresses.results(me)})"
+    )
     for col in ("queue", "kinds", "retries", "dead letters", "what it does"):
         table.add_column(col)
     for q in ROUTES.queues.values():

@@ -122,7 +122,8 @@ def conformance(
     from rich.table import Table
 
     from biox.registry import Registry
-    from biox.sim.conformance import Kit, Runner
+    from biox.sim.conformance import Kit
+    from biox.sim.conformance_run import Runner
 
     s = settings()
     url = amqp_url or s.amqp_url
@@ -140,16 +141,27 @@ def conformance(
         import json
 
         for o in outcomes:
-            print(json.dumps({"case": o.case.name, "expected": o.case.expect, "got": o.got,
-                              "passed": o.passed}))  # fmt: skip
+            print(
+                json.dumps(
+                    {
+                        "case": o.case.name,
+                        "expected": o.case.expect,
+                        "got": o.got,
+                        "passed": o.passed,
+                    }
+                )
+            )
         raise typer.Exit(1 if failed else 0)
     table = Table(title=f"conformance of {me}")
     for col in ("case", "expected", "got", ""):
         table.add_column(col)
     for o in outcomes:
-        table.add_row(o.case.name, o.case.expect, o.got,
-                      "[green]pass[/]" if o.passed else "[red]FAIL[/]")  # fmt: skip
+        table.add_row(
+            o.case.name, o.case.expect, o.got, "[green]pass[/]" if o.passed else "[red]FAIL[/]"
+        )
     console.print(table)
-    console.print(f"{len(outcomes) - len(failed)} passed, {len(failed)} failed"
-                  + (f": {'; '.join(failed)}" if failed else ""))  # fmt: skip
+    console.print(
+        f"{len(outcomes) - len(failed)} passed, {len(failed)} failed"
+        + (f": {'; '.join(failed)}" if failed else "")
+    )
     raise typer.Exit(1 if failed else 0)

@@ -112,7 +112,13 @@ def subject_correct(
             return
         subjects.note(s, "records", ref, f"correction requested of {record.source}: {why}", who)
         s.commit()
-    ask = NoticeSend(type=NoticeType.correction_request, to=record.source, actor=who, text=why,
-                     about=about, corrections=changes)  # fmt: skip
+    ask = NoticeSend(
+        type=NoticeType.correction_request,
+        to=record.source,
+        actor=who,
+        text=why,
+        about=about,
+        corrections=changes,
+    )
     nid = send_notice(me, ask)
     console.print(text(f"{ref} came from {record.source}: correction request {nid} sent"))

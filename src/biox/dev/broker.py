@@ -164,9 +164,15 @@ class LocalBroker:
             cmd, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
         )
         self.state = BrokerState(
-            self.process.pid, str(directory), amqp, mgmt, epmd, node, self.sovereign is not None,
+            self.process.pid,
+            str(directory),
+            amqp,
+            mgmt,
+            epmd,
+            node,
+            self.sovereign is not None,
             prom,
-        )  # fmt: skip
+        )
         self._wait_ready(timeout)
         log.info("broker_started", url=self.url, directory=str(directory))
         return self

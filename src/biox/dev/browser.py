@@ -8,8 +8,14 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-         "--no-first-run", "--disable-dev-shm-usage"]  # fmt: skip
+FLAGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--hide-scrollbars",
+    "--no-first-run",
+    "--disable-dev-shm-usage",
+]
 
 
 def chromium() -> str:
@@ -23,8 +29,11 @@ def _run(args: list[str], timeout: float = 120) -> str:
     with tempfile.TemporaryDirectory() as profile:
         done = subprocess.run(
             [chromium(), *FLAGS, f"--user-data-dir={profile}", *args],
-            capture_output=True, text=True, timeout=timeout, check=True,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=True,
+        )
     return done.stdout
 
 
@@ -34,6 +43,11 @@ def dom(page: Path) -> str:
 
 
 def screenshot(page: Path, png: Path, width: int = 1100, height: int = 1500) -> Path:
-    _run([f"--screenshot={png.resolve()}", f"--window-size={width},{height}",
-          page.resolve().as_uri()])  # fmt: skip
+    _run(
+        [
+            f"--screenshot={png.resolve()}",
+            f"--window-size={width},{height}",
+            page.resolve().as_uri(),
+        ]
+    )
     return png

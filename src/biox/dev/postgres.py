@@ -73,16 +73,36 @@ class LocalPostgres:
         self.port = free_port()
         if os.geteuid() == 0:
             _chown_tree(self.directory, "postgres")
-        self._run(str(self.bin / "initdb"), "-D", str(data), "-U", USER, "--auth=trust",
-                  "-E", "UTF8", "--no-instructions")  # fmt: skip
+        self._run(
+            str(self.bin / "initdb"),
+            "-D",
+            str(data),
+            "-U",
+            USER,
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--no-instructions",
+        )
         options = (
             f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.directory} "
             "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
             "-c max_connections=300"
         )
         log_file = str(self.directory / "server.log")
-        self._run(str(self.bin / "pg_ctl"), "-D", str(data), "-l", log_file, "-o", options,
-                  "-w", "-t", "60", "start")  # fmt: skip
+        self._run(
+            str(self.bin / "pg_ctl"),
+            "-D",
+            str(data),
+            "-l",
+            log_file,
+            "-o",
+            options,
+            "-w",
+            "-t",
+            "60",
+            "start",
+        )
         log.info("postgres_started", url=self.url, directory=str(self.directory))
         return self
 
@@ -99,8 +119,15 @@ class LocalPostgres:
         if self.directory is None or self.bin is None:
             return
         try:
-            self._run(str(self.bin / "pg_ctl"), "-D", str(self.directory / "data"),
-                      "-m", "immediate", "-w", "stop")  # fmt: skip
+            self._run(
+                str(self.bin / "pg_ctl"),
+                "-D",
+                str(self.directory / "data"),
+                "-m",
+                "immediate",
+                "-w",
+                "stop",
+            )
         except PostgresError as exc:
             log.warning("postgres_stop_failed", error=str(exc))
         time.sleep(0.1)

@@ -18,6 +18,7 @@ from biox.wire.errors import PermanentError, Reason
 if TYPE_CHECKING:
     from biox.wire.messages import Biometrics
 
+
 def algorithm(name: str, modality: str) -> Algorithm:
     algo = ALGORITHMS.get(name)
     if algo is None or algo.modality != modality:

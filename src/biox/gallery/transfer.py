@@ -108,10 +108,11 @@ def parse(row: dict[str, Any]) -> tuple[dict[str, Any], Biometrics]:
         )
         biographic = Biographic.model_validate(_drop_nulls(row.get("biographic") or {}))
         encounters = [
-            EncounterRecord.model_validate(_drop_nulls(e)).model_dump(mode="json",
-                                                                       exclude_none=True)
+            EncounterRecord.model_validate(_drop_nulls(e)).model_dump(
+                mode="json", exclude_none=True
+            )
             for e in row.get("encounters") or []
-        ]  # fmt: skip
+        ]
     except ValidationError as exc:
         first = exc.errors()[0]
         raise RowError(f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from exc
@@ -173,8 +174,9 @@ def import_file(
             ref = row.get("identity_ref")
             try:
                 if isinstance(ref, str) and ref in first_row:
-                    raise RowError(f"identity_ref {ref!r} appears twice in the file "
-                                   f"(row {first_row[ref]})")  # fmt: skip
+                    raise RowError(
+                        f"identity_ref {ref!r} appears twice in the file (row {first_row[ref]})"
+                    )
                 if isinstance(ref, str):
                     first_row[ref] = number
                 if ref in present:  # imported by an earlier run: resumed
@@ -184,8 +186,15 @@ def import_file(
             except RowError as exc:
                 report.errors.append((number, str(exc)))
                 continue
-            records.append({"id": next_id, "source": participant, "received_at": now,
-                            "conditions": [], **fields})  # fmt: skip
+            records.append(
+                {
+                    "id": next_id,
+                    "source": participant,
+                    "received_at": now,
+                    "conditions": [],
+                    **fields,
+                }
+            )
             blob = msgpack.packb(bio.model_dump(mode="python"), use_bin_type=True)
             stored.append({"record_id": next_id, "biometrics": blob, "enrolled_at": now})
             next_id += 1
@@ -207,17 +216,24 @@ def _templates_from(gallery: Gallery, rid: int) -> dict[str, Any]:
         vec = gallery.face.index.reconstruct_batch(ids)[0]
         face = {"algorithm": biometrics.FACE.name, "template": templates.vector_bytes(vec)}
     fingers = [
-        {"position": pos, "algorithm": biometrics.FINGER.name,
-         "template": templates.vector_bytes(ix.index.reconstruct_batch(ids)[0])}
+        {
+            "position": pos,
+            "algorithm": biometrics.FINGER.name,
+            "template": templates.vector_bytes(ix.index.reconstruct_batch(ids)[0]),
+        }
         for pos, ix in gallery.fingers.items()
         if ix.present.mask(ids)[0]
-    ]  # fmt: skip
+    ]
     irises = [
-        {"eye": eye, "algorithm": biometrics.IRIS.name,
-         "code": iris.codes[rid].tobytes(), "mask": iris.masks[rid].tobytes()}
+        {
+            "eye": eye,
+            "algorithm": biometrics.IRIS.name,
+            "code": iris.codes[rid].tobytes(),
+            "mask": iris.masks[rid].tobytes(),
+        }
         for eye, iris in gallery.irises.items()
         if rid in iris.codes
-    ]  # fmt: skip
+    ]
     return {"face": face, "fingers": fingers, "irises": irises}
 
 

@@ -82,9 +82,10 @@ class IntakeHandler(Handler):
         # the contract (docs/integration.md): where results go, and how they are correlated
         if not env.reply_to or not env.correlation_id:
             missing = " and ".join(
-                n for n, v in (("reply_to", env.reply_to), ("correlation_id", env.correlation_id))
+                n
+                for n, v in (("reply_to", env.reply_to), ("correlation_id", env.correlation_id))
                 if not v
-            )  # fmt: skip
+            )
             return PermanentError(Reason.no_reply_to, f"no {missing}")
         if env.correlation_id != sub.encounter_id:
             return PermanentError(

@@ -40,8 +40,9 @@ class ReviewHandler(Handler):
 
     def observe(self, metrics: Metrics, database_url: str) -> None:
         """The backlog joins the worker's metrics, counted when scraped."""
-        metrics.collect_with("biox_review_backlog", "Undecided review cases (§8)",
-                             lambda: backlog(database_url))  # fmt: skip
+        metrics.collect_with(
+            "biox_review_backlog", "Undecided review cases (§8)", lambda: backlog(database_url)
+        )
 
     def open(self, batch: Sequence[Inbound[ReviewCase]], session: Session) -> list[Result]:
         return [self._open(inb, session) for inb in batch]

@@ -62,8 +62,12 @@ def _queue(name: str) -> dict[str, Any]:
     }
 
 
-PARTICIPANT = {"participant": {"description": "the participant's code (us, mx, sv)",
-                               "examples": ["us", "mx", "sv"]}}  # fmt: skip
+PARTICIPANT = {
+    "participant": {
+        "description": "the participant's code (us, mx, sv)",
+        "examples": ["us", "mx", "sv"],
+    }
+}
 
 
 def _headers(partner: bool) -> dict[str, Any]:
@@ -80,7 +84,7 @@ def _headers(partner: bool) -> dict[str, Any]:
             H_SIGNING_KEY: {"type": "string", "description": "the signing key's id"},
             H_SEALED_TO: {"type": "string", "description": "the key the body is sealed to"},
             H_SIGNED_AT: {"type": "string", "description": "signing time, ISO 8601"},
-        }  # fmt: skip
+        }
         required += [H_SIGNATURE, H_SIGNING_KEY, H_SEALED_TO, H_SIGNED_AT]
     return {"type": "object", "required": required, "properties": props}
 
@@ -184,9 +188,9 @@ def document(routes: RouteTable = ROUTES) -> dict[str, Any]:
         }
         if partner:  # what a partner's outbox carries arrives on the receiver's inbox
             channels["inbox"]["messages"][name] = ref
-        receiver = "replies" if kind == "encounter.result" else (
-            f"{r.queue}Queue" if r.queue else None
-        )  # fmt: skip
+        receiver = (
+            "replies" if kind == "encounter.result" else (f"{r.queue}Queue" if r.queue else None)
+        )
         if receiver is None:
             continue  # recorded by the audit queue only
         channels[receiver]["messages"][name] = ref

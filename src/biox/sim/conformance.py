@@ -12,7 +12,6 @@ that shows it, naming what it got.
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,14 +19,10 @@ from typing import Any
 
 import msgpack
 import numpy as np
-import pika
-from pika.exceptions import ChannelClosedByBroker
 
-from biox.broker.connection import parameters
 from biox.policy.eligibility import refusal
 from biox.registry import Purpose, Registry
 from biox.sim import synth
-from biox.trust.tls import ClientTLS
 from biox.wire import addresses
 from biox.wire.errors import Reason
 from biox.wire.messages import Biometrics, Encounter, SubjectStatus
@@ -79,8 +74,9 @@ class Kit:
             if p != self.me
         }
 
-    def body(self, biometrics: Any, subject: SubjectStatus | None = None,
-             country: str | None = None) -> tuple[str, bytes, Encounter]:  # fmt: skip
+    def body(
+        self, biometrics: Any, subject: SubjectStatus | None = None, country: str | None = None
+    ) -> tuple[str, bytes, Encounter]:
         eid = f"CONF-{uuid.uuid4().hex[:12]}"
         encounter = synth.encounter_here(self.me, self.rng)
         if country:
@@ -102,14 +98,25 @@ class Kit:
     def cases(self) -> list[Case]:
         out = [self.mated(), self.stranger()]
         for what, subject, country, reason in (
-            ("a citizen of the requester", SubjectStatus(citizenships=[self.me]), None,
-             Reason.excluded_citizen),
-            ("a permanent resident of the requester",
-             SubjectStatus(citizenships=["gt"], permanent_residences=[self.me]), None,
-             Reason.excluded_resident),
-            ("encountered in another country", self.subject,
-             next(c for c in self.registry.codes if c != self.me), Reason.not_encountered_here),
-        ):  # fmt: skip
+            (
+                "a citizen of the requester",
+                SubjectStatus(citizenships=[self.me]),
+                None,
+                Reason.excluded_citizen,
+            ),
+            (
+                "a permanent resident of the requester",
+                SubjectStatus(citizenships=["gt"], permanent_residences=[self.me]),
+                None,
+                Reason.excluded_resident,
+            ),
+            (
+                "encountered in another country",
+                self.subject,
+                next(c for c in self.registry.codes if c != self.me),
+                Reason.not_encountered_here,
+            ),
+        ):
             out.append(self.refused(f"refused: {what}", subject, country, reason))
         out += [self.partner_citizen()]
         face = synth.capture(self.seed, 7, context=1).face
@@ -118,15 +125,25 @@ class Kit:
             "template_size": {"face": {"algorithm": face.algorithm, "template": b"\1" * 2047}},
             "unknown_algorithm": {"face": {"algorithm": "vendor-x/9", "template": face.template}},
             "template_invalid": {"face": {"algorithm": face.algorithm, "template": bytes(2048)}},
-            "template_invalid (iris mask)": {"irises": [{"eye": "left",
-                "algorithm": "biox-iris-2048/1", "code": b"\1" * 256, "mask": bytes(256)}]},
-            "invalid_message (template as text)": {"face": {"algorithm": face.algorithm,
-                                                           "template": "AAAA"}},
-        }  # fmt: skip
+            "template_invalid (iris mask)": {
+                "irises": [
+                    {
+                        "eye": "left",
+                        "algorithm": "biox-iris-2048/1",
+                        "code": b"\1" * 256,
+                        "mask": bytes(256),
+                    }
+                ]
+            },
+            "invalid_message (template as text)": {
+                "face": {"algorithm": face.algorithm, "template": "AAAA"}
+            },
+        }
         for label, biometrics in bad.items():
             reason = Reason(label.split(" ")[0])
-            out.append(self.refused(f"bad template: {label}", self.subject, None, reason,
-                                    biometrics))  # fmt: skip
+            out.append(
+                self.refused(f"bad template: {label}", self.subject, None, reason, biometrics)
+            )
         out += [self.duplicate(), self.same_message_twice(), self.no_reply_queue()]
         return out
 
@@ -148,8 +165,13 @@ class Kit:
         return None
 
     def mated(self) -> Case:
-        asked = [p for p, why in self._expected(self.subject, synth.encounter_here(
-            self.me, self.rng)).items() if why is None]  # fmt: skip
+        asked = [
+            p
+            for p, why in self._expected(
+                self.subject, synth.encounter_here(self.me, self.rng)
+            ).items()
+            if why is None
+        ]
         partner = asked[0] if asked else self.me
         person = synth.known_to(partner, self.size, self.rng)
         while synth.sealed(person):
@@ -165,11 +187,18 @@ class Kit:
             last = max(res[0], key=lambda r: r.get("revision", 0))
             o = next(o for o in last["outcomes"] if o["partner"] == partner)
             top = (o.get("candidates") or [{}])[0].get("identity_ref")
-            return None if o["status"] == "match" and top == ref else (
-                f"{partner} {o['status']} {top or ''}, expected match {ref}")  # fmt: skip
+            return (
+                None
+                if o["status"] == "match" and top == ref
+                else (f"{partner} {o['status']} {top or ''}, expected match {ref}")
+            )
 
-        return Case(f"mated: a capture of {ref}", f"{partner} match {ref}; complete",
-                    [Submission(eid, body)], check)  # fmt: skip
+        return Case(
+            f"mated: a capture of {ref}",
+            f"{partner} match {ref}; complete",
+            [Submission(eid, body)],
+            check,
+        )
 
     def stranger(self) -> Case:
         n = synth.stranger(self.seed, dict.fromkeys(self.registry.codes, self.size), self.rng)
@@ -185,8 +214,12 @@ class Kit:
             return f"matched by {hits}" if hits else None
 
         asked = sorted(p for p, why in expected.items() if why is None)
-        return Case("stranger", f"no_match from {', '.join(asked)}; complete",
-                    [Submission(eid, body)], check)  # fmt: skip
+        return Case(
+            "stranger",
+            f"no_match from {', '.join(asked)}; complete",
+            [Submission(eid, body)],
+            check,
+        )
 
     def partner_citizen(self) -> Case:
         partner = next(p for p in self.registry.codes if p != self.me)
@@ -205,8 +238,14 @@ class Kit:
             lambda res: self._answered(res[0], expected),
         )
 
-    def refused(self, name: str, subject: SubjectStatus, country: str | None, reason: Reason,
-                biometrics: Any = None) -> Case:  # fmt: skip
+    def refused(
+        self,
+        name: str,
+        subject: SubjectStatus,
+        country: str | None,
+        reason: Reason,
+        biometrics: Any = None,
+    ) -> Case:
         n = synth.stranger(self.seed, dict.fromkeys(self.registry.codes, self.size), self.rng)
         bio = biometrics if biometrics is not None else synth.capture(self.seed, n, context=5)
         eid, body, _ = self.body(bio, subject, country)
@@ -238,9 +277,12 @@ class Kit:
                 return f"refused {r.get('reason_code')} naming {r.get('submission_id')}"
             return None
 
-        return Case("duplicate encounter id, new message id",
-                    "the first answered; the second refused duplicate_encounter naming it",
-                    [first, again], check)  # fmt: skip
+        return Case(
+            "duplicate encounter id, new message id",
+            "the first answered; the second refused duplicate_encounter naming it",
+            [first, again],
+            check,
+        )
 
     def same_message_twice(self) -> Case:
         n = synth.stranger(self.seed, dict.fromkeys(self.registry.codes, self.size), self.rng)
@@ -250,128 +292,27 @@ class Kit:
 
         def check(res: list[list[Result]]) -> str | None:
             refused = [r for r in res[0] if r["status"] == "refused"]
-            return f"refused {refused[0].get('reason_code')}" if refused else (
-                None if res[0] else "no result")  # fmt: skip
+            return (
+                f"refused {refused[0].get('reason_code')}"
+                if refused
+                else (None if res[0] else "no result")
+            )
 
-        return Case("the same message twice (a publish retried)",
-                    "absorbed: answered once, nothing refused", [one, twin], check)  # fmt: skip
+        return Case(
+            "the same message twice (a publish retried)",
+            "absorbed: answered once, nothing refused",
+            [one, twin],
+            check,
+        )
 
     def no_reply_queue(self) -> Case:
         n = synth.stranger(self.seed, dict.fromkeys(self.registry.codes, self.size), self.rng)
         eid, body, _ = self.body(synth.capture(self.seed, n, context=10))
         missing = f"{self.me}.replies.conformance-missing-{uuid.uuid4().hex[:8]}"
-        return Case("reply queue missing", f"the result held in "
-                    f"{addresses.held_results_queue(self.me)}",
-                    [Submission(eid, body, reply_to=missing)], lambda res: None,
-                    needs_operator_view=True)  # fmt: skip
-
-
-class Runner:
-    """Publishes every case's submissions on one connection and collects the results."""
-
-    def __init__(self, url: str, me: str, tls: ClientTLS | None = None,
-                 user: str | None = None) -> None:  # fmt: skip
-        self.url, self.me, self.tls, self.user = url, me, tls, user
-        self.reply = f"{me}.replies.conformance-{uuid.uuid4().hex[:8]}"
-
-    def run(self, cases: list[Case], timeout: float = 90.0,
-            progress: Callable[[int], None] | None = None) -> list[Outcome]:  # fmt: skip
-        conn = pika.BlockingConnection(parameters(self.url, self.tls))
-        try:
-            ch = conn.channel()
-            ch.queue_declare(self.reply, durable=True, arguments={"x-expires": 3_600_000})
-            ch.queue_bind(self.reply, addresses.results(self.me), self.reply)
-            ch.confirm_delivery()
-            for case in cases:
-                for sub in case.submissions:
-                    self._publish(ch, sub)
-            results = self._collect(conn, ch, cases, timeout, progress)
-            outcomes = []
-            for case in cases:
-                got = [results.get(s.encounter_id, []) for s in case.submissions[:1]]
-                if case.needs_operator_view:
-                    wrong = self._held(conn, case.submissions[0])
-                    seen = f"held in {addresses.held_results_queue(self.me)}"
-                else:
-                    wrong = case.check(got)
-                    seen = _summary(got[0])
-                outcomes.append(Outcome(case, wrong is None, wrong or seen))
-            ch.queue_delete(self.reply)
-            return outcomes
-        finally:
-            conn.close()
-
-    def _publish(self, ch: Any, sub: Submission) -> None:
-        ch.basic_publish(
-            addresses.inbox(self.me),
-            addresses.routing_key(self.me, "encounter.submit"),
-            sub.body,
-            pika.BasicProperties(
-                message_id=sub.message_id,
-                correlation_id=sub.encounter_id if sub.correlation_id == "same" else None,
-                reply_to=self.reply if sub.reply_to == "own" else sub.reply_to,
-                type="encounter.submit",
-                content_type="application/msgpack",
-                delivery_mode=2,
-                user_id=self.user,
-                headers={
-                    "biox-schema": "encounter.submit/1",
-                    "biox-from": self.me,
-                    "biox-to": self.me,
-                },
-            ),
-            mandatory=True,
+        return Case(
+            "reply queue missing",
+            f"the result held in {addresses.held_results_queue(self.me)}",
+            [Submission(eid, body, reply_to=missing)],
+            lambda res: None,
+            needs_operator_view=True,
         )
-
-    def _collect(self, conn: Any, ch: Any, cases: list[Case], timeout: float,
-                 progress: Callable[[int], None] | None) -> dict[str, list[Result]]:  # fmt: skip
-        wanted = {c.submissions[0].encounter_id: c for c in cases if not c.needs_operator_view}
-        results: dict[str, list[Result]] = {}
-        deadline = time.monotonic() + timeout
-        quiet_until = 0.0
-        while time.monotonic() < deadline:
-            method, props, body = ch.basic_get(self.reply, auto_ack=True)
-            if method is None:
-                if _done(wanted, results) and time.monotonic() > quiet_until:
-                    break
-                conn.sleep(0.2)
-                continue
-            r = msgpack.unpackb(body, raw=False, timestamp=3)
-            results.setdefault(props.correlation_id, []).append(r)
-            quiet_until = time.monotonic() + 1.5  # a late duplicate or refusal still counts
-            if progress:
-                progress(sum(1 for e in wanted if _finished(results.get(e, []))))
-        return results
-
-    def _held(self, conn: Any, sub: Submission) -> str | None:
-        deadline = time.monotonic() + 30
-        queue = addresses.held_results_queue(self.me)
-        while time.monotonic() < deadline:
-            ch = conn.channel()
-            try:
-                total = ch.queue_declare(queue, passive=True).method.message_count
-                seen = [ch.basic_get(queue, auto_ack=False) for _ in range(total)]
-                ch.close()  # unacked: back in the queue for the operator
-            except ChannelClosedByBroker as exc:
-                return f"cannot look into {queue} ({exc.reply_text}): needs an operator's login"
-            if any(m is not None and p.correlation_id == sub.encounter_id for m, p, _ in seen):
-                return None
-            conn.sleep(0.5)
-        return f"not in {queue}"
-
-
-def _finished(results: list[Result]) -> bool:
-    return any(r["status"] in ("complete", "refused") for r in results)
-
-
-def _done(wanted: dict[str, Case], results: dict[str, list[Result]]) -> bool:
-    return all(_finished(results.get(e, [])) for e in wanted)
-
-
-def _summary(results: list[Result]) -> str:
-    if not results:
-        return "no result"
-    last = max(results, key=lambda r: r.get("revision", 0))
-    parts = [last["status"], last.get("reason_code", "")]
-    parts += [f"{o['partner']}={o['status']}" for o in last.get("outcomes", [])]
-    return " ".join(p for p in parts if p)

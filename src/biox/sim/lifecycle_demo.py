@@ -119,8 +119,13 @@ def _search(console: Console, settings: Settings, url: str) -> bool:
     for column in ("table", "key", "from", "retain until", "blocked"):
         table.add_column(column)
     for f in found:
-        table.add_row(f.table, f.key[:40], f.source or "us", f"{f.retain_until or ''}"[:10],
-                      "yes" if f.blocked else "")  # fmt: skip
+        table.add_row(
+            f.table,
+            f.key[:40],
+            f.source or "us",
+            f"{f.retain_until or ''}"[:10],
+            "yes" if f.blocked else "",
+        )
     console.print(table)
     return bool(found)
 
@@ -135,9 +140,14 @@ def _report(console: Console, settings: Settings) -> None:
     for column in ("direction", "partner", "purpose", "queries", "outcomes", "p50/p95 s"):
         table.add_column(column)
     for f in rep.flows:
-        table.add_row(f.direction, f.partner, f.purpose, str(f.queries),
-                      ", ".join(f"{k} {v}" for k, v in f.outcomes.most_common()),
-                      " / ".join(f"{v:.2f}" for v in list(f.latency_s.values())[:2]))  # fmt: skip
+        table.add_row(
+            f.direction,
+            f.partner,
+            f.purpose,
+            str(f.queries),
+            ", ".join(f"{k} {v}" for k, v in f.outcomes.most_common()),
+            " / ".join(f"{v:.2f}" for v in list(f.latency_s.values())[:2]),
+        )
     console.print(table)
     console.print(f"The page with its charts: {page}")
 

@@ -147,8 +147,17 @@ def serve(
     procs = []
     for code in codes:
         out = open(log_dir / f"{code}-serve.log", "ab")  # noqa: SIM115 - owned by the child
-        argv = [sys.executable, "-m", "biox", "serve", "-p", code, "--log-dir", str(log_dir),
-                *(extra or {}).get(code, [])]  # fmt: skip
+        argv = [
+            sys.executable,
+            "-m",
+            "biox",
+            "serve",
+            "-p",
+            code,
+            "--log-dir",
+            str(log_dir),
+            *(extra or {}).get(code, []),
+        ]
         own = {**env, "BIOX_METRICS_PORT": str((metrics or {}).get(code, 0))}
         procs.append((f"{code}-serve", subprocess.Popen(argv, env=own, stdout=out, stderr=out)))
     return Workers(procs)

@@ -120,6 +120,3 @@ def held_in(session: Session, holder: str, about: str) -> list[Held]:
         )
         for r in rows
     ]
-
-
-

@@ -44,7 +44,6 @@ FINGER = ALGORITHMS["biox-finger-192/1"]
 IRIS = ALGORITHMS["biox-iris-2048/1"]
 
 
-
 _FLOATS = "float32, little-endian (IEEE 754), finite, not all zero; any scale (biox normalises)"
 FINGER_RULE: JsonDict = {
     "algorithm": FINGER.name,

@@ -12,12 +12,12 @@ import structlog
 from biox import logs
 from biox.agreement import participants
 from biox.broker.consumer import ConsumeLoop
+from biox.database import session_for
 from biox.handlers.base import Context, Handler
 from biox.policy.release import Policies
 from biox.registry import Registry
 from biox.routes import ROUTES
 from biox.settings import Settings
-from biox.store import session_for
 from biox.trust.sealing import load_ring
 
 log = structlog.get_logger("biox.runtime")

@@ -1,5 +1,6 @@
-"""SQLModel tables and the engine of each participant's own database
-(docs/architecture.md, "Storage").
+"""The SQLModel tables of the exchange and the one column type of every time kept
+(docs/architecture.md, "Storage"); ``database.py`` makes the engine that creates them,
+with the agreement's tables (``agreement/ledgers.py``).
 
 Every participant has its own database even when one machine runs all three: they share
 nothing but messages. SQLite (WAL) by default; PostgreSQL through BIOX_DATABASE_URL.
@@ -7,9 +8,7 @@ nothing but messages. SQLite (WAL) by default; PostgreSQL through BIOX_DATABASE_
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime
-from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import (
@@ -19,15 +18,10 @@ from sqlalchemy import (
     DateTime,
     Integer,
     LargeBinary,
-    event,
-    inspect,
-    text,
-    update,
 )
-from sqlalchemy.engine import Dialect, Engine
-from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
-from sqlmodel import Field, Session, SQLModel, col, create_engine, select
+from sqlmodel import Field, SQLModel
 
 from biox.wire.messages import utcnow
 
@@ -290,87 +284,3 @@ class CheckpointRow(SQLModel, table=True):
     key_id: str
     signature: str
     received_at: datetime = Field(sa_type=UTCDateTime)
-
-
-@lru_cache(maxsize=16)
-def engine_for(url: str) -> Engine:
-    if url.startswith("sqlite"):
-        engine = create_engine(
-            url,
-            connect_args={"timeout": 60, "check_same_thread": False},
-            hide_parameters=True,  # names and document numbers stay out of errors and logs
-        )
-
-        @event.listens_for(engine, "connect")
-        def _pragmas(conn: Any, _record: Any) -> None:
-            cur = conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=NORMAL")
-            cur.execute("PRAGMA busy_timeout=60000")
-            cur.close()
-    else:
-        engine = create_engine(url, pool_pre_ping=True, hide_parameters=True)
-    _create_tables(engine)
-    return engine
-
-
-def _create_tables(engine: Engine, attempts: int = 5) -> None:
-    """Create missing tables; workers of one participant may race to do it on first start."""
-    for attempt in range(attempts):
-        try:
-            # the agreement's tables (agreement/ledgers.py) are created with the exchange's
-            from biox.agreement import ledgers  # noqa: F401
-
-            SQLModel.metadata.create_all(engine)
-            _add_new_columns(engine)
-            return
-        except (OperationalError, ProgrammingError, IntegrityError):
-            if attempt == attempts - 1:
-                raise
-            time.sleep(0.2 * (attempt + 1))
-
-
-def _add_new_columns(engine: Engine) -> None:
-    """Columns added to an existing table since a database was created (nullable ones
-    only, such as ``audit_entries.reason``): added in place, so an upgrade keeps its data."""
-    inspector = inspect(engine)
-    for table in SQLModel.metadata.sorted_tables:
-        if not inspector.has_table(table.name):
-            continue
-        present = {c["name"] for c in inspector.get_columns(table.name)}
-        for column in table.columns:
-            if column.name in present or not column.nullable:
-                continue
-            kind = column.type.compile(dialect=engine.dialect)
-            with engine.begin() as conn:
-                conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
-
-
-def mark_published(url: str, consumer: str, message_ids: list[str]) -> None:
-    """The outputs of these inputs were confirmed by the broker (see ``ConsumeLoop``)."""
-    with session_for(url) as session:
-        session.execute(
-            update(ProcessedMessage)
-            .where(
-                col(ProcessedMessage.consumer) == consumer,
-                col(ProcessedMessage.message_id).in_(message_ids),
-            )
-            .values(published=True)
-        )
-        session.commit()
-
-
-def session_for(url: str) -> Session:
-    return Session(engine_for(url), expire_on_commit=False)
-
-
-def processed(session: Session, consumer: str, ids: list[str]) -> dict[str, ProcessedMessage]:
-    if not ids:
-        return {}
-    rows = session.exec(
-        select(ProcessedMessage).where(
-            ProcessedMessage.consumer == consumer,
-            col(ProcessedMessage.message_id).in_(ids),
-        )
-    )
-    return {r.message_id: r for r in rows}

@@ -20,9 +20,10 @@ import msgpack
 import pika
 from sqlmodel import select
 
+from biox.database import session_for
 from biox.routes import ROUTES
 from biox.sim.encounters import EncounterSystem
-from biox.store import ProcessedMessage, Transaction, session_for
+from biox.store import ProcessedMessage, Transaction
 from biox.trust.sealing import load_ring
 from biox.wire import codec
 from biox.wire.inbound import read_envelope

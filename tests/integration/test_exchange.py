@@ -8,10 +8,10 @@ import time
 import pytest
 
 from biox.broker.connection import user_of
+from biox.database import every_participant, session_for
 from biox.registry import Purpose
 from biox.sim import encounters, synth
 from biox.sim.plans import Planned, plan, repeat
-from biox.store import session_for
 from biox.trust import audit
 from biox.trust.audit import trail_across
 from biox.wire import addresses
@@ -176,7 +176,8 @@ def test_every_hop_of_a_query_is_in_the_audit_trails_without_biometrics(exchange
     deadline = time.monotonic() + 20
     rows, seen = [], set()
     while time.monotonic() < deadline:  # the audit consumers run beside the pipeline
-        rows = trail_across(exchange.settings, answer.query_id)
+        with every_participant(exchange.settings) as sessions:
+            rows = trail_across(sessions, answer.query_id)
         seen = {(code, e.direction, e.kind) for code, e in rows}
         if expected <= seen:
             break

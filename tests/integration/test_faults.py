@@ -17,6 +17,7 @@ import pytest
 from biox.broker.deadletters import DeadLetterQueues, Filters
 from biox.broker.publisher import publish_once
 from biox.broker.topology import declare_work_queue
+from biox.database import session_for
 from biox.dev.broker import LocalBroker
 from biox.gallery.gallery import Gallery
 from biox.queries import examiners
@@ -25,7 +26,6 @@ from biox.settings import Settings
 from biox.sim import encounters, galleries, plans, synth
 from biox.sim.examiners import biographic_examiner
 from biox.sim.processes import start_requester_with_providers
-from biox.store import session_for
 from biox.wire import addresses
 from tests.integration.conftest import SEED, Peer
 from tests.integration.ledger import Tap, check_each_query_answered_once, check_results_once

@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 from sqlmodel import func, select
 
+from biox.database import session_for
 from biox.gallery import templates
 from biox.gallery.gallery import Gallery, Probe
 from biox.gallery.transfer import SCHEMA
@@ -24,7 +25,7 @@ from biox.registry import Registry
 from biox.settings import Settings
 from biox.sim import synth
 from biox.sim.galleries import enrolments
-from biox.store import Record, session_for
+from biox.store import Record
 from biox.wire import biometrics
 from biox.wire.messages import Biometrics, Face
 

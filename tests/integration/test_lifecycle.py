@@ -12,8 +12,9 @@ from sqlmodel import select
 
 from biox.agreement.ledgers import NoticeRow
 from biox.cli import app
+from biox.database import session_for
 from biox.queries.enrolment import enrolled_record_id
-from biox.store import AuditEntry, ParticipantRow, Record, Transaction, session_for
+from biox.store import AuditEntry, ParticipantRow, Record, Transaction
 from biox.wire.messages import utcnow
 from tests.integration.conftest import Exchange
 from tests.integration.test_workflows import (

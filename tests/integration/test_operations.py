@@ -13,7 +13,8 @@ from sqlmodel import select
 from typer.testing import CliRunner
 
 from biox.cli import app
-from biox.store import AuditEntry, EncounterRow, Transaction, session_for
+from biox.database import session_for
+from biox.store import AuditEntry, EncounterRow, Transaction
 from biox.wire import addresses, codec
 from biox.wire.messages import Response, ResponseStatus, Timings
 from tests.integration.conftest import (

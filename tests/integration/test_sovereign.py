@@ -19,13 +19,14 @@ from typer.testing import CliRunner
 from biox.broker.connection import parameters
 from biox.broker.publisher import properties_for
 from biox.cli import app
+from biox.database import session_for
 from biox.dev.sovereign import SovereignBrokers
 from biox.registry import Registry
 from biox.settings import Settings
 from biox.sim import encounters, galleries
 from biox.sim.plans import plan
 from biox.sim.processes import Workers, start_sovereign_workers, worker_env
-from biox.store import AuditEntry, ProcessedMessage, session_for
+from biox.store import AuditEntry, ProcessedMessage
 from biox.trust import checkpoints
 from biox.trust.identity import Role
 from biox.trust.sealing import Trust, load_ring, trust_path

@@ -18,11 +18,12 @@ from sqlmodel import select
 from typer.testing import CliRunner
 
 from biox.cli import app
+from biox.database import session_for
 from biox.gallery.gallery import Gallery
 from biox.queries.enrolment import enrolled_record_id
 from biox.registry import Purpose
 from biox.sim import encounters, galleries, plans, synth
-from biox.store import Record, RetrievalRow, ReviewCaseRow, session_for
+from biox.store import Record, RetrievalRow, ReviewCaseRow
 from biox.wire import addresses, codec
 from biox.wire.messages import Biometrics, Element, RetrievalRequest
 from tests.integration.conftest import SEED, SIZE, Exchange, Peer, unpack

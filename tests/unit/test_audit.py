@@ -5,7 +5,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlmodel import select
 
-from biox.store import AuditEntry, session_for
+from biox.database import every_participant, session_for
+from biox.store import AuditEntry
 from biox.trust import audit
 
 
@@ -217,7 +218,8 @@ def test_a_trail_across_participants_follows_the_query_and_its_encounter(tmp_pat
     with session_for(settings.database_for("mx")) as s:
         s.add_all(audit.chain([entry("mx", 2, "q-9", "at-mx")], 0, audit.GENESIS))
         s.commit()
-    rows = audit.trail_across(settings, "q-9")
+    with every_participant(settings) as sessions:
+        rows = audit.trail_across(sessions, "q-9")
     assert [(code, e.message_id) for code, e in rows] == [
         ("us", "submit"),
         ("us", "query"),
@@ -228,7 +230,7 @@ def test_a_trail_across_participants_follows_the_query_and_its_encounter(tmp_pat
 def test_a_database_from_before_the_reason_column_gets_it_and_keeps_its_chain(tmp_path):
     import sqlite3
 
-    from biox.store import engine_for
+    from biox.database import engine_for
 
     path = tmp_path / "old.db"
     url = f"sqlite:///{path}"

@@ -9,9 +9,10 @@ from datetime import UTC, datetime
 
 import pytest
 
+from biox.database import session_for
 from biox.handlers.audit import AuditHandler
 from biox.handlers.base import Effects
-from biox.store import AuditEntry, session_for
+from biox.store import AuditEntry
 from biox.trust import audit
 from biox.wire.codec import Envelope
 from biox.wire.errors import PermanentError, Reason

@@ -7,9 +7,10 @@ from datetime import UTC, datetime, timedelta
 
 from sqlmodel import select
 
+from biox.database import session_for
 from biox.handlers.audit import AuditHandler
 from biox.handlers.notice import NoticeHandler
-from biox.store import AuditEntry, CheckpointRow, session_for
+from biox.store import AuditEntry, CheckpointRow
 from biox.trust import audit, checkpoints
 from biox.trust.checkpoints import AuditCheckpoint, Held
 from biox.trust.sealing import memory_rings

@@ -31,10 +31,11 @@ from biox.agreement.ledgers import RefusalRow
 from biox.broker.consumer import ConsumeLoop
 from biox.broker.link import ConnectionLost, Delivery, Nacked, Unroutable
 from biox.broker.publisher import properties_for, unpack_outgoing
+from biox.database import session_for
 from biox.handlers.base import Effects, Handler, Result
 from biox.routes import Queue, RouteTable, Sender, route
 from biox.settings import Settings
-from biox.store import ParticipantRow, ProcessedMessage, session_for
+from biox.store import ParticipantRow, ProcessedMessage
 from biox.trust.sealing import memory_rings
 from biox.wire import addresses, codec
 from biox.wire.codec import Envelope, Outgoing

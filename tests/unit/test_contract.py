@@ -13,9 +13,10 @@ import pytest
 from sqlmodel import select
 from structlog.testing import capture_logs
 
+from biox.database import session_for
 from biox.handlers.intake import IntakeHandler
 from biox.handlers.response import ResponseHandler
-from biox.store import EncounterRow, Transaction, session_for
+from biox.store import EncounterRow, Transaction
 from biox.wire import codec
 from biox.wire.errors import PermanentError, Reason
 from biox.wire.inbound import Inbound

@@ -6,7 +6,8 @@ import pytest
 
 from biox.agreement import disclosures, quality
 from biox.agreement.ledgers import DisclosureRow, NoticeRow
-from biox.store import Record, session_for
+from biox.database import session_for
+from biox.store import Record
 from biox.wire.messages import utcnow
 
 

@@ -13,11 +13,12 @@ import pyarrow.parquet as pq
 import pytest
 from sqlmodel import func, select
 
+from biox.database import session_for
 from biox.gallery import templates
 from biox.gallery.gallery import Gallery, Probe
 from biox.gallery.transfer import SCHEMA, export_file, import_file, parse
 from biox.sim import synth
-from biox.store import EnrolledTemplates, Record, session_for
+from biox.store import EnrolledTemplates, Record
 from biox.wire.messages import Biometrics, Face
 
 SEED = 31

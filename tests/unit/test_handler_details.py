@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import event, update
 from structlog.testing import capture_logs
 
+from biox.database import engine_for, session_for
 from biox.gallery.gallery import Gallery
 from biox.handlers.base import Context, Effects
 from biox.handlers.matcher import MatcherHandler
@@ -26,14 +27,7 @@ from biox.registry import Registry
 from biox.routes import ROUTES
 from biox.settings import Settings
 from biox.sim import synth
-from biox.store import (
-    EnrolledTemplates,
-    RetrievalRow,
-    ReviewCaseRow,
-    Transaction,
-    engine_for,
-    session_for,
-)
+from biox.store import EnrolledTemplates, RetrievalRow, ReviewCaseRow, Transaction
 from biox.trust.sealing import Trust
 from biox.wire import codec
 from biox.wire.codec import Envelope

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from biox.database import session_for
 from biox.gallery.gallery import Gallery
 from biox.handlers.base import Effects
 from biox.handlers.intake import IntakeHandler
@@ -19,7 +20,7 @@ from biox.registry import Purpose, Registry
 from biox.routes import ROUTES
 from biox.settings import Settings
 from biox.sim import galleries, synth
-from biox.store import EncounterRow, Transaction, session_for
+from biox.store import EncounterRow, Transaction
 from biox.wire import codec
 from biox.wire.codec import Envelope
 from biox.wire.errors import PermanentError, Reason, TransientError

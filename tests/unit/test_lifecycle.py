@@ -11,14 +11,8 @@ from sqlmodel import select
 
 from biox.agreement import corrections
 from biox.agreement.ledgers import Tombstone
-from biox.store import (
-    EnrolledTemplates,
-    Record,
-    RetrievalRow,
-    ReviewCaseRow,
-    Transaction,
-    session_for,
-)
+from biox.database import session_for
+from biox.store import EnrolledTemplates, Record, RetrievalRow, ReviewCaseRow, Transaction
 from biox.wire.notices import About
 
 BIO = {"family_name": "Cruz", "given_names": "Ana", "document_number": "G1"}

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
+from biox.database import session_for
 from biox.gallery.gallery import Hit, Probe
 from biox.handlers.base import Effects
 from biox.handlers.matcher import MatcherHandler
@@ -22,7 +23,7 @@ from biox.policy.release import ParticipantPolicy, Policies, ReleaseRule, Retrie
 from biox.registry import Purpose, Registry
 from biox.routes import ROUTES
 from biox.settings import Settings
-from biox.store import EnrolledTemplates, Record, Transaction, session_for
+from biox.store import EnrolledTemplates, Record, Transaction
 from biox.wire import codec
 from biox.wire.errors import PermanentError, Reason
 from biox.wire.inbound import Inbound

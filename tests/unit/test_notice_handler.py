@@ -12,12 +12,12 @@ from structlog.testing import capture_logs
 
 from biox.agreement import participants
 from biox.agreement.ledgers import NoticeRow
+from biox.database import session_for
 from biox.handlers.base import Effects
 from biox.handlers.notice import NoticeHandler
 from biox.registry import Registry
 from biox.routes import ROUTES
 from biox.settings import Settings
-from biox.store import session_for
 from biox.trust.sealing import memory_rings
 from biox.wire import codec
 from biox.wire.errors import PermanentError, Reason

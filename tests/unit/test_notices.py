@@ -254,8 +254,8 @@ def test_a_result_after_a_notice_is_a_new_revision(hub):
 
 def sending(tmp_path, ask: NoticeSend, mid: str = "op-1"):
     from biox.agreement import participants
+    from biox.database import session_for
     from biox.handlers.notice import NoticeHandler
-    from biox.store import session_for
     from biox.trust.sealing import memory_rings
     from biox.wire.inbound import Inbound
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from biox.database import session_for
 from biox.gallery.gallery import Hit
 from biox.handlers.base import Effects
 from biox.handlers.intake import IntakeHandler
@@ -21,7 +22,7 @@ from biox.policy.release import Policies
 from biox.registry import Purpose, Registry
 from biox.settings import Settings
 from biox.sim import synth
-from biox.store import EncounterRow, Record, Transaction, session_for
+from biox.store import EncounterRow, Record, Transaction
 from biox.wire import codec
 from biox.wire.codec import Envelope
 from biox.wire.errors import REASON_TEXT, PermanentError, Reason

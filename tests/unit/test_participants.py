@@ -10,11 +10,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
 
 from biox.agreement import participants
+from biox.database import session_for
 from biox.handlers.base import Effects
 from biox.handlers.intake import IntakeHandler
 from biox.policy.release import Policies
 from biox.registry import Registry, Status
-from biox.store import ParticipantRow, session_for
+from biox.store import ParticipantRow
 from biox.wire.errors import PermanentError, Reason
 from biox.wire.inbound import Inbound
 from tests.unit.test_outputs import a_submission, env

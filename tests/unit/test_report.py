@@ -12,7 +12,8 @@ from sqlmodel import select
 from biox.agreement import quality, report
 from biox.agreement.ledgers import IncidentRow, NoticeRow
 from biox.agreement.report_page import render
-from biox.store import AuditEntry, Record, RetrievalRow, ReviewCaseRow, Transaction, session_for
+from biox.database import session_for
+from biox.store import AuditEntry, Record, RetrievalRow, ReviewCaseRow, Transaction
 from biox.wire.messages import utcnow
 from tests.unit.test_workflows import Hub, encounter, make_hub, person_known_to
 

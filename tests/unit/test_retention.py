@@ -12,6 +12,7 @@ from biox.agreement import incidents, retention
 from biox.agreement.ledgers import IncidentRow, NoticeRow, Tombstone
 from biox.agreement.quality import late_notices
 from biox.cli import app
+from biox.database import session_for
 from biox.handlers.notice import NoticeHandler
 from biox.policy.release import ParticipantPolicy
 from biox.routes import ROUTES
@@ -24,7 +25,6 @@ from biox.store import (
     RetrievalRow,
     ReviewCaseRow,
     Transaction,
-    session_for,
 )
 from biox.trust.sealing import memory_rings
 from biox.wire.operations import RetentionPurged

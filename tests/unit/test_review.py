@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from biox.database import session_for
 from biox.handlers.base import Effects
 from biox.handlers.review import ReviewHandler
 from biox.policy.release import ParticipantPolicy, Policies, ReleaseRule, RetrievalRule
 from biox.queries import examiners
 from biox.routes import ROUTES
-from biox.store import Record, ReviewCaseRow, Transaction, session_for
+from biox.store import Record, ReviewCaseRow, Transaction
 from biox.wire import codec
 from biox.wire.errors import PermanentError, Reason, TransientError
 from biox.wire.inbound import Inbound

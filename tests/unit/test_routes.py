@@ -13,11 +13,12 @@ from sqlmodel import Session
 
 from biox.broker.memory import InMemoryExchange
 from biox.broker.topology import bindings
+from biox.database import session_for
 from biox.handlers.base import Context, Effects, Handler, Result
 from biox.routes import QUEUES, ROUTES, Queue, Route, RouteTable, Sender, route
 from biox.schemas import contract
 from biox.settings import Settings
-from biox.store import ParticipantRow, session_for
+from biox.store import ParticipantRow
 from biox.wire import codec
 from biox.wire.codec import Envelope
 from biox.wire.errors import BioxError, PermanentError, Reason

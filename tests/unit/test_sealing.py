@@ -17,10 +17,6 @@ from nacl.public import SealedBox
 from nacl.signing import SigningKey
 
 from biox.trust.sealing import (
-    H_SEALED_TO,
-    H_SIGNATURE,
-    H_SIGNED_AT,
-    H_SIGNING_KEY,
     Trust,
     ensure_keys,
     load_ring,
@@ -30,7 +26,7 @@ from biox.trust.sealing import (
     trust_path,
 )
 from biox.wire import codec
-from biox.wire.codec import Outgoing
+from biox.wire.codec import H_SEALED_TO, H_SIGNATURE, H_SIGNED_AT, H_SIGNING_KEY, Outgoing
 from biox.wire.errors import PermanentError, Reason
 from biox.wire.messages import Element, RetrievalAsk
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from biox.database import session_for
 from biox.gallery.gallery import Gallery
 from biox.handlers.base import Effects
 from biox.handlers.matcher import MatcherHandler
@@ -22,7 +23,7 @@ from biox.policy.release import Policies
 from biox.registry import Registry
 from biox.routes import ROUTES
 from biox.settings import Settings
-from biox.store import EncounterRow, RetrievalRow, Transaction, session_for
+from biox.store import EncounterRow, RetrievalRow, Transaction
 from biox.wire import codec
 from biox.wire.codec import Envelope
 from biox.wire.errors import BioxError, PermanentError, Reason, TransientError

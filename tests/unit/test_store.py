@@ -8,7 +8,8 @@ from datetime import UTC, datetime, timedelta, timezone
 from sqlmodel import col, select
 
 from biox.agreement.ledgers import IncidentRow
-from biox.store import ReviewCaseRow, session_for
+from biox.database import session_for
+from biox.store import ReviewCaseRow
 from biox.wire.fields import as_utc
 
 AT = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)

@@ -5,14 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from biox.agreement import subjects
-from biox.store import (
-    EncounterRow,
-    Record,
-    RetrievalRow,
-    ReviewCaseRow,
-    Transaction,
-    session_for,
-)
+from biox.database import session_for
+from biox.store import EncounterRow, Record, RetrievalRow, ReviewCaseRow, Transaction
 
 ANA = {
     "family_name": "Cruz",

@@ -21,6 +21,7 @@ from sqlmodel import col, select
 
 from biox.agreement import participants
 from biox.broker.memory import InMemoryExchange, Stored
+from biox.database import session_for
 from biox.policy.release import ParticipantPolicy, Policies, ReleaseRule
 from biox.queries import examiners
 from biox.queries.enrolment import enrolled_record_id
@@ -36,7 +37,6 @@ from biox.store import (
     RetrievalRow,
     ReviewCaseRow,
     Transaction,
-    session_for,
 )
 from biox.wire import codec
 from biox.wire.codec import Envelope, Outgoing

@@ -41,11 +41,12 @@ from biox.broker.publisher import (
     republish_properties,
     unpack_outgoing,
 )
+from biox.database import mark_published, processed, session_for
 from biox.handlers.base import Effects, Handler, Result
 from biox.metrics import Metrics
 from biox.routes import Queue, RouteTable
 from biox.settings import Settings
-from biox.store import ProcessedMessage, mark_published, processed, session_for
+from biox.store import ProcessedMessage
 from biox.trust.identity import check_identity
 from biox.trust.sealing import KeyRing
 from biox.wire import addresses

@@ -41,12 +41,12 @@ from biox.broker.consumer import ConsumeLoop
 from biox.broker.link import Delivery, Unroutable
 from biox.broker.publisher import Publisher
 from biox.broker.topology import bindings
+from biox.database import session_for
 from biox.handlers.base import Context, Handler
 from biox.policy.release import Policies
 from biox.registry import Registry
 from biox.routes import ROUTES, RouteTable, Sender
 from biox.settings import Settings
-from biox.store import session_for
 from biox.trust.identity import Role, broker_user
 from biox.trust.sealing import memory_rings
 from biox.wire import addresses, codec

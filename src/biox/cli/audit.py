@@ -9,9 +9,10 @@ import typer
 from sqlmodel import col, select
 
 from biox.cli.common import Participant, console, settings
+from biox.database import every_participant, session_for
 from biox.registry import Registry
 from biox.render import text, trail_table
-from biox.store import AuditEntry, session_for
+from biox.store import AuditEntry
 from biox.trust import audit, checkpoints
 from biox.trust.checkpoints import AuditCheckpoint, Held
 from biox.trust.sealing import Trust, trust_path
@@ -99,7 +100,8 @@ def _local(url: str) -> bool:
 @app.command("trail")
 def audit_trail(query_id: str) -> None:
     """The timeline of one query across participants, from their audit trails."""
-    rows = audit.trail_across(settings(), query_id)
+    with every_participant(settings()) as sessions:
+        rows = audit.trail_across(sessions, query_id)
     if not rows:
         console.print(f"no audit entries for {text(query_id)}")
         raise typer.Exit(1)

@@ -12,10 +12,10 @@ import typer
 from rich.console import Console
 from sqlmodel import Session
 
+from biox.database import session_for
 from biox.registry import Registry
 from biox.routes import ROUTES
 from biox.settings import Settings
-from biox.store import session_for
 
 # piped output (CI logs, `| tee`) gets room for the tables instead of 80 columns
 console = Console() if sys.stdout.isatty() else Console(width=140)

@@ -14,12 +14,13 @@ import structlog
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
+from biox.database import session_for
 from biox.handlers.base import Context, Effects, Handler, Result
 from biox.metrics import Metrics
 from biox.policy.release import ParticipantPolicy
 from biox.queries.answers import Answers, Asked, Found
 from biox.registry import Purpose
-from biox.store import Record, ReviewCaseRow, Transaction, session_for
+from biox.store import Record, ReviewCaseRow, Transaction
 from biox.wire.codec import Envelope
 from biox.wire.errors import BioxError, PermanentError, Reason, TransientError
 from biox.wire.inbound import Inbound

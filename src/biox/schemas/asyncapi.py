@@ -15,9 +15,17 @@ from typing import Any
 import yaml
 
 from biox.routes import ROUTES, RouteTable
-from biox.trust.sealing import H_SEALED_TO, H_SIGNATURE, H_SIGNED_AT, H_SIGNING_KEY
 from biox.wire import addresses
-from biox.wire.codec import H_ATTEMPT, H_FROM, H_SCHEMA, H_TO
+from biox.wire.codec import (
+    H_ATTEMPT,
+    H_FROM,
+    H_SCHEMA,
+    H_SEALED_TO,
+    H_SIGNATURE,
+    H_SIGNED_AT,
+    H_SIGNING_KEY,
+    H_TO,
+)
 
 P = "{participant}"
 AMQP = "0.3.0"  # the AMQP bindings' version

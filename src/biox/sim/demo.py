@@ -23,6 +23,7 @@ from sqlmodel import select
 from biox.agreement.provenance import holdings
 from biox.broker.publisher import publish_once
 from biox.broker.topology import declare
+from biox.database import every_participant, session_for
 from biox.gallery.gallery import Gallery
 from biox.registry import Purpose, Registry
 from biox.render import section_table, trail_table
@@ -38,7 +39,7 @@ from biox.sim.processes import (
     unwind_on_sigterm,
     wait_for_consumers,
 )
-from biox.store import RetrievalRow, session_for
+from biox.store import RetrievalRow
 from biox.trust.audit import trail_across
 from biox.wire import addresses, codec
 from biox.wire.messages import Element, RetrievalAsk
@@ -228,7 +229,8 @@ def _show_a_trail(
     if choice is None:
         return
     time.sleep(1.0)  # the audit consumers run beside the pipeline: let them catch up
-    rows = trail_across(settings, choice)
+    with every_participant(settings) as sessions:
+        rows = trail_across(sessions, choice)
     if rows:
         console.print(trail_table(choice, rows))
 

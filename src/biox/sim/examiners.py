@@ -11,10 +11,11 @@ import threading
 
 from biox.broker.link import Link
 from biox.broker.publisher import Publisher
+from biox.database import session_for
 from biox.queries import examiners
 from biox.queries.examiners import Side
 from biox.settings import Settings
-from biox.store import ReviewCaseRow, session_for
+from biox.store import ReviewCaseRow
 from biox.wire.messages import ReviewVerdict
 
 

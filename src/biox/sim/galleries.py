@@ -109,7 +109,8 @@ def populate(
     """
     from sqlalchemy import delete, insert
 
-    from biox.store import EnrolledTemplates, Record, engine_for
+    from biox.database import engine_for
+    from biox.store import EnrolledTemplates, Record
 
     gallery = Gallery.for_size(size, index, exact_max, nprobe)
     batches = list(enrolments(seed, code, size, tenprint=tenprint, iris=iris))

@@ -19,8 +19,9 @@ from biox.agreement import quality, report, subjects
 from biox.agreement.ledgers import NoticeRow
 from biox.agreement.report_page import render
 from biox.broker.publisher import publish_once
+from biox.database import session_for
 from biox.settings import Settings
-from biox.store import EncounterRow, Transaction, session_for
+from biox.store import EncounterRow, Transaction
 from biox.wire import codec
 from biox.wire.notices import About, NoticeSend, NoticeType
 

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
 from sqlmodel import Session, col, select
 
-from biox.settings import Settings
-from biox.store import AuditEntry
+from biox.store import AuditEntry, Transaction
 
 GENESIS = "0" * 64
 _FIELDS = (
@@ -118,16 +117,13 @@ def trail(session: Session, correlation_ids: Iterable[str]) -> list[AuditEntry]:
     )
 
 
-def trail_across(settings: Settings, query_id: str) -> list[tuple[str, AuditEntry]]:
-    """Entries about one query (and its encounter) in every participant's trail, by time."""
-    from biox.registry import Registry
-    from biox.store import Transaction, session_for
-
+def trail_across(sessions: Mapping[str, Session], query_id: str) -> list[tuple[str, AuditEntry]]:
+    """Entries about one query (and its encounter) in every trail of ``sessions`` (one per
+    participant, ``database.every_participant``), by time."""
     rows: list[tuple[str, AuditEntry]] = []
-    for code in Registry.load(settings.registry).codes:
-        with session_for(settings.database_for(code)) as session:
-            ids = {query_id}
-            for tx in session.exec(select(Transaction).where(Transaction.query_id == query_id)):
-                ids.add(tx.encounter_id)
-            rows.extend((code, e) for e in trail(session, ids))
+    for code, session in sessions.items():
+        ids = {query_id}
+        for tx in session.exec(select(Transaction).where(Transaction.query_id == query_id)):
+            ids.add(tx.encounter_id)
+        rows.extend((code, e) for e in trail(session, ids))
     return sorted(rows, key=lambda r: r[1].received_at)

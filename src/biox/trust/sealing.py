@@ -30,14 +30,16 @@ from nacl.exceptions import BadSignatureError, CryptoError
 from nacl.public import PrivateKey, PublicKey, SealedBox
 from nacl.signing import SigningKey, VerifyKey
 
-from biox.wire.codec import Envelope, Outgoing
+from biox.wire.codec import (
+    H_SEALED_TO,
+    H_SIGNATURE,
+    H_SIGNED_AT,
+    H_SIGNING_KEY,
+    Envelope,
+    Outgoing,
+)
 from biox.wire.errors import PermanentError, Reason
 
-H_SIGNATURE = "biox-signature"
-H_SIGNING_KEY = "biox-signing-key"
-H_SEALED_TO = "biox-sealed-to"
-H_SIGNED_AT = "biox-signed-at"
-SIGNED_HEADERS = (H_SIGNATURE, H_SIGNING_KEY, H_SEALED_TO, H_SIGNED_AT)
 _CONTEXT = "biox-signature-v1"
 
 

@@ -31,6 +31,12 @@ H_ATTEMPT = "biox-attempt"
 H_ACTOR = "biox-actor"  # the person behind an operator's message (examiner, on-call)
 H_ORIGINAL_USER = "biox-original-user-id"  # the first sender's broker user, on our copies
 H_REASON = "biox-reason"  # the reason code of a retry or dead-letter hop
+# a partner message's signature and seal (trust/sealing.py makes and checks them)
+H_SIGNATURE = "biox-signature"
+H_SIGNING_KEY = "biox-signing-key"
+H_SEALED_TO = "biox-sealed-to"
+H_SIGNED_AT = "biox-signed-at"
+SIGNED_HEADERS = (H_SIGNATURE, H_SIGNING_KEY, H_SEALED_TO, H_SIGNED_AT)
 
 
 #: what msgpack may allocate for one body, checked as it reads (docs/security.md): the

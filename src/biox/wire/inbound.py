@@ -13,9 +13,16 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Generic, Protocol, TypeVar
 
-from biox.trust.sealing import SIGNED_HEADERS
 from biox.wire import addresses
-from biox.wire.codec import H_ATTEMPT, H_FROM, H_ORIGINAL_USER, H_SCHEMA, H_TO, Envelope
+from biox.wire.codec import (
+    H_ATTEMPT,
+    H_FROM,
+    H_ORIGINAL_USER,
+    H_SCHEMA,
+    H_TO,
+    SIGNED_HEADERS,
+    Envelope,
+)
 
 M = TypeVar("M", covariant=True)
 

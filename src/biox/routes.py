@@ -4,8 +4,10 @@ One line per kind. Everything else is derived from here: the topology (which rou
 keys each queue is bound to, which kinds the partner links carry, what the audit queue
 records), the consume loop's sender check and dispatch, the worker kinds and the CLI's
 choices, ``schemas/`` (JSON Schemas, ``routing.json``, the index) and the in-memory
-exchange. Adding a kind means a model in ``wire/messages.py``, a handler method on the
-queue's handler class, and one line below (docs/architecture.md, "The route table").
+exchange. Adding a kind means a model in the wire contract (``wire/messages.py``; a notice
+type in ``wire/notices.py``; an on-call record in ``wire/operations.py``), a handler
+method on the queue's handler class, and one line below (docs/architecture.md, "The route
+table").
 """
 
 from __future__ import annotations
@@ -25,11 +27,11 @@ from biox.handlers.notice import NoticeHandler
 from biox.handlers.response import ResponseHandler
 from biox.handlers.retrieval import RetrievalHandler
 from biox.handlers.review import ReviewHandler
-from biox.trust.checkpoints import AuditCheckpoint
 from biox.trust.identity import ENCOUNTER_ROLES, OWN_ROLES, PARTNER_ROLES, Role
 from biox.wire.errors import PermanentError, Reason
 from biox.wire.inbound import Inbound
 from biox.wire.messages import (
+    AuditCheckpoint,
     EncounterResult,
     EncounterSubmit,
     Message,

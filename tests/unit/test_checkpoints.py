@@ -12,10 +12,11 @@ from biox.handlers.audit import AuditHandler
 from biox.handlers.notice import NoticeHandler
 from biox.store import AuditEntry, CheckpointRow
 from biox.trust import audit, checkpoints
-from biox.trust.checkpoints import AuditCheckpoint, Held
+from biox.trust.checkpoints import Held
 from biox.trust.sealing import memory_rings
 from biox.wire import codec
 from biox.wire.inbound import Inbound
+from biox.wire.messages import AuditCheckpoint
 
 RINGS = memory_rings(["us", "mx", "sv"])
 AT = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)

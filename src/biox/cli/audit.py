@@ -14,8 +14,9 @@ from biox.registry import Registry
 from biox.render import text, trail_table
 from biox.store import AuditEntry
 from biox.trust import audit, checkpoints
-from biox.trust.checkpoints import AuditCheckpoint, Held
+from biox.trust.checkpoints import Held
 from biox.trust.sealing import Trust, trust_path
+from biox.wire.messages import AuditCheckpoint
 
 app = typer.Typer(help="The hash-chained audit trail.", no_args_is_help=True)
 

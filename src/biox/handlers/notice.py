@@ -20,13 +20,13 @@ from biox.queries.results import EncounterViews
 from biox.registry import Registry
 from biox.settings import Settings
 from biox.store import CheckpointRow
-from biox.trust.checkpoints import AuditCheckpoint, genuine
+from biox.trust.checkpoints import genuine
 from biox.trust.sealing import Trust, trust_path
 from biox.wire import codec
 from biox.wire.codec import Envelope
 from biox.wire.errors import BioxError, PermanentError, Reason
 from biox.wire.inbound import Inbound
-from biox.wire.messages import utcnow
+from biox.wire.messages import AuditCheckpoint, utcnow
 from biox.wire.notices import ASKS_ACTION, STATUS_OF, Notice, NoticeSend, NoticeType
 from biox.wire.operations import RetentionPurged
 

@@ -14,31 +14,16 @@ from __future__ import annotations
 import base64
 from dataclasses import dataclass
 from datetime import datetime
-from typing import ClassVar
 
 import msgpack
 from nacl.exceptions import BadSignatureError
-from pydantic import Field
 from sqlmodel import Session, select
 
 from biox.store import AuditEntry, CheckpointRow
 from biox.trust.sealing import KeyRing, Trust
-from biox.wire.messages import Code, Message, Short
+from biox.wire.messages import AuditCheckpoint
 
 _CONTEXT = "biox-audit-checkpoint-v1"
-
-
-class AuditCheckpoint(Message):
-    """A participant's audit chain head, signed by it, for its partners to keep."""
-
-    KIND: ClassVar[str] = "audit.checkpoint"
-
-    participant: Code
-    seq: int = Field(ge=0, description="the last entry's sequence number")
-    entry_hash: str = Field(pattern=r"^[0-9a-f]{64}$", description="the last entry's hash")
-    at: datetime
-    key_id: Short
-    signature: str = Field(max_length=128, description="Ed25519, base64, over the above")
 
 
 def _signed(participant: str, seq: int, entry_hash: str, at: datetime) -> bytes:

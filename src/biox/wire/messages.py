@@ -8,6 +8,7 @@ packed bit strings) and travel as msgpack ``bin``; times are msgpack timestamps
 
 from __future__ import annotations
 
+from datetime import datetime
 from enum import StrEnum
 from typing import ClassVar, Literal
 
@@ -391,3 +392,19 @@ class EncounterResult(Message):
     reason_code: Reason | None = None
     reason: Text | None = None
     updated_at: Timestamp = Field(default_factory=utcnow)
+
+
+# --- between the participants' audit workers (trust/checkpoints.py signs and checks) ----
+
+
+class AuditCheckpoint(Message):
+    """A participant's audit chain head, signed by it, for its partners to keep."""
+
+    KIND: ClassVar[str] = "audit.checkpoint"
+
+    participant: Code
+    seq: int = Field(ge=0, description="the last entry's sequence number")
+    entry_hash: str = Field(pattern=r"^[0-9a-f]{64}$", description="the last entry's hash")
+    at: datetime
+    key_id: Short
+    signature: str = Field(max_length=128, description="Ed25519, base64, over the above")

@@ -305,10 +305,14 @@ def replace_sender(env: Envelope, sender: str) -> Envelope:
 def test_partners_hold_signed_checkpoints_that_name_a_truncated_or_rewritten_chain(
     sovereign, tmp_path
 ):
-    """us's audit worker sends its signed chain head to mx and sv every 2 s (over the
-    links, sealed); they keep it. Cut us's chain short, or rewrite and re-hash it, on a
-    copy: `biox audit verify` names what happened, from the checkpoints alone."""
+    """us's audit worker sends its signed chain head to mx and sv every 2 s, on its
+    schedule, once its chain holds an entry (over the links, sealed); they keep it. Cut
+    us's chain short, or rewrite and re-hash it, on a copy: `biox audit verify` names what
+    happened, from the checkpoints alone."""
     s = sovereign
+    # something in us's trail whatever ran before: a submission its intake refuses
+    entered = publish("biox.us", "us.encounter.submit", "us.encounters", "encounter.submit")
+    assert attempt(s, "us", "us.encounters", entered) is None
     deadline = time.monotonic() + 60
     held: dict[str, list] = {}
     while time.monotonic() < deadline and not all(held.get(p) for p in ("mx", "sv")):

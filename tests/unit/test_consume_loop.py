@@ -969,6 +969,31 @@ def test_scheduled_work_runs_once_its_interval_passed_committed_then_published(t
     assert [p.message_id for p in r.link.confirmed] == ["maintained-1"]  # then published
 
 
+class MaintainingForPartners(Maintaining):
+    """Scheduled work that speaks to a partner, as the audit worker's checkpoints do."""
+
+    def maintain(self, session: Session, now: datetime) -> list[Outgoing]:
+        self.runs += 1
+        ask = RetrievalAsk(query_id="q-1", elements=[Element.reference], asked_by="schedule")
+        return [
+            codec.to_partner(
+                ask, sender="us", recipient="mx", message_id="scheduled-1", correlation_id="q-1"
+            )
+        ]
+
+
+def test_scheduled_work_for_a_partner_leaves_signed_and_sealed_like_any_other(tmp_path):
+    r = rig(tmp_path, MaintainingForPartners(every_s=60))
+    r.loop._maintained_at -= 61
+    r.loop.maintain()
+    [sent] = r.link.confirmed
+    assert sent.headers["biox-signature"] and sent.headers["biox-sealed-to"]
+    assert (sent.exchange, sent.routing_key) == ("biox.us.out", "mx.retrieval.ask")
+    env = read_envelope(sent.properties)
+    opened = RINGS["mx"].open(env, sent.body)  # mx, and only mx, can read it
+    assert codec.decode_body(RetrievalAsk, env.schema, opened).asked_by == "schedule"
+
+
 def test_a_handler_without_a_schedule_is_never_maintained(tmp_path):
     for every in (0, -1):
         handler = Maintaining(every_s=every)

@@ -125,7 +125,7 @@ class ConsumeLoop:
         self._maintained_at = time.monotonic()
         try:
             with session_for(self.database_url) as session:
-                outgoing = self.handler.maintain(session, utcnow())
+                outgoing = [self._sealed(o) for o in self.handler.maintain(session, utcnow())]
                 session.commit()
             self.publisher.send(outgoing)
         except Exception as exc:

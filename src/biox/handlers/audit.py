@@ -54,7 +54,6 @@ class AuditHandler(Handler):
         self._ring = ring
         #: the consume loop calls ``maintain`` this often: the signed chain head to partners
         self.maintain_every_s = checkpoint_every_s if self.partners and ring else 0.0
-        self._checkpointed = 0  # the last sequence number whose head went out
 
     def chain(self, batch: Sequence[Inbound[None]], session: Session) -> list[Result]:
         seq, prev = audit.head(session)
@@ -64,13 +63,12 @@ class AuditHandler(Handler):
 
     def maintain(self, session: Session, now: datetime) -> list[codec.Outgoing]:
         """The chain's head, signed, to every partner, who keep it as evidence of what the
-        chain held (``biox.trust.checkpoints``): on the schedule, not on traffic, and again
-        only once the chain has grown. A head sent twice (after a restart) has the same
-        message id, so a partner keeps it once."""
+        chain held (``biox.trust.checkpoints``): on the schedule, not on traffic. A head
+        sent again (the chain idle, or a send that failed) has the same message id, so a
+        partner keeps it once; nothing to vouch for while the chain is empty."""
         seq, entry_hash = audit.head(session)
-        if seq <= self._checkpointed or self._ring is None:
+        if seq == 0 or self._ring is None:
             return []
-        self._checkpointed = seq
         cp = checkpoints.sign(self._ring(), seq, entry_hash, now)
         return [
             codec.to_partner(

@@ -14,6 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from biox.agreement.provenance import Section
+from biox.agreement.report import Report
 from biox.queries.examiners import Side
 from biox.store import AuditEntry, ReviewCaseRow
 
@@ -108,4 +109,24 @@ def case_table(case: ReviewCaseRow, sides: list[Side]) -> Table:
         "",
         *(text(", ".join(s.record.derogatory)) if s.record else "" for s in sides),
     )
+    return table
+
+
+def annual_table(rep: Report, title: str) -> Table:
+    """The annual review's flows (§27), one row per direction, partner and purpose."""
+    table = Table(title=text(title))
+    columns = ("direction", "partner", "purpose", "queries", "outcomes", "reasons")
+    for column in (*columns, "decided by", "p50/p95/p99 s"):
+        table.add_column(column)
+    for f in rep.flows:
+        table.add_row(
+            f.direction,
+            f.partner,
+            f.purpose,
+            str(f.queries),
+            ", ".join(f"{k} {v}" for k, v in f.outcomes.most_common()),
+            ", ".join(f"{k} {v}" for k, v in f.reasons.most_common()),
+            ", ".join(f"{k} {v}" for k, v in f.decided_by.most_common()),
+            " / ".join(f"{v:.2f}" for v in f.latency_s.values()),
+        )
     return table

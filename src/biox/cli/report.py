@@ -8,13 +8,12 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import typer
-from rich.table import Table
 
 from biox.agreement import quality as qa_checks
 from biox.agreement import report as annual
 from biox.agreement.report_page import render
 from biox.cli.common import PARTICIPANT, Participant, code, console, session, settings
-from biox.render import text
+from biox.render import annual_table, text
 from biox.wire.fields import as_utc
 from biox.wire.messages import utcnow
 
@@ -37,30 +36,7 @@ def report(
     if as_json:
         print(json.dumps(rep.as_json(), indent=2, default=str))
         return
-    table = Table(title=f"{rep.participant}: {since:%Y-%m-%d} to {to:%Y-%m-%d}")
-    for column in (
-        "direction",
-        "partner",
-        "purpose",
-        "queries",
-        "outcomes",
-        "reasons",
-        "decided by",
-        "p50/p95/p99 s",
-    ):
-        table.add_column(column)
-    for f in rep.flows:
-        table.add_row(
-            f.direction,
-            f.partner,
-            f.purpose,
-            str(f.queries),
-            ", ".join(f"{k} {v}" for k, v in f.outcomes.most_common()),
-            ", ".join(f"{k} {v}" for k, v in f.reasons.most_common()),
-            ", ".join(f"{k} {v}" for k, v in f.decided_by.most_common()),
-            " / ".join(f"{v:.2f}" for v in f.latency_s.values()),
-        )
-    console.print(table)
+    console.print(annual_table(rep, f"{rep.participant}: {since:%Y-%m-%d} to {to:%Y-%m-%d}"))
     console.print(text(f"refusals: {rep.refusals or 'none'}"))
     console.print(text(f"review: {rep.review}"))
     console.print(text(f"notices: {rep.notices}"))

@@ -20,6 +20,7 @@ from biox.agreement.ledgers import NoticeRow
 from biox.agreement.report_page import render
 from biox.broker.publisher import publish_once
 from biox.database import session_for
+from biox.render import annual_table
 from biox.settings import Settings
 from biox.store import EncounterRow, Transaction
 from biox.wire import codec
@@ -137,19 +138,9 @@ def _report(console: Console, settings: Settings) -> None:
         rep = report.build(s, "us", now - timedelta(days=1), now + timedelta(days=1))
     page = Path(settings.data_dir) / "report-us.html"
     page.write_text(render(rep))
-    table = Table(title="Annual review (§27), us: $ biox report -p us --html report-us.html")
-    for column in ("direction", "partner", "purpose", "queries", "outcomes", "p50/p95 s"):
-        table.add_column(column)
-    for f in rep.flows:
-        table.add_row(
-            f.direction,
-            f.partner,
-            f.purpose,
-            str(f.queries),
-            ", ".join(f"{k} {v}" for k, v in f.outcomes.most_common()),
-            " / ".join(f"{v:.2f}" for v in list(f.latency_s.values())[:2]),
-        )
-    console.print(table)
+    console.print(
+        annual_table(rep, "Annual review (§27), us: $ biox report -p us --html report-us.html")
+    )
     console.print(f"The page with its charts: {page}")
 
 

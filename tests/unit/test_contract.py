@@ -316,6 +316,17 @@ def test_late_queries_are_told_in_order_a_batch_at_a_time_past_a_missing_encount
     assert told == [["E-b"], ["E-c"], []]  # q-a's encounter is gone: nothing to tell
 
 
+def test_every_encounter_with_a_late_query_hears_in_the_same_round(tmp_path):
+    db = f"sqlite:///{tmp_path / 'us.db'}"
+    with session_for(db) as s:
+        late_query(s, "q-b", "E-b")
+        late_query(s, "q-c", "E-c")
+        s.commit()
+    with session_for(db) as s:
+        told = ResponseHandler("us", POLICIES.of("us")).maintain(s, utcnow())
+    assert [o.envelope.correlation_id for o in told] == ["E-b", "E-c"]
+
+
 def test_every_outcome_says_why_in_words_and_an_encounter_with_no_query_is_complete(tmp_path):
     from biox.queries.results import EncounterViews
     from biox.wire.errors import REASON_TEXT

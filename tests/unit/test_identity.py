@@ -129,6 +129,21 @@ def test_a_copy_back_from_our_retry_tier_is_checked_against_its_first_sender():
     assert arrived(no_header, "", "us.query", "us").user_id == "us.workers"
 
 
+def test_only_our_own_hop_keys_make_a_delivery_one_of_our_copies():
+    """A replay, retry or dead-letter key is ours only with our code in front; the same
+    word under another participant's code, or a kind's key, is a fresh delivery."""
+    headers = {"biox-original-user-id": "mx.link", "biox-reason": "bad_signature"}
+    e = replace(env("query", "mx", "us.operators"), headers=headers, attempt=2)
+    replayed = arrived(e, "biox.us", "us.replay.query", "us")
+    assert replayed.user_id == "mx.link" and replayed.attempt == 2  # checked as the first sender
+    for key in ("us.retry.query.5", "us.dead-letter.query"):
+        assert arrived(e, "biox.us", key, "us").headers == headers  # our hop: kept whole
+    for key in ("mx.replay.query", "mx.retry.query.5", "us.query"):
+        fresh = arrived(e, "biox.us", key, "us")
+        assert fresh.user_id == "us.operators" and fresh.attempt == 0
+        assert fresh.headers == {}  # internal headers a sender wrote: dropped
+
+
 def test_the_route_table_says_which_roles_send_each_kind_and_which_kinds_are_sealed():
     assert ROUTES.sender_roles("query") == {
         "own": frozenset(),

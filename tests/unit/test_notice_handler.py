@@ -383,25 +383,25 @@ def test_a_discontinuation_caps_what_that_partner_sent_and_says_how_much(db):
     assert capped[3] == AT + timedelta(days=3650)  # sv's untouched
 
 
-def test_a_deletion_sends_the_encounter_system_its_result_again_under_a_derived_id(db):
+def answered_encounter(db: str, n: int) -> None:
+    """Encounter E-n, whose query q-n mx answered with a match."""
     from biox.store import EncounterRow, Transaction
-    from biox.wire.messages import EncounterResult
 
     with session_for(db) as s:
         s.add(
             EncounterRow(
-                encounter_id="E-5",
+                encounter_id=f"E-{n}",
                 purpose="enforce",
                 reply_to="rq",
                 partners=["mx"],
-                source_message_id="sub-5",
+                source_message_id=f"sub-{n}",
             )
         )
         s.add(
             Transaction(
-                query_id="q-5",
+                query_id=f"q-{n}",
                 role="requester",
-                encounter_id="E-5",
+                encounter_id=f"E-{n}",
                 requesting="us",
                 providing="mx",
                 purpose="enforce",
@@ -413,6 +413,22 @@ def test_a_deletion_sends_the_encounter_system_its_result_again_under_a_derived_
             )
         )
         s.commit()
+
+
+def test_a_deletion_of_several_answers_tells_each_encounter_system(db):
+    answered_encounter(db, 6)
+    answered_encounter(db, 7)
+    about = About(query_ids=["q-6", "q-7"])
+    done = receive(db, notice("del-67", type=NoticeType.deletion, about=about))
+    assert isinstance(done, Effects)
+    _ack, *results = done.outgoing
+    assert [r.envelope.correlation_id for r in results] == ["E-6", "E-7"]
+
+
+def test_a_deletion_sends_the_encounter_system_its_result_again_under_a_derived_id(db):
+    from biox.wire.messages import EncounterResult
+
+    answered_encounter(db, 5)
     done = receive(db, notice("del-5", type=NoticeType.deletion, about=About(query_ids=["q-5"])))
     assert isinstance(done, Effects)
     [ack, result] = done.outgoing

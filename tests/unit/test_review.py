@@ -226,6 +226,19 @@ def test_a_match_decision_answers_with_the_chosen_candidate_as_the_examiner(db):
         assert s.get(Transaction, ("c-1", "provider")).status == "match"
 
 
+def test_a_decision_still_answers_when_the_providers_row_of_the_query_is_gone(db):
+    """The provider's transaction may have been purged while the case waited: the
+    requester still gets the examiner's answer, and no row is invented."""
+    with session_for(db) as s:
+        s.delete(s.get(Transaction, ("c-1", "provider")))
+        s.commit()
+    result = decide(db, ReviewVerdict.no_match, None, "ex-3")
+    assert isinstance(result, Effects) and result.outcome == "decided:no_match"
+    [out] = result.outgoing
+    assert ROUTES.decode("response", "response/1", out.body).status is ResponseStatus.no_match
+    assert not any(isinstance(r, Transaction) for r in result.rows)
+
+
 def test_an_examiners_match_asks_for_more_when_the_policy_says_so_under_derived_ids(db):
     """§10 after §8: the automatic retrieval rule fires after a person's match as after
     the matcher's, about that record, with ids a redelivered decision derives again."""

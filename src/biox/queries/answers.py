@@ -59,11 +59,9 @@ class Found:
 
 @dataclass(frozen=True)
 class Answered:
-    """An answer as it leaves: the response, the messages that carry it (to the requester
-    first, then the automatic retrieval ask or a review case), and the provider's
-    transaction row, settled."""
+    """An answer as it leaves: the messages that carry it (to the requester first, then
+    the automatic retrieval ask), and the provider's transaction row, settled."""
 
-    response: Response
     outgoing: list[codec.Outgoing]
     transaction: Transaction | None
 
@@ -178,7 +176,7 @@ class Answers:
         retrieval ask after a released match on ``best`` (§10), and settled on the
         provider's transaction (§27 reads it)."""
         outgoing = [self.send(response, q.message_id), *self.follow_up(q, response, best)]
-        return Answered(response, outgoing, self.settle(tx, response) if tx is not None else None)
+        return Answered(outgoing, self.settle(tx, response) if tx is not None else None)
 
     def _response(
         self,

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from biox.trust.tls import ClientTLS
+
+#: the hosts a development broker may listen on (``dev_shared_broker``)
+LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
 class Settings(BaseSettings):
@@ -121,6 +125,17 @@ class Settings(BaseSettings):
         description="How long idempotency markers and the outgoing bodies they keep are kept "
         "once published: longer than any redelivery can take.",
     )
+    signature_max_age_s: float = Field(
+        default=3 * 86_400,
+        description="A partner's message signed longer ago than this is refused on arrival "
+        "(stale): a captured message cannot be sent again once the duplicate markers that "
+        "would catch it are purged. An operator's replay of a dead letter is not held to it.",
+    )
+    clock_skew_s: float = Field(
+        default=300,
+        description="How far a partner's clock may run ahead of ours (and behind, on top of "
+        "the freshness window).",
+    )
     dead_letter_retention_days: int = Field(
         default=30,
         description="Dead letters older than this expire (a broker policy on every DLQ).",
@@ -149,6 +164,26 @@ class Settings(BaseSettings):
 
     log_level: str = "INFO"
     log_json: bool = True
+
+    @model_validator(mode="after")
+    def _safe(self) -> Settings:
+        """Combinations that would quietly switch a safeguard off are refused at start."""
+        if self.dev_shared_broker and self.amqp_url:
+            url = urlsplit(self.amqp_url)
+            if url.scheme != "amqp" or url.hostname not in LOOPBACK:
+                raise ValueError(
+                    "BIOX_DEV_SHARED_BROKER=1 switches the broker identity checks off and is "
+                    "honoured only for a development broker on this machine (amqp:// on "
+                    f"127.0.0.1 or localhost), not {url.scheme}://{url.hostname}: unset it "
+                    '(docs/security.md, "Development flag")'
+                )
+        if self.marker_retention_days * 86_400 < self.signature_max_age_s + self.clock_skew_s:
+            raise ValueError(
+                "BIOX_MARKER_RETENTION_DAYS must cover BIOX_SIGNATURE_MAX_AGE_S plus "
+                "BIOX_CLOCK_SKEW_S: a message still fresh enough to be taken must still be "
+                "known as a duplicate"
+            )
+        return self
 
     @property
     def retry_tiers(self) -> list[int]:

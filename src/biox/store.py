@@ -238,7 +238,9 @@ class ProcessedMessage(SQLModel, table=True):
 
     __tablename__ = "processed_messages"
     consumer: str = Field(primary_key=True)
-    message_id: str = Field(primary_key=True)
+    message_id: str = Field(
+        primary_key=True, description="the sender and the message id (database.marker_key)"
+    )
     processed_at: datetime = Field(sa_type=UTCDateTime, default_factory=utcnow)
     outputs: bytes = Field(default=b"", sa_column=Column(LargeBinary))
     published: bool = Field(default=False, description="outputs confirmed by the broker")

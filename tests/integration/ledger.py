@@ -20,7 +20,7 @@ import msgpack
 import pika
 from sqlmodel import select
 
-from biox.database import session_for
+from biox.database import marker_key, session_for
 from biox.routes import ROUTES
 from biox.sim.encounters import EncounterSystem
 from biox.store import ProcessedMessage, Transaction
@@ -147,7 +147,9 @@ def check_each_query_answered_once(
         markers = s.exec(
             select(ProcessedMessage).where(
                 ProcessedMessage.consumer == f"{requester}.response",  # type: ignore[arg-type]
-                ProcessedMessage.message_id.in_(response_ids),  # type: ignore[attr-defined]
+                ProcessedMessage.message_id.in_(  # type: ignore[attr-defined]
+                    [marker_key(provider, i) for i in response_ids]
+                ),  # type: ignore[attr-defined]
             )
         ).all()
         assert len(markers) == len(response_ids), "the requester missed or repeated answers"
@@ -167,7 +169,9 @@ def check_each_query_answered_once(
         handled = s.exec(
             select(ProcessedMessage).where(
                 ProcessedMessage.consumer == f"{provider}.query",  # type: ignore[arg-type]
-                ProcessedMessage.message_id.in_(list(sent.values())),  # type: ignore[attr-defined]
+                ProcessedMessage.message_id.in_(  # type: ignore[attr-defined]
+                    [marker_key(requester, i) for i in sent.values()]
+                ),  # type: ignore[attr-defined]
             )
         ).all()
         assert len(handled) == len(sent), "the provider lost or repeated a query"

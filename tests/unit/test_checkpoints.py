@@ -15,6 +15,7 @@ from biox.trust import audit, checkpoints
 from biox.trust.checkpoints import Held
 from biox.trust.sealing import memory_rings
 from biox.wire import codec
+from biox.wire.errors import Reason
 from biox.wire.inbound import Inbound
 from biox.wire.messages import AuditCheckpoint
 
@@ -123,13 +124,13 @@ def test_the_audit_worker_sends_its_signed_head_to_every_partner_on_its_schedule
     cp = codec.decode_body(AuditCheckpoint, sent[0].envelope.schema, sent[0].body)
     assert (cp.participant, cp.seq, cp.entry_hash, cp.at) == ("us", 5, last.entry_hash, AT)
     assert checkpoints.genuine(RINGS["mx"].trust, cp)
-    assert sent[0].envelope.message_id == codec.derived_id("checkpoint:us:5", "mx")
+    assert len({o.envelope.message_id for o in sent}) == len(sent)  # random, one each
     assert {(o.envelope.sender, o.envelope.correlation_id) for o in sent} == {
         ("us", "checkpoint:us:5")
     }
-    with session_for(url) as s:  # the same head again: the same ids, kept once by a partner
-        assert [o.envelope.message_id for o in h.maintain(s, AT)] == [
-            o.envelope.message_id for o in sent
+    with session_for(url) as s:  # the same head again (a partner keeps it once, by position)
+        assert [o.envelope.correlation_id for o in h.maintain(s, AT)] == [
+            o.envelope.correlation_id for o in sent
         ]
         for e in h.chain([inbound(6)], s):
             s.add_all(e.rows)
@@ -198,3 +199,33 @@ def test_a_partner_keeps_genuine_checkpoints_once_and_refuses_others(tmp_path):
         [back] = checkpoints.held_in(s, "mx", "us")
         assert back.checkpoint == good and back.holder == "mx"
         assert checkpoints.held_in(s, "mx", "sv") == []
+
+
+def test_a_second_signed_head_for_a_held_position_is_refused_as_a_rewrite(tmp_path):
+    """us signs entry 4's hash, then (after rewriting its chain) another hash for entry 4:
+    mx keeps the first and refuses the second by reason, so both stay as evidence."""
+    url = f"sqlite:///{tmp_path / 'mx.db'}"
+    entries, other = chain(4), chain(5)
+    first = checkpoints.sign(RINGS["us"], 4, entries[3].entry_hash, AT)
+    second = checkpoints.sign(RINGS["us"], 4, other[4].entry_hash, AT)
+    notice = NoticeHandler("mx", RINGS["mx"].trust)
+    env = codec.Envelope("c", "audit.checkpoint", "audit.checkpoint/1", "us", "mx")
+    with session_for(url) as s:
+        [kept] = notice.checkpoint([Inbound(env, first)], s)
+        s.add_all(kept.rows)
+        s.commit()
+        [again, refused] = notice.checkpoint([Inbound(env, first), Inbound(env, second)], s)
+    assert again.outcome == "kept:checkpoint-again"
+    assert refused.reason is Reason.invalid_message and "another entry" in refused.detail
+
+
+def test_checkpoint_message_ids_cannot_be_guessed_from_the_sequence(tmp_path):
+    from biox.settings import Settings
+
+    with session_for(f"sqlite:///{tmp_path / 'us.db'}") as s:
+        for e in chain(3):
+            s.add(e)
+        s.commit()
+        h = AuditHandler("us", ["mx"], Settings().audit_checkpoint_s, lambda: RINGS["us"])
+        ids = {h.maintain(s, AT)[0].envelope.message_id for _ in range(2)}
+    assert len(ids) == 2  # sv, who sees mx's sequence numbers, cannot squat the next id

@@ -17,14 +17,14 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pika
 import pytest
 from sqlalchemy.orm.exc import StaleDataError
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 from structlog.testing import capture_logs
 
 from biox.agreement.ledgers import RefusalRow
@@ -127,9 +127,11 @@ class FakeLink:
         body: bytes | None = None,
         message_id: str | None = "keep",
         exchange: str | None = None,
+        routing_key: str | None = None,
+        user_id: str | None = None,
     ) -> Delivery:
         self._tag += 1
-        props = properties_for(out.envelope, "us-encounters")
+        props = properties_for(out.envelope, user_id or out_user(out))
         if headers:
             props.headers = {**props.headers, **headers}
         if message_id != "keep":
@@ -138,7 +140,7 @@ class FakeLink:
             generation if generation is not None else self.generation,
             self._tag,
             out.exchange if exchange is None else exchange,
-            out.routing_key,
+            routing_key or out.routing_key,
             redelivered,
             props,
             out.body if body is None else body,
@@ -254,8 +256,13 @@ class Rig:
         assert want <= self.link.settled(), f"unsettled: {want - self.link.settled()}"
 
     def marker(self, message_id: str) -> ProcessedMessage | None:
+        """The marker of ``message_id``, from whichever sender (``database.marker_key``)."""
         with session_for(self.db) as s:
-            return s.get(ProcessedMessage, (QUEUE, message_id))
+            return s.exec(
+                select(ProcessedMessage).where(
+                    col(ProcessedMessage.message_id).endswith(f"/{message_id}")
+                )
+            ).first()
 
     def refusals(self) -> list[tuple[str, str | None, str, bool]]:
         with session_for(self.db) as s:
@@ -274,6 +281,11 @@ def table(handler_class: type, *, undecoded: bool = False) -> RouteTable:
         return RouteTable([Queue("audit", handler_class, undecoded=handler_class.handle)], [])
     queue = Queue("retrieval", handler_class)
     return RouteTable([queue], [route(RetrievalAsk, "retrieval", handler_class.handle, OWN, P)])
+
+
+def out_user(out: Outgoing) -> str:
+    """The broker user a sender's workers connect as (the broker stamps it)."""
+    return f"{out.envelope.sender}.workers"
 
 
 def rig(tmp_path, handler: Any = None, *, undecoded: bool = False, **overrides: Any) -> Rig:
@@ -480,7 +492,7 @@ def test_a_permanent_error_nobody_can_be_told_of_is_dead_lettered_with_its_reaso
     assert h["biox-error-class"] == "PermanentError"
     assert h["biox-original-exchange"] == out.exchange
     assert h["biox-original-routing-key"] == out.routing_key
-    assert h["biox-original-user-id"] == "us-encounters"
+    assert h["biox-original-user-id"] == "us.workers"
     assert dead.properties.user_id == "us-workers"  # the broker accepts no other on our link
     assert h["biox-worker"].startswith(QUEUE + "@")
     assert h["biox-attempt"] == 0  # failed on its first delivery
@@ -512,7 +524,7 @@ def test_a_permanent_error_after_retries_is_parked_with_the_attempts_it_had(tmp_
     letter says 2, so an operator knows it was tried before."""
     r = rig(tmp_path)
     out = ask("permanent")
-    r.run(r.link.deliver(out, headers={"biox-attempt": 2}))
+    r.run(r.link.deliver(out, headers={"biox-attempt": 2}, exchange=""))  # from the tier
     [dead] = r.link.to(addresses.dead_letter_key("us", "retrieval"))
     assert dead.headers["biox-attempt"] == 2
 
@@ -561,13 +573,14 @@ def test_a_transient_error_climbs_the_retry_tiers_then_parks(tmp_path):
     assert hop.body == out.body and hop.message_id == out.envelope.message_id
     assert r.link.acks() == [first.delivery_tag]  # acked once the copy sits in its tier
 
-    second = r.link.deliver(out, headers=hop.headers)  # the tier's TTL expired: back again
+    # the tier's TTL expired: back again, dead-lettered by the broker on the default exchange
+    second = r.link.deliver(out, headers=hop.headers, exchange="")
     r.run(second)
     [hop2] = r.link.to(addresses.retry_key("us", "retrieval", 5))
     assert hop2.headers["biox-attempt"] == 2
     assert hop2.headers["biox-first-failed-at"] == hop.headers["biox-first-failed-at"]
 
-    third = r.link.deliver(out, headers=hop2.headers)  # past the last tier
+    third = r.link.deliver(out, headers=hop2.headers, exchange="")  # past the last tier
     r.run(third)
     [dead] = r.link.to(addresses.dead_letter_key("us", "retrieval"))
     assert dead.headers["biox-attempt"] == 3
@@ -673,14 +686,17 @@ def test_an_undecoded_consumer_keys_each_hop_of_a_message_separately(tmp_path):
     r = rig(tmp_path, handler, undecoded=True)
     out = ask("ok")
     first = r.link.deliver(out)
-    hop = r.link.deliver(out, headers={"biox-attempt": 1})
+    hop = r.link.deliver(out, headers={"biox-attempt": 1}, exchange="")  # back from a tier
     again = r.link.deliver(out, redelivered=True)  # the first hop once more
     r.run(first, hop, again)
     mid = out.envelope.message_id
     assert handler.seen == [(mid, out.routing_key, 0), (mid, out.routing_key, 1)]
     with session_for(r.db) as s:
         keys = s.exec(select(ProcessedMessage.message_id)).all()
-    assert sorted(keys) == sorted(f"{mid}|{out.exchange}|{out.routing_key}|{n}" for n in (0, 1))
+    assert sorted(keys) == sorted(
+        f"{out_user(out)}|{mid}|{exchange}|{out.routing_key}|{n}"
+        for exchange, n in ((out.exchange, 0), ("", 1))
+    )
 
 
 def test_an_undecoded_queue_sends_its_failures_on_keys_it_does_not_record(tmp_path):
@@ -1028,3 +1044,66 @@ def test_failed_scheduled_work_is_logged_and_the_loop_goes_on(tmp_path):
     d = r.link.deliver(ask("ok"))
     r.run(d)  # still consuming
     assert r.link.acks() == [d.delivery_tag]
+
+
+# --- verify, then answer; freshness (docs/security.md) --------------------------------------
+
+
+@pytest.mark.parametrize("trick", ["unknown kind", "too large"])
+def test_nothing_is_answered_before_the_broker_identity_is_proven(tmp_path, trick):
+    """sv, holding a real login, names mx in biox-from on a message the loop refuses
+    before any handler: an unknown kind, or a body over the limit. Checked in the order
+    identity first, nobody is answered (were it answered, us would send mx a signed
+    rejection of a message mx never sent); the dead letter names the identity failure."""
+    r = rig(tmp_path, dev_shared_broker=False, max_message_bytes=1000)
+    out = ask("ok", sender="mx")
+    if trick == "unknown kind":
+        out.envelope = replace(out.envelope, kind="no.such.kind")
+    body = out.body + b"\0" * 2000 if trick == "too large" else None
+    d = r.link.deliver(out, body=body, user_id="sv.workers")  # the broker: sv is speaking
+    r.run(d)
+    assert r.link.to(f"mx.{out.envelope.kind}") == [] and r.handler.calls == []
+    assert [p for p in r.link.confirmed if not p.routing_key.startswith("us.")] == []
+    [dead] = r.link.to(addresses.dead_letter_key("us", "retrieval"))
+    assert dead.headers["biox-reason"] == (
+        "unknown_kind" if trick == "unknown kind" else "forged_sender"
+    )
+    assert r.refusals()[0][3] is False  # recorded as not answered
+
+
+def test_a_proven_partner_is_answered_when_its_message_is_too_large(tmp_path):
+    r = rig(tmp_path, dev_shared_broker=False, max_message_bytes=60)
+    out = ask("ok", sender="mx")  # signed and sealed by mx, longer than 60 bytes
+    assert len(out.body) > 60
+    r.run(r.link.deliver(out, user_id="mx.workers"))
+    [answer] = r.link.confirmed
+    assert answer.message_id == codec.derived_id(out.envelope.message_id, "rejected")
+
+
+@pytest.mark.parametrize(
+    ("signed_ago", "refused"),
+    [
+        (timedelta(days=2), False),
+        (timedelta(days=4), True),  # older than the window (3 days by default)
+        (timedelta(minutes=-3), False),  # a partner's clock a little ahead
+        (timedelta(minutes=-30), True),  # signed in the future: beyond the skew
+    ],
+)
+def test_a_partners_signature_must_be_fresh_on_first_arrival(tmp_path, signed_ago, refused):
+    r = rig(tmp_path, dev_shared_broker=False)
+    plain = ask("ok")
+    plain.envelope = replace(plain.envelope, sender="mx", recipient="us")
+    out = RINGS["mx"].seal(plain, signed_at=datetime.now(UTC) - signed_ago)
+    r.run(r.link.deliver(out))
+    dead = r.link.to(addresses.dead_letter_key("us", "retrieval"))
+    assert [d.headers["biox-reason"] for d in dead] == (["stale"] if refused else [])
+    if refused:  # the operator's replay of that dead letter is ours: not held to the window
+        replay = r.link.deliver(
+            out,
+            exchange="biox.us",
+            routing_key=addresses.replay_key("us", "retrieval"),
+            headers=dead[0].headers,
+            user_id="us.operators",
+        )
+        r.run(replay)
+        assert len(r.link.to(addresses.dead_letter_key("us", "retrieval"))) == 1

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pika
 import pytest
 
+from biox.broker import failures
+from biox.broker.link import Delivery
+from biox.broker.publisher import republish_properties
 from biox.routes import ROUTES
 from biox.trust.identity import Role, broker_user, check_identity, parse_user
 from biox.wire.codec import Envelope
-from biox.wire.errors import PermanentError, Reason
-from biox.wire.inbound import arrived
+from biox.wire.errors import PermanentError, Reason, TransientError
+from biox.wire.inbound import arrived, read_envelope
 
 
 def env(kind: str, sender: str, user: str | None, recipient: str = "us") -> Envelope:
@@ -108,7 +112,7 @@ def test_partner_input_loses_the_headers_only_biox_writes():
     own = replace(env("review.decision", "us", "us.operators"), headers={"biox-actor": "ana"})
     assert arrived(own, "biox.us", "us.review.decision", "us").headers == {"biox-actor": "ana"}
     # our own hops through the inbox keep why they were made (the audit records it)
-    hop = replace(e, headers={**headers, "biox-reason": "bad_signature"})
+    hop = replace(e, user_id="us.workers", headers={**headers, "biox-reason": "bad_signature"})
     assert arrived(hop, "biox.us", "us.dead-letter.query", "us").headers["biox-reason"] == (
         "bad_signature"
     )
@@ -138,6 +142,9 @@ def test_only_our_own_hop_keys_make_a_delivery_one_of_our_copies():
     assert replayed.user_id == "mx.link" and replayed.attempt == 2  # checked as the first sender
     for key in ("us.retry.query.5", "us.dead-letter.query"):
         assert arrived(e, "biox.us", key, "us").headers == headers  # our hop: kept whole
+        # the same key from a partner's user is no hop of ours
+        theirs = arrived(replace(e, user_id="sv.link"), "biox.us", key, "us")
+        assert theirs.headers == {} and theirs.user_id == "sv.link"
     for key in ("mx.replay.query", "mx.retry.query.5", "us.query"):
         fresh = arrived(e, "biox.us", key, "us")
         assert fresh.user_id == "us.operators" and fresh.attempt == 0
@@ -191,3 +198,48 @@ def test_a_refusal_names_who_the_broker_says_spoke(kind, sender, user, detail):
     with pytest.raises(PermanentError) as refused:
         check_identity(env(kind, sender, user), "us", ROUTES.sender_roles(kind))
     assert refused.value.detail == detail
+
+
+def test_a_sender_naming_us_in_biox_from_keeps_no_internal_header():
+    """sv writes ``biox-from: us`` and a forged first sender: on arrival both the forged
+    ``biox-original-user-id`` and the actor are dropped, so a later retry or replay is
+    checked against sv's own broker user, and refused (issue: forged identity replayed)."""
+    forged = replace(
+        env("notice.send", "us", "sv.link"),
+        headers={"biox-original-user-id": "us.operators", "biox-actor": "chief", "x": 1},
+    )
+    fresh = arrived(forged, "biox.us.partners", "us.notice.send", "us")
+    assert fresh.headers == {"x": 1} and fresh.user_id == "sv.link"
+    assert reason(fresh) == Reason.forged_sender
+    # our own operators' fresh message keeps the person behind it, not an identity claim
+    own = replace(forged, user_id="us.operators")
+    assert arrived(own, "biox.us", "us.notice.send", "us").headers == {
+        "biox-actor": "chief",
+        "x": 1,
+    }
+
+
+@pytest.mark.parametrize("hops", [1, 2, 3, 5])
+def test_a_partners_message_is_checked_as_the_partner_after_every_retry_hop(hops):
+    """Each hop is republished by our workers (the broker stamps ``us.workers``) and comes
+    back from the tier on the default exchange; the first sender's identity rides along
+    in ``biox-original-user-id`` and is what the identity check sees, hop after hop."""
+    props = pika.BasicProperties(
+        message_id="m-1",
+        type="query",
+        user_id="mx.link",
+        headers={"biox-from": "mx", "biox-to": "us", "biox-original-user-id": "us.operators"},
+    )
+    exchange, key = "biox.us.partners", "us.query"
+    for n in range(hops + 1):
+        e = arrived(read_envelope(props), exchange, key, "us")
+        assert e.user_id == "mx.link" and reason(e) is None, n
+        d = Delivery(0, n, exchange, key, False, props, b"", 0.0)
+        headers = failures.headers(e, d, TransientError(Reason.unknown_query), n + 1, "w")
+        props = republish_properties(props, headers, "us.workers")  # into the retry tier
+        exchange, key = "", "us.query"  # and back by the broker's dead-lettering
+    assert props.headers["biox-original-user-id"] == "mx.link"
+    # the same copy replayed by our operators: still the first sender
+    props.user_id = "us.operators"
+    replayed = arrived(read_envelope(props), "biox.us", "us.replay.query", "us")
+    assert replayed.user_id == "mx.link" and reason(replayed) is None

@@ -437,3 +437,16 @@ def test_a_deletion_sends_the_encounter_system_its_result_again_under_a_derived_
     withdrawn = ROUTES.decode("encounter.result", "encounter.result/1", result.body)
     assert isinstance(withdrawn, EncounterResult)
     assert [o.status.value for o in withdrawn.outcomes] == ["withdrawn"]
+
+
+@pytest.mark.parametrize("status", ["suspended", "discontinued"])
+def test_a_readiness_notice_cannot_lift_our_suspension_or_undo_a_discontinuation(db, status):
+    """§34, §36: readiness ends a partner's pending status; a partner we suspended, or that
+    discontinued, cannot make itself active again by sending one."""
+    with session_for(db) as s:
+        participants.set_status(s, "mx", participants.Status(status), "test")
+        s.commit()
+    refused = receive(db, notice("r-1", type=NoticeType.readiness))
+    assert isinstance(refused, PermanentError) and refused.reason is Reason.invalid_message
+    with session_for(db) as s:
+        assert participants.status_of(s, "mx").value == status

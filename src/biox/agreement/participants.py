@@ -93,6 +93,14 @@ def overlay(registry: Registry, rows: Sequence[ParticipantRow]) -> Registry:
     return live
 
 
+def status_of(session: Session, code: str) -> Status:
+    """``code``'s live status (``KeyError`` for a code the table does not hold)."""
+    row = session.get(ParticipantRow, code)
+    if row is None:
+        raise KeyError(code)
+    return Status(row.status)
+
+
 def set_status(
     session: Session, code: str, status: Status, cause: str, note: str | None = None
 ) -> bool:

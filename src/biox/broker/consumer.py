@@ -34,6 +34,7 @@ from sqlalchemy.orm.exc import StaleDataError
 from sqlmodel import Session
 
 from biox.broker import failures
+from biox.broker.admission import Admission
 from biox.broker.link import ConnectionLost, Delivery, Link, Nacked, Transport, Unroutable
 from biox.broker.publisher import (
     Publisher,
@@ -47,7 +48,6 @@ from biox.metrics import Metrics
 from biox.routes import Queue, RouteTable
 from biox.settings import Settings
 from biox.store import ProcessedMessage
-from biox.trust.identity import check_identity
 from biox.trust.sealing import KeyRing
 from biox.wire import addresses
 from biox.wire.codec import Envelope, Outgoing
@@ -91,8 +91,8 @@ class ConsumeLoop:
         self.routes = routes
         self.queue = addresses.queue(participant, queue.role)
         self.handler = handler
-        self.known = known
         self.keys = keys
+        self.admission = Admission(participant, queue, routes, settings, keys, known)
         self.database_url = database_url
         self.settings = settings
         self.worker = f"{self.queue}@{socket.gethostname()}:{os.getpid()}"
@@ -205,7 +205,7 @@ class ConsumeLoop:
         return keep
 
     def _process(self, batch: Sequence[Taken]) -> None:
-        parsed = [(t, self._key(t), self._inbound(t)) for t in batch]
+        parsed = [(t, self.admission.key(t.envelope, t.delivery), self._inbound(t)) for t in batch]
         publish: list[Outgoing] = []
         dead: list[tuple[Taken, BioxError]] = []
         later: list[tuple[Taken, TransientError]] = []
@@ -241,7 +241,9 @@ class ConsumeLoop:
                 else:
                     self._stage(session, t.envelope, key, result, publish, markers)
             for t, key, error in failed:
-                unproven = error.reason in UNPROVEN  # never answer whoever biox-from names
+                # never answer whoever biox-from names before the broker and the signature
+                # have proven that it is the one speaking
+                unproven = error.reason in UNPROVEN or not error.answerable
                 answer = None if unproven else self.handler.reject(t.envelope, error)
                 session.add(failures.refusal(self.queue, t.envelope, error, answer is not None))
                 if answer is None:
@@ -276,7 +278,7 @@ class ConsumeLoop:
         results: list[Result | None] = [None] * len(fresh)
         for kind, positions in by_kind.items():
             method = self.routes.routes[kind].handler
-            assert method is not None  # _inbound admitted only kinds this queue takes
+            assert method is not None  # admitted were only kinds this queue takes
             started = time.perf_counter()
             out = method(self.handler, [fresh[i] for i in positions], session)
             self.metrics.handler(kind, time.perf_counter() - started)
@@ -293,41 +295,8 @@ class ConsumeLoop:
         except Exception as exc:
             log.warning("mark_published_failed", worker=self.worker, error=str(exc))
 
-    def _key(self, t: Taken) -> str:
-        """Idempotency key: the message id, unless the queue sees hops of one message as
-        distinct events (the audit queue records each retry hop)."""
-        if self.spec.decodes:
-            return t.envelope.message_id
-        d = t.delivery
-        return f"{t.envelope.message_id}|{d.exchange}|{d.routing_key}|{t.envelope.attempt}"
-
     def _inbound(self, t: Taken) -> Inbound[Any] | BioxError:
-        """The message as its handler gets it: sender checked, then body decoded."""
-        env, d = t.envelope, t.delivery
-        if not self.spec.decodes:
-            return Inbound(env, None, d.body, d.exchange, d.routing_key)
-        r = self.routes.get(env.kind)
-        if r is None or r.queue != self.spec.role:
-            return PermanentError(
-                Reason.unknown_kind,
-                f"{env.kind!r} on {self.queue}, which takes "
-                f"{', '.join(self.routes.kinds_of(self.spec.role))}",
-            )
-        try:
-            if len(d.body) > self.settings.max_message_bytes:  # the broker's limit, again
-                raise PermanentError(
-                    Reason.too_large, f"{len(d.body)} bytes > {self.settings.max_message_bytes}"
-                )
-            if not self.settings.dev_shared_broker:
-                check_identity(env, self.participant, self.routes.sender_roles(env.kind))
-            self.routes.check_sender(env.kind, env.sender, self.participant, self.known)
-            body = d.body
-            if self.routes.sealed(env.kind, env.sender, self.participant):
-                body = self.keys.open(env, body)
-            message = self.routes.decode(env.kind, env.schema, body)
-        except BioxError as exc:
-            return exc
-        return Inbound(env, message, body, d.exchange, d.routing_key)
+        return self.admission.admit(t.envelope, t.delivery)
 
     def _stage(
         self,

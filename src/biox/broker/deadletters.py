@@ -21,21 +21,21 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import msgpack
 import pika
 
 from biox.broker import failures
 from biox.broker.connection import parameters, user_of
+from biox.broker.exports import export_line
 from biox.broker.link import Link
 from biox.broker.publisher import Publisher, republish_properties
 from biox.routes import ROUTES
 from biox.trust.tls import ClientTLS
 from biox.wire import addresses, codec
-from biox.wire.codec import H_ATTEMPT, H_FROM, H_TO
+from biox.wire.codec import H_ATTEMPT, H_FROM, H_ORIGINAL_USER, H_TO
+from biox.wire.errors import UNPROVEN
 from biox.wire.operations import OpsEvent
 
 H_REPLAYS = "biox-replays"
-PERSONAL_KEYS = {"family_name", "given_names", "date_of_birth", "document_number", "place_of_birth"}
 
 
 @dataclass
@@ -61,10 +61,16 @@ class DeadLetter:
         return self.properties.type or "?"
 
     @property
+    def reason_code(self) -> str:
+        """The reason code our worker wrote when it dead-lettered this ("" if none)."""
+        return _text(self.headers.get("biox-reason", ""))
+
+    @property
     def reason(self) -> str:
         h = self.headers
         if "biox-reason" in h:
-            return f"{_text(h['biox-reason'])}: {_text(h.get('biox-error', ''))}"
+            code, error = self.reason_code, _text(h.get("biox-error", ""))
+            return error if error.startswith(f"{code}:") else f"{code}: {error}"
         deaths = h.get("x-death") or []
         if deaths:  # dead-lettered by the broker itself (delivery limit)
             return f"broker: {_text(deaths[0].get('reason', '?'))}"
@@ -258,12 +264,17 @@ class DeadLetterQueues:
 
         The destination never comes from the message's headers, and a kind goes only to
         a queue the route table gives it (``replay_target``): a crafted dead letter
-        cannot be replayed into a queue that takes only one's own kinds.
+        cannot be replayed into a queue that takes only one's own kinds. A dead letter
+        refused because its sender was not proven (``UNPROVEN``: a forged identity, a bad
+        signature, a stale one) is never replayed, by id or by ``--all``: replaying it
+        cannot make it true (docs/security.md, "Identity").
         """
         last = [0.0]
 
         def act(ch: Any, d: DeadLetter) -> bool:
             try:
+                if d.reason_code in {r.value for r in UNPROVEN}:
+                    raise ValueError(f"refused as {d.reason_code}: never replayed")
                 target = replay_target(d.queue, d.kind, to_queue)
             except ValueError as exc:
                 if on_refused:
@@ -303,7 +314,12 @@ class DeadLetterQueues:
     def import_(self, lines: Iterable[str], allowed: Iterable[str]) -> dict[str, list[str]]:
         """Exported dead letters back into dead-letter queues, and nowhere else: a record
         naming any queue outside ``allowed`` (the participants' dead-letter queues) stops
-        the import before anything is published. Returns the imported ids by queue."""
+        the import before anything is published. Returns the imported ids by queue.
+
+        A file is whatever its editor wrote: the identity a replay is checked against
+        (``biox-original-user-id``) becomes the importing operator's own broker user, so
+        an import can never pose as an encounter system or a partner; what only an
+        operator may send can be replayed from it, nothing else."""
         allowed = set(allowed)
         messages, ids_by_queue = [], defaultdict(list)
         for n, line in enumerate(lines, 1):
@@ -315,6 +331,8 @@ class DeadLetterQueues:
                 raise ValueError(f"line {n}: {queue!r} is not a dead-letter queue of biox")
             props = pika.BasicProperties(**record["properties"])
             props.user_id = self.user
+            props.headers = {**(props.headers or {}), H_ORIGINAL_USER: self.user}
+            props.headers["biox-imported-by"] = operator()
             code, role = addresses.work_queue(addresses.work_queue_of(queue))
             recorded = ROUTES.queues[role].decodes  # the audit's own dead letters are not
             target = failures.dead_letter_target(code, role, recorded)
@@ -354,65 +372,6 @@ def replay_target(dead_letter_queue: str, kind: str, to_queue: str | None = None
 
 def operator() -> str:
     return f"{getpass.getuser()}@{socket.gethostname()}"
-
-
-def export_line(d: DeadLetter) -> dict[str, Any]:
-    p = d.properties
-    props = {
-        k: getattr(p, k)
-        for k in (
-            "content_type",
-            "content_encoding",
-            "delivery_mode",
-            "message_id",
-            "correlation_id",
-            "reply_to",
-            "type",
-            "app_id",
-            "timestamp",
-            "user_id",
-        )
-        if getattr(p, k) is not None
-    }
-    props["headers"] = _jsonable(d.headers)
-    return {"queue": d.queue, "properties": props, "body": base64.b64encode(d.body).decode()}
-
-
-def redacted_body(d: DeadLetter) -> Any:
-    """The decoded body with biometric bytes and personal data replaced by sizes and digests."""
-    try:
-        data = msgpack.unpackb(d.body, raw=False, timestamp=3, strict_map_key=False)
-    except Exception as exc:
-        return {"<undecodable>": f"{len(d.body)} bytes ({type(exc).__name__})"}
-    return _redact(data)
-
-
-def _redact(value: Any, key: str | None = None) -> Any:
-    import hashlib
-
-    if isinstance(value, dict):
-        return {k: _redact(v, k if isinstance(k, str) else None) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_redact(v, key) for v in value]
-    if isinstance(value, bytes):
-        return f"<{len(value)} bytes sha256:{hashlib.sha256(value).hexdigest()[:16]}>"
-    if key in PERSONAL_KEYS and value is not None:
-        return "<redacted>"
-    if isinstance(value, datetime):
-        return value.isoformat()
-    return value
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    if isinstance(value, datetime):
-        return int(value.timestamp())
-    return value
 
 
 def _text(value: Any) -> str:

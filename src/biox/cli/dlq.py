@@ -103,7 +103,7 @@ def dlq_list(
 @app.command("show")
 def dlq_show(message_id: str, participant: Participant = _P, queue: str = _Q) -> None:
     """Properties, headers and the body with templates and personal data redacted."""
-    from biox.broker.deadletters import export_line, redacted_body
+    from biox.broker.exports import export_line, redacted_body
 
     dlqs, names, filters = _scope(participant, queue, None, None, None, [message_id])
     try:

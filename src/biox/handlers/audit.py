@@ -8,6 +8,7 @@ digested, never decoded: the trail holds no template and no personal data (§20 
 from __future__ import annotations
 
 import hashlib
+import uuid
 from collections.abc import Callable, Sequence
 from datetime import datetime
 
@@ -64,8 +65,10 @@ class AuditHandler(Handler):
     def maintain(self, session: Session, now: datetime) -> list[codec.Outgoing]:
         """The chain's head, signed, to every partner, who keep it as evidence of what the
         chain held (``biox.trust.checkpoints``): on the schedule, not on traffic. A head
-        sent again (the chain idle, or a send that failed) has the same message id, so a
-        partner keeps it once; nothing to vouch for while the chain is empty."""
+        sent again (the chain idle, or a send that failed) is kept once, by its position;
+        its message id is random, so that a partner who sees our sequence numbers cannot
+        send something else under the id of our next one; nothing to vouch for while the
+        chain is empty."""
         seq, entry_hash = audit.head(session)
         if seq == 0 or self._ring is None:
             return []
@@ -75,7 +78,7 @@ class AuditHandler(Handler):
                 cp,
                 sender=self.me,
                 recipient=partner,
-                message_id=codec.derived_id(f"checkpoint:{self.me}:{seq}", partner),
+                message_id=str(uuid.uuid4()),
                 correlation_id=f"checkpoint:{self.me}:{seq}",
             )
             for partner in self.partners

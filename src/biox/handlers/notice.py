@@ -17,7 +17,7 @@ from biox.agreement.ledgers import NoticeRow
 from biox.handlers.base import Context, Effects, Handler, Result
 from biox.policy.release import ParticipantPolicy
 from biox.queries.results import EncounterViews
-from biox.registry import Registry
+from biox.registry import Registry, Status
 from biox.settings import Settings
 from biox.store import CheckpointRow
 from biox.trust.checkpoints import genuine
@@ -147,6 +147,16 @@ class NoticeHandler(Handler):
         elif n.type in (NoticeType.block, NoticeType.unblock):
             done = corrections.block_from(session, sender, n.about, n.type is NoticeType.block)
         elif n.type in STATUS_OF:
+            current = participants.status_of(session, sender)
+            if STATUS_OF[n.type] is Status.active and current not in (
+                Status.pending,
+                Status.active,
+            ):
+                # §34: readiness ends a pending status; lifting our suspension, or coming
+                # back after a discontinuation (§36), is our decision, not the partner's
+                return PermanentError(
+                    Reason.invalid_message, f"readiness from {sender}, which is {current}"
+                )
             changed = participants.set_status(session, sender, STATUS_OF[n.type], cause, n.text)
             done.add("status", int(changed))
             if n.type is NoticeType.discontinuation:
@@ -230,7 +240,15 @@ class NoticeHandler(Handler):
         if not genuine(self.trust, cp):
             return PermanentError(Reason.bad_signature, f"checkpoint {cp.participant}:{cp.seq}")
         key = (cp.participant, cp.seq)
-        if key in seen or session.get(CheckpointRow, key) is not None:
+        held = session.get(CheckpointRow, key)
+        if held is not None and held.entry_hash != cp.entry_hash:
+            # two signed heads for one position: the chain was rewritten after the first
+            # was sent, and both are kept as evidence (the first row, this dead letter)
+            return PermanentError(
+                Reason.invalid_message,
+                f"checkpoint {cp.participant}:{cp.seq} names another entry than the one held",
+            )
+        if key in seen or held is not None:
             return Effects(outcome="kept:checkpoint-again")
         seen.add(key)
         row = CheckpointRow(

@@ -173,6 +173,9 @@ class RetrievalHandler(Handler):
             return PermanentError(
                 Reason.invalid_message, "retrieval_id must be the request's message_id"
             )
+        if session.get(RetrievalRow, (req.retrieval_id, "holder")) is not None:
+            # the same id from another partner (duplicates are told apart by sender)
+            return PermanentError(Reason.invalid_message, "retrieval_id already in use")
         tx = views.transaction(req.query_id)
         if tx is not None and tx.providing == sender and tx.answer is None:
             # the asker's match answer travels on another queue and may not be in yet

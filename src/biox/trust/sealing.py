@@ -129,11 +129,15 @@ class KeyRing:
 
     # --- receiving -------------------------------------------------------------------------
 
-    def open(self, env: Envelope, body: bytes) -> bytes:
+    def open(
+        self, env: Envelope, body: bytes, window: tuple[datetime, datetime] | None = None
+    ) -> bytes:
         """The plaintext body of a partner's message, once its signature is verified.
 
+        ``window``: when the signature may have been made (a first arrival's freshness,
+        docs/security.md, "Freshness"); a copy we replay ourselves is not held to it.
         Refusals are permanent and name what failed: ``unsigned``, ``unknown_key``,
-        ``bad_signature``, ``undecryptable``.
+        ``bad_signature``, ``stale``, ``undecryptable``.
         """
         h = env.headers
         signature, kid = _text(h.get(H_SIGNATURE)), _text(h.get(H_SIGNING_KEY))
@@ -151,6 +155,8 @@ class KeyRing:
             key.verify.verify(signed_bytes(env, at, body), base64.b64decode(signature))
         except (BadSignatureError, ValueError) as exc:
             raise PermanentError(Reason.bad_signature, f"{env.kind} from {env.sender!r}") from exc
+        if window is not None:
+            _check_fresh(at, window)
         private = self.boxes.get(sealed_to)
         if private is None or env.recipient != self.me:
             raise PermanentError(Reason.undecryptable, f"sealed to {sealed_to!r}")
@@ -159,6 +165,22 @@ class KeyRing:
         except CryptoError as exc:
             raise PermanentError(Reason.undecryptable, f"sealed to {sealed_to!r}") from exc
         return plain
+
+
+def _check_fresh(at: str, window: tuple[datetime, datetime]) -> None:
+    try:
+        signed = datetime.fromisoformat(at)
+    except ValueError as exc:
+        raise PermanentError(Reason.stale, f"signed at {at[:40]!r}, not a time") from exc
+    if signed.tzinfo is None:
+        raise PermanentError(Reason.stale, f"signed at {at[:40]!r}, without a time zone")
+    earliest, latest = window
+    if not earliest <= signed <= latest:
+        raise PermanentError(
+            Reason.stale,
+            f"signed at {signed.isoformat()}, outside {earliest:%Y-%m-%dT%H:%M}Z"
+            f" to {latest:%Y-%m-%dT%H:%M}Z",
+        )
 
 
 def signed_bytes(env: Envelope, signed_at: str, body: bytes) -> bytes:

@@ -26,6 +26,7 @@ class Reason(StrEnum):
     unknown_key = "unknown_key"
     bad_signature = "bad_signature"
     undecryptable = "undecryptable"
+    stale = "stale"
     # who may ask what (§1-4, §34-36)
     unknown_participant = "unknown_participant"
     inactive_requester = "inactive_requester"
@@ -73,6 +74,7 @@ REASON_TEXT: dict[Reason, str] = {
     Reason.unknown_key: "the signing key is not in the trust file, or is revoked",
     Reason.bad_signature: "the signature does not verify over this message",
     Reason.undecryptable: "the body is not sealed to a key this participant holds",
+    Reason.stale: "signed outside the freshness window (too old, or ahead of the clock)",
     Reason.unknown_participant: "participant is not in the registry",
     Reason.inactive_requester: "requesting participant is not active (§34, §36)",
     Reason.inactive_provider: "providing participant is not active (§34, §36)",
@@ -115,6 +117,7 @@ UNPROVEN = frozenset(
         Reason.unknown_key,
         Reason.bad_signature,
         Reason.undecryptable,
+        Reason.stale,
     }
 )
 
@@ -165,6 +168,9 @@ class BioxError(Exception):
     """Base of errors the consume loop knows how to route."""
 
     permanent = True
+    #: whether the sender was proven (broker identity, route, signature) before this was
+    #: found: only then may a refusal be answered (the consume loop sets it)
+    answerable = True
 
     def __init__(self, reason: Reason, detail: str = "") -> None:
         self.reason = reason

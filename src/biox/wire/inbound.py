@@ -15,6 +15,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from biox.wire import addresses
 from biox.wire.codec import (
+    H_ACTOR,
     H_ATTEMPT,
     H_FROM,
     H_ORIGINAL_USER,
@@ -79,25 +80,55 @@ def header_text(value: object) -> str | None:
 #: itself writes, on its own copies
 SENDER_HEADERS = frozenset({H_SCHEMA, H_FROM, H_TO, *SIGNED_HEADERS})
 
+#: and what our own users may add on a fresh message: the person behind an operator's
+#: action (never the identity a replay is checked against)
+OWN_HEADERS = frozenset({H_ACTOR})
+
 
 def arrived(env: Envelope, exchange: str, routing_key: str, me: str) -> Envelope:
-    """The envelope as far as it can be trusted, given where the delivery came from.
+    """The envelope as far as it can be trusted, given where the delivery came from and
+    which broker user the broker stamped on it (docs/security.md, "Identity").
 
-    Back from one of our own retry tiers (the broker dead-letters it by the default
-    exchange, which nobody may write to) or replayed by our operators (a replay key, which
-    only they may publish): the broker identity to check is the first sender's, which the
-    copy carries in ``biox-original-user-id``. Fresh from another participant: its internal
-    headers are dropped, so that it cannot choose where a replay goes or which tier it
-    climbs (docs/architecture.md, "Identities"). Our own hops through the inbox (the
-    retry and dead-letter keys, which no partner may publish) keep theirs, for the audit.
+    "Ours or theirs" is the stamped ``user_id``'s, never ``biox-from``'s, which a sender
+    writes itself. Back from one of our own retry tiers (the broker dead-letters it by the
+    default exchange, which nobody may write to) or replayed by our operators (our replay
+    key on our inbox, from one of our users): the broker identity to check is the first
+    sender's, which the copy carries in ``biox-original-user-id``. Our own hops through
+    the inbox (our retry and dead-letter keys, which no one else may publish) keep their
+    headers, for the audit. Anything else is a first arrival: every internal header is
+    dropped (and a partner's attempt counter reset), so that no sender, ours or a
+    partner's, can choose the identity a later replay is checked against, where a replay
+    goes or which tier it climbs.
     """
+    ours = _ours(env.user_id, me)
     own_hop = addresses.hop(routing_key) if addresses.owner(routing_key) == me else ""
-    if exchange == "" or own_hop == "replay":  # our own copies
+    if _own_copy(exchange, own_hop, ours):
         first = header_text(env.headers.get(H_ORIGINAL_USER))
         return replace(env, user_id=first or env.user_id)
-    if env.sender == me or own_hop in ("retry", "dead-letter"):
+    if own_hop in ("retry", "dead-letter") and ours:
         return env
     kept = {
-        k: v for k, v in env.headers.items() if not k.startswith("biox-") or k in SENDER_HEADERS
+        k: v
+        for k, v in env.headers.items()
+        if not k.startswith("biox-") or k in SENDER_HEADERS or (ours and k in OWN_HEADERS)
     }
     return replace(env, headers=kept, attempt=0)
+
+
+def first_arrival(exchange: str, routing_key: str, me: str, p: Properties) -> bool:
+    """Whether this delivery is a message's first arrival here, not one of our own
+    copies of it (a retry tier's, a replay): the freshness of a partner's signature is
+    checked on first arrival only, so an operator may replay a dead letter a month on."""
+    own_hop = addresses.hop(routing_key) if addresses.owner(routing_key) == me else ""
+    return not _own_copy(exchange, own_hop, _ours(p.user_id, me))
+
+
+def _own_copy(exchange: str, own_hop: str, ours: bool) -> bool:
+    """Back from our retry tier (the default exchange, which only the broker's own
+    dead-lettering writes to), or replayed by one of our users on our replay key."""
+    return exchange == "" or (own_hop == "replay" and ours)
+
+
+def _ours(user_id: str | None, me: str) -> bool:
+    """Stamped by the broker as one of our own users (``<me>.<role>``)."""
+    return bool(user_id) and addresses.owner(user_id or "") == me

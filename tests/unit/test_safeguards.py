@@ -1,0 +1,69 @@
+"""Settings that would switch a safeguard off are refused at start, and an operator's view
+of a dead letter shows what it is, never whom it is about (docs/security.md)."""
+
+from __future__ import annotations
+
+import msgpack
+import pika
+import pytest
+from pydantic import ValidationError
+
+from biox.broker.deadletters import DeadLetter
+from biox.broker.exports import redacted_body
+from biox.settings import Settings
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "amqps://us-broker.example:5671/%2F",  # a sovereign broker: TLS
+        "amqp://guest:guest@broker:5672/%2F",  # plain, but not this machine (compose)
+        "amqp://guest:guest@10.0.0.5:5672/%2F",
+    ],
+)
+def test_the_development_flag_is_refused_anywhere_but_a_loopback_plain_broker(url):
+    with pytest.raises(ValidationError, match="BIOX_DEV_SHARED_BROKER"):
+        Settings(dev_shared_broker=True, amqp_url=url)
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
+def test_the_development_flag_is_honoured_on_this_machine(host):
+    assert Settings(
+        dev_shared_broker=True, amqp_url=f"amqp://guest:guest@{host}:5672/"
+    ).dev_shared_broker
+
+
+def test_duplicate_markers_must_outlive_the_freshness_window():
+    with pytest.raises(ValidationError, match="BIOX_MARKER_RETENTION_DAYS"):
+        Settings(marker_retention_days=2, signature_max_age_s=3 * 86_400)
+    assert Settings(marker_retention_days=4, signature_max_age_s=3 * 86_400)
+
+
+def dead(body: bytes) -> DeadLetter:
+    return DeadLetter("us.query.dlq", 1, pika.BasicProperties(type="query"), body)
+
+
+def test_a_dead_letter_is_shown_by_what_it_is_never_by_whom_it_is_about():
+    body = msgpack.packb(
+        {
+            "query_id": "q-1",
+            "purpose": "enforce",
+            "biographic": {"family_name": "Sánchez", "nickname": "el Flaco", "alias": "\x1b[31m"},
+            "biometrics": [{"modality": "face", "template": b"\x01" * 2048}],
+            "encounter": {"location": "US-POE-22", "note": "secret"},
+        },
+        use_bin_type=True,
+    )
+    shown = redacted_body(dead(body))
+    assert shown["query_id"] == "q-1" and shown["purpose"] == "enforce"
+    assert shown["biometrics"][0]["modality"] == "face"
+    assert shown["biometrics"][0]["template"].startswith("<2048 bytes sha256:")
+    text = repr(shown)
+    for value in ("Sánchez", "el Flaco", "\x1b", "US-POE-22", "secret"):
+        assert value not in text  # any key not on the allow-list, known or not
+
+
+def test_a_crafted_body_is_not_decoded_past_the_limits():
+    bomb = msgpack.packb([[0] * 10] * 100_000)  # small on the wire, large in memory
+    assert "<undecodable>" in redacted_body(dead(bomb))
+    assert "<too large>" in redacted_body(dead(b"\x00" * (3 * 1024 * 1024)))

@@ -53,7 +53,7 @@ def sovereign(size: int, n: int, settings: Settings) -> dict:
         workers = start_sovereign_workers(brokers, KINDS, env, data / "logs", timeout=600)
         connect = {
             "tls": brokers.credentials("us", Role.encounters),
-            "reply_prefix": "us.replies.",
+            "reply_prefix": "us.replies.sim.",
             "results_of": ["us"],
         }
         url = brokers.url("us")

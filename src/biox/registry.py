@@ -39,6 +39,8 @@ class Participant(BaseModel):
     status: Status = Status.pending
     contacts: dict[str, str] = Field(default_factory=dict)
     agreements: dict[str, Agreement] = Field(default_factory=dict)
+    #: its encounter systems, one broker identity and one set of reply queues each
+    encounter_systems: list[str] = Field(default_factory=list)
 
 
 class Registry(BaseModel):

@@ -147,7 +147,7 @@ def submit(served: Served, reply_to: str, citizenships: list[str]) -> str:
     registry = Registry.load(served.settings.registry)
     planned = plans.single(registry, "us", 10_000_000 + int(uuid.uuid4().int % 1000), SEED)
     planned.submit.subject_status = SubjectStatus(citizenships=citizenships)
-    out = codec.to_own_inbox(
+    out = codec.to_submissions(
         planned.submit,
         participant="us",
         message_id=str(uuid.uuid4()),

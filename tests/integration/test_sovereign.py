@@ -223,7 +223,7 @@ def test_a_query_crosses_three_brokers_and_survives_the_partner_broker_stopping(
     first, rest = planned[:10], planned[10:]
     tls = s.tls("us", Role.encounters)
     with encounters.EncounterSystem(
-        s.brokers.url("us"), SIZES, tls=tls, reply_prefix="us.replies.", results_of=["us"]
+        s.brokers.url("us"), SIZES, tls=tls, reply_prefix="us.replies.sim.", results_of=["us"]
     ) as system:
         system.submit(first)
         system.collect(timeout=90, idle_timeout=60)

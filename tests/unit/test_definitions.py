@@ -14,17 +14,17 @@ from biox.wire import addresses
 
 CODES = ["mx", "sv", "us"]
 URIS = {"mx": "amqps://mx:5671/%2F", "sv": "amqps://sv:5671/%2F"}
-US = definitions("us", CODES, [1, 5], 20, URIS)
+US = definitions("us", CODES, [1, 5], 20, URIS, encounter_systems=["poe", "gate-7"])
 
 
 def permission(user: str) -> dict[str, str]:
     return next(p for p in US["permissions"] if p["user"] == user)
 
 
-def topic_write(user: str, exchange: str) -> str | None:
+def topic_write(user: str, exchange: str, which: str = "write") -> str | None:
     return next(
         (
-            p["write"]
+            p[which]
             for p in US["topic_permissions"]
             if p["user"] == user and p["exchange"] == exchange
         ),
@@ -40,21 +40,25 @@ def test_users_are_one_per_own_role_and_one_link_per_partner_with_no_password():
     assert sorted(u["name"] for u in US["users"]) == [
         "mx.link",
         "sv.link",
-        "us.encounters",
+        "us.encounters.gate-7",  # one per encounter system of the registry
+        "us.encounters.poe",
         "us.operators",
         "us.workers",
     ]
     assert {u["password_hash"] for u in US["users"]} == {""}
+    assert {tuple(sorted(u["limits"].items())) for u in US["users"]} == {
+        (("max-channels", 64), ("max-connections", 16))
+    }
     assert "administrator" not in {u["tags"] for u in US["users"]}
 
 
-def test_a_partner_link_may_publish_only_partner_kinds_addressed_to_us_on_our_inbox():
+def test_a_partner_link_may_publish_only_partner_kinds_addressed_to_us_on_our_ingress():
     p = permission("mx.link")
-    assert allows(p["write"], "biox.us")
-    for other in ("amq.default", "biox.us.out", "biox.mx", "biox.usx"):
+    assert allows(p["write"], "biox.us.partners")
+    for other in ("amq.default", "biox.us", "biox.us.out", "biox.us.submit", "biox.mx"):
         assert not allows(p["write"], other), other
     assert p["read"] == p["configure"] == "^$"
-    keys = topic_write("mx.link", "biox.us")
+    keys = topic_write("mx.link", "biox.us.partners")
     for kind in ROUTES.partner_kinds():
         assert allows(keys, f"us.{kind}"), kind
     for key in (
@@ -112,16 +116,57 @@ def test_operators_replay_and_import_through_the_inbox_on_their_own_keys():
 
 
 def test_encounter_systems_submit_and_read_their_own_reply_queues_only():
-    p = permission("us.encounters")
-    assert allows(p["write"], "biox.us") and not allows(p["write"], "amq.default")
-    assert allows(p["configure"], "us.replies.gate-7")
-    assert allows(p["read"], "us.replies.gate-7") and not allows(p["read"], "us.response")
-    # binding its queue to the results exchange takes read there, write on the queue
-    assert allows(p["read"], "biox.us.results") and allows(p["write"], "us.replies.gate-7")
-    assert not allows(p["write"], "biox.us.results")  # results come from us's workers only
-    keys = topic_write("us.encounters", "biox.us")
+    p = permission("us.encounters.gate-7")
+    assert allows(p["write"], "biox.us.submit")
+    for other in ("amq.default", "biox.us", "biox.us.partners", "biox.us.results"):
+        # nothing but the submissions exchange, so no dead-letter target elsewhere either
+        assert not allows(p["write"], other), other
+    for name in ("us.replies.gate-7", "us.replies.gate-7.desk-2"):
+        assert allows(p["configure"], name) and allows(p["read"], name), name
+        assert allows(p["write"], name), name  # binding its queue takes write on it
+    for theirs in ("us.replies.poe", "us.replies.gate-70", "us.replies.poe.x", "us.response"):
+        assert not allows(p["configure"], theirs) and not allows(p["read"], theirs), theirs
+    assert allows(p["read"], "biox.us.results")  # and read on the exchange, by key:
+    binds = topic_write("us.encounters.gate-7", "biox.us.results", "read")
+    assert allows(binds, "us.replies.gate-7") and allows(binds, "us.replies.gate-7.desk-2")
+    for key in ("us.replies.poe", "#", "us.replies.#", "us.replies.gate-7.*", "us.response"):
+        assert not allows(binds, key), key  # no tap on another system's results
+    keys = topic_write("us.encounters.gate-7", "biox.us.submit")
     assert allows(keys, "us.encounter.submit")
     assert not allows(keys, "us.query") and not allows(keys, "us.review.decision")
+
+
+def test_each_way_in_is_bound_only_to_the_queues_its_senders_may_reach():
+    """A CC or BCC header routes a copy by the same exchange's bindings: on the partner
+    ingress and the submissions exchange, there is none to an own-only queue."""
+    got = {(b["destination"], b["source"], b["routing_key"]) for b in US["bindings"]}
+    by_source: dict[str, set[str]] = {}
+    for dest, source, _key in got:
+        by_source.setdefault(source, set()).add(dest)
+    partner_queues = {addresses.queue("us", ROUTES.routes[k].queue) for k in ROUTES.partner_kinds()}
+    assert by_source["biox.us.partners"] == partner_queues | {"us.audit"}
+    assert by_source["biox.us.submit"] == {"us.intake", "us.audit"}
+    for own_only in ("us.review", "us.notice", "us.intake"):
+        if own_only not in partner_queues:
+            assert own_only not in by_source["biox.us.partners"], own_only
+    assert "us.review" not in by_source["biox.us.submit"]
+
+
+def test_every_queue_is_bounded_and_full_queues_refuse_rather_than_drop():
+    [bounded] = [p for p in US["parameters"] if p["component"] == "operator_policy"]
+    policy = bounded["value"]
+    assert policy["definition"] == {"max-length": 200_000, "max-length-bytes": 2 * 1024**3}
+    pattern = re.compile(policy["pattern"])
+    assert all(pattern.match(q["name"]) for q in US["queues"])
+    assert pattern.match("us.replies.poe")  # reply queues an encounter system declares too
+    queues = {q["name"]: q["arguments"] for q in US["queues"]}
+    for name in ("us.link.mx", "us.query", "us.query.retry.5"):
+        assert queues[name]["x-overflow"] == "reject-publish", name
+    overflow = {p["name"]: p["definition"].get("overflow") for p in US["policies"]}
+    assert overflow == {
+        "us-dead-letter-retention": "reject-publish",
+        "us-held-results": "reject-publish",
+    }
 
 
 def test_the_topology_is_the_one_the_shared_broker_declares_plus_a_link_queue_per_partner():
@@ -145,7 +190,7 @@ def test_one_shovel_per_partner_acks_only_what_the_partner_confirmed_and_names_i
     assert set(shovels) == {"us-to-mx", "us-to-sv"}
     mx = shovels["us-to-mx"]
     assert mx["src-queue"] == "us.link.mx"
-    assert mx["dest-uri"] == URIS["mx"] and mx["dest-exchange"] == "biox.mx"
+    assert mx["dest-uri"] == URIS["mx"] and mx["dest-exchange"] == "biox.mx.partners"
     assert mx["ack-mode"] == "on-confirm"
     assert mx["dest-publish-properties"] == {"user_id": "us.link"}
 
@@ -180,13 +225,13 @@ def test_the_example_broker_config_is_tls_only_with_certificate_logins():
 
 
 def test_dead_letters_expire_after_the_retention_policy_on_every_dead_letter_queue():
-    [policy] = US["policies"]
+    policy = US["policies"][0]
     assert policy["apply-to"] == "queues" and policy["vhost"] == "/"
-    assert policy["definition"] == {"message-ttl": 30 * 86_400_000}
+    assert policy["definition"]["message-ttl"] == 30 * 86_400_000
     pattern = re.compile(policy["pattern"])
     dlqs = [q["name"] for q in US["queues"] if q["name"].endswith(".dlq")]
     assert dlqs and all(pattern.match(q) for q in dlqs)
     assert not any(pattern.match(q["name"]) for q in US["queues"] if not q["name"].endswith(".dlq"))
     assert definitions("us", CODES, [1, 5], 20, URIS, dead_letter_days=2)["policies"][0][
         "definition"
-    ] == {"message-ttl": 2 * 86_400_000}
+    ]["message-ttl"] == (2 * 86_400_000)

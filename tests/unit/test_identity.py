@@ -10,8 +10,16 @@ import pytest
 from biox.broker import failures
 from biox.broker.link import Delivery
 from biox.broker.publisher import republish_properties
+from biox.handlers.intake import foreign_reply_to
 from biox.routes import ROUTES
-from biox.trust.identity import Role, broker_user, check_identity, parse_user
+from biox.trust.identity import (
+    Role,
+    broker_user,
+    check_identity,
+    encounter_system,
+    encounter_user,
+    parse_user,
+)
 from biox.wire.codec import Envelope
 from biox.wire.errors import PermanentError, Reason, TransientError
 from biox.wire.inbound import arrived, read_envelope
@@ -243,3 +251,18 @@ def test_a_partners_message_is_checked_as_the_partner_after_every_retry_hop(hops
     props.user_id = "us.operators"
     replayed = arrived(read_envelope(props), "biox.us", "us.replay.query", "us")
     assert replayed.user_id == "mx.link" and reason(replayed) is None
+
+
+def test_each_encounter_system_has_its_own_user_and_its_own_reply_queues():
+    assert encounter_user("us", "poe") == "us.encounters.poe"
+    assert parse_user("us.encounters.poe") == ("us", Role.encounters)
+    assert encounter_system("us.encounters.poe") == "poe"
+    assert encounter_system("us.encounters") is None and encounter_system("us.workers") is None
+    assert parse_user("us.workers.poe") is None  # only encounter systems name one
+    ok = replace(env("encounter.submit", "us", "us.encounters.poe"), reply_to="us.replies.poe.d1")
+    assert foreign_reply_to("us", ok) is None
+    assert foreign_reply_to("us", replace(ok, reply_to="us.replies.poe")) is None
+    for theirs in ("us.replies.gate-7", "us.replies.poex", "us.review", ""):
+        assert "not one of us.replies.poe's" in (
+            foreign_reply_to("us", replace(ok, reply_to=theirs)) or ""
+        ), theirs

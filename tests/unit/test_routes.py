@@ -65,9 +65,10 @@ def test_a_kind_declared_in_one_line_gets_its_queue_binding_and_schema(tmp_path)
     assert "ping" in table.partner_kinds()
     assert "ping" in table.kinds_of("audit")
     bound = bindings("us", ["us", "mx"], table, [1, 5])
-    assert ("us.ping", "biox.us", "us.ping") in bound  # its queue, on the inbox
-    assert ("biox.us", "biox.mx.out", "us.ping") in bound  # the partner link carries it
-    assert ("us.audit", "biox.us", "us.ping") in bound  # the audit records it
+    assert ("us.ping", "biox.us.partners", "us.ping") in bound  # its queue, partners' ingress
+    assert ("us.ping", "biox.us", "us.ping") not in bound  # and not on the inbox
+    assert ("biox.us.partners", "biox.mx.out", "us.ping") in bound  # the link carries it
+    assert ("us.audit", "biox.us.partners", "us.ping") in bound  # the audit records it
     assert ("us.ping.retry.1", "biox.us", "us.retry.ping.1") in bound
     assert ("us.ping.dlq", "biox.us", "us.dead-letter.ping") in bound
     docs = contract.documents(table)
@@ -159,7 +160,7 @@ def test_every_queue_of_the_table_has_a_worker_and_a_handler_method_per_kind():
 def test_a_kind_its_queue_does_not_take_is_refused_unknown_kind(tmp_path):
     exchange = InMemoryExchange(Settings(data_dir=tmp_path))
     ask = RetrievalAsk(query_id="q", elements=["biographic"], asked_by="x")  # type: ignore[list-item]
-    out = codec.to_own_inbox(ask, participant="us", message_id="m-1", correlation_id="q")
+    out = codec.to_submissions(ask, participant="us", message_id="m-1", correlation_id="q")
     out.routing_key = "us.encounter.submit"  # onto the intake queue
     exchange.publish(out)
     exchange.run()

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from sqlmodel import col, select
 
 from biox.agreement import participants
+from biox.broker.link import Unroutable
 from biox.broker.memory import InMemoryExchange, Stored
 from biox.database import session_for
 from biox.policy.release import ParticipantPolicy, Policies, ReleaseRule
@@ -128,7 +129,7 @@ def encounter(
         encounter=synth.encounter_here(requester, rng),
         enroll=enroll,
     )
-    return codec.to_own_inbox(
+    return codec.to_submissions(
         sub,
         participant=requester,
         message_id=str(uuid.uuid4()),
@@ -575,14 +576,21 @@ def test_workflow_messages_with_arbitrary_content_never_crash_a_handler(
             decided_at=now,
         )
         mid = str(uuid.uuid4())
+    # each kind of sender has its own way in (topology.entrances)
+    way_in = "biox.us" if sender == "us" else "biox.us.partners"
+    if kind == "encounter.submit" and sender == "us":
+        way_in = "biox.us.submit"
     out = Outgoing(
-        "biox.us",
+        way_in,
         f"us.{kind}",
         codec.encode_body(message),
         Envelope(mid, kind, f"{kind}/1", sender, "us", query_id),
     )
     before = len(hub.exchange.broker.published)
-    hub.exchange.publish(out)
+    try:
+        hub.exchange.publish(out)
+    except Unroutable:  # a kind that way in does not take: the broker takes nothing
+        return
     hub.exchange.run(retries=False)  # a handler exception would surface here
     hops = hub.exchange.broker.published[before + 1 :]
     assert all(m.properties.message_id for m in hops)

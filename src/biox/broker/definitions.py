@@ -33,27 +33,46 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlencode
 
 from biox.broker.topology import (
     HELD_ARGUMENTS,
     bindings,
+    entrance_exchanges,
     results_arguments,
     retry_queue_arguments,
     work_queue_arguments,
 )
 from biox.routes import ROUTES, RouteTable, Sender
-from biox.trust.identity import Role, broker_user
+from biox.trust.identity import Role, broker_user, encounter_user
 from biox.wire import addresses
 
 VHOST = "/"
 NOTHING = "^$"
 
 
-def reply_queue_prefix(code: str) -> str:
-    """Encounter systems name their reply queues so (docs/integration.md)."""
-    return f"{code}.replies."
+@dataclass(frozen=True)
+class Limits:
+    """What one participant's broker lets any one queue and any one user hold
+    (docs/security.md, "Quotas"). A full work or retry queue refuses a publish (the
+    publisher's confirm fails and it retries later: nothing is dropped); a full
+    dead-letter queue, held-results queue or link queue does the same; a reply queue an
+    encounter system declared keeps its newest results (``biox encounters redeliver``
+    sends any again)."""
+
+    queue_messages: int = 200_000
+    queue_bytes: int = 2 * 1024**3
+    connections: int = 16
+    channels: int = 64
+
+    def per_user(self) -> dict[str, int]:
+        return {"max-connections": self.connections, "max-channels": self.channels}
+
+
+#: a link queue holds what waits for a partner that is down: bounded, never dropped
+LINK_ARGUMENTS: dict[str, object] = {"x-queue-type": "quorum", "x-overflow": "reject-publish"}
 
 
 def _either(*names: str) -> str:
@@ -94,14 +113,20 @@ def definitions(
     partner_uris: dict[str, str],
     routes: RouteTable = ROUTES,
     dead_letter_days: int = 30,
+    encounter_systems: Iterable[str] = (),
+    limits: Limits | None = None,
 ) -> dict[str, Any]:
     """Everything ``code``'s broker holds. ``partner_uris``: for each partner, the URI its
     shovel uses to reach that partner's broker (as ``code``'s link user).
-    ``dead_letter_days``: how long a dead letter is kept (a policy, so it changes live)."""
+    ``dead_letter_days``: how long a dead letter is kept (a policy, so it changes live).
+    ``encounter_systems``: one broker user each (``<code>.encounters.<system>``).
+    ``limits``: queue bounds and per-user connection and channel limits."""
+    limits = limits or Limits()
     codes = sorted(codes)
     tiers = list(tiers)
     partners = [c for c in codes if c != code]
     inbox, outbox = addresses.inbox(code), addresses.outbox(code)
+    ingress, submit = addresses.ingress(code), addresses.submissions(code)
     partner_kinds = routes.partner_kinds()
     own_kinds = sorted(k for k, r in routes.routes.items() if Sender.own in r.senders)
     submit_kinds = sorted(
@@ -111,7 +136,6 @@ def definitions(
     replay_keys = rf"^{re.escape(code)}\.(replay|dead-letter|unrecorded\.dead-letter)\..*$"
     results = addresses.results(code)
     own_keys = _keys([code], own_kinds)
-    replies = reply_queue_prefix(code)
 
     users, permissions, topic_permissions = [], [], []
 
@@ -122,16 +146,16 @@ def definitions(
                 "password_hash": "",  # certificate only: no password can log in
                 "hashing_algorithm": "rabbit_password_hashing_sha256",
                 "tags": tags,
-                "limits": {},
+                "limits": dict(limits.per_user()),
             }
         )
         permissions.append(
             {"user": name, "vhost": VHOST, "configure": configure, "write": write, "read": read}
         )
 
-    def topic(name: str, exchange: str, write: str) -> None:
+    def topic(name: str, exchange: str, write: str, read: str = ".*") -> None:
         topic_permissions.append(
-            {"user": name, "vhost": VHOST, "exchange": exchange, "write": write, "read": ".*"}
+            {"user": name, "vhost": VHOST, "exchange": exchange, "write": write, "read": read}
         )
 
     mine = rf"^{re.escape(code)}\..*$"
@@ -142,28 +166,33 @@ def definitions(
     user(workers, NOTHING, _either(inbox, outbox, results, held), mine)
     topic(workers, outbox, _keys(partners, partner_kinds) if partners else NOTHING)
     topic(workers, inbox, f"({own_keys})|({hop_keys})")
+    topic(workers, results, ".*")
     operators = broker_user(code, Role.operators)
     # and the results exchange: `biox encounters redeliver` sends held results on
     user(operators, NOTHING, _either(inbox, results), mine, tags="monitoring")
     topic(operators, inbox, f"({own_keys})|({replay_keys})")
-    encounters = broker_user(code, Role.encounters)
-    reply_queues = re.escape(replies) + ".*"
-    user(
-        encounters,
-        f"^{reply_queues}$",
-        f"^({re.escape(inbox)}|{reply_queues})$",  # a queue is bound with write on it
-        f"^({re.escape(results)}|{reply_queues})$",  # and read on the exchange
-    )
-    topic(encounters, inbox, _keys([code], submit_kinds))
+    topic(operators, results, ".*")
+    for system in encounter_systems:
+        # one identity per system: it submits on the submissions exchange only (so it can
+        # name no other exchange as a dead-letter target) and declares, reads and binds
+        # its own reply queues only, by their own names (topic read permission)
+        name = encounter_user(code, system)
+        own = re.escape(addresses.reply_queues(code, system)) + r"(\.[A-Za-z0-9_-]+)*"
+        user(
+            name,
+            f"^{own}$",
+            f"^({re.escape(submit)}|{own})$",  # a queue is bound with write on it
+            f"^({re.escape(results)}|{own})$",  # and read on the exchange
+        )
+        topic(name, submit, _keys([code], submit_kinds), read=NOTHING)
+        topic(name, results, NOTHING, read=f"^{own}$")
     for partner in partners:
         link = broker_user(partner, Role.link)
-        user(link, NOTHING, _either(inbox), NOTHING)
-        topic(link, inbox, _keys([code], partner_kinds))
+        user(link, NOTHING, _either(ingress), NOTHING)
+        topic(link, ingress, _keys([code], partner_kinds))
 
-    exchanges = [
-        _exchange(inbox, "topic"),
-        _exchange(outbox, "topic"),
-        _exchange(results, "direct", results_arguments(code)),
+    exchanges = [_exchange(name, "topic") for name in entrance_exchanges(code)] + [
+        _exchange(results, "topic", results_arguments(code)),
         _exchange(held, "fanout"),
     ]
     queues = []
@@ -176,7 +205,7 @@ def definitions(
                 _queue(addresses.retry_queue(name, seconds), retry_queue_arguments(name, seconds))
             )
     for partner in partners:
-        queues.append(_queue(addresses.link_queue(code, partner), {"x-queue-type": "quorum"}))
+        queues.append(_queue(addresses.link_queue(code, partner), LINK_ARGUMENTS))
     held_queue = addresses.held_results_queue(code)
     queues.append(_queue(held_queue, HELD_ARGUMENTS))
 
@@ -205,7 +234,7 @@ def definitions(
                 "src-queue": addresses.link_queue(code, partner),
                 "dest-protocol": "amqp091",
                 "dest-uri": partner_uris[partner],
-                "dest-exchange": addresses.inbox(partner),
+                "dest-exchange": addresses.ingress(partner),
                 # the partner's broker stamps who is speaking: our link user
                 "dest-publish-properties": {"user_id": broker_user(code, Role.link)},
                 "ack-mode": "on-confirm",
@@ -214,6 +243,24 @@ def definitions(
         }
         for partner in partners
     ]
+    # every queue bounded, whatever its arguments and whoever declared it: an operator
+    # policy (a runtime parameter; docs/security.md, "Quotas")
+    parameters.append(
+        {
+            "vhost": VHOST,
+            "component": "operator_policy",
+            "name": f"{code}-bounded",
+            "value": {
+                "pattern": rf"^{re.escape(code)}\.",
+                "apply-to": "queues",
+                "priority": 0,
+                "definition": {
+                    "max-length": limits.queue_messages,
+                    "max-length-bytes": limits.queue_bytes,
+                },
+            },
+        }
+    )
     return {
         "rabbit_version": "3.10.8",
         "users": users,
@@ -228,8 +275,20 @@ def definitions(
                 "pattern": rf"^{re.escape(code)}\..*\.dlq$",
                 "apply-to": "queues",
                 "priority": 0,
-                "definition": {"message-ttl": dead_letter_days * 86_400_000},
-            }
+                # kept a while, and refused (never dropped) once the queue is full
+                "definition": {
+                    "message-ttl": dead_letter_days * 86_400_000,
+                    "overflow": "reject-publish",
+                },
+            },
+            {
+                "vhost": VHOST,
+                "name": f"{code}-held-results",
+                "pattern": f"^{re.escape(held_queue)}$",
+                "apply-to": "queues",
+                "priority": 0,
+                "definition": {"overflow": "reject-publish"},
+            },
         ],
         "exchanges": exchanges,
         "queues": queues,

@@ -6,7 +6,7 @@ handlers, their policy files or their encounter-system logic without a RabbitMQ:
 
     exchange = InMemoryExchange(settings)          # registry, policy, data_dir from settings
     exchange.declare_queue("my-encounter-system")  # the encounter system's reply queue
-    exchange.publish(codec.to_own_inbox(submit, participant="us", message_id=...,
+    exchange.publish(codec.to_submissions(submit, participant="us", message_id=...,
                                         correlation_id=submit.encounter_id,
                                         reply_to="my-encounter-system"))
     exchange.run()                                 # until nothing is left to do

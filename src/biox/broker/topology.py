@@ -14,7 +14,7 @@ import pika
 from pika.adapters.blocking_connection import BlockingChannel
 
 from biox.broker.connection import parameters
-from biox.routes import ROUTES, RouteTable
+from biox.routes import ROUTES, RouteTable, Sender
 from biox.settings import Settings
 from biox.wire import addresses
 
@@ -57,6 +57,27 @@ def declare_work_queue(
         )
 
 
+def entrance_exchanges(code: str) -> list[str]:
+    """Every topic exchange of ``code`` a message enters or leaves by."""
+    return [
+        addresses.inbox(code),
+        addresses.ingress(code),
+        addresses.submissions(code),
+        addresses.outbox(code),
+    ]
+
+
+def entrances(code: str, senders: Iterable[Sender]) -> list[str]:
+    """The exchanges of ``code`` a kind with these senders arrives on: one per kind of
+    sender, each writable by that sender alone (docs/security.md, "Partner ingress")."""
+    by_sender = {
+        Sender.own: addresses.inbox(code),
+        Sender.partner: addresses.ingress(code),
+        Sender.encounter_system: addresses.submissions(code),
+    }
+    return [by_sender[s] for s in sorted(senders)]
+
+
 def bindings(
     code: str,
     codes: Iterable[str],
@@ -67,13 +88,15 @@ def bindings(
     """Every (queue or exchange, source exchange, routing key) of ``code``'s side.
 
     A queue or exchange named first is bound to the exchange named second. Derived from
-    the route table alone: a work queue takes its kinds from its own inbox; the partner
-    links carry the partner kinds only; the audit queue takes every audited kind that
-    arrives on the inbox or leaves on the outbox, and every retry and dead-letter hop.
+    the route table alone: a work queue takes each of its kinds from the exchange of each
+    sender the route allows (``entrances``: partners' kinds from the partner ingress, its
+    own from the inbox, submissions from the submissions exchange); the partner links
+    carry the partner kinds only; the audit queue takes every audited kind from wherever
+    it arrives or leaves, and every retry and dead-letter hop.
 
-    On one shared broker a partner's outbox is bound to ``code``'s inbox. With
+    On one shared broker a partner's outbox is bound to ``code``'s ingress. With
     ``sovereign`` brokers, ``code``'s outbox feeds one link queue per partner instead,
-    which a shovel empties into that partner's inbox on the partner's broker.
+    which a shovel empties into that partner's ingress on the partner's broker.
     """
     inbox, outbox = addresses.inbox(code), addresses.outbox(code)
     # results no reply queue took (docs/integration.md)
@@ -87,11 +110,12 @@ def bindings(
                 out.append((addresses.link_queue(code, partner), outbox, key))
             else:  # what partner sends to code, on partner's outbox
                 key = addresses.routing_key(code, kind)
-                out.append((inbox, addresses.outbox(partner), key))
+                out.append((addresses.ingress(code), addresses.outbox(partner), key))
     for q in routes.work_queues():
         name = addresses.queue(code, q.role)
         for kind in routes.kinds_of(q.role):
-            out.append((name, inbox, addresses.routing_key(code, kind)))
+            for source in entrances(code, routes.routes[kind].senders):
+                out.append((name, source, addresses.routing_key(code, kind)))
         # failure hops travel through the inbox too, so the audit trail records them
         for seconds in tiers:
             out.append(
@@ -125,7 +149,8 @@ def bindings(
         )
     )
     for kind in routes.kinds_of(routes.audit.role):
-        out.append((audit, inbox, addresses.routing_key(code, kind)))
+        for source in entrances(code, routes.routes[kind].senders):
+            out.append((audit, source, addresses.routing_key(code, kind)))
     for kind in routes.partner_kinds():
         out.append((audit, outbox, addresses.routing_key("*", kind)))
     out.append((audit, inbox, f"{code}.retry.#"))
@@ -149,7 +174,7 @@ def declare_results(ch: BlockingChannel, code: str) -> None:
     held = addresses.held_results_exchange(code)
     ch.exchange_declare(held, "fanout", durable=True)
     ch.exchange_declare(
-        addresses.results(code), "direct", durable=True, arguments=results_arguments(code)
+        addresses.results(code), "topic", durable=True, arguments=results_arguments(code)
     )
     queue = addresses.held_results_queue(code)
     ch.queue_declare(queue, durable=True, arguments=HELD_ARGUMENTS)
@@ -174,8 +199,8 @@ def declare(
     try:
         ch = conn.channel()
         for code in codes:
-            ch.exchange_declare(addresses.inbox(code), "topic", durable=True)
-            ch.exchange_declare(addresses.outbox(code), "topic", durable=True)
+            for exchange in entrance_exchanges(code):
+                ch.exchange_declare(exchange, "topic", durable=True)
             declare_results(ch, code)
         for code in mine:
             for q in routes.queues.values():

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from biox.cli.common import Participant, console, settings
 from biox.dev.broker import LocalBroker
+
+if TYPE_CHECKING:
+    from biox.dev.pki import DevPKI
 
 app = typer.Typer(
     help="A local RabbitMQ for development and tests (never a deployment's broker).",
@@ -67,8 +71,9 @@ def broker_sovereign(
 ) -> None:
     """Run one TLS-only RabbitMQ per participant, linked by shovels, until Ctrl-C.
 
-    Prints, for each participant, the variables a worker, an operator or an encounter
-    system of that participant sets to reach its own broker by certificate.
+    Each participant has its own CA; each broker trusts its own alone. Prints, for each
+    participant, the variables a worker, an operator or each encounter system of that
+    participant sets to reach its own broker by certificate.
     """
     import signal
     import threading
@@ -85,10 +90,14 @@ def broker_sovereign(
     try:
         for code in codes:
             console.print(f"[bold]{code}[/]: {brokers.url(code)}")
-            for role in Role:
-                env = brokers.env(code, role)
+            who = [(r.value, brokers.env(code, r)) for r in (Role.workers, Role.operators)]
+            who += [
+                (f"encounters.{system}", brokers.env(code, Role.encounters, system))
+                for system in brokers.systems(code)
+            ]
+            for name, env in who:
                 line = " ".join(f"{k}={v}" for k, v in env.items() if k != "BIOX_AMQP_URL")
-                console.print(f"  [dim]{role.value:<10}[/] {line}")
+                console.print(f"  [dim]{name:<22}[/] {line}")
         console.print("Ctrl-C stops them.")
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -107,7 +116,8 @@ def broker_definitions(
     ),
     tls_dir: str = typer.Option(
         "/etc/rabbitmq/biox",
-        help="where, on the broker's host, ca.pem, link.pem and link.key are installed",
+        help="where, on the broker's host, partners/<p>.pem (each partner's CA, pinned) "
+        "and links/<p>.pem|.key (our link certificate from that partner's CA) are",
     ),
 ) -> None:
     """Print the RabbitMQ definitions of one participant's own broker (JSON), generated
@@ -119,7 +129,8 @@ def broker_definitions(
 
     s = settings()
     code = getattr(participant, "value", participant)
-    codes = Registry.load(s.registry).codes
+    registry = Registry.load(s.registry)
+    codes = registry.codes
     where = dict(p.split("=", 1) for p in partner)
     missing = [c for c in codes if c != code and c not in where]
     if missing:
@@ -129,8 +140,13 @@ def broker_definitions(
     for other, address in where.items():
         host, _, port = address.rpartition(":")
         uris[other] = shovel_uri(
-            host, int(port), f"{tls_dir}/ca.pem", f"{tls_dir}/link.pem", f"{tls_dir}/link.key"
+            host,
+            int(port),
+            f"{tls_dir}/partners/{other}.pem",
+            f"{tls_dir}/links/{other}.pem",
+            f"{tls_dir}/links/{other}.key",
         )
+    me = registry.get(code)
     defs = definitions(
         code,
         codes,
@@ -138,31 +154,102 @@ def broker_definitions(
         s.delivery_limit,
         uris,
         dead_letter_days=s.dead_letter_retention_days,
+        encounter_systems=me.encounter_systems if me else (),
     )
     print(json.dumps(defs, indent=2))
 
 
-@app.command("pki")
-def broker_pki(
-    directory: Path = typer.Option(
-        None, help="where to keep it (default: BIOX_DATA_DIR/sovereign/pki)"
-    ),
-) -> None:
-    """Make a development PKI: a CA, a server certificate per participant's broker, and a
-    client certificate per broker user (<code>.workers, .operators, .encounters, .link).
-    Existing files are kept. For development only: a deployment uses its agency's PKI."""
-    from biox.dev.pki import DevPKI
-    from biox.registry import Registry
-    from biox.trust.identity import Role, broker_user
+pki = typer.Typer(
+    help="Each participant's CA and the certificates between participants "
+    '(docs/security.md, "Brokers, TLS and identities").',
+    no_args_is_help=True,
+)
+app.add_typer(pki, name="pki")
+_DIR = typer.Option(
+    None, "--dir", help="the PKI's directory (default: BIOX_DATA_DIR/sovereign/pki)"
+)
 
-    s = settings()
-    codes = Registry.load(s.registry).codes
-    pki = DevPKI(directory or s.data_dir / "sovereign" / "pki").ensure(codes)
-    console.print(f"CA: {pki.ca}")
-    for code in codes:
-        cert, _ = pki.broker(code)
-        console.print(f"{code}: broker {cert}")
-        for role in Role:
-            console.print(
-                f"  {broker_user(code, role):<15} {pki.client(broker_user(code, role)).cert}"
-            )
+
+def _pki(directory: Path | None) -> DevPKI:
+    from biox.dev.pki import DevPKI
+
+    return DevPKI(directory or settings().data_dir / "sovereign" / "pki")
+
+
+@pki.command("init")
+def pki_init(directory: Path = _DIR) -> None:
+    """The development layout: a CA per participant, its broker's and its own users'
+    certificates, and every pair's link certificates (each requested by one side,
+    signed by the other). Existing files are kept. A deployment uses its agency's PKI
+    and the steps below between participants."""
+    from biox.registry import Registry
+
+    registry = Registry.load(settings().registry)
+    systems = {c: registry.participants[c].encounter_systems for c in registry.codes}
+    p = _pki(directory).ensure(registry.codes, systems)
+    for code in registry.codes:
+        console.print(f"[bold]{code}[/]: CA {p.ca(code)}  CRL {p.crl(code)}")
+        for user in sorted((p.home(code) / "clients").glob("*.pem")):
+            console.print(f"  {user.stem:<28} {user}")
+        for partner in registry.codes:
+            if partner != code:
+                link = p.link(code, partner)
+                console.print(f"  {code}.link on {partner}'s broker: {link.cert} (CA {link.ca})")
+
+
+@pki.command("request")
+def pki_request(
+    participant: Participant = typer.Option(..., "--participant", "-p", help="who asks"),
+    to: str = typer.Option(..., "--to", help="the partner whose broker the link logs in to"),
+    out: Path = typer.Argument(..., help="where to write the request (PEM)"),
+    directory: Path = _DIR,
+) -> None:
+    """Our link identity's certificate request, for the partner's CA to sign: the key
+    never leaves us. Send the file to the partner; install what it returns as
+    links/<partner>.pem, and its CA (fingerprint checked by telephone) as
+    partners/<partner>.pem."""
+    code = getattr(participant, "value", participant)
+    out.write_bytes(_pki(directory).request(code, to))
+    console.print(f"wrote {out}: {code}.link, for {to}'s CA to sign")
+
+
+@pki.command("sign")
+def pki_sign(
+    participant: Participant = typer.Option(..., "--participant", "-p", help="the host"),
+    request: Path = typer.Argument(..., help="a partner's request (PEM)"),
+    out: Path = typer.Argument(..., help="where to write the certificate (PEM)"),
+    directory: Path = _DIR,
+) -> None:
+    """Our CA issues a partner's link certificate: only ``<partner>.link``, client use,
+    90 days. Anything else is refused."""
+    from biox.dev.pki import PKIError
+
+    code = getattr(participant, "value", participant)
+    try:
+        out.write_bytes(_pki(directory).sign(code, request.read_bytes()))
+    except PKIError as exc:
+        console.print(f"[red]refused:[/] {exc}")
+        raise typer.Exit(2) from exc
+    console.print(f"wrote {out}, issued by {code}'s CA")
+
+
+@pki.command("revoke")
+def pki_revoke(
+    participant: Participant = typer.Option(..., "--participant", "-p", help="whose CA"),
+    certificate: Path = typer.Argument(..., help="a certificate that CA issued (PEM)"),
+    directory: Path = _DIR,
+) -> None:
+    """Adds the certificate to our CA's CRL (crl.pem, and crls/ for the broker's
+    ssl_crl_hash_dir): the broker refuses it from its next connection on."""
+    from biox.dev.pki import PKIError
+
+    code = getattr(participant, "value", participant)
+    p = _pki(directory)
+    try:
+        serial = p.revoke(code, certificate.read_bytes())
+    except (PKIError, ValueError) as exc:
+        console.print(f"[red]refused:[/] {exc}")
+        raise typer.Exit(2) from exc
+    console.print(
+        f"revoked serial {serial:x}; copy {p.crl_dir(code)} to the broker's CRL directory"
+    )

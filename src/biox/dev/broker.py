@@ -46,12 +46,18 @@ class SovereignConfig:
     """One participant's own broker: TLS only, certificate logins, its definitions.
 
     ``server``: the broker's certificate and key, and the CA its clients' certificates
-    must chain to; ``probe``: a client certificate to check the broker answers;
-    ``definitions``: what ``biox.broker.definitions`` generated for it (loaded at boot);
-    ``max_message_bytes``: the largest message the broker accepts.
+    must chain to (its participant's own CA, and no other); ``crls``: that CA's
+    revocation list, in the hashed directory Erlang's ``ssl_crl_hash_dir`` reads;
+    ``shovel_files``: what the node's shovels read (the partners' pinned CAs and our
+    link certificates), copied under its ``tls/`` by name; ``probe``: a client
+    certificate to check the broker answers; ``definitions``: what
+    ``biox.broker.definitions`` generated for it (loaded at boot); ``max_message_bytes``:
+    the largest message the broker accepts.
     """
 
     server: ClientTLS
+    crls: Path
+    shovel_files: dict[str, Path]
     probe: ClientTLS
     definitions: dict[str, Any]
     max_message_bytes: int
@@ -174,6 +180,8 @@ class LocalBroker:
             prom,
         )
         self._wait_ready(timeout)
+        if self.sovereign is not None:
+            self._limit_users(self.sovereign.definitions)
         log.info("broker_started", url=self.url, directory=str(directory))
         return self
 
@@ -194,6 +202,13 @@ class LocalBroker:
             "ERL_EPMD_PORT": str(epmd),
             "RABBITMQ_ADVANCED_CONFIG_FILE": str(directory / "advanced.config"),
         }
+
+    def _limit_users(self, definitions: dict[str, Any]) -> None:
+        """Each user's connection and channel limits: the definitions carry them, and
+        RabbitMQ 3.10 does not import them from there, so they are set once it runs."""
+        for user in definitions.get("users", []):
+            if user.get("limits"):
+                self.ctl("set_user_limits", user["name"], json.dumps(user["limits"]))
 
     def ctl(self, *args: str, timeout: float = 60) -> str:
         """``rabbitmqctl`` against this node (as the broker's user, with its cookie)."""
@@ -287,32 +302,43 @@ class LocalBroker:
 
 
 def _sovereign_conf(directory: Path, config: SovereignConfig, port: int) -> str:
-    """TLS only, certificate logins (EXTERNAL, the user is the certificate's common name),
-    the generated definitions loaded at boot, and a message size limit."""
+    """TLS only, certificate logins (EXTERNAL, the user is the certificate's common name)
+    checked against the participant's own CA and its CRL, the generated definitions
+    loaded at boot, and a message size limit. The TLS options go to ``advanced.config``:
+    the CRL check (``crl_check``, ``crl_cache``) has no ``rabbitmq.conf`` form."""
     tls = directory / "tls"
     tls.mkdir(exist_ok=True)
     for name, source in (
         ("ca.pem", config.server.ca),
         ("server.pem", config.server.cert),
         ("server.key", config.server.key),
+        *config.shovel_files.items(),
     ):
         shutil.copyfile(source, tls / name)
+    crls = directory / "crls"
+    shutil.copytree(config.crls, crls, dirs_exist_ok=True)
     (directory / "definitions.json").write_text(json.dumps(config.definitions, indent=1))
+    ssl = (
+        f'{{cacertfile, "{tls / "ca.pem"}"}}, {{certfile, "{tls / "server.pem"}"}}, '
+        f'{{keyfile, "{tls / "server.key"}"}}, {{verify, verify_peer}}, '
+        "{fail_if_no_peer_cert, true}, {versions, ['tlsv1.3', 'tlsv1.2']}, "
+        "{crl_check, peer}, "
+        f'{{crl_cache, {{ssl_crl_hash_dir, {{internal, [{{dir, "{crls}"}}]}}}}}}'
+    )
+    (directory / "advanced.config").write_text(f"[{{rabbit, [{{ssl_options, [{ssl}]}}]}}].\n")
     return (
         "listeners.tcp = none\n"
         f"listeners.ssl.default = 127.0.0.1:{port}\n"
-        f"ssl_options.cacertfile = {tls / 'ca.pem'}\n"
-        f"ssl_options.certfile = {tls / 'server.pem'}\n"
-        f"ssl_options.keyfile = {tls / 'server.key'}\n"
-        "ssl_options.verify = verify_peer\n"
-        "ssl_options.fail_if_no_peer_cert = true\n"
-        "ssl_options.versions.1 = tlsv1.3\n"
-        "ssl_options.versions.2 = tlsv1.2\n"
         "auth_mechanisms.1 = EXTERNAL\n"
         "ssl_cert_login_from = common_name\n"
         f"load_definitions = {directory / 'definitions.json'}\n"
         f"max_message_size = {config.max_message_bytes}\n"
     )
+
+
+def refresh_crls(directory: Path, crls: Path) -> None:
+    """A new revocation list where a running node reads it (on its next connection)."""
+    shutil.copytree(crls, directory / "crls", dirs_exist_ok=True)
 
 
 def _alive(pid: int, process: subprocess.Popen[bytes] | None) -> bool:

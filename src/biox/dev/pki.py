@@ -1,25 +1,37 @@
-"""A development PKI: one CA, a server certificate per participant's broker, and a client
-certificate per broker user (docs/security.md, "Brokers, TLS and identities").
+"""A development PKI the way three governments would run theirs: a CA per participant
+(docs/security.md, "Brokers, TLS and identities").
 
-A deployment uses its agency's PKI instead; what biox needs from it is the same: brokers
-that present a certificate the clients trust, and client certificates whose common name
-is the broker user (``<code>.<role>``, ``biox.trust.identity``), which RabbitMQ's
-``rabbitmq_auth_mechanism_ssl`` turns into the authenticated user (EXTERNAL). Nobody
-holds a password.
+Each participant's broker trusts its own CA alone for client certificates, so no other
+government's CA can mint one of its users. A partner's link certificate (the identity
+its shovel logs in with on our broker) is issued by *our* CA from the partner's
+certificate request: the partner keeps its key, we decide what the certificate may be
+(``<partner>.link``, client use, a short life). Each shovel verifies the partner's broker
+against that partner's CA alone, exchanged out of band and pinned. Revocation is a CRL
+per CA that the broker checks on every connection (``crl.pem``, and the hashed copy
+under ``crls/`` that Erlang's ``ssl_crl_hash_dir`` reads).
 
-Layout under ``<dir>``::
+A deployment uses its agency's PKI instead; what biox needs from it is the same, and
+``biox broker pki request|sign|revoke`` are the steps between two participants.
 
-    ca.pem                     the CA certificate everyone trusts
-    ca.key                     the CA key (owner-only; never leaves the machine)
-    brokers/<code>.pem|.key    each participant's broker
-    clients/<user>.pem|.key    each broker user: us.workers, us.link, ...
+Layout under ``<dir>/<code>/``::
+
+    ca.pem, ca.key             the participant's CA (the key is owner-only)
+    crl.pem, crls/<hash>.r0    what it has revoked
+    broker.pem|.key            its broker's server certificate
+    clients/<user>.pem|.key    its own users: <code>.workers, .operators, .encounters.<s>
+    links/<partner>.key|.csr   its link identity on <partner>'s broker: key and request
+    links/<partner>.pem        ... and the certificate <partner>'s CA issued for it
+    partners/<partner>.pem     <partner>'s CA certificate, pinned
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import ipaddress
+import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 from cryptography import x509
@@ -27,75 +39,217 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from biox.trust.identity import Role, broker_user
+from biox.trust.identity import Role, broker_user, encounter_user, parse_user
 from biox.trust.tls import ClientTLS
 
+#: a participant's own users' certificates; a link certificate lives shorter, so that a
+#: partner's access lapses by itself unless the host renews it
 VALID_DAYS = 825
+LINK_VALID_DAYS = 90
+
+
+class PKIError(ValueError):
+    """A request or a revocation that does not add up, said in one line."""
 
 
 class DevPKI:
     def __init__(self, directory: Path) -> None:
         self.dir = directory
 
-    @property
-    def ca(self) -> Path:
-        return self.dir / "ca.pem"
+    # --- where things are ------------------------------------------------------------------
+
+    def home(self, code: str) -> Path:
+        return self.dir / code
+
+    def ca(self, code: str) -> Path:
+        return self.home(code) / "ca.pem"
+
+    def crl(self, code: str) -> Path:
+        return self.home(code) / "crl.pem"
+
+    def crl_dir(self, code: str) -> Path:
+        return self.home(code) / "crls"
 
     def broker(self, code: str) -> tuple[Path, Path]:
-        return self.dir / "brokers" / f"{code}.pem", self.dir / "brokers" / f"{code}.key"
+        return self.home(code) / "broker.pem", self.home(code) / "broker.key"
 
     def client(self, user: str) -> ClientTLS:
+        """One of a participant's own users, verifying its own broker against its own CA."""
+        code = _owner(user)
+        base = self.home(code) / "clients"
+        return ClientTLS(self.ca(code), base / f"{user}.pem", base / f"{user}.key")
+
+    def link(self, code: str, partner: str) -> ClientTLS:
+        """``code``'s link identity on ``partner``'s broker: ``partner``'s CA, pinned."""
+        base = self.home(code) / "links"
         return ClientTLS(
-            self.ca, self.dir / "clients" / f"{user}.pem", self.dir / "clients" / f"{user}.key"
+            self.home(code) / "partners" / f"{partner}.pem",
+            base / f"{partner}.pem",
+            base / f"{partner}.key",
         )
 
-    def ensure(self, codes: list[str]) -> DevPKI:
-        """CA, broker and client certificates for ``codes``; existing ones are kept."""
+    # --- the development layout: every side at once ----------------------------------------
+
+    def ensure(self, codes: list[str], systems: dict[str, list[str]] | None = None) -> DevPKI:
+        """Each participant's CA, broker and own users; each pair's link certificates,
+        requested by one side and signed by the other. Existing files are kept."""
+        systems = systems or {}
         self.dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.dir, 0o700)
-        if not self.ca.exists():
-            key = ec.generate_private_key(ec.SECP256R1())
-            name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "biox development CA")])
-            cert = (
-                _builder(name, name, key.public_key())
-                .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-                .add_extension(
-                    x509.KeyUsage(
-                        digital_signature=False,
-                        content_commitment=False,
-                        key_encipherment=False,
-                        data_encipherment=False,
-                        key_agreement=False,
-                        key_cert_sign=True,
-                        crl_sign=True,
-                        encipher_only=False,
-                        decipher_only=False,
-                    ),
-                    critical=True,
-                )
-                .sign(key, hashes.SHA256())
-            )
-            _write(self.dir / "ca.key", key)
-            self.ca.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         for code in codes:
-            cert_path, key_path = self.broker(code)
-            if not cert_path.exists():
-                self._issue(f"{code}-broker", cert_path, key_path, server=True)
-            for role in Role:
-                creds = self.client(broker_user(code, role))
+            self.authority(code)
+            cert, key = self.broker(code)
+            if not cert.exists():
+                self._issue(code, f"{code}-broker", cert, key, server=True)
+            users = [broker_user(code, r) for r in (Role.workers, Role.operators)]
+            users += [encounter_user(code, s) for s in systems.get(code, [])]
+            for user in users:
+                creds = self.client(user)
                 if not creds.cert.exists():
-                    self._issue(broker_user(code, role), creds.cert, creds.key, server=False)
+                    self._issue(code, user, creds.cert, creds.key, server=False)
+        for code in codes:
+            for partner in codes:
+                if partner == code or self.link(code, partner).cert.exists():
+                    continue
+                pinned = self.home(code) / "partners" / f"{partner}.pem"
+                pinned.parent.mkdir(parents=True, exist_ok=True)
+                pinned.write_bytes(self.ca(partner).read_bytes())  # out of band, in life
+                csr = self.request(code, partner)
+                self.link(code, partner).cert.write_bytes(self.sign(partner, csr))
         return self
 
-    def _issue(self, cn: str, cert_path: Path, key_path: Path, server: bool) -> None:
-        ca_key = serialization.load_pem_private_key((self.dir / "ca.key").read_bytes(), None)
-        assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
-        ca_cert = x509.load_pem_x509_certificate(self.ca.read_bytes())
+    # --- the steps between two participants --------------------------------------------------
+
+    def authority(self, code: str) -> Path:
+        """``code``'s CA (made once) and an empty CRL, so the broker can check from the start."""
+        home = self.home(code)
+        home.mkdir(parents=True, exist_ok=True)
+        os.chmod(home, 0o700)
+        if not self.ca(code).exists():
+            key = ec.generate_private_key(ec.SECP256R1())
+            name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"biox {code} CA")])
+            cert = (
+                _builder(name, name, key.public_key(), VALID_DAYS)
+                .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+                .add_extension(_ca_usage(), critical=True)
+                .sign(key, hashes.SHA256())
+            )
+            _write_key(home / "ca.key", key)
+            self.ca(code).write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+            self._publish_crl(code, [])
+        return self.ca(code)
+
+    def request(self, code: str, partner: str) -> bytes:
+        """``code``'s certificate request for its link user on ``partner``'s broker; the
+        key stays with ``code``."""
+        creds = self.link(code, partner)
+        creds.key.parent.mkdir(parents=True, exist_ok=True)
+        if creds.key.exists():
+            key = serialization.load_pem_private_key(creds.key.read_bytes(), None)
+            assert isinstance(key, ec.EllipticCurvePrivateKey)
+        else:
+            key = ec.generate_private_key(ec.SECP256R1())
+            _write_key(creds.key, key)
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, broker_user(code, Role.link))])
+        csr = x509.CertificateSigningRequestBuilder().subject_name(name).sign(key, hashes.SHA256())
+        pem = csr.public_bytes(serialization.Encoding.PEM)
+        (creds.key.parent / f"{partner}.csr").write_bytes(pem)
+        return pem
+
+    def sign(self, host: str, csr_pem: bytes) -> bytes:
+        """``host``'s CA issues a partner's link certificate from its request. Only a
+        link user of another participant, for client use, for ``LINK_VALID_DAYS``: a
+        request for any other name (``us.operators`` asked of us's CA by sv) is refused."""
+        try:
+            csr = x509.load_pem_x509_csr(csr_pem)
+        except ValueError as exc:
+            raise PKIError(f"not a PEM certificate request: {exc}") from exc
+        if not csr.is_signature_valid:
+            raise PKIError("the request's signature does not verify")
+        names = csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        cn = str(names[0].value) if len(names) == 1 else ""
+        who = parse_user(cn)
+        if who is None or who[1] is not Role.link or who[0] == host:
+            raise PKIError(f"{cn!r}: {host}'s CA signs only partners' link users (<code>.link)")
+        public = csr.public_key()
+        if not isinstance(public, ec.EllipticCurvePublicKey):
+            raise PKIError("the request's key is not an EC key")
+        return self._certificate(host, cn, public, server=False, days=LINK_VALID_DAYS)
+
+    def revoke(self, code: str, cert_pem: bytes) -> int:
+        """Adds a certificate ``code``'s CA issued to its CRL; returns its serial. The
+        broker reads the CRL on each new connection: a revoked certificate no longer
+        logs in, whatever its expiry (its open connections are closed by the operator)."""
+        cert = x509.load_pem_x509_certificate(cert_pem)
+        ca = x509.load_pem_x509_certificate(self.ca(code).read_bytes())
+        if cert.issuer != ca.subject:
+            raise PKIError(f"not issued by {code}'s CA ({cert.issuer.rfc4514_string()})")
+        listed = self._revoked(code)
+        if cert.serial_number not in listed:
+            listed.append(cert.serial_number)
+        self._publish_crl(code, listed)
+        return cert.serial_number
+
+    def mint(self, code: str, cn: str, trusting: str) -> ClientTLS:
+        """What whoever runs ``code``'s CA can do with it: issue a client certificate for
+        any name. The tests and the demo use it to show that ``trusting``'s broker (whose
+        CA the certificate verifies the server against) refuses such a certificate."""
+        base = self.dir / "minted" / f"by-{code}"
+        creds = ClientTLS(self.ca(trusting), base / f"{cn}.pem", base / f"{cn}.key")
+        self._issue(code, cn, creds.cert, creds.key, server=False)
+        return creds
+
+    # --- inside ------------------------------------------------------------------------------
+
+    def _revoked(self, code: str) -> list[int]:
+        path = self.home(code) / "revoked.json"
+        return [int(s) for s in json.loads(path.read_text())] if path.exists() else []
+
+    def _publish_crl(self, code: str, serials: Iterable[int]) -> None:
+        serials = sorted(set(serials))
+        ca_key = self._ca_key(code)
+        ca = x509.load_pem_x509_certificate(self.ca(code).read_bytes())
+        now = dt.datetime.now(dt.UTC)
+        builder = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(ca.subject)
+            .last_update(now - dt.timedelta(minutes=5))
+            .next_update(now + dt.timedelta(days=VALID_DAYS))
+        )
+        for serial in serials:
+            builder = builder.add_revoked_certificate(
+                x509.RevokedCertificateBuilder()
+                .serial_number(serial)
+                .revocation_date(now - dt.timedelta(minutes=1))
+                .build()
+            )
+        crl = builder.sign(ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+        (self.home(code) / "revoked.json").write_text(json.dumps([str(s) for s in serials]))
+        self.crl(code).write_bytes(crl)
+        hashed = self.crl_dir(code)
+        hashed.mkdir(exist_ok=True)
+        (hashed / f"{subject_hash(ca.subject)}.r0").write_bytes(crl)
+
+    def _ca_key(self, code: str) -> ec.EllipticCurvePrivateKey:
+        key = serialization.load_pem_private_key((self.home(code) / "ca.key").read_bytes(), None)
+        assert isinstance(key, ec.EllipticCurvePrivateKey)
+        return key
+
+    def _issue(self, code: str, cn: str, cert_path: Path, key_path: Path, server: bool) -> None:
         key = ec.generate_private_key(ec.SECP256R1())
+        pem = self._certificate(code, cn, key.public_key(), server=server, days=VALID_DAYS)
+        cert_path.parent.mkdir(parents=True, exist_ok=True)
+        _write_key(key_path, key)
+        cert_path.write_bytes(pem)
+
+    def _certificate(
+        self, code: str, cn: str, public: ec.EllipticCurvePublicKey, server: bool, days: int
+    ) -> bytes:
+        ca = x509.load_pem_x509_certificate(self.ca(code).read_bytes())
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
         usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
         builder = (
-            _builder(subject, ca_cert.subject, key.public_key())
+            _builder(subject, ca.subject, public, days)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
         )
@@ -109,14 +263,68 @@ class DevPKI:
                 ),
                 critical=False,
             )
-        cert = builder.sign(ca_key, hashes.SHA256())
-        cert_path.parent.mkdir(parents=True, exist_ok=True)
-        _write(key_path, key)
-        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        cert = builder.sign(self._ca_key(code), hashes.SHA256())
+        return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def subject_hash(name: x509.Name) -> str:
+    """OpenSSL's ``X509_NAME_hash`` of a name (``openssl x509 -hash``), which names a CRL
+    in the hashed directory the broker reads: SHA-1 of the name's canonical encoding
+    (each value a lower-cased UTF8String, spaces folded, no outer SEQUENCE), first four
+    bytes, little-endian."""
+    canon = b""
+    for rdn in name.rdns:
+        items = b""
+        for attr in rdn:
+            value = " ".join(str(attr.value).split()).lower().encode()
+            oid = _der(0x06, _oid(attr.oid.dotted_string))
+            items += _der(0x30, oid + _der(0x0C, value))
+        canon += _der(0x31, items)
+    digest = hashlib.sha1(canon).digest()
+    return f"{int.from_bytes(digest[:4], 'little'):08x}"
+
+
+def _der(tag: int, content: bytes) -> bytes:
+    n = len(content)
+    if n < 0x80:
+        return bytes([tag, n]) + content
+    size = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return bytes([tag, 0x80 | len(size)]) + size + content
+
+
+def _oid(dotted: str) -> bytes:
+    first, second, *rest = (int(p) for p in dotted.split("."))
+    out = bytes([40 * first + second])
+    for part in rest:
+        chunk = [part & 0x7F]
+        part >>= 7
+        while part:
+            chunk.append(0x80 | (part & 0x7F))
+            part >>= 7
+        out += bytes(reversed(chunk))
+    return out
+
+
+def _owner(user: str) -> str:
+    return user.partition(".")[0]
+
+
+def _ca_usage() -> x509.KeyUsage:
+    return x509.KeyUsage(
+        digital_signature=False,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=True,
+        crl_sign=True,
+        encipher_only=False,
+        decipher_only=False,
+    )
 
 
 def _builder(
-    subject: x509.Name, issuer: x509.Name, public: ec.EllipticCurvePublicKey
+    subject: x509.Name, issuer: x509.Name, public: ec.EllipticCurvePublicKey, days: int
 ) -> x509.CertificateBuilder:
     now = dt.datetime.now(dt.UTC)
     return (
@@ -126,11 +334,11 @@ def _builder(
         .public_key(public)
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=VALID_DAYS))
+        .not_valid_after(now + dt.timedelta(days=days))
     )
 
 
-def _write(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
+def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:

@@ -1,25 +1,27 @@
 """Every participant on its own local RabbitMQ, linked by shovels over TLS: the layout of
 a real deployment, on one machine (docs/security.md, "One broker per participant").
 
-Each node listens on TLS only, knows only certificate logins, and boots with the
-definitions ``biox.broker.definitions`` generated for its participant. A participant's
-outbox feeds one link queue per partner; the node's shovel moves each to the partner's
-inbox on the partner's node, logging in there as ``<code>.link``.
+Each node listens on TLS only, knows only certificate logins from its own participant's
+CA (``biox.dev.pki``, checked against that CA's CRL), and boots with the definitions
+``biox.broker.definitions`` generated for its participant. A participant's outbox feeds
+one link queue per partner; the node's shovel moves each to the partner's ingress on
+the partner's node, verifying that node against the partner's CA alone and logging in
+as ``<code>.link`` with the certificate the partner's CA issued it.
 """
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from biox.broker.definitions import definitions, shovel_uri
-from biox.dev.broker import LocalBroker, SovereignConfig, free_port
+from biox.dev.broker import LocalBroker, SovereignConfig, free_port, refresh_crls
 from biox.dev.pki import DevPKI
+from biox.registry import Registry
 from biox.settings import Settings
-from biox.trust.identity import Role, broker_user
+from biox.trust.identity import Role, broker_user, encounter_user
 from biox.trust.tls import ClientTLS
 
 
@@ -33,34 +35,42 @@ class SovereignBrokers:
     def __post_init__(self) -> None:
         self.directory = self.directory or Path(tempfile.mkdtemp(prefix="biox-sovereign-"))
         self.pki = DevPKI(self.directory / "pki")
+        self.registry = Registry.load(self.settings.registry)
+
+    def systems(self, code: str) -> list[str]:
+        """The encounter systems ``code`` registered: one broker user each."""
+        p = self.registry.get(code)
+        return list(p.encounter_systems) if p else []
 
     def start(self) -> SovereignBrokers:
         assert self.directory is not None
-        self.pki.ensure(self.codes)
+        self.pki.ensure(self.codes, {c: self.systems(c) for c in self.codes})
         ports = {code: free_port() for code in self.codes}
         for code in self.codes:
             # the node runs as the rabbitmq user, which must reach its directory: a fresh
             # one under the system's temporary directory, as for the development broker
             node_dir = Path(tempfile.mkdtemp(prefix=f"biox-rabbitmq-{code}-"))
-            link = self.pki.client(broker_user(code, Role.link))
             tls = node_dir / "tls"  # what the node's own processes (its shovels) read
-            tls.mkdir()
-            for name, source in (("link.pem", link.cert), ("link.key", link.key)):
-                shutil.copyfile(source, tls / name)
-            uris = {
-                partner: shovel_uri(
+            files: dict[str, Path] = {}
+            uris = {}
+            for partner in self.codes:
+                if partner == code:
+                    continue
+                link = self.pki.link(code, partner)
+                for suffix, source in (("ca", link.ca), ("link", link.cert), ("key", link.key)):
+                    files[f"{partner}-{suffix}.pem"] = source
+                uris[partner] = shovel_uri(
                     "127.0.0.1",
                     ports[partner],
-                    str(tls / "ca.pem"),
-                    str(tls / "link.pem"),
-                    str(tls / "link.key"),
+                    str(tls / f"{partner}-ca.pem"),  # that partner's CA alone
+                    str(tls / f"{partner}-link.pem"),
+                    str(tls / f"{partner}-key.pem"),
                 )
-                for partner in self.codes
-                if partner != code
-            }
             cert, key = self.pki.broker(code)
             config = SovereignConfig(
-                server=ClientTLS(self.pki.ca, cert, key),
+                server=ClientTLS(self.pki.ca(code), cert, key),
+                crls=self.pki.crl_dir(code),
+                shovel_files=files,
                 probe=self.credentials(code, Role.operators),
                 definitions=definitions(
                     code,
@@ -69,6 +79,7 @@ class SovereignBrokers:
                     self.settings.delivery_limit,
                     uris,
                     dead_letter_days=self.settings.dead_letter_retention_days,
+                    encounter_systems=self.systems(code),
                 ),
                 max_message_bytes=self.settings.max_message_bytes,
             )
@@ -77,15 +88,28 @@ class SovereignBrokers:
             list(pool.map(lambda b: b.start(), self.brokers.values()))
         return self
 
+    def revoke(self, code: str, cert: Path) -> None:
+        """``code``'s CA revokes a certificate it issued; its broker refuses it from the
+        next connection on."""
+        self.pki.revoke(code, cert.read_bytes())
+        state = self.brokers[code].state
+        assert state is not None
+        refresh_crls(Path(state.directory), self.pki.crl_dir(code))
+
     def url(self, code: str) -> str:
         return self.brokers[code].url
 
-    def credentials(self, code: str, role: Role) -> ClientTLS:
+    def credentials(self, code: str, role: Role, system: str = "sim") -> ClientTLS:
+        """A certificate of ``code``'s own (an encounter system's: ``system``'s)."""
+        if role is Role.encounters:
+            return self.pki.client(encounter_user(code, system))
+        if role is Role.link:
+            raise ValueError("a link identity is per partner: SovereignBrokers.pki.link")
         return self.pki.client(broker_user(code, role))
 
-    def env(self, code: str, role: Role) -> dict[str, str]:
+    def env(self, code: str, role: Role, system: str = "sim") -> dict[str, str]:
         """The ``BIOX_*`` variables of a process of ``code`` in ``role`` on its own broker."""
-        tls = self.credentials(code, role)
+        tls = self.credentials(code, role, system)
         return {
             "BIOX_AMQP_URL": self.url(code),
             "BIOX_TLS_CA": str(tls.ca),

@@ -15,7 +15,8 @@ from biox.policy.release import ParticipantPolicy
 from biox.queries.enrolment import enrolment
 from biox.registry import Registry
 from biox.store import EncounterRow, Transaction
-from biox.wire import codec
+from biox.trust.identity import encounter_system
+from biox.wire import addresses, codec
 from biox.wire.codec import Envelope
 from biox.wire.errors import REASON_TEXT, BioxError, PermanentError, Reason
 from biox.wire.inbound import Inbound
@@ -87,6 +88,9 @@ class IntakeHandler(Handler):
                 if not v
             )
             return PermanentError(Reason.no_reply_to, f"no {missing}")
+        foreign = foreign_reply_to(self.me, env)
+        if foreign:
+            return PermanentError(Reason.no_reply_to, foreign)
         if env.correlation_id != sub.encounter_id:
             return PermanentError(
                 Reason.invalid_message,
@@ -196,8 +200,11 @@ class IntakeHandler(Handler):
         return effects
 
     def reject(self, envelope: Envelope, error: BioxError) -> Effects | None:
-        """A refused encounter is answered on its reply_to; without one, dead-letter it."""
+        """A refused encounter is answered on its reply_to; without one, or with another
+        system's, dead-letter it."""
         if not envelope.reply_to or not envelope.correlation_id:
+            return None
+        if foreign_reply_to(self.me, envelope):
             return None
         result = EncounterResult(
             encounter_id=envelope.correlation_id,
@@ -214,6 +221,21 @@ class IntakeHandler(Handler):
             message_id=codec.derived_id(envelope.message_id, "refused"),
         )
         return Effects(outgoing=[out], outcome=f"refused:{error.reason.value}")
+
+
+def foreign_reply_to(me: str, env: Envelope) -> str | None:
+    """Why ``reply_to`` is not the submitting system's own (None when it is): results go
+    only to the reply queues of the encounter system the broker says submitted, so one
+    system cannot have its results, or its refusals, delivered to another's queue
+    (docs/integration.md, "Reply queues")."""
+    system = encounter_system(env.user_id)
+    if system is None:  # the development broker, which names no system
+        return None
+    own = addresses.reply_queues(me, system)
+    reply_to = env.reply_to or ""
+    if reply_to == own or reply_to.startswith(own + "."):
+        return None
+    return f"reply_to {reply_to[:100]!r} is not one of {own}'s reply queues"
 
 
 def _summary(refusals: dict[str, Reason | None]) -> str:

@@ -308,7 +308,7 @@ class Kit:
     def no_reply_queue(self) -> Case:
         n = synth.stranger(self.seed, dict.fromkeys(self.registry.codes, self.size), self.rng)
         eid, body, _ = self.body(synth.capture(self.seed, n, context=10))
-        missing = f"{self.me}.replies.conformance-missing-{uuid.uuid4().hex[:8]}"
+        missing = f"{self.me}.replies.conformance.missing-{uuid.uuid4().hex[:8]}"
         return Case(
             "reply queue missing",
             f"the result held in {addresses.held_results_queue(self.me)}",

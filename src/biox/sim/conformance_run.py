@@ -28,7 +28,7 @@ class Runner:
         self, url: str, me: str, tls: ClientTLS | None = None, user: str | None = None
     ) -> None:
         self.url, self.me, self.tls, self.user = url, me, tls, user
-        self.reply = f"{me}.replies.conformance-{uuid.uuid4().hex[:8]}"
+        self.reply = f"{me}.replies.conformance.{uuid.uuid4().hex[:8]}"
 
     def run(
         self,
@@ -63,7 +63,7 @@ class Runner:
 
     def _publish(self, ch: Any, sub: Submission) -> None:
         ch.basic_publish(
-            addresses.inbox(self.me),
+            addresses.submissions(self.me),
             addresses.routing_key(self.me, "encounter.submit"),
             sub.body,
             pika.BasicProperties(

@@ -128,7 +128,7 @@ class EncounterSystem:
     def encode(self, planned: list[Planned]) -> list[Outgoing]:
         """The messages for ``planned``, built ahead so a load test times only the sending."""
         return [
-            codec.to_own_inbox(
+            codec.to_submissions(
                 p.submit,
                 participant=p.requester,
                 message_id=str(uuid.uuid4()),

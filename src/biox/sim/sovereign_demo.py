@@ -58,7 +58,7 @@ def run(settings: Settings, console: Console, gallery_size: int, count: int, see
                 brokers.url("us"),
                 sizes,
                 tls=brokers.credentials("us", Role.encounters),
-                reply_prefix="us.replies.",
+                reply_prefix="us.replies.sim.",
                 results_of=["us"],
             ) as system,
         ):

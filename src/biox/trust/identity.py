@@ -9,7 +9,8 @@ who is speaking. Broker users are named ``<participant>.<role>``:
 * ``<code>.link``: the participant's shovels, on each partner's broker;
 * ``<code>.operators``: its examiners and on-call staff (review decisions, retrieval
   requests, dead-letter tools);
-* ``<code>.encounters``: its encounter systems (submissions only).
+* ``<code>.encounters.<system>``: each of its encounter systems (submissions only, and
+  its own reply queues).
 
 Which roles may send a kind follows from the route table's senders: a partner kind only
 from a partner's workers or link, an own kind only from one's own workers or operators,
@@ -35,14 +36,29 @@ def broker_user(code: str, role: Role) -> str:
     return f"{code}.{role.value}"
 
 
+def encounter_user(code: str, system: str) -> str:
+    """An encounter system's own broker user: one per system (docs/integration.md)."""
+    return f"{code}.{Role.encounters.value}.{system}"
+
+
 def parse_user(user_id: str | None) -> tuple[str, Role] | None:
-    """``us.workers`` -> (``us``, workers); None for a user outside the convention."""
+    """``us.workers`` -> (``us``, workers), ``us.encounters.poe`` -> (``us``, encounters);
+    None for a user outside the convention."""
     if not user_id or "." not in user_id:
         return None
     code, _, role = user_id.partition(".")
-    if not code or role not in Role.__members__:
+    role, _, system = role.partition(".")
+    if not code or role not in Role.__members__ or (system and role != Role.encounters):
         return None
     return code, Role(role)
+
+
+def encounter_system(user_id: str | None) -> str | None:
+    """The system an encounter system's broker user names (``us.encounters.poe``: poe)."""
+    parts = (user_id or "").split(".", 2)
+    if len(parts) == 3 and parts[1] == Role.encounters.value and parts[2]:
+        return parts[2]
+    return None
 
 
 PARTNER_ROLES = frozenset({Role.workers, Role.link})

@@ -12,13 +12,26 @@ def inbox(code: str) -> str:
     return f"biox.{code}"
 
 
+def ingress(code: str) -> str:
+    """Where partners deliver to ``code``: bound only to the queues that take partner kinds,
+    so no routing key, CC or BCC header a partner writes reaches any other
+    (docs/security.md, "Partner ingress")."""
+    return f"biox.{code}.partners"
+
+
+def submissions(code: str) -> str:
+    """Where ``code``'s encounter systems submit: bound only to the intake queue."""
+    return f"biox.{code}.submit"
+
+
 def outbox(code: str) -> str:
     return f"biox.{code}.out"
 
 
 def results(code: str) -> str:
-    """Where a participant's encounter systems get their results: a direct exchange, each
-    reply queue bound by its own name (docs/integration.md)."""
+    """Where a participant's encounter systems get their results: a topic exchange, each
+    reply queue bound by its own name, which only its own system may bind
+    (docs/integration.md)."""
     return f"biox.{code}.results"
 
 
@@ -72,6 +85,12 @@ def unrecorded_dead_letter_key(code: str, role: str) -> str:
     return f"{code}.unrecorded.dead-letter.{role}"
 
 
+def reply_queues(code: str, system: str) -> str:
+    """The prefix of encounter system ``system``'s reply queues: ``<code>.replies.<system>``
+    itself, or any name under it (``<code>.replies.<system>.<desk>``)."""
+    return f"{code}.replies.{system}"
+
+
 def replay_key(code: str, role: str) -> str:
     """A dead letter an operator sends back to ``<code>.<role>`` (``biox dlq replay``)."""
     return f"{code}.replay.{role}"
@@ -84,7 +103,8 @@ HOPS = ("retry", "dead-letter", "replay")
 
 
 def is_exchange(name: str) -> bool:
-    """Exchanges are ``biox.``-prefixed (``inbox``, ``outbox``, ``results``); queues are not."""
+    """Exchanges are ``biox.``-prefixed (``inbox``, ``ingress``, ``submissions``,
+    ``outbox``, ``results``); queues are not."""
     return name.startswith("biox.")
 
 

@@ -156,11 +156,33 @@ def to_own_inbox(
     correlation_id: str,
     reply_to: str | None = None,
 ) -> Outgoing:
-    """A message to one's own participant, straight to its inbox: an encounter system's
-    submission, a case for its examiners, an examiner's decision, an operator's request."""
+    """A message to one's own participant, straight to its inbox: a case for its
+    examiners, an examiner's decision, an operator's request."""
     return _outgoing(
         message,
         exchange=addresses.inbox(participant),
+        routing_key=addresses.routing_key(participant, message.KIND),
+        sender=participant,
+        recipient=participant,
+        message_id=message_id,
+        correlation_id=correlation_id,
+        reply_to=reply_to,
+    )
+
+
+def to_submissions(
+    message: Message,
+    *,
+    participant: str,
+    message_id: str,
+    correlation_id: str,
+    reply_to: str | None = None,
+) -> Outgoing:
+    """An encounter system's submission, on its participant's submissions exchange (the
+    only one an encounter system may write to, docs/integration.md)."""
+    return _outgoing(
+        message,
+        exchange=addresses.submissions(participant),
         routing_key=addresses.routing_key(participant, message.KIND),
         sender=participant,
         recipient=participant,

@@ -55,9 +55,19 @@ class Sovereign:
     workers: Workers
 
     def connect(self, broker: str, user: str) -> pika.BlockingConnection:
+        return pika.BlockingConnection(
+            parameters(self.brokers.url(broker), self.tls_of(broker, user))
+        )
+
+    def tls_of(self, broker: str, user: str) -> ClientTLS:
+        """``user``'s certificate for ``broker``: a link user's is the one ``broker``'s CA
+        issued it; anyone else's is its own CA's (refused by another's broker)."""
         code, _, role = user.partition(".")
-        tls = self.brokers.credentials(code, Role(role))
-        return pika.BlockingConnection(parameters(self.brokers.url(broker), tls))
+        if role == "link":
+            return self.brokers.pki.link(code, broker)
+        role, _, system = role.partition(".")
+        own = self.brokers.credentials(code, Role(role), system or "sim")
+        return ClientTLS(self.brokers.pki.ca(broker), own.cert, own.key)
 
     def tls(self, code: str, role: Role) -> ClientTLS:
         return self.brokers.credentials(code, role)
@@ -117,39 +127,188 @@ def publish(exchange: str, key: str, user_id: str | None, kind: str = "query"):
 
 def test_the_brokers_themselves_refuse_what_a_hostile_partner_tries(sovereign):
     s = sovereign
-    # sv's link user on us's broker: only partner kinds addressed to us, on us's inbox
+    # sv's link user on us's broker: only partner kinds addressed to us, on us's ingress
     assert attempt(s, "us", "sv.link", publish("", "us.intake", "sv.link")).startswith("403")
     assert attempt(s, "us", "sv.link", publish("biox.us.out", "mx.query", "sv.link")).startswith(
         "403"
     )
+    for exchange in ("biox.us", "biox.us.submit"):  # the inbox and submissions: not at all
+        assert attempt(s, "us", "sv.link", publish(exchange, "us.query", "sv.link")).startswith(
+            "403"
+        ), exchange
     assert attempt(
-        s, "us", "sv.link", publish("biox.us", "us.encounter.submit", "sv.link", "encounter.submit")
+        s,
+        "us",
+        "sv.link",
+        publish("biox.us.partners", "us.encounter.submit", "sv.link", "encounter.submit"),
     ).startswith("403")
     assert attempt(
-        s, "us", "sv.link", publish("biox.us", "us.review.decision", "sv.link", "review.decision")
+        s,
+        "us",
+        "sv.link",
+        publish("biox.us.partners", "us.review.decision", "sv.link", "review.decision"),
     ).startswith("403")
     # a user_id other than its own: the broker refuses it (406 PRECONDITION_FAILED)
-    assert attempt(s, "us", "sv.link", publish("biox.us", "us.query", "mx.link")).startswith("406")
-    # reading any of us's queues
+    assert attempt(
+        s, "us", "sv.link", publish("biox.us.partners", "us.query", "mx.link")
+    ).startswith("406")
+    # reading any of us's queues (a passive declare still tells their depth: RabbitMQ 3.10
+    # checks no permission on it, docs/security.md "What remains")
     assert attempt(s, "us", "sv.link", lambda ch: ch.basic_get("us.response")).startswith("403")
     assert attempt(s, "us", "sv.link", lambda ch: ch.basic_get("us.link.mx")).startswith("403")
-    # sv cannot log in to us's broker as anything but its link user
+    # sv cannot log in to us's broker as anything but the link user us's CA issued it
     assert attempt(s, "us", "sv.workers", lambda ch: None).startswith("login refused")
     # us's encounter systems submit; they cannot send partner kinds or results
-    assert attempt(s, "us", "us.encounters", publish("biox.us", "us.query", "us.encounters"))
-    assert attempt(s, "us", "us.encounters", publish("biox.us.out", "mx.query", "us.encounters"))
-    assert attempt(s, "us", "us.encounters", publish("", "us.response", "us.encounters"))
+    enc = "us.encounters.sim"
+    assert attempt(s, "us", enc, publish("biox.us.partners", "us.query", enc))
+    assert attempt(s, "us", enc, publish("biox.us", "us.encounter.submit", enc))
+    assert attempt(s, "us", enc, publish("biox.us.out", "mx.query", enc))
+    assert attempt(s, "us", enc, publish("", "us.response", enc))
     # what is allowed does get through
-    assert attempt(s, "us", "sv.link", publish("biox.us", "us.query", "sv.link")) is None
+    assert attempt(s, "us", "sv.link", publish("biox.us.partners", "us.query", "sv.link")) is None
     assert (
         attempt(
             s,
             "us",
-            "us.encounters",
-            publish("biox.us", "us.encounter.submit", "us.encounters", "encounter.submit"),
+            enc,
+            publish("biox.us.submit", "us.encounter.submit", enc, "encounter.submit"),
         )
         is None
     )
+
+
+def test_a_certificate_a_partner_ca_mints_or_ours_revoked_does_not_log_in(sovereign):
+    """Whoever runs mx's CA issues itself us.operators and us.workers: us's broker trusts
+    us's CA alone, so the TLS handshake fails. A certificate us's CA revoked stops
+    working at the next connection, long before it expires."""
+    s = sovereign
+    pki = s.brokers.pki
+    for user in ("us.operators", "us.workers", "us.encounters.sim", "sv.link"):
+        minted = pki.mint("mx", user, trusting="us")
+        with pytest.raises(pika.exceptions.AMQPConnectionError):
+            pika.BlockingConnection(parameters(s.brokers.url("us"), minted)).close()
+    # the genuine ones work, and the link certificate mx's CA issued us is for mx's broker
+    s.connect("us", "us.operators").close()
+    s.connect("mx", "us.link").close()
+    at_mx = s.brokers.pki.link("us", "mx")
+    with pytest.raises(pika.exceptions.AMQPConnectionError):  # not sv's CA's: refused there
+        tls = ClientTLS(s.brokers.pki.ca("sv"), at_mx.cert, at_mx.key)
+        pika.BlockingConnection(parameters(s.brokers.url("sv"), tls)).close()
+    # us revokes its encounter system "example": refused from the next connection on
+    s.connect("us", "us.encounters.example").close()
+    s.brokers.revoke("us", s.tls_of("us", "us.encounters.example").cert)
+    with pytest.raises(pika.exceptions.AMQPConnectionError):
+        s.connect("us", "us.encounters.example").close()
+    s.connect("us", "us.encounters.sim").close()  # the others are untouched
+
+
+def test_cc_and_bcc_headers_deliver_nothing_past_the_partner_ingress(sovereign):
+    """RabbitMQ 3.10 checks only the routing key against topic permissions, not the CC
+    and BCC headers. sv, allowed ``us.query``, adds every own-only key it can think of:
+    on us's ingress no binding leads to an own-only queue, so the copies go nowhere."""
+    s = sovereign
+    tricks = [
+        "us.review.decision",
+        "us.notice.send",
+        "us.encounter.submit",
+        "us.dead-letter.intake",
+        "us.replay.notice",
+        "us.retry.query.1",
+        "us.retrieval.ask",
+        "us.replies.sim.x",
+        "#",
+    ]
+    watched = ["us.review", "us.retrieval", "us.intake.dlq", "us.notice.dlq", "us.review.dlq"]
+    before = {q: depth(s, "us", q) for q in watched}
+    mid = f"cc-{uuid.uuid4().hex[:8]}"
+
+    def act(ch) -> None:
+        props = pika.BasicProperties(
+            message_id=mid,
+            type="query",
+            user_id="sv.link",
+            headers={"CC": tricks, "BCC": tricks, "biox-from": "sv", "biox-to": "us"},
+        )
+        ch.basic_publish("biox.us.partners", "us.query", b"\x80", props, mandatory=True)
+
+    assert attempt(s, "us", "sv.link", act) is None
+    time.sleep(2)  # were a copy routed to a worker's queue, it would be refused by now
+    assert {q: depth(s, "us", q) for q in watched} == before
+    with session_for(s.settings.database_for("us")) as db:
+        seen = db.exec(select(AuditEntry).where(AuditEntry.message_id == mid)).all()
+    assert {(e.direction, e.kind) for e in seen} <= {("in", "query")}  # the one it may send
+
+
+def test_an_encounter_system_can_neither_tap_nor_redirect_another_systems_results(sovereign):
+    """us.encounters.sim tries what one shared login allowed: read, purge or delete
+    example's reply queue, bind its own queue to example's results, and declare a reply
+    queue that dead-letters into us's own queues."""
+    s = sovereign
+    theirs = "us.replies.example.desk"
+    assert attempt(s, "us", "us.encounters.example", lambda ch: ch.queue_declare(theirs)) is None
+    sim = "us.encounters.sim"
+    mine = f"us.replies.sim.{uuid.uuid4().hex[:6]}"
+    assert attempt(s, "us", sim, lambda ch: ch.queue_declare(mine)) is None
+    for name, action in {
+        "read theirs": lambda ch: ch.basic_get(theirs),
+        "purge theirs": lambda ch: ch.queue_purge(theirs),
+        "delete theirs": lambda ch: ch.queue_delete(theirs),
+        "bind theirs": lambda ch: ch.queue_bind(theirs, "biox.us.results", theirs),
+        "tap their key": lambda ch: ch.queue_bind(mine, "biox.us.results", theirs),
+        "tap everything": lambda ch: ch.queue_bind(mine, "biox.us.results", "#"),
+        "dead-letter into the inbox": lambda ch: ch.queue_declare(
+            f"{mine}.dlx",
+            arguments={
+                "x-dead-letter-exchange": "biox.us",
+                "x-dead-letter-routing-key": "us.review.decision",
+            },
+        ),
+        "dead-letter into the ingress": lambda ch: ch.queue_declare(
+            f"{mine}.dlx2", arguments={"x-dead-letter-exchange": "biox.us.partners"}
+        ),
+    }.items():
+        refused = attempt(s, "us", sim, action)
+        assert refused and refused.startswith("403"), (name, refused)
+    assert attempt(s, "us", sim, lambda ch: ch.queue_bind(mine, "biox.us.results", mine)) is None
+
+
+def test_a_forged_identity_is_never_replayed_from_the_dead_letter_queue(sovereign, tmp_path):
+    """sv sends a notice claiming to be us (biox-from: us) with a forged first sender.
+    us's notice worker refuses it (forged_sender); the dead letter carries sv's own
+    broker user, not the forged one; `biox dlq replay --all`, the routine an on-call
+    engineer runs, leaves it where it is."""
+    s = sovereign
+    mid = f"forged-{uuid.uuid4().hex[:8]}"
+
+    def act(ch) -> None:
+        props = pika.BasicProperties(
+            message_id=mid,
+            type="notice",
+            user_id="sv.link",
+            headers={
+                "biox-from": "us",
+                "biox-to": "us",
+                "biox-schema": "notice/1",
+                "biox-original-user-id": "us.operators",
+                "biox-actor": "chief",
+            },
+        )
+        ch.basic_publish("biox.us.partners", "us.notice", b"\x80", props, mandatory=True)
+
+    assert attempt(s, "us", "sv.link", act) is None
+    assert dead_letter_reasons(s, "us", "us.notice.dlq", {mid}) == {mid: "forged_sender"}
+    headers = dead_letter_headers(s, "us", "us.notice.dlq", mid)
+    assert headers["biox-original-user-id"] == "sv.link" and "biox-actor" not in headers
+    env = {
+        **s.brokers.env("us", Role.operators),
+        "BIOX_DATA_DIR": str(s.settings.data_dir),
+        "BIOX_KEYS_DIR": str(s.settings.keys()),
+    }
+    replayed = runner.invoke(
+        app, ["dlq", "replay", "--all", "--queue", "us.notice", "-p", "us"], env=env
+    )
+    assert "never replayed" in replayed.output, replayed.output
+    assert dead_letter_reasons(s, "us", "us.notice.dlq", {mid}) == {mid: "forged_sender"}
 
 
 def test_a_valid_broker_identity_with_a_forged_sender_or_signature_is_refused_by_reason(sovereign):
@@ -162,7 +321,9 @@ def test_a_valid_broker_identity_with_a_forged_sender_or_signature_is_refused_by
 
     def sealed(name: str, claims: str) -> Outgoing:
         env = Envelope(mid[name], "response", "response/1", claims, "us", f"q-{name}")
-        out = ring.seal(Outgoing("biox.us", "us.response", b"\x80", replace_sender(env, "sv")))
+        out = ring.seal(
+            Outgoing("biox.us.partners", "us.response", b"\x80", replace_sender(env, "sv"))
+        )
         return Outgoing(
             out.exchange, out.routing_key, out.body, replace_sender(out.envelope, claims)
         )
@@ -252,6 +413,31 @@ def test_a_query_crosses_three_brokers_and_survives_the_partner_broker_stopping(
     check_results_once(system)
 
 
+def depth(s: Sovereign, broker: str, queue: str) -> int:
+    conn = s.connect(broker, f"{broker}.operators")
+    try:
+        return conn.channel().queue_declare(queue, passive=True).method.message_count
+    finally:
+        conn.close()
+
+
+def dead_letter_headers(s: Sovereign, broker: str, queue: str, mid: str) -> dict:
+    conn = s.connect(broker, f"{broker}.operators")
+    try:
+        ch = conn.channel()
+        while True:
+            method, props, _ = ch.basic_get(queue)
+            if method is None:
+                return {}
+            if props.message_id == mid:
+                return {
+                    k: v.decode() if isinstance(v, bytes) else v
+                    for k, v in (props.headers or {}).items()
+                }
+    finally:
+        conn.close()
+
+
 def wait_for_depth(
     s: Sovereign, broker: str, queue: str, at_least: int, timeout: float = 30
 ) -> int:
@@ -311,8 +497,9 @@ def test_partners_hold_signed_checkpoints_that_name_a_truncated_or_rewritten_cha
     happened, from the checkpoints alone."""
     s = sovereign
     # something in us's trail whatever ran before: a submission its intake refuses
-    entered = publish("biox.us", "us.encounter.submit", "us.encounters", "encounter.submit")
-    assert attempt(s, "us", "us.encounters", entered) is None
+    enc = "us.encounters.sim"
+    entered = publish("biox.us.submit", "us.encounter.submit", enc, "encounter.submit")
+    assert attempt(s, "us", enc, entered) is None
     deadline = time.monotonic() + 60
     held: dict[str, list] = {}
     while time.monotonic() < deadline and not all(held.get(p) for p in ("mx", "sv")):

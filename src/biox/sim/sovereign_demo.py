@@ -113,33 +113,35 @@ def _identities(console: Console, brokers: SovereignBrokers) -> None:
 
 
 def _forgeries(console: Console, brokers: SovereignBrokers, settings: Settings) -> bool:
-    """sv, with its real login on us's broker, tries to pass for mx."""
-    table = Table("what sv tries on us's broker", "refused by", "answer", title="Forgeries")
-    conn = pika.BlockingConnection(
-        parameters(brokers.url("us"), brokers.credentials("sv", Role.link))
-    )
+    """sv, with its real login on us's broker, tries to pass for mx or to reach us's own
+    queues; mx's CA tries to mint us's users."""
+    table = Table("what is tried on us's broker", "refused by", "answer", title="Forgeries")
+    held = [_minted(brokers, table), _cc_trick(brokers, table)]
+    link = pika.BlockingConnection(parameters(brokers.url("us"), brokers.pki.link("sv", "us")))
     try:
-        ch = conn.channel()
+        ch = link.channel()
         ch.confirm_delivery()
         try:
             ch.basic_publish("", "us.intake", b"x", pika.BasicProperties(user_id="sv.link"))
-            table.add_row("publish into us.intake by the default exchange", "-", "accepted!")
+            table.add_row("sv publishes into us.intake by the default exchange", "-", "accepted!")
+            held.append(False)
         except pika.exceptions.ChannelClosedByBroker as exc:
             table.add_row(
-                "publish into us.intake by the default exchange",
+                "sv publishes into us.intake by the default exchange",
                 "us's broker",
                 f"{exc.reply_code} {exc.reply_text[:60]}",
             )
-            ch = conn.channel()
+            ch = link.channel()
             ch.confirm_delivery()
         mid = f"forged-{uuid.uuid4().hex[:8]}"
         env = Envelope(mid, "response", "response/1", "sv", "us", f"q-{mid}")
-        sealed = load_ring(settings.keys(), "sv").seal(Outgoing("biox.us", "us.response", b"", env))
+        ingress = "biox.us.partners"
+        sealed = load_ring(settings.keys(), "sv").seal(Outgoing(ingress, "us.response", b"", env))
         claims_mx = replace(sealed.envelope, sender="mx")
         props = properties_for(claims_mx, "sv.link")
-        ch.basic_publish("biox.us", "us.response", sealed.body, props, mandatory=True)
+        ch.basic_publish(ingress, "us.response", sealed.body, props, mandatory=True)
     finally:
-        conn.close()
+        link.close()
     reason = _dead_letter_reason(brokers, "us.response.dlq", mid)
     table.add_row(
         "an answer signed by sv saying it is mx's (biox-from: mx)",
@@ -147,7 +149,55 @@ def _forgeries(console: Console, brokers: SovereignBrokers, settings: Settings) 
         reason or "not refused!",
     )
     console.print(table)
-    return reason == "forged_sender"
+    return reason == "forged_sender" and all(held)
+
+
+def _minted(brokers: SovereignBrokers, table: Table) -> bool:
+    """Whoever runs mx's CA issues itself ``us.operators``: us's broker trusts us's CA."""
+    minted = brokers.pki.mint("mx", "us.operators", trusting="us")
+    try:
+        pika.BlockingConnection(parameters(brokers.url("us"), minted)).close()
+    except pika.exceptions.AMQPConnectionError as exc:
+        table.add_row(
+            "a us.operators certificate minted by mx's CA logs in",
+            "us's broker (TLS)",
+            type(exc).__name__,
+        )
+        return True
+    table.add_row("a us.operators certificate minted by mx's CA logs in", "-", "logged in!")
+    return False
+
+
+def _cc_trick(brokers: SovereignBrokers, table: Table) -> bool:
+    """sv adds CC and BCC headers naming us's own-only queues to a query it may send."""
+    operators = pika.BlockingConnection(
+        parameters(brokers.url("us"), brokers.credentials("us", Role.operators))
+    )
+    review = operators.channel()
+    before = review.queue_declare("us.review", passive=True).method.message_count
+    link = pika.BlockingConnection(parameters(brokers.url("us"), brokers.pki.link("sv", "us")))
+    try:
+        ch = link.channel()
+        ch.confirm_delivery()
+        keys = ["us.review.decision", "us.notice.send", "us.dead-letter.intake"]
+        props = pika.BasicProperties(
+            message_id=f"cc-{uuid.uuid4().hex[:8]}",
+            type="query",
+            user_id="sv.link",
+            headers={"CC": keys, "BCC": keys},
+        )
+        ch.basic_publish("biox.us.partners", "us.query", b"\x80", props, mandatory=True)
+    finally:
+        link.close()
+    time.sleep(1)
+    after = review.queue_declare("us.review", passive=True).method.message_count
+    operators.close()
+    table.add_row(
+        "sv's query with CC/BCC: us.review.decision, us.notice.send, ...",
+        "us's ingress (no binding)",
+        f"{after - before} copies in us.review",
+    )
+    return bool(after == before)
 
 
 def _dead_letter_reason(brokers: SovereignBrokers, queue: str, mid: str) -> str | None:

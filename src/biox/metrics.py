@@ -114,8 +114,8 @@ class Metrics:
         not a number that goes stale between batches)."""
         self.registry.register(_OnScrape(name, doc, read, self.labels))
 
-    def serve(self, port: int) -> None:
-        start_http_server(port, addr="0.0.0.0", registry=self.registry)
+    def serve(self, port: int, host: str = "127.0.0.1") -> None:
+        start_http_server(port, addr=host, registry=self.registry)
 
 
 class _OnScrape(Collector):

@@ -70,7 +70,7 @@ def run_worker(role: str, participant: str, settings: Settings | None = None) ->
     if settings.metrics_port:
         handler.observe(loop.metrics, settings.database_for(participant))
         try:
-            loop.metrics.serve(settings.metrics_port)
+            loop.metrics.serve(settings.metrics_port, settings.metrics_host)
             log.info("metrics_served", port=settings.metrics_port)
         except OSError as exc:  # a taken port must not stop the messages, only the metrics
             log.error("metrics_not_served", port=settings.metrics_port, error=str(exc))

@@ -52,6 +52,16 @@ class Settings(BaseSettings):
         default=2 * 1024 * 1024,
         description="Largest message a broker accepts and a worker reads (docs/security.md).",
     )
+    max_header_bytes: int = Field(
+        default=16 * 1024,
+        description="Largest headers (names and values together) a worker reads: the "
+        'broker\'s message size limit counts the body only (docs/security.md, "Quotas").',
+    )
+    worker_buffer_bytes: int = Field(
+        default=256 * 1024 * 1024,
+        description="What a worker's unacknowledged deliveries may hold at most: the "
+        "prefetch is lowered to fit this many messages of the largest size.",
+    )
     dev_shared_broker: bool = Field(
         default=False,
         description=(
@@ -136,6 +146,11 @@ class Settings(BaseSettings):
         description="How far a partner's clock may run ahead of ours (and behind, on top of "
         "the freshness window).",
     )
+    refusal_retention_days: int = Field(
+        default=400,
+        description="How long the record of a refused message is kept: the annual review "
+        "(§27) counts a year of them.",
+    )
     dead_letter_retention_days: int = Field(
         default=30,
         description="Dead letters older than this expire (a broker policy on every DLQ).",
@@ -161,6 +176,12 @@ class Settings(BaseSettings):
         description="Prometheus metrics: a worker serves them on this port; `biox serve` on "
         "this port (its workers' health) and gives its workers the ports after it. 0: off.",
     )
+    metrics_host: str = Field(
+        default="127.0.0.1",
+        description="Where the metrics listen: this machine only, unless a scraper elsewhere "
+        "needs them (then the address of the interface it reaches, never all of them "
+        "without a firewall: queue names and partner codes are in the labels).",
+    )
 
     log_level: str = "INFO"
     log_json: bool = True
@@ -184,6 +205,11 @@ class Settings(BaseSettings):
                 "known as a duplicate"
             )
         return self
+
+    @property
+    def worker_prefetch(self) -> int:
+        """``prefetch``, lowered so that as many of the largest messages fit the buffer."""
+        return max(1, min(self.prefetch, self.worker_buffer_bytes // self.max_message_bytes))
 
     @property
     def retry_tiers(self) -> list[int]:

@@ -89,6 +89,7 @@ class Supervisor:
     stable_s: float = 30.0
     #: the supervisor's own metrics port (worker health); worker i gets metrics_port + i
     metrics_port: int = 0
+    metrics_host: str = "127.0.0.1"
     command: Callable[[str, str], list[str]] | None = None
     clock: Callable[[], float] = time.monotonic
     children: list[Child] = field(default_factory=list)
@@ -256,7 +257,7 @@ class Supervisor:
 
         registry = CollectorRegistry()
         registry.register(Workers())
-        start_http_server(self.metrics_port, addr="0.0.0.0", registry=registry)
+        start_http_server(self.metrics_port, addr=self.metrics_host, registry=registry)
 
     def write_status(self, stopped: bool = False) -> None:
         if self.status_path is None:

@@ -336,3 +336,27 @@ def test_a_discontinued_partners_data_is_capped_in_every_table_that_holds_it(tmp
         assert counts == {"transactions": 1, "review_cases": 1, "retrievals": 1}
         assert s.get(RetrievalRow, ("r-later", "asker")).retain_until.replace(tzinfo=UTC) == cap
         assert s.get(ReviewCaseRow, "c").retain_until.replace(tzinfo=UTC) == cap
+
+
+def test_refusals_are_kept_for_the_annual_review_and_then_purged(tmp_path):
+    """A flood of refused messages must not grow the database without end: a refusal is
+    kept as long as the annual review (§27) counts it, then it goes."""
+    from biox.agreement.ledgers import RefusalRow
+
+    url = f"sqlite:///{tmp_path / 'us.db'}"
+    with session_for(url) as s:
+        for days, mid in ((401, "old"), (30, "recent")):
+            s.add(
+                RefusalRow(
+                    queue="us.query",
+                    kind="query",
+                    message_id=mid,
+                    reason="forged_sender",
+                    answered=False,
+                    at=NOW - timedelta(days=days),
+                )
+            )
+        s.commit()
+        assert retention.purge(s, NOW, markers_days=7) == {"refusals": 1}
+        s.commit()
+        assert [r.message_id for r in s.exec(select(RefusalRow))] == ["recent"]

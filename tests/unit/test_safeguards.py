@@ -67,3 +67,53 @@ def test_a_crafted_body_is_not_decoded_past_the_limits():
     bomb = msgpack.packb([[0] * 10] * 100_000)  # small on the wire, large in memory
     assert "<undecodable>" in redacted_body(dead(bomb))
     assert "<too large>" in redacted_body(dead(b"\x00" * (3 * 1024 * 1024)))
+
+
+def test_a_body_of_many_small_containers_is_refused_before_it_fills_memory():
+    """1 000 lists of 1 000 zeros each: within every per-container limit, about 8 MB of
+    pointers from a 1 MB body; stopped once it holds more than MAX_ITEMS."""
+    from biox.wire import codec
+    from biox.wire.errors import PermanentError, Reason
+    from biox.wire.messages import Query
+
+    bomb = msgpack.packb({"biometrics": [[0] * 1000] * 1000})
+    with pytest.raises(PermanentError) as refused:
+        codec.decode_body(Query, Query.schema_id(), bomb)
+    assert refused.value.reason is Reason.too_large and "items" in refused.value.detail
+
+
+def test_headers_are_measured_names_and_values_nested_included():
+    from biox.broker.admission import header_bytes
+
+    assert header_bytes({"biox-from": "us"}) == len("biox-from") + 2
+    assert header_bytes({"CC": ["a" * 100] * 200}) > 16 * 1024
+    deep: dict = {}
+    for _ in range(20):
+        deep = {"x": deep}
+    assert header_bytes(deep) > 16 * 1024  # nested past reason
+
+
+def test_the_prefetch_fits_the_worker_buffer():
+    assert Settings().worker_prefetch == 128  # 256 MiB of 2 MiB messages
+    assert Settings(max_message_bytes=64 * 1024).worker_prefetch == 256  # the configured one
+    assert Settings(max_message_bytes=512 * 1024 * 1024).worker_prefetch == 1
+
+
+def test_a_running_worker_sees_a_revoked_key_without_a_restart(tmp_path):
+    from biox.trust.sealing import Trust, ensure_keys, load_ring, trust_path
+
+    ensure_keys(tmp_path, ["us", "mx"])
+    ring = load_ring(tmp_path, "us")
+    [mx] = [k for k in ring.trust.keys.values() if k.code == "mx"]
+    assert ring.refresh(every_s=0) is False  # nothing changed
+    trust = Trust.load(trust_path(tmp_path))
+    from dataclasses import replace
+
+    trust.keys[mx.kid] = replace(trust.keys[mx.kid], revoked=True)
+    path = trust_path(tmp_path)
+    path.write_text(trust.dump())
+    import os
+
+    os.utime(path, (path.stat().st_atime, path.stat().st_mtime + 5))
+    assert ring.refresh(every_s=0) is True
+    assert ring.trust.keys[mx.kid].revoked

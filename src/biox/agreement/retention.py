@@ -16,6 +16,7 @@ from sqlalchemy import func
 from sqlmodel import Session, col, delete, select
 
 from biox.agreement import corrections
+from biox.agreement.ledgers import RefusalRow
 from biox.policy.release import ParticipantPolicy
 from biox.store import (
     EncounterRow,
@@ -49,11 +50,21 @@ def expired(session: Session, now: datetime) -> dict[str, int]:
 
 
 def purge(
-    session: Session, now: datetime, markers_days: int, dry_run: bool = False
+    session: Session,
+    now: datetime,
+    markers_days: int,
+    dry_run: bool = False,
+    refusals_days: int = 400,
 ) -> dict[str, int]:
     """Removes every expired row (not committed: the caller commits, then records the
-    event). Returns the counts; ``dry_run`` counts without removing."""
+    event). Returns the counts; ``dry_run`` counts without removing. Refusals are kept
+    ``refusals_days`` (the annual review, §27, counts a year of them), so that a flood of
+    refused messages cannot grow the database without end."""
     counts = expired(session, now)
+    old_refusals = col(RefusalRow.at) < now - timedelta(days=refusals_days)
+    refusals = session.exec(select(func.count()).select_from(RefusalRow).where(old_refusals)).one()
+    if refusals:
+        counts["refusals"] = int(refusals)
     old_markers = now - timedelta(days=markers_days)
     marker_filter = (
         col(ProcessedMessage.processed_at) < old_markers,
@@ -72,6 +83,7 @@ def purge(
         if name != "records":
             session.exec(delete(table).where(col(table.retain_until) < now))
     session.exec(delete(ProcessedMessage).where(*marker_filter))
+    session.exec(delete(RefusalRow).where(old_refusals))
     return counts
 
 

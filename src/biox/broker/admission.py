@@ -60,6 +60,11 @@ class Admission:
         r = self.routes.get(env.kind)
         proven = False
         try:
+            size = header_bytes(env.headers)
+            if size > self.settings.max_header_bytes:  # the broker counts the body only
+                raise PermanentError(
+                    Reason.too_large, f"headers of {size} bytes > {self.settings.max_header_bytes}"
+                )
             if r is None:
                 raise self._unknown_kind(env.kind)
             if not self.settings.dev_shared_broker:
@@ -67,6 +72,7 @@ class Admission:
             self.routes.check_sender(env.kind, env.sender, self.participant, self.known)
             body = d.body
             if self.routes.sealed(env.kind, env.sender, self.participant):
+                self.keys.refresh()  # a revocation in the trust file, seen within a second
                 fresh = first_arrival(d.exchange, d.routing_key, self.participant, d.properties)
                 body = self.keys.open(env, body, self._window() if fresh else None)
             proven = True
@@ -93,3 +99,17 @@ class Admission:
         """When a partner's signature on a first arrival may have been made (freshness)."""
         now, skew = utcnow(), timedelta(seconds=self.settings.clock_skew_s)
         return now - timedelta(seconds=self.settings.signature_max_age_s) - skew, now + skew
+
+
+def header_bytes(value: Any, depth: int = 0) -> int:
+    """About how many bytes a message's headers take (names and values, nested ones
+    included): RabbitMQ's ``max_message_size`` counts the body alone."""
+    if depth > 8:
+        return 1 << 30  # nested past any header biox writes: too large by definition
+    if isinstance(value, dict):
+        return sum(len(str(k)) + header_bytes(v, depth + 1) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return sum(header_bytes(v, depth + 1) for v in value)
+    if isinstance(value, str | bytes):
+        return len(value)
+    return 8

@@ -127,7 +127,7 @@ class Link:
             url,
             name=name,
             consume=queue,
-            prefetch=settings.prefetch,
+            prefetch=settings.worker_prefetch,
             heartbeat=settings.heartbeat,
             tls=settings.client_tls(),
         )

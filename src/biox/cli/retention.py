@@ -26,7 +26,13 @@ def retention_purge(
     index; the audit trail records the counts (not with --dry-run)."""
     me = code(participant)
     with session(participant) as s:
-        counts = retention.purge(s, utcnow(), settings().marker_retention_days, dry_run=dry_run)
+        counts = retention.purge(
+            s,
+            utcnow(),
+            settings().marker_retention_days,
+            dry_run=dry_run,
+            refusals_days=settings().refusal_retention_days,
+        )
         table = Table(title=f"{me}: {'would purge' if dry_run else 'purged'}")
         table.add_column("table")
         table.add_column("rows", justify="right")

@@ -115,7 +115,12 @@ def serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     sup = Supervisor(
-        me, counts, status_path=status_path(me), log_dir=log_dir, metrics_port=s.metrics_port
+        me,
+        counts,
+        status_path=status_path(me),
+        log_dir=log_dir,
+        metrics_port=s.metrics_port,
+        metrics_host=s.metrics_host,
     )
     console.print(
         f"serving {me}: "
@@ -124,7 +129,8 @@ def serve(
     )
     if s.metrics_port:
         console.print(
-            f"metrics: http://<host>:{s.metrics_port}/metrics (workers' health), workers on "
+            f"metrics: http://{s.metrics_host}:{s.metrics_port}/metrics (workers' health), "
+            "workers on "
             f"{s.metrics_port + 1}-{s.metrics_port + sum(counts.values())}"
         )
     sup.run(stop)

@@ -66,7 +66,12 @@ class NoticeHandler(Handler):
     def maintain(self, session: Session, now: datetime) -> list[codec.Outgoing]:
         """Purges what is past its retention date at ``now`` (the consume loop's clock, a
         test's own); the audit trail gets the counts."""
-        counts = retention.purge(session, now, self.settings.marker_retention_days)
+        counts = retention.purge(
+            session,
+            now,
+            self.settings.marker_retention_days,
+            refusals_days=self.settings.refusal_retention_days,
+        )
         if not counts:
             return []
         log.info("retention_purged", counts=counts)

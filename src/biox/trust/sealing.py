@@ -20,6 +20,7 @@ import base64
 import hashlib
 import os
 import secrets
+import time
 import tomllib
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -106,6 +107,25 @@ class KeyRing:
     signing: SigningKey
     boxes: dict[str, PrivateKey]  # every private box key not yet retired, by key id
     trust: Trust
+    #: the trust file this ring was read from: ``refresh`` re-reads it when it changes
+    source: Path | None = None
+    _seen: tuple[float, float] = (0.0, float("-inf"))  # (file mtime, when last looked)
+
+    def refresh(self, every_s: float = 1.0) -> bool:
+        """Re-reads the trust file if it changed (a key revoked or added), looking at most
+        every ``every_s``: a running worker honours a revocation within a second, without
+        a restart. True when it re-read."""
+        if self.source is None or time.monotonic() - self._seen[1] < every_s:
+            return False
+        try:
+            mtime = self.source.stat().st_mtime
+        except OSError:
+            return False
+        changed = mtime != self._seen[0]
+        self._seen = (mtime, time.monotonic())
+        if changed:
+            self.trust = Trust.load(self.source)
+        return changed
 
     # --- sending ---------------------------------------------------------------------------
 
@@ -269,7 +289,9 @@ def load_ring(keys_dir: Path, code: str) -> KeyRing:
         if (own / f"{kid}.box").exists()
     }
     signing = SigningKey(bytes.fromhex((own / f"{newest}.sign").read_text().strip()))
-    return KeyRing(code, newest, signing, boxes, trust)
+    ring = KeyRing(code, newest, signing, boxes, trust, source=trust_path(keys_dir))
+    ring.refresh(every_s=0)  # remembers the file's time, so the next change is seen
+    return ring
 
 
 def memory_rings(codes: list[str]) -> dict[str, KeyRing]:

@@ -49,6 +49,31 @@ LIMITS = {
     "max_map_len": 256,
     "max_ext_len": 16,
 }
+#: and for the whole body, lists and maps together: the per-container limits alone let a
+#: 1 MB body of nested small containers decode to some 70 MB of objects
+MAX_ITEMS = 50_000
+
+
+class _Budget:
+    """Counts the items of every list and map as msgpack builds them, and stops the
+    decoding once the body holds more than ``MAX_ITEMS``: memory stays proportional to
+    the body whatever its shape."""
+
+    def __init__(self) -> None:
+        self.left = MAX_ITEMS
+
+    def spend(self, n: int) -> None:
+        self.left -= n
+        if self.left < 0:
+            raise ValueError(f"more than {MAX_ITEMS} items exceeds max_items")
+
+    def list_hook(self, items: list[Any]) -> list[Any]:
+        self.spend(len(items))
+        return items
+
+    def object_hook(self, items: dict[Any, Any]) -> dict[Any, Any]:
+        self.spend(len(items))
+        return items
 
 
 @dataclass(frozen=True)
@@ -106,7 +131,16 @@ def decode_body(model: type[MessageT], schema: str | None, body: bytes) -> Messa
             Reason.unknown_schema, f"got {schema!r}, this participant reads {model.schema_id()}"
         )
     try:
-        data = msgpack.unpackb(body, raw=False, timestamp=3, strict_map_key=True, **LIMITS)
+        budget = _Budget()
+        data = msgpack.unpackb(
+            body,
+            raw=False,
+            timestamp=3,
+            strict_map_key=True,
+            list_hook=budget.list_hook,
+            object_hook=budget.object_hook,
+            **LIMITS,
+        )
     except ValueError as exc:
         if "exceeds max" in str(exc):  # msgpack's own limit checks, before allocating
             raise PermanentError(Reason.too_large, str(exc)) from exc

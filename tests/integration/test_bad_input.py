@@ -43,7 +43,7 @@ def send_query(peer: Peer, body: bytes, qid: str, **kw) -> None:
 
 @pytest.fixture
 def responses(peer: Peer) -> str:
-    return peer.observe(addresses.inbox("us"), "us.response")
+    return peer.observe(addresses.ingress("us"), "us.response")
 
 
 def expect_rejected(
@@ -98,7 +98,7 @@ def test_unknown_schema_version_is_rejected(peer, responses):
 def test_purpose_not_agreed_is_declined(peer: Peer):
     """sv answers us only for enforce/investigate (deploy/participants.toml): a readable
     query outside the agreement is a decision not to answer (§9), not a broken message."""
-    observe = peer.observe(addresses.inbox("us"), "us.response")
+    observe = peer.observe(addresses.ingress("us"), "us.response")
     q = valid_query(providing="sv", purpose=Purpose.adjudicate)
     peer.publish(
         addresses.outbox("us"),
@@ -137,7 +137,7 @@ def test_refused_encounter_gets_a_specific_reason_on_reply_to(peer: Peer):
     peer.ch.queue_declare(reply, exclusive=True)
     peer.ch.queue_bind(reply, addresses.results("us"), reply)
     peer.publish(
-        addresses.inbox("us"),
+        addresses.submissions("us"),
         "us.encounter.submit",
         msgpack.packb({"encounter_id": "E-1", "purpose": "tourism"}),
         kind="encounter.submit",

@@ -62,13 +62,13 @@ def test_fuzzed_messages_are_rejected_or_dead_lettered_with_a_reason(
     try:
         sender = head["sender"] or None
         observe = (
-            peer.observe(addresses.inbox(sender), f"{sender}.response")
+            peer.observe(addresses.ingress(sender), f"{sender}.response")
             if sender in ("us", "sv")
             else None
         )
         qid = f"fuzz-{uuid.uuid4().hex[:10]}"
         mid = peer.publish(
-            addresses.inbox("mx"),
+            addresses.ingress("mx"),
             "mx.query",
             body,
             kind=head["kind"] or None,
@@ -95,7 +95,7 @@ def test_fuzzed_messages_are_rejected_or_dead_lettered_with_a_reason(
 
 def test_the_matcher_survived_the_fuzzing(exchange: Exchange, peer: Peer):
     assert all(p.poll() is None for _, p in exchange.workers.processes)
-    observe = peer.observe(addresses.inbox("us"), "us.response")
+    observe = peer.observe(addresses.ingress("us"), "us.response")
     good = valid_query()
     peer.publish(
         addresses.outbox("us"), "mx.query", codec.encode_body(good), correlation_id=good.query_id

@@ -172,8 +172,16 @@ def test_export_and_import_are_lossless(exchange, peer, cli_env, tmp_path):
     assert runner.invoke(app, ["dlq", "export", str(file), "--queue", "mx.query"]).exit_code == 0
     assert file.stat().st_mode & 0o777 == 0o600  # owner-only: headers are not sealed
     assert runner.invoke(app, ["dlq", "purge", mid, "--queue", "mx.query", "--yes"]).exit_code == 0
+    # whoever edits the file cannot choose the identity a replay is checked against
+    lines = [json.loads(line) for line in file.read_text().splitlines()]
+    for line in lines:
+        line["properties"]["headers"]["biox-original-user-id"] = "mx.encounters.sim"
+    file.write_text("".join(json.dumps(line) + "\n" for line in lines))
     assert runner.invoke(app, ["dlq", "import", str(file)]).exit_code == 0
     after = wait_dead(exchange, "mx.query.dlq", mid)
+    assert after.headers["biox-original-user-id"] != "mx.encounters.sim"
+    assert after.headers["biox-original-user-id"] == after.properties.user_id  # the importer
+    assert after.headers["biox-imported-by"]
     assert after.body == before.body
     assert after.headers["biox-reason"] == before.headers["biox-reason"]
     assert after.properties.correlation_id == before.properties.correlation_id

@@ -233,7 +233,7 @@ def test_retrieval_about_an_unmatched_query_is_refused_on_both_sides(
     assert refused.exit_code == 1 and "did not answer" in refused.output
 
     # a request that skips the asker's own check is refused by the holder (§10)
-    observe = peer.observe(addresses.inbox("mx"), "mx.retrieval.response")
+    observe = peer.observe(addresses.ingress("mx"), "mx.retrieval.response")
     request = RetrievalRequest(
         retrieval_id=str(uuid.uuid4()),
         query_id=mx.query_id,
@@ -349,14 +349,15 @@ def test_an_encounter_enrolled_on_request_answers_a_partner_later(exchange, syst
 
 
 def test_a_partner_cannot_reach_the_kinds_a_participant_takes_only_from_itself(peer: Peer):
-    """The outbox → inbox links carry partner kinds only: a forged examiner decision from
-    mx never reaches us's inbox, whatever its headers claim. Nothing is bound to those
-    keys on mx's outbox at all, so the broker returns the message to mx as unroutable
-    instead of swallowing it."""
+    """The outbox → ingress links carry partner kinds only: a forged examiner decision
+    from mx never reaches us, whatever its headers claim. Nothing is bound to those keys
+    on mx's outbox at all, so the broker returns the message to mx as unroutable instead
+    of swallowing it."""
     forged = ("review.decision", "review.case", "retrieval.ask", "encounter.submit")
-    observe = peer.observe(addresses.inbox("us"), "us.query")
-    for kind in forged:  # anything arriving under these keys on us's inbox is seen too
-        peer.ch.queue_bind(observe, addresses.inbox("us"), f"us.{kind}")
+    observe = peer.observe(addresses.ingress("us"), "us.query")
+    for kind in forged:  # anything arriving under these keys on us's ways in is seen too
+        for way_in in (addresses.ingress("us"), addresses.inbox("us")):
+            peer.ch.queue_bind(observe, way_in, f"us.{kind}")
     for kind in forged:
         with pytest.raises(pika.exceptions.UnroutableError):
             peer.publish(
@@ -385,7 +386,7 @@ def test_a_partner_cannot_reach_the_kinds_a_participant_takes_only_from_itself(p
 def test_a_broken_retrieval_request_is_rejected_to_its_sender(peer: Peer, body, reason):
     """Bad input from a partner gets a `rejected` retrieval response naming the reason,
     under the retrieval id the sender knows (its message id); the worker carries on."""
-    observe = peer.observe(addresses.inbox("mx"), "mx.retrieval.response")
+    observe = peer.observe(addresses.ingress("mx"), "mx.retrieval.response")
     mid = peer.publish(
         addresses.outbox("mx"),
         "us.retrieval.request",

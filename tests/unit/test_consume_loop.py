@@ -1107,3 +1107,22 @@ def test_a_partners_signature_must_be_fresh_on_first_arrival(tmp_path, signed_ag
         )
         r.run(replay)
         assert len(r.link.to(addresses.dead_letter_key("us", "retrieval"))) == 1
+
+
+def test_a_partners_id_cannot_squat_anothers(tmp_path):
+    """sv sends a message under the id mx's next one will have: both are handled, each
+    marked under its own sender (database.marker_key); sv's copy suppresses nothing."""
+
+    class Seen(ScriptedHandler):
+        def _one(self, inb: Inbound) -> Result:
+            return Effects(outcome="seen")
+
+    r = rig(tmp_path, Seen(), dev_shared_broker=False)
+    squat = ask("ok", sender="sv", message_id="m-next")
+    real = ask("ok", sender="mx", message_id="m-next")
+    r.run(r.link.deliver(squat, user_id="sv.workers"))
+    r.run(r.link.deliver(real, user_id="mx.workers"))
+    assert r.handler.calls == [["m-next"], ["m-next"]]
+    with session_for(r.db) as s:
+        keys = sorted(s.exec(select(ProcessedMessage.message_id)).all())
+    assert keys == ["mx/m-next", "sv/m-next"]

@@ -6,6 +6,7 @@ configured in one place: the environment of its service manager or container.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
@@ -20,7 +21,11 @@ LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="BIOX_", extra="ignore")
+    #: secrets from files: with BIOX_SECRETS_DIR=/run/secrets, the file
+    #: /run/secrets/biox_database_url holds BIOX_DATABASE_URL (containers' secrets)
+    model_config = SettingsConfigDict(
+        env_prefix="BIOX_", extra="ignore", secrets_dir=os.environ.get("BIOX_SECRETS_DIR")
+    )
 
     amqp_url: str | None = Field(
         default=None,

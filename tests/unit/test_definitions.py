@@ -212,9 +212,11 @@ def test_the_example_broker_config_is_tls_only_with_certificate_logins():
     from pathlib import Path
 
     conf = (Path(__file__).parents[2] / "deploy" / "rabbitmq" / "rabbitmq.conf.example").read_text()
+    advanced = Path(__file__).parents[2] / "deploy" / "rabbitmq" / "advanced.config.example"
+    for term in ("{fail_if_no_peer_cert, true}", "{crl_check, peer}", "ssl_crl_hash_dir"):
+        assert term in advanced.read_text(), term
     for line in (
         "listeners.tcp = none",
-        "ssl_options.fail_if_no_peer_cert = true",
         "auth_mechanisms.1 = EXTERNAL",
         "ssl_cert_login_from = common_name",
         "load_definitions = ",

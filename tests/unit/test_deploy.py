@@ -34,11 +34,28 @@ def test_the_compose_file_runs_real_commands_with_a_health_check_and_a_grace_per
     services = compose["services"]
     assert services["us"]["command"] == ["serve", "-p", "us"]
     runs(services["us"]["command"])
-    runs(services["topology"]["command"])
     assert services["us"]["stop_grace_period"] == "45s"  # longer than serve's 30 s per worker
     env = services["us"]["environment"]
-    assert env["BIOX_DATABASE_URL"].startswith("postgresql+psycopg://")
-    assert "{participant}" in env["BIOX_DATABASE_URL"]
+    assert env["BIOX_AMQP_URL"].startswith("amqps://")  # the TLS broker, by certificate
+    assert "BIOX_DATABASE_URL" not in env and env["BIOX_SECRETS_DIR"] == "/run/secrets"
+    assert services["us"]["secrets"] == ["biox_database_url"]
+    assert services["db"]["environment"]["POSTGRES_PASSWORD_FILE"] == "/run/secrets/db_password"
+
+
+def test_the_compose_file_has_no_development_flag_no_password_and_no_open_port():
+    text = (DEPLOY / "compose" / "compose.yaml").read_text()
+    compose = yaml.safe_load(text)
+    assert "BIOX_DEV_SHARED_BROKER" not in text and "change-me" not in text
+    for name, service in compose["services"].items():
+        for port in service.get("ports", []):
+            assert port.startswith("127.0.0.1:"), (name, port)
+    conf = (DEPLOY / "compose" / "rabbitmq.conf").read_text()
+    assert "listeners.tcp = none" in conf and "auth_mechanisms.1 = EXTERNAL" in conf
+    advanced = (DEPLOY / "compose" / "advanced.config").read_text()
+    assert "{crl_check, peer}" in advanced and "pki/us/ca.pem" in advanced
+    init = runner.invoke(app, ["broker", "pki", "init", "--help"])
+    assert init.exit_code == 0 and "--dir" in init.output
+    runs(["broker", "definitions", "-p", "us", "--partner", "mx=h:1", "--tls-dir", "x"])
     dockerfile = (DEPLOY / "compose" / "Dockerfile").read_text()
     assert 'biox health -p "${BIOX_PARTICIPANT:-us}"' in dockerfile
     runs(["health", "-p", "us"])

@@ -106,7 +106,7 @@ def conformance(
     amqp_url: str = typer.Option(None, "--amqp-url", help="default: BIOX_AMQP_URL"),
     user: str = typer.Option(
         None,
-        help="the user_id to stamp: <code>.encounters on a TLS "
+        help="the user_id to stamp: <code>.encounters.<system> on a TLS "
         "broker (its certificate: BIOX_TLS_*)",
     ),
     seed: int = typer.Option(2026, help="the seed the partners' synthetic galleries used"),

@@ -200,6 +200,10 @@ class LocalBroker:
             "RABBITMQ_PID_FILE": str(directory / "rabbitmq.pid"),
             "RABBITMQ_DIST_PORT": str(dist),
             "ERL_EPMD_PORT": str(epmd),
+            # epmd and the Erlang distribution listen on this machine only, like AMQP
+            "ERL_EPMD_ADDRESS": "127.0.0.1",
+            "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
+            "RABBITMQ_CTL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
             "RABBITMQ_ADVANCED_CONFIG_FILE": str(directory / "advanced.config"),
         }
 

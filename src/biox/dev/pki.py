@@ -258,6 +258,8 @@ class DevPKI:
                 x509.SubjectAlternativeName(
                     [
                         x509.DNSName("localhost"),
+                        x509.DNSName("broker"),  # the compose file's service name
+                        x509.DNSName(f"{code}-broker"),
                         x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
                     ]
                 ),

@@ -4,6 +4,7 @@ partner's outage (docs/security.md)."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 import uuid
@@ -164,6 +165,11 @@ def test_the_brokers_themselves_refuse_what_a_hostile_partner_tries(sovereign):
     assert attempt(s, "us", enc, publish("biox.us", "us.encounter.submit", enc))
     assert attempt(s, "us", enc, publish("biox.us.out", "mx.query", enc))
     assert attempt(s, "us", enc, publish("", "us.response", enc))
+    # every user is limited in connections and channels, every queue bounded
+    us = s.brokers.brokers["us"]
+    limits = json.loads(us.ctl("list_user_limits", "--user", "sv.link"))
+    assert limits == {"max-connections": 16, "max-channels": 64}
+    assert "us-bounded" in us.ctl("list_operator_policies")
     # what is allowed does get through
     assert attempt(s, "us", "sv.link", publish("biox.us.partners", "us.query", "sv.link")) is None
     assert (

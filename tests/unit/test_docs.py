@@ -46,6 +46,21 @@ def test_every_reliability_guarantee_names_a_test():
     assert bare == [], f"guarantees without a test: {bare}"
 
 
+def test_every_attack_in_the_security_page_names_the_test_that_performs_it():
+    """docs/security.md, "What each party can and cannot do": one row per attempt by a
+    hostile partner, encounter system or operator, each naming its test."""
+    text = (ROOT / "docs" / "security.md").read_text()
+    section = text.split("## What each party can and cannot do", 1)[1].split("\n## ", 1)[0]
+    rows = [
+        r
+        for r in section.splitlines()
+        if r.startswith("|") and not r.startswith("| ---") and "what stops it" not in r
+    ]
+    assert len(rows) >= 20
+    bare = [r.split("|")[1].strip() for r in rows if not CITATION.search(r)]
+    assert bare == [], f"claims without a test: {bare}"
+
+
 def test_every_workflow_section_names_its_tests():
     text = (ROOT / "docs" / "workflows.md").read_text()
     sections = re.split(r"^## ", text, flags=re.M)[1:]

@@ -353,3 +353,34 @@ def test_each_refusal_names_what_failed_for_the_dead_letter():
     with pytest.raises(PermanentError) as caught:
         memory_rings(["mx"])["mx"].seal(message())
     assert caught.value.detail == "no key for 'us' to seal to"
+
+
+def test_a_partners_keys_are_imported_only_from_it_and_only_with_its_fingerprint(tmp_path):
+    """sv exports its public keys and reads the fingerprint to us by telephone. us takes
+    sv's keys only: a file carrying a key for mx (or another key under a known id), or
+    one whose fingerprint differs, changes nothing."""
+    from dataclasses import replace as changed
+
+    from biox.trust.sealing import Trust, export_keys, fingerprint, import_keys, new_key
+
+    new_key(tmp_path / "sv", "sv")
+    new_key(tmp_path / "mx", "mx")
+    sv_trust = Trust.load(trust_path(tmp_path / "sv"))
+    text = export_keys(sv_trust, "sv")
+    ours = Trust()
+    assert import_keys(ours, text, "sv", fingerprint(text)) == list(sv_trust.keys)
+    with pytest.raises(ValueError, match="fingerprint"):
+        import_keys(Trust(), text, "sv", "0000 " * 8)
+    mx_text = export_keys(Trust.load(trust_path(tmp_path / "mx")), "mx")
+    both = text + "\n" + mx_text
+    with pytest.raises(ValueError, match="keys of mx"):
+        import_keys(Trust(), both, "sv", fingerprint(both))
+    [kid] = sv_trust.keys
+    other = Trust.load(trust_path(tmp_path / "mx"))
+    [mx_key] = other.keys.values()
+    swapped = Trust({kid: changed(mx_key, kid=kid, code="sv")}).dump()
+    with pytest.raises(ValueError, match="already another key"):
+        import_keys(ours, swapped, "sv", fingerprint(swapped))
+    revoked = Trust({kid: changed(sv_trust.keys[kid], revoked=True)}).dump()
+    assert import_keys(ours, revoked, "sv", fingerprint(revoked)) == []
+    assert ours.keys[kid].revoked  # sv's revocation, taken

@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import typer
 from rich.table import Table
 
 from biox.cli.common import Participant, console, settings
-from biox.trust.sealing import Trust, new_key, trust_path
+from biox.trust.sealing import (
+    Trust,
+    export_keys,
+    fingerprint,
+    import_keys,
+    new_key,
+    trust_path,
+)
 
 app = typer.Typer(
-    help="Signing and sealing keys: make, list, rotate, revoke.", no_args_is_help=True
+    help="Signing and sealing keys: make, list, rotate, revoke, exchange.", no_args_is_help=True
 )
 
 
@@ -52,3 +60,36 @@ def keys_revoke(kid: str = typer.Argument(..., help="the key id to stop acceptin
     trust.keys[kid] = replace(trust.keys[kid], revoked=True)
     path.write_text(trust.dump())
     console.print(f"{kid}: revoked")
+
+
+@app.command("export")
+def keys_export(
+    participant: Participant = typer.Option(..., "--participant", "-p"),
+    out: Path = typer.Argument(..., help="the file to send the partners"),
+) -> None:
+    """A participant's public keys (its revocations included), for its partners, with
+    the fingerprint to read them over the telephone."""
+    code = getattr(participant, "value", participant)
+    text = export_keys(Trust.load(trust_path(settings().keys())), code)
+    out.write_text(text)
+    console.print(f"wrote {out}; fingerprint [bold]{fingerprint(text)}[/]")
+
+
+@app.command("import")
+def keys_import(
+    file: Path = typer.Argument(..., help="what the partner exported (biox keys export)"),
+    source: str = typer.Option(..., "--from", help="the partner it came from"),
+    expected: str = typer.Option(..., "--fingerprint", help="as the partner read it out"),
+) -> None:
+    """Add a partner's public keys: only that partner's, only with the fingerprint it
+    read out, never changing a key already held. Running workers see them within a
+    second."""
+    path = trust_path(settings().keys())
+    trust = Trust.load(path)
+    try:
+        added = import_keys(trust, file.read_text(), source, expected)
+    except ValueError as exc:
+        console.print(f"[red]refused:[/] {exc}")
+        raise typer.Exit(2) from exc
+    path.write_text(trust.dump())
+    console.print(f"{source}: {len(added)} new key(s) {', '.join(added)}; revocations taken")

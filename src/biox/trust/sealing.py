@@ -66,7 +66,11 @@ class Trust:
     def load(cls, path: Path) -> Trust:
         if not path.exists():
             return cls()
-        raw = tomllib.loads(path.read_text())
+        return cls.loads(path.read_text())
+
+    @classmethod
+    def loads(cls, text: str) -> Trust:
+        raw = tomllib.loads(text)
         keys = {}
         for kid, body in raw.get("keys", {}).items():
             keys[kid] = PublicKeys(
@@ -230,6 +234,47 @@ def _text(value: object) -> str:
 
 def trust_path(keys_dir: Path) -> Path:
     return keys_dir / "trust.toml"
+
+
+def fingerprint(text: str) -> str:
+    """What two people read to each other over the telephone before one imports the
+    other's public keys: SHA-256 of the exported file, in groups of four."""
+    digest = hashlib.sha256(text.encode()).hexdigest()[:32]
+    return " ".join(digest[i : i + 4] for i in range(0, 32, 4))
+
+
+def export_keys(trust: Trust, code: str) -> str:
+    """``code``'s public keys alone, as a trust file a partner imports."""
+    return Trust({k: v for k, v in trust.keys.items() if v.code == code}).dump()
+
+
+def import_keys(trust: Trust, text: str, source: str, expected: str) -> list[str]:
+    """Adds ``source``'s public keys from a file ``source`` exported, once its
+    fingerprint is the one ``source`` read out (``expected``). Refuses a file that holds
+    a key of anyone else, or one that changes a key already held under its id (a key id
+    names one key for good); a revocation in the file is taken. Returns the new ids."""
+    if " ".join(expected.lower().split()) != fingerprint(text):
+        raise ValueError("the fingerprint does not match: do not import this file")
+    try:
+        theirs = Trust.loads(text)
+    except (ValueError, KeyError) as exc:
+        raise ValueError(f"not a trust file: {exc}") from exc
+    others = sorted({k.code for k in theirs.keys.values() if k.code != source})
+    if others:
+        raise ValueError(f"the file holds keys of {', '.join(others)}, not only {source}'s")
+    added = []
+    for kid, key in theirs.keys.items():
+        held = trust.keys.get(kid)
+        if held is not None and (held.code, bytes(held.verify), bytes(held.box)) != (
+            key.code,
+            bytes(key.verify),
+            bytes(key.box),
+        ):
+            raise ValueError(f"{kid} is already another key: refused")
+        if held is None:
+            added.append(kid)
+        trust.keys[kid] = replace(key, revoked=key.revoked or (held.revoked if held else False))
+    return added
 
 
 def new_key(keys_dir: Path, code: str, now: datetime | None = None) -> PublicKeys:

@@ -62,6 +62,19 @@ class Registry(BaseModel):
     def get(self, code: str) -> Participant | None:
         return self.participants.get(code)
 
+    def linked(self, code: str) -> list[str]:
+        """The participants ``code`` exchanges anything with: those with an agreement with
+        it, in either direction. Only these get a link (a shovel, a link user on each
+        other's broker, docs/security.md); two without one have nothing to say."""
+        me = self.participants.get(code)
+        if me is None:
+            return []
+        return sorted(
+            other
+            for other, p in self.participants.items()
+            if other != code and (other in me.agreements or code in p.agreements)
+        )
+
     def partners_for(self, requester: str, purpose: Purpose) -> list[str]:
         """Partners a query for ``purpose`` goes to: both sides must have agreed it."""
         me = self.participants[requester]

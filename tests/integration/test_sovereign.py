@@ -206,6 +206,9 @@ def test_a_certificate_a_partner_ca_mints_or_ours_revoked_does_not_log_in(sovere
     with pytest.raises(pika.exceptions.AMQPConnectionError):
         s.connect("us", "us.encounters.example").close()
     s.connect("us", "us.encounters.sim").close()  # the others are untouched
+    # mx and sv agreed nothing: sv's link identity does not exist on mx's broker
+    with pytest.raises(pika.exceptions.AMQPConnectionError):
+        s.connect("mx", "sv.link").close()
 
 
 def test_cc_and_bcc_headers_deliver_nothing_past_the_partner_ingress(sovereign):

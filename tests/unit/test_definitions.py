@@ -237,3 +237,18 @@ def test_dead_letters_expire_after_the_retention_policy_on_every_dead_letter_que
     assert definitions("us", CODES, [1, 5], 20, URIS, dead_letter_days=2)["policies"][0][
         "definition"
     ]["message-ttl"] == (2 * 86_400_000)
+
+
+def test_two_participants_without_an_agreement_have_no_link():
+    """mx and sv agreed nothing (deploy/participants.toml): mx's broker has no sv.link
+    user, no link queue and no shovel to sv."""
+    from pathlib import Path
+
+    from biox.registry import Registry
+
+    registry = Registry.load(Path(__file__).parents[2] / "deploy" / "participants.toml")
+    assert registry.linked("mx") == ["us"] and registry.linked("us") == ["mx", "sv"]
+    mx = definitions("mx", CODES, [1, 5], 20, {"us": "amqps://us:5671/%2F"}, linked=["us"])
+    assert "sv.link" not in {u["name"] for u in mx["users"]}
+    assert "mx.link.sv" not in {q["name"] for q in mx["queues"]}
+    assert [p["name"] for p in mx["parameters"] if p["component"] == "shovel"] == ["mx-to-us"]

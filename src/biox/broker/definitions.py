@@ -115,16 +115,19 @@ def definitions(
     dead_letter_days: int = 30,
     encounter_systems: Iterable[str] = (),
     limits: Limits | None = None,
+    linked: Iterable[str] | None = None,
 ) -> dict[str, Any]:
     """Everything ``code``'s broker holds. ``partner_uris``: for each partner, the URI its
     shovel uses to reach that partner's broker (as ``code``'s link user).
     ``dead_letter_days``: how long a dead letter is kept (a policy, so it changes live).
     ``encounter_systems``: one broker user each (``<code>.encounters.<system>``).
-    ``limits``: queue bounds and per-user connection and channel limits."""
+    ``limits``: queue bounds and per-user connection and channel limits. ``linked``: the
+    partners ``code`` has an agreement with (``Registry.linked``; default: all): only
+    they get a link user, a link queue and a shovel."""
     limits = limits or Limits()
-    codes = sorted(codes)
+    partners = sorted(linked) if linked is not None else [c for c in codes if c != code]
+    codes = sorted({code, *partners})
     tiers = list(tiers)
-    partners = [c for c in codes if c != code]
     inbox, outbox = addresses.inbox(code), addresses.outbox(code)
     ingress, submit = addresses.ingress(code), addresses.submissions(code)
     partner_kinds = routes.partner_kinds()

@@ -132,7 +132,7 @@ def broker_definitions(
     registry = Registry.load(s.registry)
     codes = registry.codes
     where = dict(p.split("=", 1) for p in partner)
-    missing = [c for c in codes if c != code and c not in where]
+    missing = [c for c in registry.linked(code) if c not in where]
     if missing:
         console.print(f"[red]no --partner for {', '.join(missing)}[/]")
         raise typer.Exit(2)
@@ -155,6 +155,7 @@ def broker_definitions(
         uris,
         dead_letter_days=s.dead_letter_retention_days,
         encounter_systems=me.encounter_systems if me else (),
+        linked=registry.linked(code),
     )
     print(json.dumps(defs, indent=2))
 

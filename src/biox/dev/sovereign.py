@@ -54,8 +54,8 @@ class SovereignBrokers:
             files: dict[str, Path] = {}
             uris = {}
             for partner in self.codes:
-                if partner == code:
-                    continue
+                if partner == code or partner not in self.registry.linked(code):
+                    continue  # two participants without an agreement have no link
                 link = self.pki.link(code, partner)
                 for suffix, source in (("ca", link.ca), ("link", link.cert), ("key", link.key)):
                     files[f"{partner}-{suffix}.pem"] = source
@@ -80,6 +80,7 @@ class SovereignBrokers:
                     uris,
                     dead_letter_days=self.settings.dead_letter_retention_days,
                     encounter_systems=self.systems(code),
+                    linked=[c for c in self.registry.linked(code) if c in self.codes],
                 ),
                 max_message_bytes=self.settings.max_message_bytes,
             )

@@ -32,7 +32,7 @@ class AuditHandler(Handler):
 
     @classmethod
     def build(cls, ctx: Context) -> AuditHandler:
-        partners = [c for c in ctx.registry.codes if c != ctx.participant]
+        partners = ctx.registry.linked(ctx.participant)  # the partners it has a link to
         keys = ctx.settings.keys()
         return cls(
             ctx.participant,

@@ -88,6 +88,10 @@ class NoticeHandler(Handler):
             return PermanentError(Reason.unknown_participant, f"notice to {ask.to!r}")
         if ask.to == self.me:
             return PermanentError(Reason.misaddressed, "a notice goes to another participant")
+        if self.registry is not None and ask.to not in self.registry.linked(self.me):
+            return PermanentError(
+                Reason.unknown_participant, f"no agreement with {ask.to!r}, so no link to it"
+            )
         if session.get(NoticeRow, codec.derived_id(inb.envelope.message_id, "notice")):
             return Effects(outcome="notice-exists")
         if ask.in_reply_to and session.get(NoticeRow, ask.in_reply_to) is None:

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from biox.routes import ROUTES, RouteTable
+from biox.routes import ROUTES, RouteTable, Sender
 from biox.wire import addresses
 from biox.wire.codec import (
     H_ATTEMPT,
@@ -103,12 +103,32 @@ def document(routes: RouteTable = ROUTES) -> dict[str, Any]:
         "inbox": {
             "address": addresses.inbox(P),
             "title": "the participant's inbox (topic exchange)",
-            "description": "Everything a participant receives: its encounter systems' "
-            "submissions, its own operators' and workers' messages, and what partners send "
-            "it. Routing key <participant>.<kind>.",
+            "description": "What a participant's own workers and operators send it (review "
+            "cases and decisions, requests, notices to send, its own retry and dead-letter "
+            "hops). Routing key <participant>.<kind>. Nobody else may write to it.",
             "parameters": PARTICIPANT,
             "messages": {},
             "bindings": _exchange(addresses.inbox(P), "topic"),
+        },
+        "ingress": {
+            "address": addresses.ingress(P),
+            "title": "the partner ingress (topic exchange)",
+            "description": "What partners send the participant, over their links: bound only "
+            "to the queues that take partner kinds, so no routing key, CC or BCC header "
+            "reaches any other. Routing key <participant>.<kind>.",
+            "parameters": PARTICIPANT,
+            "messages": {},
+            "bindings": _exchange(addresses.ingress(P), "topic"),
+        },
+        "submissions": {
+            "address": addresses.submissions(P),
+            "title": "the submissions exchange (topic exchange)",
+            "description": "Where the participant's encounter systems publish "
+            "encounter.submit, routing key <participant>.encounter.submit; bound to the intake "
+            "queue only.",
+            "parameters": PARTICIPANT,
+            "messages": {},
+            "bindings": _exchange(addresses.submissions(P), "topic"),
         },
         "outbox": {
             "address": addresses.outbox(P),
@@ -122,18 +142,20 @@ def document(routes: RouteTable = ROUTES) -> dict[str, Any]:
         },
         "results": {
             "address": addresses.results(P),
-            "title": "results for encounter systems (direct exchange)",
-            "description": "Routing key = the reply queue's name. What no queue takes goes "
-            f"to its alternate exchange, into {addresses.held_results_queue(P)}.",
+            "title": "results for encounter systems (topic exchange)",
+            "description": "Routing key = the reply queue's name; each encounter system may "
+            "bind only its own names. What no queue takes goes to its alternate exchange, "
+            f"into {addresses.held_results_queue(P)}.",
             "parameters": PARTICIPANT,
             "messages": {},
-            "bindings": _exchange(addresses.results(P), "direct"),
+            "bindings": _exchange(addresses.results(P), "topic"),
         },
         "replies": {
             "address": f"{P}.replies.{{system}}",
             "title": "an encounter system's reply queue",
             "description": "Declared by the encounter system, durable, bound to "
-            f"{addresses.results(P)} with its own name (docs/integration.md).",
+            f"{addresses.results(P)} with its own name; {P}.replies.{{system}}.<name> too "
+            "(docs/integration.md).",
             "parameters": {**PARTICIPANT, "system": {"description": "the encounter system"}},
             "messages": {},
             "bindings": _queue(f"{P}.replies.{{system}}"),
@@ -178,6 +200,8 @@ def document(routes: RouteTable = ROUTES) -> dict[str, Any]:
         sends_on = "outbox" if partner else "inbox"
         if kind == "encounter.result":
             sends_on = "results"
+        elif Sender.encounter_system in r.senders:
+            sends_on = "submissions"
         channels[sends_on]["messages"][name] = ref
         who = ", ".join(sorted(s.value for s in r.senders))
         operations[f"send{name[:1].upper()}{name[1:]}"] = {
@@ -194,8 +218,8 @@ def document(routes: RouteTable = ROUTES) -> dict[str, Any]:
                 }
             },
         }
-        if partner:  # what a partner's outbox carries arrives on the receiver's inbox
-            channels["inbox"]["messages"][name] = ref
+        if partner:  # what a partner's outbox carries arrives on the receiver's ingress
+            channels["ingress"]["messages"][name] = ref
         receiver = (
             "replies" if kind == "encounter.result" else (f"{r.queue}Queue" if r.queue else None)
         )

@@ -117,3 +117,19 @@ def test_a_running_worker_sees_a_revoked_key_without_a_restart(tmp_path):
     os.utime(path, (path.stat().st_atime, path.stat().st_mtime + 5))
     assert ring.refresh(every_s=0) is True
     assert ring.trust.keys[mx.kid].revoked
+
+
+def test_a_failure_is_described_without_the_values_that_caused_it():
+    """A gallery record whose name is longer than the schema allows makes building the
+    answer fail: the log line and the dead letter's biox-error name the field, never the
+    name itself."""
+    from biox.broker.failures import describe
+    from biox.wire.messages import Biographic
+
+    secret = "Sánchez" * 100
+    try:
+        Biographic(family_name=secret)
+    except Exception as exc:  # the pydantic error, as a handler meets it
+        text = describe(exc)
+    assert text.startswith("ValidationError: family_name")
+    assert "Sánchez" not in text

@@ -129,7 +129,7 @@ class ConsumeLoop:
                 session.commit()
             self.publisher.send(outgoing)
         except Exception as exc:
-            log.error("maintenance_failed", worker=self.worker, error=repr(exc))
+            log.error("maintenance_failed", worker=self.worker, error=failures.describe(exc))
 
     def consume(self, deliveries: Sequence[Delivery]) -> None:
         """One batch, start to end: every delivery is acked, requeued or parked after."""
@@ -344,7 +344,7 @@ class ConsumeLoop:
             "handler_failed",
             query_id=env.correlation_id,
             message_id=env.message_id,
-            error=f"{type(exc).__name__}: {exc}",
+            error=failures.describe(exc),
             attempt=attempt,
             transient=isinstance(exc, TransientError),
         )

@@ -7,6 +7,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from pydantic import ValidationError
+
 from biox.agreement.ledgers import RefusalRow
 from biox.broker.link import Delivery
 from biox.wire import addresses
@@ -39,6 +41,19 @@ def dead_letter_target(participant: str, role: str, recorded: bool) -> tuple[str
     return inbox, addresses.unrecorded_dead_letter_key(participant, role)
 
 
+def describe(exc: BaseException) -> str:
+    """A failure as the logs and the dead letter's ``biox-error`` header say it, never with
+    the values that caused it: a pydantic error names the fields and what is wrong with
+    them, not their content (a gallery record's name, a template), docs/security.md."""
+    if isinstance(exc, ValidationError):
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '<value>'}: {e['msg']}"
+            for e in exc.errors(include_input=False, include_url=False)[:5]
+        )
+        return f"ValidationError: {problems}"[:1000]
+    return f"{type(exc).__name__}: {exc}"[:1000]
+
+
 def reason_of(exc: BaseException) -> str:
     """A failure's reason code; ``handler_error`` for anything the handler did not name."""
     return exc.reason.value if isinstance(exc, BioxError) else "handler_error"
@@ -59,7 +74,7 @@ def headers(
     out.update(
         {
             H_ATTEMPT: attempt,
-            H_ERROR: str(exc)[:1000],
+            H_ERROR: str(exc)[:1000] if isinstance(exc, BioxError) else describe(exc),
             H_ERROR_CLASS: type(exc).__name__,
             H_REASON: reason_of(exc),
             H_PERMANENT: bool(getattr(exc, "permanent", False)),

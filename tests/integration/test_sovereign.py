@@ -250,11 +250,13 @@ def test_cc_and_bcc_headers_deliver_nothing_past_the_partner_ingress(sovereign):
 
 def test_an_encounter_system_can_neither_tap_nor_redirect_another_systems_results(sovereign):
     """us.encounters.sim tries what one shared login allowed: read, purge or delete
-    example's reply queue, bind its own queue to example's results, and declare a reply
+    another system's reply queue, bind its own queue to example's results, and declare a reply
     queue that dead-letters into us's own queues."""
     s = sovereign
-    theirs = "us.replies.example.desk"
-    assert attempt(s, "us", "us.encounters.example", lambda ch: ch.queue_declare(theirs)) is None
+    theirs = "us.replies.conformance.desk"  # (example's certificate: revoked above)
+    assert (
+        attempt(s, "us", "us.encounters.conformance", lambda ch: ch.queue_declare(theirs)) is None
+    )
     sim = "us.encounters.sim"
     mine = f"us.replies.sim.{uuid.uuid4().hex[:6]}"
     assert attempt(s, "us", sim, lambda ch: ch.queue_declare(mine)) is None

@@ -266,3 +266,14 @@ def test_each_encounter_system_has_its_own_user_and_its_own_reply_queues():
         assert "not one of us.replies.poe's" in (
             foreign_reply_to("us", replace(ok, reply_to=theirs)) or ""
         ), theirs
+
+
+def test_on_the_shared_development_broker_biox_from_is_all_there_is():
+    """Everyone is guest there: our own operators' message keeps the person behind it;
+    a named broker user still counts for what it is."""
+    own = replace(env("review.decision", "us", "guest"), headers={"biox-actor": "ana"})
+    assert arrived(own, "biox.us", "us.review.decision", "us").headers == {}
+    shared = arrived(own, "biox.us", "us.review.decision", "us", shared_broker=True)
+    assert shared.headers == {"biox-actor": "ana"}
+    theirs = replace(own, user_id="sv.link")
+    assert arrived(theirs, "biox.us", "us.review.decision", "us", shared_broker=True).headers == {}

@@ -439,14 +439,19 @@ def test_a_deletion_sends_the_encounter_system_its_result_again_under_a_derived_
     assert [o.status.value for o in withdrawn.outcomes] == ["withdrawn"]
 
 
-@pytest.mark.parametrize("status", ["suspended", "discontinued"])
-def test_a_readiness_notice_cannot_lift_our_suspension_or_undo_a_discontinuation(db, status):
-    """§34, §36: readiness ends a partner's pending status; a partner we suspended, or that
-    discontinued, cannot make itself active again by sending one."""
+def test_a_readiness_notice_cannot_lift_our_suspension(db):
+    """§34, §36: readiness starts a partner's participation, or restarts it after its own
+    discontinuation; a partner we suspended cannot make itself active again by sending
+    one."""
     with session_for(db) as s:
-        participants.set_status(s, "mx", participants.Status(status), "test")
+        participants.set_status(s, "mx", participants.Status.suspended, "test")
         s.commit()
     refused = receive(db, notice("r-1", type=NoticeType.readiness))
     assert isinstance(refused, PermanentError) and refused.reason is Reason.invalid_message
     with session_for(db) as s:
-        assert participants.status_of(s, "mx").value == status
+        assert participants.status_of(s, "mx").value == "suspended"
+        participants.set_status(s, "mx", participants.Status.discontinued, "its notice")
+        s.commit()
+    assert isinstance(receive(db, notice("r-2", type=NoticeType.readiness)), Effects)
+    with session_for(db) as s:
+        assert participants.status_of(s, "mx").value == "active"

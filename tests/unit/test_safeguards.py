@@ -131,5 +131,5 @@ def test_a_failure_is_described_without_the_values_that_caused_it():
         Biographic(family_name=secret)
     except Exception as exc:  # the pydantic error, as a handler meets it
         text = describe(exc)
-    assert text.startswith("ValidationError: family_name")
+    assert text.startswith("family_name")
     assert "Sánchez" not in text

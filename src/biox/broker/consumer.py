@@ -129,14 +129,25 @@ class ConsumeLoop:
                 session.commit()
             self.publisher.send(outgoing)
         except Exception as exc:
-            log.error("maintenance_failed", worker=self.worker, error=failures.describe(exc))
+            log.error(
+                "maintenance_failed",
+                worker=self.worker,
+                error=f"{type(exc).__name__}: {failures.describe(exc)}",
+            )
 
     def consume(self, deliveries: Sequence[Delivery]) -> None:
         """One batch, start to end: every delivery is acked, requeued or parked after."""
         # a delivery of a connection that died was requeued by the broker: never touch it
         batch = [
             Taken(
-                d, arrived(read_envelope(d.properties), d.exchange, d.routing_key, self.participant)
+                d,
+                arrived(
+                    read_envelope(d.properties),
+                    d.exchange,
+                    d.routing_key,
+                    self.participant,
+                    self.settings.dev_shared_broker,
+                ),
             )
             for d in deliveries
             if d.generation == self.link.generation
@@ -344,7 +355,7 @@ class ConsumeLoop:
             "handler_failed",
             query_id=env.correlation_id,
             message_id=env.message_id,
-            error=failures.describe(exc),
+            error=f"{type(exc).__name__}: {failures.describe(exc)}",
             attempt=attempt,
             transient=isinstance(exc, TransientError),
         )

@@ -50,8 +50,8 @@ def describe(exc: BaseException) -> str:
             f"{'.'.join(str(p) for p in e['loc']) or '<value>'}: {e['msg']}"
             for e in exc.errors(include_input=False, include_url=False)[:5]
         )
-        return f"ValidationError: {problems}"[:1000]
-    return f"{type(exc).__name__}: {exc}"[:1000]
+        return problems[:1000]
+    return str(exc)[:1000]
 
 
 def reason_of(exc: BaseException) -> str:
@@ -74,7 +74,7 @@ def headers(
     out.update(
         {
             H_ATTEMPT: attempt,
-            H_ERROR: str(exc)[:1000] if isinstance(exc, BioxError) else describe(exc),
+            H_ERROR: describe(exc),
             H_ERROR_CLASS: type(exc).__name__,
             H_REASON: reason_of(exc),
             H_PERMANENT: bool(getattr(exc, "permanent", False)),

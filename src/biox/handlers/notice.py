@@ -157,14 +157,12 @@ class NoticeHandler(Handler):
             done = corrections.block_from(session, sender, n.about, n.type is NoticeType.block)
         elif n.type in STATUS_OF:
             current = participants.status_of(session, sender)
-            if STATUS_OF[n.type] is Status.active and current not in (
-                Status.pending,
-                Status.active,
-            ):
-                # §34: readiness ends a pending status; lifting our suspension, or coming
-                # back after a discontinuation (§36), is our decision, not the partner's
+            if STATUS_OF[n.type] is Status.active and current is Status.suspended:
+                # §34: a partner's readiness starts (or, after its own discontinuation,
+                # §36, restarts) its participation; lifting a suspension we imposed is
+                # our decision, never the partner's
                 return PermanentError(
-                    Reason.invalid_message, f"readiness from {sender}, which is {current}"
+                    Reason.invalid_message, f"readiness from {sender}, which we suspended"
                 )
             changed = participants.set_status(session, sender, STATUS_OF[n.type], cause, n.text)
             done.add("status", int(changed))

@@ -65,7 +65,9 @@ def run_worker(role: str, participant: str, settings: Settings | None = None) ->
         database_url=settings.database_for(participant),
         settings=settings,
         keys=load_ring(settings.keys(), participant),
-        known=lambda code: ctx.registry.get(code) is not None,
+        # a partner we have no agreement with has no link, and nothing to say to us
+        known=lambda code: code in ctx.registry.linked(participant),
+        partners=ctx.registry.linked(participant),
     )
     if settings.metrics_port:
         handler.observe(loop.metrics, settings.database_for(participant))

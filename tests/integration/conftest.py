@@ -268,7 +268,7 @@ def wait_dead(exchange: Exchange, queue: str, message_id: str, timeout: float = 
 def send_from_unknown_participant(peer: Peer, query: object) -> str:
     """A well-formed query that claims to come from 'zz', which no registry knows."""
     mid = peer.publish(
-        addresses.ingress("mx"),
+        addresses.ingress("mx", "us"),  # on the shared broker, any way in will do
         "mx.query",
         codec.encode_body(query),  # type: ignore[arg-type]
         sender="zz",

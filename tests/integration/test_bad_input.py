@@ -43,7 +43,7 @@ def send_query(peer: Peer, body: bytes, qid: str, **kw) -> None:
 
 @pytest.fixture
 def responses(peer: Peer) -> str:
-    return peer.observe(addresses.ingress("us"), "us.response")
+    return peer.observe(addresses.ingress("us", "mx"), "us.response")
 
 
 def expect_rejected(
@@ -98,7 +98,7 @@ def test_unknown_schema_version_is_rejected(peer, responses):
 def test_purpose_not_agreed_is_declined(peer: Peer):
     """sv answers us only for enforce/investigate (deploy/participants.toml): a readable
     query outside the agreement is a decision not to answer (§9), not a broken message."""
-    observe = peer.observe(addresses.ingress("us"), "us.response")
+    observe = peer.observe(addresses.ingress("us", "sv"), "us.response")
     q = valid_query(providing="sv", purpose=Purpose.adjudicate)
     peer.publish(
         addresses.outbox("us"),

@@ -141,17 +141,17 @@ def test_the_brokers_themselves_refuse_what_a_hostile_partner_tries(sovereign):
         s,
         "us",
         "sv.link",
-        publish("biox.us.partners", "us.encounter.submit", "sv.link", "encounter.submit"),
+        publish("biox.us.partners.sv", "us.encounter.submit", "sv.link", "encounter.submit"),
     ).startswith("403")
     assert attempt(
         s,
         "us",
         "sv.link",
-        publish("biox.us.partners", "us.review.decision", "sv.link", "review.decision"),
+        publish("biox.us.partners.sv", "us.review.decision", "sv.link", "review.decision"),
     ).startswith("403")
     # a user_id other than its own: the broker refuses it (406 PRECONDITION_FAILED)
     assert attempt(
-        s, "us", "sv.link", publish("biox.us.partners", "us.query", "mx.link")
+        s, "us", "sv.link", publish("biox.us.partners.sv", "us.query", "mx.link")
     ).startswith("406")
     # reading any of us's queues (a passive declare still tells their depth: RabbitMQ 3.10
     # checks no permission on it, docs/security.md "What remains")
@@ -161,7 +161,7 @@ def test_the_brokers_themselves_refuse_what_a_hostile_partner_tries(sovereign):
     assert attempt(s, "us", "sv.workers", lambda ch: None).startswith("login refused")
     # us's encounter systems submit; they cannot send partner kinds or results
     enc = "us.encounters.sim"
-    assert attempt(s, "us", enc, publish("biox.us.partners", "us.query", enc))
+    assert attempt(s, "us", enc, publish("biox.us.partners.sv", "us.query", enc))
     assert attempt(s, "us", enc, publish("biox.us", "us.encounter.submit", enc))
     assert attempt(s, "us", enc, publish("biox.us.out", "mx.query", enc))
     assert attempt(s, "us", enc, publish("", "us.response", enc))
@@ -171,7 +171,9 @@ def test_the_brokers_themselves_refuse_what_a_hostile_partner_tries(sovereign):
     assert limits == {"max-connections": 16, "max-channels": 64}
     assert "us-bounded" in us.ctl("list_operator_policies")
     # what is allowed does get through
-    assert attempt(s, "us", "sv.link", publish("biox.us.partners", "us.query", "sv.link")) is None
+    assert (
+        attempt(s, "us", "sv.link", publish("biox.us.partners.sv", "us.query", "sv.link")) is None
+    )
     assert (
         attempt(
             s,
@@ -238,7 +240,7 @@ def test_cc_and_bcc_headers_deliver_nothing_past_the_partner_ingress(sovereign):
             user_id="sv.link",
             headers={"CC": tricks, "BCC": tricks, "biox-from": "sv", "biox-to": "us"},
         )
-        ch.basic_publish("biox.us.partners", "us.query", b"\x80", props, mandatory=True)
+        ch.basic_publish("biox.us.partners.sv", "us.query", b"\x80", props, mandatory=True)
 
     assert attempt(s, "us", "sv.link", act) is None
     time.sleep(2)  # were a copy routed to a worker's queue, it would be refused by now
@@ -275,7 +277,7 @@ def test_an_encounter_system_can_neither_tap_nor_redirect_another_systems_result
             },
         ),
         "dead-letter into the ingress": lambda ch: ch.queue_declare(
-            f"{mine}.dlx2", arguments={"x-dead-letter-exchange": "biox.us.partners"}
+            f"{mine}.dlx2", arguments={"x-dead-letter-exchange": "biox.us.partners.sv"}
         ),
     }.items():
         refused = attempt(s, "us", sim, action)
@@ -304,7 +306,7 @@ def test_a_forged_identity_is_never_replayed_from_the_dead_letter_queue(sovereig
                 "biox-actor": "chief",
             },
         )
-        ch.basic_publish("biox.us.partners", "us.notice", b"\x80", props, mandatory=True)
+        ch.basic_publish("biox.us.partners.sv", "us.notice", b"\x80", props, mandatory=True)
 
     assert attempt(s, "us", "sv.link", act) is None
     assert dead_letter_reasons(s, "us", "us.notice.dlq", {mid}) == {mid: "forged_sender"}
@@ -333,7 +335,7 @@ def test_a_valid_broker_identity_with_a_forged_sender_or_signature_is_refused_by
     def sealed(name: str, claims: str) -> Outgoing:
         env = Envelope(mid[name], "response", "response/1", claims, "us", f"q-{name}")
         out = ring.seal(
-            Outgoing("biox.us.partners", "us.response", b"\x80", replace_sender(env, "sv"))
+            Outgoing("biox.us.partners.sv", "us.response", b"\x80", replace_sender(env, "sv"))
         )
         return Outgoing(
             out.exchange, out.routing_key, out.body, replace_sender(out.envelope, claims)

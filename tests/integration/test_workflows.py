@@ -233,7 +233,7 @@ def test_retrieval_about_an_unmatched_query_is_refused_on_both_sides(
     assert refused.exit_code == 1 and "did not answer" in refused.output
 
     # a request that skips the asker's own check is refused by the holder (§10)
-    observe = peer.observe(addresses.ingress("mx"), "mx.retrieval.response")
+    observe = peer.observe(addresses.ingress("mx", "us"), "mx.retrieval.response")
     request = RetrievalRequest(
         retrieval_id=str(uuid.uuid4()),
         query_id=mx.query_id,
@@ -354,9 +354,9 @@ def test_a_partner_cannot_reach_the_kinds_a_participant_takes_only_from_itself(p
     on mx's outbox at all, so the broker returns the message to mx as unroutable instead
     of swallowing it."""
     forged = ("review.decision", "review.case", "retrieval.ask", "encounter.submit")
-    observe = peer.observe(addresses.ingress("us"), "us.query")
+    observe = peer.observe(addresses.ingress("us", "mx"), "us.query")
     for kind in forged:  # anything arriving under these keys on us's ways in is seen too
-        for way_in in (addresses.ingress("us"), addresses.inbox("us")):
+        for way_in in (addresses.ingress("us", "mx"), addresses.inbox("us")):
             peer.ch.queue_bind(observe, way_in, f"us.{kind}")
     for kind in forged:
         with pytest.raises(pika.exceptions.UnroutableError):
@@ -386,7 +386,7 @@ def test_a_partner_cannot_reach_the_kinds_a_participant_takes_only_from_itself(p
 def test_a_broken_retrieval_request_is_rejected_to_its_sender(peer: Peer, body, reason):
     """Bad input from a partner gets a `rejected` retrieval response naming the reason,
     under the retrieval id the sender knows (its message id); the worker carries on."""
-    observe = peer.observe(addresses.ingress("mx"), "mx.retrieval.response")
+    observe = peer.observe(addresses.ingress("mx", "us"), "mx.retrieval.response")
     mid = peer.publish(
         addresses.outbox("mx"),
         "us.retrieval.request",

@@ -54,11 +54,18 @@ def test_users_are_one_per_own_role_and_one_link_per_partner_with_no_password():
 
 def test_a_partner_link_may_publish_only_partner_kinds_addressed_to_us_on_our_ingress():
     p = permission("mx.link")
-    assert allows(p["write"], "biox.us.partners")
-    for other in ("amq.default", "biox.us", "biox.us.out", "biox.us.submit", "biox.mx"):
+    assert allows(p["write"], "biox.us.partners.mx")
+    for other in (
+        "amq.default",
+        "biox.us",
+        "biox.us.out",
+        "biox.us.submit",
+        "biox.mx",
+        "biox.us.partners.sv",  # sv's way in: not mx's
+    ):
         assert not allows(p["write"], other), other
     assert p["read"] == p["configure"] == "^$"
-    keys = topic_write("mx.link", "biox.us.partners")
+    keys = topic_write("mx.link", "biox.us.partners.mx")
     for kind in ROUTES.partner_kinds():
         assert allows(keys, f"us.{kind}"), kind
     for key in (
@@ -118,7 +125,7 @@ def test_operators_replay_and_import_through_the_inbox_on_their_own_keys():
 def test_encounter_systems_submit_and_read_their_own_reply_queues_only():
     p = permission("us.encounters.gate-7")
     assert allows(p["write"], "biox.us.submit")
-    for other in ("amq.default", "biox.us", "biox.us.partners", "biox.us.results"):
+    for other in ("amq.default", "biox.us", "biox.us.partners.mx", "biox.us.results"):
         # nothing but the submissions exchange, so no dead-letter target elsewhere either
         assert not allows(p["write"], other), other
     for name in ("us.replies.gate-7", "us.replies.gate-7.desk-2"):
@@ -143,13 +150,25 @@ def test_each_way_in_is_bound_only_to_the_queues_its_senders_may_reach():
     by_source: dict[str, set[str]] = {}
     for dest, source, _key in got:
         by_source.setdefault(source, set()).add(dest)
-    partner_queues = {addresses.queue("us", ROUTES.routes[k].queue) for k in ROUTES.partner_kinds()}
-    assert by_source["biox.us.partners"] == partner_queues | {"us.audit"}
+    roles = {ROUTES.routes[k].queue for k in ROUTES.partner_kinds()}
+    for partner in ("mx", "sv"):  # each partner's way in leads to its own arrival queues
+        arrivals = {addresses.arrival_queue("us", r, partner) for r in roles if r}
+        assert by_source[f"biox.us.partners.{partner}"] == arrivals | {"us.audit"}
     assert by_source["biox.us.submit"] == {"us.intake", "us.audit"}
-    for own_only in ("us.review", "us.notice", "us.intake"):
-        if own_only not in partner_queues:
-            assert own_only not in by_source["biox.us.partners"], own_only
-    assert "us.review" not in by_source["biox.us.submit"]
+    # no partner's kinds on the inbox, whoever could write there
+    partner_keys = {f"us.{k}" for k in ROUTES.partner_kinds()}
+    assert not {key for _, source, key in got if source == "biox.us"} & partner_keys
+
+
+def test_each_partner_waits_in_queues_of_its_own():
+    """A flood from sv fills sv's arrival queues, bounded, and leaves mx's alone."""
+    queues = {q["name"]: q["arguments"] for q in US["queues"]}
+    for partner in ("mx", "sv"):
+        name = f"us.query.from.{partner}"
+        assert queues[name]["x-queue-type"] == "quorum"
+        assert queues[name]["x-overflow"] == "reject-publish"
+        assert queues[name]["x-dead-letter-routing-key"] == "us.query.dlq"
+    assert "us.review.from.mx" not in queues  # review takes no partner kind
 
 
 def test_every_queue_is_bounded_and_full_queues_refuse_rather_than_drop():
@@ -190,7 +209,7 @@ def test_one_shovel_per_partner_acks_only_what_the_partner_confirmed_and_names_i
     assert set(shovels) == {"us-to-mx", "us-to-sv"}
     mx = shovels["us-to-mx"]
     assert mx["src-queue"] == "us.link.mx"
-    assert mx["dest-uri"] == URIS["mx"] and mx["dest-exchange"] == "biox.mx.partners"
+    assert mx["dest-uri"] == URIS["mx"] and mx["dest-exchange"] == "biox.mx.partners.us"
     assert mx["ack-mode"] == "on-confirm"
     assert mx["dest-publish-properties"] == {"user_id": "us.link"}
 

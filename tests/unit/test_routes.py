@@ -65,10 +65,11 @@ def test_a_kind_declared_in_one_line_gets_its_queue_binding_and_schema(tmp_path)
     assert "ping" in table.partner_kinds()
     assert "ping" in table.kinds_of("audit")
     bound = bindings("us", ["us", "mx"], table, [1, 5])
-    assert ("us.ping", "biox.us.partners", "us.ping") in bound  # its queue, partners' ingress
-    assert ("us.ping", "biox.us", "us.ping") not in bound  # and not on the inbox
-    assert ("biox.us.partners", "biox.mx.out", "us.ping") in bound  # the link carries it
-    assert ("us.audit", "biox.us.partners", "us.ping") in bound  # the audit records it
+    # mx's arrival queue for it, on mx's way in; not on the inbox
+    assert ("us.ping.from.mx", "biox.us.partners.mx", "us.ping") in bound
+    assert ("us.ping", "biox.us", "us.ping") not in bound
+    assert ("biox.us.partners.mx", "biox.mx.out", "us.ping") in bound  # the link carries it
+    assert ("us.audit", "biox.us.partners.mx", "us.ping") in bound  # the audit records it
     assert ("us.ping.retry.1", "biox.us", "us.retry.ping.1") in bound
     assert ("us.ping.dlq", "biox.us", "us.dead-letter.ping") in bound
     docs = contract.documents(table)

@@ -577,7 +577,7 @@ def test_workflow_messages_with_arbitrary_content_never_crash_a_handler(
         )
         mid = str(uuid.uuid4())
     # each kind of sender has its own way in (topology.entrances)
-    way_in = "biox.us" if sender == "us" else "biox.us.partners"
+    way_in = "biox.us" if sender == "us" else f"biox.us.partners.{sender}"
     if kind == "encounter.submit" and sender == "us":
         way_in = "biox.us.submit"
     out = Outgoing(

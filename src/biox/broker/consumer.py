@@ -42,6 +42,7 @@ from biox.broker.publisher import (
     republish_properties,
     unpack_outgoing,
 )
+from biox.broker.topology import arrival_queues
 from biox.database import mark_published, processed, session_for
 from biox.handlers.base import Effects, Handler, Result
 from biox.metrics import Metrics
@@ -80,12 +81,14 @@ class ConsumeLoop:
         keys: KeyRing,
         known: Callable[[str], bool] = lambda _code: False,
         link: Transport | None = None,
+        partners: Sequence[str] = (),
     ) -> None:
         """One worker of ``queue`` for ``participant``. ``keys``: its private keys and the
         partners' public keys (partner messages are signed and sealed). ``known``: whether
         a code is a participant of the registry (the sender check of partner kinds).
         ``link``: the transport, when not a fresh connection to ``url`` (unit tests and the
-        in-memory exchange drive the loop through their own)."""
+        in-memory exchange drive the loop through their own). ``partners``: those with a
+        link to us, whose arrival queues this worker consumes besides its own."""
         self.participant = participant
         self.spec = queue
         self.routes = routes
@@ -96,7 +99,9 @@ class ConsumeLoop:
         self.database_url = database_url
         self.settings = settings
         self.worker = f"{self.queue}@{socket.gethostname()}:{os.getpid()}"
-        self.link: Transport = link or Link.consuming(url, self.worker, self.queue, settings)
+        #: its own queue, then each partner's arrival queue (docs/security.md, "Quotas")
+        self.consumed = [self.queue, *arrival_queues(participant, queue.role, partners, routes)]
+        self.link: Transport = link or Link.consuming(url, self.worker, self.consumed, settings)
         self.publisher = Publisher(self.link, settings.publish_timeout)
         self.stats: Counter[str] = Counter()
         self.metrics = Metrics(participant, self.queue)  # served by run_worker, if asked

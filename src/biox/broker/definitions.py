@@ -39,6 +39,7 @@ from urllib.parse import quote, urlencode
 
 from biox.broker.topology import (
     HELD_ARGUMENTS,
+    arrival_queues,
     bindings,
     entrance_exchanges,
     results_arguments,
@@ -129,7 +130,7 @@ def definitions(
     codes = sorted({code, *partners})
     tiers = list(tiers)
     inbox, outbox = addresses.inbox(code), addresses.outbox(code)
-    ingress, submit = addresses.ingress(code), addresses.submissions(code)
+    submit = addresses.submissions(code)
     partner_kinds = routes.partner_kinds()
     own_kinds = sorted(k for k, r in routes.routes.items() if Sender.own in r.senders)
     submit_kinds = sorted(
@@ -189,12 +190,12 @@ def definitions(
         )
         topic(name, submit, _keys([code], submit_kinds), read=NOTHING)
         topic(name, results, NOTHING, read=f"^{own}$")
-    for partner in partners:
-        link = broker_user(partner, Role.link)
+    for partner in partners:  # each partner writes to its own ingress alone
+        link, ingress = broker_user(partner, Role.link), addresses.ingress(code, partner)
         user(link, NOTHING, _either(ingress), NOTHING)
         topic(link, ingress, _keys([code], partner_kinds))
 
-    exchanges = [_exchange(name, "topic") for name in entrance_exchanges(code)] + [
+    exchanges = [_exchange(name, "topic") for name in entrance_exchanges(code, partners)] + [
         _exchange(results, "topic", results_arguments(code)),
         _exchange(held, "fanout"),
     ]
@@ -202,7 +203,11 @@ def definitions(
     for q in routes.queues.values():
         name = addresses.queue(code, q.role)
         queues.append(_queue(name, work_queue_arguments(name, delivery_limit)))
-        queues.append(_queue(addresses.dead_letter_queue(name), {"x-queue-type": "quorum"}))
+        dead_letters = addresses.dead_letter_queue(name)
+        queues.append(_queue(dead_letters, {"x-queue-type": "quorum"}))
+        for arrival in arrival_queues(code, q.role, partners, routes):
+            args = work_queue_arguments(arrival, delivery_limit, dead_letters)
+            queues.append(_queue(arrival, args))
         for seconds in tiers:
             queues.append(
                 _queue(addresses.retry_queue(name, seconds), retry_queue_arguments(name, seconds))
@@ -237,7 +242,7 @@ def definitions(
                 "src-queue": addresses.link_queue(code, partner),
                 "dest-protocol": "amqp091",
                 "dest-uri": partner_uris[partner],
-                "dest-exchange": addresses.ingress(partner),
+                "dest-exchange": addresses.ingress(partner, code),
                 # the partner's broker stamps who is speaking: our link user
                 "dest-publish-properties": {"user_id": broker_user(code, Role.link)},
                 "ack-mode": "on-confirm",

@@ -16,7 +16,7 @@ import contextlib
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -92,7 +92,7 @@ class Link:
         url: str,
         *,
         name: str,
-        consume: str | None = None,
+        consume: str | Sequence[str] | None = None,
         prefetch: int = 256,
         heartbeat: int = 30,
         tls: ClientTLS | None = None,
@@ -105,7 +105,9 @@ class Link:
         self.params = params
         self.name = name
         self.user = user_of(url, tls)
-        self.consume_queue = consume
+        #: the queues this link consumes: a worker's own and its partners' arrival queues,
+        #: each its own consumer with its own prefetch, so that none waits behind another
+        self.consume_queues = [consume] if isinstance(consume, str) else list(consume or ())
         self.prefetch = prefetch
         self.deliveries: queue.Queue[Delivery] = queue.Queue()
         self.generation = 0
@@ -121,8 +123,9 @@ class Link:
         self._thread = threading.Thread(target=self._run, name=f"amqp-{name}", daemon=True)
 
     @classmethod
-    def consuming(cls, url: str, name: str, queue: str, settings: Settings) -> Link:
-        """A worker's link: consumes ``queue`` with the configured prefetch and heartbeat."""
+    def consuming(cls, url: str, name: str, queue: str | Sequence[str], settings: Settings) -> Link:
+        """A worker's link: consumes ``queue`` (or several) with the configured prefetch
+        and heartbeat."""
         return cls(
             url,
             name=name,
@@ -202,20 +205,21 @@ class Link:
         channel.confirm_delivery(ack_nack_callback=self._on_confirm, callback=self._on_confirm_mode)
 
     def _on_confirm_mode(self, _frame: Any) -> None:
-        if self.consume_queue:
+        if self.consume_queues:
             self._channel.basic_qos(prefetch_count=self.prefetch, callback=self._on_qos)
         else:
             self.ready.set()
 
     def _on_qos(self, _frame: Any) -> None:
         generation = self.generation
-        self._channel.basic_consume(
-            self.consume_queue,
-            on_message_callback=lambda ch, method, props, body: self._on_message(
-                generation, method, props, body
-            ),
-            auto_ack=False,
-        )
+        for name in self.consume_queues:
+            self._channel.basic_consume(
+                name,
+                on_message_callback=lambda ch, method, props, body: self._on_message(
+                    generation, method, props, body
+                ),
+                auto_ack=False,
+            )
         self.ready.set()
 
     def _on_channel_closed(self, _channel: Any, reason: BaseException) -> None:

@@ -40,7 +40,7 @@ from biox.agreement import participants
 from biox.broker.consumer import ConsumeLoop
 from biox.broker.link import Delivery, Unroutable
 from biox.broker.publisher import Publisher
-from biox.broker.topology import bindings
+from biox.broker.topology import arrival_queues, bindings
 from biox.database import session_for
 from biox.handlers.base import Context, Handler
 from biox.policy.release import Policies
@@ -185,16 +185,22 @@ class InMemoryExchange:
         self.codes = sorted(codes or self.registry.codes)
         self.broker = MemoryBroker()
         self._tags = itertools.count(1)
+        #: who has a link with whom (an agreement, either way): as on a broker
+        self.links = {
+            c: [p for p in self.registry.linked(c) if p in self.codes] for c in self.codes
+        }
         for code in self.codes:
             for q in routes.queues.values():
                 name = addresses.queue(code, q.role)
                 for n in (name, addresses.dead_letter_queue(name)):
                     self.broker.declare_queue(n)
+                for n in arrival_queues(code, q.role, self.links[code], routes):
+                    self.broker.declare_queue(n)
                 for seconds in settings.retry_tiers:
                     self.broker.declare_queue(addresses.retry_queue(name, seconds))
         for code in self.codes:
             for destination, source, key in bindings(
-                code, self.codes, routes, settings.retry_tiers
+                code, [code, *self.links[code]], routes, settings.retry_tiers
             ):
                 self.broker.bind(destination, source, key)
         self.loops: dict[str, ConsumeLoop] = {}
@@ -215,8 +221,9 @@ class InMemoryExchange:
                     database_url=settings.database_for(code),
                     settings=settings,
                     keys=self.keys[code],
-                    known=lambda c: self.registry.get(c) is not None,
+                    known=self.links[code].__contains__,
                     link=MemoryLink(self.broker, user=broker_user(code, Role.workers)),
+                    partners=self.links[code],
                 )
                 loop.requeue_pause = 0.0
                 self.loops[loop.queue] = loop
@@ -269,12 +276,13 @@ class InMemoryExchange:
         done = 0
         while done < max_batches:
             progressed = False
-            for name, loop in self.loops.items():
-                waiting = self.broker.queues[name]
-                if waiting:
-                    self._deliver(loop, waiting)
-                    done += 1
-                    progressed = True
+            for loop in self.loops.values():
+                for name in loop.consumed:  # its own queue, then each partner's arrivals
+                    waiting = self.broker.queues[name]
+                    if waiting:
+                        self._deliver(loop, waiting)
+                        done += 1
+                        progressed = True
             if progressed:
                 continue
             if not (retries and self._release_retries()):

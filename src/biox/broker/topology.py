@@ -14,17 +14,22 @@ import pika
 from pika.adapters.blocking_connection import BlockingChannel
 
 from biox.broker.connection import parameters
+from biox.registry import Registry
 from biox.routes import ROUTES, RouteTable, Sender
 from biox.settings import Settings
 from biox.wire import addresses
 
 
-def work_queue_arguments(name: str, delivery_limit: int) -> dict[str, object]:
+def work_queue_arguments(
+    name: str, delivery_limit: int, dead_letters: str | None = None
+) -> dict[str, object]:
+    """``dead_letters``: where a message past its delivery limit goes (default: the
+    queue's own dead-letter queue; a partner's arrival queue uses its work queue's)."""
     return {
         "x-queue-type": "quorum",
         "x-delivery-limit": delivery_limit,  # a message that kills its worker every time
         "x-dead-letter-exchange": "",
-        "x-dead-letter-routing-key": addresses.dead_letter_queue(name),
+        "x-dead-letter-routing-key": dead_letters or addresses.dead_letter_queue(name),
         "x-dead-letter-strategy": "at-least-once",
         "x-overflow": "reject-publish",
     }
@@ -43,9 +48,17 @@ def retry_queue_arguments(work_queue: str, seconds: int) -> dict[str, object]:
 
 
 def declare_work_queue(
-    ch: BlockingChannel, name: str, tiers: Iterable[int], delivery_limit: int
+    ch: BlockingChannel,
+    name: str,
+    tiers: Iterable[int],
+    delivery_limit: int,
+    arrivals: Iterable[str] = (),
 ) -> None:
     ch.queue_declare(name, durable=True, arguments=work_queue_arguments(name, delivery_limit))
+    dead_letters = addresses.dead_letter_queue(name)
+    for arrival in arrivals:
+        args = work_queue_arguments(arrival, delivery_limit, dead_letters)
+        ch.queue_declare(arrival, durable=True, arguments=args)
     ch.queue_declare(
         addresses.dead_letter_queue(name), durable=True, arguments={"x-queue-type": "quorum"}
     )
@@ -57,25 +70,34 @@ def declare_work_queue(
         )
 
 
-def entrance_exchanges(code: str) -> list[str]:
-    """Every topic exchange of ``code`` a message enters or leaves by."""
+def entrance_exchanges(code: str, partners: Iterable[str]) -> list[str]:
+    """Every topic exchange of ``code`` a message enters or leaves by: one ingress per
+    partner it has a link with."""
     return [
         addresses.inbox(code),
-        addresses.ingress(code),
+        *(addresses.ingress(code, p) for p in sorted(partners)),
         addresses.submissions(code),
         addresses.outbox(code),
     ]
 
 
 def entrances(code: str, senders: Iterable[Sender]) -> list[str]:
-    """The exchanges of ``code`` a kind with these senders arrives on: one per kind of
-    sender, each writable by that sender alone (docs/security.md, "Partner ingress")."""
+    """The exchanges of ``code`` a kind from its own side arrives on: its own workers' and
+    operators' inbox, its encounter systems' submissions exchange, each writable by those
+    alone (a partner's kinds arrive on that partner's ingress, ``bindings``)."""
     by_sender = {
         Sender.own: addresses.inbox(code),
-        Sender.partner: addresses.ingress(code),
         Sender.encounter_system: addresses.submissions(code),
     }
-    return [by_sender[s] for s in sorted(senders)]
+    return [by_sender[s] for s in sorted(senders) if s in by_sender]
+
+
+def arrival_queues(code: str, role: str, partners: Iterable[str], routes: RouteTable) -> list[str]:
+    """The queues a worker of ``role`` consumes besides its own: one per partner, when the
+    queue takes partner kinds."""
+    if not any(k in routes.partner_kinds() for k in routes.kinds_of(role)):
+        return []
+    return [addresses.arrival_queue(code, role, p) for p in sorted(partners)]
 
 
 def bindings(
@@ -87,16 +109,17 @@ def bindings(
 ) -> list[tuple[str, str, str]]:
     """Every (queue or exchange, source exchange, routing key) of ``code``'s side.
 
-    A queue or exchange named first is bound to the exchange named second. Derived from
-    the route table alone: a work queue takes each of its kinds from the exchange of each
-    sender the route allows (``entrances``: partners' kinds from the partner ingress, its
-    own from the inbox, submissions from the submissions exchange); the partner links
-    carry the partner kinds only; the audit queue takes every audited kind from wherever
-    it arrives or leaves, and every retry and dead-letter hop.
+    A queue or exchange named first is bound to the exchange named second. ``codes``:
+    ``code`` and the partners it has a link with. Derived from the route table alone: a
+    work queue takes its own kinds from the inbox and submissions from the submissions
+    exchange (``entrances``); each partner's kinds wait in that partner's arrival queue
+    (``arrival_queue``), bound to that partner's ingress alone; the partner links carry
+    the partner kinds only; the audit queue takes every audited kind from wherever it
+    arrives or leaves, and every retry and dead-letter hop.
 
-    On one shared broker a partner's outbox is bound to ``code``'s ingress. With
+    On one shared broker a partner's outbox is bound to its ingress on ``code``. With
     ``sovereign`` brokers, ``code``'s outbox feeds one link queue per partner instead,
-    which a shovel empties into that partner's ingress on the partner's broker.
+    which a shovel empties into ``code``'s ingress on the partner's broker.
     """
     inbox, outbox = addresses.inbox(code), addresses.outbox(code)
     # results no reply queue took (docs/integration.md)
@@ -110,7 +133,18 @@ def bindings(
                 out.append((addresses.link_queue(code, partner), outbox, key))
             else:  # what partner sends to code, on partner's outbox
                 key = addresses.routing_key(code, kind)
-                out.append((addresses.ingress(code), addresses.outbox(partner), key))
+                out.append((addresses.ingress(code, partner), addresses.outbox(partner), key))
+        ingress = addresses.ingress(code, partner)
+        for q in routes.work_queues():
+            for kind in routes.kinds_of(q.role):
+                if kind in routes.partner_kinds():
+                    arrival = addresses.arrival_queue(code, q.role, partner)
+                    out.append((arrival, ingress, addresses.routing_key(code, kind)))
+        if routes.audit is not None:
+            audit = addresses.queue(code, routes.audit.role)
+            for kind in routes.kinds_of(routes.audit.role):
+                if kind in routes.partner_kinds():
+                    out.append((audit, ingress, addresses.routing_key(code, kind)))
     for q in routes.work_queues():
         name = addresses.queue(code, q.role)
         for kind in routes.kinds_of(q.role):
@@ -194,20 +228,26 @@ def declare(
     """
     codes = sorted(codes)
     mine = sorted(only) if only is not None else codes
+    registry = Registry.load(settings.registry)
+    links = {c: [p for p in registry.linked(c) if p in codes] for c in codes}
     queues: list[str] = []
     conn = pika.BlockingConnection(parameters(url, settings.client_tls()))
     try:
         ch = conn.channel()
         for code in codes:
-            for exchange in entrance_exchanges(code):
+            for exchange in entrance_exchanges(code, links[code]):
                 ch.exchange_declare(exchange, "topic", durable=True)
             declare_results(ch, code)
         for code in mine:
             for q in routes.queues.values():
                 name = addresses.queue(code, q.role)
-                declare_work_queue(ch, name, settings.retry_tiers, settings.delivery_limit)
-                queues.append(name)
-            for destination, source, key in bindings(code, codes, routes, settings.retry_tiers):
+                arrivals = arrival_queues(code, q.role, links[code], routes)
+                declare_work_queue(
+                    ch, name, settings.retry_tiers, settings.delivery_limit, arrivals
+                )
+                queues += [name, *arrivals]
+            linked = [code, *links[code]]
+            for destination, source, key in bindings(code, linked, routes, settings.retry_tiers):
                 if addresses.is_exchange(destination):
                     ch.exchange_bind(destination=destination, source=source, routing_key=key)
                 else:

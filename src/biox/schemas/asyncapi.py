@@ -111,14 +111,15 @@ def document(routes: RouteTable = ROUTES) -> dict[str, Any]:
             "bindings": _exchange(addresses.inbox(P), "topic"),
         },
         "ingress": {
-            "address": addresses.ingress(P),
-            "title": "the partner ingress (topic exchange)",
-            "description": "What partners send the participant, over their links: bound only "
-            "to the queues that take partner kinds, so no routing key, CC or BCC header "
-            "reaches any other. Routing key <participant>.<kind>.",
-            "parameters": PARTICIPANT,
+            "address": addresses.ingress(P, "{partner}"),
+            "title": "a partner's ingress (topic exchange)",
+            "description": "What one partner sends the participant, over its link: bound "
+            "only to that partner's arrival queues <participant>.<queue>.from.<partner> (and "
+            "the audit queue), so no routing key, CC or BCC header reaches any other queue. "
+            "Routing key <participant>.<kind>.",
+            "parameters": {**PARTICIPANT, "partner": {"description": "the sending partner"}},
             "messages": {},
-            "bindings": _exchange(addresses.ingress(P), "topic"),
+            "bindings": _exchange(addresses.ingress(P, "{partner}"), "topic"),
         },
         "submissions": {
             "address": addresses.submissions(P),

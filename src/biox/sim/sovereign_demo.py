@@ -135,7 +135,7 @@ def _forgeries(console: Console, brokers: SovereignBrokers, settings: Settings) 
             ch.confirm_delivery()
         mid = f"forged-{uuid.uuid4().hex[:8]}"
         env = Envelope(mid, "response", "response/1", "sv", "us", f"q-{mid}")
-        ingress = "biox.us.partners"
+        ingress = "biox.us.partners.sv"
         sealed = load_ring(settings.keys(), "sv").seal(Outgoing(ingress, "us.response", b"", env))
         claims_mx = replace(sealed.envelope, sender="mx")
         props = properties_for(claims_mx, "sv.link")
@@ -186,7 +186,7 @@ def _cc_trick(brokers: SovereignBrokers, table: Table) -> bool:
             user_id="sv.link",
             headers={"CC": keys, "BCC": keys},
         )
-        ch.basic_publish("biox.us.partners", "us.query", b"\x80", props, mandatory=True)
+        ch.basic_publish("biox.us.partners.sv", "us.query", b"\x80", props, mandatory=True)
     finally:
         link.close()
     time.sleep(1)

@@ -12,11 +12,19 @@ def inbox(code: str) -> str:
     return f"biox.{code}"
 
 
-def ingress(code: str) -> str:
-    """Where partners deliver to ``code``: bound only to the queues that take partner kinds,
-    so no routing key, CC or BCC header a partner writes reaches any other
-    (docs/security.md, "Partner ingress")."""
-    return f"biox.{code}.partners"
+def ingress(code: str, partner: str) -> str:
+    """Where ``partner`` delivers to ``code``: one exchange per partner, bound only to that
+    partner's arrival queues (``arrival_queue``), so no routing key, CC or BCC header a
+    partner writes reaches any other queue, and no partner another's (docs/security.md,
+    "Partner ingress")."""
+    return f"biox.{code}.partners.{partner}"
+
+
+def arrival_queue(code: str, role: str, partner: str) -> str:
+    """Where ``partner``'s messages for ``code``'s ``role`` queue wait, apart from every
+    other partner's: the worker consumes each partner's and its own, so a flood from one
+    partner delays that partner alone (docs/security.md, "Quotas")."""
+    return f"{code}.{role}.from.{partner}"
 
 
 def submissions(code: str) -> str:

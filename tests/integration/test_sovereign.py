@@ -133,7 +133,8 @@ def test_the_brokers_themselves_refuse_what_a_hostile_partner_tries(sovereign):
     assert attempt(s, "us", "sv.link", publish("biox.us.out", "mx.query", "sv.link")).startswith(
         "403"
     )
-    for exchange in ("biox.us", "biox.us.submit"):  # the inbox and submissions: not at all
+    # the inbox, submissions and mx's way in: not at all
+    for exchange in ("biox.us", "biox.us.submit", "biox.us.partners.mx"):
         assert attempt(s, "us", "sv.link", publish(exchange, "us.query", "sv.link")).startswith(
             "403"
         ), exchange

@@ -74,6 +74,8 @@ def serve(
     what runs. Needs BIOX_AMQP_URL (and the TLS variables on an amqps:// broker).
     """
     from biox import logs
+    from biox.broker.topology import arrival_queues
+    from biox.registry import Registry
     from biox.supervisor import Supervisor, parse_counts
 
     s = settings()
@@ -102,7 +104,13 @@ def serve(
         raise typer.Exit(2)
     if declare:
         topology_declare(participant=[])
-    wanted = [addresses.queue(me, k) for k, n in counts.items() if n]
+    linked = Registry.load(s.registry).linked(me)
+    wanted = [
+        q
+        for k, n in counts.items()
+        if n
+        for q in (addresses.queue(me, k), *arrival_queues(me, k, linked, ROUTES))
+    ]
     absent = missing_queues(s.amqp_url, wanted)
     if absent:
         console.print(

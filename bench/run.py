@@ -43,6 +43,7 @@ from biox.sim.processes import (
     unwind_on_sigterm,
     wait_for_consumers,
 )
+from biox.wire import addresses
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -174,7 +175,9 @@ def raw_round_trip(url: str, body_size: int, n: int) -> dict:
     stop = threading.Event()
 
     def echo() -> None:
-        with Link(url, name="bench-echo", consume="mx.query", prefetch=256) as link:
+        # a partner's messages wait in its own arrival queue (docs/architecture.md, "Topology")
+        queries = addresses.arrival_queue("mx", "query", "us")
+        with Link(url, name="bench-echo", consume=queries, prefetch=256) as link:
             pub = Publisher(link)
             while not stop.is_set():
                 batch = []
@@ -195,7 +198,8 @@ def raw_round_trip(url: str, body_size: int, n: int) -> dict:
     body = os.urandom(body_size)
     import pika
 
-    with Link(url, name="bench-client", consume="us.response", prefetch=1000) as link:
+    responses = addresses.arrival_queue("us", "response", "mx")
+    with Link(url, name="bench-client", consume=responses, prefetch=1000) as link:
         time.sleep(1.0)
         pub = Publisher(link)
         started = time.perf_counter()

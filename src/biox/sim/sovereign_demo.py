@@ -158,10 +158,11 @@ def _minted(brokers: SovereignBrokers, table: Table) -> bool:
     try:
         pika.BlockingConnection(parameters(brokers.url("us"), minted)).close()
     except pika.exceptions.AMQPConnectionError as exc:
+        why = "unknown CA" if "UNKNOWN_CA" in repr(exc) else type(exc).__name__
         table.add_row(
             "a us.operators certificate minted by mx's CA logs in",
             "us's broker (TLS)",
-            type(exc).__name__,
+            f"handshake refused: {why}",
         )
         return True
     table.add_row("a us.operators certificate minted by mx's CA logs in", "-", "logged in!")

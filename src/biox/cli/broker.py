@@ -217,7 +217,9 @@ def pki_request(
 @pki.command("sign")
 def pki_sign(
     participant: Participant = typer.Option(..., "--participant", "-p", help="the host"),
-    request: Path = typer.Argument(..., help="a partner's request (PEM)"),
+    request: Path = typer.Argument(
+        ..., exists=True, dir_okay=False, readable=True, help="a partner's request (PEM)"
+    ),
     out: Path = typer.Argument(..., help="where to write the certificate (PEM)"),
     directory: Path = _DIR,
 ) -> None:
@@ -237,7 +239,9 @@ def pki_sign(
 @pki.command("revoke")
 def pki_revoke(
     participant: Participant = typer.Option(..., "--participant", "-p", help="whose CA"),
-    certificate: Path = typer.Argument(..., help="a certificate that CA issued (PEM)"),
+    certificate: Path = typer.Argument(
+        ..., exists=True, dir_okay=False, readable=True, help="a certificate that CA issued (PEM)"
+    ),
     directory: Path = _DIR,
 ) -> None:
     """Adds the certificate to our CA's CRL (crl.pem, and crls/ for the broker's

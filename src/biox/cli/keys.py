@@ -77,7 +77,13 @@ def keys_export(
 
 @app.command("import")
 def keys_import(
-    file: Path = typer.Argument(..., help="what the partner exported (biox keys export)"),
+    file: Path = typer.Argument(
+        ...,
+        exists=True,
+        dir_okay=False,
+        readable=True,
+        help="what the partner exported (biox keys export)",
+    ),
     source: str = typer.Option(..., "--from", help="the partner it came from"),
     expected: str = typer.Option(..., "--fingerprint", help="as the partner read it out"),
 ) -> None:

@@ -28,6 +28,7 @@ from sqlmodel import Session, col, select
 from structlog.testing import capture_logs
 
 from biox.agreement.ledgers import RefusalRow
+from biox.broker.admission import header_bytes
 from biox.broker.consumer import ConsumeLoop
 from biox.broker.link import ConnectionLost, Delivery, Nacked, Unroutable
 from biox.broker.publisher import properties_for, unpack_outgoing
@@ -40,7 +41,7 @@ from biox.trust.sealing import memory_rings
 from biox.wire import addresses, codec
 from biox.wire.codec import Envelope, Outgoing
 from biox.wire.errors import BioxError, PermanentError, Reason, TransientError
-from biox.wire.inbound import Inbound, read_envelope
+from biox.wire.inbound import Inbound, arrived, read_envelope
 from biox.wire.messages import Element, RetrievalAsk
 
 QUEUE = "us.retrieval"
@@ -1126,3 +1127,46 @@ def test_a_partners_id_cannot_squat_anothers(tmp_path):
     with session_for(r.db) as s:
         keys = sorted(s.exec(select(ProcessedMessage.message_id)).all())
     assert keys == ["mx/m-next", "sv/m-next"]
+
+
+def test_headers_over_the_bound_are_refused_before_anything_else_and_never_answered(tmp_path):
+    """The broker's max_message_size counts the body only: 20 KiB of headers from a
+    partner that is otherwise proven are refused too_large, by size, unanswered."""
+    r = rig(tmp_path, dev_shared_broker=False, max_header_bytes=16 * 1024)
+    out = ask("ok", sender="mx")
+    d = r.link.deliver(out, headers={"x-pad": "x" * (20 * 1024)}, user_id="mx.workers")
+    r.run(d)
+    [dead] = r.link.to(addresses.dead_letter_key("us", "retrieval"))
+    assert dead.headers["biox-reason"] == "too_large"
+    assert "headers of " in dead.headers["biox-error"] and "> 16384" in dead.headers["biox-error"]
+    assert [p for p in r.link.confirmed if not p.routing_key.startswith("us.")] == []
+    assert r.handler.calls == []
+    exact = rig(tmp_path / "exact", dev_shared_broker=False, max_header_bytes=10**6)
+    d = exact.link.deliver(out, user_id="mx.workers")
+    size = header_bytes(
+        arrived(read_envelope(d.properties), d.exchange, d.routing_key, "us").headers
+    )
+    tight = rig(tmp_path / "tight", dev_shared_broker=False, max_header_bytes=size)
+    tight.run(tight.link.deliver(out, user_id="mx.workers"))  # exactly at the bound: taken
+    assert tight.link.to(addresses.dead_letter_key("us", "retrieval")) == []
+
+
+def test_an_unknown_kind_is_named_with_what_the_queue_takes(tmp_path):
+    r = rig(tmp_path)
+    out = ask("ok")
+    out.envelope = replace(out.envelope, kind="no.such.kind")
+    r.run(r.link.deliver(out))
+    [dead] = r.link.to(addresses.dead_letter_key("us", "retrieval"))
+    assert dead.headers["biox-error"].endswith(
+        "'no.such.kind' on us.retrieval, which takes retrieval.ask"
+    )
+
+
+def test_the_freshness_window_allows_the_clock_skew_on_both_sides(tmp_path):
+    r = rig(tmp_path, dev_shared_broker=False)
+    plain = ask("ok")
+    plain.envelope = replace(plain.envelope, sender="mx", recipient="us")
+    just_old = timedelta(days=3, minutes=2)  # past the 3 days, within the 5 min skew
+    out = RINGS["mx"].seal(plain, signed_at=datetime.now(UTC) - just_old)
+    r.run(r.link.deliver(out))
+    assert r.link.to(addresses.dead_letter_key("us", "retrieval")) == []

@@ -22,7 +22,7 @@ from biox.trust.identity import (
 )
 from biox.wire.codec import Envelope
 from biox.wire.errors import PermanentError, Reason, TransientError
-from biox.wire.inbound import arrived, read_envelope
+from biox.wire.inbound import arrived, first_arrival, read_envelope
 
 
 def env(kind: str, sender: str, user: str | None, recipient: str = "us") -> Envelope:
@@ -277,3 +277,16 @@ def test_on_the_shared_development_broker_biox_from_is_all_there_is():
     assert shared.headers == {"biox-actor": "ana"}
     theirs = replace(own, user_id="sv.link")
     assert arrived(theirs, "biox.us", "us.review.decision", "us", shared_broker=True).headers == {}
+
+
+def test_a_first_arrival_is_anything_but_our_own_tier_copies_and_replays():
+    def props(user: str | None) -> pika.BasicProperties:
+        return pika.BasicProperties(user_id=user)
+
+    assert first_arrival("biox.us.partners.mx", "us.query", "us", props("mx.link"))
+    assert not first_arrival("", "us.query", "us", props("us.workers"))  # back from a tier
+    assert not first_arrival("biox.us", "us.replay.query", "us", props("us.operators"))
+    # the same word under another participant's code, or by someone else: a first arrival
+    assert first_arrival("biox.us", "mx.replay.query", "us", props("us.operators"))
+    assert first_arrival("biox.us", "us.replay.query", "us", props("mx.link"))
+    assert first_arrival("biox.us", "us.replay.query", "us", props(None))

@@ -133,3 +133,75 @@ def test_a_failure_is_described_without_the_values_that_caused_it():
         text = describe(exc)
     assert text.startswith("family_name")
     assert "Sánchez" not in text
+
+
+def test_header_size_counts_names_values_and_depth_exactly():
+    from biox.broker.admission import header_bytes
+
+    assert header_bytes({"a": 1}) == 1 + 8
+    assert header_bytes({"ab": [1, "xyz", b"\x00\x01"]}) == 2 + 8 + 3 + 2
+    nested: object = 1
+    for _ in range(8):
+        nested = {"k": nested}
+    assert header_bytes(nested) == 8 + 8  # eight names and a number, within depth
+    nested = {"k": nested}
+    assert header_bytes(nested) == 9 + (1 << 30)  # one level more: too large by definition
+    listed: object = 1
+    for _ in range(9):
+        listed = [listed]
+    assert header_bytes(listed) == 1 << 30
+
+
+def test_a_dead_letter_exports_as_a_lossless_json_line():
+    import base64
+    import json
+
+    from biox.broker.exports import export_line
+
+    props = pika.BasicProperties(
+        message_id="m-1",
+        correlation_id="q-1",
+        reply_to="us.replies.sim",
+        type="query",
+        timestamp=1_700_000_000,
+        user_id="us.workers",
+        delivery_mode=2,
+        headers={
+            "biox-reason": b"forged_sender",
+            "x-death": [{"count": 1, "reason": b"rejected"}],
+            "biox-failed-at": "2026-12-02T10:00:00+00:00",
+        },
+    )
+    line = export_line(DeadLetter("us.query.dlq", 7, props, b"\x80\x01"))
+    assert json.loads(json.dumps(line)) == line  # JSON as it stands
+    assert line["queue"] == "us.query.dlq" and base64.b64decode(line["body"]) == b"\x80\x01"
+    p = line["properties"]
+    assert (p["message_id"], p["correlation_id"], p["reply_to"], p["type"]) == (
+        "m-1",
+        "q-1",
+        "us.replies.sim",
+        "query",
+    )
+    assert (p["timestamp"], p["user_id"], p["delivery_mode"]) == (1_700_000_000, "us.workers", 2)
+    assert p["headers"]["biox-reason"] == "forged_sender"  # bytes as text
+    assert p["headers"]["x-death"] == [{"count": 1, "reason": "rejected"}]
+    assert "content_type" not in p  # what was not set is not written
+    back = pika.BasicProperties(**p)
+    assert back.message_id == "m-1" and back.headers["biox-reason"] == "forged_sender"
+
+
+def test_the_redacted_view_keeps_the_shape_and_names_what_it_could_not_read():
+    import hashlib
+
+    body = msgpack.packb(
+        {1: "an integer key", "elements": ["biographic", "a name"], "blob": b"\x00" * 5},
+        use_bin_type=True,
+    )
+    shown = redacted_body(dead(body))
+    assert shown[1] == "<redacted: 14 characters>"  # a key that is not a string: redacted
+    assert shown["elements"] == ["biographic", "a name"]  # an allowed list, item by item
+    digest = hashlib.sha256(b"\x00" * 5).hexdigest()[:16]
+    assert shown["blob"] == f"<5 bytes sha256:{digest}>"
+    assert redacted_body(dead(b"\xc1")) == {"<undecodable>": "1 bytes (FormatError)"}
+    edge = b"\x00" * (2 * 1024 * 1024)  # exactly the limit: decoded (and undecodable here)
+    assert "<undecodable>" in redacted_body(dead(edge))

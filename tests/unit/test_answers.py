@@ -104,3 +104,46 @@ def test_an_examiners_match_on_a_national_is_declined_in_the_examiners_name():
         Reason.excluded_citizen,
     )
     assert decline.decided_by is DecidedBy.examiner
+
+
+def test_section_6a_holds_for_every_candidate_and_every_spelling_of_a_country():
+    """A best candidate marked "MEX" or " Usa " is a national as much as "mx" or "us";
+    a second candidate who is a US national is never released beside a Guatemalan."""
+    answers = Answers("mx", POLICIES.of("mx"))
+    for spelled in ("MX", "MEX", " mex ", "Usa", "US"):
+        rec = record(source="mx")
+        rec.biographic = {"family_name": "ROE", "claimed_nationality": spelled}
+        response = answers.matched(
+            asked("us"), [Found(rec, 0.9, {"finger": 0.9})], decided_by=DecidedBy.automatic
+        )
+        assert response.reason_code is Reason.excluded_citizen, spelled
+    third = record(source="mx")
+    third.biographic = {"family_name": "ROE", "claimed_nationality": "GTM"}
+    national = Record(
+        id=8,
+        identity_ref="REF-8",
+        biographic={"family_name": "DOE", "claimed_nationality": "us"},
+        source="mx",
+    )
+    response = answers.matched(
+        asked("us"),
+        [Found(third, 0.95, {"finger": 0.95}), Found(national, 0.9, {"finger": 0.9})],
+        decided_by=DecidedBy.automatic,
+    )
+    assert response.status is ResponseStatus.match
+    assert [c.identity_ref for c in response.candidates] == ["REF-7"]
+
+
+def test_a_country_is_compared_by_its_code_whatever_its_case_or_length():
+    from biox.policy.eligibility import country_code, national_of
+
+    assert [country_code(v) for v in ("MX", " mex ", "slv", "USA", "gt", None)] == [
+        "mx",
+        "mx",
+        "sv",
+        "us",
+        "gt",
+        "",
+    ]
+    assert national_of("MEX", "us", "mx") == "mx" and national_of("GTM", "us", "mx") is None
+    assert national_of("", "us", "mx") is None

@@ -12,6 +12,34 @@ from biox.registry import Purpose, Registry, Status
 from biox.wire.errors import Reason
 from biox.wire.messages import Encounter, SubjectStatus
 
+#: ISO 3166-1 alpha-3 codes of the participants and their region, to their alpha-2 codes
+#: (the participants' codes): a record may carry either, in any case
+ALPHA3 = {
+    "usa": "us",
+    "mex": "mx",
+    "slv": "sv",
+    "gtm": "gt",
+    "hnd": "hn",
+    "nic": "ni",
+    "cri": "cr",
+    "pan": "pa",
+    "blz": "bz",
+    "can": "ca",
+}
+
+
+def country_code(value: object) -> str:
+    """A nationality as the participants' codes spell it: ``"MX"``, ``" mex "`` and
+    ``"mx"`` are one country (§6a compares them so)."""
+    text = str(value or "").strip().lower()
+    return ALPHA3.get(text, text)
+
+
+def national_of(nationality: object, *codes: str) -> str | None:
+    """Which of ``codes`` a record's nationality names, if any (§1(ii), §6a)."""
+    code = country_code(nationality)
+    return code if code and code in codes else None
+
 
 def refusal(
     registry: Registry,

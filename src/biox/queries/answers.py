@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+from biox.policy.eligibility import national_of
 from biox.policy.release import ParticipantPolicy, released_record
 from biox.registry import Purpose
 from biox.store import Record, Transaction
@@ -44,6 +45,10 @@ def may_release(record: Record, me: str, requester: str) -> bool:
     to a third participant is onward disclosure, which needs the source's consent (§15).
     Data its source blocked (§23) goes nowhere."""
     return record.releasable and record.blocked_at is None and record.source in (me, requester)
+
+
+def _national(record: Record, *codes: str) -> str | None:
+    return national_of((record.biographic or {}).get("claimed_nationality"), *codes)
 
 
 @dataclass(frozen=True)
@@ -86,12 +91,12 @@ class Answers:
         best = found[0].record
         if not may_release(best, self.me, q.requesting):
             return self.declined(q, Reason.record_not_releasable, decided_by=decided_by)
-        nationality = (best.biographic or {}).get("claimed_nationality")
-        if nationality in (self.me, q.requesting):  # §6a: only a third country national
+        national = _national(best, self.me, q.requesting)
+        if national:  # §6a: only a third country national, compared by country code
             return self.declined(
                 q,
                 Reason.excluded_citizen,
-                f"the matched record is a national of {nationality} (§1(ii), §6a)",
+                f"the matched record is a national of {national} (§1(ii), §6a)",
                 decided_by,
             )
         candidates = [
@@ -109,7 +114,10 @@ class Answers:
                 ),
             )
             for f in found
+            # §6a holds for every candidate, not only the best: a national of either
+            # participant is never released, whatever place the search gave it
             if may_release(f.record, self.me, q.requesting)
+            and not _national(f.record, self.me, q.requesting)
         ]
         return self._response(
             q,

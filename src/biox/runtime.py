@@ -56,6 +56,7 @@ def run_worker(role: str, participant: str, settings: Settings | None = None) ->
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    linked = ctx.registry.linked(participant)  # read once, not at every partner message
     loop = ConsumeLoop(
         url=settings.amqp_url,
         participant=participant,
@@ -66,8 +67,8 @@ def run_worker(role: str, participant: str, settings: Settings | None = None) ->
         settings=settings,
         keys=load_ring(settings.keys(), participant),
         # a partner we have no agreement with has no link, and nothing to say to us
-        known=lambda code: code in ctx.registry.linked(participant),
-        partners=ctx.registry.linked(participant),
+        known=frozenset(linked).__contains__,
+        partners=linked,
     )
     if settings.metrics_port:
         handler.observe(loop.metrics, settings.database_for(participant))

@@ -192,15 +192,8 @@ def to_own_inbox(
 ) -> Outgoing:
     """A message to one's own participant, straight to its inbox: a case for its
     examiners, an examiner's decision, an operator's request."""
-    return _outgoing(
-        message,
-        exchange=addresses.inbox(participant),
-        routing_key=addresses.routing_key(participant, message.KIND),
-        sender=participant,
-        recipient=participant,
-        message_id=message_id,
-        correlation_id=correlation_id,
-        reply_to=reply_to,
+    return _to_own(
+        message, addresses.inbox(participant), participant, message_id, correlation_id, reply_to
     )
 
 
@@ -214,9 +207,28 @@ def to_submissions(
 ) -> Outgoing:
     """An encounter system's submission, on its participant's submissions exchange (the
     only one an encounter system may write to, docs/integration.md)."""
+    return _to_own(
+        message,
+        addresses.submissions(participant),
+        participant,
+        message_id,
+        correlation_id,
+        reply_to,
+    )
+
+
+def _to_own(
+    message: Message,
+    exchange: str,
+    participant: str,
+    message_id: str,
+    correlation_id: str,
+    reply_to: str | None,
+) -> Outgoing:
+    """From a participant to itself, on one of its own ways in."""
     return _outgoing(
         message,
-        exchange=addresses.submissions(participant),
+        exchange=exchange,
         routing_key=addresses.routing_key(participant, message.KIND),
         sender=participant,
         recipient=participant,

@@ -4,7 +4,7 @@ partner's outage (docs/security.md)."""
 
 from __future__ import annotations
 
-import json
+import re
 import sqlite3
 import time
 import uuid
@@ -168,8 +168,14 @@ def test_the_brokers_themselves_refuse_what_a_hostile_partner_tries(sovereign):
     assert attempt(s, "us", enc, publish("", "us.response", enc))
     # every user is limited in connections and channels, every queue bounded
     us = s.brokers.brokers["us"]
-    limits = json.loads(us.ctl("list_user_limits", "--user", "sv.link"))
-    assert limits == {"max-connections": 16, "max-channels": 64}
+    deadline, shown = time.monotonic() + 20, ""
+    while time.monotonic() < deadline:  # set once the node runs (RabbitMQ 3.10 does not
+        shown = "".join(us.ctl("list_user_limits", "--user", "sv.link").split())  # import them)
+        if "max-connections" in shown:
+            break
+        time.sleep(0.5)
+    for name, value in (("max-connections", 16), ("max-channels", 64)):
+        assert re.search(rf"{name}\W+{value}\b", shown), shown  # JSON or Erlang terms
     assert "us-bounded" in us.ctl("list_operator_policies")
     # what is allowed does get through
     assert (

@@ -103,13 +103,6 @@ def every_participant(settings: Settings) -> Iterator[dict[str, Session]]:
         }
 
 
-def marker_key(sender: str, message_id: str) -> str:
-    """A duplicate marker's key (``ProcessedMessage.message_id``): the message id under
-    the sender the broker and the signature vouched for, so that one partner cannot
-    squat another's ids (docs/security.md, "Duplicates")."""
-    return f"{sender}/{message_id}"
-
-
 def processed(session: Session, consumer: str, ids: list[str]) -> dict[str, ProcessedMessage]:
     if not ids:
         return {}

@@ -228,6 +228,13 @@ class RetrievalRow(SQLModel, table=True):
     corrected_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
 
+def marker_key(sender: str, message_id: str) -> str:
+    """A duplicate marker's key (``ProcessedMessage.message_id``): the message id under
+    the sender the broker and the signature vouched for, so that one partner cannot
+    squat another's ids (docs/security.md, "Duplicates")."""
+    return f"{sender}/{message_id}"
+
+
 class ProcessedMessage(SQLModel, table=True):
     """Idempotency: a message id handled by a consumer, with what it caused.
 
@@ -239,7 +246,7 @@ class ProcessedMessage(SQLModel, table=True):
     __tablename__ = "processed_messages"
     consumer: str = Field(primary_key=True)
     message_id: str = Field(
-        primary_key=True, description="the sender and the message id (database.marker_key)"
+        primary_key=True, description="the sender and the message id (marker_key)"
     )
     processed_at: datetime = Field(sa_type=UTCDateTime, default_factory=utcnow)
     outputs: bytes = Field(default=b"", sa_column=Column(LargeBinary))

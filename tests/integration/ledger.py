@@ -20,10 +20,10 @@ import msgpack
 import pika
 from sqlmodel import select
 
-from biox.database import marker_key, session_for
+from biox.database import session_for
 from biox.routes import ROUTES
 from biox.sim.encounters import EncounterSystem
-from biox.store import ProcessedMessage, Transaction
+from biox.store import ProcessedMessage, Transaction, marker_key
 from biox.trust.sealing import load_ring
 from biox.wire import codec
 from biox.wire.inbound import read_envelope

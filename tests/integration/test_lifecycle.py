@@ -5,18 +5,21 @@ retention that reach every matcher; a discontinued partner left alone; incidents
 from __future__ import annotations
 
 import time
+import uuid
 from datetime import timedelta
 
+import pika
 import pytest
 from sqlmodel import select
 
 from biox.agreement.ledgers import NoticeRow
+from biox.broker.deadletters import DeadLetterQueues, Filters
 from biox.cli import app
 from biox.database import session_for
 from biox.queries.enrolment import enrolled_record_id
 from biox.store import AuditEntry, ParticipantRow, Record, Transaction
 from biox.wire.messages import utcnow
-from tests.integration.conftest import Exchange
+from tests.integration.conftest import Exchange, Peer
 from tests.integration.test_workflows import (
     outcome_of,
     person,
@@ -54,14 +57,41 @@ def acknowledged(exchange: Exchange, code: str, nid: str) -> NoticeRow:
     return got
 
 
+def dead_letter(peer: Peer, queue: str, sender: str, correlation_id: str) -> str:
+    """A dead letter as a worker parks one: a copy of ``sender``'s message about
+    ``correlation_id`` (a query), its body unreadable to anyone but its recipient."""
+    mid = f"copy-{uuid.uuid4().hex[:8]}"
+    peer.ch.basic_publish(
+        "",
+        queue,
+        b"\x80",
+        pika.BasicProperties(
+            message_id=mid,
+            correlation_id=correlation_id,
+            type="response",
+            delivery_mode=2,
+            headers={"biox-from": sender, "biox-reason": "unknown_query"},
+        ),
+        mandatory=True,
+    )
+    return mid
+
+
 def test_a_deletion_notice_withdraws_the_answer_and_the_encounter_system_sees_it(
-    exchange, system, cli_env
+    exchange, system, cli_env, peer
 ):
+    """And it reaches the broker: a dead-lettered copy of the deleted answer leaves us's
+    dead-letter queue at once, a copy of another answer stays, and a replay of the
+    deleted one is refused while it is there (issue 20)."""
     planned = planned_for(exchange, "us", person("mx", 31, derogatory=False))
     system.submit([planned])
     system.collect(timeout=60)
     mx = outcome_of(system.outcomes[planned.encounter_id], "mx")
     assert mx.status.value == "match"
+    copy = dead_letter(peer, "us.response.dlq", "mx", mx.query_id)
+    other = dead_letter(peer, "us.response.dlq", "mx", "some-other-query")
+    refused = runner.invoke(app, ["dlq", "replay", other, "--queue", "us.response", "--dry-run"])
+    assert "would replay 1" in refused.output, refused.output
 
     said = cli(
         "notice",
@@ -79,7 +109,23 @@ def test_a_deletion_notice_withdraws_the_answer_and_the_encounter_system_sees_it
     )
     nid = notice_id(said)
     sent = acknowledged(exchange, "mx", nid)
-    assert sent.done == {"answers": 1}
+    assert sent.done == {"answers": 1, "stored_messages": 1, "erasures": 1}
+    assert sent.details["outcome"] == "applied"
+
+    def swept() -> bool:
+        dlqs = DeadLetterQueues(exchange.url)
+        try:
+            ids = {d.id for d in dlqs.find(["us.response.dlq"], Filters())}
+        finally:
+            dlqs.close()
+        return copy not in ids and other in ids
+
+    wait_for(swept, 30, "the deleted answer's dead letter swept, the other kept")
+    runner.invoke(app, ["dlq", "purge", other, "--queue", "us.response", "--yes"])
+    late = dead_letter(peer, "us.response.dlq", "mx", mx.query_id)  # parked after the sweep
+    replayed = runner.invoke(app, ["dlq", "replay", late, "--queue", "us.response"])
+    assert "replayed 0" in replayed.output and "deleted" in replayed.output, replayed.output
+    runner.invoke(app, ["dlq", "purge", late, "--queue", "us.response", "--yes"])
 
     def withdrawn() -> bool:
         return outcome_of(system.outcomes[planned.encounter_id], "mx").status.value == "withdrawn"
@@ -105,10 +151,6 @@ def test_deleted_or_expired_query_data_no_longer_matches_even_after_a_restart(
     with db(exchange, "us") as s:
         for qid in (us_a.query_id, us_b.query_id):
             assert s.get(Record, enrolled_record_id(qid)) is not None
-        rec = s.get(Record, enrolled_record_id(us_b.query_id))
-        rec.retain_until = utcnow() - timedelta(days=1)  # as if its 75 years had passed
-        s.add(rec)
-        s.commit()
 
     nid = notice_id(
         cli(
@@ -124,9 +166,19 @@ def test_deleted_or_expired_query_data_no_longer_matches_even_after_a_restart(
             us_a.query_id,
         )
     )
-    assert acknowledged(exchange, "mx", nid).done == {"records": 1}
+    assert acknowledged(exchange, "mx", nid).done == {
+        "records": 1,
+        "stored_messages": 1,
+        "erasures": 1,
+    }
+    with db(exchange, "us") as s:  # the notice worker purges at once after a deletion,
+        rec = s.get(Record, enrolled_record_id(us_b.query_id))  # so this one expires after
+        rec.retain_until = utcnow() - timedelta(days=1)  # as if its 75 years had passed
+        s.add(rec)
+        s.commit()
     purged = cli("retention", "purge", "-p", "us")
-    assert "records" in purged
+    # by the CLI, or by the notice worker's purge if that ran after the change above
+    assert "records" in purged or "nothing is past" in purged
     with db(exchange, "us") as s:
         for qid in (us_a.query_id, us_b.query_id):
             assert s.get(Record, enrolled_record_id(qid)) is None

@@ -5,18 +5,19 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pika
 import pytest
 from sqlmodel import select
 from typer.testing import CliRunner
 
+from biox.agreement.ledgers import ErasureRow
 from biox.cli import app
 from biox.database import session_for
 from biox.store import AuditEntry, EncounterRow, Transaction
 from biox.wire import addresses, codec
-from biox.wire.messages import Response, ResponseStatus, Timings
+from biox.wire.messages import Response, ResponseStatus, Timings, utcnow
 from tests.integration.conftest import (
     Exchange,
     Peer,
@@ -192,6 +193,38 @@ def test_export_and_import_are_lossless(exchange, peer, cli_env, tmp_path):
             kinds = {e.kind for e in s.exec(select(AuditEntry)) if e.kind.startswith("ops.")}
         time.sleep(0.3)
     assert {"ops.dlq.export", "ops.dlq.import"} <= kinds  # both in mx's audit trail
+
+
+def test_an_import_leaves_out_what_expired_or_was_deleted_since_the_export(
+    exchange, peer, cli_env, tmp_path
+):
+    """Issue 20 (1): an export file keeps nothing longer than its dead-letter queue would
+    (each line carries ``expires_at``), and cannot bring back data deleted since."""
+    mids = [send_from_unknown_participant(peer, valid_query()) for _ in range(3)]
+    for mid in mids:
+        wait_dead(exchange, "mx.query.dlq", mid)
+    file = tmp_path / "dead.jsonl"
+    assert runner.invoke(app, ["dlq", "export", str(file), "--queue", "mx.query"]).exit_code == 0
+    for mid in mids:
+        runner.invoke(app, ["dlq", "purge", mid, "--queue", "mx.query", "--yes"])
+    lines = [json.loads(line) for line in file.read_text().splitlines()]
+    mine = {line["properties"]["message_id"]: line for line in lines}
+    assert all(mine[m]["expires_at"] for m in mids)
+    expired, deleted, kept = mids
+    mine[expired]["expires_at"] = (utcnow() - timedelta(minutes=1)).isoformat()
+    file.write_text("".join(json.dumps(mine[m]) + "\n" for m in mids))
+    with session_for(exchange.settings.database_for("mx")) as s:
+        s.add(ErasureRow(source="zz", kind="message", key=deleted, cause="notice:test"))
+        s.commit()
+    out = runner.invoke(app, ["dlq", "import", str(file)])
+    assert out.exit_code == 0, out.output
+    assert "imported 1 message(s)" in out.output
+    assert f"{expired}: expired" in out.output and f"{deleted}: deleted" in out.output
+    wait_dead(exchange, "mx.query.dlq", kept)
+    listed = runner.invoke(app, ["dlq", "list", "--queue", "mx.query", "--json"])
+    ids = [r["id"] for r in json.loads(listed.output)["messages"]]
+    assert kept in ids and expired not in ids and deleted not in ids
+    runner.invoke(app, ["dlq", "purge", kept, "--queue", "mx.query", "--yes"])
 
 
 def test_a_crafted_dead_letter_cannot_be_replayed_into_an_own_only_queue(

@@ -10,9 +10,16 @@ import pytest
 from sqlmodel import select
 
 from biox.agreement import corrections
-from biox.agreement.ledgers import Tombstone
+from biox.agreement.ledgers import ErasureRow, Tombstone
 from biox.database import session_for
-from biox.store import EnrolledTemplates, Record, RetrievalRow, ReviewCaseRow, Transaction
+from biox.store import (
+    EnrolledTemplates,
+    ProcessedMessage,
+    Record,
+    RetrievalRow,
+    ReviewCaseRow,
+    Transaction,
+)
 from biox.wire.notices import About
 
 BIO = {"family_name": "Cruz", "given_names": "Ana", "document_number": "G1"}
@@ -119,8 +126,21 @@ def test_a_deletion_reaches_every_copy_the_sender_gave_and_nothing_else(db, abou
     with session_for(db) as s:
         done = corrections.delete_from(s, "mx", about, "notice:n-1")
         s.commit()
-        assert done.counts == {"records": 1, "answers": 1, "retrievals": 1, "review_cases": 1}
+        named = len(about.query_ids) + len(about.message_ids)
+        assert done.counts == {
+            "records": 1,
+            "answers": 1,
+            "retrievals": 1,
+            "review_cases": 1,
+            "erasures": named,
+        }
+        assert done.held
         assert done.encounters == {"E-1"}
+        erased = {(e.source, e.kind, e.key, e.cause) for e in s.exec(select(ErasureRow))}
+        assert erased == {
+            ("mx", "query" if about.query_ids else "message", key, "notice:n-1")
+            for key in [*about.query_ids, *about.message_ids]
+        }
         assert [r.id for r in s.exec(select(Record))] == [2]
         assert [t.record_id for t in s.exec(select(EnrolledTemplates))] == [2]
         assert [(t.record_id, t.cause) for t in s.exec(select(Tombstone))] == [(1, "notice:n-1")]
@@ -143,14 +163,79 @@ def test_a_deletion_reaches_every_copy_the_sender_gave_and_nothing_else(db, abou
 def test_a_deletion_by_record_reference_reaches_that_record_only(db):
     with session_for(db) as s:
         done = corrections.delete_from(s, "mx", About(identity_refs=["ENR-1"]), "notice:n")
-        assert done.counts == {"records": 1}
-        assert corrections.delete_from(s, "mx", About(identity_refs=["ENR-2"]), "n").counts == {}
+        assert (done.counts, done.held) == ({"records": 1, "erasures": 1}, True)
+        other = corrections.delete_from(s, "mx", About(identity_refs=["ENR-2"]), "n")
+        assert (other.counts, other.held) == ({"erasures": 1}, False)
+
+
+def test_a_deletion_by_the_providers_record_reference_reaches_its_answers(db):
+    """Issue 20 (2): a notice naming the record an answer released (MX-1) takes that record
+    out of the answer; the other candidate stays. Naming the last one withdraws it."""
+    with session_for(db) as s:
+        done = corrections.delete_from(s, "mx", About(identity_refs=["MX-1"]), "notice:n")
+        assert done.counts == {"answer_records": 1, "erasures": 1}
+        assert done.encounters == {"E-1"}
+        tx = s.get(Transaction, ("a-1", "requester"))
+        assert tx.status == "match"
+        assert [c["identity_ref"] for c in tx.answer["candidates"]] == ["NO-RECORD"]
+        assert tx.top_score == 0.8
+        # sv's answer released SV-2: a notice from mx naming it finds nothing
+        assert corrections.delete_from(s, "mx", About(identity_refs=["SV-2"]), "n").held is False
+        assert s.get(Transaction, ("a-2", "requester")).answer is not None
+        done = corrections.delete_from(s, "mx", About(identity_refs=["NO-RECORD"]), "n")
+        assert done.counts == {"answers": 1, "erasures": 1}
+        assert s.get(Transaction, ("a-1", "requester")).status == "withdrawn"
+
+
+def test_one_notice_naming_queries_and_records_at_once_reaches_each_copy_by_any_of_them(db):
+    about = About(query_ids=["q-1"], identity_refs=["MX-1", "NO-RECORD"])
+    with session_for(db) as s:
+        done = corrections.delete_from(s, "mx", about, "n")
+        assert done.counts == {
+            "records": 1,
+            "answers": 1,
+            "retrievals": 1,
+            "review_cases": 1,
+            "erasures": 3,
+        }
+
+
+def test_a_deletion_of_an_answer_not_yet_received_is_nothing_held_but_keeps_it_out(db):
+    """Issue 20 (1): the pending query's answer was never held, so nothing is counted as
+    deleted, but the query is withdrawn (final) and erased, so the answer is not kept when
+    it arrives."""
+    with session_for(db) as s:
+        done = corrections.delete_from(s, "mx", About(query_ids=["a-3"]), "n")
+        assert (done.counts, done.held, done.encounters) == ({"erasures": 1}, False, {"E-3"})
+        assert s.get(Transaction, ("a-3", "requester")).status == "withdrawn"
+
+
+def test_a_deletion_empties_the_stored_outgoing_messages_of_what_carried_the_data(db):
+    """Issue 20 (1): the response worker's marker of mx's answer keeps the result it sent
+    for a redelivery; after the deletion a redelivery republishes nothing."""
+    with session_for(db) as s:
+        for sender in ("mx", "sv"):
+            s.add(
+                ProcessedMessage(
+                    consumer="us.response", message_id=f"{sender}/r-1", outputs=b"result"
+                )
+            )
+        s.commit()
+        done = corrections.delete_from(s, "mx", About(query_ids=["a-1"]), "n")
+        s.commit()
+        assert done.counts["stored_messages"] == 1
+        mx = s.get(ProcessedMessage, ("us.response", "mx/r-1"))
+        assert (mx.outputs, mx.published) == (b"", True)
+        sv = s.get(ProcessedMessage, ("us.response", "sv/r-1"))
+        assert (sv.outputs, sv.published) == (b"result", False)
 
 
 def test_a_notice_about_nothing_the_sender_gave_changes_nothing(db):
     with session_for(db) as s:
         for about in (About(), About(query_ids=["q-2", "a-2"]), About(message_ids=["zz"])):
-            assert corrections.delete_from(s, "mx", about, "n").counts == {}
+            deleted = corrections.delete_from(s, "mx", about, "n")
+            assert deleted.held is False
+            assert set(deleted.counts) <= {"erasures"}
             assert corrections.block_from(s, "mx", about, True).counts == {}
             assert corrections.correct_from(s, "mx", about, {"family_name": "X"}).counts == {}
         s.commit()

@@ -108,7 +108,7 @@ def test_a_notice_is_kept_once_field_by_field_and_acknowledged_under_a_derived_i
     assert (row.sent_at, row.respond_by, row.text, row.actor) == (AT, due, "typo", None)
     assert row.received_at is not None and row.in_reply_to is None
     assert row.about == {"query_ids": ["q-1"], "message_ids": [], "identity_refs": []}
-    assert row.details == {"corrections": {"family_name": "CRUZ"}}
+    assert row.details == {"corrections": {"family_name": "CRUZ"}, "outcome": "nothing_held"}
     assert row.done == {}  # nothing of mx's under q-1 here
     [ack_out] = first.outgoing
     ack = ROUTES.decode("notice", "notice/1", ack_out.body)

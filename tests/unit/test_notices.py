@@ -8,14 +8,14 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from sqlmodel import select
+from sqlmodel import delete, select
 
 from biox.agreement import corrections
 from biox.agreement.ledgers import NoticeRow, Tombstone
 from biox.handlers.base import Context
 from biox.handlers.matcher import MatcherHandler
 from biox.queries.enrolment import enrolled_record_id
-from biox.store import ParticipantRow, Record, Transaction
+from biox.store import ParticipantRow, ProcessedMessage, Record, Transaction
 from biox.wire import codec
 from biox.wire.errors import PermanentError, Reason
 from biox.wire.messages import EncounterResult, utcnow
@@ -23,6 +23,7 @@ from biox.wire.notices import About, Notice, NoticeSend, NoticeType
 from tests.unit.test_workflows import (
     POLICIES,
     REGISTRY,
+    REPLIES,
     Hub,
     encounter,
     make_hub,
@@ -79,11 +80,51 @@ def test_a_deletion_notice_withdraws_the_answer_everywhere_and_is_acknowledged(h
     assert "deleted" in (withdrawn.reason or "")
     received = ledger(hub, "us", nid)
     assert (received.direction, received.type, received.partner) == ("in", "deletion", "mx")
-    assert received.status == "applied" and received.done == {"answers": 1}
+    done = {"answers": 1, "stored_messages": 1, "erasures": 1}
+    assert received.status == "applied" and received.done == done
     sent = ledger(hub, "mx", nid)
     assert (sent.direction, sent.status, sent.actor) == ("out", "acknowledged", "privacy-officer-1")
-    assert sent.done == {"answers": 1} and sent.respond_by is not None
+    assert sent.done == done and sent.respond_by is not None
+    assert sent.details["outcome"] == "applied"
     assert sent.respond_by > sent.sent_at
+
+
+def test_a_deleted_answer_that_comes_back_is_neither_kept_nor_sent_on(hub):
+    """Issue 20 (1): mx's answer is deleted; the same answer then comes back, as a replayed
+    dead letter or a late retry would bring it: first while us still keeps the marker of
+    the first delivery, then after the marker's retention ran out. Neither copy is stored
+    again, and the encounter system hears nothing more than the withdrawal."""
+    eid, qid = matched(hub, "us", "mx")
+    [response] = [m for m in hub.sent("response") if m.properties.correlation_id == qid]
+    notice(hub, "mx", "us", NoticeType.deletion, about=About(query_ids=[qid]))
+    withdrawn = hub.latest(eid)
+    assert outcome(withdrawn, "mx").status.value == "withdrawn"
+
+    def comes_back() -> None:
+        hub.exchange.broker.publish(
+            response.exchange, response.routing_key, response.body, response.properties
+        )
+        hub.exchange.run()
+        hub.results += hub.exchange.results(REPLIES)
+        with hub.session("us") as s:
+            tx = s.get(Transaction, (qid, "requester"))
+            assert (tx.status, tx.answer) == ("withdrawn", None)
+        assert hub.latest(eid).revision == withdrawn.revision
+
+    comes_back()
+    with hub.session("us") as s:  # the markers' retention ran out
+        s.exec(delete(ProcessedMessage))
+        s.commit()
+    comes_back()
+
+
+def test_a_deletion_of_nothing_held_is_acknowledged_as_such(hub):
+    """Issue 20 (1): naming data us never held is not a success with empty counts."""
+    nid = notice(hub, "mx", "us", NoticeType.deletion, about=About(query_ids=["never-sent"]))
+    sent = ledger(hub, "mx", nid)
+    assert sent.status == "acknowledged"
+    assert sent.details["outcome"] == "nothing_held"
+    assert sent.done == {"erasures": 1}
 
 
 def test_a_deletion_notice_removes_enrolled_query_data_from_every_matcher_for_good(tmp_path):
@@ -110,7 +151,7 @@ def test_a_deletion_notice_removes_enrolled_query_data_from_every_matcher_for_go
     with hub.session("us") as s:
         assert s.get(Record, rid) is None
         assert [t.record_id for t in s.exec(select(Tombstone))] == [rid]
-    assert ledger(hub, "mx", nid).done == {"records": 1}
+    assert ledger(hub, "mx", nid).done == {"records": 1, "stored_messages": 1, "erasures": 1}
     assert caught_up() == before  # the running matcher dropped it
 
     # a record of the snapshot on disk, deleted: a matcher started afterwards drops it too

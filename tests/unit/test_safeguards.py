@@ -3,6 +3,8 @@ of a dead letter shows what it is, never whom it is about (docs/security.md)."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import msgpack
 import pika
 import pytest
@@ -172,8 +174,10 @@ def test_a_dead_letter_exports_as_a_lossless_json_line():
             "biox-failed-at": "2026-12-02T10:00:00+00:00",
         },
     )
-    line = export_line(DeadLetter("us.query.dlq", 7, props, b"\x80\x01"))
+    expires = datetime(2027, 1, 1, tzinfo=UTC)
+    line = export_line(DeadLetter("us.query.dlq", 7, props, b"\x80\x01"), expires)
     assert json.loads(json.dumps(line)) == line  # JSON as it stands
+    assert line["expires_at"] == "2027-01-01T00:00:00+00:00"
     assert line["queue"] == "us.query.dlq" and base64.b64decode(line["body"]) == b"\x80\x01"
     p = line["properties"]
     assert (p["message_id"], p["correlation_id"], p["reply_to"], p["type"]) == (

@@ -12,25 +12,38 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import or_
+from sqlalchemy import String, cast, or_
 from sqlmodel import Session, col, delete, select
 
+from biox.agreement import erasures
 from biox.agreement.ledgers import Tombstone
-from biox.store import EnrolledTemplates, Record, RetrievalRow, ReviewCaseRow, Transaction
+from biox.store import (
+    EnrolledTemplates,
+    ProcessedMessage,
+    Record,
+    RetrievalRow,
+    ReviewCaseRow,
+    Transaction,
+    marker_key,
+)
 from biox.wire.messages import utcnow
 from biox.wire.notices import About
 
 
 @dataclass
 class Done:
-    """What a notice changed: counts by what, and the encounters to tell again."""
+    """What a notice changed: counts by place, and the encounters to tell again.
+    ``held``: whether any of the named data was found at all ("nothing held" is an
+    answer of its own, not a success with empty counts)."""
 
     counts: dict[str, int] = field(default_factory=dict)
     encounters: set[str] = field(default_factory=set)
+    held: bool = False
 
     def add(self, what: str, n: int) -> None:
         if n:
             self.counts[what] = self.counts.get(what, 0) + n
+            self.held = True
 
 
 def _found(
@@ -52,9 +65,28 @@ def _records(session: Session, source: str, about: About) -> list[Record]:
 
 
 def _answers(session: Session, source: str, about: About) -> list[Transaction]:
-    """The answers ``source`` gave to our queries (the requester's side)."""
+    """The answers ``source`` gave to our queries (the requester's side), named by query or
+    message, and those that released a record ``about`` names by its reference."""
     columns = (Transaction.query_id, Transaction.source_message_id, None)
-    return _found(session, Transaction, about, columns, role="requester", providing=source)
+    rows = _found(session, Transaction, about, columns, role="requester", providing=source)
+    if about.identity_refs:
+        seen = {tx.query_id for tx in rows}
+        text = cast(Transaction.answer, String)
+        for tx in session.exec(
+            select(Transaction).where(
+                Transaction.role == "requester",
+                Transaction.providing == source,
+                or_(*(text.contains(ref) for ref in about.identity_refs)),
+            )
+        ):
+            if tx.query_id not in seen and _released(tx) & set(about.identity_refs):
+                rows.append(tx)
+    return rows
+
+
+def _released(tx: Transaction) -> set[str]:
+    """The record references an answer released."""
+    return {c.get("identity_ref", "") for c in (tx.answer or {}).get("candidates", [])}
 
 
 def _retrieved(session: Session, source: str, about: About) -> list[RetrievalRow]:
@@ -81,25 +113,74 @@ def forget_records(session: Session, ids: list[int], cause: str) -> int:
 
 
 def delete_from(session: Session, source: str, about: About, cause: str) -> Done:
-    """§22: every copy of what ``source`` sent about ``about`` is deleted. The answers it
-    gave become ``withdrawn`` (the query itself is ours and stays, without its answer)."""
+    """§22: every copy of what ``source`` sent about ``about`` is deleted, and an erasure
+    of each named item keeps it deleted (``agreement.erasures``). An answer named by its
+    query or message is withdrawn whole (the query itself is ours and stays, without its
+    answer, and ``withdrawn`` is final: no later copy of the answer is stored); an answer
+    named by a record it released loses that record, and is withdrawn when none is left.
+    The stored outgoing messages a redelivery would republish go with the data."""
     done = Done()
+    refs = set(about.identity_refs)
+    whole = {*about.query_ids, *about.message_ids}
+    carried: set[str] = set(about.message_ids)  # the messages that carried the data
     records = _records(session, source, about)
+    carried |= {r.source_message_id for r in records if r.source_message_id}
     done.add("records", forget_records(session, [r.id for r in records], cause))
     for tx in _answers(session, source, about):
-        tx.answer, tx.conditions, tx.top_score = None, [], None
-        tx.status, tx.reason_code = "withdrawn", None
+        if tx.status == "withdrawn":
+            continue
+        kept = [
+            c for c in (tx.answer or {}).get("candidates", []) if c.get("identity_ref") not in refs
+        ]
+        if tx.query_id in whole or tx.source_message_id in whole or not kept or not tx.answer:
+            if tx.answer is not None:
+                done.add("answers", 1)
+            tx.answer, tx.conditions, tx.top_score = None, [], None
+            tx.status, tx.reason_code = "withdrawn", None
+        else:
+            done.add("answer_records", len(tx.answer.get("candidates", [])) - len(kept))
+            tx.answer = {**tx.answer, "candidates": kept}
+            tx.top_score = kept[0].get("fused_score")
+        if tx.source_message_id:
+            carried.add(tx.source_message_id)
         session.add(tx)
-        done.add("answers", 1)
         done.encounters.add(tx.encounter_id)
     for r in _retrieved(session, source, about):
+        if r.data is not None:
+            done.add("retrievals", 1)
         r.data, r.conditions, r.status = None, [], "withdrawn"
+        if r.source_message_id:
+            carried.add(r.source_message_id)
         session.add(r)
-        done.add("retrievals", 1)
     for case in _cases(session, source, about):
         session.delete(case)
         done.add("review_cases", 1)
+        if case.source_message_id:
+            carried.add(case.source_message_id)
+    done.add("stored_messages", forget_outputs(session, source, carried))
+    erased = erasures.erase(session, source, erasures.named(about), cause)
+    if erased:  # not data found: what keeps it from coming back
+        done.counts["erasures"] = erased
     return done
+
+
+def forget_outputs(session: Session, source: str, message_ids: set[str]) -> int:
+    """The outgoing messages kept for a redelivery of these messages of ``source``
+    (``ProcessedMessage.outputs``) are emptied and marked published: a redelivery of
+    the input republishes nothing, so what the data caused is not sent again."""
+    if not message_ids:
+        return 0
+    keys = [marker_key(source, m) for m in message_ids]
+    markers = session.exec(
+        select(ProcessedMessage).where(col(ProcessedMessage.message_id).in_(keys))
+    ).all()
+    n = 0
+    for marker in markers:
+        if marker.outputs:
+            n += 1
+        marker.outputs, marker.published = b"", True
+        session.add(marker)
+    return n
 
 
 def block_from(session: Session, source: str, about: About, blocked: bool) -> Done:

@@ -119,3 +119,19 @@ class Tombstone(SQLModel, table=True):
     record_id: int = Field(sa_column=Column(BigInteger, nullable=False, index=True))
     at: datetime = Field(sa_type=UTCDateTime, default_factory=utcnow, index=True)
     cause: str
+
+
+class ErasureRow(SQLModel, table=True):
+    """One item a partner had us delete (§22): a query, a message or a record of theirs,
+    named as the deletion notice named it. Every later path that could store or send the
+    item again consults these first (``agreement.erasures``): an answer retried or replayed
+    from a dead letter, a retrieval response, an enrolment, a review case, a ``dlq import``,
+    a held result. Kept as long as the data could come back: the longest retention."""
+
+    __tablename__ = "erasures"
+    id: int | None = Field(default=None, primary_key=True)
+    source: str = Field(index=True, description="the participant whose data it was")
+    kind: str = Field(description="query | message | record")
+    key: str = Field(index=True)
+    cause: str = Field(description="notice:<id> | operator:<name>")
+    at: datetime = Field(sa_type=UTCDateTime, default_factory=utcnow, index=True)

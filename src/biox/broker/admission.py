@@ -12,9 +12,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from biox.broker.link import Delivery
-from biox.database import marker_key
 from biox.routes import Queue, RouteTable
 from biox.settings import Settings
+from biox.store import marker_key
 from biox.trust.identity import check_identity
 from biox.trust.sealing import KeyRing
 from biox.wire import addresses

@@ -33,7 +33,7 @@ from sqlalchemy import insert
 from sqlalchemy.orm.exc import StaleDataError
 from sqlmodel import Session
 
-from biox.broker import failures
+from biox.broker import failures, sweeps
 from biox.broker.admission import Admission
 from biox.broker.link import ConnectionLost, Delivery, Link, Nacked, Transport, Unroutable
 from biox.broker.publisher import (
@@ -45,6 +45,7 @@ from biox.broker.publisher import (
 from biox.broker.topology import arrival_queues
 from biox.database import mark_published, processed, session_for
 from biox.handlers.base import Effects, Handler, Result
+from biox.handlers.notice import purge_event
 from biox.metrics import Metrics
 from biox.routes import Queue, RouteTable
 from biox.settings import Settings
@@ -101,6 +102,7 @@ class ConsumeLoop:
         self.worker = f"{self.queue}@{socket.gethostname()}:{os.getpid()}"
         #: its own queue, then each partner's arrival queue (docs/security.md, "Quotas")
         self.consumed = [self.queue, *arrival_queues(participant, queue.role, partners, routes)]
+        self.url = url
         self.link: Transport = link or Link.consuming(url, self.worker, self.consumed, settings)
         self.publisher = Publisher(self.link, settings.publish_timeout)
         self.stats: Counter[str] = Counter()
@@ -125,13 +127,17 @@ class ConsumeLoop:
         """A handler's scheduled work between batches (``Handler.maintain``): rows committed,
         then events published; a failure is logged and tried at the next interval."""
         every = self.handler.maintain_every_s
-        if every <= 0 or time.monotonic() - self._maintained_at < every:
+        due = self.handler.maintenance_due
+        if every <= 0 or (time.monotonic() - self._maintained_at < every and not due):
             return
         self._maintained_at = time.monotonic()
+        self.handler.maintenance_due = False
         try:
             with session_for(self.database_url) as session:
                 outgoing = [self._sealed(o) for o in self.handler.maintain(session, utcnow())]
                 session.commit()
+                if self.handler.sweeps_dead_letters and self.url.startswith("amqp"):
+                    outgoing += self._sweep(session)
             self.publisher.send(outgoing)
         except Exception as exc:
             log.error(
@@ -139,6 +145,15 @@ class ConsumeLoop:
                 worker=self.worker,
                 error=f"{type(exc).__name__}: {failures.describe(exc)}",
             )
+
+    def _sweep(self, session: Session) -> list[Outgoing]:
+        """Dead letters and held results that carry erased data leave the broker
+        (``broker.sweeps``); the audit trail gets the counts."""
+        counts = sweeps.sweep(self.url, self.settings.client_tls(), self.participant, session)
+        if not counts:
+            return []
+        log.info("broker_swept", counts=counts)
+        return [self._sealed(purge_event(self.participant, counts, "sweep"))]
 
     def consume(self, deliveries: Sequence[Delivery]) -> None:
         """One batch, start to end: every delivery is acked, requeued or parked after."""

@@ -18,14 +18,14 @@ import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pika
 
 from biox.broker import failures
 from biox.broker.connection import parameters, user_of
-from biox.broker.exports import export_line
+from biox.broker.exports import expired, export_line
 from biox.broker.link import Link
 from biox.broker.publisher import Publisher, republish_properties
 from biox.routes import ROUTES
@@ -257,6 +257,7 @@ class DeadLetterQueues:
         to_queue: str | None = None,
         on_each: Callable[[DeadLetter], None] | None = None,
         on_refused: Callable[[DeadLetter, str], None] | None = None,
+        erased: Callable[[DeadLetter], bool] = lambda _d: False,
     ) -> int:
         """Republish to the queue it failed in (or ``to_queue``, of the same participant
         and taking its kind) by its replay key on the inbox, confirmed, same
@@ -275,6 +276,8 @@ class DeadLetterQueues:
             try:
                 if d.reason_code in {r.value for r in UNPROVEN}:
                     raise ValueError(f"refused as {d.reason_code}: never replayed")
+                if erased(d):
+                    raise ValueError("carries data its source had deleted (§22): never replayed")
                 target = replay_target(d.queue, d.kind, to_queue)
             except ValueError as exc:
                 if on_refused:
@@ -300,18 +303,44 @@ class DeadLetterQueues:
 
         return self.visit(queues, filters, act)
 
+    def sweep(
+        self, queues: Iterable[str], doomed: Callable[[list[DeadLetter]], set[tuple[str, str]]]
+    ) -> dict[str, int]:
+        """Removes the dead letters and held results ``doomed`` names by (queue, id), after
+        reading them all once (``broker.sweeps``); counts by queue."""
+        queues = list(queues)
+        drop = doomed(self.find(queues, Filters()))
+        removed: dict[str, int] = defaultdict(int)
+
+        def remove(_ch: Any, d: DeadLetter) -> bool:
+            removed[d.queue] += (d.queue, d.id) in drop
+            return (d.queue, d.id) in drop
+
+        if drop:
+            self.visit(queues, Filters(), remove)
+        return dict(removed)
+
     def purge(self, queues: Iterable[str], filters: Filters) -> int:
         return self.visit(queues, filters, lambda _ch, _d: True)
 
-    def export(self, queues: Iterable[str], filters: Filters, out: Any) -> int:
-        """One JSON line per message, lossless (body base64), left in the queue."""
+    def export(self, queues: Iterable[str], filters: Filters, out: Any, keep_days: int) -> int:
+        """One JSON line per message, lossless (body base64), left in the queue; each line
+        expires when its dead letter would (``keep_days`` after it failed)."""
         n = 0
+        now = datetime.now(UTC)
         for d in self.find(queues, filters):
-            out.write(json.dumps(export_line(d)) + "\n")
+            expires = (d.failed_at or now) + timedelta(days=keep_days)
+            out.write(json.dumps(export_line(d, expires)) + "\n")
             n += 1
         return n
 
-    def import_(self, lines: Iterable[str], allowed: Iterable[str]) -> dict[str, list[str]]:
+    def import_(
+        self,
+        lines: Iterable[str],
+        allowed: Iterable[str],
+        refused: Callable[[DeadLetter], str | None] = lambda _d: None,
+        now: datetime | None = None,
+    ) -> tuple[dict[str, list[str]], dict[str, str]]:
         """Exported dead letters back into dead-letter queues, and nowhere else: a record
         naming any queue outside ``allowed`` (the participants' dead-letter queues) stops
         the import before anything is published. Returns the imported ids by queue.
@@ -319,9 +348,14 @@ class DeadLetterQueues:
         A file is whatever its editor wrote: the identity a replay is checked against
         (``biox-original-user-id``) becomes the importing operator's own broker user, so
         an import can never pose as an encounter system or a partner; what only an
-        operator may send can be replayed from it, nothing else."""
+        operator may send can be replayed from it, nothing else.
+
+        A line past its ``expires_at`` (or without one), or one ``refused`` names (data a
+        partner had deleted, §22), is left out with the reason: the second value."""
         allowed = set(allowed)
+        now = now or datetime.now(UTC)
         messages, ids_by_queue = [], defaultdict(list)
+        left_out: dict[str, str] = {}
         for n, line in enumerate(lines, 1):
             if not line.strip():
                 continue
@@ -330,17 +364,22 @@ class DeadLetterQueues:
             if queue not in allowed:
                 raise ValueError(f"line {n}: {queue!r} is not a dead-letter queue of biox")
             props = pika.BasicProperties(**record["properties"])
+            body = base64.b64decode(record["body"])
+            why = expired(record, now) or refused(DeadLetter(queue, n, props, body))
+            if why:
+                left_out[f"line {n}: {props.message_id}"] = why
+                continue
             props.user_id = self.user
             props.headers = {**(props.headers or {}), H_ORIGINAL_USER: self.user}
             props.headers["biox-imported-by"] = operator()
             code, role = addresses.work_queue(addresses.work_queue_of(queue))
             recorded = ROUTES.queues[role].decodes  # the audit's own dead letters are not
             target = failures.dead_letter_target(code, role, recorded)
-            messages.append((*target, base64.b64decode(record["body"]), props))
+            messages.append((*target, body, props))
             ids_by_queue[queue].append(str(props.message_id))
         if messages:
             self.publisher.send_raw(messages)
-        return dict(ids_by_queue)
+        return dict(ids_by_queue), left_out
 
     def record_action(
         self, participant: str, event: type[OpsEvent], ids: list[str], detail: str

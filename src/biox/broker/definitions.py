@@ -295,7 +295,12 @@ def definitions(
                 "pattern": f"^{re.escape(held_queue)}$",
                 "apply-to": "queues",
                 "priority": 0,
-                "definition": {"overflow": "reject-publish"},
+                # an encounter system gone for a month gets its encounters' current state
+                # from a new revision, not results that may carry since-deleted data (§22)
+                "definition": {
+                    "message-ttl": dead_letter_days * 86_400_000,
+                    "overflow": "reject-publish",
+                },
             },
         ],
         "exchanges": exchanges,

@@ -59,7 +59,10 @@ MAX_SHOWN_BYTES = 2 * 1024 * 1024
 MAX_ITEMS = 4096
 
 
-def export_line(d: DeadLetter) -> dict[str, Any]:
+def export_line(d: DeadLetter, expires_at: datetime) -> dict[str, Any]:
+    """The line of one dead letter. ``expires_at``: when the dead letter would have left
+    its queue (its failure plus the dead-letter retention): an import after it is
+    refused, so that an export file cannot keep data longer than the queue may (§21)."""
     p = d.properties
     props = {
         k: getattr(p, k)
@@ -78,7 +81,21 @@ def export_line(d: DeadLetter) -> dict[str, Any]:
         if getattr(p, k) is not None
     }
     props["headers"] = _jsonable(d.headers)
-    return {"queue": d.queue, "properties": props, "body": base64.b64encode(d.body).decode()}
+    return {
+        "queue": d.queue,
+        "properties": props,
+        "body": base64.b64encode(d.body).decode(),
+        "expires_at": expires_at.isoformat(),
+    }
+
+
+def expired(line: dict[str, Any], now: datetime) -> str | None:
+    """Why an exported line may no longer be imported: past its ``expires_at``, or
+    without one (written before lines carried it, so of unknown age)."""
+    expires = line.get("expires_at")
+    if not expires:
+        return "expired (no expiry: exported before lines carried one)"
+    return f"expired ({expires})" if datetime.fromisoformat(expires) <= now else None
 
 
 def redacted_body(d: DeadLetter) -> Any:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,8 @@ from biox.broker.deadletters import (
     operator,
     parse_age,
 )
-from biox.cli.common import Kind, Participant, amqp_url, console, settings
+from biox.broker.sweeps import erased_letters
+from biox.cli.common import Kind, Participant, amqp_url, console, session, settings
 from biox.cli.subject import audited_read
 from biox.registry import Registry
 from biox.render import text
@@ -61,6 +63,13 @@ def _scope(
         ids=tuple(ids),
     )
     return DeadLetterQueues(url, settings().client_tls()), dlq_names(codes, chosen, queue), filters
+
+
+def _erased(d: DeadLetter) -> bool:
+    """Whether a dead letter carries data its source had its owner delete (§22), read
+    from the owning participant's erasures."""
+    with session(addresses.owner(d.queue)) as s:
+        return bool(erased_letters(s, [d]))
 
 
 @app.command("list")
@@ -115,8 +124,9 @@ def dlq_show(message_id: str, participant: Participant = _P, queue: str = _Q) ->
         raise typer.Exit(1)
     for owner in sorted({addresses.owner(d.queue) for d in found}):
         audited_read(owner, "dlq show", {"message_id": message_id}, len(found), operator())
+    keep = timedelta(days=settings().dead_letter_retention_days)
     for d in found:
-        record = export_line(d)
+        record = export_line(d, (d.failed_at or datetime.now(UTC)) + keep)
         record.pop("body")
         record["body (redacted)"] = redacted_body(d)
         print(json.dumps(record, indent=2, default=str))
@@ -152,6 +162,7 @@ def dlq_replay(
             to_queue=to_queue,
             on_each=lambda d: moved.append((d.queue, d.id, to_queue or d.work_queue)),
             on_refused=lambda d, why: refused.append((d.queue, d.id, why)),
+            erased=_erased,
         )
         if n and not dry_run:
             for code in sorted({addresses.owner(q) for q, _, _ in moved}):
@@ -218,7 +229,7 @@ def dlq_export(
         fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         os.chmod(file, 0o600)
         with os.fdopen(fd, "w") as out:
-            n = dlqs.export(names, filters, out)
+            n = dlqs.export(names, filters, out, settings().dead_letter_retention_days)
         exported = [json.loads(line) for line in file.read_text().splitlines() if line]
         for code in sorted({addresses.owner(r["queue"]) for r in exported}):
             done = [
@@ -237,12 +248,15 @@ def dlq_export(
 @app.command("import")
 def dlq_import(file: Path) -> None:
     """Put exported dead letters back into the dead-letter queues they came from (and
-    nowhere else: a record naming any other queue stops the import)."""
+    nowhere else: a record naming any other queue stops the import). A line past its
+    expiry, or carrying data its source had deleted (§22), is left out and named."""
     dlqs, names, _ = _scope(None, None, None, None, None)
     try:
         with file.open() as lines:
             try:
-                imported = dlqs.import_(lines, names)
+                imported, left_out = dlqs.import_(
+                    lines, names, lambda d: "deleted by its source (§22)" if _erased(d) else None
+                )
             except ValueError as exc:
                 console.print(f"[red]nothing imported:[/] {text(exc)}")
                 raise typer.Exit(1) from exc
@@ -253,4 +267,6 @@ def dlq_import(file: Path) -> None:
             )
     finally:
         dlqs.close()
+    for line, why in left_out.items():
+        console.print("[yellow]not imported[/] " + text(f"{line}: {why}"))
     console.print(f"imported {sum(len(v) for v in imported.values())} message(s)")

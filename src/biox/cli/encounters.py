@@ -7,6 +7,7 @@ import msgpack
 import typer
 from rich.table import Table
 
+from biox.broker import sweeps
 from biox.broker.deadletters import DeadLetterQueues
 from biox.broker.deadletters import operator as default_operator
 from biox.cli.common import PARTICIPANT, Participant, amqp_url, code, console, session, settings
@@ -116,6 +117,13 @@ def encounters_redeliver(
     is still missing is held again: nothing is lost either way. Each is taken from the
     held queue only once the broker confirmed it sent on."""
     me = code(participant)
+    with session(me) as s:  # what carries deleted data or is past retention goes first
+        swept = sweeps.sweep(amqp_url(), settings().client_tls(), me, s)
+    if swept.get("held_results"):
+        console.print(
+            f"{swept['held_results']} held result(s) removed: they carried data deleted "
+            "since (§22) or were about an encounter no longer kept (§21)"
+        )
     dlq = DeadLetterQueues(amqp_url(), settings().client_tls())
     try:
         sent = dlq.redeliver_held(me, operator or default_operator())

@@ -7,6 +7,7 @@ import typer
 from rich.table import Table
 
 from biox.agreement import retention
+from biox.broker import sweeps
 from biox.broker.deadletters import operator as default_operator
 from biox.broker.publisher import publish_once
 from biox.cli.common import PARTICIPANT, Participant, amqp_url, code, console, session, settings
@@ -39,9 +40,17 @@ def retention_purge(
         for name, n in sorted(counts.items()):
             table.add_row(name, str(n))
         console.print(table if counts else "nothing is past its retention date")
-        if dry_run or not counts:
+        if dry_run:
             return
         s.commit()
+        # and the broker's copies: dead letters and held results that carry data deleted
+        # or past its retention (docs/lifecycle.md, "A deletion is final")
+        swept = sweeps.sweep(amqp_url(), settings().client_tls(), me, s)
+    for name, n in sorted(swept.items()):
+        console.print(f"{name}: {n} removed from the broker")
+    counts.update(swept)
+    if not counts:
+        return
     who = operator or default_operator()
     publish_once(
         amqp_url(),

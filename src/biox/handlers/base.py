@@ -57,6 +57,11 @@ class Handler(Protocol):
 
     #: seconds between two ``maintain`` calls; 0 or less: the handler has no schedule
     maintain_every_s: float = 0.0
+    #: set by the handler when its schedule should run at once (after a deletion notice)
+    maintenance_due: bool = False
+    #: its schedule also removes, from the broker, the dead letters and held results that
+    #: carry erased data (``deadletters.erased_letters``): the notice worker's
+    sweeps_dead_letters: bool = False
 
     def reject(self, envelope: Envelope, error: BioxError) -> Effects | None:
         """The ``rejected`` answer to the sender when it can be identified, else None."""

@@ -16,6 +16,7 @@ from sqlalchemy import or_
 from sqlmodel import Session, col, select
 
 from biox.agreement import participants
+from biox.agreement.erasures import Erased, exchange_items
 from biox.agreement.ledgers import Tombstone
 from biox.gallery.fusion import Decision, decide
 from biox.gallery.gallery import Gallery, Hit, Probe
@@ -121,8 +122,9 @@ class MatcherHandler(Handler):
             self.metrics.searched(took, self.gallery.size)
         low = self.settings.threshold_low
         records = self._records(session, {h.record_id for hs in hits for h in hs if h.fused >= low})
+        erased = self._erased(session, [batch[i] for i in searchable])
         for i, found in zip(searchable, hits, strict=True):
-            results[i] = self._answer(batch[i], found, records, received, search_ms)
+            results[i] = self._answer(batch[i], found, records, received, search_ms, erased)
         return [r for r in results if r is not None]
 
     def _check(self, inb: Inbound[Query], registry: Registry) -> Reason | None:
@@ -155,6 +157,23 @@ class MatcherHandler(Handler):
         )
         return {r.id: r for r in rows}  # a blocked record (§23) is as if not found
 
+    def _erased(self, session: Session, batch: Sequence[Inbound[Query]]) -> Erased:
+        """Queries of this batch whose data their requester had deleted already (a copy
+        replayed after the deletion notice): answered, but never enrolled (§22). Read only
+        when this participant enrols query data at all."""
+        if not self.policy.enrol:
+            return Erased(frozenset())
+        return Erased.among(
+            session,
+            (
+                item
+                for inb in batch
+                for item in exchange_items(
+                    inb.message.requesting, inb.message.query_id, inb.envelope.message_id
+                )
+            ),
+        )
+
     @staticmethod
     def _asked(inb: Inbound[Query], received: datetime) -> Asked:
         q = inb.message
@@ -181,6 +200,7 @@ class MatcherHandler(Handler):
         records: dict[int, Record],
         received: datetime,
         search_ms: float,
+        erased: Erased | None = None,
     ) -> Effects:
         asked = self._asked(inb, received)
         best = hits[0].fused if hits else 0.0
@@ -207,7 +227,12 @@ class MatcherHandler(Handler):
             outgoing=[*answered.outgoing, *case],
             outcome=response.status.value,
         )
-        self._enrol(inb, effects)
+        if erased is not None and erased.any(
+            inb.message.requesting, inb.message.query_id, inb.envelope.message_id
+        ):
+            effects.outcome += ":erased"
+        else:
+            self._enrol(inb, effects)
         return effects
 
     def _case(

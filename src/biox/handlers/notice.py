@@ -27,7 +27,15 @@ from biox.wire.codec import Envelope
 from biox.wire.errors import BioxError, PermanentError, Reason
 from biox.wire.inbound import Inbound
 from biox.wire.messages import AuditCheckpoint, utcnow
-from biox.wire.notices import ASKS_ACTION, STATUS_OF, Notice, NoticeSend, NoticeType
+from biox.wire.notices import (
+    ASKS_ACTION,
+    DATA_ACTIONS,
+    STATUS_OF,
+    AckOutcome,
+    Notice,
+    NoticeSend,
+    NoticeType,
+)
 from biox.wire.operations import RetentionPurged
 
 log = structlog.get_logger("biox.notice")
@@ -58,8 +66,10 @@ class NoticeHandler(Handler):
         self.policy = policy or ParticipantPolicy()
         self.settings = settings or Settings()
         self.response_days = self.settings.notice_response_days
-        #: the consume loop calls ``maintain`` this often: the retention purge
+        #: the consume loop calls ``maintain`` this often: the retention purge, and the
+        #: sweep of dead letters and held results carrying erased data
         self.maintain_every_s = self.settings.retention_purge_s
+        self.sweeps_dead_letters = True
 
     # --- the schedule: retention ---------------------------------------------------------------
 
@@ -151,6 +161,7 @@ class NoticeHandler(Handler):
         outgoing: list[codec.Outgoing] = []
         if n.type is NoticeType.deletion:
             done = corrections.delete_from(session, sender, n.about, cause)
+            self.maintenance_due = True  # the broker's copies go at once, not within the hour
         elif n.type is NoticeType.correction:
             done = corrections.correct_from(session, sender, n.about, dict(n.corrections))
         elif n.type in (NoticeType.block, NoticeType.unblock):
@@ -187,10 +198,15 @@ class NoticeHandler(Handler):
                 rows += revision.rows
                 outgoing += revision.outgoing
         awaiting = n.type in (NoticeType.consent_request, NoticeType.correction_request)
+        outcome = None
+        if n.type in DATA_ACTIONS:
+            outcome = AckOutcome.applied if done.held else AckOutcome.nothing_held
         row = _row(n, "in", "received" if awaiting else "applied")
         row.done = done.counts
+        if outcome is not None:
+            row.details = {**row.details, "outcome": outcome.value}
         rows.insert(0, row)
-        outgoing.insert(0, self._acknowledge(n, done))
+        outgoing.insert(0, self._acknowledge(n, done, outcome))
         log.info(
             "notice_received",
             notice_id=n.notice_id,
@@ -200,7 +216,9 @@ class NoticeHandler(Handler):
         )
         return Effects(rows=rows, outgoing=outgoing, outcome=f"received:{n.type.value}")
 
-    def _acknowledge(self, n: Notice, done: corrections.Done) -> codec.Outgoing:
+    def _acknowledge(
+        self, n: Notice, done: corrections.Done, outcome: AckOutcome | None = None
+    ) -> codec.Outgoing:
         ack_id = codec.derived_id(n.notice_id, "acknowledgement")
         ack = Notice(
             type=NoticeType.acknowledgement,
@@ -210,6 +228,7 @@ class NoticeHandler(Handler):
             sent_at=utcnow(),
             in_reply_to=n.notice_id,
             done=done.counts,
+            outcome=outcome,
         )
         return codec.to_partner(
             ack, sender=self.me, recipient=n.sender, message_id=ack_id, correlation_id=n.notice_id
@@ -225,6 +244,8 @@ class NoticeHandler(Handler):
             sent.status = "acknowledged"
         sent.answered_at = sent.answered_at or n.sent_at
         sent.done = dict(n.done)
+        if n.outcome is not None:
+            sent.details = {**sent.details, "outcome": n.outcome.value}
         return Effects(rows=[row, sent], outcome="acknowledged")
 
     # --- audit checkpoints --------------------------------------------------------------------

@@ -9,9 +9,10 @@ from datetime import datetime
 import structlog
 from sqlmodel import Session, col, select
 
+from biox.agreement.erasures import Erased, exchange_items
 from biox.handlers.base import Context, Effects, Handler, Result
 from biox.policy.release import ParticipantPolicy
-from biox.queries.results import EncounterViews, is_final
+from biox.queries.results import WITHDRAWN, EncounterViews, is_final
 from biox.store import Transaction
 from biox.wire import codec
 from biox.wire.codec import Envelope
@@ -74,9 +75,19 @@ class ResponseHandler(Handler):
                 )
             )
             views = EncounterViews(session, encounter_ids)
-            return [self._one(inb, views) for inb in batch]
+            erased = Erased.among(
+                session,
+                (
+                    item
+                    for inb in batch
+                    for item in exchange_items(
+                        inb.envelope.sender, inb.message.query_id, inb.envelope.message_id
+                    )
+                ),
+            )
+            return [self._one(inb, views, erased) for inb in batch]
 
-    def _one(self, inb: Inbound[Response], views: EncounterViews) -> Result:
+    def _one(self, inb: Inbound[Response], views: EncounterViews, erased: Erased) -> Result:
         r = inb.message
         if r.requesting != self.me:
             return PermanentError(Reason.misaddressed, f"response is for {r.requesting!r}")
@@ -90,6 +101,25 @@ class ResponseHandler(Handler):
             return TransientError(
                 Reason.unknown_query, f"no query {r.query_id} sent to {r.providing}"
             )
+        if tx.status == WITHDRAWN or erased.any(r.providing, r.query_id, inb.envelope.message_id):
+            # §22: its provider had this answer deleted; a copy that comes back (a retry, a
+            # replayed dead letter, an imported one) is neither stored nor passed on
+            log.warning(
+                "answer_erased",
+                query_id=r.query_id,
+                partner=r.providing,
+                message_id=inb.envelope.message_id,
+            )
+            if tx.status != WITHDRAWN:
+                tx.answer, tx.status, tx.reason_code, tx.top_score = None, WITHDRAWN, None, None
+                effects = Effects(rows=[tx], outcome="erased")
+                revision = views.updated(
+                    self.me, tx.encounter_id, inb.envelope.message_id, "erased"
+                )
+                effects.rows += revision.rows
+                effects.outgoing += revision.outgoing
+                return effects
+            return Effects(outcome="erased")
         if is_final(tx.status):
             # an interim answer overtaken by the final one, or a second final answer: the
             # first final answer stands (it may already have been acted on)

@@ -140,7 +140,7 @@ class EncounterViews:
                 query_id=tx.query_id,
                 status=OutcomeStatus.withdrawn if withdrawn else OutcomeStatus.blocked,
                 reason=(
-                    f"{tx.providing} had its answer deleted (§22)"
+                    f"{tx.providing} had its answer deleted (§22); no later copy is kept"
                     if withdrawn
                     else f"{tx.providing} blocked its answer (§23): do not rely on it"
                 ),
@@ -182,5 +182,11 @@ class EncounterViews:
 _OPEN = (OutcomeStatus.pending, OutcomeStatus.pending_review)
 
 
+#: an answer its provider had deleted (§22): final too, so no later copy is stored again
+WITHDRAWN = "withdrawn"
+
+
 def is_final(status: str | None) -> bool:
-    return status is not None and status in {s.value for s in ResponseStatus if s.final}
+    return status is not None and (
+        status == WITHDRAWN or status in {s.value for s in ResponseStatus if s.final}
+    )

@@ -43,6 +43,11 @@ ASKS_ACTION = DATA_ACTIONS | {NoticeType.consent_request, NoticeType.correction_
 STATUS_OF = {NoticeType.readiness: Status.active, NoticeType.discontinuation: Status.discontinued}
 
 
+class AckOutcome(StrEnum):
+    applied = "applied"
+    nothing_held = "nothing_held"
+
+
 class About(Model):
     """The data a notice is about, as the recipient's provenance marks find it: the queries
     it belongs to, the messages that carried it, the records it became."""
@@ -101,7 +106,16 @@ class Notice(NoticeContent, Message):
     recipient: Code
     sent_at: Timestamp
     done: dict[Short, int] = Field(
-        default_factory=dict, max_length=50, description="acknowledgement: what was done, counted"
+        default_factory=dict,
+        max_length=50,
+        description="acknowledgement: what was done, counted by place (records, answers, ...)",
+    )
+    outcome: AckOutcome | None = Field(
+        default=None,
+        description=(
+            "acknowledgement of a deletion, correction, block or unblock: applied, or "
+            "nothing_held when none of the named data was held (an answer of its own)"
+        ),
     )
 
 

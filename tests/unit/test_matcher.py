@@ -202,15 +202,39 @@ def test_a_query_without_biometrics_is_rejected_as_such(db):
 
 
 def test_a_sealed_best_candidate_is_declined_and_nothing_is_released(db):
-    _, _, _, response = ask(matcher([hit(4, 0.9), hit(2, 0.8)]), db)
+    """The provider's row says why; the requester hears a no-match (issue 20 (3)), unless
+    the policy says to tell it."""
+    _, _, result, response = ask(matcher([hit(4, 0.9), hit(2, 0.8)]), db)
+    assert response.status is ResponseStatus.no_match
+    assert response.reason_code is None and response.candidates == []
+    tx = result.rows[0]
+    assert (tx.status, tx.reason_code) == ("declined", "record_not_releasable")
+    assert tx.answer["status"] == "no_match"  # what was sent, as sent
+    told = POLICIES.of("mx").model_copy(update={"conceal_record_declines": False})
+    _, _, _, response = ask(matcher([hit(4, 0.9), hit(2, 0.8)], told), db)
     assert response.status is ResponseStatus.declined
     assert response.reason_code is Reason.record_not_releasable and response.candidates == []
+
+
+def test_a_concealed_decline_cannot_be_told_from_a_no_match(db):
+    """Issue 20 (3): everything the requester receives (status, reason, decider, the
+    fields present, the search time's presence) is as a true no-match's."""
+    _, _, _, concealed = ask(matcher([hit(4, 0.9)]), db)
+    _, _, _, nothing = ask(matcher([hit(1, LOW - 0.01)]), db)
+
+    def seen(r: Response) -> dict:
+        out = r.model_dump(mode="json", exclude={"query_id"})
+        out["timings"] = sorted(out["timings"])  # which timings, not their values
+        return out
+
+    assert seen(concealed) == seen(nothing)
+    assert concealed.timings.search_ms > 0  # a search was made, as for the no-match
 
 
 def test_data_another_partner_sent_is_not_passed_on_even_as_a_second_candidate(db):
     """us asks; record 5 came from sv: onward disclosure without consent (§15)."""
     best = matcher([hit(5, 0.9)])
-    assert ask(best, db)[3].status is ResponseStatus.declined
+    assert ask(best, db)[2].rows[0].status == "declined"
     second = matcher([hit(1, 0.9), hit(5, 0.8)])
     response = ask(second, db)[3]
     assert [c.identity_ref for c in response.candidates] == ["MX-000000001"]

@@ -347,10 +347,26 @@ def test_an_examiners_match_on_a_record_that_may_not_be_released_is_declined_as_
     assert isinstance(result, Effects)
     [out] = result.outgoing
     response = ROUTES.decode("response", "response/1", out.body)
-    assert response.status is ResponseStatus.declined
-    assert response.reason_code is Reason.record_not_releasable
+    # the requester hears a no-match from the examiner (a decline would say a record
+    # exists, issue 20); the provider's row keeps why
+    assert response.status is ResponseStatus.no_match and response.reason_code is None
     assert response.decided_by.value == "examiner"
     assert response.candidates == []
+    tx = next(r for r in result.rows if isinstance(r, Transaction))
+    assert (tx.status, tx.reason_code) == ("declined", "record_not_releasable")
+
+
+def test_a_record_blocked_after_its_case_opened_is_not_released_by_the_examiners_match(db):
+    """Issue 20: a block holds on every path. The case was opened on record 1; its source
+    then blocked it (§23); the examiner's later match releases nothing."""
+    with session_for(db) as s:
+        s.get(Record, 1).blocked_at = datetime(2026, 11, 21, tzinfo=UTC)
+        s.commit()
+    result = decide(db, ReviewVerdict.match, "MX-000000001", "ex-5")
+    assert isinstance(result, Effects)
+    response = ROUTES.decode("response", "response/1", result.outgoing[0].body)
+    assert response.status is ResponseStatus.no_match and response.candidates == []
+    assert len(result.outgoing) == 1  # and no retrieval asked after it
 
 
 def test_a_match_on_a_candidate_whose_record_is_gone_is_refused(db):

@@ -185,7 +185,15 @@ def test_match_releases_what_the_policy_allows_with_its_conditions(hub):
         assert tx.retain_until is not None
 
 
-def test_sealed_record_is_declined_with_a_reason(hub):
+def test_sealed_record_is_declined_with_a_reason(tmp_path):
+    """Where mx's policy tells declines (``conceal_record_declines = false``)."""
+    policies = Policies(
+        participants={
+            **POLICIES.participants,
+            "mx": POLICIES.of("mx").model_copy(update={"conceal_record_declines": False}),
+        }
+    )
+    hub = make_hub(tmp_path, policies)
     n = person_known_to("mx", sealed=True)
     out = encounter("us", n)
     hub.run([out])
@@ -197,6 +205,24 @@ def test_sealed_record_is_declined_with_a_reason(hub):
     assert mx.candidates == []
     with hub.session("us") as s:  # the requester's own record of the answer
         tx = s.get(Transaction, (mx.query_id, "requester"))
+        assert (tx.status, tx.reason_code) == ("declined", "record_not_releasable")
+
+
+def test_a_sealed_record_is_answered_as_a_no_match_where_declines_are_concealed(hub):
+    """Issue 20 (3), the default: the requester cannot tell a record exists; the
+    provider's own row keeps why."""
+    n = person_known_to("mx", sealed=True)
+    out = encounter("us", n)
+    hub.run([out])
+    mx = outcome(hub.latest(out.envelope.correlation_id), "mx")
+    assert (mx.status.value, mx.reason_code, mx.reason, mx.candidates) == (
+        "no_match",
+        None,
+        None,
+        [],
+    )
+    with hub.session("mx") as s:
+        tx = s.get(Transaction, (mx.query_id, "provider"))
         assert (tx.status, tx.reason_code) == ("declined", "record_not_releasable")
 
 
@@ -424,7 +450,10 @@ def test_enrolled_data_is_not_passed_on_to_a_third_participant(hub):
     out = encounter("mx", stranger)
     hub.run([out])
     us = outcome(hub.latest(out.envelope.correlation_id), "us")
-    assert us.status.value == "declined" and us.reason_code is Reason.record_not_releasable
+    assert us.status.value == "no_match" and us.candidates == []  # a decline, concealed
+    with hub.session("us") as s:
+        tx = s.get(Transaction, (us.query_id, "provider"))
+        assert (tx.status, tx.reason_code) == ("declined", "record_not_releasable")
 
 
 # --- the consolidated result -------------------------------------------------------------------

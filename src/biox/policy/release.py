@@ -95,6 +95,13 @@ class ParticipantPolicy(BaseModel):
     )
     retrieval: RetrievalRule = Field(default_factory=RetrievalRule)
     send: list[SendRule] = Field(default_factory=list)
+    conceal_record_declines: bool = Field(
+        default=True,
+        description=(
+            "a decline because of the record found (§6a, §9, §23) goes as a no-match: "
+            "the requester cannot tell that a record exists"
+        ),
+    )
 
     def minimised(self, partner: str, purpose: Purpose, biographic: Biographic) -> Biographic:
         """The biographic data a query to ``partner`` for ``purpose`` carries (§19(i))."""

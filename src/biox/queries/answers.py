@@ -28,6 +28,9 @@ from biox.wire.messages import (
     utcnow,
 )
 
+#: declines that can only follow a search that found someone: they say a record exists
+RECORD_DECLINES = frozenset({Reason.excluded_citizen, Reason.record_not_releasable})
+
 
 @dataclass(frozen=True)
 class Asked:
@@ -90,7 +93,9 @@ class Answers:
             return self.declined(q, release, decided_by=decided_by)
         best = found[0].record
         if not may_release(best, self.me, q.requesting):
-            return self.declined(q, Reason.record_not_releasable, decided_by=decided_by)
+            return self.declined(
+                q, Reason.record_not_releasable, decided_by=decided_by, search_ms=search_ms
+            )
         national = _national(best, self.me, q.requesting)
         if national:  # §6a: only a third country national, compared by country code
             return self.declined(
@@ -98,6 +103,7 @@ class Answers:
                 Reason.excluded_citizen,
                 f"the matched record is a national of {national} (§1(ii), §6a)",
                 decided_by,
+                search_ms,
             )
         candidates = [
             Candidate(
@@ -149,12 +155,15 @@ class Answers:
         reason: Reason,
         detail: str = "",
         decided_by: DecidedBy = DecidedBy.automatic,
+        search_ms: float = 0.0,
     ) -> Response:
+        """A decline; ``search_ms`` is 0 unless the decline came after a search (a record
+        that may not be released)."""
         return self._response(
             q,
             ResponseStatus.declined,
             decided_by,
-            0.0,
+            search_ms,
             reason_code=reason,
             reason=detail or REASON_TEXT[reason],
         )
@@ -182,9 +191,35 @@ class Answers:
     ) -> Answered:
         """The one way an answer leaves: sent to the requester, followed by the automatic
         retrieval ask after a released match on ``best`` (§10), and settled on the
-        provider's transaction (§27 reads it)."""
-        outgoing = [self.send(response, q.message_id), *self.follow_up(q, response, best)]
-        return Answered(outgoing, self.settle(tx, response) if tx is not None else None)
+        provider's transaction (§27 reads it). A decline that would tell the requester a
+        record exists goes as the no-match it is worded as (``worded``); the provider's
+        own row keeps the truth."""
+        sent = self.worded(response, best)
+        outgoing = [self.send(sent, q.message_id), *self.follow_up(q, sent, best)]
+        if tx is None:
+            return Answered(outgoing, None)
+        settled = self.settle(tx, response)
+        settled.answer = sent.model_dump(mode="json", exclude={"requesting"})
+        return Answered(outgoing, settled)
+
+    def worded(self, response: Response, found: Record | None) -> Response:
+        """The answer as the requester may see it. A decline because of the record found
+        (its subject a national of either party, §6a; a record not releasable, §9; one
+        its source blocked, §23) says that a record exists: where the policy conceals
+        such declines (``conceal_record_declines``, the default), it goes as a no-match
+        with the same decider and timings, indistinguishable from one. Only a decline
+        about a record ``found`` is worded so: one before any search (the requester's own
+        data says its subject is a citizen, §4a) reveals nothing and says why."""
+        if (
+            found is None
+            or response.status is not ResponseStatus.declined
+            or response.reason_code not in RECORD_DECLINES
+            or not self.policy.conceal_record_declines
+        ):
+            return response
+        return response.model_copy(
+            update={"status": ResponseStatus.no_match, "reason_code": None, "reason": None}
+        )
 
     def _response(
         self,

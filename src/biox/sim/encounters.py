@@ -262,7 +262,13 @@ class EncounterSystem:
         if status == "match":
             correct = top == want or self._enrolled_same_person(o, outcome.planned)
         elif status == "no_match":
-            correct = not mated or outcome.planned.scenario == "poor"
+            # a decline about the record found goes as a no-match where the provider
+            # conceals such declines (its policy's default): a sealed record, or query
+            # data another participant sent (docs/lifecycle.md, §6a)
+            onward = len(set(self.requesters_of.get(person, ()))) > 1
+            correct = (
+                not mated or outcome.planned.scenario == "poor" or synth.sealed(person) or onward
+            )
         elif status == "declined":
             onward = len(set(self.requesters_of.get(person, ()))) > 1  # enrolled from another
             correct = (mated and synth.sealed(person)) or (

@@ -416,7 +416,10 @@ def test_intake_minimises_by_the_submissions_purpose(tmp_path):
     from biox.wire.messages import Biographic
 
     policy = ParticipantPolicy(
-        send=[SendRule(to=["sv"], purposes=["investigate"], biographic=["family_name"])]
+        send=[
+            SendRule(to=["sv"], purposes=["investigate"], biographic=["family_name"]),
+            SendRule(biographic=["family_name", "document_number"]),
+        ]
     )
     handler = IntakeHandler("us", REGISTRY, policy, answer_deadline_s=90)
     who = Biographic(family_name="Cruz", document_number="G123")

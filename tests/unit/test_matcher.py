@@ -113,7 +113,12 @@ def hit(rid: int, fused: float) -> Hit:
 
 
 def test_a_match_releases_only_candidates_at_or_above_the_match_threshold(db):
-    handler = matcher([hit(1, 0.9), hit(2, HIGH), hit(3, HIGH - 0.01)])
+    three = POLICIES.of("mx").model_copy(
+        update={
+            "release": [r.model_copy(update={"max_records": 3}) for r in POLICIES.of("mx").release]
+        }
+    )
+    handler = matcher([hit(1, 0.9), hit(2, HIGH), hit(3, HIGH - 0.01)], three)
     _, _, result, response = ask(handler, db)
     assert response.status is ResponseStatus.match
     assert [c.identity_ref for c in response.candidates] == ["MX-000000001", "MX-000000002"]
@@ -199,6 +204,25 @@ def test_a_query_without_biometrics_is_rejected_as_such(db):
     with session_for(db) as s:
         [result] = matcher([hit(1, 0.9)]).search([Inbound(envelope, empty)], s)
     assert isinstance(result, PermanentError) and result.reason is Reason.no_biometrics
+
+
+def test_a_match_releases_no_more_records_than_its_release_rule_allows(db):
+    """Issue 20 (5): mx's rules leave max_records at its default, 1: two candidates at or
+    above the threshold, one record released, the best."""
+    _, _, _, response = ask(matcher([hit(1, 0.9), hit(2, HIGH)]), db)
+    assert response.status is ResponseStatus.match
+    assert [c.identity_ref for c in response.candidates] == ["MX-000000001"]
+
+
+def test_the_released_biographic_data_holds_only_the_fields_the_rule_names(db):
+    """Issue 20 (5): a release rule naming biographic fields releases those alone."""
+    narrow = ParticipantPolicy(
+        release=[ReleaseRule(to=["us"], elements=["reference", "biographic"], biographic=["sex"])]
+    )
+    _, _, _, response = ask(matcher([hit(1, 0.9)], narrow), db)
+    released = response.candidates[0].record.biographic
+    assert released is not None
+    assert {k for k, v in released.model_dump().items() if v is not None} <= {"sex"}
 
 
 def test_a_sealed_best_candidate_is_declined_and_nothing_is_released(db):

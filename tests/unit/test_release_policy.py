@@ -173,5 +173,6 @@ def test_a_send_rule_for_one_purpose_minimises_only_that_purpose():
     )
     full = Biographic(family_name="Cruz", document_number="G123")
     assert policy.minimised("sv", Purpose.adjudicate, full) == Biographic(family_name="Cruz")
-    assert policy.minimised("sv", Purpose.enforce, full) == full  # another purpose: no rule
-    assert policy.minimised("mx", Purpose.adjudicate, full) == full  # another partner
+    # issue 20 (5): without a rule, the minimum: no biographic field at all
+    assert policy.minimised("sv", Purpose.enforce, full) == Biographic()  # another purpose
+    assert policy.minimised("mx", Purpose.adjudicate, full) == Biographic()  # another partner

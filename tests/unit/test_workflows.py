@@ -361,6 +361,11 @@ def test_manual_retrieval_is_limited_by_the_holders_policy(hub):
         row = s.get(RetrievalRow, (codec.derived_id("ask-1", "retrieval.request"), "asker"))
         assert row.status == "released"
         assert row.data["biographic"]["family_name"]
+        # issue 20 (5): us's send rule keeps the document number from sv, in a retrieval
+        # response as in the query
+        assert "document_number" not in row.data["biographic"]
+    with hub.session("us") as s:
+        assert s.get(EncounterRow, eid).biographic.get("document_number")  # us holds it
     latest = outcome(hub.latest(eid), "sv")
     assert latest.retrievals and latest.retrievals[0].status.value == "released"
 

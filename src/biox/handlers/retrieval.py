@@ -221,7 +221,15 @@ class RetrievalHandler(Handler):
         if why is None:
             assert tx is not None and encounter is not None
             release = self.policy.release_for(sender, Purpose(tx.purpose))
-            allowed = None if isinstance(release, Reason) else release.limit(req.elements)
+            # §19(i): the elements the release rule allows, and of the encounter's
+            # biographic data only what the send rule lets go to this partner
+            allowed = (
+                None
+                if isinstance(release, Reason)
+                else release.limit(req.elements).narrowed(
+                    self.policy.sent_fields(sender, Purpose(tx.purpose))
+                )
+            )
             if allowed is None or not allowed.elements:
                 why = (Reason.release_not_agreed, REASON_TEXT[Reason.release_not_agreed])
             else:

@@ -9,7 +9,8 @@ participant's workers read only its own section.
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -39,6 +40,18 @@ class ReleaseRule(BaseModel):
     purposes: list[str] = Field(default_factory=lambda: [ANY])
     elements: list[Element] = Field(default_factory=list)
     conditions: list[str] = Field(default_factory=list)
+    biographic: list[str] | None = Field(
+        default=None,
+        description="the biographic fields released (§19(i)); unset: every field",
+    )
+    max_records: int = Field(
+        default=1, ge=1, le=10, description="records one match may release (§7, §19(i))"
+    )
+
+    @field_validator("biographic")
+    @classmethod
+    def _known_fields(cls, fields: list[str] | None) -> list[str] | None:
+        return _biographic_fields(fields) if fields is not None else None
 
     def covers(self, requester: str, purpose: Purpose) -> bool:
         return (ANY in self.to or requester in self.to) and (
@@ -49,9 +62,17 @@ class ReleaseRule(BaseModel):
 BIOGRAPHIC_FIELDS = tuple(Biographic.model_fields)
 
 
+def _biographic_fields(fields: list[str]) -> list[str]:
+    unknown = sorted(set(fields) - set(BIOGRAPHIC_FIELDS))
+    if unknown:
+        raise ValueError(f"not biographic fields: {unknown}; known: {BIOGRAPHIC_FIELDS}")
+    return fields
+
+
 class SendRule(BaseModel):
-    """Which biographic fields a query carries to ``to`` for ``purposes`` (§19(i): only
-    what is relevant). First rule naming the partner and purpose wins; no rule: all."""
+    """Which biographic fields of one's own data go to ``to`` for ``purposes`` (§19(i):
+    only what is relevant): in a query, and in a retrieval response. First rule naming
+    the partner and purpose wins; no rule: none (the minimum, not everything)."""
 
     to: list[str] = Field(default_factory=lambda: [ANY])
     purposes: list[str] = Field(default_factory=lambda: [ANY])
@@ -60,10 +81,7 @@ class SendRule(BaseModel):
     @field_validator("biographic")
     @classmethod
     def _known_fields(cls, fields: list[str]) -> list[str]:
-        unknown = sorted(set(fields) - set(BIOGRAPHIC_FIELDS))
-        if unknown:
-            raise ValueError(f"not biographic fields: {unknown}; known: {BIOGRAPHIC_FIELDS}")
-        return fields
+        return _biographic_fields(fields)
 
     def covers(self, partner: str, purpose: Purpose) -> bool:
         return (ANY in self.to or partner in self.to) and (
@@ -104,12 +122,16 @@ class ParticipantPolicy(BaseModel):
     )
 
     def minimised(self, partner: str, purpose: Purpose, biographic: Biographic) -> Biographic:
-        """The biographic data a query to ``partner`` for ``purpose`` carries (§19(i))."""
-        rule = next((r for r in self.send if r.covers(partner, purpose)), None)
-        if rule is None:
-            return biographic
-        keep = set(rule.biographic)
+        """The biographic data of one's own that goes to ``partner`` for ``purpose``
+        (§19(i)): what the first send rule naming them lists; without one, nothing."""
+        keep = set(self.sent_fields(partner, purpose))
         return biographic.model_copy(update={f: None for f in BIOGRAPHIC_FIELDS if f not in keep})
+
+    def sent_fields(self, partner: str, purpose: Purpose) -> tuple[str, ...]:
+        """The biographic fields the first send rule naming ``partner`` and ``purpose``
+        lists; none without one."""
+        rule = next((r for r in self.send if r.covers(partner, purpose)), None)
+        return tuple(rule.biographic) if rule is not None else ()
 
     def release_for(self, requester: str, purpose: Purpose) -> Release | Reason:
         for rule in self.release:
@@ -118,7 +140,10 @@ class ParticipantPolicy(BaseModel):
                     return Reason.release_not_agreed
                 elements = [e for e in Element if e in rule.elements]
                 withheld = [e for e in Element if e not in rule.elements]
-                return Release(elements, list(rule.conditions), withheld)
+                fields = tuple(
+                    rule.biographic if rule.biographic is not None else BIOGRAPHIC_FIELDS
+                )
+                return Release(elements, list(rule.conditions), withheld, fields, rule.max_records)
         return Reason.release_not_agreed
 
     def enrols(self, requester: str, purpose: Purpose) -> bool:
@@ -146,6 +171,10 @@ class Release:
     elements: list[Element]
     conditions: list[str]
     withheld: list[Element]
+    #: the biographic fields released, when ``biographic`` is among the elements
+    fields: tuple[str, ...] = BIOGRAPHIC_FIELDS
+    #: how many records one match may release
+    max_records: int = 1
 
     def limit(self, asked: list[Element]) -> Release:
         """What of ``asked`` this release allows (a retrieval asks for some elements)."""
@@ -153,7 +182,14 @@ class Release:
             [e for e in self.elements if e in asked],
             self.conditions,
             [e for e in asked if e not in self.elements],
+            self.fields,
+            self.max_records,
         )
+
+    def narrowed(self, fields: Iterable[str]) -> Release:
+        """The same release with only those of its biographic fields also in ``fields``."""
+        keep = set(fields)
+        return replace(self, fields=tuple(f for f in self.fields if f in keep))
 
 
 class Policies(BaseModel):
@@ -184,7 +220,7 @@ def released_record(
         identity_ref=identity_ref,
         person_centric_id=person_centric_id if Element.reference in allowed else None,
         biographic=(
-            Biographic.model_validate(biographic)
+            Biographic.model_validate({k: v for k, v in biographic.items() if k in release.fields})
             if Element.biographic in allowed and biographic
             else None
         ),

@@ -124,7 +124,7 @@ class Answers:
             # participant is never released, whatever place the search gave it
             if may_release(f.record, self.me, q.requesting)
             and not _national(f.record, self.me, q.requesting)
-        ]
+        ][: release.max_records]  # §19(i): as many records as the rule allows, best first
         return self._response(
             q,
             ResponseStatus.match,

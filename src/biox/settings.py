@@ -151,6 +151,12 @@ class Settings(BaseSettings):
         description="How far a partner's clock may run ahead of ours (and behind, on top of "
         "the freshness window).",
     )
+    ledger_retention_days: int = Field(
+        default=1095,
+        ge=400,
+        description="How long the agreement's ledgers (notices, disclosures, incidents) are "
+        "kept: evidence for the annual review (§27) and the two after it.",
+    )
     refusal_retention_days: int = Field(
         default=400,
         description="How long the record of a refused message is kept: the annual review "

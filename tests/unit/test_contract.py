@@ -172,6 +172,8 @@ def test_every_participant_not_asked_is_kept_with_its_reason_and_the_queries_hav
     assert (encounter.partners, encounter.skipped) == (["mx"], {"sv": "excluded_citizen"})
     [tx] = [r for r in effects.rows if isinstance(r, Transaction)]
     assert tx.answer_due - tx.sent_at == timedelta(seconds=90)
+    # issue 20 (7): kept as long as its encounter, answered or not (never forever)
+    assert tx.retain_until is not None and tx.retain_until == encounter.retain_until
 
 
 # --- the consolidated result: skipped, timed out, revised ---------------------------------------

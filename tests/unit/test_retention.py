@@ -360,3 +360,141 @@ def test_refusals_are_kept_for_the_annual_review_and_then_purged(tmp_path):
         assert retention.purge(s, NOW, markers_days=7) == {"refusals": 1}
         s.commit()
         assert [r.message_id for r in s.exec(select(RefusalRow))] == ["recent"]
+
+
+def test_every_table_has_a_retention_rule():
+    """Issue 20 (7): a new table without a rule fails here, whatever it holds."""
+    from sqlmodel import SQLModel
+
+    import biox.agreement.ledgers
+    import biox.store  # noqa: F401  (every table is declared by these two)
+
+    tables = set(SQLModel.metadata.tables)
+    assert tables - set(retention.RULES) == set(), "tables without a retention rule"
+    assert set(retention.RULES) - tables == set(), "rules for tables that do not exist"
+
+
+def test_each_ledger_and_what_follows_a_row_expires_by_its_rule(tmp_path):
+    """Issue 20 (7): notices, disclosures, incidents, erasures, unconfirmed markers,
+    tombstones and orphaned notations go when their period runs out; current ones stay."""
+    from biox.agreement.ledgers import DisclosureRow, ErasureRow, NotationRow
+
+    url = f"sqlite:///{tmp_path / 'us.db'}"
+    ages = retention.Ages(ledger_days=1095, dead_letter_days=30, erasure_days=400)
+    with session_for(url) as s:
+        for name, days in (("old", 1096), ("new", 10)):
+            at = NOW - timedelta(days=days)
+            s.add(
+                NoticeRow(
+                    notice_id=f"n-{name}",
+                    direction="in",
+                    type="correction",
+                    partner="mx",
+                    sent_at=at,
+                    status="applied",
+                    details={"corrections": {"family_name": "CRUZ"}},
+                )
+            )
+            s.add(
+                DisclosureRow(
+                    at=at,
+                    recipient="court",
+                    identity_ref=f"R-{name}",
+                    source="us",
+                    basis="own_data",
+                    by="x",
+                )
+            )
+            s.add(IncidentRow(incident_id=f"i-{name}", aware_at=at, summary="s", opened_by="x"))
+        s.add(
+            ErasureRow(
+                source="mx", kind="query", key="old", cause="n", at=NOW - timedelta(days=401)
+            )
+        )
+        s.add(
+            ErasureRow(
+                source="mx", kind="query", key="new", cause="n", at=NOW - timedelta(days=399)
+            )
+        )
+        s.add(
+            ProcessedMessage(
+                consumer="us.query",
+                message_id="unsent-31d",
+                published=False,
+                processed_at=NOW - timedelta(days=31),
+            )
+        )
+        s.add(Tombstone(record_id=9, cause="retention", at=NOW - timedelta(days=8)))
+        s.add(Tombstone(record_id=10, cause="retention", at=NOW - timedelta(days=1)))
+        s.add(Record(id=3, identity_ref="R-3", source="us"))
+        s.add(NotationRow(table="records", key="R-3", text="access given", by="po"))
+        s.add(NotationRow(table="records", key="R-gone", text="access given", by="po"))
+        s.commit()
+        counts = retention.purge(s, NOW, ages=ages)
+        s.commit()
+        assert counts == {
+            "notices": 1,
+            "disclosures": 1,
+            "incidents": 1,
+            "erasures": 1,
+            "processed_messages": 1,
+            "tombstones": 1,
+            "notations": 1,
+        }
+        assert [n.notice_id for n in s.exec(select(NoticeRow))] == ["n-new"]
+        assert [d.identity_ref for d in s.exec(select(DisclosureRow))] == ["R-new"]
+        assert [i.incident_id for i in s.exec(select(IncidentRow))] == ["i-new"]
+        assert [e.key for e in s.exec(select(ErasureRow))] == ["new"]
+        assert [t.record_id for t in s.exec(select(Tombstone))] == [10]
+        assert [n.key for n in s.exec(select(NotationRow))] == ["R-3"]
+        assert s.exec(select(ProcessedMessage)).all() == []
+
+
+def test_a_tombstone_stays_while_the_snapshot_on_disk_still_holds_its_record(tmp_path):
+    """The snapshot was rewritten without tombstones up to seq 1: a later one must stay
+    (a matcher starting from the snapshot needs it), however old."""
+    url = f"sqlite:///{tmp_path / 'us.db'}"
+    with session_for(url) as s:
+        s.add(Tombstone(seq=1, record_id=9, cause="retention", at=NOW - timedelta(days=30)))
+        s.add(Tombstone(seq=2, record_id=10, cause="retention", at=NOW - timedelta(days=30)))
+        s.commit()
+        counts = retention.purge(s, NOW, ages=retention.Ages(snapshot_tombstone_seq=1))
+        s.commit()
+        assert counts == {"tombstones": 1}
+        assert [t.record_id for t in s.exec(select(Tombstone))] == [10]
+
+
+def test_the_purge_rewrites_the_gallery_snapshot_without_deleted_records(tmp_path):
+    """Issue 20 (7): deleted or expired records leave the files on disk, not only the
+    running matchers; the manifest says up to which tombstone."""
+    from biox.gallery.gallery import Gallery
+    from biox.handlers.notice import purge_all
+    from biox.sim.galleries import build_gallery
+
+    settings = Settings(data_dir=tmp_path)
+    build_gallery(settings, "us", 50, 7)
+    directory = settings.gallery_dir("us")
+    before = Gallery.load(directory).size
+    url = settings.database_for("us")
+    with session_for(url) as s:
+        ids = list(s.exec(select(Record.id).where(Record.source == "us")))[:2]
+        retention.corrections.forget_records(s, ids, "notice:n-1")
+        s.commit()
+        counts = purge_all(s, NOW, "us", settings, ParticipantPolicy())
+        s.commit()
+    assert counts["gallery_snapshot"] == 2
+    after = Gallery.load(directory)
+    assert after.size == before - 2
+    assert Gallery.tombstone_seq(directory) == 2
+    assert not (directory / ".staged").exists()
+    with session_for(url) as s:  # nothing new since: the snapshot is left alone
+        assert "gallery_snapshot" not in purge_all(s, NOW, "us", settings, ParticipantPolicy())
+
+
+def test_the_retention_table_in_the_docs_names_every_rule():
+    from pathlib import Path
+
+    text = Path("docs/lifecycle.md").read_text()
+    section = text.split("## Retention (§21)", 1)[1].split("\n## ", 1)[0]
+    for table, rule in retention.RULES.items():
+        assert f"| `{table}` | {rule} |" in section, table

@@ -6,12 +6,12 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
-from biox.agreement import retention
 from biox.broker import sweeps
 from biox.broker.deadletters import operator as default_operator
 from biox.broker.publisher import publish_once
 from biox.cli.common import PARTICIPANT, Participant, amqp_url, code, console, session, settings
-from biox.handlers.notice import purge_event
+from biox.handlers.notice import purge_all, purge_event
+from biox.policy.release import Policies
 from biox.wire.messages import utcnow
 
 app = typer.Typer(help="Retention (§21): purge what is past its date.", no_args_is_help=True)
@@ -27,13 +27,8 @@ def retention_purge(
     index; the audit trail records the counts (not with --dry-run)."""
     me = code(participant)
     with session(participant) as s:
-        counts = retention.purge(
-            s,
-            utcnow(),
-            settings().marker_retention_days,
-            dry_run=dry_run,
-            refusals_days=settings().refusal_retention_days,
-        )
+        policy = Policies.load(settings().policy).of(me)
+        counts = purge_all(s, utcnow(), me, settings(), policy, dry_run=dry_run)
         table = Table(title=f"{me}: {'would purge' if dry_run else 'purged'}")
         table.add_column("table")
         table.add_column("rows", justify="right")

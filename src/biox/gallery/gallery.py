@@ -189,14 +189,41 @@ class Gallery:
 
     # --- persistence ----------------------------------------------------------------------
 
-    def save(self, directory: Path) -> None:
+    def save(self, directory: Path, tombstone_seq: int = 0) -> None:
+        """Each file written beside its place and then moved there, the manifest last: a
+        matcher starting meanwhile reads either file whole (``rewrite_without``).
+        ``tombstone_seq``: the last tombstone this snapshot no longer holds."""
         directory.mkdir(parents=True, exist_ok=True)
+        staged = directory / ".staged"
+        staged.mkdir(exist_ok=True)
         for name, ix in self._vector_indexes().items():
-            ix.save(directory / f"{name}.faiss")
+            ix.save(staged / f"{name}.faiss")
         for eye, iris in self.irises.items():
-            iris.save(directory / f"iris.{eye}.faiss")
-        manifest = {"kind": self.kind, "size": self.size}
-        (directory / "manifest.json").write_text(json.dumps(manifest))
+            iris.save(staged / f"iris.{eye}.faiss")
+        manifest = {"kind": self.kind, "size": self.size, "tombstone_seq": tombstone_seq}
+        (staged / "manifest.json").write_text(json.dumps(manifest))
+        for path in sorted(staged.iterdir(), key=lambda p: p.name == "manifest.json"):
+            path.replace(directory / path.name)
+        staged.rmdir()
+
+    @staticmethod
+    def tombstone_seq(directory: Path) -> int | None:
+        """The last tombstone the snapshot in ``directory`` was rewritten without (None: no
+        snapshot there)."""
+        if not Gallery.exists(directory):
+            return None
+        return int(json.loads((directory / "manifest.json").read_text()).get("tombstone_seq", 0))
+
+    @classmethod
+    def rewrite_without(cls, directory: Path, ids: Sequence[int], tombstone_seq: int) -> int:
+        """The snapshot on disk rewritten without ``ids`` (deleted or expired records, §21-22):
+        the data leaves the disk, not only every matcher's memory. Returns the size
+        removed."""
+        gallery = cls.load(directory)
+        before = gallery.size
+        gallery.remove(ids)
+        gallery.save(directory, tombstone_seq)
+        return before - gallery.size
 
     @classmethod
     def load(cls, directory: Path, nprobe: int = 0) -> Gallery:

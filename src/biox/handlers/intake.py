@@ -195,6 +195,8 @@ class IntakeHandler(Handler):
                     sent_at=now,
                     answer_due=now + self.deadline,
                     status="pending",
+                    # kept as long as the encounter it belongs to (§21), answered or not
+                    retain_until=self.policy.encounter_until(now),
                 )
             )
         return effects

@@ -8,12 +8,14 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import structlog
-from sqlmodel import Session
+from sqlmodel import Session, col, select
 
 from biox.agreement import corrections, participants, retention
-from biox.agreement.ledgers import NoticeRow
+from biox.agreement.ledgers import NoticeRow, Tombstone
+from biox.gallery.gallery import Gallery
 from biox.handlers.base import Context, Effects, Handler, Result
 from biox.policy.release import ParticipantPolicy
 from biox.queries.results import EncounterViews
@@ -76,12 +78,7 @@ class NoticeHandler(Handler):
     def maintain(self, session: Session, now: datetime) -> list[codec.Outgoing]:
         """Purges what is past its retention date at ``now`` (the consume loop's clock, a
         test's own); the audit trail gets the counts."""
-        counts = retention.purge(
-            session,
-            now,
-            self.settings.marker_retention_days,
-            refusals_days=self.settings.refusal_retention_days,
-        )
+        counts = purge_all(session, now, self.me, self.settings, self.policy)
         if not counts:
             return []
         log.info("retention_purged", counts=counts)
@@ -318,6 +315,44 @@ def _row(n: Notice, direction: str, status: str, actor: str | None = None) -> No
         in_reply_to=n.in_reply_to,
         actor=actor,
     )
+
+
+def purge_all(
+    session: Session,
+    now: datetime,
+    me: str,
+    settings: Settings,
+    policy: ParticipantPolicy,
+    dry_run: bool = False,
+) -> dict[str, int]:
+    """The whole purge at ``now`` (the schedule's and ``biox retention purge``): the gallery
+    snapshot on disk rewritten without what was deleted since, then every table by its
+    rule (``retention.RULES``)."""
+    directory = settings.gallery_dir(me)
+    if dry_run:
+        seq, removed = Gallery.tombstone_seq(directory), 0
+    else:
+        seq, removed = rewrite_snapshot(session, directory)
+    ages = retention.Ages.of(settings, policy, seq)
+    counts = retention.purge(session, now, dry_run=dry_run, ages=ages)
+    if removed:
+        counts["gallery_snapshot"] = removed
+    return counts
+
+
+def rewrite_snapshot(session: Session, directory: Path) -> tuple[int | None, int]:
+    """The gallery snapshot in ``directory`` rewritten without every record tombstoned
+    since it was last written (a deletion, an expiry): returns the last tombstone it no
+    longer holds (None: there is no snapshot) and how many records left the disk."""
+    done = Gallery.tombstone_seq(directory)
+    if done is None:
+        return None, 0
+    rows = session.exec(select(Tombstone.seq, Tombstone.record_id).where(col(Tombstone.seq) > done))
+    newer = list(rows)
+    if not newer:
+        return done, 0
+    last = max(seq or 0 for seq, _ in newer)
+    return last, Gallery.rewrite_without(directory, [rid for _, rid in newer], last)
 
 
 def purge_event(me: str, counts: dict[str, int], actor: str) -> codec.Outgoing:

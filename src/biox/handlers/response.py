@@ -141,7 +141,8 @@ class ResponseHandler(Handler):
         tx.conditions = list(r.conditions)
         tx.source = r.providing  # §20: marked as received from the providing participant
         tx.source_message_id = inb.envelope.message_id
-        tx.retain_until = self.policy.received_until(now) if r.candidates else None
+        if r.candidates:  # partner data: kept as long as the policy keeps what it receives
+            tx.retain_until = self.policy.received_until(now)
         effects = Effects(rows=[tx], outcome=r.status.value)
         revision = views.updated(self.me, tx.encounter_id, inb.envelope.message_id, "result")
         effects.rows += revision.rows

@@ -290,7 +290,16 @@ def send(db: str, mid: str, ask: NoticeSend) -> Effects:
 
 
 def test_our_consent_reply_answers_their_request_and_nothing_else_touches_it(db):
-    receive(db, notice("their-ask", type=NoticeType.consent_request, text="may we pass it on?"))
+    receive(
+        db,
+        notice(
+            "their-ask",
+            type=NoticeType.consent_request,
+            text="may we pass it on?",
+            about=About(identity_refs=["US-1"]),
+            disclose_to="INTERPOL",
+        ),
+    )
     send(
         db,
         "op-10",
@@ -304,7 +313,7 @@ def test_our_consent_reply_answers_their_request_and_nothing_else_touches_it(db)
     )
     with session_for(db) as s:
         untouched = s.get(NoticeRow, "their-ask")
-        assert (untouched.status, untouched.details) == ("received", {})
+        assert (untouched.status, untouched.details) == ("received", {"disclose_to": "INTERPOL"})
     send(
         db,
         "op-11",
@@ -318,7 +327,7 @@ def test_our_consent_reply_answers_their_request_and_nothing_else_touches_it(db)
     )
     with session_for(db) as s:
         answered = s.get(NoticeRow, "their-ask")
-        assert (answered.status, answered.details) == ("answered", {"consent": False})
+        assert (answered.status, answered.details) == ("answered", {"disclose_to": "INTERPOL", "consent": False})
         assert answered.answered_at is not None
 
 

@@ -118,6 +118,13 @@ def test_a_deleted_answer_that_comes_back_is_neither_kept_nor_sent_on(hub):
     comes_back()
 
 
+def test_a_consent_request_names_records_and_recipient_or_is_refused():
+    """Issue 20 (4): consent is asked for named records going to a named recipient."""
+    for missing in ({"about": About(identity_refs=["MX-1"])}, {"disclose_to": "INTERPOL"}):
+        with pytest.raises(ValueError, match="names the records"):
+            NoticeSend(type=NoticeType.consent_request, to="mx", actor="po", **missing)
+
+
 def test_a_deletion_of_nothing_held_is_acknowledged_as_such(hub):
     """Issue 20 (1): naming data us never held is not a success with empty counts."""
     nid = notice(hub, "mx", "us", NoticeType.deletion, about=About(query_ids=["never-sent"]))
@@ -240,9 +247,16 @@ def test_a_consent_request_waits_for_its_reply_and_the_reply_is_recorded(hub):
         "mx",
         NoticeType.consent_request,
         text="pass to INTERPOL?",
-        about=About(query_ids=["q-x"]),
+        about=About(identity_refs=["MX-1"]),
+        disclose_to="INTERPOL",
+        disclose_purpose="red notice",
     )
     assert ledger(hub, "mx", asked).status == "received"  # waiting for mx's answer
+    # mx sees what it is asked about, for whom and what for (§15)
+    assert ledger(hub, "mx", asked).details == {
+        "disclose_to": "INTERPOL",
+        "disclose_purpose": "red notice",
+    }
     notice(hub, "mx", "us", NoticeType.consent_reply, in_reply_to=asked, consent=False)
     mine = ledger(hub, "us", asked)
     assert mine.status == "answered" and mine.details["consent"] is False

@@ -78,6 +78,7 @@ class DisclosureRow(SQLModel, table=True):
     source: str = Field(description="the participant the data came from (§20)")
     basis: str = Field(description="own_data | consent (§15) | compelled (§14)")
     notice_id: str | None = Field(default=None, description="consent request, or our notice")
+    purpose: str | None = Field(default=None, description="what the recipient may use it for")
     by: str
 
 

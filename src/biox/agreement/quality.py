@@ -18,7 +18,7 @@ from datetime import datetime
 
 from sqlmodel import Session, col, select
 
-from biox.agreement import incidents, retention
+from biox.agreement import disclosures, incidents, retention
 from biox.agreement.ledgers import DisclosureRow, NoticeRow
 from biox.queries import examiners
 from biox.store import Record, RetrievalRow, ReviewCaseRow, Transaction
@@ -61,8 +61,9 @@ def run(session: Session, me: str, now: datetime, review_overdue_s: float) -> li
     for c in examiners.overdue(cases, review_overdue_s):
         found.append(Finding("review_overdue", f"case {c.case_id} open since {c.opened_at}"))
     for d in session.exec(select(DisclosureRow)):
-        if d.source != me and not d.notice_id:
-            what = f"{d.identity_ref} from {d.source} disclosed to {d.recipient} unannounced"
+        why = disclosures.why_not(session, me, d)
+        if why is not None:
+            what = f"{d.identity_ref} from {d.source} disclosed to {d.recipient}: {why}"
             found.append(Finding("onward_disclosure", what))
     count, broken = audit.verify(session)
     if broken is not None:

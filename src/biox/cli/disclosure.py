@@ -3,17 +3,18 @@ partner's consent or a notice first when the law compels them."""
 
 from __future__ import annotations
 
+import time
+
 import typer
 from rich.table import Table
 from sqlmodel import col, select
 
 from biox.agreement import disclosures
-from biox.agreement.ledgers import DisclosureRow
+from biox.agreement.ledgers import DisclosureRow, NoticeRow
 from biox.broker.deadletters import operator as default_operator
 from biox.cli.common import PARTICIPANT, Participant, code, console, session
 from biox.cli.notice import send_notice
 from biox.render import text
-from biox.store import Record
 from biox.wire.notices import About, NoticeSend, NoticeType
 
 app = typer.Typer(help="Disclosures outside the exchange (§14-15), logged.", no_args_is_help=True)
@@ -26,31 +27,51 @@ def disclosure_record(
     to: str = typer.Option(..., "--to", help="who receives it: a court, an agency, a state"),
     basis: str = typer.Option(..., "--basis", help="consent (§15) | compelled (§14)"),
     consent: str = typer.Option(None, "--consent", help="our consent request, answered yes"),
+    purpose: str = typer.Option(None, "--purpose", help="what the recipient may use it for"),
     note: str = typer.Option("", "--text", help="the legal instrument, for the notice"),
     operator: str = typer.Option(None, "--operator"),
+    wait: float = typer.Option(30.0, "--wait", help="seconds to wait for the notice to go"),
 ) -> None:
-    """Log a disclosure: partner data needs the partner's consent, or, when the law
-    compels it, a notice to the partner first (sent here)."""
+    """Log a disclosure: partner data needs the partner's consent to this record, this
+    recipient and this purpose, or, when the law compels it, a notice to the partner
+    first (sent here, and waited for until our notice worker has sent it)."""
     me, who = code(participant), operator or default_operator()
     with session(participant) as s:
-        rec = s.exec(select(Record).where(Record.identity_ref == ref)).first()
-        notice = consent
-        if rec is not None and rec.source != me and basis == "compelled":
-            ask = NoticeSend(
-                type=NoticeType.compelled_disclosure,
-                to=rec.source,
-                actor=who,
-                about=About(identity_refs=[ref]),
-                text=f"to {to}: {note}",
-            )
-            notice = send_notice(me, ask)
+        source = disclosures.source_of(s, ref)
+    notice = consent
+    if source is not None and source != me and basis == "compelled":
+        ask = NoticeSend(
+            type=NoticeType.compelled_disclosure,
+            to=source,
+            actor=who,
+            about=About(identity_refs=[ref]),
+            disclose_to=to,
+            text=f"to {to}: {note}",
+        )
+        notice = send_notice(me, ask)
+        if not _sent(participant, notice, wait):
+            console.print(f"[red]notice {notice} not sent within {wait:.0f} s: nothing logged[/]")
+            raise typer.Exit(1)
+    with session(participant) as s:
         try:
-            row = disclosures.record(s, me, ref, to, basis, who, notice)
+            row = disclosures.record(s, me, ref, to, basis, who, notice, purpose)
         except disclosures.NotAllowed as exc:
             console.print(f"[red]{text(exc)}[/]")
             raise typer.Exit(1) from exc
         s.commit()
         console.print(text(f"logged: {ref} ({row.source}'s) to {to}, {row.basis}"))
+
+
+def _sent(participant: Participant, notice_id: str, wait: float) -> bool:
+    """Whether our notice worker has logged the notice as sent, waiting up to ``wait``."""
+    deadline = time.monotonic() + wait
+    while True:
+        with session(participant) as s:
+            if s.get(NoticeRow, notice_id) is not None:
+                return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
 
 
 @app.command("list")

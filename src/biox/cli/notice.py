@@ -60,6 +60,12 @@ def notice_send(
     contact: list[str] = typer.Option([], "--contact", help="role=contact (contact_change)"),
     in_reply_to: str = typer.Option(None, "--in-reply-to", help="the notice answered"),
     consent: bool = typer.Option(None, "--consent/--no-consent", help="consent_reply"),
+    disclose_to: str = typer.Option(
+        None, "--disclose-to", help="consent_request: the third party the records would go to"
+    ),
+    disclose_purpose: str = typer.Option(
+        None, "--disclose-purpose", help="consent_request: what it may use them for"
+    ),
     operator: str = typer.Option(None, "--operator", help="default: user@host"),
 ) -> None:
     """Send a notice; the partner's notice worker applies it and acknowledges."""
@@ -75,6 +81,8 @@ def notice_send(
             contacts={k: v or "" for k, v in pairs(contact, "--contact").items()},
             in_reply_to=in_reply_to,
             consent=consent,
+            disclose_to=disclose_to,
+            disclose_purpose=disclose_purpose,
         )
     except ValueError as exc:
         console.print(f"[red]{text(exc)}[/]")

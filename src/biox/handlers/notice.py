@@ -309,6 +309,8 @@ def _row(n: Notice, direction: str, status: str, actor: str | None = None) -> No
                 "corrections": dict(n.corrections),
                 "contacts": dict(n.contacts),
                 "consent": n.consent,
+                "disclose_to": n.disclose_to,
+                "disclose_purpose": n.disclose_purpose,
             }.items()
             if v not in ({}, None)
         },

@@ -39,6 +39,8 @@ DATA_ACTIONS = frozenset(
 )
 #: notices that ask the recipient to do something by a date
 ASKS_ACTION = DATA_ACTIONS | {NoticeType.consent_request, NoticeType.correction_request}
+#: notices that allow or announce a disclosure outside the exchange (§14-15)
+DISCLOSURES = frozenset({NoticeType.consent_request, NoticeType.compelled_disclosure})
 #: the sender's own status, as a notice announces it
 STATUS_OF = {NoticeType.readiness: Status.active, NoticeType.discontinuation: Status.discontinued}
 
@@ -76,6 +78,13 @@ class NoticeContent(Model):
         default=None, description="acknowledgement, consent_reply: the notice answered"
     )
     consent: bool | None = Field(default=None, description="consent_reply: granted or not")
+    disclose_to: Name | None = Field(
+        default=None,
+        description="consent_request, compelled_disclosure: the third party the data goes to",
+    )
+    disclose_purpose: Text | None = Field(
+        default=None, description="consent_request: what the third party may use it for"
+    )
     respond_by: Timestamp | None = None
 
     @model_validator(mode="after")
@@ -93,6 +102,10 @@ class NoticeContent(Model):
             raise ValueError(f"a {t.value} notice names the notice it answers")
         if t is NoticeType.consent_reply and self.consent is None:
             raise ValueError("a consent_reply says whether consent is given")
+        if t in DISCLOSURES and (not self.about.identity_refs or not self.disclose_to):
+            # §14-15: consent is given to, and a disclosure announced for, named records
+            # going to a named recipient: never to anything, for anyone
+            raise ValueError(f"a {t.value} names the records (--ref) and the recipient")
         return self
 
 

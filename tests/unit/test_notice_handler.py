@@ -327,7 +327,10 @@ def test_our_consent_reply_answers_their_request_and_nothing_else_touches_it(db)
     )
     with session_for(db) as s:
         answered = s.get(NoticeRow, "their-ask")
-        assert (answered.status, answered.details) == ("answered", {"disclose_to": "INTERPOL", "consent": False})
+        assert (answered.status, answered.details) == (
+            "answered",
+            {"disclose_to": "INTERPOL", "consent": False},
+        )
         assert answered.answered_at is not None
 
 

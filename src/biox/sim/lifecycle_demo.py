@@ -10,20 +10,26 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pika
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
-from sqlmodel import select
+from sqlmodel import col, delete, select
 
 from biox.agreement import quality, report, subjects
 from biox.agreement.ledgers import NoticeRow
 from biox.agreement.report_page import render
-from biox.broker.publisher import publish_once
+from biox.broker.deadletters import DeadLetterQueues, Filters
+from biox.broker.publisher import properties_for, publish_once
+from biox.broker.sweeps import erased_letters
 from biox.database import session_for
 from biox.render import annual_table
 from biox.settings import Settings
-from biox.store import EncounterRow, Transaction
+from biox.store import EncounterRow, ProcessedMessage, Transaction
+from biox.trust.sealing import load_ring
 from biox.wire import codec
+from biox.wire.codec import Outgoing
+from biox.wire.messages import Response
 from biox.wire.notices import About, NoticeSend, NoticeType
 
 OFFICER = "demo-privacy-officer"
@@ -32,6 +38,7 @@ OFFICER = "demo-privacy-officer"
 def run(console: Console, settings: Settings, url: str, codes: list[str]) -> bool:
     """Returns whether every step did what it shows."""
     ok = _deletion(console, settings, url)
+    ok = _stays_deleted(console, settings, url) and ok
     ok = _search(console, settings, url) and ok
     _report(console, settings)
     return _qa(console, settings, codes) and ok
@@ -91,6 +98,108 @@ def _deletion(console: Console, settings: Settings, url: str) -> bool:
     )
     console.print(table)
     return done and after is not None and after.status == "withdrawn"
+
+
+def _copy_of_answer(settings: Settings, tx: Transaction) -> Outgoing:
+    """mx's answer to ``tx`` as it travelled: the same message id, sealed and signed by
+    mx, parked in us's dead-letter queue as a failed delivery leaves it."""
+    with session_for(settings.database_for("mx")) as s:
+        sent = s.get(Transaction, (tx.query_id, "provider"))
+    assert sent is not None and sent.answer is not None
+    response = Response.model_validate({**sent.answer, "requesting": "us"})
+    out = codec.to_partner(
+        response,
+        sender="mx",
+        recipient="us",
+        message_id=tx.source_message_id or "",
+        correlation_id=tx.query_id,
+    )
+    return load_ring(settings.keys(), "mx").seal(out)
+
+
+def _park(url: str, out: Outgoing) -> None:
+    props = properties_for(out.envelope, None)
+    props.headers = {**(props.headers or {}), "biox-reason": "unknown_query"}
+    conn = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        ch = conn.channel()
+        ch.confirm_delivery()
+        ch.basic_publish("", "us.response.dlq", out.body, props, mandatory=True)
+    finally:
+        conn.close()
+
+
+def _stays_deleted(console: Console, settings: Settings, url: str) -> bool:
+    """The deleted answer comes back three ways, and none brings it back (§22): a copy
+    exported from the dead-letter queue before the deletion and imported after it; the
+    same copy replayed by a tool that does not check (straight to us's response worker);
+    and the copy in the queue itself, which the notice worker swept."""
+    with session_for(settings.database_for("us")) as s:
+        tx = s.exec(
+            select(Transaction).where(
+                Transaction.role == "requester",
+                Transaction.providing == "mx",
+                Transaction.status == "withdrawn",
+            )
+        ).first()
+    if tx is None or tx.source_message_id is None:
+        console.print("[red]no withdrawn answer to bring back[/]")
+        return False
+    with session_for(settings.database_for("us")) as s:
+        revision = s.get(EncounterRow, tx.encounter_id).revision  # type: ignore[union-attr]
+    copy = _copy_of_answer(settings, tx)
+    mid = copy.envelope.message_id
+    export = Path(settings.data_dir) / "deleted-answer.jsonl"
+    dlqs = DeadLetterQueues(url)
+    try:
+        _park(url, copy)
+        queues = ["us.response.dlq"]
+        with export.open("w") as out:  # as an export made before the deletion holds it
+            dlqs.export(queues, Filters(ids=(mid,)), out, settings.dead_letter_retention_days)
+        # taken out again (a listing's channel hands the copy back a moment after it closes)
+        deadline = time.monotonic() + 10
+        while not dlqs.purge(queues, Filters(ids=(mid,))) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        console.print(f"[bold]$ biox dlq import {export.name}[/]  (exported before the deletion)")
+        with session_for(settings.database_for("us")) as s:
+            imported, left_out = dlqs.import_(
+                export.read_text().splitlines(),
+                queues,
+                lambda d: "deleted by its source (§22)" if erased_letters(s, [d]) else None,
+            )
+        _park(url, copy)
+        console.print("[bold]a replay that does not check: the copy straight to us.response[/]")
+        replayed = dlqs.replay(queues, Filters(ids=(mid,)))
+        time.sleep(2)  # the response worker takes it: a duplicate, republishing nothing
+        with session_for(settings.database_for("us")) as s:  # as if its 7 days had passed
+            s.exec(delete(ProcessedMessage).where(col(ProcessedMessage.message_id).contains(mid)))
+            s.commit()
+        _park(url, copy)
+        console.print("[bold]and again, once us no longer knows it as a duplicate[/]")
+        replayed += dlqs.replay(queues, Filters(ids=(mid,)))
+    finally:
+        dlqs.close()
+    time.sleep(3)  # the response worker takes it
+    with session_for(settings.database_for("us")) as s:
+        after = s.get(Transaction, (tx.query_id, "requester"))
+        now = s.get(EncounterRow, tx.encounter_id)
+    kept = after is not None and after.status == "withdrawn" and after.answer is None
+    same = now is not None and now.revision == revision
+    table = Table(title="The deleted answer comes back, and stays deleted (§22)")
+    for column in ("path", "what happened"):
+        table.add_column(column)
+    table.add_row("dlq import", "; ".join(left_out.values()) or f"imported {imported}")
+    table.add_row(
+        "replay to the worker",
+        "a duplicate: the deletion had emptied what a duplicate republishes",
+    )
+    table.add_row(
+        "replay after the marker's retention", "the response worker: answer_erased, not kept"
+    )
+    table.add_row("us's answer", f"{after.status if after else '-'}, nothing kept")
+    table.add_row("encounter result", f"revision {now.revision if now else '-'}: nothing sent")
+    console.print(table)
+    return not imported and bool(left_out) and replayed == 2 and kept and same
 
 
 def _search(console: Console, settings: Settings, url: str) -> bool:

@@ -82,6 +82,34 @@ def plant(url: str, violation: str) -> None:
             )
         elif violation == "provenance":
             s.add(Record(id=92, identity_ref="X-92", source="mx"))
+        elif violation == "provenance of an answer":  # kept, but not from whom (§20)
+            s.add(
+                Transaction(
+                    query_id="q-94",
+                    role="requester",
+                    encounter_id="E",
+                    requesting="us",
+                    providing="mx",
+                    purpose="enforce",
+                    status="match",
+                    answer={"status": "match", "candidates": []},
+                    source="mx",
+                )
+            )
+        elif violation == "provenance of a retrieval":
+            s.add(
+                RetrievalRow(
+                    retrieval_id="r-95",
+                    role="asker",
+                    query_id="q-95",
+                    asker="us",
+                    holder="mx",
+                    identity_ref="X",
+                    status="released",
+                    data={"identity_ref": "E-95"},
+                    source_message_id="m-95",
+                )
+            )
         elif violation == "onward_disclosure":
             s.add(Record(id=93, identity_ref="SV-93", source="sv", source_query_id="q"))
             s.add(
@@ -145,6 +173,8 @@ def plant(url: str, violation: str) -> None:
     [
         "expired",
         "provenance",
+        "provenance of an answer",
+        "provenance of a retrieval",
         "onward_disclosure",
         "notice_overdue",
         "incident_overdue",
@@ -161,7 +191,7 @@ def test_qa_finds_each_planted_violation(tmp_path, violation):
     plant(url, violation)
     with session_for(url) as s:
         found = quality.run(s, "us", utcnow(), review_overdue_s=86_400)
-    assert [f.check for f in found] == [violation], found
+    assert [f.check for f in found] == [violation.split(" of ")[0]], found
 
 
 def test_rows_that_hold_no_partner_data_need_no_provenance(tmp_path):

@@ -12,6 +12,8 @@ import typer
 from rich.console import Console
 from sqlmodel import Session
 
+from biox.agreement import subjects
+from biox.broker.publisher import publish_once
 from biox.database import session_for
 from biox.registry import Registry
 from biox.routes import ROUTES
@@ -76,3 +78,14 @@ def age(seconds: float) -> str:
     if seconds < 7200:
         return f"{seconds / 60:.0f}m"
     return f"{seconds / 3600:.1f}h"
+
+
+def audited_read(me: str, command: str, terms: dict[str, object], shown: int, who: str) -> None:
+    """Records the read in the audit trail before anything is shown; a read that cannot be
+    recorded is not shown (docs/operations.md, "Reading personal data")."""
+    url = settings().amqp_url
+    if not url:
+        console.print("[red]BIOX_AMQP_URL is not set: a read of personal data must be audited[/]")
+        raise typer.Exit(2)
+    event = subjects.read_event(me, command, terms, shown, who)
+    publish_once(url, [event], name="biox-read", tls=settings().client_tls())

@@ -12,7 +12,7 @@ from sqlmodel import col, select
 from biox.agreement import disclosures
 from biox.agreement.ledgers import DisclosureRow, NoticeRow
 from biox.broker.deadletters import operator as default_operator
-from biox.cli.common import PARTICIPANT, Participant, code, console, session
+from biox.cli.common import PARTICIPANT, Participant, audited_read, code, console, session
 from biox.cli.notice import send_notice
 from biox.render import text
 from biox.wire.notices import About, NoticeSend, NoticeType
@@ -75,11 +75,18 @@ def _sent(participant: Participant, notice_id: str, wait: float) -> bool:
 
 
 @app.command("list")
-def disclosure_list(participant: Participant = PARTICIPANT) -> None:
+def disclosure_list(
+    participant: Participant = PARTICIPANT,
+    operator: str = typer.Option(None, "--operator", help="default: user@host"),
+) -> None:
+    """Every disclosure logged, with its basis (the read is audited)."""
     with session(participant) as s:
         rows = s.exec(select(DisclosureRow).order_by(col(DisclosureRow.at))).all()
+    audited_read(
+        code(participant), "disclosure list", {}, len(rows), operator or default_operator()
+    )
     table = Table(title=f"{code(participant)}: disclosures outside the exchange")
-    for column in ("when", "record", "from", "to", "basis", "notice", "by"):
+    for column in ("when", "record", "from", "to", "basis", "purpose", "notice", "by"):
         table.add_column(column)
     for r in rows:
         table.add_row(
@@ -88,6 +95,7 @@ def disclosure_list(participant: Participant = PARTICIPANT) -> None:
             r.source,
             text(r.recipient),
             r.basis,
+            text(r.purpose or ""),
             text(r.notice_id or ""),
             text(r.by),
         )

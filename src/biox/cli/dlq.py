@@ -20,8 +20,7 @@ from biox.broker.deadletters import (
     parse_age,
 )
 from biox.broker.sweeps import erased_letters
-from biox.cli.common import Kind, Participant, amqp_url, console, session, settings
-from biox.cli.subject import audited_read
+from biox.cli.common import Kind, Participant, amqp_url, audited_read, console, session, settings
 from biox.registry import Registry
 from biox.render import text
 from biox.wire import addresses

@@ -10,8 +10,16 @@ from rich.table import Table
 from biox.broker import sweeps
 from biox.broker.deadletters import DeadLetterQueues
 from biox.broker.deadletters import operator as default_operator
-from biox.cli.common import PARTICIPANT, Participant, amqp_url, code, console, session, settings
-from biox.cli.subject import audited_read
+from biox.cli.common import (
+    PARTICIPANT,
+    Participant,
+    amqp_url,
+    audited_read,
+    code,
+    console,
+    session,
+    settings,
+)
 from biox.queries.results import EncounterViews
 from biox.render import text
 from biox.wire import addresses

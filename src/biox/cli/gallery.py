@@ -9,7 +9,8 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from sqlmodel import select
 
-from biox.cli.common import PARTICIPANT, Participant, code, console, session, settings
+from biox.broker.deadletters import operator as default_operator
+from biox.cli.common import PARTICIPANT, Participant, audited_read, code, console, session, settings
 from biox.render import text
 
 app = typer.Typer(
@@ -76,6 +77,7 @@ def gallery_import(
 def gallery_export(
     file: Path = typer.Argument(..., dir_okay=False, help="the Parquet file to write"),
     participant: Participant = PARTICIPANT,
+    operator: str = typer.Option(None, "--operator", help="default: user@host"),
 ) -> None:
     """Write the participant's own identities (not what partners sent) in the import
     format: what `gallery import` reads back."""
@@ -88,6 +90,14 @@ def gallery_export(
     gallery = _snapshot(me)
     with session(participant) as s:
         total = s.exec(select(func.count()).where(Record.source == me)).one()
+        # every template and name of the gallery leaves biox: recorded before it does
+        audited_read(
+            me,
+            "gallery export",
+            {"file": str(file.resolve())},
+            total,
+            operator or default_operator(),
+        )
         with _progress() as progress:
             task = progress.add_task(f"Exporting {me}", total=total)
             written = export_file(

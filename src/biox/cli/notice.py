@@ -14,7 +14,16 @@ from biox.agreement.ledgers import NoticeRow
 from biox.agreement.quality import late_notices
 from biox.broker.deadletters import operator as default_operator
 from biox.broker.publisher import publish_once
-from biox.cli.common import PARTICIPANT, Participant, amqp_url, code, console, session, settings
+from biox.cli.common import (
+    PARTICIPANT,
+    Participant,
+    amqp_url,
+    audited_read,
+    code,
+    console,
+    session,
+    settings,
+)
 from biox.render import text
 from biox.wire import codec
 from biox.wire.messages import utcnow
@@ -95,10 +104,19 @@ def notice_send(
 def notice_list(
     participant: Participant = PARTICIPANT,
     as_json: bool = typer.Option(False, "--json"),
+    operator: str = typer.Option(None, "--operator", help="default: user@host"),
 ) -> None:
-    """Every notice sent and received, with its deadline and what came of it."""
+    """Every notice sent and received, with its deadline and what came of it (corrected
+    values and consent details among it: the read is audited)."""
     with session(participant) as s:
         rows = s.exec(select(NoticeRow).order_by(col(NoticeRow.sent_at))).all()
+    audited_read(
+        code(participant),
+        "notice list",
+        {"json": as_json},
+        len(rows),
+        operator or default_operator(),
+    )
     if as_json:
         print(json.dumps([r.model_dump(mode="json") for r in rows], indent=2))
         return

@@ -6,8 +6,7 @@ import typer
 
 from biox.agreement.provenance import holdings
 from biox.broker.deadletters import operator as default_operator
-from biox.cli.common import PARTICIPANT, Participant, code, console, session
-from biox.cli.subject import audited_read
+from biox.cli.common import PARTICIPANT, Participant, audited_read, code, console, session
 from biox.render import section_table, text
 
 app = typer.Typer(help="Data kept from other participants (§20-21).", no_args_is_help=True)

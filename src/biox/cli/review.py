@@ -13,12 +13,12 @@ from biox.cli.common import (
     Participant,
     age,
     amqp_url,
+    audited_read,
     code,
     console,
     session,
     settings,
 )
-from biox.cli.subject import audited_read
 from biox.queries import examiners
 from biox.queries.examiners import Side
 from biox.render import case_table, text

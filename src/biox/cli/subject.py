@@ -10,8 +10,7 @@ from sqlmodel import select
 
 from biox.agreement import corrections, subjects
 from biox.broker.deadletters import operator as default_operator
-from biox.broker.publisher import publish_once
-from biox.cli.common import PARTICIPANT, Participant, code, console, session, settings
+from biox.cli.common import PARTICIPANT, Participant, audited_read, code, console, session
 from biox.cli.notice import pairs, send_notice
 from biox.render import text
 from biox.store import Record
@@ -20,17 +19,6 @@ from biox.wire.notices import About, NoticeSend, NoticeType
 app = typer.Typer(
     help="Subject requests: access, notation, correction (§25).", no_args_is_help=True
 )
-
-
-def audited_read(me: str, command: str, terms: dict[str, object], shown: int, who: str) -> None:
-    """Records the read in the audit trail before anything is shown; a read that cannot be
-    recorded is not shown (docs/operations.md, "Reading personal data")."""
-    url = settings().amqp_url
-    if not url:
-        console.print("[red]BIOX_AMQP_URL is not set: a read of personal data must be audited[/]")
-        raise typer.Exit(2)
-    event = subjects.read_event(me, command, terms, shown, who)
-    publish_once(url, [event], name="biox-read", tls=settings().client_tls())
 
 
 @app.command("search")

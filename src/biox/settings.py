@@ -79,6 +79,10 @@ class Settings(BaseSettings):
         default=Path("deploy/policy.toml"),
         description="Each participant's release, enrolment, retention and retrieval rules.",
     )
+    agreement: Path = Field(
+        default=Path("deploy/agreement.toml"),
+        description="The measures both participants review (§27) and the checks they run (§28).",
+    )
 
     # matching
     index: Literal["auto", "flat", "ivf"] = "auto"

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from collections import Counter
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from sqlmodel import select
 
 from biox.agreement import quality, report
 from biox.agreement.ledgers import IncidentRow, NoticeRow
+from biox.agreement.measures import Measures
 from biox.agreement.report_page import render
 from biox.database import session_for
 from biox.store import AuditEntry, Record, RetrievalRow, ReviewCaseRow, Transaction
@@ -221,3 +223,90 @@ def test_rows_that_hold_no_partner_data_need_no_provenance(tmp_path):
         )
         s.commit()
         assert quality.run(s, "us", utcnow(), review_overdue_s=86_400) == []
+
+
+# --- the agreement's measures, a signed review and a reconciliation (issue 20) -------------
+
+
+def _measures(tmp_path, text: str = "") -> Measures:
+    path = tmp_path / "agreement.toml"
+    path.write_text(text or Path("deploy/agreement.toml").read_text())
+    return Measures.load(path)
+
+
+def _reviews(hub: Hub, start, end, measures: Measures) -> tuple[dict, dict]:
+    """us's review as JSON and mx's, signed by mx."""
+    ps = tuple(measures.review.latency_percentiles)
+    with session_for(hub.exchange.settings.database_for("us")) as s:
+        ours = report.build(s, "us", start, end, ps).as_json()
+    with session_for(hub.exchange.settings.database_for("mx")) as s:
+        theirs = report.build(s, "mx", start, end, ps)
+    return ours, report.signed(theirs, hub.exchange.keys["mx"], measures)
+
+
+def test_two_participants_reviews_reconcile_and_each_difference_is_named(tmp_path):
+    """us and mx exchange queries both ways, one of them answered by a decline mx
+    conceals (a sealed record): both reviews agree, counted as the requester was told.
+    Then mx loses the row of one answer: the reconciliation names the pair, the purpose
+    and the outcome that differ."""
+    hub = make_hub(tmp_path)
+    hub.run([encounter("us", person_known_to("mx", derogatory=False)) for _ in range(3)])
+    hub.run([encounter("us", person_known_to("mx", sealed=True))])
+    hub.run([encounter("mx", person_known_to("us", derogatory=False))])
+    measures = _measures(tmp_path)
+    start, end = utcnow() - timedelta(days=1), utcnow() + timedelta(days=1)
+    ours, theirs = _reviews(hub, start, end, measures)
+    trust = hub.exchange.keys["us"].trust
+    assert report.reconcile(ours, theirs, trust, measures) == []
+
+    with session_for(hub.exchange.settings.database_for("mx")) as s:
+        gone = s.exec(
+            select(Transaction).where(
+                Transaction.role == "provider", Transaction.requesting == "us"
+            )
+        ).first()
+        outcome, purpose = gone.answer["status"], gone.purpose
+        s.delete(gone)
+        s.commit()
+    ours, theirs = _reviews(hub, start, end, measures)
+    differences = report.reconcile(ours, theirs, trust, measures)
+    assert any(d.startswith(f"us→mx {purpose}: us sent") for d in differences), differences
+    assert any(d.startswith(f"us→mx {purpose} {outcome}:") for d in differences), differences
+
+
+def test_a_review_that_is_not_the_partners_or_not_comparable_is_refused(tmp_path):
+    hub = make_hub(tmp_path)
+    hub.run([encounter("us", person_known_to("mx", derogatory=False))])
+    measures = _measures(tmp_path)
+    start, end = utcnow() - timedelta(days=1), utcnow() + timedelta(days=1)
+    ours, theirs = _reviews(hub, start, end, measures)
+    trust = hub.exchange.keys["us"].trust
+    forged = {**theirs, "flows": []}  # edited after it was signed
+    with pytest.raises(report.NotComparable, match="not signed"):
+        report.reconcile(ours, forged, trust, measures)
+    posing = {**theirs, "participant": "sv"}  # mx's signature on a review naming sv
+    with pytest.raises(report.NotComparable, match="not signed"):
+        report.reconcile(ours, posing, trust, measures)
+    other = report.signed(
+        report.Report("mx", start, end + timedelta(days=1), [], {}, {}, {}, {}, {}),
+        hub.exchange.keys["mx"],
+        measures,
+    )
+    with pytest.raises(report.NotComparable, match="periods differ"):
+        report.reconcile(ours, other, trust, measures)
+    elsewhere = _measures(tmp_path, "[review]\nlatency_percentiles = [90]\n")
+    with pytest.raises(report.NotComparable, match="different measures"):
+        report.reconcile(ours, theirs, trust, elsewhere)
+
+
+def test_qa_runs_the_checks_the_agreement_enables(tmp_path):
+    hub = make_hub(tmp_path)
+    hub.run([encounter("mx", person_known_to("us", derogatory=False))])
+    url = hub.exchange.settings.database_for("us")
+    plant(url, "provenance")
+    measures = _measures(tmp_path, '[checks]\nenabled = ["expired"]\n')
+    with session_for(url) as s:
+        assert [f.check for f in quality.run(s, "us", utcnow(), 86_400)] == ["provenance"]
+        assert quality.run(s, "us", utcnow(), 86_400, measures.checks.enabled) == []
+    with pytest.raises(ValueError):
+        _measures(tmp_path, '[checks]\nenabled = ["whatever"]\n')

@@ -13,6 +13,7 @@ with where to look. ``biox qa`` exits non-zero on any finding.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -41,7 +42,22 @@ def late_notices(rows: list[NoticeRow], now: datetime) -> list[NoticeRow]:
     return [r for r in rows if due(r) and (r.direction, r.status) in waiting]
 
 
-def run(session: Session, me: str, now: datetime, review_overdue_s: float) -> list[Finding]:
+def run(
+    session: Session,
+    me: str,
+    now: datetime,
+    review_overdue_s: float,
+    enabled: Iterable[str] | None = None,
+) -> list[Finding]:
+    """Every finding of the checks ``enabled`` (the agreement's, ``measures.Checks``;
+    None: all)."""
+    chosen = set(enabled) if enabled is not None else None
+    return [
+        f for f in _all(session, me, now, review_overdue_s) if chosen is None or f.check in chosen
+    ]
+
+
+def _all(session: Session, me: str, now: datetime, review_overdue_s: float) -> list[Finding]:
     found: list[Finding] = []
     for table, n in retention.expired(session, now).items():
         found.append(Finding("expired", f"{n} row(s) of {table} past their retention date"))

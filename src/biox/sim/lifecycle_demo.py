@@ -18,6 +18,7 @@ from sqlmodel import col, delete, select
 
 from biox.agreement import quality, report, subjects
 from biox.agreement.ledgers import NoticeRow
+from biox.agreement.measures import Measures
 from biox.agreement.report_page import render
 from biox.broker.deadletters import DeadLetterQueues, Filters
 from biox.broker.publisher import properties_for, publish_once
@@ -257,7 +258,10 @@ def _qa(console: Console, settings: Settings, codes: list[str]) -> bool:
     clean = True
     for code in codes:
         with session_for(settings.database_for(code)) as s:
-            found = quality.run(s, code, datetime.now(UTC), settings.review_overdue_s)
+            checks = Measures.load(settings.agreement).checks
+            found = quality.run(
+                s, code, datetime.now(UTC), checks.review_overdue_hours * 3600, checks.enabled
+            )
         clean = clean and not found
         said = "no findings" if not found else "; ".join(f"{f.check}: {f.detail}" for f in found)
         console.print(escape(f"$ biox qa -p {code}: {said}"))

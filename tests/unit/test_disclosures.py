@@ -180,3 +180,34 @@ def test_qa_names_a_logged_disclosure_of_partner_data_the_consent_does_not_cover
         "MX-2 from mx disclosed to a bank",
         "MX-3 from mx disclosed to INTERPOL",
     ]
+
+
+def test_why_a_logged_disclosure_does_not_stand(db):
+    def row(ref: str, to: str, basis: str, nid: str | None, source: str = "mx", purpose=None):
+        return DisclosureRow(
+            recipient=to,
+            identity_ref=ref,
+            source=source,
+            basis=basis,
+            notice_id=nid,
+            purpose=purpose,
+            by="x",
+        )
+
+    with session_for(db) as s:
+        assert disclosures.why_not(s, "us", row("US-1", "anyone", "own_data", None, "us")) is None
+        assert disclosures.why_not(s, "us", row("MX-2", "INTERPOL", "consent", "n-yes")) is None
+        assert disclosures.why_not(s, "us", row("MX-2", "a court", "compelled", "n-court")) is None
+        assert (
+            disclosures.why_not(s, "us", row("MX-2", "a court", "because", None))
+            == "basis 'because' for mx's data"
+        )
+        assert "not about MX-3" in (
+            disclosures.why_not(s, "us", row("MX-3", "a court", "compelled", "n-court")) or ""
+        )
+        assert "is for 'extradition file 7'" in (
+            disclosures.why_not(
+                s, "us", row("MX-2", "INTERPOL", "consent", "n-purpose", purpose="x")
+            )
+            or ""
+        )

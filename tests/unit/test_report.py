@@ -3,6 +3,7 @@ violation and nothing on a clean exchange."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -310,3 +311,164 @@ def test_qa_runs_the_checks_the_agreement_enables(tmp_path):
         assert quality.run(s, "us", utcnow(), 86_400, measures.checks.enabled) == []
     with pytest.raises(ValueError):
         _measures(tmp_path, '[checks]\nenabled = ["whatever"]\n')
+
+
+def test_the_review_counts_each_field_of_flows_cases_and_notices_exactly(tmp_path):
+    """The annual review's every figure, from rows planted for it (the mutation run)."""
+    url = f"sqlite:///{tmp_path / 'us.db'}"
+    t0 = datetime(2026, 3, 1, tzinfo=UTC)
+    start, end = datetime(2026, 1, 1, tzinfo=UTC), datetime(2027, 1, 1, tzinfo=UTC)
+    with session_for(url) as s:
+        for n, status, told in ((1, "declined", "no_match"), (2, "match", "match")):
+            s.add(
+                Transaction(
+                    query_id=f"p-{n}",
+                    role="provider",
+                    encounter_id="E",
+                    requesting="mx",
+                    providing="us",
+                    purpose="enforce",
+                    status=status,
+                    reason_code="record_not_releasable" if status == "declined" else None,
+                    received_at=t0,
+                    answered_at=t0 + timedelta(seconds=2 * n),
+                    answer={"status": told, "decided_by": "automatic"},
+                )
+            )
+        s.add(
+            Transaction(
+                query_id="r-1",
+                role="requester",
+                encounter_id="E",
+                requesting="us",
+                providing="mx",
+                purpose="adjudicate",
+                status="pending",
+                sent_at=t0,
+            )
+        )
+        s.add(
+            Transaction(
+                query_id="r-0",
+                role="requester",
+                encounter_id="E",
+                requesting="us",
+                providing="mx",
+                purpose="enforce",
+                status="match",
+                sent_at=start - timedelta(days=1),
+            )
+        )
+        s.add(
+            ReviewCaseRow(
+                case_id="c-1",
+                query_id="c-1",
+                requesting="mx",
+                purpose="enforce",
+                opened_at=t0,
+                source="mx",
+                status="decided",
+                examiner="ana",
+                decided_at=t0 + timedelta(hours=3),
+            )
+        )
+        s.add(
+            ReviewCaseRow(
+                case_id="c-2",
+                query_id="c-2",
+                requesting="mx",
+                purpose="enforce",
+                opened_at=t0,
+                source="mx",
+            )
+        )
+        s.add(
+            NoticeRow(
+                notice_id="n-1",
+                direction="out",
+                type="deletion",
+                partner="mx",
+                sent_at=t0,
+                status="sent",
+                respond_by=t0 + timedelta(days=30),
+            )
+        )
+        s.add(
+            NoticeRow(
+                notice_id="n-2",
+                direction="in",
+                type="block",
+                partner="mx",
+                sent_at=t0,
+                status="applied",
+            )
+        )
+        s.commit()
+        rep = report.build(s, "us", start, end, (50, 100))
+    out = rep.as_json()
+    assert (out["participant"], out["start"], out["end"]) == (
+        "us",
+        start.isoformat(),
+        end.isoformat(),
+    )
+    [answered, sent] = out["flows"]
+    assert (answered["partner"], answered["purpose"], answered["direction"]) == (
+        "mx",
+        "enforce",
+        "answered",
+    )
+    assert answered["queries"] == 2
+    assert answered["outcomes"] == {"declined": 1, "match": 1}
+    assert answered["answered_as"] == {"no_match": 1, "match": 1}
+    assert answered["reasons"] == {"record_not_releasable": 1}
+    assert answered["decided_by"] == {"automatic": 2}
+    assert answered["latency_s"] == {"p50": 2.0, "p100": 4.0}
+    assert "_latencies" not in answered
+    assert (sent["direction"], sent["purpose"], sent["queries"], sent["outcomes"]) == (
+        "sent",
+        "adjudicate",
+        1,
+        {"pending": 1},
+    )
+    assert sent["latency_s"] == {}  # nothing answered yet
+    assert out["per_month"] == {"2026-03": {"sent": 1, "answered": 2}}
+    review = out["review"]
+    assert (review["cases"], review["by_status"], review["by_examiner"]) == (
+        2,
+        {"decided": 1, "pending": 1},
+        {"ana": 1},
+    )
+    assert review["hours_to_decide"] == {"p50": 3.0, "p95": 3.0, "p99": 3.0}
+    assert set(review["open_hours"]) == {"p50", "p95", "p99"}
+    notices = out["notices"]
+    assert (notices["count"], notices["by_type"], notices["by_status"]) == (
+        2,
+        {"out:deletion": 1, "in:block": 1},
+        {"sent": 1, "applied": 1},
+    )
+    assert notices["overdue"] == ["n-1"]
+    json.dumps(out)  # JSON as it stands
+
+
+def test_the_retention_ages_come_from_the_settings_and_the_policy():
+    from biox.agreement.retention import Ages
+    from biox.policy.release import ParticipantPolicy
+    from biox.settings import Settings
+
+    settings = Settings(
+        marker_retention_days=8,
+        refusal_retention_days=401,
+        ledger_retention_days=1200,
+        dead_letter_retention_days=31,
+    )
+    policy = ParticipantPolicy(
+        enrolled_retention_days=10, received_retention_days=500, encounter_retention_days=20
+    )
+    assert Ages.of(settings, policy, 7) == Ages(
+        markers_days=8,
+        refusals_days=401,
+        ledger_days=1200,
+        dead_letter_days=31,
+        erasure_days=531,
+        snapshot_tombstone_seq=7,
+    )

@@ -21,6 +21,7 @@ from biox.wire import addresses
 from biox.wire.codec import H_FROM
 
 
+# pragma: no mutate start (it opens a real connection: the integration tests cover it)
 def sweep(url: str, tls: ClientTLS | None, participant: str, session: Session) -> dict[str, int]:
     """Sweeps ``participant``'s dead-letter queues and held results; counts by place."""
     held = addresses.held_results_queue(participant)
@@ -37,6 +38,7 @@ def sweep(url: str, tls: ClientTLS | None, participant: str, session: Session) -
     return {k: n for k, n in counts.items() if n}
 
 
+# pragma: no mutate end
 def erased_letters(session: Session, letters: list[DeadLetter]) -> set[tuple[str, str]]:
     """The dead letters and held results that carry data a partner had deleted (§22):
     a partner's message named by the deletion (by its query or itself), or a held result

@@ -62,3 +62,58 @@ def test_a_read_that_cannot_be_recorded_shows_nothing(tmp_path, monkeypatch):
     out = runner.invoke(app, ["notice", "list", "-p", "us", "--json"])
     assert out.exit_code == 2
     assert "must be audited" in out.output
+
+
+def test_a_receiver_blocks_partner_data_it_believes_wrong_and_asks_for_a_correction(
+    published, tmp_path, monkeypatch
+):
+    """§24 (issue 20 (8)): without waiting for the sender's notice, us blocks what mx sent
+    (a record and an answer naming it), notes why, and asks mx to correct it."""
+    from sqlmodel import select
+
+    from biox.agreement.ledgers import NotationRow
+    from biox.database import session_for
+    from biox.store import Record, Transaction
+
+    sent: list = []
+    monkeypatch.setattr("biox.cli.records.send_notice", lambda me, ask: sent.append(ask) or "n-1")
+    url = Settings(data_dir=tmp_path).database_for("us")
+    with session_for(url) as s:
+        s.add(Record(id=5, identity_ref="MX-5", source="mx", source_query_id="q"))
+        s.add(Record(id=6, identity_ref="US-6", source="us"))
+        s.add(
+            Transaction(
+                query_id="a-1",
+                role="requester",
+                encounter_id="E",
+                requesting="us",
+                providing="mx",
+                purpose="enforce",
+                status="match",
+                source="mx",
+                answer={"status": "match", "candidates": [{"identity_ref": "MX-5"}]},
+            )
+        )
+        s.commit()
+    out = runner.invoke(app, ["records", "block", "MX-5", "-p", "us", "--text", "wrong DOB"])
+    assert out.exit_code == 0, out.output
+    with session_for(url) as s:
+        assert s.get(Record, 5).blocked_at is not None
+        assert s.get(Transaction, ("a-1", "requester")).blocked_at is not None
+        notes = {(n.table, n.key) for n in s.exec(select(NotationRow))}
+        assert notes == {("records", "MX-5"), ("answers", "MX-5")}
+    [ask] = sent
+    assert (ask.type.value, ask.to, ask.about.identity_refs) == (
+        "correction_request",
+        "mx",
+        ["MX-5"],
+    )
+    assert "wrong DOB" in ask.text
+    own = runner.invoke(app, ["records", "block", "US-6", "-p", "us", "--text", "x"])
+    assert own.exit_code == 2 and "our own data" in own.output
+    lifted = runner.invoke(
+        app, ["records", "block", "MX-5", "-p", "us", "--text", "ok", "--unblock"]
+    )
+    assert lifted.exit_code == 0 and len(sent) == 1
+    with session_for(url) as s:
+        assert s.get(Record, 5).blocked_at is None

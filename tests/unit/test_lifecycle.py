@@ -344,3 +344,17 @@ def test_a_correction_removing_a_field_a_copy_never_had_changes_nothing_else(db)
         done = corrections.correct_from(s, "mx", About(query_ids=["q-1"]), {"place_of_birth": None})
         assert done.counts == {"records": 1, "retrievals": 1, "review_cases": 1}
         assert s.get(Record, 1).biographic == BIO
+
+
+def test_an_addition_fills_what_a_copy_lacks_and_replaces_nothing(db):
+    """§19(ii): mx adds a place of birth and a family name; the family name every copy
+    already holds stays as it is."""
+    with session_for(db) as s:
+        about = About(query_ids=["q-1", "a-1"])
+        done = corrections.correct_from(
+            s, "mx", about, {"place_of_birth": "Quetzaltenango", "family_name": "X"}, True
+        )
+        assert done.counts == {"records": 1, "answers": 1, "retrievals": 1, "review_cases": 1}
+        record = s.exec(select(Record).where(Record.id == 1)).one()
+        assert record.biographic["place_of_birth"] == "Quetzaltenango"
+        assert record.biographic["family_name"] == "Cruz"

@@ -367,3 +367,19 @@ def test_each_purge_event_is_its_own_message_naming_who_purged(tmp_path):
     assert isinstance(body, RetentionPurged)
     assert (body.counts, body.detail) == ({"records": 2}, "retention purge (schedule)")
     assert two.envelope.headers["biox-actor"] == "ana"
+
+
+def test_an_addition_notice_fills_a_field_the_answer_lacked(hub):
+    """§19(ii): mx tells us of a place of birth its answer did not carry."""
+    eid, qid = matched(hub, "us", "mx")
+    nid = notice(
+        hub,
+        "mx",
+        "us",
+        NoticeType.addition,
+        about=About(query_ids=[qid]),
+        corrections={"place_of_birth": "Tapachula"},
+    )
+    assert ledger(hub, "mx", nid).done == {"answers": 1}
+    candidate = outcome(hub.latest(eid), "mx").candidates[0]
+    assert candidate.record.biographic.place_of_birth == "Tapachula"

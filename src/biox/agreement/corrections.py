@@ -205,16 +205,23 @@ def block_from(session: Session, source: str, about: About, blocked: bool) -> Do
 
 
 def correct_from(
-    session: Session, source: str, about: About, corrections: dict[str, str | None]
+    session: Session,
+    source: str,
+    about: About,
+    corrections: dict[str, str | None],
+    additions_only: bool = False,
 ) -> Done:
     """§23-24: the corrected biographic values replace the wrong ones in every copy; a
-    value of None removes the field."""
+    value of None removes the field. ``additions_only`` (§19(ii), an ``addition``
+    notice): only fields a copy does not hold yet are filled, nothing is replaced."""
     done = Done()
     now = utcnow()
 
     def fixed(biographic: dict[str, Any] | None) -> dict[str, Any]:
         out = dict(biographic or {})
         for key, value in corrections.items():
+            if additions_only and out.get(key) is not None:
+                continue
             if value is None:
                 out.pop(key, None)
             else:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import typer
 
+from biox.agreement import corrections, disclosures, subjects
 from biox.agreement.provenance import holdings
 from biox.broker.deadletters import operator as default_operator
 from biox.cli.common import PARTICIPANT, Participant, audited_read, code, console, session
+from biox.cli.notice import send_notice
 from biox.render import section_table, text
+from biox.wire.notices import About, NoticeSend, NoticeType
 
 app = typer.Typer(help="Data kept from other participants (§20-21).", no_args_is_help=True)
 
@@ -28,3 +31,43 @@ def records_show(
         raise typer.Exit(1)
     for section in found:
         console.print(section_table(section))
+
+
+@app.command("block")
+def records_block(
+    ref: str = typer.Argument(..., help="the reference the partner's data is kept under"),
+    participant: Participant = PARTICIPANT,
+    why: str = typer.Option(..., "--text", help="why it is believed inaccurate"),
+    unblock: bool = typer.Option(False, "--unblock", help="lift our own block"),
+    operator: str = typer.Option(None, "--operator", help="default: user@host"),
+) -> None:
+    """§24: data a partner sent that we believe inaccurate is blocked here at once (not
+    matched, not released, shown as blocked), with a notation, and the partner is asked
+    to correct it (a correction_request naming it). --unblock lifts our block."""
+    me, who = code(participant), operator or default_operator()
+    with session(participant) as s:
+        source = disclosures.source_of(s, ref)
+        if source is None:
+            console.print(f"[red]{me} keeps nothing under {text(repr(ref))}[/]")
+            raise typer.Exit(1)
+        if source == me:
+            console.print("[red]our own data: correct it instead (biox subject correct)[/]")
+            raise typer.Exit(2)
+        done = corrections.block_from(s, source, About(identity_refs=[ref]), not unblock)
+        for table in done.counts:
+            what = "unblocked" if unblock else "blocked as believed inaccurate (§24)"
+            subjects.note(s, table, ref, f"{what}: {why}", who)
+        s.commit()
+    console.print(
+        text(f"{'unblocked' if unblock else 'blocked'} {ref} ({source}'s): {done.counts}")
+    )
+    if unblock or not done.counts:
+        return
+    ask = NoticeSend(
+        type=NoticeType.correction_request,
+        to=source,
+        actor=who,
+        text=f"believed inaccurate, blocked here (§24): {why}",
+        about=About(identity_refs=[ref]),
+    )
+    console.print(text(f"correction request {send_notice(me, ask)} sent to {source}"))

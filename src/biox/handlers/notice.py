@@ -159,8 +159,14 @@ class NoticeHandler(Handler):
         if n.type is NoticeType.deletion:
             done = corrections.delete_from(session, sender, n.about, cause)
             self.maintenance_due = True  # the broker's copies go at once, not within the hour
-        elif n.type is NoticeType.correction:
-            done = corrections.correct_from(session, sender, n.about, dict(n.corrections))
+        elif n.type in (NoticeType.correction, NoticeType.addition):
+            done = corrections.correct_from(
+                session,
+                sender,
+                n.about,
+                dict(n.corrections),
+                additions_only=n.type is NoticeType.addition,
+            )
         elif n.type in (NoticeType.block, NoticeType.unblock):
             done = corrections.block_from(session, sender, n.about, n.type is NoticeType.block)
         elif n.type in STATUS_OF:

@@ -19,6 +19,7 @@ from biox.wire.messages import Code, Id, Message, Model, Name, Short, Text, Time
 class NoticeType(StrEnum):
     deletion = "deletion"  # §22: delete what I sent you
     correction = "correction"  # §23-24: what I sent you was wrong; here is the right value
+    addition = "addition"  # §19(ii): what I sent you lacked this; nothing else changes
     correction_request = "correction_request"  # §25: a subject says what you sent is wrong
     block = "block"  # §23: stop using what I sent you (not released, not matched)
     unblock = "unblock"
@@ -35,7 +36,13 @@ class NoticeType(StrEnum):
 
 #: notices about data the sender gave the recipient: applied through provenance (§20)
 DATA_ACTIONS = frozenset(
-    {NoticeType.deletion, NoticeType.correction, NoticeType.block, NoticeType.unblock}
+    {
+        NoticeType.deletion,
+        NoticeType.correction,
+        NoticeType.addition,
+        NoticeType.block,
+        NoticeType.unblock,
+    }
 )
 #: notices that ask the recipient to do something by a date
 ASKS_ACTION = DATA_ACTIONS | {NoticeType.consent_request, NoticeType.correction_request}
@@ -94,8 +101,8 @@ class NoticeContent(Model):
             raise ValueError(f"a {t.value} notice names the data it is about")
         if t is NoticeType.correction_request and self.about.is_empty():
             raise ValueError("a correction_request names the data it is about")
-        if t is NoticeType.correction and not self.corrections:
-            raise ValueError("a correction notice carries the corrected values")
+        if t in (NoticeType.correction, NoticeType.addition) and not self.corrections:
+            raise ValueError(f"a {t.value} notice carries the values (--correct field=value)")
         if t is NoticeType.contact_change and not self.contacts:
             raise ValueError("a contact_change notice carries the new contacts")
         if t in (NoticeType.acknowledgement, NoticeType.consent_reply) and not self.in_reply_to:

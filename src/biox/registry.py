@@ -9,6 +9,7 @@ from __future__ import annotations
 import tomllib
 from enum import StrEnum
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
@@ -28,9 +29,14 @@ class Status(StrEnum):
     discontinued = "discontinued"
 
 
+Modality = Literal["fingerprints", "face", "iris"]
+
+
 class Agreement(BaseModel):
     send: list[Purpose] = Field(default_factory=list)
     answer: list[Purpose] = Field(default_factory=list)
+    #: §5a: what every query from this partner must carry (fingerprints, in the statement)
+    query_requires: list[Modality] = Field(default_factory=list)
 
 
 class Participant(BaseModel):
@@ -87,6 +93,11 @@ class Registry(BaseModel):
             if theirs and purpose in theirs.answer:
                 out.append(partner)
         return out
+
+    def required(self, provider: str, requester: str) -> list[Modality]:
+        """The modalities ``provider`` requires in every query from ``requester`` (§5a)."""
+        agreement = self.participants[provider].agreements.get(requester)
+        return list(agreement.query_requires) if agreement is not None else []
 
     def answers(self, provider: str, requester: str, purpose: Purpose) -> bool:
         agreement = self.participants[provider].agreements.get(requester)

@@ -460,3 +460,16 @@ def test_a_refusal_row_keeps_what_the_annual_review_counts():
     blank = codec.Envelope("m-10", "", "", "", "us", "")
     row = failures.refusal("us.query", blank, PermanentError(Reason.undecodable), answered=False)
     assert (row.kind, row.sender, row.reason) == ("?", None, "undecodable")
+
+
+def test_a_partner_whose_agreement_requires_fingerprints_is_skipped_without_them(tmp_path):
+    """§5a (issue 20 (8)): mx requires fingerprints in us's queries; a face-only encounter
+    goes to sv alone, and mx is shown skipped with the reason."""
+    from biox.wire.messages import Biometrics
+
+    face = a_submission().biometrics.face
+    assert face is not None
+    sub = a_submission(biometrics=Biometrics(face=face))
+    _, _, effects = submit(f"sqlite:///{tmp_path / 'us.db'}", sub)
+    encounter = next(r for r in effects.rows if isinstance(r, EncounterRow))
+    assert (encounter.partners, encounter.skipped) == (["sv"], {"mx": "biometrics_required"})

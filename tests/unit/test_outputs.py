@@ -263,9 +263,9 @@ def a_query(qid: str = "q-1", purpose: Purpose = Purpose.enforce) -> Query:
     )
 
 
-def run_matcher(db: str, hits: list[Hit], query: Query | None = None):
+def run_matcher(db: str, hits: list[Hit], query: Query | None = None, registry=REGISTRY):
     settings = Settings(threshold_high=0.55, threshold_low=0.30, gallery_sync_s=3600)
-    handler = MatcherHandler("mx", REGISTRY, ScriptedGallery(hits), settings, POLICIES.of("mx"))  # type: ignore[arg-type]
+    handler = MatcherHandler("mx", registry, ScriptedGallery(hits), settings, POLICIES.of("mx"))  # type: ignore[arg-type]
     handler._synced_at = float("inf")
     q = query or a_query()
     e = env("query", "us", "mx", "qm-1", correlation_id=q.query_id)
@@ -379,9 +379,25 @@ def test_a_gray_zone_answer_and_its_case_say_all_an_examiner_needs(mx_db):
 def test_a_probe_of_irises_alone_lists_only_its_irises_for_the_examiner(mx_db):
     irises = next(b.irises for n in range(100) if (b := synth.capture(5, n, context=1)).irises)
     query = a_query().model_copy(update={"biometrics": Biometrics(irises=irises)})
-    _, effects = run_matcher(mx_db, [Hit(2, 0.45, {"iris": 0.45})], query)
+    # a pair whose agreement does not require fingerprints (§5a: us and mx's does)
+    lenient = REGISTRY.model_copy(deep=True)
+    lenient.participants["mx"].agreements["us"].query_requires = []
+    _, effects = run_matcher(mx_db, [Hit(2, 0.45, {"iris": 0.45})], query, lenient)
     case = decode(effects.outgoing[1], ReviewCase)
     assert case.probe_modalities == [f"iris.{i.eye}" for i in irises]
+
+
+def test_a_query_without_the_fingerprints_the_agreement_requires_is_rejected(mx_db):
+    """§5a (issue 20 (8)): mx requires fingerprints in every query from us."""
+    face = synth.capture(5, 1, context=1).face
+    query = a_query().model_copy(update={"biometrics": Biometrics(face=face)})
+    handler = MatcherHandler("mx", REGISTRY, ScriptedGallery([]), Settings(), POLICIES.of("mx"))  # type: ignore[arg-type]
+    handler._synced_at = float("inf")
+    e = env("query", "us", "mx", "qm-9", correlation_id=query.query_id)
+    with session_for(mx_db) as s:
+        [result] = handler.search([Inbound(e, query)], s)
+    assert isinstance(result, PermanentError)
+    assert (result.reason, result.detail) == (Reason.biometrics_required, "no fingerprints")
 
 
 def test_a_decline_names_its_reason_requester_and_purpose(mx_db):

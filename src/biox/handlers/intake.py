@@ -10,7 +10,7 @@ from sqlmodel import Session, col, select
 from biox.agreement import participants
 from biox.gallery import templates
 from biox.handlers.base import Context, Effects, Handler, Result
-from biox.policy.eligibility import refusal
+from biox.policy.eligibility import lacking, refusal
 from biox.policy.release import ParticipantPolicy
 from biox.queries.enrolment import enrolment
 from biox.registry import Registry
@@ -109,6 +109,11 @@ class IntakeHandler(Handler):
         # every other participant: asked, or skipped with its reason (shown in outcomes)
         refusals = {
             p: refusal(registry, self.me, p, sub.purpose, sub.subject_status, sub.encounter)
+            or (
+                Reason.biometrics_required
+                if lacking(registry, p, self.me, sub.biometrics)
+                else None
+            )
             for p in registry.codes
             if p != self.me
         }

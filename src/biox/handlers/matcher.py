@@ -22,7 +22,7 @@ from biox.gallery.fusion import Decision, decide
 from biox.gallery.gallery import Gallery, Hit, Probe
 from biox.handlers.base import Context, Effects, Handler, Result
 from biox.metrics import Metrics
-from biox.policy.eligibility import provider_refusal
+from biox.policy.eligibility import lacking, provider_refusal
 from biox.policy.release import ParticipantPolicy
 from biox.queries.answers import Answers, Asked, Found
 from biox.queries.enrolment import enrolment
@@ -141,6 +141,9 @@ class MatcherHandler(Handler):
             )
         if q.biometrics.is_empty():
             raise PermanentError(Reason.no_biometrics)
+        missing = lacking(registry, self.me, q.requesting, q.biometrics)
+        if missing:  # §5a: a query the agreement says must carry it
+            raise PermanentError(Reason.biometrics_required, f"no {missing}")
         why = provider_refusal(
             registry, self.me, q.requesting, q.purpose, q.subject_status, q.encounter
         )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from biox.registry import Purpose, Registry, Status
 from biox.wire.errors import Reason
-from biox.wire.messages import Encounter, SubjectStatus
+from biox.wire.messages import Biometrics, Encounter, SubjectStatus
 
 #: ISO 3166-1 alpha-3 codes of the participants and their region, to their alpha-2 codes
 #: (the participants' codes): a record may carry either, in any case
@@ -105,3 +105,14 @@ def provider_refusal(
     if subject is not None and encounter is not None:
         return not_third_country_national(requester, provider, subject, encounter)
     return None
+
+
+def lacking(registry: Registry, provider: str, requester: str, biometrics: Biometrics) -> str:
+    """The modalities the provider requires of the requester's queries (§5a) that
+    ``biometrics`` lacks, named, or "" when none is missing."""
+    present = {
+        "fingerprints": bool(biometrics.fingerprints),
+        "face": biometrics.face is not None,
+        "iris": bool(biometrics.irises),
+    }
+    return ", ".join(m for m in registry.required(provider, requester) if not present[m])

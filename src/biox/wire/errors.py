@@ -39,6 +39,7 @@ class Reason(StrEnum):
     no_partner = "no_partner"
     # biometric content
     no_biometrics = "no_biometrics"
+    biometrics_required = "biometrics_required"
     unknown_algorithm = "unknown_algorithm"
     template_size = "template_size"
     template_invalid = "template_invalid"
@@ -85,6 +86,7 @@ REASON_TEXT: dict[Reason, str] = {
     Reason.not_encountered_here: "subject was not encountered in the requester's country (§3)",
     Reason.no_partner: "no partner agreed to answer queries for this purpose",
     Reason.no_biometrics: "query carries no biometric template",
+    Reason.biometrics_required: "the agreement requires a modality the query lacks (§5a)",
     Reason.unknown_algorithm: "template algorithm is not supported by the provider",
     Reason.template_size: "template length does not match its algorithm",
     Reason.template_invalid: "template has NaN, infinite or all-zero values",
@@ -141,6 +143,7 @@ REASON_USE: dict[Reason, tuple[str, ...]] = {
         )
     },
     Reason.unknown_participant: ("refused", "dead-letter"),
+    Reason.biometrics_required: ("rejected", "refused"),
     **{r: ("dead-letter",) for r in UNPROVEN},
     Reason.inactive_requester: ("declined", "refused"),
     Reason.inactive_provider: ("declined", "refused"),

@@ -16,6 +16,7 @@ from biox.agreement.ledgers import IncidentRow, NoticeRow
 from biox.agreement.measures import Measures
 from biox.agreement.report_page import render
 from biox.database import session_for
+from biox.registry import Purpose
 from biox.store import AuditEntry, Record, RetrievalRow, ReviewCaseRow, Transaction
 from biox.wire.messages import utcnow
 from tests.unit.test_workflows import Hub, encounter, make_hub, person_known_to
@@ -248,10 +249,11 @@ def _reviews(hub: Hub, start, end, measures: Measures) -> tuple[dict, dict]:
 def test_two_participants_reviews_reconcile_and_each_difference_is_named(tmp_path):
     """us and mx exchange queries both ways, one of them answered by a decline mx
     conceals (a sealed record): both reviews agree, counted as the requester was told.
-    Then mx loses the row of one answer: the reconciliation names the pair, the purpose
-    and the outcome that differ."""
+    Then us withdraws one answer (§22) and mx loses every row of one purpose: the
+    reconciliation names each direction, purpose and outcome that differ, with counts."""
     hub = make_hub(tmp_path)
     hub.run([encounter("us", person_known_to("mx", derogatory=False)) for _ in range(3)])
+    hub.run([encounter("us", person_known_to("mx", derogatory=False), Purpose.adjudicate)])
     hub.run([encounter("us", person_known_to("mx", sealed=True))])
     hub.run([encounter("mx", person_known_to("us", derogatory=False))])
     measures = _measures(tmp_path)
@@ -260,19 +262,49 @@ def test_two_participants_reviews_reconcile_and_each_difference_is_named(tmp_pat
     trust = hub.exchange.keys["us"].trust
     assert report.reconcile(ours, theirs, trust, measures) == []
 
-    with session_for(hub.exchange.settings.database_for("mx")) as s:
-        gone = s.exec(
+    us_db, mx_db = (hub.exchange.settings.database_for(c) for c in ("us", "mx"))
+    with session_for(us_db) as s:
+        mine = s.exec(
             select(Transaction).where(
-                Transaction.role == "provider", Transaction.requesting == "us"
+                Transaction.role == "requester",
+                Transaction.providing == "mx",
+                Transaction.status == "match",
             )
-        ).first()
-        outcome, purpose = gone.answer["status"], gone.purpose
-        s.delete(gone)
+        ).all()
+        withdrawn = next(tx for tx in mine if tx.purpose == "enforce")
+        withdrawn.status = "withdrawn"
+        s.add(withdrawn)
+        s.commit()
+    with session_for(mx_db) as s:
+        rows = s.exec(select(Transaction).where(Transaction.role == "provider")).all()
+        lost = {tx.purpose for tx in rows if tx.requesting == "us"} - {withdrawn.purpose}
+        lost_purpose = sorted(lost)[0] if lost else None
+        for tx in rows:
+            if tx.purpose == lost_purpose and tx.requesting == "us":
+                s.delete(tx)
         s.commit()
     ours, theirs = _reviews(hub, start, end, measures)
-    differences = report.reconcile(ours, theirs, trust, measures)
-    assert any(d.startswith(f"us→mx {purpose}: us sent") for d in differences), differences
-    assert any(d.startswith(f"us→mx {purpose} {outcome}:") for d in differences), differences
+    sent = {
+        f["purpose"]: f for f in ours["flows"] if f["direction"] == "sent" and f["partner"] == "mx"
+    }
+    expected = []
+    for purpose in sorted(sent):
+        flow = sent[purpose]
+        if purpose == lost_purpose:
+            expected.append(f"us→mx {purpose}: us sent {flow['queries']}, mx answered 0")
+            expected += [
+                f"us→mx {purpose} {o}: us holds {flow['answered_as'].get(o, 0)}, mx answered 0"
+                for o in report.FINAL
+                if flow["answered_as"].get(o, 0)
+            ]
+        if purpose == withdrawn.purpose:
+            held = flow["answered_as"].get("match", 0)
+            expected.append(
+                f"us→mx {purpose} match: us holds {held}, mx answered {held + 1} "
+                "(1 withdrawn or blocked since, §22-23)"
+            )
+    assert lost_purpose is not None and len(expected) >= 3
+    assert report.reconcile(ours, theirs, trust, measures) == expected
 
 
 def test_a_review_that_is_not_the_partners_or_not_comparable_is_refused(tmp_path):
@@ -283,7 +315,7 @@ def test_a_review_that_is_not_the_partners_or_not_comparable_is_refused(tmp_path
     ours, theirs = _reviews(hub, start, end, measures)
     trust = hub.exchange.keys["us"].trust
     forged = {**theirs, "flows": []}  # edited after it was signed
-    with pytest.raises(report.NotComparable, match="not signed"):
+    with pytest.raises(report.NotComparable, match="the review of 'mx' is not signed by it"):
         report.reconcile(ours, forged, trust, measures)
     posing = {**theirs, "participant": "sv"}  # mx's signature on a review naming sv
     with pytest.raises(report.NotComparable, match="not signed"):
@@ -296,7 +328,7 @@ def test_a_review_that_is_not_the_partners_or_not_comparable_is_refused(tmp_path
     with pytest.raises(report.NotComparable, match="periods differ"):
         report.reconcile(ours, other, trust, measures)
     elsewhere = _measures(tmp_path, "[review]\nlatency_percentiles = [90]\n")
-    with pytest.raises(report.NotComparable, match="different measures"):
+    with pytest.raises(report.NotComparable, match=r"^the reviews were made under different"):
         report.reconcile(ours, theirs, trust, elsewhere)
 
 

@@ -199,7 +199,8 @@ class Answers:
         if tx is None:
             return Answered(outgoing, None)
         settled = self.settle(tx, response)
-        settled.answer = sent.model_dump(mode="json", exclude={"requesting"})
+        if sent is not response:  # the row keeps what was sent, and why it was not that
+            settled.answer = sent.model_dump(mode="json", exclude={"requesting"})
         return Answered(outgoing, settled)
 
     def worded(self, response: Response, found: Record | None) -> Response:

@@ -23,7 +23,7 @@ from biox.gallery.gallery import Gallery
 from biox.queries.enrolment import enrolled_record_id
 from biox.registry import Purpose
 from biox.sim import encounters, galleries, plans, synth
-from biox.store import Record, RetrievalRow, ReviewCaseRow
+from biox.store import Record, RetrievalRow, ReviewCaseRow, Transaction
 from biox.wire import addresses, codec
 from biox.wire.messages import Biometrics, Element, RetrievalRequest
 from tests.integration.conftest import SEED, SIZE, Exchange, Peer, unpack
@@ -98,9 +98,14 @@ def test_release_policy_shapes_the_match_and_seals_decline(exchange, system):
     assert record.biographic is not None and record.encounters == []  # adjudicate: mx policy
     assert mx.withheld == [Element.encounters, Element.derogatory]
     assert "for immigration adjudication only" in mx.conditions
-    declined = outcome_of(sea, "mx")
-    assert declined.status.value == "declined"
-    assert declined.reason_code.value == "record_not_releasable" and declined.candidates == []
+    # mx conceals a decline about the record it found (issue 20): us hears a no-match,
+    # and only mx's row says why
+    concealed = outcome_of(sea, "mx")
+    assert concealed.status.value == "no_match" and concealed.reason_code is None
+    assert concealed.candidates == []
+    with session_for(exchange.settings.database_for("mx")) as s:
+        row = s.get(Transaction, (concealed.query_id, "provider"))
+        assert (row.status, row.reason_code) == ("declined", "record_not_releasable")
     # us and sv did not agree adjudication: sv is shown, not asked
     assert {(o.partner, o.status.value) for o in rel.result.outcomes} == {
         ("mx", "match"),

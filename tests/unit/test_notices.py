@@ -82,6 +82,7 @@ def test_a_deletion_notice_withdraws_the_answer_everywhere_and_is_acknowledged(h
     assert (received.direction, received.type, received.partner) == ("in", "deletion", "mx")
     done = {"answers": 1, "stored_messages": 1, "erasures": 1}
     assert received.status == "applied" and received.done == done
+    assert hub.handler("us", "notice").maintenance_due  # the broker's copies: swept now
     sent = ledger(hub, "mx", nid)
     assert (sent.direction, sent.status, sent.actor) == ("out", "acknowledged", "privacy-officer-1")
     assert sent.done == done and sent.respond_by is not None

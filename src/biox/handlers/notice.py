@@ -5,6 +5,7 @@ done; and the partners' signed audit checkpoints, kept as evidence of their chai
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Sequence
 from datetime import datetime, timedelta
@@ -42,6 +43,9 @@ from biox.wire.operations import RetentionPurged
 
 log = structlog.get_logger("biox.notice")
 
+#: after a deletion notice, when the dead letters and held results are swept (seconds)
+FOLLOW_UP_SWEEPS_S = (0.0, 10.0, 60.0)
+
 
 class NoticeHandler(Handler):
     @classmethod
@@ -72,6 +76,22 @@ class NoticeHandler(Handler):
         #: sweep of dead letters and held results carrying erased data
         self.maintain_every_s = self.settings.retention_purge_s
         self.sweeps_dead_letters = True
+        #: when the broker's copies of a deletion are swept again (monotonic seconds): at
+        #: once, and twice more, since a dead letter held unacked by someone's listing at
+        #: the moment of a sweep is invisible to it (RabbitMQ hands out each message once)
+        self._sweeps: list[float] = []
+
+    @property
+    def maintenance_due(self) -> bool:
+        return any(at <= time.monotonic() for at in self._sweeps)
+
+    @maintenance_due.setter
+    def maintenance_due(self, due: bool) -> None:
+        now = time.monotonic()
+        if due:
+            self._sweeps += [now + delay for delay in FOLLOW_UP_SWEEPS_S]
+        else:
+            self._sweeps = [at for at in self._sweeps if at > now]
 
     # --- the schedule: retention ---------------------------------------------------------------
 

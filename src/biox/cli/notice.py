@@ -65,7 +65,7 @@ def notice_send(
     message: list[str] = typer.Option([], "--message", help="a message that carried it"),
     ref: list[str] = typer.Option([], "--ref", help="a record it became (identity ref)"),
     note: str = typer.Option("", "--text", help="for the people who read it"),
-    correct: list[str] = typer.Option([], "--correct", help="field=value (correction)"),
+    correct: list[str] = typer.Option([], "--correct", help="field=value (correction, addition)"),
     contact: list[str] = typer.Option([], "--contact", help="role=contact (contact_change)"),
     in_reply_to: str = typer.Option(None, "--in-reply-to", help="the notice answered"),
     consent: bool = typer.Option(None, "--consent/--no-consent", help="consent_reply"),

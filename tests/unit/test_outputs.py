@@ -1002,3 +1002,29 @@ def test_no_retrieval_to_or_from_a_participant_that_is_not_active(retrieval_db, 
     response = decode(answered.outgoing[0], RetrievalResponse)
     assert response.reason_code is Reason.inactive_partner and response.data is None
     assert response.reason == f"{inactive} is not active (§34, §36)"
+
+
+def test_an_erased_answer_is_not_kept_and_an_erased_message_touches_nothing_else(us_db):
+    """Issue 20 (1), the response worker's own check: mx had its data under q-mx deleted
+    before its answer arrived; and one message of sv's was erased, while sv's answer under
+    another message stands."""
+    from biox.agreement.ledgers import ErasureRow
+
+    with session_for(us_db) as s:
+        s.add(ErasureRow(source="mx", kind="query", key="q-mx", cause="notice:n"))
+        s.add(ErasureRow(source="sv", kind="message", key="r-old", cause="notice:n"))
+        s.commit()
+    erased = receive(us_db, a_response("match", "mx", "q-mx"))
+    assert erased.outcome == "erased" and erased.outgoing  # the result shows the withdrawal
+    with session_for(us_db) as s:
+        mx = s.get(Transaction, ("q-mx", "requester"))
+        assert (mx.status, mx.answer) == ("withdrawn", None)
+    again = receive(us_db, a_response("match", "mx", "q-mx"), mid="r-again")
+    assert (again.outcome, again.rows, again.outgoing) == ("erased", [], [])
+    kept = receive(us_db, a_response("no_match", "sv", "q-sv"), mid="r-new")
+    assert kept.outcome == "no_match"
+    stale = receive(us_db, a_response("match", "sv", "q-sv"), mid="r-old")
+    assert (stale.outcome, stale.rows, stale.outgoing) == ("erased", [], [])
+    with session_for(us_db) as s:
+        sv = s.get(Transaction, ("q-sv", "requester"))
+        assert (sv.status, sv.answer["status"]) == ("no_match", "no_match")  # it stands

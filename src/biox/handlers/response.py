@@ -110,16 +110,16 @@ class ResponseHandler(Handler):
                 partner=r.providing,
                 message_id=inb.envelope.message_id,
             )
-            if tx.status != WITHDRAWN:
-                tx.answer, tx.status, tx.reason_code, tx.top_score = None, WITHDRAWN, None, None
-                effects = Effects(rows=[tx], outcome="erased")
-                revision = views.updated(
-                    self.me, tx.encounter_id, inb.envelope.message_id, "erased"
-                )
-                effects.rows += revision.rows
-                effects.outgoing += revision.outgoing
-                return effects
-            return Effects(outcome="erased")
+            if tx.status == WITHDRAWN or not erased.query(r.providing, r.query_id):
+                # only this message was named: whatever else the query holds stands
+                return Effects(outcome="erased")
+            # the whole query's data was named, and this row still holds some of it
+            tx.answer, tx.status, tx.reason_code, tx.top_score = None, WITHDRAWN, None, None
+            effects = Effects(rows=[tx], outcome="erased")
+            revision = views.updated(self.me, tx.encounter_id, inb.envelope.message_id, "erased")
+            effects.rows += revision.rows
+            effects.outgoing += revision.outgoing
+            return effects
         if is_final(tx.status):
             # an interim answer overtaken by the final one, or a second final answer: the
             # first final answer stands (it may already have been acted on)

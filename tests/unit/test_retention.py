@@ -110,10 +110,12 @@ def test_an_expired_row_is_gone_from_every_table_and_a_current_one_stays(tmp_pat
         "processed_messages": 1,
     }
     with session_for(url) as s:
-        assert retention.purge(s, NOW, markers_days=7, dry_run=True) == expected
+        assert (
+            retention.purge(s, NOW, dry_run=True, ages=retention.Ages(markers_days=7)) == expected
+        )
         s.commit()
         assert len(s.exec(select(Record)).all()) == 3  # a dry run removes nothing
-        assert retention.purge(s, NOW, markers_days=7) == expected
+        assert retention.purge(s, NOW, ages=retention.Ages(markers_days=7)) == expected
         s.commit()
         assert [r.id for r in s.exec(select(Record))] == [2, 3]
         assert [t.record_id for t in s.exec(select(EnrolledTemplates))] == [2]
@@ -127,7 +129,9 @@ def test_an_expired_row_is_gone_from_every_table_and_a_current_one_stays(tmp_pat
             assert [getattr(r, key)[-1] for r in s.exec(select(table))] == ["2"], table
         # a marker whose outputs were never confirmed stays: a redelivery still needs them
         assert sorted(m.message_id for m in s.exec(select(ProcessedMessage))) == ["new", "unsent"]
-        assert retention.purge(s, NOW, markers_days=7) == {}  # nothing left to do
+        assert (
+            retention.purge(s, NOW, ages=retention.Ages(markers_days=7)) == {}
+        )  # nothing left to do
 
 
 def test_the_notice_worker_purges_on_its_schedule_and_tells_the_audit_trail(tmp_path):
@@ -273,7 +277,7 @@ def test_a_row_is_kept_through_the_instant_its_retention_ends(tmp_path):
             )
         )
         s.commit()
-        assert retention.purge(s, NOW, markers_days=7) == {}
+        assert retention.purge(s, NOW, ages=retention.Ages(markers_days=7)) == {}
         s.commit()
         assert s.get(Record, 1) is not None and s.get(ProcessedMessage, ("c", "m")) is not None
 
@@ -357,7 +361,7 @@ def test_refusals_are_kept_for_the_annual_review_and_then_purged(tmp_path):
                 )
             )
         s.commit()
-        assert retention.purge(s, NOW, markers_days=7) == {"refusals": 1}
+        assert retention.purge(s, NOW, ages=retention.Ages(markers_days=7)) == {"refusals": 1}
         s.commit()
         assert [r.message_id for r in s.exec(select(RefusalRow))] == ["recent"]
 

@@ -69,24 +69,28 @@ def _answers(session: Session, source: str, about: About) -> list[Transaction]:
     message, and those that released a record ``about`` names by its reference."""
     columns = (Transaction.query_id, Transaction.source_message_id, None)
     rows = _found(session, Transaction, about, columns, role="requester", providing=source)
-    if about.identity_refs:
-        seen = {tx.query_id for tx in rows}
-        text = cast(Transaction.answer, String)
-        for tx in session.exec(
-            select(Transaction).where(
-                Transaction.role == "requester",
-                Transaction.providing == source,
-                or_(*(text.contains(ref) for ref in about.identity_refs)),
-            )
-        ):
-            if tx.query_id not in seen and _released(tx) & set(about.identity_refs):
-                rows.append(tx)
-    return rows
+    seen = {tx.query_id for tx in rows}
+    released = answers_releasing(session, about.identity_refs, Transaction.providing == source)
+    return rows + [tx for tx in released if tx.query_id not in seen]
 
 
-def _released(tx: Transaction) -> set[str]:
-    """The record references an answer released."""
-    return {c.get("identity_ref", "") for c in (tx.answer or {}).get("candidates", [])}
+def answers_releasing(session: Session, refs: list[str], *where: Any) -> list[Transaction]:
+    """The answers to our queries that released a record named in ``refs`` (narrowed by
+    ``where``): searched as text first, then checked candidate by candidate."""
+    if not refs:
+        return []
+    text = cast(Transaction.answer, String)
+    found = session.exec(
+        select(Transaction).where(
+            Transaction.role == "requester", *where, or_(*(text.contains(r) for r in refs))
+        )
+    )
+    wanted = set(refs)
+    return [
+        tx
+        for tx in found
+        if wanted & {c.get("identity_ref") for c in (tx.answer or {}).get("candidates", [])}
+    ]
 
 
 def _retrieved(session: Session, source: str, about: About) -> list[RetrievalRow]:

@@ -11,11 +11,11 @@ stands only on a notice we sent about those records and that recipient.
 
 from __future__ import annotations
 
-from sqlalchemy import String, cast
 from sqlmodel import Session, select
 
+from biox.agreement.corrections import answers_releasing
 from biox.agreement.ledgers import DisclosureRow, NoticeRow
-from biox.store import Record, RetrievalRow, Transaction
+from biox.store import Record, RetrievalRow
 
 
 class NotAllowed(Exception):
@@ -29,15 +29,9 @@ def source_of(session: Session, identity_ref: str) -> str | None:
     rec = session.exec(select(Record).where(Record.identity_ref == identity_ref)).first()
     if rec is not None:
         return rec.source
-    for tx in session.exec(
-        select(Transaction).where(
-            Transaction.role == "requester",
-            cast(Transaction.answer, String).contains(identity_ref),
-        )
-    ):
-        refs = {c.get("identity_ref") for c in (tx.answer or {}).get("candidates", [])}
-        if identity_ref in refs:
-            return tx.source or tx.providing
+    answer = next(iter(answers_releasing(session, [identity_ref])), None)
+    if answer is not None:
+        return answer.source or answer.providing
     for r in session.exec(select(RetrievalRow).where(RetrievalRow.role == "asker")):
         if r.data and r.data.get("identity_ref") == identity_ref:
             return r.source or r.holder

@@ -66,8 +66,12 @@ class Erased:
     items: frozenset[tuple[str, str, str]]
 
     @classmethod
-    def among(cls, session: Session, items: Iterable[tuple[str, str, str]]) -> Erased:
-        wanted = set(items)
+    def of_messages(
+        cls, session: Session, messages: Iterable[tuple[str, str | None, str | None]]
+    ) -> Erased:
+        """The erasures among what these messages may be erased as: each (sender, query
+        id, message id) names its query and itself (either may be None)."""
+        wanted = {item for m in messages for item in _items(*m)}
         if not wanted:
             return cls(frozenset())
         held = _held(session, {s for s, _k, _key in wanted}, {key for _s, _k, key in wanted})
@@ -79,16 +83,11 @@ class Erased:
     def message(self, source: str, message_id: str | None) -> bool:
         return message_id is not None and (source, MESSAGE, message_id) in self.items
 
-    def record(self, source: str, identity_ref: str | None) -> bool:
-        return identity_ref is not None and (source, RECORD, identity_ref) in self.items
-
     def any(self, source: str, query_id: str | None = None, message_id: str | None = None) -> bool:
         return self.query(source, query_id) or self.message(source, message_id)
 
 
-def exchange_items(
-    source: str, query_id: str | None, message_id: str | None
-) -> list[tuple[str, str, str]]:
+def _items(source: str, query_id: str | None, message_id: str | None) -> list[tuple[str, str, str]]:
     """The items an exchange message may be erased as: its query and itself."""
     out = []
     if query_id:

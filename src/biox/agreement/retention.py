@@ -11,7 +11,7 @@ each run is an audit event with counts, never content (``ops.retention.purge``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -114,22 +114,11 @@ class Ages:
 
 
 def purge(
-    session: Session,
-    now: datetime,
-    markers_days: int | None = None,
-    dry_run: bool = False,
-    refusals_days: int | None = None,
-    ages: Ages | None = None,
+    session: Session, now: datetime, dry_run: bool = False, ages: Ages | None = None
 ) -> dict[str, int]:
     """Removes every row past its rule (not committed: the caller commits, then records
     the event). Returns the counts by table; ``dry_run`` counts without removing."""
     ages = ages or Ages()
-    if markers_days is not None or refusals_days is not None:
-        ages = replace(
-            ages,
-            markers_days=ages.markers_days if markers_days is None else markers_days,
-            refusals_days=ages.refusals_days if refusals_days is None else refusals_days,
-        )
     counts = expired(session, now)
     aged = _aged(now, ages)
     for name, (table, clause) in aged.items():

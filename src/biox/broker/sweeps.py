@@ -13,12 +13,13 @@ from __future__ import annotations
 import msgpack
 from sqlmodel import Session, col, select
 
-from biox.agreement.erasures import QUERY, Erased, exchange_items
+from biox.agreement.erasures import Erased
 from biox.broker.deadletters import DeadLetter, DeadLetterQueues, dlq_names
 from biox.store import EncounterRow
 from biox.trust.tls import ClientTLS
 from biox.wire import addresses
 from biox.wire.codec import H_FROM
+from biox.wire.inbound import header_text
 
 
 # pragma: no mutate start (it opens a real connection: the integration tests cover it)
@@ -44,57 +45,55 @@ def erased_letters(session: Session, letters: list[DeadLetter]) -> set[tuple[str
     a partner's message named by the deletion (by its query or itself), or a held result
     whose outcome still shows an answer its provider deleted, or about an encounter
     no longer kept (past its retention, or gone with a deletion)."""
-    items, outcomes = [], {}
-    for d in letters:
-        if _is_held(d):
-            seen = _held_outcomes(d.body)
-            outcomes[(d.queue, d.id)] = seen
-            items += [(partner, QUERY, q) for partner, q, _status, _eid in seen]
-        else:
-            sender = _sender(d)
-            items += exchange_items(sender, d.properties.correlation_id, d.properties.message_id)
-    erased = Erased.among(session, items)
-    doomed = set()
-    for d in letters:
-        if _is_held(d):
-            seen = outcomes[(d.queue, d.id)]
-            kept = {
-                e.encounter_id
-                for e in session.exec(
-                    select(EncounterRow).where(
-                        col(EncounterRow.encounter_id).in_({eid for *_rest, eid in seen})
-                    )
-                )
-            }
-            if (
-                any(
-                    eid not in kept or (status != "withdrawn" and erased.query(partner, q))
-                    for partner, q, status, eid in seen
-                )
-                or not seen
-            ):
-                doomed.add((d.queue, d.id))
-        elif erased.any(
-            _sender(d),
-            d.properties.correlation_id,
-            d.properties.message_id,
+    held = {(d.queue, d.id): _held_result(d.body) for d in letters if _is_held(d)}
+    sent = [d for d in letters if not _is_held(d)]
+    erased = Erased.of_messages(
+        session,
+        [
+            *((_sender(d), d.properties.correlation_id, d.properties.message_id) for d in sent),
+            *((p, q, None) for r in held.values() if r for p, q, _status in r[1]),
+        ],
+    )
+    eids = {r[0] for r in held.values() if r}
+    kept = (
+        set(
+            session.exec(
+                select(EncounterRow.encounter_id).where(col(EncounterRow.encounter_id).in_(eids))
+            )
+        )
+        if eids
+        else set()
+    )
+    doomed = {
+        (d.queue, d.id)
+        for d in sent
+        if erased.any(_sender(d), d.properties.correlation_id, d.properties.message_id)
+    }
+    for key, result in held.items():
+        if (
+            result is None
+            or result[0] not in kept
+            or any(
+                status != "withdrawn" and erased.query(partner, q)
+                for partner, q, status in result[1]
+            )
         ):
-            doomed.add((d.queue, d.id))
+            doomed.add(key)
     return doomed
 
 
-def _held_outcomes(body: bytes) -> list[tuple[str, str, str, str]]:
-    """(partner, query id, status, encounter id) of each outcome of a held result; an
-    empty list for a body that is no result (it is then swept: nothing can read it)."""
+def _held_result(body: bytes) -> tuple[str, list[tuple[str, str, str]]] | None:
+    """A held result's encounter id and the (partner, query id, status) of each outcome;
+    None for a body that is no result (it is then swept: nothing can read it)."""
     try:
         result = msgpack.unpackb(body, raw=False, strict_map_key=False)
-        eid = str(result["encounter_id"])
-        return [
-            (str(o["partner"]), str(o.get("query_id") or ""), str(o["status"]), eid)
+        outcomes = [
+            (str(o["partner"]), str(o.get("query_id") or ""), str(o["status"]))
             for o in result.get("outcomes", [])
-        ] or [("", "", "none", eid)]
+        ]
+        return str(result["encounter_id"]), outcomes
     except Exception:
-        return []
+        return None
 
 
 def _is_held(d: DeadLetter) -> bool:
@@ -102,5 +101,4 @@ def _is_held(d: DeadLetter) -> bool:
 
 
 def _sender(d: DeadLetter) -> str:
-    value = d.headers.get(H_FROM, "")
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+    return header_text(d.headers.get(H_FROM)) or ""

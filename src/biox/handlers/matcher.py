@@ -16,7 +16,7 @@ from sqlalchemy import or_
 from sqlmodel import Session, col, select
 
 from biox.agreement import participants
-from biox.agreement.erasures import Erased, exchange_items
+from biox.agreement.erasures import Erased
 from biox.agreement.ledgers import Tombstone
 from biox.gallery.fusion import Decision, decide
 from biox.gallery.gallery import Gallery, Hit, Probe
@@ -166,15 +166,9 @@ class MatcherHandler(Handler):
         when this participant enrols query data at all."""
         if not self.policy.enrol:
             return Erased(frozenset())
-        return Erased.among(
+        return Erased.of_messages(
             session,
-            (
-                item
-                for inb in batch
-                for item in exchange_items(
-                    inb.message.requesting, inb.message.query_id, inb.envelope.message_id
-                )
-            ),
+            ((i.message.requesting, i.message.query_id, i.envelope.message_id) for i in batch),
         )
 
     @staticmethod

@@ -9,7 +9,7 @@ from datetime import datetime
 import structlog
 from sqlmodel import Session, col, select
 
-from biox.agreement.erasures import Erased, exchange_items
+from biox.agreement.erasures import Erased
 from biox.handlers.base import Context, Effects, Handler, Result
 from biox.policy.release import ParticipantPolicy
 from biox.queries.results import WITHDRAWN, EncounterViews, is_final
@@ -75,15 +75,9 @@ class ResponseHandler(Handler):
                 )
             )
             views = EncounterViews(session, encounter_ids)
-            erased = Erased.among(
+            erased = Erased.of_messages(
                 session,
-                (
-                    item
-                    for inb in batch
-                    for item in exchange_items(
-                        inb.envelope.sender, inb.message.query_id, inb.envelope.message_id
-                    )
-                ),
+                ((i.envelope.sender, i.message.query_id, i.envelope.message_id) for i in batch),
             )
             return [self._one(inb, views, erased) for inb in batch]
 

@@ -23,7 +23,7 @@ import structlog
 from sqlmodel import Session
 
 from biox.agreement import participants
-from biox.agreement.erasures import Erased, exchange_items
+from biox.agreement.erasures import Erased
 from biox.handlers.base import Context, Effects, Handler, Result
 from biox.policy.release import ParticipantPolicy, released_record
 from biox.queries.results import EncounterViews
@@ -145,9 +145,7 @@ class RetrievalHandler(Handler):
         if row.status != "pending":
             log.warning("retrieval_answered_twice", query_id=r.query_id, kept=row.status)
             return Effects(outcome="superseded")
-        erased = Erased.among(
-            session, exchange_items(row.holder, r.query_id, inb.envelope.message_id)
-        )
+        erased = Erased.of_messages(session, [(row.holder, r.query_id, inb.envelope.message_id)])
         if erased.any(row.holder, r.query_id, inb.envelope.message_id):
             # §22: the holder had what it sends here deleted already: nothing is kept
             log.warning("retrieval_erased", query_id=r.query_id, partner=row.holder)

@@ -14,7 +14,7 @@ import structlog
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
-from biox.agreement.erasures import Erased, exchange_items
+from biox.agreement.erasures import Erased
 from biox.database import session_for
 from biox.handlers.base import Context, Effects, Handler, Result
 from biox.metrics import Metrics
@@ -56,9 +56,8 @@ class ReviewHandler(Handler):
         case = inb.message
         if session.get(ReviewCaseRow, case.case_id) is not None:
             return Effects(outcome="case_exists")
-        if Erased.among(session, exchange_items(case.requesting, case.query_id, None)).query(
-            case.requesting, case.query_id
-        ):
+        erased = Erased.of_messages(session, [(case.requesting, case.query_id, None)])
+        if erased.query(case.requesting, case.query_id):
             # §22: the requester had this query's data deleted before the case opened; the
             # answer already said pending_review, and the examiners never see the data
             log.warning("case_erased", query_id=case.query_id, partner=case.requesting)

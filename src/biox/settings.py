@@ -79,6 +79,15 @@ class Settings(BaseSettings):
         default=Path("deploy/policy.toml"),
         description="Each participant's release, enrolment, retention and retrieval rules.",
     )
+    staff: Path = Field(
+        default=Path("deploy/staff.toml"),
+        description="Each participant's people and their duties (§16; docs/security.md, "
+        '"People and roles").',
+    )
+    operator: str | None = Field(
+        default=None,
+        description="Your name as staff, where no certificate says it (a plain broker).",
+    )
     agreement: Path = Field(
         default=Path("deploy/agreement.toml"),
         description="The measures both participants review (§27) and the checks they run (§28).",

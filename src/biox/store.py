@@ -277,6 +277,9 @@ class AuditEntry(SQLModel, table=True):
     reason: str | None = Field(
         default=None, description="why a retry or dead-letter hop was made (its reason code)"
     )
+    command: str | None = Field(
+        default=None, description="the CLI command of a read of personal data (ops.read)"
+    )
     prev_hash: str
     entry_hash: str
 

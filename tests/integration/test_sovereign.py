@@ -17,6 +17,7 @@ from pika.exceptions import ChannelClosedByBroker
 from sqlmodel import col, select
 from typer.testing import CliRunner
 
+from biox.agreement.subjects import read_event
 from biox.broker.connection import parameters
 from biox.broker.publisher import properties_for
 from biox.cli import app
@@ -66,8 +67,11 @@ class Sovereign:
         code, _, role = user.partition(".")
         if role == "link":
             return self.brokers.pki.link(code, broker)
-        role, _, system = role.partition(".")
-        own = self.brokers.credentials(code, Role(role), system or "sim")
+        role, _, named = role.partition(".")  # an encounter system's, or a person's
+        if role == Role.operators:
+            own = self.brokers.credentials(code, Role.operators, person=named)
+        else:
+            own = self.brokers.credentials(code, Role(role), named or "sim")
         return ClientTLS(self.brokers.pki.ca(broker), own.cert, own.key)
 
     def tls(self, code: str, role: Role) -> ClientTLS:
@@ -193,17 +197,20 @@ def test_the_brokers_themselves_refuse_what_a_hostile_partner_tries(sovereign):
 
 
 def test_a_certificate_a_partner_ca_mints_or_ours_revoked_does_not_log_in(sovereign):
-    """Whoever runs mx's CA issues itself us.operators and us.workers: us's broker trusts
+    """Whoever runs mx's CA issues itself us.operators.ada and us.workers: us's broker trusts
     us's CA alone, so the TLS handshake fails. A certificate us's CA revoked stops
     working at the next connection, long before it expires."""
     s = sovereign
     pki = s.brokers.pki
-    for user in ("us.operators", "us.workers", "us.encounters.sim", "sv.link"):
+    for user in ("us.operators.ada", "us.workers", "us.encounters.sim", "sv.link"):
         minted = pki.mint("mx", user, trusting="us")
         with pytest.raises(pika.exceptions.AMQPConnectionError):
             pika.BlockingConnection(parameters(s.brokers.url("us"), minted)).close()
     # the genuine ones work, and the link certificate mx's CA issued us is for mx's broker
-    s.connect("us", "us.operators").close()
+    s.connect("us", "us.operators.ada").close()
+    with pytest.raises(pika.exceptions.AMQPConnectionError):  # no shared login any more
+        minted = pki.mint("us", "us.operators", trusting="us")
+        pika.BlockingConnection(parameters(s.brokers.url("us"), minted)).close()
     s.connect("mx", "us.link").close()
     at_mx = s.brokers.pki.link("us", "mx")
     with pytest.raises(pika.exceptions.AMQPConnectionError):  # not sv's CA's: refused there
@@ -218,6 +225,73 @@ def test_a_certificate_a_partner_ca_mints_or_ours_revoked_does_not_log_in(sovere
     # mx and sv agreed nothing: sv's link identity does not exist on mx's broker
     with pytest.raises(pika.exceptions.AMQPConnectionError):
         s.connect("mx", "sv.link").close()
+
+
+def test_each_person_is_held_to_their_duties_by_the_broker_the_cli_and_qa(sovereign):
+    """§16 need-to-know (issue 20 (6); docs/security.md, "People and roles"): on us's real
+    TLS broker, with the definitions generated from deploy/staff.toml, an examiner may not
+    send a notice, replay or read a dead letter, nor speak as the privacy officer; the
+    CLI refuses her a subject search; a read she makes around the CLI is recorded under
+    the identity the broker validated, and `biox qa` names it."""
+    s = sovereign
+    ana, pat = "us.operators.ana", "us.operators.pat"  # us's examiner, privacy officer
+
+    def send(key: str, user_id: str):
+        def act(ch) -> None:
+            props = pika.BasicProperties(
+                message_id=f"duty-{uuid.uuid4().hex[:8]}",
+                type=key.split(".", 1)[1],
+                user_id=user_id,
+                delivery_mode=2,
+            )
+            ch.basic_publish("biox.us", key, b"\x80", props, mandatory=True)
+
+        return act
+
+    refused = {
+        "notice.send by the examiner": attempt(s, "us", ana, send("us.notice.send", ana)),
+        "a replay by the examiner": attempt(s, "us", ana, send("us.replay.query", ana)),
+        "a decision by the privacy officer": attempt(s, "us", pat, send("us.review.decision", pat)),
+        "the examiner as the privacy officer": attempt(s, "us", ana, send("us.ops.read", pat)),
+        "the examiner reading dead letters": attempt(
+            s, "us", ana, lambda ch: ch.basic_get("us.intake.dlq")
+        ),
+    }
+    for what, refusal in refused.items():
+        assert refusal is not None and refusal.split()[0] in ("403", "406"), (what, refusal)
+
+    # around the CLI: a read event she publishes herself goes through, under her identity
+    event = read_event("us", "subject search", {"name": "cruz"}, 4, "someone else")
+
+    def with_schema(ch) -> None:
+        props = properties_for(event.envelope, ana)
+        ch.basic_publish("biox.us", "us.ops.read", event.body, props, mandatory=True)
+
+    assert attempt(s, "us", ana, with_schema) is None
+    env = {
+        **s.brokers.env("us", Role.operators, person="ana"),
+        "BIOX_DATA_DIR": str(s.settings.data_dir),
+        "BIOX_KEYS_DIR": str(s.settings.keys()),
+    }
+    search = runner.invoke(app, ["subject", "search", "-p", "us", "--name", "cruz"], env=env)
+    assert search.exit_code == 3 and "needs privacy_officer; ana holds examiner" in search.output
+    shown = runner.invoke(app, ["records", "show", "US-000000001", "-p", "us"], env=env)
+    assert shown.exit_code in (0, 1), shown.output
+
+    deadline, reads = time.monotonic() + 30, []
+    while time.monotonic() < deadline and len(reads) < 2:
+        with session_for(s.settings.database_for("us")) as db:
+            reads = db.exec(
+                select(AuditEntry).where(
+                    AuditEntry.kind == "ops.read", AuditEntry.sender_user == ana
+                )
+            ).all()
+        time.sleep(0.3)
+    assert sorted(r.command for r in reads) == ["records show", "subject search"]
+    qa = runner.invoke(app, ["qa", "-p", "us"], env=env)
+    flagged = [line for line in qa.output.splitlines() if line.startswith("[need_to_know]")]
+    assert qa.exit_code == 1 and len(flagged) == 1, qa.output
+    assert "subject search needs privacy_officer; ana holds examiner" in flagged[0]
 
 
 def test_cc_and_bcc_headers_deliver_nothing_past_the_partner_ingress(sovereign):
@@ -320,7 +394,7 @@ def test_a_forged_identity_is_never_replayed_from_the_dead_letter_queue(sovereig
     headers = dead_letter_headers(s, "us", "us.notice.dlq", mid)
     assert headers["biox-original-user-id"] == "sv.link" and "biox-actor" not in headers
     env = {
-        **s.brokers.env("us", Role.operators),
+        **s.brokers.env("us", Role.operators, person="oscar"),  # us's on-call
         "BIOX_DATA_DIR": str(s.settings.data_dir),
         "BIOX_KEYS_DIR": str(s.settings.keys()),
     }
@@ -434,7 +508,7 @@ def test_a_query_crosses_three_brokers_and_survives_the_partner_broker_stopping(
 
 
 def depth(s: Sovereign, broker: str, queue: str) -> int:
-    conn = s.connect(broker, f"{broker}.operators")
+    conn = s.connect(broker, f"{broker}.operators.oscar")
     try:
         return conn.channel().queue_declare(queue, passive=True).method.message_count
     finally:
@@ -442,7 +516,7 @@ def depth(s: Sovereign, broker: str, queue: str) -> int:
 
 
 def dead_letter_headers(s: Sovereign, broker: str, queue: str, mid: str) -> dict:
-    conn = s.connect(broker, f"{broker}.operators")
+    conn = s.connect(broker, f"{broker}.operators.oscar")
     try:
         ch = conn.channel()
         while True:
@@ -462,7 +536,7 @@ def wait_for_depth(
     s: Sovereign, broker: str, queue: str, at_least: int, timeout: float = 30
 ) -> int:
     """How many messages wait in ``queue`` once at least ``at_least`` do (or the timeout)."""
-    conn = s.connect(broker, f"{broker}.operators")
+    conn = s.connect(broker, f"{broker}.operators.oscar")
     try:
         ch = conn.channel()
         deadline = time.monotonic() + timeout
@@ -484,7 +558,7 @@ def dead_letter_reasons(
     deadline = time.monotonic() + timeout
     found: dict[str, str] = {}
     while time.monotonic() < deadline and set(found) != ids:
-        conn = s.connect(broker, f"{broker}.operators")
+        conn = s.connect(broker, f"{broker}.operators.oscar")
         try:
             ch = conn.channel()
             while True:

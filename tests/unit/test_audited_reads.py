@@ -20,6 +20,7 @@ def published(tmp_path, monkeypatch) -> list:
     """What the CLI publishes, captured where it would reach the broker."""
     monkeypatch.setenv("BIOX_DATA_DIR", str(tmp_path))
     monkeypatch.setenv("BIOX_AMQP_URL", "amqp://guest:guest@127.0.0.1:1/")
+    monkeypatch.setenv("BIOX_OPERATOR", "pat")  # us's privacy officer (deploy/staff.toml)
     sent: list = []
     monkeypatch.setattr(
         "biox.cli.common.publish_once", lambda url, messages, **kw: sent.extend(messages)
@@ -37,11 +38,11 @@ def published(tmp_path, monkeypatch) -> list:
     ],
 )
 def test_each_read_of_personal_data_is_an_audit_event_with_who_read_it(published, args, command):
-    out = runner.invoke(app, [*args, "--operator", "pat.privacy"])
+    out = runner.invoke(app, [*args, "--operator", "pat"])
     assert out.exit_code in (0, 1), out.output  # 1: records show found nothing
     [event] = published
     assert event.envelope.kind == "ops.read"
-    assert event.envelope.headers["biox-actor"] == "pat.privacy"
+    assert event.envelope.headers["biox-actor"] == "pat"
     body = msgpack.unpackb(event.body, raw=False)
     assert body["command"] == command
     assert "cruz" not in event.body.decode("latin-1")  # the terms as a digest, never as typed
@@ -49,7 +50,8 @@ def test_each_read_of_personal_data_is_an_audit_event_with_who_read_it(published
 
 def test_a_gallery_export_is_recorded_before_a_template_leaves(published, tmp_path):
     build_gallery(Settings(data_dir=tmp_path), "us", 20, 3)
-    out = runner.invoke(app, ["gallery", "export", str(tmp_path / "g.parquet"), "-p", "us"])
+    target = str(tmp_path / "g.parquet")
+    out = runner.invoke(app, ["gallery", "export", target, "-p", "us", "--operator", "ada"])
     assert out.exit_code == 0, out.output
     [event] = published
     assert event.envelope.kind == "ops.read"
@@ -59,6 +61,7 @@ def test_a_gallery_export_is_recorded_before_a_template_leaves(published, tmp_pa
 def test_a_read_that_cannot_be_recorded_shows_nothing(tmp_path, monkeypatch):
     monkeypatch.setenv("BIOX_DATA_DIR", str(tmp_path))
     monkeypatch.delenv("BIOX_AMQP_URL", raising=False)
+    monkeypatch.setenv("BIOX_OPERATOR", "pat")
     out = runner.invoke(app, ["notice", "list", "-p", "us", "--json"])
     assert out.exit_code == 2
     assert "must be audited" in out.output

@@ -10,11 +10,18 @@ import re
 from biox.broker.definitions import definitions, shovel_uri
 from biox.broker.topology import bindings, retry_queue_arguments, work_queue_arguments
 from biox.routes import ROUTES
+from biox.trust.staff import Duty
 from biox.wire import addresses
 
 CODES = ["mx", "sv", "us"]
 URIS = {"mx": "amqps://mx:5671/%2F", "sv": "amqps://sv:5671/%2F"}
-US = definitions("us", CODES, [1, 5], 20, URIS, encounter_systems=["poe", "gate-7"])
+STAFF = {
+    "ana": frozenset({Duty.examiner}),
+    "pat": frozenset({Duty.privacy_officer}),
+    "oscar": frozenset({Duty.on_call}),
+    "ada": frozenset({Duty.administrator}),
+}
+US = definitions("us", CODES, [1, 5], 20, URIS, encounter_systems=["poe", "gate-7"], staff=STAFF)
 
 
 def permission(user: str) -> dict[str, str]:
@@ -42,7 +49,10 @@ def test_users_are_one_per_own_role_and_one_link_per_partner_with_no_password():
         "sv.link",
         "us.encounters.gate-7",  # one per encounter system of the registry
         "us.encounters.poe",
-        "us.operators",
+        "us.operators.ada",  # one per person of the staff file, none shared
+        "us.operators.ana",
+        "us.operators.oscar",
+        "us.operators.pat",
         "us.workers",
     ]
     assert {u["password_hash"] for u in US["users"]} == {""}
@@ -108,18 +118,42 @@ def test_nobody_may_publish_to_the_default_exchange():
         assert not allows(p["write"], "amq.default"), p["user"]
 
 
-def test_operators_replay_and_import_through_the_inbox_on_their_own_keys():
-    p = permission("us.operators")
+def test_on_call_replays_and_imports_through_the_inbox_on_their_own_keys():
+    p = permission("us.operators.oscar")
     assert allows(p["write"], "biox.us") and not allows(p["write"], "biox.us.out")
-    keys = topic_write("us.operators", "biox.us")
+    assert allows(p["read"], "us.intake.dlq")
+    keys = topic_write("us.operators.oscar", "biox.us")
     for key in (
-        "us.review.decision",
+        "us.ops.dlq.replay",
+        "us.ops.read",
         "us.replay.query",
         "us.dead-letter.response",
         "us.unrecorded.dead-letter.audit",
     ):
         assert allows(keys, key), key
-    assert not allows(keys, "us.query") and not allows(keys, "us.encounter.submit")
+    for never in ("us.query", "us.encounter.submit", "us.review.decision", "us.notice.send"):
+        assert not allows(keys, never), never
+
+
+def test_each_duty_publishes_its_own_kinds_and_reads_no_queue_it_does_not_need():
+    """§16: an examiner decides cases and asks for retrievals; a privacy officer sends
+    notices; neither replays a dead letter, sends a held result on, or reads a queue."""
+    expected = {
+        "us.operators.ana": {"us.review.decision", "us.retrieval.ask", "us.ops.read"},
+        "us.operators.pat": {"us.notice.send", "us.ops.read"},
+        "us.operators.ada": {"us.ops.retention.purge", "us.ops.dlq.replay", "us.ops.read"},
+    }
+    every = {addresses.routing_key("us", k) for k in ROUTES.kinds} | {"us.replay.query"}
+    for user, keys in expected.items():
+        pattern = topic_write(user, "biox.us")
+        assert {k for k in every if allows(pattern, k)} >= keys, user
+    for user in ("us.operators.ana", "us.operators.pat"):
+        pattern = topic_write(user, "biox.us")
+        allowed = {k for k in every if allows(pattern, k)}
+        assert allowed == expected[user], user
+        p = permission(user)
+        assert p["read"] == "^$" and not allows(p["write"], "biox.us.results"), user
+        assert topic_write(user, "biox.us.results") is None
 
 
 def test_encounter_systems_submit_and_read_their_own_reply_queues_only():

@@ -15,7 +15,10 @@ from biox.dev.pki import DevPKI, PKIError, subject_hash
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory) -> DevPKI:
-    return DevPKI(tmp_path_factory.mktemp("pki")).ensure(["mx", "sv", "us"], {"us": ["poe"]})
+    people = {"us": ["ana", "oscar"]}
+    return DevPKI(tmp_path_factory.mktemp("pki")).ensure(
+        ["mx", "sv", "us"], {"us": ["poe"]}, people
+    )
 
 
 def cert(path) -> x509.Certificate:
@@ -25,8 +28,9 @@ def cert(path) -> x509.Certificate:
 def test_every_participant_has_its_own_ca_and_its_users_chain_to_it_alone(pki):
     cas = {c: cert(pki.ca(c)) for c in ("mx", "sv", "us")}
     assert len({ca.subject for ca in cas.values()}) == 3
-    for user in ("us.workers", "us.operators", "us.encounters.poe"):
+    for user in ("us.workers", "us.operators.ana", "us.operators.oscar", "us.encounters.poe"):
         assert cert(pki.client(user).cert).issuer == cas["us"].subject, user
+    assert not pki.client("us.operators").cert.exists()  # no shared login: one per person
     # us's link identity on mx's broker: us's key, mx's CA, mx's CA pinned by us
     link = pki.link("us", "mx")
     assert cert(link.cert).issuer == cas["mx"].subject

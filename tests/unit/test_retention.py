@@ -194,6 +194,7 @@ def test_an_incident_without_a_notice_is_overdue_after_48_hours(tmp_path):
 
 def test_the_cli_says_which_incident_is_overdue_and_exits_1(tmp_path, monkeypatch):
     monkeypatch.setenv("BIOX_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("BIOX_OPERATOR", "pat")  # us's privacy officer (deploy/staff.toml)
     runner = CliRunner()
     aware = (datetime.now(UTC) - timedelta(hours=50)).strftime("%Y-%m-%dT%H:%M:%S")
     opened = runner.invoke(
@@ -221,6 +222,7 @@ def test_the_cli_says_which_incident_is_overdue_and_exits_1(tmp_path, monkeypatc
 
 def test_the_cli_counts_what_a_purge_would_remove_without_removing_it(tmp_path, monkeypatch):
     monkeypatch.setenv("BIOX_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("BIOX_OPERATOR", "ada")  # us's administrator (deploy/staff.toml)
     url = Settings(data_dir=tmp_path).database_for("us")
     with session_for(url) as s:
         gone = datetime.now(UTC) - timedelta(days=1)

@@ -22,6 +22,7 @@ Check = Literal[
     "incident_overdue",
     "review_overdue",
     "audit_chain",
+    "need_to_know",
 ]
 CHECKS: tuple[Check, ...] = Check.__args__  # type: ignore[attr-defined]
 

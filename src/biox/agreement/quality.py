@@ -8,7 +8,11 @@ with where to look. ``biox qa`` exits non-zero on any finding.
   record whose source is neither us nor the requester;
 * overdue notices (§15, §22-25), incidents (§17) and review cases (§8);
 * a disclosure outside the exchange of partner data without consent or notice (§14-15);
-* the audit chain (§28): altered, removed, inserted or reordered entries.
+* the audit chain (§28): altered, removed, inserted or reordered entries;
+* need to know (§16): each audited read of personal data by someone whose duties
+  (``BIOX_STAFF``, as it stands now) do not cover the command, or under a broker
+  identity that is not a person of ours. Not checked on the shared development broker,
+  where everyone is ``guest``.
 """
 
 from __future__ import annotations
@@ -22,8 +26,10 @@ from sqlmodel import Session, col, select
 from biox.agreement import disclosures, incidents, retention
 from biox.agreement.ledgers import DisclosureRow, NoticeRow
 from biox.queries import examiners
-from biox.store import Record, RetrievalRow, ReviewCaseRow, Transaction
+from biox.store import AuditEntry, Record, RetrievalRow, ReviewCaseRow, Transaction
 from biox.trust import audit
+from biox.trust.staff import NEEDS, Staff, person_of
+from biox.wire.operations import PersonalDataRead
 
 
 @dataclass(frozen=True)
@@ -48,13 +54,16 @@ def run(
     now: datetime,
     review_overdue_s: float,
     enabled: Iterable[str] | None = None,
+    staff: Staff | None = None,
 ) -> list[Finding]:
     """Every finding of the checks ``enabled`` (the agreement's, ``measures.Checks``;
-    None: all)."""
+    None: all). ``staff``: whose duties reads are held to (None: reads are not checked,
+    as on the shared development broker)."""
     chosen = set(enabled) if enabled is not None else None
-    return [
-        f for f in _all(session, me, now, review_overdue_s) if chosen is None or f.check in chosen
-    ]
+    found = _all(session, me, now, review_overdue_s)
+    if staff is not None:
+        found += _reads_without_duty(session, me, staff)
+    return [f for f in found if chosen is None or f.check in chosen]
 
 
 def _all(session: Session, me: str, now: datetime, review_overdue_s: float) -> list[Finding]:
@@ -84,6 +93,27 @@ def _all(session: Session, me: str, now: datetime, review_overdue_s: float) -> l
     count, broken = audit.verify(session)
     if broken is not None:
         found.append(Finding("audit_chain", f"{broken} (of {count} entries)"))
+    return found
+
+
+def _reads_without_duty(session: Session, me: str, staff: Staff) -> list[Finding]:
+    """The reader is the broker-validated user of the audit event, never its header."""
+    found = []
+    reads = select(AuditEntry).where(AuditEntry.kind == PersonalDataRead.KIND)
+    for e in session.exec(reads.order_by(col(AuditEntry.seq))):
+        where = f"audit #{e.seq} ({e.received_at:%Y-%m-%d %H:%M})"
+        who = person_of(e.sender_user)
+        if who is None or who[0] != me:
+            what = f"{e.command} read as {e.sender_user!r}, not a person of {me}'s"
+            found.append(Finding("need_to_know", f"{where}: {what}"))
+            continue
+        if e.command not in NEEDS:
+            what = f"{who[1]} read by {e.command!r}, not a command of the staff table"
+            found.append(Finding("need_to_know", f"{where}: {what}"))
+            continue
+        why = staff.refusal(me, who[1], e.command)
+        if why is not None:
+            found.append(Finding("need_to_know", f"{where}: {why}"))
     return found
 
 

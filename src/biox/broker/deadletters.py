@@ -152,9 +152,11 @@ class DeadLetterQueues:
     """Reads dead letters on a channel of its own (manual acks), and publishes through the
     one publisher every worker uses (confirms, retries under the same message id)."""
 
-    def __init__(self, url: str, tls: ClientTLS | None = None) -> None:
+    def __init__(self, url: str, tls: ClientTLS | None = None, actor: str | None = None) -> None:
         self.url = url
         self.tls = tls
+        #: the person the on-call actions are recorded under (``cli.common.acting``)
+        self.actor = actor or operator()
         self.conn = pika.BlockingConnection(parameters(url, tls))
         self._link: Link | None = None
 
@@ -294,7 +296,7 @@ class DeadLetterQueues:
             headers[H_ATTEMPT] = 0
             headers[H_REPLAYS] = int(headers.get(H_REPLAYS, 0)) + 1
             headers["biox-replayed-at"] = datetime.now(UTC).isoformat()
-            headers["biox-replayed-by"] = operator()
+            headers["biox-replayed-by"] = self.actor
             props = republish_properties(d.properties, headers, self.user)
             code, role = addresses.work_queue(target)
             key = addresses.replay_key(code, role)
@@ -371,7 +373,7 @@ class DeadLetterQueues:
                 continue
             props.user_id = self.user
             props.headers = {**(props.headers or {}), H_ORIGINAL_USER: self.user}
-            props.headers["biox-imported-by"] = operator()
+            props.headers["biox-imported-by"] = self.actor
             code, role = addresses.work_queue(addresses.work_queue_of(queue))
             recorded = ROUTES.queues[role].decodes  # the audit's own dead letters are not
             target = failures.dead_letter_target(code, role, recorded)
@@ -391,7 +393,7 @@ class DeadLetterQueues:
             message_id=str(uuid.uuid4()),
             correlation_id=event.KIND,
         )
-        self.publisher.send([codec.with_actor(out, operator())])
+        self.publisher.send([codec.with_actor(out, self.actor)])
 
 
 def replay_target(dead_letter_queue: str, kind: str, to_queue: str | None = None) -> str:

@@ -17,10 +17,12 @@ us.workers         its inbox (own kinds, retry and      its own queues
                    dead-letter hops) and outbox
                    (partner kinds to partners), its
                    results exchange
-us.operators       its inbox: own kinds, replays and    its own queues (dead-letter tools,
-                   imports into dead-letter queues;     held results)
-                   its results exchange (held results
-                   sent on)
+us.operators.<p>   its inbox: the kinds the person's    on-call and administrators: its
+(one per person)   duties send (``trust.staff``) and    own queues (dead-letter tools,
+                   the record of their reads; on-call   held results); examiners and
+                   and administrators also replays      privacy officers: nothing
+                   and imports, and held results sent
+                   on through its results exchange
 us.encounters      its inbox, ``us.encounter.submit``   its reply queues ``us.replies.*``
                    only                                 (declared and bound to
                                                         ``biox.us.results`` by itself)
@@ -48,6 +50,7 @@ from biox.broker.topology import (
 )
 from biox.routes import ROUTES, RouteTable, Sender
 from biox.trust.identity import Role, broker_user, encounter_user
+from biox.trust.staff import EVERYONE_SENDS, READS_QUEUES, SENDS, Duty, operator_user
 from biox.wire import addresses
 
 VHOST = "/"
@@ -117,6 +120,7 @@ def definitions(
     encounter_systems: Iterable[str] = (),
     limits: Limits | None = None,
     linked: Iterable[str] | None = None,
+    staff: dict[str, frozenset[Duty]] | None = None,
 ) -> dict[str, Any]:
     """Everything ``code``'s broker holds. ``partner_uris``: for each partner, the URI its
     shovel uses to reach that partner's broker (as ``code``'s link user).
@@ -124,7 +128,8 @@ def definitions(
     ``encounter_systems``: one broker user each (``<code>.encounters.<system>``).
     ``limits``: queue bounds and per-user connection and channel limits. ``linked``: the
     partners ``code`` has an agreement with (``Registry.linked``; default: all): only
-    they get a link user, a link queue and a shovel."""
+    they get a link user, a link queue and a shovel. ``staff``: ``code``'s people and
+    their duties (``Staff.of``): one user each, ``<code>.operators.<person>``."""
     limits = limits or Limits()
     partners = sorted(linked) if linked is not None else [c for c in codes if c != code]
     codes = sorted({code, *partners})
@@ -171,11 +176,18 @@ def definitions(
     topic(workers, outbox, _keys(partners, partner_kinds) if partners else NOTHING)
     topic(workers, inbox, f"({own_keys})|({hop_keys})")
     topic(workers, results, ".*")
-    operators = broker_user(code, Role.operators)
-    # and the results exchange: `biox encounters redeliver` sends held results on
-    user(operators, NOTHING, _either(inbox, results), mine, tags="monitoring")
-    topic(operators, inbox, f"({own_keys})|({replay_keys})")
-    topic(operators, results, ".*")
+    for person, duties in sorted((staff or {}).items()):
+        # one user per person, allowed what their duties send (trust/staff.py)
+        name = operator_user(code, person)
+        kinds = set(EVERYONE_SENDS).union(*(SENDS[d] for d in duties))
+        if duties & READS_QUEUES:
+            # replays, imports, and held results sent on (`biox encounters redeliver`)
+            user(name, NOTHING, _either(inbox, results), mine, tags="monitoring")
+            topic(name, inbox, f"({_keys([code], kinds)})|({replay_keys})")
+            topic(name, results, ".*")
+        else:
+            user(name, NOTHING, _either(inbox), NOTHING)
+            topic(name, inbox, _keys([code], kinds))
     for system in encounter_systems:
         # one identity per system: it submits on the submissions exchange only (so it can
         # name no other exchange as a dead-letter target) and declares, reads and binds

@@ -13,6 +13,7 @@ from biox.dev.broker import LocalBroker
 
 if TYPE_CHECKING:
     from biox.dev.pki import DevPKI
+    from biox.trust.staff import Staff
 
 app = typer.Typer(
     help="A local RabbitMQ for development and tests (never a deployment's broker).",
@@ -90,7 +91,11 @@ def broker_sovereign(
     try:
         for code in codes:
             console.print(f"[bold]{code}[/]: {brokers.url(code)}")
-            who = [(r.value, brokers.env(code, r)) for r in (Role.workers, Role.operators)]
+            who = [(Role.workers.value, brokers.env(code, Role.workers))]
+            who += [
+                (f"operators.{person}", brokers.env(code, Role.operators, person=person))
+                for person in sorted(brokers.staff.of(code))
+            ]
             who += [
                 (f"encounters.{system}", brokers.env(code, Role.encounters, system))
                 for system in brokers.systems(code)
@@ -121,7 +126,8 @@ def broker_definitions(
     ),
 ) -> None:
     """Print the RabbitMQ definitions of one participant's own broker (JSON), generated
-    from the registry and the route table, for `load_definitions` (docs/security.md)."""
+    from the registry, the staff file (a user per person) and the route table, for
+    `load_definitions` (docs/security.md)."""
     import json
 
     from biox.broker.definitions import definitions, shovel_uri
@@ -156,8 +162,20 @@ def broker_definitions(
         dead_letter_days=s.dead_letter_retention_days,
         encounter_systems=me.encounter_systems if me else (),
         linked=registry.linked(code),
+        staff=_staff().of(code),
     )
     print(json.dumps(defs, indent=2))
+
+
+def _staff() -> Staff:
+    """The staff file, or one line naming the setting."""
+    from biox.trust.staff import Staff, StaffError
+
+    try:
+        return Staff.load(settings().staff)
+    except StaffError as e:
+        console.print(f"[red]{e}[/]")
+        raise typer.Exit(2) from None
 
 
 pki = typer.Typer(
@@ -187,7 +205,9 @@ def pki_init(directory: Path = _DIR) -> None:
 
     registry = Registry.load(settings().registry)
     systems = {c: registry.participants[c].encounter_systems for c in registry.codes}
-    p = _pki(directory).ensure(registry.codes, systems)
+    staff = _staff()
+    people = {c: sorted(staff.of(c)) for c in registry.codes}
+    p = _pki(directory).ensure(registry.codes, systems, people)
     for code in registry.codes:
         console.print(f"[bold]{code}[/]: CA {p.ca(code)}  CRL {p.crl(code)}")
         for user in sorted((p.home(code) / "clients").glob("*.pem")):

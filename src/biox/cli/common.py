@@ -6,18 +6,21 @@ from __future__ import annotations
 import sys
 from contextvars import ContextVar
 from enum import StrEnum
-from typing import Any
+from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
 from sqlmodel import Session
 
 from biox.agreement import subjects
+from biox.broker.deadletters import operator as default_operator
 from biox.broker.publisher import publish_once
 from biox.database import session_for
 from biox.registry import Registry
+from biox.render import text
 from biox.routes import ROUTES
 from biox.settings import Settings
+from biox.trust.staff import Staff, StaffError, person_of
 
 # piped output (CI logs, `| tee`) gets room for the tables instead of 80 columns
 console = Console() if sys.stdout.isatty() else Console(width=140)
@@ -78,6 +81,49 @@ def age(seconds: float) -> str:
     if seconds < 7200:
         return f"{seconds / 60:.0f}m"
     return f"{seconds / 3600:.1f}h"
+
+
+def acting(participant: Any, command: str, given: str | None = None) -> str:
+    """The person running ``command`` for ``participant``, refused unless one of their
+    duties covers it (``trust.staff``; docs/security.md, "People and roles").
+
+    On a TLS broker the person is the certificate's (``<code>.operators.<person>``), the
+    same identity the broker validates on everything the command publishes; a name given
+    on the command line must agree with it. On the shared development broker, where
+    everyone is ``guest``, the name given (``--operator``, ``BIOX_OPERATOR``, else
+    ``user@host``) is taken as it is and duties are not enforced."""
+    s = settings()
+    tls = s.client_tls()
+    if tls is None and s.dev_shared_broker:
+        return given or s.operator or default_operator()
+    me = code(participant) if participant is not None else None
+    if tls is None:
+        person, owner = given or s.operator, me
+        if not person:
+            _refuse(f"{command}: who are you? Give --operator or BIOX_OPERATOR (BIOX_STAFF)")
+    else:
+        found = person_of(tls.user)
+        if found is None:
+            _refuse(f"{command}: the certificate BIOX_TLS_CERT is {tls.user!r}, not a person's")
+        owner, person = found
+        if me is not None and owner != me:
+            _refuse(f"{command}: the certificate is {tls.user}'s, not one of {me}'s staff")
+        if given and given != person:
+            _refuse(f"{command}: you are {person} by your certificate, not {given}")
+    assert person and owner
+    try:
+        staff = Staff.load(s.staff)
+    except StaffError as e:
+        _refuse(f"{command}: {e}")
+    why = staff.refusal(owner, person, command)
+    if why:
+        _refuse(f"{command} refused: {why}")
+    return person
+
+
+def _refuse(why: str) -> NoReturn:
+    console.print(f"[red]{text(why)}[/]")
+    raise typer.Exit(3)
 
 
 def audited_read(me: str, command: str, terms: dict[str, object], shown: int, who: str) -> None:

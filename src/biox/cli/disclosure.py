@@ -11,8 +11,7 @@ from sqlmodel import col, select
 
 from biox.agreement import disclosures
 from biox.agreement.ledgers import DisclosureRow, NoticeRow
-from biox.broker.deadletters import operator as default_operator
-from biox.cli.common import PARTICIPANT, Participant, audited_read, code, console, session
+from biox.cli.common import PARTICIPANT, Participant, acting, audited_read, code, console, session
 from biox.cli.notice import send_notice
 from biox.render import text
 from biox.wire.notices import About, NoticeSend, NoticeType
@@ -35,7 +34,8 @@ def disclosure_record(
     """Log a disclosure: partner data needs the partner's consent to this record, this
     recipient and this purpose, or, when the law compels it, a notice to the partner
     first (sent here, and waited for until our notice worker has sent it)."""
-    me, who = code(participant), operator or default_operator()
+    who = acting(participant, "disclosure record", operator)
+    me = code(participant)
     with session(participant) as s:
         source = disclosures.source_of(s, ref)
     notice = consent
@@ -77,14 +77,15 @@ def _sent(participant: Participant, notice_id: str, wait: float) -> bool:
 @app.command("list")
 def disclosure_list(
     participant: Participant = PARTICIPANT,
-    operator: str = typer.Option(None, "--operator", help="default: user@host"),
+    operator: str = typer.Option(
+        None, "--operator", help="your name as staff, where no certificate says it"
+    ),
 ) -> None:
     """Every disclosure logged, with its basis (the read is audited)."""
+    who = acting(participant, "disclosure list", operator)
     with session(participant) as s:
         rows = s.exec(select(DisclosureRow).order_by(col(DisclosureRow.at))).all()
-    audited_read(
-        code(participant), "disclosure list", {}, len(rows), operator or default_operator()
-    )
+    audited_read(code(participant), "disclosure list", {}, len(rows), who)
     table = Table(title=f"{code(participant)}: disclosures outside the exchange")
     for column in ("when", "record", "from", "to", "basis", "purpose", "notice", "by"):
         table.add_column(column)

@@ -16,11 +16,19 @@ from biox.broker.deadletters import (
     DeadLetterQueues,
     Filters,
     dlq_names,
-    operator,
     parse_age,
 )
 from biox.broker.sweeps import erased_letters
-from biox.cli.common import Kind, Participant, amqp_url, audited_read, console, session, settings
+from biox.cli.common import (
+    Kind,
+    Participant,
+    acting,
+    amqp_url,
+    audited_read,
+    console,
+    session,
+    settings,
+)
 from biox.registry import Registry
 from biox.render import text
 from biox.wire import addresses
@@ -43,6 +51,7 @@ _O = typer.Option(None, "--older-than", help="e.g. 10m, 2h")
 
 
 def _scope(
+    command: str,
     participant: Any,
     queue: str | None,
     kind: Any,
@@ -50,6 +59,7 @@ def _scope(
     older_than: str | None,
     ids: tuple[str, ...] | list[str] = (),
 ) -> tuple[DeadLetterQueues, list[str], Filters]:
+    who = acting(participant, command)
     url = amqp_url()
     codes = Registry.load(settings().registry).codes
     chosen = getattr(participant, "value", participant)
@@ -61,7 +71,8 @@ def _scope(
         older_than_s=parse_age(older_than) if older_than else None,
         ids=tuple(ids),
     )
-    return DeadLetterQueues(url, settings().client_tls()), dlq_names(codes, chosen, queue), filters
+    dlqs = DeadLetterQueues(url, settings().client_tls(), who)
+    return dlqs, dlq_names(codes, chosen, queue), filters
 
 
 def _erased(d: DeadLetter) -> bool:
@@ -81,7 +92,7 @@ def dlq_list(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Counts per queue, then one row per dead letter."""
-    dlqs, names, filters = _scope(participant, queue, kind, reason, older_than)
+    dlqs, names, filters = _scope("dlq list", participant, queue, kind, reason, older_than)
     try:
         counts = {q: n for q, n in dlqs.counts(names).items() if n}
         letters = dlqs.find(names, filters)
@@ -113,7 +124,7 @@ def dlq_show(message_id: str, participant: Participant = _P, queue: str = _Q) ->
     """Properties, headers and the body with templates and personal data redacted."""
     from biox.broker.exports import export_line, redacted_body
 
-    dlqs, names, filters = _scope(participant, queue, None, None, None, [message_id])
+    dlqs, names, filters = _scope("dlq show", participant, queue, None, None, None, [message_id])
     try:
         found = dlqs.find(names, filters)
     finally:
@@ -122,7 +133,7 @@ def dlq_show(message_id: str, participant: Participant = _P, queue: str = _Q) ->
         console.print(f"{text(message_id)}: not in any dead-letter queue")
         raise typer.Exit(1)
     for owner in sorted({addresses.owner(d.queue) for d in found}):
-        audited_read(owner, "dlq show", {"message_id": message_id}, len(found), operator())
+        audited_read(owner, "dlq show", {"message_id": message_id}, len(found), dlqs.actor)
     keep = timedelta(days=settings().dead_letter_retention_days)
     for d in found:
         record = export_line(d, (d.failed_at or datetime.now(UTC)) + keep)
@@ -149,7 +160,9 @@ def dlq_replay(
     if not (ids or all_ or kind or reason or older_than or participant or queue):
         console.print("say what to replay: IDs, --all, or filters")
         raise typer.Exit(2)
-    dlqs, names, filters = _scope(participant, queue, kind, reason, older_than, ids or ())
+    dlqs, names, filters = _scope(
+        "dlq replay", participant, queue, kind, reason, older_than, ids or ()
+    )
     moved: list[tuple[str, str, str]] = []  # (queue, id, destination)
     refused: list[tuple[str, str, str]] = []  # (queue, id, why)
     try:
@@ -195,7 +208,9 @@ def dlq_purge(
     if not (ids or kind or reason or older_than or participant or queue):
         console.print("say what to purge: IDs or filters")
         raise typer.Exit(2)
-    dlqs, names, filters = _scope(participant, queue, kind, reason, older_than, ids or ())
+    dlqs, names, filters = _scope(
+        "dlq purge", participant, queue, kind, reason, older_than, ids or ()
+    )
     gone: list[tuple[str, str]] = []
 
     def delete(_ch: object, d: DeadLetter) -> bool:
@@ -222,7 +237,7 @@ def dlq_export(
     older_than: str = _O,
 ) -> None:
     """Write dead letters to FILE, one JSON record per line (they stay in the queue)."""
-    dlqs, names, filters = _scope(participant, queue, kind, reason, older_than)
+    dlqs, names, filters = _scope("dlq export", participant, queue, kind, reason, older_than)
     try:
         # owner-only from the first byte: the bodies are sealed, the headers are not
         fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -249,7 +264,7 @@ def dlq_import(file: Path) -> None:
     """Put exported dead letters back into the dead-letter queues they came from (and
     nowhere else: a record naming any other queue stops the import). A line past its
     expiry, or carrying data its source had deleted (§22), is left out and named."""
-    dlqs, names, _ = _scope(None, None, None, None, None)
+    dlqs, names, _ = _scope("dlq import", None, None, None, None, None)
     try:
         with file.open() as lines:
             try:

@@ -9,10 +9,10 @@ from rich.table import Table
 
 from biox.broker import sweeps
 from biox.broker.deadletters import DeadLetterQueues
-from biox.broker.deadletters import operator as default_operator
 from biox.cli.common import (
     PARTICIPANT,
     Participant,
+    acting,
     amqp_url,
     audited_read,
     code,
@@ -34,11 +34,14 @@ app = typer.Typer(
 def encounters_show(
     encounter_id: str = typer.Argument(..., help="the encounter system's encounter id"),
     participant: Participant = PARTICIPANT,
-    operator: str = typer.Option(None, "--operator", help="default: user@host"),
+    operator: str = typer.Option(
+        None, "--operator", help="your name as staff, where no certificate says it"
+    ),
     as_json: bool = typer.Option(False, "--json", help="the encounter.result as JSON"),
 ) -> None:
     """The encounter's current result, as its encounter system gets it: every partner,
     asked or skipped, with its outcome; and where its results are sent."""
+    who = acting(participant, "encounters show", operator)
     me = code(participant)
     with session(participant) as s:
         views = EncounterViews(s, [encounter_id])
@@ -49,7 +52,7 @@ def encounters_show(
         "encounters show",
         {"encounter_id": encounter_id},
         int(result is not None),
-        operator or default_operator(),
+        who,
     )
     if row is None or result is None:
         console.print(f"{me} has no encounter {text(repr(encounter_id))}")
@@ -119,11 +122,14 @@ def encounters_held(participant: Participant = PARTICIPANT) -> None:
 @app.command("redeliver")
 def encounters_redeliver(
     participant: Participant = PARTICIPANT,
-    operator: str = typer.Option(None, "--operator", help="default: user@host"),
+    operator: str = typer.Option(
+        None, "--operator", help="your name as staff, where no certificate says it"
+    ),
 ) -> None:
     """Send every held result on to its reply queue, now that it exists. One whose queue
     is still missing is held again: nothing is lost either way. Each is taken from the
     held queue only once the broker confirmed it sent on."""
+    who = acting(participant, "encounters redeliver", operator)
     me = code(participant)
     with session(me) as s:  # what carries deleted data or is past retention goes first
         swept = sweeps.sweep(amqp_url(), settings().client_tls(), me, s)
@@ -134,7 +140,7 @@ def encounters_redeliver(
         )
     dlq = DeadLetterQueues(amqp_url(), settings().client_tls())
     try:
-        sent = dlq.redeliver_held(me, operator or default_operator())
+        sent = dlq.redeliver_held(me, who)
     finally:
         dlq.close()
     console.print(f"{sent} held result(s) sent on to their reply queues")

@@ -9,8 +9,16 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from sqlmodel import select
 
-from biox.broker.deadletters import operator as default_operator
-from biox.cli.common import PARTICIPANT, Participant, audited_read, code, console, session, settings
+from biox.cli.common import (
+    PARTICIPANT,
+    Participant,
+    acting,
+    audited_read,
+    code,
+    console,
+    session,
+    settings,
+)
 from biox.render import text
 
 app = typer.Typer(
@@ -77,10 +85,13 @@ def gallery_import(
 def gallery_export(
     file: Path = typer.Argument(..., dir_okay=False, help="the Parquet file to write"),
     participant: Participant = PARTICIPANT,
-    operator: str = typer.Option(None, "--operator", help="default: user@host"),
+    operator: str = typer.Option(
+        None, "--operator", help="your name as staff, where no certificate says it"
+    ),
 ) -> None:
     """Write the participant's own identities (not what partners sent) in the import
     format: what `gallery import` reads back."""
+    who = acting(participant, "gallery export", operator)
     from sqlalchemy import func
 
     from biox.gallery.transfer import export_file
@@ -96,7 +107,7 @@ def gallery_export(
             "gallery export",
             {"file": str(file.resolve())},
             total,
-            operator or default_operator(),
+            who,
         )
         with _progress() as progress:
             task = progress.add_task(f"Exporting {me}", total=total)
@@ -138,17 +149,19 @@ def gallery_stats(
 def gallery_remove(
     ref: str = typer.Argument(..., help="the identity_ref"),
     participant: Participant = PARTICIPANT,
-    operator: str = typer.Option(None, "--operator", help="default: user@host"),
+    operator: str = typer.Option(
+        None, "--operator", help="your name as staff, where no certificate says it"
+    ),
 ) -> None:
     """Take one of the participant's own identities out of its gallery: the record, its
     templates, and a tombstone every matcher applies (now, and after a restart). Data a
     partner sent is removed by that partner's deletion notice instead (§22)."""
     from biox.agreement.corrections import forget_records
-    from biox.broker.deadletters import operator as default_operator
     from biox.store import Record
 
+    who = acting(participant, "gallery remove", operator)
     me = code(participant)
-    who = operator or default_operator()
+
     with session(participant) as s:
         record = s.exec(select(Record).where(Record.identity_ref == ref)).first()
         if record is None:

@@ -11,8 +11,7 @@ from sqlmodel import col, select
 
 from biox.agreement import incidents
 from biox.agreement.ledgers import IncidentRow
-from biox.broker.deadletters import operator as default_operator
-from biox.cli.common import PARTICIPANT, Participant, code, console, session
+from biox.cli.common import PARTICIPANT, Participant, acting, code, console, session
 from biox.cli.notice import send_notice
 from biox.render import text
 from biox.wire.fields import as_utc
@@ -31,9 +30,10 @@ def incident_open(
     operator: str = typer.Option(None, "--operator"),
 ) -> None:
     """Record an incident; the 48 hours run from when we became aware (§17)."""
+    who = acting(participant, "incident open", operator)
     at = as_utc(aware_at) if aware_at else utcnow()
     with session(participant) as s:
-        row = incidents.open_incident(s, summary, partner, at, operator or default_operator())
+        row = incidents.open_incident(s, summary, partner, at, who)
         s.commit()
         console.print(
             text(
@@ -50,6 +50,7 @@ def incident_notify(
     operator: str = typer.Option(None, "--operator"),
 ) -> None:
     """Send the incident notice to every affected partner not yet told."""
+    who = acting(participant, "incident notify", operator)
     me = code(participant)
     with session(participant) as s:
         row = s.get(IncidentRow, incident)
@@ -57,7 +58,6 @@ def incident_notify(
             console.print(f"[red]no incident {text(incident)}[/]")
             raise typer.Exit(1)
         for partner in incidents.waiting(row):
-            who = operator or default_operator()
             ask = NoticeSend(type=NoticeType.incident, to=partner, actor=who, text=row.summary)
             incidents.notified(row, partner, send_notice(me, ask))
             s.add(row)

@@ -12,11 +12,11 @@ from sqlmodel import col, select
 
 from biox.agreement.ledgers import NoticeRow
 from biox.agreement.quality import late_notices
-from biox.broker.deadletters import operator as default_operator
 from biox.broker.publisher import publish_once
 from biox.cli.common import (
     PARTICIPANT,
     Participant,
+    acting,
     amqp_url,
     audited_read,
     code,
@@ -75,15 +75,18 @@ def notice_send(
     disclose_purpose: str = typer.Option(
         None, "--disclose-purpose", help="consent_request: what it may use them for"
     ),
-    operator: str = typer.Option(None, "--operator", help="default: user@host"),
+    operator: str = typer.Option(
+        None, "--operator", help="your name as staff, where no certificate says it"
+    ),
 ) -> None:
     """Send a notice; the partner's notice worker applies it and acknowledges."""
+    who = acting(participant, "notice send", operator)
     me = code(participant)
     try:
         ask = NoticeSend(
             type=type,
             to=to,
-            actor=operator or default_operator(),
+            actor=who,
             text=note,
             about=About(query_ids=query, message_ids=message, identity_refs=ref),
             corrections=pairs(correct, "--correct"),
@@ -104,10 +107,13 @@ def notice_send(
 def notice_list(
     participant: Participant = PARTICIPANT,
     as_json: bool = typer.Option(False, "--json"),
-    operator: str = typer.Option(None, "--operator", help="default: user@host"),
+    operator: str = typer.Option(
+        None, "--operator", help="your name as staff, where no certificate says it"
+    ),
 ) -> None:
     """Every notice sent and received, with its deadline and what came of it (corrected
     values and consent details among it: the read is audited)."""
+    who = acting(participant, "notice list", operator)
     with session(participant) as s:
         rows = s.exec(select(NoticeRow).order_by(col(NoticeRow.sent_at))).all()
     audited_read(
@@ -115,7 +121,7 @@ def notice_list(
         "notice list",
         {"json": as_json},
         len(rows),
-        operator or default_operator(),
+        who,
     )
     if as_json:
         print(json.dumps([r.model_dump(mode="json") for r in rows], indent=2))

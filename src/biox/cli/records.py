@@ -6,8 +6,7 @@ import typer
 
 from biox.agreement import corrections, disclosures, subjects
 from biox.agreement.provenance import holdings
-from biox.broker.deadletters import operator as default_operator
-from biox.cli.common import PARTICIPANT, Participant, audited_read, code, console, session
+from biox.cli.common import PARTICIPANT, Participant, acting, audited_read, code, console, session
 from biox.cli.notice import send_notice
 from biox.render import section_table, text
 from biox.wire.notices import About, NoticeSend, NoticeType
@@ -19,12 +18,15 @@ app = typer.Typer(help="Data kept from other participants (§20-21).", no_args_i
 def records_show(
     ref: str = typer.Argument(..., help="identity ref, query id or encounter id"),
     participant: Participant = PARTICIPANT,
-    operator: str = typer.Option(None, "--operator", help="default: user@host"),
+    operator: str = typer.Option(
+        None, "--operator", help="your name as staff, where no certificate says it"
+    ),
 ) -> None:
     """Everything kept under REF, each piece with where it came from (§20)."""
+    who = acting(participant, "records show", operator)
     with session(participant) as s:
         found = holdings(s, code(participant), ref)
-    who = operator or default_operator()
+
     audited_read(code(participant), "records show", {"ref": ref}, len(found), who)
     if not found:
         console.print(f"{code(participant)} keeps nothing under {text(repr(ref))}")
@@ -39,12 +41,15 @@ def records_block(
     participant: Participant = PARTICIPANT,
     why: str = typer.Option(..., "--text", help="why it is believed inaccurate"),
     unblock: bool = typer.Option(False, "--unblock", help="lift our own block"),
-    operator: str = typer.Option(None, "--operator", help="default: user@host"),
+    operator: str = typer.Option(
+        None, "--operator", help="your name as staff, where no certificate says it"
+    ),
 ) -> None:
     """§24: data a partner sent that we believe inaccurate is blocked here at once (not
     matched, not released, shown as blocked), with a notation, and the partner is asked
     to correct it (a correction_request naming it). --unblock lifts our block."""
-    me, who = code(participant), operator or default_operator()
+    who = acting(participant, "records block", operator)
+    me = code(participant)
     with session(participant) as s:
         source = disclosures.source_of(s, ref)
         if source is None:

@@ -16,6 +16,7 @@ from biox.agreement.report_page import render
 from biox.cli.common import PARTICIPANT, Participant, code, console, session, settings
 from biox.render import annual_table, text
 from biox.trust.sealing import Trust, load_ring, trust_path
+from biox.trust.staff import Staff, StaffError
 from biox.wire.fields import as_utc
 from biox.wire.messages import utcnow
 
@@ -102,10 +103,19 @@ def reconcile(
 def qa(participant: Participant = PARTICIPANT) -> None:
     """The §28 checks the agreement enables (BIOX_AGREEMENT); exits 1 on any finding,
     naming each."""
-    me = code(participant)
+    me, config = code(participant), settings()
     checks = _measures().checks
+    staff = None  # on the shared development broker everyone is guest: nothing to hold
+    if not config.dev_shared_broker:
+        try:
+            staff = Staff.load(config.staff)
+        except StaffError as e:
+            console.print(f"[red]{text(str(e))}[/]")
+            raise typer.Exit(2) from None
     with session(participant) as s:
-        found = qa_checks.run(s, me, utcnow(), checks.review_overdue_hours * 3600, checks.enabled)
+        found = qa_checks.run(
+            s, me, utcnow(), checks.review_overdue_hours * 3600, checks.enabled, staff
+        )
     for f in found:
         console.print(text(f"[{f.check}] {f.detail}"))
     console.print(text(f"{me}: {len(found)} finding(s)" if found else f"{me}: no findings"))

@@ -7,9 +7,17 @@ import typer
 from rich.table import Table
 
 from biox.broker import sweeps
-from biox.broker.deadletters import operator as default_operator
 from biox.broker.publisher import publish_once
-from biox.cli.common import PARTICIPANT, Participant, amqp_url, code, console, session, settings
+from biox.cli.common import (
+    PARTICIPANT,
+    Participant,
+    acting,
+    amqp_url,
+    code,
+    console,
+    session,
+    settings,
+)
 from biox.handlers.notice import purge_all, purge_event
 from biox.policy.release import Policies
 from biox.wire.messages import utcnow
@@ -21,10 +29,13 @@ app = typer.Typer(help="Retention (§21): purge what is past its date.", no_args
 def retention_purge(
     participant: Participant = PARTICIPANT,
     dry_run: bool = typer.Option(False, "--dry-run", help="count, remove nothing"),
-    operator: str = typer.Option(None, "--operator", help="default: user@host"),
+    operator: str = typer.Option(
+        None, "--operator", help="your name as staff, where no certificate says it"
+    ),
 ) -> None:
     """Remove every row past its retention date, from every table and every matcher's
     index; the audit trail records the counts (not with --dry-run)."""
+    who = acting(participant, "retention purge", operator)
     me = code(participant)
     with session(participant) as s:
         policy = Policies.load(settings().policy).of(me)
@@ -46,7 +57,7 @@ def retention_purge(
     counts.update(swept)
     if not counts:
         return
-    who = operator or default_operator()
+
     publish_once(
         amqp_url(),
         [purge_event(me, counts, who)],

@@ -8,9 +8,17 @@ import typer
 from rich.table import Table
 from sqlmodel import col, select
 
-from biox.broker.deadletters import operator as default_operator
 from biox.broker.publisher import publish_once
-from biox.cli.common import PARTICIPANT, Participant, amqp_url, code, console, session, settings
+from biox.cli.common import (
+    PARTICIPANT,
+    Participant,
+    acting,
+    amqp_url,
+    code,
+    console,
+    session,
+    settings,
+)
 from biox.render import text
 from biox.store import RetrievalRow, Transaction
 from biox.wire import codec
@@ -26,10 +34,13 @@ def retrieval_request(
     elements: str = typer.Option(
         "biographic,encounters", help="comma-separated: reference,biographic,encounters,derogatory"
     ),
-    operator: str = typer.Option(None, "--operator", help="default: user@host"),
+    operator: str = typer.Option(
+        None, "--operator", help="your name as staff, where no certificate says it"
+    ),
     justification: str = typer.Option(None, "--justification"),
 ) -> None:
     """Ask the requester of a query this participant matched for more data (§10)."""
+    who = acting(participant, "retrieval request", operator)
     url = amqp_url()
     me = code(participant)
     try:
@@ -50,7 +61,7 @@ def retrieval_request(
             + "[/]"
         )
         raise typer.Exit(1)
-    who = operator or default_operator()
+
     ask = RetrievalAsk(query_id=query, elements=wanted, asked_by=who, justification=justification)
     out = codec.to_own_inbox(
         ask, participant=me, message_id=str(uuid.uuid4()), correlation_id=query

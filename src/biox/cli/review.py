@@ -11,6 +11,7 @@ from biox.broker.publisher import publish_once
 from biox.cli.common import (
     PARTICIPANT,
     Participant,
+    acting,
     age,
     amqp_url,
     audited_read,
@@ -92,7 +93,9 @@ def review_overdue(participant: Participant = PARTICIPANT) -> None:
 @app.command("next")
 def review_next(
     participant: Participant = PARTICIPANT,
-    examiner: str = typer.Option(..., "--examiner", help="your examiner id"),
+    examiner: str = typer.Option(
+        None, "--examiner", help="your name as staff, where no certificate says it"
+    ),
     verdict: ReviewVerdict = typer.Option(
         None, "--decide", help="match | no_match; without it you are asked"
     ),
@@ -100,6 +103,7 @@ def review_next(
     note: str = typer.Option(None, "--note"),
 ) -> None:
     """Take the oldest open case, show it beside its candidates, and send the decision."""
+    examiner = acting(participant, "review next", examiner)
     url = amqp_url()
     lease = settings().review_lease_s
     with session(participant) as s:

@@ -9,8 +9,7 @@ from rich.table import Table
 from sqlmodel import select
 
 from biox.agreement import corrections, subjects
-from biox.broker.deadletters import operator as default_operator
-from biox.cli.common import PARTICIPANT, Participant, audited_read, code, console, session
+from biox.cli.common import PARTICIPANT, Participant, acting, audited_read, code, console, session
 from biox.cli.notice import pairs, send_notice
 from biox.render import text
 from biox.store import Record
@@ -28,10 +27,13 @@ def subject_search(
     dob: str = typer.Option(None, "--dob", help="date of birth, or its start (1990-05)"),
     document: str = typer.Option(None, "--document", help="document number, exactly"),
     ref: str = typer.Option(None, "--ref", help="identity ref, query, encounter or case id"),
-    operator: str = typer.Option(None, "--operator", help="default: user@host"),
+    operator: str = typer.Option(
+        None, "--operator", help="your name as staff, where no certificate says it"
+    ),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Everything kept about a person, each row with where it came from (§20, §25)."""
+    who = acting(participant, "subject search", operator)
     terms = subjects.Terms(name, dob, document, ref)
     if terms.empty():
         console.print("[red]give at least one of --name, --dob, --document, --ref[/]")
@@ -39,7 +41,7 @@ def subject_search(
     me = code(participant)
     with session(participant) as s:
         found = subjects.search(s, terms)
-    audited_read(me, "subject search", terms.__dict__, len(found), operator or default_operator())
+    audited_read(me, "subject search", terms.__dict__, len(found), who)
     if as_json:
         print(json.dumps([f.__dict__ for f in found], default=str, indent=2))
         return
@@ -68,8 +70,9 @@ def subject_note(
     operator: str = typer.Option(None, "--operator"),
 ) -> None:
     """Add a notation to a kept row: that its subject asked, and what was done (§25)."""
+    who = acting(participant, "subject note", operator)
     with session(participant) as s:
-        subjects.note(s, table, key, note, operator or default_operator())
+        subjects.note(s, table, key, note, who)
         s.commit()
     console.print(text(f"noted on {table} {key}"))
 
@@ -84,7 +87,8 @@ def subject_correct(
 ) -> None:
     """A subject's correction request: our own data is corrected at once; data a partner
     sent goes to that partner as a correction request, and the record carries a notation."""
-    me, who = code(participant), operator or default_operator()
+    who = acting(participant, "subject correct", operator)
+    me = code(participant)
     changes = pairs(field, "--set")
     with session(participant) as s:
         record = s.exec(select(Record).where(Record.identity_ref == ref)).first()

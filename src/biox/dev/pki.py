@@ -18,7 +18,8 @@ Layout under ``<dir>/<code>/``::
     ca.pem, ca.key             the participant's CA (the key is owner-only)
     crl.pem, crls/<hash>.r0    what it has revoked
     broker.pem|.key            its broker's server certificate
-    clients/<user>.pem|.key    its own users: <code>.workers, .operators, .encounters.<s>
+    clients/<user>.pem|.key    its own users: <code>.workers, .encounters.<system>, and
+                               .operators.<person> for each of its staff
     links/<partner>.key|.csr   its link identity on <partner>'s broker: key and request
     links/<partner>.pem        ... and the certificate <partner>'s CA issued for it
     partners/<partner>.pem     <partner>'s CA certificate, pinned
@@ -40,6 +41,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from biox.trust.identity import Role, broker_user, encounter_user, parse_user
+from biox.trust.staff import operator_user
 from biox.trust.tls import ClientTLS
 
 #: a participant's own users' certificates; a link certificate lives shorter, so that a
@@ -90,10 +92,17 @@ class DevPKI:
 
     # --- the development layout: every side at once ----------------------------------------
 
-    def ensure(self, codes: list[str], systems: dict[str, list[str]] | None = None) -> DevPKI:
-        """Each participant's CA, broker and own users; each pair's link certificates,
-        requested by one side and signed by the other. Existing files are kept."""
-        systems = systems or {}
+    def ensure(
+        self,
+        codes: list[str],
+        systems: dict[str, list[str]] | None = None,
+        people: dict[str, list[str]] | None = None,
+    ) -> DevPKI:
+        """Each participant's CA, broker and own users (its workers, each encounter system
+        of ``systems``, each person of ``people``: a certificate per person); each pair's
+        link certificates, requested by one side and signed by the other. Existing files
+        are kept."""
+        systems, people = systems or {}, people or {}
         self.dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.dir, 0o700)
         for code in codes:
@@ -101,8 +110,9 @@ class DevPKI:
             cert, key = self.broker(code)
             if not cert.exists():
                 self._issue(code, f"{code}-broker", cert, key, server=True)
-            users = [broker_user(code, r) for r in (Role.workers, Role.operators)]
+            users = [broker_user(code, Role.workers)]
             users += [encounter_user(code, s) for s in systems.get(code, [])]
+            users += [operator_user(code, p) for p in people.get(code, [])]
             for user in users:
                 creds = self.client(user)
                 if not creds.cert.exists():

@@ -22,6 +22,7 @@ from biox.dev.pki import DevPKI
 from biox.registry import Registry
 from biox.settings import Settings
 from biox.trust.identity import Role, broker_user, encounter_user
+from biox.trust.staff import Staff, operator_user
 from biox.trust.tls import ClientTLS
 
 
@@ -36,6 +37,7 @@ class SovereignBrokers:
         self.directory = self.directory or Path(tempfile.mkdtemp(prefix="biox-sovereign-"))
         self.pki = DevPKI(self.directory / "pki")
         self.registry = Registry.load(self.settings.registry)
+        self.staff = Staff.load(self.settings.staff)
 
     def systems(self, code: str) -> list[str]:
         """The encounter systems ``code`` registered: one broker user each."""
@@ -44,7 +46,11 @@ class SovereignBrokers:
 
     def start(self) -> SovereignBrokers:
         assert self.directory is not None
-        self.pki.ensure(self.codes, {c: self.systems(c) for c in self.codes})
+        self.pki.ensure(
+            self.codes,
+            {c: self.systems(c) for c in self.codes},
+            {c: sorted(self.staff.of(c)) for c in self.codes},
+        )
         ports = {code: free_port() for code in self.codes}
         for code in self.codes:
             # the node runs as the rabbitmq user, which must reach its directory: a fresh
@@ -71,7 +77,7 @@ class SovereignBrokers:
                 server=ClientTLS(self.pki.ca(code), cert, key),
                 crls=self.pki.crl_dir(code),
                 shovel_files=files,
-                probe=self.credentials(code, Role.operators),
+                probe=self.credentials(code, Role.workers),
                 definitions=definitions(
                     code,
                     self.codes,
@@ -81,6 +87,7 @@ class SovereignBrokers:
                     dead_letter_days=self.settings.dead_letter_retention_days,
                     encounter_systems=self.systems(code),
                     linked=[c for c in self.registry.linked(code) if c in self.codes],
+                    staff=self.staff.of(code),
                 ),
                 max_message_bytes=self.settings.max_message_bytes,
             )
@@ -100,17 +107,27 @@ class SovereignBrokers:
     def url(self, code: str) -> str:
         return self.brokers[code].url
 
-    def credentials(self, code: str, role: Role, system: str = "sim") -> ClientTLS:
-        """A certificate of ``code``'s own (an encounter system's: ``system``'s)."""
+    def credentials(
+        self, code: str, role: Role, system: str = "sim", person: str | None = None
+    ) -> ClientTLS:
+        """A certificate of ``code``'s own (an encounter system's: ``system``'s; one of its
+        staff's: ``person``'s)."""
         if role is Role.encounters:
             return self.pki.client(encounter_user(code, system))
+        if role is Role.operators:
+            if person not in self.staff.of(code):
+                known = ", ".join(sorted(self.staff.of(code))) or "nobody"
+                raise ValueError(f"{person!r} is not on {code}'s staff ({known})")
+            return self.pki.client(operator_user(code, person))
         if role is Role.link:
             raise ValueError("a link identity is per partner: SovereignBrokers.pki.link")
         return self.pki.client(broker_user(code, role))
 
-    def env(self, code: str, role: Role, system: str = "sim") -> dict[str, str]:
+    def env(
+        self, code: str, role: Role, system: str = "sim", person: str | None = None
+    ) -> dict[str, str]:
         """The ``BIOX_*`` variables of a process of ``code`` in ``role`` on its own broker."""
-        tls = self.credentials(code, role, system)
+        tls = self.credentials(code, role, system, person)
         return {
             "BIOX_AMQP_URL": self.url(code),
             "BIOX_TLS_CA": str(tls.ca),

@@ -23,6 +23,7 @@ from biox.wire.codec import H_ACTOR, H_REASON, Envelope
 from biox.wire.errors import BioxError
 from biox.wire.inbound import Inbound, header_text
 from biox.wire.messages import utcnow
+from biox.wire.operations import PersonalDataRead
 
 HOPS = ("retry", "dead-letter")
 
@@ -104,9 +105,20 @@ class AuditHandler(Handler):
             provenance=self.me if outgoing else (env.sender or None),
             actor=header_text(env.headers.get(H_ACTOR)),
             reason=header_text(env.headers.get(H_REASON)) if direction in HOPS else None,
+            command=_read_command(env, inb.body) if env.kind == PersonalDataRead.KIND else None,
             prev_hash="",
             entry_hash="",
         )
 
     def reject(self, envelope: Envelope, error: BioxError) -> Effects | None:
         return None
+
+
+def _read_command(env: Envelope, body: bytes) -> str:
+    """Which command a read of personal data was (``biox qa`` holds it against the
+    reader's duties); the event carries no personal data, only the command and digests.
+    One that cannot be read is recorded as such, and qa names it."""
+    try:
+        return str(codec.decode_body(PersonalDataRead, env.schema, body).command)
+    except BioxError as e:
+        return f"unreadable: {e.reason}"

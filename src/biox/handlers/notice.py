@@ -25,6 +25,7 @@ from biox.settings import Settings
 from biox.store import CheckpointRow
 from biox.trust.checkpoints import genuine
 from biox.trust.sealing import Trust, trust_path
+from biox.trust.staff import person_of
 from biox.wire import codec
 from biox.wire.codec import Envelope
 from biox.wire.errors import BioxError, PermanentError, Reason
@@ -135,7 +136,9 @@ class NoticeHandler(Handler):
             sent_at=now,
             respond_by=respond_by,
         )
-        rows: list[object] = [_row(notice, "out", "sent", actor=ask.actor)]
+        person = person_of(inb.envelope.user_id)  # the broker's word over the message's
+        actor = person[1] if person is not None else ask.actor
+        rows: list[object] = [_row(notice, "out", "sent", actor=actor)]
         status = STATUS_OF.get(ask.type)
         if status is not None:  # our own readiness or discontinuation: we act on it too
             participants.set_status(session, self.me, status, f"notice:{notice.notice_id}")

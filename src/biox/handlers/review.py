@@ -22,6 +22,7 @@ from biox.policy.release import ParticipantPolicy
 from biox.queries.answers import Answers, Asked, Found
 from biox.registry import Purpose
 from biox.store import Record, ReviewCaseRow, Transaction
+from biox.trust.staff import person_of
 from biox.wire.codec import Envelope
 from biox.wire.errors import BioxError, PermanentError, Reason, TransientError
 from biox.wire.inbound import Inbound
@@ -80,6 +81,13 @@ class ReviewHandler(Handler):
 
     def _decide(self, inb: Inbound[ReviewDecision], session: Session) -> Result:
         decision = inb.message
+        person = person_of(inb.envelope.user_id)
+        if person is not None and person[1] != decision.examiner:
+            # the broker vouches for who sent it (docs/security.md, "People and roles")
+            return PermanentError(
+                Reason.forged_sender,
+                f"a decision by {decision.examiner!r} sent as {inb.envelope.user_id}",
+            )
         case = session.get(ReviewCaseRow, decision.case_id)
         if case is None:  # the case message may still be on its way: worth a retry
             return TransientError(Reason.unknown_case, decision.case_id)

@@ -230,7 +230,7 @@ def start_sovereign_workers(
             [addresses.queue(code, k) for k in kinds],
             workers,
             timeout=timeout,
-            tls=brokers.credentials(code, Role.operators),
+            tls=brokers.credentials(code, Role.workers),
         )
     return workers
 

@@ -153,26 +153,27 @@ def _forgeries(console: Console, brokers: SovereignBrokers, settings: Settings) 
 
 
 def _minted(brokers: SovereignBrokers, table: Table) -> bool:
-    """Whoever runs mx's CA issues itself ``us.operators``: us's broker trusts us's CA."""
-    minted = brokers.pki.mint("mx", "us.operators", trusting="us")
+    """Whoever runs mx's CA issues itself ``us.operators.ada`` (us's administrator): us's
+    broker trusts us's CA alone."""
+    minted = brokers.pki.mint("mx", "us.operators.ada", trusting="us")
     try:
         pika.BlockingConnection(parameters(brokers.url("us"), minted)).close()
     except pika.exceptions.AMQPConnectionError as exc:
         why = "unknown CA" if "UNKNOWN_CA" in repr(exc) else type(exc).__name__
         table.add_row(
-            "a us.operators certificate minted by mx's CA logs in",
+            "a us.operators.ada certificate minted by mx's CA logs in",
             "us's broker (TLS)",
             f"handshake refused: {why}",
         )
         return True
-    table.add_row("a us.operators certificate minted by mx's CA logs in", "-", "logged in!")
+    table.add_row("a us.operators.ada certificate minted by mx's CA logs in", "-", "logged in!")
     return False
 
 
 def _cc_trick(brokers: SovereignBrokers, table: Table) -> bool:
     """sv adds CC and BCC headers naming us's own-only queues to a query it may send."""
     operators = pika.BlockingConnection(
-        parameters(brokers.url("us"), brokers.credentials("us", Role.operators))
+        parameters(brokers.url("us"), brokers.credentials("us", Role.workers))
     )
     review = operators.channel()
     before = review.queue_declare("us.review", passive=True).method.message_count
@@ -205,7 +206,7 @@ def _dead_letter_reason(brokers: SovereignBrokers, queue: str, mid: str) -> str 
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         conn = pika.BlockingConnection(
-            parameters(brokers.url("us"), brokers.credentials("us", Role.operators))
+            parameters(brokers.url("us"), brokers.credentials("us", Role.workers))
         )
         try:
             ch = conn.channel()

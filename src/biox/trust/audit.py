@@ -38,7 +38,7 @@ _FIELDS = (
 )
 #: fields added after the first chains were written: hashed only when set, so an entry
 #: without them hashes as it always did and older chains still verify
-_ADDED = ("reason",)
+_ADDED = ("reason", "command")
 
 
 def entry_hash(entry: AuditEntry) -> str:

@@ -7,8 +7,8 @@ who is speaking. Broker users are named ``<participant>.<role>``:
 * ``<code>.workers``: the participant's workers (and, on one shared development broker,
   the partner traffic they publish);
 * ``<code>.link``: the participant's shovels, on each partner's broker;
-* ``<code>.operators``: its examiners and on-call staff (review decisions, retrieval
-  requests, dead-letter tools);
+* ``<code>.operators.<person>``: each of its staff (examiners, privacy officers, on-call,
+  administrators), allowed what their duties send (``trust.staff``);
 * ``<code>.encounters.<system>``: each of its encounter systems (submissions only, and
   its own reply queues).
 
@@ -42,13 +42,14 @@ def encounter_user(code: str, system: str) -> str:
 
 
 def parse_user(user_id: str | None) -> tuple[str, Role] | None:
-    """``us.workers`` -> (``us``, workers), ``us.encounters.poe`` -> (``us``, encounters);
-    None for a user outside the convention."""
+    """``us.workers`` -> (``us``, workers), ``us.encounters.poe`` -> (``us``, encounters),
+    ``us.operators.ana`` -> (``us``, operators); None for a user outside the convention."""
     if not user_id or "." not in user_id:
         return None
     code, _, role = user_id.partition(".")
     role, _, system = role.partition(".")
-    if not code or role not in Role.__members__ or (system and role != Role.encounters):
+    named = {Role.encounters.value, Role.operators.value}  # a system's, a person's
+    if not code or role not in Role.__members__ or (system and role not in named):
         return None
     return code, Role(role)
 

@@ -23,6 +23,7 @@ from biox.registry import Registry
 from biox.settings import Settings
 from biox.sim import encounters, plans
 from biox.sim.processes import (
+    commence,
     dev_env,
     start_requester_with_providers,
     start_workers,
@@ -48,7 +49,7 @@ def main() -> None:
     data = ROOT / "bench" / "results" / "chaos"
     shutil.rmtree(data, ignore_errors=True)
     broker = LocalBroker().start()
-    workers = None
+    workers = notices = None
     rng = random.Random(SEED)
     events: list[str] = []
     try:
@@ -58,6 +59,9 @@ def main() -> None:
         env_extra = {"BIOX_LOG_LEVEL": "WARNING"}
         workers = start_requester_with_providers(broker.url, settings, sizes, SEED, "us", env_extra)
         env = dev_env(broker.url, settings, registry.codes, **env_extra)
+        # §34: the shipped registry starts everyone pending; the readiness exchange first
+        notices = start_workers(registry.codes, env, data / "logs", ("notice",))
+        commence(settings, registry.codes, lambda code: (broker.url, None))
         base = plans.plan(registry, sizes, 500, SEED, requesters=["us"])
         planned = plans.repeat(base, args.encounters, "chaos")
         stop = threading.Event()
@@ -115,8 +119,9 @@ def main() -> None:
                 "broker_restarts": sum("restart" in e for e in events),
             }
     finally:
-        if workers is not None:
-            workers.stop()
+        for running in (workers, notices):
+            if running is not None:
+                running.stop()
         broker.stop()
     console.print(result)
     out = ROOT / "bench" / "results" / "chaos.json"

@@ -28,9 +28,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """The clock moved for the whole session, in process: time-machine patches the wall
+    """Every participant as after the readiness exchange (``tests/registry.py``).
+
+    The clock moved for the whole session, in process: time-machine patches the wall
     clock at the C level and leaves the monotonic clock alone, so timeouts, sleeps and lock
     waits behave (libfaketime's interposed lock waits hang Python 3.11's threads)."""
+    from tests.registry import install
+
+    install()
     days = config.getoption("--clock-ahead")
     if days:
         from datetime import UTC, datetime, timedelta

@@ -287,8 +287,11 @@ def system(exchange: Exchange) -> Iterator[encounters.EncounterSystem]:
 
 @pytest.fixture
 def cli_env(exchange: Exchange, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The CLI pointed at the exchange's broker and databases."""
+    """The CLI pointed at the exchange's broker and databases: the shared development
+    broker, where everyone is guest (duties are held on the sovereign layout,
+    test_sovereign.py)."""
     monkeypatch.setenv("BIOX_AMQP_URL", exchange.url)
+    monkeypatch.setenv("BIOX_DEV_SHARED_BROKER", "1")
     monkeypatch.setenv("BIOX_DATA_DIR", str(exchange.settings.data_dir))
     if exchange.settings.database_url:
         monkeypatch.setenv("BIOX_DATABASE_URL", exchange.settings.database_url)

@@ -18,6 +18,7 @@ from biox.wire import codec
 from biox.wire.errors import Reason
 from biox.wire.inbound import Inbound
 from biox.wire.messages import AuditCheckpoint
+from tests.registry import operating
 
 RINGS = memory_rings(["us", "mx", "sv"])
 AT = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
@@ -149,13 +150,12 @@ def test_the_audit_worker_checkpoints_for_the_registrys_partners_with_its_own_ke
 
     from biox.handlers.base import Context
     from biox.policy.release import Policies
-    from biox.registry import Registry
     from biox.settings import Settings
     from biox.trust.sealing import ensure_keys, load_ring
 
     settings = Settings(data_dir=tmp_path, keys_dir=tmp_path / "keys", audit_checkpoint_s=42)
     ensure_keys(settings.keys(), ["us", "mx", "sv"])
-    registry = Registry.load(Path("deploy/participants.toml"))
+    registry = operating()
     policy = Policies.load(Path("deploy/policy.toml")).of("us")
     h = AuditHandler.build(Context("us", registry, policy, settings))
     assert (h.me, h.partners, h.maintain_every_s) == ("us", ["mx", "sv"], 42)

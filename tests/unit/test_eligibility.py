@@ -1,16 +1,16 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 
 from biox.policy.eligibility import provider_refusal, refusal
-from biox.registry import Purpose, Registry, Status
+from biox.registry import Purpose, Status
 from biox.wire.errors import Reason
 from biox.wire.messages import Encounter, SubjectStatus
+from tests.registry import operating
 
-REGISTRY = Registry.load(Path("deploy/participants.toml"))
+REGISTRY = operating()
 HERE = {
     code: Encounter(encountered_at=datetime(2026, 11, 1, tzinfo=UTC), country=code)
     for code in ("us", "mx", "sv")

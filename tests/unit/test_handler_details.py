@@ -23,7 +23,6 @@ from biox.handlers.retrieval import RetrievalHandler
 from biox.handlers.review import ReviewHandler
 from biox.policy.release import Policies
 from biox.queries import examiners
-from biox.registry import Registry
 from biox.routes import ROUTES
 from biox.settings import Settings
 from biox.sim import synth
@@ -41,9 +40,10 @@ from biox.wire.messages import (
     ReviewDecision,
     ReviewVerdict,
 )
+from tests.registry import operating
 from tests.unit.test_review import case_row
 
-REGISTRY = Registry.load(Path("deploy/participants.toml"))
+REGISTRY = operating()
 POLICIES = Policies.load(Path("deploy/policy.toml"))
 AT = datetime(2026, 11, 20, tzinfo=UTC)
 

@@ -16,7 +16,7 @@ from biox.handlers.intake import IntakeHandler
 from biox.handlers.matcher import MatcherHandler
 from biox.handlers.response import ResponseHandler
 from biox.policy.release import Policies
-from biox.registry import Purpose, Registry
+from biox.registry import Purpose
 from biox.routes import ROUTES
 from biox.settings import Settings
 from biox.sim import galleries, synth
@@ -33,8 +33,9 @@ from biox.wire.messages import (
     ResponseStatus,
     SubjectStatus,
 )
+from tests.registry import operating
 
-REGISTRY = Registry.load(Path("deploy/participants.toml"))
+REGISTRY = operating()
 POLICIES = Policies.load(Path("deploy/policy.toml"))
 SEED = 5
 SIZE = 1500

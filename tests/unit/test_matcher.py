@@ -20,7 +20,7 @@ from biox.gallery.gallery import Hit, Probe
 from biox.handlers.base import Effects
 from biox.handlers.matcher import MatcherHandler
 from biox.policy.release import ParticipantPolicy, Policies, ReleaseRule, RetrievalRule
-from biox.registry import Purpose, Registry
+from biox.registry import Purpose
 from biox.routes import ROUTES
 from biox.settings import Settings
 from biox.store import EnrolledTemplates, Record, Transaction
@@ -28,9 +28,10 @@ from biox.wire import codec
 from biox.wire.errors import PermanentError, Reason
 from biox.wire.inbound import Inbound
 from biox.wire.messages import Element, Response, ResponseStatus, RetrievalAsk, ReviewCase
+from tests.registry import operating
 from tests.unit.test_handlers import query_from, submit
 
-REGISTRY = Registry.load(Path("deploy/participants.toml"))
+REGISTRY = operating()
 POLICIES = Policies.load(Path("deploy/policy.toml"))
 HIGH, LOW = 0.55, 0.30
 

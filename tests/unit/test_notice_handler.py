@@ -4,7 +4,6 @@ the ledger, field by field, and the acknowledgement it sends back."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 from sqlmodel import select
@@ -15,7 +14,6 @@ from biox.agreement.ledgers import NoticeRow
 from biox.database import session_for
 from biox.handlers.base import Effects
 from biox.handlers.notice import NoticeHandler
-from biox.registry import Registry
 from biox.routes import ROUTES
 from biox.settings import Settings
 from biox.trust.sealing import memory_rings
@@ -23,8 +21,9 @@ from biox.wire import codec
 from biox.wire.errors import PermanentError, Reason
 from biox.wire.inbound import Inbound
 from biox.wire.notices import About, Notice, NoticeSend, NoticeType
+from tests.registry import operating
 
-REGISTRY = Registry.load(Path("deploy/participants.toml"))
+REGISTRY = operating()
 AT = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 
 

@@ -15,11 +15,13 @@ from biox.agreement.ledgers import NoticeRow, Tombstone
 from biox.handlers.base import Context
 from biox.handlers.matcher import MatcherHandler
 from biox.queries.enrolment import enrolled_record_id
+from biox.registry import Registry
 from biox.store import ParticipantRow, ProcessedMessage, Record, Transaction
 from biox.wire import codec
 from biox.wire.errors import PermanentError, Reason
 from biox.wire.messages import EncounterResult, utcnow
 from biox.wire.notices import About, Notice, NoticeSend, NoticeType
+from tests.registry import SHIPPED
 from tests.unit.test_workflows import (
     POLICIES,
     REGISTRY,
@@ -262,6 +264,34 @@ def test_a_consent_request_waits_for_its_reply_and_the_reply_is_recorded(hub):
     mine = ledger(hub, "us", asked)
     assert mine.status == "answered" and mine.details["consent"] is False
     assert ledger(hub, "mx", asked).status == "answered"
+
+
+def test_participation_commences_once_both_sides_have_notified_their_readiness(tmp_path):
+    """§34: the shipped registry starts everyone pending. Nothing flows between us and mx
+    until each has told the other it is ready; one side's notice alone is not enough."""
+    hub = make_hub(tmp_path, registry=Registry.load(SHIPPED))
+
+    def asked() -> list[tuple[str, str | None]]:
+        out = encounter("us", person_known_to("mx", derogatory=False))
+        hub.run([out])
+        result = hub.latest(out.envelope.correlation_id)
+        if result.status.value == "refused":
+            return [("us", result.reason_code and result.reason_code.value)]
+        return [(o.partner, o.reason_code and o.reason_code.value) for o in result.outcomes]
+
+    assert asked() == [("us", "inactive_requester")]  # us itself has not commenced
+    notice(hub, "us", "mx", NoticeType.readiness, text="§34: us is ready")
+    with hub.session("mx") as s:
+        assert s.get(ParticipantRow, "us").status == "active"
+        assert s.get(ParticipantRow, "mx").status == "pending"
+    assert asked() == [("us", "inactive_provider")]  # no partner has said it is ready
+    notice(hub, "mx", "us", NoticeType.readiness, text="§34: mx is ready")
+    for side in ("us", "mx"):
+        with hub.session(side) as s:
+            assert {s.get(ParticipantRow, c).status for c in ("us", "mx")} == {"active"}
+            assert s.get(ParticipantRow, "sv").status == "pending"  # sv said nothing yet
+    mx, sv = asked()
+    assert mx == ("mx", None) and sv == ("sv", "inactive_provider")
 
 
 def test_contacts_change_on_notice(hub):

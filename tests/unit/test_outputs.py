@@ -19,7 +19,7 @@ from biox.handlers.base import Effects
 from biox.handlers.intake import IntakeHandler
 from biox.handlers.matcher import MatcherHandler
 from biox.policy.release import Policies
-from biox.registry import Purpose, Registry
+from biox.registry import Purpose
 from biox.settings import Settings
 from biox.sim import synth
 from biox.store import EncounterRow, Record, Transaction
@@ -42,9 +42,10 @@ from biox.wire.messages import (
     ReviewCase,
     SubjectStatus,
 )
+from tests.registry import operating
 from tests.unit.test_matcher import ScriptedGallery, record
 
-REGISTRY = Registry.load(Path("deploy/participants.toml"))
+REGISTRY = operating()
 POLICIES = Policies.load(Path("deploy/policy.toml"))
 AT = datetime(2026, 11, 20, 8, 30, tzinfo=UTC)
 BIO = synth.capture(5, 77, context=1)

@@ -14,13 +14,14 @@ from biox.database import session_for
 from biox.handlers.base import Effects
 from biox.handlers.intake import IntakeHandler
 from biox.policy.release import Policies
-from biox.registry import Registry, Status
+from biox.registry import Status
 from biox.store import ParticipantRow
 from biox.wire.errors import PermanentError, Reason
 from biox.wire.inbound import Inbound
+from tests.registry import operating
 from tests.unit.test_outputs import a_submission, env
 
-REGISTRY = Registry.load(Path("deploy/participants.toml"))
+REGISTRY = operating()
 POLICIES = Policies.load(Path("deploy/policy.toml"))
 
 

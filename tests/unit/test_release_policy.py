@@ -10,6 +10,7 @@ from biox.policy.release import ParticipantPolicy, Policies, ReleaseRule, releas
 from biox.registry import Purpose
 from biox.wire.errors import Reason
 from biox.wire.messages import Element
+from tests.registry import operating
 
 POLICIES = Policies.load(Path("deploy/policy.toml"))
 RECORD = {
@@ -66,9 +67,8 @@ def test_a_retrieval_gets_the_intersection_of_asked_and_allowed():
 def test_the_shipped_policy_covers_every_agreed_pair_and_purpose():
     """Every purpose a pair agreed in the registry has a release rule on the answering side
     (a gap would decline every query of that kind)."""
-    from biox.registry import Registry
 
-    registry = Registry.load(Path("deploy/participants.toml"))
+    registry = operating()
     for provider, p in registry.participants.items():
         for requester, agreement in p.agreements.items():
             for purpose in agreement.answer:

@@ -20,7 +20,6 @@ from biox.handlers.response import ResponseHandler
 from biox.handlers.retrieval import RetrievalHandler
 from biox.handlers.review import ReviewHandler
 from biox.policy.release import Policies
-from biox.registry import Registry
 from biox.routes import ROUTES
 from biox.settings import Settings
 from biox.store import EncounterRow, RetrievalRow, Transaction
@@ -41,9 +40,10 @@ from biox.wire.messages import (
     ReviewVerdict,
     Timings,
 )
+from tests.registry import operating
 from tests.unit.test_handlers import query_from, submit
 
-REGISTRY = Registry.load(Path("deploy/participants.toml"))
+REGISTRY = operating()
 POLICIES = Policies.load(Path("deploy/policy.toml"))
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 

@@ -56,8 +56,9 @@ from biox.wire.messages import (
 )
 from tests.budget import examples
 from tests.galleries import build as synthetic_galleries
+from tests.registry import operating
 
-REGISTRY = Registry.load(Path("deploy/participants.toml"))
+REGISTRY = operating()
 POLICIES = Policies.load(Path("deploy/policy.toml"))
 SEED = 7
 SIZE = 1500
@@ -94,12 +95,17 @@ class Hub:
         return [m for m in self.exchange.broker.published if m.properties.type == kind]
 
 
-def make_hub(tmp: Path, policies: Policies = POLICIES, options: Settings | None = None) -> Hub:
+def make_hub(
+    tmp: Path,
+    policies: Policies = POLICIES,
+    options: Settings | None = None,
+    registry: Registry = REGISTRY,
+) -> Hub:
     # statuses read at every batch: the exchange runs a whole workflow in well under the
     # workers' BIOX_REGISTRY_REFRESH_S (the integration tests wait for it instead)
     config = (options or Settings()).model_copy(update={"data_dir": tmp, "registry_refresh_s": 0})
     synthetic_galleries(config, ("us", "mx", "sv"), SIZE, SEED)
-    exchange = InMemoryExchange(config, registry=REGISTRY, policies=policies)
+    exchange = InMemoryExchange(config, registry=registry, policies=policies)
     exchange.declare_queue(REPLIES)
     return Hub(exchange)
 

@@ -21,6 +21,7 @@ from biox.agreement.ledgers import ParticipantEvent
 from biox.registry import Registry, Status
 from biox.store import ParticipantRow
 from biox.wire.messages import utcnow
+from biox.wire.notices import NoticeSend, NoticeType
 
 
 def sync(session: Session, registry: Registry, attempts: int = 5) -> None:
@@ -143,3 +144,22 @@ def since(session: Session, code: str, status: Status) -> datetime | None:
     """When ``code`` last took ``status`` (None: it never did)."""
     events = [e for e in history(session, code) if e.status == status.value]
     return events[-1].at if events else None
+
+
+def readiness(registry: Registry, me: str, actor: str, to: Sequence[str] = ()) -> list[NoticeSend]:
+    """§34: ``me``'s notices to its partners that it is prepared to begin operations, one
+    to each partner it has an agreement with (``to``: only these). Participation with a
+    partner commences once both sides have sent theirs."""
+    linked = registry.linked(me)
+    unknown = [c for c in to if c not in linked]
+    if unknown:
+        raise ValueError(f"{me} has no agreement with {', '.join(unknown)}")
+    return [
+        NoticeSend(
+            type=NoticeType.readiness,
+            to=partner,
+            actor=actor,
+            text=f"§34: {me} is prepared to begin operations",
+        )
+        for partner in (to or linked)
+    ]

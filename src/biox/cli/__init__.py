@@ -16,6 +16,7 @@ from biox.cli import (
     incident,
     keys,
     notice,
+    participants,
     records,
     report,
     retention,
@@ -46,6 +47,7 @@ app.add_typer(review.app, name="review")
 app.add_typer(retrieval.app, name="retrieval")
 app.add_typer(records.app, name="records")
 app.add_typer(notice.app, name="notice")
+app.add_typer(participants.app, name="participants")
 app.add_typer(retention.app, name="retention")
 app.add_typer(incident.app, name="incident")
 app.add_typer(disclosure.app, name="disclosure")

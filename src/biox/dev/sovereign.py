@@ -22,7 +22,7 @@ from biox.dev.pki import DevPKI
 from biox.registry import Registry
 from biox.settings import Settings
 from biox.trust.identity import Role, broker_user, encounter_user
-from biox.trust.staff import Staff, operator_user
+from biox.trust.staff import Duty, Staff, operator_user
 from biox.trust.tls import ClientTLS
 
 
@@ -122,6 +122,13 @@ class SovereignBrokers:
         if role is Role.link:
             raise ValueError("a link identity is per partner: SovereignBrokers.pki.link")
         return self.pki.client(broker_user(code, role))
+
+    def officer(self, code: str) -> ClientTLS:
+        """The certificate of ``code``'s first privacy officer (notices are theirs)."""
+        person = next(
+            (p for p, d in sorted(self.staff.of(code).items()) if Duty.privacy_officer in d), None
+        )
+        return self.credentials(code, Role.operators, person=person)
 
     def env(
         self, code: str, role: Role, system: str = "sim", person: str | None = None

@@ -33,6 +33,7 @@ from biox.sim import encounters, galleries, lifecycle_demo, plans, synth
 from biox.sim.examiners import ScriptedExaminers
 from biox.sim.processes import (
     broker_url,
+    commence,
     dev_env,
     free_port_runs,
     serve,
@@ -123,6 +124,13 @@ def run(
                     f"  Prometheus: {code} http://127.0.0.1:{port}/metrics (its workers' "
                     f"health), workers on ports {port + 1}-{port + kinds}"
                 )
+            with console.status("§34: each participant tells its partners it is ready..."):
+                commence(settings, codes, lambda code: (url, None), actor="privacy-officer")
+            console.print(
+                f"§34: {', '.join(codes)} started pending (deploy/participants.toml) and "
+                "notified each partner they are ready (`biox participants ready -p P`); "
+                "participation commenced for every pair with an agreement"
+            )
             planned = plans.plan(registry, sizes, per_participant, seed, poor=0.05)
             planned += showcase(registry, built, gallery_size, seed, settings)
             desk.start()

@@ -13,25 +13,30 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pika
 from rich.console import Console
 
+from biox.agreement import participants
 from biox.broker.connection import parameters, redact
+from biox.broker.publisher import publish_once
 from biox.broker.topology import declare
+from biox.database import session_for
 from biox.dev.broker import LocalBroker
 from biox.dev.sovereign import SovereignBrokers
-from biox.registry import Registry
+from biox.registry import Registry, Status
 from biox.routes import ROUTES
 from biox.settings import Settings
 from biox.sim import galleries
+from biox.store import ParticipantRow
 from biox.trust.identity import Role
 from biox.trust.sealing import ensure_keys
 from biox.trust.tls import ClientTLS
-from biox.wire import addresses
+from biox.wire import addresses, codec
 
 
 def unwind_on_sigterm() -> None:
@@ -259,3 +264,40 @@ def wait_for_consumers(
         raise RuntimeError(f"no consumer on {waiting} after {timeout:.0f}s")
     finally:
         conn.close()
+
+
+def commence(
+    settings: Settings,
+    codes: list[str],
+    connect: Callable[[str], tuple[str, ClientTLS | None]],
+    actor: str = "demo",
+    timeout: float = 60.0,
+) -> None:
+    """§34 on a development layout, over the broker: each participant tells each partner it
+    has an agreement with that it is ready (what ``biox participants ready -p P`` sends),
+    and this waits until every database holds both sides of every pair active. The notice
+    workers must run. ``connect``: a participant's broker URL and TLS credentials."""
+    registry = Registry.load(settings.registry)
+    for code in codes:
+        outs = []
+        for ask in participants.readiness(registry, code, actor):
+            if ask.to in codes:
+                mid = str(uuid.uuid4())
+                out = codec.to_own_inbox(ask, participant=code, message_id=mid, correlation_id=mid)
+                outs.append(codec.with_actor(out, actor))
+        url, tls = connect(code)
+        publish_once(url, outs, name="biox-readiness", tls=tls)
+    deadline = time.monotonic() + timeout
+    while True:
+        waiting = []
+        for code in codes:
+            with session_for(settings.database_for(code)) as s:
+                for other in [code, *registry.linked(code)]:
+                    row = s.get(ParticipantRow, other) if other in codes else None
+                    if other in codes and (row is None or row.status != Status.active.value):
+                        waiting.append(f"{other} at {code}")
+        if not waiting:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"§34 readiness not yet recorded: {', '.join(waiting)}")
+        time.sleep(0.2)

@@ -21,12 +21,16 @@ from biox.dev.sovereign import SovereignBrokers
 from biox.registry import Registry
 from biox.settings import Settings
 from biox.sim import encounters, galleries, plans
-from biox.sim.processes import Workers, start_sovereign_workers, worker_env
+from biox.sim.processes import Workers, commence, start_sovereign_workers, worker_env
 from biox.trust.identity import Role
 from biox.trust.sealing import load_ring
 from biox.wire.codec import Envelope, Outgoing
 
-ROLES = {"us": ("intake", "response", "audit"), "mx": ("query", "audit"), "sv": ("query", "audit")}
+ROLES = {
+    "us": ("intake", "response", "audit", "notice"),
+    "mx": ("query", "audit", "notice"),
+    "sv": ("query", "audit", "notice"),
+}
 
 
 def run(settings: Settings, console: Console, gallery_size: int, count: int, seed: int) -> int:
@@ -49,6 +53,8 @@ def run(settings: Settings, console: Console, gallery_size: int, count: int, see
                 galleries.build_gallery(settings, code, sizes[code], seed)
             env = worker_env(settings, codes, BIOX_LOG_LEVEL="WARNING")
             workers = start_sovereign_workers(brokers, ROLES, env, data / "logs")
+            # §34 between the sovereign brokers: each privacy officer's readiness notices
+            commence(settings, codes, lambda c: (brokers.url(c), brokers.officer(c)), "pat")
         planned = plans.plan(registry, sizes, count, seed, requesters=["us"])
         planned = [p for p in planned if p.expected_partners]
         started = time.monotonic()

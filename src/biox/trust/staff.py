@@ -57,6 +57,7 @@ NEEDS: dict[str, frozenset[Duty]] = {
     "subject correct": frozenset({_P}),
     "notice send": frozenset({_P}),
     "notice list": frozenset({_P}),
+    "participants ready": frozenset({_P}),
     "disclosure record": frozenset({_P}),
     "disclosure list": frozenset({_P}),
     "incident open": frozenset({_P, _O}),

@@ -132,6 +132,11 @@ class Transaction(SQLModel, table=True):
         sa_type=UTCDateTime, default=None, description="the answer blocked (§23)"
     )
     corrected_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    withdrawn_from: str | None = Field(
+        default=None,
+        description="the outcome an answer had before its provider had it deleted (§22): "
+        "the annual review still counts it as answered so (agreement.report)",
+    )
     answer_due: datetime | None = Field(
         sa_type=UTCDateTime,
         default=None,

@@ -341,6 +341,7 @@ def test_a_match_is_the_whole_answer_the_policy_allows(mx_db):
         "conditions": [],
         "blocked_at": None,
         "corrected_at": None,
+        "withdrawn_from": None,
         "answer_due": None,  # a requester's deadline: the provider keeps none
         "timed_out_at": None,
     }
@@ -1020,6 +1021,7 @@ def test_an_erased_answer_is_not_kept_and_an_erased_message_touches_nothing_else
     with session_for(us_db) as s:
         mx = s.get(Transaction, ("q-mx", "requester"))
         assert (mx.status, mx.answer) == ("withdrawn", None)
+        assert mx.withdrawn_from == "match"  # answered so: the review counts it (§27)
     again = receive(us_db, a_response("match", "mx", "q-mx"), mid="r-again")
     assert (again.outcome, again.rows, again.outgoing) == ("erased", [], [])
     kept = receive(us_db, a_response("no_match", "sv", "q-sv"), mid="r-new")

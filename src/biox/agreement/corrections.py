@@ -140,6 +140,7 @@ def delete_from(session: Session, source: str, about: About, cause: str) -> Done
             if tx.answer is not None:
                 done.add("answers", 1)
             tx.answer, tx.conditions, tx.top_score = None, [], None
+            tx.withdrawn_from = tx.status  # what was answered stays countable (§27)
             tx.status, tx.reason_code = "withdrawn", None
         else:
             done.add("answer_records", len(tx.answer.get("candidates", [])) - len(kept))

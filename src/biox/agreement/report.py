@@ -103,7 +103,10 @@ def build(
         )
         flow.queries += 1
         flow.outcomes[tx.status or "pending"] += 1
-        told = tx.status if mine else (tx.answer or {}).get("status") or tx.status
+        # as the requester was told: an answer its provider had deleted since (§22) was
+        # still given, so both sides count it as what it said
+        told = (tx.withdrawn_from or tx.status) if mine else (tx.answer or {}).get("status")
+        told = told or tx.status
         flow.answered_as[told or "pending"] += 1
         if tx.reason_code:
             flow.reasons[tx.reason_code] += 1
@@ -256,11 +259,8 @@ def reconcile(
                     got = (s.get("answered_as") or {}).get(outcome, 0)
                     gave = (a.get("answered_as") or {}).get(outcome, 0)
                     if got != gave:
-                        held = s.get("answered_as") or {}
-                        gone = held.get("withdrawn", 0) + held.get("blocked", 0)
-                        note = f" ({gone} withdrawn or blocked since, §22-23)" if gone else ""
                         out.append(
                             f"{asker}→{answerer} {purpose} {outcome}: {asker} holds {got}, "
-                            f"{answerer} answered {gave}{note}"
+                            f"{answerer} answered {gave}"
                         )
     return out

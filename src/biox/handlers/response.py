@@ -109,6 +109,7 @@ class ResponseHandler(Handler):
                 return Effects(outcome="erased")
             # the whole query's data was named, and this row still holds some of it
             tx.answer, tx.status, tx.reason_code, tx.top_score = None, WITHDRAWN, None, None
+            tx.withdrawn_from = r.status.value  # answered so, then deleted (§27 counts it)
             effects = Effects(rows=[tx], outcome="erased")
             revision = views.updated(self.me, tx.encounter_id, inb.envelope.message_id, "erased")
             effects.rows += revision.rows

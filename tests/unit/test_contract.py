@@ -5,7 +5,7 @@ and a refusal naming the submission it refuses."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import msgpack
 import numpy as np
@@ -360,7 +360,7 @@ def test_every_outcome_says_why_in_words_and_an_encounter_with_no_query_is_compl
         handler = ResponseHandler("us", POLICIES.of("us"))
         handler.maintain(s, utcnow())
         s.commit()
-        views = EncounterViews(s, ["E-s", "E-t"])
+        views = EncounterViews.load(s, ["E-s", "E-t"])
         only_skipped = views.result("us", views.encounters["E-s"])
         mixed = views.result("us", views.encounters["E-t"])
     assert only_skipped.status.value == "complete"
@@ -403,7 +403,9 @@ def test_intake_takes_its_deadline_from_settings_and_minimises_per_partner(tmp_p
         f"sqlite:///{tmp_path / 'us.db'}", a_submission(biographic=who, purpose="investigate")
     )
     sent = {
-        o.envelope.recipient: ROUTES.decode("query", "query/1", o.body) for o in effects.outgoing
+        o.envelope.recipient: ROUTES.decode("query", "query/1", o.body)
+        for o in effects.outgoing
+        if o.envelope.kind == "query"
     }
     assert all(isinstance(q, Query) for q in sent.values())
     assert sent["mx"].biographic.document_number == "G123"
@@ -473,3 +475,42 @@ def test_a_partner_whose_agreement_requires_fingerprints_is_skipped_without_them
     _, _, effects = submit(f"sqlite:///{tmp_path / 'us.db'}", sub)
     encounter = next(r for r in effects.rows if isinstance(r, EncounterRow))
     assert (encounter.partners, encounter.skipped) == (["sv"], {"mx": "biometrics_required"})
+
+
+@pytest.mark.parametrize(
+    ("status", "decided"),
+    [
+        ("pending_review", None),  # nothing decided yet: the examiners' answer follows
+        ("rejected", None),  # nothing was decided
+        ("match", "examiner"),
+        ("no_match", "examiner"),
+        ("declined", "examiner"),
+    ],
+)
+def test_only_a_decision_carries_who_decided_it(status, decided):
+    """Issue 21 (4): the outcome table and encounter.result.v1.json say decided_by is
+    absent on pending_review and rejected, whatever the partner's answer carried."""
+    from biox.queries.results import EncounterViews
+    from biox.store import EncounterRow, Transaction
+
+    now = datetime(2026, 11, 20, tzinfo=UTC)
+    encounter = EncounterRow(encounter_id="E-d", purpose="enforce", reply_to="us.replies.x")
+    tx = Transaction(
+        query_id="q-d",
+        role="requester",
+        encounter_id="E-d",
+        requesting="us",
+        providing="mx",
+        purpose="enforce",
+        sent_at=now,
+        status=status,
+        answer={
+            "status": status,
+            "decided_by": "examiner",
+            "timings": {"answered_at": now.isoformat()},
+        },
+    )
+    [outcome] = EncounterViews([encounter], [tx]).result("us", encounter).outcomes
+    assert outcome.status.value == status
+    assert (outcome.decided_by and outcome.decided_by.value) == decided
+    assert outcome.answered_at is not None

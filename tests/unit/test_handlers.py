@@ -75,13 +75,26 @@ def test_intake_sends_one_query_per_agreed_partner_and_records_them(db):
         handler = IntakeHandler("us", REGISTRY, POLICIES.of("us"))
         [effects] = handler.submit([Inbound(env, submit())], s)
     assert isinstance(effects, Effects)
-    assert sorted(o.routing_key for o in effects.outgoing) == ["mx.query", "sv.query"]
-    assert {o.exchange for o in effects.outgoing} == {"biox.us.out"}
+    *sent, first = effects.outgoing
+    assert sorted(o.routing_key for o in sent) == ["mx.query", "sv.query"]
+    assert {o.exchange for o in sent} == {"biox.us.out"}
     encounter, *queries = effects.rows
     assert isinstance(encounter, EncounterRow) and encounter.partners == ["mx", "sv"]
     assert {r.providing for r in queries} == {"mx", "sv"}
     assert all(r.reply_to == "replies" for r in [encounter, *queries])
-    for out in effects.outgoing:  # a redelivered submission makes the same query ids
+    # revision 1 goes with the queries: every partner pending, with when it is due (issue 21)
+    assert (first.exchange, first.routing_key) == ("biox.us.results", "replies")
+    assert first.envelope.message_id == codec.derived_id(env.message_id, "sent")
+    result = ROUTES.decode("encounter.result", "encounter.result/1", first.body)
+    assert (result.status.value, result.revision, encounter.revision) == ("pending", 1, 1)
+    assert result.submission_id == env.message_id
+    assert [(o.partner, o.status.value) for o in result.outcomes] == [
+        ("mx", "pending"),
+        ("sv", "pending"),
+    ]
+    due = {q.providing: q.answer_due for q in queries}
+    assert all(o.answer_due == due[o.partner] and o.sent_at for o in result.outcomes)
+    for out in sent:  # a redelivered submission makes the same query ids
         partner = out.routing_key.split(".")[0]
         assert out.envelope.message_id == codec.derived_id(env.message_id, "query", partner)
         assert out.envelope.correlation_id == out.envelope.message_id

@@ -138,7 +138,10 @@ def test_a_copy_we_republish_keeps_the_original_but_carries_our_user():
 
 def test_a_result_goes_to_the_reply_queue_correlated_by_encounter():
     result = EncounterResult(
-        encounter_id="E-1", requesting="us", status=EncounterResultStatus.refused
+        encounter_id="E-1",
+        requesting="us",
+        status=EncounterResultStatus.refused,
+        reason_code=Reason.no_partner,
     )
     out = codec.to_reply_queue(result, participant="us", reply_to="replies", message_id="r-1")
     assert (out.exchange, out.routing_key) == ("biox.us.results", "replies")

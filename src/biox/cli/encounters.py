@@ -44,7 +44,7 @@ def encounters_show(
     who = acting(participant, "encounters show", operator)
     me = code(participant)
     with session(participant) as s:
-        views = EncounterViews(s, [encounter_id])
+        views = EncounterViews.load(s, [encounter_id])
         row = views.encounters.get(encounter_id)
         result = views.result(me, row) if row is not None else None
     audited_read(

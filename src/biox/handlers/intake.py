@@ -13,6 +13,7 @@ from biox.handlers.base import Context, Effects, Handler, Result
 from biox.policy.eligibility import lacking, refusal
 from biox.policy.release import ParticipantPolicy
 from biox.queries.enrolment import enrolment
+from biox.queries.results import EncounterViews
 from biox.registry import Registry
 from biox.store import EncounterRow, Transaction
 from biox.trust.identity import encounter_system
@@ -144,21 +145,21 @@ class IntakeHandler(Handler):
             )
             effects.outcome += ":enrolled"
         # what we know of the subject: the store retrieval requests are answered from (§10)
-        effects.rows.append(
-            EncounterRow(
-                encounter_id=sub.encounter_id,
-                purpose=sub.purpose.value,
-                reply_to=env.reply_to,
-                partners=partners,
-                skipped=skipped,
-                person_centric_id=sub.person_centric_id,
-                biographic=sub.biographic.model_dump(mode="json", exclude_none=True),
-                encounter=sub.encounter.model_dump(mode="json", exclude_none=True),
-                submitted_at=env.timestamp or now,
-                source_message_id=env.message_id,
-                retain_until=self.policy.encounter_until(now),
-            )
+        encounter = EncounterRow(
+            encounter_id=sub.encounter_id,
+            purpose=sub.purpose.value,
+            reply_to=env.reply_to,
+            partners=partners,
+            skipped=skipped,
+            person_centric_id=sub.person_centric_id,
+            biographic=sub.biographic.model_dump(mode="json", exclude_none=True),
+            encounter=sub.encounter.model_dump(mode="json", exclude_none=True),
+            submitted_at=env.timestamp or now,
+            source_message_id=env.message_id,
+            retain_until=self.policy.encounter_until(now),
         )
+        effects.rows.append(encounter)
+        sent: list[Transaction] = []
         for partner in partners:
             query_id = codec.derived_id(env.message_id, "query", partner)
             query = Query(
@@ -187,7 +188,7 @@ class IntakeHandler(Handler):
                     correlation_id=query_id,
                 )
             )
-            effects.rows.append(
+            sent.append(
                 Transaction(
                     query_id=query_id,
                     role="requester",
@@ -204,6 +205,13 @@ class IntakeHandler(Handler):
                     retain_until=self.policy.encounter_until(now),
                 )
             )
+        effects.rows += sent
+        # revision 1 at once: every partner asked (pending, with when its answer is due)
+        # or skipped (why), so the officer at the desk is not left waiting in silence
+        views = EncounterViews([encounter], sent)
+        effects.outgoing += views.updated(
+            self.me, sub.encounter_id, env.message_id, "sent"
+        ).outgoing
         return effects
 
     def reject(self, envelope: Envelope, error: BioxError) -> Effects | None:

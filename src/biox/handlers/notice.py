@@ -218,7 +218,7 @@ class NoticeHandler(Handler):
                 rows.append(asked)
                 done.add("consent", 1)
         if done.encounters:  # the encounter system hears that an answer changed
-            views = EncounterViews(session, done.encounters)
+            views = EncounterViews.load(session, done.encounters)
             for encounter_id in sorted(done.encounters):
                 revision = views.updated(self.me, encounter_id, n.notice_id, "notice-result")
                 rows += revision.rows

@@ -54,7 +54,7 @@ class ResponseHandler(Handler):
         for tx in late:
             tx.timed_out_at = now
             session.add(tx)
-        views = EncounterViews(session, {tx.encounter_id for tx in late})
+        views = EncounterViews.load(session, {tx.encounter_id for tx in late})
         outgoing = []
         for tx in sorted(late, key=lambda t: t.query_id):
             revision = views.updated(self.me, tx.encounter_id, tx.query_id, "timed-out")
@@ -74,7 +74,7 @@ class ResponseHandler(Handler):
                     )
                 )
             )
-            views = EncounterViews(session, encounter_ids)
+            views = EncounterViews.load(session, encounter_ids)
             erased = Erased.of_messages(
                 session,
                 ((i.envelope.sender, i.message.query_id, i.envelope.message_id) for i in batch),

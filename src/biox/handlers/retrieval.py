@@ -81,7 +81,7 @@ class RetrievalHandler(Handler):
     def answer(self, batch: Sequence[Inbound[RetrievalRequest]], session: Session) -> list[Result]:
         with session.no_autoflush:
             txs = [session.get(Transaction, (i.message.query_id, "requester")) for i in batch]
-            views = EncounterViews(session, {tx.encounter_id for tx in txs if tx})
+            views = EncounterViews.load(session, {tx.encounter_id for tx in txs if tx})
             return [self._answer(inb, views, session) for inb in batch]
 
     # --- the asker ----------------------------------------------------------------------------

@@ -38,35 +38,44 @@ class Revision:
 
 
 class EncounterViews:
-    """What one batch needs to rebuild its encounters' results, loaded in three queries."""
+    """What one batch needs to rebuild its encounters' results (``load``: three queries)."""
 
-    def __init__(self, session: Session, encounter_ids: Iterable[str]) -> None:
-        ids = set(encounter_ids)
-        self.encounters: dict[str, EncounterRow] = {
-            e.encounter_id: e
-            for e in session.exec(
-                select(EncounterRow).where(col(EncounterRow.encounter_id).in_(ids))
-            )
-        }
+    def __init__(
+        self,
+        encounters: Iterable[EncounterRow],
+        queries: Iterable[Transaction] = (),
+        retrievals: Iterable[RetrievalRow] = (),
+    ) -> None:
+        self.encounters: dict[str, EncounterRow] = {e.encounter_id: e for e in encounters}
         self.queries: dict[str, list[Transaction]] = {}
         self.by_query: dict[str, Transaction] = {}
-        for tx in session.exec(
+        for tx in queries:
+            self.queries.setdefault(tx.encounter_id, []).append(tx)
+            self.by_query[tx.query_id] = tx
+        self.retrievals: dict[str, list[RetrievalRow]] = {}
+        for r in retrievals:
+            self.add_retrieval(r)
+
+    @classmethod
+    def load(cls, session: Session, encounter_ids: Iterable[str]) -> EncounterViews:
+        ids = set(encounter_ids)
+        encounters = session.exec(
+            select(EncounterRow).where(col(EncounterRow.encounter_id).in_(ids))
+        ).all()
+        queries = session.exec(
             select(Transaction).where(
                 Transaction.role == "requester",
                 col(Transaction.encounter_id).in_(ids),
             )
-        ):
-            self.queries.setdefault(tx.encounter_id, []).append(tx)
-            self.by_query[tx.query_id] = tx
-        query_ids = list(self.by_query)
-        self.retrievals: dict[str, list[RetrievalRow]] = {}
-        for r in session.exec(
+        ).all()
+        query_ids = [tx.query_id for tx in queries]
+        retrievals = session.exec(
             select(RetrievalRow).where(
                 RetrievalRow.role == "holder",
                 col(RetrievalRow.query_id).in_(query_ids),
             )
-        ):
-            self.retrievals.setdefault(r.query_id, []).append(r)
+        ).all()
+        return cls(encounters, queries, retrievals)
 
     def transaction(self, query_id: str) -> Transaction | None:
         return self.by_query.get(query_id)
@@ -168,7 +177,8 @@ class EncounterViews:
                 "candidates": a.get("candidates", []),
                 "conditions": a.get("conditions", []),
                 "withheld": a.get("withheld", []),
-                "decided_by": a.get("decided_by"),
+                # only a decision has a decider: not a pending_review, nor a rejection
+                "decided_by": a.get("decided_by") if a["status"] in _DECIDED else None,
                 "reason_code": a.get("reason_code"),
                 "reason": a.get("reason"),
                 "sent_at": tx.sent_at,
@@ -180,6 +190,9 @@ class EncounterViews:
 
 
 _OPEN = (OutcomeStatus.pending, OutcomeStatus.pending_review)
+_DECIDED = frozenset(
+    s.value for s in (ResponseStatus.match, ResponseStatus.no_match, ResponseStatus.declined)
+)
 
 
 #: an answer its provider had deleted (§22): final too, so no later copy is stored again

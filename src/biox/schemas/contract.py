@@ -52,12 +52,15 @@ def documents(routes: RouteTable = ROUTES) -> dict[str, str]:
             {
                 "$comment": (
                     "Closed list of reason codes. appears_in: 'rejected' and 'declined' "
-                    "responses (response/1 status), retrieval responses (retrieval.response/1, "
-                    "same meaning), 'refused' encounter results (encounter.result/1), or only "
-                    "the biox-reason header of a dead letter when the sender could not be "
-                    "identified. rejected = the message could not be processed; declined = "
-                    "the provider decided not to answer or release (§9); refused = intake "
-                    "sent no query (§2-4)."
+                    "responses (response/1 status, and the outcome of that status in an "
+                    "encounter result), retrieval responses (retrieval.response/1, same "
+                    "meaning), 'refused' encounter results (encounter.result/1 status), "
+                    "'skipped' and 'timed_out' outcomes of an encounter result, or only the "
+                    "biox-reason header of a dead letter ('dead-letter'), also when the "
+                    "sender could not be identified. rejected = the message could not be "
+                    "processed; declined = the provider decided not to answer or release "
+                    "(§9); refused = intake sent no query (§2-4); skipped = intake did not "
+                    "ask that partner; timed_out = no answer by answer_due."
                 ),
                 "codes": {
                     r.value: {"text": text, "appears_in": list(REASON_USE.get(r, ()))}

@@ -347,7 +347,7 @@ class PartnerOutcome(Model):
     decided_by: DecidedBy | None = Field(
         default=None,
         description="who reached a match, no_match or declined answer (§8); absent while "
-        "nothing was decided (pending, skipped, timed_out) and on rejected",
+        "nothing was decided (pending, pending_review, skipped, timed_out) and on rejected",
     )
     reason_code: Reason | None = None
     reason: Text | None = None
@@ -355,7 +355,11 @@ class PartnerOutcome(Model):
     answer_due: Timestamp | None = Field(
         default=None, description="when the outcome becomes timed_out without an answer"
     )
-    answered_at: Timestamp | None = None
+    answered_at: Timestamp | None = Field(
+        default=None,
+        description="when the partner sent this answer (a pending_review too: the final "
+        "answer brings its own); absent while pending, skipped or timed_out",
+    )
     corrected_at: Timestamp | None = Field(
         default=None, description="the provider corrected its answer (§23-24)"
     )

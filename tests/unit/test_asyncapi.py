@@ -91,3 +91,18 @@ def test_each_kind_is_sent_where_the_topology_routes_it_and_received_by_its_queu
         assert signed is partner  # partner kinds travel signed and sealed
     assert doc["channels"]["results"]["bindings"]["amqp"]["exchange"]["type"] == "topic"
     assert doc["channels"]["inbox"]["bindings"]["amqp"]["exchange"]["type"] == "topic"
+
+
+def test_a_result_goes_by_the_submissions_reply_to_and_correlates_by_a_property():
+    """Issue 21 (7): the routing key of a result is the reply queue's name, and
+    correlation_id and reply_to are AMQP properties, not headers."""
+    doc = load()
+    [key] = doc["operations"]["sendEncounterResult"]["bindings"]["amqp"]["cc"]
+    assert "reply_to" in key and "replies" in key
+    message = doc["components"]["messages"]["encounterResult"]
+    assert (
+        "a property, not an entry of the headers table" in message["correlationId"]["description"]
+    )
+    assert "correlation_id" not in json.dumps(message["headers"])
+    note = json.loads((SCHEMAS / "encounter.submit.v1.json").read_text())["$comment"]
+    assert "reply_to (on encounter.submit" in note

@@ -115,6 +115,14 @@ def test_intake_refuses_citizens_with_a_reply(db):
     assert isinstance(result, EncounterResult)
     assert result.status.value == "refused" and result.reason_code is Reason.excluded_citizen
     assert answer.outgoing[0].routing_key == "replies"
+    # every other participant is listed, skipped with its own reason (issue 21 (4))
+    assert [(o.partner, o.status.value, o.reason_code) for o in result.outcomes] == [
+        ("mx", "skipped", Reason.excluded_citizen),
+        ("sv", "skipped", Reason.excluded_citizen),
+    ]
+    other = handler.reject(env, PermanentError(Reason.no_biometrics))
+    refused = ROUTES.decode("encounter.result", "encounter.result/1", other.outgoing[0].body)
+    assert refused.outcomes == []  # refused before any partner was considered
 
 
 def test_intake_without_reply_to_cannot_answer_and_dead_letters():

@@ -19,12 +19,14 @@ from biox.store import EncounterRow, Transaction
 from biox.trust.identity import encounter_system
 from biox.wire import addresses, codec
 from biox.wire.codec import Envelope
-from biox.wire.errors import REASON_TEXT, BioxError, PermanentError, Reason
+from biox.wire.errors import REASON_TEXT, BioxError, NoPartner, PermanentError, Reason
 from biox.wire.inbound import Inbound
 from biox.wire.messages import (
     EncounterResult,
     EncounterResultStatus,
     EncounterSubmit,
+    OutcomeStatus,
+    PartnerOutcome,
     Query,
     References,
     utcnow,
@@ -104,9 +106,6 @@ class IntakeHandler(Handler):
             templates.check(sub.biometrics)
         except PermanentError as bad:
             return bad
-        agreed = registry.partners_for(self.me, sub.purpose)
-        if not agreed:
-            return PermanentError(Reason.no_partner, f"purpose {sub.purpose.value}")
         # every other participant: asked, or skipped with its reason (shown in outcomes)
         refusals = {
             p: refusal(registry, self.me, p, sub.purpose, sub.subject_status, sub.encounter)
@@ -119,11 +118,14 @@ class IntakeHandler(Handler):
             if p != self.me
         }
         partners = [p for p, why in refusals.items() if why is None]
+        skipped = {p: why for p, why in refusals.items() if why is not None}
+        agreed = registry.partners_for(self.me, sub.purpose)
+        if not agreed:
+            return NoPartner(Reason.no_partner, f"purpose {sub.purpose.value}", skipped)
         if not partners:
             first = next(why for p in agreed if (why := refusals[p]) is not None)
             asked = {p: refusals[p] for p in agreed}
-            return PermanentError(first, f"no partner may be queried ({_summary(asked)})")
-        skipped = {p: why.value for p, why in refusals.items() if why is not None}
+            return NoPartner(first, f"no partner may be queried ({_summary(asked)})", skipped)
 
         now = utcnow()
         effects = Effects(outcome=f"queried:{len(partners)}")
@@ -150,7 +152,7 @@ class IntakeHandler(Handler):
             purpose=sub.purpose.value,
             reply_to=env.reply_to,
             partners=partners,
-            skipped=skipped,
+            skipped={p: why.value for p, why in skipped.items()},
             person_centric_id=sub.person_centric_id,
             biographic=sub.biographic.model_dump(mode="json", exclude_none=True),
             encounter=sub.encounter.model_dump(mode="json", exclude_none=True),
@@ -221,11 +223,19 @@ class IntakeHandler(Handler):
             return None
         if foreign_reply_to(self.me, envelope):
             return None
+        # refused for want of a partner: each participant, skipped with why (as when asked)
+        skipped = error.skipped if isinstance(error, NoPartner) else {}
         result = EncounterResult(
             encounter_id=envelope.correlation_id,
             requesting=self.me,
             status=EncounterResultStatus.refused,
             submission_id=envelope.message_id,
+            outcomes=[
+                PartnerOutcome(
+                    partner=p, status=OutcomeStatus.skipped, reason_code=r, reason=REASON_TEXT[r]
+                )
+                for p, r in sorted(skipped.items())
+            ],
             reason_code=error.reason,
             reason=error.detail or REASON_TEXT[error.reason],
         )

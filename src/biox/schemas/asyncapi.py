@@ -32,6 +32,12 @@ AMQP = "0.3.0"  # the AMQP bindings' version
 VHOST = "/"
 
 
+def _routing_key(kind: str, partner: bool) -> str:
+    if kind == "encounter.result":  # to the queue the submission named
+        return "<the submission's reply_to: <participant>.replies.<system>[.<name>]>"
+    return f"<{'partner' if partner else 'participant'}>.{kind}"
+
+
 def _name(kind: str) -> str:
     """``retrieval.request`` -> ``retrievalRequest`` (component keys: letters and dots)."""
     head, *rest = kind.replace("-", ".").split(".")
@@ -191,8 +197,9 @@ def document(routes: RouteTable = ROUTES) -> dict[str, Any]:
             },
             "headers": _headers(partner),
             "correlationId": {
-                "description": "AMQP correlation_id: the query id; the encounter id on "
-                "encounter.submit and encounter.result",
+                "description": "the AMQP correlation_id property (a property, not an entry "
+                "of the headers table): the query id; the encounter id on encounter.submit "
+                "and encounter.result",
                 "location": "$message.header#/correlation_id",
             },
             "bindings": {"amqp": {"messageType": kind, "bindingVersion": AMQP}},
@@ -214,7 +221,7 @@ def document(routes: RouteTable = ROUTES) -> dict[str, Any]:
                 "amqp": {
                     "deliveryMode": 2,
                     "mandatory": True,
-                    "cc": [f"<{'partner' if partner else 'participant'}>.{kind}"],
+                    "cc": [_routing_key(kind, partner)],
                     "bindingVersion": AMQP,
                 }
             },

@@ -17,8 +17,10 @@ from biox.wire.errors import REASON_TEXT, REASON_USE
 WIRE_NOTE = (
     "Body encoding: msgpack map. Fields typed string/binary are msgpack bin (raw bytes: "
     "float32 little-endian vectors, packed bit strings); date-time fields are msgpack "
-    "timestamps (extension type -1). AMQP properties: message_id (idempotency key), "
-    "correlation_id (query id; encounter id on results), type (= kind), user_id, "
+    "timestamps (extension type -1). AMQP properties (not headers): message_id "
+    "(idempotency key), correlation_id (query id; the encounter id on encounter.submit and "
+    "encounter.result), reply_to (on encounter.submit: the encounter system's reply queue, "
+    "where its results go), type (= kind), user_id (set by the broker's check), "
     f"content_type=application/msgpack, delivery_mode=2. Headers: {H_SCHEMA}, {H_FROM}, "
     f"{H_TO}, {H_ATTEMPT}."
 )

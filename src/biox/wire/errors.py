@@ -145,7 +145,7 @@ REASON_USE: dict[Reason, tuple[str, ...]] = {
     Reason.unknown_participant: ("refused", "skipped", "dead-letter"),
     Reason.biometrics_required: ("rejected", "refused", "skipped"),
     **{r: ("dead-letter",) for r in UNPROVEN},
-    Reason.inactive_requester: ("declined", "refused"),
+    Reason.inactive_requester: ("declined", "refused", "skipped"),
     Reason.inactive_provider: ("declined", "refused", "skipped"),
     Reason.inactive_partner: ("declined", "dead-letter"),
     Reason.purpose_not_agreed: ("declined", "refused", "skipped"),
@@ -183,6 +183,15 @@ class BioxError(Exception):
 
 class PermanentError(BioxError):
     """The same input will fail the same way: reject it or dead-letter it, never retry."""
+
+
+class NoPartner(PermanentError):
+    """A submission no partner may be asked about; ``skipped``: each other participant with
+    why, which its refused result lists as skipped outcomes (docs/integration.md)."""
+
+    def __init__(self, reason: Reason, detail: str, skipped: dict[str, Reason]) -> None:
+        super().__init__(reason, detail)
+        self.skipped = skipped
 
 
 class TransientError(BioxError):

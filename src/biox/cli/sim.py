@@ -5,11 +5,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
 import typer
 from rich.progress import Progress
 
 from biox import logs
-from biox.cli.common import Participant, code, console, settings
+from biox.cli.common import Participant, code, console, session, settings
 
 
 def demo(
@@ -99,6 +100,16 @@ def synth_probe(
         [f"{len(bio.irises)} irises"] if bio.irises else []
     )
     console.print(f"{ref}: {', '.join(parts)} -> {out}")
+    held = _gallery_sizes([code_], "")
+    if not population.member_of(code_, np.array([number]))[0]:
+        console.print(
+            f"[yellow]{ref} is in no gallery {code_} builds: a query with it is non-mated[/]"
+        )
+    elif held and number > population.last_member(code_, held[code_]):
+        console.print(
+            f"[yellow]{ref} is not in {code_}'s gallery of {held[code_]} under BIOX_DATA_DIR: "
+            "a query with it is non-mated there[/]"
+        )
 
 
 def conformance(
@@ -110,7 +121,11 @@ def conformance(
         "broker (its certificate: BIOX_TLS_*)",
     ),
     seed: int = typer.Option(2026, help="the seed the partners' synthetic galleries used"),
-    gallery_size: int = typer.Option(20_000, help="their size (for the mated case)"),
+    gallery_size: int = typer.Option(
+        None,
+        help="the partners' gallery size, for the mated case (default: read from each "
+        "partner's database under BIOX_DATA_DIR, as `biox synth` built it)",
+    ),
     timeout: float = typer.Option(120.0, help="how long to wait for every result"),
     as_json: bool = typer.Option(False, "--json", help="one JSON object per case, for CI"),
 ) -> None:
@@ -131,7 +146,18 @@ def conformance(
         console.print("[red]give --amqp-url or set BIOX_AMQP_URL[/]")
         raise typer.Exit(2)
     me = code(participant)
-    cases = Kit(Registry.load(s.registry), me, seed, gallery_size).cases()
+    registry = Registry.load(s.registry)
+    sizes: int | dict[str, int] = gallery_size or _gallery_sizes(registry.codes, me)
+    if not sizes:
+        console.print(
+            "[red]no partner gallery under BIOX_DATA_DIR to draw the mated case from: give "
+            "--gallery-size (and --seed) as the partners built theirs[/]"
+        )
+        raise typer.Exit(2)
+    if isinstance(sizes, dict) and not as_json:
+        read = ", ".join(f"{c} {n}" for c, n in sorted(sizes.items()))
+        console.print(f"partners' galleries (from BIOX_DATA_DIR): {read}; seed {seed}")
+    cases = Kit(registry, me, seed, sizes).cases()
     runner = Runner(url, me, s.client_tls(), user)
     with Progress(console=console, disable=as_json) as progress:
         task = progress.add_task(f"{len(cases)} cases against {me}", total=len(cases))
@@ -165,3 +191,26 @@ def conformance(
         + (f": {'; '.join(failed)}" if failed else "")
     )
     raise typer.Exit(1 if failed else 0)
+
+
+def _gallery_sizes(codes: list[str], me: str) -> dict[str, int]:
+    """How many of its own identities each partner's database holds (0: none here)."""
+    from sqlalchemy import func
+    from sqlalchemy.exc import SQLAlchemyError
+    from sqlmodel import select
+
+    from biox.store import Record
+
+    found = {}
+    for other in codes:
+        if other == me:
+            continue
+        try:
+            with session(other) as s:
+                count = select(func.count()).select_from(Record).where(Record.source == other)
+                n = int(s.exec(count).one())
+        except SQLAlchemyError:
+            continue
+        if n:
+            found[other] = n
+    return found

@@ -57,12 +57,20 @@ class Outcome:
 
 class Kit:
     """The cases for one participant, built from the registry and the synthetic
-    population (``seed``, ``gallery_size``: those the partners' galleries were built with)."""
+    population (``seed``, ``gallery_size``: those the partners' galleries were built with,
+    one size for all or one per partner)."""
 
     def __init__(
-        self, registry: Registry, me: str, seed: int = 2026, gallery_size: int = 20_000
+        self,
+        registry: Registry,
+        me: str,
+        seed: int = 2026,
+        gallery_size: int | dict[str, int] = 20_000,
     ) -> None:
-        self.registry, self.me, self.seed, self.size = registry, me, seed, gallery_size
+        self.registry, self.me, self.seed = registry, me, seed
+        sizes = gallery_size if isinstance(gallery_size, dict) else {}
+        default = gallery_size if isinstance(gallery_size, int) else max(sizes.values(), default=0)
+        self.sizes = {c: sizes.get(c, default) for c in registry.codes}
         self.rng = np.random.default_rng()
         self.subject = SubjectStatus(citizenships=["gt"])
 
@@ -173,9 +181,10 @@ class Kit:
             if why is None
         ]
         partner = asked[0] if asked else self.me
-        person = synth.known_to(partner, self.size, self.rng)
+        size = self.sizes[partner]
+        person = synth.known_to(partner, size, self.rng)
         while synth.sealed(person):
-            person = synth.known_to(partner, self.size, self.rng)
+            person = synth.known_to(partner, size, self.rng)
         eid, body, encounter = self.body(synth.capture(self.seed, person, context=9))
         expected = self._expected(self.subject, encounter)
         ref = synth.identity_ref(partner, person)
@@ -187,10 +196,12 @@ class Kit:
             last = max(res[0], key=lambda r: r.get("revision", 0))
             o = next(o for o in last["outcomes"] if o["partner"] == partner)
             top = (o.get("candidates") or [{}])[0].get("identity_ref")
+            if o["status"] == "match" and top == ref:
+                return None
             return (
-                None
-                if o["status"] == "match" and top == ref
-                else (f"{partner} {o['status']} {top or ''}, expected match {ref}")
+                f"{partner} {o['status']} {top or ''}, expected match {ref}: the kit drew "
+                f"person {person} of a {size}-identity gallery (seed {self.seed}); if "
+                f"{partner}'s was built otherwise, give --gallery-size and --seed"
             )
 
         return Case(
@@ -201,7 +212,7 @@ class Kit:
         )
 
     def stranger(self) -> Case:
-        n = synth.stranger(self.seed, dict.fromkeys(self.registry.codes, self.size), self.rng)
+        n = synth.stranger(self.seed, self.sizes, self.rng)
         eid, body, encounter = self.body(synth.capture(self.seed, n, context=3))
         expected = self._expected(self.subject, encounter)
 
@@ -224,7 +235,7 @@ class Kit:
     def partner_citizen(self) -> Case:
         partner = next(p for p in self.registry.codes if p != self.me)
         subject = SubjectStatus(citizenships=[partner])
-        n = synth.stranger(self.seed, dict.fromkeys(self.registry.codes, self.size), self.rng)
+        n = synth.stranger(self.seed, self.sizes, self.rng)
         eid, body, encounter = self.body(synth.capture(self.seed, n, context=4), subject)
         expected = self._expected(subject, encounter)
         if all(why is not None for why in expected.values()):
@@ -246,7 +257,7 @@ class Kit:
         reason: Reason,
         biometrics: Any = None,
     ) -> Case:
-        n = synth.stranger(self.seed, dict.fromkeys(self.registry.codes, self.size), self.rng)
+        n = synth.stranger(self.seed, self.sizes, self.rng)
         bio = biometrics if biometrics is not None else synth.capture(self.seed, n, context=5)
         eid, body, _ = self.body(bio, subject, country)
 
@@ -260,7 +271,7 @@ class Kit:
         return Case(name, f"refused {reason.value}", [Submission(eid, body)], check)
 
     def duplicate(self) -> Case:
-        n = synth.stranger(self.seed, dict.fromkeys(self.registry.codes, self.size), self.rng)
+        n = synth.stranger(self.seed, self.sizes, self.rng)
         eid, body, _ = self.body(synth.capture(self.seed, n, context=6))
         first, again = Submission(eid, body), Submission(eid, body)
 
@@ -285,7 +296,7 @@ class Kit:
         )
 
     def same_message_twice(self) -> Case:
-        n = synth.stranger(self.seed, dict.fromkeys(self.registry.codes, self.size), self.rng)
+        n = synth.stranger(self.seed, self.sizes, self.rng)
         eid, body, _ = self.body(synth.capture(self.seed, n, context=8))
         one = Submission(eid, body)
         twin = Submission(eid, body, message_id=one.message_id)
@@ -306,7 +317,7 @@ class Kit:
         )
 
     def no_reply_queue(self) -> Case:
-        n = synth.stranger(self.seed, dict.fromkeys(self.registry.codes, self.size), self.rng)
+        n = synth.stranger(self.seed, self.sizes, self.rng)
         eid, body, _ = self.body(synth.capture(self.seed, n, context=10))
         missing = f"{self.me}.replies.conformance.missing-{uuid.uuid4().hex[:8]}"
         return Case(

@@ -280,12 +280,12 @@ def known_to(code: str, size: int, rng: np.random.Generator) -> int:
     """A person enrolled in ``code``'s gallery of ``size`` (so a query to it is mated)."""
     while True:
         n = int(rng.integers(0, population_for(size) - CHUNK))
-        if member_of(code, np.array([n]))[0] and n <= _last_member(code, size):
+        if member_of(code, np.array([n]))[0] and n <= last_member(code, size):
             return n
 
 
 @lru_cache(maxsize=16)
-def _last_member(code: str, size: int) -> int:
+def last_member(code: str, size: int) -> int:
     persons = np.arange(population_for(size) + CHUNK)
     return int(np.flatnonzero(member_of(code, persons))[size - 1])
 
@@ -315,4 +315,4 @@ def status_for(requester: str, partners: list[str], excluded: str | None) -> Sub
 
 
 def in_gallery(code: str, size: int, number: int) -> bool:
-    return bool(member_of(code, np.array([number]))[0]) and number <= _last_member(code, size)
+    return bool(member_of(code, np.array([number]))[0]) and number <= last_member(code, size)

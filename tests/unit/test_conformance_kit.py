@@ -1,0 +1,62 @@
+"""The conformance kit's own expectations (issue 21 (3)): the mated case is drawn from the
+partner's gallery as it was built, per partner, and a failure says what the kit assumed
+and how to tell it otherwise."""
+
+from __future__ import annotations
+
+from biox.sim.conformance import Kit
+from tests.registry import operating
+
+REGISTRY = operating()
+
+
+def test_the_mated_case_is_drawn_from_the_partners_gallery_and_a_miss_says_what_was_assumed():
+    kit = Kit(REGISTRY, "us", seed=7, gallery_size={"mx": 150, "sv": 40})
+    assert kit.sizes == {"us": 150, "mx": 150, "sv": 40}
+    case = kit.mated()
+    ref = case.name.removeprefix("mated: a capture of ")
+    partner = ref.split("-")[0].lower()
+    others = [p for p in ("mx", "sv") if p != partner]
+    outcomes = [{"partner": partner, "status": "no_match"}] + [
+        {"partner": p, "status": "no_match"} for p in others
+    ]
+    said = case.check([[{"revision": 2, "status": "complete", "outcomes": outcomes}]])
+    assert said is not None
+    assert f"expected match {ref}" in said
+    assert f"of a {kit.sizes[partner]}-identity gallery (seed 7)" in said
+    assert "give --gallery-size and --seed" in said
+    matched = [{**outcomes[0], "status": "match", "candidates": [{"identity_ref": ref}]}]
+    assert (
+        case.check([[{"revision": 2, "status": "complete", "outcomes": matched + outcomes[1:]}]])
+        is None
+    )
+
+
+def test_a_probe_of_an_identity_outside_the_gallery_says_so(tmp_path, monkeypatch):
+    """Issue 21 (7): the guide's probe is in the quick start's gallery; one that is not is
+    named, rather than silently making a non-mated query."""
+    from typer.testing import CliRunner
+
+    from biox.cli import app
+    from biox.settings import Settings
+    from biox.sim.galleries import build_gallery
+
+    monkeypatch.setenv("BIOX_DATA_DIR", str(tmp_path))
+    build_gallery(Settings(data_dir=tmp_path), "mx", 20, 2026)
+    import numpy as np
+
+    from biox.sim import synth
+
+    beyond = next(
+        n
+        for n in range(synth.last_member("mx", 20) + 1, 10_000)
+        if synth.member_of("mx", np.array([n]))[0]
+    )
+    runner = CliRunner()
+    ref = synth.identity_ref("mx", beyond)  # in a bigger gallery of mx's, not in this one
+    out = runner.invoke(app, ["synth", "probe", ref, "-o", str(tmp_path / "a")])
+    assert out.exit_code == 0 and "not in mx's gallery of 20" in out.output, out.output
+    out = runner.invoke(app, ["synth", "probe", "MX-000000002", "-o", str(tmp_path / "b")])
+    assert "in no gallery mx builds" in out.output, out.output
+    out = runner.invoke(app, ["synth", "probe", "MX-000000001", "-o", str(tmp_path / "c")])
+    assert out.exit_code == 0 and "non-mated" not in out.output, out.output

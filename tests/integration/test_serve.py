@@ -179,6 +179,8 @@ def test_results_wait_in_the_held_queue_until_the_reply_queue_exists(served):
     ]
     assert shown["outcomes"][1]["reason_code"] == "excluded_citizen"
 
+    early = served.biox("encounters", "redeliver", "-p", "us").stdout
+    assert f"2 still held: reply queue {reply} does not exist" in early, early
     conn = pika.BlockingConnection(pika.URLParameters(served.url))
     try:
         ch = conn.channel()

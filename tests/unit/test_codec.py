@@ -158,13 +158,14 @@ def test_decoding_reads_text_as_text_and_refuses_keys_that_are_not_text():
             Reason.unknown_schema,
             "got 'query/9', this participant reads query/1",
         ),
-        ("query/1", b"\xc1", Reason.undecodable, "FormatError: "),
+        # msgpack's message is empty here: the class alone still says what failed
+        ("query/1", b"\xc1", Reason.undecodable, "not msgpack (FormatError)"),
         ("query/1", msgpack.packb([1]), Reason.undecodable, "top level is list, not a map"),
         (  # a timestamp past the year 9999: msgpack's datetime overflows
             "query/1",
             b"\x81\xa7sent_at\xc7\x0c\xff" + struct.pack(">Iq", 0, 2**40),
             Reason.undecodable,
-            "OverflowError: date value out of range",
+            "not msgpack (OverflowError: date value out of range)",
         ),
     ],
 )

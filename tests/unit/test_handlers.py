@@ -275,3 +275,16 @@ def test_a_second_submission_of_an_encounter_in_the_same_batch_is_refused_and_th
         "E-11",
         "E-12",
     ]
+
+
+def test_a_submission_addressed_to_another_participant_is_refused_as_misaddressed(db):
+    """Issue 21 (7): biox-to naming mx on us's intake is not processed as if for us."""
+    env = envelope("encounter.submit", "us", "mx", reply_to="replies", correlation_id="E-10")
+    handler = IntakeHandler("us", REGISTRY, POLICIES.of("us"))
+    with session_for(db) as s:
+        [err] = handler.submit([Inbound(env, submit())], s)
+    assert isinstance(err, PermanentError) and err.reason is Reason.misaddressed
+    assert "biox-to 'mx'" in err.detail
+    answer = handler.reject(env, err)
+    result = ROUTES.decode("encounter.result", "encounter.result/1", answer.outgoing[0].body)
+    assert (result.status.value, result.reason_code) == ("refused", Reason.misaddressed)

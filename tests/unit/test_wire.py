@@ -176,7 +176,9 @@ def test_a_failure_carries_its_why_and_keeps_the_first_where_and_when(error, rea
     h = failures.headers(env, d, error, 2, "us.query@host:1")
     assert h["biox-reason"] == reason and h["biox-permanent"] is permanent
     assert h["biox-attempt"] == 2 and h["biox-worker"] == "us.query@host:1"
-    assert h["biox-error-class"] == type(error).__name__ and h["biox-error"] == str(error)
+    assert h["biox-error-class"] == type(error).__name__ and h["biox-error"] == getattr(
+        error, "detail", str(error)
+    )
     assert (h["biox-original-exchange"], h["biox-original-routing-key"]) == (
         "biox.mx.out",
         "us.query",

@@ -375,6 +375,7 @@ class ConsumeLoop:
             "handler_failed",
             query_id=env.correlation_id,
             message_id=env.message_id,
+            reason=failures.reason_of(exc),
             error=f"{type(exc).__name__}: {failures.describe(exc)}",
             attempt=attempt,
             transient=isinstance(exc, TransientError),

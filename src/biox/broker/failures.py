@@ -13,7 +13,7 @@ from biox.agreement.ledgers import RefusalRow
 from biox.broker.link import Delivery
 from biox.wire import addresses
 from biox.wire.codec import H_ATTEMPT, H_ORIGINAL_USER, H_REASON, Envelope
-from biox.wire.errors import BioxError
+from biox.wire.errors import REASON_TEXT, BioxError
 
 H_ERROR = "biox-error"
 H_ERROR_CLASS = "biox-error-class"
@@ -51,6 +51,8 @@ def describe(exc: BaseException) -> str:
             for e in exc.errors(include_input=False, include_url=False)[:5]
         )
         return problems[:1000]
+    if isinstance(exc, BioxError):  # the code is biox-reason's: the text says the rest
+        return (exc.detail or REASON_TEXT[exc.reason])[:1000]
     return str(exc)[:1000]
 
 

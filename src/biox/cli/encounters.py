@@ -140,7 +140,9 @@ def encounters_redeliver(
         )
     dlq = DeadLetterQueues(amqp_url(), settings().client_tls())
     try:
-        sent = dlq.redeliver_held(me, who)
+        sent, waiting = dlq.redeliver_held(me, who)
     finally:
         dlq.close()
     console.print(f"{sent} held result(s) sent on to their reply queues")
+    for queue, n in sorted(waiting.items()):
+        console.print(text(f"{n} still held: reply queue {queue} does not exist"))

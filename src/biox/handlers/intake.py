@@ -83,6 +83,10 @@ class IntakeHandler(Handler):
     def _one(self, inb: Inbound[EncounterSubmit], registry: Registry) -> Result:
         sub = inb.message
         env = inb.envelope
+        if env.recipient and env.recipient != self.me:  # biox-to names someone else
+            return PermanentError(
+                Reason.misaddressed, f"biox-to {env.recipient!r}: submissions go to {self.me}"
+            )
         # the contract (docs/integration.md): where results go, and how they are correlated
         if not env.reply_to or not env.correlation_id:
             missing = " and ".join(

@@ -124,6 +124,12 @@ def encode_body(message: Message) -> bytes:
     return body
 
 
+def _unreadable(exc: Exception) -> str:
+    """msgpack's own messages can be empty (``FormatError``): say what failed anyway."""
+    said = str(exc).strip()
+    return f"not msgpack ({type(exc).__name__}{': ' + said if said else ''})"
+
+
 def decode_body(model: type[MessageT], schema: str | None, body: bytes) -> MessageT:
     """Parse and validate a body as ``model``; every failure names its reason."""
     if schema != model.schema_id():
@@ -144,9 +150,9 @@ def decode_body(model: type[MessageT], schema: str | None, body: bytes) -> Messa
     except ValueError as exc:
         if "exceeds max" in str(exc):  # msgpack's own limit checks, before allocating
             raise PermanentError(Reason.too_large, str(exc)) from exc
-        raise PermanentError(Reason.undecodable, f"{type(exc).__name__}: {exc}") from exc
+        raise PermanentError(Reason.undecodable, _unreadable(exc)) from exc
     except Exception as exc:  # msgpack raises several unrelated classes
-        raise PermanentError(Reason.undecodable, f"{type(exc).__name__}: {exc}") from exc
+        raise PermanentError(Reason.undecodable, _unreadable(exc)) from exc
     if not isinstance(data, dict):
         raise PermanentError(Reason.undecodable, f"top level is {type(data).__name__}, not a map")
     try:

@@ -66,7 +66,14 @@ def broker_url() -> Iterator[str]:
     if _docker_answers():
         from testcontainers.rabbitmq import RabbitMqContainer
 
-        with RabbitMqContainer("rabbitmq:3.13-management") as container:
+        from biox.settings import Settings
+
+        # the same body limit as the local launcher's and a participant's own broker
+        limit = f"-rabbit max_message_size {Settings().max_message_bytes}"
+        container = RabbitMqContainer("rabbitmq:3.13-management").with_env(
+            "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS", limit
+        )
+        with container:
             params = container.get_connection_params()
             yield (f"amqp://guest:guest@{params.host}:{params.port}/%2F")
         return

@@ -181,3 +181,26 @@ def _dead_letter(peer: Peer, queue: str, message_id: str | None, corr: str | Non
             return props
         peer.ch.basic_nack(method.delivery_tag, requeue=True)
     raise AssertionError(f"nothing for {message_id or corr} in {queue}")
+
+
+def test_a_body_over_the_limit_is_refused_by_the_development_broker_as_by_a_participants(
+    exchange: Exchange,
+):
+    """Issue 21 (5): the shared development broker has the same max_message_size as a
+    participant's own, so an oversize submission meets the broker's refusal on both."""
+    import pika
+
+    from biox.settings import Settings
+
+    conn = pika.BlockingConnection(pika.URLParameters(exchange.url))
+    try:
+        ch = conn.channel()
+        ch.confirm_delivery()
+        big = b"\x00" * (Settings().max_message_bytes + 1)
+        props = pika.BasicProperties(message_id=str(uuid.uuid4()), type="encounter.submit")
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker) as refused:
+            ch.basic_publish("biox.us.submit", "us.encounter.submit", big, props, mandatory=True)
+        assert refused.value.reply_code == 406 and "max size" in refused.value.reply_text
+    finally:
+        if conn.is_open:
+            conn.close()

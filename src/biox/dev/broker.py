@@ -27,6 +27,7 @@ import pika
 import structlog
 
 from biox.broker.connection import parameters
+from biox.settings import Settings
 from biox.trust.tls import ClientTLS
 
 log = structlog.get_logger("biox.launcher")
@@ -104,10 +105,15 @@ class LocalBroker:
         keep: bool = False,
         sovereign: SovereignConfig | None = None,
         amqp_port: int | None = None,
+        max_message_bytes: int | None = None,
     ) -> None:
         """``sovereign``: a participant's own broker (TLS, certificates, definitions);
         otherwise the shared development broker (plain AMQP, guest). ``amqp_port``: the
-        port to listen on, when others must know it before this broker starts."""
+        port to listen on, when others must know it before this broker starts.
+        ``max_message_bytes``: the largest body the shared broker takes (default
+        ``BIOX_MAX_MESSAGE_BYTES``), as a participant's own broker does, so that an
+        oversize body meets the same refusal on both."""
+        self.max_message_bytes = max_message_bytes or Settings().max_message_bytes
         self.directory = directory
         self.keep = keep
         self.sovereign = sovereign
@@ -155,7 +161,10 @@ class LocalBroker:
             "disk_free_limit.absolute = 200MB\n"
         )
         if self.sovereign is None:
-            listen = f"listeners.tcp.default = 127.0.0.1:{amqp}\nloopback_users.guest = true\n"
+            listen = (
+                f"listeners.tcp.default = 127.0.0.1:{amqp}\nloopback_users.guest = true\n"
+                f"max_message_size = {self.max_message_bytes}\n"
+            )
         else:
             listen = _sovereign_conf(directory, self.sovereign, amqp)
         (directory / "rabbitmq.conf").write_text(listen + common)

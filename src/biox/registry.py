@@ -6,12 +6,13 @@ is a reviewed configuration change, not a code change.
 
 from __future__ import annotations
 
-import tomllib
 from enum import StrEnum
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, Field
+
+from biox.config import read_toml
 
 
 class Purpose(StrEnum):
@@ -54,7 +55,7 @@ class Registry(BaseModel):
 
     @classmethod
     def load(cls, path: Path) -> Registry:
-        raw = tomllib.loads(path.read_text())
+        raw = read_toml(path, "BIOX_REGISTRY")
         parts = {
             code: Participant(code=code, **body)
             for code, body in raw.get("participants", {}).items()

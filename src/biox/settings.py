@@ -14,7 +14,13 @@ from urllib.parse import urlsplit
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from biox.config import example
 from biox.trust.tls import ClientTLS
+
+
+def _state_home() -> Path:
+    return Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+
 
 #: the hosts a development broker may listen on (``dev_shared_broker``)
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
@@ -31,7 +37,11 @@ class Settings(BaseSettings):
         default=None,
         description="Broker URL. Unset: the demo and tests start a local RabbitMQ.",
     )
-    data_dir: Path = Field(default=Path("var"), description="Databases, galleries, broker state.")
+    data_dir: Path = Field(
+        default_factory=lambda: _state_home() / "biox",
+        description="Databases, galleries, broker state. Default: $XDG_STATE_HOME/biox "
+        "(~/.local/state/biox), wherever biox is run from.",
+    )
     database_url: str | None = Field(
         default=None,
         description=(
@@ -39,7 +49,11 @@ class Settings(BaseSettings):
             "participant keeps its own database. Unset: SQLite under data_dir."
         ),
     )
-    registry: Path = Field(default=Path("deploy/participants.toml"))
+    registry: Path = Field(
+        default_factory=lambda: example("participants.toml"),
+        description="Who takes part and what each pair agreed. Default: the example shipped "
+        "with biox (deploy/participants.toml in a clone; `biox init` copies it).",
+    )
     keys_dir: Path | None = Field(
         default=None,
         description=(
@@ -76,11 +90,11 @@ class Settings(BaseSettings):
         ),
     )
     policy: Path = Field(
-        default=Path("deploy/policy.toml"),
+        default_factory=lambda: example("policy.toml"),
         description="Each participant's release, enrolment, retention and retrieval rules.",
     )
     staff: Path = Field(
-        default=Path("deploy/staff.toml"),
+        default_factory=lambda: example("staff.toml"),
         description="Each participant's people and their duties (§16; docs/security.md, "
         '"People and roles").',
     )
@@ -89,7 +103,7 @@ class Settings(BaseSettings):
         description="Your name as staff, where no certificate says it (a plain broker).",
     )
     agreement: Path = Field(
-        default=Path("deploy/agreement.toml"),
+        default_factory=lambda: example("agreement.toml"),
         description="The measures both participants review (§27) and the checks they run (§28).",
     )
 

@@ -86,7 +86,7 @@ def test_a_staff_file_that_does_not_add_up_is_refused_in_one_line(tmp_path, text
     path.write_text(text)
     with pytest.raises(StaffError, match=error):
         Staff.load(path)
-    with pytest.raises(StaffError, match=r"no staff file at .* \(BIOX_STAFF\)"):
+    with pytest.raises(StaffError, match=r"no file at .* \(BIOX_STAFF\)"):
         Staff.load(tmp_path / "missing.toml")
 
 
@@ -166,9 +166,7 @@ def test_on_a_plain_broker_a_name_is_needed_and_held_to_the_staff(published, mon
     assert out.exit_code == 3 and "needs privacy_officer" in out.output
     monkeypatch.setenv("BIOX_STAFF", "/nonexistent/staff.toml")
     out = runner.invoke(app, [*SEARCH, "--operator", "pat"])
-    assert out.exit_code == 3 and "no staff file at /nonexistent/staff.toml (BIOX_STAFF)" in (
-        out.output
-    )
+    assert out.exit_code == 3 and "no file at /nonexistent/staff.toml (BIOX_STAFF)" in (out.output)
     assert published == []
 
 

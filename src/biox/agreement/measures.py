@@ -8,11 +8,12 @@ reconciliation refuses reviews made under different measures.
 from __future__ import annotations
 
 import hashlib
-import tomllib
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, Field
+
+from biox.config import read_toml
 
 Check = Literal[
     "expired",
@@ -49,4 +50,5 @@ class Measures(BaseModel):
         if not path.exists():
             return cls()
         raw = path.read_bytes()
-        return cls(**tomllib.loads(raw.decode()), digest=hashlib.sha256(raw).hexdigest())
+        body = read_toml(path, "BIOX_AGREEMENT")
+        return cls(**body, digest=hashlib.sha256(raw).hexdigest())

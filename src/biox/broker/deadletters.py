@@ -15,7 +15,7 @@ import json
 import socket
 import time
 import uuid
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -230,46 +230,6 @@ class DeadLetterQueues:
 
         self.visit(queues, filters, keep)
         return found
-
-    def held_results(self, code: str) -> list[DeadLetter]:
-        """Results no reply queue took (its queue missing or unnamed), oldest first, left
-        where they are (docs/integration.md, "When the reply queue is missing")."""
-        return self.find([addresses.held_results_queue(code)], Filters())
-
-    def redeliver_held(self, code: str, by: str) -> tuple[int, dict[str, int]]:
-        """Every held result whose reply queue now exists sent on to it, taken only once
-        confirmed; the others stay held. Returns how many were sent on, and how many wait
-        for each reply queue still missing (a queue that exists but is not bound to the
-        results exchange holds its results again: only the broker knows bindings)."""
-        exists: dict[str, bool] = {}
-        waiting: Counter[str] = Counter()
-
-        def send_on(_ch: Any, d: DeadLetter) -> bool:
-            if d.routing_key not in exists:
-                exists[d.routing_key] = self._queue_exists(d.routing_key)
-            if not exists[d.routing_key]:
-                waiting[d.routing_key] += 1
-                return False  # left held, not sent round again
-            props = d.properties
-            props.user_id = None  # the result is sent on by whoever redelivers it
-            props.headers = {**d.headers, "biox-redelivered-by": by}
-            self.publisher.send_raw([(addresses.results(code), d.routing_key, d.body, props)])
-            return True  # confirmed: send_raw raises if the broker refused it
-
-        sent = self.visit([addresses.held_results_queue(code)], Filters(), send_on)
-        return sent, dict(waiting)
-
-    def _queue_exists(self, name: str) -> bool:
-        """A passive declare, on a channel of its own: a missing queue closes it."""
-        ch = self.conn.channel()
-        try:
-            ch.queue_declare(name, passive=True)
-            return True
-        except pika.exceptions.ChannelClosedByBroker:
-            return False
-        finally:
-            if ch.is_open:
-                ch.close()
 
     def replay(
         self,

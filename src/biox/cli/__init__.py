@@ -27,6 +27,8 @@ from biox.cli import (
     subject,
 )
 from biox.cli.common import Participant, begin, console
+from biox.config import ConfigError
+from biox.render import text
 from biox.runtime import WorkerKind
 from biox.schemas import contract
 
@@ -78,6 +80,39 @@ def worker(
 
 
 @app.command()
+def init(
+    directory: str = typer.Argument(
+        None, help="where to write them (default: $XDG_CONFIG_HOME/biox, ~/.config/biox)"
+    ),
+) -> None:
+    """Copy the example registry, policy, agreement and staff files to edit as your own,
+    and print the settings that point at them. Existing files are kept."""
+    import shutil
+    from pathlib import Path
+
+    from biox.config import NAMES, example
+
+    home = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    where = Path(directory or Path(home) / "biox").resolve()
+    where.mkdir(parents=True, exist_ok=True)
+    for name in NAMES:
+        target = where / name
+        if target.exists():
+            console.print(text(f"kept {target}"))
+        else:
+            shutil.copyfile(example(name), target)
+            console.print(text(f"wrote {target}"))
+    settings_of = {
+        "participants.toml": "BIOX_REGISTRY",
+        "policy.toml": "BIOX_POLICY",
+        "agreement.toml": "BIOX_AGREEMENT",
+        "staff.toml": "BIOX_STAFF",
+    }
+    for name in NAMES:
+        print(f"export {settings_of[name]}={where / name}")
+
+
+@app.command()
 def schemas(out: str = typer.Option("schemas", help="directory to write")) -> None:
     """Write the JSON Schemas of every message kind (the integration contract)."""
     from pathlib import Path
@@ -88,4 +123,8 @@ def schemas(out: str = typer.Option("schemas", help="directory to write")) -> No
 
 def main() -> None:
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    app()
+    try:
+        app()
+    except ConfigError as e:  # a setting's file missing or broken: one line, no traceback
+        console.print(f"[red]{text(str(e))}[/]")
+        raise SystemExit(2) from None

@@ -9,6 +9,7 @@ from rich.table import Table
 
 from biox.broker import sweeps
 from biox.broker.deadletters import DeadLetterQueues
+from biox.broker.held import held_results, redeliver
 from biox.cli.common import (
     PARTICIPANT,
     Participant,
@@ -101,7 +102,7 @@ def encounters_held(participant: Participant = PARTICIPANT) -> None:
     queue = addresses.held_results_queue(me)
     dlq = DeadLetterQueues(amqp_url(), settings().client_tls())
     try:  # looked at, not taken: they stay in the queue
-        held = dlq.held_results(me)
+        held = held_results(dlq, me)
     finally:
         dlq.close()
     table = Table(title=f"{queue}: {len(held)} held")
@@ -140,7 +141,7 @@ def encounters_redeliver(
         )
     dlq = DeadLetterQueues(amqp_url(), settings().client_tls())
     try:
-        sent, waiting = dlq.redeliver_held(me, who)
+        sent, waiting = redeliver(dlq, me, who)
     finally:
         dlq.close()
     console.print(f"{sent} held result(s) sent on to their reply queues")

@@ -8,7 +8,6 @@ participant's workers read only its own section.
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -17,6 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
+from biox.config import read_toml
 from biox.registry import Purpose
 from biox.wire.errors import Reason
 from biox.wire.messages import (
@@ -197,7 +197,7 @@ class Policies(BaseModel):
 
     @classmethod
     def load(cls, path: Path) -> Policies:
-        raw: dict[str, Any] = tomllib.loads(path.read_text())
+        raw: dict[str, Any] = read_toml(path, "BIOX_POLICY")
         return cls(participants={code: ParticipantPolicy(**body) for code, body in raw.items()})
 
     def of(self, code: str) -> ParticipantPolicy:

@@ -19,11 +19,11 @@ the CLI enforces, and its host's access control is the boundary there.
 from __future__ import annotations
 
 import re
-import tomllib
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
+from biox.config import ConfigError, read_toml
 from biox.wire.messages import RetrievalAsk, ReviewDecision
 from biox.wire.notices import NoticeSend
 from biox.wire.operations import (
@@ -97,7 +97,7 @@ OPERATORS = "operators"
 _PERSON = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 
 
-class StaffError(ValueError):
+class StaffError(ConfigError):
     """A staff file that cannot be read or does not add up, said in one line."""
 
 
@@ -121,11 +121,9 @@ class Staff:
     @classmethod
     def load(cls, path: Path) -> Staff:
         try:
-            raw = tomllib.loads(path.read_text())
-        except FileNotFoundError:
-            raise StaffError(f"no staff file at {path} (BIOX_STAFF)") from None
-        except (OSError, tomllib.TOMLDecodeError) as e:
-            raise StaffError(f"{path} (BIOX_STAFF): {e}") from None
+            raw = read_toml(path, "BIOX_STAFF")
+        except ConfigError as e:
+            raise StaffError(str(e)) from None
         people: dict[str, dict[str, frozenset[Duty]]] = {}
         for code, persons in raw.items():
             if not isinstance(persons, dict):

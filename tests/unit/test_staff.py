@@ -266,3 +266,68 @@ def test_an_examiners_decision_is_theirs_by_the_broker_not_by_the_name_it_carrie
     assert isinstance(forged, PermanentError) and forged.reason is Reason.forged_sender
     assert "'ana' sent as mx.operators.ben" in str(forged)
     assert isinstance(own, TransientError) and own.reason is Reason.unknown_case
+
+
+def test_duties_are_read_exactly_and_a_refusal_names_what_each_holds(tmp_path):
+    path = tmp_path / "staff.toml"
+    path.write_text("[us]\nbob = []\nkim = ['examiner', 'privacy_officer']\n")
+    staff = Staff.load(path)
+    assert staff.duties("us", "eve") == frozenset() and staff.of("zz") == {}
+    assert staff.refusal("us", "bob", "dlq show") == "dlq show needs on_call; bob holds none"
+    assert staff.refusal("us", "kim", "dlq show") == (
+        "dlq show needs on_call; kim holds examiner, privacy_officer"
+    )
+    path.write_text("[us]\nbob = ['judge']\n")
+    with pytest.raises(StaffError) as bad:
+        Staff.load(path)
+    assert str(bad.value).endswith(
+        "us.bob: duties are among examiner, privacy_officer, on_call, administrator"
+    )
+
+
+def test_the_read_record_goes_to_the_configured_broker_before_anything_is_shown(
+    tmp_path, monkeypatch
+):
+    """The audit event is published to BIOX_AMQP_URL as this participant's, and on the
+    shared development broker a person who names nobody is recorded as user@host."""
+    from biox.broker.deadletters import operator
+
+    monkeypatch.setenv("BIOX_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("BIOX_AMQP_URL", "amqp://guest:guest@127.0.0.1:1/")
+    monkeypatch.setenv("BIOX_DEV_SHARED_BROKER", "1")
+    monkeypatch.delenv("BIOX_OPERATOR", raising=False)
+    calls: list = []
+    monkeypatch.setattr(
+        "biox.cli.common.publish_once",
+        lambda url, messages, **kw: calls.append((url, messages, kw)),
+    )
+    shown = runner.invoke(app, SEARCH)
+    assert shown.exit_code in (0, 1), shown.output
+    [(url, [event], kw)] = calls
+    assert url == "amqp://guest:guest@127.0.0.1:1/" and kw["name"] == "biox-read"
+    assert event.envelope.headers["biox-actor"] == operator()
+    assert (event.envelope.sender, event.envelope.recipient) == ("us", "us")
+
+
+def test_without_a_broker_url_the_cli_says_so():
+    import typer
+
+    from biox.cli import common
+
+    token = common._current.set(common.Settings(amqp_url=None))
+    try:
+        with pytest.raises(typer.Exit) as stopped:
+            common.amqp_url()
+        assert stopped.value.exit_code == 2
+    finally:
+        common._current.reset(token)
+
+
+@pytest.mark.parametrize(
+    ("seconds", "said"),
+    [(0, "0s"), (119, "119s"), (120, "2m"), (7199, "120m"), (7200, "2.0h"), (9000, "2.5h")],
+)
+def test_ages_are_said_in_the_unit_a_person_reads(seconds, said):
+    from biox.cli.common import age
+
+    assert age(seconds) == said

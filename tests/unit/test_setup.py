@@ -41,9 +41,9 @@ def test_the_defaults_are_the_shipped_examples_and_a_state_directory(tmp_path, m
     assert s.data_dir == tmp_path / "state" / "biox"
     for path in (s.registry, s.policy, s.agreement, s.staff):
         assert path.is_absolute() and path.exists(), path
-    # a clone's deploy/ links the very same files
+    # a clone's deploy/ links the very same files (copies of them where links are not kept)
     for name in NAMES:
-        assert (REPO / "deploy" / name).resolve() == example(name).resolve()
+        assert (REPO / "deploy" / name).read_bytes() == example(name).read_bytes()
 
 
 def test_from_another_directory_the_cli_runs_and_a_missing_file_is_one_line(tmp_path):

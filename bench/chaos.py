@@ -61,7 +61,7 @@ def main() -> None:
         env = dev_env(broker.url, settings, registry.codes, **env_extra)
         # §34: the shipped registry starts everyone pending; the readiness exchange first
         notices = start_workers(registry.codes, env, data / "logs", ("notice",))
-        commence(settings, registry.codes, lambda code: (broker.url, None))
+        registry = commence(settings, registry.codes, lambda code: (broker.url, None))
         base = plans.plan(registry, sizes, 500, SEED, requesters=["us"])
         planned = plans.repeat(base, args.encounters, "chaos")
         stop = threading.Event()

@@ -125,7 +125,9 @@ def run(
                     f"health), workers on ports {port + 1}-{port + kinds}"
                 )
             with console.status("§34: each participant tells its partners it is ready..."):
-                commence(settings, codes, lambda code: (url, None), actor="privacy-officer")
+                registry = commence(
+                    settings, codes, lambda code: (url, None), actor="privacy-officer"
+                )
             console.print(
                 f"§34: {', '.join(codes)} started pending (deploy/participants.toml) and "
                 "notified each partner they are ready (`biox participants ready -p P`); "

@@ -272,11 +272,12 @@ def commence(
     connect: Callable[[str], tuple[str, ClientTLS | None]],
     actor: str = "demo",
     timeout: float = 60.0,
-) -> None:
+) -> Registry:
     """§34 on a development layout, over the broker: each participant tells each partner it
     has an agreement with that it is ready (what ``biox participants ready -p P`` sends),
     and this waits until every database holds both sides of every pair active. The notice
-    workers must run. ``connect``: a participant's broker URL and TLS credentials."""
+    workers must run. ``connect``: a participant's broker URL and TLS credentials. Returns
+    the registry as the participants now hold it (what plans and expectations read)."""
     registry = Registry.load(settings.registry)
     for code in codes:
         outs = []
@@ -296,8 +297,15 @@ def commence(
                     row = s.get(ParticipantRow, other) if other in codes else None
                     if other in codes and (row is None or row.status != Status.active.value):
                         waiting.append(f"{other} at {code}")
-        if not waiting:
-            return
+        if not waiting:  # every pair that may talk has commenced on both sides
+            return registry.model_copy(
+                update={
+                    "participants": {
+                        c: p.model_copy(update={"status": Status.active}) if c in codes else p
+                        for c, p in registry.participants.items()
+                    }
+                }
+            )
         if time.monotonic() > deadline:
             raise TimeoutError(f"§34 readiness not yet recorded: {', '.join(waiting)}")
         time.sleep(0.2)

@@ -54,7 +54,9 @@ def run(settings: Settings, console: Console, gallery_size: int, count: int, see
             env = worker_env(settings, codes, BIOX_LOG_LEVEL="WARNING")
             workers = start_sovereign_workers(brokers, ROLES, env, data / "logs")
             # §34 between the sovereign brokers: each privacy officer's readiness notices
-            commence(settings, codes, lambda c: (brokers.url(c), brokers.officer(c)), "pat")
+            registry = commence(
+                settings, codes, lambda c: (brokers.url(c), brokers.officer(c)), "pat"
+            )
         planned = plans.plan(registry, sizes, count, seed, requesters=["us"])
         planned = [p for p in planned if p.expected_partners]
         started = time.monotonic()

@@ -92,7 +92,13 @@ def run(settings: Settings, console: Console, gallery_size: int, count: int, see
 def _links(console: Console, brokers: SovereignBrokers) -> None:
     table = Table("broker", "shovel", "from queue", "to", "state", title="Links (shovels)")
     for code, broker in brokers.brokers.items():
-        for s in json.loads(broker.ctl("shovel_status", "--formatter", "json") or "[]"):
+        said = broker.ctl("shovel_status", "--formatter", "json") or "[]"
+        try:
+            shovels = json.loads(said)
+        except ValueError:  # rabbitmqctl answers an Erlang term while a shovel starts
+            table.add_row(code, "?", "", f"status not ready: {said.strip()[:60]}", "")
+            continue
+        for s in shovels:
             table.add_row(
                 code,
                 s["name"],

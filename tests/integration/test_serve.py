@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -158,6 +159,49 @@ def submit(served: Served, reply_to: str, citizenships: list[str]) -> str:
 
     publish_once(served.url, [out], name="test-encounter-system")
     return planned.encounter_id
+
+
+NODE_CLIENT = GUIDE.parents[1] / "examples" / "node"
+
+
+@pytest.mark.skipif(
+    shutil.which("node") is None or shutil.which("npm") is None, reason="Node.js is not here"
+)
+def test_a_node_encounter_system_written_from_the_docs_gets_a_result_every_one_valid(
+    served, tmp_path
+):
+    """Issue 21 (7): an encounter system in another language (Node.js: amqplib,
+    @msgpack/msgpack, ajv's 2020-12 validator), from the guide and schemas/ alone,
+    installed from the npm registry at its locked versions, submits and validates every
+    result it receives against encounter.result.v1.json."""
+    work = tmp_path / "node"
+    shutil.copytree(NODE_CLIENT, work, ignore=shutil.ignore_patterns("node_modules"))
+    try:
+        subprocess.run(
+            ["npm", "ci", "--no-audit", "--no-fund"],
+            cwd=work,
+            check=True,
+            capture_output=True,
+            timeout=300,
+        )
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as e:
+        pytest.skip(f"the npm registry did not answer: {e}")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BIOX_")}
+    schemas = GUIDE.parents[1] / "schemas"
+    done = subprocess.run(
+        ["node", "client.mjs", "--url", served.url, "--schemas", str(schemas), "--timeout", "90"],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=150,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("submitted example-node-")
+    assert lines[1].startswith("revision 1: pending") and "mx=pending" in lines[1]
+    assert lines[-1].startswith("revision ") and "complete" in lines[-1]
+    assert "mx=no_match" in lines[-1] and "sv=timed_out" in lines[-1]
 
 
 def test_results_wait_in_the_held_queue_until_the_reply_queue_exists(served):

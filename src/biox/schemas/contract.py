@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from biox.routes import ROUTES, RouteTable, Sender
 from biox.wire.codec import H_ATTEMPT, H_FROM, H_SCHEMA, H_TO
 from biox.wire.errors import REASON_TEXT, REASON_USE
 
 WIRE_NOTE = (
-    "Body encoding: msgpack map. Fields typed string/binary are msgpack bin (raw bytes: "
-    "float32 little-endian vectors, packed bit strings); date-time fields are msgpack "
+    "Body encoding: msgpack map. Fields typed string with contentEncoding base64 are "
+    "msgpack bin on the wire (raw bytes: float32 little-endian vectors, packed bit strings; "
+    "base64 only in a JSON view of the body); date-time fields are msgpack "
     "timestamps (extension type -1). AMQP properties (not headers): message_id "
     "(idempotency key), correlation_id (query id; the encounter id on encounter.submit and "
     "encounter.result), reply_to (on encounter.submit: the encounter system's reply queue, "
@@ -33,11 +35,26 @@ SENDERS = {
 }
 
 
+def _standard(node: Any) -> Any:
+    """Bytes as 2020-12 says them (a string with ``contentEncoding: base64``, the JSON view
+    of a msgpack bin), where pydantic writes OpenAPI's ``format: binary``, which no
+    2020-12 validator knows."""
+    if isinstance(node, dict):
+        out = {k: _standard(v) for k, v in node.items()}
+        if out.get("format") == "binary":
+            del out["format"]
+            out["contentEncoding"] = "base64"
+        return out
+    if isinstance(node, list):
+        return [_standard(v) for v in node]
+    return node
+
+
 def documents(routes: RouteTable = ROUTES) -> dict[str, str]:
     docs: dict[str, str] = {}
     for kind in routes.kinds:
         model = routes.routes[kind].model
-        schema = model.model_json_schema(mode="validation")
+        schema = _standard(model.model_json_schema(mode="validation"))
         schema = {
             "$schema": "https://json-schema.org/draft/2020-12/schema",
             "$id": f"urn:biox:{model.schema_id()}",

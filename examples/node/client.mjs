@@ -11,6 +11,7 @@ import { parseArgs } from "node:util";
 
 import { decode, encode } from "@msgpack/msgpack";
 import Ajv2020 from "ajv/dist/2020.js";
+import addFormats from "ajv-formats";
 import amqp from "amqplib";
 
 const { values: args } = parseArgs({
@@ -25,8 +26,10 @@ const { values: args } = parseArgs({
 const me = args.participant;
 const reply = `${me}.replies.${args.system}.node`;
 
-// the schemas are JSON Schema 2020-12; biox's x-biox-* keywords are annotations
+// the schemas are JSON Schema 2020-12 with its standard formats (date-time, date);
+// biox's x-biox-* keywords are annotations
 const ajv = new Ajv2020({ allErrors: true });
+addFormats(ajv);
 ajv.addVocabulary(["x-biox-kind", "x-biox-schema", "x-biox-template"]);
 const schema = JSON.parse(readFileSync(join(args.schemas, "encounter.result.v1.json"), "utf8"));
 const validate = ajv.compile(schema);

@@ -54,6 +54,7 @@ class Served:
         done = subprocess.run(
             [sys.executable, "-m", "biox", *args],
             env=self.env,
+            cwd=self.settings.data_dir,  # not a clone: the defaults must work anywhere
             capture_output=True,
             text=True,
             timeout=120,
@@ -66,6 +67,16 @@ class Served:
         status = read_status(self.settings.data_dir / code / "serve.json")
         assert status is not None
         return status
+
+
+def commenced(s: Served, code: str) -> bool:
+    """Whether ``code`` holds itself and every partner it has an agreement with active."""
+    rows = [
+        [cell.strip() for cell in line.split("│")[1:-1]]
+        for line in s.biox("participants", "list", "-p", code).stdout.splitlines()
+        if line.startswith("│")
+    ]
+    return bool(rows) and all(r[1] == "active" for r in rows if r[3] in ("yes", "(self)"))
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +93,9 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
             BIOX_ANSWER_DEADLINE_S=str(DEADLINE_S),
             BIOX_DEADLINE_CHECK_S="0.5",
         )
+        # the registry a stranger gets: the example shipped in the package, everyone
+        # pending until the readiness exchange below (§34)
+        env.pop("BIOX_REGISTRY")
         s = Served(broker.url, settings, env, workers, broker)
         # before the topology: serve refuses to start workers that would wait forever
         refused = s.biox("serve", "-p", "us", check=False)
@@ -100,6 +114,12 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
             + [addresses.queue("mx", "query")],
             workers,
         )
+        for code in CODES:  # as the guide says, once every participant is served
+            assert "readiness" in s.biox("participants", "ready", "-p", code).stdout
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not all(commenced(s, c) for c in CODES):
+            time.sleep(0.5)
+        assert all(commenced(s, c) for c in CODES)
         yield s
     finally:
         workers.stop(timeout=40)

@@ -11,6 +11,7 @@ from rich.progress import Progress
 
 from biox import logs
 from biox.cli.common import Participant, code, console, session, settings
+from biox.registry import Registry
 
 
 def demo(
@@ -132,11 +133,11 @@ def conformance(
     """Run the encounter-system contract's cases against a running participant, as its
     encounter system: mated, stranger, each refusal, each bad template, a duplicate, a
     retried publish, a missing reply queue. Prints a pass/fail table; exits 1 on a fail.
-    Expectations come from this side's registry (BIOX_REGISTRY)."""
+    Expectations come from this side's registry (BIOX_REGISTRY) with the statuses its
+    database holds (§34: readiness changes the database, not the file)."""
     from rich.progress import Progress
     from rich.table import Table
 
-    from biox.registry import Registry
     from biox.sim.conformance import Kit
     from biox.sim.conformance_run import Runner
 
@@ -146,7 +147,7 @@ def conformance(
         console.print("[red]give --amqp-url or set BIOX_AMQP_URL[/]")
         raise typer.Exit(2)
     me = code(participant)
-    registry = Registry.load(s.registry)
+    registry = _as_held(Registry.load(s.registry), me)
     sizes: int | dict[str, int] = gallery_size or _gallery_sizes(registry.codes, me)
     if not sizes:
         console.print(
@@ -214,3 +215,17 @@ def _gallery_sizes(codes: list[str], me: str) -> dict[str, int]:
         if n:
             found[other] = n
     return found
+
+
+def _as_held(registry: Registry, me: str) -> Registry:
+    """The registry with the statuses ``me``'s database holds (§34: the file starts
+    everyone pending; readiness notices change the database, not the file), so the kit
+    expects what intake will do."""
+    from sqlmodel import select
+
+    from biox.agreement import participants
+    from biox.store import ParticipantRow
+
+    with session(me) as s:
+        rows = s.exec(select(ParticipantRow)).all()
+    return participants.overlay(registry, rows) if rows else registry

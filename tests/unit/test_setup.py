@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from biox.config import NAMES, example
 from biox.settings import Settings
 
@@ -71,3 +73,42 @@ def test_init_copies_the_examples_keeps_what_exists_and_prints_the_settings(tmp_
     exports = [line for line in done.stdout.splitlines() if line.startswith("export ")]
     assert f"export BIOX_REGISTRY={target / 'participants.toml'}" in exports
     assert len(exports) == 4
+
+
+def test_an_installed_biox_carries_its_examples_and_reads_them_from_its_own_files(tmp_path):
+    """The wheel a fresh install gets holds the four examples (package data), and the
+    settings' defaults resolve to those installed files, not to a clone's deploy/."""
+    import zipfile
+
+    if not (REPO / "pyproject.toml").exists():  # a copy of the sources alone (mutmut's)
+        pytest.skip("no project to build here")
+
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", str(REPO), "--no-deps", "-q", "-w", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert built.returncode == 0, built.stdout + built.stderr
+    [wheel] = tmp_path.glob("biox-*.whl")
+    unpacked = tmp_path / "site"
+    with zipfile.ZipFile(wheel) as z:
+        assert {f"biox/config/{n}" for n in NAMES} <= set(z.namelist())
+        z.extractall(unpacked)
+    said = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from biox.settings import Settings; s = Settings(); "
+            "print(s.registry); print(s.registry.read_text().count('status = \"pending\"'))",
+        ],
+        cwd=tmp_path,
+        env=clean_env(PYTHONPATH=str(unpacked)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert said.returncode == 0, said.stderr
+    where, pending = said.stdout.split()
+    assert where == str(unpacked / "biox" / "config" / "participants.toml")
+    assert pending == "3"

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -182,6 +181,4 @@ def read_event(me: str, command: str, terms: dict[str, object], shown: int, who:
     of what was asked, how many rows were shown; never the terms or the rows."""
     digest = hashlib.sha256(json.dumps(terms, sort_keys=True, default=str).encode()).hexdigest()
     event = PersonalDataRead(command=command, terms_sha256=digest, shown=shown)
-    mid = str(uuid.uuid4())
-    out = codec.to_own_inbox(event, participant=me, message_id=mid, correlation_id=mid)
-    return codec.with_actor(out, who)
+    return codec.from_person(event, participant=me, actor=who)

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import uuid
 
 import typer
 from rich.table import Table
@@ -45,15 +44,9 @@ def pairs(values: list[str], what: str) -> dict[str, str | None]:
 
 def send_notice(me: str, ask: NoticeSend) -> str:
     """Publishes the request to our notice worker; returns the notice id it will carry."""
-    mid = str(uuid.uuid4())
-    out = codec.to_own_inbox(ask, participant=me, message_id=mid, correlation_id=mid)
-    publish_once(
-        amqp_url(),
-        [codec.with_actor(out, ask.actor)],
-        name="biox-notice",
-        tls=settings().client_tls(),
-    )
-    return codec.derived_id(mid, "notice")
+    out = codec.from_person(ask, participant=me, actor=ask.actor)
+    publish_once(amqp_url(), [out], name="biox-notice", tls=settings().client_tls())
+    return codec.derived_id(out.envelope.message_id, "notice")
 
 
 @app.command("send")

@@ -6,7 +6,6 @@ done; and the partners' signed audit checkpoints, kept as evidence of their chai
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -389,6 +388,4 @@ def rewrite_snapshot(session: Session, directory: Path) -> tuple[int | None, int
 def purge_event(me: str, counts: dict[str, int], actor: str) -> codec.Outgoing:
     """The audit trail's record of a purge: counts per table, nothing of what was removed."""
     event = RetentionPurged(counts=counts, detail=f"retention purge ({actor})")
-    mid = str(uuid.uuid4())
-    out = codec.to_own_inbox(event, participant=me, message_id=mid, correlation_id=mid)
-    return codec.with_actor(out, actor)
+    return codec.from_person(event, participant=me, actor=actor)

@@ -6,7 +6,6 @@ annual review (§27) as a table and an HTML page; and ``biox qa`` (§28) for eve
 from __future__ import annotations
 
 import time
-import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -71,10 +70,9 @@ def _deletion(console: Console, settings: Settings, url: str) -> bool:
         about=About(query_ids=[tx.query_id]),
         text="record entered in error (§22)",
     )
-    mid = str(uuid.uuid4())
-    out = codec.to_own_inbox(ask, participant="mx", message_id=mid, correlation_id=mid)
-    publish_once(url, [codec.with_actor(out, OFFICER)], name="biox-demo-notice")
-    nid = codec.derived_id(mid, "notice")
+    out = codec.from_person(ask, participant="mx", actor=OFFICER)
+    publish_once(url, [out], name="biox-demo-notice")
+    nid = codec.derived_id(out.envelope.message_id, "notice")
     deadline = time.monotonic() + 60
     sent = None
     while time.monotonic() < deadline:

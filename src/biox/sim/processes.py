@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -283,9 +282,7 @@ def commence(
         outs = []
         for ask in participants.readiness(registry, code, actor):
             if ask.to in codes:
-                mid = str(uuid.uuid4())
-                out = codec.to_own_inbox(ask, participant=code, message_id=mid, correlation_id=mid)
-                outs.append(codec.with_actor(out, actor))
+                outs.append(codec.from_person(ask, participant=code, actor=actor))
         url, tls = connect(code)
         publish_once(url, outs, name="biox-readiness", tls=tls)
     deadline = time.monotonic() + timeout

@@ -203,6 +203,14 @@ def to_own_inbox(
     )
 
 
+def from_person(message: Message, *, participant: str, actor: str) -> Outgoing:
+    """A person's request or record to their own participant (a notice to send, a read, a
+    purge): a fresh id, correlated to itself, naming who caused it."""
+    mid = str(uuid.uuid4())
+    out = to_own_inbox(message, participant=participant, message_id=mid, correlation_id=mid)
+    return with_actor(out, actor)
+
+
 def to_submissions(
     message: Message,
     *,

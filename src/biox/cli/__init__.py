@@ -6,6 +6,7 @@ import os
 
 import typer
 
+from biox import logs
 from biox.cli import (
     audit,
     broker,
@@ -38,6 +39,9 @@ app = typer.Typer(help="biox: biometric immigration query exchange.", no_args_is
 @app.callback()
 def _settings() -> None:
     """biox: biometric immigration query exchange. Settings: BIOX_* environment variables."""
+    # warnings only, on stderr: stdout is the command's answer, which scripts capture
+    # (`export BIOX_AMQP_URL=$(biox broker start)`); `biox serve` sets its own JSON logs
+    logs.configure("WARNING", json=False)
     begin()
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
+from rich.console import Console
 
 from biox.cli.common import Participant, console, settings
 from biox.dev.broker import LocalBroker
@@ -27,17 +28,22 @@ def _state() -> Path:
 
 @app.command("start")
 def broker_start() -> None:
-    """Start a local RabbitMQ in the background and print its URL."""
+    """Start a local RabbitMQ in the background and print its URL.
+
+    The URL alone goes to stdout, so that ``export BIOX_AMQP_URL=$(biox broker start)``
+    works as the integration guide writes it; the hints go to stderr.
+    """
     state = _state()
     if state.exists() and LocalBroker.from_state(state).running():
-        console.print(LocalBroker.from_state(state).url)
+        typer.echo(LocalBroker.from_state(state).url)
         return
     broker = LocalBroker().start()
     broker.save_state(state)
-    console.print(broker.url)
-    console.print(f"[dim]export BIOX_AMQP_URL={broker.url}   # then: biox broker stop[/]")
+    typer.echo(broker.url)
     assert broker.state is not None
-    console.print(f"[dim]queue depths for Prometheus: {broker.state.metrics_url}[/]")
+    hints = Console(stderr=True)
+    hints.print(f"[dim]export BIOX_AMQP_URL={broker.url}   # then: biox broker stop[/]")
+    hints.print(f"[dim]queue depths for Prometheus: {broker.state.metrics_url}[/]")
 
 
 @app.command("stop")

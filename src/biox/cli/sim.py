@@ -9,7 +9,6 @@ import numpy as np
 import typer
 from rich.progress import Progress
 
-from biox import logs
 from biox.cli.common import Participant, code, console, session, settings
 from biox.registry import Registry
 
@@ -26,7 +25,6 @@ def demo(
     from biox.sim import sovereign_demo
     from biox.sim.demo import run
 
-    logs.configure("WARNING", json=False)
     code = run(
         settings(),
         gallery_size=gallery_size,

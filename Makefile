@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-unit test-integration test-postgres bench bench-full chaos mutation lint format broker broker-stop schemas rabbitmq chromium postgresql report-screenshot clean
+.PHONY: demo test test-unit test-integration test-postgres bench bench-full evaluate chaos mutation lint format broker broker-stop schemas rabbitmq chromium postgresql report-screenshot clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,7 +31,8 @@ demo: $(STAMP) rabbitmq
 # (time-machine, tests/conftest.py: a test that pins a date while the code reads the real
 # clock fails today, not on the day it stops passing), then the integration tests again on a
 # throwaway PostgreSQL (the database production uses). Run once: the broker-fault, sovereign-broker, browser and
-# fuzz tests (brokers, a browser, decoding), `biox serve` and the 100 000-identity import
+# fuzz tests (brokers, a browser, decoding), `biox serve`, the guide walked from a fresh
+# install (its own SQLite under its own state directory) and the 100 000-identity import
 # (SQLite by design), to keep `make test` under 15 minutes on two cores.
 test: $(STAMP) rabbitmq chromium postgresql
 	$(BIN)/ruff check src workers tests bench
@@ -42,7 +43,8 @@ test: $(STAMP) rabbitmq chromium postgresql
 	$(BIN)/pytest tests/integration --postgres $(PG_SELECT)
 
 PG_SELECT := -m "not fault and not sovereign and not browser and not slow" \
-	--deselect tests/integration/test_fuzz.py --deselect tests/integration/test_serve.py
+	--deselect tests/integration/test_fuzz.py --deselect tests/integration/test_serve.py \
+	--deselect tests/integration/test_guide.py
 
 test-postgres: $(STAMP) rabbitmq postgresql
 	$(BIN)/pytest tests/integration --postgres $(PG_SELECT)
@@ -83,6 +85,12 @@ format: $(STAMP)
 
 schemas: $(STAMP)
 	$(BIN)/biox schemas
+
+# Decision quality on the hard population: calibration, FNIR at FPIR, DET curves
+# (docs/matching.md, docs/det.png). About 10 minutes; EVALUATE_ARGS="--sizes 100000,1000000"
+# adds the million-identity gallery (about 12 GB of memory).
+evaluate: $(STAMP)
+	PYTHONPATH=. $(BIN)/python -m bench.evaluate $(EVALUATE_ARGS)
 
 # A local broker left running for manual work; `make broker-stop` ends it.
 broker: $(STAMP) rabbitmq

@@ -112,8 +112,18 @@ class Settings(BaseSettings):
     exact_max: int = Field(default=50_000, description="Largest gallery searched exhaustively.")
     ivf_nprobe: int = Field(default=0, description="IVF lists searched; 0 = about 4 % of them.")
     candidates: int = Field(default=10, description="Candidates per modality from the index.")
-    threshold_high: float = Field(default=0.55, description="Fused score at or above: match.")
-    threshold_low: float = Field(default=0.30, description="Fused score below: no match.")
+    threshold_high: float = Field(
+        default=0.55, description="Fused score at or above: match (without a calibration)."
+    )
+    threshold_low: float = Field(
+        default=0.30, description="Fused score below: no match (without a calibration)."
+    )
+    calibration: Path | None = Field(
+        default=None,
+        description="The file `biox calibrate` writes (log-LR maps and thresholds by gallery "
+        "size); default <data dir>/<participant>/calibration.json when it exists. Without "
+        "one, the mean rule and the two thresholds above decide.",
+    )
     max_candidates_released: int = 3
     gallery_sync_s: float = Field(
         default=2.0, description="How often a matcher picks up query data others enrolled."
@@ -261,6 +271,10 @@ class Settings(BaseSettings):
     def gallery_dir(self, code: str) -> Path:
         """Where the participant's FAISS snapshot lives (bulk enrolment writes it there)."""
         return self.participant_dir(code) / "gallery"
+
+    def calibration_file(self, code: str) -> Path:
+        """The calibration the participant's matchers load and reload (docs/matching.md)."""
+        return self.calibration or self.participant_dir(code) / "calibration.json"
 
     def client_tls(self) -> ClientTLS | None:
         if self.tls_ca and self.tls_cert and self.tls_key:

@@ -292,6 +292,7 @@ def test_a_match_is_the_whole_answer_the_policy_allows(mx_db):
                 "identity_ref": "MX-000000001",
                 "fused_score": 0.9,
                 "scores": {"face": 0.9, "finger": 0.8},
+                "evidence": None,  # no calibration: the mean rule decided
                 "record": {
                     "identity_ref": "MX-000000001",
                     "person_centric_id": "mx-pcn-1",
@@ -371,7 +372,12 @@ def test_a_gray_zone_answer_and_its_case_say_all_an_examiner_needs(mx_db):
         "probe_modalities": ["face", f"finger.{BIO.fingerprints[0].position}"],
         "encounter": WHERE.model_dump(),
         "candidates": [
-            {"identity_ref": "MX-000000002", "fused_score": 0.45, "scores": {"face": 0.45}}
+            {
+                "identity_ref": "MX-000000002",
+                "fused_score": 0.45,
+                "scores": {"face": 0.45},
+                "evidence": None,
+            }
         ],
     }
     assert case.opened_at == pending.timings.received_at
@@ -644,7 +650,9 @@ def test_a_review_case_is_kept_whole_with_the_probe_datas_source(tmp_path):
             "purpose": "enforce",
             "opened_at": AT,
             "status": "pending",
-            "candidates": [{"identity_ref": "MX-2", "fused_score": 0.4, "scores": {"face": 0.4}}],
+            "candidates": [
+                {"identity_ref": "MX-2", "fused_score": 0.4, "scores": {"face": 0.4}, "evidence": None}
+            ],
             "probe_biographic": WHO.model_dump(mode="json", exclude_none=True),
             "probe_modalities": ["face"],
             "encounter": WHERE.model_dump(mode="json", exclude_none=True),
@@ -671,7 +679,7 @@ def test_a_review_case_is_kept_whole_with_the_probe_datas_source(tmp_path):
     assert isinstance(kept, Effects)
     assert "location" not in kept.rows[0].encounter
     assert kept.rows[0].candidates == [
-        {"identity_ref": "MX-2", "fused_score": 0.4, "scores": {"face": 0.4}}
+        {"identity_ref": "MX-2", "fused_score": 0.4, "scores": {"face": 0.4}, "evidence": None}
     ]
 
 

@@ -174,3 +174,81 @@ def gallery_remove(
         forget_records(s, [record.id], f"gallery remove by {who}")
         s.commit()
     console.print(f"{me}: {text(ref)} removed; matchers drop it within BIOX_GALLERY_SYNC_S")
+
+
+def calibrate(
+    participant: Participant = PARTICIPANT,
+    scores: Path | None = typer.Option(
+        None,
+        help="a score file from your own algorithm (CSV or Parquet: probe_id, candidate_id, "
+        "modality, score, mated; docs/matching.md); without it, the hard synthetic population",
+    ),
+    searched: int | None = typer.Option(
+        None, help="with --scores: the gallery size each probe was searched against"
+    ),
+    size: int = typer.Option(10_000, help="synthetic: the calibration gallery's size"),
+    mated: int = typer.Option(2000, help="synthetic: mated probes"),
+    non_mated: int = typer.Option(12_000, help="synthetic: non-mated probes"),
+    seed: int = typer.Option(2026, help="synthetic: the population's seed"),
+    fpir_match: float = typer.Option(0.001, help="FPIR of the match threshold"),
+    fpir_review: float = typer.Option(0.01, help="FPIR of the review threshold (below: no match)"),
+    method: str = typer.Option("logistic", help="logistic (floored), or isotonic"),
+    out: Path | None = typer.Option(None, help="default: BIOX_CALIBRATION, else the data dir's"),
+    keep_scores: Path | None = typer.Option(None, help="synthetic: also write the score file"),
+) -> None:
+    """Fit score to log-likelihood ratio per modality, and thresholds for a target FPIR at
+    any gallery size; the matchers load the file and reload it when it changes."""
+    from biox.gallery.calibration import CalibrationError, ScoreTable, fit
+
+    me = code(participant)
+    if not 0 < fpir_match < fpir_review < 1:
+        console.print("[red]need 0 < --fpir-match < --fpir-review < 1[/]")
+        raise typer.Exit(2)
+    try:
+        if scores is not None:
+            if not searched:
+                console.print("[red]--scores needs --searched: the gallery size searched[/]")
+                raise typer.Exit(2)
+            table, source = ScoreTable.read(scores), f"score file {scores.name}"
+        else:
+            table, searched = _synthetic(size, mated, non_mated, seed), size
+            source = f"hard synthetic population, seed {seed}, {size} identities"
+            if keep_scores is not None:
+                table.write(keep_scores)
+        calibration = fit(table, searched, fpir_match, fpir_review, source, method)
+    except CalibrationError as exc:
+        console.print(f"[red]{text(str(exc))}[/]")
+        raise typer.Exit(1) from None
+    path = out or settings().calibration_file(me)
+    calibration.save(path)
+    console.print(f"wrote {path} ({source})")
+    for modality, m in calibration.maps.items():
+        console.print(
+            f"  {modality:<7} log-LR from {m.ys[0]:+.1f} (score <= {m.xs[0]:.3f})"
+            f" to {m.ys[-1]:+.1f} (score >= {m.xs[-1]:.3f}), {len(m.xs)} points"
+        )
+    snapshot = _snapshot(me)
+    sizes = sorted({searched, 100_000, 1_000_000} | ({snapshot.size} if snapshot else set()))
+    for n in sizes:
+        high, low = calibration.thresholds(n)
+        mark = "  (this gallery)" if snapshot and n == snapshot.size else ""
+        console.print(f"  {n:>9,} identities: match >= {high:.2f}, review >= {low:.2f}{mark}")
+
+
+def _synthetic(size: int, mated: int, non_mated: int, seed: int):  # type: ignore[no-untyped-def]
+    from biox.gallery.gallery import Gallery
+    from biox.sim.population import Population, build, score_table
+
+    population = Population(seed)
+    with _progress() as bar:
+        task = bar.add_task("building the calibration gallery", total=3)
+        truth = population.truth(size)
+        gallery = Gallery("flat")
+        build(population, truth, gallery)
+        bar.advance(task)
+        bar.update(task, description=f"searching {mated + non_mated:,} probes")
+        sample = population.probes(truth, mated, non_mated, stream=1)
+        bar.advance(task)
+        table = score_table(gallery, sample, settings().candidates, seed)
+        bar.advance(task)
+    return table

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from biox.gallery.fusion import NORMALISERS, fuse
+from biox.gallery.fusion import MeanRule, Scorer
 from biox.gallery.index import IndexKind, IrisIndex, VectorIndex
 from biox.gallery.templates import iris_code, vector
 from biox.wire.biometrics import FACE, FINGER
@@ -48,7 +48,8 @@ class Probe:
 class Hit:
     record_id: int
     fused: float
-    scores: dict[str, float]
+    scores: dict[str, float]  # normalised per modality, [0, 1]
+    evidence: dict[str, float] | None = None  # log-LR per modality, when calibrated
 
 
 class Gallery:
@@ -58,6 +59,7 @@ class Gallery:
         self.face = VectorIndex(FACE.dim, kind, nlist, nprobe)
         self.fingers = {p: VectorIndex(FINGER.dim, kind, nlist, nprobe) for p in range(1, 11)}
         self.irises = {eye: IrisIndex() for eye in EYES}
+        self.scorer: Scorer = MeanRule()
 
     @classmethod
     def for_size(cls, n: int, index: str, exact_max: int, nprobe: int) -> Gallery:
@@ -120,6 +122,11 @@ class Gallery:
 
     def search(self, probes: Sequence[Probe], k: int = 10, top: int = 3) -> list[list[Hit]]:
         """Best ``top`` fused hits per probe; candidates come from every modality."""
+        found = self.candidates(probes, k)
+        return [self._rank(p, c, top) for p, c in zip(probes, found, strict=True)]
+
+    def candidates(self, probes: Sequence[Probe], k: int) -> list[set[int]]:
+        """The union of each index's ``k`` nearest, per probe."""
         candidates: list[set[int]] = [set() for _ in probes]
         for name, ix in self._vector_indexes().items():
             rows, queries = self._queries_for(name, probes)
@@ -131,7 +138,7 @@ class Gallery:
         for i, probe in enumerate(probes):
             for eye, (code, _mask) in probe.irises.items():
                 candidates[i].update(self.irises[eye].candidates(code, k).tolist())
-        return [self._rank(p, c, top) for p, c in zip(probes, candidates, strict=True)]
+        return candidates
 
     @staticmethod
     def _queries_for(name: str, probes: Sequence[Probe]) -> tuple[list[int], list[np.ndarray]]:
@@ -143,49 +150,42 @@ class Gallery:
                 queries.append(vec)
         return rows, queries
 
+    def compare(self, probe: Probe, ids: np.ndarray) -> dict[str, np.ndarray]:
+        """Raw similarity of ``probe`` to each of ``ids`` (sorted), per element: cosine for
+        the face and each finger, ``1 - HD`` for each eye; NaN where a side lacks it."""
+        raw: dict[str, np.ndarray] = {}
+        if probe.face is not None:
+            raw["face"] = _scatter(ids, *self.face.scores(probe.face, ids))
+        for p, v in probe.fingers.items():
+            raw[f"finger.{p}"] = _scatter(ids, *self.fingers[p].scores(v, ids))
+        for eye, (code, mask) in probe.irises.items():
+            found, hd = self.irises[eye].scores(code, mask, ids)
+            raw[f"iris.{eye}"] = _scatter(ids, found, 1.0 - hd)
+        return raw
+
     def _rank(self, probe: Probe, candidates: set[int], top: int) -> list[Hit]:
         if not candidates:
             return []
         ids = np.fromiter(sorted(candidates), dtype=np.int64)
-        groups: dict[str, np.ndarray] = {}
-        if probe.face is not None:
-            groups["face"] = self._group(ids, [self._norm(self.face, probe.face, ids, "face")])
-        if probe.fingers:
-            groups["finger"] = self._group(
-                ids,
-                [self._norm(self.fingers[p], v, ids, "finger") for p, v in probe.fingers.items()],
-            )
-        if probe.irises:
-            per_eye = []
-            for eye, (code, mask) in probe.irises.items():
-                found, hd = self.irises[eye].scores(code, mask, ids)
-                per_eye.append(_scatter(ids, found, NORMALISERS["iris"](1.0 - hd)))
-            groups["iris"] = self._group(ids, per_eye)
-        fused = fuse(groups)
-        order = np.argsort(-fused, kind="stable")[:top]
+        fused = self.scorer(self.compare(probe, ids))
+        order = np.argsort(-fused.score, kind="stable")[:top]
         return [
             Hit(
                 record_id=int(ids[j]),
-                fused=round(float(fused[j]), 4),
-                scores={g: round(float(s[j]), 4) for g, s in groups.items() if not np.isnan(s[j])},
+                fused=round(float(fused.score[j]), 4),
+                scores={
+                    m: round(float(s[j]), 4) for m, s in fused.scores.items() if not np.isnan(s[j])
+                },
+                evidence=None
+                if fused.evidence is None
+                else {
+                    m: round(float(e[j]), 3)
+                    for m, e in fused.evidence.items()
+                    if not np.isnan(e[j])
+                },
             )
             for j in order
         ]
-
-    @staticmethod
-    def _norm(ix: VectorIndex, query: np.ndarray, ids: np.ndarray, modality: str) -> np.ndarray:
-        found, raw = ix.scores(query, ids)
-        return _scatter(ids, found, NORMALISERS[modality](raw))
-
-    @staticmethod
-    def _group(ids: np.ndarray, parts: list[np.ndarray]) -> np.ndarray:
-        """Mean over the positions (or eyes) both sides have; NaN where they share none."""
-        stacked = np.stack(parts)
-        with np.errstate(invalid="ignore"):
-            present = ~np.isnan(stacked)
-            counts = present.sum(axis=0)
-            total = np.where(present, stacked, 0.0).sum(axis=0)
-            return np.where(counts > 0, total / np.maximum(counts, 1), np.nan)
 
     # --- persistence ----------------------------------------------------------------------
 
@@ -236,6 +236,7 @@ class Gallery:
             p: VectorIndex.load(directory / f"finger.{p}.faiss", nprobe) for p in range(1, 11)
         }
         self.irises = {eye: IrisIndex.load(directory / f"iris.{eye}.faiss") for eye in EYES}
+        self.scorer = MeanRule()
         return self
 
     @staticmethod

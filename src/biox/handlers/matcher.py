@@ -18,6 +18,7 @@ from sqlmodel import Session, col, select
 from biox.agreement import participants
 from biox.agreement.erasures import Erased
 from biox.agreement.ledgers import Tombstone
+from biox.gallery.calibration import Calibrated
 from biox.gallery.fusion import Decision, decide
 from biox.gallery.gallery import Gallery, Hit, Probe
 from biox.handlers.base import Context, Effects, Handler, Result
@@ -82,6 +83,11 @@ class MatcherHandler(Handler):
         self._enrolled_seqs: set[int] = set()
         self._tombstone_seq = 0
         self.metrics: Metrics | None = None  # the worker's, when it runs under one
+        self.calibration = Calibrated(
+            settings.calibration_file(participant),
+            (settings.threshold_high, settings.threshold_low),
+        )
+        self.high, self.low = self.calibration.fallback
 
     def observe(self, metrics: Metrics, database_url: str) -> None:
         """Search time and gallery size join the worker's metrics."""
@@ -89,6 +95,7 @@ class MatcherHandler(Handler):
 
     def search(self, batch: Sequence[Inbound[Query]], session: Session) -> list[Result]:
         self.catch_up(session)
+        self.high, self.low = self.calibration.apply(self.gallery)
         registry = self._live.now(self.registry, session)  # statuses as notices left them
         received = utcnow()
         results: list[Result | None] = [None] * len(batch)
@@ -120,7 +127,7 @@ class MatcherHandler(Handler):
         search_ms = took * 1000 / max(len(probes), 1)
         if self.metrics is not None and probes:
             self.metrics.searched(took, self.gallery.size)
-        low = self.settings.threshold_low
+        low = self.low
         records = self._records(session, {h.record_id for hs in hits for h in hs if h.fused >= low})
         erased = self._erased(session, [batch[i] for i in searchable])
         for i, found in zip(searchable, hits, strict=True):
@@ -201,11 +208,16 @@ class MatcherHandler(Handler):
     ) -> Effects:
         asked = self._asked(inb, received)
         best = hits[0].fused if hits else 0.0
-        decision = decide(best, self.settings.threshold_high, self.settings.threshold_low)
+        decision = decide(best, self.high, self.low)
         found = [
-            Found(records[h.record_id], h.fused, h.scores)
+            Found(
+                records[h.record_id],
+                h.fused,
+                h.scores,
+                self.calibration.evidence(h, self.gallery.size),
+            )
             for h in hits
-            if h.fused >= self.settings.threshold_high and h.record_id in records
+            if h.fused >= self.high and h.record_id in records
         ]
         case: list[codec.Outgoing] = []
         if found:  # a candidate at or above the match threshold: the decision is match
@@ -237,7 +249,7 @@ class MatcherHandler(Handler):
     ) -> codec.Outgoing:
         """A gray-zone query becomes a case for this participant's examiners (§8)."""
         q = inb.message
-        low = self.settings.threshold_low
+        low = self.low
         case = ReviewCase(
             case_id=q.query_id,
             query_id=q.query_id,
@@ -251,6 +263,7 @@ class MatcherHandler(Handler):
                     identity_ref=records[h.record_id].identity_ref,
                     fused_score=h.fused,
                     scores=h.scores,
+                    evidence=self.calibration.evidence(h, self.gallery.size),
                 )
                 for h in hits
                 if h.fused >= low and h.record_id in records

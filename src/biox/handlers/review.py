@@ -26,7 +26,14 @@ from biox.trust.staff import person_of
 from biox.wire.codec import Envelope
 from biox.wire.errors import BioxError, PermanentError, Reason, TransientError
 from biox.wire.inbound import Inbound
-from biox.wire.messages import DecidedBy, ReviewCase, ReviewDecision, ReviewVerdict, utcnow
+from biox.wire.messages import (
+    DecidedBy,
+    Evidence,
+    ReviewCase,
+    ReviewDecision,
+    ReviewVerdict,
+    utcnow,
+)
 
 log = structlog.get_logger("biox.review")
 
@@ -118,7 +125,13 @@ class ReviewHandler(Handler):
                 return PermanentError(
                     Reason.not_a_candidate, f"{decision.identity_ref!r} in case {case.case_id}"
                 )
-            found = Found(record, chosen["fused_score"], chosen["scores"])
+            evidence = chosen.get("evidence")
+            found = Found(
+                record,
+                chosen["fused_score"],
+                chosen["scores"],
+                Evidence.model_validate(evidence) if evidence else None,
+            )
             response = self.answers.matched(asked, [found], DecidedBy.examiner)
             best = record
         else:

@@ -21,6 +21,7 @@ from biox.wire.errors import REASON_TEXT, BioxError, Reason
 from biox.wire.messages import (
     Candidate,
     DecidedBy,
+    Evidence,
     Response,
     ResponseStatus,
     RetrievalAsk,
@@ -63,6 +64,7 @@ class Found:
     record: Record
     fused: float
     scores: dict[str, float]
+    evidence: Evidence | None = None
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,7 @@ class Answers:
                 identity_ref=f.record.identity_ref,
                 fused_score=f.fused,
                 scores=f.scores,
+                evidence=f.evidence,
                 record=released_record(
                     f.record.identity_ref,
                     f.record.person_centric_id,

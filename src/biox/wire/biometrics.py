@@ -111,3 +111,13 @@ class Biometrics(Model):
 
     def is_empty(self) -> bool:
         return not self.fingerprints and self.face is None and not self.irises
+
+
+class Evidence(Model):
+    """How strong a comparison is, in terms a requester can use: present when the
+    provider has calibrated its scores (docs/matching.md, "Decision quality")."""
+
+    log_lr: float = Field(description="log (natural) of the likelihood ratio, summed")
+    modalities: dict[str, float] = Field(default_factory=dict, description="log-LR each")
+    fpir: float = Field(ge=0, le=1, description="FPIR of a threshold at this score")
+    gallery_size: int = Field(ge=0, description="identities searched: fpir is at this size")

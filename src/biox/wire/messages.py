@@ -15,7 +15,7 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from biox.registry import Purpose
-from biox.wire.biometrics import Biometrics, Face, Fingerprint, Iris
+from biox.wire.biometrics import Biometrics, Evidence, Face, Fingerprint, Iris
 from biox.wire.errors import Reason
 from biox.wire.fields import Code, Id, Model, Name, Short, Text, Timestamp, utcnow
 
@@ -23,6 +23,7 @@ from biox.wire.fields import Code, Id, Model, Name, Short, Text, Timestamp, utcn
 __all__ = [
     "Biometrics",
     "Code",
+    "Evidence",
     "Face",
     "Fingerprint",
     "Id",
@@ -176,8 +177,9 @@ class ReleasedRecord(Model):
 
 class Candidate(Model):
     identity_ref: Id
-    fused_score: float
+    fused_score: float = Field(description="with a calibration the log-LR sum, else in [0, 1]")
     scores: dict[str, float] = Field(description="normalised per-modality scores in [0, 1]")
+    evidence: Evidence | None = None
     record: ReleasedRecord | None = None
 
 
@@ -213,6 +215,7 @@ class ReviewCandidate(Model):
     identity_ref: Id
     fused_score: float
     scores: dict[str, float]
+    evidence: Evidence | None = None  # the per-modality evidence the examiner weighs
 
 
 class ReviewCase(Message):

@@ -1,0 +1,249 @@
+"""Calibration and the hard population (issue 22): tests that fail when calibration or
+fusion is broken, on a small hard gallery built once for the module."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+from structlog.testing import capture_logs
+
+from biox.database import session_for
+from biox.gallery import calibration as cal
+from biox.gallery.calibration import Calibration, CalibrationError, ScoreMap, ScoreTable, Tail
+from biox.gallery.fusion import MeanRule
+from biox.gallery.gallery import Gallery, Hit
+from biox.handlers.matcher import MatcherHandler
+from biox.routes import ROUTES
+from biox.settings import Settings
+from biox.sim.population import Hardness, Population, build, score_table
+from biox.wire.messages import ResponseStatus
+from tests.unit.test_matcher import POLICIES, REGISTRY, ScriptedGallery, ask, record
+
+SIZE = 3000
+
+
+@pytest.fixture(scope="module")
+def hard() -> tuple[Population, Gallery, ScoreTable]:
+    pop = Population(11)
+    truth = pop.truth(SIZE)
+    gallery = Gallery("flat")
+    build(pop, truth, gallery)
+    sample = pop.probes(truth, 300, 600, stream=1)
+    return pop, gallery, score_table(gallery, sample, 10, seed=11)
+
+
+@pytest.fixture(scope="module")
+def fitted(hard) -> Calibration:
+    return cal.fit(hard[2], SIZE)
+
+
+def test_the_hard_population_overlaps_where_the_easy_one_does_not(hard):
+    """Mated comparisons reach down into the impostors' range for every modality: some
+    captures are unusable, so a single modality alone must miss some mates."""
+    table = hard[2]
+    for modality in ("face", "finger", "iris"):
+        rows = table.modality == modality
+        genuine, impostor = table.score[rows & table.mated], table.score[rows & ~table.mated]
+        assert np.quantile(genuine, 0.02) < impostor.max(), modality
+        assert np.median(genuine) > np.quantile(impostor, 0.999), modality
+
+
+def test_the_population_is_the_same_for_the_same_seed_and_ages_the_face():
+    a, b = Population(3), Population(3)
+    assert np.array_equal(a.truth(100).face, b.truth(100).face)
+    assert np.array_equal(a.truth(50).face, a.truth(100).face[:50])  # the same people
+    young = Population(3, dataclasses.replace(Hardness(), ageing_face=0.0, max_years=15))
+    old = Population(3, dataclasses.replace(Hardness(), ageing_face=0.3, max_years=15))
+    truth = young.truth(200)
+    cos = []
+    for pop in (young, old):
+        probes = pop.probes(truth, 200, 0, stream=4)
+        faces = [
+            (p.face, truth.face[m])
+            for p, m in zip(probes.probes, probes.mate, strict=True)
+            if p.face is not None
+        ]
+        cos.append(np.median([float(f @ t) for f, t in faces]))
+    assert cos[1] < cos[0] - 0.05
+
+
+def test_swapped_labels_are_refused_with_a_reason(hard):
+    table = hard[2]
+    swapped = dataclasses.replace(table, mated=~table.mated)
+    with pytest.raises(CalibrationError, match="labels swapped"):
+        cal.fit(swapped, SIZE)
+
+
+def test_too_few_comparisons_and_unknown_modalities_are_refused(hard):
+    table = hard[2]
+    few = np.flatnonzero(table.mated)[:5]
+    with pytest.raises(CalibrationError, match="at least 20"):
+        ScoreMap.fit("face", table.score[few], table.mated[few], "isotonic")
+    odd = dataclasses.replace(
+        table, modality=np.where(table.modality == "face", "palm", table.modality)
+    )
+    with pytest.raises(CalibrationError, match="unknown modality 'palm'"):
+        cal.fit(odd, SIZE)
+
+
+def test_each_map_rises_with_the_score_and_stays_within_what_the_data_supports(hard, fitted):
+    table = hard[2]
+    for modality, mapping in fitted.maps.items():
+        assert np.all(np.diff(mapping.ys) >= 0) and mapping.ys[-1] > mapping.ys[0], modality
+        low, mid, high = mapping(np.array([-1.0, 0.5, 2.0]))
+        assert low == mapping.ys[0] < high == mapping.ys[-1], modality
+        assert low <= mid <= high
+        assert mapping.xs[-1] == table.score[table.modality == modality].max()
+    steps = cal.fit(table, SIZE, method="isotonic")
+    for modality, mapping in steps.maps.items():
+        rows = table.modality == modality
+        bound = np.log(2 * int(table.mated[rows].sum()))  # one mated comparison's worth
+        assert max(abs(mapping.ys[0]), abs(mapping.ys[-1])) <= bound + 1e-9, modality
+
+
+def test_the_line_is_floored_where_the_lowest_scores_stop_being_evidence(hard):
+    """A straight line alone would make an unusable capture a veto; the floor is where
+    the isotonic fit of the same data levels off at the bottom."""
+    table = hard[2]
+    line = cal.fit(table, SIZE).maps["face"]
+    steps = cal.fit(table, SIZE, method="isotonic").maps["face"]
+    assert line(np.array([-1.0]))[0] == pytest.approx(max(steps.ys[0], line.ys[0]))
+    assert line.ys[0] >= steps.ys[0] - 1e-9
+
+
+def test_an_unknown_method_is_refused(hard):
+    with pytest.raises(CalibrationError, match="unknown method 'svm'"):
+        cal.fit(hard[2], SIZE, method="svm")
+
+
+def test_a_missing_modality_adds_nothing_while_a_poor_one_counts_against(fitted):
+    """The sum of log-LRs: an absent face contributes zero evidence; a face that is
+    present and unlike the candidate's contributes negative evidence. Counting a missing
+    modality as a zero score would make absence look like a non-match."""
+    scorer = fitted.scorer()
+    finger = np.array([0.8, 0.8], np.float32)
+    absent = scorer({"finger.2": finger, "face": np.array([np.nan, np.nan], np.float32)})
+    alone = scorer({"finger.2": finger})
+    unlike = scorer({"finger.2": finger, "face": np.array([0.0, 0.0], np.float32)})
+    assert np.allclose(absent.score, alone.score)
+    assert absent.evidence is not None and np.isnan(absent.evidence["face"]).all()
+    assert (unlike.score < alone.score - 1).all()
+
+
+def test_every_finger_is_evidence_of_its_own(fitted):
+    scorer = fitted.scorer()
+    one = scorer({"finger.2": np.array([0.7], np.float32)}).score[0]
+    two = scorer(
+        {"finger.2": np.array([0.7], np.float32), "finger.7": np.array([0.7], np.float32)}
+    ).score[0]
+    assert two == pytest.approx(2 * one, rel=1e-5)
+    mean = MeanRule()
+    assert mean({"finger.2": np.array([0.7]), "finger.7": np.array([0.7])}).score[
+        0
+    ] == pytest.approx(mean({"finger.2": np.array([0.7])}).score[0])
+
+
+def test_thresholds_rise_with_the_gallery_and_keep_the_review_band_below(fitted):
+    small, large, huge = (fitted.thresholds(n) for n in (SIZE, 100_000, 1_000_000))
+    assert small[1] < small[0] and large[1] < large[0]
+    assert small[0] < large[0] < huge[0]
+    tail = fitted.tail
+    assert tail.fpir(large[0], 100_000) == pytest.approx(fitted.fpir_match, rel=0.01)
+
+
+def test_the_tail_reads_the_sample_where_it_has_data_and_extrapolates_beyond():
+    rng = np.random.default_rng(0)
+    maxima = rng.exponential(1.0, 20_000)  # P(max > t) = exp(-t)
+    tail = Tail.fit(maxima, 1000)
+    for p in (0.3, 0.05, 1e-4, 1e-6):
+        assert tail.threshold(p, 1000) == pytest.approx(-np.log(p), rel=0.08)
+    with pytest.raises(CalibrationError, match="at least 200"):
+        Tail.fit(maxima[:50], 1000)
+
+
+def test_the_file_round_trips_and_a_foreign_file_is_refused(fitted, tmp_path):
+    path = tmp_path / "calibration.json"
+    fitted.save(path)
+    loaded = Calibration.load(path)
+    assert loaded.thresholds(50_000) == fitted.thresholds(50_000)
+    assert loaded.maps == fitted.maps
+    path.write_text('{"format": 99}')
+    with pytest.raises(CalibrationError, match="format 99"):
+        Calibration.load(path)
+    path.write_text("not json")
+    with pytest.raises(CalibrationError, match="not a biox calibration"):
+        Calibration.load(path)
+
+
+def test_calibrated_search_finds_mates_and_keeps_strangers_out(hard, fitted):
+    """On held-out probes of the same gallery, the calibrated thresholds admit few
+    strangers and find most mates; a calibration on swapped maps finds none."""
+    pop, gallery, _ = hard
+    sample = pop.probes(pop.truth(SIZE), 200, 400, stream=2)
+    gallery.scorer = fitted.scorer()
+    try:
+        high, _ = fitted.thresholds(SIZE)
+        hits = gallery.search(sample.probes, k=10, top=1)
+        best = np.array([h[0].fused if h else -np.inf for h in hits])
+        top = np.array([h[0].record_id if h else -1 for h in hits])
+        mated = sample.mate >= 0
+        found = ((best >= high) & (top == sample.mate))[mated].mean()
+        strangers = (best >= high)[~mated].mean()
+        assert found > 0.9 and strangers <= 0.01
+        backwards = {
+            m: dataclasses.replace(v, ys=[-y for y in v.ys]) for m, v in fitted.maps.items()
+        }
+        gallery.scorer = cal.LikelihoodRatio(backwards)
+        hits = gallery.search(sample.probes[:200], k=10, top=1)
+        assert sum(h[0].record_id == m for h, m in zip(hits, sample.mate[:200], strict=True)) < 50
+    finally:
+        gallery.scorer = MeanRule()
+
+
+def test_a_matcher_decides_by_the_calibration_it_finds_and_follows_the_file(tmp_path, fitted):
+    """No file: the mean rule's thresholds. A calibration written: its thresholds at the
+    gallery's size, and each candidate carries its evidence (log-LR per modality, the
+    FPIR it stands for). A broken file keeps the last good one; a removed one falls back."""
+
+    db = f"sqlite:///{tmp_path / 'mx.db'}"
+    with session_for(db) as s:
+        s.add_all([record(1), record(2)])
+        s.commit()
+    path = tmp_path / "calibration.json"
+    settings = Settings(calibration=path, threshold_high=0.55, threshold_low=0.3)
+    gallery = ScriptedGallery([Hit(2, 0.6, {"face": 0.6})])
+    gallery.size = 100_000  # type: ignore[misc]
+    handler = MatcherHandler("mx", REGISTRY, gallery, settings, POLICIES.of("mx"))  # type: ignore[arg-type]
+    handler._synced_at = float("inf")
+    high, low = fitted.thresholds(gallery.size)
+    between = (high + low) / 2
+    assert ask(handler, db)[3].status is ResponseStatus.match  # 0.55 is the bar without one
+
+    fitted.save(path)
+    gallery.hits = [Hit(2, between, {"face": 0.6}, {"face": between - 1, "finger": 1.0})]
+    assert ask(handler, db)[3].status is ResponseStatus.pending_review
+    _, _, result, _ = ask(handler, db)
+    case = ROUTES.decode("review.case", "review.case/1", result.outgoing[1].body)
+    evidence = case.candidates[0].evidence
+    assert evidence is not None and evidence.modalities == {"face": between - 1, "finger": 1.0}
+    assert fitted.fpir_match < evidence.fpir <= fitted.fpir_review + 1e-9
+    gallery.hits = [Hit(1, high + 0.5, {"face": 0.9}, {"face": high + 0.5})]
+    response = ask(handler, db)[3]
+    assert response.status is ResponseStatus.match
+    [candidate] = response.candidates
+    assert candidate.fused_score == high + 0.5 and candidate.evidence is not None
+    assert candidate.evidence.log_lr == high + 0.5 and candidate.evidence.gallery_size == 100_000
+    assert candidate.evidence.fpir <= fitted.fpir_match
+
+    with capture_logs() as logs:
+        path.write_text('{"format": 1, "broken": true}')
+        assert ask(handler, db)[3].status is ResponseStatus.match  # still calibrated
+        path.unlink()
+        gallery.hits = [Hit(2, 0.4, {"face": 0.4})]
+        assert ask(handler, db)[3].status is ResponseStatus.pending_review  # 0.3 <= 0.4 < 0.55
+    assert [e["event"] for e in logs if e["log_level"] == "warning"] == [
+        "calibration_refused",
+        "calibration_removed",
+    ]

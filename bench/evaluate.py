@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -165,8 +167,9 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
             console.print(f"{size:,} identities, {label} ({gallery.kind}): built")
             s = score(gallery, sample, calibration, settings.candidates)
             per_index[label] = summarise(s, sample, calibration, size)
-            if label == "exact":
+            if label == "exact" and size == args.sizes[0]:
                 plot(s, sample, size)
+            del gallery  # the next index is built without this one in memory
         out["sizes"][str(size)] = per_index
     out["seconds"] = round(time.monotonic() - started, 1)
     return out
@@ -179,9 +182,9 @@ def galleries(pop: Population, truth: Any, size: int, settings: Settings) -> Any
     configured = Gallery.for_size(size, settings.index, settings.exact_max, settings.ivf_nprobe)
     if configured.kind == "flat":
         return
+    del exact
     sample = np.random.default_rng(0).choice(size, min(size, 100_000), replace=False)
     configured.train(truth.face[sample], truth.fingers[2][sample])
-    del exact
     build(pop, truth, configured)
     yield "configured", configured
 
@@ -255,6 +258,63 @@ def plot(s: Scored, sample: Probes, size: int) -> None:
     plt.close(fig)
 
 
+def render(result: dict[str, Any]) -> str:
+    """The tables docs/matching.md carries between the evaluation markers."""
+    lines = []
+    c = result["calibration"]
+    lines.append(
+        f"Calibrated on {c['size']:,} identities (seed A): {c['mated_probes']:,} mated and "
+        f"{c['non_mated_probes']:,} non-mated probes, {c['mated_comparisons']:,} mated and "
+        f"{c['non_mated_comparisons']:,} non-mated comparisons. Evaluated on an independent "
+        f"gallery (seed B) with held-out probes; {result['seconds']:.0f} s in all "
+        f"(`make evaluate`, {result.get('machine', 'this machine')})."
+    )
+    for size, per in result["sizes"].items():
+        for label, r in per.items():
+            p = r["probes"]
+            lines += [
+                "",
+                f"**{int(size):,} identities, {label} search** ({p['mated']:,} mated, "
+                f"{p['non_mated']:,} non-mated probes)",
+                "",
+                "| rule | FNIR at FPIR 1 % | 0.1 % | 0.01 % | rank 1 | rank 10 | probes with it |",
+                "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+            ]
+            for rule, v in r["rules"].items():
+                f = v["fnir"]
+                lines.append(
+                    f"| {rule} | {f['0.01']:.2%} | {f['0.001']:.2%} | {f['0.0001']:.2%} | "
+                    f"{v['rank1']:.2%} | {v['rank10']:.2%} | {v['probes_with_modality']:.0%} |"
+                )
+            k = r["calibrated"]
+            fixed = r["fixed_threshold"]
+            lines += [
+                "",
+                f"Calibrated thresholds at this size: match {k['match_threshold']}, review "
+                f"{k['review_threshold']}. FPIR at the match threshold "
+                f"{k['fpir_match']['measured']:.3%} for a target of "
+                f"{k['fpir_match']['target']:.1%}; at the review threshold "
+                f"{k['fpir_review']['measured']:.3%} for {k['fpir_review']['target']:.0%}. "
+                f"FNIR {k['fnir_at_match']:.2%} at the match threshold. The review band holds "
+                f"{k['review_share']:.2%} of probes ({k['review_mated']} mated, "
+                f"{k['review_non_mated']} non-mated) and catches {k['errors_caught_by_review']} "
+                f"of the {k['errors_at_match']} errors the match threshold alone makes. The "
+                f"match threshold set for {fixed['set_at']:,} identities ({fixed['threshold']}) "
+                f"gives FPIR {fixed['fpir']:.3%} here.",
+            ]
+    return "\n".join(lines)
+
+
+def write_doc(result: dict[str, Any]) -> None:
+    text = DOC.read_text()
+    start, end = "<!-- evaluation:start -->", "<!-- evaluation:end -->"
+    if start not in text:
+        return
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    DOC.write_text(f"{head}{start}\n{render(result)}\n{end}{tail}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=lambda v: [int(x) for x in v.split(",")], default=[100_000])
@@ -268,8 +328,10 @@ def main() -> None:
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     result = evaluate(args)
+    result["machine"] = f"{os.cpu_count()} cores, {platform.processor() or platform.machine()}"
     (RESULTS / "evaluation.json").write_text(json.dumps(result, indent=1))
-    console.print_json(json.dumps(result))
+    write_doc(result)
+    console.print(render(result))
 
 
 if __name__ == "__main__":

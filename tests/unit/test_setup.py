@@ -9,10 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from biox.config import NAMES, example
 from biox.settings import Settings
+from tests.wheel import build_wheel
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -80,17 +79,7 @@ def test_an_installed_biox_carries_its_examples_and_reads_them_from_its_own_file
     settings' defaults resolve to those installed files, not to a clone's deploy/."""
     import zipfile
 
-    if not (REPO / "pyproject.toml").exists():  # a copy of the sources alone (mutmut's)
-        pytest.skip("no project to build here")
-
-    built = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", str(REPO), "--no-deps", "-q", "-w", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert built.returncode == 0, built.stdout + built.stderr
-    [wheel] = tmp_path.glob("biox-*.whl")
+    wheel = build_wheel(tmp_path)
     unpacked = tmp_path / "site"
     with zipfile.ZipFile(wheel) as z:
         assert {f"biox/config/{n}" for n in NAMES} <= set(z.namelist())

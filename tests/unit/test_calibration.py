@@ -247,3 +247,59 @@ def test_a_matcher_decides_by_the_calibration_it_finds_and_follows_the_file(tmp_
         "calibration_refused",
         "calibration_removed",
     ]
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_a_score_file_round_trips_and_calibrates_as_the_table_did(hard, fitted, tmp_path, suffix):
+    """A vendor's scores in the documented format give the same calibration as the
+    same comparisons handed over in memory."""
+    table = hard[2]
+    path = tmp_path / f"scores{suffix}"
+    table.write(path)
+    read = ScoreTable.read(path)
+    assert np.array_equal(read.score, table.score) and np.array_equal(read.mated, table.mated)
+    assert cal.fit(read, SIZE).thresholds(100_000) == pytest.approx(fitted.thresholds(100_000))
+
+
+def test_a_score_file_that_is_not_the_format_is_refused_naming_what(tmp_path):
+    path = tmp_path / "scores.csv"
+    path.write_text("probe_id,candidate_id,modality,score\n1,2,face,0.5\n")
+    with pytest.raises(CalibrationError, match="no column 'mated'"):
+        ScoreTable.read(path)
+    path.write_text("probe_id,candidate_id,modality,score,mated\n1,2,face,0.5,yes\n")
+    with pytest.raises(CalibrationError, match="mated must be"):
+        ScoreTable.read(path)
+    path.write_text("probe_id,candidate_id,modality,score,mated\n1,2,face,0.5,2\n")
+    with pytest.raises(CalibrationError, match="mated 0 or 1"):
+        ScoreTable.read(path)
+    with pytest.raises(CalibrationError, match="not a readable score file"):
+        ScoreTable.read(tmp_path / "absent.parquet")
+
+
+def test_biox_calibrate_writes_the_file_a_matcher_reads_and_refuses_a_bad_request(hard, tmp_path):
+    from typer.testing import CliRunner
+
+    from biox.cli import app
+
+    scores = tmp_path / "scores.csv"
+    hard[2].write(scores)
+    out = tmp_path / "calibration.json"
+    env = {"BIOX_DATA_DIR": str(tmp_path / "data")}
+    runner = CliRunner()
+    done = runner.invoke(app, ["calibrate", "-p", "mx", "--scores", str(scores)], env=env)
+    assert done.exit_code == 2 and "--searched" in done.output
+    done = runner.invoke(
+        app, ["calibrate", "-p", "mx", "--fpir-match", "0.05", "--fpir-review", "0.01"], env=env
+    )
+    assert done.exit_code == 2 and "fpir" in done.output
+    args = ["calibrate", "-p", "mx", "--scores", str(scores), "--searched", str(SIZE)]
+    done = runner.invoke(app, [*args, "--out", str(out)], env=env)
+    assert done.exit_code == 0, done.output
+    assert "1,000,000 identities: match >=" in " ".join(done.output.split())
+    assert Calibration.load(out).thresholds(SIZE) == pytest.approx(
+        cal.fit(hard[2], SIZE).thresholds(SIZE)
+    )
+    swapped = dataclasses.replace(hard[2], mated=~hard[2].mated)
+    swapped.write(scores)
+    done = runner.invoke(app, [*args, "--out", str(out)], env=env)
+    assert done.exit_code == 1 and "labels swapped" in " ".join(done.output.split())

@@ -59,6 +59,7 @@ test-integration: $(STAMP) rabbitmq
 bench: $(STAMP) rabbitmq
 	$(BIN)/python -m bench.run
 	$(BIN)/python -m bench.sovereign
+	$(BIN)/python -m bench.evaluate
 
 bench-full: $(STAMP) rabbitmq
 	$(BIN)/python -m bench.run --full
@@ -90,7 +91,7 @@ schemas: $(STAMP)
 # (docs/matching.md, docs/det.png). About 10 minutes; EVALUATE_ARGS="--sizes 100000,1000000"
 # adds the million-identity gallery (about 12 GB of memory).
 evaluate: $(STAMP)
-	PYTHONPATH=. $(BIN)/python -m bench.evaluate $(EVALUATE_ARGS)
+	$(BIN)/python -m bench.evaluate $(EVALUATE_ARGS)
 
 # A local broker left running for manual work; `make broker-stop` ends it.
 broker: $(STAMP) rabbitmq

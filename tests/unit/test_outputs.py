@@ -651,7 +651,12 @@ def test_a_review_case_is_kept_whole_with_the_probe_datas_source(tmp_path):
             "opened_at": AT,
             "status": "pending",
             "candidates": [
-                {"identity_ref": "MX-2", "fused_score": 0.4, "scores": {"face": 0.4}, "evidence": None}
+                {
+                    "identity_ref": "MX-2",
+                    "fused_score": 0.4,
+                    "scores": {"face": 0.4},
+                    "evidence": None,
+                }
             ],
             "probe_biographic": WHO.model_dump(mode="json", exclude_none=True),
             "probe_modalities": ["face"],

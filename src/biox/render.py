@@ -72,6 +72,14 @@ CASE_FIELDS = (
 )
 
 
+def _signed(value: float | None) -> str:
+    return "" if value is None else f"{value:+.1f}"
+
+
+def _share(value: float | None) -> str:
+    return "" if value is None else f"{value:.2g}"
+
+
 def case_table(case: ReviewCaseRow, sides: list[Side]) -> Table:
     table = Table(
         title=text(
@@ -90,6 +98,15 @@ def case_table(case: ReviewCaseRow, sides: list[Side]) -> Table:
             "",
             *(f"{s.scores.get(modality, float('nan')):.3f}" for s in sides),
         )
+    if any(s.evidence for s in sides):  # calibrated: the evidence, modality by modality
+        evidence = [s.evidence or {} for s in sides]
+        for modality in sorted({m for e in evidence for m in e.get("modalities", {})}):
+            table.add_row(
+                f"{text(modality)} log-LR",
+                "",
+                *(_signed(e.get("modalities", {}).get(modality)) for e in evidence),
+            )
+        table.add_row("FPIR at this score", "", *(_share(e.get("fpir")) for e in evidence))
     for key in CASE_FIELDS:
         values = [
             str(case.probe_biographic.get(key) or ""),

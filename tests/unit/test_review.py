@@ -377,3 +377,40 @@ def test_a_match_on_a_candidate_whose_record_is_gone_is_refused(db):
     assert isinstance(result, PermanentError) and result.reason is Reason.not_a_candidate
     with session_for(db) as s:
         assert s.get(ReviewCaseRow, "c-1").status == "pending"
+
+
+EVIDENCE = {
+    "log_lr": 4.2,
+    "modalities": {"face": 1.5, "finger": 2.7},
+    "fpir": 0.004,
+    "gallery_size": 2,
+}
+
+
+def test_a_calibrated_case_shows_the_examiner_the_evidence_and_the_answer_carries_it(db):
+    """With a calibration the case holds each candidate's evidence: the examiner sees
+    the log-LR per modality and the FPIR the score stands for, and the examiner's match
+    hands the requester the same evidence."""
+    from rich.console import Console
+
+    from biox.render import case_table
+
+    with session_for(db) as s:
+        row = s.get(ReviewCaseRow, "c-1")
+        row.candidates = [{**row.candidates[0]}, {**row.candidates[1], "evidence": EVIDENCE}]
+        s.commit()
+        sides = examiners.sides(s, s.get(ReviewCaseRow, "c-1"))
+        shown = Console(width=200, record=True)
+        shown.print(case_table(s.get(ReviewCaseRow, "c-1"), sides))
+    assert [x.evidence for x in sides] == [None, EVIDENCE]
+    lines = {
+        line.split("│")[1].strip(): line for line in shown.export_text().splitlines() if "│" in line
+    }
+    assert "+2.7" in lines["finger log-LR"] and "+1.5" in lines["face log-LR"]
+    assert "0.004" in lines["FPIR at this score"]
+    result = decide(db, ReviewVerdict.match, "MX-000000002", "ex-1")
+    assert isinstance(result, Effects)
+    response = ROUTES.decode("response", "response/1", result.outgoing[0].body)
+    assert isinstance(response, Response)
+    assert response.candidates[0].evidence is not None
+    assert response.candidates[0].evidence.model_dump() == EVIDENCE

@@ -11,6 +11,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import CursorResult, and_, or_, update
 from sqlmodel import Session, col, select
@@ -73,6 +74,7 @@ class Side:
     fused_score: float
     scores: dict[str, float]
     record: Record | None
+    evidence: dict[str, Any] | None = None  # wire Evidence, when the matcher was calibrated
 
 
 def sides(session: Session, case: ReviewCaseRow) -> list[Side]:
@@ -82,7 +84,13 @@ def sides(session: Session, case: ReviewCaseRow) -> list[Side]:
         for r in session.exec(select(Record).where(col(Record.identity_ref).in_(refs)))
     }
     return [
-        Side(c["identity_ref"], c["fused_score"], c["scores"], records.get(c["identity_ref"]))
+        Side(
+            c["identity_ref"],
+            c["fused_score"],
+            c["scores"],
+            records.get(c["identity_ref"]),
+            c.get("evidence"),
+        )
         for c in case.candidates
     ]
 

@@ -128,6 +128,9 @@ def test_a_missing_modality_adds_nothing_while_a_poor_one_counts_against(fitted)
     alone = scorer({"finger.2": finger})
     unlike = scorer({"finger.2": finger, "face": np.array([0.0, 0.0], np.float32)})
     assert np.allclose(absent.score, alone.score)
+    one_finger_missing = scorer({"finger.2": finger, "finger.7": np.array([np.nan, 0.8])})
+    assert one_finger_missing.score[0] == pytest.approx(alone.score[0])
+    assert one_finger_missing.score[1] == pytest.approx(2 * alone.score[1])
     assert absent.evidence is not None and np.isnan(absent.evidence["face"]).all()
     assert (unlike.score < alone.score - 1).all()
 
@@ -155,10 +158,11 @@ def test_thresholds_rise_with_the_gallery_and_keep_the_review_band_below(fitted)
 
 def test_the_tail_reads_the_sample_where_it_has_data_and_extrapolates_beyond():
     rng = np.random.default_rng(0)
-    maxima = rng.exponential(1.0, 20_000)  # P(max > t) = exp(-t)
+    maxima = rng.exponential(2.0, 20_000)  # P(max > t) = exp(-t / 2)
     tail = Tail.fit(maxima, 1000)
     for p in (0.3, 0.05, 1e-4, 1e-6):
-        assert tail.threshold(p, 1000) == pytest.approx(-np.log(p), rel=0.08)
+        assert tail.threshold(p, 1000) == pytest.approx(-2 * np.log(p), rel=0.08)
+    assert tail.scale == pytest.approx(2.0, rel=0.2)
     with pytest.raises(CalibrationError, match="at least 200"):
         Tail.fit(maxima[:50], 1000)
 
@@ -167,8 +171,7 @@ def test_the_file_round_trips_and_a_foreign_file_is_refused(fitted, tmp_path):
     path = tmp_path / "calibration.json"
     fitted.save(path)
     loaded = Calibration.load(path)
-    assert loaded.thresholds(50_000) == fitted.thresholds(50_000)
-    assert loaded.maps == fitted.maps
+    assert loaded == fitted  # maps, tail, targets, source and counts
     path.write_text('{"format": 99}')
     with pytest.raises(CalibrationError, match="format 99"):
         Calibration.load(path)
@@ -303,3 +306,81 @@ def test_biox_calibrate_writes_the_file_a_matcher_reads_and_refuses_a_bad_reques
     swapped.write(scores)
     done = runner.invoke(app, [*args, "--out", str(out)], env=env)
     assert done.exit_code == 1 and "labels swapped" in " ".join(done.output.split())
+
+
+def test_the_tail_is_the_best_fused_candidate_of_each_non_mated_probe():
+    """Built by hand: each element's log-LR from its modality's map, summed per (probe,
+    candidate), the best candidate per non-mated probe; mated probes stay out of it."""
+    rng = np.random.default_rng(5)
+    rows: dict[str, list] = {c: [] for c in ("probe", "candidate", "modality", "score", "mated")}
+
+    def add(probe: str, candidate: str, modality: str, score: float, mated: bool) -> None:
+        for column, value in zip(rows, (probe, candidate, modality, score, mated), strict=True):
+            rows[column].append(value)
+
+    for p in range(400):  # non-mated probes: three candidates, face and one finger each
+        for c in range(3):
+            add(f"n{p}", f"c{c}", "face", rng.normal(0.0, 0.05), False)
+            add(f"n{p}", f"c{c}", "finger", rng.normal(0.0, 0.07), False)
+    for p in range(100):  # mated probes: the mate, and one stranger
+        add(f"m{p}", f"g{p}", "face", rng.normal(0.7, 0.1), True)
+        add(f"m{p}", f"g{p}", "finger", rng.normal(0.7, 0.1), True)
+        add(f"m{p}", "c9", "face", rng.normal(0.0, 0.05), False)
+    table = ScoreTable(**{c: np.asarray(v) for c, v in rows.items()})
+    fitted = cal.fit(table, 3)
+    llr = np.where(
+        table.modality == "face",
+        fitted.maps["face"](table.score),
+        fitted.maps["finger"](table.score),
+    )
+    fused: dict[tuple[str, str], float] = {}
+    for probe, candidate, value in zip(table.probe, table.candidate, llr, strict=True):
+        fused[(probe, candidate)] = fused.get((probe, candidate), 0.0) + value
+    maxima = [max(fused[(f"n{p}", f"c{c}")] for c in range(3)) for p in range(400)]
+    assert fitted.tail.quantiles[-1][1] == pytest.approx(min(maxima))
+    assert fitted.tail.u == pytest.approx(np.quantile(maxima, 1 - 50 / 400))
+    assert fitted.counts == {
+        "mated_comparisons": 200,
+        "non_mated_comparisons": 2500,
+        "non_mated_probes": 400,
+        "mated_probes": 100,
+    }
+    assert fitted.maps["face"].xs[-1] == table.score[table.modality == "face"].max()
+    assert fitted.maps["finger"].xs[-1] == table.score[table.modality == "finger"].max()
+
+
+def test_the_log_lr_is_the_same_whatever_the_share_of_mated_comparisons():
+    """Genuine N(1, 1) against impostor N(0, 1): the true log-LR is ``s - 0.5``. With the
+    classes weighted equally the fit finds it from 1 mated comparison in 50, as from
+    even classes; without the weights the prior would shift it by log(1/50)."""
+    rng = np.random.default_rng(9)
+    for genuine in (400, 20_000):
+        scores = np.concatenate([rng.normal(1, 1, genuine), rng.normal(0, 1, 20_000)])
+        mated = np.arange(len(scores)) < genuine
+        line = ScoreMap.fit("face", scores, mated, "logistic")
+        slope = (line.ys[1] - line.ys[0]) / (line.xs[1] - line.xs[0])
+        assert slope == pytest.approx(1.0, abs=0.15)
+        assert line.ys[1] == pytest.approx(line.xs[1] - 0.5, abs=0.6)
+        assert line.xs[1] == scores.max()
+
+
+def test_a_matcher_says_which_file_it_loaded_refused_or_lost(tmp_path, fitted):
+    path = tmp_path / "calibration.json"
+    watched = cal.Calibrated(path, (0.55, 0.3))
+    with capture_logs() as logs:
+        assert watched.now() is None
+        fitted.save(path)
+        assert watched.now() == fitted
+        assert watched.now() is watched.current  # unchanged: not read again
+        path.write_text("{}")
+        assert watched.now() == fitted
+        path.unlink()
+        assert watched.now() is None
+    assert [{k: e.get(k) for k in ("event", "path", "source")} for e in logs][:1] == [
+        {"event": "calibration_loaded", "path": str(path), "source": fitted.source}
+    ]
+    refused, removed = logs[1], logs[2]
+    assert refused["event"] == "calibration_refused" and refused["path"] == str(path)
+    assert "not a biox calibration" in refused["reason"] or "format" in refused["reason"]
+    assert removed == {"event": "calibration_removed", "path": str(path), "log_level": "warning"}
+    assert len(logs) == 3

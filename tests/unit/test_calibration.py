@@ -384,3 +384,35 @@ def test_a_matcher_says_which_file_it_loaded_refused_or_lost(tmp_path, fitted):
     assert "not a biox calibration" in refused["reason"] or "format" in refused["reason"]
     assert removed == {"event": "calibration_removed", "path": str(path), "log_level": "warning"}
     assert len(logs) == 3
+
+
+def test_a_fit_on_millions_of_impostors_keeps_every_mate_and_an_even_draw(monkeypatch):
+    """`_balanced` caps the non-mated rows (the classes are weighted equally, so the
+    fit needs no more); every mated row stays, and the draw spans the whole range."""
+    monkeypatch.setattr(cal, "FIT_IMPOSTORS", 100)
+    scores = np.arange(1000, dtype=np.float64)
+    mated = np.zeros(1000, bool)
+    mated[[3, 500, 999]] = True
+    kept, labels = cal._balanced(scores, mated)
+    assert sorted(kept[labels].tolist()) == [3.0, 500.0, 999.0]
+    impostors = kept[~labels]
+    assert len(impostors) == 100 and not np.isin([3, 500, 999], impostors).any()
+    assert impostors.min() < 20 and impostors.max() > 980  # even, not the first hundred
+    few = np.zeros(101, bool)
+    few[0] = True
+    assert len(cal._balanced(scores[:101], few)[0]) == 101  # 100 impostors: all kept
+
+
+def test_the_file_says_whose_scores_it_came_from(hard, tmp_path):
+    """A participant calibrating from a vendor's scores names them; an older file
+    without source or counts still loads."""
+    fitted = cal.fit(hard[2], SIZE, source="vendor X face 4.2, 2026-11 sample")
+    path = tmp_path / "calibration.json"
+    fitted.save(path)
+    assert Calibration.load(path).source == "vendor X face 4.2, 2026-11 sample"
+    data = fitted.to_dict()
+    del data["source"], data["counts"]
+    path.write_text(__import__("json").dumps(data))
+    older = Calibration.load(path)
+    assert (older.source, older.counts) == ("", {})
+    assert older.maps == fitted.maps

@@ -402,5 +402,6 @@ def _balanced(scores: np.ndarray, mated: np.ndarray) -> tuple[np.ndarray, np.nda
     impostors = np.flatnonzero(~mated)
     if len(impostors) <= FIT_IMPOSTORS:
         return scores, mated
-    keep = np.concatenate([np.flatnonzero(mated), impostors[:: len(impostors) // FIT_IMPOSTORS]])
+    even = np.linspace(0, len(impostors) - 1, FIT_IMPOSTORS).astype(np.int64)
+    keep = np.concatenate([np.flatnonzero(mated), impostors[even]])
     return scores[keep], mated[keep]

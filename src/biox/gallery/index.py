@@ -1,10 +1,16 @@
 """FAISS indexes for one modality: float vectors by inner product, iris codes by Hamming.
 
-Why these index types: deletions (§22-24) and retention purges must take ids out, and
-HNSW has no ``remove_ids``. So small galleries use an exact ``IndexIDMap2(FlatIP)`` and
-large ones an ``IndexIVFFlat`` with a hash-table direct map: both remove in place and
-both reconstruct a stored vector by id, which fusion needs to score every candidate on
-every modality, not only on the one that found it.
+Why these index types (docs/architecture.md, "Search"): small galleries are searched
+exactly, an ``IndexIDMap2(FlatIP)``. Large ones find candidates in an IVF index of
+PQ fast-scan codes (4 bits per sub-vector, a few dozen bytes a template, scanned with
+SIMD lookups: about a fifth of the CPU of scanning full vectors), fetch ``RERANK`` times
+as many as asked and score them again exactly against the full templates
+(``vectors.VectorStore``), so the approximation decides only which templates are looked
+at, never a score. Deletions (§22-24) and retention purges take the full template out of
+memory at once and the id into a tombstone filter that every search passes to FAISS
+(``IDSelector``); the codes leave in one rebuild of the lists once tombstones pass a
+share of the gallery, and always before a snapshot is written. HNSW would need no
+training but has no removal at all.
 """
 
 from __future__ import annotations
@@ -14,50 +20,19 @@ from typing import Literal
 
 import faiss
 import numpy as np
+import structlog
 
 from biox.gallery.templates import rotate_iris
+from biox.gallery.vectors import Rows, VectorStore
 from biox.wire.biometrics import IRIS_COLS, IRIS_ROWS
 
 IndexKind = Literal["flat", "ivf"]
+RERANK = 4  # candidates fetched from the codes per candidate returned, then scored exactly
+COMPACT_SHARE = 0.01  # tombstones, as a share of the codes, that trigger a rebuild
+COMPACT_MIN = 1000
+SCAN_SHARE = 0.16  # of the IVF lists searched per query when BIOX_IVF_NPROBE is 0
 
-
-class _Presence:
-    """Which ids an index holds: a growable bitmap for the dense record numbers of bulk
-    enrolment, a set for the few hashed ids of enrolled query data (far above them)."""
-
-    DENSE = 1 << 32
-
-    def __init__(self) -> None:
-        self.bits = np.zeros(1024, dtype=bool)
-        self.sparse: set[int] = set()
-
-    def set(self, ids: np.ndarray, value: bool) -> None:
-        big = ids >= self.DENSE
-        if big.any():
-            for i in ids[big].tolist():
-                (self.sparse.add if value else self.sparse.discard)(i)
-            ids = ids[~big]
-        if len(ids) == 0:
-            return
-        top = int(ids.max()) + 1
-        if top > len(self.bits):
-            grown = np.zeros(max(top, 2 * len(self.bits)), dtype=bool)
-            grown[: len(self.bits)] = self.bits
-            self.bits = grown
-        self.bits[ids] = value
-
-    def mask(self, ids: np.ndarray) -> np.ndarray:
-        inside = (ids >= 0) & (ids < len(self.bits))
-        out = np.zeros(len(ids), dtype=bool)
-        out[inside] = self.bits[ids[inside]]
-        if self.sparse:
-            big = np.flatnonzero(ids >= self.DENSE)
-            out[big] = [int(ids[j]) in self.sparse for j in big]
-        return out
-
-    @property
-    def count(self) -> int:
-        return int(self.bits.sum()) + len(self.sparse)
+log = structlog.get_logger("biox.gallery")
 
 
 class VectorIndex:
@@ -67,17 +42,22 @@ class VectorIndex:
         self.dim = dim
         self.kind = kind
         self.nprobe = nprobe
-        self.present = _Presence()
+        self.tombstones: set[int] = set()  # removed ids whose codes the IVF lists still hold
+        self._selector: faiss.IDSelector | None = None
         if kind == "flat":
             self.index: faiss.Index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+            self.store: VectorStore | None = None
+            self.present = Rows()
         else:
             quantizer = faiss.IndexFlatIP(dim)
-            ivf = faiss.IndexIVFFlat(quantizer, dim, max(nlist, 1), faiss.METRIC_INNER_PRODUCT)
-            # faiss's stubs leave out the DirectMap enum, which the SWIG module has
-            ivf.set_direct_map_type(faiss.DirectMap.Hashtable)  # type: ignore[attr-defined]
+            ivf = faiss.IndexIVFPQFastScan(
+                quantizer, dim, max(nlist, 1), pq_subvectors(dim), 4, faiss.METRIC_INNER_PRODUCT
+            )
             self.nprobe = ivf.nprobe = nprobe_for(ivf.nlist, nprobe)
             self.index = ivf
             self._quantizer = quantizer  # keep the Python object alive with the index
+            self.store = VectorStore(dim)
+            self.present = self.store.rows
 
     @staticmethod
     def nlist_for(n: int) -> int:
@@ -85,7 +65,7 @@ class VectorIndex:
 
     @property
     def ntotal(self) -> int:
-        return int(self.index.ntotal)
+        return self.present.count
 
     @property
     def trained(self) -> bool:
@@ -108,26 +88,76 @@ class VectorIndex:
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         if not self.index.is_trained:
             self.train(vectors)
+        if self.tombstones.intersection(ids.tolist()):
+            self.compact()  # a removed id enrolled again: its old codes go first
         self.index.add_with_ids(vectors, ids)
-        self.present.set(ids, True)
+        if self.store is None:
+            self.present.assign(ids, 0)
+        else:
+            self.store.add(ids, vectors)
 
     def remove(self, ids: np.ndarray) -> int:
         ids = np.ascontiguousarray(ids, dtype=np.int64)
-        ids = ids[self.present.mask(ids)]
+        ids = np.unique(ids[self.present.mask(ids)])
         if len(ids) == 0:
             return 0
-        # the IVF hash-table direct map removes only through an explicit id array
-        selector = faiss.IDSelectorArray(len(ids), faiss.swig_ptr(ids))
-        removed = int(self.index.remove_ids(selector))
-        self.present.set(ids, False)
-        return removed
+        if self.store is None:
+            self.index.remove_ids(faiss.IDSelectorArray(len(ids), faiss.swig_ptr(ids)))
+            self.present.assign(ids, -1)
+            return len(ids)
+        self.store.remove(ids)
+        self.tombstones.update(ids.tolist())
+        self._selector = None
+        if len(self.tombstones) >= max(COMPACT_MIN, COMPACT_SHARE * self.index.ntotal):
+            self.compact()
+        return len(ids)
+
+    def compact(self) -> None:
+        """The tombstoned ids' codes out of the IVF lists (one pass over every list)."""
+        if self.tombstones:
+            gone = np.fromiter(self.tombstones, dtype=np.int64, count=len(self.tombstones))
+            self.index.remove_ids(faiss.IDSelectorBatch(gone))
+            log.info("gallery_compacted", removed=len(gone), size=self.ntotal)
+            self.tombstones.clear()
+            self._selector = None
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` best per query, best first, scored exactly; (scores, ids), -1 padded."""
+        n = len(queries)
         if self.ntotal == 0:
-            n = len(queries)
             return np.full((n, k), -np.inf, np.float32), np.full((n, k), -1, np.int64)
         queries = np.ascontiguousarray(queries, dtype=np.float32)
-        return self.index.search(queries, min(k, self.ntotal))
+        if self.store is None:
+            return self.index.search(queries, min(k, self.ntotal))
+        fetch = min(k * RERANK, int(self.index.ntotal))
+        _, found = self.index.search(queries, fetch, params=self._params())
+        rows = self.present.lookup(found)  # -1: padding, or a tombstone
+        vectors = self.store.get(np.maximum(rows, 0))
+        exact = np.einsum("qfd,qd->qf", vectors, queries)
+        exact[rows < 0] = -np.inf
+        order = np.argsort(-exact, axis=1, kind="stable")[:, :k]
+        scores = np.take_along_axis(exact, order, axis=1)
+        ids = np.where(np.isfinite(scores), np.take_along_axis(found, order, axis=1), -1)
+        return scores, ids
+
+    def _params(self) -> faiss.SearchParametersIVF | None:
+        if not self.tombstones:
+            return None
+        if self._selector is None:
+            gone = np.fromiter(self.tombstones, dtype=np.int64, count=len(self.tombstones))
+            self._selector = faiss.IDSelectorNot(faiss.IDSelectorBatch(gone))
+            self._selector_ids = gone  # FAISS keeps a pointer, not a copy
+        params = faiss.SearchParametersIVF()
+        params.sel, params.nprobe = self._selector, self.nprobe
+        return params
+
+    def vectors(self, ids: np.ndarray) -> np.ndarray:
+        """The full templates of ``ids``, each of which must be held."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if self.store is None:
+            stored: np.ndarray = self.index.reconstruct_batch(ids)
+            return stored
+        return self.store.vectors(ids)
 
     def scores(self, query: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Exact cosine between ``query`` and each stored id that exists; (ids, scores)."""
@@ -135,40 +165,72 @@ class VectorIndex:
         ids = ids[self.present.mask(ids)]
         if len(ids) == 0:
             return ids, np.zeros(0, np.float32)
-        stored = self.index.reconstruct_batch(ids)
-        return ids, stored @ query
+        return ids, self.vectors(ids) @ query
 
     def save(self, path: Path) -> None:
+        """The index to ``path``; an IVF index's full templates beside it. The tombstones'
+        codes are taken out first: a removed template is not written in any form."""
+        self.compact()
         faiss.write_index(self.index, str(path))
+        if self.store is not None:
+            self.store.save(_vectors_path(path))
 
     @classmethod
     def load(cls, path: Path, nprobe: int = 0) -> VectorIndex:
         index = faiss.read_index(str(path))
         self = cls.__new__(cls)
         self.dim = index.d
-        self.nprobe = nprobe
-        self.present = _Presence()
-        if isinstance(index, faiss.IndexIVF):
+        self.tombstones, self._selector = set(), None
+        if isinstance(index, faiss.IndexIVFPQFastScan):
             self.kind = "ivf"
             self.nprobe = index.nprobe = nprobe_for(index.nlist, nprobe)
-            ids = _ivf_ids(index)
-        else:
-            assert isinstance(index, faiss.IndexIDMap2)  # what __init__ writes for "flat"
-            self.kind = "flat"
-            ids = faiss.vector_to_array(index.id_map).astype(np.int64)
+            self.store = VectorStore.load(_vectors_path(path), index.d)
+            self.present = self.store.rows
+            self.index = index
+            return self
+        if isinstance(index, faiss.IndexIVF):  # IVF-Flat, as biox wrote it before
+            return _from_ivf_flat(index, nprobe)
+        assert isinstance(index, faiss.IndexIDMap2)  # what __init__ writes for "flat"
+        self.kind, self.nprobe, self.store = "flat", nprobe, None
+        self.present = Rows()
+        self.present.assign(faiss.vector_to_array(index.id_map).astype(np.int64), 0)
         self.index = index
-        self.present.set(ids, True)
         return self
 
 
-def nprobe_for(nlist: int, configured: int) -> int:
-    """Lists searched per query: as configured, or (0) about 4 % of them.
+def pq_subvectors(dim: int) -> int:
+    """Sub-vectors of 4 dimensions each (4 bits per sub-vector): 64 bytes for a 512-d
+    face, 48 for a 192-d finger. Finer codes cost scan time and gained no recall after
+    the exact re-scoring (docs/performance.md)."""
+    return max(2, dim // 4)
 
-    Recall depends on the fraction of the gallery scanned, not on the number of lists:
-    measured on the synthetic population, 1.2 % scanned gave recall@1 0.988 at 1 M
-    identities and 3.8 % gave 0.9995 at 100 k (docs/performance.md).
+
+def _vectors_path(path: Path) -> Path:
+    return path.with_name(f"{path.stem}.vectors.npy")
+
+
+def _from_ivf_flat(old: faiss.IndexIVF, nprobe: int) -> VectorIndex:
+    """A snapshot written with IVF-Flat lists read into the compressed layout: the lists'
+    own vectors become the full templates and the sample the codes are trained on."""
+    ids = _ivf_ids(old)
+    vectors = old.reconstruct_batch(ids) if len(ids) else np.zeros((0, old.d), np.float32)
+    index = VectorIndex(old.d, "ivf", old.nlist, nprobe)
+    if len(ids):
+        index.train(vectors[np.random.default_rng(0).permutation(len(ids))[:100_000]])
+        index.add(ids, vectors)
+    log.info("gallery_migrated", size=len(ids), layout="ivf-pq fast-scan")
+    return index
+
+
+def nprobe_for(nlist: int, configured: int) -> int:
+    """Lists searched per query: as configured, or (0) ``SCAN_SHARE`` of them.
+
+    Recall depends on the share of the gallery scanned, not on the number of lists. On
+    the hard population at 1 M identities (a face alone, exact top 1 found): 8 % of the
+    lists found 0.909 for 0.38 ms of CPU, 16 % 0.948 for 0.54 ms, 32 % 0.968 for 0.81 ms,
+    where IVF-Flat scanning 4 % found 0.841 for 2.83 ms (docs/performance.md).
     """
-    return configured if configured > 0 else max(16, min(nlist, round(nlist * 0.04)))
+    return configured if configured > 0 else max(16, min(nlist, round(nlist * SCAN_SHARE)))
 
 
 def _ivf_ids(index: faiss.IndexIVF) -> np.ndarray:

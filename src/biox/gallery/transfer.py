@@ -213,13 +213,13 @@ def _templates_from(gallery: Gallery, rid: int) -> dict[str, Any]:
     ids = np.asarray([rid], dtype=np.int64)
     face = None
     if gallery.face.present.mask(ids)[0]:
-        vec = gallery.face.index.reconstruct_batch(ids)[0]
+        vec = gallery.face.vectors(ids)[0]
         face = {"algorithm": biometrics.FACE.name, "template": templates.vector_bytes(vec)}
     fingers = [
         {
             "position": pos,
             "algorithm": biometrics.FINGER.name,
-            "template": templates.vector_bytes(ix.index.reconstruct_batch(ids)[0]),
+            "template": templates.vector_bytes(ix.vectors(ids)[0]),
         }
         for pos, ix in gallery.fingers.items()
         if ix.present.mask(ids)[0]

@@ -1,0 +1,152 @@
+"""The compressed index's contract (gallery/index.py, gallery/vectors.py): candidates from
+codes, scores from the full templates, deletions that leave memory at once and the disk
+with the snapshot, and a snapshot's templates read from disk as they are needed."""
+
+from __future__ import annotations
+
+import faiss
+import numpy as np
+import pytest
+
+from biox.gallery import index as index_module
+from biox.gallery.index import VectorIndex
+from biox.gallery.vectors import Rows, VectorStore
+
+DIM = 32
+N = 3000
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(4)
+    return np.arange(N, dtype=np.int64) * 3 + 1, unit(rng.standard_normal((N, DIM)))
+
+
+def ivf(data: tuple[np.ndarray, np.ndarray]) -> VectorIndex:
+    ids, vectors = data
+    ix = VectorIndex(DIM, "ivf", nlist=16, nprobe=16)  # every list: only the codes approximate
+    ix.train(vectors)
+    ix.add(ids, vectors)
+    return ix
+
+
+def noisy(vectors: np.ndarray, seed: int = 5) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return unit(vectors + 0.4 * rng.standard_normal(vectors.shape) / np.sqrt(DIM))
+
+
+def test_rows_map_dense_and_hashed_ids_and_count_what_is_held():
+    rows = Rows()
+    big = (1 << 61) + 7
+    rows.assign(np.array([5, 2000, big]), np.array([0, 1, 2]))
+    assert rows.lookup(np.array([5, 2000, big, 6, -1, big + 1])).tolist() == [0, 1, 2, -1, -1, -1]
+    assert rows.count == 3
+    rows.assign(np.array([5, 5, big]), np.array([7, 8, -1]))  # the last value given wins
+    assert rows.lookup(np.array([5, big])).tolist() == [8, -1] and rows.count == 2
+    rows.assign(np.array([9, 5]), -1)  # 9 was never held: nothing to take away
+    assert rows.count == 1 and rows.held().tolist() == [2000]
+
+
+def test_the_compressed_index_returns_exact_scores_best_first(data):
+    """Candidates come from the codes, scores never do: each returned score is the
+    exact cosine, and the nearest neighbour of a noisy query is found."""
+    ids, vectors = data
+    ix = ivf(data)
+    queries = noisy(vectors[:200])
+    scores, found = ix.search(queries, 5)
+    exact = np.einsum("qd,qkd->qk", queries, vectors[(found - 1) // 3])
+    assert np.allclose(scores, exact, atol=1e-5)
+    assert (np.diff(scores, axis=1) <= 1e-6).all()
+    assert (found[:, 0] == ids[:200]).mean() == 1.0
+    assert ix.index.ntotal >= index_module.RERANK * 5  # it did fetch more than it returned
+
+
+def test_a_removed_id_is_never_a_candidate_and_its_template_leaves_memory(data):
+    ids, vectors = data
+    ix = ivf(data)
+    gone = ids[:10]
+    assert ix.remove(np.concatenate([gone, gone, [10**6]])) == 10  # twice, or never held
+    assert ix.tombstones == set(gone.tolist()) and ix.ntotal == N - 10
+    assert ix.index.ntotal == N  # the codes wait for the rebuild ...
+    _, found = ix.search(vectors[:10], 20)
+    assert not np.isin(found, gone).any()  # ... behind the filter
+    assert not ix.store.added[:10].any()  # the full templates are zeroed now
+    assert ix.scores(vectors[0], gone)[0].size == 0
+
+
+def test_tombstones_past_their_share_rebuild_the_lists(data, monkeypatch):
+    ids, _ = data
+    monkeypatch.setattr(index_module, "COMPACT_MIN", 50)
+    ix = ivf(data)
+    ix.remove(ids[:49])
+    assert len(ix.tombstones) == 49 and ix.index.ntotal == N
+    ix.remove(ids[49:50])
+    assert not ix.tombstones and ix.index.ntotal == N - 50
+
+
+def test_a_removed_id_enrolled_again_is_found_once(data):
+    ids, vectors = data
+    ix = ivf(data)
+    ix.remove(ids[:1])
+    ix.add(ids[:1], vectors[1:2])  # a corrected record: new templates, the same id
+    assert not ix.tombstones and ix.index.ntotal == N
+    _, found = ix.search(vectors[1:2], 3)
+    assert found[0].tolist().count(ids[0]) == 1
+    assert np.allclose(ix.vectors(ids[:1]), vectors[1:2])
+
+
+def test_a_snapshot_holds_no_removed_template_in_any_form(data, tmp_path):
+    ids, vectors = data
+    ix = ivf(data)
+    ix.remove(ids[:5])
+    ix.save(tmp_path / "face.faiss")
+    assert not ix.tombstones  # the codes left before the file was written
+    written = faiss.read_index(str(tmp_path / "face.faiss"))
+    assert written.ntotal == N - 5
+    held = np.load(tmp_path / "face.vectors.ids.npy")
+    assert held.tolist() == ids[5:].tolist()
+    on_disk = np.load(tmp_path / "face.vectors.npy")
+    assert np.array_equal(on_disk, vectors[5:])  # the rows of the removed ones are gone
+
+
+def test_a_loaded_snapshot_reads_templates_from_disk_and_takes_new_ones(data, tmp_path):
+    ids, vectors = data
+    ivf(data).save(tmp_path / "face.faiss")
+    loaded = VectorIndex.load(tmp_path / "face.faiss", nprobe=16)
+    assert loaded.kind == "ivf" and loaded.nprobe == 16 and loaded.ntotal == N
+    assert isinstance(loaded.store.base, np.memmap)
+    extra = unit(np.random.default_rng(9).standard_normal((3, DIM)))
+    loaded.add(np.array([10**7, 10**7 + 1, (1 << 60)]), extra)
+    both = np.array([ids[3], 10**7 + 1, 1 << 60])
+    assert np.allclose(loaded.vectors(both), [vectors[3], extra[1], extra[2]])
+    loaded.remove(ids[3:4])  # a snapshot row: out of the map, on disk until rewritten
+    assert loaded.scores(vectors[3], ids[3:4])[0].size == 0
+    _, found = loaded.search(np.stack([vectors[3], extra[2]]), 2)
+    assert ids[3] not in found[0] and found[1][0] == 1 << 60
+
+
+def test_a_store_refuses_templates_that_do_not_fit_their_ids(tmp_path):
+    store = VectorStore(4)
+    store.add(np.array([1, 2]), np.eye(4, dtype=np.float32)[:2])
+    store.save(tmp_path / "x.npy")
+    np.save(tmp_path / "x.ids.npy", np.array([1, 2, 3]))
+    with pytest.raises(ValueError, match="for 3 ids of 4"):
+        VectorStore.load(tmp_path / "x.npy", 4)
+
+
+def test_an_ivf_flat_snapshot_from_before_is_read_into_the_compressed_layout(data, tmp_path):
+    ids, vectors = data
+    quantizer = faiss.IndexFlatIP(DIM)
+    old = faiss.IndexIVFFlat(quantizer, DIM, 16, faiss.METRIC_INNER_PRODUCT)
+    old.set_direct_map_type(faiss.DirectMap.Hashtable)
+    old.train(vectors)
+    old.add_with_ids(vectors, ids)
+    faiss.write_index(old, str(tmp_path / "face.faiss"))
+    loaded = VectorIndex.load(tmp_path / "face.faiss", nprobe=16)
+    assert isinstance(loaded.index, faiss.IndexIVFPQFastScan) and loaded.ntotal == N
+    assert np.allclose(loaded.vectors(ids[[0, 77]]), vectors[[0, 77]])
+    assert (loaded.search(noisy(vectors[:50]), 1)[1][:, 0] == ids[:50]).all()

@@ -95,6 +95,9 @@ class EnrolledTemplates(SQLModel, table=True):
     """
 
     __tablename__ = "enrolled_templates"
+    # a sequence number is never used twice, even after the highest row is deleted: the
+    # snapshot's mark (``gallery/snapshot.py``) would otherwise hide the row given it again
+    __table_args__ = {"sqlite_autoincrement": True}
     seq: int | None = Field(default=None, primary_key=True)
     record_id: int = Field(sa_column=Column(BigInteger, nullable=False, index=True))
     biometrics: bytes = Field(sa_column=Column(LargeBinary, nullable=False))

@@ -16,6 +16,7 @@ from structlog.testing import capture_logs
 
 from biox.database import engine_for, session_for
 from biox.gallery.gallery import Gallery
+from biox.gallery.snapshot import Mark
 from biox.handlers.base import Context, Effects
 from biox.handlers.matcher import MatcherHandler
 from biox.handlers.response import ResponseHandler
@@ -364,7 +365,7 @@ def test_a_late_commit_of_a_lower_sequence_is_found_by_its_recent_time(tmp_path)
     )
     bio = msgpack.packb(synth.capture(3, 6, context=1).model_dump(mode="python"), use_bin_type=True)
     enrolled(db, (1 << 61) + 5, bio, datetime.now(UTC))
-    matcher._max_seq = 10  # as if higher sequences had been seen already
+    matcher._mark = Mark(10)  # as if higher sequences had been seen already
     with session_for(db) as s:
         assert matcher.catch_up(s) == 1
         assert matcher.catch_up(s) == 0  # still within the look-back: not added again

@@ -3,7 +3,7 @@ fails when a table has none): rows that hold partner or subject data carry a
 ``retain_until``; the ledgers are kept ``BIOX_LEDGER_RETENTION_DAYS``; what follows a
 row goes with it. The purge removes what is past its rule, from every table and from
 every matcher's FAISS indexes (tombstones, ``corrections.forget_records``; the notice
-worker rewrites the snapshot on disk, ``handlers.notice.rewrite_snapshot``).
+worker rewrites the snapshot on disk, ``gallery.snapshot.refresh``).
 
 Run by the notice worker every ``BIOX_RETENTION_PURGE_S`` and by ``biox retention purge``;
 each run is an audit event with counts, never content (``ops.retention.purge``).

@@ -11,6 +11,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -111,6 +112,17 @@ class Gallery:
                 masks = np.stack([probes[i].irises[eye][1] for i in rows])
                 iris.add(ids_arr[rows], codes, masks)
 
+    def holds(self, ids: np.ndarray) -> np.ndarray:
+        """Whether any index holds each of ``ids``."""
+        held = np.zeros(len(ids), dtype=bool)
+        for vectors in self._vector_indexes().values():
+            if vectors.ntotal:
+                held |= vectors.present.mask(ids)
+        for iris in self.irises.values():
+            if iris.codes:
+                held |= np.fromiter((i in iris.codes for i in ids.tolist()), bool, len(ids))
+        return held
+
     def remove(self, ids: Sequence[int]) -> None:
         arr = np.asarray(ids, dtype=np.int64)
         for vectors in self._vector_indexes().values():
@@ -189,10 +201,17 @@ class Gallery:
 
     # --- persistence ----------------------------------------------------------------------
 
-    def save(self, directory: Path, tombstone_seq: int = 0) -> None:
+    def save(
+        self,
+        directory: Path,
+        tombstone_seq: int = 0,
+        enrolled_seq: int = 0,
+        enrolled_holes: Sequence[int] = (),
+    ) -> None:
         """Each file written beside its place and then moved there, the manifest last: a
-        matcher starting meanwhile reads either file whole (``rewrite_without``).
-        ``tombstone_seq``: the last tombstone this snapshot no longer holds."""
+        matcher starting meanwhile reads either file whole. ``tombstone_seq``: the last
+        tombstone this snapshot no longer holds; ``enrolled_seq`` and ``enrolled_holes``:
+        how far the enrolled templates are folded in (``gallery/snapshot.py``)."""
         directory.mkdir(parents=True, exist_ok=True)
         staged = directory / ".staged"
         staged.mkdir(exist_ok=True)
@@ -200,30 +219,33 @@ class Gallery:
             ix.save(staged / f"{name}.faiss")
         for eye, iris in self.irises.items():
             iris.save(staged / f"iris.{eye}.faiss")
-        manifest = {"kind": self.kind, "size": self.size, "tombstone_seq": tombstone_seq}
+        manifest = {
+            "kind": self.kind,
+            "size": self.size,
+            "tombstone_seq": tombstone_seq,
+            "enrolled_seq": enrolled_seq,
+            "enrolled_holes": list(enrolled_holes),
+        }
         (staged / "manifest.json").write_text(json.dumps(manifest))
         for path in sorted(staged.iterdir(), key=lambda p: p.name == "manifest.json"):
             path.replace(directory / path.name)
         staged.rmdir()
 
     @staticmethod
+    def manifest(directory: Path) -> dict[str, Any] | None:
+        """The snapshot's manifest (None: no snapshot in ``directory``)."""
+        path = directory / "manifest.json"
+        if not path.exists():
+            return None
+        manifest: dict[str, Any] = json.loads(path.read_text())
+        return manifest
+
+    @staticmethod
     def tombstone_seq(directory: Path) -> int | None:
         """The last tombstone the snapshot in ``directory`` was rewritten without (None: no
         snapshot there)."""
-        if not Gallery.exists(directory):
-            return None
-        return int(json.loads((directory / "manifest.json").read_text()).get("tombstone_seq", 0))
-
-    @classmethod
-    def rewrite_without(cls, directory: Path, ids: Sequence[int], tombstone_seq: int) -> int:
-        """The snapshot on disk rewritten without ``ids`` (deleted or expired records, §21-22):
-        the data leaves the disk, not only every matcher's memory. Returns the size
-        removed."""
-        gallery = cls.load(directory)
-        before = gallery.size
-        gallery.remove(ids)
-        gallery.save(directory, tombstone_seq)
-        return before - gallery.size
+        manifest = Gallery.manifest(directory)
+        return None if manifest is None else int(manifest.get("tombstone_seq", 0))
 
     @classmethod
     def load(cls, directory: Path, nprobe: int = 0) -> Gallery:

@@ -99,7 +99,7 @@ class VectorStore:
     def remove(self, ids: np.ndarray) -> None:
         """The ids leave the map and their in-memory rows are zeroed: the template leaves
         memory now, not at the next rebuild (a snapshot's rows leave the disk when the
-        snapshot is rewritten without them, ``Gallery.rewrite_without``)."""
+        snapshot is rewritten without them, ``gallery.snapshot.refresh``)."""
         rows = self.rows.lookup(ids)
         mine = rows[rows >= len(self.base)] - len(self.base)
         self.added[mine] = 0.0

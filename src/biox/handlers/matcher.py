@@ -10,7 +10,6 @@ import time
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
-import msgpack
 import structlog
 from sqlalchemy import or_
 from sqlmodel import Session, col, select
@@ -18,6 +17,7 @@ from sqlmodel import Session, col, select
 from biox.agreement import participants
 from biox.agreement.erasures import Erased
 from biox.agreement.ledgers import Tombstone
+from biox.gallery import snapshot
 from biox.gallery.calibration import Calibrated
 from biox.gallery.fusion import Decision, decide
 from biox.gallery.gallery import Gallery, Hit, Probe
@@ -61,7 +61,8 @@ class MatcherHandler(Handler):
         else:
             log.warning("empty_gallery", participant=ctx.participant, directory=str(directory))
             gallery = Gallery()
-        return cls(ctx.participant, ctx.registry, gallery, ctx.settings, ctx.policy)
+        mark = snapshot.mark_of(directory)
+        return cls(ctx.participant, ctx.registry, gallery, ctx.settings, ctx.policy, mark)
 
     def __init__(
         self,
@@ -70,6 +71,7 @@ class MatcherHandler(Handler):
         gallery: Gallery,
         settings: Settings,
         policy: ParticipantPolicy,
+        mark: snapshot.Mark = snapshot.Mark(),
     ) -> None:
         self.me = participant
         self.registry = registry
@@ -79,7 +81,7 @@ class MatcherHandler(Handler):
         self.answers = Answers(participant, policy)
         self._live = participants.Live(settings.registry_refresh_s)
         self._synced_at = float("-inf")
-        self._max_seq = 0
+        self._mark = mark  # enrolled rows read up to here (at first: the snapshot's mark)
         self._enrolled_seqs: set[int] = set()
         self._tombstone_seq = 0
         self.metrics: Metrics | None = None  # the worker's, when it runs under one
@@ -340,43 +342,23 @@ class MatcherHandler(Handler):
         seqs = session.exec(
             select(EnrolledTemplates.seq).where(
                 or_(
-                    col(EnrolledTemplates.seq) > self._max_seq,
+                    self._mark.lacks(),  # what the snapshot lacks, then what is new
                     col(EnrolledTemplates.enrolled_at) >= recent,
                 )
             )
         ).all()
-        unseen = [s for s in seqs if s not in self._enrolled_seqs]
-        new = [
-            r
-            for chunk in range(0, len(unseen), 5000)
-            for r in session.exec(
-                select(EnrolledTemplates).where(
-                    col(EnrolledTemplates.seq).in_(unseen[chunk : chunk + 5000])
-                )
-            )
-        ]
-        added = self._add(new) if new else 0
+        unseen = sorted(s for s in seqs if s is not None and s not in self._enrolled_seqs)
+        added = 0
+        for rows in snapshot.chunks(session, unseen):
+            for r in rows:
+                assert r.seq is not None  # read from the table: the database numbered it
+                self._enrolled_seqs.add(r.seq)
+            added += snapshot.enroll_new(self.gallery, *snapshot.read_enrolled(rows))
+        if unseen:
+            self._mark = snapshot.Mark(max(self._mark.seq, unseen[-1]))
+            log.info("enrolments_loaded", count=added, gallery=self.gallery.size)
         self._bury(session)
         return added
-
-    def _add(self, new: list[EnrolledTemplates]) -> int:
-        ids: list[int] = []
-        probes: list[Probe] = []
-        for r in new:
-            assert r.seq is not None  # read from the table: the database numbered it
-            self._enrolled_seqs.add(r.seq)
-            self._max_seq = max(self._max_seq, r.seq)
-            try:
-                bio = Biometrics.model_validate(msgpack.unpackb(r.biometrics))
-                probes.append(Probe.from_biometrics(bio))
-                ids.append(r.record_id)
-            except Exception as exc:  # one bad row must not stop every search
-                error = f"{type(exc).__name__}: {exc}"  # msgpack's own messages can be empty
-                log.error("enrolment_unreadable", seq=r.seq, record_id=r.record_id, error=error)
-        if probes:
-            self.gallery.enroll(ids, probes)
-        log.info("enrolments_loaded", count=len(probes), gallery=self.gallery.size)
-        return len(probes)
 
     def _bury(self, session: Session) -> None:
         """Removes the records deleted since this matcher last looked (by a notice or by

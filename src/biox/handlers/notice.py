@@ -8,13 +8,13 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from pathlib import Path
 
 import structlog
-from sqlmodel import Session, col, select
+from sqlmodel import Session
 
 from biox.agreement import corrections, participants, retention
-from biox.agreement.ledgers import NoticeRow, Tombstone
+from biox.agreement.ledgers import NoticeRow
+from biox.gallery import snapshot
 from biox.gallery.gallery import Gallery
 from biox.handlers.base import Context, Effects, Handler, Result
 from biox.policy.release import ParticipantPolicy
@@ -356,33 +356,21 @@ def purge_all(
     dry_run: bool = False,
 ) -> dict[str, int]:
     """The whole purge at ``now`` (the schedule's and ``biox retention purge``): the gallery
-    snapshot on disk rewritten without what was deleted since, then every table by its
-    rule (``retention.RULES``)."""
+    snapshot on disk rewritten without what was deleted since (and with what was enrolled,
+    ``gallery/snapshot.py``), then every table by its rule (``retention.RULES``)."""
     directory = settings.gallery_dir(me)
     if dry_run:
         seq, removed = Gallery.tombstone_seq(directory), 0
     else:
-        seq, removed = rewrite_snapshot(session, directory)
+        refreshed = snapshot.refresh(session, directory, settings)
+        seq, removed = (
+            (None, 0) if refreshed is None else (refreshed.tombstone_seq, refreshed.removed)
+        )
     ages = retention.Ages.of(settings, policy, seq)
     counts = retention.purge(session, now, dry_run=dry_run, ages=ages)
     if removed:
         counts["gallery_snapshot"] = removed
     return counts
-
-
-def rewrite_snapshot(session: Session, directory: Path) -> tuple[int | None, int]:
-    """The gallery snapshot in ``directory`` rewritten without every record tombstoned
-    since it was last written (a deletion, an expiry): returns the last tombstone it no
-    longer holds (None: there is no snapshot) and how many records left the disk."""
-    done = Gallery.tombstone_seq(directory)
-    if done is None:
-        return None, 0
-    rows = session.exec(select(Tombstone.seq, Tombstone.record_id).where(col(Tombstone.seq) > done))
-    newer = list(rows)
-    if not newer:
-        return done, 0
-    last = max(seq or 0 for seq, _ in newer)
-    return last, Gallery.rewrite_without(directory, [rid for _, rid in newer], last)
 
 
 def purge_event(me: str, counts: dict[str, int], actor: str) -> codec.Outgoing:

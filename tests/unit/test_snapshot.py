@@ -1,0 +1,144 @@
+"""The snapshot a matcher starts from (gallery/snapshot.py): enrolled templates folded in,
+tombstoned records taken out, and a mark that lets a fresh matcher read exactly what the
+snapshot lacks."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import msgpack
+import numpy as np
+from sqlmodel import select
+
+from biox.agreement.ledgers import Tombstone
+from biox.database import session_for
+from biox.gallery import snapshot
+from biox.gallery.gallery import Gallery, Probe
+from biox.gallery.snapshot import Mark
+from biox.handlers.matcher import MatcherHandler
+from biox.settings import Settings
+from biox.sim import synth
+from biox.store import EnrolledTemplates
+from tests.unit.test_matcher import POLICIES, REGISTRY
+
+WHEN = datetime(2026, 1, 5, tzinfo=UTC)  # long before any look-back window
+
+
+def templates(person: int) -> bytes:
+    bio = synth.capture(3, person, context=1)
+    return msgpack.packb(bio.model_dump(mode="python"), use_bin_type=True)
+
+
+def enrol(db: str, record_ids: list[int], when: datetime = WHEN) -> list[int]:
+    with session_for(db) as s:
+        rows = [
+            EnrolledTemplates(record_id=r, biometrics=templates(r), enrolled_at=when)
+            for r in record_ids
+        ]
+        s.add_all(rows)
+        s.commit()
+        return [r.seq for r in rows if r.seq is not None]
+
+
+def probe(person: int) -> Probe:
+    return Probe.from_biometrics(synth.capture(3, person, context=7))
+
+
+def test_the_mark_names_the_rows_it_did_not_see_below_it():
+    mark = Mark().after([1, 2, 5])
+    assert mark == Mark(5, (3, 4))
+    assert mark.after([3, 9]) == Mark(9, (4, 6, 7, 8))
+    assert mark.after([]) is mark
+    far = Mark().after([1, snapshot.HOLES_KEPT + 5])  # holes that old were rolled back
+    assert far.holes == tuple(range(6, snapshot.HOLES_KEPT + 5))
+
+
+def test_an_import_starts_the_snapshot_and_a_fresh_matcher_reads_nothing_again(tmp_path):
+    db, directory = f"sqlite:///{tmp_path / 'mx.db'}", tmp_path / "gallery"
+    settings = Settings(data_dir=tmp_path, gallery_sync_s=0)
+    enrol(db, [11, 12, 13])
+    with session_for(db) as s:
+        assert snapshot.refresh(s, directory, settings) is None  # the schedule starts none
+        done = snapshot.refresh(s, directory, settings, create=True)
+    assert done is not None and (done.added, done.mark) == (3, Mark(3))
+    assert snapshot.mark_of(directory) == Mark(3)
+    loaded = Gallery.load(directory)
+    assert loaded.size == 3
+    matcher = MatcherHandler(
+        "mx", REGISTRY, loaded, settings, POLICIES.of("mx"), snapshot.mark_of(directory)
+    )
+    enrol(db, [14])
+    with session_for(db) as s:
+        assert matcher.catch_up(s) == 1  # only the row enrolled since
+    assert matcher.gallery.size == 4
+    assert [h[0].record_id for h in matcher.gallery.search([probe(14)])] == [14]
+
+
+def test_rows_read_again_within_the_look_back_are_not_added_twice(tmp_path):
+    db, directory = f"sqlite:///{tmp_path / 'mx.db'}", tmp_path / "gallery"
+    settings = Settings(data_dir=tmp_path, gallery_sync_s=0)
+    enrol(db, [21, 22], when=datetime.now(UTC) - timedelta(seconds=5))
+    with session_for(db) as s:
+        snapshot.refresh(s, directory, settings, create=True)
+    matcher = MatcherHandler(
+        "mx", REGISTRY, Gallery.load(directory), settings, POLICIES.of("mx"), Mark(2)
+    )
+    with session_for(db) as s:
+        assert matcher.catch_up(s) == 0  # recent, so read again, but already held
+    assert matcher.gallery.size == 2
+
+
+def test_a_refresh_takes_tombstoned_records_out_of_the_files(tmp_path):
+    db, directory = f"sqlite:///{tmp_path / 'mx.db'}", tmp_path / "gallery"
+    settings = Settings(data_dir=tmp_path)
+    enrol(db, [31, 32, 33])
+    with session_for(db) as s:
+        snapshot.refresh(s, directory, settings, create=True)
+        s.add(Tombstone(record_id=32, cause="deletion"))
+        s.commit()
+        enrol(db, [34])
+        done = snapshot.refresh(s, directory, settings)
+        assert done is not None and (done.added, done.removed) == (1, 1)
+        assert done.tombstone_seq == s.exec(select(Tombstone.seq)).one()
+        again = snapshot.refresh(s, directory, settings)  # nothing new: nothing written
+        assert again is not None and (again.added, again.removed) == (0, 0)
+    loaded = Gallery.load(directory)
+    held = loaded.holds(np.array([31, 32, 33, 34]))
+    assert held.tolist() == [True, False, True, True]
+    assert Gallery.manifest(directory)["enrolled_seq"] == 4
+
+
+def test_a_row_the_snapshot_missed_below_its_mark_is_still_read(tmp_path):
+    """A transaction numbered 2 commits after the snapshot folded 1 and 3: the mark keeps
+    2 as a hole, and a fresh matcher reads it however late it came."""
+    db, directory = f"sqlite:///{tmp_path / 'mx.db'}", tmp_path / "gallery"
+    settings = Settings(data_dir=tmp_path, gallery_sync_s=0)
+    enrol(db, [41, 42, 43])
+    with session_for(db) as s:
+        late = s.exec(select(EnrolledTemplates).where(EnrolledTemplates.seq == 2)).one()
+        kept = (late.record_id, late.biometrics)
+        s.delete(late)
+        s.commit()
+        done = snapshot.refresh(s, directory, settings, create=True)
+        assert done is not None and done.mark == Mark(3, (2,))
+        s.add(EnrolledTemplates(seq=2, record_id=kept[0], biometrics=kept[1], enrolled_at=WHEN))
+        s.commit()
+    matcher = MatcherHandler(
+        "mx", REGISTRY, Gallery.load(directory), settings, POLICIES.of("mx"), Mark(3, (2,))
+    )
+    with session_for(db) as s:
+        assert matcher.catch_up(s) == 1
+        assert snapshot.refresh(s, directory, settings).mark == Mark(3)
+    assert matcher.gallery.holds(np.array([42])).tolist() == [True]
+
+
+def test_an_ivf_snapshot_is_trained_on_the_first_rows_it_folds(tmp_path):
+    db, directory = f"sqlite:///{tmp_path / 'mx.db'}", tmp_path / "gallery"
+    settings = Settings(data_dir=tmp_path, index="ivf")
+    enrol(db, list(range(1, 301)))
+    with session_for(db) as s:
+        done = snapshot.refresh(s, directory, settings, create=True)
+    assert done is not None and done.added == 300
+    loaded = Gallery.load(directory)
+    assert loaded.kind == "ivf" and loaded.size == 300
+    assert [h[0].record_id for h in loaded.search([probe(7), probe(250)])] == [7, 250]

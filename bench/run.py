@@ -359,7 +359,8 @@ def pipeline(size: int, n: int, settings: Settings, url: str) -> dict:
         pids["encounter system (bench)"] = os.getpid()
         pids.update(broker_pids())
         before = {name: cpu_seconds(pid) for name, pid in pids.items()}
-        sat = pipeline_run(url, sizes, base, n, 0)
+        with sampled(PROFILE, {k: v for k, v in pids.items() if "beam" not in k}, size):
+            sat = pipeline_run(url, sizes, base, n, 0)
         cpu_ms = {
             name: round((cpu_seconds(pid) - before[name]) * 1000 / n, 2)
             for name, pid in pids.items()
@@ -387,6 +388,50 @@ def pipeline(size: int, n: int, settings: Settings, url: str) -> dict:
         "audit_backlog_at_end": audit_backlog,
         "audit_drain_s": audit_drain_s,
     }
+
+
+PROFILE: Path | None = None  # --profile: where py-spy's samples of the saturated run go
+
+
+@contextlib.contextmanager
+def sampled(into: Path | None, pids: dict[str, int], size: int) -> Iterator[None]:
+    """py-spy samples each process while the block runs (``--profile``): one collapsed
+    stack file per process, for flame graphs and for the top functions by own time."""
+    if into is None:
+        yield
+        return
+    import subprocess
+
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    into.mkdir(parents=True, exist_ok=True)
+    running = [
+        subprocess.Popen(
+            [
+                spy,
+                "record",
+                "-p",
+                str(pid),
+                "-r",
+                "200",
+                "-f",
+                "raw",
+                "--nonblocking",
+                "-o",
+                str(into / f"{size}-{name.split()[0]}.txt"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for name, pid in pids.items()
+        if name != "encounter system (bench)"
+    ]
+    try:
+        yield
+    finally:
+        for p in running:
+            p.send_signal(2)  # py-spy writes its file on SIGINT
+        for p in running:
+            p.wait(timeout=60)
 
 
 def drain(url: str, queues: list[str], timeout: float = 300) -> tuple[int, float]:
@@ -520,7 +565,12 @@ def main() -> None:
     parser.add_argument("--pipeline-size", type=int, default=None)
     parser.add_argument("--queries", type=int, default=3000)
     parser.add_argument("--no-pipeline", action="store_true", help="the matcher alone only")
+    parser.add_argument(
+        "--profile", type=Path, default=None, help="py-spy samples of each worker, into DIR"
+    )
     args = parser.parse_args()
+    global PROFILE
+    PROFILE = args.profile
     unwind_on_sigterm()
     settings = Settings()
     faiss.omp_set_num_threads(settings.search_threads or os.cpu_count() or 1)  # as the workers

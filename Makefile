@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-unit test-integration test-postgres bench bench-full evaluate chaos mutation lint format broker broker-stop schemas rabbitmq chromium postgresql report-screenshot clean
+.PHONY: demo test test-unit test-integration test-postgres bench bench-full bench-huge evaluate chaos mutation lint format broker broker-stop schemas rabbitmq chromium postgresql report-screenshot clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -63,6 +63,9 @@ bench: $(STAMP) rabbitmq
 
 bench-full: $(STAMP) rabbitmq
 	$(BIN)/python -m bench.run --full
+
+bench-huge: $(STAMP)
+	$(BIN)/python -m bench.huge $(HUGE_ARGS)
 
 # Kills workers and restarts the broker while queries flow; counts lost and duplicated answers.
 chaos: $(STAMP) rabbitmq

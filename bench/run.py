@@ -63,10 +63,14 @@ def rss_mb() -> float:
 # --- the matcher alone ----------------------------------------------------------------------
 
 
-def build_gallery(size: int, kind: str, nprobe: int) -> tuple[Gallery, float, float]:
-    """Face 512-d + two fingers 192-d per identity (the issue's profile), no iris."""
+def build_gallery(
+    size: int, kind: str, nprobe: int, spill: Path | None = None, per_list: int = 60
+) -> tuple[Gallery, float, float]:
+    """Face 512-d + two fingers 192-d per identity (the issue's profile), no iris.
+    ``spill``: the full templates to disk as they come (``make bench-huge``);
+    ``per_list``: identities per IVF list in the training sample."""
     with all_threads():
-        return _build_gallery(size, kind, nprobe)
+        return _build_gallery(size, kind, nprobe, spill, per_list)
 
 
 @contextlib.contextmanager
@@ -80,16 +84,18 @@ def all_threads() -> Iterator[None]:
         faiss.omp_set_num_threads(searching)
 
 
-def _build_gallery(size: int, kind: str, nprobe: int) -> tuple[Gallery, float, float]:
+def _build_gallery(
+    size: int, kind: str, nprobe: int, spill: Path | None, per_list: int
+) -> tuple[Gallery, float, float]:
     before = rss_mb()
     started = time.perf_counter()
-    gallery = Gallery(kind, VectorIndex.nlist_for(size), nprobe)  # type: ignore[arg-type]
+    gallery = Gallery(kind, VectorIndex.nlist_for(size), nprobe, spill)  # type: ignore[arg-type]
     batches = galleries.enrolments(SEED, "mx", size, tenprint=False, iris=False)
     pending = []
     if kind == "ivf":
         for b in batches:
             pending.append(b)
-            if sum(len(x.persons) for x in pending) >= 60 * VectorIndex.nlist_for(size):
+            if sum(len(x.persons) for x in pending) >= per_list * VectorIndex.nlist_for(size):
                 break
         gallery.train(
             np.concatenate([b.face for b in pending]),
@@ -172,14 +178,18 @@ def matcher(size: int, n_probes: int, settings: Settings) -> dict:
     return result
 
 
-def fresh_start(gallery: Gallery, probe: Probe, settings: Settings) -> tuple[float, int]:
+def fresh_start(
+    gallery: Gallery, probe: Probe, settings: Settings, keep: Path | None = None
+) -> tuple[float, int]:
     """Seconds from nothing to a fresh matcher's first answer from the snapshot on disk
     (the page cache dropped where the OS lets us, so the templates come from disk), and the
-    snapshot's size."""
-    directory = ROOT / "var" / "bench-snapshot"
-    shutil.rmtree(directory, ignore_errors=True)
-    gallery.save(directory)
-    size_mb = round(sum(f.stat().st_size for f in directory.iterdir()) / 2**20)
+    snapshot's size. ``keep``: the snapshot is already there, and stays."""
+    directory = keep or ROOT / "var" / "bench-snapshot"
+    if keep is None:
+        shutil.rmtree(directory, ignore_errors=True)
+        gallery.save(directory)
+    files = [f for f in directory.iterdir() if f.is_file()]
+    size_mb = round(sum(f.stat().st_size for f in files) / 2**20)
     with contextlib.suppress(OSError):  # root only: otherwise the cache stays warm
         Path("/proc/sys/vm/drop_caches").write_text("1\n")
     started = time.perf_counter()
@@ -187,7 +197,8 @@ def fresh_start(gallery: Gallery, probe: Probe, settings: Settings) -> tuple[flo
     loaded.search([probe], k=settings.candidates, top=1)
     took = time.perf_counter() - started
     del loaded
-    shutil.rmtree(directory, ignore_errors=True)
+    if keep is None:
+        shutil.rmtree(directory, ignore_errors=True)
     return round(took, 2), size_mb
 
 

@@ -109,7 +109,7 @@ def test_a_snapshot_holds_no_removed_template_in_any_form(data, tmp_path):
     assert written.ntotal == N - 5
     held = np.load(tmp_path / "face.vectors.ids.npy")
     assert held.tolist() == ids[5:].tolist()
-    on_disk = np.load(tmp_path / "face.vectors.npy")
+    on_disk = np.fromfile(tmp_path / "face.vectors.f32", np.float32).reshape(-1, DIM)
     assert np.array_equal(on_disk, vectors[5:])  # the rows of the removed ones are gone
 
 
@@ -132,10 +132,10 @@ def test_a_loaded_snapshot_reads_templates_from_disk_and_takes_new_ones(data, tm
 def test_a_store_refuses_templates_that_do_not_fit_their_ids(tmp_path):
     store = VectorStore(4)
     store.add(np.array([1, 2]), np.eye(4, dtype=np.float32)[:2])
-    store.save(tmp_path / "x.npy")
+    store.save(tmp_path / "x.f32")
     np.save(tmp_path / "x.ids.npy", np.array([1, 2, 3]))
-    with pytest.raises(ValueError, match="for 3 ids of 4"):
-        VectorStore.load(tmp_path / "x.npy", 4)
+    with pytest.raises(ValueError, match="32 bytes for 3 ids of 4 float32"):
+        VectorStore.load(tmp_path / "x.f32", 4)
 
 
 def test_an_ivf_flat_snapshot_from_before_is_read_into_the_compressed_layout(data, tmp_path):
@@ -150,3 +150,53 @@ def test_an_ivf_flat_snapshot_from_before_is_read_into_the_compressed_layout(dat
     assert isinstance(loaded.index, faiss.IndexIVFPQFastScan) and loaded.ntotal == N
     assert np.allclose(loaded.vectors(ids[[0, 77]]), vectors[[0, 77]])
     assert (loaded.search(noisy(vectors[:50]), 1)[1][:, 0] == ids[:50]).all()
+
+
+def test_a_build_larger_than_memory_spills_and_the_snapshot_takes_the_file_over(
+    data, tmp_path, monkeypatch
+):
+    """The full templates go to a spill file as they are added; saving links that file
+    into the snapshot (no second copy) and the index then reads it as its base. The
+    lists' centroids are found through HNSW past ``HNSW_COARSE_FROM`` lists."""
+    ids, vectors = data
+    monkeypatch.setattr(index_module, "HNSW_COARSE_FROM", 8)
+    spill = tmp_path / "face.spill"
+    ix = VectorIndex(DIM, "ivf", nlist=16, nprobe=16, spill=spill)
+    assert isinstance(faiss.downcast_index(ix.index.quantizer), faiss.IndexHNSWFlat)
+    ix.train(vectors)
+    ix.add(ids[:2000], vectors[:2000])
+    ix.add(ids[2000:], vectors[2000:])
+    assert spill.stat().st_size == N * DIM * 4 and len(ix.store.added) == 0  # not in memory
+    assert np.allclose(ix.vectors(ids[[5, 2500]]), vectors[[5, 2500]])
+    ix.save(tmp_path / "face.faiss")
+    assert not spill.exists() and (tmp_path / "face.vectors.f32").stat().st_nlink == 1
+    assert isinstance(ix.store.base, np.memmap) and ix.store.spill is None
+    assert (ix.search(noisy(vectors[:50]), 1)[1][:, 0] == ids[:50]).all()
+    loaded = VectorIndex.load(tmp_path / "face.faiss", nprobe=16)
+    assert np.allclose(loaded.vectors(ids[[0, 2999]]), vectors[[0, 2999]])
+    assert (loaded.search(noisy(vectors[:50]), 1)[1][:, 0] == ids[:50]).all()
+
+
+def test_a_spilled_build_with_removals_is_written_without_them(data, tmp_path):
+    ids, vectors = data
+    ix = VectorIndex(DIM, "ivf", nlist=16, nprobe=16, spill=tmp_path / "face.spill")
+    ix.train(vectors)
+    ix.add(ids, vectors)
+    ix.remove(ids[:3])
+    on_file = np.fromfile(tmp_path / "face.spill", np.float32).reshape(-1, DIM)
+    assert not on_file[:3].any()  # zeroed where it lies, at once
+    ix.save(tmp_path / "face.faiss")
+    written = np.fromfile(tmp_path / "face.vectors.f32", np.float32).reshape(-1, DIM)
+    assert np.array_equal(written, vectors[3:])
+    assert not (tmp_path / "face.spill").exists()  # its rows are the snapshot's now
+    assert np.allclose(ix.vectors(ids[[3, 2999]]), vectors[[3, 2999]])
+    assert ix.scores(vectors[0], ids[:3])[0].size == 0
+
+
+def test_a_spilling_index_that_got_nothing_saves_and_loads_empty(tmp_path):
+    ix = VectorIndex(DIM, "ivf", nlist=16, nprobe=16, spill=tmp_path / "finger.1.spill")
+    ix.save(tmp_path / "finger.1.faiss")
+    loaded = VectorIndex.load(tmp_path / "finger.1.faiss")
+    assert loaded.ntotal == 0 and loaded.search(np.zeros((1, DIM), np.float32), 3)[1].tolist() == [
+        [-1] * 3
+    ]

@@ -54,11 +54,20 @@ class Hit:
 
 
 class Gallery:
-    def __init__(self, kind: IndexKind = "flat", nlist: int = 0, nprobe: int = 0) -> None:
+    def __init__(
+        self, kind: IndexKind = "flat", nlist: int = 0, nprobe: int = 0, spill: Path | None = None
+    ) -> None:
+        """``spill``: a directory for the full templates while a gallery larger than
+        memory is built (on the snapshot's file system: saving links, never copies)."""
         self.kind = kind
         self.nprobe = nprobe
-        self.face = VectorIndex(FACE.dim, kind, nlist, nprobe)
-        self.fingers = {p: VectorIndex(FINGER.dim, kind, nlist, nprobe) for p in range(1, 11)}
+        if spill is not None:
+            spill.mkdir(parents=True, exist_ok=True)
+        at = (lambda name: spill / f"{name}.spill") if spill is not None else (lambda _: None)
+        self.face = VectorIndex(FACE.dim, kind, nlist, nprobe, at("face"))
+        self.fingers = {
+            p: VectorIndex(FINGER.dim, kind, nlist, nprobe, at(f"finger.{p}")) for p in range(1, 11)
+        }
         self.irises = {eye: IrisIndex() for eye in EYES}
         self.scorer: Scorer = MeanRule()
 

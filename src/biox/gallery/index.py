@@ -31,6 +31,9 @@ RERANK = 4  # candidates fetched from the codes per candidate returned, then sco
 COMPACT_SHARE = 0.01  # tombstones, as a share of the codes, that trigger a rebuild
 COMPACT_MIN = 1000
 SCAN_SHARE = 0.16  # of the IVF lists searched per query when BIOX_IVF_NPROBE is 0
+#: more lists than this (about 4 M identities): the lists' centroids are found through an
+#: HNSW graph, not compared one by one, when adding and searching (10 M: 12 600 lists)
+HNSW_COARSE_FROM = 8192
 
 log = structlog.get_logger("biox.gallery")
 
@@ -38,7 +41,16 @@ log = structlog.get_logger("biox.gallery")
 class VectorIndex:
     """L2-normalised float32 templates compared by cosine (inner product)."""
 
-    def __init__(self, dim: int, kind: IndexKind = "flat", nlist: int = 0, nprobe: int = 0):
+    def __init__(
+        self,
+        dim: int,
+        kind: IndexKind = "flat",
+        nlist: int = 0,
+        nprobe: int = 0,
+        spill: Path | None = None,
+    ):
+        """``spill``: where an IVF index's full templates go while it is built, for a
+        gallery larger than memory (``vectors.VectorStore``)."""
         self.dim = dim
         self.kind = kind
         self.nprobe = nprobe
@@ -49,14 +61,17 @@ class VectorIndex:
             self.store: VectorStore | None = None
             self.present = Rows()
         else:
-            quantizer = faiss.IndexFlatIP(dim)
-            ivf = faiss.IndexIVFPQFastScan(
-                quantizer, dim, max(nlist, 1), pq_subvectors(dim), 4, faiss.METRIC_INNER_PRODUCT
+            nlist = max(nlist, 1)
+            coarse = f"IVF{nlist}_HNSW32" if nlist > HNSW_COARSE_FROM else f"IVF{nlist}"
+            ivf = faiss.index_factory(
+                dim, f"{coarse},PQ{pq_subvectors(dim)}x4fs", faiss.METRIC_INNER_PRODUCT
             )
+            assert isinstance(ivf, faiss.IndexIVFPQFastScan)  # what the string asks for
+            if nlist > HNSW_COARSE_FROM:  # k-means over 12 600 centroids: 10 rounds, not 25
+                ivf.cp.niter = 10
             self.nprobe = ivf.nprobe = nprobe_for(ivf.nlist, nprobe)
             self.index = ivf
-            self._quantizer = quantizer  # keep the Python object alive with the index
-            self.store = VectorStore(dim)
+            self.store = VectorStore(dim, spill=spill)
             self.present = self.store.rows
 
     @staticmethod
@@ -206,7 +221,7 @@ def pq_subvectors(dim: int) -> int:
 
 
 def _vectors_path(path: Path) -> Path:
-    return path.with_name(f"{path.stem}.vectors.npy")
+    return path.with_name(f"{path.stem}.vectors.f32")
 
 
 def _from_ivf_flat(old: faiss.IndexIVF, nprobe: int) -> VectorIndex:

@@ -10,6 +10,7 @@ is searched from the page cache; rows enrolled since live in memory after them.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -73,13 +74,16 @@ class Rows:
 
 class VectorStore:
     """Full templates by record id: rows ``[0, len(base))`` from a snapshot (a read-only
-    memory map), the rows enrolled since in memory after them."""
+    memory map), the rows enrolled since after them, in memory or, for a build larger
+    than memory, appended to a ``spill`` file that the snapshot then takes over whole."""
 
-    def __init__(self, dim: int, base: np.ndarray | None = None) -> None:
+    def __init__(self, dim: int, base: np.ndarray | None = None, spill: Path | None = None):
         self.dim = dim
         self.base = np.zeros((0, dim), np.float32) if base is None else base
-        self.added = np.zeros((1024, dim), np.float32)
-        self.used = 0  # rows of ``added`` in use
+        self.added = np.zeros((0 if spill else 1024, dim), np.float32)
+        self.used = 0  # rows added since the snapshot
+        self.spill = spill
+        self._mapped: np.ndarray | None = None
         self.rows = Rows()
 
     @property
@@ -88,21 +92,36 @@ class VectorStore:
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         n = len(ids)
-        if self.used + n > len(self.added):
-            grown = np.zeros((max(self.used + n, 2 * len(self.added)), self.dim), np.float32)
-            grown[: self.used] = self.added[: self.used]
-            self.added = grown
-        self.added[self.used : self.used + n] = vectors
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if self.spill is not None:
+            with self.spill.open("ab") as out:
+                out.write(vectors.tobytes())
+            self._mapped = None
+        else:
+            if self.used + n > len(self.added):
+                grown = np.zeros((max(self.used + n, 2 * len(self.added)), self.dim), np.float32)
+                grown[: self.used] = self.added[: self.used]
+                self.added = grown
+            self.added[self.used : self.used + n] = vectors
         self.rows.assign(ids, np.arange(n, dtype=np.int64) + len(self.base) + self.used)
         self.used += n
 
+    def _since(self) -> np.ndarray:
+        """The rows added since the snapshot (the spill file mapped, when spilling)."""
+        if self.spill is None:
+            return self.added
+        if self._mapped is None:
+            self._mapped = np.memmap(self.spill, np.float32, "r+", shape=(self.used, self.dim))
+        return self._mapped
+
     def remove(self, ids: np.ndarray) -> None:
-        """The ids leave the map and their in-memory rows are zeroed: the template leaves
+        """The ids leave the map and their added rows are zeroed: the template leaves
         memory now, not at the next rebuild (a snapshot's rows leave the disk when the
         snapshot is rewritten without them, ``gallery.snapshot.refresh``)."""
         rows = self.rows.lookup(ids)
         mine = rows[rows >= len(self.base)] - len(self.base)
-        self.added[mine] = 0.0
+        if len(mine):
+            self._since()[mine] = 0.0
         self.rows.assign(ids, -1)
 
     def get(self, rows: np.ndarray) -> np.ndarray:
@@ -111,13 +130,13 @@ class VectorStore:
         nbase = len(self.base)
         if self.used == 0:
             return np.asarray(self.base[rows])
+        since = self._since()
         if nbase == 0:
-            mine: np.ndarray = self.added[rows]
-            return mine
+            return np.asarray(since[rows])
         out = np.empty((*rows.shape, self.dim), np.float32)
         old = rows < nbase
         out[old] = self.base[rows[old]]
-        out[~old] = self.added[rows[~old] - nbase]
+        out[~old] = since[rows[~old] - nbase]
         return out
 
     def vectors(self, ids: np.ndarray) -> np.ndarray:
@@ -125,22 +144,58 @@ class VectorStore:
         return self.get(self.rows.lookup(ids))
 
     def save(self, path: Path) -> None:
-        """Only the rows still held, in id order: a removed template is not written."""
-        ids = self.rows.held()
-        np.save(path.with_suffix(".ids.npy"), ids)
-        with path.open("wb") as out:
-            np.lib.format.write_array_header_1_0(
-                out, {"descr": "<f4", "fortran_order": False, "shape": (len(ids), self.dim)}
+        """Raw float32 rows at ``path``, their ids beside it (``.ids.npy``), only the rows
+        still held: a removed template is not written. A spill file that holds exactly
+        them becomes the snapshot's file by a link, not a copy (at 10 M identities the
+        faces alone are 20 GB), and the store then reads it as its base."""
+        held = self.rows.held()
+        rows = self.rows.lookup(held)
+        if self.spill is not None and len(self.base) == 0 and len(held) == self.used > 0:
+            order = np.argsort(rows)
+            np.save(_ids_path(path), held[order])
+            since = self._since()
+            if isinstance(since, np.memmap):  # rows zeroed through the map reach the file
+                since.flush()
+            os.link(self.spill, path)
+            self.spill.unlink()
+            self.base, self.spill, self._mapped, self.used = (
+                _mapped(path, self.used, self.dim),
+                None,
+                None,
+                0,
             )
-            for start in range(0, len(ids), 65536):  # never a second copy of the gallery
-                out.write(self.vectors(ids[start : start + 65536]).tobytes())
+            self.rows.assign(held[order], np.arange(len(held), dtype=np.int64))
+            return
+        np.save(_ids_path(path), held)
+        with path.open("wb") as out:
+            for start in range(0, len(held), 65536):  # never a second copy of the gallery
+                out.write(self.get(rows[start : start + 65536]).tobytes())
+        if self.spill is not None:  # the spill's rows are all in the snapshot now
+            self.spill.unlink(missing_ok=True)
+            self.base, self.spill, self._mapped, self.used = (
+                _mapped(path, len(held), self.dim),
+                None,
+                None,
+                0,
+            )
+            self.rows.assign(held, np.arange(len(held), dtype=np.int64))
 
     @classmethod
     def load(cls, path: Path, dim: int) -> VectorStore:
-        ids = np.load(path.with_suffix(".ids.npy"))
-        base = np.load(path, mmap_mode="r")
-        if base.shape != (len(ids), dim):
-            raise ValueError(f"{path}: {base.shape} templates for {len(ids)} ids of {dim}")
-        store = cls(dim, base)
+        ids = np.load(_ids_path(path))
+        size = path.stat().st_size
+        if size != len(ids) * dim * 4:
+            raise ValueError(f"{path}: {size} bytes for {len(ids)} ids of {dim} float32")
+        store = cls(dim, _mapped(path, len(ids), dim))
         store.rows.assign(ids, np.arange(len(ids), dtype=np.int64))
         return store
+
+
+def _ids_path(path: Path) -> Path:
+    return path.with_name(f"{path.stem}.ids.npy")
+
+
+def _mapped(path: Path, n: int, dim: int) -> np.ndarray:
+    if n == 0:  # an empty file cannot be mapped
+        return np.zeros((0, dim), np.float32)
+    return np.memmap(path, np.float32, "r", shape=(n, dim))

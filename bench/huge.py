@@ -33,13 +33,6 @@ DOC = ROOT / "docs" / "performance.md"
 console = Console()
 
 
-def peak_rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
 def exact_face_top1(directory: Path, queries: np.ndarray) -> np.ndarray:
     """The exact nearest face of each query, by a scan of the snapshot's face file in
     blocks (the faces of 10 M identities are 20 GB: more than memory)."""
@@ -94,7 +87,7 @@ def run(size: int, n_probes: int, workdir: Path, settings: Settings) -> dict:
         "build_s": round(build_s + save_s, 1),
         "snapshot_mb": snapshot_mb,
         "memory_mb_built": round(built_rss),
-        "memory_mb_peak": round(peak_rss_mb()),
+        "memory_mb_peak": round(rss_mb("VmHWM")),
         "start_s": start_s,
         "qps_batched": round(len(batch) / wall, 1),
         "cpu_ms_per_query": round(cpu * 1000 / len(batch), 2),

@@ -63,7 +63,7 @@ def run(size: int, n_probes: int, workdir: Path, settings: Settings) -> dict:
     started = time.perf_counter()
     gallery.save(directory)
     save_s = time.perf_counter() - started
-    built_rss = rss_mb()
+    built_rss = rss_mb("RssAnon")  # memory of its own: mapped templates are page cache
     nprobe, nlist = gallery.face.nprobe, gallery.face.index.nlist
     people, batch = probes(size, n_probes)
     start_s, snapshot_mb = fresh_start(gallery, batch[0], settings, keep=directory)
@@ -76,6 +76,7 @@ def run(size: int, n_probes: int, workdir: Path, settings: Settings) -> dict:
     for i in range(0, len(batch), 64):
         hits.extend(loaded.search(batch[i : i + 64], k=settings.candidates, top=1))
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    searching_rss = rss_mb("RssAnon")
     top1 = np.array([h[0].record_id if h else -1 for h in hits])
     sample = [p for p in batch[:200] if p.face is not None]
     queries = np.stack([p.face for p in sample])
@@ -87,7 +88,7 @@ def run(size: int, n_probes: int, workdir: Path, settings: Settings) -> dict:
         "build_s": round(build_s + save_s, 1),
         "snapshot_mb": snapshot_mb,
         "memory_mb_built": round(built_rss),
-        "memory_mb_peak": round(rss_mb("VmHWM")),
+        "memory_mb_searching": round(searching_rss),
         "start_s": start_s,
         "qps_batched": round(len(batch) / wall, 1),
         "cpu_ms_per_query": round(cpu * 1000 / len(batch), 2),
@@ -105,10 +106,10 @@ def write_doc(result: dict) -> None:
             f"{time.strftime('%Y-%m-%d')}: {r['size']:,} identities (face 512-d + two "
             f"fingers 192-d), {r['index']}.",
             "",
-            "| build s | snapshot MB on disk | RSS built / peak MB | fresh start s | queries/s batched | CPU ms/query | genuine top-1 | face recall@1 vs exact |",
+            "| build s | snapshot MB on disk | memory MB built / searching (anonymous; templates are mapped) | fresh start s | queries/s batched | CPU ms/query | genuine top-1 | face recall@1 vs exact |",
             "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
             f"| {r['build_s']} | {r['snapshot_mb']:,} | {r['memory_mb_built']:,} / "
-            f"{r['memory_mb_peak']:,} | {r['start_s']} | {r['qps_batched']} | "
+            f"{r['memory_mb_searching']:,} | {r['start_s']} | {r['qps_batched']} | "
             f"{r['cpu_ms_per_query']} | {r['genuine_top1']} | {r['face_recall_at_1']} |",
             "<!-- bench-huge:end -->",
         ]

@@ -54,7 +54,8 @@ console = Console()
 
 
 def rss_mb(field: str = "VmRSS") -> float:
-    """This process's resident memory now (``VmHWM``: its peak so far), in MB."""
+    """This process's resident memory now, in MB (``RssAnon``: its own, without the
+    pages of memory-mapped files, which are the page cache's)."""
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024

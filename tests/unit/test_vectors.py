@@ -162,7 +162,9 @@ def test_a_build_larger_than_memory_spills_and_the_snapshot_takes_the_file_over(
     monkeypatch.setattr(index_module, "HNSW_COARSE_FROM", 8)
     spill = tmp_path / "face.spill"
     ix = VectorIndex(DIM, "ivf", nlist=16, nprobe=16, spill=spill)
-    assert isinstance(faiss.downcast_index(ix.index.quantizer), faiss.IndexHNSWFlat)
+    graph = faiss.downcast_index(ix.index.quantizer)
+    assert isinstance(graph, faiss.IndexHNSWFlat)
+    assert graph.hnsw.efSearch >= 16  # it explores at least as many lists as are searched
     ix.train(vectors)
     ix.add(ids[:2000], vectors[:2000])
     ix.add(ids[2000:], vectors[2000:])
@@ -200,3 +202,18 @@ def test_a_spilling_index_that_got_nothing_saves_and_loads_empty(tmp_path):
     assert loaded.ntotal == 0 and loaded.search(np.zeros((1, DIM), np.float32), 3)[1].tolist() == [
         [-1] * 3
     ]
+
+
+def test_a_graph_over_the_lists_explores_as_many_as_a_search_asks_for(data, tmp_path, monkeypatch):
+    """HNSW's default exploration (16) returned half of 300 lists asked for, most of them
+    wrong; adding looks narrower (one list per template) and the search width comes back."""
+    ids, vectors = data
+    monkeypatch.setattr(index_module, "HNSW_COARSE_FROM", 8)
+    ix = VectorIndex(DIM, "ivf", nlist=16, nprobe=300)
+    ix.train(vectors)
+    assert faiss.downcast_index(ix.index.quantizer).hnsw.efSearch == 300
+    ix.add(ids, vectors)
+    assert faiss.downcast_index(ix.index.quantizer).hnsw.efSearch == 300
+    ix.save(tmp_path / "face.faiss")
+    loaded = VectorIndex.load(tmp_path / "face.faiss", nprobe=500)
+    assert faiss.downcast_index(loaded.index.quantizer).hnsw.efSearch == 500

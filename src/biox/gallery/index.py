@@ -70,8 +70,7 @@ class VectorIndex:
             assert isinstance(ivf, faiss.IndexIVFPQFastScan)  # what the string asks for
             if nlist > HNSW_COARSE_FROM:  # k-means over 12 600 centroids: 10 rounds, not 25
                 ivf.cp.niter = 10
-            self.nprobe = ivf.nprobe = nprobe_for(ivf.nlist, nprobe)
-            _explore(ivf, self.nprobe)
+            self.nprobe = _search_width(ivf, nprobe_for(ivf.nlist, nprobe))
             self.index = ivf
             self.store = VectorStore(dim, spill=spill)
             self.present = self.store.rows
@@ -97,8 +96,7 @@ class VectorIndex:
         if self.kind == "ivf" and self.ntotal == 0 and other.trained and other.ntotal == 0:
             clone = faiss.clone_index(other.index)
             assert isinstance(clone, faiss.IndexIVF)  # only an IVF index needs training
-            clone.nprobe = self.nprobe
-            _explore(clone, self.nprobe)
+            _search_width(clone, self.nprobe)
             self.index = clone
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
@@ -206,8 +204,7 @@ class VectorIndex:
         self.tombstones, self._selector = set(), None
         if isinstance(index, faiss.IndexIVFPQFastScan):
             self.kind = "ivf"
-            self.nprobe = index.nprobe = nprobe_for(index.nlist, nprobe)
-            _explore(index, self.nprobe)
+            self.nprobe = _search_width(index, nprobe_for(index.nlist, nprobe))
             self.store = VectorStore.load(_vectors_path(path), index.d)
             self.present = self.store.rows
             self.index = index
@@ -228,6 +225,13 @@ def _graph(index: faiss.Index) -> faiss.IndexHNSW | None:
         return None
     quantizer = faiss.downcast_index(index.quantizer)
     return quantizer if isinstance(quantizer, faiss.IndexHNSW) else None
+
+
+def _search_width(index: faiss.IndexIVF, nprobe: int) -> int:
+    """``nprobe`` lists searched, and a graph over them that explores as many."""
+    index.nprobe = nprobe
+    _explore(index, nprobe)
+    return nprobe
 
 
 def _explore(index: faiss.Index, nprobe: int) -> None:

@@ -28,6 +28,7 @@ import numpy as np
 from rich.console import Console
 from rich.progress import Progress
 
+from bench import relay
 from biox.broker.link import Link
 from biox.broker.publisher import Publisher
 from biox.broker.topology import declare
@@ -367,7 +368,8 @@ def pipeline(size: int, n: int, settings: Settings, url: str) -> dict:
         wait_for_consumers(
             url, ["us.intake", "us.response", "mx.query", *audit_queues], workers, timeout=600
         )
-        pipeline_run(url, sizes, base, 300, 0)  # warm-up
+        with relay.tap(url, "us", "mx") as samples:  # the messages the relay sends
+            pipeline_run(url, sizes, base, 300, 0)  # warm-up
         pids = {name: p.pid for name, p in workers.processes}
         pids["encounter system (bench)"] = os.getpid()
         pids.update(broker_pids())
@@ -383,6 +385,8 @@ def pipeline(size: int, n: int, settings: Settings, url: str) -> dict:
         half = pipeline_run(url, sizes, base, max(n // 2, 500), throughput / 2)
     finally:
         workers.stop()
+    relayed = relay.relay(url, samples, n, settings)
+    console.print(f"  relay: {relayed['queries_per_s']}/s, bodies {relayed['body_bytes']}")
     pct = lambda xs, q: round(float(np.percentile(xs, q)) * 1000, 1) if xs else None  # noqa: E731
     return {
         "size": size,
@@ -397,6 +401,7 @@ def pipeline(size: int, n: int, settings: Settings, url: str) -> dict:
         "missing": sat.missing + half.missing,
         "wrong": sat.wrong + half.wrong,
         "raw": raw,
+        "relay": relayed,
         "cpu_ms_per_query": cpu_ms,
         "audit_backlog_at_end": audit_backlog,
         "audit_drain_s": audit_drain_s,

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from sqlmodel import select
@@ -10,32 +11,42 @@ from biox.store import AuditEntry
 from biox.trust import audit
 
 
-def entries(n: int) -> list[AuditEntry]:
+def entries(n: int) -> list[dict[str, Any]]:
+    """Rows as the audit worker builds them (``AuditHandler._entry``)."""
     t0 = datetime(2026, 11, 1, tzinfo=UTC)
     return [
-        AuditEntry(
-            seq=0,
-            received_at=t0 + timedelta(seconds=i),
-            direction="out" if i % 2 else "in",
-            kind="query",
-            sender="us",
-            recipient="mx",
-            message_id=f"m{i}",
-            correlation_id=f"q{i // 2}",
-            body_sha256="ab" * 32,
-            provenance="us",
-            prev_hash="",
-            entry_hash="",
-        )
+        {
+            "seq": 0,
+            "received_at": t0 + timedelta(seconds=i),
+            "direction": "out" if i % 2 else "in",
+            "kind": "query",
+            "sender_user": None,
+            "sender": "us",
+            "recipient": "mx",
+            "message_id": f"m{i}",
+            "correlation_id": f"q{i // 2}",
+            "schema_id": None,
+            "body_sha256": "ab" * 32,
+            "provenance": "us",
+            "actor": None,
+            "reason": None,
+            "command": None,
+            "prev_hash": "",
+            "entry_hash": "",
+        }
         for i in range(n)
     ]
+
+
+def chained(rows: list[dict[str, Any]], seq: int, prev: str) -> list[AuditEntry]:
+    return [AuditEntry(**r) for r in audit.chain(rows, seq, prev)]
 
 
 @pytest.fixture
 def db(tmp_path):
     url = f"sqlite:///{tmp_path / 'audit.db'}"
     with session_for(url) as s:
-        s.add_all(audit.chain(entries(10), 0, audit.GENESIS))
+        s.add_all(chained(entries(10), 0, audit.GENESIS))
         s.commit()
     return url
 
@@ -49,7 +60,7 @@ def test_intact_chain_verifies(db):
 def test_chain_continues_from_the_head(db):
     with session_for(db) as s:
         seq, prev = audit.head(s)
-        s.add_all(audit.chain(entries(3), seq, prev))
+        s.add_all(chained(entries(3), seq, prev))
         s.commit()
         assert audit.verify(s) == (13, None)
 
@@ -94,8 +105,8 @@ def test_an_inserted_entry_is_named(db):
             s.get(AuditEntry, seq).seq = seq + 1
             s.commit()
         forged = entries(1)[0]
-        forged.message_id = "forged"
-        s.add(audit.chain([forged], 5, s.get(AuditEntry, 5).entry_hash)[0])
+        forged["message_id"] = "forged"
+        s.add(chained([forged], 5, s.get(AuditEntry, 5).entry_hash)[0])
         s.commit()
         assert [e.seq for e in s.exec(select(AuditEntry).order_by(AuditEntry.seq))][:7] == list(
             range(1, 8)
@@ -164,7 +175,7 @@ def test_an_empty_trail_starts_at_the_genesis(tmp_path):
 def test_the_hash_of_an_entry_is_stable_across_versions():
     """Chains written by an older biox must verify with a newer one: the canonical form
     (sorted keys, compact separators, microsecond UTC times) is part of the format."""
-    [e] = audit.chain(entries(1), 0, audit.GENESIS)
+    [e] = chained(entries(1), 0, audit.GENESIS)
     assert e.entry_hash == "4e395daa1ddeccd797468e04b6f4a1b7eedd9764494b4e9d7dc0b8a7488f1253"
 
 
@@ -174,8 +185,8 @@ def test_an_entry_inserted_right_after_the_first_is_named(db):
             s.get(AuditEntry, seq).seq = seq + 1
             s.commit()
         forged = entries(1)[0]
-        forged.message_id = "forged"
-        s.add(audit.chain([forged], 1, s.get(AuditEntry, 1).entry_hash)[0])
+        forged["message_id"] = "forged"
+        s.add(chained([forged], 1, s.get(AuditEntry, 1).entry_hash)[0])
         s.commit()
         assert audit.verify(s)[1] == audit.Break(2, "inserted")
 
@@ -187,9 +198,9 @@ def test_a_trail_across_participants_follows_the_query_and_its_encounter(tmp_pat
     settings = Settings(data_dir=tmp_path)
     t0 = datetime(2026, 11, 1, tzinfo=UTC)
 
-    def entry(code: str, seconds: int, corr: str, mid: str) -> AuditEntry:
+    def entry(code: str, seconds: int, corr: str, mid: str) -> dict[str, Any]:
         e = entries(1)[0]
-        e.received_at, e.correlation_id, e.message_id = t0 + timedelta(seconds=seconds), corr, mid
+        e.update(received_at=t0 + timedelta(seconds=seconds), correlation_id=corr, message_id=mid)
         return e
 
     with session_for(settings.database_for("us")) as s:
@@ -204,7 +215,7 @@ def test_a_trail_across_participants_follows_the_query_and_its_encounter(tmp_pat
             )
         )
         s.add_all(
-            audit.chain(
+            chained(
                 [
                     entry("us", 0, "E-9", "submit"),
                     entry("us", 1, "q-9", "query"),
@@ -216,7 +227,7 @@ def test_a_trail_across_participants_follows_the_query_and_its_encounter(tmp_pat
         )
         s.commit()
     with session_for(settings.database_for("mx")) as s:
-        s.add_all(audit.chain([entry("mx", 2, "q-9", "at-mx")], 0, audit.GENESIS))
+        s.add_all(chained([entry("mx", 2, "q-9", "at-mx")], 0, audit.GENESIS))
         s.commit()
     with every_participant(settings) as sessions:
         rows = audit.trail_across(sessions, "q-9")
@@ -235,7 +246,7 @@ def test_a_database_from_before_the_reason_column_gets_it_and_keeps_its_chain(tm
     path = tmp_path / "old.db"
     url = f"sqlite:///{path}"
     with session_for(url) as s:
-        for e in audit.chain(entries(3), 0, audit.GENESIS):
+        for e in chained(entries(3), 0, audit.GENESIS):
             s.add(e)
         s.commit()
     engine_for(url).dispose()

@@ -8,6 +8,7 @@ import hashlib
 from datetime import UTC, datetime
 
 import pytest
+from sqlmodel import select
 
 from biox.database import session_for
 from biox.handlers.audit import AuditHandler
@@ -45,12 +46,13 @@ def db(tmp_path) -> str:
 
 
 def record(db: str, *batch: Inbound[None], me: str = "us") -> list[AuditEntry]:
+    """The entries the batch added to the trail, read back as stored."""
     with session_for(db) as s:
+        before, _ = audit.head(s)
         results = AuditHandler(me).chain(list(batch), s)
-        rows = [r for e in results if isinstance(e, Effects) for r in e.rows]
-        s.add_all(rows)
+        assert all(isinstance(e, Effects) and e.rows == [] for e in results)  # in place
         s.commit()
-        return rows
+        return list(s.exec(select(AuditEntry).where(AuditEntry.seq > before)))
 
 
 @pytest.mark.parametrize(

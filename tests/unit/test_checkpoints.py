@@ -25,7 +25,7 @@ AT = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 
 
 def chain(n: int) -> list[AuditEntry]:
-    entries = [
+    rows = [
         AuditEntry(
             seq=0,
             received_at=AT + timedelta(seconds=i),
@@ -35,10 +35,10 @@ def chain(n: int) -> list[AuditEntry]:
             body_sha256="0" * 64,
             prev_hash="",
             entry_hash="",
-        )
+        ).model_dump()
         for i in range(n)
     ]
-    return audit.chain(entries, 0, audit.GENESIS)
+    return [AuditEntry(**r) for r in audit.chain(rows, 0, audit.GENESIS)]
 
 
 def held(entries: list[AuditEntry], seq: int, holder: str = "mx") -> Held:
@@ -70,11 +70,8 @@ def test_a_chain_emptied_is_truncated_at_its_first_checkpoint():
 def test_a_chain_rewritten_and_rehashed_from_an_entry_on_is_named():
     entries = chain(10)
     proof = [held(entries, 5), held(entries, 9, "sv")]
-    rewritten = [
-        AuditEntry(**{**e.model_dump(), "kind": "response" if e.seq == 3 else e.kind})
-        for e in entries
-    ]
-    rewritten = audit.chain(rewritten, 0, audit.GENESIS)  # every hash recomputed
+    rows = [{**e.model_dump(), "kind": "response" if e.seq == 3 else e.kind} for e in entries]
+    rewritten = [AuditEntry(**r) for r in audit.chain(rows, 0, audit.GENESIS)]  # rehashed
     assert audit.first_break(rewritten) is None
     problems = checkpoints.against(rewritten, proof)
     assert problems == [
@@ -113,9 +110,7 @@ def test_the_audit_worker_sends_its_signed_head_to_every_partner_on_its_schedule
         for batch in ([inbound(1), inbound(2)], [inbound(3), inbound(4), inbound(5)]):
             results = h.chain(batch, s)
             assert all(e.outgoing == [] for e in results)  # traffic sends no checkpoint
-            for e in results:
-                s.add_all(e.rows)
-            s.commit()
+            s.commit()  # the entries are in the session's transaction (``audit.append``)
         last = s.exec(select(AuditEntry).where(AuditEntry.seq == 5)).one()
         sent = h.maintain(s, AT)
     assert [(o.envelope.recipient, o.routing_key) for o in sent] == [
@@ -133,8 +128,7 @@ def test_the_audit_worker_sends_its_signed_head_to_every_partner_on_its_schedule
         assert [o.envelope.correlation_id for o in h.maintain(s, AT)] == [
             o.envelope.correlation_id for o in sent
         ]
-        for e in h.chain([inbound(6)], s):
-            s.add_all(e.rows)
+        h.chain([inbound(6)], s)
         s.commit()
         again = h.maintain(s, AT)
     assert [o.envelope.correlation_id for o in again] == ["checkpoint:us:6"] * 2

@@ -12,6 +12,7 @@ from pathlib import Path
 import msgpack
 import pytest
 from sqlalchemy import event, update
+from sqlmodel import select
 from structlog.testing import capture_logs
 
 from biox.database import engine_for, session_for
@@ -27,7 +28,7 @@ from biox.queries import examiners
 from biox.routes import ROUTES
 from biox.settings import Settings
 from biox.sim import synth
-from biox.store import EnrolledTemplates, RetrievalRow, ReviewCaseRow, Transaction
+from biox.store import AuditEntry, EnrolledTemplates, RetrievalRow, ReviewCaseRow, Transaction
 from biox.trust.sealing import Trust
 from biox.wire import codec
 from biox.wire.codec import Envelope
@@ -446,10 +447,11 @@ def test_each_audit_entry_is_counted_by_its_direction():
     ]
     with session_for(f"sqlite:///{tempfile.mkdtemp()}/a.db") as s:
         results = AuditHandler("us").chain(batch, s)
+        stored = s.exec(select(AuditEntry).order_by(AuditEntry.seq)).all()
     assert [r.outcome for r in results] == [
         "audited:in",
         "audited:out",
         "audited:dead-letter",
         "audited:retry",
     ]
-    assert [r.rows[0].provenance for r in results] == ["mx", "us", "mx", "mx"]
+    assert [e.provenance for e in stored] == ["mx", "us", "mx", "mx"]

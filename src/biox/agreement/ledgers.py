@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import JSON, BigInteger, Column
 from sqlmodel import Field, SQLModel
 
-from biox.store import UTCDateTime
+from biox.store import UTCDateTime, no_items
 from biox.wire.messages import utcnow
 
 
@@ -103,7 +103,7 @@ class IncidentRow(SQLModel, table=True):
     incident_id: str = Field(primary_key=True)
     aware_at: datetime = Field(sa_type=UTCDateTime, index=True)
     summary: str
-    partners: list[str] = Field(default_factory=list, sa_column=Column(JSON))
+    partners: list[str] = Field(default_factory=no_items, sa_column=Column(JSON))
     notified: dict[str, str] = Field(
         default_factory=dict, sa_column=Column(JSON), description="partner → notice id"
     )

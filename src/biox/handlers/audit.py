@@ -11,11 +11,11 @@ import hashlib
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import datetime
+from typing import Any
 
 from sqlmodel import Session
 
 from biox.handlers.base import Context, Effects, Handler, Result
-from biox.store import AuditEntry
 from biox.trust import audit, checkpoints
 from biox.trust.sealing import KeyRing, load_ring
 from biox.wire import addresses, codec
@@ -58,10 +58,13 @@ class AuditHandler(Handler):
         self.maintain_every_s = checkpoint_every_s if self.partners and ring else 0.0
 
     def chain(self, batch: Sequence[Inbound[None]], session: Session) -> list[Result]:
+        """The batch's entries, chained after the head and inserted in the loop's
+        transaction, so they commit with the batch's idempotency markers."""
         seq, prev = audit.head(session)
         now = utcnow()
-        entries = audit.chain((self._entry(inb, now) for inb in batch), seq, prev)
-        return [Effects(rows=[e], outcome=f"audited:{e.direction}") for e in entries]
+        rows = audit.chain((self._entry(inb, now) for inb in batch), seq, prev)
+        audit.append(session, rows)
+        return [Effects(outcome=f"audited:{row['direction']}") for row in rows]
 
     def maintain(self, session: Session, now: datetime) -> list[codec.Outgoing]:
         """The chain's head, signed, to every partner, who keep it as evidence of what the
@@ -85,30 +88,33 @@ class AuditHandler(Handler):
             for partner in self.partners
         ]
 
-    def _entry(self, inb: Inbound[None], now: datetime) -> AuditEntry:
+    def _entry(self, inb: Inbound[None], now: datetime) -> dict[str, Any]:
+        """A row of ``audit_entries`` (``store.AuditEntry``), numbered by ``audit.chain``."""
         env = inb.envelope
         outgoing = inb.exchange == addresses.outbox(self.me)
         hop = addresses.hop(inb.routing_key)
         direction = "out" if outgoing else hop if hop in HOPS else "in"
-        return AuditEntry(
-            seq=0,
-            received_at=now,
-            direction=direction,
-            kind=env.kind or "?",
-            sender_user=env.user_id,
-            sender=env.sender or None,
-            recipient=env.recipient or None,
-            message_id=env.message_id,
-            correlation_id=env.correlation_id,
-            schema_id=env.schema or None,
-            body_sha256=hashlib.sha256(inb.body).hexdigest(),
-            provenance=self.me if outgoing else (env.sender or None),
-            actor=header_text(env.headers.get(H_ACTOR)),
-            reason=header_text(env.headers.get(H_REASON)) if direction in HOPS else None,
-            command=_read_command(env, inb.body) if env.kind == PersonalDataRead.KIND else None,
-            prev_hash="",
-            entry_hash="",
-        )
+        return {
+            "seq": 0,
+            "received_at": now,
+            "direction": direction,
+            "kind": env.kind or "?",
+            "sender_user": env.user_id,
+            "sender": env.sender or None,
+            "recipient": env.recipient or None,
+            "message_id": env.message_id,
+            "correlation_id": env.correlation_id,
+            "schema_id": env.schema or None,
+            "body_sha256": hashlib.sha256(inb.body).hexdigest(),
+            "provenance": self.me if outgoing else (env.sender or None),
+            "actor": header_text(env.headers.get(H_ACTOR)),
+            "reason": header_text(env.headers.get(H_REASON)) if direction in HOPS else None,
+            "command": (
+                _read_command(env, inb.body) if env.kind == PersonalDataRead.KIND else None
+            ),
+            "prev_hash": "",
+            "entry_hash": "",
+        }
 
     def reject(self, envelope: Envelope, error: BioxError) -> Effects | None:
         return None

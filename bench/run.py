@@ -535,15 +535,17 @@ def write_doc(results: dict) -> None:
         "",
         "### Whole pipeline (encounter.submit → intake → query → matcher → response → result)",
         "",
-        "| identities | raw round trip /s | matcher alone /s | pipeline queries/s | fraction of lower limit | p50 / p95 / p99 ms at half load | missing | wrong |",
-        "| ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |",
+        "| identities | raw round trip /s | relay /s | matcher alone /s | pipeline queries/s | of the relay | fraction of lower limit | p50 / p95 / p99 ms at half load | missing | wrong |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |",
     ]
     for p in results["pipeline"]:
         m = next((m for m in results["matcher"] if m["size"] == p["size"]), None)
         limit = min(p["raw"]["round_trips_per_s"], m["qps_batched"] if m else float("inf"))
+        relayed = p.get("relay", {}).get("queries_per_s")
+        of_relay = f"{p['throughput_qps'] / relayed:.0%}" if relayed else "-"
         lines.append(
-            f"| {p['size']:,} | {p['raw']['round_trips_per_s']} | {m['qps_batched'] if m else '-'} | {p['throughput_qps']} | "
-            f"{p['throughput_qps'] / limit:.0%} | {p['half_load_p50_ms']} / {p['half_load_p95_ms']} / {p['half_load_p99_ms']} at {p['half_load_qps']}/s | {p['missing']} | {p['wrong']} |"
+            f"| {p['size']:,} | {p['raw']['round_trips_per_s']} | {relayed or '-'} | {m['qps_batched'] if m else '-'} | {p['throughput_qps']} | "
+            f"{of_relay} | {p['throughput_qps'] / limit:.0%} | {p['half_load_p50_ms']} / {p['half_load_p95_ms']} / {p['half_load_p99_ms']} at {p['half_load_qps']}/s | {p['missing']} | {p['wrong']} |"
         )
     lines += [
         "",
@@ -555,6 +557,10 @@ def write_doc(results: dict) -> None:
             parts = ", ".join(f"{k} {v}" for k, v in p["cpu_ms_per_query"].items())
             total = sum(p["cpu_ms_per_query"].values())
             lines.append(f"- {p['size']:,} identities: {parts}; total {total:.2f} ms")
+        if p.get("relay"):
+            parts = ", ".join(f"{k} {v}" for k, v in p["relay"]["cpu_ms_per_query"].items())
+            total = sum(p["relay"]["cpu_ms_per_query"].values())
+            lines.append(f"  - the relay, same run: {parts}; total {total:.2f} ms")
     lines += ["", "### Audit consumers beside the pipeline (saturated run)", ""]
     for p in results["pipeline"]:
         if "audit_backlog_at_end" in p:

@@ -3,6 +3,7 @@ signed and sealed partner messages, against the single shared development broker
 the same run (docs/performance.md, "Three sovereign brokers").
 
     python -m bench.sovereign                 # 10 000 identities, 2 000 queries each way
+    python -m bench.sovereign --replicas      # and again with two intakes and two matchers
 """
 
 from __future__ import annotations
@@ -35,9 +36,13 @@ from biox.sim.processes import start_sovereign_workers, unwind_on_sigterm, worke
 from biox.trust.identity import Role
 
 KINDS = {"us": ("intake", "response", "audit"), "mx": ("query", "audit")}
+#: ``--replicas``: two intake and two matcher processes, competing consumers of their queues
+REPLICATED = {"us": ("intake", "intake", "response", "audit"), "mx": ("query", "query", "audit")}
 
 
-def sovereign(size: int, n: int, settings: Settings) -> dict:
+def sovereign(
+    size: int, n: int, settings: Settings, kinds: dict[str, tuple[str, ...]] = KINDS
+) -> dict:
     data = RESULTS / f"sovereign-{size}"
     shutil.rmtree(data, ignore_errors=True)
     s = settings.model_copy(update={"data_dir": data, "registry": REGISTRY, "amqp_url": None})
@@ -50,7 +55,7 @@ def sovereign(size: int, n: int, settings: Settings) -> dict:
         base = plans.plan(registry, sizes, 400, SEED, requesters=["us"])
         base = [p for p in base if p.expected_partners]
         env = worker_env(s, registry.codes, BIOX_LOG_LEVEL="WARNING")
-        workers = start_sovereign_workers(brokers, KINDS, env, data / "logs", timeout=600)
+        workers = start_sovereign_workers(brokers, kinds, env, data / "logs", timeout=600)
         connect = {
             "tls": brokers.credentials("us", Role.encounters),
             "reply_prefix": "us.replies.sim.",
@@ -92,6 +97,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--size", type=int, default=10_000)
     parser.add_argument("--queries", type=int, default=2000)
+    parser.add_argument(
+        "--replicas",
+        action="store_true",
+        help="then the sovereign layout again with two intake and two matcher processes",
+    )
     args = parser.parse_args()
     unwind_on_sigterm()
     settings = Settings()
@@ -106,6 +116,10 @@ def main() -> None:
     console.print(f"[bold]three sovereign brokers[/] {args.size:,} identities")
     results["sovereign"] = sovereign(args.size, args.queries, settings)
     console.print(results["sovereign"])
+    if args.replicas:
+        console.print("[bold]three sovereign brokers, two intakes and two matchers[/]")
+        results["replicated"] = sovereign(args.size, args.queries, settings, REPLICATED)
+        console.print(results["replicated"])
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"sovereign-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.write_text(json.dumps(results, indent=2))

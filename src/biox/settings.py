@@ -148,6 +148,13 @@ class Settings(BaseSettings):
     prefetch: int = 256
     batch_max: int = Field(default=64, description="Deliveries handled per commit.")
     batch_wait_ms: float = Field(default=2.0, description="How long to wait to fill a batch.")
+    audit_batch_wait_ms: float = Field(
+        default=50.0,
+        description=(
+            "How long the audit worker waits to fill a batch: no query waits for its entries, "
+            "and a fuller batch shares one commit and one head read."
+        ),
+    )
     retry_delays: str = Field(default="1,5,30,120,600", description="Retry tiers, seconds.")
     delivery_limit: int = Field(default=20, description="Quorum-queue redelivery backstop.")
     publish_timeout: float = Field(

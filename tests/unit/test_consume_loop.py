@@ -670,9 +670,11 @@ class UndecodedHandler(Handler):
 
     def __init__(self, fail: BioxError | None = None) -> None:
         self.seen: list[tuple[str, str, int]] = []
+        self.batches: list[int] = []
         self.fail = fail
 
     def handle(self, batch: Sequence[Inbound], session: Session) -> list[Result]:
+        self.batches.append(len(batch))
         for i in batch:
             assert i.message is None
             self.seen.append((i.envelope.message_id, i.routing_key, i.envelope.attempt))
@@ -805,6 +807,38 @@ def test_a_batch_waits_a_moment_for_more_deliveries(tmp_path):
     stop.set()
     worker.join(5)
     assert [len(c) for c in r.handler.calls] == [2]  # one batch: the second came in time
+
+
+def batches_of_two_deliveries_100_ms_apart(r: Rig, sizes: Callable[[], list[int]]) -> list[int]:
+    first = r.link.deliver(ask("ok"))
+    timer = threading.Timer(0.1, lambda: r.link.deliver(ask("ok")))
+    timer.start()
+    stop = threading.Event()
+    worker = threading.Thread(target=r.loop.run, args=(stop,), daemon=True)
+    worker.start()
+    deadline = time.monotonic() + 5
+    while len(r.link.settled()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    stop.set()
+    worker.join(5)
+    assert first.delivery_tag in r.link.settled()
+    return sizes()
+
+
+def test_the_audit_waits_longer_for_a_fuller_batch_and_the_query_path_does_not(tmp_path):
+    """No query waits for an audit entry, and at a few entries a batch the audit worker
+    spent most of its CPU on the batch's fixed cost (``BIOX_AUDIT_BATCH_WAIT_MS``)."""
+    waits = {"batch_wait_ms": 0, "audit_batch_wait_ms": 400}
+    for sub in ("audit", "query-path"):
+        (tmp_path / sub).mkdir()
+    audit = UndecodedHandler()
+    r = rig(tmp_path / "audit", audit, undecoded=True, **waits)
+    assert batches_of_two_deliveries_100_ms_apart(r, lambda: audit.batches) == [2]
+    r = rig(tmp_path / "query-path", **waits)
+    assert batches_of_two_deliveries_100_ms_apart(r, lambda: [len(c) for c in r.handler.calls]) == [
+        1,
+        1,
+    ]
 
 
 def test_markers_are_written_with_their_time_and_outputs(tmp_path):

@@ -110,6 +110,12 @@ class ConsumeLoop:
         #: a broker that refused our outputs is given a moment before the requeued inputs come
         #: back (none in memory, where nothing is waiting to recover)
         self.requeue_pause = 0.5
+        #: the audit (the one queue taken undecoded) waits longer for a fuller batch: at
+        #: a few entries a batch, its fixed cost per batch was most of its CPU
+        #: (docs/performance.md, "The work around the search")
+        self.batch_wait_ms = (
+            settings.audit_batch_wait_ms if not queue.decodes else (settings.batch_wait_ms)
+        )
         self._maintained_at = time.monotonic()  # the first maintenance: one interval in
 
     def run(self, stop: threading.Event) -> None:
@@ -183,7 +189,7 @@ class ConsumeLoop:
         except queue_mod.Empty:
             return []
         batch = [first]
-        deadline = time.monotonic() + self.settings.batch_wait_ms / 1000
+        deadline = time.monotonic() + self.batch_wait_ms / 1000
         while len(batch) < self.settings.batch_max:
             try:  # past the deadline, only what is already waiting
                 batch.append(self.link.deliveries.get(timeout=max(deadline - time.monotonic(), 0)))

@@ -116,12 +116,15 @@ def start_workers(
     log_dir: Path,
     roles: tuple[str, ...] = tuple(ROUTES.queues),
 ) -> Workers:
-    """One worker process per participant and queue (``python -m biox worker ROLE``)."""
+    """One worker process per participant and queue (``python -m biox worker ROLE``); a
+    role named twice gets two processes, competing consumers of its queue (``us-intake``,
+    ``us-intake-2``)."""
     log_dir.mkdir(parents=True, exist_ok=True)
     procs = []
     for code in codes:
-        for role in roles:
-            name = f"{code}-{role}"
+        for i, role in enumerate(roles):
+            nth = roles[: i + 1].count(role)
+            name = f"{code}-{role}" + (f"-{nth}" if nth > 1 else "")
             out = open(log_dir / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
             procs.append(
                 (

@@ -110,12 +110,8 @@ class ConsumeLoop:
         #: a broker that refused our outputs is given a moment before the requeued inputs come
         #: back (none in memory, where nothing is waiting to recover)
         self.requeue_pause = 0.5
-        #: the audit (the one queue taken undecoded) waits longer for a fuller batch: at
-        #: a few entries a batch, its fixed cost per batch was most of its CPU
-        #: (docs/performance.md, "The work around the search")
-        self.batch_wait_ms = (
-            settings.audit_batch_wait_ms if not queue.decodes else (settings.batch_wait_ms)
-        )
+        wait_ms = settings.batch_wait_ms if queue.decodes else settings.audit_batch_wait_ms
+        self.batch_wait_ms = wait_ms  # the audit's (undecoded) is longer: no query waits for it
         self._maintained_at = time.monotonic()  # the first maintenance: one interval in
 
     def run(self, stop: threading.Event) -> None:
@@ -185,10 +181,9 @@ class ConsumeLoop:
 
     def _take(self) -> list[Delivery]:
         try:
-            first = self.link.deliveries.get(timeout=0.2)
+            batch = [self.link.deliveries.get(timeout=0.2)]
         except queue_mod.Empty:
             return []
-        batch = [first]
         deadline = time.monotonic() + self.batch_wait_ms / 1000
         while len(batch) < self.settings.batch_max:
             try:  # past the deadline, only what is already waiting

@@ -114,7 +114,7 @@ def relay(
 ) -> dict[str, Any]:
     """``n`` encounters offered at once through the relay: queries/s and CPU per query of
     each process (the broker's too), as ``bench.run.pipeline`` reports them."""
-    from bench.run import broker_pids, cpu_seconds
+    from bench.run import broker_pids, cpu_ms_per_query, cpu_seconds
 
     missing = [k for k in (SUBMIT, QUERY, RESPONSE, RESULT) if k not in samples]
     if missing:
@@ -179,10 +179,7 @@ def relay(
         pids.update(broker_pids())
         before = {name: cpu_seconds(pid) for name, pid in pids.items()}
         seconds = _offer(url, samples[SUBMIT], requester, n)
-        cpu_ms = {
-            name: round((cpu_seconds(pid) - before[name]) * 1000 / n, 2)
-            for name, pid in pids.items()
-        }
+        cpu_ms = cpu_ms_per_query(pids, before, n)
     finally:
         stop.set()
         for p in procs.values():

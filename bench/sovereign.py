@@ -22,6 +22,7 @@ from bench.run import (
     SEED,
     broker_pids,
     console,
+    cpu_ms_per_query,
     cpu_seconds,
     pipeline,
     pipeline_run,
@@ -43,7 +44,9 @@ REPLICATED = {"us": ("intake", "intake", "response", "audit"), "mx": ("query", "
 def sovereign(
     size: int, n: int, settings: Settings, kinds: dict[str, tuple[str, ...]] = KINDS
 ) -> dict:
-    data = RESULTS / f"sovereign-{size}"
+    # a directory of its own per layout: this process keeps an engine per database path, and
+    # one still open on a database deleted under it would write where no worker reads
+    data = RESULTS / f"sovereign-{size}" / "-".join(f"{c}{len(k)}" for c, k in kinds.items())
     shutil.rmtree(data, ignore_errors=True)
     s = settings.model_copy(update={"data_dir": data, "registry": REGISTRY, "amqp_url": None})
     registry = Registry.load(REGISTRY)
@@ -68,10 +71,7 @@ def sovereign(
         pids.update(broker_pids())
         before = {name: cpu_seconds(pid) for name, pid in pids.items()}
         sat = pipeline_run(url, sizes, base, n, 0, **connect)
-        cpu_ms = {
-            name: round((cpu_seconds(pid) - before[name]) * 1000 / n, 2)
-            for name, pid in pids.items()
-        }
+        cpu_ms = cpu_ms_per_query(pids, before, n)
         throughput = sat.sent / sat.seconds
         half = pipeline_run(url, sizes, base, max(n // 2, 500), throughput / 2, **connect)
     finally:

@@ -142,3 +142,70 @@ def test_an_ivf_snapshot_is_trained_on_the_first_rows_it_folds(tmp_path):
     loaded = Gallery.load(directory)
     assert loaded.kind == "ivf" and loaded.size == 300
     assert [h[0].record_id for h in loaded.search([probe(7), probe(250)])] == [7, 250]
+
+
+def test_a_snapshot_written_before_the_marks_is_read_from_the_start(tmp_path):
+    """A manifest without ``enrolled_seq`` (a snapshot from before issue 23) lacks every
+    enrolled row; one with holes keeps them as numbers."""
+    import json
+
+    directory = tmp_path / "gallery"
+    Gallery().save(directory, 0, 9, [3, 4])
+    assert snapshot.mark_of(directory) == Mark(9, (3, 4))
+    manifest = json.loads((directory / "manifest.json").read_text())
+    for key in ("enrolled_seq", "enrolled_holes"):
+        manifest.pop(key)
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+    assert snapshot.mark_of(directory) == Mark(0, ())
+    assert snapshot.mark_of(tmp_path / "none") == Mark()
+
+
+def test_nothing_to_enrol_adds_nothing():
+    gallery = Gallery()
+    assert snapshot.enroll_new(gallery, [], []) == 0 and gallery.size == 0
+    assert snapshot.enroll_new(gallery, [5], [probe(5)]) == 1
+    assert snapshot.enroll_new(gallery, [5, 6], [probe(5), probe(6)]) == 1  # 5 held already
+
+
+def test_a_refresh_says_what_it_folded_and_took_out(tmp_path):
+    from structlog.testing import capture_logs
+
+    db, directory = f"sqlite:///{tmp_path / 'mx.db'}", tmp_path / "gallery"
+    settings = Settings(data_dir=tmp_path)
+    enrol(db, [21, 22, 23])
+    with session_for(db) as s:
+        snapshot.refresh(s, directory, settings, create=True)
+        s.add(Tombstone(record_id=22, cause="deletion notice"))
+        s.commit()
+    enrol(db, [24])
+    with session_for(db) as s, capture_logs() as logs:
+        done = snapshot.refresh(s, directory, settings)
+    assert done is not None and (done.added, done.removed) == (1, 1)
+    [event] = [e for e in logs if e["event"] == "snapshot_refreshed"]
+    assert (event["added"], event["removed"], event["size"]) == (1, 1, 3)
+    with session_for(db) as s, capture_logs() as logs:  # nothing new: nothing written
+        again = snapshot.refresh(s, directory, settings)
+    assert again is not None and (again.added, again.removed) == (0, 0)
+    assert not [e for e in logs if e["event"] == "snapshot_refreshed"]
+
+
+def test_a_new_ivf_snapshot_trains_once_its_sample_is_in_and_adds_the_rest(tmp_path, monkeypatch):
+    """Rows come a chunk at a time: the first chunks are held until the training sample
+    is complete, the index is trained on them, and every later chunk is added as read."""
+    from biox.gallery.index import VectorIndex
+
+    db, directory = f"sqlite:///{tmp_path / 'mx.db'}", tmp_path / "gallery"
+    settings = Settings(data_dir=tmp_path, index="ivf")
+    enrol(db, list(range(1, 301)))
+    read = snapshot.chunks
+    monkeypatch.setattr(snapshot, "chunks", lambda s, seqs: read(s, seqs, size=40))
+    monkeypatch.setattr(VectorIndex, "nlist_for", staticmethod(lambda n: 2))  # sample: 100
+    trained: list[int] = []
+    train = snapshot._train
+    monkeypatch.setattr(snapshot, "_train", lambda g, p: trained.append(len(p)) or train(g, p))
+    with session_for(db) as s:
+        done = snapshot.refresh(s, directory, settings, create=True)
+    assert trained == [120] and done is not None and done.added == 300
+    loaded = Gallery.load(directory)
+    assert loaded.size == 300 and loaded.face.trained
+    assert [h[0].record_id for h in loaded.search([probe(3), probe(299)])] == [3, 299]

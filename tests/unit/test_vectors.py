@@ -217,3 +217,79 @@ def test_a_graph_over_the_lists_explores_as_many_as_a_search_asks_for(data, tmp_
     ix.save(tmp_path / "face.faiss")
     loaded = VectorIndex.load(tmp_path / "face.faiss", nprobe=500)
     assert faiss.downcast_index(loaded.index.quantizer).hnsw.efSearch == 500
+
+
+def test_a_hashed_id_at_the_dense_limit_is_kept_apart_and_a_never_held_one_removes_nothing():
+    """Ids from the limit up are hashed ids of enrolled query data: the dense array never
+    grows to reach them (it would take 32 GB for one)."""
+    rows = Rows()
+    rows.assign(np.array([Rows.DENSE, 7]), np.array([4, 5]))
+    assert rows.lookup(np.array([Rows.DENSE, 7])).tolist() == [4, 5]
+    assert Rows.DENSE in rows.sparse and len(rows.dense) == 1024 and rows.count == 2
+    rows = Rows()
+    rows.assign(np.array([Rows.DENSE + 9]), -1)  # never held: no error, nothing counted
+    assert rows.count == 0 and rows.sparse == {}
+    rows.assign(np.array([3000]), np.array([1]))  # grown to hold it, at least doubled
+    assert len(rows.dense) == 3001 and rows.lookup(np.array([3000])).tolist() == [1]
+    rows.assign(np.array([3001]), np.array([2]))
+    assert len(rows.dense) == 6002
+
+
+def test_an_empty_or_short_index_pads_with_minus_infinity_and_minus_one(data):
+    ids, vectors = data
+    empty = VectorIndex(DIM, "ivf", nlist=16, nprobe=16)
+    scores, found = empty.search(vectors[:2], 3)
+    assert scores.dtype == np.float32 and found.dtype == np.int64
+    assert scores.shape == found.shape == (2, 3)
+    assert np.isneginf(scores).all() and (found == -1).all()
+    few = VectorIndex(DIM, "ivf", nlist=16, nprobe=16)
+    few.train(vectors)
+    few.add(ids[:6], vectors[:6])
+    few.remove(ids[1:6])  # one left living: the rest of the answer is padding
+    scores, found = few.search(vectors[:1], 3)
+    assert found.tolist() == [[ids[0], -1, -1]] and scores.dtype == np.float32
+    assert np.isfinite(scores[0, 0]) and np.isneginf(scores[0, 1:]).all()
+
+
+def test_tombstones_never_crowd_out_the_candidates_a_search_returns(data):
+    """The tombstone filter is passed to FAISS, not applied after: with the 900 nearest of a
+    query removed (their codes still in the lists), a search for 5 still returns 5 living ids (a filter after the fact
+    would leave padding where the tombstoned candidates were)."""
+    ids, vectors = data
+    ix = ivf(data)
+    query = vectors[:1]
+    nearest = np.argsort(-(vectors @ query[0]))
+    ix.remove(ids[nearest[:900]])  # below the compaction threshold: codes stay, filtered
+    scores, found = ix.search(query, 5)
+    assert (found[0] >= 0).all() and np.isfinite(scores[0]).all()
+    assert not set(found[0].tolist()) & set(ids[nearest[:900]].tolist())
+
+
+def test_the_iris_index_refuses_mismatched_batches_and_answers_nothing_when_empty(tmp_path):
+    from biox.gallery.index import IrisIndex
+
+    iris = IrisIndex()
+    width = iris.bits // 8
+    rng = np.random.default_rng(3)
+    code = rng.integers(0, 256, width, dtype=np.uint8)
+    assert iris.candidates(code, 5).dtype == np.int64 and len(iris.candidates(code, 5)) == 0
+    got, scores = iris.scores(code, code, np.array([1, 2]))
+    assert got.dtype == np.int64 and scores.dtype == np.float32 and len(got) == len(scores) == 0
+    codes = rng.integers(0, 256, (3, width), dtype=np.uint8)
+    with pytest.raises(ValueError):
+        iris.add(np.array([1, 2, 3]), codes, codes[:2])  # a mask short: refused whole
+    masks = np.full((3, width), 255, np.uint8)
+    iris = IrisIndex()
+    iris.add(np.array([1, 2, 3]), codes.astype(np.int64), masks.astype(np.int64))
+    assert {c.dtype for c in iris.codes.values()} == {np.dtype(np.uint8)}
+    assert 2 in iris.candidates(codes[1], 1).tolist()  # the nearest of each rotation
+    got, scores = iris.scores(codes[1], masks[1], np.array([2, 9]))
+    assert got.tolist() == [2] and scores.tolist() == [0.0]
+    assert iris.remove(np.array([2, 7])) == 1 and 2 not in iris.codes and 2 not in iris.masks
+    iris.save(tmp_path / "iris.index")
+    back = IrisIndex.load(tmp_path / "iris.index")
+    assert sorted(back.codes) == [1, 3] and back.ntotal == 2
+    assert all((back.codes[i] == codes[i - 1]).all() for i in (1, 3))
+    assert back.codes[1].dtype == np.uint8 and back.masks[3].dtype == np.uint8
+    IrisIndex().save(tmp_path / "empty.index")
+    assert IrisIndex.load(tmp_path / "empty.index").codes == {}

@@ -253,8 +253,8 @@ def test_an_empty_or_short_index_pads_with_minus_infinity_and_minus_one(data):
 
 def test_tombstones_never_crowd_out_the_candidates_a_search_returns(data):
     """The tombstone filter is passed to FAISS, not applied after: with the 900 nearest of a
-    query removed (their codes still in the lists), a search for 5 still returns 5 living ids (a filter after the fact
-    would leave padding where the tombstoned candidates were)."""
+    query removed (their codes still in the lists), a search for 5 still returns 5 living
+    ids (a filter after the fact would leave padding where the tombstoned ones were)."""
     ids, vectors = data
     ix = ivf(data)
     query = vectors[:1]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import faiss
 import numpy as np
 import pytest
+from structlog.testing import capture_logs
 
 from biox.gallery import index as index_module
 from biox.gallery.index import VectorIndex
@@ -84,8 +85,13 @@ def test_tombstones_past_their_share_rebuild_the_lists(data, monkeypatch):
     ix = ivf(data)
     ix.remove(ids[:49])
     assert len(ix.tombstones) == 49 and ix.index.ntotal == N
-    ix.remove(ids[49:50])
+    with capture_logs() as logs:
+        ix.remove(ids[49:50])
     assert not ix.tombstones and ix.index.ntotal == N - 50
+    assert [(e["event"], e["removed"], e["size"]) for e in logs] == [
+        ("gallery_compacted", 50, N - 50)
+    ]
+    assert ix._params() is None  # no tombstones left: no filter to pass
 
 
 def test_a_removed_id_enrolled_again_is_found_once(data):
@@ -146,8 +152,13 @@ def test_an_ivf_flat_snapshot_from_before_is_read_into_the_compressed_layout(dat
     old.train(vectors)
     old.add_with_ids(vectors, ids)
     faiss.write_index(old, str(tmp_path / "face.faiss"))
-    loaded = VectorIndex.load(tmp_path / "face.faiss", nprobe=16)
+    with capture_logs() as logs:
+        loaded = VectorIndex.load(tmp_path / "face.faiss", nprobe=16)
     assert isinstance(loaded.index, faiss.IndexIVFPQFastScan) and loaded.ntotal == N
+    assert (loaded.kind, loaded.index.nlist, loaded.nprobe, loaded.dim) == ("ivf", 16, 16, DIM)
+    assert [(e["event"], e["size"], e["layout"]) for e in logs] == [
+        ("gallery_migrated", N, "ivf-pq fast-scan")
+    ]
     assert np.allclose(loaded.vectors(ids[[0, 77]]), vectors[[0, 77]])
     assert (loaded.search(noisy(vectors[:50]), 1)[1][:, 0] == ids[:50]).all()
 

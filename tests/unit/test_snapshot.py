@@ -209,3 +209,23 @@ def test_a_new_ivf_snapshot_trains_once_its_sample_is_in_and_adds_the_rest(tmp_p
     loaded = Gallery.load(directory)
     assert loaded.size == 300 and loaded.face.trained
     assert [h[0].record_id for h in loaded.search([probe(3), probe(299)])] == [3, 299]
+
+
+def test_a_new_ivf_snapshot_with_unreadable_rows_trains_on_the_rows_it_could_read(tmp_path):
+    """Rows that cannot be read leave the sample short of its size: the index is trained on
+    what was read once every row is in, and those are added; the bad rows are named."""
+    from structlog.testing import capture_logs
+
+    db, directory = f"sqlite:///{tmp_path / 'mx.db'}", tmp_path / "gallery"
+    settings = Settings(data_dir=tmp_path, index="ivf")
+    enrol(db, list(range(1, 201)))
+    with session_for(db) as s:
+        s.add(EnrolledTemplates(record_id=900, biometrics=b"\xc1", enrolled_at=WHEN))
+        s.commit()
+    with session_for(db) as s, capture_logs() as logs:
+        done = snapshot.refresh(s, directory, settings, create=True)
+    assert done is not None and done.added == 200
+    assert [e["record_id"] for e in logs if e["event"] == "enrolment_unreadable"] == [900]
+    loaded = Gallery.load(directory)
+    assert loaded.size == 200 and loaded.face.trained and not loaded.holds(np.array([900]))[0]
+    assert [h[0].record_id for h in loaded.search([probe(5), probe(200)])] == [5, 200]

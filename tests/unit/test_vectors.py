@@ -304,3 +304,15 @@ def test_the_iris_index_refuses_mismatched_batches_and_answers_nothing_when_empt
     assert back.codes[1].dtype == np.uint8 and back.masks[3].dtype == np.uint8
     IrisIndex().save(tmp_path / "empty.index")
     assert IrisIndex.load(tmp_path / "empty.index").codes == {}
+
+
+def test_a_spill_of_one_row_is_linked_not_copied(tmp_path):
+    """The smallest spill the snapshot can take over whole: one row, the file itself."""
+    rng = np.random.default_rng(8)
+    row = unit(rng.standard_normal((1, DIM)))
+    store = VectorStore(DIM, spill=tmp_path / "face.spill")
+    store.add(np.array([42]), row)
+    inode = (tmp_path / "face.spill").stat().st_ino
+    store.save(tmp_path / "face.vectors.f32")
+    assert (tmp_path / "face.vectors.f32").stat().st_ino == inode  # the same file
+    assert store.spill is None and np.allclose(store.get(np.array([0])), row)

@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
-import queue as queue_mod
 import threading
 import time
 import uuid
@@ -34,7 +33,7 @@ from typing import Any
 
 import pika
 
-from biox.broker.link import Link
+from biox.broker.link import Link, take
 from biox.broker.publisher import Publisher
 from biox.settings import Settings
 from biox.wire import addresses
@@ -77,10 +76,6 @@ def tap(url: str, requester: str, provider: str) -> Iterator[dict[str, Sample]]:
         addresses.outbox(requester),
         addresses.outbox(provider),
         addresses.results(requester),
-        addresses.inbox(requester),
-        addresses.inbox(provider),
-        addresses.ingress(requester, provider),
-        addresses.ingress(provider, requester),
     )
     for exchange in sources:
         ch.queue_bind(TAP, exchange, "#")
@@ -91,8 +86,7 @@ def tap(url: str, requester: str, provider: str) -> Iterator[dict[str, Sample]]:
             method, props, body = ch.basic_get(TAP, auto_ack=True)
             if method is None:
                 break
-            env = read_envelope(props)
-            kind = env.kind
+            kind = read_envelope(props).kind
             if kind not in samples:
                 samples[kind] = Sample(body, _fields(props))
         ch.queue_delete(TAP)
@@ -246,7 +240,7 @@ def _hop(
         pub = Publisher(link)
         ready.release()
         while not stop.is_set():
-            batch = _take(link, batch_max, batch_wait_ms)
+            batch = take(link.deliveries, batch_max, batch_wait_ms)
             if not batch:
                 continue
             if outputs:
@@ -264,17 +258,3 @@ def _hop(
                 )
             for d in batch:
                 link.ack(d)
-
-
-def _take(link: Link, batch_max: int, batch_wait_ms: float) -> list[Any]:
-    try:
-        batch = [link.deliveries.get(timeout=0.2)]
-    except queue_mod.Empty:
-        return []
-    deadline = time.monotonic() + batch_wait_ms / 1000
-    while len(batch) < batch_max:
-        try:
-            batch.append(link.deliveries.get(timeout=max(deadline - time.monotonic(), 0)))
-        except queue_mod.Empty:
-            break
-    return batch

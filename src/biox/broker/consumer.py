@@ -19,7 +19,6 @@ ack. Failures are routed, never swallowed:
 from __future__ import annotations
 
 import os
-import queue as queue_mod
 import socket
 import threading
 import time
@@ -35,7 +34,7 @@ from sqlmodel import Session
 
 from biox.broker import failures, sweeps
 from biox.broker.admission import Admission
-from biox.broker.link import ConnectionLost, Delivery, Link, Nacked, Transport, Unroutable
+from biox.broker.link import ConnectionLost, Delivery, Link, Nacked, Transport, Unroutable, take
 from biox.broker.publisher import (
     Publisher,
     pack_outgoing,
@@ -180,17 +179,7 @@ class ConsumeLoop:
             self.process(batch)
 
     def _take(self) -> list[Delivery]:
-        try:
-            batch = [self.link.deliveries.get(timeout=0.2)]
-        except queue_mod.Empty:
-            return []
-        deadline = time.monotonic() + self.batch_wait_ms / 1000
-        while len(batch) < self.settings.batch_max:
-            try:  # past the deadline, only what is already waiting
-                batch.append(self.link.deliveries.get(timeout=max(deadline - time.monotonic(), 0)))
-            except queue_mod.Empty:
-                break
-        return batch
+        return take(self.link.deliveries, self.settings.batch_max, self.batch_wait_ms)
 
     # --- one batch ------------------------------------------------------------------------
 

@@ -57,6 +57,23 @@ class Delivery:
     received: float
 
 
+def take(deliveries: queue.Queue[Delivery], batch_max: int, wait_ms: float) -> list[Delivery]:
+    """One batch: the first delivery within 0.2 s (none: an empty batch), then more until
+    ``batch_max`` or ``wait_ms`` after the first; past the deadline, only what is already
+    waiting. The consume loop's batching (docs/architecture.md, "One consume loop")."""
+    try:
+        batch = [deliveries.get(timeout=0.2)]
+    except queue.Empty:
+        return []
+    deadline = time.monotonic() + wait_ms / 1000
+    while len(batch) < batch_max:
+        try:
+            batch.append(deliveries.get(timeout=max(deadline - time.monotonic(), 0)))
+        except queue.Empty:
+            break
+    return batch
+
+
 class Transport(Protocol):
     """What the consume loop and the publisher use of a link: the AMQP ``Link`` here, the
     memory broker's in ``biox.broker.memory``, a fake one in the unit tests."""

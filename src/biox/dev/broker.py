@@ -282,21 +282,23 @@ class LocalBroker:
             return True
         return True
 
-    def restart(self, down_for: float = 0.0, timeout: float = 90.0) -> None:
-        """Stop the node and start it again on the same ports with the same data."""
+    def restart(self, down_for: float = 0.0, timeout: float = 90.0, hard: bool = False) -> None:
+        """Stop the node and start it again on the same ports with the same data;
+        ``hard``: SIGKILLed, as a crash or a pulled plug would stop it."""
         assert self.state is not None
         self.directory = Path(self.state.directory)
-        self.stop(remove=False)
+        self.stop(remove=False, hard=hard)
         time.sleep(down_for)
         self.start(timeout)
 
-    def stop(self, timeout: float = 30.0, remove: bool = True) -> None:
-        """SIGTERM the node (it shuts down cleanly), then its epmd; remove the directory."""
+    def stop(self, timeout: float = 30.0, remove: bool = True, hard: bool = False) -> None:
+        """SIGTERM the node (it shuts down cleanly), then its epmd; remove the directory.
+        ``hard``: SIGKILL at once, with no chance to flush or close a connection."""
         if self.state is None:
             return
         pid = self.state.pid
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGTERM)
+            os.killpg(pid, signal.SIGKILL if hard else signal.SIGTERM)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and _alive(pid, self.process):
             time.sleep(0.2)

@@ -6,7 +6,9 @@ CA (``biox.dev.pki``, checked against that CA's CRL), and boots with the definit
 ``biox.broker.definitions`` generated for its participant. A participant's outbox feeds
 one link queue per partner; the node's shovel moves each to the partner's ingress on
 the partner's node, verifying that node against the partner's CA alone and logging in
-as ``<code>.link`` with the certificate the partner's CA issued it.
+as ``<code>.link`` with the certificate the partner's CA issued it. With ``relays``, each
+shovel dials its partner through a ``LinkRelay`` (``biox.dev.partition``), so that a
+partner link can be cut like a network (``make chaos``).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 
 from biox.broker.definitions import definitions, shovel_uri
 from biox.dev.broker import LocalBroker, SovereignConfig, free_port, refresh_crls
+from biox.dev.partition import LinkRelay
 from biox.dev.pki import DevPKI
 from biox.registry import Registry
 from biox.settings import Settings
@@ -32,6 +35,9 @@ class SovereignBrokers:
     settings: Settings
     directory: Path | None = None
     brokers: dict[str, LocalBroker] = field(default_factory=dict)
+    relays: bool = False
+    #: (from, to): the relay the shovel of ``from``'s node dials to reach ``to``'s
+    links: dict[tuple[str, str], LinkRelay] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.directory = self.directory or Path(tempfile.mkdtemp(prefix="biox-sovereign-"))
@@ -52,6 +58,13 @@ class SovereignBrokers:
             {c: sorted(self.staff.of(c)) for c in self.codes},
         )
         ports = {code: free_port() for code in self.codes}
+        if self.relays:
+            for code in self.codes:
+                for partner in self.registry.linked(code):
+                    if partner in self.codes:
+                        self.links[(code, partner)] = LinkRelay(
+                            ports[partner], name=f"{code}->{partner}"
+                        )
         for code in self.codes:
             # the node runs as the rabbitmq user, which must reach its directory: a fresh
             # one under the system's temporary directory, as for the development broker
@@ -65,9 +78,10 @@ class SovereignBrokers:
                 link = self.pki.link(code, partner)
                 for suffix, source in (("ca", link.ca), ("link", link.cert), ("key", link.key)):
                     files[f"{partner}-{suffix}.pem"] = source
+                relay = self.links.get((code, partner))
                 uris[partner] = shovel_uri(
                     "127.0.0.1",
-                    ports[partner],
+                    relay.port if relay is not None else ports[partner],
                     str(tls / f"{partner}-ca.pem"),  # that partner's CA alone
                     str(tls / f"{partner}-link.pem"),
                     str(tls / f"{partner}-key.pem"),
@@ -103,6 +117,16 @@ class SovereignBrokers:
         state = self.brokers[code].state
         assert state is not None
         refresh_crls(Path(state.directory), self.pki.crl_dir(code))
+
+    def cut(self, a: str, b: str) -> None:
+        """The network between ``a``'s and ``b``'s nodes partitioned, both ways (needs
+        ``relays``)."""
+        for pair in ((a, b), (b, a)):
+            self.links[pair].cut()
+
+    def mend(self, a: str, b: str) -> None:
+        for pair in ((a, b), (b, a)):
+            self.links[pair].mend()
 
     def url(self, code: str) -> str:
         return self.brokers[code].url
@@ -145,3 +169,5 @@ class SovereignBrokers:
     def stop(self) -> None:
         with ThreadPoolExecutor(max(1, len(self.brokers))) as pool:
             list(pool.map(lambda b: b.stop(), self.brokers.values()))
+        for relay in self.links.values():
+            relay.close()

@@ -316,3 +316,51 @@ def test_a_spill_of_one_row_is_linked_not_copied(tmp_path):
     store.save(tmp_path / "face.vectors.f32")
     assert (tmp_path / "face.vectors.f32").stat().st_ino == inode  # the same file
     assert store.spill is None and np.allclose(store.get(np.array([0])), row)
+
+
+def test_row_numbers_index_arrays_directly_whatever_is_looked_up():
+    """Rows are array indices (the store reads templates with them): integers even for an
+    empty lookup or when nothing hashed is held; id 0 and the ids at and past the dense
+    map's end are answered, and an id the map grew past without holding is -1."""
+    table = np.arange(10) * 10
+    rows = Rows()
+    assert table[rows.lookup([])].tolist() == [] and table[rows.held()].tolist() == []
+    rows.assign(np.array([0, 3]), np.array([4, 5]))
+    assert rows.lookup(np.array([0, 3, 1024])).tolist() == [4, 5, -1]
+    assert table[rows.lookup([0, 3])].tolist() == [40, 50]
+    assert table[rows.held()].tolist() == [0, 30]  # ids 0 and 3, as row numbers here
+    rows.assign(np.array([1500]), np.array([6]))  # the map grows past 1024
+    assert rows.lookup(np.array([1024, 1499, 1500, 2047])).tolist() == [-1, -1, 6, -1]
+    rows.assign(np.array([3]), -1)
+    assert rows.lookup(np.array([3])).tolist() == [-1] and rows.count == 2
+
+
+def test_a_store_reads_across_its_snapshot_and_what_came_since_row_by_row():
+    """One snapshot row and one added since: each read where it lies, alone or together;
+    a removal zeroes the added template where it lies and leaves the others."""
+    rng = np.random.default_rng(9)
+    old, new = unit(rng.standard_normal((1, DIM))), unit(rng.standard_normal((3, DIM)))
+    store = VectorStore(DIM, base=old)
+    store.rows.assign(np.array([7]), np.array([0]))
+    store.add(np.array([8]), new[:1])
+    assert np.allclose(store.get(np.array([1])), new[:1])  # the one row added
+    assert np.allclose(store.get(np.array([0, 1])), np.vstack([old, new[:1]]))
+    store.add(np.array([9, 10]), new[1:])
+    store.remove(np.array([9]))
+    assert not store.added[1].any() and np.allclose(store.added[[0, 2]], new[[0, 2]])
+    assert store.rows.lookup(np.array([9])).tolist() == [-1]
+    assert np.allclose(store.vectors(np.array([7, 8, 10])), np.vstack([old, new[[0, 2]]]))
+
+
+def test_a_spill_keeps_float32_whatever_it_is_given_and_takes_more_after_its_save(tmp_path):
+    """Templates given as float64 are written as the float32 the file is read as; once the
+    snapshot took the spill over, what is added next lives in memory after it."""
+    rng = np.random.default_rng(10)
+    rows = rng.standard_normal((3, DIM))  # float64
+    store = VectorStore(DIM, spill=tmp_path / "face.spill")
+    store.add(np.array([1, 2]), rows[:2])
+    assert (tmp_path / "face.spill").stat().st_size == 2 * DIM * 4
+    assert np.allclose(store.get(np.array([0, 1])), rows[:2])
+    store.save(tmp_path / "face.vectors.f32")
+    store.add(np.array([3]), rows[2:])
+    assert np.allclose(store.vectors(np.array([1, 3])), rows[[0, 2]])

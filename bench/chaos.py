@@ -35,9 +35,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pika
 from rich.console import Console
 
 from bench.ledger import audit_ledger, checkpoints_held
+from biox.broker.connection import parameters
 from biox.dev.broker import LocalBroker
 from biox.dev.sovereign import SovereignBrokers
 from biox.registry import Registry
@@ -54,6 +56,7 @@ from biox.sim.processes import (
     worker_env,
 )
 from biox.trust.identity import Role
+from biox.wire import addresses
 from biox.wire.messages import OutcomeStatus
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -224,6 +227,7 @@ def sovereign(args: argparse.Namespace) -> dict:
             result["timed_out_then_answered"] = sum(
                 p in system.outcomes[e].answers for e, p in late if e in system.outcomes
             )
+        settled(brokers, codes)
         workers.stop()  # every worker idle and stopped before the trails are read
         result["by_message_id"] = audit_ledger(settings, "us", ["mx", "sv"])
         result["checkpoints_held"] = checkpoints_held(settings, codes)
@@ -246,6 +250,23 @@ def sovereign(args: argparse.Namespace) -> dict:
     return {"result": result, "events": monkey.events}
 
 
+def settled(brokers: SovereignBrokers, codes: list[str], timeout: float = 300) -> None:
+    """Every answer is in; wait until each participant's audit queue is empty too (three
+    looks a second apart), so the trails are whole when they are counted."""
+    deadline = time.monotonic() + timeout
+    for code in codes:
+        tls = brokers.credentials(code, Role.workers)
+        conn = pika.BlockingConnection(parameters(brokers.url(code), tls))
+        try:
+            ch, empty = conn.channel(), 0
+            while empty < 3 and time.monotonic() < deadline:
+                depth = ch.queue_declare(addresses.queue(code, "audit"), passive=True)
+                empty = empty + 1 if depth.method.message_count == 0 else 0
+                conn.sleep(1.0)
+        finally:
+            conn.close()
+
+
 def run_load(
     system: encounters.EncounterSystem,
     planned: list[plans.Planned],
@@ -256,12 +277,22 @@ def run_load(
     """Submit at ``rate`` while ``chaos`` runs in its own thread; stop it once everything is
     submitted (it may finish what it started: a cut ends when mended), then drain."""
     encoded = system.encode(planned)
-    thread = threading.Thread(target=chaos, daemon=True)
+    failed: list[BaseException] = []
+
+    def guarded() -> None:
+        try:
+            chaos()
+        except BaseException as exc:  # a run whose chaos stopped early proves nothing
+            failed.append(exc)
+
+    thread = threading.Thread(target=guarded, daemon=True)
     thread.start()
     started = time.monotonic()
     system.submit(planned, batch=20, rate=rate, encoded=encoded)
     monkey.stop.set()
     thread.join()
+    if failed:
+        raise RuntimeError(f"the chaos thread failed: {failed[0]!r}") from failed[0]
     with console.status("draining: every answer in...") as status:
         system.collect(
             timeout=1800,

@@ -11,6 +11,7 @@ import structlog
 
 from biox import logs
 from biox.agreement import participants
+from biox.broker.connection import nodes
 from biox.broker.consumer import ConsumeLoop
 from biox.database import session_for
 from biox.handlers.base import Context, Handler
@@ -44,6 +45,10 @@ def run_worker(role: str, participant: str, settings: Settings | None = None) ->
     logs.configure(settings.log_level, settings.log_json, participant=participant, worker=role)
     if not settings.amqp_url:
         raise SystemExit("BIOX_AMQP_URL is not set: start a broker with `biox broker start`")
+    try:
+        nodes(settings.amqp_url)  # a list of nodes that mix schemes or users: said at start
+    except ValueError as exc:
+        raise SystemExit(f"BIOX_AMQP_URL: {exc}") from exc
     if settings.amqp_url.startswith("amqp:") and not settings.dev_shared_broker:
         raise SystemExit(
             "plain AMQP (amqp://) is for the development broker only: use amqps://, or set "

@@ -35,7 +35,9 @@ class Settings(BaseSettings):
 
     amqp_url: str | None = Field(
         default=None,
-        description="Broker URL. Unset: the demo and tests start a local RabbitMQ.",
+        description="Broker URL; the nodes of one cluster comma-separated, each tried in "
+        "turn and the next after a lost connection. Unset: the demo and tests start a local "
+        "RabbitMQ.",
     )
     data_dir: Path = Field(
         default_factory=lambda: _state_home() / "biox",
@@ -244,8 +246,9 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _safe(self) -> Settings:
         """Combinations that would quietly switch a safeguard off are refused at start."""
-        if self.dev_shared_broker and self.amqp_url:
-            url = urlsplit(self.amqp_url)
+        nodes = [n.strip() for n in (self.amqp_url or "").split(",") if n.strip()]
+        for node in nodes if self.dev_shared_broker else []:  # every node of a list
+            url = urlsplit(node)
             if url.scheme != "amqp" or url.hostname not in LOOPBACK:
                 raise ValueError(
                     "BIOX_DEV_SHARED_BROKER=1 switches the broker identity checks off and is "

@@ -14,11 +14,13 @@ import numpy as np
 import pika
 import pytest
 
+from biox.broker.connection import parameters
 from biox.broker.deadletters import DeadLetterQueues, Filters
+from biox.broker.link import Link
 from biox.broker.publisher import publish_once
 from biox.broker.topology import declare_work_queue
 from biox.database import session_for
-from biox.dev.broker import LocalBroker
+from biox.dev.broker import LocalBroker, free_port
 from biox.gallery.gallery import Gallery
 from biox.queries import examiners
 from biox.registry import Purpose, Registry
@@ -72,6 +74,28 @@ def test_delivery_limit_parks_a_message_that_kills_its_worker(broker_url: str, t
         assert good
     finally:
         peer.close()
+
+
+def test_a_client_given_several_nodes_skips_one_that_is_down(broker_url: str):
+    """``BIOX_AMQP_URL`` naming the nodes of a cluster, the first of them down: the link
+    and a blocking connection both reach the one that answers, and a publish is
+    confirmed there (docs/operations.md, "A participant on several broker nodes")."""
+    down = f"amqp://guest:guest@127.0.0.1:{free_port()}/%2F"
+    url = f"{down},{broker_url}"
+    queue = f"test.nodes.{uuid.uuid4().hex[:8]}"
+    conn = pika.BlockingConnection(parameters(url))
+    try:
+        conn.channel().queue_declare(queue, arguments={"x-expires": 60_000})
+    finally:
+        conn.close()
+    with Link(url, name="test-nodes") as link:
+        props = pika.BasicProperties(message_id=str(uuid.uuid4()), delivery_mode=2)
+        link.publish("", queue, b"x", props).result(timeout=30)
+    conn = pika.BlockingConnection(parameters(url))
+    try:
+        assert conn.channel().queue_declare(queue, passive=True).method.message_count == 1
+    finally:
+        conn.close()
 
 
 def test_broker_restart_under_load_loses_nothing_and_answers_once(tmp_path: Path):

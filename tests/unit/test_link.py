@@ -199,3 +199,36 @@ def test_confirm_numbering_restarts_with_each_channel(link):
 
 def test_the_link_names_its_user_from_the_url():
     assert Link("amqp://us-workers:pw@h:1/%2F", name="n").user == "us-workers"
+
+
+def test_a_link_to_a_cluster_moves_to_the_next_node_each_time_a_connection_ends(monkeypatch):
+    """The nodes of ``BIOX_AMQP_URL``, in order: the first that fails is left for the
+    second, a connection lost on the second moves to the third, and round again."""
+    tried: list[str] = []
+    link = Link(
+        "amqp://u:p@node1:5672/%2F,amqp://u:p@node2:5672/%2F, amqp://u:p@node3:5672/%2F",
+        name="test",
+    )
+
+    class Attempt:
+        def __init__(self, params, on_open_callback, on_open_error_callback, on_close_callback):  # type: ignore[no-untyped-def]
+            tried.append(params.host)
+            self.fail, self.close = on_open_error_callback, on_close_callback
+            self.ioloop = self
+
+        def start(self) -> None:  # the loop runs until the connection fails or is lost
+            if len(tried) == 5:
+                link._stopping = True
+            if len(tried) % 2:
+                self.fail(self, ConnectionError("refused"))
+            else:
+                self.close(self, ConnectionError("lost"))
+
+        def stop(self) -> None:
+            pass
+
+    monkeypatch.setattr("biox.broker.link.SelectConnection", Attempt)
+    monkeypatch.setattr("biox.broker.link.time.sleep", lambda s: None)
+    link._run()
+    assert tried == ["node1", "node2", "node3", "node1", "node2"]
+    assert all(p.heartbeat == 30 and p.connection_attempts == 1 for p in link.nodes)

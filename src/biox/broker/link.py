@@ -114,12 +114,14 @@ class Link:
         heartbeat: int = 30,
         tls: ClientTLS | None = None,
     ) -> None:
-        params = parameters(url, tls)
-        params.heartbeat = heartbeat
-        params.blocked_connection_timeout = 300
-        params.client_properties = {"connection_name": name, "product": "biox"}
-        params.connection_attempts = 1
-        self.params = params
+        #: one per node of a cluster (``connection.nodes``): a lost connection moves on
+        self.nodes = parameters(url, tls)
+        for params in self.nodes:
+            params.heartbeat = heartbeat
+            params.blocked_connection_timeout = 300
+            params.client_properties = {"connection_name": name, "product": "biox"}
+            params.connection_attempts = 1
+        self._node = 0
         self.name = name
         self.user = user_of(url, tls)
         #: the queues this link consumes: a worker's own and its partners' arrival queues,
@@ -185,7 +187,7 @@ class Link:
         backoff = 0.5
         while not self._stopping:
             self._conn = SelectConnection(
-                self.params,
+                self.nodes[self._node % len(self.nodes)],
                 on_open_callback=self._on_open,
                 on_open_error_callback=self._on_open_error,
                 on_close_callback=self._on_closed,
@@ -195,6 +197,7 @@ class Link:
             self.ready.clear()
             if self._stopping:
                 break
+            self._node += 1  # the node that failed or was lost may be gone: the next one
             time.sleep(backoff)
             backoff = min(backoff * 2, 5.0)
             if self.ready.is_set():

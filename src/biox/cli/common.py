@@ -13,6 +13,7 @@ from rich.console import Console
 from sqlmodel import Session
 
 from biox.agreement import subjects
+from biox.broker.connection import nodes
 from biox.broker.deadletters import operator as default_operator
 from biox.broker.publisher import publish_once
 from biox.database import session_for
@@ -72,6 +73,11 @@ def amqp_url() -> str:
     if not url:
         console.print("BIOX_AMQP_URL is not set")
         raise typer.Exit(2)
+    try:
+        nodes(url)
+    except ValueError as exc:  # a list of nodes that mix schemes or users
+        console.print(f"[red]BIOX_AMQP_URL: {exc}[/]")
+        raise typer.Exit(2) from exc
     return url
 
 

@@ -249,7 +249,7 @@ class LocalBroker:
             try:
                 socket.create_connection(("127.0.0.1", self.state.amqp_port), timeout=1).close()
                 probe = self.sovereign.probe if self.sovereign else None
-                params = parameters(self.url, probe)
+                (params,) = parameters(self.url, probe)  # this node alone
                 params.connection_attempts = 1
                 pika.BlockingConnection(params).close()
                 return

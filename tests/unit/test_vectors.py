@@ -217,14 +217,24 @@ def test_a_spilling_index_that_got_nothing_saves_and_loads_empty(tmp_path):
 
 def test_a_graph_over_the_lists_explores_as_many_as_a_search_asks_for(data, tmp_path, monkeypatch):
     """HNSW's default exploration (16) returned half of 300 lists asked for, most of them
-    wrong; adding looks narrower (one list per template) and the search width comes back."""
+    wrong. Adding puts each template in its nearest list exactly (the graph's centroids
+    compared all at once), and the graph is the quantizer again for searching."""
     ids, vectors = data
     monkeypatch.setattr(index_module, "HNSW_COARSE_FROM", 8)
     ix = VectorIndex(DIM, "ivf", nlist=16, nprobe=300)
     ix.train(vectors)
     assert faiss.downcast_index(ix.index.quantizer).hnsw.efSearch == 300
     ix.add(ids, vectors)
-    assert faiss.downcast_index(ix.index.quantizer).hnsw.efSearch == 300
+    graph = faiss.downcast_index(ix.index.quantizer)
+    assert isinstance(graph, faiss.IndexHNSWFlat) and graph.hnsw.efSearch == 300
+    nearest = faiss.downcast_index(graph.storage).search(vectors, 1)[1][:, 0]
+    invlists = ix.index.invlists
+    held = {
+        int(i): lst
+        for lst in range(ix.index.nlist)
+        for i in faiss.rev_swig_ptr(invlists.get_ids(lst), invlists.list_size(lst))
+    }
+    assert [held[int(i)] for i in ids] == nearest.tolist()  # every one in its nearest list
     ix.save(tmp_path / "face.faiss")
     loaded = VectorIndex.load(tmp_path / "face.faiss", nprobe=500)
     assert faiss.downcast_index(loaded.index.quantizer).hnsw.efSearch == 500

@@ -34,7 +34,7 @@ SCAN_SHARE = 0.16  # of the IVF lists searched per query when BIOX_IVF_NPROBE is
 #: more lists than this (about 4 M identities): the lists' centroids are found through an
 #: HNSW graph, not compared one by one, when adding and searching (10 M: 12 600 lists)
 HNSW_COARSE_FROM = 8192
-ADD_EF = 128  # how widely the graph looks for the one list a template being added goes to
+EXPLORE_MIN = 128  # the graph explores at least this many nodes per search, whatever nprobe
 
 log = structlog.get_logger("biox.gallery")
 
@@ -107,11 +107,17 @@ class VectorIndex:
         if self.tombstones.intersection(ids.tolist()):
             self.compact()  # a removed id enrolled again: its old codes go first
         graph = _graph(self.index)
-        if graph is not None:  # each template to its nearest list: a narrower look will do
-            searching, graph.hnsw.efSearch = graph.hnsw.efSearch, ADD_EF
-        self.index.add_with_ids(vectors, ids)
         if graph is not None:
-            graph.hnsw.efSearch = searching
+            # each template to its nearest list, exactly: the centroids the graph holds,
+            # compared all at once (BLAS), cost a quarter of a walk through the graph at
+            # 12 600 lists and never miss; the walk put a quarter of them in another list
+            # (docs/performance.md, "A country-sized gallery")
+            faiss.extract_index_ivf(self.index).quantizer = graph.storage
+        try:
+            self.index.add_with_ids(vectors, ids)
+        finally:
+            if graph is not None:
+                faiss.extract_index_ivf(self.index).quantizer = graph
         if self.store is None:
             self.present.assign(ids, 0)
         else:
@@ -240,7 +246,7 @@ def _explore(index: faiss.Index, nprobe: int) -> None:
     wrong, and recall@1 at 10 M fell to 0.26 (docs/performance.md)."""
     graph = _graph(index)
     if graph is not None:
-        graph.hnsw.efSearch = max(nprobe, ADD_EF)
+        graph.hnsw.efSearch = max(nprobe, EXPLORE_MIN)
 
 
 def pq_subvectors(dim: int) -> int:

@@ -217,8 +217,9 @@ def test_a_spilling_index_that_got_nothing_saves_and_loads_empty(tmp_path):
 
 def test_a_graph_over_the_lists_explores_as_many_as_a_search_asks_for(data, tmp_path, monkeypatch):
     """HNSW's default exploration (16) returned half of 300 lists asked for, most of them
-    wrong. Adding puts each template in its nearest list exactly (the graph's centroids
-    compared all at once), and the graph is the quantizer again for searching."""
+    wrong. A batch added puts each template in its nearest list exactly (the graph's
+    centroids compared all at once); one alone walks the graph; either way the graph is
+    the quantizer again for searching, at its search width."""
     ids, vectors = data
     monkeypatch.setattr(index_module, "HNSW_COARSE_FROM", 8)
     ix = VectorIndex(DIM, "ivf", nlist=16, nprobe=300)
@@ -235,6 +236,9 @@ def test_a_graph_over_the_lists_explores_as_many_as_a_search_asks_for(data, tmp_
         for i in faiss.rev_swig_ptr(invlists.get_ids(lst), invlists.list_size(lst))
     }
     assert [held[int(i)] for i in ids] == nearest.tolist()  # every one in its nearest list
+    ix.add(np.array([10**6]), vectors[:1])  # one alone: through the graph, its width kept
+    assert faiss.downcast_index(ix.index.quantizer).hnsw.efSearch == 300
+    assert ix.search(vectors[:1], 2)[1][0].tolist() in ([ids[0], 10**6], [10**6, ids[0]])
     ix.save(tmp_path / "face.faiss")
     loaded = VectorIndex.load(tmp_path / "face.faiss", nprobe=500)
     assert faiss.downcast_index(loaded.index.quantizer).hnsw.efSearch == 500

@@ -34,7 +34,11 @@ SCAN_SHARE = 0.16  # of the IVF lists searched per query when BIOX_IVF_NPROBE is
 #: more lists than this (about 4 M identities): the lists' centroids are found through an
 #: HNSW graph, not compared one by one, when adding and searching (10 M: 12 600 lists)
 HNSW_COARSE_FROM = 8192
-EXPLORE_MIN = 128  # the graph explores at least this many nodes per search, whatever nprobe
+ADD_EF = 128  # how widely the graph looks for the list of a template added on its own
+#: a batch this large finds its lists by comparing every centroid at once (BLAS), not by
+#: walking the graph: 4.4 times faster at 12 600 lists, and exact; one template alone is
+#: faster through the graph (1.6 ms against 3.7, docs/performance.md)
+BULK_ADD_FROM = 16
 
 log = structlog.get_logger("biox.gallery")
 
@@ -107,17 +111,20 @@ class VectorIndex:
         if self.tombstones.intersection(ids.tolist()):
             self.compact()  # a removed id enrolled again: its old codes go first
         graph = _graph(self.index)
-        if graph is not None:
-            # each template to its nearest list, exactly: the centroids the graph holds,
-            # compared all at once (BLAS), cost a quarter of a walk through the graph at
-            # 12 600 lists and never miss; the walk put a quarter of them in another list
-            # (docs/performance.md, "A country-sized gallery")
+        bulk = graph is not None and len(ids) >= BULK_ADD_FROM
+        if graph is not None and bulk:
+            # each template to its nearest list, exactly: the graph's own centroids compared
+            # all at once; the walk put a quarter of them in another list (performance.md)
             faiss.extract_index_ivf(self.index).quantizer = graph.storage
+        elif graph is not None:  # one list per template: a narrower walk than a search's
+            searching, graph.hnsw.efSearch = graph.hnsw.efSearch, ADD_EF
         try:
             self.index.add_with_ids(vectors, ids)
         finally:
-            if graph is not None:
+            if graph is not None and bulk:
                 faiss.extract_index_ivf(self.index).quantizer = graph
+            elif graph is not None:
+                graph.hnsw.efSearch = searching
         if self.store is None:
             self.present.assign(ids, 0)
         else:
@@ -246,7 +253,7 @@ def _explore(index: faiss.Index, nprobe: int) -> None:
     wrong, and recall@1 at 10 M fell to 0.26 (docs/performance.md)."""
     graph = _graph(index)
     if graph is not None:
-        graph.hnsw.efSearch = max(nprobe, EXPLORE_MIN)
+        graph.hnsw.efSearch = max(nprobe, ADD_EF)
 
 
 def pq_subvectors(dim: int) -> int:

@@ -378,3 +378,28 @@ def test_a_spill_keeps_float32_whatever_it_is_given_and_takes_more_after_its_sav
     store.save(tmp_path / "face.vectors.f32")
     store.add(np.array([3]), rows[2:])
     assert np.allclose(store.vectors(np.array([1, 3])), rows[[0, 2]])
+
+
+def test_a_batch_finds_its_lists_exactly_where_a_walk_through_the_graph_misses(monkeypatch):
+    """A graph over 256 lists walked at its narrowest puts some templates in another
+    list; a batch (16 templates, and more) still lands each in its nearest one."""
+    monkeypatch.setattr(index_module, "HNSW_COARSE_FROM", 8)
+    monkeypatch.setattr(index_module, "ADD_EF", 1)
+    rng = np.random.default_rng(12)
+    vectors = unit(rng.standard_normal((6000, DIM)))
+    ids = np.arange(len(vectors), dtype=np.int64)
+    ix = VectorIndex(DIM, "ivf", nlist=256, nprobe=1)
+    ix.train(vectors)
+    graph = faiss.downcast_index(ix.index.quantizer)
+    nearest = faiss.downcast_index(graph.storage).search(vectors, 1)[1][:, 0]
+    assert (graph.search(vectors, 1)[1][:, 0] != nearest).any()  # the walk alone misses
+    ix.add(ids[:16], vectors[:16])
+    ix.add(ids[16:], vectors[16:])
+    invlists = ix.index.invlists
+    held = {
+        int(i): lst
+        for lst in range(ix.index.nlist)
+        for i in faiss.rev_swig_ptr(invlists.get_ids(lst), invlists.list_size(lst))
+    }
+    assert [held[int(i)] for i in ids] == nearest.tolist()
+    assert faiss.downcast_index(ix.index.quantizer).hnsw.efSearch == 1

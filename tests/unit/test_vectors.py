@@ -403,3 +403,12 @@ def test_a_batch_finds_its_lists_exactly_where_a_walk_through_the_graph_misses(m
     }
     assert [held[int(i)] for i in ids] == nearest.tolist()
     assert faiss.downcast_index(ix.index.quantizer).hnsw.efSearch == 1
+
+
+def test_the_first_batch_added_to_an_untrained_index_trains_it(data):
+    ids, vectors = data
+    ix = VectorIndex(DIM, "ivf", nlist=16, nprobe=16)
+    assert not ix.trained
+    ix.add(ids, vectors)
+    assert ix.trained and ix.ntotal == N
+    assert (ix.search(noisy(vectors[:20]), 1)[1][:, 0] == ids[:20]).all()

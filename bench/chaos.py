@@ -25,6 +25,7 @@ launcher (it kills the brokers itself).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import random
 import shutil
@@ -183,7 +184,7 @@ def sovereign(args: argparse.Namespace) -> dict:
             started = time.monotonic()
             cut_at, mended = started + args.cut_after, False
             next_crash = started + args.restart_every
-            victims = iter(sorted(codes, key=lambda c: c != "us") * 100)  # us, mx, sv, us...
+            victims = itertools.cycle(sorted(codes, key=lambda c: c != "us"))  # us, mx, sv...
             link = brokers.links[("us", "mx")]
             crashed_since_mend = False
             # until everything is submitted, the link mended, and one more crash after that

@@ -13,8 +13,9 @@ table").
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
+from functools import lru_cache
 from typing import Any
 
 from sqlmodel import Session
@@ -27,6 +28,7 @@ from biox.handlers.notice import NoticeHandler
 from biox.handlers.response import ResponseHandler
 from biox.handlers.retrieval import RetrievalHandler
 from biox.handlers.review import ReviewHandler
+from biox.handlers.shard import ShardHandler
 from biox.trust.identity import ENCOUNTER_ROLES, OWN_ROLES, PARTNER_ROLES, Role
 from biox.wire.errors import PermanentError, Reason
 from biox.wire.inbound import Inbound
@@ -52,6 +54,7 @@ from biox.wire.operations import (
     PersonalDataRead,
     RetentionPurged,
 )
+from biox.wire.shards import ShardHits, ShardSearch
 
 #: a handler method, called on the queue's handler object with a batch of one kind
 HandlerMethod = Callable[[Any, Sequence[Inbound[Any]], Session], list[Result]]
@@ -79,6 +82,15 @@ class Queue:
     handler: type[HandlerClass]
     undecoded: HandlerMethod | None = None
     doc: str = ""
+    #: one queue per shard of the gallery, ``<role>.<i>``, when ``BIOX_SHARDS`` is above 1,
+    #: and none at all when it is 1 (docs/architecture.md, "Shards")
+    sharded: bool = False
+    family: str = ""  # a shard's queue: the role the route table names for it
+
+    @property
+    def takes(self) -> str:
+        """The role its kinds' routes name."""
+        return self.family or self.role
 
     @property
     def decodes(self) -> bool:
@@ -114,14 +126,24 @@ class RouteTable:
     queues: dict[str, Queue]
     routes: dict[str, Route] = field(default_factory=dict)
 
-    def __init__(self, queues: Iterable[Queue], routes: Iterable[Route]) -> None:
-        self.queues = {q.role: q for q in queues}
+    def __init__(self, queues: Iterable[Queue], routes: Iterable[Route], shards: int = 1) -> None:
+        """``shards``: how many queues each sharded queue is (``sharded``)."""
+        self.specs = {q.role: q for q in queues}  # as written, a sharded queue once
+        self.shards = shards
+        self.queues = {}
+        for q in self.specs.values():
+            if not q.sharded:
+                self.queues[q.role] = q
+            elif shards > 1:
+                for i in range(shards):
+                    role = f"{q.role}.{i}"
+                    self.queues[role] = replace(q, role=role, sharded=False, family=q.role)
         self.routes = {}
         for r in routes:
             if r.kind in self.routes:
                 raise ValueError(f"{r.kind}: declared twice")
             if r.queue is not None:
-                queue = self.queues.get(r.queue)
+                queue = self.specs.get(r.queue)
                 if queue is None:
                     raise ValueError(f"{r.kind}: no queue {r.queue!r}")
                 if r.handler is None or getattr(queue.handler, r.handler.__name__, None) is not (
@@ -143,11 +165,41 @@ class RouteTable:
     def kinds(self) -> list[str]:
         return sorted(self.routes)
 
+    def queue_named(self, role: str) -> Queue | None:
+        """The queue ``role`` names, a shard's (``shard.3``) whatever this table's split:
+        a dead letter from a shard's queue stays readable after a change of shards."""
+        if role in self.queues:
+            return self.queues[role]
+        family, _, shard = role.rpartition(".")
+        spec = self.specs.get(family)
+        if spec is None or not spec.sharded or not shard.isdigit():
+            return None
+        return replace(spec, role=role, sharded=False, family=family)
+
     def kinds_of(self, role: str) -> tuple[str, ...]:
-        """The kinds a queue takes (the audit queue: every audited kind)."""
-        if not self.queues[role].decodes:
+        """The kinds a queue takes (the audit queue: every audited kind; each shard's
+        queue: every kind routed to its family)."""
+        queue = self.queue_named(role)
+        if queue is None:
+            raise KeyError(role)
+        if not queue.decodes:
             return tuple(sorted(k for k, r in self.routes.items() if r.audited))
-        return tuple(sorted(k for k, r in self.routes.items() if r.queue == role))
+        return tuple(sorted(k for k, r in self.routes.items() if r.queue == queue.takes))
+
+    def sharded(self, shards: int) -> RouteTable:
+        """The same table with each sharded queue split ``shards`` ways."""
+        return RouteTable(self.specs.values(), self.routes.values(), shards)
+
+    def queue_for(self, role: str, shard: int) -> Queue:
+        """The queue a worker of ``role`` consumes: of a sharded role, shard ``shard``'s."""
+        spec = self.specs.get(role)
+        if spec is None:
+            raise ValueError(f"no queue {role!r}")
+        if not spec.sharded:
+            return spec
+        if self.shards == 1:
+            raise ValueError(f"{role}: the gallery is not sharded (BIOX_SHARDS=1)")
+        return self.queues[f"{role}.{shard}"]
 
     def work_queues(self) -> list[Queue]:
         return [q for q in self.queues.values() if q.decodes]
@@ -208,6 +260,12 @@ class RouteTable:
 QUEUES = (
     Queue("intake", IntakeHandler, doc="eligibility (§2-4), one query per agreed partner"),
     Queue("query", MatcherHandler, doc="the gallery search and the answer (§5-9)"),
+    Queue(
+        "shard",
+        ShardHandler,
+        doc="one shard of the gallery searched, when BIOX_SHARDS > 1 (Shards)",
+        sharded=True,
+    ),
     Queue("response", ResponseHandler, doc="answers kept with their source (§20)"),
     Queue("review", ReviewHandler, doc="human review of gray-zone scores (§8)"),
     Queue("retrieval", RetrievalHandler, doc="retrieval queries after a match (§10)"),
@@ -226,6 +284,10 @@ ROUTES = RouteTable(
     (
         route(EncounterSubmit, "intake", IntakeHandler.submit, E),
         route(Query, "query", MatcherHandler.search, P),
+        # within a participant only, and none of them a decision: the query's arrival and
+        # its response are what the audit trail records
+        route(ShardSearch, "shard", ShardHandler.search, OWN, audited=False),
+        route(ShardHits, "query", MatcherHandler.gather, OWN, audited=False),
         route(Response, "response", ResponseHandler.receive, P),
         route(EncounterResult, None, None, OWN, audited=False),  # to the encounter system
         route(ReviewCase, "review", ReviewHandler.open, OWN),
@@ -244,3 +306,9 @@ ROUTES = RouteTable(
         route(PersonalDataRead, None, None, OWN),
     ),
 )
+
+
+@lru_cache(maxsize=8)
+def routes_for(shards: int) -> RouteTable:
+    """The table a participant runs with ``BIOX_SHARDS`` = ``shards``."""
+    return ROUTES if shards == 1 else ROUTES.sharded(shards)

@@ -17,15 +17,16 @@ from biox.database import session_for
 from biox.handlers.base import Context, Handler
 from biox.policy.release import Policies
 from biox.registry import Registry
-from biox.routes import ROUTES
+from biox.routes import ROUTES, routes_for
 from biox.settings import Settings
 from biox.trust.sealing import load_ring
 
 log = structlog.get_logger("biox.runtime")
 
-#: a worker is named after the queue it consumes: ``biox worker query -p mx``
+#: a worker is named after the queue it consumes: ``biox worker query -p mx``; a shard
+#: worker after its family, its shard in ``BIOX_SHARD`` (``biox worker shard --shard 1``)
 # the functional Enum API with computed members: mypy cannot follow computed members
-WorkerKind = StrEnum("WorkerKind", {role: role for role in ROUTES.queues})  # type: ignore[misc]
+WorkerKind = StrEnum("WorkerKind", {role: role for role in ROUTES.specs})  # type: ignore[misc]
 
 
 def context(participant: str, settings: Settings) -> Context:
@@ -37,7 +38,7 @@ def context(participant: str, settings: Settings) -> Context:
 
 
 def build_handler(role: str, ctx: Context) -> Handler:
-    return ROUTES.queues[role].handler.build(ctx)
+    return ROUTES.specs[role].handler.build(ctx)
 
 
 def run_worker(role: str, participant: str, settings: Settings | None = None) -> None:
@@ -54,6 +55,11 @@ def run_worker(role: str, participant: str, settings: Settings | None = None) ->
             "plain AMQP (amqp://) is for the development broker only: use amqps://, or set "
             "BIOX_DEV_SHARED_BROKER=1 on a development machine (docs/security.md)"
         )
+    routes = routes_for(settings.shards)
+    try:
+        queue = routes.queue_for(role, settings.shard)
+    except ValueError as exc:
+        raise SystemExit(f"biox worker {role}: {exc}") from exc
     ctx = context(participant, settings)
     handler = build_handler(role, ctx)
     with session_for(settings.database_for(participant)) as session:
@@ -65,8 +71,8 @@ def run_worker(role: str, participant: str, settings: Settings | None = None) ->
     loop = ConsumeLoop(
         url=settings.amqp_url,
         participant=participant,
-        queue=ROUTES.queues[role],
-        routes=ROUTES,
+        queue=queue,
+        routes=routes,
         handler=handler,
         database_url=settings.database_for(participant),
         settings=settings,

@@ -131,6 +131,20 @@ class Settings(BaseSettings):
         default=2.0, description="How often a matcher picks up query data others enrolled."
     )
 
+    shards: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description=(
+            "Gallery shards: above 1 the query worker scatters each query to this many shard "
+            "workers, each holding the records with record_id % shards == its index, and "
+            'gathers their candidates (docs/architecture.md, "Shards").'
+        ),
+    )
+    shard: int = Field(
+        default=0, ge=0, description="Which shard a shard worker holds (0 to BIOX_SHARDS - 1)."
+    )
+
     # human review (§8)
     review_overdue_s: float = Field(
         default=4 * 3600, description="An undecided case older than this is reported."
@@ -256,6 +270,11 @@ class Settings(BaseSettings):
                     f"127.0.0.1 or localhost), not {url.scheme}://{url.hostname}: unset it "
                     '(docs/security.md, "Development flag")'
                 )
+        if self.shard >= self.shards:
+            raise ValueError(
+                f"BIOX_SHARD={self.shard} is not a shard of BIOX_SHARDS={self.shards} "
+                "(shards are numbered from 0)"
+            )
         if self.marker_retention_days * 86_400 < self.signature_max_age_s + self.clock_skew_s:
             raise ValueError(
                 "BIOX_MARKER_RETENTION_DAYS must cover BIOX_SIGNATURE_MAX_AGE_S plus "

@@ -186,6 +186,29 @@ class EncounterRow(SQLModel, table=True):
     __mapper_args__ = {"version_id_col": _encounter_revision, "version_id_generator": False}
 
 
+_scatter_version = Column("version", Integer, nullable=False, default=1)
+
+
+class ScatterRow(SQLModel, table=True):
+    """A query scattered to the gallery's shards, until every shard's candidates are in
+    (docs/architecture.md, "Shards"). Only record ids and scores: the templates travel
+    with the messages. ``version`` is an optimistic lock: two query workers gathering the
+    last two shards at once cannot both see the other missing; the loser runs again."""
+
+    __tablename__ = "scatters"
+    key: str = Field(primary_key=True, description="requester/message id of the query")
+    query_id: str
+    shards: int
+    arrived: list[int] = Field(default_factory=no_items, sa_column=Column(JSON))
+    hits: list[dict[str, Any]] = Field(default_factory=no_items, sa_column=Column(JSON))
+    gallery_size: int = 0
+    search_ms: float = 0.0
+    scattered_at: datetime = Field(sa_type=UTCDateTime, default_factory=utcnow, index=True)
+    version: int = Field(default=1, sa_column=_scatter_version)
+
+    __mapper_args__ = {"version_id_col": _scatter_version}
+
+
 class ReviewCaseRow(SQLModel, table=True):
     """A gray-zone match waiting for an examiner (§8). Survives restarts: it is the
     examiners' work list. ``pending`` → ``in_review`` (taken, with a lease) → ``decided``.

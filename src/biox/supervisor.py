@@ -26,18 +26,19 @@ from typing import IO
 
 import structlog
 
-from biox.routes import ROUTES
+from biox.routes import routes_for
 
 log = structlog.get_logger("biox.supervisor")
 
 
-def parse_counts(specs: list[str], default: int = 1) -> dict[str, int]:
+def parse_counts(specs: list[str], default: int = 1, shards: int = 1) -> dict[str, int]:
     """``["query=2", "review=0"]`` over every worker kind at ``default``; 0 runs none.
+    With ``shards`` above 1 each shard's queue is a kind of its own (``shard.0=2``).
 
     An unknown kind or a count that is not a whole number is refused, naming it: a typo
     must not leave a queue without a consumer.
     """
-    counts = dict.fromkeys(ROUTES.queues, default)
+    counts = dict.fromkeys(routes_for(shards).queues, default)
     for spec in specs:
         for part in filter(None, (p.strip() for p in spec.split(","))):
             kind, sep, number = part.partition("=")
@@ -90,12 +91,13 @@ class Supervisor:
     #: the supervisor's own metrics port (worker health); worker i gets metrics_port + i
     metrics_port: int = 0
     metrics_host: str = "127.0.0.1"
+    shards: int = 1  # BIOX_SHARDS: one worker kind per shard's queue
     command: Callable[[str, str], list[str]] | None = None
     clock: Callable[[], float] = time.monotonic
     children: list[Child] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        unknown = set(self.counts) - set(ROUTES.queues)
+        unknown = set(self.counts) - set(routes_for(self.shards).queues)
         if unknown:
             raise ValueError(f"unknown worker kind(s): {', '.join(sorted(unknown))}")
         self.children = [
@@ -108,7 +110,9 @@ class Supervisor:
     def _argv(self, kind: str) -> list[str]:
         if self.command is not None:
             return self.command(kind, self.participant)
-        return [sys.executable, "-m", "biox", "worker", kind, "--participant", self.participant]
+        family, _, shard = kind.partition(".")  # a shard's queue: its family and its shard
+        argv = [sys.executable, "-m", "biox", "worker", family, "--participant", self.participant]
+        return [*argv, "--shard", shard] if shard else argv
 
     def _output(self, child: Child) -> IO[bytes] | None:
         if self.log_dir is None:

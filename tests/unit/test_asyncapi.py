@@ -83,7 +83,8 @@ def test_each_kind_is_sent_where_the_topology_routes_it_and_received_by_its_queu
         if r.queue is not None:
             got = ops[f"receive{cap}"]["channel"]["$ref"]
             channel = resolve(doc, got)
-            assert channel["address"] == addresses.queue("{participant}", r.queue)
+            role = f"{r.queue}.{{shard}}" if ROUTES.specs[r.queue].sharded else r.queue
+            assert channel["address"] == addresses.queue("{participant}", role)
             assert channel["bindings"]["amqp"]["queue"]["durable"] is True
         message = doc["components"]["messages"][name]
         assert message["payload"]["schema"]["$ref"] == f"./{kind}.v{r.model.VERSION}.json"

@@ -219,7 +219,7 @@ def test_a_matcher_decides_by_the_calibration_it_finds_and_follows_the_file(tmp_
     gallery = ScriptedGallery([Hit(2, 0.6, {"face": 0.6})])
     gallery.size = 100_000  # type: ignore[misc]
     handler = MatcherHandler("mx", REGISTRY, gallery, settings, POLICIES.of("mx"))  # type: ignore[arg-type]
-    handler._synced_at = float("inf")
+    handler.follower.synced_at = float("inf")
     high, low = fitted.thresholds(gallery.size)
     between = (high + low) / 2
     assert ask(handler, db)[3].status is ResponseStatus.match  # 0.55 is the bar without one

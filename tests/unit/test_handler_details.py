@@ -352,10 +352,10 @@ def test_a_matcher_adds_each_enrolment_once_and_skips_an_unreadable_one(tmp_path
     assert matcher.gallery.size == 1
 
     enrolled(db, (1 << 61) + 3, bio, old)  # a later sequence, committed an hour "ago"
-    matcher._synced_at = float("-inf")
+    matcher.follower.synced_at = float("-inf")
     with session_for(db) as s:
         assert matcher.catch_up(s) == 1  # found by its sequence, above the last one seen
-        matcher._synced_at = float("-inf")
+        matcher.follower.synced_at = float("-inf")
         assert matcher.catch_up(s) == 0  # each row once
 
 

@@ -95,7 +95,7 @@ def matcher(hits: list[Hit], policy: ParticipantPolicy | None = None) -> Matcher
         settings,
         policy or POLICIES.of("mx"),  # type: ignore[arg-type]
     )
-    handler._synced_at = float("inf")  # no enrolled rows to catch up with here
+    handler.follower.synced_at = float("inf")  # no enrolled rows to catch up with here
     return handler
 
 
@@ -350,7 +350,7 @@ def test_an_answer_reports_the_search_time_per_query_in_milliseconds(db):
     settings = Settings(threshold_high=HIGH, threshold_low=LOW, gallery_sync_s=3600)
     gallery = ScriptedGallery([hit(2, 0.9)], takes_s=0.2)
     handler = MatcherHandler("mx", REGISTRY, gallery, settings, POLICIES.of("mx"))  # type: ignore[arg-type]
-    handler._synced_at = float("inf")
+    handler.follower.synced_at = float("inf")
     batch = [Inbound(*query_from(submit(n))) for n in (7, 8)]
     with session_for(db) as s:
         results = handler.search(batch, s)

@@ -144,7 +144,7 @@ def test_a_deletion_notice_removes_enrolled_query_data_from_every_matcher_for_go
     matcher = hub.handler("us", "query")
 
     def caught_up() -> int:
-        matcher._synced_at = float("-inf")
+        matcher.follower.synced_at = float("-inf")
         with hub.session("us") as s:
             matcher.catch_up(s)
         return held(matcher.gallery)

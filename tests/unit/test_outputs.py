@@ -268,7 +268,7 @@ def a_query(qid: str = "q-1", purpose: Purpose = Purpose.enforce) -> Query:
 def run_matcher(db: str, hits: list[Hit], query: Query | None = None, registry=REGISTRY):
     settings = Settings(threshold_high=0.55, threshold_low=0.30, gallery_sync_s=3600)
     handler = MatcherHandler("mx", registry, ScriptedGallery(hits), settings, POLICIES.of("mx"))  # type: ignore[arg-type]
-    handler._synced_at = float("inf")
+    handler.follower.synced_at = float("inf")
     q = query or a_query()
     e = env("query", "us", "mx", "qm-1", correlation_id=q.query_id)
     with session_for(db) as s:
@@ -401,7 +401,7 @@ def test_a_query_without_the_fingerprints_the_agreement_requires_is_rejected(mx_
     face = synth.capture(5, 1, context=1).face
     query = a_query().model_copy(update={"biometrics": Biometrics(face=face)})
     handler = MatcherHandler("mx", REGISTRY, ScriptedGallery([]), Settings(), POLICIES.of("mx"))  # type: ignore[arg-type]
-    handler._synced_at = float("inf")
+    handler.follower.synced_at = float("inf")
     e = env("query", "us", "mx", "qm-9", correlation_id=query.query_id)
     with session_for(mx_db) as s:
         [result] = handler.search([Inbound(e, query)], s)
@@ -411,7 +411,7 @@ def test_a_query_without_the_fingerprints_the_agreement_requires_is_rejected(mx_
 
 def test_a_decline_names_its_reason_requester_and_purpose(mx_db):
     handler = MatcherHandler("sv", REGISTRY, ScriptedGallery([]), Settings(), POLICIES.of("sv"))  # type: ignore[arg-type]
-    handler._synced_at = float("inf")
+    handler.follower.synced_at = float("inf")
     q = a_query(purpose=Purpose.adjudicate).model_copy(update={"providing": "sv"})
     with session_for(mx_db) as s:
         [effects] = handler.search([Inbound(env("query", "us", "sv", "qm-2"), q)], s)

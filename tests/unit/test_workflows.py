@@ -444,7 +444,7 @@ def test_query_data_is_enrolled_with_provenance_and_found_next_time(hub):
         record = s.get(Record, record_id)
         assert record.source == "mx" and record.source_query_id == us.query_id
         assert record.source_message_id and record.retain_until > record.received_at
-    hub.handler("us", "query")._synced_at = float("-inf")
+    hub.handler("us", "query").follower.synced_at = float("-inf")
     second = encounter("mx", stranger, biometrics=synth.capture(SEED, stranger, context=99))
     hub.run([second])
     again = outcome(hub.latest(second.envelope.correlation_id), "us")
@@ -457,7 +457,7 @@ def test_enrolled_data_is_not_passed_on_to_a_third_participant(hub):
     rng = np.random.default_rng(21)
     stranger = synth.stranger(SEED, dict.fromkeys(("us", "mx", "sv"), SIZE), rng)
     hub.run([encounter("sv", stranger)])
-    hub.handler("us", "query")._synced_at = float("-inf")
+    hub.handler("us", "query").follower.synced_at = float("-inf")
     out = encounter("mx", stranger)
     hub.run([out])
     us = outcome(hub.latest(out.envelope.correlation_id), "us")
@@ -542,7 +542,7 @@ def test_an_unreadable_enrolment_row_is_skipped_and_searches_go_on(hub):
         s.add(EnrolledTemplates(record_id=(1 << 61) + 1, biometrics=b"\xc1 broken"))
         s.commit()
     matcher = hub.handler("us", "query")
-    matcher._synced_at = float("-inf")  # type: ignore[attr-defined]
+    matcher.follower.synced_at = float("-inf")  # type: ignore[attr-defined]
     out = encounter("mx", person_known_to("us"))
     hub.run([out])
     assert outcome(hub.latest(out.envelope.correlation_id), "us").status.value == "match"
@@ -558,7 +558,7 @@ def test_an_encounter_enrolled_at_the_requesters_own_request_answers_partners_la
     with hub.session("us") as s:
         record = s.get(Record, enrolled_record_id(f"encounter/{first.envelope.correlation_id}"))
         assert record.source == "us" and record.retain_until is not None
-    hub.handler("us", "query")._synced_at = float("-inf")
+    hub.handler("us", "query").follower.synced_at = float("-inf")
     out = encounter("mx", stranger, biometrics=synth.capture(SEED, stranger, context=77))
     hub.run([out])
     us = outcome(hub.latest(out.envelope.correlation_id), "us")

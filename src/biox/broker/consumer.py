@@ -150,7 +150,9 @@ class ConsumeLoop:
     def _sweep(self, session: Session) -> list[Outgoing]:
         """Dead letters and held results that carry erased data leave the broker
         (``broker.sweeps``); the audit trail gets the counts."""
-        counts = sweeps.sweep(self.url, self.settings.client_tls(), self.participant, session)
+        counts = sweeps.sweep(
+            self.url, self.settings.client_tls(), self.participant, session, self.settings.shards
+        )
         if not counts:
             return []
         log.info("broker_swept", counts=counts)

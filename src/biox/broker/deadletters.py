@@ -28,7 +28,7 @@ from biox.broker.connection import parameters, user_of
 from biox.broker.exports import expired, export_line
 from biox.broker.link import Link
 from biox.broker.publisher import Publisher, republish_properties
-from biox.routes import ROUTES
+from biox.routes import ROUTES, routes_for
 from biox.trust.tls import ClientTLS
 from biox.wire import addresses, codec
 from biox.wire.codec import H_ATTEMPT, H_FROM, H_ORIGINAL_USER, H_TO
@@ -140,10 +140,12 @@ def parse_age(text: str) -> float:
     return float(text[:-1]) * units[text[-1]] if text[-1] in units else float(text)
 
 
-def dlq_names(codes: Iterable[str], participant: str | None, queue: str | None) -> list[str]:
+def dlq_names(
+    codes: Iterable[str], participant: str | None, queue: str | None, shards: int = 1
+) -> list[str]:
     if queue:
         return [addresses.dead_letter_queue(addresses.work_queue_of(queue))]
-    roles = list(ROUTES.queues)
+    roles = list(routes_for(shards).queues)
     chosen = [participant] if participant else list(codes)
     return [addresses.dead_letter_queue(addresses.queue(c, r)) for c in chosen for r in roles]
 
@@ -357,7 +359,8 @@ class DeadLetterQueues:
             props.headers = {**(props.headers or {}), H_ORIGINAL_USER: self.user}
             props.headers["biox-imported-by"] = self.actor
             code, role = addresses.work_queue(addresses.work_queue_of(queue))
-            recorded = ROUTES.queues[role].decodes  # the audit's own dead letters are not
+            spec = ROUTES.queue_named(role)
+            recorded = spec is None or spec.decodes  # the audit's own dead letters are not
             target = failures.dead_letter_target(code, role, recorded)
             messages.append((*target, body, props))
             ids_by_queue[queue].append(str(props.message_id))
@@ -385,7 +388,7 @@ def replay_target(dead_letter_queue: str, kind: str, to_queue: str | None = None
     home = addresses.work_queue_of(dead_letter_queue)
     target = to_queue or home
     code, role = addresses.work_queue(target)
-    queue = ROUTES.queues.get(role)
+    queue = ROUTES.queue_named(role)
     if queue is None or code != addresses.owner(home):
         raise ValueError(f"{target!r} is not a work queue of {addresses.owner(home)!r}")
     if queue.decodes and kind not in ROUTES.kinds_of(role):

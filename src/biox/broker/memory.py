@@ -31,7 +31,7 @@ import time
 from collections import deque
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pika
@@ -45,7 +45,7 @@ from biox.database import session_for
 from biox.handlers.base import Context, Handler
 from biox.policy.release import Policies
 from biox.registry import Registry
-from biox.routes import ROUTES, RouteTable, Sender
+from biox.routes import Queue, RouteTable, Sender, routes_for
 from biox.settings import Settings
 from biox.trust.identity import Role, broker_user
 from biox.trust.sealing import memory_rings
@@ -174,12 +174,12 @@ class InMemoryExchange:
         self,
         settings: Settings,
         codes: Iterable[str] | None = None,
-        routes: RouteTable = ROUTES,
+        routes: RouteTable | None = None,
         registry: Registry | None = None,
         policies: Policies | None = None,
     ) -> None:
         self.settings = settings
-        self.routes = routes
+        self.routes = routes = routes or routes_for(settings.shards)
         self.registry = registry or Registry.load(settings.registry)
         self.policies = policies or Policies.load(settings.policy)
         self.codes = sorted(codes or self.registry.codes)
@@ -211,7 +211,7 @@ class InMemoryExchange:
             with session_for(settings.database_for(code)) as session:
                 participants.sync(session, self.registry)  # as each worker does at start
             for q in routes.queues.values():
-                handler: Handler = q.handler.build(ctx)
+                handler: Handler = q.handler.build(_for_queue(ctx, q))
                 loop = ConsumeLoop(
                     url="memory://",
                     participant=code,
@@ -360,3 +360,11 @@ class InMemoryExchange:
                     self.broker.queues[name].append(Stored("", name, m.body, m.properties))
                     moved = True
         return moved
+
+
+def _for_queue(ctx: Context, queue: Queue) -> Context:
+    """A shard's handler is built with its shard, as ``BIOX_SHARD`` gives a shard worker."""
+    if not queue.family:
+        return ctx
+    shard = int(queue.role.rpartition(".")[2])
+    return replace(ctx, settings=ctx.settings.model_copy(update={"shard": shard}))

@@ -20,13 +20,17 @@ from biox.trust.tls import ClientTLS
 from biox.wire import addresses
 from biox.wire.codec import H_FROM
 from biox.wire.inbound import header_text
+from biox.wire.shards import ShardHits, ShardSearch
 
 
 # pragma: no mutate start (it opens a real connection: the integration tests cover it)
-def sweep(url: str, tls: ClientTLS | None, participant: str, session: Session) -> dict[str, int]:
-    """Sweeps ``participant``'s dead-letter queues and held results; counts by place."""
+def sweep(
+    url: str, tls: ClientTLS | None, participant: str, session: Session, shards: int = 1
+) -> dict[str, int]:
+    """Sweeps ``participant``'s dead-letter queues (each shard's too) and held results;
+    counts by place."""
     held = addresses.held_results_queue(participant)
-    queues = [*dlq_names([participant], participant, None), held]
+    queues = [*dlq_names([participant], participant, None, shards), held]
     dlq = DeadLetterQueues(url, tls)
     try:
         swept = dlq.sweep(queues, lambda letters: erased_letters(session, letters))
@@ -101,4 +105,16 @@ def _is_held(d: DeadLetter) -> bool:
 
 
 def _sender(d: DeadLetter) -> str:
+    """Who the data in ``d`` came from: its sender, or of a scattered query (a
+    ``shard.search`` or ``shard.hits`` one's own workers sent), the partner who asked."""
+    if d.properties.type in SHARD_KINDS:
+        try:
+            body = msgpack.unpackb(d.body, raw=False, strict_map_key=False)
+            search = body.get("search", body)
+            return str(search["query"]["requesting"])
+        except Exception:
+            return ""  # unreadable: its message id may still name it
     return header_text(d.headers.get(H_FROM)) or ""
+
+
+SHARD_KINDS = (ShardSearch.KIND, ShardHits.KIND)

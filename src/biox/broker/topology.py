@@ -15,7 +15,7 @@ from pika.adapters.blocking_connection import BlockingChannel
 
 from biox.broker.connection import parameters
 from biox.registry import Registry
-from biox.routes import ROUTES, RouteTable, Sender
+from biox.routes import RouteTable, Sender, routes_for
 from biox.settings import Settings
 from biox.wire import addresses
 
@@ -218,14 +218,16 @@ def declare(
     url: str,
     codes: Iterable[str],
     settings: Settings,
-    routes: RouteTable = ROUTES,
+    routes: RouteTable | None = None,
     only: Iterable[str] | None = None,
 ) -> list[str]:
     """Declare exchanges, exchange-to-exchange links and queues; returns the queue names.
 
     ``only``: the participants whose queues to declare (every participant's exchanges
-    are declared all the same: a partner's outbox must exist to be bound to).
+    are declared all the same: a partner's outbox must exist to be bound to). ``routes``:
+    by default the table for ``settings.shards``.
     """
+    routes = routes or routes_for(settings.shards)
     codes = sorted(codes)
     mine = sorted(only) if only is not None else codes
     registry = Registry.load(settings.registry)

@@ -76,12 +76,21 @@ app.command()(sim.conformance)
 def worker(
     kind: WorkerKind = typer.Argument(..., help="the queue it consumes"),
     participant: Participant = typer.Option(..., "--participant", "-p"),
+    shard: int = typer.Option(
+        None, "--shard", help="a shard worker: which shard it holds (default BIOX_SHARD)"
+    ),
 ) -> None:
     """Run one worker process for a participant (BIOX_AMQP_URL must be set); `biox serve
-    -p P` runs and supervises every kind."""
+    -p P` runs and supervises every kind. With BIOX_SHARDS above 1, one `shard` worker per
+    shard searches the gallery (docs/architecture.md, "Shards")."""
     from biox.runtime import run_worker
+    from biox.settings import Settings
 
-    run_worker(kind.value, getattr(participant, "value", participant))
+    try:
+        settings = Settings() if shard is None else Settings(shard=shard)
+    except ValueError as exc:  # pydantic's, naming the setting and why
+        raise SystemExit(str(exc)) from exc
+    run_worker(kind.value, getattr(participant, "value", participant), settings)
 
 
 @app.command()

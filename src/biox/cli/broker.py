@@ -138,6 +138,7 @@ def broker_definitions(
 
     from biox.broker.definitions import definitions, shovel_uri
     from biox.registry import Registry
+    from biox.routes import routes_for
 
     s = settings()
     code = getattr(participant, "value", participant)
@@ -169,6 +170,7 @@ def broker_definitions(
         encounter_systems=me.encounter_systems if me else (),
         linked=registry.linked(code),
         staff=_staff().of(code),
+        routes=routes_for(s.shards),
     )
     print(json.dumps(defs, indent=2))
 

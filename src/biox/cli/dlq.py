@@ -72,7 +72,7 @@ def _scope(
         ids=tuple(ids),
     )
     dlqs = DeadLetterQueues(url, settings().client_tls(), who)
-    return dlqs, dlq_names(codes, chosen, queue), filters
+    return dlqs, dlq_names(codes, chosen, queue, settings().shards), filters
 
 
 def _erased(d: DeadLetter) -> bool:

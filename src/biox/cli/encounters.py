@@ -133,7 +133,7 @@ def encounters_redeliver(
     who = acting(participant, "encounters redeliver", operator)
     me = code(participant)
     with session(me) as s:  # what carries deleted data or is past retention goes first
-        swept = sweeps.sweep(amqp_url(), settings().client_tls(), me, s)
+        swept = sweeps.sweep(amqp_url(), settings().client_tls(), me, s, settings().shards)
     if swept.get("held_results"):
         console.print(
             f"{swept['held_results']} held result(s) removed: they carried data deleted "

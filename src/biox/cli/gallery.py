@@ -72,7 +72,7 @@ def gallery_import(
         f"{len(report.errors)} refused, of {report.rows} rows"
     )
     with console.status("Bringing the gallery snapshot up to date"), session(participant) as s:
-        done = snapshot.refresh(s, settings().gallery_dir(me), settings(), create=True)
+        done = snapshot.refresh_all(s, settings().gallery_dir(me), settings(), create=True)
     if done is not None:
         console.print(f"{me}: snapshot updated, {done.added} added, {done.removed} removed")
     if report.errors:

@@ -51,7 +51,7 @@ def retention_purge(
         s.commit()
         # and the broker's copies: dead letters and held results that carry data deleted
         # or past its retention (docs/lifecycle.md, "A deletion is final")
-        swept = sweeps.sweep(amqp_url(), settings().client_tls(), me, s)
+        swept = sweeps.sweep(amqp_url(), settings().client_tls(), me, s, settings().shards)
     for name, n in sorted(swept.items()):
         console.print(f"{name}: {n} removed from the broker")
     counts.update(swept)

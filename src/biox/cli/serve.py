@@ -13,7 +13,7 @@ import typer
 from pika.exceptions import ChannelClosedByBroker
 
 from biox.cli.common import Participant, code, console, settings
-from biox.routes import ROUTES
+from biox.routes import routes_for
 from biox.wire import addresses
 
 topology_app = typer.Typer(
@@ -85,7 +85,7 @@ def serve(
         console.print("[red]BIOX_AMQP_URL is not set[/]: start a broker with `biox broker start`")
         raise typer.Exit(2)
     try:
-        counts = parse_counts([s.serve_counts, *count])
+        counts = parse_counts([s.serve_counts, *count], shards=s.shards)
     except ValueError as e:
         console.print(f"[red]{e}[/]")
         raise typer.Exit(2) from e
@@ -109,7 +109,7 @@ def serve(
         q
         for k, n in counts.items()
         if n
-        for q in (addresses.queue(me, k), *arrival_queues(me, k, linked, ROUTES))
+        for q in (addresses.queue(me, k), *arrival_queues(me, k, linked, routes_for(s.shards)))
     ]
     absent = missing_queues(s.amqp_url, wanted)
     if absent:
@@ -129,6 +129,7 @@ def serve(
         log_dir=log_dir,
         metrics_port=s.metrics_port,
         metrics_host=s.metrics_host,
+        shards=s.shards,
     )
     console.print(
         f"serving {me}: "
@@ -228,11 +229,12 @@ def topology_show(
     )
     for col in ("queue", "kinds", "retries", "dead letters", "what it does"):
         table.add_column(col)
-    for q in ROUTES.queues.values():
+    routes = routes_for(s.shards)
+    for q in routes.queues.values():
         name = addresses.queue(me, q.role)
         table.add_row(
             name,
-            ", ".join(ROUTES.kinds_of(q.role)) or "(every audited kind)",
+            ", ".join(routes.kinds_of(q.role)) or "(every audited kind)",
             ", ".join(addresses.retry_queue(name, t) for t in s.retry_tiers),
             addresses.dead_letter_queue(name),
             q.doc,

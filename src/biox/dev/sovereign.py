@@ -23,6 +23,7 @@ from biox.dev.broker import LocalBroker, SovereignConfig, free_port, refresh_crl
 from biox.dev.partition import LinkRelay
 from biox.dev.pki import DevPKI
 from biox.registry import Registry
+from biox.routes import routes_for
 from biox.settings import Settings
 from biox.trust.identity import Role, broker_user, encounter_user
 from biox.trust.staff import Duty, Staff, operator_user
@@ -102,6 +103,7 @@ class SovereignBrokers:
                     encounter_systems=self.systems(code),
                     linked=[c for c in self.registry.linked(code) if c in self.codes],
                     staff=self.staff.of(code),
+                    routes=routes_for(self.settings.shards),
                 ),
                 max_message_bytes=self.settings.max_message_bytes,
             )

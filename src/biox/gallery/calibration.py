@@ -278,9 +278,17 @@ class Calibrated:
                 MeanRule() if calibration is None else calibration.scorer(),
             )
         gallery.scorer = self._applied[1]
-        return (
-            self.fallback if calibration is None else calibration.thresholds(max(gallery.size, 1))
-        )
+        return self.thresholds_at(gallery.size, calibration)
+
+    def thresholds_at(
+        self, gallery_size: int, calibration: Calibration | None = None
+    ) -> tuple[float, float]:
+        """(match, review) thresholds for a gallery of ``gallery_size`` (a sharded one's:
+        the sum of its shards'), from ``calibration`` or the current one."""
+        calibration = calibration or self.now()
+        if calibration is None:
+            return self.fallback
+        return calibration.thresholds(max(gallery_size, 1))
 
     def evidence(self, hit: Hit, gallery_size: int) -> Evidence | None:
         """The strength of ``hit`` for the requester and the examiner (wire ``Evidence``)."""

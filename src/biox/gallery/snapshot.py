@@ -14,8 +14,10 @@ a matcher reads exactly the rows the snapshot lacks.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import msgpack
@@ -27,9 +29,10 @@ from sqlmodel import Session, col, select
 from biox.agreement.ledgers import Tombstone
 from biox.gallery.gallery import Gallery, Probe
 from biox.gallery.index import VectorIndex
+from biox.gallery.shards import Shard
 from biox.settings import Settings
 from biox.store import EnrolledTemplates
-from biox.wire.messages import Biometrics
+from biox.wire.messages import Biometrics, utcnow
 
 HOLES_KEPT = 10_000  # holes further below the mark than this are rolled back, not open
 
@@ -115,16 +118,31 @@ def chunks(
         )
 
 
+def _lacking(session: Session, mark: Mark, shard: Shard) -> tuple[list[int], list[int]]:
+    """The sequence numbers of every enrolled row ``mark`` lacks, and of those the ones
+    whose record is ``shard``'s: a shard's mark passes the others' rows too, unread."""
+    found = session.exec(
+        select(EnrolledTemplates.seq, EnrolledTemplates.record_id).where(mark.lacks())
+    ).all()
+    every = sorted(seq for seq, _ in found if seq is not None)
+    mine = every if shard.whole else sorted(s for s, r in found if s is not None and shard.holds(r))
+    return every, mine
+
+
 def refresh(
-    session: Session, directory: Path, settings: Settings, create: bool = False
+    session: Session,
+    directory: Path,
+    settings: Settings,
+    create: bool = False,
+    shard: Shard = Shard(),
 ) -> Refreshed | None:
-    """The snapshot in ``directory`` with the enrolled templates it lacks and without the
-    records tombstoned since; written only when something changed. Without a snapshot,
-    one is started only when ``create`` (an import asks; the purge schedule does not put
-    templates on disk that were only in the database). None: no snapshot written."""
+    """The snapshot in ``directory`` with the enrolled templates it lacks (of ``shard``'s
+    records) and without the records tombstoned since; written only when something
+    changed. Without a snapshot, one is started only when ``create`` (an import asks; the
+    purge schedule does not put templates on disk that were only in the database). None:
+    no snapshot written."""
     mark = mark_of(directory)
-    found = session.exec(select(EnrolledTemplates.seq).where(mark.lacks())).all()
-    seqs = sorted(s for s in found if s is not None)
+    every, seqs = _lacking(session, mark, shard)
     if Gallery.exists(directory):
         gallery = Gallery.load(directory, settings.ivf_nprobe)
         done = Gallery.tombstone_seq(directory) or 0
@@ -158,12 +176,89 @@ def refresh(
     before = gallery.size
     gallery.remove([rid for _, rid in buried])
     removed = before - gallery.size
-    after = mark.after(seqs)
+    after = mark.after(every)
     last = max((seq or 0 for seq, _ in buried), default=done)
-    if seqs or buried or not Gallery.exists(directory):
+    if every or buried or not Gallery.exists(directory):
         gallery.save(directory, last, after.seq, after.holes)
         log.info("snapshot_refreshed", added=added, removed=removed, size=gallery.size)
     return Refreshed(last, removed, added, after)
+
+
+def refresh_all(
+    session: Session, gallery_dir: Path, settings: Settings, create: bool = False
+) -> Refreshed | None:
+    """Every snapshot the matchers start from: the gallery's, or each shard's
+    (``BIOX_SHARDS``). ``tombstone_seq``: the lowest any snapshot on disk was rewritten
+    to, so that no tombstone a snapshot still needs is purged."""
+    done = [
+        refresh(session, shard.directory(gallery_dir), settings, create, shard)
+        for shard in Shard.all_of(settings.shards)
+    ]
+    written = [d for d in done if d is not None]
+    seq = tombstone_seq(gallery_dir, settings.shards)
+    if not written or seq is None:
+        return None
+    added, removed = sum(d.added for d in written), sum(d.removed for d in written)
+    return Refreshed(seq, removed, added, written[0].mark)
+
+
+def tombstone_seq(gallery_dir: Path, shards: int) -> int | None:
+    """The last tombstone every snapshot on disk was rewritten without (None: none there)."""
+    seqs = [Gallery.tombstone_seq(s.directory(gallery_dir)) for s in Shard.all_of(shards)]
+    held = [s for s in seqs if s is not None]
+    return min(held) if held else None
+
+
+class Follower:
+    """A loaded gallery kept up to date with the database by the worker searching it:
+    the query data enrolled since (by any matcher) added, the records deleted since
+    (by a notice or by retention, ``lifecycle.forget_records``) removed; the snapshot on
+    disk is behind on both until the next ``refresh``."""
+
+    def __init__(self, gallery: Gallery, mark: Mark, every_s: float, shard: Shard = Shard()):
+        self.gallery = gallery
+        self.mark = mark  # enrolled rows read up to here (at first: the snapshot's mark)
+        self.every_s = every_s
+        self.shard = shard
+        self.synced_at = float("-inf")
+        self.seen: set[int] = set()
+        self.tombstone_seq = 0
+
+    def catch_up(self, session: Session) -> int:
+        """Adds what was enrolled since this worker last looked, at most every
+        ``every_s``. Rows are read by sequence and, to cover a slower transaction that
+        committed a lower sequence late, again over the last minute; each is added once."""
+        now = time.monotonic()
+        if now - self.synced_at < self.every_s:
+            return 0
+        self.synced_at = now
+        recent = utcnow() - timedelta(seconds=60)
+        # the sequence numbers first: after a bulk import the last minute holds many rows
+        # this matcher already has, and their templates need not be read again
+        found = session.exec(
+            select(EnrolledTemplates.seq, EnrolledTemplates.record_id).where(
+                or_(self.mark.lacks(), col(EnrolledTemplates.enrolled_at) >= recent)
+            )
+        ).all()
+        unseen = sorted((s, r) for s, r in found if s is not None and s not in self.seen)
+        mine = [s for s, r in unseen if self.shard.holds(r)]
+        added = 0
+        for rows in chunks(session, mine):
+            added += enroll_new(self.gallery, *read_enrolled(rows))
+        self.seen.update(s for s, _ in unseen)
+        if unseen:
+            self.mark = Mark(max(self.mark.seq, unseen[-1][0]))
+            log.info("enrolments_loaded", count=added, gallery=self.gallery.size)
+        self._bury(session)
+        return added
+
+    def _bury(self, session: Session) -> None:
+        rows = session.exec(select(Tombstone).where(col(Tombstone.seq) > self.tombstone_seq)).all()
+        if not rows:
+            return
+        self.gallery.remove([r.record_id for r in rows])
+        self.tombstone_seq = max(r.seq or 0 for r in rows)
+        log.info("tombstones_applied", count=len(rows), gallery=self.gallery.size)
 
 
 def _train(gallery: Gallery, probes: list[Probe]) -> None:

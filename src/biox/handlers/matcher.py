@@ -8,28 +8,28 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import structlog
-from sqlalchemy import or_
 from sqlmodel import Session, col, select
 
 from biox.agreement import participants
 from biox.agreement.erasures import Erased
-from biox.agreement.ledgers import Tombstone
 from biox.gallery import snapshot
 from biox.gallery.calibration import Calibrated
 from biox.gallery.fusion import Decision, decide
 from biox.gallery.gallery import Gallery, Hit, Probe
+from biox.gallery.shards import Shard
 from biox.handlers.base import Context, Effects, Handler, Result
 from biox.metrics import Metrics
 from biox.policy.eligibility import lacking, provider_refusal
 from biox.policy.release import ParticipantPolicy
+from biox.gallery import gather
 from biox.queries.answers import Answers, Asked, Found
 from biox.queries.enrolment import enrolment
 from biox.registry import Registry
 from biox.settings import Settings
-from biox.store import EnrolledTemplates, Record, Transaction
+from biox.store import Record, Transaction
 from biox.wire import codec
 from biox.wire.codec import Envelope
 from biox.wire.errors import REASON_TEXT, BioxError, PermanentError, Reason
@@ -42,6 +42,7 @@ from biox.wire.messages import (
     ReviewCase,
     utcnow,
 )
+from biox.wire.shards import ShardHits
 
 log = structlog.get_logger("biox.matcher")
 
@@ -55,13 +56,9 @@ class MatcherHandler(Handler):
             import faiss
 
             faiss.omp_set_num_threads(ctx.settings.search_threads)
-        directory = ctx.settings.gallery_dir(ctx.participant)
-        if Gallery.exists(directory):
-            gallery = Gallery.load(directory, ctx.settings.ivf_nprobe)
-        else:
-            log.warning("empty_gallery", participant=ctx.participant, directory=str(directory))
-            gallery = Gallery()
-        mark = snapshot.mark_of(directory)
+        if ctx.settings.shards > 1:  # the shard workers hold the gallery; this one gathers
+            return cls(ctx.participant, ctx.registry, Gallery(), ctx.settings, ctx.policy)
+        gallery, mark = load(ctx.participant, ctx.settings, Shard())
         return cls(ctx.participant, ctx.registry, gallery, ctx.settings, ctx.policy, mark)
 
     def __init__(
@@ -80,10 +77,7 @@ class MatcherHandler(Handler):
         self.policy = policy
         self.answers = Answers(participant, policy)
         self._live = participants.Live(settings.registry_refresh_s)
-        self._synced_at = float("-inf")
-        self._mark = mark  # enrolled rows read up to here (at first: the snapshot's mark)
-        self._enrolled_seqs: set[int] = set()
-        self._tombstone_seq = 0
+        self.follower = snapshot.Follower(gallery, mark, settings.gallery_sync_s)
         self.metrics: Metrics | None = None  # the worker's, when it runs under one
         self.calibration = Calibrated(
             settings.calibration_file(participant),
@@ -96,7 +90,8 @@ class MatcherHandler(Handler):
         self.metrics = metrics
 
     def search(self, batch: Sequence[Inbound[Query]], session: Session) -> list[Result]:
-        self.catch_up(session)
+        if self.settings.shards == 1:
+            self.catch_up(session)
         self.high, self.low = self.calibration.apply(self.gallery)
         registry = self._live.now(self.registry, session)  # statuses as notices left them
         received = utcnow()
@@ -117,6 +112,11 @@ class MatcherHandler(Handler):
                 searchable.append(i)
             except PermanentError as exc:
                 results[i] = exc
+        if self.settings.shards > 1:  # the templates are sound: every shard searches them
+            for i in searchable:
+                row, out = gather.scatter(batch[i], received, self.settings.shards, self.me)
+                results[i] = Effects(rows=[row], outgoing=[out], outcome="scattered")
+            return [r for r in results if r is not None]
         started = time.perf_counter()
         hits = (
             self.gallery.search(
@@ -132,9 +132,34 @@ class MatcherHandler(Handler):
         low = self.low
         records = self._records(session, {h.record_id for hs in hits for h in hs if h.fused >= low})
         erased = self._erased(session, [batch[i] for i in searchable])
+        size = self.gallery.size
         for i, found in zip(searchable, hits, strict=True):
-            results[i] = self._answer(batch[i], found, records, received, search_ms, erased)
+            results[i] = self._answer(batch[i], found, records, received, search_ms, size, erased)
         return [r for r in results if r is not None]
+
+    def gather(self, batch: Sequence[Inbound[ShardHits]], session: Session) -> list[Result]:
+        """The shards' candidates for each scattered query; the last shard's in makes the
+        answer, as ``search`` makes it from one gallery (docs/architecture.md, "Shards")."""
+        gathered = gather.gather(session, batch, self.settings.max_candidates_released, self.me)
+        done = [g for g in gathered if isinstance(g, gather.Gathered)]
+        if not done:
+            return [Effects(outcome=f"gathered:{g}") for g in gathered]
+        results: list[Result] = []
+        low = min(self.calibration.thresholds_at(g.gallery_size)[1] for g in done)
+        ids = {h.record_id for g in done for h in g.hits if h.fused >= low}
+        records = self._records(session, ids)
+        erased = self._erased(session, [g.query for g in done])
+        for g in gathered:
+            if not isinstance(g, gather.Gathered):
+                results.append(Effects(outcome=f"gathered:{g}"))
+                continue
+            self.high, self.low = self.calibration.thresholds_at(g.gallery_size)
+            results.append(
+                self._answer(
+                    g.query, g.hits, records, g.received, g.search_ms, g.gallery_size, erased
+                )
+            )
+        return results
 
     def _check(self, inb: Inbound[Query], registry: Registry) -> Reason | None:
         """Raises for a query that cannot be processed (``rejected``); returns the reason
@@ -206,6 +231,7 @@ class MatcherHandler(Handler):
         records: dict[int, Record],
         received: datetime,
         search_ms: float,
+        size: int,
         erased: Erased | None = None,
     ) -> Effects:
         asked = self._asked(inb, received)
@@ -216,7 +242,7 @@ class MatcherHandler(Handler):
                 records[h.record_id],
                 h.fused,
                 h.scores,
-                self.calibration.evidence(h, self.gallery.size),
+                self.calibration.evidence(h, size),
             )
             for h in hits
             if h.fused >= self.high and h.record_id in records
@@ -226,7 +252,7 @@ class MatcherHandler(Handler):
             response = self.answers.matched(asked, found, DecidedBy.automatic, search_ms)
         elif decision is Decision.review and hits[0].record_id in records:
             response = self.answers.pending_review(asked, search_ms)
-            case = [self._case(inb, hits, records, received)]
+            case = [self._case(inb, hits, records, received, size)]
         else:
             response = self.answers.no_match(asked, search_ms=search_ms)
         best_record = found[0].record if found else None
@@ -247,7 +273,12 @@ class MatcherHandler(Handler):
         return effects
 
     def _case(
-        self, inb: Inbound[Query], hits: list[Hit], records: dict[int, Record], received: datetime
+        self,
+        inb: Inbound[Query],
+        hits: list[Hit],
+        records: dict[int, Record],
+        received: datetime,
+        size: int,
     ) -> codec.Outgoing:
         """A gray-zone query becomes a case for this participant's examiners (§8)."""
         q = inb.message
@@ -265,7 +296,7 @@ class MatcherHandler(Handler):
                     identity_ref=records[h.record_id].identity_ref,
                     fused_score=h.fused,
                     scores=h.scores,
-                    evidence=self.calibration.evidence(h, self.gallery.size),
+                    evidence=self.calibration.evidence(h, size),
                 )
                 for h in hits
                 if h.fused >= low and h.record_id in records
@@ -327,48 +358,8 @@ class MatcherHandler(Handler):
         effects.outcome += ":enrolled"
 
     def catch_up(self, session: Session) -> int:
-        """Add the query data enrolled since this matcher last looked (by any matcher).
-
-        Rows are read by sequence and, to cover a slower transaction that committed a
-        lower sequence late, again over the last minute; each is added once.
-        """
-        now = time.monotonic()
-        if now - self._synced_at < self.settings.gallery_sync_s:
-            return 0
-        self._synced_at = now
-        recent = utcnow() - timedelta(seconds=60)
-        # the sequence numbers first: after a bulk import the last minute holds many rows
-        # this matcher already has, and their templates need not be read again
-        seqs = session.exec(
-            select(EnrolledTemplates.seq).where(
-                or_(
-                    self._mark.lacks(),  # what the snapshot lacks, then what is new
-                    col(EnrolledTemplates.enrolled_at) >= recent,
-                )
-            )
-        ).all()
-        unseen = sorted(s for s in seqs if s is not None and s not in self._enrolled_seqs)
-        added = 0
-        for rows in snapshot.chunks(session, unseen):
-            for r in rows:
-                assert r.seq is not None  # read from the table: the database numbered it
-                self._enrolled_seqs.add(r.seq)
-            added += snapshot.enroll_new(self.gallery, *snapshot.read_enrolled(rows))
-        if unseen:
-            self._mark = snapshot.Mark(max(self._mark.seq, unseen[-1]))
-            log.info("enrolments_loaded", count=added, gallery=self.gallery.size)
-        self._bury(session)
-        return added
-
-    def _bury(self, session: Session) -> None:
-        """Removes the records deleted since this matcher last looked (by a notice or by
-        retention, ``lifecycle.forget_records``): the snapshot on disk still has them."""
-        rows = session.exec(select(Tombstone).where(col(Tombstone.seq) > self._tombstone_seq)).all()
-        if not rows:
-            return
-        self.gallery.remove([r.record_id for r in rows])
-        self._tombstone_seq = max(r.seq or 0 for r in rows)
-        log.info("tombstones_applied", count=len(rows), gallery=self.gallery.size)
+        """The query data enrolled and the records deleted since this matcher looked."""
+        return self.follower.catch_up(session)
 
     # --- rejection ----------------------------------------------------------------------------
 
@@ -392,3 +383,14 @@ def _modalities(bio: Biometrics) -> list[str]:
     out += [f"finger.{f.position}" for f in bio.fingerprints]
     out += [f"iris.{i.eye}" for i in bio.irises]
     return out
+
+
+def load(participant: str, settings: Settings, shard: Shard) -> tuple[Gallery, snapshot.Mark]:
+    """The snapshot a worker searching ``shard`` of the gallery starts from, and its mark."""
+    directory = shard.directory(settings.gallery_dir(participant))
+    if Gallery.exists(directory):
+        gallery = Gallery.load(directory, settings.ivf_nprobe)
+    else:
+        log.warning("empty_gallery", participant=participant, directory=str(directory))
+        gallery = Gallery()
+    return gallery, snapshot.mark_of(directory)

@@ -15,7 +15,6 @@ from sqlmodel import Session
 from biox.agreement import corrections, participants, retention
 from biox.agreement.ledgers import NoticeRow
 from biox.gallery import snapshot
-from biox.gallery.gallery import Gallery
 from biox.handlers.base import Context, Effects, Handler, Result
 from biox.policy.release import ParticipantPolicy
 from biox.queries.results import EncounterViews
@@ -360,9 +359,9 @@ def purge_all(
     ``gallery/snapshot.py``), then every table by its rule (``retention.RULES``)."""
     directory = settings.gallery_dir(me)
     if dry_run:
-        seq, removed = Gallery.tombstone_seq(directory), 0
+        seq, removed = snapshot.tombstone_seq(directory, settings.shards), 0
     else:
-        refreshed = snapshot.refresh(session, directory, settings)
+        refreshed = snapshot.refresh_all(session, directory, settings)
         seq, removed = (
             (None, 0) if refreshed is None else (refreshed.tombstone_seq, refreshed.removed)
         )

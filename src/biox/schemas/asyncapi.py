@@ -82,6 +82,7 @@ PARTICIPANT = {
         "examples": ["us", "mx", "sv"],
     }
 }
+SHARD = {"shard": {"description": "the shard, 0 to BIOX_SHARDS - 1", "examples": ["0", "1"]}}
 
 
 def _headers(partner: bool) -> dict[str, Any]:
@@ -168,16 +169,18 @@ def document(routes: RouteTable = ROUTES) -> dict[str, Any]:
             "bindings": _queue(f"{P}.replies.{{system}}"),
         },
     }
-    for role, q in routes.queues.items():
+    for role, q in routes.specs.items():
+        name = addresses.queue(P, f"{role}.{{shard}}" if q.sharded else role)
         channels[f"{role}Queue"] = {
-            "address": addresses.queue(P, role),
-            "title": f"the {role} work queue",
+            "address": name,
+            "title": f"the {role} work queue" + (", one per shard" if q.sharded else ""),
             "description": f"{q.doc}. Quorum queue; retries through "
-            f"{addresses.retry_queue(addresses.queue(P, role), 0)[:-1]}<seconds>, dead letters "
-            f"to {addresses.dead_letter_queue(addresses.queue(P, role))}.",
-            "parameters": PARTICIPANT,
+            f"{addresses.retry_queue(name, 0)[:-1]}<seconds>, dead letters "
+            f"to {addresses.dead_letter_queue(name)}."
+            + (" Declared only when BIOX_SHARDS is above 1." if q.sharded else ""),
+            "parameters": {**PARTICIPANT, **SHARD} if q.sharded else PARTICIPANT,
             "messages": {},
-            "bindings": _queue(addresses.queue(P, role)),
+            "bindings": _queue(name),
         }
 
     messages: dict[str, Any] = {}

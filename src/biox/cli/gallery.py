@@ -88,6 +88,49 @@ def gallery_import(
         raise typer.Exit(1)
 
 
+@app.command("split")
+def gallery_split(
+    participant: Participant = PARTICIPANT,
+    shards: int = typer.Option(
+        None, "--shards", min=2, max=64, help="how many shards (default: BIOX_SHARDS)"
+    ),
+) -> None:
+    """Split the gallery snapshot into one snapshot per shard (gallery/shard-I-of-N/),
+    for the shard workers of BIOX_SHARDS=N (docs/architecture.md, "Shards"). Reads each
+    template once and holds one shard at a time. The whole snapshot stays, and every
+    purge keeps it current, until you remove it."""
+    from biox.gallery import snapshot
+    from biox.gallery.gallery import Gallery
+    from biox.gallery.shards import split
+
+    s = settings()
+    me = code(participant)
+    n = shards or s.shards
+    if n < 2:
+        console.print("[red]nothing to split into[/]: give --shards N, or set BIOX_SHARDS")
+        raise typer.Exit(2)
+    directory = s.gallery_dir(me)
+    whole = _snapshot(me)
+    if whole is None:
+        console.print(f"[red]{me} has no gallery snapshot in {directory}[/]: import first")
+        raise typer.Exit(2)
+    mark = snapshot.mark_of(directory)
+    done = Gallery.tombstone_seq(directory) or 0
+    with _progress() as progress:
+        task = progress.add_task(f"Splitting {me} into {n}", total=whole.face.ntotal)
+        for shard, part in split(
+            whole,
+            n,
+            s.index,
+            s.exact_max,
+            s.ivf_nprobe,
+            progress=lambda k: progress.advance(task, k),
+        ):
+            part.save(shard.directory(directory), done, mark.seq, mark.holes)
+            console.print(f"  shard {shard.index}: {part.size} identities")
+    console.print(f"{me}: {n} shard snapshots in {directory}; run one `shard` worker for each")
+
+
 @app.command("export")
 def gallery_export(
     file: Path = typer.Argument(..., dir_okay=False, help="the Parquet file to write"),

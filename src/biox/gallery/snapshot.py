@@ -184,15 +184,35 @@ def refresh(
     return Refreshed(last, removed, added, after)
 
 
+def on_disk(gallery_dir: Path, shards: int) -> list[Shard]:
+    """Every snapshot to keep current: the current split's (``shards``) and any other
+    found on disk (the whole gallery's, or an earlier split's), so that no snapshot left
+    behind keeps a deleted template."""
+    found = {Shard(i, shards) for i in range(shards)}
+    if Gallery.exists(gallery_dir):
+        found.add(Shard())
+    for path in gallery_dir.glob("shard-*-of-*") if gallery_dir.is_dir() else ():
+        index, _, count = path.name.removeprefix("shard-").partition("-of-")
+        if index.isdigit() and count.isdigit() and int(index) < int(count) and Gallery.exists(path):
+            found.add(Shard(int(index), int(count)))
+    return sorted(found, key=lambda s: (s.count, s.index))
+
+
 def refresh_all(
     session: Session, gallery_dir: Path, settings: Settings, create: bool = False
 ) -> Refreshed | None:
-    """Every snapshot the matchers start from: the gallery's, or each shard's
-    (``BIOX_SHARDS``). ``tombstone_seq``: the lowest any snapshot on disk was rewritten
-    to, so that no tombstone a snapshot still needs is purged."""
+    """Every snapshot on disk (``on_disk``); ``create``: the current split's where there
+    is none. ``tombstone_seq``: the lowest any snapshot was rewritten to, so that no
+    tombstone a snapshot still lacks is purged."""
     done = [
-        refresh(session, shard.directory(gallery_dir), settings, create, shard)
-        for shard in Shard.all_of(settings.shards)
+        refresh(
+            session,
+            shard.directory(gallery_dir),
+            settings,
+            create and shard.count == settings.shards,
+            shard,
+        )
+        for shard in on_disk(gallery_dir, settings.shards)
     ]
     written = [d for d in done if d is not None]
     seq = tombstone_seq(gallery_dir, settings.shards)
@@ -204,7 +224,7 @@ def refresh_all(
 
 def tombstone_seq(gallery_dir: Path, shards: int) -> int | None:
     """The last tombstone every snapshot on disk was rewritten without (None: none there)."""
-    seqs = [Gallery.tombstone_seq(s.directory(gallery_dir)) for s in Shard.all_of(shards)]
+    seqs = [Gallery.tombstone_seq(s.directory(gallery_dir)) for s in on_disk(gallery_dir, shards)]
     held = [s for s in seqs if s is not None]
     return min(held) if held else None
 

@@ -15,7 +15,7 @@ from sqlmodel import Session, col, select
 
 from biox.agreement import participants
 from biox.agreement.erasures import Erased
-from biox.gallery import snapshot
+from biox.gallery import gather, snapshot
 from biox.gallery.calibration import Calibrated
 from biox.gallery.fusion import Decision, decide
 from biox.gallery.gallery import Gallery, Hit, Probe
@@ -24,7 +24,6 @@ from biox.handlers.base import Context, Effects, Handler, Result
 from biox.metrics import Metrics
 from biox.policy.eligibility import lacking, provider_refusal
 from biox.policy.release import ParticipantPolicy
-from biox.gallery import gather
 from biox.queries.answers import Answers, Asked, Found
 from biox.queries.enrolment import enrolment
 from biox.registry import Registry

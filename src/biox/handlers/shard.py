@@ -18,11 +18,11 @@ from sqlmodel import Session
 from biox.gallery import snapshot
 from biox.gallery.calibration import Calibrated
 from biox.gallery.gallery import Gallery, Probe
+from biox.gallery.gather import hits_of
 from biox.gallery.shards import Shard
 from biox.handlers.base import Context, Effects, Handler, Result
 from biox.handlers.matcher import load
 from biox.metrics import Metrics
-from biox.gallery.gather import hits_of
 from biox.settings import Settings
 from biox.wire import codec
 from biox.wire.errors import PermanentError, Reason

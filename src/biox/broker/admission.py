@@ -76,7 +76,7 @@ class Admission:
                 fresh = first_arrival(d.exchange, d.routing_key, self.participant, d.properties)
                 body = self.keys.open(env, body, self._window() if fresh else None)
             proven = True
-            if r.queue != self.queue.role:
+            if r.queue != self.queue.takes:  # a shard's queue takes its family's kinds
                 raise self._unknown_kind(env.kind)
             if len(d.body) > self.settings.max_message_bytes:  # the broker's limit, again
                 raise PermanentError(

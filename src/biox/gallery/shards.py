@@ -18,7 +18,7 @@ from biox.gallery.gallery import Gallery, Hit
 from biox.gallery.index import VectorIndex
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, order=True)
 class Shard:
     """Shard ``index`` of ``count``; ``Shard()`` is the whole gallery."""
 

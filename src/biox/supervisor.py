@@ -50,6 +50,14 @@ def parse_counts(specs: list[str], default: int = 1, shards: int = 1) -> dict[st
     return counts
 
 
+def worker_argv(kind: str, participant: str) -> list[str]:
+    """How to start the worker of a queue of ``routes_for``: a shard's queue (``shard.1``)
+    by its family and its shard."""
+    family, _, shard = kind.partition(".")
+    argv = [sys.executable, "-m", "biox", "worker", family, "--participant", participant]
+    return [*argv, "--shard", shard] if shard else argv
+
+
 @dataclass
 class Child:
     kind: str
@@ -110,9 +118,7 @@ class Supervisor:
     def _argv(self, kind: str) -> list[str]:
         if self.command is not None:
             return self.command(kind, self.participant)
-        family, _, shard = kind.partition(".")  # a shard's queue: its family and its shard
-        argv = [sys.executable, "-m", "biox", "worker", family, "--participant", self.participant]
-        return [*argv, "--shard", shard] if shard else argv
+        return worker_argv(kind, self.participant)
 
     def _output(self, child: Child) -> IO[bytes] | None:
         if self.log_dir is None:

@@ -380,10 +380,7 @@ def hub_with(tmp: Path, shards: int) -> Hub:
     config = Settings(shards=shards).model_copy(update={"data_dir": tmp, "registry_refresh_s": 0})
     synthetic_galleries(config, ("us", "mx", "sv"), SIZE, SEED)
     for code in ("us", "mx", "sv") if shards > 1 else ():
-        directory = config.gallery_dir(code)
-        mark = snapshot.mark_of(directory)
-        for shard, part in split(Gallery.load(directory), shards):
-            part.save(shard.directory(directory), 0, mark.seq, mark.holes)
+        snapshot.split_snapshot(config.gallery_dir(code), shards, config)
     exchange = InMemoryExchange(config, registry=REGISTRY, policies=POLICIES)
     exchange.declare_queue(REPLIES)
     return Hub(exchange)
@@ -433,3 +430,24 @@ def test_a_sharded_exchange_answers_every_query_as_an_unsharded_one(tmp_path):
             assert s.exec(select(ScatterRow)).all() == []  # every scatter gathered
     searched = [m for m in sharded_hub.sent("shard.hits")]
     assert len(searched) == 3 * len(sharded_hub.sent("shard.search"))
+
+
+def test_a_scatter_no_shard_ever_answered_goes_with_the_dead_letters(tmp_path):
+    """Its search dead-lettered (a split changed under it): the row of ids and scores is
+    purged with the dead letters' retention, a recent one is kept."""
+    from datetime import timedelta
+
+    from biox.agreement import retention
+
+    db = f"sqlite:///{tmp_path / 'mx.db'}"
+    with session_for(db) as s:
+        s.add(ScatterRow(key="us/old", query_id="q1", shards=2, scattered_at=RECEIVED))
+        s.add(ScatterRow(key="us/new", query_id="q2", shards=2, scattered_at=RECEIVED))
+        s.commit()
+        later = RECEIVED + timedelta(days=30, seconds=1)
+        s.get(ScatterRow, "us/new").scattered_at = later - timedelta(days=1)
+        s.commit()
+        counts = retention.purge(s, later, ages=retention.Ages(dead_letter_days=30))
+        s.commit()
+        assert counts["scatters"] == 1
+        assert [r.key for r in s.exec(select(ScatterRow))] == ["us/new"]

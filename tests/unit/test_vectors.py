@@ -393,8 +393,10 @@ def test_a_batch_finds_its_lists_exactly_where_a_walk_through_the_graph_misses(m
     graph = faiss.downcast_index(ix.index.quantizer)
     nearest = faiss.downcast_index(graph.storage).search(vectors, 1)[1][:, 0]
     assert (graph.search(vectors, 1)[1][:, 0] != nearest).any()  # the walk alone misses
+    blas = faiss.cvar.distance_compute_blas_threshold
     ix.add(ids[:16], vectors[:16])
     ix.add(ids[16:], vectors[16:])
+    assert faiss.cvar.distance_compute_blas_threshold == blas  # as it was, for the searches
     invlists = ix.index.invlists
     held = {
         int(i): lst

@@ -36,6 +36,7 @@ from biox.store import (
     Record,
     RetrievalRow,
     ReviewCaseRow,
+    ScatterRow,
     Transaction,
 )
 
@@ -55,6 +56,7 @@ RULES: dict[str, str] = {
     "notations": "with the row they are on",
     "erasures": "the longest retention of what they keep out, plus the dead-letter one",
     "tombstones": "BIOX_MARKER_RETENTION_DAYS once the snapshot on disk lacks the id",
+    "scatters": "BIOX_DEAD_LETTER_RETENTION_DAYS: a shard's candidates come within it or never",
     "participants": "kept: the agreement's parties and their status (no personal data)",
     "participant_events": "kept: the parties' status history and official contacts (§12)",
     "audit_entries": "kept: the chain of who sent what when, digests only, never content",
@@ -164,6 +166,8 @@ def _aged(now: datetime, ages: Ages) -> dict[str, tuple[Any, Any]]:
         "disclosures": (DisclosureRow, col(DisclosureRow.at) < before(ages.ledger_days)),
         "incidents": (IncidentRow, col(IncidentRow.aware_at) < before(ages.ledger_days)),
         "erasures": (ErasureRow, col(ErasureRow.at) < before(ages.erasure_days)),
+        # a query a shard never answered (its search dead-lettered): ids and scores only
+        "scatters": (ScatterRow, col(ScatterRow.scattered_at) < before(ages.dead_letter_days)),
     }
     old_tombstone = col(Tombstone.at) < before(ages.markers_days)
     if ages.snapshot_tombstone_seq is not None:

@@ -100,8 +100,6 @@ def gallery_split(
     template once and holds one shard at a time. The whole snapshot stays, and every
     purge keeps it current, until you remove it."""
     from biox.gallery import snapshot
-    from biox.gallery.gallery import Gallery
-    from biox.gallery.shards import split
 
     s = settings()
     me = code(participant)
@@ -114,21 +112,17 @@ def gallery_split(
     if whole is None:
         console.print(f"[red]{me} has no gallery snapshot in {directory}[/]: import first")
         raise typer.Exit(2)
-    mark = snapshot.mark_of(directory)
-    done = Gallery.tombstone_seq(directory) or 0
     with _progress() as progress:
         task = progress.add_task(f"Splitting {me} into {n}", total=whole.face.ntotal)
-        for shard, part in split(
-            whole,
-            n,
-            s.index,
-            s.exact_max,
-            s.ivf_nprobe,
-            progress=lambda k: progress.advance(task, k),
-        ):
-            part.save(shard.directory(directory), done, mark.seq, mark.holes)
-            console.print(f"  shard {shard.index}: {part.size} identities")
-    console.print(f"{me}: {n} shard snapshots in {directory}; run one `shard` worker for each")
+        sizes = snapshot.split_snapshot(
+            directory, n, s, progress=lambda k: progress.advance(task, k)
+        )
+    for i, size in enumerate(sizes):
+        console.print(f"  shard {i}: {size} identities")
+    console.print(
+        f"{me}: {n} shard snapshots in {directory}; with BIOX_SHARDS={n}, run one "
+        "`biox worker shard --shard I` for each (`biox serve` starts them)"
+    )
 
 
 @app.command("export")

@@ -114,8 +114,12 @@ class VectorIndex:
         bulk = graph is not None and len(ids) >= BULK_ADD_FROM
         if graph is not None and bulk:
             # each template to its nearest list, exactly: the graph's own centroids compared
-            # all at once; the walk put a quarter of them in another list (performance.md)
+            # all at once, as one matrix product (faiss takes BLAS only from 128 000 queries
+            # by default, and one pair at a time below); the walk put a quarter of them in
+            # another list (performance.md)
             faiss.extract_index_ivf(self.index).quantizer = graph.storage
+            blas = faiss.cvar.distance_compute_blas_threshold
+            faiss.cvar.distance_compute_blas_threshold = BULK_ADD_FROM
         elif graph is not None:  # one list per template: a narrower walk than a search's
             searching, graph.hnsw.efSearch = graph.hnsw.efSearch, ADD_EF
         try:
@@ -123,6 +127,7 @@ class VectorIndex:
         finally:
             if graph is not None and bulk:
                 faiss.extract_index_ivf(self.index).quantizer = graph
+                faiss.cvar.distance_compute_blas_threshold = blas
             elif graph is not None:
                 graph.hnsw.efSearch = searching
         if self.store is None:

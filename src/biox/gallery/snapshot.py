@@ -15,7 +15,7 @@ a matcher reads exactly the rows the snapshot lacks.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -29,7 +29,7 @@ from sqlmodel import Session, col, select
 from biox.agreement.ledgers import Tombstone
 from biox.gallery.gallery import Gallery, Probe
 from biox.gallery.index import VectorIndex
-from biox.gallery.shards import Shard
+from biox.gallery.shards import Shard, split
 from biox.settings import Settings
 from biox.store import EnrolledTemplates
 from biox.wire.messages import Biometrics, utcnow
@@ -227,6 +227,28 @@ def tombstone_seq(gallery_dir: Path, shards: int) -> int | None:
     seqs = [Gallery.tombstone_seq(s.directory(gallery_dir)) for s in on_disk(gallery_dir, shards)]
     held = [s for s in seqs if s is not None]
     return min(held) if held else None
+
+
+def split_snapshot(
+    gallery_dir: Path,
+    shards: int,
+    settings: Settings,
+    progress: Callable[[int], None] | None = None,
+) -> list[int]:
+    """The whole snapshot in ``gallery_dir`` written again as one snapshot per shard, each
+    with the whole one's marks (so the shard workers read exactly what it lacked); the
+    size of each. ``biox gallery split``."""
+    whole = Gallery.load(gallery_dir, settings.ivf_nprobe)
+    mark = mark_of(gallery_dir)
+    done = Gallery.tombstone_seq(gallery_dir) or 0
+    sizes = []
+    parts = split(
+        whole, shards, settings.index, settings.exact_max, settings.ivf_nprobe, progress=progress
+    )
+    for shard, part in parts:
+        part.save(shard.directory(gallery_dir), done, mark.seq, mark.holes)
+        sizes.append(part.size)
+    return sizes
 
 
 class Follower:

@@ -27,11 +27,13 @@ from biox.broker.topology import declare
 from biox.database import session_for
 from biox.dev.broker import LocalBroker
 from biox.dev.sovereign import SovereignBrokers
+from biox.gallery import snapshot
 from biox.registry import Registry, Status
 from biox.routes import ROUTES
 from biox.settings import Settings
 from biox.sim import galleries
 from biox.store import ParticipantRow
+from biox.supervisor import worker_argv
 from biox.trust.identity import Role
 from biox.trust.sealing import ensure_keys
 from biox.trust.tls import ClientTLS
@@ -130,7 +132,7 @@ def start_workers(
                 (
                     name,
                     subprocess.Popen(
-                        [sys.executable, "-m", "biox", "worker", role, "--participant", code],
+                        worker_argv(role, code),
                         env=env,
                         stdout=out,
                         stderr=subprocess.STDOUT,
@@ -205,6 +207,8 @@ def start_requester_with_providers(
     providers = [code for code in sizes if code != requester]
     for code in providers:
         galleries.build_gallery(settings, code, sizes[code], seed)
+        if settings.shards > 1:
+            snapshot.split_snapshot(settings.gallery_dir(code), settings.shards, settings)
     env = dev_env(url, settings, registry.codes, **(extra_env or {}))
     logs = settings.data_dir / "logs"
     workers = start_workers([requester], env, logs, ("intake", "response"))

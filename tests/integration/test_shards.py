@@ -10,6 +10,11 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+from sqlalchemy.orm.exc import StaleDataError
+
+from biox.database import session_for
+from biox.gallery import gather
 from biox.registry import Registry
 from biox.settings import Settings
 from biox.sim import encounters, plans
@@ -22,6 +27,7 @@ PROVIDERS = ("mx", "sv")
 SHARDS = ("shard.0", "shard.1")
 
 
+@pytest.mark.fault
 def test_sharded_providers_answer_each_query_once_through_a_shard_killed_and_back(
     broker_url: str, tmp_path: Path
 ):
@@ -94,3 +100,22 @@ def test_sharded_providers_answer_each_query_once_through_a_shard_killed_and_bac
         for tap in taps:
             tap.close()
         workers.stop()
+
+
+def test_two_workers_gathering_at_once_on_this_database(tmp_path: Path):
+    """The optimistic lock of the gather on the database the run uses (PostgreSQL with
+    ``--postgres``): the second of two concurrent last shards loses, then completes it."""
+    from tests.unit.test_shards import hits_from, scattered
+
+    db = Settings(data_dir=tmp_path).database_for("mx")
+    search = scattered(db, shards=2, message_id=f"m-{time.time_ns()}")
+    with session_for(db) as a, session_for(db) as b:
+        assert gather.gather(a, [hits_from(search, 0, [(1, 0.3)])], 3, "mx") == ["waiting"]
+        assert gather.gather(b, [hits_from(search, 1, [(2, 0.4)])], 3, "mx") == ["waiting"]
+        a.commit()
+        with pytest.raises(StaleDataError):
+            b.commit()
+    with session_for(db) as s:
+        [done] = gather.gather(s, [hits_from(search, 1, [(2, 0.4)])], 3, "mx")
+        s.commit()
+    assert isinstance(done, gather.Gathered) and [h.record_id for h in done.hits] == [2, 1]

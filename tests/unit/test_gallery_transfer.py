@@ -219,3 +219,26 @@ def test_a_row_is_parsed_as_an_import_reads_it():
     assert fields["releasable"] is True and fields["derogatory"] == []
     assert bio.face is not None and len(bio.fingerprints) == 2
     assert np.frombuffer(bio.face.template, "<f4").shape == (512,)
+
+
+def test_an_export_reads_each_records_templates_from_its_shards_snapshot(tmp_path, db):
+    """With the gallery in shards there is no whole snapshot: each identity's templates
+    come from the snapshot of the shard its id names; one whose shard has none is said."""
+    from biox.store import Record
+
+    shards = [Gallery(), Gallery()]
+    probes = {rid: synth.capture(SEED, 40 + rid, context=0, quality=90) for rid in (100, 101)}
+    with session_for(db) as s:
+        for rid, bio in probes.items():
+            shards[rid % 2].enroll([rid], [Probe.from_biometrics(bio)])
+            s.add(Record(id=rid, identity_ref=f"MX-SNAP-{rid}", source="mx", biographic={}))
+        s.commit()
+        assert export_file(s, "mx", lambda rid: shards[rid % 2], tmp_path / "out.parquet") == 2
+        with pytest.raises(ValueError, match="record 101: its templates are in no snapshot"):
+            export_file(s, "mx", lambda rid: shards[0] if rid % 2 == 0 else None, tmp_path / "x")
+    out = pq.read_table(tmp_path / "out.parquet").to_pylist()
+    for row, rid in zip(out, (100, 101), strict=True):
+        back = templates.vector(row["face"]["algorithm"], "face", row["face"]["template"])
+        face = probes[rid].face
+        want = templates.vector(face.algorithm, "face", face.template)
+        assert float(back @ want) == pytest.approx(1.0, abs=1e-5)

@@ -44,6 +44,22 @@ def _snapshot(participant: str):  # type: ignore[no-untyped-def]
     return Gallery.load(directory, settings().ivf_nprobe) if Gallery.exists(directory) else None
 
 
+def _holding(participant: str):  # type: ignore[no-untyped-def]
+    """The snapshot that holds each record: with BIOX_SHARDS above 1, its shard's."""
+    from biox.gallery.gallery import Gallery
+    from biox.gallery.shards import Shard
+
+    s = settings()
+    if s.shards == 1:
+        return _snapshot(participant)
+    base = s.gallery_dir(participant)
+    parts = [
+        Gallery.load(d, s.ivf_nprobe) if Gallery.exists(d := sh.directory(base)) else None
+        for sh in Shard.all_of(s.shards)
+    ]
+    return lambda rid: parts[rid % s.shards]
+
+
 @app.command("import")
 def gallery_import(
     file: Path = typer.Argument(..., exists=True, dir_okay=False, help="a Parquet file"),
@@ -142,7 +158,7 @@ def gallery_export(
     from biox.store import Record
 
     me = code(participant)
-    gallery = _snapshot(me)
+    gallery = _holding(me)
     with session(participant) as s:
         total = s.exec(select(func.count()).where(Record.source == me)).one()
         # every template and name of the gallery leaves biox: recorded before it does
@@ -155,9 +171,13 @@ def gallery_export(
         )
         with _progress() as progress:
             task = progress.add_task(f"Exporting {me}", total=total)
-            written = export_file(
-                s, me, gallery, file, progress=lambda n: progress.advance(task, n)
-            )
+            try:
+                written = export_file(
+                    s, me, gallery, file, progress=lambda n: progress.advance(task, n)
+                )
+            except ValueError as exc:  # a record whose templates no snapshot holds
+                console.print(f"[red]{exc}[/]")
+                raise typer.Exit(1) from exc
     console.print(f"{me}: {written} identities written to {file}")
 
 

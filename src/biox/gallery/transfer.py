@@ -208,8 +208,12 @@ def import_file(
     return report
 
 
-def _templates_from(gallery: Gallery, rid: int) -> dict[str, Any]:
+def _templates_from(gallery: Gallery | None, rid: int) -> dict[str, Any]:
     """A snapshot identity's templates, read back from the indexes (vectors normalised)."""
+    if gallery is None:
+        raise ValueError(
+            f"record {rid}: its templates are in no snapshot (a shard's snapshot missing?)"
+        )
     ids = np.asarray([rid], dtype=np.int64)
     face = None
     if gallery.face.present.mask(ids)[0]:
@@ -240,13 +244,15 @@ def _templates_from(gallery: Gallery, rid: int) -> dict[str, Any]:
 def export_file(
     session: Session,
     participant: str,
-    gallery: Gallery,
+    gallery: Gallery | Callable[[int], Gallery | None] | None,
     path: Path,
     batch_size: int = 5000,
     progress: Callable[[int], None] | None = None,
 ) -> int:
     """The participant's own identities, as ``import_file`` reads them; returns the count.
-    Templates come from the enrolment rows when kept there, else from the snapshot."""
+    Templates come from the enrolment rows when kept there, else from the snapshot:
+    ``gallery``, or the one a function of the record id names (a shard's)."""
+    holding = gallery if callable(gallery) else (lambda _rid: gallery)
     written = 0
     with pq.ParquetWriter(path, SCHEMA, compression="zstd") as writer:
         last = -1
@@ -278,7 +284,7 @@ def export_file(
                         "irises": [i.model_dump() for i in bio.irises],
                     }
                 else:
-                    tpl = _templates_from(gallery, r.id)
+                    tpl = _templates_from(holding(r.id), r.id)
                 out.append(
                     {
                         "identity_ref": r.identity_ref,

@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy.orm.exc import StaleDataError
 
 from biox.database import session_for
+from biox.dev.broker import LocalBroker
 from biox.gallery import gather
 from biox.registry import Registry
 from biox.settings import Settings
@@ -29,8 +30,18 @@ SHARDS = ("shard.0", "shard.1")
 
 @pytest.mark.fault
 def test_sharded_providers_answer_each_query_once_through_a_shard_killed_and_back(
-    broker_url: str, tmp_path: Path
+    tmp_path: Path,
 ):
+    """On a broker of its own: the session's broker has the shared exchange's workers
+    consuming ``mx.query``, which would take some of this test's queries."""
+    broker = LocalBroker().start()
+    try:
+        run_with_a_shard_killed(broker.url, tmp_path)
+    finally:
+        broker.stop()
+
+
+def run_with_a_shard_killed(broker_url: str, tmp_path: Path) -> None:
     settings = Settings(amqp_url=broker_url, data_dir=tmp_path, retry_delays="1,2", shards=2)
     registry = Registry.load(settings.registry)
     sizes = {"us": 10, "mx": 3000, "sv": 3000}

@@ -36,11 +36,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import pika
 from rich.console import Console
 
-from bench.ledger import audit_ledger, checkpoints_held
-from biox.broker.connection import parameters
+from bench.ledger import audit_ledger, checkpoints_held, settled
 from biox.dev.broker import LocalBroker
 from biox.dev.sovereign import SovereignBrokers
 from biox.registry import Registry
@@ -57,7 +55,6 @@ from biox.sim.processes import (
     worker_env,
 )
 from biox.trust.identity import Role
-from biox.wire import addresses
 from biox.wire.messages import OutcomeStatus
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -249,23 +246,6 @@ def sovereign(args: argparse.Namespace) -> dict:
         link_cut_s=cut_lasted[0] if cut_lasted else None,
     )
     return {"result": result, "events": monkey.events}
-
-
-def settled(brokers: SovereignBrokers, codes: list[str], timeout: float = 300) -> None:
-    """Every answer is in; wait until each participant's audit queue is empty too (three
-    looks a second apart), so the trails are whole when they are counted."""
-    deadline = time.monotonic() + timeout
-    for code in codes:
-        tls = brokers.credentials(code, Role.workers)
-        conn = pika.BlockingConnection(parameters(brokers.url(code), tls))
-        try:
-            ch, empty = conn.channel(), 0
-            while empty < 3 and time.monotonic() < deadline:
-                depth = ch.queue_declare(addresses.queue(code, "audit"), passive=True)
-                empty = empty + 1 if depth.method.message_count == 0 else 0
-                conn.sleep(1.0)
-        finally:
-            conn.close()
 
 
 def run_load(

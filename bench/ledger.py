@@ -9,15 +9,21 @@ requester never recorded is lost on the way back.
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 
+import pika
 from sqlmodel import col, select
 
+from biox.broker.connection import parameters
 from biox.database import session_for
+from biox.dev.sovereign import SovereignBrokers
 from biox.settings import Settings
 from biox.store import AuditEntry
 from biox.trust import checkpoints
+from biox.trust.identity import Role
 from biox.trust.sealing import Trust, trust_path
+from biox.wire import addresses
 
 #: examples named per problem, not every id: a broken run can have thousands
 SHOWN = 3
@@ -93,3 +99,20 @@ def checkpoints_held(settings: Settings, codes: list[str]) -> dict[str, dict[str
                 if forged:
                     held[holder][f"{of} not genuine"] = forged
     return held
+
+
+def settled(brokers: SovereignBrokers, codes: list[str], timeout: float = 300) -> None:
+    """Every answer is in; wait until each participant's audit queue is empty too (three
+    looks a second apart), so the trails are whole when they are counted."""
+    deadline = time.monotonic() + timeout
+    for code in codes:
+        tls = brokers.credentials(code, Role.workers)
+        conn = pika.BlockingConnection(parameters(brokers.url(code), tls))
+        try:
+            ch, empty = conn.channel(), 0
+            while empty < 3 and time.monotonic() < deadline:
+                depth = ch.queue_declare(addresses.queue(code, "audit"), passive=True)
+                empty = empty + 1 if depth.method.message_count == 0 else 0
+                conn.sleep(1.0)
+        finally:
+            conn.close()

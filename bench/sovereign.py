@@ -4,6 +4,7 @@ the same run (docs/performance.md, "Three sovereign brokers").
 
     python -m bench.sovereign                 # 10 000 identities, 2 000 queries each way
     python -m bench.sovereign --replicas      # and again with two intakes and two matchers
+    python -m bench.sovereign --cluster       # and again with us on a three-node cluster
 """
 
 from __future__ import annotations
@@ -42,15 +43,22 @@ REPLICATED = {"us": ("intake", "intake", "response", "audit"), "mx": ("query", "
 
 
 def sovereign(
-    size: int, n: int, settings: Settings, kinds: dict[str, tuple[str, ...]] = KINDS
+    size: int,
+    n: int,
+    settings: Settings,
+    kinds: dict[str, tuple[str, ...]] = KINDS,
+    nodes: dict[str, int] | None = None,
 ) -> dict:
+    """``nodes``: a participant's broker as a cluster of that many nodes (default one)."""
     # a directory of its own per layout: this process keeps an engine per database path, and
     # one still open on a database deleted under it would write where no worker reads
-    data = RESULTS / f"sovereign-{size}" / "-".join(f"{c}{len(k)}" for c, k in kinds.items())
+    layout = "-".join(f"{c}{len(k)}" for c, k in kinds.items())
+    layout += "".join(f"-{c}x{k}" for c, k in sorted((nodes or {}).items()))
+    data = RESULTS / f"sovereign-{size}" / layout
     shutil.rmtree(data, ignore_errors=True)
     s = settings.model_copy(update={"data_dir": data, "registry": REGISTRY, "amqp_url": None})
     registry = Registry.load(REGISTRY)
-    brokers = SovereignBrokers(registry.codes, s, data / "brokers").start()
+    brokers = SovereignBrokers(registry.codes, s, data / "brokers", nodes=nodes or {}).start()
     workers = None
     try:
         provider_gallery(size, s)
@@ -102,6 +110,11 @@ def main() -> None:
         action="store_true",
         help="then the sovereign layout again with two intake and two matcher processes",
     )
+    parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="then the sovereign layout again with us's broker a three-node cluster",
+    )
     args = parser.parse_args()
     unwind_on_sigterm()
     settings = Settings()
@@ -120,6 +133,10 @@ def main() -> None:
         console.print("[bold]three sovereign brokers, two intakes and two matchers[/]")
         results["replicated"] = sovereign(args.size, args.queries, settings, REPLICATED)
         console.print(results["replicated"])
+    if args.cluster:
+        console.print("[bold]three sovereign brokers, us on a three-node cluster[/]")
+        results["cluster"] = sovereign(args.size, args.queries, settings, nodes={"us": 3})
+        console.print(results["cluster"])
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"sovereign-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.write_text(json.dumps(results, indent=2))

@@ -5,9 +5,10 @@ that the generated rules say what docs/security.md says they say."""
 
 from __future__ import annotations
 
+import json
 import re
 
-from biox.broker.definitions import definitions, shovel_uri
+from biox.broker.definitions import definitions, shovel_uri, split_shovels
 from biox.broker.topology import bindings, retry_queue_arguments, work_queue_arguments
 from biox.routes import ROUTES
 from biox.trust.staff import Duty
@@ -305,3 +306,51 @@ def test_two_participants_without_an_agreement_have_no_link():
     assert "sv.link" not in {u["name"] for u in mx["users"]}
     assert "mx.link.sv" not in {q["name"] for q in mx["queues"]}
     assert [p["name"] for p in mx["parameters"] if p["component"] == "shovel"] == ["mx-to-us"]
+
+
+def test_the_shovels_come_apart_from_what_a_first_boot_loads():
+    """RabbitMQ imports parameters before queues: a shovel in the boot file could declare
+    its link queue first, as a classic queue (``split_shovels``)."""
+    boot, shovels = split_shovels(US)
+    assert not any(p["component"] == "shovel" for p in boot["parameters"])
+    assert any(p["component"] == "operator_policy" for p in boot["parameters"])
+    assert {q["name"] for q in boot["queues"]} >= {"us.link.mx", "us.link.sv"}
+    assert list(shovels) == ["parameters"]
+    assert {p["name"] for p in shovels["parameters"]} == {"us-to-mx", "us-to-sv"}
+    assert len(boot["parameters"]) + len(shovels["parameters"]) == len(US["parameters"])
+
+
+def test_a_partner_on_a_cluster_gets_a_shovel_that_names_every_node():
+    from typer.testing import CliRunner
+
+    from biox.cli import app
+
+    nodes = "mx=rmq1.mx:5671,rmq2.mx:5671,rmq3.mx:5671"
+    done = CliRunner().invoke(
+        app,
+        [
+            "broker",
+            "definitions",
+            "-p",
+            "us",
+            "--partner",
+            nodes,
+            "--partner",
+            "sv=sv:1",
+            "--part",
+            "shovels",
+        ],
+    )
+    assert done.exit_code == 0, done.output
+    shovels = {p["name"]: p["value"] for p in json.loads(done.output)["parameters"]}
+    uris = shovels["us-to-mx"]["dest-uri"]
+    assert [u.split("/%2F")[0] for u in uris] == [
+        "amqps://rmq1.mx:5671",
+        "amqps://rmq2.mx:5671",
+        "amqps://rmq3.mx:5671",
+    ]
+    assert all("server_name_indication=rmq" in u for u in uris)  # each checked by its name
+    assert isinstance(shovels["us-to-sv"]["dest-uri"], str)
+    args = ["broker", "definitions", "-p", "us", "--partner", "mx=rmq1.mx", "--partner", "sv=s:1"]
+    bad = CliRunner().invoke(app, args)
+    assert bad.exit_code == 2 and "HOST:PORT, not 'rmq1.mx'" in bad.output

@@ -114,7 +114,7 @@ def definitions(
     codes: Iterable[str],
     tiers: Iterable[int],
     delivery_limit: int,
-    partner_uris: dict[str, str],
+    partner_uris: dict[str, str | list[str]],
     routes: RouteTable = ROUTES,
     dead_letter_days: int = 30,
     encounter_systems: Iterable[str] = (),
@@ -123,7 +123,8 @@ def definitions(
     staff: dict[str, frozenset[Duty]] | None = None,
 ) -> dict[str, Any]:
     """Everything ``code``'s broker holds. ``partner_uris``: for each partner, the URI its
-    shovel uses to reach that partner's broker (as ``code``'s link user).
+    shovel uses to reach that partner's broker (as ``code``'s link user), or one per node
+    of that partner's cluster: the shovel dials one, and another when it fails.
     ``dead_letter_days``: how long a dead letter is kept (a policy, so it changes live).
     ``encounter_systems``: one broker user each (``<code>.encounters.<system>``).
     ``limits``: queue bounds and per-user connection and channel limits. ``linked``: the
@@ -319,6 +320,21 @@ def definitions(
         "queues": queues,
         "bindings": binds,
     }
+
+
+def split_shovels(defs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``defs`` in two: what a broker loads at its first boot, and its shovels, imported
+    once it runs (``rabbitmqctl import_definitions``).
+
+    RabbitMQ imports parameters before queues, and a shovel whose source queue is not
+    there yet declares it: a classic queue, without the link queue's arguments (quorum,
+    ``reject-publish``), kept from then on. On a cluster that queue lives on one node, and
+    what is routed to it while that node is down is lost. A node that restarts holds its
+    queues already, so the whole file is safe to load then.
+    """
+    shovel = [p for p in defs.get("parameters", []) if p.get("component") == "shovel"]
+    boot = {**defs, "parameters": [p for p in defs.get("parameters", []) if p not in shovel]}
+    return boot, {"parameters": shovel}
 
 
 def _exchange(name: str, kind: str, arguments: dict[str, object] | None = None) -> dict[str, Any]:

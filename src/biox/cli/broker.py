@@ -75,12 +75,20 @@ def broker_sovereign(
     directory: Path = typer.Option(
         None, help="where the development PKI is kept (default: BIOX_DATA_DIR/sovereign)"
     ),
+    nodes: int = typer.Option(
+        1,
+        min=1,
+        max=7,
+        help="nodes per participant's broker: above one, a cluster (TLS between its nodes, "
+        "every quorum queue on each, the partners' shovels naming every node)",
+    ),
 ) -> None:
     """Run one TLS-only RabbitMQ per participant, linked by shovels, until Ctrl-C.
 
     Each participant has its own CA; each broker trusts its own alone. Prints, for each
     participant, the variables a worker, an operator or each encounter system of that
-    participant sets to reach its own broker by certificate.
+    participant sets to reach its own broker by certificate. With --nodes 3, each
+    participant's broker is a three-node cluster and its URL names every node.
     """
     import signal
     import threading
@@ -92,8 +100,9 @@ def broker_sovereign(
     s = settings()
     codes = Registry.load(s.registry).codes
     where = directory or s.data_dir / "sovereign"
-    with console.status(f"Starting {len(codes)} brokers (TLS, certificate logins, shovels)..."):
-        brokers = SovereignBrokers(codes, s, where).start()
+    shape = f"{len(codes)} brokers of {nodes} nodes" if nodes > 1 else f"{len(codes)} brokers"
+    with console.status(f"Starting {shape} (TLS, certificate logins, shovels)..."):
+        brokers = SovereignBrokers(codes, s, where, nodes=dict.fromkeys(codes, nodes)).start()
     try:
         for code in codes:
             console.print(f"[bold]{code}[/]: {brokers.url(code)}")
@@ -123,12 +132,19 @@ def broker_definitions(
     participant: Participant = typer.Option(..., "--participant", "-p"),
     partner: list[str] = typer.Option(
         [],
-        help="PARTNER=HOST:PORT of each partner's broker (TLS), for the shovels",
+        help="PARTNER=HOST:PORT of each partner's broker (TLS), for the shovels; the "
+        "nodes of a partner's cluster comma-separated (PARTNER=HOST:PORT,HOST:PORT,...)",
     ),
     tls_dir: str = typer.Option(
         "/etc/rabbitmq/biox",
         help="where, on the broker's host, partners/<p>.pem (each partner's CA, pinned) "
         "and links/<p>.pem|.key (our link certificate from that partner's CA) are",
+    ),
+    part: str = typer.Option(
+        "all",
+        help="all; boot: everything but the shovels, for load_definitions at a node's first "
+        "boot; shovels: the shovels alone, for `rabbitmqctl import_definitions` once it runs "
+        "(a shovel started before its queue declares a classic one: docs/security.md)",
     ),
 ) -> None:
     """Print the RabbitMQ definitions of one participant's own broker (JSON), generated
@@ -136,10 +152,13 @@ def broker_definitions(
     `load_definitions` (docs/security.md)."""
     import json
 
-    from biox.broker.definitions import definitions, shovel_uri
+    from biox.broker.definitions import definitions, shovel_uri, split_shovels
     from biox.registry import Registry
     from biox.routes import routes_for
 
+    if part not in ("all", "boot", "shovels"):
+        console.print(f"[red]--part {part}: all, boot or shovels[/]")
+        raise typer.Exit(2)
     s = settings()
     code = getattr(participant, "value", participant)
     registry = Registry.load(s.registry)
@@ -149,16 +168,24 @@ def broker_definitions(
     if missing:
         console.print(f"[red]no --partner for {', '.join(missing)}[/]")
         raise typer.Exit(2)
-    uris = {}
-    for other, address in where.items():
-        host, _, port = address.rpartition(":")
-        uris[other] = shovel_uri(
-            host,
-            int(port),
-            f"{tls_dir}/partners/{other}.pem",
-            f"{tls_dir}/links/{other}.pem",
-            f"{tls_dir}/links/{other}.key",
-        )
+    uris: dict[str, str | list[str]] = {}
+    for other, addresses in where.items():
+        nodes = []
+        for address in addresses.split(","):
+            host, _, port = address.strip().rpartition(":")
+            if not host or not port.isdigit():
+                console.print(f"[red]--partner {other}={addresses}: HOST:PORT, not {address!r}[/]")
+                raise typer.Exit(2)
+            nodes.append(
+                shovel_uri(
+                    host,
+                    int(port),
+                    f"{tls_dir}/partners/{other}.pem",
+                    f"{tls_dir}/links/{other}.pem",
+                    f"{tls_dir}/links/{other}.key",
+                )
+            )
+        uris[other] = nodes[0] if len(nodes) == 1 else nodes
     me = registry.get(code)
     defs = definitions(
         code,
@@ -172,7 +199,8 @@ def broker_definitions(
         staff=_staff().of(code),
         routes=routes_for(s.shards),
     )
-    print(json.dumps(defs, indent=2))
+    boot, shovels = split_shovels(defs)
+    print(json.dumps({"all": defs, "boot": boot, "shovels": shovels}[part], indent=2))
 
 
 def _staff() -> Staff:

@@ -21,14 +21,18 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pika
 import structlog
 
 from biox.broker.connection import parameters
+from biox.broker.definitions import split_shovels
 from biox.settings import Settings
 from biox.trust.tls import ClientTLS
+
+if TYPE_CHECKING:
+    from biox.dev.cluster import ClusterMember
 
 log = structlog.get_logger("biox.launcher")
 
@@ -106,18 +110,21 @@ class LocalBroker:
         sovereign: SovereignConfig | None = None,
         amqp_port: int | None = None,
         max_message_bytes: int | None = None,
+        cluster: ClusterMember | None = None,
     ) -> None:
         """``sovereign``: a participant's own broker (TLS, certificates, definitions);
         otherwise the shared development broker (plain AMQP, guest). ``amqp_port``: the
         port to listen on, when others must know it before this broker starts.
         ``max_message_bytes``: the largest body the shared broker takes (default
         ``BIOX_MAX_MESSAGE_BYTES``), as a participant's own broker does, so that an
-        oversize body meets the same refusal on both."""
+        oversize body meets the same refusal on both. ``cluster``: this node is one of a
+        cluster's (``biox.dev.cluster``)."""
         self.max_message_bytes = max_message_bytes or Settings().max_message_bytes
         self.directory = directory
         self.keep = keep
         self.sovereign = sovereign
         self._port = amqp_port
+        self.cluster = cluster
         self.state: BrokerState | None = None
         self.process: subprocess.Popen[bytes] | None = None
         self._dist_port = 0
@@ -147,6 +154,7 @@ class LocalBroker:
         else:
             amqp, mgmt, dist, epmd, prom = (free_port() for _ in range(5))
             amqp = self._port or amqp
+            epmd = self.cluster.epmd_port if self.cluster else epmd  # one epmd per host
         self._dist_port = dist
         node = f"biox{amqp}@localhost"
         common = (
@@ -167,13 +175,16 @@ class LocalBroker:
             )
         else:
             listen = _sovereign_conf(directory, self.sovereign, amqp)
+        if self.cluster is not None:
+            listen += self.cluster.conf()
+            self.cluster.prepare(directory)
         (directory / "rabbitmq.conf").write_text(listen + common)
         (directory / "enabled_plugins").write_text("[" + ",".join(PLUGINS) + "].\n")
         env = self._env(directory, node, dist, epmd)
         cmd = [str(SERVER)]
         if os.geteuid() == 0:  # the broker must not run as root: drop to the package's user
-            _chown_tree(directory, "rabbitmq")
-            cmd = ["setpriv", *_setpriv_args("rabbitmq"), str(SERVER)]
+            chown_tree(directory, "rabbitmq")
+            cmd = ["setpriv", *setpriv_args("rabbitmq"), str(SERVER)]
         output = open(directory / "server.out", "wb")  # noqa: SIM115 - lives with the child
         self.process = subprocess.Popen(
             cmd, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
@@ -189,13 +200,16 @@ class LocalBroker:
             prom,
         )
         self._wait_ready(timeout)
-        if self.sovereign is not None:
-            self._limit_users(self.sovereign.definitions)
+        if self.sovereign is not None and not (self.cluster and self.cluster.seeds):
+            self._limit_users(self.sovereign.definitions)  # a joiner shares its cluster's
+            # the shovels once the queues exist (``definitions.split_shovels``)
+            self.ctl("import_definitions", str(directory / "shovels.json"))
         log.info("broker_started", url=self.url, directory=str(directory))
         return self
 
-    @staticmethod
-    def _env(directory: Path, node: str, dist: int, epmd: int) -> dict[str, str]:
+    def _env(self, directory: Path, node: str, dist: int, epmd: int) -> dict[str, str]:
+        erl = "-kernel inet_dist_use_interface {127,0,0,1}"
+        erl += self.cluster.erl_args(directory) if self.cluster else ""
         return {
             "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
             "HOME": str(directory),
@@ -211,8 +225,8 @@ class LocalBroker:
             "ERL_EPMD_PORT": str(epmd),
             # epmd and the Erlang distribution listen on this machine only, like AMQP
             "ERL_EPMD_ADDRESS": "127.0.0.1",
-            "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
-            "RABBITMQ_CTL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
+            "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": erl,
+            "RABBITMQ_CTL_ERL_ARGS": erl,
             "RABBITMQ_ADVANCED_CONFIG_FILE": str(directory / "advanced.config"),
         }
 
@@ -225,15 +239,20 @@ class LocalBroker:
 
     def ctl(self, *args: str, timeout: float = 60) -> str:
         """``rabbitmqctl`` against this node (as the broker's user, with its cookie)."""
+        return self.cli("rabbitmqctl", *args, timeout=timeout)
+
+    def cli(self, tool: str, *args: str, timeout: float = 60) -> str:
+        """One of RabbitMQ's CLI tools (``rabbitmqctl``, ``rabbitmq-queues``) against
+        this node."""
         assert self.state is not None
         directory = Path(self.state.directory)
         env = self._env(directory, self.state.node, self._dist_port, self.state.epmd_port)
-        cmd = [str(SERVER.with_name("rabbitmqctl")), "-n", self.state.node, "-q", *args]
+        cmd = [str(SERVER.with_name(tool)), "-n", self.state.node, "-q", *args]
         if os.geteuid() == 0:
-            cmd = ["setpriv", *_setpriv_args("rabbitmq"), *cmd]
+            cmd = ["setpriv", *setpriv_args("rabbitmq"), *cmd]
         done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
         if done.returncode != 0:
-            raise BrokerError(f"rabbitmqctl {' '.join(args)}: {done.stderr.strip()[-500:]}")
+            raise BrokerError(f"{tool} {' '.join(args)}: {done.stderr.strip()[-500:]}")
         return done.stdout
 
     def _wait_ready(self, timeout: float) -> None:
@@ -309,11 +328,17 @@ class LocalBroker:
         if self.process is not None:
             with contextlib.suppress(Exception):
                 self.process.wait(timeout=5)
-        _kill_epmd(self.state.epmd_port)
+        if self.cluster is None:  # a cluster's epmd serves the nodes still running
+            kill_epmd(self.state.epmd_port)
         log.info("broker_stopped", node=self.state.node)
         if remove and not self.keep:
             shutil.rmtree(self.state.directory, ignore_errors=True)
             self.state = None
+
+    def refresh_crls(self, crls: Path) -> None:
+        """A new revocation list where the running node reads it (on its next connection)."""
+        assert self.state is not None
+        shutil.copytree(crls, Path(self.state.directory) / "crls", dirs_exist_ok=True)
 
 
 def _sovereign_conf(directory: Path, config: SovereignConfig, port: int) -> str:
@@ -332,7 +357,9 @@ def _sovereign_conf(directory: Path, config: SovereignConfig, port: int) -> str:
         shutil.copyfile(source, tls / name)
     crls = directory / "crls"
     shutil.copytree(config.crls, crls, dirs_exist_ok=True)
-    (directory / "definitions.json").write_text(json.dumps(config.definitions, indent=1))
+    boot, shovels = split_shovels(config.definitions)
+    (directory / "definitions.json").write_text(json.dumps(boot, indent=1))
+    (directory / "shovels.json").write_text(json.dumps(shovels, indent=1))
     ssl = (
         f'{{cacertfile, "{tls / "ca.pem"}"}}, {{certfile, "{tls / "server.pem"}"}}, '
         f'{{keyfile, "{tls / "server.key"}"}}, {{verify, verify_peer}}, '
@@ -351,11 +378,6 @@ def _sovereign_conf(directory: Path, config: SovereignConfig, port: int) -> str:
     )
 
 
-def refresh_crls(directory: Path, crls: Path) -> None:
-    """A new revocation list where a running node reads it (on its next connection)."""
-    shutil.copytree(crls, directory / "crls", dirs_exist_ok=True)
-
-
 def _alive(pid: int, process: subprocess.Popen[bytes] | None) -> bool:
     if process is not None:
         return process.poll() is None
@@ -366,7 +388,7 @@ def _alive(pid: int, process: subprocess.Popen[bytes] | None) -> bool:
     return True
 
 
-def _kill_epmd(port: int) -> None:
+def kill_epmd(port: int) -> None:
     """epmd daemonises out of our process group; ask it to stop."""
     epmd = shutil.which("epmd") or "/usr/bin/epmd"
     with contextlib.suppress(Exception):
@@ -378,7 +400,7 @@ def _kill_epmd(port: int) -> None:
         )
 
 
-def _chown_tree(path: Path, user: str) -> None:
+def chown_tree(path: Path, user: str) -> None:
     pw = pwd.getpwnam(user)
     for root, dirs, files in os.walk(path):
         os.chown(root, pw.pw_uid, pw.pw_gid)
@@ -387,6 +409,6 @@ def _chown_tree(path: Path, user: str) -> None:
     os.chmod(path, 0o700)
 
 
-def _setpriv_args(user: str) -> list[str]:
+def setpriv_args(user: str) -> list[str]:
     pw = pwd.getpwnam(user)
     return [f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--init-groups"]

@@ -75,6 +75,13 @@ class DevPKI:
     def broker(self, code: str) -> tuple[Path, Path]:
         return self.home(code) / "broker.pem", self.home(code) / "broker.key"
 
+    def node(self, code: str) -> ClientTLS:
+        """A node of ``code``'s broker cluster, to its peers: server and client at once,
+        from ``code``'s nodes CA, which issues nothing else (``biox.dev.cluster``), so that
+        no client certificate of ``code``'s opens the cluster's own traffic."""
+        base = self.home(code)
+        return ClientTLS(base / "nodes-ca.pem", base / "node.pem", base / "node.key")
+
     def client(self, user: str) -> ClientTLS:
         """One of a participant's own users, verifying its own broker against its own CA."""
         code = _owner(user)
@@ -110,6 +117,10 @@ class DevPKI:
             cert, key = self.broker(code)
             if not cert.exists():
                 self._issue(code, f"{code}-broker", cert, key, server=True)
+            node = self.node(code)
+            if not node.cert.exists():
+                self._root(node.ca, f"biox {code} nodes CA")
+                self._issue(code, f"{code}-node", node.cert, node.key, server=True, peer=True)
             users = [broker_user(code, Role.workers)]
             users += [encounter_user(code, s) for s in systems.get(code, [])]
             users += [operator_user(code, p) for p in people.get(code, [])]
@@ -136,18 +147,23 @@ class DevPKI:
         home.mkdir(parents=True, exist_ok=True)
         os.chmod(home, 0o700)
         if not self.ca(code).exists():
-            key = ec.generate_private_key(ec.SECP256R1())
-            name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"biox {code} CA")])
-            cert = (
-                _builder(name, name, key.public_key(), VALID_DAYS)
-                .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-                .add_extension(_ca_usage(), critical=True)
-                .sign(key, hashes.SHA256())
-            )
-            _write_key(home / "ca.key", key)
-            self.ca(code).write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+            self._root(self.ca(code), f"biox {code} CA")
             self._publish_crl(code, [])
         return self.ca(code)
+
+    @staticmethod
+    def _root(path: Path, name: str) -> None:
+        """A self-signed CA at ``path``, its key beside it (``.key``)."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        cert = (
+            _builder(subject, subject, key.public_key(), VALID_DAYS)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(_ca_usage(), critical=True)
+            .sign(key, hashes.SHA256())
+        )
+        _write_key(path.with_suffix(".key"), key)
+        path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
     def request(self, code: str, partner: str) -> bytes:
         """``code``'s certificate request for its link user on ``partner``'s broker; the
@@ -240,28 +256,41 @@ class DevPKI:
         hashed.mkdir(exist_ok=True)
         (hashed / f"{subject_hash(ca.subject)}.r0").write_bytes(crl)
 
-    def _ca_key(self, code: str) -> ec.EllipticCurvePrivateKey:
-        key = serialization.load_pem_private_key((self.home(code) / "ca.key").read_bytes(), None)
+    def _ca_key(self, code: str, authority: Path | None = None) -> ec.EllipticCurvePrivateKey:
+        path = (authority or self.ca(code)).with_suffix(".key")
+        key = serialization.load_pem_private_key(path.read_bytes(), None)
         assert isinstance(key, ec.EllipticCurvePrivateKey)
         return key
 
-    def _issue(self, code: str, cn: str, cert_path: Path, key_path: Path, server: bool) -> None:
+    def _issue(
+        self, code: str, cn: str, cert_path: Path, key_path: Path, server: bool, peer: bool = False
+    ) -> None:
+        """``peer``: a server that is also its peers' client (a cluster node), issued by
+        the nodes CA."""
         key = ec.generate_private_key(ec.SECP256R1())
-        pem = self._certificate(code, cn, key.public_key(), server=server, days=VALID_DAYS)
+        pem = self._certificate(code, cn, key.public_key(), server, VALID_DAYS, peer)
         cert_path.parent.mkdir(parents=True, exist_ok=True)
         _write_key(key_path, key)
         cert_path.write_bytes(pem)
 
     def _certificate(
-        self, code: str, cn: str, public: ec.EllipticCurvePublicKey, server: bool, days: int
+        self,
+        code: str,
+        cn: str,
+        public: ec.EllipticCurvePublicKey,
+        server: bool,
+        days: int,
+        peer: bool = False,
     ) -> bytes:
-        ca = x509.load_pem_x509_certificate(self.ca(code).read_bytes())
+        authority = self.node(code).ca if peer else self.ca(code)
+        ca = x509.load_pem_x509_certificate(authority.read_bytes())
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-        usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
+        usage = [ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]
+        usage += [ExtendedKeyUsageOID.CLIENT_AUTH] if peer else []
         builder = (
             _builder(subject, ca.subject, public, days)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage(usage), critical=False)
         )
         if server:
             builder = builder.add_extension(
@@ -275,7 +304,7 @@ class DevPKI:
                 ),
                 critical=False,
             )
-        cert = builder.sign(self._ca_key(code), hashes.SHA256())
+        cert = builder.sign(self._ca_key(code, authority), hashes.SHA256())
         return cert.public_bytes(serialization.Encoding.PEM)
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import structlog
 from sqlalchemy import create_engine, text
 
-from biox.dev.broker import _chown_tree, _setpriv_args, free_port
+from biox.dev.broker import chown_tree, free_port, setpriv_args
 
 log = structlog.get_logger("biox.launcher")
 
@@ -55,7 +55,7 @@ class LocalPostgres:
     def _run(self, *cmd: str) -> None:
         argv = list(cmd)
         if os.geteuid() == 0:
-            argv = ["setpriv", *_setpriv_args("postgres"), *argv]
+            argv = ["setpriv", *setpriv_args("postgres"), *argv]
         done = subprocess.run(
             argv, capture_output=True, text=True, timeout=120, env={**os.environ, "LC_ALL": "C"}
         )
@@ -72,7 +72,7 @@ class LocalPostgres:
         data = self.directory / "data"
         self.port = free_port()
         if os.geteuid() == 0:
-            _chown_tree(self.directory, "postgres")
+            chown_tree(self.directory, "postgres")
         self._run(
             str(self.bin / "initdb"),
             "-D",

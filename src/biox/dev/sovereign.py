@@ -8,7 +8,9 @@ one link queue per partner; the node's shovel moves each to the partner's ingres
 the partner's node, verifying that node against the partner's CA alone and logging in
 as ``<code>.link`` with the certificate the partner's CA issued it. With ``relays``, each
 shovel dials its partner through a ``LinkRelay`` (``biox.dev.partition``), so that a
-partner link can be cut like a network (``make chaos``).
+partner link can be cut like a network (``make chaos``). With ``nodes``, a participant's
+broker is a cluster (``biox.dev.cluster``: TLS between its nodes, its quorum queues on
+every node), and its partners' shovels name every node.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from biox.broker.definitions import definitions, shovel_uri
-from biox.dev.broker import LocalBroker, SovereignConfig, free_port, refresh_crls
+from biox.dev.broker import LocalBroker, SovereignConfig, free_port
+from biox.dev.cluster import LocalCluster
 from biox.dev.partition import LinkRelay
 from biox.dev.pki import DevPKI
 from biox.registry import Registry
@@ -35,8 +38,10 @@ class SovereignBrokers:
     codes: list[str]
     settings: Settings
     directory: Path | None = None
-    brokers: dict[str, LocalBroker] = field(default_factory=dict)
+    brokers: dict[str, LocalBroker | LocalCluster] = field(default_factory=dict)
     relays: bool = False
+    #: how many nodes each participant's broker has (default one)
+    nodes: dict[str, int] = field(default_factory=dict)
     #: (from, to): the relay the shovel of ``from``'s node dials to reach ``to``'s
     links: dict[tuple[str, str], LinkRelay] = field(default_factory=dict)
 
@@ -58,13 +63,15 @@ class SovereignBrokers:
             {c: self.systems(c) for c in self.codes},
             {c: sorted(self.staff.of(c)) for c in self.codes},
         )
-        ports = {code: free_port() for code in self.codes}
+        ports = {code: [free_port() for _ in range(self.nodes.get(code, 1))] for code in self.codes}
+        if self.relays and any(len(p) > 1 for p in ports.values()):
+            raise ValueError("a link relay stands before one node: relays need one-node brokers")
         if self.relays:
             for code in self.codes:
                 for partner in self.registry.linked(code):
                     if partner in self.codes:
                         self.links[(code, partner)] = LinkRelay(
-                            ports[partner], name=f"{code}->{partner}"
+                            ports[partner][0], name=f"{code}->{partner}"
                         )
         for code in self.codes:
             # the node runs as the rabbitmq user, which must reach its directory: a fresh
@@ -72,7 +79,7 @@ class SovereignBrokers:
             node_dir = Path(tempfile.mkdtemp(prefix=f"biox-rabbitmq-{code}-"))
             tls = node_dir / "tls"  # what the node's own processes (its shovels) read
             files: dict[str, Path] = {}
-            uris = {}
+            uris: dict[str, str | list[str]] = {}
             for partner in self.codes:
                 if partner == code or partner not in self.registry.linked(code):
                     continue  # two participants without an agreement have no link
@@ -80,13 +87,17 @@ class SovereignBrokers:
                 for suffix, source in (("ca", link.ca), ("link", link.cert), ("key", link.key)):
                     files[f"{partner}-{suffix}.pem"] = source
                 relay = self.links.get((code, partner))
-                uris[partner] = shovel_uri(
-                    "127.0.0.1",
-                    relay.port if relay is not None else ports[partner],
-                    str(tls / f"{partner}-ca.pem"),  # that partner's CA alone
-                    str(tls / f"{partner}-link.pem"),
-                    str(tls / f"{partner}-key.pem"),
-                )
+                nodes = [
+                    shovel_uri(
+                        "127.0.0.1",
+                        port,
+                        str(tls / f"{partner}-ca.pem"),  # that partner's CA alone
+                        str(tls / f"{partner}-link.pem"),
+                        str(tls / f"{partner}-key.pem"),
+                    )
+                    for port in ([relay.port] if relay is not None else ports[partner])
+                ]
+                uris[partner] = nodes[0] if len(nodes) == 1 else nodes
             cert, key = self.pki.broker(code)
             config = SovereignConfig(
                 server=ClientTLS(self.pki.ca(code), cert, key),
@@ -107,7 +118,14 @@ class SovereignBrokers:
                 ),
                 max_message_bytes=self.settings.max_message_bytes,
             )
-            self.brokers[code] = LocalBroker(node_dir, sovereign=config, amqp_port=ports[code])
+            if len(ports[code]) == 1:
+                self.brokers[code] = LocalBroker(
+                    node_dir, sovereign=config, amqp_port=ports[code][0]
+                )
+            else:
+                self.brokers[code] = LocalCluster(
+                    len(ports[code]), node_dir, config, self.pki.node(code), ports[code]
+                )
         with ThreadPoolExecutor(len(self.codes)) as pool:
             list(pool.map(lambda b: b.start(), self.brokers.values()))
         return self
@@ -116,9 +134,7 @@ class SovereignBrokers:
         """``code``'s CA revokes a certificate it issued; its broker refuses it from the
         next connection on."""
         self.pki.revoke(code, cert.read_bytes())
-        state = self.brokers[code].state
-        assert state is not None
-        refresh_crls(Path(state.directory), self.pki.crl_dir(code))
+        self.brokers[code].refresh_crls(self.pki.crl_dir(code))
 
     def cut(self, a: str, b: str) -> None:
         """The network between ``a``'s and ``b``'s nodes partitioned, both ways (needs

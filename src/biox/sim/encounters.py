@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pika
 
-from biox.broker.connection import parameters
+from biox.broker.connection import nodes, parameters
 from biox.broker.link import Delivery, Link
 from biox.broker.publisher import Publisher
 from biox.sim import synth
@@ -90,7 +90,12 @@ class EncounterSystem:
         self.reply_queue = f"{reply_prefix}{uuid.uuid4().hex[:12]}"
         conn = pika.BlockingConnection(parameters(url, tls))
         ch = conn.channel()
-        ch.queue_declare(self.reply_queue, durable=True, arguments={"x-expires": 3_600_000})
+        # on a cluster, a quorum queue, on every node: a classic one lives and dies with the
+        # node that declared it (docs/integration.md, "Your reply queue")
+        quorum = {"x-queue-type": "quorum"} if len(nodes(url)) > 1 else {}
+        ch.queue_declare(
+            self.reply_queue, durable=True, arguments={**quorum, "x-expires": 3_600_000}
+        )
         # results come by each requester's results exchange, to the queue by its name
         for code in results_of or sorted(gallery_sizes):
             ch.queue_bind(self.reply_queue, addresses.results(code), self.reply_queue)

@@ -204,6 +204,8 @@ class LocalCluster:
                 "HOME": str(home),
                 "LANG": "C.UTF-8",
                 "ERL_EPMD_PORT": str(self.epmd_port),
+                # the CLI names itself on the nodes' host, which they reach it on
+                "RABBITMQ_NODENAME": self.names[0],
                 "RABBITMQ_CTL_ERL_ARGS": erl,
             }
             return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)

@@ -115,7 +115,7 @@ def test_us_on_three_nodes_answers_every_query_once_through_two_node_kills(sover
     listed = cluster.ctl("list_queues", "name", "type", "members")
     single = [line for line in listed.splitlines() if line.count("@") not in (0, 3)]
     assert single == [] and "us.link.mx\tquorum" in listed and "us.link.sv\tquorum" in listed
-    planned = plan(s.registry, SIZES, 200, SEED, requesters=["us"], draw=7)
+    planned = plan(s.registry, SIZES, 150, SEED, requesters=["us"], draw=7)
     planned = [p for p in planned if p.expected_partners]
     tls = s.tls("us", Role.encounters)
     killed = []
@@ -127,10 +127,10 @@ def test_us_on_three_nodes_answers_every_query_once_through_two_node_kills(sover
         )
         submitter.start()
         for victim in (0, 1):  # the node the definitions came from, then a joiner
-            time.sleep(4)
+            time.sleep(3)
             cluster.kill(victim)
             killed.append((victim, sum(o.final for o in system.outcomes.values())))
-            time.sleep(3)
+            time.sleep(2)
             cluster.revive(victim)
             cluster.wait_formed()
         submitter.join(timeout=180)

@@ -250,7 +250,11 @@ class LocalBroker:
         cmd = [str(SERVER.with_name(tool)), "-n", self.state.node, "-q", *args]
         if os.geteuid() == 0:
             cmd = ["setpriv", *setpriv_args("rabbitmq"), *cmd]
-        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+        # in the node's own directory: Erlang looks for its boot file in the working
+        # directory first, and prints an error on stdout where the broker's user may not read
+        done = subprocess.run(
+            cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=directory
+        )
         if done.returncode != 0:
             raise BrokerError(f"{tool} {' '.join(args)}: {done.stderr.strip()[-500:]}")
         return done.stdout

@@ -208,7 +208,9 @@ class LocalCluster:
                 "RABBITMQ_NODENAME": self.names[0],
                 "RABBITMQ_CTL_ERL_ARGS": erl,
             }
-            return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+            return subprocess.run(
+                cmd, env=env, capture_output=True, text=True, timeout=60, cwd=home
+            )
         finally:
             shutil.rmtree(home, ignore_errors=True)
 

@@ -250,8 +250,7 @@ class LocalBroker:
         cmd = [str(SERVER.with_name(tool)), "-n", self.state.node, "-q", *args]
         if os.geteuid() == 0:
             cmd = ["setpriv", *setpriv_args("rabbitmq"), *cmd]
-        # in the node's own directory: Erlang looks for its boot file in the working
-        # directory first, and prints an error on stdout where the broker's user may not read
+        # cwd: Erlang reads its working directory first, and prints an error on stdout there
         done = subprocess.run(
             cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=directory
         )
@@ -351,26 +350,16 @@ def _sovereign_conf(directory: Path, config: SovereignConfig, port: int) -> str:
     loaded at boot, and a message size limit. The TLS options go to ``advanced.config``:
     the CRL check (``crl_check``, ``crl_cache``) has no ``rabbitmq.conf`` form."""
     tls = directory / "tls"
-    tls.mkdir(exist_ok=True)
-    for name, source in (
-        ("ca.pem", config.server.ca),
-        ("server.pem", config.server.cert),
-        ("server.key", config.server.key),
-        *config.shovel_files.items(),
-    ):
+    peer = erlang_tls(tls, config.server, "server")
+    for name, source in config.shovel_files.items():
         shutil.copyfile(source, tls / name)
     crls = directory / "crls"
     shutil.copytree(config.crls, crls, dirs_exist_ok=True)
     boot, shovels = split_shovels(config.definitions)
     (directory / "definitions.json").write_text(json.dumps(boot, indent=1))
     (directory / "shovels.json").write_text(json.dumps(shovels, indent=1))
-    ssl = (
-        f'{{cacertfile, "{tls / "ca.pem"}"}}, {{certfile, "{tls / "server.pem"}"}}, '
-        f'{{keyfile, "{tls / "server.key"}"}}, {{verify, verify_peer}}, '
-        "{fail_if_no_peer_cert, true}, {versions, ['tlsv1.3', 'tlsv1.2']}, "
-        "{crl_check, peer}, "
-        f'{{crl_cache, {{ssl_crl_hash_dir, {{internal, [{{dir, "{crls}"}}]}}}}}}'
-    )
+    crl = f'{{crl_cache, {{ssl_crl_hash_dir, {{internal, [{{dir, "{crls}"}}]}}}}}}'
+    ssl = f"{peer}, {{fail_if_no_peer_cert, true}}, {{crl_check, peer}}, {crl}"
     (directory / "advanced.config").write_text(f"[{{rabbit, [{{ssl_options, [{ssl}]}}]}}].\n")
     return (
         "listeners.tcp = none\n"
@@ -379,6 +368,19 @@ def _sovereign_conf(directory: Path, config: SovereignConfig, port: int) -> str:
         "ssl_cert_login_from = common_name\n"
         f"load_definitions = {directory / 'definitions.json'}\n"
         f"max_message_size = {config.max_message_bytes}\n"
+    )
+
+
+def erlang_tls(tls: Path, files: ClientTLS, name: str) -> str:
+    """``files`` under ``tls``, and ``ssl`` options checking the peer against that CA alone."""
+    tls.mkdir(exist_ok=True)
+    ca, cert, key = f"{name}-ca.pem", f"{name}.pem", f"{name}.key"
+    for target, source in zip((ca, cert, key), (files.ca, files.cert, files.key), strict=True):
+        shutil.copyfile(source, tls / target)
+    return (
+        f'{{cacertfile, "{tls / ca}"}}, {{certfile, "{tls / cert}"}}, '
+        f'{{keyfile, "{tls / key}"}}, {{verify, verify_peer}}, '
+        "{versions, ['tlsv1.3', 'tlsv1.2']}"
     )
 
 

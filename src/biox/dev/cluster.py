@@ -33,6 +33,7 @@ from biox.dev.broker import (
     LocalBroker,
     SovereignConfig,
     chown_tree,
+    erlang_tls,
     free_port,
     kill_epmd,
     setpriv_args,
@@ -74,19 +75,7 @@ class ClusterMember:
         cookie.chmod(0o400)
         if self.tls is None:
             return
-        tls = directory / "tls"
-        tls.mkdir(exist_ok=True)
-        for name, source in (
-            ("node-ca.pem", self.tls.ca),
-            ("node.pem", self.tls.cert),
-            ("node.key", self.tls.key),
-        ):
-            shutil.copyfile(source, tls / name)
-        common = (
-            f'{{cacertfile, "{tls / "node-ca.pem"}"}}, {{certfile, "{tls / "node.pem"}"}}, '
-            f'{{keyfile, "{tls / "node.key"}"}}, {{verify, verify_peer}}, '
-            "{secure_renegotiate, true}, {versions, ['tlsv1.3', 'tlsv1.2']}"
-        )
+        common = erlang_tls(directory / "tls", self.tls, "node") + ", {secure_renegotiate, true}"
         (directory / DIST_OPTIONS).write_text(
             f"[{{server, [{common}, {{fail_if_no_peer_cert, true}}]}},\n {{client, [{common}]}}].\n"
         )

@@ -24,6 +24,9 @@ from pathlib import Path
 import pika
 import pytest
 
+from biox.broker.deadletters import DeadLetterQueues
+from biox.broker.held import held_results
+from biox.broker.topology import PARKED_ARGUMENTS
 from biox.dev.broker import LocalBroker
 from biox.registry import Registry
 from biox.settings import Settings
@@ -243,11 +246,23 @@ def test_results_wait_in_the_held_queue_until_the_reply_queue_exists(served):
     ]
     assert shown["outcomes"][1]["reason_code"] == "excluded_citizen"
 
+    # an operator looks as often as needed: more looks than RabbitMQ 4's default limit of
+    # 20 deliveries on a quorum queue, and the results are all still there
+    dlqs = DeadLetterQueues(served.url)
+    try:
+        for _ in range(25):
+            assert len([d for d in held_results(dlqs, "us") if d.routing_key == reply]) == 2
+    finally:
+        dlqs.close()
     early = served.biox("encounters", "redeliver", "-p", "us").stdout
     assert f"2 still held: reply queue {reply} does not exist" in early, early
     conn = pika.BlockingConnection(pika.URLParameters(served.url))
     try:
         ch = conn.channel()
+        # quorum with a limit no look reaches: declaring it so again is refused otherwise
+        ch.queue_declare(
+            addresses.held_results_queue("us"), durable=True, arguments=PARKED_ARGUMENTS
+        )
         ch.queue_declare(reply, durable=True, arguments={"x-queue-type": "quorum"})
         ch.queue_bind(reply, addresses.results("us"), reply)
         assert "sent on" in served.biox("encounters", "redeliver", "-p", "us").stdout

@@ -9,7 +9,12 @@ import json
 import re
 
 from biox.broker.definitions import definitions, shovel_uri, split_shovels
-from biox.broker.topology import bindings, retry_queue_arguments, work_queue_arguments
+from biox.broker.topology import (
+    PARKED_ARGUMENTS,
+    bindings,
+    retry_queue_arguments,
+    work_queue_arguments,
+)
 from biox.routes import ROUTES
 from biox.trust.staff import Duty
 from biox.wire import addresses
@@ -221,6 +226,20 @@ def test_every_queue_is_bounded_and_full_queues_refuse_rather_than_drop():
         "us-dead-letter-retention": "reject-publish",
         "us-held-results": "reject-publish",
     }
+
+
+def test_every_queue_is_replicated_and_what_waits_for_an_operator_outlasts_any_look():
+    """On a cluster a classic queue lives on one node: what is routed to it while that
+    node is down is lost. Dead letters and held results are read by get-then-requeue, each
+    a delivery: RabbitMQ 4 drops a message past a quorum queue's limit (20 unless named)."""
+    queues = {q["name"]: q["arguments"] for q in US["queues"]}
+    assert {name for name, args in queues.items() if args["x-queue-type"] != "quorum"} == set()
+    parked = [n for n in queues if n.endswith(".dlq")] + [addresses.held_results_queue("us")]
+    assert len(parked) == len(ROUTES.queues) + 1
+    for name in parked:
+        assert queues[name] == PARKED_ARGUMENTS, name
+    assert isinstance(PARKED_ARGUMENTS["x-delivery-limit"], int)
+    assert PARKED_ARGUMENTS["x-delivery-limit"] >= 1_000_000  # not -1: RabbitMQ 3 drops at once
 
 
 def test_the_topology_is_the_one_the_shared_broker_declares_plus_a_link_queue_per_partner():

@@ -40,7 +40,7 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 from biox.broker.topology import (
-    HELD_ARGUMENTS,
+    PARKED_ARGUMENTS,
     arrival_queues,
     bindings,
     entrance_exchanges,
@@ -217,7 +217,7 @@ def definitions(
         name = addresses.queue(code, q.role)
         queues.append(_queue(name, work_queue_arguments(name, delivery_limit)))
         dead_letters = addresses.dead_letter_queue(name)
-        queues.append(_queue(dead_letters, {"x-queue-type": "quorum"}))
+        queues.append(_queue(dead_letters, PARKED_ARGUMENTS))
         for arrival in arrival_queues(code, q.role, partners, routes):
             args = work_queue_arguments(arrival, delivery_limit, dead_letters)
             queues.append(_queue(arrival, args))
@@ -228,7 +228,7 @@ def definitions(
     for partner in partners:
         queues.append(_queue(addresses.link_queue(code, partner), LINK_ARGUMENTS))
     held_queue = addresses.held_results_queue(code)
-    queues.append(_queue(held_queue, HELD_ARGUMENTS))
+    queues.append(_queue(held_queue, PARKED_ARGUMENTS))
 
     binds = []
     for destination, source, key in bindings(code, codes, routes, tiers, sovereign=True):

@@ -19,6 +19,14 @@ from biox.routes import RouteTable, Sender, routes_for
 from biox.settings import Settings
 from biox.wire import addresses
 
+#: Dead letters and held results wait for an operator, who looks at them (get, then
+#: requeue) as often as needed. Quorum, so that they outlive the loss of a cluster node
+#: (a classic queue lives on one node, and what is routed to it while that node is down
+#: is lost), with a delivery limit no operator reaches: RabbitMQ 4 gives a quorum queue
+#: that names none a limit of 20 and drops what passes it, and the ``-1`` that means "no
+#: limit" there drops every message at its first return on RabbitMQ 3.
+PARKED_ARGUMENTS: dict[str, object] = {"x-queue-type": "quorum", "x-delivery-limit": 1 << 30}
+
 
 def work_queue_arguments(
     name: str, delivery_limit: int, dead_letters: str | None = None
@@ -59,9 +67,7 @@ def declare_work_queue(
     for arrival in arrivals:
         args = work_queue_arguments(arrival, delivery_limit, dead_letters)
         ch.queue_declare(arrival, durable=True, arguments=args)
-    ch.queue_declare(
-        addresses.dead_letter_queue(name), durable=True, arguments={"x-queue-type": "quorum"}
-    )
+    ch.queue_declare(addresses.dead_letter_queue(name), durable=True, arguments=PARKED_ARGUMENTS)
     for seconds in tiers:
         ch.queue_declare(
             addresses.retry_queue(name, seconds),
@@ -192,11 +198,6 @@ def bindings(
     return out
 
 
-#: classic, not quorum: an operator looks at held results (get, then requeue) as often as
-#: needed, and a quorum queue counts each look against its delivery limit (RabbitMQ 4)
-HELD_ARGUMENTS: dict[str, object] = {"x-queue-type": "classic"}
-
-
 def results_arguments(code: str) -> dict[str, object]:
     """A result whose reply queue does not exist (or was never named) is not dropped:
     the results exchange passes it to its alternate exchange, into a durable queue an
@@ -211,7 +212,7 @@ def declare_results(ch: BlockingChannel, code: str) -> None:
         addresses.results(code), "topic", durable=True, arguments=results_arguments(code)
     )
     queue = addresses.held_results_queue(code)
-    ch.queue_declare(queue, durable=True, arguments=HELD_ARGUMENTS)
+    ch.queue_declare(queue, durable=True, arguments=PARKED_ARGUMENTS)
 
 
 def declare(

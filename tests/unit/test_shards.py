@@ -68,9 +68,9 @@ def test_each_shard_has_its_own_snapshot_directory_named_for_the_split(tmp_path)
 def test_the_merge_keeps_the_best_of_every_shard_ties_by_record_id():
     a = [Hit(4, 0.9, {}), Hit(8, 0.5, {})]
     b = [Hit(3, 0.9, {}), Hit(1, 0.7, {}), Hit(5, 0.2, {})]
-    assert [h.record_id for h in merge([a, b], 3)] == [3, 4, 1]
-    assert [h.record_id for h in merge([b, a], 10)] == [3, 4, 1, 8, 5]
-    assert merge([[], []], 3) == []
+    assert [h.record_id for h in merge([*a, *b], 3)] == [3, 4, 1]
+    assert [h.record_id for h in merge([*b, *a], 10)] == [3, 4, 1, 8, 5]
+    assert merge([], 3) == []
 
 
 # --- the route table, split per shard ---------------------------------------------------------

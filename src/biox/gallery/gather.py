@@ -112,12 +112,11 @@ def gather(
             session.add(row)
             out.append("waiting")
             continue
-        found = [Hit(**h) for h in row.hits]
         out.append(
             Gathered(
                 query_of(m.search, me),
                 m.search.received_at,
-                merge([found], top),
+                merge((Hit(**h) for h in row.hits), top),
                 row.gallery_size,
                 row.search_ms,
             )

@@ -8,7 +8,7 @@ tells a record's shard from its id alone, with nothing to look up or keep in ste
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,15 +48,14 @@ class Shard:
         return [cls(i, count) for i in range(count)]
 
 
-def merge(found: Iterable[Sequence[Hit]], top: int) -> list[Hit]:
-    """The best ``top`` of every shard's best ``top`` (best fused score first; ties by
-    record id, as one search ranks them). A record's fused score does not depend on its
-    shard, and a shard takes as candidates its own ``k`` nearest per modality, among them
-    every record of it that one search of the whole gallery would take: so the best here
-    are never worse than one search's, and can be better where a shard reached deeper."""
-    hits = [h for shard in found for h in shard]
-    hits.sort(key=lambda h: (-h.fused, h.record_id))
-    return hits[:top]
+def merge(found: Iterable[Hit], top: int) -> list[Hit]:
+    """The best ``top`` of every shard's best ``top``, all together in ``found`` (best
+    fused score first; ties by record id, as one search ranks them). A record's fused
+    score does not depend on its shard, and a shard takes as candidates its own ``k``
+    nearest per modality, among them every record of it that one search of the whole
+    gallery would take: so the best here are never worse than one search's, and can be
+    better where a shard reached deeper."""
+    return sorted(found, key=lambda h: (-h.fused, h.record_id))[:top]
 
 
 def split(

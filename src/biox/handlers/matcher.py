@@ -51,10 +51,6 @@ class MatcherHandler(Handler):
     def build(cls, ctx: Context) -> MatcherHandler:
         """Loads the participant's gallery snapshot; enrolments since come from the
         database (``catch_up``)."""
-        if ctx.settings.search_threads:
-            import faiss
-
-            faiss.omp_set_num_threads(ctx.settings.search_threads)
         if ctx.settings.shards > 1:  # the shard workers hold the gallery; this one gathers
             return cls(ctx.participant, ctx.registry, Gallery(), ctx.settings, ctx.policy)
         gallery, mark = load(ctx.participant, ctx.settings, Shard())
@@ -89,9 +85,9 @@ class MatcherHandler(Handler):
         self.metrics = metrics
 
     def search(self, batch: Sequence[Inbound[Query]], session: Session) -> list[Result]:
-        if self.settings.shards == 1:
+        if self.settings.shards == 1:  # else the shards search, and the gather decides
             self.catch_up(session)
-        self.high, self.low = self.calibration.apply(self.gallery)
+            self.high, self.low = self.calibration.apply(self.gallery)
         registry = self._live.now(self.registry, session)  # statuses as notices left them
         received = utcnow()
         results: list[Result | None] = [None] * len(batch)
@@ -144,7 +140,8 @@ class MatcherHandler(Handler):
         if not done:
             return [Effects(outcome=f"gathered:{g}") for g in gathered]
         results: list[Result] = []
-        low = min(self.calibration.thresholds_at(g.gallery_size)[1] for g in done)
+        calibration = self.calibration.now()  # one look at the file for the batch
+        low = min(self.calibration.thresholds_at(g.gallery_size, calibration)[1] for g in done)
         ids = {h.record_id for g in done for h in g.hits if h.fused >= low}
         records = self._records(session, ids)
         erased = self._erased(session, [g.query for g in done])
@@ -152,7 +149,7 @@ class MatcherHandler(Handler):
             if not isinstance(g, gather.Gathered):
                 results.append(Effects(outcome=f"gathered:{g}"))
                 continue
-            self.high, self.low = self.calibration.thresholds_at(g.gallery_size)
+            self.high, self.low = self.calibration.thresholds_at(g.gallery_size, calibration)
             results.append(
                 self._answer(
                     g.query, g.hits, records, g.received, g.search_ms, g.gallery_size, erased
@@ -385,7 +382,12 @@ def _modalities(bio: Biometrics) -> list[str]:
 
 
 def load(participant: str, settings: Settings, shard: Shard) -> tuple[Gallery, snapshot.Mark]:
-    """The snapshot a worker searching ``shard`` of the gallery starts from, and its mark."""
+    """The snapshot a worker searching ``shard`` of the gallery starts from, and its mark;
+    FAISS's threads set for the searches to come (``BIOX_SEARCH_THREADS``)."""
+    if settings.search_threads:
+        import faiss
+
+        faiss.omp_set_num_threads(settings.search_threads)
     directory = shard.directory(settings.gallery_dir(participant))
     if Gallery.exists(directory):
         gallery = Gallery.load(directory, settings.ivf_nprobe)

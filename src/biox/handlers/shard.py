@@ -35,10 +35,6 @@ log = structlog.get_logger("biox.shard")
 class ShardHandler(Handler):
     @classmethod
     def build(cls, ctx: Context) -> ShardHandler:
-        if ctx.settings.search_threads:
-            import faiss
-
-            faiss.omp_set_num_threads(ctx.settings.search_threads)
         shard = Shard(ctx.settings.shard, ctx.settings.shards)
         gallery, mark = load(ctx.participant, ctx.settings, shard)
         return cls(ctx.participant, gallery, ctx.settings, shard, mark)

@@ -163,23 +163,31 @@ def test_the_cookie_alone_or_another_certificate_does_not_reach_the_clusters_nod
     """The Erlang cookie leaked: a host holding it still cannot speak to us's nodes (the
     cluster's own traffic: queue contents, users, ``rabbitmqctl``) without a certificate
     from us's nodes CA: not over the plain distribution, not with a client certificate
-    us's own CA issued, not with mx's node certificate."""
+    us's own CA issued, not with mx's node certificate, and not with a node certificate
+    of us's own once its CA revoked it (a host's stolen key, or a node taken out)."""
     s = sovereign
     cluster = s.brokers.brokers["us"]
     assert isinstance(cluster, LocalCluster)
     pki = s.brokers.pki
-    own = pki.node("us")
-    control = cluster.ctl_from_outside(own, "list_queues", "name")
-    assert control.returncode == 0 and "us.intake" in control.stdout, control.stderr
-    workers, mx = pki.client("us.workers"), pki.node("mx")
+    own, spare = pki.node("us"), pki.nodes("us", 4)[3]  # a fourth host's, no node of the three
+    for tls in (own, spare):
+        control = cluster.ctl_from_outside(tls, "list_queues", "name")
+        assert control.returncode == 0 and "us.intake" in control.stdout, control.stderr
+    s.brokers.revoke("us", spare.cert)
+    workers, mx = pki.client("us.workers"), pki.nodes("mx", 1)[0]
     outsiders = {
         "the plain distribution": None,
         "us's workers certificate": ClientTLS(own.ca, workers.cert, workers.key),
         "mx's node certificate": ClientTLS(own.ca, mx.cert, mx.key),
+        "us's node certificate, revoked": spare,
     }
     for who, tls in outsiders.items():
         done = cluster.ctl_from_outside(tls, "list_queues", "name")
         assert done.returncode != 0 and "us.intake" not in done.stdout, who
+    # the nodes themselves, each with a certificate of its own, still reach each other
+    control = cluster.ctl_from_outside(pki.node("us", 2), "list_queues", "name")
+    assert control.returncode == 0 and "us.intake" in control.stdout, control.stderr
+    assert cluster.running() == sorted(cluster.names)
 
 
 def waiting_anywhere(s: Sovereign) -> dict[str, list[tuple[str, int, int]]]:

@@ -10,7 +10,8 @@ import subprocess
 import pytest
 from cryptography import x509
 
-from biox.dev.pki import DevPKI, PKIError, subject_hash
+from biox.dev.pki import DevPKI, PKIError
+from biox.dev.revocation import subject_hash
 
 
 @pytest.fixture(scope="module")
@@ -87,3 +88,50 @@ def test_the_crl_file_name_is_openssls_subject_hash(pki):
             check=True,
         )
         assert out.stdout.strip() == subject_hash(cert(pki.ca(code)).subject)
+
+
+def test_each_node_has_its_own_certificate_from_the_nodes_ca_which_revokes_it_alone(pki):
+    """The nodes CA issues the cluster's nodes and nothing else; revoking one node's
+    certificate lists it in that CA's CRL, which the nodes read, not in the CA's that the
+    AMQP listener reads."""
+    first, second = pki.nodes("us", 2)
+    nodes_ca = cert(pki.node("us").ca)
+    assert nodes_ca.subject != cert(pki.ca("us")).subject
+    for i, node in enumerate((first, second)):
+        c = cert(node.cert)
+        assert c.issuer == nodes_ca.subject
+        assert c.subject.rfc4514_string() == f"CN=us-node-{i}"
+    assert first.key.read_bytes() != second.key.read_bytes()
+    assert pki.nodes("us", 2) == [first, second]  # issued once, kept
+    before = pki.crl_dir("us") / f"{subject_hash(cert(pki.ca('us')).subject)}.r0"
+    unchanged = before.read_bytes()
+    serial = pki.revoke("us", second.cert.read_bytes())
+    hashed = pki.node_crl_dir("us") / f"{subject_hash(nodes_ca.subject)}.r0"
+    crl = x509.load_pem_x509_crl(hashed.read_bytes())
+    assert crl.is_signature_valid(nodes_ca.public_key())
+    assert crl.get_revoked_certificate_by_serial_number(serial) is not None
+    assert crl.get_revoked_certificate_by_serial_number(cert(first.cert).serial_number) is None
+    assert before.read_bytes() == unchanged
+
+
+def test_the_cli_revokes_a_node_certificate_into_the_nodes_crl_and_says_where_it_goes(tmp_path):
+    from typer.testing import CliRunner
+
+    from biox.cli import app
+
+    pki = DevPKI(tmp_path / "pki").ensure(["us", "mx"])
+    [node] = pki.nodes("us", 1)
+    run = CliRunner().invoke(
+        app, ["broker", "pki", "revoke", "-p", "us", str(node.cert), "--dir", str(pki.dir)]
+    )
+    assert run.exit_code == 0, run.output
+    assert f"copy {pki.node_crl_dir('us')} to each node's node-crls/" in " ".join(
+        run.output.split()
+    )
+    crl = x509.load_pem_x509_crl((pki.home("us") / "nodes-crl.pem").read_bytes())
+    assert crl.get_revoked_certificate_by_serial_number(cert(node.cert).serial_number)
+    [mx_node] = pki.nodes("mx", 1)  # another participant's nodes CA: not us's to revoke
+    run = CliRunner().invoke(
+        app, ["broker", "pki", "revoke", "-p", "us", str(mx_node.cert), "--dir", str(pki.dir)]
+    )
+    assert run.exit_code == 2 and "not issued by us's CA" in run.output

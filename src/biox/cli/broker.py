@@ -300,17 +300,19 @@ def pki_revoke(
     ),
     directory: Path = _DIR,
 ) -> None:
-    """Adds the certificate to our CA's CRL (crl.pem, and crls/ for the broker's
-    ssl_crl_hash_dir): the broker refuses it from its next connection on."""
+    """Adds the certificate to the CRL of whichever of our CAs issued it: our CA's
+    (crl.pem, and crls/ for the broker's ssl_crl_hash_dir), or our nodes CA's
+    (nodes-crls/, for each cluster node's node-crls/). Refused from the next connection."""
     from biox.dev.pki import PKIError
 
     code = getattr(participant, "value", participant)
     p = _pki(directory)
+    pem = certificate.read_bytes()
     try:
-        serial = p.revoke(code, certificate.read_bytes())
+        serial = p.revoke(code, pem)
     except (PKIError, ValueError) as exc:
         console.print(f"[red]refused:[/] {exc}")
         raise typer.Exit(2) from exc
-    console.print(
-        f"revoked serial {serial:x}; copy {p.crl_dir(code)} to the broker's CRL directory"
-    )
+    hashed = p.crl_dir_of(code, pem)
+    where = "each node's node-crls/" if hashed != p.crl_dir(code) else "the broker's CRL directory"
+    console.print(f"revoked serial {serial:x}; copy {hashed} to {where}")

@@ -41,6 +41,7 @@ from biox.dev.broker import (
 from biox.trust.tls import ClientTLS
 
 DIST_OPTIONS = "inter_node_tls.config"
+NODE_CRLS = "node-crls"  # under the node's directory: what its nodes CA revoked
 
 
 @dataclass(frozen=True)
@@ -50,12 +51,15 @@ class ClusterMember:
     ``seeds``: the nodes a blank node joins (none for the first); ``tls``: the node's
     own certificate (server and client: a node dials its peers) and the CA both ends of
     a cluster link must chain to. ``None`` only for a cluster of plain development nodes.
+    ``crls``: that CA's revocation list, in a hashed directory, checked on every link in
+    both directions, so that a node's stolen key is shut out by revoking its certificate.
     """
 
     epmd_port: int
     cookie: str
     seeds: tuple[str, ...] = ()
     tls: ClientTLS | None = None
+    crls: Path | None = None
 
     def conf(self) -> str:
         """``rabbitmq.conf`` lines: whom to join when blank."""
@@ -76,6 +80,11 @@ class ClusterMember:
         if self.tls is None:
             return
         common = erlang_tls(directory / "tls", self.tls, "node") + ", {secure_renegotiate, true}"
+        if self.crls is not None:
+            crls = directory / NODE_CRLS
+            shutil.copytree(self.crls, crls, dirs_exist_ok=True)
+            cache = f'{{ssl_crl_hash_dir, {{internal, [{{dir, "{crls}"}}]}}}}'
+            common += f", {{crl_check, peer}}, {{crl_cache, {cache}}}"
         (directory / DIST_OPTIONS).write_text(
             f"[{{server, [{common}, {{fail_if_no_peer_cert, true}}]}},\n {{client, [{common}]}}].\n"
         )
@@ -96,29 +105,37 @@ class LocalCluster:
         size: int,
         directory: Path | None = None,
         sovereign: SovereignConfig | None = None,
-        node_tls: ClientTLS | None = None,
+        node_tls: list[ClientTLS] | None = None,
         amqp_ports: list[int] | None = None,
+        node_crls: Path | None = None,
     ) -> None:
         """``directory``: each node's under it (``n0``, ``n1``...) and, in ``tls/``, what
-        every node's shovels read, at one path whichever node runs them."""
+        every node's shovels read, at one path whichever node runs them. ``node_tls``:
+        each node's own certificate; ``node_crls``: their CA's revocation list."""
         if size < 1:
             raise ValueError(f"a cluster has at least one node, not {size}")
         ports = amqp_ports or [free_port() for _ in range(size)]
         if len(ports) != size:
             raise ValueError(f"{size} nodes need {size} ports, not {len(ports)}")
+        if node_tls is not None and len(node_tls) != size:
+            raise ValueError(f"{size} nodes need {size} certificates, not {len(node_tls)}")
         self.ports = ports
         # the nodes run as the rabbitmq user, which must reach their directories
         self.directory = directory or Path(tempfile.mkdtemp(prefix="biox-rabbitmq-"))
         self.sovereign = sovereign
         self.names = [f"biox{p}@localhost" for p in ports]  # LocalBroker's own naming
-        member = ClusterMember(free_port(), secrets.token_hex(20), tls=node_tls)
+        member = ClusterMember(free_port(), secrets.token_hex(20), crls=node_crls)
         self.epmd_port, self.cookie = member.epmd_port, member.cookie
         self.nodes = [
             LocalBroker(
                 self.directory / f"n{i}",
                 sovereign=sovereign,
                 amqp_port=port,
-                cluster=replace(member, seeds=(self.names[0],) if i else ()),
+                cluster=replace(
+                    member,
+                    seeds=(self.names[0],) if i else (),
+                    tls=node_tls[i] if node_tls else None,
+                ),
             )
             for i, port in enumerate(ports)
         ]
@@ -210,15 +227,23 @@ class LocalCluster:
     def revive(self, index: int, timeout: float = 120.0) -> None:
         self.nodes[index].start(timeout)
 
-    def restart(self, down_for: float = 0.0, timeout: float = 120.0, hard: bool = False) -> None:
+    def restart(self, down_for: float = 0.0, timeout: float = 120.0, hard: bool = False) -> int:
         """One node stopped and started again, each in turn from one call to the next:
-        the others carry the queues meanwhile."""
+        the others carry the queues meanwhile. Returns which."""
         index, self._turn = self._turn, (self._turn + 1) % len(self.nodes)
         self.nodes[index].restart(down_for, timeout, hard)
+        return index
 
     def refresh_crls(self, crls: Path) -> None:
         for node in self.nodes:
             node.refresh_crls(crls)
+
+    def refresh_node_crls(self, crls: Path) -> None:
+        """The nodes CA's new revocation list where each node reads it, on its next link
+        (a running node keeps the links it has: restart the revoked node's peers' links by
+        stopping it)."""
+        for i in range(len(self.nodes)):
+            shutil.copytree(crls, self.directory / f"n{i}" / NODE_CRLS, dirs_exist_ok=True)
 
     def stop(self, timeout: float = 30.0, remove: bool = True, hard: bool = False) -> None:
         # the joiners first: the first node stopping last leaves no queue without a leader

@@ -8,7 +8,8 @@ certificate request: the partner keeps its key, we decide what the certificate m
 (``<partner>.link``, client use, a short life). Each shovel verifies the partner's broker
 against that partner's CA alone, exchanged out of band and pinned. Revocation is a CRL
 per CA that the broker checks on every connection (``crl.pem``, and the hashed copy
-under ``crls/`` that Erlang's ``ssl_crl_hash_dir`` reads).
+under ``crls/`` that Erlang's ``ssl_crl_hash_dir`` reads; ``biox.dev.revocation``); the
+nodes of a cluster check each other's against the nodes CA's the same way.
 
 A deployment uses its agency's PKI instead; what biox needs from it is the same, and
 ``biox broker pki request|sign|revoke`` are the steps between two participants.
@@ -23,16 +24,17 @@ Layout under ``<dir>/<code>/``::
     links/<partner>.key|.csr   its link identity on <partner>'s broker: key and request
     links/<partner>.pem        ... and the certificate <partner>'s CA issued for it
     partners/<partner>.pem     <partner>'s CA certificate, pinned
+    nodes-ca.pem, nodes-ca.key the CA of its broker's cluster nodes, which issues nothing else
+    nodes-crl.pem, nodes-crls/ what that CA has revoked (a node's stolen key, say)
+    nodes/<i>.pem|.key         node ``i``'s certificate, one per node as one per host
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import ipaddress
 import json
 import os
-from collections.abc import Iterable
 from pathlib import Path
 
 from cryptography import x509
@@ -40,6 +42,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from biox.dev import revocation
 from biox.trust.identity import Role, broker_user, encounter_user, parse_user
 from biox.trust.staff import operator_user
 from biox.trust.tls import ClientTLS
@@ -70,17 +73,33 @@ class DevPKI:
         return self.home(code) / "crl.pem"
 
     def crl_dir(self, code: str) -> Path:
-        return self.home(code) / "crls"
+        return self.home(code) / "crls"  # the nodes CA's: node_crl_dir
 
     def broker(self, code: str) -> tuple[Path, Path]:
         return self.home(code) / "broker.pem", self.home(code) / "broker.key"
 
-    def node(self, code: str) -> ClientTLS:
-        """A node of ``code``'s broker cluster, to its peers: server and client at once,
-        from ``code``'s nodes CA, which issues nothing else (``biox.dev.cluster``), so that
-        no client certificate of ``code``'s opens the cluster's own traffic."""
+    def node(self, code: str, index: int = 0) -> ClientTLS:
+        """Node ``index`` of ``code``'s broker cluster, to its peers: server and client at
+        once, from ``code``'s nodes CA, which issues nothing else (``biox.dev.cluster``),
+        so that no client certificate of ``code``'s opens the cluster's own traffic. One
+        per node, as each host has its own key: one stolen is revoked alone."""
         base = self.home(code)
-        return ClientTLS(base / "nodes-ca.pem", base / "node.pem", base / "node.key")
+        return ClientTLS(
+            base / "nodes-ca.pem", base / "nodes" / f"{index}.pem", base / "nodes" / f"{index}.key"
+        )
+
+    def node_crl_dir(self, code: str) -> Path:
+        return self.home(code) / "nodes-crls"
+
+    def nodes(self, code: str, count: int) -> list[ClientTLS]:
+        """The first ``count`` nodes' certificates, issued where missing."""
+        self.authority(code)
+        found = [self.node(code, i) for i in range(count)]
+        for i, node in enumerate(found):
+            if not node.cert.exists():
+                cn = f"{code}-node-{i}"
+                self._issue(code, cn, node.cert, node.key, server=True, peer=True)
+        return found
 
     def client(self, user: str) -> ClientTLS:
         """One of a participant's own users, verifying its own broker against its own CA."""
@@ -117,10 +136,6 @@ class DevPKI:
             cert, key = self.broker(code)
             if not cert.exists():
                 self._issue(code, f"{code}-broker", cert, key, server=True)
-            node = self.node(code)
-            if not node.cert.exists():
-                self._root(node.ca, f"biox {code} nodes CA")
-                self._issue(code, f"{code}-node", node.cert, node.key, server=True, peer=True)
             users = [broker_user(code, Role.workers)]
             users += [encounter_user(code, s) for s in systems.get(code, [])]
             users += [operator_user(code, p) for p in people.get(code, [])]
@@ -142,13 +157,16 @@ class DevPKI:
     # --- the steps between two participants --------------------------------------------------
 
     def authority(self, code: str) -> Path:
-        """``code``'s CA (made once) and an empty CRL, so the broker can check from the start."""
+        """``code``'s CA and its nodes CA (made once), each with an empty CRL, so that the
+        broker and its nodes can check from the start."""
         home = self.home(code)
         home.mkdir(parents=True, exist_ok=True)
         os.chmod(home, 0o700)
-        if not self.ca(code).exists():
-            self._root(self.ca(code), f"biox {code} CA")
-            self._publish_crl(code, [])
+        for ca, name in ((self.ca(code), "CA"), (self.node(code).ca, "nodes CA")):
+            if not ca.exists():
+                self._root(ca, f"biox {code} {name}")
+            if not (home / f"{_prefix(ca)}crl.pem").exists():  # a layout from before the CRL
+                self._publish_crl(code, ca, self._revoked(code, ca))
         return self.ca(code)
 
     @staticmethod
@@ -203,18 +221,30 @@ class DevPKI:
         return self._certificate(host, cn, public, server=False, days=LINK_VALID_DAYS)
 
     def revoke(self, code: str, cert_pem: bytes) -> int:
-        """Adds a certificate ``code``'s CA issued to its CRL; returns its serial. The
-        broker reads the CRL on each new connection: a revoked certificate no longer
-        logs in, whatever its expiry (its open connections are closed by the operator)."""
+        """Adds a certificate ``code``'s CA or nodes CA issued to that CA's CRL; returns its
+        serial. The broker reads the CRL on each new connection, a client's or another
+        node's: a revoked certificate no longer gets in, whatever its expiry (open
+        connections are closed by the operator)."""
         cert = x509.load_pem_x509_certificate(cert_pem)
-        ca = x509.load_pem_x509_certificate(self.ca(code).read_bytes())
-        if cert.issuer != ca.subject:
-            raise PKIError(f"not issued by {code}'s CA ({cert.issuer.rfc4514_string()})")
-        listed = self._revoked(code)
+        authority = self._issuer(code, cert)
+        listed = self._revoked(code, authority)
         if cert.serial_number not in listed:
             listed.append(cert.serial_number)
-        self._publish_crl(code, listed)
+        self._publish_crl(code, authority, listed)
         return cert.serial_number
+
+    def crl_dir_of(self, code: str, cert_pem: bytes) -> Path:
+        """Where the CRL that would list this certificate lies: ``crls/`` for the broker's
+        clients, ``nodes-crls/`` for its cluster's nodes."""
+        authority = self._issuer(code, x509.load_pem_x509_certificate(cert_pem))
+        return self.home(code) / f"{_prefix(authority)}crls"
+
+    def _issuer(self, code: str, cert: x509.Certificate) -> Path:
+        for authority in (self.ca(code), self.node(code).ca):
+            ca = x509.load_pem_x509_certificate(authority.read_bytes())
+            if cert.issuer == ca.subject:
+                return authority
+        raise PKIError(f"not issued by {code}'s CA ({cert.issuer.rfc4514_string()})")
 
     def mint(self, code: str, cn: str, trusting: str) -> ClientTLS:
         """What whoever runs ``code``'s CA can do with it: issue a client certificate for
@@ -227,34 +257,19 @@ class DevPKI:
 
     # --- inside ------------------------------------------------------------------------------
 
-    def _revoked(self, code: str) -> list[int]:
-        path = self.home(code) / "revoked.json"
+    def _revoked(self, code: str, authority: Path) -> list[int]:
+        path = self.home(code) / f"{_prefix(authority)}revoked.json"
         return [int(s) for s in json.loads(path.read_text())] if path.exists() else []
 
-    def _publish_crl(self, code: str, serials: Iterable[int]) -> None:
-        serials = sorted(set(serials))
-        ca_key = self._ca_key(code)
-        ca = x509.load_pem_x509_certificate(self.ca(code).read_bytes())
-        now = dt.datetime.now(dt.UTC)
-        builder = (
-            x509.CertificateRevocationListBuilder()
-            .issuer_name(ca.subject)
-            .last_update(now - dt.timedelta(minutes=5))
-            .next_update(now + dt.timedelta(days=VALID_DAYS))
-        )
-        for serial in serials:
-            builder = builder.add_revoked_certificate(
-                x509.RevokedCertificateBuilder()
-                .serial_number(serial)
-                .revocation_date(now - dt.timedelta(minutes=1))
-                .build()
-            )
-        crl = builder.sign(ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
-        (self.home(code) / "revoked.json").write_text(json.dumps([str(s) for s in serials]))
-        self.crl(code).write_bytes(crl)
-        hashed = self.crl_dir(code)
-        hashed.mkdir(exist_ok=True)
-        (hashed / f"{subject_hash(ca.subject)}.r0").write_bytes(crl)
+    def _publish_crl(self, code: str, authority: Path, serials: list[int]) -> None:
+        """``crl.pem``, ``crls/``, ``revoked.json`` for the CA; ``nodes-`` before each for
+        the nodes CA."""
+        prefix, home = _prefix(authority), self.home(code)
+        (home / f"{prefix}revoked.json").write_text(json.dumps([str(s) for s in serials]))
+        ca = x509.load_pem_x509_certificate(authority.read_bytes())
+        key = self._ca_key(code, authority)
+        crl, hashed = home / f"{prefix}crl.pem", home / f"{prefix}crls"
+        revocation.publish(ca, key, serials, crl, hashed, VALID_DAYS)
 
     def _ca_key(self, code: str, authority: Path | None = None) -> ec.EllipticCurvePrivateKey:
         path = (authority or self.ca(code)).with_suffix(".key")
@@ -308,42 +323,9 @@ class DevPKI:
         return cert.public_bytes(serialization.Encoding.PEM)
 
 
-def subject_hash(name: x509.Name) -> str:
-    """OpenSSL's ``X509_NAME_hash`` of a name (``openssl x509 -hash``), which names a CRL
-    in the hashed directory the broker reads: SHA-1 of the name's canonical encoding
-    (each value a lower-cased UTF8String, spaces folded, no outer SEQUENCE), first four
-    bytes, little-endian."""
-    canon = b""
-    for rdn in name.rdns:
-        items = b""
-        for attr in rdn:
-            value = " ".join(str(attr.value).split()).lower().encode()
-            oid = _der(0x06, _oid(attr.oid.dotted_string))
-            items += _der(0x30, oid + _der(0x0C, value))
-        canon += _der(0x31, items)
-    digest = hashlib.sha1(canon).digest()
-    return f"{int.from_bytes(digest[:4], 'little'):08x}"
-
-
-def _der(tag: int, content: bytes) -> bytes:
-    n = len(content)
-    if n < 0x80:
-        return bytes([tag, n]) + content
-    size = n.to_bytes((n.bit_length() + 7) // 8, "big")
-    return bytes([tag, 0x80 | len(size)]) + size + content
-
-
-def _oid(dotted: str) -> bytes:
-    first, second, *rest = (int(p) for p in dotted.split("."))
-    out = bytes([40 * first + second])
-    for part in rest:
-        chunk = [part & 0x7F]
-        part >>= 7
-        while part:
-            chunk.append(0x80 | (part & 0x7F))
-            part >>= 7
-        out += bytes(reversed(chunk))
-    return out
+def _prefix(authority: Path) -> str:
+    """``""`` for a participant's CA (``ca.pem``), ``"nodes-"`` for its nodes CA."""
+    return authority.name.removesuffix("ca.pem")
 
 
 def _owner(user: str) -> str:

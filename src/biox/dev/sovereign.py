@@ -7,10 +7,10 @@ CA (``biox.dev.pki``, checked against that CA's CRL), and boots with the definit
 one link queue per partner; the node's shovel moves each to the partner's ingress on
 the partner's node, verifying that node against the partner's CA alone and logging in
 as ``<code>.link`` with the certificate the partner's CA issued it. With ``relays``, each
-shovel dials its partner through a ``LinkRelay`` (``biox.dev.partition``), so that a
-partner link can be cut like a network (``make chaos``). With ``nodes``, a participant's
-broker is a cluster (``biox.dev.cluster``: TLS between its nodes, its quorum queues on
-every node), and its partners' shovels name every node.
+shovel dials its partner through a ``LinkRelay`` (``biox.dev.partition``) before each of
+the partner's nodes, so that a partner link can be cut like a network (``make chaos``).
+With ``nodes``, a participant's broker is a cluster (``biox.dev.cluster``: TLS between
+its nodes, its quorum queues on every node), and its partners' shovels name every node.
 """
 
 from __future__ import annotations
@@ -42,8 +42,9 @@ class SovereignBrokers:
     relays: bool = False
     #: how many nodes each participant's broker has (default one)
     nodes: dict[str, int] = field(default_factory=dict)
-    #: (from, to): the relay the shovel of ``from``'s node dials to reach ``to``'s
-    links: dict[tuple[str, str], LinkRelay] = field(default_factory=dict)
+    #: (from, to): the relays the shovel of ``from``'s broker dials to reach ``to``'s, one
+    #: before each of ``to``'s nodes
+    links: dict[tuple[str, str], list[LinkRelay]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.directory = self.directory or Path(tempfile.mkdtemp(prefix="biox-sovereign-"))
@@ -64,15 +65,14 @@ class SovereignBrokers:
             {c: sorted(self.staff.of(c)) for c in self.codes},
         )
         ports = {code: [free_port() for _ in range(self.nodes.get(code, 1))] for code in self.codes}
-        if self.relays and any(len(p) > 1 for p in ports.values()):
-            raise ValueError("a link relay stands before one node: relays need one-node brokers")
         if self.relays:
             for code in self.codes:
                 for partner in self.registry.linked(code):
                     if partner in self.codes:
-                        self.links[(code, partner)] = LinkRelay(
-                            ports[partner][0], name=f"{code}->{partner}"
-                        )
+                        self.links[(code, partner)] = [
+                            LinkRelay(port, name=f"{code}->{partner}.{i}")
+                            for i, port in enumerate(ports[partner])
+                        ]
         for code in self.codes:
             # the node runs as the rabbitmq user, which must reach its directory: a fresh
             # one under the system's temporary directory, as for the development broker
@@ -86,7 +86,7 @@ class SovereignBrokers:
                 link = self.pki.link(code, partner)
                 for suffix, source in (("ca", link.ca), ("link", link.cert), ("key", link.key)):
                     files[f"{partner}-{suffix}.pem"] = source
-                relay = self.links.get((code, partner))
+                relays = self.links.get((code, partner))
                 nodes = [
                     shovel_uri(
                         "127.0.0.1",
@@ -95,7 +95,7 @@ class SovereignBrokers:
                         str(tls / f"{partner}-link.pem"),
                         str(tls / f"{partner}-key.pem"),
                     )
-                    for port in ([relay.port] if relay is not None else ports[partner])
+                    for port in ([r.port for r in relays] if relays else ports[partner])
                 ]
                 uris[partner] = nodes[0] if len(nodes) == 1 else nodes
             cert, key = self.pki.broker(code)
@@ -124,27 +124,40 @@ class SovereignBrokers:
                 )
             else:
                 self.brokers[code] = LocalCluster(
-                    len(ports[code]), node_dir, config, self.pki.node(code), ports[code]
+                    len(ports[code]),
+                    node_dir,
+                    config,
+                    self.pki.nodes(code, len(ports[code])),
+                    ports[code],
+                    self.pki.node_crl_dir(code),
                 )
         with ThreadPoolExecutor(len(self.codes)) as pool:
             list(pool.map(lambda b: b.start(), self.brokers.values()))
         return self
 
     def revoke(self, code: str, cert: Path) -> None:
-        """``code``'s CA revokes a certificate it issued; its broker refuses it from the
-        next connection on."""
+        """``code``'s CA (or its nodes CA) revokes a certificate it issued; its broker (or
+        its cluster's nodes) refuses it from the next connection on."""
         self.pki.revoke(code, cert.read_bytes())
-        self.brokers[code].refresh_crls(self.pki.crl_dir(code))
+        broker = self.brokers[code]
+        broker.refresh_crls(self.pki.crl_dir(code))
+        if isinstance(broker, LocalCluster):
+            broker.refresh_node_crls(self.pki.node_crl_dir(code))
 
     def cut(self, a: str, b: str) -> None:
         """The network between ``a``'s and ``b``'s nodes partitioned, both ways (needs
         ``relays``)."""
         for pair in ((a, b), (b, a)):
-            self.links[pair].cut()
+            for relay in self.links[pair]:
+                relay.cut()
 
     def mend(self, a: str, b: str) -> None:
         for pair in ((a, b), (b, a)):
-            self.links[pair].mend()
+            for relay in self.links[pair]:
+                relay.mend()
+
+    def is_cut(self, a: str, b: str) -> bool:
+        return all(relay.is_cut for relay in self.links[(a, b)])
 
     def url(self, code: str) -> str:
         return self.brokers[code].url
@@ -187,5 +200,6 @@ class SovereignBrokers:
     def stop(self) -> None:
         with ThreadPoolExecutor(max(1, len(self.brokers))) as pool:
             list(pool.map(lambda b: b.stop(), self.brokers.values()))
-        for relay in self.links.values():
-            relay.close()
+        for relays in self.links.values():
+            for relay in relays:
+                relay.close()

@@ -1,6 +1,6 @@
 """`make chaos`: queries while workers are killed, brokers crash and a partner link is cut.
 
-Two layouts, one after the other (``--layout`` picks one):
+Three layouts, one after the other (``--layout`` picks one):
 
 - **shared**: every participant on the development broker; a random worker SIGKILLed
   every few seconds and the broker restarted every ~20 s.
@@ -11,6 +11,9 @@ Two layouts, one after the other (``--layout`` picks one):
   both ways, for ``--cut-for`` seconds (150: longer than every client timeout: heartbeats
   15 and 30 s, publish confirms 60 s, and the answer deadline, 90 s in this run), with
   workers and brokers killed meanwhile.
+- **cluster**: the sovereign layout with us's broker a three-node cluster
+  (``biox.dev.cluster``; issue 23, item 8): each us turn SIGKILLs the next of its nodes,
+  and the partners' shovels reach us through a relay before each node, all cut at once.
 
 N encounters (default 5 000) from us to mx and sv (20 000-identity galleries), then a
 drain. Each layout ends by counting at the encounter system: queries expected, answers
@@ -35,6 +38,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
@@ -144,8 +148,8 @@ def shared(args: argparse.Namespace) -> dict:
     return {"result": result, "events": monkey.events}
 
 
-def sovereign(args: argparse.Namespace) -> dict:
-    data = RESULTS / "chaos-sovereign"
+def sovereign(args: argparse.Namespace, nodes: dict[str, int] | None = None) -> dict:
+    data = RESULTS / ("chaos-cluster" if nodes else "chaos-sovereign")
     shutil.rmtree(data, ignore_errors=True)
     settings = Settings(
         data_dir=data, retry_delays="1,5,30", answer_deadline_s=args.answer_deadline, amqp_url=None
@@ -154,7 +158,9 @@ def sovereign(args: argparse.Namespace) -> dict:
     codes = registry.codes
     monkey = Monkey(random.Random(SEED), args.kill_every)
     cut_lasted: list[float] = []
-    brokers = SovereignBrokers(codes, settings, data / "brokers", relays=True).start()
+    brokers = SovereignBrokers(
+        codes, settings, data / "brokers", relays=True, nodes=nodes or {}
+    ).start()
     workers = Workers([])
     try:
         for code in ("mx", "sv"):
@@ -182,17 +188,16 @@ def sovereign(args: argparse.Namespace) -> dict:
             cut_at, mended = started + args.cut_after, False
             next_crash = started + args.restart_every
             victims = itertools.cycle(sorted(codes, key=lambda c: c != "us"))  # us, mx, sv...
-            link = brokers.links[("us", "mx")]
             crashed_since_mend = False
             # until everything is submitted, the link mended, and one more crash after that
             while not (monkey.stop.is_set() and crashed_since_mend):
                 time.sleep(args.kill_every * monkey.rng.uniform(0.5, 1.5))
                 now = time.monotonic()
-                if now >= cut_at and not link.is_cut and not mended:
+                if now >= cut_at and not brokers.is_cut("us", "mx") and not mended:
                     brokers.cut("us", "mx")
                     monkey.note(f"us-mx link cut for {args.cut_for:.0f} s")
                     cut_at = now
-                elif link.is_cut and now >= cut_at + args.cut_for:
+                elif brokers.is_cut("us", "mx") and now >= cut_at + args.cut_for:
                     brokers.mend("us", "mx")
                     monkey.note("us-mx link mended")
                     mended = True
@@ -200,8 +205,11 @@ def sovereign(args: argparse.Namespace) -> dict:
                 elif now >= next_crash:
                     code = next(victims)
                     monkey.note(f"SIGKILL broker {code}")
-                    brokers.brokers[code].restart(down_for=monkey.rng.uniform(0.5, 3.0), hard=True)
-                    monkey.note(f"broker {code} back")
+                    down = monkey.rng.uniform(0.5, 3.0)
+                    node = brokers.brokers[code].restart(down_for=down, hard=True)
+                    monkey.note(
+                        f"broker {code} back" + (f" (node {node})" if node is not None else "")
+                    )
                     crashed_since_mend = mended
                     next_crash = time.monotonic() + args.restart_every
                 else:
@@ -307,7 +315,9 @@ def passed(run: dict) -> bool:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--layout", choices=("shared", "sovereign", "both"), default="both")
+    parser.add_argument(
+        "--layout", choices=("shared", "sovereign", "cluster", "all"), default="all"
+    )
     parser.add_argument("--encounters", type=int, default=5000)
     parser.add_argument("--rate", type=float, default=80.0, help="encounters submitted per second")
     parser.add_argument("--kill-every", type=float, default=4.0, help="seconds between kills")
@@ -322,8 +332,13 @@ def main() -> None:
     args = parser.parse_args()
     unwind_on_sigterm()
     runs = {}
-    for layout, run in (("shared", shared), ("sovereign", sovereign)):
-        if args.layout in (layout, "both"):
+    layouts: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
+        "shared": shared,
+        "sovereign": sovereign,
+        "cluster": lambda a: sovereign(a, nodes={"us": 3}),
+    }
+    for layout, run in layouts.items():
+        if args.layout in (layout, "all"):
             console.rule(f"chaos: {layout} layout")
             runs[layout] = run(args)
             console.print(runs[layout]["result"])

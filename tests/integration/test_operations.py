@@ -13,6 +13,8 @@ from sqlmodel import select
 from typer.testing import CliRunner
 
 from biox.agreement.ledgers import ErasureRow
+from biox.broker.deadletters import DeadLetterQueues, Filters
+from biox.broker.topology import PARKED_ARGUMENTS
 from biox.cli import app
 from biox.database import session_for
 from biox.store import AuditEntry, EncounterRow, Transaction
@@ -273,3 +275,24 @@ def test_a_crafted_dead_letter_cannot_be_replayed_into_an_own_only_queue(
     out = runner.invoke(app, ["dlq", "import", str(crafted)])
     assert out.exit_code == 1 and "nothing imported" in out.output, out.output
     assert exchange.ready("us.review") == 0
+
+
+def test_a_look_straight_after_another_finds_everything_still_there(broker_url: str):
+    """A quorum DLQ returns the messages of a closed channel after the close is
+    confirmed: without waiting for them, about one look in sixty straight after another
+    found the queue short, and an operator was told that nothing was held."""
+    queue = f"us.look-{uuid.uuid4().hex[:6]}.dlq"
+    conn = pika.BlockingConnection(pika.URLParameters(broker_url))
+    dlqs = DeadLetterQueues(broker_url)
+    try:
+        ch = conn.channel()
+        ch.queue_declare(queue, durable=True, arguments=PARKED_ARGUMENTS)
+        ch.confirm_delivery()
+        for i in range(2):
+            ch.basic_publish("", queue, b"held", pika.BasicProperties(message_id=str(i)))
+        looks = [len(dlqs.find([queue], Filters())) for _ in range(200)]
+        assert looks == [2] * 200, [n for n in looks if n != 2]
+    finally:
+        dlqs.close()
+        conn.channel().queue_delete(queue)
+        conn.close()

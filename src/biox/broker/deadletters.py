@@ -206,14 +206,29 @@ class DeadLetterQueues:
                 continue
             ch = self.conn.channel()
             ch.confirm_delivery()
+            acked = 0
             try:
                 for d in self._take(ch, q, count):
                     if filters.match(d) and action(ch, d):
                         ch.basic_ack(d.delivery_tag)
-                        done += 1
+                        acked += 1
             finally:
                 ch.close()  # unacked messages go back to the queue
+                self._until_back(q, count - acked)
+            done += acked
         return done
+
+    def _until_back(self, queue: str, ready: int, timeout: float = 5.0) -> None:
+        """Wait until what was taken and not acked is ready in ``queue`` again. A quorum
+        queue returns a closed channel's messages after the close is confirmed, so a look
+        straight after another (the same operator's, or a script's) would otherwise count
+        them as gone and report nothing held. Bounded: another tool taking messages
+        meanwhile must not hold this one up."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.counts([queue]).get(queue, ready) >= ready:
+                return
+            self.conn.sleep(0.05)
 
     def _take(self, ch: Any, queue: str, count: int) -> Iterator[DeadLetter]:
         for _ in range(count):

@@ -20,7 +20,8 @@ from biox.broker.link import Link
 from biox.broker.publisher import publish_once
 from biox.broker.topology import declare_work_queue
 from biox.database import session_for
-from biox.dev.broker import LocalBroker, free_port
+from biox.dev.broker import LocalBroker
+from biox.dev.host import free_port
 from biox.gallery.gallery import Gallery
 from biox.queries import examiners
 from biox.registry import Purpose, Registry

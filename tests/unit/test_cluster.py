@@ -47,7 +47,7 @@ def test_the_cookie_is_private_and_the_distribution_verifies_both_ends(tmp_path:
     assert "{fail_if_no_peer_cert, true}" in server  # no certificate, no connection
     assert (node / "tls" / "node-ca.pem").read_bytes() == pki.node("us").ca.read_bytes()
     assert member.erl_args(node) == (
-        f" -proto_dist inet_tls -ssl_dist_optfile {node / DIST_OPTIONS}"
+        f" -proto_dist inet_tls -ssl_dist_optfile {node / DIST_OPTIONS} -kernel net_setuptime 30"
     )
     assert ClusterMember(4369, "x").erl_args(node) == ""  # plain development nodes
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import pwd
 import shutil
 import signal
 import socket
@@ -28,6 +27,7 @@ import structlog
 
 from biox.broker.connection import parameters
 from biox.broker.definitions import split_shovels
+from biox.dev.host import alive, chown_tree, free_port, kill_epmd, setpriv_args
 from biox.settings import Settings
 from biox.trust.tls import ClientTLS
 
@@ -44,6 +44,9 @@ PLUGINS = [
     "rabbitmq_auth_mechanism_ssl",
     "rabbitmq_prometheus",  # queue depths, per queue (docs/operations.md, "Metrics")
 ]
+EX_UNAVAILABLE = 69  # what the CLI exits with when it cannot reach the node (among others)
+UNREACHED = "unable to perform an operation on node"
+CLI_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -70,12 +73,6 @@ class SovereignConfig:
 
 class BrokerError(RuntimeError):
     pass
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -232,10 +229,19 @@ class LocalBroker:
 
     def _limit_users(self, definitions: dict[str, Any]) -> None:
         """Each user's connection and channel limits: the definitions carry them, and
-        RabbitMQ 3.10 does not import them from there, so they are set once it runs."""
-        for user in definitions.get("users", []):
-            if user.get("limits"):
-                self.ctl("set_user_limits", user["name"], json.dumps(user["limits"]))
+        RabbitMQ 3.10 does not import them from there, so they are set once it runs, all
+        in one call (what ``rabbitmqctl set_user_limits`` calls, per user): a CLI call
+        boots a VM and links to the node, seconds each, a minute for a participant's
+        users on a loaded machine."""
+        calls = [
+            f"ok = rabbit_auth_backend_internal:set_user_limits("
+            f"{_erlang_binary(user['name'])}, {_erlang_binary(json.dumps(user['limits']))}, "
+            '<<"biox-launcher">>)'
+            for user in definitions.get("users", [])
+            if user.get("limits")
+        ]
+        if calls:
+            self.ctl("eval", ", ".join(calls) + ".")
 
     def ctl(self, *args: str, timeout: float = 60) -> str:
         """``rabbitmqctl`` against this node (as the broker's user, with its cookie)."""
@@ -243,20 +249,38 @@ class LocalBroker:
 
     def cli(self, tool: str, *args: str, timeout: float = 60) -> str:
         """One of RabbitMQ's CLI tools (``rabbitmqctl``, ``rabbitmq-queues``) against
-        this node."""
+        this node, tried again when it could not reach it: on a loaded machine the CLI's
+        own VM and its TLS link to the node can take longer than the node waits (every
+        call here is idempotent, so one that timed out after all did no harm)."""
         assert self.state is not None
         directory = Path(self.state.directory)
         env = self._env(directory, self.state.node, self._dist_port, self.state.epmd_port)
         cmd = [str(SERVER.with_name(tool)), "-n", self.state.node, "-q", *args]
         if os.geteuid() == 0:
             cmd = ["setpriv", *setpriv_args("rabbitmq"), *cmd]
-        # cwd: Erlang reads its working directory first, and prints an error on stdout there
-        done = subprocess.run(
-            cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=directory
-        )
-        if done.returncode != 0:
-            raise BrokerError(f"{tool} {' '.join(args)}: {done.stderr.strip()[-500:]}")
-        return done.stdout
+        said = ""
+        for attempt in range(CLI_ATTEMPTS):
+            try:  # cwd: Erlang reads its working directory first, and prints errors there
+                done = subprocess.run(
+                    cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=directory
+                )
+            except subprocess.TimeoutExpired:
+                said = f"no answer in {timeout:.0f} s"
+            else:
+                if done.returncode == 0:
+                    return done.stdout
+                said = done.stderr.strip()[:1500]
+                if done.returncode != EX_UNAVAILABLE or UNREACHED not in said:
+                    break  # the node answered: no
+            log.warning(
+                "broker_cli_retry",
+                tool=tool,
+                command=args[:1],
+                attempt=attempt + 1,
+                said=said[:600],
+            )
+            time.sleep(2**attempt)
+        raise BrokerError(f"{tool} {' '.join(args)}: {said}")
 
     def _wait_ready(self, timeout: float) -> None:
         assert self.state is not None and self.process is not None
@@ -322,9 +346,9 @@ class LocalBroker:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGKILL if hard else signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and _alive(pid, self.process):
+        while time.monotonic() < deadline and alive(pid, self.process):
             time.sleep(0.2)
-        if _alive(pid, self.process):
+        if alive(pid, self.process):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
             time.sleep(0.2)
@@ -371,6 +395,11 @@ def _sovereign_conf(directory: Path, config: SovereignConfig, port: int) -> str:
     )
 
 
+def _erlang_binary(text: str) -> str:
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"')
+    return f'<<"{escaped}">>'
+
+
 def erlang_tls(tls: Path, files: ClientTLS, name: str) -> str:
     """``files`` under ``tls``, and ``ssl`` options checking the peer against that CA alone."""
     tls.mkdir(exist_ok=True)
@@ -382,39 +411,3 @@ def erlang_tls(tls: Path, files: ClientTLS, name: str) -> str:
         f'{{keyfile, "{tls / key}"}}, {{verify, verify_peer}}, '
         "{versions, ['tlsv1.3', 'tlsv1.2']}"
     )
-
-
-def _alive(pid: int, process: subprocess.Popen[bytes] | None) -> bool:
-    if process is not None:
-        return process.poll() is None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def kill_epmd(port: int) -> None:
-    """epmd daemonises out of our process group; ask it to stop."""
-    epmd = shutil.which("epmd") or "/usr/bin/epmd"
-    with contextlib.suppress(Exception):
-        subprocess.run(
-            [epmd, "-kill"],
-            env={**os.environ, "ERL_EPMD_PORT": str(port)},
-            capture_output=True,
-            timeout=10,
-        )
-
-
-def chown_tree(path: Path, user: str) -> None:
-    pw = pwd.getpwnam(user)
-    for root, dirs, files in os.walk(path):
-        os.chown(root, pw.pw_uid, pw.pw_gid)
-        for name in dirs + files:
-            os.chown(os.path.join(root, name), pw.pw_uid, pw.pw_gid)
-    os.chmod(path, 0o700)
-
-
-def setpriv_args(user: str) -> list[str]:
-    pw = pwd.getpwnam(user)
-    return [f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--init-groups"]

@@ -27,17 +27,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from biox.dev.broker import (
-    SERVER,
-    BrokerError,
-    LocalBroker,
-    SovereignConfig,
-    chown_tree,
-    erlang_tls,
-    free_port,
-    kill_epmd,
-    setpriv_args,
-)
+from biox.dev.broker import SERVER, BrokerError, LocalBroker, SovereignConfig, erlang_tls
+from biox.dev.host import chown_tree, free_port, kill_epmd, setpriv_args
 from biox.trust.tls import ClientTLS
 
 DIST_OPTIONS = "inter_node_tls.config"
@@ -93,7 +84,9 @@ class ClusterMember:
         """The Erlang distribution over TLS, for the node and for its CLI tools alike."""
         if self.tls is None:
             return ""
-        return f" -proto_dist inet_tls -ssl_dist_optfile {directory / DIST_OPTIONS}"
+        # net_setuptime: a link's TLS handshake on a loaded machine outlasts the default 7 s
+        dist = f" -proto_dist inet_tls -ssl_dist_optfile {directory / DIST_OPTIONS}"
+        return dist + " -kernel net_setuptime 30"
 
 
 class LocalCluster:

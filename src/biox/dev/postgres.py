@@ -19,7 +19,7 @@ from pathlib import Path
 import structlog
 from sqlalchemy import create_engine, text
 
-from biox.dev.broker import chown_tree, free_port, setpriv_args
+from biox.dev.host import chown_tree, free_port, setpriv_args
 
 log = structlog.get_logger("biox.launcher")
 

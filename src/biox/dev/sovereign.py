@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from biox.broker.definitions import definitions, shovel_uri
-from biox.dev.broker import LocalBroker, SovereignConfig, free_port
+from biox.dev.broker import LocalBroker, SovereignConfig
 from biox.dev.cluster import LocalCluster
+from biox.dev.host import free_port
 from biox.dev.partition import LinkRelay
 from biox.dev.pki import DevPKI
 from biox.registry import Registry

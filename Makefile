@@ -27,19 +27,26 @@ postgresql:
 demo: $(STAMP) rabbitmq
 	$(BIN)/biox demo
 
-# Everything on SQLite, then the unit suite again with the wall clock a year ahead
-# (time-machine, tests/conftest.py: a test that pins a date while the code reads the real
-# clock fails today, not on the day it stops passing), then the integration tests again on a
-# throwaway PostgreSQL (the database production uses). Run once: the broker-fault, sovereign-broker, browser and
-# fuzz tests (brokers, a browser, decoding), `biox serve`, the guide walked from a fresh
-# install (its own SQLite under its own state directory) and the 100 000-identity import
-# (SQLite by design), to keep `make test` under 15 minutes on two cores.
+# The unit suite, then again with the wall clock a year ahead (time-machine,
+# tests/conftest.py: a test that pins a date while the code reads the real clock fails
+# today, not on the day it stops passing), then the integration tests on SQLite, then again
+# on a throwaway PostgreSQL (the database production uses). Run once: the broker-fault,
+# sovereign-broker, browser and fuzz tests (brokers, a browser, decoding), `biox serve`, the
+# guide walked from a fresh install (its own SQLite under its own state directory) and the
+# 100 000-identity import (SQLite by design). TEST_JOBS: pytest-xdist processes for the
+# unit suites and the SQLite integration run (a module's tests stay together, each process
+# with a broker of its own); 0 runs everything in one process. The PostgreSQL pass stays in
+# one: two of it, each with its own PostgreSQL and broker, took longer on two cores.
+# docs/testing.md has the times: about 15 minutes on two cores.
+TEST_JOBS ?= 2
+
 test: $(STAMP) rabbitmq chromium postgresql
 	$(BIN)/ruff check src workers tests bench
 	$(BIN)/ruff format --check src workers tests bench
 	$(BIN)/mypy
-	$(BIN)/pytest
-	$(BIN)/pytest tests/unit -q --clock-ahead 365
+	$(BIN)/pytest tests/unit -n $(TEST_JOBS)
+	$(BIN)/pytest tests/unit -q -n $(TEST_JOBS) --clock-ahead 365
+	$(BIN)/pytest tests/integration -n $(TEST_JOBS) --dist loadfile
 	$(BIN)/pytest tests/integration --postgres $(PG_SELECT)
 
 PG_SELECT := -m "not fault and not sovereign and not browser and not slow" \
@@ -50,11 +57,11 @@ test-postgres: $(STAMP) rabbitmq postgresql
 	$(BIN)/pytest tests/integration --postgres $(PG_SELECT)
 
 test-unit: $(STAMP)
-	$(BIN)/pytest tests/unit
-	$(BIN)/pytest tests/unit -q --clock-ahead 365
+	$(BIN)/pytest tests/unit -n $(TEST_JOBS)
+	$(BIN)/pytest tests/unit -q -n $(TEST_JOBS) --clock-ahead 365
 
 test-integration: $(STAMP) rabbitmq
-	$(BIN)/pytest tests/integration
+	$(BIN)/pytest tests/integration -n $(TEST_JOBS) --dist loadfile
 
 bench: $(STAMP) rabbitmq
 	$(BIN)/python -m bench.run

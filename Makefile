@@ -44,10 +44,7 @@ test: $(STAMP) rabbitmq chromium postgresql
 	$(BIN)/ruff check src workers tests bench
 	$(BIN)/ruff format --check src workers tests bench
 	$(BIN)/mypy
-	$(BIN)/pytest tests/unit -n $(TEST_JOBS)
-	$(BIN)/pytest tests/unit -q -n $(TEST_JOBS) --clock-ahead 365
-	$(BIN)/pytest tests/integration -n $(TEST_JOBS) --dist loadfile
-	$(BIN)/pytest tests/integration --postgres $(PG_SELECT)
+	@$(MAKE) --no-print-directory test-unit test-integration test-postgres
 
 PG_SELECT := -m "not fault and not sovereign and not browser and not slow" \
 	--deselect tests/integration/test_fuzz.py --deselect tests/integration/test_serve.py \

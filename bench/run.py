@@ -29,6 +29,7 @@ from rich.console import Console
 from rich.progress import Progress
 
 from bench import relay
+from biox.broker.connection import parameters
 from biox.broker.link import Link
 from biox.broker.publisher import Publisher
 from biox.broker.topology import declare
@@ -44,6 +45,7 @@ from biox.sim.processes import (
     unwind_on_sigterm,
     wait_for_consumers,
 )
+from biox.trust.tls import ClientTLS
 from biox.wire import addresses
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -298,10 +300,15 @@ def pipeline_run(
         task = progress.add_task(f"pipeline {n} @ {rate or 'max'}/s", total=n)
         encoded = system.encode(planned)
         started = time.perf_counter()
+        # an offered load arrives as people do, one at a time (docs/performance.md, "What
+        # is measured"); ``--arrivals bursts``: twenty at once, as this bench did before
+        arrivals = (
+            encounters.poisson_arrivals(n, rate, SEED) if rate and ARRIVALS == "poisson" else None
+        )
         submitter = threading.Thread(
             target=system.submit,
             args=(planned,),
-            kwargs={"batch": 20, "rate": rate, "encoded": encoded},
+            kwargs={"batch": 20, "rate": rate, "encoded": encoded, "arrivals": arrivals},
         )
         submitter.start()
         system.collect(
@@ -373,12 +380,9 @@ def pipeline(size: int, n: int, settings: Settings, url: str) -> dict:
         pids = {name: p.pid for name, p in workers.processes}
         pids["encounter system (bench)"] = os.getpid()
         pids.update(broker_pids())
-        before = {name: cpu_seconds(pid) for name, pid in pids.items()}
-        with sampled(PROFILE, {k: v for k, v in pids.items() if "beam" not in k}, size):
-            sat = pipeline_run(url, sizes, base, n, 0)
-        cpu_ms = cpu_ms_per_query(pids, before, n)
-        throughput = sat.sent / sat.seconds
-        audit_backlog, audit_drain_s = drain(url, audit_queues)
+        profile = sampled(PROFILE, {k: v for k, v in pids.items() if "beam" not in k}, size)
+        saturated = saturate(url, sizes, base, n, pids, [(url, None, audit_queues)], profile)
+        sat, throughput, cpu_ms = saturated.run, saturated.throughput, saturated.cpu_ms
         half = pipeline_run(url, sizes, base, max(n // 2, 500), throughput / 2)
     finally:
         workers.stop()
@@ -400,12 +404,13 @@ def pipeline(size: int, n: int, settings: Settings, url: str) -> dict:
         "raw": raw,
         "relay": relayed,
         "cpu_ms_per_query": cpu_ms,
-        "audit_backlog_at_end": audit_backlog,
-        "audit_drain_s": audit_drain_s,
+        "audit_backlog_at_end": saturated.audit_backlog,
+        "audit_drain_s": saturated.audit_drain_s,
     }
 
 
 PROFILE: Path | None = None  # --profile: where py-spy's samples of the saturated run go
+ARRIVALS = "poisson"  # --arrivals: how a latency run's load is offered
 
 
 @contextlib.contextmanager
@@ -449,21 +454,64 @@ def sampled(into: Path | None, pids: dict[str, int], size: int) -> Iterator[None
             p.wait(timeout=60)
 
 
-def drain(url: str, queues: list[str], timeout: float = 300) -> tuple[int, float]:
-    """Messages left in ``queues`` when the answers were all in, and how long they took to go."""
+#: where audit queues are: a broker's URL, the credentials to read it with, its audit queues
+AuditQueues = tuple[str, ClientTLS | None, list[str]]
+
+
+def drain(places: list[AuditQueues], timeout: float = 300) -> tuple[int, float]:
+    """Messages left in the audit queues when the answers were all in, and how long they
+    took to go (on every broker: one, or one per participant)."""
     import pika
 
-    conn = pika.BlockingConnection(pika.URLParameters(url))
-    ch = conn.channel()
+    conns = [pika.BlockingConnection(parameters(url, tls)) for url, tls, _ in places]
+    try:
+        looks = [(c.channel(), queues) for c, (_, _, queues) in zip(conns, places, strict=True)]
 
-    def depth() -> int:
-        return sum(ch.queue_declare(q, passive=True).method.message_count for q in queues)
+        def depth() -> int:
+            return sum(
+                ch.queue_declare(q, passive=True).method.message_count
+                for ch, queues in looks
+                for q in queues
+            )
 
-    backlog, started = depth(), time.monotonic()
-    while depth() and time.monotonic() - started < timeout:
-        time.sleep(0.2)
-    conn.close()
-    return backlog, round(time.monotonic() - started, 1)
+        backlog, started = depth(), time.monotonic()
+        while depth() and time.monotonic() - started < timeout:
+            time.sleep(0.2)
+        return backlog, round(time.monotonic() - started, 1)
+    finally:
+        for c in conns:
+            c.close()
+
+
+@dataclass
+class Saturated:
+    run: Run
+    throughput: float  # every answer in and the audit trails caught up, per second
+    cpu_ms: dict[str, float]
+    audit_backlog: int
+    audit_drain_s: float
+
+
+def saturate(
+    url: str,
+    sizes: dict[str, int],
+    base: list[plans.Planned],
+    n: int,
+    pids: dict[str, int],
+    audits: list[AuditQueues],
+    profile: contextlib.AbstractContextManager[Any] | None = None,
+    **connect: Any,
+) -> Saturated:
+    """``n`` encounters offered at once. The throughput counts until the audit trails have
+    caught up as well, and the CPU per query includes their catching up: the audit worker
+    yields the cores to the queries (``BIOX_AUDIT_NICE``) and so lags under saturation, and
+    a figure that stopped at the last answer would count work it only postponed."""
+    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    with profile or contextlib.nullcontext():
+        sat = pipeline_run(url, sizes, base, n, 0, **connect)
+    backlog, drain_s = drain(audits)
+    cpu_ms = cpu_ms_per_query(pids, before, n)
+    return Saturated(sat, sat.sent / (sat.seconds + drain_s), cpu_ms, backlog, drain_s)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -599,9 +647,15 @@ def main() -> None:
     parser.add_argument(
         "--profile", type=Path, default=None, help="py-spy samples of each worker, into DIR"
     )
+    parser.add_argument(
+        "--arrivals",
+        choices=["poisson", "bursts"],
+        default="poisson",
+        help="the latency run's load: one at a time at random (default), or twenty at once",
+    )
     args = parser.parse_args()
-    global PROFILE
-    PROFILE = args.profile
+    global PROFILE, ARRIVALS
+    PROFILE, ARRIVALS = args.profile, args.arrivals
     unwind_on_sigterm()
     settings = Settings()
     faiss.omp_set_num_threads(settings.search_threads or os.cpu_count() or 1)  # as the workers

@@ -29,10 +29,9 @@ from bench.run import (
     broker_pids,
     broker_url,
     console,
-    cpu_ms_per_query,
-    cpu_seconds,
     pipeline_run,
     provider_gallery,
+    saturate,
 )
 from biox.broker.topology import declare
 from biox.gallery import snapshot
@@ -78,15 +77,15 @@ def run(url: str, s: Settings, shards: int, base: list, n: int, sizes: dict[str,
         pids = {name: p.pid for name, p in workers.processes}
         pids["encounter system (bench)"] = os.getpid()
         pids.update(broker_pids())
-        before = {name: cpu_seconds(pid) for name, pid in pids.items()}
-        sat = pipeline_run(url, sizes, base, n, 0)
-        cpu_ms = cpu_ms_per_query(pids, before, n)
+        audits = [(url, None, ["us.audit", "mx.audit"])]
+        saturated = saturate(url, sizes, base, n, pids, audits)
+        sat, cpu_ms = saturated.run, saturated.cpu_ms
         memory = {
             name: rss_mb(p.pid)
             for name, p in workers.processes
             if name.startswith("mx-shard") or name == "mx-query"
         }
-        throughput = sat.sent / sat.seconds
+        throughput = saturated.throughput
         half = pipeline_run(url, sizes, base, max(n // 2, 500), throughput / 2)
     finally:
         workers.stop()

@@ -23,11 +23,10 @@ from bench.run import (
     SEED,
     broker_pids,
     console,
-    cpu_ms_per_query,
-    cpu_seconds,
     pipeline,
     pipeline_run,
     provider_gallery,
+    saturate,
 )
 from biox.dev.broker import LocalBroker
 from biox.dev.sovereign import SovereignBrokers
@@ -36,6 +35,7 @@ from biox.settings import Settings
 from biox.sim import plans
 from biox.sim.processes import start_sovereign_workers, unwind_on_sigterm, worker_env
 from biox.trust.identity import Role
+from biox.wire import addresses
 
 KINDS = {"us": ("intake", "response", "audit"), "mx": ("query", "audit")}
 #: ``--replicas``: two intake and two matcher processes, competing consumers of their queues
@@ -77,10 +77,12 @@ def sovereign(
         pids = {name: p.pid for name, p in workers.processes}
         pids["encounter system (bench)"] = os.getpid()
         pids.update(broker_pids())
-        before = {name: cpu_seconds(pid) for name, pid in pids.items()}
-        sat = pipeline_run(url, sizes, base, n, 0, **connect)
-        cpu_ms = cpu_ms_per_query(pids, before, n)
-        throughput = sat.sent / sat.seconds
+        audits = [
+            (brokers.url(c), brokers.credentials(c, Role.workers), [addresses.queue(c, "audit")])
+            for c in kinds
+        ]
+        saturated = saturate(url, sizes, base, n, pids, audits, **connect)
+        sat, throughput, cpu_ms = saturated.run, saturated.throughput, saturated.cpu_ms
         half = pipeline_run(url, sizes, base, max(n // 2, 500), throughput / 2, **connect)
     finally:
         if workers is not None:
@@ -98,6 +100,7 @@ def sovereign(
         "missing": sat.missing + half.missing,
         "wrong": sat.wrong + half.wrong,
         "cpu_ms_per_query": cpu_ms,
+        "audit_drain_s": saturated.audit_drain_s,
     }
 
 

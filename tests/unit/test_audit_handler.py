@@ -144,3 +144,45 @@ def test_the_audit_answers_nobody():
         AuditHandler("us").reject(seen("", "x").envelope, PermanentError(Reason.undecodable))
         is None
     )
+
+
+class _Started(Exception):
+    """Stops ``run_worker`` just after it set its priority."""
+
+
+@pytest.mark.parametrize(
+    ("role", "nice", "expected"),
+    [("audit", 10, [10]), ("audit", 3, [3]), ("audit", 0, []), ("query", 10, [])],
+)
+def test_the_audit_worker_and_only_it_gives_the_queries_the_cores_first(
+    monkeypatch, role, nice, expected
+):
+    """docs/architecture.md, "The path of one query": the audit worker lowers its own CPU
+    priority by ``BIOX_AUDIT_NICE``; a worker on the query path keeps its own."""
+    from biox import runtime
+    from biox.settings import Settings
+
+    calls: list[int] = []
+    monkeypatch.setattr(runtime.os, "nice", calls.append)
+
+    def started(*_args: object) -> None:
+        raise _Started
+
+    monkeypatch.setattr(runtime, "context", started)
+    settings = Settings(
+        amqp_url="amqp://guest:guest@localhost:5672/%2F", dev_shared_broker=True, audit_nice=nice
+    )
+    with pytest.raises(_Started):
+        runtime.run_worker(role, "us", settings)
+    assert calls == expected
+
+
+def test_a_priority_outside_what_nice_takes_is_refused_at_start():
+    from pydantic import ValidationError
+
+    from biox.settings import Settings
+
+    with pytest.raises(ValidationError, match="audit_nice"):
+        Settings(audit_nice=-5)  # raising a priority needs privileges no worker should hold
+    with pytest.raises(ValidationError, match="audit_nice"):
+        Settings(audit_nice=20)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -149,20 +149,37 @@ class EncounterSystem:
         batch: int = 50,
         rate: float = 0.0,
         encoded: list[Outgoing] | None = None,
+        arrivals: Sequence[float] | None = None,
     ) -> None:
-        """Publish encounters (confirmed), in batches; paced to ``rate`` per second if set."""
+        """Publish encounters (confirmed), in batches; paced to ``rate`` per second if set.
+
+        ``arrivals``: instead, each encounter's own time, in seconds from the start, as
+        people reach a border post (``poisson_arrivals``): an open load, in which whatever
+        is due is sent at once (at most ``batch``) and nothing waits for an answer. Bursts
+        of ``batch`` at ``rate`` put a whole burst into the queues at one instant, so
+        latency measured that way includes the burst's own queueing."""
         encoded = encoded or self.encode(planned)
         started = time.monotonic()
-        for start in range(0, len(planned), batch):
-            if rate > 0:
+        start = 0
+        while start < len(planned):
+            end = min(start + batch, len(planned))
+            if arrivals is not None:
+                time.sleep(max(0.0, started + arrivals[start] - time.monotonic()))
+                due = time.monotonic() - started
+                end = start + 1
+                while end < min(start + batch, len(planned)) and arrivals[end] <= due:
+                    end += 1
+            elif rate > 0:
                 time.sleep(max(0.0, started + start / rate - time.monotonic()))
-            chunk = planned[start : start + batch]
             now = time.monotonic()
-            for p in chunk:
+            for i, p in enumerate(planned[start:end], start):
                 self.outcomes[p.encounter_id] = Outcome(p)
                 self.requesters_of.setdefault(p.person, []).append(p.requester)
-                p.submitted_at = now
-            self.publisher.send(encoded[start : start + batch])
+                # from the person's arrival, not from when the sender got to it: a sender
+                # that fell behind must not hide the wait (coordinated omission)
+                p.submitted_at = now if arrivals is None else started + arrivals[i]
+            self.publisher.send(encoded[start:end])
+            start = end
 
     def collect(
         self,
@@ -353,3 +370,11 @@ def summarise(
             if not answer.reviewed:  # a person took its time: not a latency of the system
                 stats.latencies.append(answer.latency_s)
     return dict(pairs), {k: dict(v) for k, v in refused.items()}, missing
+
+
+def poisson_arrivals(n: int, rate: float, seed: int = 0) -> np.ndarray:
+    """Times of ``n`` independent arrivals at ``rate`` per second on average (exponential
+    gaps), from 0: the offered load of a latency measurement (``EncounterSystem.submit``)."""
+    gaps = np.random.default_rng(seed).exponential(1.0 / rate, n)
+    times: np.ndarray = np.cumsum(gaps) - gaps[0]
+    return times

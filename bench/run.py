@@ -308,7 +308,13 @@ def pipeline_run(
         submitter = threading.Thread(
             target=system.submit,
             args=(planned,),
-            kwargs={"batch": 20, "rate": rate, "encoded": encoded, "arrivals": arrivals},
+            kwargs={
+                "batch": 20,
+                "rate": rate,
+                "encoded": encoded,
+                "arrivals": arrivals,
+                "window": 0 if rate else WINDOW,
+            },
         )
         submitter.start()
         system.collect(
@@ -411,6 +417,7 @@ def pipeline(size: int, n: int, settings: Settings, url: str) -> dict:
 
 PROFILE: Path | None = None  # --profile: where py-spy's samples of the saturated run go
 ARRIVALS = "poisson"  # --arrivals: how a latency run's load is offered
+WINDOW = 0  # --window: at most this many encounters unanswered in a saturated run
 
 
 @contextlib.contextmanager
@@ -653,9 +660,15 @@ def main() -> None:
         default="poisson",
         help="the latency run's load: one at a time at random (default), or twenty at once",
     )
+    parser.add_argument(
+        "--window",
+        type=int,
+        default=0,
+        help="a saturated run's encounters unanswered at most (default: all offered at once)",
+    )
     args = parser.parse_args()
-    global PROFILE, ARRIVALS
-    PROFILE, ARRIVALS = args.profile, args.arrivals
+    global PROFILE, ARRIVALS, WINDOW
+    PROFILE, ARRIVALS, WINDOW = args.profile, args.arrivals, args.window
     unwind_on_sigterm()
     settings = Settings()
     faiss.omp_set_num_threads(settings.search_threads or os.cpu_count() or 1)  # as the workers

@@ -150,6 +150,7 @@ class EncounterSystem:
         rate: float = 0.0,
         encoded: list[Outgoing] | None = None,
         arrivals: Sequence[float] | None = None,
+        window: int = 0,
     ) -> None:
         """Publish encounters (confirmed), in batches; paced to ``rate`` per second if set.
 
@@ -157,7 +158,9 @@ class EncounterSystem:
         people reach a border post (``poisson_arrivals``): an open load, in which whatever
         is due is sent at once (at most ``batch``) and nothing waits for an answer. Bursts
         of ``batch`` at ``rate`` put a whole burst into the queues at one instant, so
-        latency measured that way includes the burst's own queueing."""
+        latency measured that way includes the burst's own queueing. ``window``: never more
+        than this many encounters without their final result (a system that holds back
+        when biox falls behind); 0, no limit."""
         encoded = encoded or self.encode(planned)
         started = time.monotonic()
         start = 0
@@ -171,6 +174,10 @@ class EncounterSystem:
                     end += 1
             elif rate > 0:
                 time.sleep(max(0.0, started + start / rate - time.monotonic()))
+            if window:
+                while len(self.outcomes) - self.completed >= window:
+                    time.sleep(0.001)  # ``collect``, on another thread, counts the completed
+                end = min(end, start + window - (len(self.outcomes) - self.completed))
             now = time.monotonic()
             for i, p in enumerate(planned[start:end], start):
                 self.outcomes[p.encounter_id] = Outcome(p)

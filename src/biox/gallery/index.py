@@ -15,6 +15,8 @@ training but has no removal at all.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
@@ -31,8 +33,9 @@ RERANK = 4  # candidates fetched from the codes per candidate returned, then sco
 COMPACT_SHARE = 0.01  # tombstones, as a share of the codes, that trigger a rebuild
 COMPACT_MIN = 1000
 SCAN_SHARE = 0.16  # of the IVF lists searched per query when BIOX_IVF_NPROBE is 0
-#: more lists than this (about 4 M identities): the lists' centroids are found through an
-#: HNSW graph, not compared one by one, when adding and searching (10 M: 12 600 lists)
+#: more lists than this (about 4 M identities): the lists' centroids also get an HNSW
+#: graph (10 M: 12 600 lists). Only a template added on its own walks it; batches and
+#: searches compare every centroid at once, which is exact and cheaper (``_exact_lists``)
 HNSW_COARSE_FROM = 8192
 ADD_EF = 128  # how widely the graph looks for the list of a template added on its own
 #: a batch this large finds its lists by comparing every centroid at once (BLAS), not by
@@ -111,24 +114,16 @@ class VectorIndex:
         if self.tombstones.intersection(ids.tolist()):
             self.compact()  # a removed id enrolled again: its old codes go first
         graph = _graph(self.index)
-        bulk = graph is not None and len(ids) >= BULK_ADD_FROM
-        if graph is not None and bulk:
-            # each template to its nearest list, exactly: the graph's own centroids compared
-            # all at once, as one matrix product (faiss takes BLAS only from 128 000 queries
-            # by default, and one pair at a time below); the walk put a quarter of them in
-            # another list (performance.md)
-            faiss.extract_index_ivf(self.index).quantizer = graph.storage
-            blas = faiss.cvar.distance_compute_blas_threshold
-            faiss.cvar.distance_compute_blas_threshold = BULK_ADD_FROM
-        elif graph is not None:  # one list per template: a narrower walk than a search's
+        if graph is None or len(ids) >= BULK_ADD_FROM:
+            # each template of a batch to its nearest list, exactly (``_exact_lists``); the
+            # walk put a quarter of them in another list (performance.md)
+            with _exact_lists(self.index):
+                self.index.add_with_ids(vectors, ids)
+        else:  # one list per template: a narrower walk than a search's
             searching, graph.hnsw.efSearch = graph.hnsw.efSearch, ADD_EF
-        try:
-            self.index.add_with_ids(vectors, ids)
-        finally:
-            if graph is not None and bulk:
-                faiss.extract_index_ivf(self.index).quantizer = graph
-                faiss.cvar.distance_compute_blas_threshold = blas
-            elif graph is not None:
+            try:
+                self.index.add_with_ids(vectors, ids)
+            finally:
                 graph.hnsw.efSearch = searching
         if self.store is None:
             self.present.assign(ids, 0)
@@ -169,7 +164,8 @@ class VectorIndex:
         if self.store is None:
             return self.index.search(queries, min(k, self.ntotal))
         fetch = min(k * RERANK, int(self.index.ntotal))
-        _, found = self.index.search(queries, fetch, params=self._params())
+        with _exact_lists(self.index):
+            _, found = self.index.search(queries, fetch, params=self._params())
         rows = self.present.lookup(found)  # -1: padding, or a tombstone
         vectors = self.store.get(np.maximum(rows, 0))
         exact = np.einsum("qfd,qd->qf", vectors, queries)
@@ -245,6 +241,30 @@ def _graph(index: faiss.Index) -> faiss.IndexHNSW | None:
     return quantizer if isinstance(quantizer, faiss.IndexHNSW) else None
 
 
+@contextmanager
+def _exact_lists(index: faiss.Index) -> Iterator[None]:
+    """Where an IVF index's lists are found through an HNSW graph, find them for this call
+    by comparing every centroid at once instead: the graph's own flat storage, as one
+    matrix product (faiss takes BLAS only from ``distance_compute_blas_threshold``
+    queries, 20 by default for a search and 128 000 for an add, and one pair at a time
+    below). At 12 649 lists a search for 2 024 of them costs 1.9 ms of CPU against 5.2
+    through the graph (512-d; 0.66 against 3.4 at 192-d), and is exact; only a single
+    template being added is faster through the graph (docs/performance.md)."""
+    graph = _graph(index)
+    if graph is None:
+        yield
+        return
+    ivf = faiss.extract_index_ivf(index)
+    blas = faiss.cvar.distance_compute_blas_threshold
+    ivf.quantizer = graph.storage
+    faiss.cvar.distance_compute_blas_threshold = BULK_ADD_FROM
+    try:
+        yield
+    finally:
+        ivf.quantizer = graph
+        faiss.cvar.distance_compute_blas_threshold = blas
+
+
 def _search_width(index: faiss.IndexIVF, nprobe: int) -> int:
     """``nprobe`` lists searched, and a graph over them that explores as many."""
     index.nprobe = nprobe
@@ -255,7 +275,9 @@ def _search_width(index: faiss.IndexIVF, nprobe: int) -> int:
 def _explore(index: faiss.Index, nprobe: int) -> None:
     """A graph asked for the ``nprobe`` nearest lists must explore at least that many:
     with HNSW's default (16) a search for 2 024 lists returned half of them, most of them
-    wrong, and recall@1 at 10 M fell to 0.26 (docs/performance.md)."""
+    wrong, and recall@1 at 10 M fell to 0.26 (docs/performance.md). ``search`` no longer
+    walks it (``_exact_lists``); the width is kept for whoever reads the snapshot with
+    faiss alone."""
     graph = _graph(index)
     if graph is not None:
         graph.hnsw.efSearch = max(nprobe, ADD_EF)

@@ -184,13 +184,14 @@ def matcher(size: int, n_probes: int, settings: Settings) -> dict:
 
 
 def fresh_start(
-    gallery: Gallery, probe: Probe, settings: Settings, keep: Path | None = None
+    gallery: Gallery | None, probe: Probe, settings: Settings, keep: Path | None = None
 ) -> tuple[float, int]:
     """Seconds from nothing to a fresh matcher's first answer from the snapshot on disk
     (the page cache dropped where the OS lets us, so the templates come from disk), and the
     snapshot's size. ``keep``: the snapshot is already there, and stays."""
     directory = keep or ROOT / "var" / "bench-snapshot"
     if keep is None:
+        assert gallery is not None  # nothing kept: this one is saved
         shutil.rmtree(directory, ignore_errors=True)
         gallery.save(directory)
     files = [f for f in directory.iterdir() if f.is_file()]

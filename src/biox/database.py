@@ -74,18 +74,17 @@ def _add_new_columns(engine: Engine) -> None:
                 conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
 
 
-def mark_published(url: str, consumer: str, message_ids: list[str]) -> None:
-    """The outputs of these inputs were confirmed by the broker (see ``ConsumeLoop``)."""
-    with session_for(url) as session:
-        session.execute(
-            update(ProcessedMessage)
-            .where(
-                col(ProcessedMessage.consumer) == consumer,
-                col(ProcessedMessage.message_id).in_(message_ids),
-            )
-            .values(published=True)
+def mark_published(session: Session, consumer: str, message_ids: list[str]) -> None:
+    """The outputs of these inputs were confirmed by the broker (see ``ConsumeLoop``), in
+    the session's transaction: the consume loop writes it with its next batch."""
+    session.execute(
+        update(ProcessedMessage)
+        .where(
+            col(ProcessedMessage.consumer) == consumer,
+            col(ProcessedMessage.message_id).in_(message_ids),
         )
-        session.commit()
+        .values(published=True)
+    )
 
 
 def session_for(url: str) -> Session:

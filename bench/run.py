@@ -511,9 +511,9 @@ def saturate(
     **connect: Any,
 ) -> Saturated:
     """``n`` encounters offered at once. The throughput counts until the audit trails have
-    caught up as well, and the CPU per query includes their catching up: the audit worker
-    yields the cores to the queries (``BIOX_AUDIT_NICE``) and so lags under saturation, and
-    a figure that stopped at the last answer would count work it only postponed."""
+    caught up as well, and the CPU per query includes their catching up: an audit worker
+    that lags under saturation would otherwise have the figure count work it only
+    postponed."""
     before = {name: cpu_seconds(pid) for name, pid in pids.items()}
     with profile or contextlib.nullcontext():
         sat = pipeline_run(url, sizes, base, n, 0, **connect)

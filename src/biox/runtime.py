@@ -3,7 +3,6 @@ participant's registry, policy and settings, under the consume loop."""
 
 from __future__ import annotations
 
-import os
 import signal
 import threading
 from enum import StrEnum
@@ -61,10 +60,6 @@ def run_worker(role: str, participant: str, settings: Settings | None = None) ->
         queue = routes.queue_for(role, settings.shard)
     except ValueError as exc:
         raise SystemExit(f"biox worker {role}: {exc}") from exc
-    if queue.undecoded is not None and settings.audit_nice:
-        # beside the query path (docs/architecture.md, "The path of one query"): the cores go to
-        # the queries first, and the trail catches up when the load falls
-        os.nice(settings.audit_nice)
     ctx = context(participant, settings)
     handler = build_handler(role, ctx)
     with session_for(settings.database_for(participant)) as session:

@@ -164,16 +164,6 @@ class Settings(BaseSettings):
     prefetch: int = 256
     batch_max: int = Field(default=64, description="Deliveries handled per commit.")
     batch_wait_ms: float = Field(default=2.0, description="How long to wait to fill a batch.")
-    audit_nice: int = Field(
-        default=10,
-        ge=0,
-        le=19,
-        description=(
-            "How much the audit worker lowers its own CPU priority (os.nice): on cores it "
-            "shares with the query path, a query does not wait behind an audit commit; "
-            "the trail catches up when the load falls. 0 keeps the usual priority."
-        ),
-    )
     audit_batch_wait_ms: float = Field(
         default=50.0,
         description=(

@@ -144,4 +144,3 @@ def test_the_audit_answers_nobody():
         AuditHandler("us").reject(seen("", "x").envelope, PermanentError(Reason.undecodable))
         is None
     )
-

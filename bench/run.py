@@ -391,6 +391,7 @@ def pipeline(size: int, n: int, settings: Settings, url: str) -> dict:
         saturated = saturate(url, sizes, base, n, pids, [(url, None, audit_queues)], profile)
         sat, throughput, cpu_ms = saturated.run, saturated.throughput, saturated.cpu_ms
         half = pipeline_run(url, sizes, base, max(n // 2, 500), throughput / 2)
+        by_rate = {rate: pipeline_run(url, sizes, base, max(n // 3, 300), rate) for rate in RATES}
     finally:
         workers.stop()
     relayed = relay.relay(url, samples, n, settings)
@@ -413,12 +414,24 @@ def pipeline(size: int, n: int, settings: Settings, url: str) -> dict:
         "cpu_ms_per_query": cpu_ms,
         "audit_backlog_at_end": saturated.audit_backlog,
         "audit_drain_s": saturated.audit_drain_s,
+        "latency_by_rate": [
+            {
+                "rate": rate,
+                "p50_ms": pct(r.latencies, 50),
+                "p95_ms": pct(r.latencies, 95),
+                "p99_ms": pct(r.latencies, 99),
+                "missing": r.missing,
+                "wrong": r.wrong,
+            }
+            for rate, r in by_rate.items()
+        ],
     }
 
 
 PROFILE: Path | None = None  # --profile: where py-spy's samples of the saturated run go
 ARRIVALS = "poisson"  # --arrivals: how a latency run's load is offered
 WINDOW = 0  # --window: at most this many encounters unanswered in a saturated run
+RATES: list[float] = []  # --rates: latency runs at these offered rates too
 
 
 @contextlib.contextmanager
@@ -631,6 +644,17 @@ def write_doc(results: dict) -> None:
                 f"- {p['size']:,} identities: {p['audit_backlog_at_end']} audit messages waiting "
                 f"when the last answer arrived, drained {p['audit_drain_s']} s later"
             )
+    sweeps = [p for p in results["pipeline"] if p.get("latency_by_rate")]
+    if sweeps:
+        lines += ["", "### Latency by offered rate (`--rates`, independent arrivals)", ""]
+        lines += [
+            f"- {p['size']:,} identities: "
+            + "; ".join(
+                f"{r['rate']:g}/s p50 {r['p50_ms']} / p95 {r['p95_ms']} / p99 {r['p99_ms']} ms"
+                for r in p["latency_by_rate"]
+            )
+            for p in sweeps
+        ]
     lines.append("<!-- bench:end -->")
     block = "\n".join(lines)
     text = (
@@ -667,9 +691,15 @@ def main() -> None:
         default=0,
         help="a saturated run's encounters unanswered at most (default: all offered at once)",
     )
+    parser.add_argument(
+        "--rates",
+        default="",
+        help="comma-separated offered rates (queries/s): a latency run at each, after half load",
+    )
     args = parser.parse_args()
-    global PROFILE, ARRIVALS, WINDOW
+    global PROFILE, ARRIVALS, WINDOW, RATES
     PROFILE, ARRIVALS, WINDOW = args.profile, args.arrivals, args.window
+    RATES = [float(r) for r in args.rates.split(",") if r.strip()]
     unwind_on_sigterm()
     settings = Settings()
     faiss.omp_set_num_threads(settings.search_threads or os.cpu_count() or 1)  # as the workers

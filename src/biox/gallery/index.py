@@ -246,10 +246,10 @@ def _exact_lists(index: faiss.Index) -> Iterator[None]:
     """Where an IVF index's lists are found through an HNSW graph, find them for this call
     by comparing every centroid at once instead: the graph's own flat storage, as one
     matrix product (faiss takes BLAS only from ``distance_compute_blas_threshold``
-    queries, 20 by default for a search and 128 000 for an add, and one pair at a time
-    below). At 12 649 lists a search for 2 024 of them costs 1.9 ms of CPU against 5.2
-    through the graph (512-d; 0.66 against 3.4 at 192-d), and is exact; only a single
-    template being added is faster through the graph (docs/performance.md)."""
+    queries, 128 000 in faiss 1.15, and compares one pair at a time below). At 12 649
+    lists a search for 2 024 of them costs 5.2 ms of CPU through the graph at 512-d and
+    3.4 at 192-d, against 1.9 and 0.66 even one pair at a time (`python -m bench.coarse`),
+    and is exact; only a template added on its own is faster through the graph."""
     graph = _graph(index)
     if graph is None:
         yield

@@ -380,16 +380,21 @@ def test_a_spill_keeps_float32_whatever_it_is_given_and_takes_more_after_its_sav
     assert np.allclose(store.vectors(np.array([1, 3])), rows[[0, 2]])
 
 
+def _graph_over_256_lists(monkeypatch, seed: int) -> tuple[VectorIndex, np.ndarray, np.ndarray]:
+    """A trained IVF index whose 256 lists are found through an HNSW graph (nprobe 1),
+    and 6 000 random templates for it, not yet added."""
+    monkeypatch.setattr(index_module, "HNSW_COARSE_FROM", 8)
+    vectors = unit(np.random.default_rng(seed).standard_normal((6000, DIM)))
+    ix = VectorIndex(DIM, "ivf", nlist=256, nprobe=1)
+    ix.train(vectors)
+    return ix, np.arange(len(vectors), dtype=np.int64), vectors
+
+
 def test_a_batch_finds_its_lists_exactly_where_a_walk_through_the_graph_misses(monkeypatch):
     """A graph over 256 lists walked at its narrowest puts some templates in another
     list; a batch (16 templates, and more) still lands each in its nearest one."""
-    monkeypatch.setattr(index_module, "HNSW_COARSE_FROM", 8)
     monkeypatch.setattr(index_module, "ADD_EF", 1)
-    rng = np.random.default_rng(12)
-    vectors = unit(rng.standard_normal((6000, DIM)))
-    ids = np.arange(len(vectors), dtype=np.int64)
-    ix = VectorIndex(DIM, "ivf", nlist=256, nprobe=1)
-    ix.train(vectors)
+    ix, ids, vectors = _graph_over_256_lists(monkeypatch, seed=12)
     graph = faiss.downcast_index(ix.index.quantizer)
     nearest = faiss.downcast_index(graph.storage).search(vectors, 1)[1][:, 0]
     assert (graph.search(vectors, 1)[1][:, 0] != nearest).any()  # the walk alone misses
@@ -410,15 +415,11 @@ def test_a_batch_finds_its_lists_exactly_where_a_walk_through_the_graph_misses(m
 def test_a_search_finds_its_lists_by_comparing_every_centroid_not_by_walking_the_graph(
     monkeypatch,
 ):
-    """At 10 M (12 649 lists, 2 024 searched) the walk cost 5.2 ms of a query's CPU where
-    the comparison costs 1.9, and a narrow walk also misses lists. A search through the
-    index compares every centroid at once, and the graph is the quantizer again after."""
-    monkeypatch.setattr(index_module, "HNSW_COARSE_FROM", 8)
-    rng = np.random.default_rng(13)
-    vectors = unit(rng.standard_normal((6000, DIM)))
-    ids = np.arange(len(vectors), dtype=np.int64)
-    ix = VectorIndex(DIM, "ivf", nlist=256, nprobe=1)
-    ix.train(vectors)
+    """At 10 M (12 649 lists, 2 024 searched) the walk cost 5.2 ms of a face query's CPU
+    where comparing every centroid at once costs 0.6 (`python -m bench.coarse`), and a
+    narrow walk also misses lists. A search through the index compares every centroid at
+    once, and the graph is the quantizer again after."""
+    ix, ids, vectors = _graph_over_256_lists(monkeypatch, seed=13)
     ix.add(ids, vectors)  # each in its nearest list (a batch)
     graph = faiss.downcast_index(ix.index.quantizer)
     graph.hnsw.efSearch = 1

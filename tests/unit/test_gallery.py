@@ -265,3 +265,20 @@ def test_template_bytes_are_little_endian_float32_whatever_the_input():
 
     data = vector_bytes(np.array([1.0, -2.5], dtype=np.float64))
     assert data == np.array([1.0, -2.5], dtype="<f4").tobytes() and len(data) == 8
+
+
+def test_a_gallery_larger_than_half_of_memory_reads_its_candidates_ahead(tmp_path, monkeypatch):
+    """Read-ahead costs a system call per row already in memory, so it is on only where
+    most templates will not be (gallery.load): 10 M identities, 36 GB, on 24 GB."""
+    from biox.gallery import gallery as gallery_module
+
+    gallery, people = build("ivf")
+    gallery.save(tmp_path)
+    mapped = sum(ix.store.base.nbytes for ix in Gallery.load(tmp_path)._vector_indexes().values())
+    for memory, expected in ((2 * mapped + 2, False), (2 * mapped - 2, True)):
+        monkeypatch.setattr(gallery_module, "physical_memory", lambda m=memory: m)
+        loaded = Gallery.load(tmp_path, nprobe=8)
+        stores = [ix.store for ix in loaded._vector_indexes().values()]
+        assert {s.read_ahead for s in stores} == {expected}
+        hits = loaded.search(probes_for(people[:5]))
+        assert [h[0].record_id for h in hits] == people[:5]

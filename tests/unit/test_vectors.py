@@ -4,6 +4,8 @@ with the snapshot, and a snapshot's templates read from disk as they are needed.
 
 from __future__ import annotations
 
+import mmap
+
 import faiss
 import numpy as np
 import pytest
@@ -440,3 +442,37 @@ def test_the_first_batch_added_to_an_untrained_index_trains_it(data):
     ix.add(ids, vectors)
     assert ix.trained and ix.ntotal == N
     assert (ix.search(noisy(vectors[:20]), 1)[1][:, 0] == ids[:20]).all()
+
+
+class _Advice:
+    """Stands in for a memory map's ``madvise``, recording what was asked for."""
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[int, int, int]] = []
+
+    def madvise(self, option: int, start: int, length: int) -> None:
+        self.asked.append((option, start, length))
+
+
+def test_read_ahead_asks_for_every_row_of_a_gather_from_disk_before_reading_any(data, tmp_path):
+    """A gallery larger than the page cache gathers ~7 700 rows a batch; each asked for
+    at once lets the disk read them side by side instead of one page fault at a time."""
+    ids, _ = data
+    ivf(data).save(tmp_path / "face.faiss")
+    store = VectorIndex.load(tmp_path / "face.faiss").store
+    extra = unit(np.random.default_rng(9).standard_normal((1, DIM)))
+    store.add(np.array([10**7]), extra)  # a row since the snapshot: in memory, never asked
+    rows = store.rows.lookup(np.array([ids[7], ids[400], ids[7], 10**7, ids[1023]]))
+    expected = store.get(rows)
+    advice = _Advice()
+    store.base._mmap = advice  # the mapping itself stays: the gather still reads the file
+    assert store.get(rows).tobytes() == expected.tobytes() and advice.asked == []  # off
+    store.read_ahead = True
+    got = store.get(rows)
+    assert got.tobytes() == expected.tobytes()
+    row_bytes = DIM * 4
+    on_disk = sorted({int(r) for r in rows if r < len(store.base)})
+    assert len(advice.asked) == len(on_disk) == 3  # once per row, not per occurrence
+    for (option, start, length), row in zip(advice.asked, on_disk, strict=True):
+        assert option == mmap.MADV_WILLNEED and start % mmap.PAGESIZE == 0
+        assert start <= row * row_bytes and start + length >= (row + 1) * row_bytes

@@ -8,6 +8,7 @@ once for many probes.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -268,11 +269,21 @@ class Gallery:
         }
         self.irises = {eye: IrisIndex.load(directory / f"iris.{eye}.faiss") for eye in EYES}
         self.scorer = MeanRule()
+        stores = [ix.store for ix in self._vector_indexes().values() if ix.store is not None]
+        if sum(s.base.nbytes for s in stores) > physical_memory() // 2:
+            for store in stores:  # most candidates' templates will be on disk, not in memory
+                store.read_ahead = True
         return self
 
     @staticmethod
     def exists(directory: Path) -> bool:
         return (directory / "manifest.json").exists()
+
+
+def physical_memory() -> int:
+    """Bytes of memory on this machine: half of it is what the templates may count on
+    finding in the page cache beside the matcher's own codes and the other workers."""
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 def _scatter(ids: np.ndarray, found: np.ndarray, values: np.ndarray) -> np.ndarray:

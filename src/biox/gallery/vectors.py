@@ -5,7 +5,10 @@ the answer must not depend on that approximation, so every candidate is scored a
 against the full float32 template (docs/architecture.md, "Search"). Those templates live
 here, by row, beside a map from record id to row. A snapshot's rows are memory-mapped
 from disk, so a matcher starts without reading them all and a gallery larger than memory
-is searched from the page cache; rows enrolled since live in memory after them.
+is searched from the page cache; rows enrolled since live in memory after them. When the
+mapped rows are more than the page cache can keep (10 M identities: 36 GB on a 24 GB
+machine), ``read_ahead`` asks the kernel for every row a gather needs before the gather
+touches the first: the disk then reads them side by side instead of one fault at a time.
 """
 
 from __future__ import annotations
@@ -86,6 +89,8 @@ class VectorStore:
         self.spill = spill
         self._mapped: np.ndarray | None = None
         self.rows = Rows()
+        #: set by ``Gallery.load`` for a gallery larger than the page cache (``read_ahead``)
+        self.read_ahead = False
 
     @property
     def count(self) -> int:
@@ -129,6 +134,8 @@ class VectorStore:
         """Templates at ``rows`` (each >= 0), in their order."""
         rows = np.asarray(rows, dtype=np.int64)
         nbase = len(self.base)
+        if self.read_ahead:
+            read_ahead(self.base, rows[rows < nbase])
         if self.used == 0:
             return np.asarray(self.base[rows])
         since = self._since()
@@ -190,6 +197,22 @@ class VectorStore:
         store = cls(dim, _mapped(path, len(ids), dim))
         store.rows.assign(ids, np.arange(len(ids), dtype=np.int64))
         return store
+
+
+def read_ahead(mapped: np.ndarray, rows: np.ndarray) -> None:
+    """Start reading the pages of ``rows`` of a mapped file, all of them, and return at
+    once (``MADV_WILLNEED``). The gather that follows then waits about one disk read, not
+    one per row: at 10 M identities a batch of 64 queries gathers some 7 700 rows, most of
+    them not in the page cache. A row already in memory costs one short system call, so
+    ``Gallery.load`` turns this on only for a gallery larger than the page cache."""
+    raw = getattr(mapped, "_mmap", None)
+    if raw is None or not hasattr(mmap, "MADV_WILLNEED") or len(rows) == 0:
+        return
+    row_bytes = mapped.shape[1] * mapped.itemsize
+    start = np.unique(rows) * row_bytes
+    first = start - start % mmap.PAGESIZE  # madvise takes whole pages
+    for at, length in zip(first.tolist(), (start + row_bytes - first).tolist(), strict=True):
+        raw.madvise(mmap.MADV_WILLNEED, at, length)
 
 
 def _ids_path(path: Path) -> Path:

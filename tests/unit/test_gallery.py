@@ -282,3 +282,20 @@ def test_a_gallery_larger_than_half_of_memory_reads_its_candidates_ahead(tmp_pat
         assert {s.read_ahead for s in stores} == {expected}
         hits = loaded.search(probes_for(people[:5]))
         assert [h[0].record_id for h in hits] == people[:5]
+
+
+def test_memory_for_read_ahead_is_a_containers_limit_where_it_has_one(tmp_path, monkeypatch):
+    """A matcher in a container limited below the machine's memory has only the limit's
+    page cache: a gallery larger than half of it must read ahead there too."""
+    from biox.gallery import gallery as gallery_module
+
+    monkeypatch.setattr(gallery_module, "CGROUP_MEMORY", tmp_path / "absent")
+    machine = gallery_module.physical_memory()
+    assert machine > 1 << 30
+    limit = tmp_path / "memory.max"
+    monkeypatch.setattr(gallery_module, "CGROUP_MEMORY", limit)
+    for written, expected in (("1073741824\n", 1 << 30), ("max\n", machine)):
+        limit.write_text(written)
+        assert gallery_module.physical_memory() == expected
+    limit.write_text(f"{2 * machine}\n")  # a limit above the machine's memory is no limit
+    assert gallery_module.physical_memory() == machine

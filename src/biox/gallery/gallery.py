@@ -280,10 +280,20 @@ class Gallery:
         return (directory / "manifest.json").exists()
 
 
+#: a container's memory limit (cgroup v2), which its page cache is charged to
+CGROUP_MEMORY = Path("/sys/fs/cgroup/memory.max")
+
+
 def physical_memory() -> int:
-    """Bytes of memory on this machine: half of it is what the templates may count on
-    finding in the page cache beside the matcher's own codes and the other workers."""
-    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    """Bytes of memory this matcher may have, the machine's or its container's limit if
+    lower: half of it is what the templates may count on finding in the page cache beside
+    the matcher's own codes and the other workers."""
+    machine = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    try:
+        limit = CGROUP_MEMORY.read_text().strip()  # "max" where there is none
+    except OSError:
+        return machine
+    return min(machine, int(limit)) if limit.isdigit() else machine
 
 
 def _scatter(ids: np.ndarray, found: np.ndarray, values: np.ndarray) -> np.ndarray:

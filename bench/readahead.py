@@ -17,19 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.run import ROOT
+from bench.run import ROOT, drop_page_cache
 from biox.gallery.vectors import _mapped, read_ahead
 
 DIM = 512  # a face: 2 KB a row
-
-
-def drop_page_cache() -> bool:
-    os.sync()
-    try:
-        Path("/proc/sys/vm/drop_caches").write_text("3\n")
-    except OSError:
-        return False
-    return True
 
 
 def gather_ms(rows: np.ndarray, path: Path, n: int, ahead: bool, batches: int) -> float:
@@ -61,9 +52,11 @@ def main() -> None:
         for state in ("cold", "warm"):
             for ahead in (False, True):
                 rows = rng.integers(0, n, args.rows * args.batches)
-                if state == "cold" and not drop_page_cache():
-                    print("cold: cannot drop the page cache (not root); skipped")
-                    break
+                if state == "cold":
+                    os.sync()  # the file just written: dirty pages would stay in the cache
+                    if not drop_page_cache():
+                        print("cold: cannot drop the page cache (not root); skipped")
+                        break
                 if state == "warm":
                     gather_ms(rows, path, n, False, args.batches)  # bring them in first
                 ms = gather_ms(rows, path, n, ahead, args.batches)

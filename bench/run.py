@@ -183,6 +183,17 @@ def matcher(size: int, n_probes: int, settings: Settings) -> dict:
     return result
 
 
+def drop_page_cache() -> bool:
+    """The page cache's clean pages dropped, so that what follows reads them from disk;
+    False where the OS does not let us (not root). Pages written and not yet on disk stay:
+    a caller that wants them gone syncs first."""
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("1\n")
+    except OSError:
+        return False
+    return True
+
+
 def fresh_start(
     gallery: Gallery | None, probe: Probe, settings: Settings, keep: Path | None = None
 ) -> tuple[float, int]:
@@ -196,8 +207,7 @@ def fresh_start(
         gallery.save(directory)
     files = [f for f in directory.iterdir() if f.is_file()]
     size_mb = round(sum(f.stat().st_size for f in files) / 2**20)
-    with contextlib.suppress(OSError):  # root only: otherwise the cache stays warm
-        Path("/proc/sys/vm/drop_caches").write_text("1\n")
+    drop_page_cache()  # root only: otherwise the cache stays warm
     started = time.perf_counter()
     loaded = Gallery.load(directory, settings.ivf_nprobe)
     loaded.search([probe], k=settings.candidates, top=1)

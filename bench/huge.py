@@ -87,9 +87,8 @@ def run(
     start_s, snapshot_mb = fresh_start(None, batch[0], settings, keep=directory)
     loaded = Gallery.load(directory, settings.ivf_nprobe)
     nprobe, nlist = loaded.face.nprobe, loaded.face.index.nlist
-    stores = [ix.store for ix in loaded._vector_indexes().values() if ix.store is not None]
-    for store in stores if read_ahead is not None else []:
-        store.read_ahead = read_ahead
+    if read_ahead is not None:
+        loaded.read_ahead(read_ahead)
     loaded.search(batch[:64])  # warm-up
     wall, cpu = time.perf_counter(), time.process_time()
     hits = []

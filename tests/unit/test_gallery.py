@@ -274,12 +274,11 @@ def test_a_gallery_larger_than_half_of_memory_reads_its_candidates_ahead(tmp_pat
 
     gallery, people = build("ivf")
     gallery.save(tmp_path)
-    mapped = sum(ix.store.base.nbytes for ix in Gallery.load(tmp_path)._vector_indexes().values())
+    mapped = sum(s.base.nbytes for s in Gallery.load(tmp_path).stores())
     for memory, expected in ((2 * mapped + 2, False), (2 * mapped - 2, True)):
         monkeypatch.setattr(gallery_module, "physical_memory", lambda m=memory: m)
         loaded = Gallery.load(tmp_path, nprobe=8)
-        stores = [ix.store for ix in loaded._vector_indexes().values()]
-        assert {s.read_ahead for s in stores} == {expected}
+        assert {s.read_ahead for s in loaded.stores()} == {expected}
         hits = loaded.search(probes_for(people[:5]))
         assert [h[0].record_id for h in hits] == people[:5]
 

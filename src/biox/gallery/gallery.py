@@ -19,6 +19,7 @@ import numpy as np
 from biox.gallery.fusion import MeanRule, Scorer
 from biox.gallery.index import IndexKind, IrisIndex, VectorIndex
 from biox.gallery.templates import iris_code, vector
+from biox.gallery.vectors import VectorStore
 from biox.wire.biometrics import FACE, FINGER
 from biox.wire.messages import Biometrics
 
@@ -269,11 +270,17 @@ class Gallery:
         }
         self.irises = {eye: IrisIndex.load(directory / f"iris.{eye}.faiss") for eye in EYES}
         self.scorer = MeanRule()
-        stores = [ix.store for ix in self._vector_indexes().values() if ix.store is not None]
-        if sum(s.base.nbytes for s in stores) > physical_memory() // 2:
-            for store in stores:  # most candidates' templates will be on disk, not in memory
-                store.read_ahead = True
+        # most candidates' templates will be on disk, not in memory (``vectors.read_ahead``)
+        self.read_ahead(sum(s.base.nbytes for s in self.stores()) > physical_memory() // 2)
         return self
+
+    def stores(self) -> list[VectorStore]:
+        """The full templates of the compressed indexes (a flat index holds its own)."""
+        return [ix.store for ix in self._vector_indexes().values() if ix.store is not None]
+
+    def read_ahead(self, on: bool) -> None:
+        for store in self.stores():
+            store.read_ahead = on
 
     @staticmethod
     def exists(directory: Path) -> bool:

@@ -15,7 +15,7 @@ import time
 import faiss
 import numpy as np
 
-from biox.gallery.index import BULK_ADD_FROM
+from biox.gallery.index import BLAS_FROM
 
 
 def per_query_ms(index: faiss.Index, queries: np.ndarray, k: int) -> float:
@@ -47,13 +47,12 @@ def main() -> None:
         flat = faiss.IndexFlatIP(dim)
         flat.add(centroids)
         walked = per_query_ms(graph, queries, args.searched)
-        one_by_one = per_query_ms(flat, queries, args.searched)  # faiss's default below 128 000
-        blas = faiss.cvar.distance_compute_blas_threshold
-        faiss.cvar.distance_compute_blas_threshold = BULK_ADD_FROM  # as ``_exact_lists`` sets it
+        faiss.cvar.distance_compute_blas_threshold = 1 << 30  # one pair at a time
         try:
-            compared = per_query_ms(flat, queries, args.searched)
+            one_by_one = per_query_ms(flat, queries, args.searched)
         finally:
-            faiss.cvar.distance_compute_blas_threshold = blas
+            faiss.cvar.distance_compute_blas_threshold = BLAS_FROM  # as biox searches
+        compared = per_query_ms(flat, queries, args.searched)
         found_g = graph.search(queries[:64], args.searched)[1]
         found_f = flat.search(queries[:64], args.searched)[1]
         pairs = zip(found_g, found_f, strict=True)

@@ -54,6 +54,26 @@ def test_rows_map_dense_and_hashed_ids_and_count_what_is_held():
     assert rows.count == 1 and rows.held().tolist() == [2000]
 
 
+def test_a_flat_comparison_is_one_matrix_product_from_six_faces_or_sixteen_fingers(data):
+    """faiss 1.15 compared a batch of 64 faces with an exact gallery (or with the lists'
+    centroids) one pair at a time, at 3-7 times the CPU of one matrix product; one to
+    three faces are cheaper pair by pair (`python -m bench.products`). Either way the
+    answers are the exact ones."""
+    assert faiss.cvar.distance_compute_blas_threshold == index_module.BLAS_FROM
+    assert 3 * 512 < index_module.BLAS_FROM <= 6 * 512
+    assert 8 * 192 < index_module.BLAS_FROM <= 16 * 192
+    ids, vectors = data
+    ix = VectorIndex(DIM, "flat")
+    ix.add(ids, vectors)
+    for count in (1, 200):  # a pair at a time; one product (200 * 32 >= BLAS_FROM)
+        queries = noisy(vectors[:count], seed=count)
+        scores, found = ix.search(queries, 5)
+        exact = queries @ vectors.T
+        best = np.argsort(-exact, axis=1)[:, :5]
+        assert (found == ids[best]).all()
+        assert np.allclose(scores, np.take_along_axis(exact, best, axis=1), atol=1e-5)
+
+
 def test_the_compressed_index_returns_exact_scores_best_first(data):
     """Candidates come from the codes, scores never do: each returned score is the
     exact cosine, and the nearest neighbour of a noisy query is found."""
@@ -403,7 +423,7 @@ def test_a_batch_finds_its_lists_exactly_where_a_walk_through_the_graph_misses(m
     blas = faiss.cvar.distance_compute_blas_threshold
     ix.add(ids[:16], vectors[:16])
     ix.add(ids[16:], vectors[16:])
-    assert faiss.cvar.distance_compute_blas_threshold == blas  # as it was, for the searches
+    assert faiss.cvar.distance_compute_blas_threshold == blas == index_module.BLAS_FROM
     invlists = ix.index.invlists
     held = {
         int(i): lst
@@ -432,7 +452,7 @@ def test_a_search_finds_its_lists_by_comparing_every_centroid_not_by_walking_the
     assert (ix.search(vectors[:1], 1)[1][:, 0] == ids[:1]).all()  # a query alone too
     assert faiss.downcast_index(ix.index.quantizer) is not None
     assert isinstance(faiss.downcast_index(ix.index.quantizer), faiss.IndexHNSWFlat)
-    assert faiss.cvar.distance_compute_blas_threshold == blas
+    assert faiss.cvar.distance_compute_blas_threshold == blas == index_module.BLAS_FROM
 
 
 def test_the_first_batch_added_to_an_untrained_index_trains_it(data):

@@ -42,6 +42,14 @@ ADD_EF = 128  # how widely the graph looks for the list of a template added on i
 #: walking the graph: 4.4 times faster at 12 600 lists, and exact; one template alone is
 #: faster through the graph (1.6 ms against 3.7, docs/performance.md)
 BULK_ADD_FROM = 16
+#: a batch of queries holding this many numbers (queries times dimensions) or more is compared
+#: with a flat set (an exact gallery, an IVF index's centroids) as one matrix product, a
+#: smaller one a pair at a time. faiss 1.15 takes the product only from 128 000, so a batch
+#: of 64 faces (32 768) went pair by pair at 3-7 times the CPU; the product pays from about
+#: 6 faces or 16 fingers (`python -m bench.products`, docs/performance.md). Set for the
+#: process: every flat comparison in it is one of these.
+BLAS_FROM = 3072
+faiss.cvar.distance_compute_blas_threshold = BLAS_FROM
 
 log = structlog.get_logger("biox.gallery")
 
@@ -245,24 +253,20 @@ def _graph(index: faiss.Index) -> faiss.IndexHNSW | None:
 def _exact_lists(index: faiss.Index) -> Iterator[None]:
     """Where an IVF index's lists are found through an HNSW graph, find them for this call
     by comparing every centroid at once instead: the graph's own flat storage, as one
-    matrix product (faiss takes BLAS only from ``distance_compute_blas_threshold``
-    queries, 128 000 in faiss 1.15, and compares one pair at a time below). At 12 649
-    lists a search for 2 024 of them costs 5.2 ms of CPU through the graph at 512-d and
-    3.4 at 192-d, against 1.9 and 0.66 even one pair at a time (`python -m bench.coarse`),
-    and is exact; only a template added on its own is faster through the graph."""
+    matrix product from ``BLAS_FROM``. At 12 649 lists a search for 2 024 of them costs
+    5.2 ms of CPU through the graph at 512-d and 3.4 at 192-d, against 1.9 and 0.66 even
+    one pair at a time (`python -m bench.coarse`), and is exact; only a template added on
+    its own is faster through the graph."""
     graph = _graph(index)
     if graph is None:
         yield
         return
     ivf = faiss.extract_index_ivf(index)
-    blas = faiss.cvar.distance_compute_blas_threshold
     ivf.quantizer = graph.storage
-    faiss.cvar.distance_compute_blas_threshold = BULK_ADD_FROM
     try:
         yield
     finally:
         ivf.quantizer = graph
-        faiss.cvar.distance_compute_blas_threshold = blas
 
 
 def _search_width(index: faiss.IndexIVF, nprobe: int) -> int:

@@ -46,9 +46,9 @@ BULK_ADD_FROM = 16
 #: with a flat set (an exact gallery, an IVF index's centroids) as one matrix product, a
 #: smaller one a pair at a time. faiss 1.15 takes the product only from 128 000, so a batch
 #: of 64 faces (32 768) went pair by pair at 3-7 times the CPU; the product pays from about
-#: 6 faces or 16 fingers (`python -m bench.products`, docs/performance.md). Set for the
-#: process: every flat comparison in it is one of these.
-BLAS_FROM = 3072
+#: four queries at either size (`python -m bench.products`, docs/performance.md): from four
+#: faces here, and eleven fingers. Set for the process: every flat comparison is one of these.
+BLAS_FROM = 2048
 faiss.cvar.distance_compute_blas_threshold = BLAS_FROM
 
 log = structlog.get_logger("biox.gallery")

@@ -40,7 +40,7 @@ HNSW_COARSE_FROM = 8192
 ADD_EF = 128  # how widely the graph looks for the list of a template added on its own
 #: a batch this large finds its lists by comparing every centroid at once (BLAS), not by
 #: walking the graph: 4.4 times faster at 12 600 lists, and exact; one template alone is
-#: faster through the graph (1.6 ms against 3.7, docs/performance.md)
+#: faster through the graph (1.6 ms against 3.7 as a product, docs/performance.md)
 BULK_ADD_FROM = 16
 #: a batch of queries holding this many numbers (queries times dimensions) or more is compared
 #: with a flat set (an exact gallery, an IVF index's centroids) as one matrix product, a

@@ -15,7 +15,7 @@ import time
 import faiss
 import numpy as np
 
-from biox.gallery.index import BLAS_FROM
+from bench.products import PAIRS, blas_threshold
 
 
 def per_query_ms(index: faiss.Index, queries: np.ndarray, k: int) -> float:
@@ -47,12 +47,9 @@ def main() -> None:
         flat = faiss.IndexFlatIP(dim)
         flat.add(centroids)
         walked = per_query_ms(graph, queries, args.searched)
-        faiss.cvar.distance_compute_blas_threshold = 1 << 30  # one pair at a time
-        try:
+        with blas_threshold(PAIRS):
             one_by_one = per_query_ms(flat, queries, args.searched)
-        finally:
-            faiss.cvar.distance_compute_blas_threshold = BLAS_FROM  # as biox searches
-        compared = per_query_ms(flat, queries, args.searched)
+        compared = per_query_ms(flat, queries, args.searched)  # from BLAS_FROM, as biox
         found_g = graph.search(queries[:64], args.searched)[1]
         found_f = flat.search(queries[:64], args.searched)[1]
         pairs = zip(found_g, found_f, strict=True)

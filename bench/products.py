@@ -14,7 +14,9 @@ the threshold it supports (docs/performance.md, "Exact comparisons as matrix pro
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
+from collections.abc import Iterator
 
 import faiss
 import numpy as np
@@ -22,14 +24,24 @@ import numpy as np
 from biox.gallery.index import BLAS_FROM
 
 BATCHES = (1, 2, 3, 4, 6, 8, 16, 64)
+PAIRS = 1 << 30  # a threshold no batch reaches: one pair at a time
+
+
+@contextlib.contextmanager
+def blas_threshold(numbers: int) -> Iterator[None]:
+    """faiss's threshold at ``numbers`` for the block, and as it was after."""
+    kept = faiss.cvar.distance_compute_blas_threshold
+    faiss.cvar.distance_compute_blas_threshold = numbers
+    try:
+        yield
+    finally:
+        faiss.cvar.distance_compute_blas_threshold = kept
 
 
 def cpu_ms(index: faiss.Index, queries: np.ndarray, k: int, threshold: int, reps: int) -> float:
     """CPU per query of ``reps`` searches with faiss's threshold at ``threshold``; the best
     of three rounds, as a loaded machine only ever adds."""
-    kept = faiss.cvar.distance_compute_blas_threshold
-    faiss.cvar.distance_compute_blas_threshold = threshold
-    try:
+    with blas_threshold(threshold):
         index.search(queries, k)  # warm-up
         rounds = []
         for _ in range(3):
@@ -37,8 +49,6 @@ def cpu_ms(index: faiss.Index, queries: np.ndarray, k: int, threshold: int, reps
             for _ in range(reps):
                 index.search(queries, k)
             rounds.append((time.process_time() - started) / reps)
-    finally:
-        faiss.cvar.distance_compute_blas_threshold = kept
     return min(rounds) * 1000 / len(queries)
 
 
@@ -63,7 +73,7 @@ def main() -> None:
                 queries = rng.standard_normal((nq, dim)).astype("float32")
                 faiss.normalize_L2(queries)
                 reps = max(3, int(2e8 / (size * dim * nq)))
-                pairs = cpu_ms(flat, queries, args.k, 1 << 30, reps)
+                pairs = cpu_ms(flat, queries, args.k, PAIRS, reps)
                 product = cpu_ms(flat, queries, args.k, 1, reps)
                 taken = "product" if nq * dim >= BLAS_FROM else "pairs"
                 cells.append(f"{pairs:.3f} / {product:.3f} ({taken})")

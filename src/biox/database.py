@@ -7,7 +7,7 @@ WAL mode by default; any SQLAlchemy URL through ``BIOX_DATABASE_URL``.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from functools import lru_cache
 from typing import Any
@@ -60,18 +60,25 @@ def _create_tables(engine: Engine, attempts: int = 5) -> None:
 
 def _add_new_columns(engine: Engine) -> None:
     """Columns added to an existing table since a database was created (nullable ones
-    only, such as ``audit_entries.reason``): added in place, so an upgrade keeps its data."""
+    only, such as ``audit_entries.reason``): added in place, so an upgrade keeps its data,
+    with the indexes on them (``audit_entries.hop``'s unique one; NULL in older rows)."""
     inspector = inspect(engine)
     for table in SQLModel.metadata.sorted_tables:
         if not inspector.has_table(table.name):
             continue
         present = {c["name"] for c in inspector.get_columns(table.name)}
+        added = set()
         for column in table.columns:
             if column.name in present or not column.nullable:
                 continue
             kind = column.type.compile(dialect=engine.dialect)
             with engine.begin() as conn:
                 conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
+            added.add(column.name)
+        for index in table.indexes:
+            if added & {c.name for c in index.columns}:
+                with engine.begin() as conn:
+                    index.create(conn, checkfirst=True)
 
 
 def mark_published(session: Session, consumer: str, message_ids: list[str]) -> None:
@@ -112,3 +119,21 @@ def processed(session: Session, consumer: str, ids: list[str]) -> dict[str, Proc
         )
     )
     return {r.message_id: r for r in rows}
+
+
+def handled(
+    session: Session,
+    consumer: str,
+    keys: Sequence[tuple[str, bool]],
+    recorded: Callable[[Session, Sequence[str]], set[str]] | None,
+) -> dict[str, ProcessedMessage | None]:
+    """Which of a batch's keys (each with its delivery's redelivered flag) were handled
+    before, with their markers. A queue that keeps its own record (``Queue.recorded``, the
+    audit) has no outputs to republish, and its markers are read only for a redelivery,
+    which an older version may have marked: a first delivery cannot have one."""
+    if recorded is None:
+        return dict(processed(session, consumer, [key for key, _ in keys]))
+    again = [key for key, redelivered in keys if redelivered]
+    done: dict[str, ProcessedMessage | None] = dict(processed(session, consumer, again))
+    done.update(dict.fromkeys(recorded(session, [key for key, _ in keys])))
+    return done

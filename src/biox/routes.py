@@ -29,6 +29,7 @@ from biox.handlers.response import ResponseHandler
 from biox.handlers.retrieval import RetrievalHandler
 from biox.handlers.review import ReviewHandler
 from biox.handlers.shard import ShardHandler
+from biox.trust import audit
 from biox.trust.identity import ENCOUNTER_ROLES, OWN_ROLES, PARTNER_ROLES, Role
 from biox.wire.errors import PermanentError, Reason
 from biox.wire.inbound import Inbound
@@ -76,11 +77,16 @@ class Queue:
     retry and dead-letter hop, undecoded, with this one method; it counts each hop of a
     message as its own event; and it sends its own failures straight to its tiers, not
     through the inbox it records (which would feed it).
+
+    ``recorded``: the queue keeps its idempotency in its own rows, and this names which
+    of a batch's keys they already hold (the audit trail, whose entries carry their hop);
+    the consume loop then writes it no marker (docs/architecture.md, "Consume loop").
     """
 
     role: str
     handler: type[HandlerClass]
     undecoded: HandlerMethod | None = None
+    recorded: Callable[[Session, Sequence[str]], set[str]] | None = None
     doc: str = ""
     #: one queue per shard of the gallery, ``<role>.<i>``, when ``BIOX_SHARDS`` is above 1,
     #: and none at all when it is 1 (docs/architecture.md, "Shards")
@@ -274,7 +280,13 @@ QUEUES = (
         NoticeHandler,
         doc="notices between participants (§12-36) and the partners' audit checkpoints",
     ),
-    Queue("audit", AuditHandler, undecoded=AuditHandler.chain, doc="the hash-chained audit trail"),
+    Queue(
+        "audit",
+        AuditHandler,
+        undecoded=AuditHandler.chain,
+        recorded=audit.recorded,
+        doc="the hash-chained audit trail",
+    ),
 )
 
 E, OWN, P = Sender.encounter_system, Sender.own, Sender.partner

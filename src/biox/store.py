@@ -321,6 +321,13 @@ class AuditEntry(SQLModel, table=True):
     )
     prev_hash: str
     entry_hash: str
+    hop: str | None = Field(
+        default=None,
+        unique=True,
+        index=True,
+        description="the delivery recorded (wire.inbound.hop_key): a redelivery finds its "
+        "entry here and is not chained twice; not hashed, it says nothing of the message",
+    )
 
 
 class CheckpointRow(SQLModel, table=True):

@@ -258,6 +258,41 @@ def test_a_database_from_before_the_reason_column_gets_it_and_keeps_its_chain(tm
         assert s.get(AuditEntry, 1).reason is None
 
 
+def test_a_database_from_before_hops_gets_the_column_and_its_unique_index(tmp_path):
+    """The audit's idempotency is its entries' hops: an upgraded database must refuse a
+    hop twice as a new one does, and keep its older entries (no hop) as they were."""
+    import sqlite3
+
+    from sqlalchemy.exc import IntegrityError
+
+    from biox.database import engine_for
+
+    path = tmp_path / "old.db"
+    url = f"sqlite:///{path}"
+    with session_for(url) as s:
+        for e in chained(entries(3), 0, audit.GENESIS):
+            s.add(e)
+        s.commit()
+    engine_for(url).dispose()
+    engine_for.cache_clear()
+    with sqlite3.connect(path) as db:  # as a database written by an older biox
+        db.execute("DROP INDEX ix_audit_entries_hop")
+        db.execute("ALTER TABLE audit_entries DROP COLUMN hop")
+    with session_for(url) as s:
+        assert audit.verify(s) == (3, None)
+        assert audit.recorded(s, ["u|m|x|k|0"]) == set()
+        seq, prev = audit.head(s)
+        [row] = entries(1)
+        [first] = audit.chain([{**row, "hop": "u|m|x|k|0"}], seq, prev)
+        audit.append(s, [first])
+        s.commit()
+        assert audit.recorded(s, ["u|m|x|k|0", "u|m|x|k|1"]) == {"u|m|x|k|0"}
+        [second] = audit.chain([{**row, "hop": "u|m|x|k|0"}], *audit.head(s))
+        with pytest.raises(IntegrityError):
+            audit.append(s, [second])
+            s.commit()
+
+
 def test_a_database_error_does_not_carry_the_values_it_was_given(tmp_path):
     """Names and document numbers reach the database as parameters; an error about the
     statement must not put them into a log line or a dead letter's headers."""

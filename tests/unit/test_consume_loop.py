@@ -33,10 +33,12 @@ from biox.broker.consumer import ConsumeLoop
 from biox.broker.link import ConnectionLost, Delivery, Nacked, Unroutable
 from biox.broker.publisher import properties_for, unpack_outgoing
 from biox.database import session_for
+from biox.handlers.audit import AuditHandler
 from biox.handlers.base import Effects, Handler, Result
-from biox.routes import Queue, RouteTable, Sender, route
+from biox.routes import ROUTES, Queue, RouteTable, Sender, route
 from biox.settings import Settings
-from biox.store import ParticipantRow, ProcessedMessage
+from biox.store import AuditEntry, ParticipantRow, ProcessedMessage
+from biox.trust import audit
 from biox.trust.sealing import memory_rings
 from biox.wire import addresses, codec
 from biox.wire.codec import Envelope, Outgoing
@@ -289,7 +291,14 @@ def out_user(out: Outgoing) -> str:
     return f"{out.envelope.sender}.workers"
 
 
-def rig(tmp_path, handler: Any = None, *, undecoded: bool = False, **overrides: Any) -> Rig:
+def rig(
+    tmp_path,
+    handler: Any = None,
+    *,
+    undecoded: bool = False,
+    routes: RouteTable | None = None,
+    **overrides: Any,
+) -> Rig:
     db = f"sqlite:///{tmp_path / 'loop.db'}"
     options: dict[str, Any] = {
         "publish_timeout": 0.3,
@@ -303,7 +312,7 @@ def rig(tmp_path, handler: Any = None, *, undecoded: bool = False, **overrides: 
     settings = Settings(**options)
     link = FakeLink()
     handler = handler or ScriptedHandler()
-    routes = table(type(handler), undecoded=undecoded)
+    routes = routes or table(type(handler), undecoded=undecoded)
     loop = ConsumeLoop(
         url="amqp://unused",
         participant="us",
@@ -700,6 +709,40 @@ def test_an_undecoded_consumer_keys_each_hop_of_a_message_separately(tmp_path):
         f"{out_user(out)}|{mid}|{exchange}|{out.routing_key}|{n}"
         for exchange, n in ((out.exchange, 0), ("", 1))
     )
+
+
+def test_the_audit_trail_is_its_own_idempotency_record(tmp_path):
+    """The audit queue writes no marker: each entry carries its hop under a unique index,
+    and a redelivery, or a second publish of the same hop, finds it there and is not
+    chained again; a redelivery an older version marked finds that marker."""
+    assert ROUTES.audit is not None
+    r = rig(tmp_path, AuditHandler("us"), routes=RouteTable([ROUTES.audit], []))
+    out = ask("ok")
+    first = r.link.deliver(out)
+    r.run(first)
+    again = r.link.deliver(out, redelivered=True)
+    twice = r.link.deliver(out)  # the same hop, published twice
+    hop = r.link.deliver(out, headers={"biox-attempt": 1}, exchange="")
+    r.run(again, twice, hop)
+    legacy = ask("ok")  # handled before the upgrade: a marker, no hop on its entry
+    lid = legacy.envelope.message_id
+    key = f"{out_user(legacy)}|{lid}|{legacy.exchange}|{legacy.routing_key}|0"
+    with session_for(r.db) as s:
+        s.add(ProcessedMessage(consumer="us.audit", message_id=key))
+        s.commit()
+    r.link.deliver(legacy, redelivered=True)
+    r.run(*list(r.link.deliveries.queue))
+    with session_for(r.db) as s:
+        entries = s.exec(select(AuditEntry).order_by(col(AuditEntry.seq))).all()
+        markers = s.exec(select(ProcessedMessage)).all()
+        assert audit.verify(s) == (2, None)
+    mid = out.envelope.message_id
+    assert [(e.message_id, e.hop) for e in entries] == [
+        (mid, f"{out_user(out)}|{mid}|{exchange}|{out.routing_key}|{n}")
+        for exchange, n in ((out.exchange, 0), ("", 1))
+    ]
+    assert [m.message_id for m in markers] == [key]  # only the older version's
+    assert r.loop.stats["duplicate"] == 3
 
 
 def test_an_undecoded_queue_sends_its_failures_on_keys_it_does_not_record(tmp_path):

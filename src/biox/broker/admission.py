@@ -20,7 +20,7 @@ from biox.trust.sealing import KeyRing
 from biox.wire import addresses
 from biox.wire.codec import Envelope
 from biox.wire.errors import BioxError, PermanentError, Reason
-from biox.wire.inbound import Inbound, first_arrival
+from biox.wire.inbound import Inbound, first_arrival, hop_key
 from biox.wire.messages import utcnow
 
 
@@ -49,7 +49,7 @@ class Admission:
         retry hop, and whose broker user sent it)."""
         if self.queue.decodes:
             return marker_key(env.sender, env.message_id)
-        return f"{env.user_id}|{env.message_id}|{d.exchange}|{d.routing_key}|{env.attempt}"
+        return hop_key(env, d.exchange, d.routing_key)
 
     def admit(self, env: Envelope, d: Delivery) -> Inbound[Any] | BioxError:
         """The message as its handler gets it: identity, sender and signature checked

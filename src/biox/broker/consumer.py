@@ -3,8 +3,8 @@
 For each batch of deliveries: read each envelope once, check the sender against the route
 table and decode the body with the kind's model, drop what was already processed
 (republishing what it caused), run the kind's handler, commit its rows together with the
-idempotency markers, publish what it produced and wait for the confirms, and only then
-ack. Failures are routed, never swallowed:
+idempotency markers (the audit's entries are their own), publish what it produced and wait
+for the confirms, and only then ack. Failures are routed, never swallowed:
 
 * permanent (undecodable, schema-invalid, a sender the route does not allow, refused): a
   ``rejected`` answer to the sender when the handler can identify one, otherwise the
@@ -42,7 +42,7 @@ from biox.broker.publisher import (
     unpack_outgoing,
 )
 from biox.broker.topology import arrival_queues
-from biox.database import mark_published, processed, session_for
+from biox.database import handled, mark_published, session_for
 from biox.handlers.base import Effects, Handler, Result
 from biox.handlers.notice import purge_event
 from biox.metrics import Metrics
@@ -106,9 +106,8 @@ class ConsumeLoop:
         self.publisher = Publisher(self.link, settings.publish_timeout)
         self.stats: Counter[str] = Counter()
         self.metrics = Metrics(participant, self.queue)  # served by run_worker, if asked
-        #: a broker that refused our outputs is given a moment before the requeued inputs come
-        #: back (none in memory, where nothing is waiting to recover)
-        self.requeue_pause = 0.5
+        #: a broker that refused our outputs is given a moment before the requeued inputs
+        self.requeue_pause = 0.5  # come back (none in memory, where nothing is waiting)
         wait_ms = settings.batch_wait_ms if queue.decodes else settings.audit_batch_wait_ms
         self.batch_wait_ms = wait_ms  # the audit's (undecoded) is longer: no query waits for it
         self._maintained_at = time.monotonic()  # the first maintenance: one interval in
@@ -150,8 +149,7 @@ class ConsumeLoop:
             )
 
     def _sweep(self, session: Session) -> list[Outgoing]:
-        """Dead letters and held results that carry erased data leave the broker
-        (``broker.sweeps``); the audit trail gets the counts."""
+        """Dead letters and held results with erased data leave the broker (``sweeps``)."""
         counts = sweeps.sweep(
             self.url, self.settings.client_tls(), self.participant, session, self.settings.shards
         )
@@ -238,15 +236,16 @@ class ConsumeLoop:
         dead: list[tuple[Taken, BioxError]] = []
         later: list[tuple[Taken, TransientError]] = []
         with session_for(self.database_url) as session:
-            done = processed(session, self.queue, [key for _, key, _ in parsed])
+            asked = [(key, t.delivery.redelivered) for t, key, _ in parsed]
+            done = handled(session, self.queue, asked, self.spec.recorded)
             fresh: list[tuple[Taken, str, Inbound[Any]]] = []
             failed: list[tuple[Taken, str, BioxError]] = []
             seen: set[str] = set()
             unconfirmed: list[str] = []  # processed before, outputs maybe never confirmed
             for t, key, item in parsed:
                 if key in done:
-                    if not (done[key].published or key in self.confirmed):
-                        publish.extend(unpack_outgoing(done[key].outputs))
+                    if (m := done[key]) and not (m.published or key in self.confirmed):
+                        publish.extend(unpack_outgoing(m.outputs))
                         unconfirmed.append(key)
                     self.stats["duplicate"] += 1
                     self.metrics.duplicate()
@@ -345,9 +344,10 @@ class ConsumeLoop:
         session.add_all(effects.rows)  # new rows, or rows the handler loaded and changed
         # sealed before they are stored: a redelivery republishes these very bytes
         outgoing = [self._sealed(o) for o in effects.outgoing]
-        markers.append(
-            {"consumer": self.queue, "message_id": key, "outputs": pack_outgoing(outgoing)}
-        )
+        if self.spec.recorded is None:  # else its rows are its markers
+            markers.append(
+                {"consumer": self.queue, "message_id": key, "outputs": pack_outgoing(outgoing)}
+            )
         publish.extend(outgoing)
         self.stats[effects.outcome.split(":")[0]] += 1
         self.metrics.handled(

@@ -59,7 +59,8 @@ class AuditHandler(Handler):
 
     def chain(self, batch: Sequence[Inbound[None]], session: Session) -> list[Result]:
         """The batch's entries, chained after the head and inserted in the loop's
-        transaction, so they commit with the batch's idempotency markers."""
+        transaction: each carries its hop, which is the queue's idempotency (``recorded``),
+        so an entry and the proof that its delivery was handled commit as one row."""
         seq, prev = audit.head(session)
         now = utcnow()
         rows = audit.chain((self._entry(inb, now) for inb in batch), seq, prev)
@@ -114,6 +115,7 @@ class AuditHandler(Handler):
             ),
             "prev_hash": "",
             "entry_hash": "",
+            "hop": inb.hop,
         }
 
     def reject(self, envelope: Envelope, error: BioxError) -> Effects | None:

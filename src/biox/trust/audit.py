@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -60,8 +60,21 @@ def _iso(when: datetime) -> str:
 
 def head(session: Session) -> tuple[int, str]:
     """Sequence number and hash of the last entry (0 and the genesis hash when empty)."""
-    last = session.exec(select(AuditEntry).order_by(col(AuditEntry.seq).desc()).limit(1)).first()
-    return (last.seq, last.entry_hash) if last else (0, GENESIS)
+    last = session.exec(
+        select(AuditEntry.seq, AuditEntry.entry_hash).order_by(col(AuditEntry.seq).desc()).limit(1)
+    ).first()
+    return (last[0], last[1]) if last else (0, GENESIS)
+
+
+def recorded(session: Session, hops: Sequence[str]) -> set[str]:
+    """Which of these hops (``wire.inbound.hop_key``) the trail already holds: the audit
+    queue's idempotency, kept on its own entries under a unique index instead of a marker
+    row per message beside them (the markers' insert and lookup were 15 % of an audit
+    worker, docs/performance.md)."""
+    if not hops:
+        return set()
+    found = session.exec(select(AuditEntry.hop).where(col(AuditEntry.hop).in_(list(hops))))
+    return {h for h in found if h is not None}
 
 
 def chain(rows: Iterable[dict[str, Any]], seq: int, prev: str) -> list[dict[str, Any]]:

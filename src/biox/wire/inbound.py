@@ -36,6 +36,18 @@ class Inbound(Generic[M]):
     exchange: str = ""
     routing_key: str = ""
 
+    @property
+    def hop(self) -> str:
+        """This hop of the message (``hop_key``): what the audit trail records it under."""
+        return hop_key(self.envelope, self.exchange, self.routing_key)
+
+
+def hop_key(env: Envelope, exchange: str, routing_key: str) -> str:
+    """One hop of a message: its id under the broker user that sent it, where it was
+    published and at which attempt. The audit queue records every hop as its own event
+    (a retry, a dead letter), so this, not the message id, is what it must see only once."""
+    return f"{env.user_id}|{env.message_id}|{exchange}|{routing_key}|{env.attempt}"
+
 
 class Properties(Protocol):
     """The AMQP basic properties biox reads (pika's ``BasicProperties`` has them all)."""

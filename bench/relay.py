@@ -256,5 +256,4 @@ def _hop(
                         for exchange, key, sample in outputs
                     ]
                 )
-            for d in batch:
-                link.ack(d)
+            link.ack(*batch)

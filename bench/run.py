@@ -207,6 +207,7 @@ def fresh_start(
         gallery.save(directory)
     files = [f for f in directory.iterdir() if f.is_file()]
     size_mb = round(sum(f.stat().st_size for f in files) / 2**20)
+    os.sync()  # a snapshot just written leaves the page cache only once it is on disk
     drop_page_cache()  # root only: otherwise the cache stays warm
     started = time.perf_counter()
     loaded = Gallery.load(directory, settings.ivf_nprobe)

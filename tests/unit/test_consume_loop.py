@@ -110,10 +110,11 @@ class FakeLink:
             future.set_result(None)
         return future
 
-    def ack(self, d: Delivery) -> None:
-        if self.on_ack is not None:
-            self.on_ack(d)
-        self.log.append(("ack", d.delivery_tag))
+    def ack(self, *deliveries: Delivery) -> None:
+        for d in deliveries:
+            if self.on_ack is not None:
+                self.on_ack(d)
+            self.log.append(("ack", d.delivery_tag))
 
     def nack(self, d: Delivery, *, requeue: bool) -> None:
         self.log.append(("nack", d.delivery_tag, requeue))

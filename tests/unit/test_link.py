@@ -21,7 +21,10 @@ from biox.broker.link import ConnectionLost, Link, Nacked, Unroutable
 class Loop:
     """pika's I/O loop, run by the test: callbacks from other threads run at once."""
 
+    handed_over: int = 0  # callbacks handed over by other threads
+
     def add_callback_threadsafe(self, fn: Callable[[], None]) -> None:
+        self.handed_over += 1
         fn()
 
     def stop(self) -> None:
@@ -127,6 +130,19 @@ def test_a_delivery_from_a_dead_connection_is_never_acked_on_the_new_one(link):
     fresh = deliver(link, 3)  # the same tag number on the new channel is another message
     link.ack(fresh)
     assert ("ack", 3) in new_channel.calls
+
+
+def test_a_batch_of_acks_wakes_the_io_thread_once_and_skips_a_dead_connections(link):
+    """The consume loop acks a batch in one call: one hand-over to the I/O thread, each
+    delivery still acked on its own tag, never one from before a reconnect."""
+    opened(link)
+    old = deliver(link, 3)
+    channel = opened(link)
+    batch = [deliver(link, 1), old, deliver(link, 2)]
+    loop = link._conn.ioloop  # type: ignore[union-attr]
+    link.ack(*batch)
+    assert loop.handed_over == 1
+    assert [c for c in channel.calls if c[0] == "ack"] == [("ack", 1), ("ack", 2)]
 
 
 def test_confirms_settle_the_futures_they_name_and_multiple_covers_the_prefix(link):

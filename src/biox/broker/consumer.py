@@ -293,9 +293,7 @@ class ConsumeLoop:
         retried = {id(t) for t, _ in later}
         for t, exc in later:
             self._retry(t, exc)  # acks once the copy sits in its retry tier
-        for t in batch:
-            if id(t) not in retried:
-                self.link.ack(t.delivery)
+        self.link.ack(*[t.delivery for t in batch if id(t) not in retried])
 
     def _dispatch(self, fresh: Sequence[Inbound[Any]], session: Session) -> list[Result]:
         """Each kind's sub-batch to its handler method; results back in delivery order."""

@@ -162,8 +162,9 @@ class MemoryLink:
             future.set_result(None)
         return future
 
-    def ack(self, delivery: Delivery) -> None:
-        self.settled[delivery.delivery_tag] = "ack"
+    def ack(self, *deliveries: Delivery) -> None:
+        for delivery in deliveries:
+            self.settled[delivery.delivery_tag] = "ack"
 
     def nack(self, delivery: Delivery, *, requeue: bool) -> None:
         self.settled[delivery.delivery_tag] = "requeue" if requeue else "drop"

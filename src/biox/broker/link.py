@@ -278,7 +278,8 @@ class Link:
                 if d.generation == self.generation:
                     self._channel.basic_ack(d.delivery_tag)
 
-        self._threadsafe(settle)
+        if deliveries:  # a batch all sent to its retry tiers was acked there
+            self._threadsafe(settle)
 
     def nack(self, delivery: Delivery, *, requeue: bool) -> None:
         self._threadsafe(

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -238,12 +239,13 @@ def test_a_trail_across_participants_follows_the_query_and_its_encounter(tmp_pat
     ]
 
 
-def test_a_database_from_before_the_reason_column_gets_it_and_keeps_its_chain(tmp_path):
+def older_trail(path: Path, *statements: str) -> str:
+    """A trail of three entries as an older biox left it: written, then ``statements``
+    run on it with the engine closed, so that the next session upgrades it."""
     import sqlite3
 
     from biox.database import engine_for
 
-    path = tmp_path / "old.db"
     url = f"sqlite:///{path}"
     with session_for(url) as s:
         for e in chained(entries(3), 0, audit.GENESIS):
@@ -251,8 +253,14 @@ def test_a_database_from_before_the_reason_column_gets_it_and_keeps_its_chain(tm
         s.commit()
     engine_for(url).dispose()
     engine_for.cache_clear()
-    with sqlite3.connect(path) as db:  # as a database written by an older biox
-        db.execute("ALTER TABLE audit_entries DROP COLUMN reason")
+    with sqlite3.connect(path) as db:
+        for statement in statements:
+            db.execute(statement)
+    return url
+
+
+def test_a_database_from_before_the_reason_column_gets_it_and_keeps_its_chain(tmp_path):
+    url = older_trail(tmp_path / "old.db", "ALTER TABLE audit_entries DROP COLUMN reason")
     with session_for(url) as s:
         assert audit.verify(s) == (3, None)
         assert s.get(AuditEntry, 1).reason is None
@@ -261,23 +269,13 @@ def test_a_database_from_before_the_reason_column_gets_it_and_keeps_its_chain(tm
 def test_a_database_from_before_hops_gets_the_column_and_its_unique_index(tmp_path):
     """The audit's idempotency is its entries' hops: an upgraded database must refuse a
     hop twice as a new one does, and keep its older entries (no hop) as they were."""
-    import sqlite3
-
     from sqlalchemy.exc import IntegrityError
 
-    from biox.database import engine_for
-
-    path = tmp_path / "old.db"
-    url = f"sqlite:///{path}"
-    with session_for(url) as s:
-        for e in chained(entries(3), 0, audit.GENESIS):
-            s.add(e)
-        s.commit()
-    engine_for(url).dispose()
-    engine_for.cache_clear()
-    with sqlite3.connect(path) as db:  # as a database written by an older biox
-        db.execute("DROP INDEX ix_audit_entries_hop")
-        db.execute("ALTER TABLE audit_entries DROP COLUMN hop")
+    url = older_trail(
+        tmp_path / "old.db",
+        "DROP INDEX ix_audit_entries_hop",
+        "ALTER TABLE audit_entries DROP COLUMN hop",
+    )
     with session_for(url) as s:
         assert audit.verify(s) == (3, None)
         assert audit.recorded(s, ["u|m|x|k|0"]) == set()

@@ -106,8 +106,8 @@ class ConsumeLoop:
         self.publisher = Publisher(self.link, settings.publish_timeout)
         self.stats: Counter[str] = Counter()
         self.metrics = Metrics(participant, self.queue)  # served by run_worker, if asked
-        #: a broker that refused our outputs is given a moment before the requeued inputs
-        self.requeue_pause = 0.5  # come back (none in memory, where nothing is waiting)
+        #: a broker that refused our outputs gets a moment before the requeued inputs come back
+        self.requeue_pause = 0.5  # (none in memory, where nothing is waiting to recover)
         wait_ms = settings.batch_wait_ms if queue.decodes else settings.audit_batch_wait_ms
         self.batch_wait_ms = wait_ms  # the audit's (undecoded) is longer: no query waits for it
         self._maintained_at = time.monotonic()  # the first maintenance: one interval in
@@ -149,7 +149,8 @@ class ConsumeLoop:
             )
 
     def _sweep(self, session: Session) -> list[Outgoing]:
-        """Dead letters and held results with erased data leave the broker (``sweeps``)."""
+        """Dead letters and held results that carry erased data leave the broker
+        (``broker.sweeps``); the audit trail gets the counts."""
         counts = sweeps.sweep(
             self.url, self.settings.client_tls(), self.participant, session, self.settings.shards
         )

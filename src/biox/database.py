@@ -7,7 +7,7 @@ WAL mode by default; any SQLAlchemy URL through ``BIOX_DATABASE_URL``.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from functools import lru_cache
 from typing import Any
@@ -126,13 +126,13 @@ def handled(
     consumer: str,
     keys: Sequence[tuple[str, bool]],
     recorded: Callable[[Session, Sequence[str]], set[str]] | None,
-) -> dict[str, ProcessedMessage | None]:
+) -> Mapping[str, ProcessedMessage | None]:
     """Which of a batch's keys (each with its delivery's redelivered flag) were handled
     before, with their markers. A queue that keeps its own record (``Queue.recorded``, the
     audit) has no outputs to republish, and its markers are read only for a redelivery,
     which an older version may have marked: a first delivery cannot have one."""
     if recorded is None:
-        return dict(processed(session, consumer, [key for key, _ in keys]))
+        return processed(session, consumer, [key for key, _ in keys])
     again = [key for key, redelivered in keys if redelivered]
     done: dict[str, ProcessedMessage | None] = dict(processed(session, consumer, again))
     done.update(dict.fromkeys(recorded(session, [key for key, _ in keys])))

@@ -270,27 +270,21 @@ class Link:
         """One hand-over to the I/O thread for all of them: a batch's acks each woke it
         (a write to its wake-up pipe and a turn of its loop), and its loop is a sixth to a
         quarter of a worker's CPU (docs/performance.md)."""
-
-        def settle() -> None:
-            if self._channel is None:
-                return
-            for d in deliveries:
-                if d.generation == self.generation:
-                    self._channel.basic_ack(d.delivery_tag)
-
         if deliveries:  # a batch all sent to its retry tiers was acked there
-            self._threadsafe(settle)
+            self._threadsafe(lambda: self._settle(deliveries, lambda ch, tag: ch.basic_ack(tag)))
 
     def nack(self, delivery: Delivery, *, requeue: bool) -> None:
         self._threadsafe(
-            lambda: self._settle(
-                delivery, lambda ch: ch.basic_nack(delivery.delivery_tag, requeue=requeue)
-            )
+            lambda: self._settle([delivery], lambda ch, tag: ch.basic_nack(tag, requeue=requeue))
         )
 
-    def _settle(self, delivery: Delivery, action: Callable[[Any], None]) -> None:
-        if self._channel is not None and delivery.generation == self.generation:
-            action(self._channel)
+    def _settle(self, deliveries: Sequence[Delivery], action: Callable[[Any, int], None]) -> None:
+        """On the channel that delivered them: never one from before a reconnect."""
+        if self._channel is None:
+            return
+        for d in deliveries:
+            if d.generation == self.generation:
+                action(self._channel, d.delivery_tag)
 
     def _threadsafe(self, fn: Callable[[], None]) -> None:
         conn = self._conn

@@ -123,12 +123,19 @@ def test_worker_killed_mid_message_still_answers_each_query_exactly_once(exchang
             deadline = time.monotonic() + 30
             while not responses.drain(quiet=0.05) and time.monotonic() < deadline:
                 pass  # until mx has started answering
-            matcher.send_signal(signal.SIGSTOP)
-            time.sleep(0.5)  # what the matcher published before it froze reaches the taps
-            sent = {t.correlation_id for t in queries.drain()}
-            waiting = exchange.ready("mx.query")
-            answered = {t.correlation_id for t in responses.drain()}
-            in_flight = len(sent) - waiting - len(answered & sent)
+            # on a slow machine the first freeze can find the matcher between deliveries
+            # (everything us sent so far answered): thaw it and freeze it again
+            for _ in range(20):
+                matcher.send_signal(signal.SIGSTOP)
+                time.sleep(0.5)  # what the matcher published before it froze reaches the taps
+                sent = {t.correlation_id for t in queries.drain()}
+                waiting = exchange.ready("mx.query")
+                answered = {t.correlation_id for t in responses.drain()}
+                in_flight = len(sent) - waiting - len(answered & sent)
+                if in_flight > 0:
+                    break
+                matcher.send_signal(signal.SIGCONT)
+                time.sleep(0.1)
             assert in_flight > 0, (len(sent), waiting, len(answered))
             exchange.kill("mx-query")  # SIGKILL lands on a stopped process: no last words
             exchange.restart("mx-query")
@@ -157,6 +164,8 @@ def test_worker_killed_mid_message_still_answers_each_query_exactly_once(exchang
             f"{copies(responses.seen)} response copies republished and absorbed"
         )
     finally:
+        if matcher.poll() is None:  # failed before the kill: the next tests need it running
+            matcher.send_signal(signal.SIGCONT)
         queries.close()
         responses.close()
 

@@ -35,10 +35,18 @@ demo: $(STAMP) rabbitmq
 # guide walked from a fresh install (its own SQLite under its own state directory) and the
 # 100 000-identity import (SQLite by design). TEST_JOBS: pytest-xdist processes for the
 # unit suites and the SQLite integration run (a module's tests stay together, each process
-# with a broker of its own); 0 runs everything in one process. The PostgreSQL pass stays in
-# one: two of it, each with its own PostgreSQL and broker, took longer on two cores.
+# with a broker of its own; tests/integration/conftest.py keeps the modules on the shared
+# exchange together and hands out the longest first); 0 runs everything in one process. The
+# PostgreSQL pass stays in one: two of it, each with its own PostgreSQL and broker, took
+# longer on two cores.
 # docs/testing.md has the times: about 15 minutes on two cores.
 TEST_JOBS ?= 2
+
+# Python's byte-code cache written, even where the environment turns it off
+# (PYTHONDONTWRITEBYTECODE): the tests start hundreds of Python processes (workers, the
+# CLI), each of which would compile biox's sources again, and pytest would rewrite every
+# test module in each xdist process of each run.
+export PYTHONDONTWRITEBYTECODE :=
 
 test: $(STAMP) rabbitmq chromium postgresql
 	$(BIN)/ruff check src workers tests bench
@@ -58,7 +66,7 @@ test-unit: $(STAMP)
 	$(BIN)/pytest tests/unit -q -n $(TEST_JOBS) --clock-ahead 365
 
 test-integration: $(STAMP) rabbitmq
-	$(BIN)/pytest tests/integration -n $(TEST_JOBS) --dist loadfile
+	$(BIN)/pytest tests/integration -n $(TEST_JOBS) --dist loadfile --no-loadscope-reorder
 
 bench: $(STAMP) rabbitmq
 	$(BIN)/python -m bench.run

@@ -10,10 +10,12 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import msgpack
 import pika
 import pytest
+from xdist.scheduler import LoadFileScheduling
 
 from biox.broker.deadletters import DeadLetterQueues, Filters
 from biox.broker.topology import declare
@@ -30,6 +32,54 @@ from tests.integration.ledger import opened
 SEED = 4242
 SIZE = 3000
 CODES = ["mx", "sv", "us"]
+
+# How `make test` spreads these modules over its xdist processes (`--dist loadfile
+# --no-loadscope-reorder`): a process that comes free takes the next module, and the
+# modules on the session's ``exchange`` go together as one, so that only one process starts
+# an exchange. ``--dist loadgroup`` would say that with marks, but it does not group on
+# pytest 9.2 (pytest-xdist issue 1386). The longest go first, longest first, so that the
+# two processes end close together (`make test` prints each test's time).
+ON_EXCHANGE = (
+    "test_bad_input",
+    "test_exchange",
+    "test_fuzz",
+    "test_lifecycle",
+    "test_operations",
+    "test_quotas",
+    "test_workflows",
+)
+LONGEST_FIRST = ("test_sovereign", "exchange", "test_serve", "test_guide", "test_faults")
+HERE = Path(__file__).parent
+
+
+def group_of(path: Path) -> str:
+    return "exchange" if path.stem in ON_EXCHANGE else path.stem
+
+
+class ModulesAndTheExchange(LoadFileScheduling):
+    def _split_scope(self, nodeid: str) -> str:
+        return group_of(Path(nodeid.split("::", 1)[0]))
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> LoadFileScheduling | None:
+    if config.getvalue("dist") != "loadfile":
+        return None
+    return ModulesAndTheExchange(config, log)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The longest modules first, and ``ON_EXCHANGE`` held to what the tests use: a
+    module missing from it would start an exchange of its own in every process."""
+    here = [item for item in items if HERE in item.path.parents]
+    uses = {item.path.stem for item in here if "exchange" in getattr(item, "fixturenames", ())}
+    if missing := sorted(uses - set(ON_EXCHANGE)):
+        raise pytest.UsageError(f"tests/integration/conftest.py: add {missing} to ON_EXCHANGE")
+
+    def rank(item: pytest.Item) -> int:
+        g = group_of(item.path)
+        return LONGEST_FIRST.index(g) if g in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=lambda item: rank(item) if item in here else len(LONGEST_FIRST))
 
 
 @dataclass

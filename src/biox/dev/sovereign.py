@@ -132,8 +132,12 @@ class SovereignBrokers:
                     ports[code],
                     self.pki.node_crl_dir(code),
                 )
-        with ThreadPoolExecutor(len(self.codes)) as pool:
-            list(pool.map(lambda b: b.start(), self.brokers.values()))
+        try:
+            with ThreadPoolExecutor(len(self.codes)) as pool:
+                list(pool.map(lambda b: b.start(), self.brokers.values()))
+        except BaseException:
+            self.stop()  # the brokers that did start: none left running after a failure
+            raise
         return self
 
     def revoke(self, code: str, cert: Path) -> None:

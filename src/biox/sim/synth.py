@@ -145,6 +145,16 @@ class Chunk:
 
 
 @lru_cache(maxsize=64)
+def _attributes(seed: int, number: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Chunk ``number``'s tenprint and iris flags and biographic draws: a stream of their
+    own, so that ``person`` reads them without drawing every template of the chunk."""
+    attrs_rng = np.random.default_rng([seed, 4, number])
+    tenprint = attrs_rng.random(CHUNK) < 0.2
+    has_iris = attrs_rng.random(CHUNK) < 0.3
+    return tenprint, has_iris, attrs_rng.integers(0, 1 << 30, size=(CHUNK, 8))
+
+
+@lru_cache(maxsize=64)
 def chunk(seed: int, number: int, positions: tuple[int, ...] = tuple(range(1, 11))) -> Chunk:
     def rng(*stream: int) -> np.random.Generator:
         return np.random.default_rng([seed, *stream, number])
@@ -154,10 +164,7 @@ def chunk(seed: int, number: int, positions: tuple[int, ...] = tuple(range(1, 11
         p: _normalise(rng(2, p).standard_normal((CHUNK, FINGER.dim), dtype=np.float32))
         for p in positions
     }
-    attrs_rng = rng(4)
-    tenprint = attrs_rng.random(CHUNK) < 0.2
-    has_iris = attrs_rng.random(CHUNK) < 0.3
-    attrs = attrs_rng.integers(0, 1 << 30, size=(CHUNK, 8))
+    tenprint, has_iris, attrs = _attributes(seed, number)
     iris = {
         eye: rng(3, i).integers(0, 256, size=(CHUNK, IRIS.nbytes), dtype=np.uint8)
         for i, eye in enumerate(("left", "right"))
@@ -193,8 +200,9 @@ class Person:
 
 
 def person(seed: int, number: int) -> Person:
-    c = chunk(seed, number // CHUNK)
-    a = c.attrs[number - c.start]
+    tenprint, has_iris, attrs = _attributes(seed, number // CHUNK)
+    r = number % CHUNK
+    a = attrs[r]
     born = datetime(1950, 1, 1) + timedelta(days=int(a[3] % 20000))
     bio = Biographic(
         family_name=_FAMILY[a[0] % len(_FAMILY)],
@@ -205,13 +213,7 @@ def person(seed: int, number: int) -> Person:
         document_number=f"P{a[5] % 10**8:08d}",
     )
     derogatory = [_DEROGATORY[a[6] % len(_DEROGATORY)]] if a[7] % 10 == 0 else []
-    return Person(
-        number,
-        bio,
-        derogatory,
-        bool(c.tenprint[number - c.start]),
-        bool(c.has_iris[number - c.start]),
-    )
+    return Person(number, bio, derogatory, bool(tenprint[r]), bool(has_iris[r]))
 
 
 def sealed(number: int) -> bool:

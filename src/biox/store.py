@@ -9,7 +9,8 @@ nothing but messages. SQLite (WAL) by default; PostgreSQL through BIOX_DATABASE_
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from functools import cache
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     JSON,
@@ -19,6 +20,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
 )
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
@@ -342,3 +344,47 @@ class CheckpointRow(SQLModel, table=True):
     key_id: str
     signature: str
     received_at: datetime = Field(sa_type=UTCDateTime)
+
+
+_Row = TypeVar("_Row", bound=SQLModel)
+
+
+@cache
+def _defaults(model: type[SQLModel]) -> tuple[frozenset[str], frozenset[str], tuple[Any, ...]]:
+    """A table model's field names, its required ones, and ``(name, default, factory)``
+    of the others, read once per model."""
+    defaults = tuple(
+        (name, None if f.default_factory else f.default, f.default_factory)
+        for name, f in model.model_fields.items()
+        if not f.is_required()
+    )
+    if shared := [name for name, d, _ in defaults if isinstance(d, list | dict | set)]:
+        raise TypeError(f"{model.__name__}: a default_factory for {shared}, not one value")
+    required = frozenset(n for n, f in model.model_fields.items() if f.is_required())
+    return frozenset(model.model_fields), required, defaults
+
+
+def fresh(model: type[_Row], **values: Any) -> _Row:
+    """A new row of a table model, as its constructor makes it, for the rows a handler
+    adds on every message (docs/performance.md, "Rows made without SQLModel's setattr").
+
+    SQLModel's constructor sends each field through pydantic's and SQLAlchemy's
+    ``__setattr__`` and asks pydantic for each default: about 150 us for a Transaction,
+    a tenth of an intake worker's CPU. A row that was never flushed has no history to
+    record, so its values go straight into the instance's dictionary, where the INSERT
+    reads them, as SQLAlchemy itself fills a row it loads (``ClassManager.new_instance``).
+    Unlike the constructor, which drops both silently, a name that is no field of the
+    model and a required field left out are refused."""
+    names, required, defaults = _defaults(model)
+    if unknown := values.keys() - names:
+        raise TypeError(f"{model.__name__} has no field {sorted(unknown)}")
+    if missing := required - values.keys():
+        raise TypeError(f"{model.__name__} needs {sorted(missing)}")
+    row: _Row = sa_inspect(model).class_manager.new_instance()  # SQLModel.__new__ as well
+    fields = row.__dict__
+    for name, default, factory in defaults:
+        if name not in values:
+            fields[name] = factory() if factory is not None else default
+    fields.update(values)
+    object.__setattr__(row, "__pydantic_fields_set__", set(values))
+    return row

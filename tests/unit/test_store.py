@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
 
+import pytest
 from sqlmodel import col, select
 
 from biox.agreement.ledgers import IncidentRow
 from biox.database import session_for
-from biox.store import ReviewCaseRow
-from biox.wire.fields import as_utc
+from biox.store import EncounterRow, ReviewCaseRow, Transaction, fresh
+from biox.wire.fields import as_utc, utcnow
 
 AT = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 MEXICO = timezone(timedelta(hours=-6))
@@ -97,3 +98,51 @@ def test_no_table_builds_its_defaults_from_a_builtin_factory():
     a, b = IncidentRow(incident_id="a"), IncidentRow(incident_id="b")
     a.partners.append("mx")
     assert b.partners == []
+
+
+def test_a_fresh_row_is_the_row_its_constructor_makes_in_memory_and_in_the_database(tmp_path):
+    """``store.fresh`` fills a new row's dictionary directly (the hot path's rows): the
+    same fields and defaults as the constructor, the same row once committed, a list of
+    its own, and a change after the INSERT written by the next flush as an UPDATE."""
+    given = {
+        "query_id": "q-1",
+        "role": "provider",
+        "encounter_id": "e-1",
+        "requesting": "mx",
+        "providing": "us",
+        "purpose": "enforce",
+        "created_at": AT,
+        "retain_until": AT + timedelta(days=90),
+    }
+    built, made = Transaction(**given), fresh(Transaction, **given)
+    assert made.model_dump() == built.model_dump()
+    assert made.model_fields_set == built.model_fields_set == set(given)
+    assert made.conditions == [] and made.conditions is not built.conditions
+    before = utcnow()
+    default = fresh(Transaction, **{k: v for k, v in given.items() if k != "created_at"})
+    assert before <= default.created_at <= utcnow()  # its factory's, called for this row
+    url = f"sqlite:///{tmp_path / 'us.db'}"
+    with session_for(url) as s:
+        s.add(made)
+        s.add(fresh(EncounterRow, encounter_id="e-1", purpose="enforce", partners=["mx"]))
+        s.commit()
+        made.status = "match"  # persistent now: instrumented as any loaded row
+        made.conditions = ["no onward disclosure"]
+        s.commit()
+    with session_for(url) as s:
+        row = s.get(Transaction, ("q-1", "provider"))
+        encounter = s.get(EncounterRow, "e-1")
+    assert row is not None and encounter is not None
+    assert row.model_dump() == {
+        **built.model_dump(),
+        "status": "match",
+        "conditions": ["no onward disclosure"],
+    }
+    assert (encounter.partners, encounter.status, encounter.revision) == (["mx"], "pending", 0)
+
+
+def test_a_fresh_row_refuses_what_the_constructor_would_drop_silently():
+    with pytest.raises(TypeError, match=r"Transaction has no field \['queryid'\]"):
+        fresh(Transaction, queryid="q", role="provider")
+    with pytest.raises(TypeError, match=r"Transaction needs \['encounter_id'"):
+        fresh(Transaction, query_id="q", role="provider")

@@ -15,7 +15,7 @@ from biox.policy.release import ParticipantPolicy
 from biox.queries.enrolment import enrolment
 from biox.queries.results import EncounterViews
 from biox.registry import Registry
-from biox.store import EncounterRow, Transaction
+from biox.store import EncounterRow, Transaction, fresh
 from biox.trust.identity import encounter_system
 from biox.wire import addresses, codec
 from biox.wire.codec import Envelope
@@ -151,7 +151,8 @@ class IntakeHandler(Handler):
             )
             effects.outcome += ":enrolled"
         # what we know of the subject: the store retrieval requests are answered from (§10)
-        encounter = EncounterRow(
+        encounter = fresh(
+            EncounterRow,
             encounter_id=sub.encounter_id,
             purpose=sub.purpose.value,
             reply_to=env.reply_to,
@@ -195,7 +196,8 @@ class IntakeHandler(Handler):
                 )
             )
             sent.append(
-                Transaction(
+                fresh(
+                    Transaction,
                     query_id=query_id,
                     role="requester",
                     encounter_id=sub.encounter_id,

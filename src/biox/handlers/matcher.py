@@ -28,7 +28,7 @@ from biox.queries.answers import Answers, Asked, Found
 from biox.queries.enrolment import enrolment
 from biox.registry import Registry
 from biox.settings import Settings
-from biox.store import Record, Transaction
+from biox.store import Record, Transaction, fresh
 from biox.wire import codec
 from biox.wire.codec import Envelope
 from biox.wire.errors import REASON_TEXT, BioxError, PermanentError, Reason
@@ -311,7 +311,8 @@ class MatcherHandler(Handler):
     ) -> Transaction:
         """The provider's row of this query; ``Answers.conclude`` settles it."""
         q = inb.message
-        return Transaction(
+        return fresh(
+            Transaction,
             query_id=q.query_id,
             role="provider",
             encounter_id=q.references.encounter_id,

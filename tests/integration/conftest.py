@@ -53,7 +53,9 @@ HERE = Path(__file__).parent
 
 
 def group_of(path: Path) -> str:
-    return "exchange" if path.stem in ON_EXCHANGE else path.stem
+    """``exchange`` for a module of this directory on the shared exchange, else the
+    module itself (tests/unit has modules of the same names)."""
+    return "exchange" if path.parent.name == HERE.name and path.stem in ON_EXCHANGE else str(path)
 
 
 class ModulesAndTheExchange(LoadFileScheduling):
@@ -76,7 +78,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         raise pytest.UsageError(f"tests/integration/conftest.py: add {missing} to ON_EXCHANGE")
 
     def rank(item: pytest.Item) -> int:
-        g = group_of(item.path)
+        g = "exchange" if group_of(item.path) == "exchange" else item.path.stem
         return LONGEST_FIRST.index(g) if g in LONGEST_FIRST else len(LONGEST_FIRST)
 
     items.sort(key=lambda item: rank(item) if item in here else len(LONGEST_FIRST))

@@ -39,7 +39,7 @@ demo: $(STAMP) rabbitmq
 # exchange together and hands out the longest first); 0 runs everything in one process. The
 # PostgreSQL pass stays in one: two of it, each with its own PostgreSQL and broker, took
 # longer on two cores.
-# docs/testing.md has the times: about 15 minutes on two cores.
+# docs/testing.md has the times: about 13 minutes on two cores.
 TEST_JOBS ?= 2
 
 # Python's byte-code cache written, even where the environment turns it off

@@ -3,14 +3,16 @@ UTC, read back aware in UTC, compared in UTC whatever zone the other side is in.
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
+from sqlalchemy.dialects import sqlite
 from sqlmodel import col, select
 
 from biox.agreement.ledgers import IncidentRow
 from biox.database import session_for
-from biox.store import EncounterRow, ReviewCaseRow, Transaction, fresh
+from biox.store import EncounterRow, ReviewCaseRow, Transaction, UTCDateTime, fresh
 from biox.wire.fields import as_utc, utcnow
 
 AT = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
@@ -146,3 +148,16 @@ def test_a_fresh_row_refuses_what_the_constructor_would_drop_silently():
         fresh(Transaction, queryid="q", role="provider")
     with pytest.raises(TypeError, match=r"Transaction needs \['encounter_id'"):
         fresh(Transaction, query_id="q", role="provider")
+
+
+def test_a_time_is_stored_in_utc_on_a_machine_whose_local_zone_is_not_utc(monkeypatch):
+    """A server set to Mexico City's time still stores UTC: the column converts to UTC
+    itself, not to whatever zone the machine runs in."""
+    monkeypatch.setenv("TZ", "America/Mexico_City")
+    time.tzset()
+    try:
+        stored = UTCDateTime().process_bind_param(AT.astimezone(MEXICO), sqlite.dialect())
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert stored == datetime(2026, 11, 22, 12, 0)

@@ -353,15 +353,16 @@ _Row = TypeVar("_Row", bound=SQLModel)
 def _defaults(model: type[SQLModel]) -> tuple[frozenset[str], frozenset[str], tuple[Any, ...]]:
     """A table model's field names, its required ones, and ``(name, default, factory)``
     of the others, read once per model."""
+    fields = model.model_fields
+    required = frozenset(name for name, f in fields.items() if f.is_required())
     defaults = tuple(
         (name, None if f.default_factory else f.default, f.default_factory)
-        for name, f in model.model_fields.items()
-        if not f.is_required()
+        for name, f in fields.items()
+        if name not in required
     )
     if shared := [name for name, d, _ in defaults if isinstance(d, list | dict | set)]:
         raise TypeError(f"{model.__name__}: a default_factory for {shared}, not one value")
-    required = frozenset(n for n, f in model.model_fields.items() if f.is_required())
-    return frozenset(model.model_fields), required, defaults
+    return frozenset(fields), required, defaults
 
 
 def fresh(model: type[_Row], **values: Any) -> _Row:

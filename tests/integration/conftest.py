@@ -72,7 +72,7 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> LoadFileSche
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The longest modules first, and ``ON_EXCHANGE`` held to what the tests use: a
     module missing from it would start an exchange of its own in every process."""
-    here = [item for item in items if HERE in item.path.parents]
+    here = {item for item in items if HERE in item.path.parents}
     uses = {item.path.stem for item in here if "exchange" in getattr(item, "fixturenames", ())}
     if missing := sorted(uses - set(ON_EXCHANGE)):
         raise pytest.UsageError(f"tests/integration/conftest.py: add {missing} to ON_EXCHANGE")

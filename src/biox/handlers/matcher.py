@@ -26,6 +26,7 @@ from biox.policy.eligibility import lacking, provider_refusal
 from biox.policy.release import ParticipantPolicy
 from biox.queries.answers import Answers, Asked, Found
 from biox.queries.enrolment import enrolment
+from biox.queries.repeats import Seen
 from biox.registry import Registry
 from biox.settings import Settings
 from biox.store import Record, Transaction, fresh
@@ -93,9 +94,12 @@ class MatcherHandler(Handler):
         results: list[Result | None] = [None] * len(batch)
         probes: list[Probe] = []
         searchable: list[int] = []
+        ids = [inb.message.query_id for inb in batch]
+        seen = Seen.of(session, ids, scattered=self.settings.shards > 1)
         for i, inb in enumerate(batch):
             try:
                 declined = self._check(inb, registry)
+                seen.once(inb)
             except PermanentError as exc:
                 results[i] = exc
                 continue
@@ -145,9 +149,15 @@ class MatcherHandler(Handler):
         ids = {h.record_id for g in done for h in g.hits if h.fused >= low}
         records = self._records(session, ids)
         erased = self._erased(session, [g.query for g in done])
+        answered = Seen.of(session, [g.query.message.query_id for g in done])
         for g in gathered:
             if not isinstance(g, gather.Gathered):
                 results.append(Effects(outcome=f"gathered:{g}"))
+                continue
+            try:  # another matcher answered a copy scattered at the same time
+                answered.once(g.query)
+            except PermanentError as exc:
+                results.append(exc)
                 continue
             self.high, self.low = self.calibration.thresholds_at(g.gallery_size, calibration)
             results.append(
@@ -364,6 +374,8 @@ class MatcherHandler(Handler):
         """A ``rejected`` response goes back when we know who asked and about which query."""
         if self.registry.get(envelope.sender) is None or envelope.sender == self.me:
             return None  # nobody to tell: a dead letter with the reason
+        if error.reason is Reason.duplicate_query:
+            return None  # the first copy's answer stands; a second answer could overturn it
         if not envelope.correlation_id:
             return None
         response = self.answers.rejected(envelope, error)

@@ -46,6 +46,7 @@ class Reason(StrEnum):
     # anything about one query that the receiver cannot relate to what it sent
     unknown_query = "unknown_query"
     duplicate_encounter = "duplicate_encounter"
+    duplicate_query = "duplicate_query"
     # the encounter-system contract (docs/integration.md)
     no_reply_to = "no_reply_to"
     no_answer = "no_answer"
@@ -92,6 +93,9 @@ REASON_TEXT: dict[Reason, str] = {
     Reason.template_invalid: "template has NaN, infinite or all-zero values",
     Reason.unknown_query: "no query with this id was sent to this participant",
     Reason.duplicate_encounter: "an encounter with this id was already submitted",
+    Reason.duplicate_query: (
+        "a query with this id came before under another message id: its answer stands"
+    ),
     Reason.no_reply_to: (
         "an encounter.submit needs reply_to (the queue its results go to) and correlation_id "
         "(= its encounter_id)"
@@ -155,6 +159,7 @@ REASON_USE: dict[Reason, tuple[str, ...]] = {
     Reason.no_partner: ("refused",),
     Reason.unknown_query: ("dead-letter",),
     Reason.duplicate_encounter: ("refused",),
+    Reason.duplicate_query: ("dead-letter",),
     Reason.no_reply_to: ("dead-letter",),
     Reason.no_answer: ("timed_out",),
     Reason.record_not_releasable: ("declined",),

@@ -1,0 +1,58 @@
+"""A query id the provider has met before, arriving under a new message id.
+
+The consume loop's markers stop a copy under the same message id. A second message
+carrying a query id this participant answered, declined or scattered already is a
+partner's error or a replay: searching it again would run the same templates through
+the gallery a second time, and a second answer could overturn the first at the
+requester (a ``rejected`` after a ``pending_review``). It is dead-lettered
+``duplicate_query`` naming the first message, never answered (docs/security.md,
+"Freshness and duplicates").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlmodel import Session, col, select
+
+from biox.store import ScatterRow, Transaction
+from biox.wire.errors import PermanentError, Reason
+from biox.wire.inbound import Inbound
+from biox.wire.messages import Query
+
+
+class Seen:
+    """The query ids of one batch met before, with the message each came first in."""
+
+    def __init__(self, first: dict[str, str]) -> None:
+        self.first = first
+
+    @classmethod
+    def of(cls, session: Session, query_ids: Sequence[str], scattered: bool = False) -> Seen:
+        """One read for the batch: the provider's rows and, with ``scattered``, the
+        queries still waiting for their shards (no row yet)."""
+        first: dict[str, str] = {}
+        for query_id, message_id in session.exec(
+            select(Transaction.query_id, Transaction.source_message_id).where(
+                Transaction.role == "provider", col(Transaction.query_id).in_(query_ids)
+            )
+        ):
+            first[query_id] = message_id or "?"
+        if scattered:
+            for query_id, key in session.exec(
+                select(ScatterRow.query_id, ScatterRow.key).where(
+                    col(ScatterRow.query_id).in_(query_ids)
+                )
+            ):
+                first.setdefault(query_id, key.partition("/")[2])  # store.marker_key
+        return cls(first)
+
+    def once(self, inb: Inbound[Query]) -> None:
+        """Raises for a query id met before; else counts this message as its first, so a
+        second copy in the same batch is caught too."""
+        query_id = inb.message.query_id
+        first = self.first.setdefault(query_id, inb.envelope.message_id)
+        if first != inb.envelope.message_id:
+            raise PermanentError(
+                Reason.duplicate_query, f"query {query_id} came first as message {first}"
+            )

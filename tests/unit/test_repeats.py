@@ -119,6 +119,20 @@ def test_a_copy_of_a_rejected_query_is_rejected_again_not_called_a_duplicate(db)
     assert isinstance(answered, Effects)
 
 
+def test_a_copy_of_an_answered_query_gets_no_rejection_either_whatever_it_carries(db):
+    """Checked before anything that could answer: a ``rejected`` would overturn a pending
+    answer at the requester as a second answer would."""
+    handler = matcher([hit(1, 0.99)])
+    first = Inbound(*query_from(submit(7)))
+    with session_for(db) as s:
+        commit(db, handler.search([first], s))
+    copy = copy_of(first)
+    wrong = Inbound(copy.envelope, first.message.model_copy(update={"providing": "sv"}))
+    with session_for(db) as s:
+        [again] = handler.search([wrong], s)
+    assert handler.reject(wrong.envelope, duplicate(again, first)) is None
+
+
 def sharded() -> MatcherHandler:
     settings = Settings(shards=2, threshold_high=0.55, threshold_low=0.3, gallery_sync_s=3600)
     handler = matcher([hit(1, 0.99)])

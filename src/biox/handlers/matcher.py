@@ -98,19 +98,19 @@ class MatcherHandler(Handler):
         seen = Seen.of(session, ids, scattered=self.settings.shards > 1)
         for i, inb in enumerate(batch):
             try:
+                seen.check(inb)
                 declined = self._check(inb, registry)
-                seen.once(inb)
+                bio = inb.message.biometrics
+                probe = Probe.from_biometrics(bio) if declined is None else None
             except PermanentError as exc:
                 results[i] = exc
                 continue
+            seen.met(inb)
             if declined is not None:
                 results[i] = self._declined(inb, declined, received)
-                continue
-            try:
-                probes.append(Probe.from_biometrics(inb.message.biometrics))
+            elif probe is not None:
+                probes.append(probe)
                 searchable.append(i)
-            except PermanentError as exc:
-                results[i] = exc
         if self.settings.shards > 1:  # the templates are sound: every shard searches them
             for i in searchable:
                 row, out = gather.scatter(batch[i], received, self.settings.shards, self.me)
@@ -155,10 +155,11 @@ class MatcherHandler(Handler):
                 results.append(Effects(outcome=f"gathered:{g}"))
                 continue
             try:  # another matcher answered a copy scattered at the same time
-                answered.once(g.query)
+                answered.check(g.query)
             except PermanentError as exc:
                 results.append(exc)
                 continue
+            answered.met(g.query)
             self.high, self.low = self.calibration.thresholds_at(g.gallery_size, calibration)
             results.append(
                 self._answer(

@@ -50,12 +50,17 @@ class Seen:
                 first.setdefault(query_id, key.partition("/")[2])  # store.marker_key
         return cls(first)
 
-    def once(self, inb: Inbound[Query]) -> None:
-        """Raises for a query id met before; else counts this message as its first, so a
-        second copy in the same batch is caught too."""
+    def check(self, inb: Inbound[Query]) -> None:
+        """Raises for a query id met before under another message id: checked before
+        anything else, so that not even a ``rejected`` answer goes back for it."""
         query_id = inb.message.query_id
-        first = self.first.setdefault(query_id, inb.envelope.message_id)
+        first = self.first.get(query_id, inb.envelope.message_id)
         if first != inb.envelope.message_id:
             raise PermanentError(
                 Reason.duplicate_query, f"query {query_id} came first as message {first}"
             )
+
+    def met(self, inb: Inbound[Query]) -> None:
+        """This message answers its query (it leaves a row): a second copy later in the
+        batch is a duplicate. A rejected one leaves none, so a corrected copy may follow."""
+        self.first.setdefault(inb.message.query_id, inb.envelope.message_id)

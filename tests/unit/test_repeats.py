@@ -133,6 +133,40 @@ def test_a_copy_of_an_answered_query_gets_no_rejection_either_whatever_it_carrie
     assert handler.reject(wrong.envelope, duplicate(again, first)) is None
 
 
+def test_a_query_declined_before_any_search_is_declined_whatever_its_templates(db):
+    """Its templates are not read: a broken one does not turn the decline into a
+    rejection, and the copy that follows is a duplicate of the declined query."""
+    policy = ParticipantPolicy(release=[ReleaseRule(to=["us"], purposes=["adjudicate"])])
+    handler = matcher([hit(1, 0.99)], policy)
+    envelope, query = query_from(submit(7))
+    face = query.biometrics.face
+    assert face is not None
+    broken = query.biometrics.model_copy(
+        update={"face": face.model_copy(update={"template": bytes(40)})}
+    )
+    first = Inbound(envelope, query.model_copy(update={"biometrics": broken}))
+    with session_for(db) as s:
+        declined, again = handler.search([first, copy_of(first)], s)
+    assert isinstance(declined, Effects) and declined.outcome == "declined:release_not_agreed"
+    duplicate(again, first)
+
+
+def test_a_first_copy_whose_message_id_was_not_recorded_is_named_as_such(db):
+    first = Inbound(*query_from(submit(7)))
+    handler = matcher([hit(1, 0.99)])
+    with session_for(db) as s:
+        [answered] = handler.search([first], s)
+        assert isinstance(answered, Effects)
+        answered.rows[0].source_message_id = None  # a row older than its provenance
+        s.add_all(answered.rows)
+        s.commit()
+    with session_for(db) as s:
+        [again] = handler.search([copy_of(first)], s)
+    assert str(again).endswith(
+        f"query {first.message.query_id} came first as message (not recorded)"
+    )
+
+
 def sharded() -> MatcherHandler:
     settings = Settings(shards=2, threshold_high=0.55, threshold_low=0.3, gallery_sync_s=3600)
     handler = matcher([hit(1, 0.99)])
@@ -151,6 +185,7 @@ def scatter(url: str, inb: Inbound) -> ShardSearch:
 
 def test_a_copy_of_a_query_waiting_for_its_shards_is_not_scattered_again(db):
     first = Inbound(*query_from(submit(9)))
+    first = Inbound(replace(first.envelope, message_id="us/2026/m-1"), first.message)
     scatter(db, first)
     with session_for(db) as s:
         [again] = sharded().search([copy_of(first)], s)
@@ -163,15 +198,20 @@ def test_a_gather_for_a_query_another_matcher_answered_meanwhile_is_dead_lettere
     first = Inbound(*query_from(submit(9)))
     searches = [scatter(db, first), scatter(db, copy_of(first))]
     handler = sharded()
+    other = scatter(db, Inbound(*query_from(submit(10))))
     results = []
     for search in searches:
         batch = [hits_from(search, 0, [(1, 0.9)]), hits_from(search, 1, [])]
+        if search is searches[1]:  # and another query's last shards after it
+            batch += [hits_from(other, 0, [(2, 0.95)]), hits_from(other, 1, [])]
         with session_for(db) as s:  # as the consume loop: the batch's rows, one commit
             results.append(handler.gather(batch, s))
             s.add_all(row for r in results[-1] if isinstance(r, Effects) for row in r.rows)
             s.commit()
     assert [r.outcome for r in results[0]] == ["gathered:waiting", "match"]
-    assert results[1][0].outcome == "gathered:waiting"
-    duplicate(results[1][1], first)
+    waiting, error, *rest = results[1]
+    assert isinstance(waiting, Effects) and waiting.outcome == "gathered:waiting"
+    duplicate(error, first)
+    assert [r.outcome for r in rest] == ["gathered:waiting", "match"]  # answered all the same
     with session_for(db) as s:
         assert s.exec(select(ScatterRow)).all() == []

@@ -44,7 +44,7 @@ class Seen:
         queries still waiting for their shards (no row yet)."""
         ids = {"ids": list(query_ids)}
         connection = session.connection()
-        first = {q: m or "?" for q, m in connection.execute(_ANSWERED, ids)}
+        first = {q: m or "(not recorded)" for q, m in connection.execute(_ANSWERED, ids)}
         if scattered:
             for query_id, key in connection.execute(_SCATTERED, ids):
                 first.setdefault(query_id, key.partition("/")[2])  # store.marker_key

@@ -378,6 +378,8 @@ def pipeline(size: int, n: int, settings: Settings, url: str) -> dict:
     body_size = int(np.mean([len(codec_mod.encode_body(p.submit)) for p in base[:50]]))
     raw = raw_round_trip(url, body_size, 5000)
     console.print(f"  raw round trip: {raw['round_trips_per_s']}/s with {body_size} B bodies")
+    audit_queues = ["us.audit", "mx.audit"]
+    purge(url, audit_queues)  # its copies are no one's queries: not for the audit trails
     env = dev_env(
         url,
         Settings(data_dir=data, registry=REGISTRY),
@@ -388,7 +390,6 @@ def pipeline(size: int, n: int, settings: Settings, url: str) -> dict:
     workers = start_workers(["us"], env, data / "logs", us_kinds)
     mx_kinds = ("query", "audit")
     workers.processes += start_workers(["mx"], env, data / "logs", mx_kinds).processes
-    audit_queues = ["us.audit", "mx.audit"]
     try:
         wait_for_consumers(
             url, ["us.intake", "us.response", "mx.query", *audit_queues], workers, timeout=600
@@ -490,6 +491,20 @@ def sampled(into: Path | None, pids: dict[str, int], size: int) -> Iterator[None
 AuditQueues = tuple[str, ClientTLS | None, list[str]]
 
 
+def purge(url: str, queues: list[str]) -> None:
+    """Empties ``queues`` (the audit queues after the raw round trip, which went through
+    the exchanges their copies are bound to, before any worker reads them)."""
+    import pika
+
+    conn = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        ch = conn.channel()
+        for q in queues:
+            ch.queue_purge(q)
+    finally:
+        conn.close()
+
+
 def drain(places: list[AuditQueues], timeout: float = 300) -> tuple[int, float]:
     """Messages left in the audit queues when the answers were all in, and how long they
     took to go (on every broker: one, or one per participant)."""
@@ -537,7 +552,9 @@ def saturate(
     """``n`` encounters offered at once. The throughput counts until the audit trails have
     caught up as well, and the CPU per query includes their catching up: an audit worker
     that lags under saturation would otherwise have the figure count work it only
-    postponed."""
+    postponed. It starts once they have caught up with what came before (the warm-up's
+    copies), so that the figure counts no work of earlier runs either."""
+    drain(audits)
     before = {name: cpu_seconds(pid) for name, pid in pids.items()}
     with profile or contextlib.nullcontext():
         sat = pipeline_run(url, sizes, base, n, 0, **connect)

@@ -401,11 +401,15 @@ def pipeline(size: int, n: int, settings: Settings, url: str) -> dict:
         pids = {name: p.pid for name, p in workers.processes}
         pids["encounter system (bench)"] = os.getpid()
         pids.update(broker_pids())
-        profile = sampled(PROFILE, {k: v for k, v in pids.items() if "beam" not in k}, size)
+        sampled_pids = {k: v for k, v in pids.items() if "beam" not in k}
+        profile = sampled(PROFILE, sampled_pids, f"{size}")
         saturated = saturate(url, sizes, base, n, pids, [(url, None, audit_queues)], profile)
         sat, throughput, cpu_ms = saturated.run, saturated.throughput, saturated.cpu_ms
         half = pipeline_run(url, sizes, base, max(n // 2, 500), throughput / 2)
-        by_rate = {rate: pipeline_run(url, sizes, base, max(n // 3, 300), rate) for rate in RATES}
+        by_rate = {}
+        for rate in RATES:  # profiled too: below saturation a batch's fixed cost shows
+            with sampled(PROFILE, sampled_pids, f"{size}-at-{rate:g}"):
+                by_rate[rate] = pipeline_run(url, sizes, base, max(n // 3, 300), rate)
     finally:
         workers.stop()
     relayed = relay.relay(url, samples, n, settings)
@@ -449,9 +453,10 @@ RATES: list[float] = []  # --rates: latency runs at these offered rates too
 
 
 @contextlib.contextmanager
-def sampled(into: Path | None, pids: dict[str, int], size: int) -> Iterator[None]:
+def sampled(into: Path | None, pids: dict[str, int], label: str) -> Iterator[None]:
     """py-spy samples each process while the block runs (``--profile``): one collapsed
-    stack file per process, for flame graphs and for the top functions by own time."""
+    stack file per process (``<label>-<process>.txt``), for flame graphs and for the top
+    functions by own time."""
     if into is None:
         yield
         return
@@ -472,7 +477,7 @@ def sampled(into: Path | None, pids: dict[str, int], size: int) -> Iterator[None
                 "raw",
                 "--nonblocking",
                 "-o",
-                str(into / f"{size}-{name.split()[0]}.txt"),
+                str(into / f"{label}-{name.split()[0]}.txt"),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -707,7 +712,10 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=3000)
     parser.add_argument("--no-pipeline", action="store_true", help="the matcher alone only")
     parser.add_argument(
-        "--profile", type=Path, default=None, help="py-spy samples of each worker, into DIR"
+        "--profile",
+        type=Path,
+        default=None,
+        help="py-spy samples of each worker (saturated run and each --rates run), into DIR",
     )
     parser.add_argument(
         "--arrivals",

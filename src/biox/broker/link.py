@@ -26,6 +26,7 @@ import structlog
 from pika.adapters.select_connection import SelectConnection
 from pika.exceptions import AMQPError
 
+from biox.broker import writes
 from biox.broker.connection import parameters, user_of
 from biox.settings import Settings
 from biox.trust.tls import ClientTLS
@@ -114,6 +115,7 @@ class Link:
         heartbeat: int = 30,
         tls: ClientTLS | None = None,
     ) -> None:
+        writes.install()  # one socket write per turn of pika's loop, not one per frame
         #: one per node of a cluster (``connection.nodes``): a lost connection moves on
         self.nodes = parameters(url, tls)
         for params in self.nodes:

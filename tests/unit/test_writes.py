@@ -1,0 +1,137 @@
+"""pika's buffered frames leave in few socket writes (``broker/writes.py``): the same
+bytes, in the same order, and pika left alone when its internals are not as expected."""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from unittest import mock
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pika.adapters.utils import io_services_utils as ios
+
+from biox.broker import writes
+
+
+class Socket:
+    """Takes at most ``limit`` bytes a call, as a full socket buffer would."""
+
+    def __init__(self, limit: int | None = None) -> None:
+        self.calls: list[bytes] = []
+        self.limit = limit
+
+    def send(self, data: bytes) -> int:
+        taken = bytes(data[: self.limit] if self.limit else data)
+        self.calls.append(taken)
+        return len(taken)
+
+    def fileno(self) -> int:
+        return 99
+
+
+def transport(sock: Socket) -> ios._AsyncPlaintextTransport:
+    return ios._AsyncPlaintextTransport(sock, mock.Mock(), mock.Mock())
+
+
+frames = st.lists(st.binary(min_size=1, max_size=300), max_size=40)
+
+
+@settings(max_examples=200, deadline=None)
+@given(frames, st.integers(min_value=1, max_value=1000))
+def test_regrouping_keeps_every_byte_in_order(parts: list[bytes], piece: int) -> None:
+    buffers = deque(parts)
+    writes.regroup(buffers, piece)
+    assert b"".join(buffers) == b"".join(parts)
+    assert all(buffers)  # never an empty write, which pika refuses
+    assert len(buffers) <= max(len(parts), 1)
+    # a piece is short only at the end, or where a buffer already as large comes next
+    out = list(buffers)
+    for short, after in itertools.pairwise(out):
+        if len(short) < piece:
+            assert len(after) >= piece and any(after is p for p in parts)
+
+
+def test_a_large_buffer_is_kept_as_it_is_and_small_ones_around_it_joined() -> None:
+    large = b"L" * 10
+    buffers = deque([b"a", b"b", large, b"c", b"d"])
+    writes.regroup(buffers, piece=10)
+    assert list(buffers) == [b"ab", large, b"cd"]
+    assert buffers[1] is large  # not copied again on the next turn
+
+
+def test_small_buffers_are_joined_until_a_piece_is_full() -> None:
+    buffers = deque([b"12345", b"67890", b"abc", b"de", b"f"])
+    writes.regroup(buffers, piece=8)
+    assert list(buffers) == [b"1234567890", b"abcdef"]
+
+
+def test_one_buffer_or_none_is_left_alone() -> None:
+    one = deque([b"x"])
+    writes.regroup(one, piece=4)
+    assert list(one) == [b"x"]
+    empty: deque[bytes] = deque()
+    writes.regroup(empty, piece=4)
+    assert not empty
+
+
+def test_a_turn_of_pikas_loop_writes_a_batch_of_frames_at_once() -> None:
+    assert writes.install()
+    sock = Socket()
+    t = transport(sock)
+    sent = [bytes([i % 251]) * (10 + i) for i in range(192)]  # 64 publishes' frames
+    for frame in sent:
+        t.write(frame)
+    t._on_socket_writable()
+    assert len(sock.calls) == 1
+    assert sock.calls[0] == b"".join(sent)
+    assert t.get_write_buffer_size() == 0
+
+
+def test_a_partial_write_keeps_the_rest_for_the_next_turn() -> None:
+    assert writes.install()
+    sock = Socket(limit=7)
+    t = transport(sock)
+    for frame in (b"abcde", b"fghij", b"klmno"):
+        t.write(frame)
+    sock.limit = None
+    t._produce()  # pika's loop: the first call takes 7 bytes only with a full socket
+    assert b"".join(sock.calls) == b"abcdefghijklmno"
+    assert t.get_write_buffer_size() == 0
+
+
+def test_a_backlog_larger_than_a_piece_is_written_a_piece_at_a_time() -> None:
+    assert writes.install()
+    sock = Socket()
+    t = transport(sock)
+    frame = b"x" * 5000
+    for _ in range(200):  # 1 MB behind a slow socket
+        t.write(frame)
+    t._on_socket_writable()
+    assert b"".join(sock.calls) == frame * 200
+    assert 1 < len(sock.calls) <= 1_000_000 // writes.PIECE + 1
+
+
+def test_installing_twice_wraps_once() -> None:
+    assert writes.install()
+    produce = ios._AsyncTransportBase._produce
+    assert writes.install()
+    assert ios._AsyncTransportBase._produce is produce
+    assert produce._biox_regroups
+
+
+def test_a_pika_whose_transport_changed_is_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Changed:
+        def _produce(self) -> None:
+            """A release that no longer buffers as this expects."""
+
+    monkeypatch.setattr(ios, "_AsyncTransportBase", Changed)
+    assert not writes.install()
+    assert Changed._produce.__doc__ == "A release that no longer buffers as this expects."
+    assert not hasattr(Changed._produce, "_biox_regroups")
+
+
+def test_a_pika_without_the_transport_is_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delattr(ios, "_AsyncTransportBase")
+    assert not writes.install()

@@ -30,7 +30,7 @@ from structlog.testing import capture_logs
 from biox.agreement.ledgers import RefusalRow
 from biox.broker.admission import header_bytes
 from biox.broker.consumer import ConsumeLoop
-from biox.broker.link import ConnectionLost, Delivery, Nacked, Unroutable
+from biox.broker.link import ConnectionLost, Delivery, Message, Nacked, Unroutable
 from biox.broker.publisher import properties_for, unpack_outgoing
 from biox.database import session_for
 from biox.handlers.audit import AuditHandler
@@ -109,6 +109,11 @@ class FakeLink:
             self.log.append(("confirm", properties.message_id))
             future.set_result(None)
         return future
+
+    def publish_many(
+        self, messages: Sequence[Message], mandatory: bool = True
+    ) -> list[Future[None]]:
+        return [self.publish(*m, mandatory=mandatory) for m in messages]
 
     def ack(self, *deliveries: Delivery) -> None:
         for d in deliveries:

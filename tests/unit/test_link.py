@@ -249,3 +249,39 @@ def test_a_link_to_a_cluster_moves_to_the_next_node_each_time_a_connection_ends(
     link._run()
     assert tried == ["node1", "node2", "node3", "node1", "node2"]
     assert all(p.heartbeat == 30 and p.connection_attempts == 1 for p in link.nodes)
+
+
+def test_a_batch_is_handed_over_once_in_order_each_with_its_own_confirm(link):
+    channel = opened(link)
+    loop = link._conn.ioloop  # type: ignore[union-attr]
+    before = loop.handed_over
+    batch = [
+        ("biox.us.out", "mx.query", b"x", pika.BasicProperties(message_id=f"b{i}"))
+        for i in range(1, 4)
+    ]
+    futures = link.publish_many(batch)
+    assert loop.handed_over == before + 1  # one wake-up of the I/O loop for the batch
+    assert [c[3] for c in channel.calls if c[0] == "publish"] == ["b1", "b2", "b3"]
+    assert all(c[4] for c in channel.calls if c[0] == "publish")
+    link._on_confirm(frame(pika.spec.Basic.Nack, 2))
+    link._on_confirm(frame(pika.spec.Basic.Ack, 3, multiple=True))
+    assert futures[0].result(timeout=0) is None and futures[2].result(timeout=0) is None
+    assert isinstance(futures[1].exception(timeout=0), Nacked)
+
+
+def test_a_batch_meeting_a_closed_channel_fails_every_message_of_it(link):
+    channel = opened(link)
+    channel.is_open = False
+    batch = [("biox.us.out", "mx.query", b"x", pika.BasicProperties(message_id="z"))] * 2
+    futures = link.publish_many(batch)
+    assert [c for c in channel.calls if c[0] == "publish"] == []
+    for f in futures:
+        assert isinstance(f.exception(timeout=0), ConnectionLost)
+
+
+def test_a_batch_while_disconnected_fails_at_once(link):
+    batch = [("biox.us.out", "mx.query", b"x", pika.BasicProperties(message_id="d"))] * 3
+    futures = link.publish_many(batch)
+    assert len(futures) == 3
+    for f in futures:
+        assert isinstance(f.exception(timeout=0), ConnectionLost)

@@ -38,7 +38,7 @@ import pika
 
 from biox.agreement import participants
 from biox.broker.consumer import ConsumeLoop
-from biox.broker.link import Delivery, Unroutable
+from biox.broker.link import Delivery, Message, Unroutable
 from biox.broker.publisher import Publisher
 from biox.broker.topology import arrival_queues, bindings
 from biox.database import session_for
@@ -161,6 +161,11 @@ class MemoryLink:
         else:
             future.set_result(None)
         return future
+
+    def publish_many(
+        self, messages: Sequence[Message], mandatory: bool = True
+    ) -> list[Future[None]]:
+        return [self.publish(*m, mandatory=mandatory) for m in messages]
 
     def ack(self, *deliveries: Delivery) -> None:
         for delivery in deliveries:

@@ -140,7 +140,7 @@ class Publisher:
             with attempt:
                 if not self.link.ready.is_set():
                     self.link.ready.wait(min(self.timeout, 5))
-                futures = [(m, self.link.publish(*m)) for m in todo]
+                futures = list(zip(todo, self.link.publish_many(todo), strict=True))
                 wait([f for _, f in futures], timeout=self.timeout)
                 todo = [m for m, f in futures if _retryable(f)]
                 for _, f in futures:

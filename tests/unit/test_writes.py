@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
+from typing import Any
 from unittest import mock
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pika.adapters.utils import io_services_utils as ios
+from structlog.testing import capture_logs
 
 from biox.broker import writes
 
@@ -67,6 +69,19 @@ def test_small_buffers_are_joined_until_a_piece_is_full() -> None:
     assert list(buffers) == [b"1234567890", b"abcdef"]
 
 
+def test_a_piece_is_full_at_exactly_its_size_and_the_next_starts_empty() -> None:
+    buffers = deque([b"1234", b"5678", b"1234567", b"x", b"ab", b"L" * 8, b"1234567", b"y"])
+    writes.regroup(buffers, piece=8)
+    assert list(buffers) == [b"12345678", b"1234567x", b"ab", b"L" * 8, b"1234567y"]
+
+
+def test_a_lone_small_buffer_between_large_ones_is_not_copied() -> None:
+    small = b"s" * 3
+    buffers = deque([b"L" * 8, small, b"M" * 8])
+    writes.regroup(buffers, piece=8)
+    assert list(buffers) == [b"L" * 8, small, b"M" * 8] and buffers[1] is small
+
+
 def test_one_buffer_or_none_is_left_alone() -> None:
     one = deque([b"x"])
     writes.regroup(one, piece=4)
@@ -121,17 +136,53 @@ def test_installing_twice_wraps_once() -> None:
     assert produce._biox_regroups
 
 
-def test_a_pika_whose_transport_changed_is_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
-    class Changed:
-        def _produce(self) -> None:
-            """A release that no longer buffers as this expects."""
+class Transport:
+    """A transport class as pika 1.4 shapes it: what ``wrap`` relies on, and a
+    ``_produce`` that shows what it was given."""
 
-    monkeypatch.setattr(ios, "_AsyncTransportBase", Changed)
-    assert not writes.install()
-    assert Changed._produce.__doc__ == "A release that no longer buffers as this expects."
-    assert not hasattr(Changed._produce, "_biox_regroups")
+    def __init__(self, *buffers: bytes) -> None:
+        self._tx_buffers = deque(buffers)
+        self.given: list[bytes] = []
+
+    def _produce(self) -> None:
+        """pika's own."""
+        self.given = list(self._tx_buffers)
+
+    @staticmethod
+    def _sigint_safe_send(sock: Any, data: bytes) -> int:
+        return len(data)
+
+    def _buffer_tx_data(self, data: bytes) -> None:
+        self._tx_buffers.append(data)
+
+
+def test_a_wrapped_transport_is_given_its_buffers_joined_and_keeps_its_own_method() -> None:
+    class Fresh(Transport):
+        pass
+
+    own = Fresh._produce
+    assert writes.wrap(Fresh)
+    t = Fresh(b"ab", b"cd", b"ef")
+    t._produce()
+    assert t.given == [b"abcdef"]
+    assert Fresh._produce.__doc__ == "pika's own." and Fresh._produce.__wrapped__ is own
+    wrapped = Fresh._produce
+    assert writes.wrap(Fresh) and Fresh._produce is wrapped  # not wrapped twice
+
+
+@pytest.mark.parametrize("gone", writes.NEEDS)
+def test_a_transport_without_what_this_relies_on_is_left_alone(gone: str) -> None:
+    attrs = {n: getattr(Transport, n) for n in ("__init__", *writes.NEEDS) if n != gone}
+    Changed = type("Changed", (), attrs)
+    with capture_logs() as logs:
+        assert not writes.wrap(Changed)
+    assert not getattr(getattr(Changed, "_produce", None), "_biox_regroups", False)
+    assert [(e["event"], e["log_level"]) for e in logs] == [("pika_writes_unchanged", "warning")]
+    assert gone in logs[0]["why"]
 
 
 def test_a_pika_without_the_transport_is_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delattr(ios, "_AsyncTransportBase")
-    assert not writes.install()
+    with capture_logs() as logs:
+        assert not writes.install()
+    assert logs[0]["event"] == "pika_writes_unchanged" and "AttributeError" in logs[0]["why"]

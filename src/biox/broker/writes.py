@@ -18,6 +18,7 @@ and ``tests/unit/test_writes.py`` fails, so that an upgrade is noticed.
 
 from __future__ import annotations
 
+import functools
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -34,7 +35,8 @@ PIECE = 256 * 1024
 def regroup(buffers: deque[bytes], piece: int = PIECE) -> None:
     """Joins runs of small buffers in place into pieces of at least ``piece`` bytes
     where there is that much (the last may be smaller), keeping the order; a buffer
-    already as large is kept as it is, never copied again."""
+    already as large is kept as it is, never copied again. (``bytes.join`` of one
+    buffer is that buffer: a run of one is not copied either.)"""
     if len(buffers) < 2:
         return
     out: list[bytes] = []
@@ -43,7 +45,7 @@ def regroup(buffers: deque[bytes], piece: int = PIECE) -> None:
     for data in buffers:
         if len(data) >= piece:
             if run:
-                out.append(b"".join(run) if len(run) > 1 else run[0])
+                out.append(b"".join(run))
                 run, size = [], 0
             out.append(data)
             continue
@@ -53,10 +55,14 @@ def regroup(buffers: deque[bytes], piece: int = PIECE) -> None:
             out.append(b"".join(run))
             run, size = [], 0
     if run:
-        out.append(b"".join(run) if len(run) > 1 else run[0])
-    if len(out) < len(buffers):
-        buffers.clear()
-        buffers.extend(out)
+        out.append(b"".join(run))
+    buffers.clear()
+    buffers.extend(out)
+
+
+#: what ``wrap`` relies on in pika's transport class, besides each instance's
+#: ``_tx_buffers`` (the deque of frames waiting to be sent)
+NEEDS = ("_produce", "_sigint_safe_send", "_buffer_tx_data")
 
 
 def install() -> bool:
@@ -66,22 +72,29 @@ def install() -> bool:
         from pika.adapters.utils import io_services_utils as ios
 
         base = ios._AsyncTransportBase
-        produce: Callable[[Any], None] = base._produce
-        expected = all(hasattr(base, n) for n in ("_sigint_safe_send", "_buffer_tx_data"))
     except (ImportError, AttributeError) as exc:
         log.warning("pika_writes_unchanged", why=f"{type(exc).__name__}: {exc}")
         return False
+    return wrap(base)
+
+
+def wrap(transport: type) -> bool:
+    """Regroups a transport class's buffers before each of its ``_produce`` calls; True
+    once it does (again: a second call changes nothing), False with a warning naming
+    what is missing when the class is not the one this was written for."""
+    missing = [name for name in NEEDS if not hasattr(transport, name)]
+    if missing:
+        log.warning("pika_writes_unchanged", why=f"pika's transport has no {', '.join(missing)}")
+        return False
+    produce: Callable[[Any], None] = transport._produce  # type: ignore[attr-defined]
     if getattr(produce, "_biox_regroups", False):
         return True
-    if not expected:
-        log.warning("pika_writes_unchanged", why="pika's transport has changed")
-        return False
 
+    @functools.wraps(produce)
     def _produce(self: Any) -> None:
         regroup(self._tx_buffers)
         produce(self)
 
     _produce._biox_regroups = True  # type: ignore[attr-defined]
-    _produce.__doc__ = produce.__doc__
-    setattr(base, "_produce", _produce)  # noqa: B010  (private: no public way to ask it)
+    setattr(transport, "_produce", _produce)  # noqa: B010  (private: no public way to ask it)
     return True

@@ -74,8 +74,8 @@ def test_a_window_holds_back_what_would_leave_too_many_unanswered():
     system, recorder = _system()
     system.completed = 0
     answered = threading.Timer(0.5, lambda: setattr(system, "completed", 3))
+    started = time.monotonic()  # before the timer starts: its answers come 0.5 s after
     answered.start()
-    started = time.monotonic()
     system.submit(_planned(5), batch=2, encoded=list(range(5)), window=3)  # type: ignore[arg-type]
     answered.join()
     sizes = [n for _, n in recorder.sent]

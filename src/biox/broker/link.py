@@ -97,18 +97,10 @@ class Transport(Protocol):
 
     def close(self) -> None: ...
 
-    def publish(
-        self,
-        exchange: str,
-        routing_key: str,
-        body: bytes,
-        properties: pika.BasicProperties,
-        mandatory: bool = True,
-    ) -> Future[None]: ...
-
     def publish_many(
         self, messages: Sequence[Message], mandatory: bool = True
-    ) -> list[Future[None]]: ...
+    ) -> list[Future[None]]:
+        """A future per message, in order, each settled by the broker's confirm."""
 
     def ack(self, *deliveries: Delivery) -> None: ...
 

@@ -147,25 +147,18 @@ class MemoryLink:
     def close(self) -> None:
         pass
 
-    def publish(
-        self,
-        exchange: str,
-        routing_key: str,
-        body: bytes,
-        properties: pika.BasicProperties,
-        mandatory: bool = True,
-    ) -> Future[None]:
-        future: Future[None] = Future()
-        if self.broker.publish(exchange, routing_key, body, properties) == 0 and mandatory:
-            future.set_exception(Unroutable(f"312 NO_ROUTE: {exchange!r} {routing_key!r}"))
-        else:
-            future.set_result(None)
-        return future
-
     def publish_many(
         self, messages: Sequence[Message], mandatory: bool = True
     ) -> list[Future[None]]:
-        return [self.publish(*m, mandatory=mandatory) for m in messages]
+        futures: list[Future[None]] = []
+        for exchange, routing_key, body, properties in messages:
+            future: Future[None] = Future()
+            if self.broker.publish(exchange, routing_key, body, properties) == 0 and mandatory:
+                future.set_exception(Unroutable(f"312 NO_ROUTE: {exchange!r} {routing_key!r}"))
+            else:
+                future.set_result(None)
+            futures.append(future)
+        return futures
 
     def ack(self, *deliveries: Delivery) -> None:
         for delivery in deliveries:

@@ -88,6 +88,25 @@ def test_ivf_index_supports_removal_and_reload(tmp_path):
     assert [h[0].record_id for h in hits[1:]] == chosen[1:]
 
 
+def test_the_lists_scanned_change_on_a_built_gallery(flat):
+    gallery, people = build("ivf")
+    indexes = [gallery.face, *gallery.fingers.values()]
+    gallery.scan(1)
+    assert gallery.nprobe == 1
+    assert {(ix.nprobe, ix.index.nprobe) for ix in indexes} == {(1, 1)}
+    gallery.remove(people[-1:])  # a tombstone: the search passes its own parameters
+    assert gallery.face._params().nprobe == 1
+    gallery.scan(0)  # the default share, at least 16 lists
+    assert {(ix.nprobe, ix.index.nprobe) for ix in indexes} == {(16, 16)}
+    gallery.scan(32)  # every list: the same first candidates as exact search
+    chosen = people[:: len(people) // 20][:20]
+    exact = [h[0].record_id for h in flat[0].search(probes_for(chosen, quality=45))]
+    assert [h[0].record_id for h in gallery.search(probes_for(chosen, quality=45))] == exact
+    flat[0].scan(1)  # exact search has no lists: nothing changes
+    assert [h[0].record_id for h in flat[0].search(probes_for(chosen, quality=45))] == exact
+    flat[0].scan(0)
+
+
 def test_vector_index_scores_only_ids_it_holds():
     ix = VectorIndex(4)
     ix.add(np.array([3, 9]), np.eye(4, dtype=np.float32)[:2])

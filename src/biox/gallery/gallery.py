@@ -93,6 +93,13 @@ class Gallery:
     def _vector_indexes(self) -> dict[str, VectorIndex]:
         return {"face": self.face, **{f"finger.{p}": ix for p, ix in self.fingers.items()}}
 
+    def scan(self, nprobe: int) -> None:
+        """Lists each face and finger search scans (``VectorIndex.scan``): ``make evaluate
+        --scan-shares`` measures several widths on one built gallery."""
+        self.nprobe = nprobe
+        for ix in self._vector_indexes().values():
+            ix.scan(nprobe)
+
     # --- writes ---------------------------------------------------------------------------
 
     def train(self, face_sample: np.ndarray, finger_sample: np.ndarray) -> None:

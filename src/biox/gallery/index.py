@@ -90,6 +90,11 @@ class VectorIndex:
             self.store = VectorStore(dim, spill=spill)
             self.present = self.store.rows
 
+    def scan(self, nprobe: int) -> None:
+        """Lists each search scans from now on (0: ``SCAN_SHARE``); exact search ignores it."""
+        if isinstance(self.index, faiss.IndexIVF):
+            self.nprobe = _search_width(self.index, nprobe_for(self.index.nlist, nprobe))
+
     @staticmethod
     def nlist_for(n: int) -> int:
         return int(max(64, min(65536, 4 * np.sqrt(max(n, 1)))))

@@ -364,9 +364,9 @@ def render_widths(result: dict[str, Any], size: str, per: dict[str, Any]) -> lis
         "",
         f"**{int(size):,} identities, lists scanned** (the configured index searched again, "
         "one thread; FNIR at FPIR 0.1 %, and in brackets the points it adds over exact "
-        "search)",
+        "search; the CPU includes every finger and the irises' exhaustive search)",
         "",
-        "| lists scanned | share | search, CPU ms per probe | mean rule | log-LR sum | "
+        "| lists scanned | share | all candidates, CPU ms per probe | mean rule | log-LR sum | "
         "rank 1 (mean rule) |",
         "| ---: | ---: | ---: | ---: | ---: | ---: |",
     ]

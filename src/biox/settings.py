@@ -112,7 +112,7 @@ class Settings(BaseSettings):
     # matching
     index: Literal["auto", "flat", "ivf"] = "auto"
     exact_max: int = Field(default=50_000, description="Largest gallery searched exhaustively.")
-    ivf_nprobe: int = Field(default=0, description="IVF lists searched; 0 = about 16 % of them.")
+    ivf_nprobe: int = Field(default=0, description="IVF lists searched; 0 = about 12 % of them.")
     candidates: int = Field(default=10, description="Candidates per modality from the index.")
     threshold_high: float = Field(
         default=0.55, description="Fused score at or above: match (without a calibration)."

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from biox.gallery.gallery import Gallery, Probe
-from biox.gallery.index import IrisIndex, VectorIndex
+from biox.gallery.index import IrisIndex, VectorIndex, nprobe_for
 from biox.gallery.templates import rotate_iris, vector
 from biox.sim import galleries, synth
 from biox.wire.biometrics import FACE, FINGER, IRIS
@@ -105,6 +105,22 @@ def test_the_lists_scanned_change_on_a_built_gallery(flat):
     flat[0].scan(1)  # exact search has no lists: nothing changes
     assert [h[0].record_id for h in flat[0].search(probes_for(chosen, quality=45))] == exact
     flat[0].scan(0)
+
+
+@pytest.mark.parametrize(
+    ("nlist", "configured", "lists"),
+    [
+        (1264, 0, 152),  # 100 000 identities: 12 %, evaluated
+        (4000, 0, 480),  # 1 M: 12 %, evaluated
+        (4001, 0, 640),  # beyond: 16 %, the width measured at 10 M
+        (12649, 0, 2024),  # 10 M
+        (64, 0, 16),  # at least 16 lists
+        (10, 0, 10),  # and never more than there are
+        (4000, 7, 7),  # BIOX_IVF_NPROBE wins
+    ],
+)
+def test_the_share_of_lists_scanned_is_the_evaluated_one(nlist, configured, lists):
+    assert nprobe_for(nlist, configured) == lists
 
 
 def test_vector_index_scores_only_ids_it_holds():

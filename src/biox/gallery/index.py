@@ -32,7 +32,8 @@ IndexKind = Literal["flat", "ivf"]
 RERANK = 4  # candidates fetched from the codes per candidate returned, then scored exactly
 COMPACT_SHARE = 0.01  # tombstones, as a share of the codes, that trigger a rebuild
 COMPACT_MIN = 1000
-SCAN_SHARE = 0.16  # of the IVF lists searched per query when BIOX_IVF_NPROBE is 0
+SCAN_SHARE = 0.12  # of the IVF lists searched per query when BIOX_IVF_NPROBE is 0
+WIDE_SHARE, WIDE_FROM = 0.16, 4001  # above 1 M identities, where 12 % is not evaluated
 #: more lists than this (about 4 M identities): the lists' centroids also get an HNSW
 #: graph (10 M: 12 600 lists). Only a template added on its own walks it; batches and
 #: searches compare every centroid at once, which is exact and cheaper (``_exact_lists``)
@@ -294,7 +295,7 @@ def _explore(index: faiss.Index, nprobe: int) -> None:
 
 def pq_subvectors(dim: int) -> int:
     """Sub-vectors of 4 dimensions each (4 bits per sub-vector): 64 bytes for a 512-d
-    face, 48 for a 192-d finger. Finer codes cost scan time and gained no recall after
+    face, 24 for a 192-d finger. Finer codes cost scan time and gained no recall after
     the exact re-scoring (docs/performance.md)."""
     return max(2, dim // 4)
 
@@ -317,14 +318,13 @@ def _from_ivf_flat(old: faiss.IndexIVF, nprobe: int) -> VectorIndex:
 
 
 def nprobe_for(nlist: int, configured: int) -> int:
-    """Lists searched per query: as configured, or (0) ``SCAN_SHARE`` of them.
-
-    Recall depends on the share of the gallery scanned, not on the number of lists. On
-    the hard population at 1 M identities (a face alone, exact top 1 found): 8 % of the
-    lists found 0.909 for 0.38 ms of CPU, 16 % 0.948 for 0.54 ms, 32 % 0.968 for 0.81 ms,
-    where IVF-Flat scanning 4 % found 0.841 for 2.83 ms (docs/performance.md).
-    """
-    return configured if configured > 0 else max(16, min(nlist, round(nlist * SCAN_SHARE)))
+    """Lists searched per query: as configured, or (0) ``SCAN_SHARE`` of them, or
+    ``WIDE_SHARE`` from ``WIDE_FROM`` lists. Recall depends on the share scanned, not on
+    the number of lists. On the hard population (``make evaluate --scan-shares``), 12 % of
+    the lists add to exact search's FNIR at FPIR 0.1 % what 16 % add (0.05-0.10 points at
+    100 000 and 1 M), 8 % reach the 0.2-point bound (docs/matching.md)."""
+    share = SCAN_SHARE if nlist < WIDE_FROM else WIDE_SHARE
+    return configured if configured > 0 else min(nlist, max(16, round(nlist * share)))
 
 
 def _ivf_ids(index: faiss.IndexIVF) -> np.ndarray:

@@ -13,7 +13,7 @@
    rates, what the calibrated thresholds give against what they promised, the review
    band, and the approximate index against exact search.
 4. With ``--scan-shares``, search the configured index again at each share of its IVF
-   lists and report FNIR against exact search and the search's CPU per probe (one thread,
+   lists and report FNIR against exact search and the CPU of finding candidates (one thread,
    as the matcher searches): what choosing ``SCAN_SHARE`` or ``BIOX_IVF_NPROBE`` rests on.
 
 Writes bench/results/evaluation.json, docs/det.png and the tables in docs/matching.md

@@ -94,7 +94,7 @@ class Gallery:
         return {"face": self.face, **{f"finger.{p}": ix for p, ix in self.fingers.items()}}
 
     def scan(self, nprobe: int) -> None:
-        """Lists each face and finger search scans (``VectorIndex.scan``): ``make evaluate
+        """Lists each face and finger search scans (``VectorIndex.scan``): ``bench.evaluate
         --scan-shares`` measures several widths on one built gallery."""
         self.nprobe = nprobe
         for ix in self._vector_indexes().values():

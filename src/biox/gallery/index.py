@@ -86,8 +86,8 @@ class VectorIndex:
             assert isinstance(ivf, faiss.IndexIVFPQFastScan)  # what the string asks for
             if nlist > HNSW_COARSE_FROM:  # k-means over 12 600 centroids: 10 rounds, not 25
                 ivf.cp.niter = 10
-            self.nprobe = _search_width(ivf, nprobe_for(ivf.nlist, nprobe))
             self.index = ivf
+            self.scan(nprobe)
             self.store = VectorStore(dim, spill=spill)
             self.present = self.store.rows
 
@@ -231,11 +231,10 @@ class VectorIndex:
         self.dim = index.d
         self.tombstones, self._selector = set(), None
         if isinstance(index, faiss.IndexIVFPQFastScan):
-            self.kind = "ivf"
-            self.nprobe = _search_width(index, nprobe_for(index.nlist, nprobe))
+            self.kind, self.index = "ivf", index
+            self.scan(nprobe)
             self.store = VectorStore.load(_vectors_path(path), index.d)
             self.present = self.store.rows
-            self.index = index
             return self
         if isinstance(index, faiss.IndexIVF):  # IVF-Flat, as biox wrote it before
             return _from_ivf_flat(index, nprobe)

@@ -3,6 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from biox.gallery import index as index_mod
 from biox.gallery.gallery import Gallery, Probe
 from biox.gallery.index import IrisIndex, VectorIndex, nprobe_for
 from biox.gallery.templates import rotate_iris, vector
@@ -86,6 +87,26 @@ def test_ivf_index_supports_removal_and_reload(tmp_path):
     hits = loaded.search(probes_for(chosen))
     assert hits[0][0].record_id != chosen[0]
     assert [h[0].record_id for h in hits[1:]] == chosen[1:]
+
+
+def test_codes_hold_eight_dimensions_a_sub_vector_and_finer_ones_still_load(tmp_path, monkeypatch):
+    gallery, people = build("ivf")
+    indexes = [gallery.face, *gallery.fingers.values()]
+    # 4 bits per sub-vector of 8 dimensions: 32 bytes a face, 12 a finger
+    assert {(ix.dim, ix.index.pq.M, ix.index.code_size) for ix in indexes} == {
+        (FACE.dim, 64, 32),
+        (FINGER.dim, 24, 12),
+    }
+    # a snapshot written with 4 dimensions a sub-vector (before 2026-12-05) is read as it is
+    monkeypatch.setattr(index_mod, "PQ_DIMS", 4)
+    older, _ = build("ivf")
+    assert older.face.index.pq.M == 128  # 512 dimensions / 4
+    older.save(tmp_path)
+    monkeypatch.undo()
+    loaded = Gallery.load(tmp_path, nprobe=8)
+    assert loaded.face.index.pq.M == 128
+    chosen = people[:10]
+    assert [h[0].record_id for h in loaded.search(probes_for(chosen))] == chosen
 
 
 def test_the_lists_scanned_change_on_a_built_gallery(flat):

@@ -30,6 +30,9 @@ from biox.wire.biometrics import IRIS_COLS, IRIS_ROWS
 
 IndexKind = Literal["flat", "ivf"]
 RERANK = 4  # candidates fetched from the codes per candidate returned, then scored exactly
+#: dimensions per PQ sub-vector: 8 scans a third faster than 4 and finds the same people,
+#: 16 loses poor captures (`python -m bench.codes`; docs/performance.md, "Coarser codes")
+PQ_DIMS = 8
 COMPACT_SHARE = 0.01  # tombstones, as a share of the codes, that trigger a rebuild
 COMPACT_MIN = 1000
 SCAN_SHARE = 0.12  # of the IVF lists searched per query when BIOX_IVF_NPROBE is 0
@@ -293,10 +296,9 @@ def _explore(index: faiss.Index, nprobe: int) -> None:
 
 
 def pq_subvectors(dim: int) -> int:
-    """Sub-vectors of 4 dimensions each (4 bits per sub-vector): 64 bytes for a 512-d
-    face, 24 for a 192-d finger. Finer codes cost scan time and gained no recall after
-    the exact re-scoring (docs/performance.md)."""
-    return max(2, dim // 4)
+    """Sub-vectors of ``PQ_DIMS`` dimensions each (4 bits per sub-vector): 32 bytes for a
+    512-d face, 12 for a 192-d finger."""
+    return max(2, dim // PQ_DIMS)
 
 
 def _vectors_path(path: Path) -> Path:

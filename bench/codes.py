@@ -8,7 +8,7 @@ scans them (``nprobe_for``), ten candidates a probe as the matcher asks, one thr
 batches of 64 (a saturated matcher) and of 4 (one below saturation). Every code size
 shares one set of trained centroids, so only the codes differ. An exact scan of the
 same gallery says which probes can be found at all. `python -m bench.codes --size
-1000000`: about 8 minutes on two cores.
+1000000`: about 12 minutes on two cores.
 """
 
 from __future__ import annotations

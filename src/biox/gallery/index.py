@@ -84,7 +84,7 @@ class VectorIndex:
             nlist = max(nlist, 1)
             coarse = f"IVF{nlist}_HNSW32" if nlist > HNSW_COARSE_FROM else f"IVF{nlist}"
             ivf = faiss.index_factory(
-                dim, f"{coarse},PQ{pq_subvectors(dim)}x4fs", faiss.METRIC_INNER_PRODUCT
+                dim, f"{coarse},PQ{pq_subvectors(dim, nlist)}x4fs", faiss.METRIC_INNER_PRODUCT
             )
             assert isinstance(ivf, faiss.IndexIVFPQFastScan)  # what the string asks for
             if nlist > HNSW_COARSE_FROM:  # k-means over 12 600 centroids: 10 rounds, not 25
@@ -295,10 +295,10 @@ def _explore(index: faiss.Index, nprobe: int) -> None:
         graph.hnsw.efSearch = max(nprobe, ADD_EF)
 
 
-def pq_subvectors(dim: int) -> int:
+def pq_subvectors(dim: int, nlist: int = 0) -> int:
     """Sub-vectors of ``PQ_DIMS`` dimensions each (4 bits per sub-vector): 32 bytes for a
-    512-d face, 12 for a 192-d finger."""
-    return max(2, dim // PQ_DIMS)
+    512-d face, 12 for a 192-d finger; 4 dimensions from ``WIDE_FROM`` lists (not measured)."""
+    return max(2, dim // (PQ_DIMS if nlist < WIDE_FROM else 4))
 
 
 def _vectors_path(path: Path) -> Path:

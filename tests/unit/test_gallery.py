@@ -100,6 +100,9 @@ def test_codes_hold_eight_dimensions_a_sub_vector_and_finer_ones_still_load(tmp_
     # past 1 M identities (more than 4 000 lists) the finer codes, not yet measured coarser
     assert VectorIndex(FACE.dim, "ivf", 4001).index.pq.M == 128
     assert VectorIndex(FACE.dim, "ivf", 4000).index.pq.M == 64
+    # never fewer than the finger's 24 sub-vectors: a small template keeps 4 dimensions each
+    assert VectorIndex(184, "ivf", 64).index.pq.M == 46
+    assert VectorIndex(32, "ivf", 16).index.pq.M == 8
     # a snapshot written with 4 dimensions a sub-vector (before 2026-12-05) is read as it is
     monkeypatch.setattr(index_mod, "PQ_DIMS", 4)
     older, _ = build("ivf")

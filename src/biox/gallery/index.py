@@ -31,8 +31,9 @@ from biox.wire.biometrics import IRIS_COLS, IRIS_ROWS
 IndexKind = Literal["flat", "ivf"]
 RERANK = 4  # candidates fetched from the codes per candidate returned, then scored exactly
 #: dimensions per PQ sub-vector: 8 scans a third faster than 4 and finds the same people,
-#: 16 loses poor captures (`python -m bench.codes`; docs/performance.md, "Coarser codes")
-PQ_DIMS = 8
+#: 16 loses poor captures; never under 24 sub-vectors, the finger's (`python -m
+#: bench.codes`; docs/performance.md, "Coarser codes")
+PQ_DIMS, PQ_MIN = 8, 24
 COMPACT_SHARE = 0.01  # tombstones, as a share of the codes, that trigger a rebuild
 COMPACT_MIN = 1000
 SCAN_SHARE = 0.12  # of the IVF lists searched per query when BIOX_IVF_NPROBE is 0
@@ -285,20 +286,19 @@ def _search_width(index: faiss.IndexIVF, nprobe: int) -> int:
 
 
 def _explore(index: faiss.Index, nprobe: int) -> None:
-    """A graph asked for the ``nprobe`` nearest lists must explore at least that many:
-    with HNSW's default (16) a search for 2 024 lists returned half of them, most of them
-    wrong, and recall@1 at 10 M fell to 0.26 (docs/performance.md). ``search`` no longer
-    walks it (``_exact_lists``); the width is kept for whoever reads the snapshot with
-    faiss alone."""
+    """A graph asked for the ``nprobe`` nearest lists must explore at least that many (with
+    HNSW's default, 16, a search for 2 024 returned half, recall@1 at 10 M 0.26). ``search``
+    no longer walks it (``_exact_lists``); it is kept for faiss readers of the snapshot."""
     graph = _graph(index)
     if graph is not None:
         graph.hnsw.efSearch = max(nprobe, ADD_EF)
 
 
 def pq_subvectors(dim: int, nlist: int = 0) -> int:
-    """Sub-vectors of ``PQ_DIMS`` dimensions each (4 bits per sub-vector): 32 bytes for a
-    512-d face, 12 for a 192-d finger; 4 dimensions from ``WIDE_FROM`` lists (not measured)."""
-    return max(2, dim // (PQ_DIMS if nlist < WIDE_FROM else 4))
+    """4 bits per sub-vector of ``PQ_DIMS`` dimensions (32 bytes a 512-d face, 12 a 192-d
+    finger), else of 4: past ``WIDE_FROM`` lists or under ``PQ_MIN``, not measured."""
+    coarse = dim // PQ_DIMS
+    return coarse if nlist < WIDE_FROM and coarse >= PQ_MIN else max(2, dim // 4)
 
 
 def _vectors_path(path: Path) -> Path:

@@ -103,6 +103,7 @@ def test_codes_hold_eight_dimensions_a_sub_vector_and_finer_ones_still_load(tmp_
     # never fewer than the finger's 24 sub-vectors: a small template keeps 4 dimensions each
     assert VectorIndex(184, "ivf", 64).index.pq.M == 46
     assert VectorIndex(32, "ivf", 16).index.pq.M == 8
+    assert VectorIndex(196, "ivf", 64).index.pq.M == 49  # 8 does not divide it; 4 does
     # a snapshot written with 4 dimensions a sub-vector (before 2026-12-05) is read as it is
     monkeypatch.setattr(index_mod, "PQ_DIMS", 4)
     older, _ = build("ivf")

@@ -297,7 +297,7 @@ def _explore(index: faiss.Index, nprobe: int) -> None:
 def pq_subvectors(dim: int, nlist: int = 0) -> int:
     """4 bits per sub-vector of ``PQ_DIMS`` dimensions (32 bytes a 512-d face, 12 a 192-d
     finger), else of 4: past ``WIDE_FROM`` lists or under ``PQ_MIN``, not measured."""
-    coarse = dim // PQ_DIMS
+    coarse = dim // PQ_DIMS if dim % PQ_DIMS == 0 else 0  # sub-vectors of one size only
     return coarse if nlist < WIDE_FROM and coarse >= PQ_MIN else max(2, dim // 4)
 
 

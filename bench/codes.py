@@ -73,7 +73,7 @@ def modality(
         row = {
             "modality": name,
             "dims": d,
-            "bytes": ix.dim // d // 2,
+            "bytes": ix.index.code_size,  # what faiss stores, not what the setting implies
             "lists": f"{ix.nprobe} of {nlist}",
             "ms_64": round(per_query_ms(ix, queries, 64), 3),
             "ms_4": round(per_query_ms(ix, queries, 4), 3),

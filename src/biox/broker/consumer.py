@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from sqlalchemy import insert
 from sqlalchemy.orm.exc import StaleDataError
 from sqlmodel import Session
 
@@ -42,13 +41,12 @@ from biox.broker.publisher import (
     unpack_outgoing,
 )
 from biox.broker.topology import arrival_queues
-from biox.database import handled, mark_published, session_for
+from biox.database import add_markers, add_rows, handled, mark_published, session_for
 from biox.handlers.base import Effects, Handler, Result
 from biox.handlers.notice import purge_event
 from biox.metrics import Metrics
 from biox.routes import Queue, RouteTable
 from biox.settings import Settings
-from biox.store import ProcessedMessage
 from biox.trust.sealing import KeyRing
 from biox.wire import addresses
 from biox.wire.codec import Envelope, Outgoing
@@ -260,6 +258,7 @@ class ConsumeLoop:
                 seen.add(key)
 
             markers: list[dict[str, Any]] = []
+            rows: list[Any] = []  # the effects' rows, written together (``database.add_rows``)
             results = self._dispatch([inb for *_, inb in fresh], session)
             for (t, key, _), result in zip(fresh, results, strict=True):
                 if isinstance(result, TransientError):
@@ -267,19 +266,20 @@ class ConsumeLoop:
                 elif isinstance(result, BioxError):
                     failed.append((t, key, result))
                 else:
-                    self._stage(session, t.envelope, key, result, publish, markers)
+                    self._stage(rows, t.envelope, key, result, publish, markers)
             for t, key, error in failed:
                 # never answer whoever biox-from names before the broker and the signature
                 # have proven that it is the one speaking
                 unproven = error.reason in UNPROVEN or not error.answerable
                 answer = None if unproven else self.handler.reject(t.envelope, error)
-                session.add(failures.refusal(self.queue, t.envelope, error, answer is not None))
+                rows.append(failures.refusal(self.queue, t.envelope, error, answer is not None))
                 if answer is None:
                     dead.append((t, error))
                 else:
-                    self._stage(session, t.envelope, key, answer, publish, markers)
+                    self._stage(rows, t.envelope, key, answer, publish, markers)
+            add_rows(session, rows)
             if markers:  # one multi-row insert for the batch's idempotency markers
-                session.execute(insert(ProcessedMessage), markers)
+                add_markers(session, markers)
             marking = sorted(self.confirmed)  # earlier batches' confirmed outputs
             if marking:
                 mark_published(session, self.queue, marking)
@@ -333,14 +333,14 @@ class ConsumeLoop:
 
     def _stage(
         self,
-        session: Session,
+        rows: list[Any],
         env: Envelope,
         key: str,
         effects: Effects,
         publish: list[Outgoing],
         markers: list[dict[str, Any]],
     ) -> None:
-        session.add_all(effects.rows)  # new rows, or rows the handler loaded and changed
+        rows.extend(effects.rows)  # new rows, or rows the handler loaded and changed
         # sealed before they are stored: a redelivery republishes these very bytes
         outgoing = [self._sealed(o) for o in effects.outgoing]
         if self.spec.recorded is None:  # else its rows are its markers

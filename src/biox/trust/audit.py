@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert
+from sqlalchemy import bindparam, insert
+from sqlalchemy import select as core_select
 from sqlmodel import Session, col, select
 
 from biox.store import AuditEntry, Transaction
@@ -58,11 +59,17 @@ def _iso(when: datetime) -> str:
     return when.replace(tzinfo=None).isoformat(timespec="microseconds")
 
 
+#: the audit worker's statements on every batch, built once and run on the session's
+#: connection, as the consume loop's own (``database.processed``)
+_TRAIL = AuditEntry.__table__  # type: ignore[attr-defined]
+_HEAD = core_select(_TRAIL.c.seq, _TRAIL.c.entry_hash).order_by(_TRAIL.c.seq.desc()).limit(1)
+_HOPS_HELD = core_select(_TRAIL.c.hop).where(_TRAIL.c.hop.in_(bindparam("hops", expanding=True)))
+_APPEND = insert(_TRAIL)
+
+
 def head(session: Session) -> tuple[int, str]:
     """Sequence number and hash of the last entry (0 and the genesis hash when empty)."""
-    last = session.exec(
-        select(AuditEntry.seq, AuditEntry.entry_hash).order_by(col(AuditEntry.seq).desc()).limit(1)
-    ).first()
+    last = session.connection().execute(_HEAD).first()
     return (last[0], last[1]) if last else (0, GENESIS)
 
 
@@ -73,7 +80,7 @@ def recorded(session: Session, hops: Sequence[str]) -> set[str]:
     worker, docs/performance.md)."""
     if not hops:
         return set()
-    found = session.exec(select(AuditEntry.hop).where(col(AuditEntry.hop).in_(list(hops))))
+    found = session.connection().execute(_HOPS_HELD, {"hops": list(hops)}).scalars()
     return {h for h in found if h is not None}
 
 
@@ -95,7 +102,7 @@ def chain(rows: Iterable[dict[str, Any]], seq: int, prev: str) -> list[dict[str,
 def append(session: Session, rows: list[dict[str, Any]]) -> None:
     """Chained rows into the trail, in the session's transaction (one multi-row insert)."""
     if rows:
-        session.execute(insert(AuditEntry), rows)
+        session.connection().execute(_APPEND, rows)
 
 
 @dataclass

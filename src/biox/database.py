@@ -149,7 +149,8 @@ def add_rows(session: Session, rows: Sequence[SQLModel]) -> None:
         seen.add(id(row))
         state = inspect(row)
         mapper = state.mapper
-        if not state.transient or mapper.version_id_generator not in (False, None):
+        counted = mapper.version_id_col is not None and mapper.version_id_generator
+        if not state.transient or counted:
             session.add(row)
             continue
         held = row.__dict__

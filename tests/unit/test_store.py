@@ -7,12 +7,20 @@ import time
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
+from sqlalchemy import event, text
 from sqlalchemy.dialects import sqlite
 from sqlmodel import col, select
 
-from biox.agreement.ledgers import IncidentRow
-from biox.database import session_for
-from biox.store import EncounterRow, ReviewCaseRow, Transaction, UTCDateTime, fresh
+from biox.agreement.ledgers import IncidentRow, ParticipantEvent, RefusalRow
+from biox.database import add_rows, engine_for, session_for
+from biox.store import (
+    EncounterRow,
+    ReviewCaseRow,
+    ScatterRow,
+    Transaction,
+    UTCDateTime,
+    fresh,
+)
 from biox.wire.fields import as_utc, utcnow
 
 AT = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
@@ -161,3 +169,88 @@ def test_a_time_is_stored_in_utc_on_a_machine_whose_local_zone_is_not_utc(monkey
         monkeypatch.undo()
         time.tzset()
     assert stored == datetime(2026, 11, 22, 12, 0)
+
+
+def batch_of_rows() -> list:
+    """A consume loop's batch of new rows: the keys the same, or a None that a default,
+    an autoincrement key or JSON's null must fill as the ORM would."""
+    tx = {"encounter_id": "e-1", "requesting": "us", "providing": "mx", "purpose": "enforce"}
+    refused = {"queue": "us.intake", "kind": "encounter.submit", "reason": "no_reply_to"}
+    return [
+        fresh(Transaction, query_id="q-1", role="requester", created_at=AT, **tx),
+        fresh(Transaction, query_id="q-2", role="requester", created_at=AT, **tx),
+        fresh(Transaction, query_id="q-3", role="provider", created_at=AT, status="match", **tx),
+        fresh(EncounterRow, encounter_id="e-1", purpose="enforce", submitted_at=AT, revision=2),
+        RefusalRow(message_id="m-1", answered=False, at=AT, **refused),
+        RefusalRow(message_id="m-2", answered=True, at=AT, sender="mx", **refused),
+        ParticipantEvent(code="mx", status="active", at=AT, cause="registry"),
+        ScatterRow(key="us/m-1", query_id="q-1", shards=2, scattered_at=AT),
+    ]
+
+
+def test_a_batch_of_new_rows_written_as_plain_inserts_is_what_the_orm_writes(tmp_path):
+    """``database.add_rows``: new rows as one INSERT per table and set of keys, the same
+    bytes in every column as the ORM's flush writes (a None left out where a default or an
+    autoincrement key fills it, JSON's null kept); a table whose version the ORM counts,
+    and a row already added, through the session; the same object once."""
+    by_orm, plain = (f"sqlite:///{tmp_path / name}" for name in ("orm.db", "plain.db"))
+    with session_for(by_orm) as s:
+        s.add_all(batch_of_rows())
+        s.commit()
+    inserts: list[str] = []
+    event.listen(
+        engine_for(plain),
+        "before_cursor_execute",
+        lambda _c, _cur, sql, *_: inserts.append(sql.split("(")[0].strip()),
+    )
+    with session_for(plain) as s:
+        rows = batch_of_rows()
+        added = fresh(
+            Transaction,
+            query_id="q-4",
+            role="provider",
+            created_at=AT,
+            encounter_id="e",
+            requesting="us",
+            providing="mx",
+            purpose="enforce",
+        )
+        s.add(added)  # a handler added it itself: the session writes it, once
+        add_rows(s, [*rows, rows[0], added])
+        s.commit()
+    tables = ("transactions", "encounters", "refusals", "participant_events", "scatters")
+    with engine_for(by_orm).connect() as a, engine_for(plain).connect() as b:
+        for table in tables:
+            ordered = f"SELECT * FROM {table} ORDER BY 1, 2"
+            want = a.execute(text(ordered)).all()
+            got = b.execute(text(ordered)).all()
+            if table == "transactions":
+                got = [r for r in got if r[0] != "q-4"]
+            assert got == want, table
+        for c in (a, b):  # JSON's null where the ORM writes it, SQL's NULL elsewhere
+            assert c.execute(text("SELECT answer FROM transactions")).first() == ("null",)
+            assert c.execute(text("SELECT sender FROM refusals")).first() == (None,)
+        assert b.execute(text("SELECT id FROM refusals ORDER BY id")).scalars().all() == [1, 2]
+        assert b.execute(text("SELECT version FROM scatters")).scalar() == 1
+        assert b.execute(text("SELECT revision FROM encounters")).scalar() == 2
+    assert inserts.count("INSERT INTO transactions") == 3  # q-1 and q-2 together, q-3, q-4
+    assert inserts.count("INSERT INTO refusals") == 2  # m-2 names its sender, m-1 does not
+    assert inserts.count("INSERT INTO encounters") == 1
+
+
+def test_a_loaded_row_changed_in_a_batch_is_written_as_an_update(tmp_path):
+    url = f"sqlite:///{tmp_path / 'us.db'}"
+    with session_for(url) as s:
+        add_rows(s, batch_of_rows())
+        s.commit()
+    with session_for(url) as s:
+        tx = s.get(Transaction, ("q-1", "requester"))
+        encounter = s.get(EncounterRow, "e-1")
+        assert tx is not None and encounter is not None
+        tx.status, encounter.status, encounter.revision = "match", "answered", 3
+        add_rows(s, [tx, encounter, fresh(Transaction, **{**tx.model_dump(), "query_id": "q-9"})])
+        s.commit()
+    with session_for(url) as s:
+        assert s.get(Transaction, ("q-1", "requester")).status == "match"  # type: ignore[union-attr]
+        assert s.get(Transaction, ("q-9", "requester")).status == "match"  # type: ignore[union-attr]
+        assert s.get(EncounterRow, "e-1").revision == 3  # type: ignore[union-attr]

@@ -18,12 +18,10 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from sqlalchemy import insert
 from sqlmodel import Session
 
-from biox.database import handled, processed, session_for
+from biox.database import add_markers, handled, processed, session_for
 from biox.handlers.audit import AuditHandler
-from biox.store import ProcessedMessage
 from biox.trust import audit
 from biox.wire.codec import Envelope
 from biox.wire.inbound import Inbound
@@ -54,8 +52,7 @@ def with_markers(session: Session, entries: list[Inbound[None]]) -> None:
     keys = [i.hop for i in entries]
     processed(session, QUEUE, keys)
     AuditHandler("us").chain(entries, session)
-    rows = [{"consumer": QUEUE, "message_id": k, "outputs": b""} for k in keys]
-    session.execute(insert(ProcessedMessage), rows)
+    add_markers(session, [{"consumer": QUEUE, "message_id": k, "outputs": b""} for k in keys])
 
 
 def cpu_ms(url: str, way: Callable[[Session, list[Inbound[None]]], None], size: int) -> float:

@@ -6,16 +6,12 @@ WAL mode by default; any SQLAlchemy URL through ``BIOX_DATABASE_URL``.
 
 from __future__ import annotations
 
-import threading
 import time
-import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from functools import cache, lru_cache
-from pathlib import Path
 from typing import Any, NamedTuple
 
-import structlog
 from sqlalchemy import Column, Table, bindparam, event, insert, inspect, select, text, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
@@ -43,46 +39,11 @@ def engine_for(url: str) -> Engine:
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA busy_timeout=60000")
-            cur.execute("PRAGMA wal_autocheckpoint=0")  # ``_checkpoints`` does it, off the loop
             cur.close()
-
-        _create_tables(engine)
-        threading.Thread(
-            target=_checkpoints, args=(weakref.ref(engine),), name="wal-checkpoint", daemon=True
-        ).start()
-        return engine
-    engine = create_engine(url, pool_pre_ping=True, hide_parameters=True)
+    else:
+        engine = create_engine(url, pool_pre_ping=True, hide_parameters=True)
     _create_tables(engine)
     return engine
-
-
-#: how often a process copies SQLite's write-ahead log into the database (``_checkpoints``)
-CHECKPOINT_EVERY_S = 1.0
-_PAUSE = threading.Event()  # never set
-
-
-def _checkpoints(engine_of: weakref.ref[Engine]) -> None:
-    """SQLite's write-ahead log copied into the database by a thread of its own, once a
-    second, instead of by whichever commit finds the log past 1 000 pages. With several
-    workers on one participant's database, some reader always held the log, so it never
-    restarted, and every third commit of a worker ran a checkpoint: two fdatasyncs of
-    1-35 ms before the batch could publish (docs/performance.md, "Checkpoints off the
-    loop"). A PASSIVE checkpoint waits for no reader or writer; the fsync releases the
-    GIL. Ends with the engine (a process's engines are cached, ``engine_for``); a database
-    whose file is gone is not created again."""
-    failed = ""
-    while (engine := engine_of()) is not None:
-        try:
-            if Path(engine.url.database or "").is_file():
-                with engine.connect() as conn:
-                    conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
-            failed = ""
-        except Exception as exc:  # busy, or closed: the next turn tries again
-            if str(exc) != failed:  # once, not every second
-                structlog.get_logger("biox.database").warning("checkpoint_failed", error=str(exc))
-            failed = str(exc)
-        del engine
-        _PAUSE.wait(CHECKPOINT_EVERY_S)  # not time.sleep, which tests replace
 
 
 def _create_tables(engine: Engine, attempts: int = 5) -> None:

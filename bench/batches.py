@@ -82,7 +82,7 @@ def main() -> None:
             for p in plans.plan(registry, {"mx": args.size, "us": 1}, 400, SEED, ["us"])
             if p.expected_partners
         ][: args.queries]
-        exchange = InMemoryExchange(settings.model_copy(update={"registry_refresh_s": 0}))
+        exchange = InMemoryExchange(settings)
         exchange.declare_queue(REPLIES)
         cpu_ms(exchange, encounters(planned[:20], "warm"), one_at_a_time=True)
         one, together = [], []

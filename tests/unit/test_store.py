@@ -205,16 +205,7 @@ def test_a_batch_of_new_rows_written_as_plain_inserts_is_what_the_orm_writes(tmp
     )
     with session_for(plain) as s:
         rows = batch_of_rows()
-        added = fresh(
-            Transaction,
-            query_id="q-4",
-            role="provider",
-            created_at=AT,
-            encounter_id="e",
-            requesting="us",
-            providing="mx",
-            purpose="enforce",
-        )
+        added = fresh(Transaction, **{**rows[0].model_dump(), "query_id": "q-4"})
         s.add(added)  # a handler added it itself: the session writes it, once
         add_rows(s, [*rows, rows[0], added])
         s.commit()

@@ -21,7 +21,6 @@ from biox.agreement import ledgers  # noqa: F401  (its tables: created with the 
 from biox.registry import Registry
 from biox.settings import Settings
 from biox.store import ProcessedMessage
-from biox.wire.messages import utcnow
 
 
 @lru_cache(maxsize=16)
@@ -112,11 +111,9 @@ def mark_published(session: Session, consumer: str, message_ids: list[str]) -> N
 
 def add_markers(session: Session, markers: list[dict[str, Any]]) -> None:
     """A batch's idempotency markers (``consumer``, ``message_id``, ``outputs``), in the
-    session's transaction, as one multi-row insert."""
-    at = utcnow()
-    session.connection().execute(
-        _INSERT_MARKERS, [{"processed_at": at, "published": False, **m} for m in markers]
-    )
+    session's transaction, as one multi-row insert (the columns' defaults: processed now,
+    not yet published)."""
+    session.connection().execute(_INSERT_MARKERS, markers)
 
 
 def session_for(url: str) -> Session:

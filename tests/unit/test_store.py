@@ -1,16 +1,22 @@
 """One column type for every time biox keeps (``store.UTCDateTime``): stored as naive
-UTC, read back aware in UTC, compared in UTC whatever zone the other side is in."""
+UTC, read back aware in UTC, compared in UTC whatever zone the other side is in. And how
+rows reach the database: ``store.fresh``, a batch's rows as plain inserts
+(``database.add_rows``), the tables created by racing workers."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 
 import pytest
-from sqlalchemy import event, text
+from sqlalchemy import create_engine, event, inspect, text
 from sqlalchemy.dialects import sqlite
+from sqlalchemy.exc import OperationalError
 from sqlmodel import col, select
 
+from biox import database
 from biox.agreement.ledgers import IncidentRow, ParticipantEvent, RefusalRow
 from biox.database import add_rows, engine_for, session_for
 from biox.store import (
@@ -207,8 +213,11 @@ def test_a_batch_of_new_rows_written_as_plain_inserts_is_what_the_orm_writes(tmp
         rows = batch_of_rows()
         added = fresh(Transaction, **{**rows[0].model_dump(), "query_id": "q-4"})
         s.add(added)  # a handler added it itself: the session writes it, once
-        add_rows(s, [*rows, rows[0], added])
+        add_rows(s, [rows[0], *rows, added])  # the first twice: written once
         s.commit()
+    # the counted table's row went through the session, which versions its later changes;
+    # a plain insert leaves its object as it was, so a handler changes a row it loaded
+    assert inspect(rows[-1]).has_identity and not inspect(rows[0]).has_identity
     tables = ("transactions", "encounters", "refusals", "participant_events", "scatters")
     with engine_for(by_orm).connect() as a, engine_for(plain).connect() as b:
         for table in tables:
@@ -245,3 +254,34 @@ def test_a_loaded_row_changed_in_a_batch_is_written_as_an_update(tmp_path):
         assert s.get(Transaction, ("q-1", "requester")).status == "match"  # type: ignore[union-attr]
         assert s.get(Transaction, ("q-9", "requester")).status == "match"  # type: ignore[union-attr]
         assert s.get(EncounterRow, "e-1").revision == 3  # type: ignore[union-attr]
+
+
+def test_creating_the_tables_retries_a_lost_race_four_times_waiting_longer_each_time(
+    tmp_path, monkeypatch
+):
+    """The workers of a participant race to create its tables on a first start
+    (``database._create_tables``): a loser waits and tries again, four times at most."""
+    waited: list[float] = []
+    monkeypatch.setattr(database.time, "sleep", waited.append)
+    engine = create_engine(f"sqlite:///{tmp_path / 'us.db'}")
+    add_columns = database._add_new_columns
+
+    def losing(times: int) -> Callable[[Any], None]:
+        lost: list[int] = []
+
+        def add(e: Any) -> None:
+            if len(lost) < times:
+                lost.append(1)
+                raise OperationalError("CREATE TABLE", {}, Exception("database is locked"))
+            add_columns(e)
+
+        return add
+
+    monkeypatch.setattr(database, "_add_new_columns", losing(4))
+    database._create_tables(engine)
+    assert waited == pytest.approx([0.2, 0.4, 0.6, 0.8])
+    waited.clear()
+    monkeypatch.setattr(database, "_add_new_columns", losing(5))
+    with pytest.raises(OperationalError):
+        database._create_tables(engine)
+    assert waited == pytest.approx([0.2, 0.4, 0.6, 0.8])

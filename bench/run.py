@@ -306,7 +306,13 @@ def pipeline_run(
     rate: float,
     **connect: Any,
 ) -> Run:
-    """``connect``: how the encounter system connects (``tls``, ``reply_prefix``)."""
+    """``connect``: how the encounter system connects (``tls``, ``reply_prefix``).
+
+    This process is the encounter system that times every answer, and its heap (the
+    plans, the encoded messages, the outcomes, rich) made full collections of up to
+    170 ms on the thread that receives them, counted as the exchange's latency. It is
+    frozen while the run is timed, as a worker freezes its start-up
+    (docs/performance.md, "The collector's pauses")."""
     planned = plans.repeat(base, n, uuid.uuid4().hex[:6])
     with (
         encounters.EncounterSystem(url, sizes, **connect) as system,
@@ -314,6 +320,8 @@ def pipeline_run(
     ):
         task = progress.add_task(f"pipeline {n} @ {rate or 'max'}/s", total=n)
         encoded = system.encode(planned)
+        gc.collect()
+        gc.freeze()
         started = time.perf_counter()
         # an offered load arrives as people do, one at a time (docs/performance.md, "What
         # is measured"); ``--arrivals bursts``: twenty at once, as this bench did before
@@ -340,6 +348,7 @@ def pipeline_run(
         )
         elapsed = time.perf_counter() - started
         submitter.join()
+        gc.unfreeze()
         outcomes = list(system.outcomes.values())
     pairs, _, missing = encounters.summarise(outcomes)
     lat = [x for s in pairs.values() for x in s.latencies]

@@ -61,7 +61,17 @@ def test_a_worker_freezes_its_start_up_before_it_consumes(
         def run(self, stop: object) -> None:
             seen["frozen"] = gc.get_freeze_count()
 
+    class Log:
+        """The worker's log, read back (structlog's may hold a stream an earlier test closed)."""
+
+        def info(self, event: str, **fields: Any) -> None:
+            seen.setdefault("logged", []).append((event, fields))
+
+        error = warning = info
+
     monkeypatch.setattr(runtime, "ConsumeLoop", Loop)
+    monkeypatch.setattr(runtime, "log", Log())
+    monkeypatch.setattr(runtime.logs, "configure", lambda *_, **__: None)
     monkeypatch.setattr(runtime, "load_ring", lambda *_: None)
     monkeypatch.setattr(runtime.signal, "signal", lambda *_: None)  # pytest keeps its own
     settings = Settings(data_dir=tmp_path, amqp_url="amqps://127.0.0.1:5671/%2F")
@@ -69,3 +79,4 @@ def test_a_worker_freezes_its_start_up_before_it_consumes(
     runtime.run_worker("audit", "us", settings)
 
     assert seen["frozen"] > 10_000  # the worker's modules, mappers and registry
+    assert ("start_up_frozen", {"objects": seen["frozen"]}) in seen["logged"]

@@ -310,7 +310,7 @@ def pipeline_run(
 
     This process is the encounter system that times every answer, and its heap (the
     plans, the encoded messages, the outcomes, rich) made full collections of up to
-    170 ms on the thread that receives them, counted as the exchange's latency. It is
+    290-440 ms on the thread that receives them, counted as the exchange's latency. It is
     frozen while the run is timed, as a worker freezes its start-up
     (docs/performance.md, "The collector's pauses")."""
     planned = plans.repeat(base, n, uuid.uuid4().hex[:6])

@@ -36,6 +36,7 @@ from biox.broker.topology import declare
 from biox.gallery.gallery import Gallery, Probe
 from biox.gallery.index import VectorIndex
 from biox.registry import Registry
+from biox.runtime import freeze_start_up
 from biox.settings import Settings
 from biox.sim import encounters, galleries, plans, synth
 from biox.sim.processes import (
@@ -320,8 +321,7 @@ def pipeline_run(
     ):
         task = progress.add_task(f"pipeline {n} @ {rate or 'max'}/s", total=n)
         encoded = system.encode(planned)
-        gc.collect()
-        gc.freeze()
+        freeze_start_up()  # what this run was set up with, as a worker's start-up
         started = time.perf_counter()
         # an offered load arrives as people do, one at a time (docs/performance.md, "What
         # is measured"); ``--arrivals bursts``: twenty at once, as this bench did before

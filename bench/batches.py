@@ -29,6 +29,7 @@ from biox.settings import Settings
 from biox.sim import plans
 from biox.wire import codec
 from biox.wire.codec import Outgoing
+from biox.wire.messages import EncounterResultStatus
 
 REPLIES = "bench-encounter-system"
 
@@ -60,8 +61,17 @@ def cpu_ms(exchange: InMemoryExchange, messages: list[Outgoing], one_at_a_time: 
         exchange.publish(messages)
         exchange.run()
     spent = time.process_time() - started
-    if len(exchange.results(REPLIES)) < len(messages):
-        raise SystemExit("an encounter got no result: the figures would not compare")
+    complete = {
+        r.encounter_id
+        for r in exchange.results(REPLIES)
+        if r.status is EncounterResultStatus.complete
+    }
+    unfinished = len({m.envelope.correlation_id for m in messages} - complete)
+    if unfinished:
+        raise SystemExit(
+            f"{unfinished} of {len(messages)} encounters got no complete result: "
+            "the figures would not compare"
+        )
     return spent * 1000 / len(messages)
 
 

@@ -28,7 +28,7 @@ import numpy as np
 from rich.console import Console
 from rich.progress import Progress
 
-from bench import relay
+from bench import hops, relay
 from biox.broker.connection import parameters
 from biox.broker.link import Link
 from biox.broker.publisher import Publisher
@@ -297,6 +297,7 @@ class Run:
     latencies: list[float]
     missing: int
     wrong: int
+    timed: dict[str, hops.Timed]  # each encounter answered: its arrival and latency
 
 
 def pipeline_run(
@@ -353,11 +354,30 @@ def pipeline_run(
     pairs, _, missing = encounters.summarise(outcomes)
     lat = [x for s in pairs.values() for x in s.latencies]
     wrong = sum(s.wrong for s in pairs.values())
-    return Run(n, elapsed, lat, missing, wrong)
+    return Run(n, elapsed, lat, missing, wrong, timed(outcomes))
+
+
+def timed(outcomes: list[encounters.Outcome]) -> dict[str, hops.Timed]:
+    """Each encounter completed by the exchange alone (no person reviewed an answer): its
+    arrival on the wall clock, which the workers' own records use, and its latency."""
+    to_wall = time.time() - time.monotonic()  # ``submitted_at`` is on the monotonic clock
+    return {
+        o.planned.encounter_id: hops.Timed(
+            o.planned.submitted_at + to_wall, max(a.latency_s for a in o.answers.values())
+        )
+        for o in outcomes
+        if o.complete and o.answers and not any(a.reviewed for a in o.answers.values())
+    }
 
 
 def provider_gallery(size: int, s: Settings) -> None:
-    """mx's gallery and records for a pipeline run (face and two fingers per identity)."""
+    """mx's gallery and records for a pipeline run (face and two fingers per identity).
+
+    Written to disk before anything is timed: at 1 M the snapshot is 3.6 GB, and the
+    kernel wrote its pages back 30-36 s later, in the middle of a latency run, while the
+    broker's and the databases' syncs waited behind them; every worker stood still for
+    about 370 ms at once (docs/performance.md, "Where the latency goes"). A country's
+    gallery is written long before its traffic."""
     with Progress(console=console, transient=True) as progress, all_threads():
         task = progress.add_task(f"mx gallery + records {size:,}", total=size)
         galleries.populate(
@@ -373,6 +393,7 @@ def provider_gallery(size: int, s: Settings) -> None:
             iris=False,
             progress=lambda k: progress.advance(task, k),
         )
+    os.sync()
 
 
 def pipeline(size: int, n: int, settings: Settings, url: str) -> dict:
@@ -435,6 +456,7 @@ def pipeline(size: int, n: int, settings: Settings, url: str) -> dict:
         "half_load_p50_ms": pct(half.latencies, 50),
         "half_load_p95_ms": pct(half.latencies, 95),
         "half_load_p99_ms": pct(half.latencies, 99),
+        "half_load_hops": hops.of_run(s.database_for("us"), half.timed),
         "missing": sat.missing + half.missing,
         "wrong": sat.wrong + half.wrong,
         "raw": raw,
@@ -696,6 +718,21 @@ def write_doc(results: dict) -> None:
                 f"- {p['size']:,} identities: {p['audit_backlog_at_end']} audit messages waiting "
                 f"when the last answer arrived, drained {p['audit_drain_s']} s later"
             )
+    timed = [p for p in results["pipeline"] if p.get("half_load_hops")]
+    if timed:
+        lines += [
+            "",
+            "### Where the latency goes at half load (ms: the median encounter's / the mean of the slowest 1 %)",
+            "",
+        ]
+        lines += [
+            f"- {identities(p)} identities: "
+            + ", ".join(
+                f"{h} {p['half_load_hops']['p50_ms'][h]} / {p['half_load_hops']['slowest_mean_ms'][h]}"
+                for h in hops.HOPS
+            )
+            for p in timed
+        ]
     sweeps = [p for p in results["pipeline"] if p.get("latency_by_rate")]
     if sweeps:
         lines += ["", "### Latency by offered rate (`--rates`, independent arrivals)", ""]

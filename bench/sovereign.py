@@ -17,6 +17,7 @@ import time
 
 import numpy as np
 
+from bench import hops
 from bench.run import (
     REGISTRY,
     RESULTS,
@@ -97,6 +98,7 @@ def sovereign(
         "half_load_p50_ms": pct(half.latencies, 50),
         "half_load_p95_ms": pct(half.latencies, 95),
         "half_load_p99_ms": pct(half.latencies, 99),
+        "half_load_hops": hops.of_run(s.database_for("us"), half.timed),
         "missing": sat.missing + half.missing,
         "wrong": sat.wrong + half.wrong,
         "cpu_ms_per_query": cpu_ms,
@@ -140,6 +142,15 @@ def main() -> None:
         console.print("[bold]three sovereign brokers, us on a three-node cluster[/]")
         results["cluster"] = sovereign(args.size, args.queries, settings, nodes={"us": 3})
         console.print(results["cluster"])
+    for layout in ("single", "sovereign"):  # where the layout's extra latency is spent
+        spent = results[layout].get("half_load_hops") or {}
+        console.print(
+            f"{layout}, half load, ms (median encounter / mean of the slowest 1 %): "
+            + ", ".join(
+                f"{h} {spent['p50_ms'][h]} / {spent['slowest_mean_ms'][h]}"
+                for h in spent.get("p50_ms", {})
+            )
+        )
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"sovereign-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.write_text(json.dumps(results, indent=2))

@@ -87,6 +87,36 @@ def modality(
     return rows
 
 
+def hard_population(size: int, probes: int) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
+    """Per modality (the face, one index finger): the gallery's templates of ``size``
+    people of the hard population, ``probes`` mated probes that hold that modality, and
+    each probe's row in the gallery."""
+    population = Population(SEED)
+    with console.status(f"the hard population, {size:,} identities"):
+        truth = population.truth(size)
+        faces, fingers = [], []
+        for _, captures in population.enrolments(truth):
+            faces.append(np.stack([c.face for c in captures]))
+            fingers.append(np.stack([c.fingers[FINGERS[0]] for c in captures]))
+        sample = population.probes(truth, probes, 0, stream=7)
+    with_face = [i for i, p in enumerate(sample.probes) if p.face is not None]
+    with_finger = [i for i, p in enumerate(sample.probes) if FINGERS[0] in p.fingers]
+    return [
+        (
+            "face",
+            np.concatenate(faces),
+            np.stack([sample.probes[i].face for i in with_face]),
+            sample.mate[with_face],
+        ),
+        (
+            "finger",
+            np.concatenate(fingers),
+            np.stack([sample.probes[i].fingers[FINGERS[0]] for i in with_finger]),
+            sample.mate[with_finger],
+        ),
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--size", type=int, default=1_000_000)
@@ -94,20 +124,9 @@ def main() -> None:
     parser.add_argument("--dims", default="4,8,16", help="dimensions per sub-vector, in turn")
     args = parser.parse_args()
     dims = [int(d) for d in args.dims.split(",")]
-    population = Population(SEED)
-    with console.status(f"the hard population, {args.size:,} identities"):
-        truth = population.truth(args.size)
-        faces, fingers = [], []
-        for _, captures in population.enrolments(truth):
-            faces.append(np.stack([c.face for c in captures]))
-            fingers.append(np.stack([c.fingers[FINGERS[0]] for c in captures]))
-        sample = population.probes(truth, args.probes, 0, stream=7)
-    with_face = [i for i, p in enumerate(sample.probes) if p.face is not None]
-    face_q = np.stack([sample.probes[i].face for i in with_face])
-    rows = modality("face", np.concatenate(faces), face_q, sample.mate[with_face], dims)
-    with_finger = [i for i, p in enumerate(sample.probes) if FINGERS[0] in p.fingers]
-    finger_q = np.stack([sample.probes[i].fingers[FINGERS[0]] for i in with_finger])
-    rows += modality("finger", np.concatenate(fingers), finger_q, sample.mate[with_finger], dims)
+    rows = []
+    for name, gallery, queries, mates in hard_population(args.size, args.probes):
+        rows += modality(name, gallery, queries, mates, dims)
     print(
         "| modality | dimensions per sub-vector | bytes a code | lists scanned "
         "| CPU ms/query, batches of 64 | of 4 | person among the candidates | exact search |"

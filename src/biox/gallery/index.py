@@ -320,10 +320,10 @@ def _from_ivf_flat(old: faiss.IndexIVF, nprobe: int) -> VectorIndex:
 
 def nprobe_for(nlist: int, configured: int) -> int:
     """Lists searched per query: as configured, or (0) ``SCAN_SHARE`` of them, or
-    ``WIDE_SHARE`` from ``WIDE_FROM`` lists. Recall depends on the share scanned, not on
-    the number of lists. On the hard population (``bench.evaluate --scan-shares``), 12 % of
-    the lists add to exact search's FNIR at FPIR 0.1 % what 16 % add (0.05-0.10 points at
-    100 000 and 1 M), 8 % reach the 0.2-point bound (docs/matching.md)."""
+    ``WIDE_SHARE`` from ``WIDE_FROM`` lists. 12 % adds to exact FNIR at FPIR 0.1 % what 16 %
+    adds (0.05-0.10 points at 100 000 and 1 M), 8 % reaches the 0.2-point bound (docs/matching.md).
+    At one share fewer, longer lists find fewer (``bench.lists``: 1 M faces 92.4 / 90.9 /
+    88.7 % at 4 000 / 2 000 / 1 000 lists; docs/performance.md, "Where the latency goes")."""
     share = SCAN_SHARE if nlist < WIDE_FROM else WIDE_SHARE
     return configured if configured > 0 else min(nlist, max(16, round(nlist * share)))
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from biox.gallery import gallery as gallery_mod
 from biox.gallery import index as index_mod
 from biox.gallery.gallery import Gallery, Probe
 from biox.gallery.index import IrisIndex, VectorIndex, nprobe_for
@@ -73,6 +74,29 @@ def test_save_and_load_give_the_same_answers(flat, tmp_path):
     gallery.save(tmp_path)
     after = Gallery.load(tmp_path).search(probes_for(chosen))
     assert [[h.record_id for h in x] for x in before] == [[h.record_id for h in x] for x in after]
+
+
+def test_a_snapshot_is_on_disk_file_by_file_before_its_manifest_is_in_place(tmp_path, monkeypatch):
+    # after a power loss the manifest must not name files the disk never got, and a 1 M
+    # gallery's pages written back half a minute later stalled the broker's syncs
+    gallery, _ = build("ivf")
+    order: list[tuple[str, str, bool]] = []  # (name, its folder, manifest in place yet)
+    synced = gallery_mod.synced
+
+    def noting(path):
+        order.append((path.name, path.parent.name, (tmp_path / "manifest.json").exists()))
+        synced(path)
+
+    monkeypatch.setattr(gallery_mod, "synced", noting)
+    gallery.save(tmp_path)
+    written = {p.name for p in tmp_path.iterdir()}
+    assert "face.vectors.f32" in written and "manifest.json" in written
+    files, last = order[:-1], order[-1]
+    # every file of the snapshot, synced where it was staged, before any of them moved in
+    assert sorted(name for name, _, _ in files) == sorted(written)
+    assert {(folder, placed) for _, folder, placed in files} == {(".staged", False)}
+    assert last == (tmp_path.name, tmp_path.parent.name, True)  # then the moves themselves
+    assert Gallery.load(tmp_path, nprobe=8).size == gallery.size
 
 
 def test_ivf_index_supports_removal_and_reload(tmp_path):

@@ -227,9 +227,13 @@ class Gallery:
         enrolled_holes: Sequence[int] = (),
     ) -> None:
         """Each file written beside its place and then moved there, the manifest last: a
-        matcher starting meanwhile reads either file whole. ``tombstone_seq``: the last
-        tombstone this snapshot no longer holds; ``enrolled_seq`` and ``enrolled_holes``:
-        how far the enrolled templates are folded in (``gallery/snapshot.py``)."""
+        matcher starting meanwhile reads either file whole. Each is on disk before it is
+        moved, and the moves before this returns: after a power loss the manifest never
+        names a file the disk does not hold, and the gigabytes are written now, not half
+        a minute later under the broker's syncs (docs/operations.md, "Keep the gallery off
+        the broker's disk"). ``tombstone_seq``: the last tombstone this snapshot no longer
+        holds; ``enrolled_seq`` and ``enrolled_holes``: how far the enrolled templates are
+        folded in (``gallery/snapshot.py``)."""
         directory.mkdir(parents=True, exist_ok=True)
         staged = directory / ".staged"
         staged.mkdir(exist_ok=True)
@@ -245,9 +249,13 @@ class Gallery:
             "enrolled_holes": list(enrolled_holes),
         }
         (staged / "manifest.json").write_text(json.dumps(manifest))
-        for path in sorted(staged.iterdir(), key=lambda p: p.name == "manifest.json"):
+        files = sorted(staged.iterdir(), key=lambda p: p.name == "manifest.json")
+        for path in files:
+            synced(path)
+        for path in files:
             path.replace(directory / path.name)
         staged.rmdir()
+        synced(directory)
 
     @staticmethod
     def manifest(directory: Path) -> dict[str, Any] | None:
@@ -314,3 +322,12 @@ def _scatter(ids: np.ndarray, found: np.ndarray, values: np.ndarray) -> np.ndarr
     out = np.full(len(ids), np.nan, np.float32)
     out[np.searchsorted(ids, found)] = values
     return out
+
+
+def synced(path: Path) -> None:
+    """``path`` (a file, or a directory's entries) on disk, not only in the page cache."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -87,9 +89,18 @@ def test_a_snapshot_is_on_disk_file_by_file_before_its_manifest_is_in_place(tmp_
         order.append((path.name, path.parent.name, (tmp_path / "manifest.json").exists()))
         synced(path)
 
+    moved: list[str] = []
+    replace = Path.replace
+
+    def moving(self, target):
+        moved.append(self.name)
+        return replace(self, target)
+
     monkeypatch.setattr(gallery_mod, "synced", noting)
+    monkeypatch.setattr(Path, "replace", moving)
     gallery.save(tmp_path)
     written = {p.name for p in tmp_path.iterdir()}
+    assert moved[-1] == "manifest.json" and sorted(moved) == sorted(written)  # manifest last
     assert "face.vectors.f32" in written and "manifest.json" in written
     files, last = order[:-1], order[-1]
     # every file of the snapshot, synced where it was staged, before any of them moved in

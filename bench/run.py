@@ -375,10 +375,10 @@ def provider_gallery(size: int, s: Settings) -> None:
 
     On disk before anything is timed: at 1 M the snapshot is 3.6 GB, and before it was
     synced as it was saved (``Gallery.save``) the kernel wrote its pages back 30-36 s
-    later, in the middle of a latency run, while the broker's and the databases' syncs
-    waited behind them; every worker stood still for about 370 ms at once
-    (docs/performance.md, "Where the latency goes"). The records' database is synced
-    here too. A country's gallery is written long before its traffic."""
+    later, in the middle of a latency run, where the broker's and the databases' syncs
+    wait behind them (docs/performance.md, "Where the latency goes"). The records'
+    database is synced here too. A country's gallery is written long before its
+    traffic."""
     with Progress(console=console, transient=True) as progress, all_threads():
         task = progress.add_task(f"mx gallery + records {size:,}", total=size)
         galleries.populate(

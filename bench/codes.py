@@ -51,13 +51,18 @@ def exact_found(gallery: np.ndarray, queries: np.ndarray, mates: np.ndarray) -> 
     return found(exact, queries, mates)
 
 
+def training_sample(gallery: np.ndarray, nlist: int) -> np.ndarray:
+    """Fifty templates a list, spread over the gallery: what k-means needs, not all of it."""
+    return gallery[:: max(1, len(gallery) // (50 * nlist))][: 50 * nlist]
+
+
 def modality(
     name: str, gallery: np.ndarray, queries: np.ndarray, mates: np.ndarray, dims: list[int]
 ) -> list[dict]:
     can_find = exact_found(gallery, queries, mates)
     ids = np.arange(len(gallery), dtype=np.int64)
     nlist = VectorIndex.nlist_for(len(gallery))
-    sample = gallery[:: max(1, len(gallery) // (50 * nlist))][: 50 * nlist]
+    sample = training_sample(gallery, nlist)
     centroids = None
     rows = []
     for d in dims:

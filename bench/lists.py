@@ -20,7 +20,14 @@ import time
 import faiss
 import numpy as np
 
-from bench.codes import console, exact_found, found, hard_population, per_query_ms
+from bench.codes import (
+    console,
+    exact_found,
+    found,
+    hard_population,
+    per_query_ms,
+    training_sample,
+)
 from biox.gallery.index import VectorIndex
 
 BATCHES = (1, 4, 8, 64)
@@ -36,7 +43,7 @@ def modality(
         faiss.omp_set_num_threads(2)
         ix = VectorIndex(gallery.shape[1], "ivf", nlist)
         started = time.perf_counter()
-        ix.train(gallery[:: max(1, len(gallery) // (50 * nlist))][: 50 * nlist])
+        ix.train(training_sample(gallery, nlist))
         ix.add(ids, gallery)
         built = time.perf_counter() - started
         faiss.omp_set_num_threads(1)  # as the workers search (BIOX_SEARCH_THREADS)

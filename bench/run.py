@@ -19,7 +19,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -458,8 +458,9 @@ def pipeline(size: int, n: int, settings: Settings, url: str) -> dict:
         "half_load_p95_ms": pct(half.latencies, 95),
         "half_load_p99_ms": pct(half.latencies, 99),
         "half_load_hops": hops.of_run(s.database_for("us"), half.timed),
-        "missing": sat.missing + half.missing,
-        "wrong": sat.wrong + half.wrong,
+        "rounds_throughput_qps": saturated.rounds,
+        "missing": saturated.missing + half.missing,
+        "wrong": saturated.wrong + half.wrong,
         "raw": raw,
         "relay": relayed,
         "cpu_ms_per_query": cpu_ms,
@@ -483,6 +484,7 @@ PROFILE: Path | None = None  # --profile: where py-spy's samples of the saturate
 ARRIVALS = "poisson"  # --arrivals: how a latency run's load is offered
 WINDOW = 0  # --window: at most this many encounters unanswered in a saturated run
 RATES: list[float] = []  # --rates: latency runs at these offered rates too
+ROUNDS = 3  # --rounds: saturated rounds a run takes the median of
 MATCHERS = 1  # --matchers: the provider's matcher processes, competing consumers of its queries
 
 
@@ -573,11 +575,27 @@ def drain(places: list[AuditQueues], timeout: float = 300) -> tuple[int, float]:
 
 @dataclass
 class Saturated:
+    """The median of a saturated run's rounds (``saturate``), with what every round said."""
+
     run: Run
     throughput: float  # every answer in and the audit trails caught up, per second
     cpu_ms: dict[str, float]
     audit_backlog: int
     audit_drain_s: float
+    rounds: list[float] = field(default_factory=list)  # each round's throughput, in order
+    missing: int = 0  # over every round: a round left out of the median still counts here
+    wrong: int = 0
+
+    @classmethod
+    def median_of(cls, rounds: list[Saturated]) -> Saturated:
+        """The round of median throughput (the upper of the two middle ones when even)."""
+        middle = sorted(rounds, key=lambda r: r.throughput)[len(rounds) // 2]
+        return replace(
+            middle,
+            rounds=[round(r.throughput, 1) for r in rounds],
+            missing=sum(r.run.missing for r in rounds),
+            wrong=sum(r.run.wrong for r in rounds),
+        )
 
 
 def saturate(
@@ -590,18 +608,25 @@ def saturate(
     profile: contextlib.AbstractContextManager[Any] | None = None,
     **connect: Any,
 ) -> Saturated:
-    """``n`` encounters offered at once. The throughput counts until the audit trails have
-    caught up as well, and the CPU per query includes their catching up: an audit worker
-    that lags under saturation would otherwise have the figure count work it only
-    postponed. It starts once they have caught up with what came before (the warm-up's
-    copies), so that the figure counts no work of earlier runs either."""
-    drain(audits)
-    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    """``n`` encounters offered at once, ``ROUNDS`` times; the round of median throughput is
+    the figure, each round's is kept beside it. One round of a few seconds on this machine
+    varies by a sixth from the next, as the relay's rounds do (docs/performance.md, "What
+    is measured"). The throughput counts until the audit trails have caught up as well,
+    and the CPU per query includes their catching up: an audit worker that lags under
+    saturation would otherwise have the figure count work it only postponed. Each round
+    starts once they have caught up with what came before (the warm-up's copies, the
+    round before), so that it counts no work of earlier runs either."""
+    rounds = []
     with profile or contextlib.nullcontext():
-        sat = pipeline_run(url, sizes, base, n, 0, **connect)
-    backlog, drain_s = drain(audits)
-    cpu_ms = cpu_ms_per_query(pids, before, n)
-    return Saturated(sat, sat.sent / (sat.seconds + drain_s), cpu_ms, backlog, drain_s)
+        for _ in range(ROUNDS):
+            drain(audits)
+            before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+            sat = pipeline_run(url, sizes, base, n, 0, **connect)
+            backlog, drain_s = drain(audits)
+            cpu_ms = cpu_ms_per_query(pids, before, n)
+            throughput = sat.sent / (sat.seconds + drain_s)
+            rounds.append(Saturated(sat, throughput, cpu_ms, backlog, drain_s))
+    return Saturated.median_of(rounds)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -686,7 +711,7 @@ def write_doc(results: dict) -> None:
         "",
         "### Whole pipeline (encounter.submit → intake → query → matcher → response → result)",
         "",
-        "| identities | raw round trip /s | relay /s | matcher alone /s | pipeline queries/s | of the relay | fraction of lower limit | p50 / p95 / p99 ms at half load | missing | wrong |",
+        "| identities | raw round trip /s | relay /s | matcher alone /s | pipeline queries/s (rounds) | of the relay | fraction of lower limit | p50 / p95 / p99 ms at half load | missing | wrong |",
         "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |",
     ]
     for p in results["pipeline"]:
@@ -695,7 +720,7 @@ def write_doc(results: dict) -> None:
         relayed = p.get("relay", {}).get("queries_per_s")
         of_relay = f"{p['throughput_qps'] / relayed:.0%}" if relayed else "-"
         lines.append(
-            f"| {identities(p)} | {p['raw']['round_trips_per_s']} | {relayed or '-'} | {m['qps_batched'] if m else '-'} | {p['throughput_qps']} | "
+            f"| {identities(p)} | {p['raw']['round_trips_per_s']} | {relayed or '-'} | {m['qps_batched'] if m else '-'} | {p['throughput_qps']}{spread(p)} | "
             f"{of_relay} | {p['throughput_qps'] / limit:.0%} | {p['half_load_p50_ms']} / {p['half_load_p95_ms']} / {p['half_load_p99_ms']} at {p['half_load_qps']}/s | {p['missing']} | {p['wrong']} |"
         )
     lines += [
@@ -759,6 +784,12 @@ def write_doc(results: dict) -> None:
     DOC.write_text(text[:start] + block + text[end:])
 
 
+def spread(p: dict) -> str:
+    """A pipeline row's saturated rounds, lowest to highest (runs before 2026-12-06 had one)."""
+    rounds = p.get("rounds_throughput_qps") or []
+    return f" ({min(rounds)}-{max(rounds)})" if len(rounds) > 1 else ""
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--full", action="store_true", help="add the 1 M-identity profile")
@@ -791,13 +822,20 @@ def main() -> None:
         help="the provider's matcher processes in the pipeline (as `biox serve query=N`)",
     )
     parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="saturated rounds per pipeline run; the median is the figure (default 3)",
+    )
+    parser.add_argument(
         "--rates",
         default="",
         help="comma-separated offered rates (queries/s): a latency run at each, after half load",
     )
     args = parser.parse_args()
-    global PROFILE, ARRIVALS, WINDOW, RATES, MATCHERS
+    global PROFILE, ARRIVALS, WINDOW, RATES, MATCHERS, ROUNDS
     PROFILE, ARRIVALS, WINDOW = args.profile, args.arrivals, args.window
+    ROUNDS = max(1, args.rounds)
     MATCHERS = max(1, args.matchers)
     RATES = [float(r) for r in args.rates.split(",") if r.strip()]
     unwind_on_sigterm()

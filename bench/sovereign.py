@@ -83,7 +83,7 @@ def sovereign(
             for c in kinds
         ]
         saturated = saturate(url, sizes, base, n, pids, audits, **connect)
-        sat, throughput, cpu_ms = saturated.run, saturated.throughput, saturated.cpu_ms
+        throughput, cpu_ms = saturated.throughput, saturated.cpu_ms
         half = pipeline_run(url, sizes, base, max(n // 2, 500), throughput / 2, **connect)
     finally:
         if workers is not None:
@@ -99,8 +99,9 @@ def sovereign(
         "half_load_p95_ms": pct(half.latencies, 95),
         "half_load_p99_ms": pct(half.latencies, 99),
         "half_load_hops": hops.of_run(s.database_for("us"), half.timed),
-        "missing": sat.missing + half.missing,
-        "wrong": sat.wrong + half.wrong,
+        "rounds_throughput_qps": saturated.rounds,
+        "missing": saturated.missing + half.missing,
+        "wrong": saturated.wrong + half.wrong,
         "cpu_ms_per_query": cpu_ms,
         "audit_drain_s": saturated.audit_drain_s,
     }

@@ -75,3 +75,26 @@ def test_the_tail_is_the_slowest_hundredth_and_the_typical_is_the_median():
         "matcher to response": 10.0,
         "response to result": 10.0,
     }
+
+
+def test_a_saturated_run_is_its_median_round_and_counts_every_rounds_errors():
+    """Three rounds: the figure is the middle one's, with its own CPU and drain, and every
+    round's throughput beside it; a wrong or missing answer in a round left out of the
+    median is still counted (``bench.run.Saturated.median_of``)."""
+    from bench.run import Run, Saturated
+
+    def round_of(throughput: float, missing: int, wrong: int) -> Saturated:
+        run = Run(3000, 3000 / throughput, [0.1], missing, wrong, {})
+        return Saturated(run, throughput, {"us-intake": throughput / 1000}, 0, throughput / 100)
+
+    rounds = [round_of(380.0, 0, 0), round_of(301.25, 2, 0), round_of(412.5, 0, 1)]
+    median = Saturated.median_of(rounds)
+    assert median.throughput == 380.0
+    assert median.cpu_ms == {"us-intake": 0.38}
+    assert median.audit_drain_s == 3.8
+    assert median.run is rounds[0].run
+    assert median.rounds == [380.0, 301.2, 412.5]  # in the order they ran, one decimal
+    assert (median.missing, median.wrong) == (2, 1)
+    two = Saturated.median_of(rounds[1:])
+    assert two.throughput == 412.5  # the upper of the middle two
+    assert Saturated.median_of([rounds[1]]).rounds == [301.2]

@@ -609,9 +609,9 @@ def saturate(
     **connect: Any,
 ) -> Saturated:
     """``n`` encounters offered at once, ``ROUNDS`` times; the round of median throughput is
-    the figure, each round's is kept beside it. One round of a few seconds on this machine
-    varies by a sixth from the next, as the relay's rounds do (docs/performance.md, "What
-    is measured"). The throughput counts until the audit trails have caught up as well,
+    the figure, each round's is kept beside it. On this machine one round of a few seconds
+    differs from the next by up to a quarter, as the relay's rounds do (docs/performance.md,
+    "What is measured"). The throughput counts until the audit trails have caught up as well,
     and the CPU per query includes their catching up: an audit worker that lags under
     saturation would otherwise have the figure count work it only postponed. Each round
     starts once they have caught up with what came before (the warm-up's copies, the

@@ -1,5 +1,6 @@
-"""The bench's account of where an encounter's time goes (``bench/hops.py``): its hops
-must follow the exchange's own records in order, and add up to the latency measured."""
+"""The bench's own accounting. Where an encounter's time goes (``bench/hops.py``): its hops
+must follow the exchange's own records in order, and add up to the latency measured. And
+which of a saturated run's rounds is its figure (``bench.run.Saturated``)."""
 
 from __future__ import annotations
 

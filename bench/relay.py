@@ -110,7 +110,7 @@ def relay(
     """``n`` encounters offered at once through the relay: queries/s and CPU per query of
     each process (the broker's too), as ``bench.run.pipeline`` reports them. The median
     of ``rounds`` runs: a run of a few seconds varies by a third from one to the next."""
-    from bench.run import broker_pids, cpu_ms_per_query, cpu_seconds, drain
+    from bench.run import broker_pids, cpu_ms_per_query, cpu_seconds, drain, median_round
 
     missing = [k for k in (SUBMIT, QUERY, RESPONSE, RESULT) if k not in samples]
     if missing:
@@ -186,8 +186,8 @@ def relay(
             p.join(timeout=30)
             if p.is_alive():
                 p.kill()
-    runs.sort(key=lambda run: run[0])
-    rate, cpu_ms = runs[len(runs) // 2]  # the median run
+    runs.sort(key=lambda run: run[0])  # the rounds are reported lowest first
+    rate, cpu_ms = median_round(runs, lambda run: run[0])
     return {
         "messages": n,
         "queries_per_s": round(rate, 1),

@@ -18,10 +18,10 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import faiss
 import numpy as np
@@ -573,6 +573,15 @@ def drain(places: list[AuditQueues], timeout: float = 300) -> tuple[int, float]:
             c.close()
 
 
+T = TypeVar("T")
+
+
+def median_round(rounds: list[T], throughput: Callable[[T], float]) -> T:
+    """The round of median throughput, the upper of the two middle ones when even: the
+    figure a run of rounds reports (``saturate``, and the relay's ``bench.relay.relay``)."""
+    return sorted(rounds, key=throughput)[len(rounds) // 2]
+
+
 @dataclass
 class Saturated:
     """The median of a saturated run's rounds (``saturate``), with what every round said."""
@@ -588,8 +597,8 @@ class Saturated:
 
     @classmethod
     def median_of(cls, rounds: list[Saturated]) -> Saturated:
-        """The round of median throughput (the upper of the two middle ones when even)."""
-        middle = sorted(rounds, key=lambda r: r.throughput)[len(rounds) // 2]
+        """``median_round``'s, with every round's throughput and errors."""
+        middle = median_round(rounds, lambda r: r.throughput)
         return replace(
             middle,
             rounds=[round(r.throughput, 1) for r in rounds],

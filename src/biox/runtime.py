@@ -4,6 +4,7 @@ participant's registry, policy and settings, under the consume loop."""
 from __future__ import annotations
 
 import gc
+import os
 import signal
 import threading
 from enum import StrEnum
@@ -20,6 +21,7 @@ from biox.policy.release import Policies
 from biox.registry import Registry
 from biox.routes import ROUTES, routes_for
 from biox.settings import Settings
+from biox.supervisor import parse_nice
 from biox.trust.sealing import load_ring
 
 log = structlog.get_logger("biox.runtime")
@@ -45,6 +47,7 @@ def build_handler(role: str, ctx: Context) -> Handler:
 def run_worker(role: str, participant: str, settings: Settings | None = None) -> None:
     settings = settings or Settings()
     logs.configure(settings.log_level, settings.log_json, participant=participant, worker=role)
+    prioritise(role, settings)
     if not settings.amqp_url:
         raise SystemExit("BIOX_AMQP_URL is not set: start a broker with `biox broker start`")
     try:
@@ -91,6 +94,27 @@ def run_worker(role: str, participant: str, settings: Settings | None = None) ->
             log.error("metrics_not_served", port=settings.metrics_port, error=str(exc))
     log.info("start_up_frozen", objects=freeze_start_up())
     loop.run(stop)
+
+
+def prioritise(role: str, settings: Settings) -> None:
+    """The worker's CPU priority from ``BIOX_WORKER_NICE``, set before it starts a thread:
+    Linux keeps a nice value per thread, and a thread inherits its creator's. On cores
+    the workers share, every query waits for the matcher's search, and a search that
+    waits for a core makes all of them wait (docs/performance.md, "The matcher first").
+    Raising a priority needs CAP_SYS_NICE or an RLIMIT_NICE that allows it; without, the
+    worker says so and runs at the priority it was started with."""
+    try:
+        nice = parse_nice(settings.worker_nice).get(role)
+    except ValueError as exc:
+        raise SystemExit(f"BIOX_WORKER_NICE: {exc}") from exc
+    if nice is None:
+        return
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, nice)
+    except OSError as exc:
+        log.warning("priority_not_set", nice=nice, error=str(exc))
+        return
+    log.info("priority_set", nice=nice)
 
 
 def freeze_start_up() -> int:

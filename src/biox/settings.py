@@ -159,6 +159,15 @@ class Settings(BaseSettings):
             "competing processes and a batch of probes keeps one thread busy."
         ),
     )
+    worker_nice: str = Field(
+        default="query=-5,shard=-5",
+        description=(
+            "CPU priority (nice, -20..19) of the worker kinds named, e.g. 'query=-5': every "
+            "query waits for the matcher's search, so where workers share cores it goes "
+            "first. Raising one needs CAP_SYS_NICE or an RLIMIT_NICE that allows it "
+            "(systemd: LimitNICE=-5); without, the worker logs priority_not_set. '': none."
+        ),
+    )
 
     # broker behaviour
     prefetch: int = 256

@@ -50,6 +50,29 @@ def parse_counts(specs: list[str], default: int = 1, shards: int = 1) -> dict[st
     return counts
 
 
+def parse_nice(spec: str) -> dict[str, int]:
+    """``"query=-5,shard=-5"`` (``BIOX_WORKER_NICE``): the CPU priority of each worker
+    family named, as ``nice`` counts it (-20, first, to 19). The others keep the one they
+    were started with.
+
+    An unknown family or a value out of range is refused, naming it: a typo must not
+    quietly leave the matcher waiting behind the others for a core.
+    """
+    families = routes_for(1).specs
+    nice: dict[str, int] = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        kind, sep, value = part.partition("=")
+        if not sep or kind not in families:
+            raise ValueError(f"{part!r}: expected KIND=N with KIND one of {', '.join(families)}")
+        try:
+            nice[kind] = int(value)
+        except ValueError:
+            raise ValueError(f"{part!r}: the priority must be a whole number") from None
+        if not -20 <= nice[kind] <= 19:
+            raise ValueError(f"{part!r}: the priority must be from -20 to 19, as nice counts")
+    return nice
+
+
 def worker_argv(kind: str, participant: str) -> list[str]:
     """How to start the worker of a queue of ``routes_for``: a shard's queue (``shard.1``)
     by its family and its shard."""

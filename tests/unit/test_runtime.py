@@ -5,6 +5,10 @@ collection that walked it paused the batch in hand for 55-250 ms under load."""
 from __future__ import annotations
 
 import gc
+import json
+import os
+import subprocess
+import sys
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
@@ -57,6 +61,7 @@ def test_a_worker_freezes_its_start_up_before_it_consumes(
 
         def __init__(self, **kwargs: Any) -> None:
             self.metrics = None
+            seen["prioritised before the loop"] = seen.get("prioritised")
 
         def run(self, stop: object) -> None:
             seen["frozen"] = gc.get_freeze_count()
@@ -74,9 +79,74 @@ def test_a_worker_freezes_its_start_up_before_it_consumes(
     monkeypatch.setattr(runtime.logs, "configure", lambda *_, **__: None)
     monkeypatch.setattr(runtime, "load_ring", lambda *_: None)
     monkeypatch.setattr(runtime.signal, "signal", lambda *_: None)  # pytest keeps its own
+    monkeypatch.setattr(runtime, "prioritise", lambda role, _: seen.setdefault("prioritised", role))
     settings = Settings(data_dir=tmp_path, amqp_url="amqps://127.0.0.1:5671/%2F")
 
     runtime.run_worker("audit", "us", settings)
 
     assert seen["frozen"] > 10_000  # the worker's modules, mappers and registry
     assert ("start_up_frozen", {"objects": seen["frozen"]}) in seen["logged"]
+    assert seen["prioritised before the loop"] == "audit"  # before its link starts a thread
+
+
+#: a worker's start, as far as its priority: then a thread, as the link's I/O thread
+PRIORITISED = """
+import json, os, sys, threading
+from biox import runtime
+from biox.settings import Settings
+runtime.prioritise(sys.argv[1], Settings(worker_nice=sys.argv[2]))
+seen = {"main": os.getpriority(os.PRIO_PROCESS, 0)}
+def later(): seen["thread"] = os.getpriority(os.PRIO_PROCESS, 0)  # this thread's own
+t = threading.Thread(target=later); t.start(); t.join()
+print(json.dumps(seen))
+"""
+
+
+def prioritised(role: str, nice: str) -> dict[str, int]:
+    """In a process of its own: a priority, once lowered, is not this test runner's to
+    raise again without privilege."""
+    out = subprocess.run(
+        [sys.executable, "-c", PRIORITISED, role, nice], capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    return dict(json.loads(out.stdout.splitlines()[-1]))
+
+
+def test_a_worker_takes_its_kinds_priority_and_every_thread_it_starts_inherits_it() -> None:
+    started = os.getpriority(os.PRIO_PROCESS, 0)  # what a child starts with
+    assert prioritised("audit", f"query=-5,audit={min(started + 7, 19)}") == {
+        "main": min(started + 7, 19),
+        "thread": min(started + 7, 19),
+    }
+    # a kind the setting does not name keeps the priority it was started with
+    assert prioritised("intake", "query=-5") == {"main": started, "thread": started}
+    assert prioritised("query", "") == {"main": started, "thread": started}
+
+
+def test_a_priority_the_worker_may_not_take_is_logged_and_the_worker_runs_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    logged: list[tuple[str, dict[str, Any]]] = []
+
+    class Log:
+        def warning(self, event: str, **fields: Any) -> None:
+            logged.append((event, fields))
+
+        info = warning
+
+    def refused(which: int, who: int, nice: int) -> None:
+        raise PermissionError(1, "Operation not permitted")  # no CAP_SYS_NICE, no RLIMIT_NICE
+
+    monkeypatch.setattr(runtime, "log", Log())
+    monkeypatch.setattr(runtime.os, "setpriority", refused)
+
+    runtime.prioritise("query", Settings(worker_nice="query=-5"))
+
+    assert logged == [
+        ("priority_not_set", {"nice": -5, "error": "[Errno 1] Operation not permitted"})
+    ]
+
+
+def test_a_worker_refuses_a_priority_setting_it_cannot_read() -> None:
+    with pytest.raises(SystemExit, match="BIOX_WORKER_NICE: 'matcher=-5': expected KIND=N"):
+        runtime.prioritise("query", Settings(worker_nice="matcher=-5"))

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from biox.routes import ROUTES
-from biox.supervisor import Supervisor, parse_counts, read_status
+from biox.supervisor import Supervisor, parse_counts, parse_nice, read_status
 
 SLEEPS = "import time; time.sleep(60)"
 CRASHES = "import sys, time; time.sleep(0.1); sys.exit(3)"
@@ -35,6 +35,25 @@ def test_counts_default_to_one_of_each_kind_and_refuse_what_is_not_a_kind():
         parse_counts(["query=two"])
     with pytest.raises(ValueError, match="expected KIND=N"):
         parse_counts(["query"])
+
+
+def test_priorities_name_worker_families_and_nice_values_and_refuse_anything_else():
+    assert parse_nice("query=-5,shard=-5") == {"query": -5, "shard": -5}
+    assert parse_nice("") == {}
+    assert parse_nice(" audit=10 , ,intake=0") == {"audit": 10, "intake": 0}
+    assert parse_nice("query=-20,audit=19") == {"query": -20, "audit": 19}
+    with pytest.raises(ValueError, match="'matcher=-5': expected KIND=N with KIND one of intake"):
+        parse_nice("matcher=-5")
+    with pytest.raises(ValueError, match=r"'shard\.1=-5': expected KIND=N"):
+        parse_nice("shard.1=-5")  # a family, not one shard's queue: every shard searches
+    with pytest.raises(ValueError, match="'query=first': the priority must be a whole number"):
+        parse_nice("query=first")
+    with pytest.raises(ValueError, match="'query=-21': the priority must be from -20 to 19"):
+        parse_nice("query=-21")
+    with pytest.raises(ValueError, match="'audit=20': the priority must be from -20 to 19"):
+        parse_nice("audit=20")
+    with pytest.raises(ValueError, match="expected KIND=N"):
+        parse_nice("query")
 
 
 def test_a_worker_that_exits_is_restarted_with_a_doubling_back_off(tmp_path):

@@ -76,7 +76,7 @@ def serve(
     from biox import logs
     from biox.broker.topology import arrival_queues
     from biox.registry import Registry
-    from biox.supervisor import Supervisor, parse_counts
+    from biox.supervisor import Supervisor, parse_counts, parse_nice
 
     s = settings()
     me = code(participant)
@@ -88,6 +88,11 @@ def serve(
         counts = parse_counts([s.serve_counts, *count], shards=s.shards)
     except ValueError as e:
         console.print(f"[red]{e}[/]")
+        raise typer.Exit(2) from e
+    try:  # each worker would exit on it: said once, here
+        parse_nice(s.worker_nice)
+    except ValueError as e:
+        console.print(f"[red]BIOX_WORKER_NICE: {e}[/]")
         raise typer.Exit(2) from e
     from biox.trust.sealing import load_ring
 

@@ -105,8 +105,10 @@ print(json.dumps(seen))
 def prioritised(role: str, nice: str) -> dict[str, int]:
     """In a process of its own: a priority, once lowered, is not this test runner's to
     raise again without privilege."""
+    here = str(Path(runtime.__file__).parents[1])  # the biox this test imported, as it is
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([here, os.environ.get("PYTHONPATH", "")])}
     out = subprocess.run(
-        [sys.executable, "-c", PRIORITISED, role, nice], capture_output=True, text=True
+        [sys.executable, "-c", PRIORITISED, role, nice], capture_output=True, text=True, env=env
     )
     assert out.returncode == 0, out.stderr
     return dict(json.loads(out.stdout.splitlines()[-1]))

@@ -47,7 +47,6 @@ def build_handler(role: str, ctx: Context) -> Handler:
 def run_worker(role: str, participant: str, settings: Settings | None = None) -> None:
     settings = settings or Settings()
     logs.configure(settings.log_level, settings.log_json, participant=participant, worker=role)
-    prioritise(role, settings)
     if not settings.amqp_url:
         raise SystemExit("BIOX_AMQP_URL is not set: start a broker with `biox broker start`")
     try:
@@ -64,6 +63,7 @@ def run_worker(role: str, participant: str, settings: Settings | None = None) ->
         queue = routes.queue_for(role, settings.shard)
     except ValueError as exc:
         raise SystemExit(f"biox worker {role}: {exc}") from exc
+    prioritise(role, settings)  # its settings read, and no thread started yet
     ctx = context(participant, settings)
     handler = build_handler(role, ctx)
     with session_for(settings.database_for(participant)) as session:

@@ -26,7 +26,7 @@ from typing import IO
 
 import structlog
 
-from biox.routes import routes_for
+from biox.routes import ROUTES, routes_for
 
 log = structlog.get_logger("biox.supervisor")
 
@@ -58,7 +58,7 @@ def parse_nice(spec: str) -> dict[str, int]:
     An unknown family or a value out of range is refused, naming it: a typo must not
     quietly leave the matcher waiting behind the others for a core.
     """
-    families = routes_for(1).specs
+    families = ROUTES.specs  # worker families: whatever BIOX_SHARDS, "shard" is one
     nice: dict[str, int] = {}
     for part in filter(None, (p.strip() for p in spec.split(","))):
         kind, sep, value = part.partition("=")

@@ -136,7 +136,10 @@ def test_a_priority_the_worker_may_not_take_is_logged_and_the_worker_runs_on(
 
         info = warning
 
+    asked: list[tuple[int, int, int]] = []
+
     def refused(which: int, who: int, nice: int) -> None:
+        asked.append((which, who, nice))
         raise PermissionError(1, "Operation not permitted")  # no CAP_SYS_NICE, no RLIMIT_NICE
 
     monkeypatch.setattr(runtime, "log", Log())
@@ -144,9 +147,17 @@ def test_a_priority_the_worker_may_not_take_is_logged_and_the_worker_runs_on(
 
     runtime.prioritise("query", Settings(worker_nice="query=-5"))
 
+    assert asked == [(os.PRIO_PROCESS, 0, -5)]  # this thread, before it starts another
     assert logged == [
         ("priority_not_set", {"nice": -5, "error": "[Errno 1] Operation not permitted"})
     ]
+
+    logged.clear()
+    monkeypatch.setattr(runtime.os, "setpriority", lambda *args: asked.append(args))
+    runtime.prioritise("shard", Settings())  # the default: the shard searchers too
+
+    assert asked[-1] == (os.PRIO_PROCESS, 0, -5)
+    assert logged == [("priority_set", {"nice": -5})]
 
 
 def test_a_worker_refuses_a_priority_setting_it_cannot_read() -> None:

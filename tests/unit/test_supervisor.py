@@ -44,10 +44,15 @@ def test_priorities_name_worker_families_and_nice_values_and_refuse_anything_els
     assert parse_nice("query=-20,audit=19") == {"query": -20, "audit": 19}
     with pytest.raises(ValueError, match="'matcher=-5': expected KIND=N with KIND one of intake"):
         parse_nice("matcher=-5")
+    with pytest.raises(ValueError, match=", ".join(ROUTES.specs) + "$"):
+        parse_nice("matcher=-5")  # every family, as an operator would write it
     with pytest.raises(ValueError, match=r"'shard\.1=-5': expected KIND=N"):
         parse_nice("shard.1=-5")  # a family, not one shard's queue: every shard searches
     with pytest.raises(ValueError, match="'query=first': the priority must be a whole number"):
         parse_nice("query=first")
+    with pytest.raises(ValueError, match="'query=-5=1': the priority must be a whole number"):
+        parse_nice("query=-5=1")  # the kind is what comes before the first '='
+
     with pytest.raises(ValueError, match="'query=-21': the priority must be from -20 to 19"):
         parse_nice("query=-21")
     with pytest.raises(ValueError, match="'audit=20': the priority must be from -20 to 19"):

@@ -1,6 +1,8 @@
 """A worker's start-up is kept out of the cyclic collector's walks (docs/performance.md,
 "The collector's pauses"): what it built lives as long as the worker, and a full
-collection that walked it paused the batch in hand for 55-250 ms under load."""
+collection that walked it paused the batch in hand for 55-250 ms under load. And a
+worker takes its kind's CPU priority before it starts a thread (docs/performance.md, "The
+matcher first")."""
 
 from __future__ import annotations
 

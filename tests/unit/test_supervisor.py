@@ -52,7 +52,6 @@ def test_priorities_name_worker_families_and_nice_values_and_refuse_anything_els
         parse_nice("query=first")
     with pytest.raises(ValueError, match="'query=-5=1': the priority must be a whole number"):
         parse_nice("query=-5=1")  # the kind is what comes before the first '='
-
     with pytest.raises(ValueError, match="'query=-21': the priority must be from -20 to 19"):
         parse_nice("query=-21")
     with pytest.raises(ValueError, match="'audit=20': the priority must be from -20 to 19"):

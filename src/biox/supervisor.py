@@ -19,7 +19,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -39,15 +39,23 @@ def parse_counts(specs: list[str], default: int = 1, shards: int = 1) -> dict[st
     must not leave a queue without a consumer.
     """
     counts = dict.fromkeys(routes_for(shards).queues, default)
+    for part, kind, number in kind_values(specs, counts):
+        if not number.isdigit():
+            raise ValueError(f"{part!r}: the count must be a whole number")
+        counts[kind] = int(number)
+    return counts
+
+
+def kind_values(specs: Iterable[str], kinds: Iterable[str]) -> Iterator[tuple[str, str, str]]:
+    """Each ``KIND=VALUE`` of the comma-separated ``specs`` as (the part, KIND, VALUE): one
+    reading for the counts and the priorities, a kind not in ``kinds`` refused, named."""
+    known = list(kinds)
     for spec in specs:
         for part in filter(None, (p.strip() for p in spec.split(","))):
-            kind, sep, number = part.partition("=")
-            if not sep or kind not in counts:
-                raise ValueError(f"{part!r}: expected KIND=N with KIND one of {', '.join(counts)}")
-            if not number.isdigit():
-                raise ValueError(f"{part!r}: the count must be a whole number")
-            counts[kind] = int(number)
-    return counts
+            kind, sep, value = part.partition("=")
+            if not sep or kind not in known:
+                raise ValueError(f"{part!r}: expected KIND=N with KIND one of {', '.join(known)}")
+            yield part, kind, value
 
 
 def parse_nice(spec: str) -> dict[str, int]:
@@ -58,12 +66,9 @@ def parse_nice(spec: str) -> dict[str, int]:
     An unknown family or a value out of range is refused, naming it: a typo must not
     quietly leave the matcher waiting behind the others for a core.
     """
-    families = ROUTES.specs  # worker families: whatever BIOX_SHARDS, "shard" is one
     nice: dict[str, int] = {}
-    for part in filter(None, (p.strip() for p in spec.split(","))):
-        kind, sep, value = part.partition("=")
-        if not sep or kind not in families:
-            raise ValueError(f"{part!r}: expected KIND=N with KIND one of {', '.join(families)}")
+    # worker families: whatever BIOX_SHARDS, "shard" is one
+    for part, kind, value in kind_values([spec], ROUTES.specs):
         try:
             nice[kind] = int(value)
         except ValueError:

@@ -88,11 +88,10 @@ def score(gallery: Gallery, sample: Probes, calibration: Calibration, k: int) ->
             began = time.process_time()
             candidates = gallery.candidates(chunk, k)
             searching += time.process_time() - began
-            for i, (probe, found) in enumerate(zip(chunk, candidates, strict=True)):
+            for i, (probe, ids) in enumerate(zip(chunk, candidates, strict=True)):
                 row = start + i
-                if not found:
+                if not len(ids):
                     continue
-                ids = np.fromiter(sorted(found), np.int64)
                 raw = gallery.compare(probe, ids)
                 for rule, (scorer, modality) in rules.items():
                     part = only(raw, modality) if modality else raw

@@ -7,7 +7,9 @@ import pytest
 
 from biox.gallery import gallery as gallery_mod
 from biox.gallery import index as index_mod
-from biox.gallery.gallery import Gallery, Probe
+from biox.gallery.calibration import LikelihoodRatio, ScoreMap
+from biox.gallery.fusion import MeanRule
+from biox.gallery.gallery import Gallery, Hit, Probe
 from biox.gallery.index import IrisIndex, VectorIndex, nprobe_for
 from biox.gallery.templates import rotate_iris, vector
 from biox.sim import galleries, synth
@@ -59,6 +61,76 @@ def test_non_mated_probes_score_low(flat):
     strangers = [synth.stranger(SEED, {"mx": SIZE}, rng) for _ in range(10)]
     hits = gallery.search(probes_for(strangers), k=10, top=1)
     assert max(h[0].fused for h in hits) < 0.3
+
+
+def alone(gallery: Gallery, probe: Probe, k: int, top: int) -> list[Hit]:
+    """One probe ranked as the matcher ranked each probe before batches were fused at
+    once: its own candidates, each element scored by the index, fused, sorted stably."""
+    ids = np.fromiter(sorted(gallery.candidates([probe], k)[0].tolist()), np.int64)
+    if not len(ids):
+        return []
+    raw = {}
+
+    def spread(found: np.ndarray, values: np.ndarray) -> np.ndarray:
+        out = np.full(len(ids), np.nan, np.float32)
+        out[np.searchsorted(ids, found)] = values
+        return out
+
+    if probe.face is not None:
+        raw["face"] = spread(*gallery.face.scores(probe.face, ids))
+    for pos, v in probe.fingers.items():
+        raw[f"finger.{pos}"] = spread(*gallery.fingers[pos].scores(v, ids))
+    for eye, (code, mask) in probe.irises.items():
+        found, hd = gallery.irises[eye].scores(code, mask, ids)
+        raw[f"iris.{eye}"] = spread(found, 1.0 - hd)
+    fused = gallery.scorer(raw)
+    return [
+        Hit(
+            int(ids[j]),
+            round(float(fused.score[j]), 4),
+            {m: round(float(s[j]), 4) for m, s in fused.scores.items() if not np.isnan(s[j])},
+            None
+            if fused.evidence is None
+            else {
+                m: round(float(e[j]), 3) for m, e in fused.evidence.items() if not np.isnan(e[j])
+            },
+        )
+        for j in np.argsort(-fused.score, kind="stable")[:top]
+    ]
+
+
+@pytest.mark.parametrize("scorer", ["mean", "calibrated"])
+def test_a_batch_ranks_each_probe_exactly_as_that_probe_alone(flat, scorer):
+    """The batch is compared and fused at once; each probe's hits, scores and evidence
+    must be bit for bit what it gets on its own, whatever else the batch holds: probes
+    with a face only, irises only, fingers in another order, nothing at all, strangers."""
+    gallery, people = flat
+    rng = np.random.default_rng(5)
+    mates = probes_for(people[3:90:3], quality=55)
+    strangers = probes_for([synth.stranger(SEED, {"mx": SIZE}, rng) for _ in range(4)])
+    eyes = next(p for p in mates if len(p.irises) == 2)
+    tenprint = next(p for p in mates if len(p.fingers) > 2)
+    face_only = Probe(face=mates[0].face)
+    iris_only = Probe(irises=eyes.irises)
+    reversed_fingers = Probe(
+        face=tenprint.face, fingers=dict(reversed(list(tenprint.fingers.items())))
+    )
+    batch = [mates[0], face_only, Probe(), *strangers, iris_only, reversed_fingers, *mates[1:]]
+    if scorer == "calibrated":
+        gallery.scorer = LikelihoodRatio(
+            {"face": ScoreMap([0.2, 0.8], [-3.0, 5.0]), "finger": ScoreMap([0.3, 0.9], [-2.0, 4.0])}
+        )  # no map for the iris: it is evidence of nothing
+    try:
+        together = gallery.search(batch, k=10, top=3)
+        assert together == [alone(gallery, p, 10, 3) for p in batch]
+        assert together[2] == [] and len(together[0]) == 3
+        assert together[0][0].record_id == people[3]
+        if scorer == "calibrated":
+            assert set(together[0][0].evidence or {}) == {"face", "finger"}
+        one = gallery.search(batch, k=10, top=1)
+        assert one == [hits[:1] for hits in together]
+    finally:
+        gallery.scorer = MeanRule()
 
 
 def test_remove_takes_identities_out_of_every_index(flat):

@@ -7,6 +7,7 @@ once for many probes.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from collections.abc import Sequence
@@ -16,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from biox.gallery.fusion import MeanRule, Scorer
+from biox.gallery.fusion import Fused, MeanRule, Scorer
 from biox.gallery.index import IndexKind, IrisIndex, VectorIndex
 from biox.gallery.templates import iris_code, vector
 from biox.gallery.vectors import VectorStore
@@ -151,24 +152,34 @@ class Gallery:
     # --- search ---------------------------------------------------------------------------
 
     def search(self, probes: Sequence[Probe], k: int = 10, top: int = 3) -> list[list[Hit]]:
-        """Best ``top`` fused hits per probe; candidates come from every modality."""
+        """Best ``top`` fused hits per probe; candidates come from every modality. The
+        whole batch is compared and fused at once ("Search" in docs/architecture.md)."""
         found = self.candidates(probes, k)
-        return [self._rank(p, c, top) for p, c in zip(probes, found, strict=True)]
+        bounds = np.zeros(len(found) + 1, np.int64)
+        np.cumsum([len(ids) for ids in found], out=bounds[1:])
+        if not bounds[-1]:
+            return [[] for _ in probes]
+        ids = np.concatenate(found)
+        return _ranked(ids, self.scorer(self._raw(probes, ids, bounds)), bounds, top)
 
-    def candidates(self, probes: Sequence[Probe], k: int) -> list[set[int]]:
-        """The union of each index's ``k`` nearest, per probe."""
-        candidates: list[set[int]] = [set() for _ in probes]
+    def candidates(self, probes: Sequence[Probe], k: int) -> list[np.ndarray]:
+        """The union of each index's ``k`` nearest, per probe: its ids, ascending."""
+        found: list[list[np.ndarray]] = [[] for _ in probes]
         for name, ix in self._vector_indexes().items():
             rows, queries = self._queries_for(name, probes)
             if not rows:
                 continue
-            _, found = ix.search(np.stack(queries), k)
-            for row, ids in zip(rows, found, strict=True):
-                candidates[row].update(int(i) for i in ids if i >= 0)
+            _, near = ix.search(np.stack(queries), k)
+            for row, ids in zip(rows, near, strict=True):
+                found[row].append(ids)
         for i, probe in enumerate(probes):
             for eye, (code, _mask) in probe.irises.items():
-                candidates[i].update(self.irises[eye].candidates(code, k).tolist())
-        return candidates
+                found[i].append(self.irises[eye].candidates(code, k))
+        out = []
+        for parts in found:
+            ids = np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
+            out.append(ids[ids >= 0])
+        return out
 
     @staticmethod
     def _queries_for(name: str, probes: Sequence[Probe]) -> tuple[list[int], list[np.ndarray]]:
@@ -181,41 +192,32 @@ class Gallery:
         return rows, queries
 
     def compare(self, probe: Probe, ids: np.ndarray) -> dict[str, np.ndarray]:
-        """Raw similarity of ``probe`` to each of ``ids`` (sorted), per element: cosine for
-        the face and each finger, ``1 - HD`` for each eye; NaN where a side lacks it."""
-        raw: dict[str, np.ndarray] = {}
-        if probe.face is not None:
-            raw["face"] = _scatter(ids, *self.face.scores(probe.face, ids))
-        for p, v in probe.fingers.items():
-            raw[f"finger.{p}"] = _scatter(ids, *self.fingers[p].scores(v, ids))
-        for eye, (code, mask) in probe.irises.items():
-            found, hd = self.irises[eye].scores(code, mask, ids)
-            raw[f"iris.{eye}"] = _scatter(ids, found, 1.0 - hd)
-        return raw
+        """Raw similarity of ``probe`` to each of ``ids`` (ascending), per element it has:
+        cosine for the face and each finger, ``1 - HD`` for each eye; NaN where the
+        candidate lacks it."""
+        return self._raw([probe], np.asarray(ids, np.int64), np.array([0, len(ids)]))
 
-    def _rank(self, probe: Probe, candidates: set[int], top: int) -> list[Hit]:
-        if not candidates:
-            return []
-        ids = np.fromiter(sorted(candidates), dtype=np.int64)
-        fused = self.scorer(self.compare(probe, ids))
-        order = np.argsort(-fused.score, kind="stable")[:top]
-        return [
-            Hit(
-                record_id=int(ids[j]),
-                fused=round(float(fused.score[j]), 4),
-                scores={
-                    m: round(float(s[j]), 4) for m, s in fused.scores.items() if not np.isnan(s[j])
-                },
-                evidence=None
-                if fused.evidence is None
-                else {
-                    m: round(float(e[j]), 3)
-                    for m, e in fused.evidence.items()
-                    if not np.isnan(e[j])
-                },
-            )
-            for j in order
-        ]
+    def _raw(
+        self, probes: Sequence[Probe], ids: np.ndarray, bounds: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        """``compare`` for a batch: probe ``i``'s candidates are ``ids[bounds[i]:bounds[i
+        + 1]]``. One element's templates are gathered once for the whole batch; each
+        probe's scores are still its own product, as one probe's compare makes them."""
+        raw: dict[str, np.ndarray] = {}
+        if any(p.face is not None for p in probes):
+            raw["face"] = _cosines(self.face, [p.face for p in probes], ids, bounds)
+        for pos in dict.fromkeys(pos for p in probes for pos in p.fingers):
+            queries = [p.fingers.get(pos) for p in probes]
+            raw[f"finger.{pos}"] = _cosines(self.fingers[pos], queries, ids, bounds)
+        for eye in dict.fromkeys(eye for p in probes for eye in p.irises):
+            out = np.full(len(ids), np.nan, np.float32)
+            for i, p in enumerate(probes):
+                if eye in p.irises:
+                    a, b = bounds[i], bounds[i + 1]
+                    found, hd = self.irises[eye].scores(*p.irises[eye], ids[a:b])
+                    out[a + np.searchsorted(ids[a:b], found)] = 1.0 - hd
+            raw[f"iris.{eye}"] = out
+        return raw
 
     # --- persistence ----------------------------------------------------------------------
 
@@ -318,10 +320,57 @@ def physical_memory() -> int:
     return min(machine, int(limit)) if limit.isdigit() else machine
 
 
-def _scatter(ids: np.ndarray, found: np.ndarray, values: np.ndarray) -> np.ndarray:
+def _cosines(
+    ix: VectorIndex, queries: Sequence[np.ndarray | None], ids: np.ndarray, bounds: np.ndarray
+) -> np.ndarray:
+    """Cosine of probe ``i``'s template (``queries[i]``; None: it has none) to each of its
+    candidates ``ids[bounds[i]:bounds[i + 1]]`` this index holds; NaN elsewhere."""
     out = np.full(len(ids), np.nan, np.float32)
-    out[np.searchsorted(ids, found)] = values
+    owner = np.repeat(np.arange(len(queries)), np.diff(bounds))
+    has = np.fromiter((q is not None for q in queries), bool, len(queries))
+    at = np.flatnonzero(has[owner])
+    at = at[ix.present.mask(ids[at])]
+    if not len(at):
+        return out
+    stored = ix.vectors(ids[at])  # one gather for the batch
+    cuts = np.searchsorted(owner[at], np.arange(len(queries) + 1)).tolist()
+    for i, query in enumerate(queries):
+        if query is not None and cuts[i] < cuts[i + 1]:
+            out[at[cuts[i] : cuts[i + 1]]] = stored[cuts[i] : cuts[i + 1]] @ query
     return out
+
+
+def _ranked(ids: np.ndarray, fused: Fused, bounds: np.ndarray, top: int) -> list[list[Hit]]:
+    """Each probe's best ``top`` of its candidates ``ids[bounds[i]:bounds[i + 1]]`` by the
+    fused score, ties to the lower id. The scorer works candidate by candidate, so the
+    batch was fused in one call; only the hits kept become Python objects."""
+    owner = np.repeat(np.arange(len(bounds) - 1), np.diff(bounds))
+    order = np.lexsort((-fused.score, owner))  # stable: a tie keeps the ascending ids
+    spans = [(a, min(a + top, b)) for a, b in itertools.pairwise(bounds.tolist())]
+    kept = np.concatenate([order[a:b] for a, b in spans])
+    record, score = ids[kept].tolist(), fused.score[kept].tolist()
+    scores = {m: s[kept].tolist() for m, s in fused.scores.items()}
+    evidence = (
+        None if fused.evidence is None else {m: e[kept].tolist() for m, e in fused.evidence.items()}
+    )
+    hits: list[list[Hit]] = []
+    start = 0
+    for a, b in spans:
+        hits.append(
+            [
+                Hit(
+                    record_id=record[j],
+                    fused=round(score[j], 4),
+                    scores={m: round(v[j], 4) for m, v in scores.items() if v[j] == v[j]},
+                    evidence=None
+                    if evidence is None
+                    else {m: round(v[j], 3) for m, v in evidence.items() if v[j] == v[j]},
+                )
+                for j in range(start, start + b - a)
+            ]
+        )
+        start += b - a
+    return hits
 
 
 def synced(path: Path) -> None:

@@ -304,7 +304,7 @@ def score_table(gallery: Gallery, sample: Probes, k: int, seed: int) -> ScoreTab
     found = gallery.candidates(sample.probes, k)
     for i, (probe, ids) in enumerate(zip(sample.probes, found, strict=True)):
         mate = int(sample.mate[i])
-        chosen = set(ids) | set(rng.integers(0, gallery.size, k).tolist())
+        chosen = set(ids.tolist()) | set(rng.integers(0, gallery.size, k).tolist())
         if mate >= 0:
             chosen.add(mate)
         ordered = np.fromiter(sorted(chosen), np.int64)

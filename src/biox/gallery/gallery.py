@@ -153,7 +153,7 @@ class Gallery:
 
     def search(self, probes: Sequence[Probe], k: int = 10, top: int = 3) -> list[list[Hit]]:
         """Best ``top`` fused hits per probe; candidates come from every modality. The
-        whole batch is compared and fused at once ("Search" in docs/architecture.md)."""
+        whole batch is compared and fused at once ("Gallery" in docs/architecture.md)."""
         found = self.candidates(probes, k)
         bounds = np.zeros(len(found) + 1, np.int64)
         np.cumsum([len(ids) for ids in found], out=bounds[1:])

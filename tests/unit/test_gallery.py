@@ -63,12 +63,8 @@ def test_non_mated_probes_score_low(flat):
     assert max(h[0].fused for h in hits) < 0.3
 
 
-def alone(gallery: Gallery, probe: Probe, k: int, top: int) -> list[Hit]:
-    """One probe ranked as the matcher ranked each probe before batches were fused at
-    once: its own candidates, each element scored by the index, fused, sorted stably."""
-    ids = np.fromiter(sorted(gallery.candidates([probe], k)[0].tolist()), np.int64)
-    if not len(ids):
-        return []
+def compared_alone(gallery: Gallery, probe: Probe, ids: np.ndarray) -> dict[str, np.ndarray]:
+    """One probe's element scores as each index gives them, one probe at a time."""
     raw = {}
 
     def spread(found: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -83,6 +79,16 @@ def alone(gallery: Gallery, probe: Probe, k: int, top: int) -> list[Hit]:
     for eye, (code, mask) in probe.irises.items():
         found, hd = gallery.irises[eye].scores(code, mask, ids)
         raw[f"iris.{eye}"] = spread(found, 1.0 - hd)
+    return raw
+
+
+def alone(gallery: Gallery, probe: Probe, k: int, top: int) -> list[Hit]:
+    """One probe ranked as the matcher ranked each probe before batches were fused at
+    once: its own candidates, each element scored by the index, fused, sorted stably."""
+    ids = np.fromiter(sorted(gallery.candidates([probe], k)[0].tolist()), np.int64)
+    if not len(ids):
+        return []
+    raw = compared_alone(gallery, probe, ids)
     fused = gallery.scorer(raw)
     return [
         Hit(
@@ -129,8 +135,40 @@ def test_a_batch_ranks_each_probe_exactly_as_that_probe_alone(flat, scorer):
             assert set(together[0][0].evidence or {}) == {"face", "finger"}
         one = gallery.search(batch, k=10, top=1)
         assert one == [hits[:1] for hits in together]
+        assert gallery.search([Probe(), mates[0]], k=10, top=3) == [[], together[0]]
+        assert {type(h.record_id) for hits in together for h in hits} == {int}
     finally:
         gallery.scorer = MeanRule()
+
+
+def test_compare_gives_each_element_score_the_index_gives(flat):
+    """``compare`` (what the evaluation and the calibration read) is the batch's code for
+    one probe: each element's score for every candidate, NaN where one side lacks it."""
+    gallery, people = flat
+    probes = probes_for(people[:60:4])
+    assert any(p.irises for p in probes) and any(len(p.fingers) > 2 for p in probes)
+    absent = min(set(range(1, SIZE)) - set(people))  # an id the gallery does not hold
+    for probe in [*probes, Probe(face=probes[0].face)]:
+        chosen = [*gallery.candidates([probe], 10)[0].tolist(), people[0], absent, max(people)]
+        ids = np.unique(chosen)
+        got, want = gallery.compare(probe, ids), compared_alone(gallery, probe, ids)
+        assert list(got) == list(want)
+        for element, scores in want.items():
+            np.testing.assert_array_equal(got[element], scores)
+        assert np.isnan(got["face"][np.searchsorted(ids, absent)])
+        assert not np.isnan(got["face"][[0, -1]]).any()  # the first and the last are held
+
+
+def test_identity_zero_is_a_candidate_like_any_other(flat):
+    """FAISS pads a short answer with -1, which is dropped; id 0 is a real identity."""
+    _, people = flat
+    two = probes_for(people[:2])
+    gallery = Gallery("flat")
+    gallery.enroll([0, 1], two)
+    assert [[h.record_id for h in hits] for hits in gallery.search(two, k=10, top=3)] == [
+        [0, 1],
+        [1, 0],
+    ]
 
 
 def test_remove_takes_identities_out_of_every_index(flat):

@@ -2,7 +2,8 @@
 
 Searches are batched: all probes waiting in a consume batch go to FAISS in one call per
 index, because single-query flat search is memory-bound and a batch reads the gallery
-once for many probes.
+once for many probes; and their candidates are then compared and fused together, because
+a numpy call on a probe's 25 candidates costs what it costs on a batch's 1 500.
 """
 
 from __future__ import annotations

@@ -205,11 +205,12 @@ class Gallery:
         + 1]]``. One element's templates are gathered once for the whole batch; each
         probe's scores are still its own product, as one probe's compare makes them."""
         raw: dict[str, np.ndarray] = {}
+        owner = np.repeat(np.arange(len(probes)), np.diff(bounds))  # each candidate's probe
         if any(p.face is not None for p in probes):
-            raw["face"] = _cosines(self.face, [p.face for p in probes], ids, bounds)
+            raw["face"] = _cosines(self.face, [p.face for p in probes], ids, owner)
         for pos in dict.fromkeys(pos for p in probes for pos in p.fingers):
             queries = [p.fingers.get(pos) for p in probes]
-            raw[f"finger.{pos}"] = _cosines(self.fingers[pos], queries, ids, bounds)
+            raw[f"finger.{pos}"] = _cosines(self.fingers[pos], queries, ids, owner)
         for eye in dict.fromkeys(eye for p in probes for eye in p.irises):
             out = np.full(len(ids), np.nan, np.float32)
             for i, p in enumerate(probes):
@@ -322,12 +323,12 @@ def physical_memory() -> int:
 
 
 def _cosines(
-    ix: VectorIndex, queries: Sequence[np.ndarray | None], ids: np.ndarray, bounds: np.ndarray
+    ix: VectorIndex, queries: Sequence[np.ndarray | None], ids: np.ndarray, owner: np.ndarray
 ) -> np.ndarray:
     """Cosine of probe ``i``'s template (``queries[i]``; None: it has none) to each of its
-    candidates ``ids[bounds[i]:bounds[i + 1]]`` this index holds; NaN elsewhere."""
+    candidates (``ids[j]`` where ``owner[j] == i``, ascending) this index holds; NaN
+    elsewhere."""
     out = np.full(len(ids), np.nan, np.float32)
-    owner = np.repeat(np.arange(len(queries)), np.diff(bounds))
     has = np.fromiter((q is not None for q in queries), bool, len(queries))
     at = np.flatnonzero(has[owner])
     at = at[ix.present.mask(ids[at])]

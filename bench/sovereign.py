@@ -18,6 +18,7 @@ import time
 import numpy as np
 
 from bench import hops
+from bench.links import LinkWatch
 from bench.run import (
     REGISTRY,
     RESULTS,
@@ -29,7 +30,9 @@ from bench.run import (
     provider_gallery,
     saturate,
 )
+from biox.broker.definitions import SHOVEL_PREFETCH
 from biox.dev.broker import LocalBroker
+from biox.dev.cluster import LocalCluster
 from biox.dev.sovereign import SovereignBrokers
 from biox.registry import Registry
 from biox.settings import Settings
@@ -82,9 +85,11 @@ def sovereign(
             (brokers.url(c), brokers.credentials(c, Role.workers), [addresses.queue(c, "audit")])
             for c in kinds
         ]
+        watch = LinkWatch(metrics_urls(brokers), link_queues(registry, kinds)).start()
         saturated = saturate(url, sizes, base, n, pids, audits, **connect)
         throughput, cpu_ms = saturated.throughput, saturated.cpu_ms
         half = pipeline_run(url, sizes, base, max(n // 2, 500), throughput / 2, **connect)
+        links = watch.stop()
     finally:
         if workers is not None:
             workers.stop()
@@ -104,7 +109,27 @@ def sovereign(
         "wrong": saturated.wrong + half.wrong,
         "cpu_ms_per_query": cpu_ms,
         "audit_drain_s": saturated.audit_drain_s,
+        "links": links,
     }
+
+
+def metrics_urls(brokers: SovereignBrokers) -> dict[str, str]:
+    """Each broker's Prometheus endpoint, every node of a cluster by its own name."""
+    urls = {}
+    for code, broker in brokers.brokers.items():
+        nodes = broker.nodes if isinstance(broker, LocalCluster) else [broker]
+        for i, node in enumerate(nodes):
+            assert node.state is not None
+            urls[code if len(nodes) == 1 else f"{code}.n{i}"] = node.state.metrics_url
+    return urls
+
+
+def link_queues(registry: Registry, kinds: dict[str, tuple[str, ...]]) -> tuple[str, ...]:
+    """The queues the shovels consume between the participants this run starts."""
+    codes = [c for c in registry.codes if c in kinds]
+    return tuple(
+        addresses.link_queue(c, p) for c in codes for p in registry.linked(c) if p in codes
+    )
 
 
 def main() -> None:
@@ -143,6 +168,15 @@ def main() -> None:
         console.print("[bold]three sovereign brokers, us on a three-node cluster[/]")
         results["cluster"] = sovereign(args.size, args.queries, settings, nodes={"us": 3})
         console.print(results["cluster"])
+    for layout in ("sovereign", "replicated", "cluster"):  # the levers issue 23 names
+        for name, seen in (results.get(layout) or {}).get("links", {}).items():
+            console.print(
+                f"{layout}, {name}'s broker while measured: {seen['connections_opened']} "
+                f"connections opened (TLS handshakes), its shovels held at most "
+                f"{seen['link_unacked_max']:g} unacknowledged of a prefetch of "
+                f"{SHOVEL_PREFETCH}, "
+                f"{seen['link_ready_max']:g} waiting ({seen['scrapes']} scrapes)"
+            )
     for layout in ("single", "sovereign"):  # where the layout's extra latency is spent
         spent = results[layout].get("half_load_hops") or {}
         console.print(

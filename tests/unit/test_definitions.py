@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import re
 
-from biox.broker.definitions import definitions, shovel_uri, split_shovels
+from biox.broker.definitions import SHOVEL_PREFETCH, definitions, shovel_uri, split_shovels
 from biox.broker.topology import (
     PARKED_ARGUMENTS,
     bindings,
@@ -265,6 +265,7 @@ def test_one_shovel_per_partner_acks_only_what_the_partner_confirmed_and_names_i
     assert mx["src-queue"] == "us.link.mx"
     assert mx["dest-uri"] == URIS["mx"] and mx["dest-exchange"] == "biox.mx.partners.us"
     assert mx["ack-mode"] == "on-confirm"
+    assert mx["src-prefetch-count"] == SHOVEL_PREFETCH == 1000  # bounded, and reviewed
     assert mx["dest-publish-properties"] == {"user_id": "us.link"}
 
 

@@ -77,6 +77,12 @@ class Limits:
 
 #: a link queue holds what waits for a partner that is down: bounded, never dropped
 LINK_ARGUMENTS: dict[str, object] = {"x-queue-type": "quorum", "x-overflow": "reject-publish"}
+#: the most a shovel holds unacknowledged (RabbitMQ's default, written out so that it is
+#: reviewed): on-confirm, that many messages may be on the wire to the partner at once, so
+#: a link of 100 ms round trip still carries 10 000 a second. Under `bench.sovereign`'s
+#: saturated load the shovels never held more than a handful (docs/performance.md, "The
+#: layout's levers")
+SHOVEL_PREFETCH = 1000
 
 
 def _either(*names: str) -> str:
@@ -259,6 +265,7 @@ def definitions(
                 # the partner's broker stamps who is speaking: our link user
                 "dest-publish-properties": {"user_id": broker_user(code, Role.link)},
                 "ack-mode": "on-confirm",
+                "src-prefetch-count": SHOVEL_PREFETCH,
                 "reconnect-delay": 2,
             },
         }

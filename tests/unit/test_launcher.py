@@ -6,6 +6,7 @@ with its answers (the sovereign integration tests run the real one)."""
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 
 import biox.dev.broker as launcher
+import biox.dev.host as host
 from biox.dev.broker import BrokerError, BrokerState, LocalBroker
 
 UNREACHED = (
@@ -98,3 +100,41 @@ def test_no_user_with_limits_means_no_call(broker, monkeypatch):
     monkeypatch.setattr(launcher.subprocess, "run", cli)
     broker._limit_users({"users": [{"name": "us.workers"}]})
     assert cli.calls == []
+
+
+def test_a_free_port_is_below_where_outgoing_connections_take_theirs_and_never_given_twice():
+    """A broker binds its ports seconds after they are chosen. Ports from the kernel's
+    ephemeral range were also taken in between by outgoing connections (a readiness
+    probe's own end), and the broker did not start (``dist_port_already_used``)."""
+    low, _ = host.ephemeral_range()
+    given = [host.free_port() for _ in range(200)]
+    assert len(set(given)) == 200
+    assert all(10_000 <= p < low for p in given)
+    for port in given[:5]:  # and each bindable when handed out
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", port))
+
+
+def test_a_port_someone_listens_on_is_not_handed_out(monkeypatch):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        tries = iter([busy, busy, 23_456])
+        monkeypatch.setattr(host.random, "randrange", lambda a, b: next(tries))
+        monkeypatch.setattr(host, "_GIVEN", set())
+        monkeypatch.setattr(host, "ephemeral_range", lambda: (32768, 60999))
+        assert host.free_port() == 23_456
+
+
+def test_a_host_whose_ephemeral_range_starts_low_gets_the_kernels_choice(monkeypatch):
+    monkeypatch.setattr(host, "ephemeral_range", lambda: (1024, 65000))
+    port = host.free_port()
+    assert port in host._GIVEN
+
+
+def test_the_ephemeral_range_is_read_from_the_kernel_or_linuxs_default(monkeypatch, tmp_path):
+    low, high = host.ephemeral_range()
+    assert 0 < low < high <= 65535
+    monkeypatch.setattr(host, "Path", lambda _: tmp_path / "missing")
+    assert host.ephemeral_range() == (32768, 60999)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -506,3 +507,88 @@ def test_memory_for_read_ahead_is_a_containers_limit_where_it_has_one(tmp_path, 
         assert gallery_module.physical_memory() == expected
     limit.write_text(f"{2 * machine}\n")  # a limit above the machine's memory is no limit
     assert gallery_module.physical_memory() == machine
+
+
+def _vector_as_before(data: bytes) -> np.ndarray:
+    """The reading of a template before it took one pass (2026-12-06): a copy, a finiteness
+    pass, ``np.linalg.norm``, the division. The oracle for the values it did accept."""
+    vec = np.frombuffer(data, dtype="<f4").astype(np.float32)
+    assert np.all(np.isfinite(vec))
+    norm = float(np.linalg.norm(vec))
+    assert norm >= 1e-12
+    return vec / norm
+
+
+@pytest.mark.parametrize("scale", [1e-9, 1e-3, 1.0, 37.5, 1e6, 1e15])
+def test_a_template_reads_bit_for_bit_as_it_did_before_it_took_one_pass(scale):
+    from biox.gallery.templates import vector as read_vector
+
+    rng = np.random.default_rng(int(scale * 1000) % 2**32)
+    for dim, algorithm, modality in (
+        (512, "biox-face-512/1", "face"),
+        (192, "biox-finger-192/1", "finger"),
+    ):
+        for _ in range(20):
+            data = (rng.standard_normal(dim) * scale).astype("<f4").tobytes()
+            got = read_vector(algorithm, modality, data)
+            assert got.dtype == np.float32 and got.flags.writeable
+            assert got.tobytes() == _vector_as_before(data).tobytes()
+
+
+@pytest.mark.parametrize("value", [1e20, -3e25, 3.4e38])
+def test_a_template_of_finite_values_too_large_to_square_in_float32_is_still_normalised(value):
+    """Its float32 sum of squares is infinite: it was divided by infinity into an all-zero
+    vector that matched nothing, and no one was told. Now its norm is taken in float64."""
+    from biox.gallery.templates import vector as read_vector
+
+    v = np.ones(512, "<f4") * np.float32(value)
+    v[7] = np.float32(value) / 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # and no overflow warning in a worker's output
+        got = read_vector("biox-face-512/1", "face", v.tobytes())
+    assert got.dtype == np.float32
+    assert float(np.linalg.norm(got.astype(np.float64))) == pytest.approx(1.0, abs=1e-6)
+    expected = v.astype(np.float64) / np.linalg.norm(v.astype(np.float64))
+    assert np.allclose(got, expected, atol=1e-7)
+
+
+@pytest.mark.parametrize(
+    ("poison", "says"),
+    [(np.nan, "NaN or infinite value"), (np.inf, "NaN or infinite value"), (-np.inf, "NaN")],
+)
+def test_one_bad_value_among_good_ones_is_refused_whatever_the_others(poison, says):
+    from biox.gallery.templates import vector as read_vector
+
+    for others in (1.0, 1e20, 0.0):  # a finite sum otherwise, an overflowing one, none
+        v = np.full(192, others, "<f4")
+        v[101] = poison
+        with pytest.raises(PermanentError) as info:
+            read_vector("biox-finger-192/1", "finger", v.tobytes())
+        assert info.value.reason is Reason.template_invalid and says in info.value.detail
+
+
+def test_intake_checks_a_template_as_the_matcher_reads_it():
+    """``check`` (intake) and ``vector`` (the matcher) share one reading: what one refuses
+    the other refuses, with the same reason and words."""
+    from biox.gallery.templates import check
+    from biox.gallery.templates import vector as read_vector
+
+    for data in (
+        np.zeros(512, "<f4").tobytes(),
+        np.full(512, np.nan, "<f4").tobytes(),
+        bytes(10),
+        np.full(512, 1e-30, "<f4").tobytes(),
+    ):
+        with pytest.raises(PermanentError) as by_matcher:
+            read_vector("biox-face-512/1", "face", data)
+        with pytest.raises(PermanentError) as by_intake:
+            check(Biometrics(face=Face(algorithm="biox-face-512/1", template=data)))
+        assert (by_intake.value.reason, by_intake.value.detail) == (
+            by_matcher.value.reason,
+            by_matcher.value.detail,
+        )
+    check(
+        Biometrics(
+            face=Face(algorithm="biox-face-512/1", template=np.full(512, 1e20, "<f4").tobytes())
+        )
+    )

@@ -8,6 +8,7 @@ on-call engineer can act on and "bad input" is not.
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -28,19 +29,38 @@ def algorithm(name: str, modality: str) -> Algorithm:
 
 def vector(name: str, modality: str, data: bytes) -> np.ndarray:
     """A float32 template as an L2-normalised vector, or a specific rejection."""
+    vec, norm = _read(name, modality, data)
+    return vec / norm
+
+
+def _read(name: str, modality: str, data: bytes) -> tuple[np.ndarray, float]:
+    """A template's values and their L2 norm, once its bytes are known to be a vector.
+
+    Intake reads three templates of every submission and the matcher three of every probe,
+    so the usual case takes one pass: the float32 sum of squares (what ``np.linalg.norm``
+    computes) is finite and non-zero only if every value is finite and one is not zero.
+    Only a template that fails it is read again, for its reason; one whose values are
+    finite but whose squares pass float32's range is normalised in float64 (and returned
+    so, with a norm of 1), not divided by infinity into an all-zero vector, which matches
+    nothing and says nothing."""
     algo = algorithm(name, modality)
     if len(data) != algo.nbytes:
         raise PermanentError(
             Reason.template_size,
             f"{modality} {name}: {len(data)} bytes, expected {algo.nbytes} ({algo.dim} x float32)",
         )
-    vec = np.frombuffer(data, dtype="<f4").astype(np.float32)
+    vec = np.frombuffer(data, dtype="<f4")
+    with np.errstate(over="ignore", invalid="ignore"):
+        norm = float(np.sqrt(vec.dot(vec)))
+    if 1e-12 <= norm < math.inf:
+        return vec, norm
     if not np.all(np.isfinite(vec)):
         raise PermanentError(Reason.template_invalid, f"{modality} {name}: NaN or infinite value")
-    norm = float(np.linalg.norm(vec))
+    wide = vec.astype(np.float64)
+    norm = math.sqrt(float(wide.dot(wide)))
     if norm < 1e-12:
         raise PermanentError(Reason.template_invalid, f"{modality} {name}: all-zero vector")
-    return vec / norm
+    return (wide / norm).astype(np.float32), 1.0  # its norm may be past float32's range too
 
 
 def iris_code(name: str, code: bytes, mask: bytes) -> tuple[np.ndarray, np.ndarray]:
@@ -61,9 +81,9 @@ def check(biometrics: Biometrics) -> None:
     """Every template readable by its algorithm, or the first one's specific rejection:
     intake refuses a bad template before it is sent to partners or enrolled."""
     for f in biometrics.fingerprints:
-        vector(f.algorithm, "finger", f.template)
+        _read(f.algorithm, "finger", f.template)
     if biometrics.face is not None:
-        vector(biometrics.face.algorithm, "face", biometrics.face.template)
+        _read(biometrics.face.algorithm, "face", biometrics.face.template)
     for i in biometrics.irises:
         iris_code(i.algorithm, i.code, i.mask)
 

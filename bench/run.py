@@ -625,17 +625,30 @@ def saturate(
     saturation would otherwise have the figure count work it only postponed. Each round
     starts once they have caught up with what came before (the warm-up's copies, the
     round before), so that it counts no work of earlier runs either."""
-    rounds = []
     with profile or contextlib.nullcontext():
-        for _ in range(ROUNDS):
-            drain(audits)
-            before = {name: cpu_seconds(pid) for name, pid in pids.items()}
-            sat = pipeline_run(url, sizes, base, n, 0, **connect)
-            backlog, drain_s = drain(audits)
-            cpu_ms = cpu_ms_per_query(pids, before, n)
-            throughput = sat.sent / (sat.seconds + drain_s)
-            rounds.append(Saturated(sat, throughput, cpu_ms, backlog, drain_s))
+        rounds = [
+            saturated_round(url, sizes, base, n, pids, audits, **connect) for _ in range(ROUNDS)
+        ]
     return Saturated.median_of(rounds)
+
+
+def saturated_round(
+    url: str,
+    sizes: dict[str, int],
+    base: list[plans.Planned],
+    n: int,
+    pids: dict[str, int],
+    audits: list[AuditQueues],
+    **connect: Any,
+) -> Saturated:
+    """One of ``saturate``'s rounds; `bench.sovereign` takes two layouts' rounds in turn."""
+    drain(audits)
+    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    sat = pipeline_run(url, sizes, base, n, 0, **connect)
+    backlog, drain_s = drain(audits)
+    cpu_ms = cpu_ms_per_query(pids, before, n)
+    throughput = sat.sent / (sat.seconds + drain_s)
+    return Saturated(sat, throughput, cpu_ms, backlog, drain_s)
 
 
 def cpu_seconds(pid: int) -> float:

@@ -1,6 +1,7 @@
-"""The bench's watch on the sovereign layout's links (``bench/links.py``): what it reads
-from a broker's Prometheus text, and what it reports over a run, against a small HTTP
-server that answers as RabbitMQ's endpoint does."""
+"""How `bench.sovereign` measures the layout against the shared broker: its watch on the
+links (``bench/links.py``: what it reads from a broker's Prometheus text, and what it
+reports over a run, against a small HTTP server that answers as RabbitMQ's endpoint
+does), and the two layouts taking turns (``bench.sovereign.in_turn``)."""
 
 from __future__ import annotations
 
@@ -100,3 +101,58 @@ def test_a_watch_scrapes_before_during_and_after_and_a_broker_down_is_counted(en
     assert got["us"]["connections_opened"] == 6  # 20 before, 26 after
     assert got["us"]["link_unacked_max"] == 9 and got["us"]["link_ready_max"] == 1
     assert "mx" not in got and watch.failed == len(served)  # every try at mx refused
+
+
+def test_two_layouts_take_turns_round_by_round_and_each_half_load_is_its_own(monkeypatch):
+    """``bench.sovereign.in_turn``: A B, B A, A B saturated, then the half-load run in two
+    halves, B A, A B, each at half its own layout's median round, and each layout's figures
+    from its own rounds and halves alone."""
+    from bench import hops as hops_mod
+    from bench import run as bench_run
+    from bench import sovereign as sv
+    from bench.run import Run, Saturated
+
+    calls: list[tuple[str, str, int, float]] = []
+    speed = {"a": iter([300.0, 360.0, 330.0]), "b": iter([250.0, 200.0, 280.0])}
+
+    def saturated_round(url, sizes, base, n, pids, audits, **connect):
+        throughput = next(speed[url])
+        calls.append(("round", url, n, 0.0))
+        run = Run(n, n / throughput, [0.1] * n, 1 if url == "b" else 0, 0, {})
+        return Saturated(run, throughput, {"w": 1.0 if url == "a" else 2.0}, 0, 0.0)
+
+    def pipeline_run(url, sizes, base, n, rate, **connect):
+        calls.append(("half", url, n, rate))
+        return Run(n, 1.0, [0.2 if url == "a" else 0.4] * n, 0, 0, {f"{url}{n}": None})
+
+    monkeypatch.setattr(sv, "saturated_round", saturated_round)
+    monkeypatch.setattr(sv, "pipeline_run", pipeline_run)
+    monkeypatch.setattr(sv, "workload", lambda size: ({}, []))
+    monkeypatch.setattr(hops_mod, "of_run", lambda database, timed: sorted(timed))
+    monkeypatch.setattr(bench_run, "ROUNDS", 3)
+    settings = type("S", (), {"database_for": lambda self, code: code})()
+    layouts = [sv.Layout(name, name, settings, {}, []) for name in ("a", "b")]
+
+    got = sv.in_turn(layouts, 100, 2000)
+
+    assert [(kind, who) for kind, who, _, _ in calls] == [
+        ("round", "a"),
+        ("round", "b"),
+        ("round", "b"),
+        ("round", "a"),
+        ("round", "a"),
+        ("round", "b"),
+        ("half", "b"),
+        ("half", "a"),
+        ("half", "a"),
+        ("half", "b"),
+    ]
+    halves = {(who, n, rate) for kind, who, n, rate in calls if kind == "half"}
+    assert halves == {("a", 500, 165.0), ("b", 500, 125.0)}  # 1 000 each, at its median / 2
+    assert got["a"]["throughput_qps"] == 330.0 and got["b"]["throughput_qps"] == 250.0
+    assert got["a"]["rounds_throughput_qps"] == [300.0, 360.0, 330.0]
+    assert got["a"]["cpu_ms_per_query"] == {"w": 1.0} and got["b"]["cpu_ms_per_query"] == {"w": 2.0}
+    assert got["a"]["half_load_p99_ms"] == 200.0 and got["b"]["half_load_p99_ms"] == 400.0
+    assert got["b"]["missing"] == 3 and got["a"]["missing"] == 0  # every round's counts
+    assert got["a"]["half_load_hops"] == ["a500"]  # its own halves' encounters
+    assert "links" not in got["a"]  # no watch on a layout without shovels

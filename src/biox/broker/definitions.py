@@ -80,8 +80,8 @@ LINK_ARGUMENTS: dict[str, object] = {"x-queue-type": "quorum", "x-overflow": "re
 #: the most a shovel holds unacknowledged (RabbitMQ's default, written out so that it is
 #: reviewed): on-confirm, that many messages may be on the wire to the partner at once, so
 #: a link of 100 ms round trip still carries 10 000 a second. Under `bench.sovereign`'s
-#: saturated load the shovels never held more than a handful (docs/performance.md, "The
-#: layout's levers")
+#: saturated load a shovel held 64 at most, one batch of a worker's (docs/performance.md,
+#: "The layout's levers")
 SHOVEL_PREFETCH = 1000
 
 

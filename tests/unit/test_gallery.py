@@ -562,7 +562,8 @@ def test_one_bad_value_among_good_ones_is_refused_whatever_the_others(poison, sa
     for others in (1.0, 1e20, 0.0):  # a finite sum otherwise, an overflowing one, none
         v = np.full(192, others, "<f4")
         v[101] = poison
-        with pytest.raises(PermanentError) as info:
+        with warnings.catch_warnings(), pytest.raises(PermanentError) as info:
+            warnings.simplefilter("error")  # refused, not warned about in a worker's output
             read_vector("biox-finger-192/1", "finger", v.tobytes())
         assert info.value.reason is Reason.template_invalid and says in info.value.detail
 

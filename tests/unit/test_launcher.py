@@ -6,6 +6,7 @@ with its answers (the sovereign integration tests run the real one)."""
 from __future__ import annotations
 
 import json
+import random
 import socket
 import subprocess
 from pathlib import Path
@@ -115,13 +116,25 @@ def test_a_free_port_is_below_where_outgoing_connections_take_theirs_and_never_g
             s.bind(("127.0.0.1", port))
 
 
+def test_a_seeded_random_module_does_not_decide_the_ports(monkeypatch):
+    """Tests and simulations seed ``random``; every process they start would then try the
+    same ports in the same order."""
+
+    def seeded(*args: object) -> int:
+        raise AssertionError("free_port used the random module's own generator")
+
+    monkeypatch.setattr(random, "randrange", seeded)
+    monkeypatch.setattr(random, "randint", seeded)
+    assert 10_000 <= host.free_port() < host.ephemeral_range()[0]
+
+
 def test_a_port_someone_listens_on_is_not_handed_out(monkeypatch):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         busy = taken.getsockname()[1]
         tries = iter([busy, busy, 23_456])
-        monkeypatch.setattr(host.random, "randrange", lambda a, b: next(tries))
+        monkeypatch.setattr(host._RNG, "randrange", lambda a, b: next(tries))
         monkeypatch.setattr(host, "_GIVEN", set())
         monkeypatch.setattr(host, "ephemeral_range", lambda: (32768, 60999))
         assert host.free_port() == 23_456

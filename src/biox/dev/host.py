@@ -17,6 +17,9 @@ from pathlib import Path
 #: chosen, and two brokers of one layout start at once
 _GIVEN: set[int] = set()
 _LOWEST = 10_000
+#: the operating system's randomness, not the module's: a test or a simulation that seeds
+#: ``random`` would otherwise have every process it starts try the same ports in turn
+_RNG = random.SystemRandom()
 
 
 def free_port() -> int:
@@ -34,7 +37,7 @@ def free_port() -> int:
         _GIVEN.add(port)
         return port
     for _ in range(500):
-        port = random.randrange(_LOWEST, low)
+        port = _RNG.randrange(_LOWEST, low)
         if port in _GIVEN:
             continue
         with socket.socket() as s:

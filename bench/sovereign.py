@@ -158,7 +158,7 @@ def sovereign(
             for c in kinds
         ]
         watch = LinkWatch(
-            {b: n.state.metrics_url for b, n in nodes_of(brokers).items() if n.state},
+            {b: node.state.metrics_url for b, node in nodes_of(brokers).items() if node.state},
             link_queues(registry, kinds),
         )
         yield Layout(name, url, s, pids, audits, connect, watch)

@@ -419,6 +419,12 @@ def test_algorithm_byte_lengths_are_what_the_contract_says():
             "face biox-face-512/1: NaN or infinite value",
         ),
         ("biox-finger-192/1", "finger", bytes(768), "finger biox-finger-192/1: all-zero vector"),
+        (
+            "biox-finger-192/1",
+            "finger",
+            np.full(192, 1e-20, "<f4").tobytes(),
+            "finger biox-finger-192/1: values too small (L2 norm 1.4e-19, at least 1e-12 needed)",
+        ),
     ],
 )
 def test_each_refused_template_says_what_is_wrong_with_it(algorithm, modality, data, says):

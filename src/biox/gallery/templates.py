@@ -59,7 +59,12 @@ def _read(name: str, modality: str, data: bytes) -> tuple[np.ndarray, float]:
     wide = vec.astype(np.float64)
     norm = math.sqrt(float(wide.dot(wide)))
     if norm < 1e-12:
-        raise PermanentError(Reason.template_invalid, f"{modality} {name}: all-zero vector")
+        if not vec.any():
+            raise PermanentError(Reason.template_invalid, f"{modality} {name}: all-zero vector")
+        raise PermanentError(  # not zero, but too small for a float32 direction to be read
+            Reason.template_invalid,
+            f"{modality} {name}: values too small (L2 norm {norm:.1e}, at least 1e-12 needed)",
+        )
     return (wide / norm).astype(np.float32), 1.0  # its norm may be past float32's range too
 
 

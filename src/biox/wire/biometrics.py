@@ -44,7 +44,10 @@ FINGER = ALGORITHMS["biox-finger-192/1"]
 IRIS = ALGORITHMS["biox-iris-2048/1"]
 
 
-_FLOATS = "float32, little-endian (IEEE 754), finite, not all zero; any scale (biox normalises)"
+_FLOATS = (
+    "float32, little-endian (IEEE 754), finite, not all zero; any scale with an L2 norm of at "
+    "least 1e-12 (biox normalises)"
+)
 FINGER_RULE: JsonDict = {
     "algorithm": FINGER.name,
     "bytes": FINGER.nbytes,

@@ -46,7 +46,7 @@ class LinkWatch:
     links: tuple[str, ...]
     every_s: float = 2.0
     samples: dict[str, list[dict[str, float]]] = field(default_factory=dict)
-    failed: int = 0
+    failed: dict[str, int] = field(default_factory=dict)  # scrapes a broker did not answer
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -66,7 +66,8 @@ class LinkWatch:
                 with urllib.request.urlopen(url, timeout=5) as reply:
                     text = reply.read().decode()
             except OSError:
-                self.failed += 1  # a node down in a fault run: its gap is reported, not hidden
+                # a node down in a fault run: its gap is reported, not hidden
+                self.failed[name] = self.failed.get(name, 0) + 1
                 continue
             self.samples.setdefault(name, []).append(read(text, self.links))
 
@@ -75,18 +76,23 @@ class LinkWatch:
         if self._thread is not None:
             self._thread.join()
         self._sample()  # and after the last answer
-        return summary(self.samples)
+        return summary(self.samples, self.failed)
 
 
-def summary(samples: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, float | int]]:
+def summary(
+    samples: dict[str, list[dict[str, float]]], failed: dict[str, int] | None = None
+) -> dict[str, dict[str, float | int]]:
     """Per broker: connections opened over the watch (so TLS handshakes made while
     queries flowed), and the most any link queue held unacknowledged (in a shovel's hands)
-    and ready (waiting for it), over every scrape."""
+    and ready (waiting for it), over every scrape; and the scrapes it did not answer."""
+    failed = failed or {}
     out: dict[str, dict[str, float | int]] = {}
-    for name, rows in samples.items():
+    for name in [*samples, *(b for b in failed if b not in samples)]:
+        rows = samples.get(name, [])
         opened = [r[_OPENED] for r in rows if _OPENED in r]
         out[name] = {
             "scrapes": len(rows),
+            "unanswered": failed.get(name, 0),
             "connections_opened": int(opened[-1] - opened[0]) if opened else 0,
             "link_unacked_max": max(
                 (v for r in rows for k, v in r.items() if k.startswith("unacked:")), default=0

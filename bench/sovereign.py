@@ -296,7 +296,8 @@ def main() -> None:
                 f"connections opened (TLS handshakes), its shovels held at most "
                 f"{seen['link_unacked_max']:g} unacknowledged of a prefetch of "
                 f"{SHOVEL_PREFETCH}, "
-                f"{seen['link_ready_max']:g} waiting ({seen['scrapes']} scrapes)"
+                f"{seen['link_ready_max']:g} waiting ({seen['scrapes']} scrapes"
+                + (f", {seen['unanswered']} unanswered)" if seen["unanswered"] else ")")
             )
     for layout in ("single", "sovereign"):  # where the layout's extra latency is spent
         spent = results[layout].get("half_load_hops") or {}

@@ -372,10 +372,12 @@ def test_metrics_are_scraped_over_http_and_count_the_messages_sent(served):
     assert broker is not None
     with urllib.request.urlopen(broker.metrics_url, timeout=10) as page:
         text = page.read().decode()
-    assert any(
-        line.startswith("rabbitmq_queue_messages_ready{") and 'queue="us.intake"' in line
-        for line in text.splitlines()
-    )
+    for family in ("rabbitmq_queue_messages_ready", "rabbitmq_queue_messages_unacked"):
+        # what deploy/grafana/biox.json queries: queue depths, and the links' in flight
+        assert any(
+            line.startswith(family + "{") and 'queue="us.intake"' in line
+            for line in text.splitlines()
+        ), family
     assert sent  # the three encounters were submitted
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -77,7 +78,10 @@ class Layout:
     halves: list[Run] = field(default_factory=list)
 
 
+@functools.cache
 def workload(size: int) -> tuple[dict[str, int], list[plans.Planned]]:
+    """The planned encounters every layout of a run replays (``plans.repeat`` copies them):
+    planned once, for the warm-ups and the rounds alike."""
     registry = Registry.load(REGISTRY)
     sizes = {"mx": size, "us": 1}
     base = plans.plan(registry, sizes, 400, SEED, requesters=["us"])
@@ -151,14 +155,15 @@ def sovereign(
         pipeline_run(url, sizes, base, 300, 0, **connect)  # warm-up
         pids = {name: p.pid for name, p in workers.processes}
         pids["encounter system (bench)"] = os.getpid()
-        for broker, node in nodes_of(brokers).items():
+        running = nodes_of(brokers)
+        for broker, node in running.items():
             pids[f"{broker} broker (beam.smp)"] = beam_of(node)
         audits = [
             (brokers.url(c), brokers.credentials(c, Role.workers), [addresses.queue(c, "audit")])
             for c in kinds
         ]
         watch = LinkWatch(
-            {b: node.state.metrics_url for b, node in nodes_of(brokers).items() if node.state},
+            {b: node.state.metrics_url for b, node in running.items() if node.state},
             link_queues(registry, kinds),
         )
         yield Layout(name, url, s, pids, audits, connect, watch)

@@ -497,6 +497,39 @@ def test_the_purge_rewrites_the_gallery_snapshot_without_deleted_records(tmp_pat
         assert "gallery_snapshot" not in purge_all(s, NOW, "us", settings, ParticipantPolicy())
 
 
+def test_a_purge_that_finds_the_snapshot_being_written_leaves_it_and_keeps_its_tombstones(
+    tmp_path,
+):
+    """While an import holds the snapshot (``snapshot.only_writer``) the schedule's purge
+    does not wait for it: it purges the rest, and keeps every tombstone the snapshot on
+    disk still lacks, however old; the next purge takes the records out."""
+    import numpy as np
+
+    from biox.gallery import snapshot
+    from biox.gallery.gallery import Gallery
+    from biox.handlers.notice import purge_all
+    from biox.sim.galleries import build_gallery
+
+    settings = Settings(data_dir=tmp_path)
+    build_gallery(settings, "us", 50, 7)
+    directory = settings.gallery_dir("us")
+    url = settings.database_for("us")
+    with session_for(url) as s:
+        ids = np.array(list(s.exec(select(Record.id).where(Record.source == "us")))[:2])
+        old = NOW - timedelta(days=settings.marker_retention_days + 30)
+        s.add_all(Tombstone(record_id=i, cause="deletion", at=old) for i in ids.tolist())
+        s.commit()
+        with snapshot.only_writer(directory):
+            counts = purge_all(s, NOW, "us", settings, ParticipantPolicy())
+            s.commit()
+        assert "gallery_snapshot" not in counts and "tombstones" not in counts
+        assert Gallery.load(directory).holds(ids).all()
+        counts = purge_all(s, NOW, "us", settings, ParticipantPolicy())
+        s.commit()
+    assert counts["gallery_snapshot"] == 2 and counts["tombstones"] == 2
+    assert not Gallery.load(directory).holds(ids).any()
+
+
 def test_the_retention_table_in_the_docs_names_every_rule():
     from pathlib import Path
 

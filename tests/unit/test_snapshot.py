@@ -229,3 +229,87 @@ def test_a_new_ivf_snapshot_with_unreadable_rows_trains_on_the_rows_it_could_rea
     loaded = Gallery.load(directory)
     assert loaded.size == 200 and loaded.face.trained and not loaded.holds(np.array([900]))[0]
     assert [h[0].record_id for h in loaded.search([probe(5), probe(200)])] == [5, 200]
+
+
+def every_file(directory) -> bytes:
+    return b"".join(p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file())
+
+
+def test_a_refresh_updates_the_snapshot_in_place_and_leaves_no_deleted_template_on_disk(
+    tmp_path,
+):
+    """An auditor's check (issue 20, §22-24): once the refresh after a deletion is done,
+    no file of the snapshot holds any byte pattern of the deleted record's templates, and
+    the refresh wrote the templates it added, not the gallery again."""
+    db, directory = f"sqlite:///{tmp_path / 'mx.db'}", tmp_path / "gallery"
+    settings = Settings(data_dir=tmp_path, index="ivf")
+    enrol(db, list(range(1, 301)))
+    with session_for(db) as s:
+        snapshot.refresh(s, directory, settings, create=True)
+    faces = directory / "face.vectors.f32"
+    inode, size = faces.stat().st_ino, faces.stat().st_size
+    loaded = Gallery.load(directory)
+    deleted = [
+        ix.vectors(np.array([77])).tobytes()
+        for ix in (loaded.face, *loaded.fingers.values())
+        if ix.present.mask(np.array([77]))[0]
+    ]
+    assert len(deleted) == 3 and all(d in every_file(directory) for d in deleted)
+    with session_for(db) as s:
+        s.add(Tombstone(record_id=77, cause="deletion"))
+        s.commit()
+        enrol(db, [301, 302])
+        done = snapshot.refresh(s, directory, settings)
+    assert done is not None and (done.added, done.removed) == (2, 1)
+    assert faces.stat().st_ino == inode and faces.stat().st_size == size + 2 * 512 * 4
+    on_disk = every_file(directory)
+    assert not any(d in on_disk for d in deleted)
+    again = Gallery.load(directory)
+    assert again.size == 301 and not again.holds(np.array([77]))[0]
+    assert [h[0].record_id for h in again.search([probe(302), probe(5)])] == [302, 5]
+
+
+def test_a_save_cut_short_leaves_nothing_the_next_save_moves(tmp_path):
+    """A staged file left by a save that stopped half way (here a whole vectors file) is
+    not moved over the snapshot by the next save, which updates that file in place."""
+    db, directory = f"sqlite:///{tmp_path / 'mx.db'}", tmp_path / "gallery"
+    settings = Settings(data_dir=tmp_path, index="ivf")
+    enrol(db, list(range(1, 301)))
+    with session_for(db) as s:
+        snapshot.refresh(s, directory, settings, create=True)
+    (directory / ".staged").mkdir()
+    (directory / ".staged" / "face.vectors.f32").write_bytes(b"\0" * 2048)
+    enrol(db, [301])
+    with session_for(db) as s:
+        snapshot.refresh(s, directory, settings)
+    assert not (directory / ".staged").exists()
+    loaded = Gallery.load(directory)
+    assert loaded.size == 301
+    assert [h[0].record_id for h in loaded.search([probe(301), probe(9)])] == [301, 9]
+
+
+def test_one_writer_at_a_time_and_the_purge_does_not_wait(tmp_path):
+    """An import holds the snapshot for as long as it takes: a refresh that may wait does,
+    the purge schedule's leaves the snapshot as it is on disk and says so."""
+    from structlog.testing import capture_logs
+
+    db, directory = f"sqlite:///{tmp_path / 'mx.db'}", tmp_path / "gallery"
+    settings = Settings(data_dir=tmp_path)
+    enrol(db, [31, 32])
+    with session_for(db) as s:
+        snapshot.refresh(s, directory, settings, create=True)
+        s.add(Tombstone(record_id=31, cause="deletion"))
+        s.commit()
+        with snapshot.only_writer(directory) as first:
+            with snapshot.only_writer(directory, wait=False) as second:
+                assert first and not second
+            with capture_logs() as logs:
+                busy = snapshot.refresh(s, directory, settings, wait=False)
+            assert busy == snapshot.Refreshed(0, 0, 0, Mark(2, ()))
+            assert [e["event"] for e in logs] == ["snapshot_busy"]
+            assert Gallery.load(directory).holds(np.array([31]))[0]  # left as it was
+        done = snapshot.refresh(s, directory, settings, wait=False)
+    assert done is not None and done.removed == 1 and done.tombstone_seq == 1
+    assert not Gallery.load(directory).holds(np.array([31]))[0]
+    with snapshot.only_writer(directory, wait=False) as free:
+        assert free

@@ -496,3 +496,123 @@ def test_read_ahead_asks_for_every_row_of_a_gather_from_disk_before_reading_any(
     for (option, start, length), row in zip(advice.asked, on_disk, strict=True):
         assert option == mmap.MADV_WILLNEED and start % mmap.PAGESIZE == 0
         assert start <= row * row_bytes and start + length >= (row + 1) * row_bytes
+
+
+def saved_in_place(ix: VectorIndex, directory, name: str = "face") -> list[str]:
+    """``ix`` saved as ``Gallery.save`` saves it: into a staging folder, then each file
+    moved over the snapshot's; the names that were staged."""
+    staged = directory / ".staged"
+    staged.mkdir(exist_ok=True)
+    for left in staged.iterdir():
+        left.unlink()
+    ix.save(staged / f"{name}.faiss", directory / f"{name}.faiss")
+    names = sorted(p.name for p in staged.iterdir())
+    for path in staged.iterdir():
+        path.replace(directory / path.name)
+    staged.rmdir()
+    return names
+
+
+def rows_on_disk(directory, name: str = "face") -> np.ndarray:
+    return np.fromfile(directory / f"{name}.vectors.f32", np.float32).reshape(-1, DIM)
+
+
+def test_a_snapshot_saved_where_it_was_loaded_is_updated_in_place(data, tmp_path):
+    """What was added is appended, what was removed zeroed where it lies; nothing else of
+    the file is written, and the ids say which rows are holes (-1)."""
+    ids, vectors = data
+    ivf(data).save(tmp_path / "face.faiss")
+    inode = (tmp_path / "face.vectors.f32").stat().st_ino
+    loaded = VectorIndex.load(tmp_path / "face.faiss", nprobe=16)
+    extra = unit(np.random.default_rng(11).standard_normal((3, DIM)))
+    new_ids = np.array([10**7, 10**7 + 1, 1 << 60])  # the last a hashed id, kept apart
+    loaded.add(new_ids, extra)
+    loaded.remove(ids[[4, 9, 2000]])
+    staged = saved_in_place(loaded, tmp_path)
+    assert staged == ["face.faiss", "face.vectors.ids.npy"]  # no second copy of the rows
+    assert (tmp_path / "face.vectors.f32").stat().st_ino == inode
+    on_disk = rows_on_disk(tmp_path)
+    assert len(on_disk) == N + 3
+    assert not on_disk[[4, 9, 2000]].any()  # the removed templates are gone from the disk
+    kept = np.setdiff1d(np.arange(N), [4, 9, 2000])
+    assert np.array_equal(on_disk[kept], vectors[kept]) and np.array_equal(on_disk[N:], extra)
+    written = np.load(tmp_path / "face.vectors.ids.npy")
+    assert written[[4, 9, 2000]].tolist() == [-1, -1, -1]
+    assert written[N:].tolist() == new_ids.tolist() and np.array_equal(written[kept], ids[kept])
+    # the saving store now reads every row from the file, and saves in place again
+    assert loaded.store.used == 0 and len(loaded.store.base) == N + 3
+    assert np.allclose(loaded.vectors(new_ids), extra)
+    loaded.remove(new_ids[:1])
+    loaded.add(np.array([10**7 + 7]), vectors[:1])
+    assert saved_in_place(loaded, tmp_path) == ["face.faiss", "face.vectors.ids.npy"]
+    assert (tmp_path / "face.vectors.f32").stat().st_ino == inode
+    again = VectorIndex.load(tmp_path / "face.faiss", nprobe=16)
+    assert again.ntotal == N - 3 + 3 - 1 + 1 and not again.present.mask(ids[[4, 9, 2000]]).any()
+    assert not rows_on_disk(tmp_path)[N].any()  # 10**7, removed since its own save
+    assert np.allclose(
+        again.vectors(np.array([1 << 60, 10**7 + 7, ids[5]])),
+        np.stack([extra[2], vectors[0], vectors[5]]),
+    )
+    _, found = again.search(np.stack([extra[1], vectors[3]]), 1)
+    assert found[:, 0].tolist() == [10**7 + 1, ids[3]]
+
+
+def test_a_matcher_mapping_the_snapshot_loses_a_removed_template_when_it_is_saved(data, tmp_path):
+    """A matcher that loaded the snapshot before and has not yet taken the deletion in
+    (its tombstone) reads zeros from then on, in place or written again whole: the file
+    it maps is the one the deletion reached."""
+    ids, vectors = data
+    ivf(data).save(tmp_path / "face.faiss")
+    running = VectorIndex.load(tmp_path / "face.faiss", nprobe=16)
+    refresher = VectorIndex.load(tmp_path / "face.faiss", nprobe=16)
+    refresher.remove(ids[:2])
+    saved_in_place(refresher, tmp_path)
+    assert running.present.mask(ids[:2]).all()  # it still holds them, as zeros
+    assert not running.vectors(ids[:2]).any() and np.allclose(running.vectors(ids[2:3]), vectors[2])
+    refresher.remove(ids[2 : 2 + N // 5])  # past the share of holes: written again whole
+    assert saved_in_place(refresher, tmp_path) == [
+        "face.faiss",
+        "face.vectors.f32",
+        "face.vectors.ids.npy",
+    ]
+    assert not running.vectors(ids[2 : 2 + N // 5]).any()  # the old file, still mapped
+    assert np.allclose(running.vectors(ids[-1:]), vectors[-1])
+    whole = rows_on_disk(tmp_path)
+    assert len(whole) == N - 2 - N // 5 and np.array_equal(whole, vectors[2 + N // 5 :])
+    assert (np.load(tmp_path / "face.vectors.ids.npy") >= 0).all()
+
+
+def test_an_update_cut_short_leaves_the_old_snapshot_and_the_next_save_mends_it(data, tmp_path):
+    """Cut short after the rows were appended and zeroed but before the ids were moved
+    (the staged files never arrive): the old ids still name exactly the old rows, the
+    tail is not read, and the next update cuts it off before it appends."""
+    ids, vectors = data
+    ivf(data).save(tmp_path / "face.faiss")
+    cut = VectorIndex.load(tmp_path / "face.faiss", nprobe=16)
+    cut.add(np.array([10**7]), vectors[:1])
+    cut.remove(ids[:1])
+    (tmp_path / ".staged").mkdir()
+    cut.save(tmp_path / ".staged" / "face.faiss", tmp_path / "face.faiss")  # then it stops
+    assert len(rows_on_disk(tmp_path)) == N + 1  # the tail, which no ids name
+    after = VectorIndex.load(tmp_path / "face.faiss", nprobe=16)
+    assert after.ntotal == N and len(after.store.base) == N
+    assert np.allclose(after.vectors(ids[1:3]), vectors[1:3])
+    assert not after.vectors(ids[:1]).any()  # a removed record's: its tombstone takes it out
+    after.remove(ids[:1])
+    after.add(np.array([10**7 + 1, 10**7 + 2]), vectors[5:7])
+    saved_in_place(after, tmp_path)
+    on_disk = rows_on_disk(tmp_path)
+    assert len(on_disk) == N + 2 and np.array_equal(on_disk[N:], vectors[5:7])
+    assert np.load(tmp_path / "face.vectors.ids.npy")[N:].tolist() == [10**7 + 1, 10**7 + 2]
+    assert VectorIndex.load(tmp_path / "face.faiss", nprobe=16).ntotal == N + 1
+
+
+def test_a_store_with_more_rows_than_ids_reads_as_many_as_it_has_ids(tmp_path):
+    store = VectorStore(4)
+    store.add(np.array([1, 2]), np.eye(4, dtype=np.float32)[:2])
+    store.save(tmp_path / "x.f32")
+    with (tmp_path / "x.f32").open("ab") as tail:
+        tail.write(np.ones((3, 4), np.float32).tobytes())
+    loaded = VectorStore.load(tmp_path / "x.f32", 4)
+    assert len(loaded.base) == 2 and loaded.count == 2
+    assert np.array_equal(loaded.vectors(np.array([2, 1])), np.eye(4, dtype=np.float32)[[1, 0]])

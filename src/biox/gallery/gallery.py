@@ -241,8 +241,10 @@ class Gallery:
         directory.mkdir(parents=True, exist_ok=True)
         staged = directory / ".staged"
         staged.mkdir(exist_ok=True)
+        for left in staged.iterdir():  # a save cut short: its files must not be moved now
+            left.unlink()
         for name, ix in self._vector_indexes().items():
-            ix.save(staged / f"{name}.faiss")
+            ix.save(staged / f"{name}.faiss", directory / f"{name}.faiss")
         for eye, iris in self.irises.items():
             iris.save(staged / f"iris.{eye}.faiss")
         manifest = {

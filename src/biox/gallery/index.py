@@ -220,13 +220,13 @@ class VectorIndex:
             return ids, np.zeros(0, np.float32)
         return ids, self.vectors(ids) @ query
 
-    def save(self, path: Path) -> None:
-        """The index to ``path``; an IVF index's full templates beside it. The tombstones'
-        codes are taken out first: a removed template is not written in any form."""
+    def save(self, path: Path, final: Path | None = None) -> None:
+        """The index to ``path`` (then moved to ``final``), an IVF index's templates beside it
+        or updated at ``final`` (``VectorStore.save``); the tombstones' codes out first."""
         self.compact()
         faiss.write_index(self.index, str(path))
         if self.store is not None:
-            self.store.save(_vectors_path(path))
+            self.store.save(_vectors_path(path), final and _vectors_path(final))
 
     @classmethod
     def load(cls, path: Path, nprobe: int = 0) -> VectorIndex:

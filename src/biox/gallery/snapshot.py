@@ -14,8 +14,10 @@ a matcher reads exactly the rows the snapshot lacks.
 
 from __future__ import annotations
 
+import fcntl
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -129,18 +131,53 @@ def _lacking(session: Session, mark: Mark, shard: Shard) -> tuple[list[int], lis
     return every, mine
 
 
+@contextmanager
+def only_writer(directory: Path, wait: bool = True) -> Iterator[bool]:
+    """Whether this process holds ``directory``'s writer lock for the block (an ``flock``,
+    let go when the process dies): a snapshot is updated in place
+    (``vectors.VectorStore.save``), and two writers at once would append over each other.
+    ``wait``: for the other writer to finish; otherwise False at once while it holds it."""
+    with (directory / ".writer.lock").open("a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def refresh(
     session: Session,
     directory: Path,
     settings: Settings,
     create: bool = False,
     shard: Shard = Shard(),
+    wait: bool = True,
 ) -> Refreshed | None:
     """The snapshot in ``directory`` with the enrolled templates it lacks (of ``shard``'s
     records) and without the records tombstoned since; written only when something
     changed. Without a snapshot, one is started only when ``create`` (an import asks; the
     purge schedule does not put templates on disk that were only in the database). None:
-    no snapshot written."""
+    no snapshot written. One writer at a time (``only_writer``); ``wait`` False (the purge
+    schedule, which must not stand still behind an import of hours): a snapshot another
+    writer holds is left as it is on disk, nothing added or removed."""
+    if not Gallery.exists(directory) and not create:
+        return None
+    directory.mkdir(parents=True, exist_ok=True)
+    with only_writer(directory, wait) as mine:
+        if mine:
+            return _refresh(session, directory, settings, create, shard)
+    log.info("snapshot_busy", directory=str(directory))
+    done = Gallery.tombstone_seq(directory)
+    return None if done is None else Refreshed(done, 0, 0, mark_of(directory))
+
+
+def _refresh(
+    session: Session, directory: Path, settings: Settings, create: bool, shard: Shard
+) -> Refreshed | None:
     mark = mark_of(directory)
     every, seqs = _lacking(session, mark, shard)
     if Gallery.exists(directory):
@@ -199,11 +236,15 @@ def on_disk(gallery_dir: Path, shards: int) -> list[Shard]:
 
 
 def refresh_all(
-    session: Session, gallery_dir: Path, settings: Settings, create: bool = False
+    session: Session,
+    gallery_dir: Path,
+    settings: Settings,
+    create: bool = False,
+    wait: bool = True,
 ) -> Refreshed | None:
     """Every snapshot on disk (``on_disk``); ``create``: the current split's where there
-    is none. ``tombstone_seq``: the lowest any snapshot was rewritten to, so that no
-    tombstone a snapshot still lacks is purged."""
+    is none; ``wait``: as ``refresh``. ``tombstone_seq``: the lowest any snapshot on disk
+    was written without, so that no tombstone a snapshot still lacks is purged."""
     done = [
         refresh(
             session,
@@ -211,6 +252,7 @@ def refresh_all(
             settings,
             create and shard.count == settings.shards,
             shard,
+            wait,
         )
         for shard in on_disk(gallery_dir, settings.shards)
     ]

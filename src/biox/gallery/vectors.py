@@ -9,6 +9,12 @@ is searched from the page cache; rows enrolled since live in memory after them. 
 mapped rows are more than the page cache can keep (10 M identities: 36 GB on a 24 GB
 machine), ``read_ahead`` asks the kernel for every row a gather needs before the gather
 touches the first: the disk then reads them side by side instead of one fault at a time.
+
+A snapshot saved where it was loaded from is updated in place (``VectorStore.save``): the
+rows enrolled since are appended and the removed ones zeroed where they lie, so a refresh
+writes what changed, not the gallery (36 GB at 10 M identities), and a deleted template
+leaves the disk and every matcher that maps the file at once, not when the last of them
+restarts. Only past ``HOLES_SHARE`` of zeroed rows is the file written again whole.
 """
 
 from __future__ import annotations
@@ -18,6 +24,10 @@ import os
 from pathlib import Path
 
 import numpy as np
+
+#: zeroed rows (removed since the file was written whole), as a share of a snapshot's
+#: rows, past which a save writes the file again without them instead of in place
+HOLES_SHARE = 0.1
 
 
 class Rows:
@@ -89,6 +99,9 @@ class VectorStore:
         self.spill = spill
         self._mapped: np.ndarray | None = None
         self.rows = Rows()
+        #: the file ``base`` maps, by device and inode (a file written again in its place
+        #: is another): a save to that file updates it in place (``_update``)
+        self.source: tuple[int, int] | None = None
         #: set by ``Gallery.load`` for a gallery larger than the page cache (``read_ahead``)
         self.read_ahead = False
 
@@ -122,8 +135,8 @@ class VectorStore:
 
     def remove(self, ids: np.ndarray) -> None:
         """The ids leave the map and their added rows are zeroed: the template leaves
-        memory now, not at the next rebuild (a snapshot's rows leave the disk when the
-        snapshot is rewritten without them, ``gallery.snapshot.refresh``)."""
+        memory now, not at the next rebuild. A snapshot's rows are zeroed on disk by the
+        next save there (``gallery.snapshot.refresh``); this process maps them read-only."""
         rows = self.rows.lookup(ids)
         mine = rows[rows >= len(self.base)] - len(self.base)
         if len(mine):
@@ -151,11 +164,17 @@ class VectorStore:
         """Templates of ``ids``, each of which must be held."""
         return self.get(self.rows.lookup(ids))
 
-    def save(self, path: Path) -> None:
+    def save(self, path: Path, final: Path | None = None) -> None:
         """Raw float32 rows at ``path``, their ids beside it (``.ids.npy``), only the rows
         still held: a removed template is not written. A spill file that holds exactly
         them becomes the snapshot's file by a link, not a copy (at 10 M identities the
-        faces alone are 20 GB), and the store then reads it as its base."""
+        faces alone are 20 GB), and the store then reads it as its base. ``final``: where
+        ``path`` will be moved; when that is the file this store maps, the file is
+        updated in place instead and only the ids are written at ``path`` (``_update``)."""
+        ids = self._clear(final) if final else None
+        if final and ids is not None and (ids < 0).sum() <= HOLES_SHARE * len(ids):
+            self._update(path, final, ids)
+            return
         held = self.rows.held()
         rows = self.rows.lookup(held)
         if self.spill is not None and len(self.base) == 0 and len(held) == self.used > 0:
@@ -175,6 +194,7 @@ class VectorStore:
             self.rows.assign(held[order], np.arange(len(held), dtype=np.int64))
             return
         np.save(_ids_path(path), held)
+        self.source = None  # ``base`` maps the file this one replaces
         with path.open("wb") as out:
             for start in range(0, len(held), 65536):  # never a second copy of the gallery
                 out.write(self.get(rows[start : start + 65536]).tobytes())
@@ -192,11 +212,72 @@ class VectorStore:
     def load(cls, path: Path, dim: int) -> VectorStore:
         ids = np.load(_ids_path(path))
         size = path.stat().st_size
-        if size != len(ids) * dim * 4:
+        # more bytes than ids: rows an update appended before it was cut short (``_update``)
+        if size < len(ids) * dim * 4:
             raise ValueError(f"{path}: {size} bytes for {len(ids)} ids of {dim} float32")
         store = cls(dim, _mapped(path, len(ids), dim))
-        store.rows.assign(ids, np.arange(len(ids), dtype=np.int64))
+        store.source = _inode(path)
+        held = np.flatnonzero(ids >= 0)  # -1: a row zeroed in place
+        store.rows.assign(ids[held], held)
         return store
+
+    def _clear(self, final: Path) -> np.ndarray | None:
+        """When ``final`` is the file this store maps: its ids, with -1 for each row whose
+        id no longer maps to it (removed, or enrolled again since), and those rows zeroed
+        in the file. Done before the file is written again in either way, so that a
+        matcher still mapping the old file loses them too. None: another file."""
+        if self.source is None or not final.exists() or _inode(final) != self.source:
+            return None
+        ids = np.array(np.load(_ids_path(final)), dtype=np.int64)
+        if len(ids) != len(self.base):
+            raise ValueError(f"{final}: {len(ids)} ids, but {len(self.base)} rows mapped")
+        rows = np.arange(len(ids), dtype=np.int64)
+        gone = rows[(ids >= 0) & (self.rows.lookup(ids) != rows)]
+        if len(gone):
+            zero, size = bytes(self.dim * 4), self.dim * 4
+            fd = os.open(final, os.O_WRONLY)
+            try:
+                for r in gone.tolist():
+                    os.pwrite(fd, zero, r * size)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            ids[gone] = -1
+        return ids
+
+    def _update(self, path: Path, final: Path, ids: np.ndarray) -> None:
+        """The snapshot at ``final`` brought up to this store in place: the rows no longer
+        held are zeroed already (``_clear``, ``ids`` -1 there); the rows added since are
+        appended after the snapshot's (a tail an earlier update left, cut short before its
+        ids were written, is cut off first) and synced; the ids go to ``path``, for the
+        caller to move over the old ones once every file is on disk. Cut short anywhere,
+        the old ids still name exactly the old rows, and the rows zeroed are the removed
+        records', which every matcher takes out by their tombstones."""
+        nbase, row = len(self.base), self.dim * 4
+        held = self.rows.held()
+        rows = self.rows.lookup(held)
+        new = rows >= nbase
+        order = np.argsort(rows[new])
+        added, added_rows = held[new][order], rows[new][order]
+        with final.open("r+b") as out:
+            out.truncate(nbase * row)
+            out.seek(nbase * row)
+            for start in range(0, len(added), 65536):
+                out.write(self.get(added_rows[start : start + 65536]).tobytes())
+            out.flush()
+            os.fsync(out.fileno())
+        np.save(_ids_path(path), np.concatenate([ids, added]))
+        if self.spill is not None:
+            self.spill.unlink(missing_ok=True)
+        total = nbase + len(added)
+        self.base, self.spill, self._mapped, self.used = (
+            _mapped(final, total, self.dim),
+            None,
+            None,
+            0,
+        )
+        self.added = np.zeros((1024, self.dim), np.float32)
+        self.rows.assign(added, np.arange(nbase, total, dtype=np.int64))
 
 
 def read_ahead(mapped: np.ndarray, rows: np.ndarray) -> None:
@@ -213,6 +294,11 @@ def read_ahead(mapped: np.ndarray, rows: np.ndarray) -> None:
     first = start - start % mmap.PAGESIZE  # madvise takes whole pages
     for at, length in zip(first.tolist(), (start + row_bytes - first).tolist(), strict=True):
         raw.madvise(mmap.MADV_WILLNEED, at, length)
+
+
+def _inode(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_dev, st.st_ino
 
 
 def _ids_path(path: Path) -> Path:

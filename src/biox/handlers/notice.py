@@ -361,7 +361,7 @@ def purge_all(
     if dry_run:
         seq, removed = snapshot.tombstone_seq(directory, settings.shards), 0
     else:
-        refreshed = snapshot.refresh_all(session, directory, settings)
+        refreshed = snapshot.refresh_all(session, directory, settings, wait=False)
         seq, removed = (
             (None, 0) if refreshed is None else (refreshed.tombstone_seq, refreshed.removed)
         )

@@ -84,7 +84,7 @@ def run(
         built_rss = rss_mb("RssAnon")  # memory of its own: mapped templates are page cache
         del gallery
         gc.collect()
-    start_s, snapshot_mb = fresh_start(None, batch[0], settings, keep=directory)
+    start_s, snapshot_mb = fresh_start(directory, batch[0], settings)
     loaded = Gallery.load(directory, settings.ivf_nprobe)
     nprobe, nlist = loaded.face.nprobe, loaded.face.index.nlist
     if read_ahead is not None:

@@ -149,7 +149,12 @@ def matcher(size: int, n_probes: int, settings: Settings) -> dict:
         gallery.search([p], k=settings.candidates, top=1)
     single_s = (time.perf_counter() - started) / min(200, len(batch))
     top1 = [h[0].record_id if h else -1 for h in hits]
-    start_s, snapshot_mb = fresh_start(gallery, batch[0], settings)
+    snap = ROOT / "var" / "bench-snapshot"
+    shutil.rmtree(snap, ignore_errors=True)
+    gallery.save(snap)
+    start_s, snapshot_mb = fresh_start(snap, batch[0], settings)
+    refresh_s, refresh_mb = refresh_cost(snap, batch, settings)
+    shutil.rmtree(snap, ignore_errors=True)
     result = {
         "size": size,
         "index": kind,
@@ -161,6 +166,8 @@ def matcher(size: int, n_probes: int, settings: Settings) -> dict:
         "qps_single": round(1 / single_s, 1),
         "snapshot_mb": snapshot_mb,
         "start_s": start_s,
+        "refresh_s": refresh_s,
+        "refresh_mb": refresh_mb,
         "genuine_top1": round(
             float(np.mean([a == b for a, b in zip(top1, people, strict=True)])), 4
         ),
@@ -195,17 +202,10 @@ def drop_page_cache() -> bool:
     return True
 
 
-def fresh_start(
-    gallery: Gallery | None, probe: Probe, settings: Settings, keep: Path | None = None
-) -> tuple[float, int]:
-    """Seconds from nothing to a fresh matcher's first answer from the snapshot on disk
-    (the page cache dropped where the OS lets us, so the templates come from disk), and the
-    snapshot's size. ``keep``: the snapshot is already there, and stays."""
-    directory = keep or ROOT / "var" / "bench-snapshot"
-    if keep is None:
-        assert gallery is not None  # nothing kept: this one is saved
-        shutil.rmtree(directory, ignore_errors=True)
-        gallery.save(directory)
+def fresh_start(directory: Path, probe: Probe, settings: Settings) -> tuple[float, int]:
+    """Seconds from nothing to a fresh matcher's first answer from the snapshot in
+    ``directory`` (the page cache dropped where the OS lets us, so the templates come from
+    disk), and the snapshot's size."""
     files = [f for f in directory.iterdir() if f.is_file()]
     size_mb = round(sum(f.stat().st_size for f in files) / 2**20)
     os.sync()  # a snapshot just written leaves the page cache only once it is on disk
@@ -215,9 +215,46 @@ def fresh_start(
     loaded.search([probe], k=settings.candidates, top=1)
     took = time.perf_counter() - started
     del loaded
-    if keep is None:
-        shutil.rmtree(directory, ignore_errors=True)
     return round(took, 2), size_mb
+
+
+def refreshed(m: dict) -> str:
+    """The refresh column: seconds, and MB written where the OS counts them."""
+    if "refresh_s" not in m:
+        return "-"
+    return f"{m['refresh_s']} ({m['refresh_mb'] if m['refresh_mb'] is not None else '?'})"
+
+
+REFRESH_CHANGES = 200  # identities a measured refresh enrols, and as many it removes
+
+
+def written_bytes() -> int | None:
+    """Bytes this process has sent to storage so far (Linux's ``/proc/self/io``)."""
+    try:
+        io = dict(line.split(": ") for line in Path("/proc/self/io").read_text().splitlines())
+    except OSError:
+        return None
+    return int(io["write_bytes"])
+
+
+def refresh_cost(
+    directory: Path, batch: list[Probe], settings: Settings
+) -> tuple[float, int | None]:
+    """Seconds and MB written to bring the snapshot in ``directory`` up to date after
+    ``REFRESH_CHANGES`` identities were enrolled (as query data is: hashed ids) and as many
+    deleted, as the purge schedule's refresh does (``gallery.snapshot.refresh``): loaded,
+    changed, saved where it was loaded, synced. The load is not counted; the save is."""
+    gallery = Gallery.load(directory, settings.ivf_nprobe)
+    new = batch[:REFRESH_CHANGES]
+    gallery.enroll([(1 << 40) + i for i in range(len(new))], new)
+    gone = gallery.face.present.held()[:REFRESH_CHANGES]
+    gallery.remove(gone.tolist())
+    before, started = written_bytes(), time.perf_counter()
+    gallery.save(directory)
+    took, after = time.perf_counter() - started, written_bytes()
+    del gallery
+    mb = None if before is None or after is None else round((after - before) / 2**20)
+    return round(took, 2), mb
 
 
 # --- the raw round trip ------------------------------------------------------------------------
@@ -721,13 +758,13 @@ def write_doc(results: dict) -> None:
         "",
         "### Matcher alone (face 512-d + two fingers 192-d per identity, batches of 64)",
         "",
-        "| identities | index | build s | memory MB | queries/s batched | CPU ms/query | queries/s single | recall@1 vs exact | genuine top-1 | snapshot MB | fresh start s |",
-        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| identities | index | build s | memory MB | queries/s batched | CPU ms/query | queries/s single | recall@1 vs exact | genuine top-1 | snapshot MB | fresh start s | refresh s (MB written) |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for m in results["matcher"]:
         idx = m["index"] + (f" (nprobe {m['nprobe']})" if m["nprobe"] else "")
         lines.append(
-            f"| {m['size']:,} | {idx} | {m['build_s']} | {m['memory_mb']} | {m['qps_batched']} | {m.get('cpu_ms_per_query', '-')} | {m['qps_single']} | {m['recall_at_1']} | {m['genuine_top1']} | {m.get('snapshot_mb', '-')} | {m.get('start_s', '-')} |"
+            f"| {m['size']:,} | {idx} | {m['build_s']} | {m['memory_mb']} | {m['qps_batched']} | {m.get('cpu_ms_per_query', '-')} | {m['qps_single']} | {m['recall_at_1']} | {m['genuine_top1']} | {m.get('snapshot_mb', '-')} | {m.get('start_s', '-')} | {refreshed(m)} |"
         )
     lines += [
         "",

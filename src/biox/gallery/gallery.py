@@ -231,7 +231,9 @@ class Gallery:
         enrolled_holes: Sequence[int] = (),
     ) -> None:
         """Each file written beside its place and then moved there, the manifest last: a
-        matcher starting meanwhile reads either file whole. Each is on disk before it is
+        matcher starting meanwhile reads either file whole. The full templates of a
+        snapshot saved where it was loaded are updated in place instead, before the ids
+        that name them are moved in (``VectorStore.save``, docs/architecture.md "Gallery"). Each is on disk before it is
         moved, and the moves before this returns: after a power loss the manifest never
         names a file the disk does not hold, and the gigabytes are written now, not half
         a minute later under the broker's syncs (docs/operations.md, "Keep the gallery off

@@ -279,17 +279,23 @@ def split_snapshot(
 ) -> list[int]:
     """The whole snapshot in ``gallery_dir`` written again as one snapshot per shard, each
     with the whole one's marks (so the shard workers read exactly what it lacked); the
-    size of each. ``biox gallery split``."""
-    whole = Gallery.load(gallery_dir, settings.ivf_nprobe)
-    mark = mark_of(gallery_dir)
-    done = Gallery.tombstone_seq(gallery_dir) or 0
-    sizes = []
-    parts = split(
-        whole, shards, settings.index, settings.exact_max, settings.ivf_nprobe, progress=progress
-    )
-    for shard, part in parts:
-        part.save(shard.directory(gallery_dir), done, mark.seq, mark.holes)
-        sizes.append(part.size)
+    size of each. ``biox gallery split``; the whole snapshot is not refreshed meanwhile."""
+    with only_writer(gallery_dir):
+        whole = Gallery.load(gallery_dir, settings.ivf_nprobe)
+        mark = mark_of(gallery_dir)
+        done = Gallery.tombstone_seq(gallery_dir) or 0
+        sizes = []
+        parts = split(
+            whole,
+            shards,
+            settings.index,
+            settings.exact_max,
+            settings.ivf_nprobe,
+            progress=progress,
+        )
+        for shard, part in parts:
+            part.save(shard.directory(gallery_dir), done, mark.seq, mark.holes)
+            sizes.append(part.size)
     return sizes
 
 

@@ -233,11 +233,11 @@ class Gallery:
         """Each file written beside its place and then moved there, the manifest last: a
         matcher starting meanwhile reads either file whole. The full templates of a
         snapshot saved where it was loaded are updated in place instead, before the ids
-        that name them are moved in (``VectorStore.save``, docs/architecture.md "Gallery"). Each is on disk before it is
-        moved, and the moves before this returns: after a power loss the manifest never
-        names a file the disk does not hold, and the gigabytes are written now, not half
-        a minute later under the broker's syncs (docs/operations.md, "Keep the gallery off
-        the broker's disk"). ``tombstone_seq``: the last tombstone this snapshot no longer
+        that name them are moved in (``VectorStore.save``, docs/architecture.md
+        "Gallery"). Each is on disk before it is moved, and the moves before this returns:
+        after a power loss the manifest never names a file the disk does not hold, and
+        the gigabytes are written now, not half a minute later under the broker's syncs
+        (docs/operations.md, "Keep the gallery off the broker's disk"). ``tombstone_seq``: the last tombstone this snapshot no longer
         holds; ``enrolled_seq`` and ``enrolled_holes``: how far the enrolled templates are
         folded in (``gallery/snapshot.py``)."""
         directory.mkdir(parents=True, exist_ok=True)

@@ -237,9 +237,10 @@ class Gallery:
         "Gallery"). Each is on disk before it is moved, and the moves before this returns:
         after a power loss the manifest never names a file the disk does not hold, and
         the gigabytes are written now, not half a minute later under the broker's syncs
-        (docs/operations.md, "Keep the gallery off the broker's disk"). ``tombstone_seq``: the last tombstone this snapshot no longer
-        holds; ``enrolled_seq`` and ``enrolled_holes``: how far the enrolled templates are
-        folded in (``gallery/snapshot.py``)."""
+        (docs/operations.md, "Keep the gallery off the broker's disk"). ``tombstone_seq``:
+        the last tombstone this snapshot no longer holds; ``enrolled_seq`` and
+        ``enrolled_holes``: how far the enrolled templates are folded in
+        (``gallery/snapshot.py``)."""
         directory.mkdir(parents=True, exist_ok=True)
         staged = directory / ".staged"
         staged.mkdir(exist_ok=True)

@@ -313,3 +313,38 @@ def test_one_writer_at_a_time_and_the_purge_does_not_wait(tmp_path):
     assert not Gallery.load(directory).holds(np.array([31]))[0]
     with snapshot.only_writer(directory, wait=False) as free:
         assert free
+
+
+def test_a_refresh_that_may_wait_waits_for_the_writer_and_then_does_its_work(tmp_path):
+    """An import (``refresh_all``'s default) and a refresh by hand wait for a writer that
+    holds the snapshot, and then fold in and take out what they came for."""
+    import threading
+
+    db, directory = f"sqlite:///{tmp_path / 'mx.db'}", tmp_path / "gallery"
+    settings = Settings(data_dir=tmp_path)
+    enrol(db, [31, 32])
+    with session_for(db) as s:
+        snapshot.refresh_all(s, directory, settings, create=True)
+    held, release = threading.Event(), threading.Event()
+
+    def writer() -> None:
+        with snapshot.only_writer(directory):
+            held.set()
+            release.wait(10)
+
+    for refresh in (
+        lambda s: snapshot.refresh(s, directory, settings),
+        lambda s: snapshot.refresh_all(s, directory, settings),
+    ):
+        enrol(db, [40 + len(Gallery.load(directory).face.present.held())])
+        held.clear()
+        release.clear()
+        thread = threading.Thread(target=writer)
+        thread.start()
+        held.wait(10)
+        threading.Timer(0.2, release.set).start()
+        with session_for(db) as s:
+            done = refresh(s)
+        thread.join()
+        assert done is not None and done.added == 1
+    assert Gallery.load(directory).size == 4

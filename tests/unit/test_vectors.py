@@ -543,6 +543,7 @@ def test_a_snapshot_saved_where_it_was_loaded_is_updated_in_place(data, tmp_path
     assert written[N:].tolist() == new_ids.tolist() and np.array_equal(written[kept], ids[kept])
     # the saving store now reads every row from the file, and saves in place again
     assert loaded.store.used == 0 and len(loaded.store.base) == N + 3
+    assert loaded.store.added.nbytes == 1024 * DIM * 4  # the memory they took given back
     assert np.allclose(loaded.vectors(new_ids), extra)
     loaded.remove(new_ids[:1])
     loaded.add(np.array([10**7 + 7]), vectors[:1])

@@ -267,16 +267,9 @@ class VectorStore:
             out.flush()
             os.fsync(out.fileno())
         np.save(_ids_path(path), np.concatenate([ids, added]))
-        if self.spill is not None:
-            self.spill.unlink(missing_ok=True)
-        total = nbase + len(added)
-        self.base, self.spill, self._mapped, self.used = (
-            _mapped(final, total, self.dim),
-            None,
-            None,
-            0,
-        )
-        self.added = np.zeros((1024, self.dim), np.float32)
+        total = nbase + len(added)  # (a store that spills was built, not loaded: no source)
+        self.base, self.used = _mapped(final, total, self.dim), 0
+        self.added = np.zeros((1024, self.dim), np.float32)  # an import's rows given back
         self.rows.assign(added, np.arange(nbase, total, dtype=np.int64))
 
 

@@ -306,7 +306,13 @@ def test_one_writer_at_a_time_and_the_purge_does_not_wait(tmp_path):
             with capture_logs() as logs:
                 busy = snapshot.refresh(s, directory, settings, wait=False)
             assert busy == snapshot.Refreshed(0, 0, 0, Mark(2, ()))
-            assert [e["event"] for e in logs] == ["snapshot_busy"]
+            assert [(e["event"], e["directory"]) for e in logs] == [
+                ("snapshot_busy", str(directory))
+            ]
+            fresh = tmp_path / "fresh"  # a snapshot still being made by the other writer
+            fresh.mkdir()
+            with snapshot.only_writer(fresh):
+                assert snapshot.refresh(s, fresh, settings, create=True, wait=False) is None
             assert Gallery.load(directory).holds(np.array([31]))[0]  # left as it was
         done = snapshot.refresh(s, directory, settings, wait=False)
     assert done is not None and done.removed == 1 and done.tombstone_seq == 1
@@ -348,3 +354,51 @@ def test_a_refresh_that_may_wait_waits_for_the_writer_and_then_does_its_work(tmp
         thread.join()
         assert done is not None and done.added == 1
     assert Gallery.load(directory).size == 4
+
+
+def test_a_split_writes_each_shard_with_the_whole_ones_marks_while_no_one_else_writes(
+    tmp_path,
+):
+    """``biox gallery split``: each shard's snapshot holds its own records, built as the
+    settings ask (IVF lists here), and the whole one's marks, so
+    that each shard's worker reads exactly what the whole lacked; it waits for a writer
+    that holds the whole snapshot."""
+    import threading
+
+    db, directory = f"sqlite:///{tmp_path / 'mx.db'}", tmp_path / "gallery"
+    settings = Settings(data_dir=tmp_path, index="ivf", exact_max=10)
+    enrol(db, list(range(1, 301)))
+    with session_for(db) as s:
+        snapshot.refresh(s, directory, settings, create=True)
+    Gallery.load(directory).save(directory, 5, 9, [3, 4])
+    held, release = threading.Event(), threading.Event()
+
+    def writer() -> None:
+        with snapshot.only_writer(directory):
+            held.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    held.wait(10)
+    done: list[int] = []
+    threading.Timer(0.2, lambda: (done.append(0), release.set())).start()
+    seen: list[int] = []
+    sizes = snapshot.split_snapshot(directory, 2, settings, progress=seen.append)
+    thread.join()
+    assert done == [0]  # it ran once the writer had let go
+    assert sizes == [150, 150] and sum(seen) == 300
+    for i, size in enumerate(sizes):
+        part_dir = directory / f"shard-{i}-of-2"
+        part = Gallery.load(part_dir)
+        assert part.size == size and part.kind == "ivf"  # (searched as the worker says)
+        assert (
+            part.holds(np.arange(i + 2, 301, 2)).all()
+            and not part.holds(np.arange(i + 1, 301, 2)).any()
+        )
+        manifest = Gallery.manifest(part_dir)
+        assert (
+            manifest["tombstone_seq"],
+            manifest["enrolled_seq"],
+            manifest["enrolled_holes"],
+        ) == (5, 9, [3, 4])

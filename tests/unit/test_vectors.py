@@ -683,3 +683,30 @@ def test_a_store_saved_in_place_any_number_of_times_holds_what_it_was_given(ops)
                 assert np.array_equal(store.vectors(keys), np.stack([held[k] for k in keys]))
             ids_on_disk = np.load(final.with_name("f.ids.npy"))
             assert len(final.read_bytes()) >= len(ids_on_disk) * 16
+
+
+def test_up_to_a_tenth_of_holes_in_place_and_elsewhere_whole(data, tmp_path):
+    """A tenth of the rows zeroed is still updated in place; a loaded snapshot saved into
+    another directory is written there whole (the one it came from is not touched); ids
+    changed under a store (no writer holds the snapshot) are refused by name."""
+    ids, vectors = data
+    ivf(data).save(tmp_path / "face.faiss")
+    inode = (tmp_path / "face.vectors.f32").stat().st_ino
+    loaded = VectorIndex.load(tmp_path / "face.faiss", nprobe=16)
+    loaded.remove(ids[: N // 10])
+    assert saved_in_place(loaded, tmp_path) == ["face.faiss", "face.vectors.ids.npy"]
+    assert (tmp_path / "face.vectors.f32").stat().st_ino == inode
+    elsewhere = tmp_path / "copy"
+    elsewhere.mkdir()
+    again = VectorIndex.load(tmp_path / "face.faiss", nprobe=16)
+    assert saved_in_place(again, elsewhere) == [
+        "face.faiss",
+        "face.vectors.f32",
+        "face.vectors.ids.npy",
+    ]
+    assert np.array_equal(rows_on_disk(elsewhere), vectors[N // 10 :])
+    assert len(rows_on_disk(tmp_path)) == N  # the source, holes and all, as it was
+    changed = VectorIndex.load(tmp_path / "face.faiss", nprobe=16)
+    np.save(tmp_path / "face.vectors.ids.npy", ids[:10])
+    with pytest.raises(ValueError, match=r"face.vectors.f32: 10 ids, but 3000 rows mapped"):
+        saved_in_place(changed, tmp_path)

@@ -583,6 +583,12 @@ def test_a_matcher_mapping_the_snapshot_loses_a_removed_template_when_it_is_save
     whole = rows_on_disk(tmp_path)
     assert len(whole) == N - 2 - N // 5 and np.array_equal(whole, vectors[2 + N // 5 :])
     assert (np.load(tmp_path / "face.vectors.ids.npy") >= 0).all()
+    # the refresher reads the file it wrote: its next save, in the same process, is in
+    # place and reaches a matcher that loaded that file
+    later = VectorIndex.load(tmp_path / "face.faiss", nprobe=16)
+    refresher.remove(ids[-1:])
+    assert saved_in_place(refresher, tmp_path) == ["face.faiss", "face.vectors.ids.npy"]
+    assert not later.vectors(ids[-1:]).any() and np.allclose(later.vectors(ids[-2:-1]), vectors[-2])
 
 
 def test_an_update_cut_short_leaves_the_old_snapshot_and_the_next_save_mends_it(data, tmp_path):

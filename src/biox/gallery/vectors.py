@@ -168,8 +168,10 @@ class VectorStore:
         """Raw float32 rows at ``path``, their ids beside it (``.ids.npy``), only the rows
         still held: a removed template is not written. A spill file that holds exactly
         them becomes the snapshot's file by a link, not a copy (at 10 M identities the
-        faces alone are 20 GB), and the store then reads it as its base. ``final``: where
-        ``path`` will be moved; when that is the file this store maps, the file is
+        faces alone are 20 GB). Either way the store then reads the file it wrote (its
+        inode follows the move to ``final``), so that its next save there is in place
+        and zeroes what was removed since in the file every matcher maps. ``final``:
+        where ``path`` will be moved; when that is the file this store maps, the file is
         updated in place instead and only the ids are written at ``path`` (``_update``)."""
         ids = self._clear(final) if final else None
         if final and ids is not None and (ids < 0).sum() <= HOLES_SHARE * len(ids):
@@ -179,34 +181,28 @@ class VectorStore:
         rows = self.rows.lookup(held)
         if self.spill is not None and len(self.base) == 0 and len(held) == self.used > 0:
             order = np.argsort(rows)
-            np.save(_ids_path(path), held[order])
+            held = held[order]
             since = self._since()
             if isinstance(since, np.memmap):  # rows zeroed through the map reach the file
                 since.flush()
             os.link(self.spill, path)
             self.spill.unlink()
-            self.base, self.spill, self._mapped, self.used = (
-                _mapped(path, self.used, self.dim),
-                None,
-                None,
-                0,
-            )
-            self.rows.assign(held[order], np.arange(len(held), dtype=np.int64))
-            return
+        else:
+            with path.open("wb") as out:
+                for start in range(0, len(held), 65536):  # never a second copy of the gallery
+                    out.write(self.get(rows[start : start + 65536]).tobytes())
+            if self.spill is not None:  # the spill's rows are all in the snapshot now
+                self.spill.unlink(missing_ok=True)
         np.save(_ids_path(path), held)
-        self.source = None  # ``base`` maps the file this one replaces
-        with path.open("wb") as out:
-            for start in range(0, len(held), 65536):  # never a second copy of the gallery
-                out.write(self.get(rows[start : start + 65536]).tobytes())
-        if self.spill is not None:  # the spill's rows are all in the snapshot now
-            self.spill.unlink(missing_ok=True)
-            self.base, self.spill, self._mapped, self.used = (
-                _mapped(path, len(held), self.dim),
-                None,
-                None,
-                0,
-            )
-            self.rows.assign(held, np.arange(len(held), dtype=np.int64))
+        self.base, self.spill, self._mapped, self.used = (
+            _mapped(path, len(held), self.dim),
+            None,
+            None,
+            0,
+        )
+        self.added = np.zeros((1024, self.dim), np.float32)
+        self.rows.assign(held, np.arange(len(held), dtype=np.int64))
+        self.source = _inode(path)
 
     @classmethod
     def load(cls, path: Path, dim: int) -> VectorStore:

@@ -578,6 +578,7 @@ def test_a_matcher_mapping_the_snapshot_loses_a_removed_template_when_it_is_save
         "face.vectors.f32",
         "face.vectors.ids.npy",
     ]
+    assert refresher.store.added.nbytes == 1024 * DIM * 4  # its rows read from the file
     assert not running.vectors(ids[2 : 2 + N // 5]).any()  # the old file, still mapped
     assert np.allclose(running.vectors(ids[-1:]), vectors[-1])
     whole = rows_on_disk(tmp_path)
@@ -724,3 +725,41 @@ def test_up_to_a_tenth_of_holes_in_place_and_elsewhere_whole(data, tmp_path):
     np.save(tmp_path / "face.vectors.ids.npy", ids[:10])
     with pytest.raises(ValueError, match=r"face.vectors.f32: 10 ids, but 3000 rows mapped"):
         saved_in_place(changed, tmp_path)
+
+
+def test_record_id_zero_is_an_id_like_any_other_in_place_or_not(tmp_path):
+    """``-1`` marks a zeroed row; id 0 is held, counted, removed and zeroed like any id,
+    and a store saved without a place to update is written whole each time."""
+    store = VectorStore(4)
+    vectors = np.arange(40, dtype=np.float32).reshape(10, 4) + 1
+    store.add(np.arange(10), vectors)
+    store.save(tmp_path / "f.f32")
+    store.save(tmp_path / "g.f32")  # no ``final``: whole again, wherever it maps
+    assert np.array_equal(np.fromfile(tmp_path / "g.f32", np.float32).reshape(-1, 4), vectors)
+    final, staged = tmp_path / "f.f32", tmp_path / "staged"
+    staged.mkdir()
+
+    def update(s: VectorStore) -> None:
+        s.save(staged / "f.f32", final)
+        for path in staged.iterdir():
+            path.replace(tmp_path / path.name)
+
+    loaded = VectorStore.load(final, 4)
+    inode = final.stat().st_ino
+    loaded.remove(np.array([5]))  # a tenth: in place, id 0 not counted as a hole
+    update(loaded)
+    assert final.stat().st_ino == inode
+    assert np.load(tmp_path / "f.ids.npy").tolist() == [0, 1, 2, 3, 4, -1, 6, 7, 8, 9]
+    again = VectorStore.load(final, 4)
+    assert again.count == 9 and np.array_equal(again.vectors(np.array([0])), vectors[:1])
+    again.remove(np.array([0]))
+    again.add(np.array([10]), vectors[:1] * 2)
+    update(again)  # two of eleven: past a tenth, written whole
+    assert np.load(tmp_path / "f.ids.npy").tolist() == [1, 2, 3, 4, 6, 7, 8, 9, 10]
+    last = VectorStore.load(final, 4)
+    assert last.count == 9 and not last.rows.mask(np.array([0]))[0]
+    assert vectors[0].tobytes() not in final.read_bytes()
+    last.remove(np.array([1]))
+    update(last)
+    assert 1 not in np.load(tmp_path / "f.ids.npy").tolist()
+    assert vectors[1].tobytes() not in final.read_bytes()

@@ -523,10 +523,12 @@ def test_a_purge_that_finds_the_snapshot_being_written_leaves_it_and_keeps_its_t
             counts = purge_all(s, NOW, "us", settings, ParticipantPolicy())
             s.commit()
         assert "gallery_snapshot" not in counts and "tombstones" not in counts
+        assert counts["gallery_snapshot_busy"] == 1  # said, and counted in the audit trail
         assert Gallery.load(directory).holds(ids).all()
         counts = purge_all(s, NOW, "us", settings, ParticipantPolicy())
         s.commit()
     assert counts["gallery_snapshot"] == 2 and counts["tombstones"] == 2
+    assert "gallery_snapshot_busy" not in counts
     assert not Gallery.load(directory).holds(ids).any()
 
 

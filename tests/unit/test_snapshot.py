@@ -305,7 +305,9 @@ def test_one_writer_at_a_time_and_the_purge_does_not_wait(tmp_path):
                 assert first and not second
             with capture_logs() as logs:
                 busy = snapshot.refresh(s, directory, settings, wait=False)
-            assert busy == snapshot.Refreshed(0, 0, 0, Mark(2, ()))
+            assert busy == snapshot.Refreshed(0, 0, 0, Mark(2, ()), busy=1)
+            everything = snapshot.refresh_all(s, directory, settings, wait=False)
+            assert everything is not None and everything.busy == 1
             assert [(e["event"], e["directory"]) for e in logs] == [
                 ("snapshot_busy", str(directory))
             ]

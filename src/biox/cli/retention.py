@@ -46,6 +46,11 @@ def retention_purge(
         for name, n in sorted(counts.items()):
             table.add_row(name, str(n))
         console.print(table if counts else "nothing is past its retention date")
+        if counts.get("gallery_snapshot_busy"):
+            console.print(
+                "the gallery snapshot is being written by another process (an import, a "
+                "split): left as it is; the next purge takes out what was deleted since"
+            )
         if dry_run:
             return
         s.commit()

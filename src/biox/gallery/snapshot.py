@@ -103,6 +103,7 @@ class Refreshed:
     removed: int
     added: int
     mark: Mark
+    busy: int = 0  # snapshots left as they were: another writer held them
 
 
 def chunks(
@@ -172,7 +173,7 @@ def refresh(
             return _refresh(session, directory, settings, create, shard)
     log.info("snapshot_busy", directory=str(directory))
     done = Gallery.tombstone_seq(directory)
-    return None if done is None else Refreshed(done, 0, 0, mark_of(directory))
+    return None if done is None else Refreshed(done, 0, 0, mark_of(directory), busy=1)
 
 
 def _refresh(
@@ -261,7 +262,7 @@ def refresh_all(
     if not written or seq is None:
         return None
     added, removed = sum(d.added for d in written), sum(d.removed for d in written)
-    return Refreshed(seq, removed, added, written[0].mark)
+    return Refreshed(seq, removed, added, written[0].mark, sum(d.busy for d in written))
 
 
 def tombstone_seq(gallery_dir: Path, shards: int) -> int | None:

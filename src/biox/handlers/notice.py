@@ -355,9 +355,12 @@ def purge_all(
     dry_run: bool = False,
 ) -> dict[str, int]:
     """The whole purge at ``now`` (the schedule's and ``biox retention purge``): the gallery
-    snapshot on disk rewritten without what was deleted since (and with what was enrolled,
-    ``gallery/snapshot.py``), then every table by its rule (``retention.RULES``)."""
+    snapshot on disk brought up to date without what was deleted since (and with what was
+    enrolled, ``gallery/snapshot.py``), then every table by its rule (``retention.RULES``).
+    ``gallery_snapshot_busy`` in the counts: snapshots another writer held, left for the
+    next purge with their tombstones."""
     directory = settings.gallery_dir(me)
+    refreshed = None
     if dry_run:
         seq, removed = snapshot.tombstone_seq(directory, settings.shards), 0
     else:
@@ -369,6 +372,8 @@ def purge_all(
     counts = retention.purge(session, now, dry_run=dry_run, ages=ages)
     if removed:
         counts["gallery_snapshot"] = removed
+    if refreshed is not None and refreshed.busy:  # said, and in the audit trail's counts
+        counts["gallery_snapshot_busy"] = refreshed.busy
     return counts
 
 

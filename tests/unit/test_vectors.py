@@ -5,6 +5,7 @@ with the snapshot, and a snapshot's templates read from disk as they are needed.
 from __future__ import annotations
 
 import mmap
+from multiprocessing.connection import Connection
 
 import faiss
 import numpy as np
@@ -763,3 +764,47 @@ def test_record_id_zero_is_an_id_like_any_other_in_place_or_not(tmp_path):
     update(last)
     assert 1 not in np.load(tmp_path / "f.ids.npy").tolist()
     assert vectors[1].tobytes() not in final.read_bytes()
+
+
+def _matcher_process(path: str, ids: list[int], pipe: Connection) -> None:
+    """A matcher in a process of its own: loads the snapshot, says so, and reads the
+    templates of ``ids`` each time it is asked."""
+    from pathlib import Path
+
+    from biox.gallery.index import VectorIndex
+
+    loaded = VectorIndex.load(Path(path), nprobe=16)
+    pipe.send("loaded")
+    while pipe.recv() == "read":
+        pipe.send(loaded.vectors(np.array(ids)).tobytes())
+
+
+def test_a_matcher_in_another_process_reads_zeros_once_the_refresh_is_saved(data, tmp_path):
+    """The claim of docs/architecture.md, across processes: a matcher that loaded the
+    snapshot and has not taken the deletion in yet stops reading the removed template
+    when the refresher's save is done, without a restart."""
+    import multiprocessing
+
+    ids, vectors = data
+    ivf(data).save(tmp_path / "face.faiss")
+    ours, theirs = multiprocessing.get_context("spawn").Pipe()
+    matcher = multiprocessing.get_context("spawn").Process(
+        target=_matcher_process, args=(str(tmp_path / "face.faiss"), ids[:3].tolist(), theirs)
+    )
+    matcher.start()
+    try:
+        assert ours.poll(60) and ours.recv() == "loaded"
+        ours.send("read")
+        before = np.frombuffer(ours.recv(), np.float32).reshape(3, DIM)
+        assert np.allclose(before, vectors[:3])
+        refresher = VectorIndex.load(tmp_path / "face.faiss", nprobe=16)
+        refresher.remove(ids[1:2])
+        saved_in_place(refresher, tmp_path)
+        ours.send("read")
+        after = np.frombuffer(ours.recv(), np.float32).reshape(3, DIM)
+        assert not after[1].any() and np.allclose(after[[0, 2]], vectors[[0, 2]])
+        ours.send("stop")
+    finally:
+        matcher.join(30)
+        if matcher.is_alive():
+            matcher.kill()

@@ -4,6 +4,7 @@ snapshot lacks."""
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 
 import msgpack
@@ -375,8 +376,11 @@ def test_a_split_writes_each_shard_with_the_whole_ones_marks_while_no_one_else_w
     Gallery.load(directory).save(directory, 5, 9, [3, 4])
     held, release = threading.Event(), threading.Event()
 
+    shard_1 = directory / "shard-1-of-2"  # left by an earlier split, a purge refreshing it
+    shard_1.mkdir()
+
     def writer() -> None:
-        with snapshot.only_writer(directory):
+        with snapshot.only_writer(directory), snapshot.only_writer(shard_1):
             held.set()
             release.wait(10)
 
@@ -388,7 +392,7 @@ def test_a_split_writes_each_shard_with_the_whole_ones_marks_while_no_one_else_w
     seen: list[int] = []
     sizes = snapshot.split_snapshot(directory, 2, settings, progress=seen.append)
     thread.join()
-    assert done == [0]  # it ran once the writer had let go
+    assert done == [0]  # it ran once the writers had let go
     assert sizes == [150, 150] and sum(seen) == 300
     for i, size in enumerate(sizes):
         part_dir = directory / f"shard-{i}-of-2"
@@ -404,3 +408,34 @@ def test_a_split_writes_each_shard_with_the_whole_ones_marks_while_no_one_else_w
             manifest["enrolled_seq"],
             manifest["enrolled_holes"],
         ) == (5, 9, [3, 4])
+
+
+def test_a_split_waits_for_a_writer_of_a_shard_snapshot(tmp_path):
+    """A shard's snapshot from an earlier split may be under a purge's refresh: the split
+    writes that shard once the refresh lets go, and the others meanwhile."""
+    import threading
+
+    db, directory = f"sqlite:///{tmp_path / 'mx.db'}", tmp_path / "gallery"
+    settings = Settings(data_dir=tmp_path, index="ivf", exact_max=10)
+    enrol(db, list(range(1, 301)))
+    with session_for(db) as s:
+        snapshot.refresh(s, directory, settings, create=True)
+    shard_0, shard_1 = directory / "shard-0-of-2", directory / "shard-1-of-2"
+    shard_1.mkdir()
+    held, written_before = threading.Event(), []
+
+    def writer() -> None:
+        with snapshot.only_writer(shard_1):
+            held.set()
+            deadline = time.monotonic() + 60
+            while not Gallery.exists(shard_0) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            time.sleep(1.0)  # long enough for the split to write shard 1 if it did not wait
+            written_before.append((Gallery.exists(shard_0), Gallery.exists(shard_1)))
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    held.wait(10)
+    assert snapshot.split_snapshot(directory, 2, settings) == [150, 150]
+    thread.join()
+    assert written_before == [(True, False)] and Gallery.exists(shard_1)

@@ -295,7 +295,10 @@ def split_snapshot(
             progress=progress,
         )
         for shard, part in parts:
-            part.save(shard.directory(gallery_dir), done, mark.seq, mark.holes)
+            target = shard.directory(gallery_dir)  # a purge may be refreshing an older one
+            target.mkdir(parents=True, exist_ok=True)
+            with only_writer(target):
+                part.save(target, done, mark.seq, mark.holes)
             sizes.append(part.size)
     return sizes
 

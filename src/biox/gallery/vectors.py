@@ -194,15 +194,7 @@ class VectorStore:
             if self.spill is not None:  # the spill's rows are all in the snapshot now
                 self.spill.unlink(missing_ok=True)
         np.save(_ids_path(path), held)
-        self.base, self.spill, self._mapped, self.used = (
-            _mapped(path, len(held), self.dim),
-            None,
-            None,
-            0,
-        )
-        self.added = np.zeros((1024, self.dim), np.float32)
-        self.rows.assign(held, np.arange(len(held), dtype=np.int64))
-        self.source = _inode(path)
+        self._adopt(path, held, 0)
 
     @classmethod
     def load(cls, path: Path, dim: int) -> VectorStore:
@@ -263,10 +255,22 @@ class VectorStore:
             out.flush()
             os.fsync(out.fileno())
         np.save(_ids_path(path), np.concatenate([ids, added]))
-        total = nbase + len(added)  # (a store that spills was built, not loaded: no source)
-        self.base, self.used = _mapped(final, total, self.dim), 0
-        self.added = np.zeros((1024, self.dim), np.float32)  # an import's rows given back
-        self.rows.assign(added, np.arange(nbase, total, dtype=np.int64))
+        self._adopt(final, added, nbase)
+
+    def _adopt(self, path: Path, written: np.ndarray, first: int) -> None:
+        """From now on every row is read from the file at ``path``, ``written`` (the ids
+        just saved there) from row ``first`` on; the memory of the rows added is given
+        back (an import's, or a build's)."""
+        total = first + len(written)
+        self.base, self.spill, self._mapped, self.used = (
+            _mapped(path, total, self.dim),
+            None,
+            None,
+            0,
+        )
+        self.added = np.zeros((1024, self.dim), np.float32)
+        self.rows.assign(written, np.arange(first, total, dtype=np.int64))
+        self.source = _inode(path)
 
 
 def read_ahead(mapped: np.ndarray, rows: np.ndarray) -> None:

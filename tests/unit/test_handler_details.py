@@ -5,7 +5,6 @@ what other matchers enrolled."""
 
 from __future__ import annotations
 
-import tempfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -435,7 +434,7 @@ def test_an_unreadable_retrieval_request_is_answered_rejected_with_its_reason_in
         assert out.envelope.correlation_id == "q-7"
 
 
-def test_each_audit_entry_is_counted_by_its_direction():
+def test_each_audit_entry_is_counted_by_its_direction(tmp_path: Path) -> None:
     from biox.handlers.audit import AuditHandler
 
     env = Envelope("m-1", "query", "query/1", "mx", "us", "q-1", user_id="mx.link")
@@ -445,7 +444,7 @@ def test_each_audit_entry_is_counted_by_its_direction():
         Inbound(env, None, b"x", "biox.us", "us.dead-letter.query"),
         Inbound(env, None, b"x", "biox.us", "us.retry.query.5"),
     ]
-    with session_for(f"sqlite:///{tempfile.mkdtemp()}/a.db") as s:
+    with session_for(f"sqlite:///{tmp_path}/a.db") as s:
         results = AuditHandler("us").chain(batch, s)
         stored = s.exec(select(AuditEntry).order_by(AuditEntry.seq)).all()
     assert [r.outcome for r in results] == [

@@ -9,17 +9,19 @@ from datetime import UTC, datetime, timedelta
 
 import msgpack
 import numpy as np
+import pytest
 from sqlmodel import select
 
 from biox.agreement.ledgers import Tombstone
 from biox.database import session_for
 from biox.gallery import snapshot
 from biox.gallery.gallery import Gallery, Probe
+from biox.gallery.shards import Shard
 from biox.gallery.snapshot import Mark
-from biox.handlers.matcher import MatcherHandler
+from biox.handlers.matcher import MatcherHandler, load
 from biox.settings import Settings
 from biox.sim import synth
-from biox.store import EnrolledTemplates
+from biox.store import EnrolledTemplates, Record
 from tests.unit.test_matcher import POLICIES, REGISTRY
 
 WHEN = datetime(2026, 1, 5, tzinfo=UTC)  # long before any look-back window
@@ -439,3 +441,68 @@ def test_a_split_waits_for_a_writer_of_a_shard_snapshot(tmp_path):
     assert snapshot.split_snapshot(directory, 2, settings) == [150, 150]
     thread.join()
     assert written_before == [(True, False)] and Gallery.exists(shard_1)
+
+
+def own_records(db: str, ids: list[int], source: str = "mx") -> None:
+    """Records of a gallery whose templates are in a snapshot only, as `biox synth` makes."""
+    with session_for(db) as s:
+        s.add_all(Record(id=i, identity_ref=f"{source.upper()}-{i}", source=source) for i in ids)
+        s.commit()
+
+
+def test_a_matcher_without_its_snapshot_refuses_to_start_when_templates_live_nowhere_else(
+    tmp_path,
+):
+    settings = Settings(data_dir=tmp_path, gallery_sync_s=0)
+    db = settings.database_for("mx")
+    own_records(db, list(range(1, 11)))  # templates in a snapshot that is not there
+    own_records(db, [50, 51], source="us")  # a partner's data: its templates are enrolled
+    enrol(db, [50, 51])
+    with pytest.raises(SystemExit) as whole:
+        load("mx", settings, Shard())
+    where = settings.gallery_dir("mx")
+    assert str(whole.value) == (
+        f"no gallery snapshot at {where}, and 10 of mx's own identities have their templates "
+        "nowhere else: this matcher would answer them no match. "
+        f"Restore {where} from its backup, or build the gallery again there."
+    )
+    with pytest.raises(SystemExit) as one:  # a shard: its own identities counted
+        load("mx", settings, Shard(1, 3))
+    assert "and 4 of mx's own identities in shard 1 of 3 have" in str(one.value)  # 1, 4, 7, 10
+    assert str(one.value).endswith(
+        f"Restore {where / 'shard-1-of-3'} from its backup, or build the gallery again there."
+    )
+    enrol(db, [60])
+    with session_for(db) as s:  # the whole snapshot is there: the shard's is split from it
+        snapshot.refresh(s, where, settings, create=True)
+    assert load("mx", settings, Shard())[0].size == 3  # the enrolled rows, folded in
+    with pytest.raises(SystemExit) as split:
+        load("mx", settings, Shard(0, 2))
+    assert str(split.value).endswith(
+        "in shard 0 of 2 have their templates nowhere else: this matcher would answer them "
+        "no match. Split the snapshot (`biox gallery split -p mx --shards 2`) or copy "
+        "shard-0-of-2/ here from the host that split it."
+    )
+
+
+def test_a_matcher_without_its_snapshot_starts_empty_where_the_database_holds_every_template(
+    tmp_path,
+):
+    settings = Settings(data_dir=tmp_path, gallery_sync_s=0)
+    db = settings.database_for("mx")
+    gallery, mark = load("mx", settings, Shard())  # nothing anywhere: a new participant
+    assert (gallery.size, mark) == (0, Mark())
+    own_records(db, [1, 2, 3])
+    enrol(db, [1, 2, 3])  # imported: each template in the database too
+    gallery, mark = load("mx", settings, Shard(0, 2))
+    assert (gallery.size, mark) == (0, Mark())
+    with session_for(db) as s:
+        assert snapshot.templates_only_there(s, "mx") == 0
+        own_records(db, [4])
+        assert snapshot.templates_only_there(s, "mx") == 1
+        assert snapshot.templates_only_there(s, "mx", Shard(0, 2)) == 1
+        assert snapshot.templates_only_there(s, "mx", Shard(1, 2)) == 0
+        assert snapshot.templates_only_there(s, "us") == 0
+    matcher = MatcherHandler("mx", REGISTRY, gallery, settings, POLICIES.of("mx"), mark)
+    with session_for(db) as s:
+        assert matcher.catch_up(s) == 3  # read from the database, slowly but whole

@@ -43,6 +43,8 @@ def broker_start() -> None:
     assert broker.state is not None
     hints = Console(stderr=True)
     hints.print(f"[dim]export BIOX_AMQP_URL={broker.url}   # then: biox broker stop[/]")
+    # workers refuse plain AMQP unless told this is the development broker (docs/security.md)
+    hints.print("[dim]export BIOX_DEV_SHARED_BROKER=1   # for `biox serve` on this broker[/]")
     hints.print(f"[dim]queue depths for Prometheus: {broker.state.metrics_url}[/]")
 
 

@@ -11,6 +11,7 @@ from rich.progress import Progress
 
 from biox.cli.common import Participant, code, console, session, settings
 from biox.registry import Registry
+from biox.wire.errors import REASON_TEXT, Reason
 
 
 def demo(
@@ -156,7 +157,20 @@ def conformance(
     if isinstance(sizes, dict) and not as_json:
         read = ", ".join(f"{c} {n}" for c, n in sorted(sizes.items()))
         console.print(f"partners' galleries (from BIOX_DATA_DIR): {read}; seed {seed}")
-    cases = Kit(registry, me, seed, sizes).cases()
+    kit = Kit(registry, me, seed, sizes)
+    skipped = kit.no_partner_asked()
+    if skipped:
+        why = "; ".join(f"{p}: {r.value} ({REASON_TEXT[r]})" for p, r in sorted(skipped.items()))
+        console.print(
+            f"[red]{me} would ask no partner, so the cases cannot show the contract: {why}[/]"
+        )
+        if {Reason.inactive_requester, Reason.inactive_provider} & set(skipped.values()):
+            console.print(
+                f"Readiness (§34): `biox participants ready -p {me}` here and each partner's "
+                f"own on its side; `biox participants list -p {me}` shows where each stands."
+            )
+        raise typer.Exit(2)
+    cases = kit.cases()
     runner = Runner(url, me, s.client_tls(), user)
     with Progress(console=console, disable=as_json) as progress:
         task = progress.add_task(f"{len(cases)} cases against {me}", total=len(cases))

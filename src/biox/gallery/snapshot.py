@@ -25,7 +25,7 @@ from pathlib import Path
 import msgpack
 import numpy as np
 import structlog
-from sqlalchemy import ColumnElement, or_
+from sqlalchemy import ColumnElement, func, or_
 from sqlmodel import Session, col, select
 
 from biox.agreement.ledgers import Tombstone
@@ -33,7 +33,7 @@ from biox.gallery.gallery import Gallery, Probe
 from biox.gallery.index import VectorIndex
 from biox.gallery.shards import Shard, split
 from biox.settings import Settings
-from biox.store import EnrolledTemplates
+from biox.store import EnrolledTemplates, Record
 from biox.wire.messages import Biometrics, utcnow
 
 HOLES_KEPT = 10_000  # holes further below the mark than this are rolled back, not open
@@ -69,6 +69,43 @@ def mark_of(directory: Path) -> Mark:
     if manifest is None:
         return Mark()
     return Mark(int(manifest.get("enrolled_seq", 0)), tuple(manifest.get("enrolled_holes", ())))
+
+
+def templates_only_there(session: Session, participant: str, shard: Shard = Shard()) -> int:
+    """How many of ``participant``'s own identities (those ``shard`` holds) have their
+    templates in a snapshot alone: ``biox synth`` writes a gallery's templates to the
+    snapshot only, an import writes each to ``enrolled_templates`` as well (which a matcher
+    without a snapshot reads at start, slowly but whole)."""
+    own = (
+        select(func.count())
+        .select_from(Record)
+        .where(
+            Record.source == participant,
+            col(Record.id).not_in(select(EnrolledTemplates.record_id)),
+        )
+    )
+    if not shard.whole:
+        own = own.where(col(Record.id) % shard.count == shard.index)
+    return session.exec(own).one()
+
+
+def missing(participant: str, settings: Settings, shard: Shard, alone: int) -> str:
+    """What a matcher without its snapshot says as it refuses to start: from an empty
+    gallery it would answer no match for people the gallery holds, where a matcher that is
+    down only delays the answers (its queue keeps the queries; docs/operations.md)."""
+    whole = settings.gallery_dir(participant)
+    where = shard.directory(whole)
+    text = (
+        f"no gallery snapshot at {where}, and {alone} of {participant}'s own identities"
+        f"{'' if shard.whole else f' in shard {shard.index} of {shard.count}'} have their "
+        "templates nowhere else: this matcher would answer them no match. "
+    )
+    if not shard.whole and Gallery.exists(whole):
+        return text + (
+            f"Split the snapshot (`biox gallery split -p {participant} --shards "
+            f"{shard.count}`) or copy {where.name}/ here from the host that split it."
+        )
+    return text + f"Restore {where} from its backup, or build the gallery again there."
 
 
 def read_enrolled(rows: Iterable[EnrolledTemplates]) -> tuple[list[int], list[Probe]]:

@@ -15,6 +15,7 @@ from sqlmodel import Session, col, select
 
 from biox.agreement import participants
 from biox.agreement.erasures import Erased
+from biox.database import session_for
 from biox.gallery import gather, snapshot
 from biox.gallery.calibration import Calibrated
 from biox.gallery.fusion import Decision, decide
@@ -397,7 +398,8 @@ def _modalities(bio: Biometrics) -> list[str]:
 
 def load(participant: str, settings: Settings, shard: Shard) -> tuple[Gallery, snapshot.Mark]:
     """The snapshot a worker searching ``shard`` of the gallery starts from, and its mark;
-    FAISS's threads set for the searches to come (``BIOX_SEARCH_THREADS``)."""
+    FAISS's threads set for the searches to come (``BIOX_SEARCH_THREADS``). Without one it
+    starts empty only where the database holds every template it would miss."""
     if settings.search_threads:
         import faiss
 
@@ -406,6 +408,11 @@ def load(participant: str, settings: Settings, shard: Shard) -> tuple[Gallery, s
     if Gallery.exists(directory):
         gallery = Gallery.load(directory, settings.ivf_nprobe)
     else:
+        with session_for(settings.database_for(participant)) as session:
+            alone = snapshot.templates_only_there(session, participant, shard)
+        if alone:
+            log.error("gallery_snapshot_missing", directory=str(directory), identities=alone)
+            raise SystemExit(snapshot.missing(participant, settings, shard, alone))
         log.warning("empty_gallery", participant=participant, directory=str(directory))
         gallery = Gallery()
     return gallery, snapshot.mark_of(directory)

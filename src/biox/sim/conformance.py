@@ -82,6 +82,16 @@ class Kit:
             if p != self.me
         }
 
+    def no_partner_asked(self) -> dict[str, Reason]:
+        """Why each partner would be skipped for an ordinary query (a third-country national
+        encountered here), when none would be asked; empty when one would. Most cases need
+        an answer from somewhere: before the readiness exchange (§34) every one of them is
+        refused ``inactive_requester``, which says nothing about the encounter system."""
+        reasons = self._expected(self.subject, synth.encounter_here(self.me, self.rng))
+        if any(why is None for why in reasons.values()):
+            return {}
+        return {p: why for p, why in reasons.items() if why is not None}
+
     def body(
         self, biometrics: Any, subject: SubjectStatus | None = None, country: str | None = None
     ) -> tuple[str, bytes, Encounter]:

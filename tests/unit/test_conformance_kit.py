@@ -60,3 +60,42 @@ def test_a_probe_of_an_identity_outside_the_gallery_says_so(tmp_path, monkeypatc
     assert "in no gallery mx builds" in out.output, out.output
     out = runner.invoke(app, ["synth", "probe", "MX-000000001", "-o", str(tmp_path / "c")])
     assert out.exit_code == 0 and "non-mated" not in out.output, out.output
+
+
+def test_before_the_readiness_exchange_the_kit_says_no_partner_would_be_asked(
+    tmp_path, monkeypatch
+):
+    """Before §34's readiness every case would be refused `inactive_requester`, which says
+    nothing about the encounter system: the kit says so up front, with what to do, and
+    exits 2 before it sends anything."""
+    from typer.testing import CliRunner
+
+    from biox.cli import app
+    from biox.registry import Registry
+    from biox.settings import Settings
+    from biox.sim.galleries import build_gallery
+    from biox.wire.errors import Reason
+    from tests.registry import SHIPPED
+
+    pending = Registry.load(SHIPPED)
+    assert Kit(pending, "us", gallery_size=20).no_partner_asked() == {
+        "mx": Reason.inactive_requester,
+        "sv": Reason.inactive_requester,
+    }
+    assert Kit(REGISTRY, "us", gallery_size=20).no_partner_asked() == {}
+    us_ready = tmp_path / "us-ready.toml"  # us sent its notice; neither partner has
+    us_ready.write_text(SHIPPED.read_text().replace('status = "pending"', 'status = "active"', 1))
+    assert Kit(Registry.load(us_ready), "us", gallery_size=20).no_partner_asked() == {
+        "mx": Reason.inactive_provider,
+        "sv": Reason.inactive_provider,
+    }
+    monkeypatch.setenv("BIOX_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("BIOX_REGISTRY", str(SHIPPED))
+    build_gallery(Settings(data_dir=tmp_path), "mx", 20, 2026)
+    url = "amqp://guest:guest@127.0.0.1:1/%2F"  # nothing listens: nothing may be sent
+    out = CliRunner().invoke(app, ["conformance", "-p", "us", "--amqp-url", url])
+    assert out.exit_code == 2, out.output
+    said = " ".join(out.output.split())
+    assert "us would ask no partner, so the cases cannot show the contract: mx: " in said
+    assert "inactive_requester (requesting participant is not active (§34, §36))" in said
+    assert "`biox participants ready -p us` here and each partner's own" in said

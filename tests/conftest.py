@@ -3,7 +3,10 @@ engine answers, else the local launcher (Debian's rabbitmq-server as a child).""
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 
 import pytest
@@ -36,6 +39,12 @@ def pytest_configure(config: pytest.Config) -> None:
     from tests.registry import install
 
     install()
+    # the suite's own state directory (each xdist worker its own): a test that takes
+    # Settings' default data_dir must neither write into ~/.local/state/biox nor meet what
+    # another run, or the other worker, left there (a purge found a snapshot there busy)
+    state = tempfile.mkdtemp(prefix="biox-state-")
+    atexit.register(shutil.rmtree, state, True)
+    os.environ["XDG_STATE_HOME"] = state
     days = config.getoption("--clock-ahead")
     if days:
         from datetime import UTC, datetime, timedelta

@@ -137,7 +137,7 @@ def test_an_expired_row_is_gone_from_every_table_and_a_current_one_stays(tmp_pat
 def test_the_notice_worker_purges_on_its_schedule_and_tells_the_audit_trail(tmp_path):
     url = f"sqlite:///{tmp_path / 'us.db'}"
     fill(url)
-    settings = Settings(retention_purge_s=60)
+    settings = Settings(data_dir=tmp_path, retention_purge_s=60)
     handler = NoticeHandler("us", memory_rings(["us"])["us"].trust, None, None, settings)
     assert handler.maintain_every_s == 60
     with capture_logs() as logs, session_for(url) as s:

@@ -101,3 +101,12 @@ def test_an_installed_biox_carries_its_examples_and_reads_them_from_its_own_file
     where, pending = said.stdout.split()
     assert where == str(unpacked / "biox" / "config" / "participants.toml")
     assert pending == "3"
+
+
+def test_the_suite_keeps_out_of_the_users_state_directory():
+    """A test that takes Settings' defaults writes under a directory of the suite's own
+    (tests/conftest.py), not ~/.local/state/biox, where a demo or a walk through the docs
+    keeps its data and where two test processes would meet."""
+    home_state = Path.home() / ".local" / "state"
+    assert not Settings().data_dir.resolve().is_relative_to(home_state.resolve())
+    assert Settings().data_dir.parent.name.startswith("biox-state-")

@@ -11,6 +11,7 @@ import msgpack
 import numpy as np
 import pytest
 from sqlmodel import select
+from structlog.testing import capture_logs
 
 from biox.agreement.ledgers import Tombstone
 from biox.database import session_for
@@ -458,9 +459,11 @@ def test_a_matcher_without_its_snapshot_refuses_to_start_when_templates_live_now
     own_records(db, list(range(1, 11)))  # templates in a snapshot that is not there
     own_records(db, [50, 51], source="us")  # a partner's data: its templates are enrolled
     enrol(db, [50, 51])
-    with pytest.raises(SystemExit) as whole:
+    with capture_logs() as logs, pytest.raises(SystemExit) as whole:
         load("mx", settings, Shard())
     where = settings.gallery_dir("mx")
+    said = {"event": "gallery_snapshot_missing", "directory": str(where), "identities": 10}
+    assert [{k: line.get(k) for k in said} for line in logs] == [said]
     assert str(whole.value) == (
         f"no gallery snapshot at {where}, and 10 of mx's own identities have their templates "
         "nowhere else: this matcher would answer them no match. "
@@ -490,8 +493,12 @@ def test_a_matcher_without_its_snapshot_starts_empty_where_the_database_holds_ev
 ):
     settings = Settings(data_dir=tmp_path, gallery_sync_s=0)
     db = settings.database_for("mx")
-    gallery, mark = load("mx", settings, Shard())  # nothing anywhere: a new participant
+    with capture_logs() as logs:
+        gallery, mark = load("mx", settings, Shard())  # nothing anywhere: a new participant
     assert (gallery.size, mark) == (0, Mark())
+    where = str(settings.gallery_dir("mx"))
+    said = {"event": "empty_gallery", "participant": "mx", "directory": where}
+    assert [{k: line.get(k) for k in said} for line in logs] == [said]
     own_records(db, [1, 2, 3])
     enrol(db, [1, 2, 3])  # imported: each template in the database too
     gallery, mark = load("mx", settings, Shard(0, 2))

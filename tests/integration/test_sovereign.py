@@ -6,6 +6,7 @@ and it loses a node, then another, without losing or repeating an answer."""
 
 from __future__ import annotations
 
+import json
 import re
 import sqlite3
 import threading
@@ -470,6 +471,40 @@ def test_an_encounter_system_can_neither_tap_nor_redirect_another_systems_result
         refused = attempt(s, "us", sim, action)
         assert refused and refused.startswith("403"), (name, refused)
     assert attempt(s, "us", sim, lambda ch: ch.queue_bind(mine, "biox.us.results", mine)) is None
+
+
+def test_the_conformance_kit_runs_on_a_participants_own_broker_as_an_encounter_system(
+    sovereign,
+):
+    """On us's own broker (three nodes, TLS, certificate logins) the kit runs as the
+    conformance encounter system would. Its login may not read the held results, so that
+    case is said not checked, not failed; an on-call operator's certificate lets the kit
+    look, and then every case passes."""
+    s = sovereign
+    env = {
+        **s.brokers.env("us", Role.encounters, system="conformance"),
+        "BIOX_DATA_DIR": str(s.settings.data_dir),
+        "BIOX_KEYS_DIR": str(s.settings.keys()),
+    }
+    args = ["conformance", "-p", "us", "--user", "us.encounters.conformance", "--json"]
+    args += ["--seed", str(SEED), "--gallery-size", str(SIZES["mx"]), "--timeout", "90"]
+
+    def run(*more: str) -> tuple[int, dict[str, dict]]:
+        out = runner.invoke(app, [*args, *more], env=env)
+        lines = [json.loads(x) for x in out.output.splitlines() if x.startswith("{")]
+        return out.exit_code, {c["case"]: c for c in lines}
+
+    code, cases = run()
+    held = cases.pop("reply queue missing")
+    assert (held["passed"], held["checked"]) == (False, False), held
+    assert held["got"].startswith("not checked: us.results.held is for on-call operators")
+    assert code == 0 and len(cases) == 13, cases
+    assert all(c["passed"] and c["checked"] for c in cases.values()), cases
+    oscar = s.brokers.credentials("us", Role.operators, person="oscar")  # on_call
+    code, cases = run("--operator-cert", str(oscar.cert), "--operator-key", str(oscar.key))
+    assert code == 0 and len(cases) == 14, cases
+    assert all(c["passed"] and c["checked"] for c in cases.values()), cases
+    assert cases["reply queue missing"]["got"] == "held in us.results.held"
 
 
 def test_a_forged_identity_is_never_replayed_from_the_dead_letter_queue(sovereign, tmp_path):

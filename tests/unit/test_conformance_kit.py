@@ -99,3 +99,29 @@ def test_before_the_readiness_exchange_the_kit_says_no_partner_would_be_asked(
     assert "us would ask no partner, so the cases cannot show the contract: mx: " in said
     assert "inactive_requester (requesting participant is not active (§34, §36))" in said
     assert "`biox participants ready -p us` here and each partner's own" in said
+
+
+def test_an_operator_certificate_comes_with_its_key_and_the_ca(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from biox.cli import app
+    from biox.settings import Settings
+    from biox.sim.galleries import build_gallery
+
+    monkeypatch.setenv("BIOX_DATA_DIR", str(tmp_path))
+    build_gallery(Settings(data_dir=tmp_path), "mx", 20, 2026)
+    url = "amqp://guest:guest@127.0.0.1:1/%2F"  # nothing listens: nothing may be sent
+    base = ["conformance", "-p", "us", "--amqp-url", url]
+    pem = tmp_path / "oscar.pem"
+    for more, ca in (
+        (["--operator-cert", str(pem)], "ca.pem"),
+        (["--operator-key", str(pem)], "ca.pem"),
+        (["--operator-cert", str(pem), "--operator-key", str(pem)], None),
+    ):
+        if ca:
+            monkeypatch.setenv("BIOX_TLS_CA", ca)
+        else:
+            monkeypatch.delenv("BIOX_TLS_CA", raising=False)
+        out = CliRunner().invoke(app, [*base, *more])
+        assert out.exit_code == 2, out.output
+        assert "--operator-cert and --operator-key go together, with BIOX_TLS_CA" in out.output

@@ -53,6 +53,9 @@ class Outcome:
     case: Case
     passed: bool
     got: str
+    #: False where the kit's logins could not look (the held results without an
+    #: operator's): said, and not counted as a failure of the participant
+    checked: bool = True
 
 
 class Kit:

@@ -467,13 +467,14 @@ def test_a_matcher_without_its_snapshot_refuses_to_start_when_templates_live_now
     assert str(whole.value) == (
         f"no gallery snapshot at {where}, and 10 of mx's own identities have their templates "
         "nowhere else: this matcher would answer them no match. "
-        f"Restore {where} from its backup, or build the gallery again there."
+        "Build it again there (a synthetic gallery: `biox synth -p mx`), not from an older "
+        "copy: that would still hold templates deleted since."
     )
     with pytest.raises(SystemExit) as one:  # a shard: its own identities counted
         load("mx", settings, Shard(1, 3))
     assert "and 4 of mx's own identities in shard 1 of 3 have" in str(one.value)  # 1, 4, 7, 10
     assert str(one.value).endswith(
-        f"Restore {where / 'shard-1-of-3'} from its backup, or build the gallery again there."
+        "not from an older copy: that would still hold templates deleted since."
     )
     enrol(db, [60])
     with session_for(db) as s:  # the whole snapshot is there: the shard's is split from it

@@ -105,7 +105,10 @@ def missing(participant: str, settings: Settings, shard: Shard, alone: int) -> s
             f"Split the snapshot (`biox gallery split -p {participant} --shards "
             f"{shard.count}`) or copy {where.name}/ here from the host that split it."
         )
-    return text + f"Restore {where} from its backup, or build the gallery again there."
+    return text + (  # an import keeps every template in the database: only synth's are not
+        f"Build it again there (a synthetic gallery: `biox synth -p {participant}`), not from "
+        "an older copy: that would still hold templates deleted since."
+    )
 
 
 def read_enrolled(rows: Iterable[EnrolledTemplates]) -> tuple[list[int], list[Probe]]:

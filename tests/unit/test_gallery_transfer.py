@@ -242,3 +242,49 @@ def test_an_export_reads_each_records_templates_from_its_shards_snapshot(tmp_pat
         face = probes[rid].face
         want = templates.vector(face.algorithm, "face", face.template)
         assert float(back @ want) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_a_file_that_cannot_be_imported_is_refused_whole_before_any_row(tmp_path, monkeypatch):
+    """Not Parquet, or another layout (no identity_ref column): one line and exit 2, not a
+    traceback, and not one refusal per row of a file every row of which would be refused.
+    A column the import does not read is named before it starts (a misspelt one is data
+    left behind)."""
+    from typer.testing import CliRunner
+
+    from biox.cli import app
+    from biox.gallery.transfer import FileError, check_file
+
+    junk = tmp_path / "junk.parquet"
+    junk.write_bytes(b"PAR1 not parquet at all")
+    with pytest.raises(FileError, match=r"^junk.parquet is not a readable Parquet file \("):
+        check_file(junk)
+    other = tmp_path / "other.parquet"
+    pq.write_table(pa.table({"ref": ["MX-1"], "face": [b"x"]}), other)
+    with pytest.raises(FileError) as no_ref:
+        check_file(other)
+    assert str(no_ref.value) == (
+        "other.parquet has no identity_ref column (its columns: ref, face): "
+        "docs/gallery.md, 'The file'"
+    )
+    rows = [identity(1), identity(2)]
+    extra = pa.Table.from_pylist(rows, schema=SCHEMA).append_column(
+        "biographics", pa.array([{"family_name": "X"}] * 2)
+    )
+    misspelt = tmp_path / "misspelt.parquet"
+    pq.write_table(extra, misspelt)
+    assert check_file(misspelt) == (2, ["biographics"])
+    assert check_file(write(tmp_path / "fine.parquet", rows)) == (2, [])
+
+    monkeypatch.setenv("BIOX_DATA_DIR", str(tmp_path / "data"))
+    runner = CliRunner()
+    for path, said in (
+        (junk, "junk.parquet is not a readable Parquet file"),
+        (other, "other.parquet has no identity_ref column (its columns: ref, face)"),
+    ):
+        out = runner.invoke(app, ["gallery", "import", "-p", "mx", str(path)])
+        assert out.exit_code == 2 and said in " ".join(out.output.split()), out.output
+        assert "Traceback" not in out.output
+    out = runner.invoke(app, ["gallery", "import", "-p", "mx", str(misspelt)])
+    assert out.exit_code == 0, out.output
+    assert "columns not read (docs/gallery.md): biographics" in out.output
+    assert "2 imported" in out.output

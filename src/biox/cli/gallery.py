@@ -76,10 +76,16 @@ def gallery_import(
     Run it again after an interruption: identities already present are skipped. Exit 1
     if any row was refused."""
     from biox.gallery import snapshot
-    from biox.gallery.transfer import count_rows, import_file
+    from biox.gallery.transfer import FileError, check_file, import_file
 
     me = code(participant)
-    total = count_rows(file)
+    try:
+        total, unread = check_file(file)
+    except FileError as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(2) from exc
+    if unread:
+        console.print(f"[yellow]columns not read (docs/gallery.md): {', '.join(unread)}[/]")
     with _progress() as progress, session(participant) as s:
         task = progress.add_task(f"Importing into {me}", total=total)
         report = import_file(s, me, file, batch, lambda n: progress.advance(task, n))

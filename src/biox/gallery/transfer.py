@@ -146,8 +146,27 @@ def rows(path: Path, batch_size: int) -> Iterator[list[tuple[int, dict[str, Any]
         yield out
 
 
-def count_rows(path: Path) -> int:
-    return int(pq.ParquetFile(path).metadata.num_rows)
+class FileError(ValueError):
+    """The file as a whole cannot be imported: said once, not once per row."""
+
+
+def check_file(path: Path) -> tuple[int, list[str]]:
+    """Its rows, and the columns it has that the import does not read (a misspelt one is
+    data left behind). A file that is not Parquet, or has no ``identity_ref`` column (another
+    export's layout, a column named otherwise), is refused before any row is read: every
+    row would be refused alike."""
+    try:
+        meta = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise FileError(f"{path.name} is not a readable Parquet file ({exc})") from exc
+    names = list(meta.schema_arrow.names)
+    if "identity_ref" not in names:
+        has = ", ".join(names) or "none"
+        raise FileError(
+            f"{path.name} has no identity_ref column (its columns: {has}): "
+            "docs/gallery.md, 'The file'"
+        )
+    return int(meta.metadata.num_rows), [n for n in names if n not in SCHEMA.names]
 
 
 def import_file(

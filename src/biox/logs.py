@@ -11,7 +11,13 @@ import sys
 import structlog
 
 
-def configure(level: str = "INFO", json: bool = True, **bound: object) -> None:
+def configure(
+    level: str = "INFO", json: bool = True, keep_loggers: bool = True, **bound: object
+) -> None:
+    """``keep_loggers``: each module's logger resolved once, on its first use, for a
+    worker's life. A command that runs once gains nothing from it, and a logger kept holds
+    the stream of its first use for good: an in-process run (a test's CliRunner) would leave
+    it writing into a closed one, past the reach of ``structlog.testing.capture_logs``."""
     logging.basicConfig(stream=sys.stderr, level=level.upper(), format="%(message)s")
     logging.getLogger("pika").setLevel(logging.CRITICAL)  # we log our own view of failures
     renderer = (
@@ -27,6 +33,6 @@ def configure(level: str = "INFO", json: bool = True, **bound: object) -> None:
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
-        cache_logger_on_first_use=True,
+        cache_logger_on_first_use=keep_loggers,
     )
     structlog.contextvars.bind_contextvars(**bound)

@@ -41,7 +41,7 @@ def _settings() -> None:
     """biox: biometric immigration query exchange. Settings: BIOX_* environment variables."""
     # warnings only, on stderr: stdout is the command's answer, which scripts capture
     # (`export BIOX_AMQP_URL=$(biox broker start)`); `biox serve` sets its own JSON logs
-    logs.configure("WARNING", json=False)
+    logs.configure("WARNING", json=False, keep_loggers=False)
     begin()
 
 

@@ -71,6 +71,51 @@ def test_the_same_body_with_real_bytes_and_a_timestamp_is_read():
     assert got == a_submission()
 
 
+@pytest.mark.parametrize("born", ["1990", "1990-02", "1990-02-28", "2000-02-29", "0001-01-01"])
+def test_a_date_of_birth_whole_or_partial_is_read(born):
+    body = wire(a_submission(), biographic__date_of_birth=born)
+    got = codec.decode_body(EncounterSubmit, "encounter.submit/1", body)
+    assert got.biographic.date_of_birth == born
+
+
+@pytest.mark.parametrize(
+    "born",
+    [
+        "not-a-date",
+        "1990-13",
+        "1990-02-30",
+        "1900-02-29",
+        "90-02-01",
+        "1990-2-1",
+        "1990/02/01",
+        "19900201",
+        "1990-02-01T00:00",
+        "0000",
+        " 1990",
+        "1990-00",
+    ],
+)
+def test_a_date_of_birth_the_contract_does_not_write_is_refused_by_name(born):
+    """The contract's `YYYY`, `YYYY-MM` or `YYYY-MM-DD` and a real day: anything else would
+    be kept, released to a partner and searched (§26) as it came."""
+    body = wire(a_submission(), biographic__date_of_birth=born)
+    with pytest.raises(PermanentError) as refused:
+        codec.decode_body(EncounterSubmit, "encounter.submit/1", body)
+    assert refused.value.reason is Reason.invalid_message
+    assert "biographic.date_of_birth" in refused.value.detail
+    assert f"{born!r} is not an ISO 8601 date: YYYY, YYYY-MM or YYYY-MM-DD" in refused.value.detail
+
+
+def test_a_date_of_birth_stored_before_the_check_still_reads():
+    """Rows read back (the database's JSON) are not the wire: what was kept before the
+    check reads as it was, so no record, answer or review case becomes unreadable."""
+    from biox.wire.messages import Biographic
+
+    assert Biographic.model_validate({"date_of_birth": "1990-13-45"}).date_of_birth == (
+        "1990-13-45"
+    )
+
+
 # --- intake: what it refuses, and how ---------------------------------------------------------
 
 

@@ -221,6 +221,18 @@ def test_a_row_is_parsed_as_an_import_reads_it():
     assert np.frombuffer(bio.face.template, "<f4").shape == (512,)
 
 
+def test_an_imported_date_of_birth_is_checked_as_a_submissions_is():
+    from biox.gallery.transfer import RowError
+
+    who = synth.person(SEED, 4).biographic.model_dump()
+    for born in ("1990", "1990-02", "2000-02-29"):
+        fields, _ = parse(identity(4, biographic={**who, "date_of_birth": born}))
+        assert fields["biographic"]["date_of_birth"] == born
+    for born in ("1990-02-30", "1990-13", "not-a-date"):
+        with pytest.raises(RowError, match=f"{born!r} is not an ISO 8601 date"):
+            parse(identity(4, biographic={**who, "date_of_birth": born}))
+
+
 def test_an_export_reads_each_records_templates_from_its_shards_snapshot(tmp_path, db):
     """With the gallery in shards there is no whole snapshot: each identity's templates
     come from the snapshot of the shard its id names; one whose shard has none is said."""

@@ -106,7 +106,9 @@ def parse(row: dict[str, Any]) -> tuple[dict[str, Any], Biometrics]:
                 }
             )
         )
-        biographic = Biographic.model_validate(_drop_nulls(row.get("biographic") or {}))
+        biographic = Biographic.model_validate(  # checked as a submission's are
+            _drop_nulls(row.get("biographic") or {}), context={"wire": True}
+        )
         encounters = [
             EncounterRecord.model_validate(_drop_nulls(e)).model_dump(
                 mode="json", exclude_none=True

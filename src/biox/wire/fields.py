@@ -7,10 +7,11 @@ a date sent as an ISO string is refused at the door, with the field named.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import re
+from datetime import UTC, date, datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo
 
 Code = Annotated[str, Field(pattern=r"^[a-z]{2}$", description="ISO 3166 alpha-2, lowercase")]
 Id = Annotated[str, Field(min_length=1, max_length=128)]
@@ -38,6 +39,44 @@ def _wire(kind: type, label: str) -> BeforeValidator:
 Bytes = Annotated[bytes, _wire(bytes, "msgpack bin (raw bytes)")]
 #: an instant: msgpack timestamp (extension type -1), never a string or a number
 Timestamp = Annotated[datetime, _wire(datetime, "a msgpack timestamp (extension type -1)")]
+
+
+PARTIAL_DATE = r"^[0-9]{4}(-[0-9]{2}(-[0-9]{2})?)?$"
+
+
+def _partial_date(value: str, info: ValidationInfo) -> str:
+    """A date of birth as the contract writes it, checked where it comes in (the wire, a
+    gallery import: the context ``{"wire": True}``), not on rows read back, so a value
+    stored before the check still reads. A month 13 or a 30 February is refused by name:
+    it would be kept, released and searched as it came."""
+    if not (info.context and info.context.get("wire")):
+        return value
+    parts = value.split("-")
+    try:
+        if not re.fullmatch(PARTIAL_DATE, value):
+            raise ValueError
+        date(
+            int(parts[0]),
+            int(parts[1]) if len(parts) > 1 else 1,
+            int(parts[2]) if len(parts) > 2 else 1,
+        )
+    except ValueError:
+        raise ValueError(
+            f"{value!r} is not an ISO 8601 date: YYYY, YYYY-MM or YYYY-MM-DD"
+        ) from None
+    return value
+
+
+#: a date of birth, whole or partial (``1990``, ``1990-02``, ``1990-02-28``)
+PartialDate = Annotated[
+    str,
+    Field(
+        max_length=64,  # Short's bound, on every read: a longer value stored before still reads
+        description="ISO 8601 date, may be partial: YYYY, YYYY-MM or YYYY-MM-DD",
+        json_schema_extra={"pattern": PARTIAL_DATE},
+    ),
+    AfterValidator(_partial_date),
+]
 
 
 def utcnow() -> datetime:

@@ -17,7 +17,7 @@ from pydantic import Field
 from biox.registry import Purpose
 from biox.wire.biometrics import Biometrics, Evidence, Face, Fingerprint, Iris
 from biox.wire.errors import Reason
-from biox.wire.fields import Code, Id, Model, Name, Short, Text, Timestamp, utcnow
+from biox.wire.fields import Code, Id, Model, Name, PartialDate, Short, Text, Timestamp, utcnow
 
 # the contract's building blocks, importable from here as from their modules
 __all__ = [
@@ -54,7 +54,7 @@ class Message(Model):
 class Biographic(Model):
     family_name: Name | None = None
     given_names: Name | None = None
-    date_of_birth: Short | None = Field(default=None, description="ISO 8601 date, may be partial")
+    date_of_birth: PartialDate | None = None
     sex: Literal["F", "M", "X"] | None = None
     claimed_nationality: Short | None = Field(default=None, description="ISO 3166 alpha-2")
     place_of_birth: Name | None = None

@@ -278,6 +278,10 @@ def test_a_file_that_cannot_be_imported_is_refused_whole_before_any_row(tmp_path
         "other.parquet has no identity_ref column (its columns: ref, face): "
         "docs/gallery.md, 'The file'"
     )
+    empty = tmp_path / "empty.parquet"
+    pq.write_table(pa.table({}), empty)
+    with pytest.raises(FileError, match=r"has no identity_ref column \(its columns: none\)"):
+        check_file(empty)
     rows = [identity(1), identity(2)]
     extra = pa.Table.from_pylist(rows, schema=SCHEMA).append_column(
         "biographics", pa.array([{"family_name": "X"}] * 2)

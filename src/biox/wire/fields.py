@@ -42,6 +42,7 @@ Timestamp = Annotated[datetime, _wire(datetime, "a msgpack timestamp (extension 
 
 
 PARTIAL_DATE = r"^[0-9]{4}(-[0-9]{2}(-[0-9]{2})?)?$"
+_PARTIAL_DATE = re.compile(PARTIAL_DATE)
 
 
 def _partial_date(value: str, info: ValidationInfo) -> str:
@@ -51,15 +52,10 @@ def _partial_date(value: str, info: ValidationInfo) -> str:
     it would be kept, released and searched as it came."""
     if not (info.context and info.context.get("wire")):
         return value
-    parts = value.split("-")
-    try:
-        if not re.fullmatch(PARTIAL_DATE, value):
+    try:  # the missing month and day as the first: a date that exists, or ValueError
+        if not _PARTIAL_DATE.fullmatch(value):
             raise ValueError
-        date(
-            int(parts[0]),
-            int(parts[1]) if len(parts) > 1 else 1,
-            int(parts[2]) if len(parts) > 2 else 1,
-        )
+        date.fromisoformat((value + "-01-01")[:10])
     except ValueError:
         raise ValueError(
             f"{value!r} is not an ISO 8601 date: YYYY, YYYY-MM or YYYY-MM-DD"
